@@ -1,0 +1,287 @@
+//! Supervisor configuration and its validation.
+//!
+//! Validation runs before anything starts, so that a typo is an error naming the field, not a
+//! worker that crash-loops.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::frame;
+
+/// Most workers one supervisor runs.
+pub const MAX_WORKERS: usize = 4096;
+/// Default largest user message, in bytes (either direction).
+pub const DEFAULT_MAX_MESSAGE: usize = 16 << 20;
+/// Largest `max_message` that may be configured.
+pub const MAX_MAX_MESSAGE: usize = 1 << 30;
+
+/// When a worker counts as ready (eligible for work; ends `ready_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadyOn {
+    /// As soon as the program has been exec'd: for programs that know nothing of rcluster.
+    Spawn,
+    /// When the worker library says hello (`Worker::from_env`).
+    Hello,
+    /// When the worker calls `ready()` explicitly.
+    Explicit,
+}
+
+/// Whether a worker that exited is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartMode {
+    /// Restart after any exit the supervisor did not ask for.
+    Always,
+    /// Restart only after a failure: non-zero exit, a signal, or a kill by the supervisor
+    /// for a timeout or a protocol error.
+    OnFailure,
+    /// Never restart on its own (an explicit `restart_worker` still does).
+    Never,
+}
+
+/// Where worker stdout/stderr go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Workers write straight to the primary's stdout/stderr.
+    Inherit,
+    /// Every line is prefixed with `[id] ` by the primary.
+    Prefix,
+}
+
+/// The restart policy: which exits restart, how fast, and when to give up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestartPolicy {
+    pub mode: RestartMode,
+    /// First delay after a failure.
+    pub backoff_initial: Duration,
+    /// Each consecutive failure multiplies the delay by this.
+    pub backoff_multiplier: f64,
+    /// The delay never exceeds this.
+    pub backoff_max: Duration,
+    /// Random spread of the delay, as a fraction (0.1 = ±10%).
+    pub jitter: f64,
+    /// A worker that stayed up this long resets its backoff.
+    pub min_uptime: Duration,
+    /// More than this many restarts of one slot within `window` → give up on the slot.
+    pub max_restarts: u32,
+    pub window: Duration,
+    /// Exit codes that mean "do not restart me" (e.g. a worker that cannot boot).
+    pub no_restart_codes: Vec<i32>,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            mode: RestartMode::Always,
+            backoff_initial: Duration::from_millis(100),
+            backoff_multiplier: 2.0,
+            backoff_max: Duration::from_secs(10),
+            jitter: 0.1,
+            min_uptime: Duration::from_secs(5),
+            max_restarts: 10,
+            window: Duration::from_secs(60),
+            no_restart_codes: Vec::new(),
+        }
+    }
+}
+
+/// Everything a supervisor needs to know. Build with [`Config::new`], adjust the public fields,
+/// and hand it to [`crate::Supervisor::start`], which validates it first.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Number of worker slots, 1..=4096.
+    pub workers: usize,
+    /// Program and arguments; run directly (no shell).
+    pub argv: Vec<OsString>,
+    /// Extra environment for workers, on top of the primary's own.
+    pub env: Vec<(OsString, OsString)>,
+    /// Working directory of workers (default: the primary's).
+    pub cwd: Option<PathBuf>,
+    pub ready_on: ReadyOn,
+    /// A worker not ready this long after spawn is killed (reason `ready_timeout`).
+    pub ready_timeout: Duration,
+    /// When set, a worker silent for this long after becoming ready is killed (reason
+    /// `heartbeat`). Any frame counts as a sign of life.
+    pub heartbeat_timeout: Option<Duration>,
+    /// Grace between SIGTERM and SIGKILL when stopping a worker.
+    pub kill_timeout: Duration,
+    pub restart: RestartPolicy,
+    /// Largest user message in bytes, either direction.
+    pub max_message: usize,
+    /// Most bytes queued towards one worker before `send` reports `QueueFull`.
+    pub send_queue_limit: usize,
+    pub output: Output,
+}
+
+impl Config {
+    /// A configuration with defaults for everything but the command.
+    pub fn new<I, S>(argv: I) -> Config
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        Config {
+            workers: 1,
+            argv: argv.into_iter().map(Into::into).collect(),
+            env: Vec::new(),
+            cwd: None,
+            ready_on: ReadyOn::Hello,
+            ready_timeout: Duration::from_secs(30),
+            heartbeat_timeout: None,
+            kill_timeout: Duration::from_secs(10),
+            restart: RestartPolicy::default(),
+            max_message: DEFAULT_MAX_MESSAGE,
+            send_queue_limit: 64 << 20,
+            output: Output::Inherit,
+        }
+    }
+
+    /// Checks every field; returns the program path the workers will exec.
+    pub fn validate(&self) -> Result<PathBuf> {
+        if self.workers == 0 || self.workers > MAX_WORKERS {
+            return Err(Error::config("workers", self.workers, format!("must be 1..={MAX_WORKERS}")));
+        }
+        validate_duration("ready_timeout", self.ready_timeout)?;
+        validate_duration("kill_timeout", self.kill_timeout)?;
+        if let Some(hb) = self.heartbeat_timeout {
+            validate_duration("heartbeat_timeout", hb)?;
+        }
+        self.validate_restart()?;
+        if self.max_message == 0 || self.max_message > MAX_MAX_MESSAGE {
+            return Err(Error::config("max_message", self.max_message, format!("must be 1..={MAX_MAX_MESSAGE}")));
+        }
+        if self.send_queue_limit < self.max_message + frame::HEADER_LEN {
+            return Err(Error::config(
+                "send_queue_limit",
+                self.send_queue_limit,
+                format!("must hold at least one largest message ({} bytes)", self.max_message + frame::HEADER_LEN),
+            ));
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.as_bytes().contains(&b'=') || k.as_bytes().contains(&0) {
+                return Err(Error::config("env", k, "a variable name must be non-empty, without '=' or NUL"));
+            }
+            if v.as_bytes().contains(&0) {
+                return Err(Error::config("env", k, "value contains a NUL byte"));
+            }
+        }
+        if let Some(cwd) = &self.cwd {
+            if !cwd.is_dir() {
+                return Err(Error::config("cwd", cwd, "is not a directory"));
+            }
+        }
+        self.resolve_program()
+    }
+
+    fn validate_restart(&self) -> Result<()> {
+        let r = &self.restart;
+        if !(r.backoff_multiplier.is_finite() && r.backoff_multiplier >= 1.0) {
+            return Err(Error::config("restart.backoff_multiplier", r.backoff_multiplier, "must be a number >= 1"));
+        }
+        if !(r.jitter.is_finite() && (0.0..=1.0).contains(&r.jitter)) {
+            return Err(Error::config("restart.jitter", r.jitter, "must be between 0 and 1"));
+        }
+        if r.backoff_max < r.backoff_initial {
+            return Err(Error::config("restart.backoff_max", r.backoff_max, "must be >= restart.backoff_initial"));
+        }
+        if r.window.is_zero() {
+            return Err(Error::config("restart.window", r.window, "must be > 0"));
+        }
+        Ok(())
+    }
+
+    /// Finds the program the way `execvp` would, so that a missing one is reported now.
+    fn resolve_program(&self) -> Result<PathBuf> {
+        let Some(prog) = self.argv.first() else {
+            return Err(Error::config("argv", &self.argv, "must name a program"));
+        };
+        if self.argv.iter().any(|a| a.as_bytes().contains(&0)) {
+            return Err(Error::config("argv", &self.argv, "arguments must not contain NUL bytes"));
+        }
+        if prog.is_empty() {
+            return Err(Error::config("argv", prog, "the program name is empty"));
+        }
+        if prog.as_bytes().contains(&b'/') {
+            let path = match &self.cwd {
+                Some(cwd) if !Path::new(prog).is_absolute() => cwd.join(prog),
+                _ => PathBuf::from(prog),
+            };
+            return check_executable(&path).map(|()| path);
+        }
+        let search = self.path_var().unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
+        for dir in std::env::split_paths(&search) {
+            let candidate = dir.join(prog);
+            if check_executable(&candidate).is_ok() {
+                return Ok(candidate);
+            }
+        }
+        Err(Error::config("argv", prog, "program not found in PATH"))
+    }
+
+    fn path_var(&self) -> Option<OsString> {
+        let own = self.env.iter().rev().find(|(k, _)| k == OsStr::new("PATH"));
+        own.map(|(_, v)| v.clone()).or_else(|| std::env::var_os("PATH"))
+    }
+}
+
+fn validate_duration(field: &'static str, d: Duration) -> Result<()> {
+    if d.is_zero() {
+        return Err(Error::config(field, d, "must be > 0"));
+    }
+    if d > Duration::from_secs(365 * 24 * 3600) {
+        return Err(Error::config(field, d, "must be at most a year"));
+    }
+    Ok(())
+}
+
+fn check_executable(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::config("argv", path, format!("cannot use program: {e}")))?;
+    if !meta.is_file() {
+        return Err(Error::config("argv", path, "is not a regular file"));
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(Error::config("argv", path, "is not executable"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_workers_is_rejected_naming_the_field() {
+        let mut c = Config::new(["/bin/true"]);
+        c.workers = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("workers") && e.contains('0'), "{e}");
+    }
+
+    #[test]
+    fn missing_program_is_rejected_before_start() {
+        let e = Config::new(["no-such-program-xyz"]).validate().unwrap_err().to_string();
+        assert!(e.contains("argv") && e.contains("no-such-program-xyz"), "{e}");
+    }
+
+    #[test]
+    fn program_is_found_in_path() {
+        let p = Config::new(["sh"]).validate().unwrap();
+        assert!(p.ends_with("sh"));
+    }
+
+    #[test]
+    fn non_executable_program_is_rejected() {
+        let e = Config::new(["/etc/hostname"]).validate().unwrap_err().to_string();
+        assert!(e.contains("not executable") || e.contains("cannot use"), "{e}");
+    }
+
+    #[test]
+    fn small_queue_limit_is_rejected() {
+        let mut c = Config::new(["/bin/true"]);
+        c.send_queue_limit = 10;
+        assert!(c.validate().unwrap_err().to_string().contains("send_queue_limit"));
+    }
+}

@@ -1,0 +1,239 @@
+//! The primary's end of one worker's IPC socket, shared by host threads (which send) and the
+//! loop (which flushes what could not be written at once).
+//!
+//! Latency and throughput pull in opposite directions here: a lone message should be written
+//! by the sending thread at once (no hop through the loop thread), while a stream of messages
+//! should be coalesced into large writes (one syscall costs about as much as forty small
+//! messages). So a message sent within `COALESCE` of the previous one is queued, and the loop
+//! — woken once per batch — writes the batch.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::frame::{self, Kind};
+use crate::sys;
+
+const COALESCE: Duration = Duration::from_micros(20);
+
+/// Wakes the loop thread and tells it which connections have queued output.
+pub struct Waker {
+    fd: sys::EventFd,
+    dirty: Mutex<Vec<Arc<Conn>>>,
+    pending: AtomicBool,
+}
+
+impl Waker {
+    pub fn new() -> std::io::Result<Waker> {
+        Ok(Waker { fd: sys::EventFd::new()?, dirty: Mutex::new(Vec::new()), pending: AtomicBool::new(false) })
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.fd.raw()
+    }
+
+    /// Wakes the loop; cheap when a wake-up is already pending.
+    pub fn wake(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            self.fd.notify();
+        }
+    }
+
+    /// Called by the loop when it wakes: takes the connections that want flushing.
+    pub fn take(&self, out: &mut Vec<Arc<Conn>>) {
+        self.pending.store(false, Ordering::Release);
+        self.fd.clear();
+        out.append(&mut self.dirty.lock().unwrap());
+    }
+
+    fn mark_dirty(&self, conn: Arc<Conn>) {
+        self.dirty.lock().unwrap().push(conn);
+        self.wake();
+    }
+}
+
+struct Queue {
+    /// Frames waiting to be written, in order.
+    buf: Vec<u8>,
+    /// Descriptors to attach, with the offset in `buf` of the frame each belongs to.
+    fds: VecDeque<(usize, OwnedFd)>,
+    /// The loop has been told to flush (is in the dirty list or holds data in flight).
+    scheduled: bool,
+    /// Bytes handed to the loop but not yet written.
+    in_flight: usize,
+    last_send: Instant,
+    closed: bool,
+}
+
+/// A worker's IPC socket (primary end) with its outgoing queue.
+pub struct Conn {
+    pub id: u32,
+    fd: OwnedFd,
+    limit: usize,
+    max_message: usize,
+    queue: Mutex<Queue>,
+    /// Only the loop touches this: bytes taken from `queue` and being written.
+    flight: Mutex<(Vec<u8>, usize, VecDeque<(usize, OwnedFd)>)>,
+}
+
+pub enum Flush {
+    /// Everything written.
+    Done,
+    /// The socket is full; wait for it to become writable.
+    Blocked,
+    /// The peer is gone or the socket failed.
+    Broken,
+}
+
+impl Conn {
+    pub fn new(id: u32, fd: OwnedFd, limit: usize, max_message: usize) -> Conn {
+        Conn {
+            id,
+            fd,
+            limit,
+            max_message,
+            queue: Mutex::new(Queue {
+                buf: Vec::new(),
+                fds: VecDeque::new(),
+                scheduled: false,
+                in_flight: 0,
+                last_send: Instant::now() - COALESCE,
+                closed: false,
+            }),
+            flight: Mutex::new((Vec::new(), 0, VecDeque::new())),
+        }
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Queues a user message (or writes it at once when the line is idle).
+    pub fn send_message(self: &Arc<Self>, waker: &Waker, body: &[u8]) -> Result<()> {
+        if body.len() > self.max_message {
+            return Err(Error::MessageTooLarge { size: body.len(), limit: self.max_message });
+        }
+        self.send_frame(waker, Kind::Message, body, None)
+    }
+
+    /// Queues any frame, optionally with a descriptor attached.
+    pub fn send_frame(self: &Arc<Self>, waker: &Waker, kind: Kind, body: &[u8], fd: Option<OwnedFd>) -> Result<()> {
+        let mut q = self.queue.lock().unwrap();
+        if q.closed {
+            return Err(Error::NoSuchWorker(self.id));
+        }
+        let size = frame::HEADER_LEN + body.len();
+        if q.buf.len() + q.in_flight + size > self.limit {
+            return Err(Error::QueueFull { worker: self.id, limit: self.limit });
+        }
+        let now = Instant::now();
+        let idle = !q.scheduled && q.buf.is_empty() && now.duration_since(q.last_send) >= COALESCE;
+        q.last_send = now;
+        let start = q.buf.len();
+        let flags = if fd.is_some() { frame::FLAG_FD } else { 0 };
+        frame::encode(&mut q.buf, kind, flags, body);
+        if let Some(fd) = fd {
+            q.fds.push_back((start, fd));
+        }
+        if idle && self.write_now(&mut q) {
+            return Ok(());
+        }
+        if !q.scheduled {
+            q.scheduled = true;
+            drop(q);
+            waker.mark_dirty(Arc::clone(self));
+        }
+        Ok(())
+    }
+
+    /// Tries to write the queue from the sending thread; true when all of it went out.
+    fn write_now(&self, q: &mut MutexGuard<'_, Queue>) -> bool {
+        let mut off = 0;
+        while off < q.buf.len() {
+            let res = match q.fds.front() {
+                Some((at, fd)) if *at == off => {
+                    let end = next_fd_offset(&q.fds, 1).unwrap_or(q.buf.len());
+                    sys::send_with_fd(self.raw(), &q.buf[off..end], fd.as_raw_fd(), false).inspect(|_| {
+                        q.fds.pop_front();
+                    })
+                }
+                _ => {
+                    let end = next_fd_offset(&q.fds, 0).unwrap_or(q.buf.len());
+                    sys::send(self.raw(), &q.buf[off..end])
+                }
+            };
+            match res {
+                Ok(n) => off += n,
+                Err(_) => break,
+            }
+        }
+        q.buf.drain(..off);
+        for (at, _) in q.fds.iter_mut() {
+            *at -= off;
+        }
+        q.buf.is_empty()
+    }
+
+    /// Loop side: writes what is queued. Never blocks.
+    pub fn flush(&self) -> Flush {
+        let mut flight = self.flight.lock().unwrap();
+        loop {
+            let (buf, off, fds) = &mut *flight;
+            if *off == buf.len() {
+                buf.clear();
+                *off = 0;
+                let mut q = self.queue.lock().unwrap();
+                q.in_flight = 0;
+                if q.buf.is_empty() {
+                    q.scheduled = false;
+                    return Flush::Done;
+                }
+                std::mem::swap(buf, &mut q.buf);
+                std::mem::swap(fds, &mut q.fds);
+                q.in_flight = buf.len();
+            }
+            let res = match fds.front() {
+                Some((at, fd)) if *at == *off => {
+                    let end = next_fd_offset(fds, 1).unwrap_or(buf.len());
+                    sys::send_with_fd(self.raw(), &buf[*off..end], fd.as_raw_fd(), false).inspect(|_| {
+                        fds.pop_front();
+                    })
+                }
+                _ => {
+                    let end = next_fd_offset(fds, 0).unwrap_or(buf.len());
+                    sys::send(self.raw(), &buf[*off..end])
+                }
+            };
+            match res {
+                Ok(n) => {
+                    *off += n;
+                    self.queue.lock().unwrap().in_flight = buf.len() - *off;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Flush::Blocked,
+                Err(_) => return Flush::Broken,
+            }
+        }
+    }
+
+    /// Marks the connection dead; later sends fail with `NoSuchWorker`. Queued output is dropped.
+    pub fn close(&self) {
+        let mut q = self.queue.lock().unwrap();
+        q.closed = true;
+        q.buf = Vec::new();
+        q.fds.clear();
+        let mut flight = self.flight.lock().unwrap();
+        *flight = (Vec::new(), 0, VecDeque::new());
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.queue.lock().unwrap().closed
+    }
+}
+
+/// Offset of the `skip`-th queued descriptor's frame, if any.
+fn next_fd_offset(fds: &VecDeque<(usize, OwnedFd)>, skip: usize) -> Option<usize> {
+    fds.get(skip).map(|(at, _)| *at)
+}

@@ -1,0 +1,211 @@
+//! What the supervisor tells the host, and the queue that carries it.
+//!
+//! Events leave the loop through a queue with two ways to wait on it: a blocking
+//! `next_event(timeout)`, and an eventfd that is readable while the queue may be non-empty,
+//! for host loops (libuv, asyncio, epoll).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::policy::ExitReason;
+use crate::sys;
+
+/// A worker's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Exec'd; has not said hello yet.
+    Starting,
+    /// Said hello; not ready yet.
+    Online,
+    /// Ready for work.
+    Ready,
+    /// Told to stop; finishing.
+    Draining,
+    /// Gone and reaped.
+    Exited,
+}
+
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Online => "online",
+            WorkerState::Ready => "ready",
+            WorkerState::Draining => "draining",
+            WorkerState::Exited => "exited",
+        }
+    }
+}
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub pid: u32,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub reason: ExitReason,
+}
+
+/// Something that happened in the cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A worker process was exec'd.
+    Spawned { id: u32, pid: u32, generation: u32 },
+    /// The worker library said hello.
+    Online { id: u32, pid: u32 },
+    /// The worker is ready for work.
+    Ready { id: u32, pid: u32 },
+    /// A user message from a worker.
+    Message { id: u32, pid: u32, data: Vec<u8> },
+    /// A worker process ended and was reaped.
+    Exit { id: u32, generation: u32, info: ExitInfo },
+    /// The worker program could not be started (exec failed).
+    SpawnFailed { id: u32, error: String },
+    /// The slot will be started again after `delay`.
+    Restarting { id: u32, delay: Duration, attempt: u32 },
+    /// The slot restarted too often within the window; it stays down.
+    GaveUp { id: u32, restarts: u32, window: Duration },
+    /// Every slot has given up (or stays down by policy): nothing is running any more.
+    AllDown,
+    /// A worker broke the protocol; it is being killed.
+    ProtocolError { id: u32, pid: u32, detail: String },
+    /// A rolling reload to `generation` started.
+    ReloadStarted { generation: u32 },
+    /// Every slot runs `generation` now.
+    ReloadDone { generation: u32 },
+    /// The reload stopped; workers not yet replaced keep running.
+    ReloadFailed { generation: u32, reason: String },
+    /// The number of slots changed.
+    Scaled { workers: usize },
+}
+
+/// One worker process in a snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerInfo {
+    pub id: u32,
+    pub pid: u32,
+    pub generation: u32,
+    pub state: WorkerState,
+    pub uptime: Duration,
+    /// Restarts of this slot so far.
+    pub restarts: u32,
+    pub last_exit: Option<ExitInfo>,
+}
+
+/// How long `next_event` spins before sleeping: a reply that arrives within this window is
+/// picked up without a futex wake-up, which on virtual machines costs tens of microseconds.
+const SPIN: Duration = Duration::from_micros(50);
+
+pub struct EventQueue {
+    q: Mutex<Inner>,
+    cv: Condvar,
+    fd: sys::EventFd,
+    /// Length of the queue, readable without the lock (for spinning).
+    len: AtomicUsize,
+}
+
+struct Inner {
+    events: VecDeque<Event>,
+    waiters: usize,
+    closed: bool,
+}
+
+impl EventQueue {
+    pub fn new() -> std::io::Result<EventQueue> {
+        Ok(EventQueue {
+            q: Mutex::new(Inner { events: VecDeque::new(), waiters: 0, closed: false }),
+            cv: Condvar::new(),
+            fd: sys::EventFd::new()?,
+            len: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.raw()
+    }
+
+    /// Adds events; one wake-up for the whole batch.
+    pub fn push_all(&self, batch: &mut Vec<Event>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut q = self.q.lock().unwrap();
+        let was_empty = q.events.is_empty();
+        q.events.extend(batch.drain(..));
+        self.len.store(q.events.len(), Ordering::Release);
+        let waiters = q.waiters;
+        drop(q);
+        if waiters > 0 {
+            self.cv.notify_all();
+        }
+        if was_empty {
+            self.fd.notify();
+        }
+    }
+
+    /// No more events will come; wakes every waiter.
+    pub fn close(&self) {
+        self.q.lock().unwrap().closed = true;
+        self.cv.notify_all();
+        self.fd.notify();
+    }
+
+    pub fn try_pop(&self) -> Option<Event> {
+        let mut q = self.q.lock().unwrap();
+        let ev = q.events.pop_front();
+        self.len.store(q.events.len(), Ordering::Release);
+        if q.events.is_empty() && !q.closed {
+            // Cleared under the lock: a producer pushing after this sees `was_empty` and
+            // signals again, so no wake-up is lost.
+            self.fd.clear();
+        }
+        ev
+    }
+
+    /// Waits up to `timeout` (forever if None) for the next event. None on timeout or when the
+    /// supervisor has stopped and every event was taken.
+    pub fn pop(&self, timeout: Option<Duration>) -> Option<Event> {
+        let start = Instant::now();
+        let deadline = timeout.map(|t| start + t);
+        let spin_until = start + timeout.map_or(SPIN, |t| t.min(SPIN));
+        loop {
+            if self.len.load(Ordering::Acquire) > 0 {
+                if let Some(ev) = self.try_pop() {
+                    return Some(ev);
+                }
+            }
+            if Instant::now() >= spin_until {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        let mut q = self.q.lock().unwrap();
+        loop {
+            if let Some(ev) = q.events.pop_front() {
+                self.len.store(q.events.len(), Ordering::Release);
+                if q.events.is_empty() && !q.closed {
+                    self.fd.clear();
+                }
+                return Some(ev);
+            }
+            if q.closed {
+                return None;
+            }
+            let wait = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(w) if !w.is_zero() => Some(w),
+                    _ => return None,
+                },
+                None => None,
+            };
+            q.waiters += 1;
+            q = match wait {
+                Some(w) => self.cv.wait_timeout(q, w).unwrap().0,
+                None => self.cv.wait(q).unwrap(),
+            };
+            q.waiters -= 1;
+        }
+    }
+}

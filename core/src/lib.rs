@@ -1,0 +1,32 @@
+//! rcluster-core: a process supervisor for pre-forked servers.
+//!
+//! The primary side is [`Supervisor`]: it forks workers, watches them through pidfds on its own
+//! thread, restarts them by policy and carries messages. The worker side is [`Worker`].
+//! No process-wide signal handlers, no `waitpid(-1)`, no async runtime: it lives politely
+//! inside somebody else's process (Node, CPython, a C program).
+
+mod config;
+mod conn;
+mod error;
+mod events;
+pub mod frame;
+mod output;
+mod policy;
+mod primary;
+mod process;
+mod spawn;
+mod supervisor;
+mod sys;
+mod worker;
+
+pub use config::{Config, Output, ReadyOn, RestartMode, RestartPolicy, DEFAULT_MAX_MESSAGE, MAX_WORKERS};
+pub use error::{Error, Result};
+pub use events::{Event, ExitInfo, WorkerInfo, WorkerState};
+pub use policy::{Clock, Decision, ExitReason, History, Jitter, SystemClock, XorShift};
+pub use supervisor::Supervisor;
+pub use worker::{Worker, WorkerEvent};
+
+/// Number of open descriptors of this process, for leak checks in tests and benchmarks.
+pub fn open_fd_count() -> usize {
+    sys::open_fd_count()
+}

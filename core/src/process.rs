@@ -1,0 +1,129 @@
+//! One worker process as the loop sees it, and reading its IPC socket.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::conn::Conn;
+use crate::events::WorkerState;
+use crate::frame::{self, Decoder, Kind};
+use crate::output::PrefixPipe;
+use crate::policy::ExitReason;
+use crate::sys;
+
+/// A stop in progress: why, and when SIGKILL follows.
+pub struct Stopping {
+    pub reason: ExitReason,
+    pub kill_at: Instant,
+    pub killed: bool,
+}
+
+pub struct Process {
+    pub slot: u32,
+    pub generation: u32,
+    pub pid: libc::pid_t,
+    pub pidfd: OwnedFd,
+    pub conn: Arc<Conn>,
+    pub decoder: Decoder,
+    /// Descriptors received but not yet claimed by a frame.
+    pub rx_fds: VecDeque<OwnedFd>,
+    pub ipc_open: bool,
+    pub out_armed: bool,
+    pub hello: bool,
+    pub state: WorkerState,
+    pub spawned_at: Instant,
+    pub ready_deadline: Option<Instant>,
+    pub last_seen: Instant,
+    pub stopping: Option<Stopping>,
+    pub pipes: [Option<PrefixPipe>; 2],
+}
+
+/// What one frame from a worker means to the loop.
+pub enum Incoming {
+    Hello,
+    Ready,
+    Message(Vec<u8>),
+    Disconnect,
+}
+
+/// Reading stopped because of this.
+pub enum ReadEnd {
+    /// Nothing more for now.
+    Drained,
+    /// The worker closed its end.
+    Eof,
+    /// The worker broke the protocol.
+    Violation(String),
+}
+
+/// Reads at most this much per readiness event, so one chatty worker cannot starve the others.
+const READ_BUDGET: usize = 4 << 20;
+
+impl Process {
+    /// Reads available bytes and decodes frames into `out`.
+    pub fn read_ipc(&mut self, out: &mut Vec<Incoming>) -> ReadEnd {
+        let mut budget = READ_BUDGET;
+        loop {
+            let spare = self.decoder.spare(64 * 1024);
+            let want = spare.len();
+            let n = match sys::recv_with_fds(self.conn.raw(), spare, &mut self.rx_fds, false) {
+                Ok(0) => return self.decode(out).unwrap_or(ReadEnd::Eof),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return ReadEnd::Drained,
+                Err(_) => return ReadEnd::Eof,
+            };
+            self.decoder.commit(n);
+            if let Some(end) = self.decode(out) {
+                return end;
+            }
+            budget = budget.saturating_sub(n);
+            if n < want || budget == 0 {
+                return ReadEnd::Drained;
+            }
+        }
+    }
+
+    fn decode(&mut self, out: &mut Vec<Incoming>) -> Option<ReadEnd> {
+        loop {
+            let frame = match self.decoder.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return Some(ReadEnd::Violation(e.to_string())),
+            };
+            if !self.hello && frame.kind != Kind::Hello {
+                return Some(ReadEnd::Violation(format!("first frame is {:?}, expected Hello", frame.kind)));
+            }
+            let msg = match frame.kind {
+                Kind::Hello if self.hello => return Some(ReadEnd::Violation("second Hello".into())),
+                Kind::Hello => match frame::parse_hello(frame.body) {
+                    Ok(_) => {
+                        self.hello = true;
+                        Incoming::Hello
+                    }
+                    Err(e) => return Some(ReadEnd::Violation(e.to_string())),
+                },
+                Kind::Ready => Incoming::Ready,
+                Kind::Heartbeat => continue,
+                Kind::Message => Incoming::Message(frame.body.to_vec()),
+                Kind::Disconnect => Incoming::Disconnect,
+                other => return Some(ReadEnd::Violation(format!("unexpected {other:?} frame from a worker"))),
+            };
+            out.push(msg);
+        }
+        self.decoder.shrink();
+        if !self.rx_fds.is_empty() {
+            self.rx_fds.clear();
+            return Some(ReadEnd::Violation("worker sent a file descriptor".into()));
+        }
+        None
+    }
+
+    pub fn pidfd_raw(&self) -> std::os::fd::RawFd {
+        self.pidfd.as_raw_fd()
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.stopping.is_none() && self.state != WorkerState::Draining
+    }
+}

@@ -1,0 +1,245 @@
+//! Starting a worker: fork + exec with an exact fd layout, own process group, PDEATHSIG.
+//!
+//! Everything the child needs (argv, envp, paths) is built before `fork`; between `fork` and
+//! `execve` the child only makes async-signal-safe calls, because the primary is multi-threaded
+//! and any lock (malloc's included) may be held by a thread that does not exist in the child.
+
+use std::ffi::{CString, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::sys;
+
+/// The fixed part of every spawn, prepared once per supervisor.
+pub struct Exec {
+    path: CString,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    cwd: Option<CString>,
+}
+
+/// Environment variables rcluster sets itself; inherited values are dropped so that a
+/// supervisor running inside a worker does not confuse its own workers.
+const OWN_VARS: &[&str] = &["RCLUSTER_PID", "RCLUSTER_WORKER_ID", "RCLUSTER_GENERATION", "RCLUSTER_IPC_FD", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
+
+fn cstring(bytes: &[u8]) -> CString {
+    // Config validation rejected NUL bytes already.
+    CString::new(bytes).expect("validated: no NUL bytes")
+}
+
+impl Exec {
+    pub fn new(path: &Path, argv: &[OsString], env: &[(OsString, OsString)], cwd: Option<&Path>) -> Exec {
+        let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(k, _)| !OWN_VARS.iter().any(|o| k == o))
+            .collect();
+        for (k, v) in env {
+            vars.retain(|(ek, _)| ek != k);
+            vars.push((k.clone(), v.clone()));
+        }
+        let env = vars
+            .iter()
+            .map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                cstring(&kv)
+            })
+            .collect();
+        Exec {
+            path: cstring(path.as_os_str().as_bytes()),
+            argv: argv.iter().map(|a| cstring(a.as_bytes())).collect(),
+            env,
+            cwd: cwd.map(|c| cstring(c.as_os_str().as_bytes())),
+        }
+    }
+}
+
+/// What one spawn needs beyond `Exec`.
+pub struct Request {
+    pub id: u32,
+    pub generation: u32,
+    /// Child end of the IPC socketpair.
+    pub ipc: OwnedFd,
+    /// Write ends of stdout/stderr pipes, when output is prefixed.
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// The IPC fd number inside a worker. (Listening sockets of `shared` mode will come first,
+/// from fd 3, as socket activation expects.)
+pub const IPC_FD: RawFd = 3;
+
+/// Forks and execs one worker. Returns its pid once `execve` has succeeded.
+pub fn spawn(exec: &Exec, req: Request) -> io::Result<libc::pid_t> {
+    let mut env_strings = Vec::with_capacity(3);
+    env_strings.push(cstring(format!("RCLUSTER_WORKER_ID={}", req.id).as_bytes()));
+    env_strings.push(cstring(format!("RCLUSTER_GENERATION={}", req.generation).as_bytes()));
+    env_strings.push(cstring(format!("RCLUSTER_IPC_FD={IPC_FD}").as_bytes()));
+    // The child writes its own pid here after fork (the buffer is already allocated, so that
+    // needs no allocation): a worker's children inherit the environment, and RCLUSTER_PID tells
+    // them that it is not theirs, as LISTEN_PID does for socket activation.
+    let mut pid_var = *b"RCLUSTER_PID=\0\0\0\0\0\0\0\0\0\0\0\0";
+    let pid_ptr = pid_var.as_mut_ptr();
+    let mut envp: Vec<*const libc::c_char> = exec.env.iter().chain(&env_strings).map(|c| c.as_ptr()).collect();
+    envp.push(pid_ptr.cast_const().cast());
+    envp.push(std::ptr::null());
+    let mut argv: Vec<*const libc::c_char> = exec.argv.iter().map(|c| c.as_ptr()).collect();
+    argv.push(std::ptr::null());
+
+    let (err_r, err_w) = sys::pipe()?;
+    // Targets: IPC at 3, and stdout/stderr pipes at 1 and 2 when prefixing.
+    let mut moves: [(RawFd, RawFd); 3] = [(-1, -1); 3];
+    moves[0] = (req.ipc.as_raw_fd(), IPC_FD);
+    if let Some(o) = &req.stdout {
+        moves[1] = (o.as_raw_fd(), 1);
+    }
+    if let Some(e) = &req.stderr {
+        moves[2] = (e.as_raw_fd(), 2);
+    }
+    let parent = std::process::id() as libc::pid_t;
+    let child = ChildSetup {
+        path: exec.path.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        cwd: exec.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+        moves,
+        err_w: err_w.as_raw_fd(),
+        parent,
+        // SAFETY: 13 is within the 25-byte buffer.
+        pid_digits: unsafe { pid_ptr.add(13) },
+    };
+
+    // SAFETY: fork in a multi-threaded process; the child runs only `child.run()`, which makes
+    // async-signal-safe calls on memory prepared above and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above.
+        unsafe { child.run() }
+    }
+    // Also set the group from this side, so that a signal sent to the group right after
+    // spawn cannot miss a child that has not run its own setpgid yet. EACCES after the
+    // child's exec is harmless: it did it itself.
+    // SAFETY: plain syscall on our own child.
+    unsafe { libc::setpgid(pid, pid) };
+    drop(err_w);
+    drop(req);
+    // The child writes errno here if exec failed; EOF (CLOEXEC) means exec succeeded.
+    let mut buf = [0u8; 4];
+    let n = loop {
+        match sys::read(err_r.as_raw_fd(), &mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => break r,
+        }
+    };
+    match n {
+        Ok(4) => {
+            reap_failed(pid);
+            Err(io::Error::from_raw_os_error(i32::from_ne_bytes(buf)))
+        }
+        Ok(_) => Ok(pid),
+        Err(e) => {
+            reap_failed(pid);
+            Err(e)
+        }
+    }
+}
+
+fn reap_failed(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: waits for this one child only (never -1); it is exiting with 127.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+}
+
+struct ChildSetup {
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    cwd: *const libc::c_char,
+    moves: [(RawFd, RawFd); 3],
+    err_w: RawFd,
+    parent: libc::pid_t,
+    /// Room for the decimal pid (and its NUL) inside the RCLUSTER_PID variable.
+    pid_digits: *mut u8,
+}
+
+impl ChildSetup {
+    /// Runs in the child between fork and exec. Async-signal-safe calls only.
+    unsafe fn run(&self) -> ! {
+        let fail = |err_w: RawFd| -> ! {
+            let errno = *libc::__errno_location();
+            let bytes = errno.to_ne_bytes();
+            libc::write(err_w, bytes.as_ptr().cast(), 4);
+            libc::_exit(127)
+        };
+        // A fresh signal state: empty mask, default dispositions (SIG_IGN survives exec).
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..65 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+        libc::setpgid(0, 0);
+        write_decimal(self.pid_digits, libc::getpid() as u32);
+        // PDEATHSIG fires when the forking *thread* exits: the supervisor thread lives until
+        // every worker is reaped, so it is the right one. Re-check the parent to close the race
+        // with a primary that died before prctl.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != self.parent {
+            libc::_exit(1);
+        }
+        // Move every source fd above all targets first so that no dup2 clobbers a source.
+        let floor = IPC_FD + 1;
+        let mut err_w = self.err_w;
+        if err_w < floor {
+            err_w = libc::fcntl(err_w, libc::F_DUPFD_CLOEXEC, floor);
+            if err_w < 0 {
+                libc::_exit(127);
+            }
+        }
+        let mut moves = self.moves;
+        for m in moves.iter_mut().filter(|m| m.0 >= 0 && m.0 < floor) {
+            m.0 = libc::fcntl(m.0, libc::F_DUPFD_CLOEXEC, floor);
+            if m.0 < 0 {
+                fail(err_w);
+            }
+        }
+        for &(src, dst) in moves.iter().filter(|m| m.0 >= 0) {
+            if libc::dup2(src, dst) < 0 {
+                fail(err_w);
+            }
+        }
+        if !self.cwd.is_null() && libc::chdir(self.cwd) < 0 {
+            fail(err_w);
+        }
+        libc::execve(self.path, self.argv, self.envp);
+        fail(err_w)
+    }
+}
+
+/// Writes `n` in decimal followed by NUL; the caller provides at least 11 bytes.
+/// Async-signal-safe: no allocation, no locks.
+unsafe fn write_decimal(out: *mut u8, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        *out.add(i) = digits[len - 1 - i];
+    }
+    *out.add(len) = 0;
+}

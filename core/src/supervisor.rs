@@ -1,0 +1,168 @@
+//! The public handle of the primary side. It owns the loop thread and talks to it through a
+//! command queue plus a waker; everything here is `Send + Sync`.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::config::{Config, MAX_WORKERS};
+use crate::conn::{Conn, Waker};
+use crate::error::{Error, Result};
+use crate::events::{Event, EventQueue, WorkerInfo};
+use crate::primary::Primary;
+
+pub(crate) enum Command {
+    Snapshot(SyncSender<Vec<WorkerInfo>>),
+    Scale(usize, SyncSender<Result<()>>),
+    Restart(u32, SyncSender<Result<()>>),
+    Reload(SyncSender<Result<u32>>),
+    Stop(Duration),
+}
+
+/// State shared by the handle (host threads) and the loop thread.
+pub(crate) struct Shared {
+    pub cmds: Mutex<VecDeque<Command>>,
+    pub waker: Waker,
+    /// Where a message to worker `id` goes: its current process's connection.
+    pub routes: RwLock<HashMap<u32, Arc<Conn>>>,
+    pub events: EventQueue,
+    pub max_message: usize,
+    pub stopped: AtomicBool,
+}
+
+/// A running cluster of workers. Dropping it stops the cluster (with `kill_timeout`).
+pub struct Supervisor {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    kill_timeout: Duration,
+}
+
+impl Supervisor {
+    /// Validates `config`, starts the loop thread and the workers. Returns once the loop runs;
+    /// worker start-up is reported by events.
+    pub fn start(config: Config) -> Result<Supervisor> {
+        let program = config.validate()?;
+        let shared = Arc::new(Shared {
+            cmds: Mutex::new(VecDeque::new()),
+            waker: Waker::new().map_err(|e| Error::io("eventfd", e))?,
+            routes: RwLock::new(HashMap::new()),
+            events: EventQueue::new().map_err(|e| Error::io("eventfd", e))?,
+            max_message: config.max_message,
+            stopped: AtomicBool::new(false),
+        });
+        let kill_timeout = config.kill_timeout;
+        let primary = Primary::new(config, &program, Arc::clone(&shared))?;
+        let thread = std::thread::Builder::new()
+            .name("rcluster".into())
+            .spawn(move || primary.run())
+            .map_err(|e| Error::io("spawning the supervisor thread", e))?;
+        Ok(Supervisor { shared, thread: Mutex::new(Some(thread)), kill_timeout })
+    }
+
+    fn command(&self, cmd: Command) -> Result<()> {
+        if self.shared.stopped.load(Ordering::Acquire) {
+            return Err(Error::Stopped);
+        }
+        self.shared.cmds.lock().unwrap().push_back(cmd);
+        self.shared.waker.wake();
+        Ok(())
+    }
+
+    fn ask<T>(&self, make: impl FnOnce(SyncSender<T>) -> Command) -> Result<T> {
+        let (tx, rx) = sync_channel(1);
+        self.command(make(tx))?;
+        rx.recv().map_err(|_| Error::Stopped)
+    }
+
+    /// Sends a user message to worker `id`. Fails at once with `MessageTooLarge`, `QueueFull`
+    /// (the worker is not reading; retry later) or `NoSuchWorker`.
+    pub fn send(&self, id: u32, data: &[u8]) -> Result<()> {
+        if data.len() > self.shared.max_message {
+            return Err(Error::MessageTooLarge { size: data.len(), limit: self.shared.max_message });
+        }
+        let conn = self.shared.routes.read().unwrap().get(&id).cloned();
+        match conn {
+            Some(c) => c.send_message(&self.shared.waker, data),
+            None if self.shared.stopped.load(Ordering::Acquire) => Err(Error::Stopped),
+            None => Err(Error::NoSuchWorker(id)),
+        }
+    }
+
+    /// Sends a user message to every live worker; returns how many it was queued for.
+    /// Workers whose queue is full are skipped (they are not reading).
+    pub fn broadcast(&self, data: &[u8]) -> Result<usize> {
+        if data.len() > self.shared.max_message {
+            return Err(Error::MessageTooLarge { size: data.len(), limit: self.shared.max_message });
+        }
+        let conns: Vec<Arc<Conn>> = self.shared.routes.read().unwrap().values().cloned().collect();
+        Ok(conns.iter().filter(|c| c.send_message(&self.shared.waker, data).is_ok()).count())
+    }
+
+    /// Every worker process (and every slot that has none running), as of now.
+    pub fn snapshot(&self) -> Result<Vec<WorkerInfo>> {
+        self.ask(Command::Snapshot)
+    }
+
+    /// Changes the number of worker slots; removed workers are stopped gracefully.
+    pub fn scale(&self, workers: usize) -> Result<()> {
+        if workers == 0 || workers > MAX_WORKERS {
+            return Err(Error::config("workers", workers, format!("must be 1..={MAX_WORKERS}")));
+        }
+        self.ask(|tx| Command::Scale(workers, tx))?
+    }
+
+    /// Stops worker `id` gracefully and starts it again at once.
+    pub fn restart_worker(&self, id: u32) -> Result<()> {
+        self.ask(|tx| Command::Restart(id, tx))?
+    }
+
+    /// Starts a rolling reload: one slot at a time, a new worker must be ready before the old
+    /// one is stopped. Returns the new generation; progress comes as events.
+    pub fn reload(&self) -> Result<u32> {
+        self.ask(Command::Reload)?
+    }
+
+    /// Waits up to `timeout` for the next event (forever if None). None on timeout, or once the
+    /// supervisor has stopped and every event was taken.
+    pub fn next_event(&self, timeout: Option<Duration>) -> Option<Event> {
+        self.shared.events.pop(timeout)
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_next_event(&self) -> Option<Event> {
+        self.shared.events.try_pop()
+    }
+
+    /// A descriptor that is readable while events may be waiting: wait on it in a host loop,
+    /// then call `try_next_event` until it returns None.
+    pub fn event_fd(&self) -> RawFd {
+        self.shared.events.raw_fd()
+    }
+
+    /// Stops every worker (SIGTERM, then SIGKILL after `timeout`) and returns once all are
+    /// reaped and every descriptor the loop opened is closed. Calling it again is harmless.
+    pub fn stop(&self, timeout: Duration) -> Result<()> {
+        let thread = self.thread.lock().unwrap().take();
+        let Some(thread) = thread else { return Ok(()) };
+        if !self.shared.stopped.load(Ordering::Acquire) {
+            self.shared.cmds.lock().unwrap().push_back(Command::Stop(timeout));
+            self.shared.waker.wake();
+        }
+        thread.join().map_err(|_| Error::io("supervisor thread", std::io::Error::other("it panicked")))
+    }
+
+    /// True once the loop has ended (after `stop`, or if it failed).
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopped.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        let _ = self.stop(self.kill_timeout);
+    }
+}

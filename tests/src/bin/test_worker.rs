@@ -1,0 +1,96 @@
+//! A worker with scriptable misbehaviour, for the end-to-end tests.
+//!
+//! `rcluster-test-worker MODE [ARGS]`:
+//! - `echo`: ready, echoes every message, exits on disconnect
+//! - `exit MS CODE`: ready, exits with CODE after MS milliseconds
+//! - `never-ready`: says hello, never ready
+//! - `ignore-term`: ready, ignores SIGTERM, sleeps
+//! - `heartbeat MS`: ready, heartbeats every 50 ms for MS milliseconds, then hangs
+//! - `malformed`: ready, then writes a frame of unknown kind
+//! - `oversized`: ready, then writes a header announcing a 1 GiB message
+//! - `count`: counts messages; a message "end" is answered with the count
+//! - `env`: sends "id generation pid" and its RCLUSTER_* variables, then behaves like echo
+
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::time::{Duration, Instant};
+
+use rcluster_core::{Worker, WorkerEvent};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().map(String::as_str).unwrap_or("echo");
+    let num = |i: usize| args.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let w = Worker::from_env().expect("worker handshake").expect("run under rcluster");
+    match mode {
+        "never-ready" => sleep_forever(),
+        "ignore-term" => {
+            // SAFETY: ignoring a signal is async-signal-safe and process-wide by intent.
+            unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+            w.ready().unwrap();
+            sleep_forever()
+        }
+        _ => w.ready().unwrap(),
+    }
+    match mode {
+        "exit" => {
+            std::thread::sleep(Duration::from_millis(num(1)));
+            std::process::exit(num(2) as i32);
+        }
+        "heartbeat" => {
+            let until = Instant::now() + Duration::from_millis(num(1));
+            while Instant::now() < until {
+                w.heartbeat().unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            sleep_forever()
+        }
+        "malformed" => raw_write(&[1, 0, 0, 0, 200, 0, 0, 0, 0]),
+        "oversized" => raw_write(&[0, 0, 0, 64, 4, 0, 0, 0]),
+        "count" => count(&w),
+        "env" => {
+            let vars: Vec<String> = std::env::vars().filter(|(k, _)| k.starts_with("RCLUSTER_")).map(|(k, v)| format!("{k}={v}")).collect();
+            let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+            let text = format!("{} {} {} fds={} {}", w.id(), w.generation(), std::process::id(), fds, vars.join(" "));
+            w.send(text.as_bytes()).unwrap();
+            echo(&w)
+        }
+        _ => echo(&w),
+    }
+}
+
+fn echo(w: &Worker) {
+    loop {
+        match w.next_event(None).unwrap() {
+            Some(WorkerEvent::Message(m)) => w.send(&m).unwrap(),
+            Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => std::process::exit(0),
+            None => {}
+        }
+    }
+}
+
+fn count(w: &Worker) {
+    let mut n: u64 = 0;
+    loop {
+        match w.next_event(None).unwrap() {
+            Some(WorkerEvent::Message(m)) if m == b"end" => w.send(n.to_string().as_bytes()).unwrap(),
+            Some(WorkerEvent::Message(_)) => n += 1,
+            Some(_) => std::process::exit(0),
+            None => {}
+        }
+    }
+}
+
+fn raw_write(bytes: &[u8]) -> ! {
+    let fd: i32 = std::env::var("RCLUSTER_IPC_FD").unwrap().parse().unwrap();
+    // SAFETY: the IPC fd stays open for the life of the process; ManuallyDrop keeps it so.
+    let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    f.write_all(bytes).unwrap();
+    sleep_forever()
+}
+
+fn sleep_forever() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}

@@ -1,0 +1,85 @@
+//! Helpers shared by the end-to-end tests.
+
+use std::time::{Duration, Instant};
+
+use rcluster_core::{Config, Event, Supervisor};
+
+/// Path of the test worker program built with this crate: next to the test binary's
+/// `deps/` folder, where cargo puts the package's binaries.
+pub fn test_worker() -> String {
+    bin_path("rcluster-test-worker")
+}
+
+/// Path of a binary of this workspace, from inside a test.
+pub fn bin_path(name: &str) -> String {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("exe dir");
+    let dir = if dir.ends_with("deps") { dir.parent().unwrap() } else { dir };
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is not built (cargo builds it with the tests)", path.display());
+    path.to_string_lossy().into_owned()
+}
+
+/// A config running the test worker with `args`, with short timeouts fit for tests.
+pub fn worker_config(workers: usize, args: &[&str]) -> Config {
+    let mut argv = vec![test_worker()];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let mut c = Config::new(argv);
+    c.workers = workers;
+    c.kill_timeout = Duration::from_secs(2);
+    c.ready_timeout = Duration::from_secs(5);
+    c.restart.backoff_initial = Duration::from_millis(20);
+    c.restart.backoff_max = Duration::from_millis(200);
+    c.restart.jitter = 0.0;
+    c
+}
+
+/// Collects events until `pred` matches one (returned) or `within` passes (panics, listing
+/// what was seen).
+pub fn wait_for(sup: &Supervisor, within: Duration, mut pred: impl FnMut(&Event) -> bool) -> Event {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match sup.next_event(Some(left)) {
+            Some(ev) if pred(&ev) => return ev,
+            Some(ev) => seen.push(ev),
+            None => panic!("no matching event within {within:?}; saw {seen:#?}"),
+        }
+    }
+}
+
+/// Waits until `n` workers are ready; returns their ids.
+pub fn wait_ready(sup: &Supervisor, n: usize) -> Vec<u32> {
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        if let Event::Ready { id, .. } = wait_for(sup, Duration::from_secs(10), |e| matches!(e, Event::Ready { .. })) {
+            ids.push(id);
+        }
+    }
+    ids.sort();
+    ids
+}
+
+/// True when a process with this pid exists (zombies included).
+pub fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks existence.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+/// Children of this process that are zombies (exited, not reaped).
+pub fn zombie_children() -> usize {
+    let me = std::process::id().to_string();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            // pid (comm) state ppid ...: comm may contain spaces, so split after the last ')'.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let mut f = rest.split_whitespace();
+            let state = f.next().unwrap_or("");
+            let ppid = f.next().unwrap_or("");
+            state == "Z" && ppid == me
+        })
+        .count()
+}
