@@ -489,6 +489,7 @@ impl Primary {
                 decoder: Decoder::new(self.cfg.max_message),
                 rx_fds: VecDeque::new(),
                 ipc_open: true,
+                frames: 0,
                 out_armed: false,
                 hello: false,
                 state: WorkerState::Starting,
@@ -636,9 +637,10 @@ impl Primary {
     fn read_worker(&mut self, key: u64) {
         let mut incoming = Vec::new();
         let Some(p) = self.procs.get_mut(&key) else { return };
+        let frames = p.frames;
         let end = p.read_ipc(&mut incoming);
         let (slot, pid) = (p.slot, p.pid as u32);
-        if !incoming.is_empty() {
+        if p.frames != frames {
             p.last_seen = self.clock.now();
         }
         for msg in incoming {

@@ -29,6 +29,8 @@ pub struct Process {
     /// Descriptors received but not yet claimed by a frame.
     pub rx_fds: VecDeque<OwnedFd>,
     pub ipc_open: bool,
+    /// Frames decoded so far; any frame is a sign of life.
+    pub frames: u64,
     pub out_armed: bool,
     pub hello: bool,
     pub state: WorkerState,
@@ -91,6 +93,7 @@ impl Process {
                 Ok(None) => break,
                 Err(e) => return Some(ReadEnd::Violation(e.to_string())),
             };
+            self.frames += 1;
             if !self.hello && frame.kind != Kind::Hello {
                 return Some(ReadEnd::Violation(format!("first frame is {:?}, expected Hello", frame.kind)));
             }

@@ -71,6 +71,9 @@ pub struct Request {
 /// from fd 3, as socket activation expects.)
 pub const IPC_FD: RawFd = 3;
 
+/// `close_range` flag (Linux 5.11): mark the range close-on-exec instead of closing it.
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+
 /// Forks and execs one worker. Returns its pid once `execve` has succeeded.
 pub fn spawn(exec: &Exec, req: Request) -> io::Result<libc::pid_t> {
     let mut env_strings = Vec::with_capacity(3);
@@ -216,6 +219,12 @@ impl ChildSetup {
             if libc::dup2(src, dst) < 0 {
                 fail(err_w);
             }
+        }
+        // The host may hold descriptors without CLOEXEC (a jobserver pipe, a library's log
+        // file): none of them may leak into a worker. Marking them CLOEXEC rather than closing
+        // them keeps the exec-error pipe usable until exec.
+        if libc::syscall(libc::SYS_close_range, floor as libc::c_uint, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC) < 0 {
+            fail(err_w);
         }
         if !self.cwd.is_null() && libc::chdir(self.cwd) < 0 {
             fail(err_w);

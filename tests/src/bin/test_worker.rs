@@ -1,7 +1,10 @@
 //! A worker with scriptable misbehaviour, for the end-to-end tests.
 //!
 //! `rcluster-test-worker MODE [ARGS]`:
-//! - `echo`: ready, echoes every message, exits on disconnect
+//! - `echo`: ready, echoes every message, exits on disconnect; some messages are commands:
+//!   `!malformed` (write a frame of unknown kind), `!too-big` (try to send max_message + 1
+//!   bytes and answer with the error), `!exit N` (exit with code N)
+//! - `gen-fail`: like echo in generation 1; never ready in later generations
 //! - `exit MS CODE`: ready, exits with CODE after MS milliseconds
 //! - `never-ready`: says hello, never ready
 //! - `ignore-term`: ready, ignores SIGTERM, sleeps
@@ -24,6 +27,7 @@ fn main() {
     let w = Worker::from_env().expect("worker handshake").expect("run under rcluster");
     match mode {
         "never-ready" => sleep_forever(),
+        "gen-fail" if w.generation() > 1 => sleep_forever(),
         "ignore-term" => {
             // SAFETY: ignoring a signal is async-signal-safe and process-wide by intent.
             unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
@@ -62,10 +66,24 @@ fn main() {
 fn echo(w: &Worker) {
     loop {
         match w.next_event(None).unwrap() {
+            Some(WorkerEvent::Message(m)) if m.starts_with(b"!") => command(w, &m),
             Some(WorkerEvent::Message(m)) => w.send(&m).unwrap(),
             Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => std::process::exit(0),
             None => {}
         }
+    }
+}
+
+fn command(w: &Worker, cmd: &[u8]) {
+    let cmd = String::from_utf8_lossy(cmd);
+    match cmd.split_whitespace().collect::<Vec<_>>()[..] {
+        ["!malformed"] => raw_write(&[1, 0, 0, 0, 200, 0, 0, 0, 0]),
+        ["!too-big"] => {
+            let err = w.send(&vec![0; w.max_message() + 1]).unwrap_err();
+            w.send(err.to_string().as_bytes()).unwrap();
+        }
+        ["!exit", code] => std::process::exit(code.parse().unwrap()),
+        _ => w.send(format!("unknown command {cmd}").as_bytes()).unwrap(),
     }
 }
 

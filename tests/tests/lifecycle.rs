@@ -1,0 +1,253 @@
+//! Spawning, stopping, scaling, reloading: the supervisor's life with real workers.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use rcluster_core::{Config, Error, Event, ExitReason, ReadyOn, Supervisor, WorkerState};
+use rcluster_tests::*;
+
+fn message_text(ev: &Event) -> String {
+    match ev {
+        Event::Message { data, .. } => String::from_utf8_lossy(data).into_owned(),
+        other => panic!("not a message: {other:?}"),
+    }
+}
+
+#[test]
+fn workers_get_their_id_generation_and_exactly_four_descriptors() {
+    let sup = Supervisor::start(worker_config(2, &["env"])).unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let ev = wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Message { .. }));
+        let Event::Message { id, pid, .. } = ev else { unreachable!() };
+        let text = message_text(&ev);
+        assert!(text.starts_with(&format!("{id} 1 {pid} ")), "{text}");
+        assert!(text.contains(&format!("RCLUSTER_WORKER_ID={id}")) && text.contains("RCLUSTER_GENERATION=1"), "{text}");
+        assert!(text.contains("RCLUSTER_IPC_FD=3") && text.contains(&format!("RCLUSTER_PID={pid}")), "{text}");
+        // stdin, stdout, stderr, the IPC socket, and the directory handle used to count them.
+        assert!(text.contains("fds=5 "), "a worker inherited more than its four descriptors: {text}");
+        seen.push(id);
+    }
+    seen.sort();
+    assert_eq!(seen, vec![0, 1]);
+}
+
+#[test]
+fn stop_returns_with_every_worker_reaped() {
+    let sup = Supervisor::start(worker_config(3, &["echo"])).unwrap();
+    wait_ready(&sup, 3);
+    let pids: Vec<u32> = sup.snapshot().unwrap().iter().map(|w| w.pid).collect();
+    assert!(pids.iter().all(|&p| pid_alive(p)));
+    let t = Instant::now();
+    sup.stop(Duration::from_secs(5)).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "cooperative workers took {:?} to stop", t.elapsed());
+    assert!(pids.iter().all(|&p| !pid_alive(p)), "a worker is still alive or unreaped");
+    assert!(sup.is_stopped());
+    assert!(matches!(sup.send(0, b"x"), Err(Error::Stopped)));
+    let mut reasons = HashSet::new();
+    while let Some(ev) = sup.next_event(Some(Duration::from_millis(100))) {
+        if let Event::Exit { info, .. } = ev {
+            reasons.insert(info.reason);
+        }
+    }
+    assert_eq!(reasons, HashSet::from([ExitReason::Shutdown]));
+}
+
+#[test]
+fn broadcast_reaches_every_worker() {
+    let sup = Supervisor::start(worker_config(3, &["echo"])).unwrap();
+    wait_ready(&sup, 3);
+    assert_eq!(sup.broadcast(b"to all").unwrap(), 3);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let ev = wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Message { .. }));
+        assert_eq!(message_text(&ev), "to all");
+        if let Event::Message { id, .. } = ev {
+            ids.push(id);
+        }
+    }
+    ids.sort();
+    assert_eq!(ids, vec![0, 1, 2]);
+}
+
+#[test]
+fn message_of_16_mib_makes_the_round_trip() {
+    let sup = Supervisor::start(worker_config(1, &["echo"])).unwrap();
+    wait_ready(&sup, 1);
+    let big: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    sup.send(0, &big).unwrap();
+    let ev = wait_for(&sup, Duration::from_secs(20), |e| matches!(e, Event::Message { .. }));
+    let Event::Message { data, .. } = ev else { unreachable!() };
+    assert!(data == big, "16 MiB message came back different ({} bytes)", data.len());
+}
+
+#[test]
+fn oversized_message_is_refused_on_both_sides() {
+    let mut cfg = worker_config(1, &["echo"]);
+    cfg.max_message = 1024;
+    let sup = Supervisor::start(cfg).unwrap();
+    wait_ready(&sup, 1);
+    let err = sup.send(0, &[0; 1025]).unwrap_err();
+    assert!(matches!(err, Error::MessageTooLarge { size: 1025, limit: 1024 }), "{err}");
+    assert!(err.to_string().contains("1025") && err.to_string().contains("1024"));
+    assert!(matches!(sup.broadcast(&[0; 1025]), Err(Error::MessageTooLarge { .. })));
+    sup.send(0, b"!too-big").unwrap();
+    let reply = wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Message { .. }));
+    assert!(message_text(&reply).contains("message too large: 1025 bytes, the limit is 1024"), "{}", message_text(&reply));
+    // The worker is still fine.
+    sup.send(0, b"still here").unwrap();
+    let ev = wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Message { .. }));
+    assert_eq!(message_text(&ev), "still here");
+}
+
+#[test]
+fn malformed_frame_ends_only_that_worker_with_protocol_error() {
+    let sup = Supervisor::start(worker_config(2, &["echo"])).unwrap();
+    wait_ready(&sup, 2);
+    sup.send(0, b"!malformed").unwrap();
+    let ev = wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::ProtocolError { .. }));
+    assert!(matches!(&ev, Event::ProtocolError { id: 0, detail, .. } if detail.contains("unknown frame kind 200")), "{ev:?}");
+    let exit = wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Exit { .. }));
+    assert!(matches!(exit, Event::Exit { id: 0, info, .. } if info.reason == ExitReason::ProtocolError), "{exit:?}");
+    sup.send(1, b"other one").unwrap();
+    let ev = wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Message { .. }));
+    assert!(matches!(ev, Event::Message { id: 1, .. }));
+    wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Ready { id: 0, .. }));
+}
+
+#[test]
+fn bad_config_is_an_error_naming_the_field() {
+    let cases: Vec<(Box<dyn Fn(&mut Config)>, &str)> = vec![
+        (Box::new(|c| c.workers = 0), "workers"),
+        (Box::new(|c| c.workers = 5000), "workers"),
+        (Box::new(|c| c.argv = vec![]), "argv"),
+        (Box::new(|c| c.argv = vec!["/no/such/program".into()]), "/no/such/program"),
+        (Box::new(|c| c.restart.jitter = 2.0), "restart.jitter"),
+        (Box::new(|c| c.restart.backoff_multiplier = 0.5), "restart.backoff_multiplier"),
+        (Box::new(|c| c.kill_timeout = Duration::ZERO), "kill_timeout"),
+        (Box::new(|c| c.max_message = 0), "max_message"),
+        (Box::new(|c| c.cwd = Some("/no/such/dir".into())), "cwd"),
+        (Box::new(|c| c.env = vec![("A=B".into(), "x".into())]), "env"),
+    ];
+    for (break_it, field) in cases {
+        let mut cfg = worker_config(1, &["echo"]);
+        break_it(&mut cfg);
+        let err = Supervisor::start(cfg).err().expect("config should be refused").to_string();
+        assert!(err.contains(field), "error {err:?} does not name {field}");
+    }
+}
+
+#[test]
+fn scale_up_and_down_at_runtime() {
+    let sup = Supervisor::start(worker_config(1, &["echo"])).unwrap();
+    wait_ready(&sup, 1);
+    sup.scale(3).unwrap();
+    let mut ids = HashSet::new();
+    while ids.len() < 2 {
+        if let Event::Ready { id, .. } = wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Ready { .. })) {
+            ids.insert(id);
+        }
+    }
+    assert_eq!(ids, HashSet::from([1, 2]));
+    sup.scale(1).unwrap();
+    let mut gone = HashSet::new();
+    while gone.len() < 2 {
+        if let Event::Exit { id, info, .. } = wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Exit { .. })) {
+            assert_eq!(info.reason, ExitReason::Requested);
+            gone.insert(id);
+        }
+    }
+    assert_eq!(gone, HashSet::from([1, 2]));
+    let snap = sup.snapshot().unwrap();
+    assert_eq!(snap.len(), 1, "{snap:?}");
+    assert!(matches!(sup.send(2, b"x"), Err(Error::NoSuchWorker(2))));
+    assert!(sup.scale(0).unwrap_err().to_string().contains("workers"));
+}
+
+#[test]
+fn reload_replaces_every_worker_one_at_a_time() {
+    let mut cfg = worker_config(2, &["echo"]);
+    cfg.ready_on = ReadyOn::Explicit;
+    let sup = Supervisor::start(cfg).unwrap();
+    wait_ready(&sup, 2);
+    let old: Vec<u32> = sup.snapshot().unwrap().iter().map(|w| w.pid).collect();
+    assert_eq!(sup.reload().unwrap(), 2);
+    let mut live = 2;
+    let mut max_live = 2;
+    loop {
+        let ev = wait_for(&sup, Duration::from_secs(10), |_| true);
+        match ev {
+            Event::Spawned { generation, .. } => {
+                assert_eq!(generation, 2);
+                live += 1;
+            }
+            Event::Exit { info, generation, .. } => {
+                assert_eq!((generation, info.reason), (1, ExitReason::Requested));
+                live -= 1;
+            }
+            Event::ReloadDone { generation: 2 } => break,
+            Event::ReloadFailed { reason, .. } => panic!("reload failed: {reason}"),
+            _ => {}
+        }
+        max_live = max_live.max(live);
+    }
+    assert_eq!(max_live, 3, "more than one extra worker at a time");
+    let snap = sup.snapshot().unwrap();
+    assert!(snap.iter().all(|w| w.generation == 2 && w.state == WorkerState::Ready && !old.contains(&w.pid)), "{snap:?}");
+    sup.send(1, b"new").unwrap();
+    wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Message { id: 1, .. }));
+}
+
+#[test]
+fn reload_whose_new_workers_never_get_ready_keeps_the_old_ones() {
+    let mut cfg = worker_config(2, &["gen-fail"]);
+    cfg.ready_on = ReadyOn::Explicit;
+    cfg.ready_timeout = Duration::from_millis(400);
+    let sup = Supervisor::start(cfg).unwrap();
+    wait_ready(&sup, 2);
+    let old: Vec<u32> = sup.snapshot().unwrap().iter().map(|w| w.pid).collect();
+    sup.reload().unwrap();
+    let ev = wait_for(&sup, Duration::from_secs(10), |e| matches!(e, Event::ReloadFailed { .. }));
+    assert!(matches!(&ev, Event::ReloadFailed { generation: 2, reason } if reason.contains("before it was ready")), "{ev:?}");
+    let snap = sup.snapshot().unwrap();
+    assert_eq!(snap.iter().map(|w| w.pid).collect::<Vec<_>>(), old, "{snap:?}");
+    for id in 0..2 {
+        sup.send(id, b"old still serves").unwrap();
+        wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Message { .. }));
+    }
+    // The old generation is still supervised as before: a crash restarts it.
+    sup.send(0, b"!exit 1").unwrap();
+    wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Restarting { id: 0, .. }));
+    let ev = wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Spawned { id: 0, .. }));
+    assert!(matches!(ev, Event::Spawned { generation: 1, .. }), "{ev:?}");
+}
+
+#[test]
+fn restart_worker_replaces_its_process() {
+    let sup = Supervisor::start(worker_config(2, &["echo"])).unwrap();
+    wait_ready(&sup, 2);
+    let before = sup.snapshot().unwrap();
+    sup.restart_worker(1).unwrap();
+    wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Ready { id: 1, .. }));
+    let after = sup.snapshot().unwrap();
+    assert_eq!(before[0].pid, after[0].pid);
+    assert_ne!(before[1].pid, after[1].pid);
+    assert!(matches!(sup.restart_worker(7), Err(Error::NoSuchWorker(7))));
+}
+
+#[test]
+fn event_fd_is_readable_while_events_wait() {
+    let sup = Supervisor::start(worker_config(1, &["echo"])).unwrap();
+    wait_ready(&sup, 1);
+    while sup.try_next_event().is_some() {}
+    let readable = |ms| {
+        let mut p = libc::pollfd { fd: sup.event_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut p, 1, ms) == 1 }
+    };
+    assert!(!readable(0), "readable with an empty queue");
+    sup.send(0, b"wake").unwrap();
+    assert!(readable(5000), "not readable after a message arrived");
+    assert!(matches!(sup.try_next_event(), Some(Event::Message { .. })));
+    assert!(!readable(0), "still readable after the queue was drained");
+}
