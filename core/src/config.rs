@@ -142,7 +142,11 @@ impl Config {
     /// Checks every field; returns the program path the workers will exec.
     pub fn validate(&self) -> Result<PathBuf> {
         if self.workers == 0 || self.workers > MAX_WORKERS {
-            return Err(Error::config("workers", self.workers, format!("must be 1..={MAX_WORKERS}")));
+            return Err(Error::config(
+                "workers",
+                self.workers,
+                format!("must be 1..={MAX_WORKERS}"),
+            ));
         }
         validate_duration("ready_timeout", self.ready_timeout)?;
         validate_duration("kill_timeout", self.kill_timeout)?;
@@ -151,18 +155,29 @@ impl Config {
         }
         self.validate_restart()?;
         if self.max_message == 0 || self.max_message > MAX_MAX_MESSAGE {
-            return Err(Error::config("max_message", self.max_message, format!("must be 1..={MAX_MAX_MESSAGE}")));
+            return Err(Error::config(
+                "max_message",
+                self.max_message,
+                format!("must be 1..={MAX_MAX_MESSAGE}"),
+            ));
         }
         if self.send_queue_limit < self.max_message + frame::HEADER_LEN {
             return Err(Error::config(
                 "send_queue_limit",
                 self.send_queue_limit,
-                format!("must hold at least one largest message ({} bytes)", self.max_message + frame::HEADER_LEN),
+                format!(
+                    "must hold at least one largest message ({} bytes)",
+                    self.max_message + frame::HEADER_LEN
+                ),
             ));
         }
         for (k, v) in &self.env {
             if k.is_empty() || k.as_bytes().contains(&b'=') || k.as_bytes().contains(&0) {
-                return Err(Error::config("env", k, "a variable name must be non-empty, without '=' or NUL"));
+                return Err(Error::config(
+                    "env",
+                    k,
+                    "a variable name must be non-empty, without '=' or NUL",
+                ));
             }
             if v.as_bytes().contains(&0) {
                 return Err(Error::config("env", k, "value contains a NUL byte"));
@@ -179,13 +194,25 @@ impl Config {
     fn validate_restart(&self) -> Result<()> {
         let r = &self.restart;
         if !(r.backoff_multiplier.is_finite() && r.backoff_multiplier >= 1.0) {
-            return Err(Error::config("restart.backoff_multiplier", r.backoff_multiplier, "must be a number >= 1"));
+            return Err(Error::config(
+                "restart.backoff_multiplier",
+                r.backoff_multiplier,
+                "must be a number >= 1",
+            ));
         }
         if !(r.jitter.is_finite() && (0.0..=1.0).contains(&r.jitter)) {
-            return Err(Error::config("restart.jitter", r.jitter, "must be between 0 and 1"));
+            return Err(Error::config(
+                "restart.jitter",
+                r.jitter,
+                "must be between 0 and 1",
+            ));
         }
         if r.backoff_max < r.backoff_initial {
-            return Err(Error::config("restart.backoff_max", r.backoff_max, "must be >= restart.backoff_initial"));
+            return Err(Error::config(
+                "restart.backoff_max",
+                r.backoff_max,
+                "must be >= restart.backoff_initial",
+            ));
         }
         if r.window.is_zero() {
             return Err(Error::config("restart.window", r.window, "must be > 0"));
@@ -199,7 +226,11 @@ impl Config {
             return Err(Error::config("argv", &self.argv, "must name a program"));
         };
         if self.argv.iter().any(|a| a.as_bytes().contains(&0)) {
-            return Err(Error::config("argv", &self.argv, "arguments must not contain NUL bytes"));
+            return Err(Error::config(
+                "argv",
+                &self.argv,
+                "arguments must not contain NUL bytes",
+            ));
         }
         if prog.is_empty() {
             return Err(Error::config("argv", prog, "the program name is empty"));
@@ -211,7 +242,9 @@ impl Config {
             };
             return check_executable(&path).map(|()| path);
         }
-        let search = self.path_var().unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
+        let search = self
+            .path_var()
+            .unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
         for dir in std::env::split_paths(&search) {
             let candidate = dir.join(prog);
             if check_executable(&candidate).is_ok() {
@@ -223,7 +256,8 @@ impl Config {
 
     fn path_var(&self) -> Option<OsString> {
         let own = self.env.iter().rev().find(|(k, _)| k == OsStr::new("PATH"));
-        own.map(|(_, v)| v.clone()).or_else(|| std::env::var_os("PATH"))
+        own.map(|(_, v)| v.clone())
+            .or_else(|| std::env::var_os("PATH"))
     }
 }
 
@@ -238,7 +272,8 @@ fn validate_duration(field: &'static str, d: Duration) -> Result<()> {
 }
 
 fn check_executable(path: &Path) -> Result<()> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::config("argv", path, format!("cannot use program: {e}")))?;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::config("argv", path, format!("cannot use program: {e}")))?;
     if !meta.is_file() {
         return Err(Error::config("argv", path, "is not a regular file"));
     }
@@ -262,8 +297,14 @@ mod tests {
 
     #[test]
     fn missing_program_is_rejected_before_start() {
-        let e = Config::new(["no-such-program-xyz"]).validate().unwrap_err().to_string();
-        assert!(e.contains("argv") && e.contains("no-such-program-xyz"), "{e}");
+        let e = Config::new(["no-such-program-xyz"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("argv") && e.contains("no-such-program-xyz"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -274,14 +315,21 @@ mod tests {
 
     #[test]
     fn non_executable_program_is_rejected() {
-        let e = Config::new(["/etc/hostname"]).validate().unwrap_err().to_string();
-        assert!(e.contains("not executable") || e.contains("cannot use"), "{e}");
+        let path = std::env::temp_dir().join(format!("rcluster-not-exec-{}", std::process::id()));
+        std::fs::write(&path, "#!/bin/sh\n").unwrap();
+        let e = Config::new([&path]).validate().unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(e.contains("not executable"), "{e}");
     }
 
     #[test]
     fn small_queue_limit_is_rejected() {
         let mut c = Config::new(["/bin/true"]);
         c.send_queue_limit = 10;
-        assert!(c.validate().unwrap_err().to_string().contains("send_queue_limit"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("send_queue_limit"));
     }
 }

@@ -28,7 +28,11 @@ pub struct Waker {
 
 impl Waker {
     pub fn new() -> std::io::Result<Waker> {
-        Ok(Waker { fd: sys::EventFd::new()?, dirty: Mutex::new(Vec::new()), pending: AtomicBool::new(false) })
+        Ok(Waker {
+            fd: sys::EventFd::new()?,
+            dirty: Mutex::new(Vec::new()),
+            pending: AtomicBool::new(false),
+        })
     }
 
     pub fn raw(&self) -> RawFd {
@@ -76,7 +80,14 @@ pub struct Conn {
     max_message: usize,
     queue: Mutex<Queue>,
     /// Only the loop touches this: bytes taken from `queue` and being written.
-    flight: Mutex<(Vec<u8>, usize, VecDeque<(usize, OwnedFd)>)>,
+    flight: Mutex<Flight>,
+}
+
+#[derive(Default)]
+struct Flight {
+    buf: Vec<u8>,
+    off: usize,
+    fds: VecDeque<(usize, OwnedFd)>,
 }
 
 pub enum Flush {
@@ -103,7 +114,7 @@ impl Conn {
                 last_send: Instant::now() - COALESCE,
                 closed: false,
             }),
-            flight: Mutex::new((Vec::new(), 0, VecDeque::new())),
+            flight: Mutex::new(Flight::default()),
         }
     }
 
@@ -114,20 +125,32 @@ impl Conn {
     /// Queues a user message (or writes it at once when the line is idle).
     pub fn send_message(self: &Arc<Self>, waker: &Waker, body: &[u8]) -> Result<()> {
         if body.len() > self.max_message {
-            return Err(Error::MessageTooLarge { size: body.len(), limit: self.max_message });
+            return Err(Error::MessageTooLarge {
+                size: body.len(),
+                limit: self.max_message,
+            });
         }
         self.send_frame(waker, Kind::Message, body, None)
     }
 
     /// Queues any frame, optionally with a descriptor attached.
-    pub fn send_frame(self: &Arc<Self>, waker: &Waker, kind: Kind, body: &[u8], fd: Option<OwnedFd>) -> Result<()> {
+    pub fn send_frame(
+        self: &Arc<Self>,
+        waker: &Waker,
+        kind: Kind,
+        body: &[u8],
+        fd: Option<OwnedFd>,
+    ) -> Result<()> {
         let mut q = self.queue.lock().unwrap();
         if q.closed {
             return Err(Error::NoSuchWorker(self.id));
         }
         let size = frame::HEADER_LEN + body.len();
         if q.buf.len() + q.in_flight + size > self.limit {
-            return Err(Error::QueueFull { worker: self.id, limit: self.limit });
+            return Err(Error::QueueFull {
+                worker: self.id,
+                limit: self.limit,
+            });
         }
         let now = Instant::now();
         let idle = !q.scheduled && q.buf.is_empty() && now.duration_since(q.last_send) >= COALESCE;
@@ -151,66 +174,43 @@ impl Conn {
 
     /// Tries to write the queue from the sending thread; true when all of it went out.
     fn write_now(&self, q: &mut MutexGuard<'_, Queue>) -> bool {
+        let Queue { buf, fds, .. } = &mut **q;
         let mut off = 0;
-        while off < q.buf.len() {
-            let res = match q.fds.front() {
-                Some((at, fd)) if *at == off => {
-                    let end = next_fd_offset(&q.fds, 1).unwrap_or(q.buf.len());
-                    sys::send_with_fd(self.raw(), &q.buf[off..end], fd.as_raw_fd(), false).inspect(|_| {
-                        q.fds.pop_front();
-                    })
-                }
-                _ => {
-                    let end = next_fd_offset(&q.fds, 0).unwrap_or(q.buf.len());
-                    sys::send(self.raw(), &q.buf[off..end])
-                }
-            };
-            match res {
+        while off < buf.len() {
+            match write_some(self.raw(), buf, off, fds) {
                 Ok(n) => off += n,
                 Err(_) => break,
             }
         }
-        q.buf.drain(..off);
-        for (at, _) in q.fds.iter_mut() {
+        buf.drain(..off);
+        for (at, _) in fds.iter_mut() {
             *at -= off;
         }
-        q.buf.is_empty()
+        buf.is_empty()
     }
 
     /// Loop side: writes what is queued. Never blocks.
     pub fn flush(&self) -> Flush {
-        let mut flight = self.flight.lock().unwrap();
+        let mut guard = self.flight.lock().unwrap();
+        let f = &mut *guard;
         loop {
-            let (buf, off, fds) = &mut *flight;
-            if *off == buf.len() {
-                buf.clear();
-                *off = 0;
+            if f.off == f.buf.len() {
+                f.buf.clear();
+                f.off = 0;
                 let mut q = self.queue.lock().unwrap();
                 q.in_flight = 0;
                 if q.buf.is_empty() {
                     q.scheduled = false;
                     return Flush::Done;
                 }
-                std::mem::swap(buf, &mut q.buf);
-                std::mem::swap(fds, &mut q.fds);
-                q.in_flight = buf.len();
+                std::mem::swap(&mut f.buf, &mut q.buf);
+                std::mem::swap(&mut f.fds, &mut q.fds);
+                q.in_flight = f.buf.len();
             }
-            let res = match fds.front() {
-                Some((at, fd)) if *at == *off => {
-                    let end = next_fd_offset(fds, 1).unwrap_or(buf.len());
-                    sys::send_with_fd(self.raw(), &buf[*off..end], fd.as_raw_fd(), false).inspect(|_| {
-                        fds.pop_front();
-                    })
-                }
-                _ => {
-                    let end = next_fd_offset(fds, 0).unwrap_or(buf.len());
-                    sys::send(self.raw(), &buf[*off..end])
-                }
-            };
-            match res {
+            match write_some(self.raw(), &f.buf, f.off, &mut f.fds) {
                 Ok(n) => {
-                    *off += n;
-                    self.queue.lock().unwrap().in_flight = buf.len() - *off;
+                    f.off += n;
+                    self.queue.lock().unwrap().in_flight = f.buf.len() - f.off;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Flush::Blocked,
                 Err(_) => return Flush::Broken,
@@ -224,8 +224,7 @@ impl Conn {
         q.closed = true;
         q.buf = Vec::new();
         q.fds.clear();
-        let mut flight = self.flight.lock().unwrap();
-        *flight = (Vec::new(), 0, VecDeque::new());
+        *self.flight.lock().unwrap() = Flight::default();
     }
 
     pub fn is_closed(&self) -> bool {
@@ -233,7 +232,22 @@ impl Conn {
     }
 }
 
-/// Offset of the `skip`-th queued descriptor's frame, if any.
-fn next_fd_offset(fds: &VecDeque<(usize, OwnedFd)>, skip: usize) -> Option<usize> {
-    fds.get(skip).map(|(at, _)| *at)
+/// One non-blocking write from `buf[off..]`. A frame that carries a descriptor is sent with it
+/// attached to its first byte; a write never crosses into the next such frame, so that each
+/// descriptor arrives with its own frame.
+fn write_some(
+    fd: RawFd,
+    buf: &[u8],
+    off: usize,
+    fds: &mut VecDeque<(usize, OwnedFd)>,
+) -> std::io::Result<usize> {
+    let next_fd_at = |skip: usize| fds.get(skip).map_or(buf.len(), |(at, _)| *at);
+    match fds.front() {
+        Some((at, pass)) if *at == off => {
+            let n = sys::send_with_fd(fd, &buf[off..next_fd_at(1)], pass.as_raw_fd(), false)?;
+            fds.pop_front();
+            Ok(n)
+        }
+        _ => sys::send(fd, &buf[off..next_fd_at(0)]),
+    }
 }

@@ -33,7 +33,11 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn config(field: &'static str, value: impl fmt::Debug, reason: impl Into<String>) -> Self {
+    pub(crate) fn config(
+        field: &'static str,
+        value: impl fmt::Debug,
+        reason: impl Into<String>,
+    ) -> Self {
         Error::Config {
             field,
             value: format!("{value:?}"),

@@ -60,13 +60,25 @@ pub enum Event {
     /// A user message from a worker.
     Message { id: u32, pid: u32, data: Vec<u8> },
     /// A worker process ended and was reaped.
-    Exit { id: u32, generation: u32, info: ExitInfo },
+    Exit {
+        id: u32,
+        generation: u32,
+        info: ExitInfo,
+    },
     /// The worker program could not be started (exec failed).
     SpawnFailed { id: u32, error: String },
     /// The slot will be started again after `delay`.
-    Restarting { id: u32, delay: Duration, attempt: u32 },
+    Restarting {
+        id: u32,
+        delay: Duration,
+        attempt: u32,
+    },
     /// The slot restarted too often within the window; it stays down.
-    GaveUp { id: u32, restarts: u32, window: Duration },
+    GaveUp {
+        id: u32,
+        restarts: u32,
+        window: Duration,
+    },
     /// Every slot has given up (or stays down by policy): nothing is running any more.
     AllDown,
     /// A worker broke the protocol; it is being killed.
@@ -115,7 +127,11 @@ struct Inner {
 impl EventQueue {
     pub fn new() -> std::io::Result<EventQueue> {
         Ok(EventQueue {
-            q: Mutex::new(Inner { events: VecDeque::new(), waiters: 0, closed: false }),
+            q: Mutex::new(Inner {
+                events: VecDeque::new(),
+                waiters: 0,
+                closed: false,
+            }),
             cv: Condvar::new(),
             fd: sys::EventFd::new()?,
             len: AtomicUsize::new(0),

@@ -82,7 +82,10 @@ pub fn worker_hello(pid: u32) -> Vec<u8> {
 /// Checks a hello body's version; returns the u32 fields that follow it.
 pub fn parse_hello(body: &[u8]) -> Result<Vec<u32>> {
     if body.len() < 4 || body.len() % 4 != 0 {
-        return Err(Error::Protocol(format!("hello body of {} bytes is malformed", body.len())));
+        return Err(Error::Protocol(format!(
+            "hello body of {} bytes is malformed",
+            body.len()
+        )));
     }
     let version = u16::from_le_bytes([body[0], body[1]]);
     if version != PROTOCOL_VERSION {
@@ -90,7 +93,10 @@ pub fn parse_hello(body: &[u8]) -> Result<Vec<u32>> {
             "peer speaks protocol version {version}, this side speaks {PROTOCOL_VERSION}"
         )));
     }
-    Ok(body[4..].chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    Ok(body[4..]
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
 }
 
 /// One decoded frame, borrowing its body from the decoder's buffer.
@@ -113,7 +119,12 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(max_message: usize) -> Decoder {
-        Decoder { buf: vec![0; 64 * 1024], start: 0, end: 0, max_message }
+        Decoder {
+            buf: vec![0; 64 * 1024],
+            start: 0,
+            end: 0,
+            max_message,
+        }
     }
 
     /// Space to read into: at least `min` free bytes after the received ones.
@@ -168,24 +179,39 @@ impl Decoder {
         }
         let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
         let (kind_byte, flags) = (avail[4], avail[5]);
-        let kind = Kind::from_u8(kind_byte).ok_or_else(|| Error::Protocol(format!("unknown frame kind {kind_byte}")))?;
+        let kind = Kind::from_u8(kind_byte)
+            .ok_or_else(|| Error::Protocol(format!("unknown frame kind {kind_byte}")))?;
         if avail[6] != 0 || avail[7] != 0 || flags & !FLAG_FD != 0 {
-            return Err(Error::Protocol(format!("reserved header bits set in a {kind:?} frame")));
+            return Err(Error::Protocol(format!(
+                "reserved header bits set in a {kind:?} frame"
+            )));
         }
         let has_fd = flags & FLAG_FD != 0;
         if has_fd && !kind.takes_fd() {
-            return Err(Error::Protocol(format!("a {kind:?} frame may not carry a file descriptor")));
+            return Err(Error::Protocol(format!(
+                "a {kind:?} frame may not carry a file descriptor"
+            )));
         }
-        let limit = if kind == Kind::Message { self.max_message } else { MAX_CONTROL_BODY };
+        let limit = if kind == Kind::Message {
+            self.max_message
+        } else {
+            MAX_CONTROL_BODY
+        };
         if len > limit {
-            return Err(Error::Protocol(format!("{kind:?} frame of {len} bytes exceeds the limit of {limit} bytes")));
+            return Err(Error::Protocol(format!(
+                "{kind:?} frame of {len} bytes exceeds the limit of {limit} bytes"
+            )));
         }
         if avail.len() < HEADER_LEN + len {
             return Ok(None);
         }
         let body_start = self.start + HEADER_LEN;
         self.start = body_start + len;
-        Ok(Some(Frame { kind, has_fd, body: &self.buf[body_start..body_start + len] }))
+        Ok(Some(Frame {
+            kind,
+            has_fd,
+            body: &self.buf[body_start..body_start + len],
+        }))
     }
 }
 
@@ -219,14 +245,22 @@ mod tests {
         encode(&mut wire, Kind::Message, 0, &[0; 11]);
         let mut d = Decoder::new(10);
         feed(&mut d, &wire);
-        assert!(d.next_frame().unwrap_err().to_string().contains("exceeds the limit"));
+        assert!(d
+            .next_frame()
+            .unwrap_err()
+            .to_string()
+            .contains("exceeds the limit"));
     }
 
     #[test]
     fn unknown_kind_and_stray_fd_flag_are_protocol_errors() {
         let mut d = Decoder::new(10);
         feed(&mut d, &[0, 0, 0, 0, 99, 0, 0, 0]);
-        assert!(d.next_frame().unwrap_err().to_string().contains("unknown frame kind 99"));
+        assert!(d
+            .next_frame()
+            .unwrap_err()
+            .to_string()
+            .contains("unknown frame kind 99"));
         let mut d = Decoder::new(10);
         feed(&mut d, &[0, 0, 0, 0, Kind::Ready as u8, FLAG_FD, 0, 0]);
         assert!(d.next_frame().is_err());
@@ -234,7 +268,10 @@ mod tests {
 
     #[test]
     fn hello_with_other_version_is_refused() {
-        assert!(parse_hello(&[9, 0, 0, 0]).unwrap_err().to_string().contains("version 9"));
+        assert!(parse_hello(&[9, 0, 0, 0])
+            .unwrap_err()
+            .to_string()
+            .contains("version 9"));
         let v = parse_hello(&primary_hello(5, 6, 7)[HEADER_LEN..]).unwrap();
         assert_eq!(v, vec![5, 6, 7]);
     }

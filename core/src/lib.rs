@@ -19,7 +19,9 @@ mod supervisor;
 mod sys;
 mod worker;
 
-pub use config::{Config, Output, ReadyOn, RestartMode, RestartPolicy, DEFAULT_MAX_MESSAGE, MAX_WORKERS};
+pub use config::{
+    Config, Output, ReadyOn, RestartMode, RestartPolicy, DEFAULT_MAX_MESSAGE, MAX_WORKERS,
+};
 pub use error::{Error, Result};
 pub use events::{Event, ExitInfo, WorkerInfo, WorkerState};
 pub use policy::{Clock, Decision, ExitReason, History, Jitter, SystemClock, XorShift};

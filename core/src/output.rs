@@ -17,7 +17,12 @@ pub struct PrefixPipe {
 
 impl PrefixPipe {
     pub fn new(fd: OwnedFd, target: RawFd, id: u32) -> PrefixPipe {
-        PrefixPipe { fd, target, prefix: format!("[{id}] ").into_bytes(), partial: Vec::new() }
+        PrefixPipe {
+            fd,
+            target,
+            prefix: format!("[{id}] ").into_bytes(),
+            partial: Vec::new(),
+        }
     }
 
     /// Reads what is available; false at EOF (or error).

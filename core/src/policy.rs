@@ -44,7 +44,11 @@ impl ExitReason {
     pub fn is_failure(self) -> bool {
         matches!(
             self,
-            ExitReason::Crashed | ExitReason::ReadyTimeout | ExitReason::Heartbeat | ExitReason::Memory | ExitReason::ProtocolError
+            ExitReason::Crashed
+                | ExitReason::ReadyTimeout
+                | ExitReason::Heartbeat
+                | ExitReason::Memory
+                | ExitReason::ProtocolError
         )
     }
 }
@@ -78,7 +82,9 @@ pub struct XorShift(u64);
 
 impl XorShift {
     pub fn seeded() -> XorShift {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         XorShift((t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32) | 1)
     }
 }
@@ -145,17 +151,25 @@ impl History {
             }
         }
         if self.restarts.len() as u32 >= policy.max_restarts {
-            return Decision::GiveUp { restarts: self.restarts.len() as u32 };
+            return Decision::GiveUp {
+                restarts: self.restarts.len() as u32,
+            };
         }
         self.restarts.push_back(now);
         let delay = self.backoff(policy, jitter);
         self.consecutive_failures += 1;
-        Decision::Restart { delay, attempt: self.consecutive_failures }
+        Decision::Restart {
+            delay,
+            attempt: self.consecutive_failures,
+        }
     }
 
     fn backoff(&self, policy: &RestartPolicy, jitter: &mut dyn Jitter) -> Duration {
-        let exp = policy.backoff_multiplier.powi(self.consecutive_failures.min(64) as i32);
-        let base = (policy.backoff_initial.as_secs_f64() * exp).min(policy.backoff_max.as_secs_f64());
+        let exp = policy
+            .backoff_multiplier
+            .powi(self.consecutive_failures.min(64) as i32);
+        let base =
+            (policy.backoff_initial.as_secs_f64() * exp).min(policy.backoff_max.as_secs_f64());
         let spread = 1.0 + policy.jitter * (2.0 * jitter.next() - 1.0);
         Duration::from_secs_f64((base * spread).clamp(0.0, policy.backoff_max.as_secs_f64()))
     }
@@ -218,7 +232,17 @@ mod tests {
         let mut h = History::default();
         let short = Duration::from_millis(10);
         let got: Vec<u128> = (0..6)
-            .map(|_| delay(h.decide(&p, ExitReason::Crashed, Some(1), short, clock.advance(short), &mut NoJitter)).as_millis())
+            .map(|_| {
+                delay(h.decide(
+                    &p,
+                    ExitReason::Crashed,
+                    Some(1),
+                    short,
+                    clock.advance(short),
+                    &mut NoJitter,
+                ))
+                .as_millis()
+            })
             .collect();
         assert_eq!(got, vec![100, 200, 400, 800, 1000, 1000]);
     }
@@ -230,10 +254,24 @@ mod tests {
         let mut h = History::default();
         let short = Duration::from_millis(10);
         for _ in 0..3 {
-            h.decide(&p, ExitReason::Crashed, Some(1), short, clock.advance(short), &mut NoJitter);
+            h.decide(
+                &p,
+                ExitReason::Crashed,
+                Some(1),
+                short,
+                clock.advance(short),
+                &mut NoJitter,
+            );
         }
         let long = Duration::from_secs(6);
-        let d = h.decide(&p, ExitReason::Crashed, Some(1), long, clock.advance(long), &mut NoJitter);
+        let d = h.decide(
+            &p,
+            ExitReason::Crashed,
+            Some(1),
+            long,
+            clock.advance(long),
+            &mut NoJitter,
+        );
         assert_eq!(delay(d), Duration::from_millis(100));
     }
 
@@ -244,9 +282,23 @@ mod tests {
         let mut h = History::default();
         let short = Duration::from_millis(10);
         for _ in 0..5 {
-            delay(h.decide(&p, ExitReason::Crashed, Some(1), short, clock.advance(short), &mut NoJitter));
+            delay(h.decide(
+                &p,
+                ExitReason::Crashed,
+                Some(1),
+                short,
+                clock.advance(short),
+                &mut NoJitter,
+            ));
         }
-        let d = h.decide(&p, ExitReason::Crashed, Some(1), short, clock.advance(short), &mut NoJitter);
+        let d = h.decide(
+            &p,
+            ExitReason::Crashed,
+            Some(1),
+            short,
+            clock.advance(short),
+            &mut NoJitter,
+        );
         assert_eq!(d, Decision::GiveUp { restarts: 5 });
     }
 
@@ -257,17 +309,41 @@ mod tests {
         let mut h = History::default();
         let short = Duration::from_millis(10);
         for _ in 0..5 {
-            h.decide(&p, ExitReason::Crashed, Some(1), short, clock.advance(short), &mut NoJitter);
+            h.decide(
+                &p,
+                ExitReason::Crashed,
+                Some(1),
+                short,
+                clock.advance(short),
+                &mut NoJitter,
+            );
         }
         let later = clock.advance(Duration::from_secs(61));
-        assert!(matches!(h.decide(&p, ExitReason::Crashed, Some(1), short, later, &mut NoJitter), Decision::Restart { .. }));
+        assert!(matches!(
+            h.decide(
+                &p,
+                ExitReason::Crashed,
+                Some(1),
+                short,
+                later,
+                &mut NoJitter
+            ),
+            Decision::Restart { .. }
+        ));
     }
 
     #[test]
     fn no_restart_exit_code_is_honoured() {
         let mut p = policy();
         p.no_restart_codes = vec![3];
-        let d = History::default().decide(&p, ExitReason::Crashed, Some(3), Duration::ZERO, Instant::now(), &mut NoJitter);
+        let d = History::default().decide(
+            &p,
+            ExitReason::Crashed,
+            Some(3),
+            Duration::ZERO,
+            Instant::now(),
+            &mut NoJitter,
+        );
         assert_eq!(d, Decision::Stay);
     }
 
@@ -277,15 +353,42 @@ mod tests {
         p.mode = RestartMode::OnFailure;
         let mut h = History::default();
         let now = Instant::now();
-        assert_eq!(h.decide(&p, ExitReason::Exited, Some(0), Duration::ZERO, now, &mut NoJitter), Decision::Stay);
-        assert!(matches!(h.decide(&p, ExitReason::Heartbeat, None, Duration::ZERO, now, &mut NoJitter), Decision::Restart { .. }));
+        assert_eq!(
+            h.decide(
+                &p,
+                ExitReason::Exited,
+                Some(0),
+                Duration::ZERO,
+                now,
+                &mut NoJitter
+            ),
+            Decision::Stay
+        );
+        assert!(matches!(
+            h.decide(
+                &p,
+                ExitReason::Heartbeat,
+                None,
+                Duration::ZERO,
+                now,
+                &mut NoJitter
+            ),
+            Decision::Restart { .. }
+        ));
     }
 
     #[test]
     fn never_does_not_restart() {
         let mut p = policy();
         p.mode = RestartMode::Never;
-        let d = History::default().decide(&p, ExitReason::Crashed, Some(1), Duration::ZERO, Instant::now(), &mut NoJitter);
+        let d = History::default().decide(
+            &p,
+            ExitReason::Crashed,
+            Some(1),
+            Duration::ZERO,
+            Instant::now(),
+            &mut NoJitter,
+        );
         assert_eq!(d, Decision::Stay);
     }
 
@@ -300,11 +403,30 @@ mod tests {
             }
         }
         let now = Instant::now();
-        let lo = delay(History::default().decide(&p, ExitReason::Crashed, Some(1), Duration::ZERO, now, &mut Fixed(0.0)));
-        let hi = delay(History::default().decide(&p, ExitReason::Crashed, Some(1), Duration::ZERO, now, &mut Fixed(0.999)));
+        let lo = delay(History::default().decide(
+            &p,
+            ExitReason::Crashed,
+            Some(1),
+            Duration::ZERO,
+            now,
+            &mut Fixed(0.0),
+        ));
+        let hi = delay(History::default().decide(
+            &p,
+            ExitReason::Crashed,
+            Some(1),
+            Duration::ZERO,
+            now,
+            &mut Fixed(0.999),
+        ));
         assert_eq!(lo, Duration::from_millis(50));
-        assert!(hi > Duration::from_millis(149) && hi <= Duration::from_millis(150), "{hi:?}");
+        assert!(
+            hi > Duration::from_millis(149) && hi <= Duration::from_millis(150),
+            "{hi:?}"
+        );
         let mut rng = XorShift::seeded();
-        assert!((0..1000).map(|_| rng.next()).all(|x| (0.0..1.0).contains(&x)));
+        assert!((0..1000)
+            .map(|_| rng.next())
+            .all(|x| (0.0..1.0).contains(&x)));
     }
 }

@@ -39,7 +39,14 @@ struct Slot {
 
 impl Slot {
     fn new(generation: u32, now: Instant) -> Slot {
-        Slot { generation, history: History::default(), start_at: Some(now), gave_up: false, restarts: 0, last_exit: None }
+        Slot {
+            generation,
+            history: History::default(),
+            start_at: Some(now),
+            gave_up: false,
+            restarts: 0,
+            last_exit: None,
+        }
     }
 }
 
@@ -79,7 +86,9 @@ pub(crate) struct Primary {
 impl Primary {
     pub fn new(cfg: Config, program: &Path, shared: Arc<Shared>) -> Result<Primary> {
         let epoll = Epoll::new().map_err(|e| Error::io("epoll_create1", e))?;
-        epoll.add(shared.waker.raw(), libc::EPOLLIN as u32, WAKER).map_err(|e| Error::io("epoll_ctl", e))?;
+        epoll
+            .add(shared.waker.raw(), libc::EPOLLIN as u32, WAKER)
+            .map_err(|e| Error::io("epoll_ctl", e))?;
         let exec = Exec::new(program, &cfg.argv, &cfg.env, cfg.cwd.as_deref());
         let clock: Box<dyn Clock> = Box::new(SystemClock);
         let now = clock.now();
@@ -114,7 +123,9 @@ impl Primary {
             if self.stop_deadline.is_some() && self.procs.is_empty() {
                 break;
             }
-            let timeout = self.next_deadline().map(|d| d.saturating_duration_since(self.clock.now()));
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(self.clock.now()));
             if let Err(e) = self.epoll.wait(&mut ready, timeout) {
                 // Cannot happen with a valid epoll fd; do not spin if it does.
                 eprintln!("rcluster: epoll_wait failed: {e}");
@@ -217,7 +228,12 @@ impl Primary {
             s.start_at = Some(now);
         }
         self.desired = n;
-        let extra: Vec<u64> = self.procs.iter().filter(|(_, p)| p.slot as usize >= n).map(|(k, _)| *k).collect();
+        let extra: Vec<u64> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.slot as usize >= n)
+            .map(|(k, _)| *k)
+            .collect();
         for key in extra {
             self.stop_worker(key, ExitReason::Requested, true);
         }
@@ -234,7 +250,12 @@ impl Primary {
         if id as usize >= self.desired {
             return Err(Error::NoSuchWorker(id));
         }
-        let live: Vec<u64> = self.procs.iter().filter(|(_, p)| p.slot == id && p.is_live()).map(|(k, _)| *k).collect();
+        let live: Vec<u64> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.slot == id && p.is_live())
+            .map(|(k, _)| *k)
+            .collect();
         let slot = &mut self.slots[id as usize];
         slot.history.reset();
         slot.gave_up = false;
@@ -261,7 +282,9 @@ impl Primary {
             pending: (0..self.desired as u32).collect(),
             step: ReloadStep::Next,
         });
-        self.out.push(Event::ReloadStarted { generation: self.generation });
+        self.out.push(Event::ReloadStarted {
+            generation: self.generation,
+        });
         Ok(self.generation)
     }
 
@@ -269,7 +292,10 @@ impl Primary {
         let now = self.clock.now();
         self.stop_deadline = Some(now + timeout);
         if let Some(r) = self.reload.take() {
-            self.out.push(Event::ReloadFailed { generation: r.generation, reason: "the supervisor is stopping".into() });
+            self.out.push(Event::ReloadFailed {
+                generation: r.generation,
+                reason: "the supervisor is stopping".into(),
+            });
         }
         let keys: Vec<u64> = self.procs.keys().copied().collect();
         for key in keys {
@@ -297,12 +323,16 @@ impl Primary {
     }
 
     fn step_reload(&mut self) {
-        let Some(mut r) = self.reload.take() else { return };
+        let Some(mut r) = self.reload.take() else {
+            return;
+        };
         loop {
             match r.step {
                 ReloadStep::Next => {
                     let Some(slot) = r.pending.pop_front() else {
-                        self.out.push(Event::ReloadDone { generation: r.generation });
+                        self.out.push(Event::ReloadDone {
+                            generation: r.generation,
+                        });
                         return;
                     };
                     if slot as usize >= self.desired {
@@ -317,15 +347,22 @@ impl Primary {
                     match self.spawn_worker(slot, r.generation) {
                         Some(key) => r.step = ReloadStep::WaitReady { slot, key, prev },
                         None => {
-                            let reason = format!("worker {slot} of generation {} could not be started", r.generation);
+                            let reason = format!(
+                                "worker {slot} of generation {} could not be started",
+                                r.generation
+                            );
                             return self.fail_reload(r.generation, slot, prev, reason);
                         }
                     }
                 }
                 ReloadStep::WaitReady { slot, key, prev } => match self.procs.get(&key) {
                     Some(p) if p.state == WorkerState::Ready => {
-                        let old: Vec<u64> =
-                            self.procs.iter().filter(|(_, p)| p.slot == slot && p.generation < r.generation).map(|(k, _)| *k).collect();
+                        let old: Vec<u64> = self
+                            .procs
+                            .iter()
+                            .filter(|(_, p)| p.slot == slot && p.generation < r.generation)
+                            .map(|(k, _)| *k)
+                            .collect();
                         for k in old {
                             self.stop_worker(k, ExitReason::Requested, true);
                         }
@@ -333,12 +370,19 @@ impl Primary {
                     }
                     Some(_) => break,
                     None => {
-                        let reason = format!("worker {slot} of generation {} exited before it was ready", r.generation);
+                        let reason = format!(
+                            "worker {slot} of generation {} exited before it was ready",
+                            r.generation
+                        );
                         return self.fail_reload(r.generation, slot, prev, reason);
                     }
                 },
                 ReloadStep::WaitOld { slot } => {
-                    if self.procs.values().any(|p| p.slot == slot && p.generation < r.generation) {
+                    if self
+                        .procs
+                        .values()
+                        .any(|p| p.slot == slot && p.generation < r.generation)
+                    {
                         break;
                     }
                     r.step = ReloadStep::Next;
@@ -351,19 +395,36 @@ impl Primary {
     /// Ends a reload that cannot go on. The slot keeps its old worker, if it still has one,
     /// and with it the old generation (so that the policy restarts it as before).
     fn fail_reload(&mut self, generation: u32, slot: u32, prev: u32, reason: String) {
-        if self.procs.values().any(|p| p.slot == slot && p.generation == prev && p.is_live()) {
+        if self
+            .procs
+            .values()
+            .any(|p| p.slot == slot && p.generation == prev && p.is_live())
+        {
             let s = &mut self.slots[slot as usize];
             s.generation = prev;
             s.start_at = None;
-            if let Some(p) = self.procs.values().find(|p| p.slot == slot && p.generation == prev && p.is_live()) {
-                self.shared.routes.write().unwrap().insert(slot, Arc::clone(&p.conn));
+            if let Some(p) = self
+                .procs
+                .values()
+                .find(|p| p.slot == slot && p.generation == prev && p.is_live())
+            {
+                self.shared
+                    .routes
+                    .write()
+                    .unwrap()
+                    .insert(slot, Arc::clone(&p.conn));
             }
         }
         self.out.push(Event::ReloadFailed { generation, reason });
     }
 
     fn check_all_down(&mut self) {
-        let down = self.procs.is_empty() && self.slots.iter().take(self.desired).all(|s| s.start_at.is_none());
+        let down = self.procs.is_empty()
+            && self
+                .slots
+                .iter()
+                .take(self.desired)
+                .all(|s| s.start_at.is_none());
         if down && !self.all_down_said && self.reload.is_none() {
             self.all_down_said = true;
             self.out.push(Event::AllDown);
@@ -427,8 +488,16 @@ impl Primary {
                 Some(key)
             }
             Err(e) => {
-                self.out.push(Event::SpawnFailed { id: slot, error: e.to_string() });
-                let info = ExitInfo { pid: 0, code: Some(127), signal: None, reason: ExitReason::Crashed };
+                self.out.push(Event::SpawnFailed {
+                    id: slot,
+                    error: e.to_string(),
+                });
+                let info = ExitInfo {
+                    pid: 0,
+                    code: Some(127),
+                    signal: None,
+                    reason: ExitReason::Crashed,
+                };
                 self.after_exit(slot, info, Duration::ZERO);
                 None
             }
@@ -440,8 +509,11 @@ impl Primary {
         sys::set_nonblocking(parent.as_raw_fd(), true).map_err(|e| Error::io("fcntl", e))?;
         // The hello is in the socket before the worker runs, so the worker library can read it
         // at start-up without waiting.
-        sys::send(parent.as_raw_fd(), &frame::primary_hello(self.cfg.max_message as u32, slot, generation))
-            .map_err(|e| Error::io("writing the hello", e))?;
+        sys::send(
+            parent.as_raw_fd(),
+            &frame::primary_hello(self.cfg.max_message as u32, slot, generation),
+        )
+        .map_err(|e| Error::io("writing the hello", e))?;
         let (mut pipes, mut ends) = ([None, None], [None, None]);
         if self.cfg.output == Output::Prefix {
             for (i, target) in [1, 2].into_iter().enumerate() {
@@ -452,7 +524,13 @@ impl Primary {
             }
         }
         let [stdout, stderr] = ends;
-        let req = spawn::Request { id: slot, generation, ipc: child, stdout, stderr };
+        let req = spawn::Request {
+            id: slot,
+            generation,
+            ipc: child,
+            stdout,
+            stderr,
+        };
         let pid = spawn::spawn(&self.exec, req).map_err(|source| Error::Spawn {
             program: self.cfg.argv[0].to_string_lossy().into_owned(),
             source,
@@ -468,16 +546,24 @@ impl Primary {
         };
         let key = self.next_key;
         self.next_key += 1;
-        let conn = Arc::new(Conn::new(slot, parent, self.cfg.send_queue_limit, self.cfg.max_message));
+        let conn = Arc::new(Conn::new(
+            slot,
+            parent,
+            self.cfg.send_queue_limit,
+            self.cfg.max_message,
+        ));
         let add = |fd, what| self.epoll.add(fd, libc::EPOLLIN as u32, key << 2 | what);
-        add(conn.raw(), IPC).and(add(pidfd.as_raw_fd(), PIDFD)).map_err(|e| Error::io("epoll_ctl", e))?;
+        add(conn.raw(), IPC)
+            .and(add(pidfd.as_raw_fd(), PIDFD))
+            .map_err(|e| Error::io("epoll_ctl", e))?;
         for (i, p) in pipes.iter().enumerate() {
             if let Some(p) = p {
                 add(p.fd.as_raw_fd(), STDOUT + i as u64).map_err(|e| Error::io("epoll_ctl", e))?;
             }
         }
         let now = self.clock.now();
-        let ready_deadline = (self.cfg.ready_on != ReadyOn::Spawn).then(|| now + self.cfg.ready_timeout);
+        let ready_deadline =
+            (self.cfg.ready_on != ReadyOn::Spawn).then(|| now + self.cfg.ready_timeout);
         self.procs.insert(
             key,
             Process {
@@ -500,15 +586,23 @@ impl Primary {
                 pipes,
             },
         );
-        self.out.push(Event::Spawned { id: slot, pid: pid as u32, generation });
+        self.out.push(Event::Spawned {
+            id: slot,
+            pid: pid as u32,
+            generation,
+        });
         // A reload's new worker takes messages only once it is ready; any other at once.
-        let mut routes = self.shared.routes.write().unwrap();
-        if !routes.contains_key(&slot) {
-            routes.insert(slot, conn);
-        }
-        drop(routes);
+        self.shared
+            .routes
+            .write()
+            .unwrap()
+            .entry(slot)
+            .or_insert(conn);
         if self.cfg.ready_on == ReadyOn::Spawn {
-            self.out.push(Event::Online { id: slot, pid: pid as u32 });
+            self.out.push(Event::Online {
+                id: slot,
+                pid: pid as u32,
+            });
             self.mark_ready(key);
         }
         Ok(key)
@@ -516,16 +610,25 @@ impl Primary {
 
     fn mark_ready(&mut self, key: u64) {
         let now = self.clock.now();
-        let Some(p) = self.procs.get_mut(&key) else { return };
+        let Some(p) = self.procs.get_mut(&key) else {
+            return;
+        };
         if p.state == WorkerState::Ready || p.stopping.is_some() {
             return;
         }
         p.state = WorkerState::Ready;
         p.ready_deadline = None;
         p.last_seen = now;
-        self.out.push(Event::Ready { id: p.slot, pid: p.pid as u32 });
+        self.out.push(Event::Ready {
+            id: p.slot,
+            pid: p.pid as u32,
+        });
         if p.generation == self.slots[p.slot as usize].generation {
-            self.shared.routes.write().unwrap().insert(p.slot, Arc::clone(&p.conn));
+            self.shared
+                .routes
+                .write()
+                .unwrap()
+                .insert(p.slot, Arc::clone(&p.conn));
         }
     }
 
@@ -537,17 +640,25 @@ impl Primary {
             Some(d) => d.min(now + self.cfg.kill_timeout),
             None => now + self.cfg.kill_timeout,
         };
-        let Some(p) = self.procs.get_mut(&key) else { return };
+        let Some(p) = self.procs.get_mut(&key) else {
+            return;
+        };
         match &mut p.stopping {
             Some(s) if s.killed || graceful => return,
             Some(s) => s.killed = true,
             None => {
-                p.stopping = Some(Stopping { reason, kill_at, killed: !graceful });
+                p.stopping = Some(Stopping {
+                    reason,
+                    kill_at,
+                    killed: !graceful,
+                });
                 p.state = WorkerState::Draining;
                 unroute(&self.shared, p);
                 if graceful {
                     if p.hello {
-                        let _ = p.conn.send_frame(&self.shared.waker, Kind::Disconnect, &[], None);
+                        let _ = p
+                            .conn
+                            .send_frame(&self.shared.waker, Kind::Disconnect, &[], None);
                     }
                     sys::kill_group(p.pid, libc::SIGTERM);
                     return;
@@ -558,22 +669,36 @@ impl Primary {
     }
 
     fn reap_worker(&mut self, key: u64) {
-        let Some(p) = self.procs.get(&key) else { return };
+        let Some(p) = self.procs.get(&key) else {
+            return;
+        };
         let status = match sys::try_reap(p.pidfd_raw()) {
             Ok(Some(s)) => s,
             Ok(None) => return,
             Err(e) => {
                 // ECHILD: somebody else reaped it (a host calling waitpid(-1)); the exit status
                 // is lost but the process is gone.
-                eprintln!("rcluster: waitid for worker {} (pid {}) failed: {e}", p.slot, p.pid);
-                WaitStatus { code: None, signal: None }
+                eprintln!(
+                    "rcluster: waitid for worker {} (pid {}) failed: {e}",
+                    p.slot, p.pid
+                );
+                WaitStatus {
+                    code: None,
+                    signal: None,
+                }
             }
         };
         // Messages sent just before exiting are still in the socket: deliver them first.
-        if p.ipc_open && p.stopping.as_ref().map_or(true, |s| s.reason != ExitReason::ProtocolError) {
+        if p.ipc_open
+            && p.stopping
+                .as_ref()
+                .map_or(true, |s| s.reason != ExitReason::ProtocolError)
+        {
             self.read_worker(key);
         }
-        let Some(mut p) = self.procs.remove(&key) else { return };
+        let Some(mut p) = self.procs.remove(&key) else {
+            return;
+        };
         // Leftover children in the worker's group must not outlive it.
         sys::kill_group(p.pid, libc::SIGKILL);
         self.epoll.delete(p.conn.raw());
@@ -590,10 +715,20 @@ impl Primary {
             None if status.code == Some(0) => ExitReason::Exited,
             None => ExitReason::Crashed,
         };
-        let info = ExitInfo { pid: p.pid as u32, code: status.code, signal: status.signal, reason };
-        self.out.push(Event::Exit { id: p.slot, generation: p.generation, info });
+        let info = ExitInfo {
+            pid: p.pid as u32,
+            code: status.code,
+            signal: status.signal,
+            reason,
+        };
+        self.out.push(Event::Exit {
+            id: p.slot,
+            generation: p.generation,
+            info,
+        });
         let uptime = self.clock.now().saturating_duration_since(p.spawned_at);
-        let slot_is_current = p.generation == self.slots.get(p.slot as usize).map_or(0, |s| s.generation);
+        let slot_is_current =
+            p.generation == self.slots.get(p.slot as usize).map_or(0, |s| s.generation);
         let replaced = self.procs.values().any(|o| o.slot == p.slot && o.is_live());
         if !replaced && slot_is_current {
             self.after_exit(p.slot, info, uptime);
@@ -611,23 +746,41 @@ impl Primary {
         let s = &mut self.slots[slot as usize];
         s.last_exit = Some(info);
         let decision = if info.reason == ExitReason::Requested {
-            Decision::Restart { delay: Duration::ZERO, attempt: 0 }
+            Decision::Restart {
+                delay: Duration::ZERO,
+                attempt: 0,
+            }
         } else {
-            s.history.decide(&self.cfg.restart, info.reason, info.code, uptime, now, self.jitter.as_mut())
+            s.history.decide(
+                &self.cfg.restart,
+                info.reason,
+                info.code,
+                uptime,
+                now,
+                self.jitter.as_mut(),
+            )
         };
         match decision {
             Decision::Restart { delay, attempt } => {
                 s.start_at = Some(now + delay);
                 s.restarts += 1;
                 if info.reason != ExitReason::Requested {
-                    self.out.push(Event::Restarting { id: slot, delay, attempt });
+                    self.out.push(Event::Restarting {
+                        id: slot,
+                        delay,
+                        attempt,
+                    });
                 }
             }
             Decision::Stay => s.start_at = None,
             Decision::GiveUp { restarts } => {
                 s.start_at = None;
                 s.gave_up = true;
-                self.out.push(Event::GaveUp { id: slot, restarts, window: self.cfg.restart.window });
+                self.out.push(Event::GaveUp {
+                    id: slot,
+                    restarts,
+                    window: self.cfg.restart.window,
+                });
             }
         }
     }
@@ -636,7 +789,9 @@ impl Primary {
 
     fn read_worker(&mut self, key: u64) {
         let mut incoming = Vec::new();
-        let Some(p) = self.procs.get_mut(&key) else { return };
+        let Some(p) = self.procs.get_mut(&key) else {
+            return;
+        };
         let frames = p.frames;
         let end = p.read_ipc(&mut incoming);
         let (slot, pid) = (p.slot, p.pid as u32);
@@ -659,7 +814,11 @@ impl Primary {
                     }
                 }
                 Incoming::Ready => self.mark_ready(key),
-                Incoming::Message(data) => self.out.push(Event::Message { id: slot, pid, data }),
+                Incoming::Message(data) => self.out.push(Event::Message {
+                    id: slot,
+                    pid,
+                    data,
+                }),
                 Incoming::Disconnect => {
                     if let Some(p) = self.procs.get_mut(&key) {
                         p.state = WorkerState::Draining;
@@ -672,7 +831,11 @@ impl Primary {
             ReadEnd::Drained => {}
             ReadEnd::Eof => self.close_ipc(key),
             ReadEnd::Violation(detail) => {
-                self.out.push(Event::ProtocolError { id: slot, pid, detail });
+                self.out.push(Event::ProtocolError {
+                    id: slot,
+                    pid,
+                    detail,
+                });
                 self.close_ipc(key);
                 self.stop_worker(key, ExitReason::ProtocolError, false);
             }
@@ -692,7 +855,13 @@ impl Primary {
         if conn.is_closed() {
             return;
         }
-        let Some((key, p)) = self.procs.iter_mut().find(|(_, p)| Arc::ptr_eq(&p.conn, conn)) else { return };
+        let Some((key, p)) = self
+            .procs
+            .iter_mut()
+            .find(|(_, p)| Arc::ptr_eq(&p.conn, conn))
+        else {
+            return;
+        };
         let key = *key;
         let want_out = match conn.flush() {
             Flush::Done => false,
@@ -704,15 +873,23 @@ impl Primary {
         };
         if want_out != p.out_armed && p.ipc_open {
             let events = libc::EPOLLIN as u32 | if want_out { libc::EPOLLOUT as u32 } else { 0 };
-            if self.epoll.modify(conn.raw(), events, key << 2 | IPC).is_ok() {
+            if self
+                .epoll
+                .modify(conn.raw(), events, key << 2 | IPC)
+                .is_ok()
+            {
                 p.out_armed = want_out;
             }
         }
     }
 
     fn pump_output(&mut self, key: u64, which: usize) {
-        let Some(p) = self.procs.get_mut(&key) else { return };
-        let Some(pipe) = p.pipes[which].as_mut() else { return };
+        let Some(p) = self.procs.get_mut(&key) else {
+            return;
+        };
+        let Some(pipe) = p.pipes[which].as_mut() else {
+            return;
+        };
         if !pipe.pump() {
             pipe.finish();
             self.epoll.delete(pipe.fd.as_raw_fd());

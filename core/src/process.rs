@@ -95,10 +95,15 @@ impl Process {
             };
             self.frames += 1;
             if !self.hello && frame.kind != Kind::Hello {
-                return Some(ReadEnd::Violation(format!("first frame is {:?}, expected Hello", frame.kind)));
+                return Some(ReadEnd::Violation(format!(
+                    "first frame is {:?}, expected Hello",
+                    frame.kind
+                )));
             }
             let msg = match frame.kind {
-                Kind::Hello if self.hello => return Some(ReadEnd::Violation("second Hello".into())),
+                Kind::Hello if self.hello => {
+                    return Some(ReadEnd::Violation("second Hello".into()))
+                }
                 Kind::Hello => match frame::parse_hello(frame.body) {
                     Ok(_) => {
                         self.hello = true;
@@ -110,7 +115,11 @@ impl Process {
                 Kind::Heartbeat => continue,
                 Kind::Message => Incoming::Message(frame.body.to_vec()),
                 Kind::Disconnect => Incoming::Disconnect,
-                other => return Some(ReadEnd::Violation(format!("unexpected {other:?} frame from a worker"))),
+                other => {
+                    return Some(ReadEnd::Violation(format!(
+                        "unexpected {other:?} frame from a worker"
+                    )))
+                }
             };
             out.push(msg);
         }

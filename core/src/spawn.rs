@@ -22,7 +22,15 @@ pub struct Exec {
 
 /// Environment variables rcluster sets itself; inherited values are dropped so that a
 /// supervisor running inside a worker does not confuse its own workers.
-const OWN_VARS: &[&str] = &["RCLUSTER_PID", "RCLUSTER_WORKER_ID", "RCLUSTER_GENERATION", "RCLUSTER_IPC_FD", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
+const OWN_VARS: &[&str] = &[
+    "RCLUSTER_PID",
+    "RCLUSTER_WORKER_ID",
+    "RCLUSTER_GENERATION",
+    "RCLUSTER_IPC_FD",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
 
 fn cstring(bytes: &[u8]) -> CString {
     // Config validation rejected NUL bytes already.
@@ -30,7 +38,12 @@ fn cstring(bytes: &[u8]) -> CString {
 }
 
 impl Exec {
-    pub fn new(path: &Path, argv: &[OsString], env: &[(OsString, OsString)], cwd: Option<&Path>) -> Exec {
+    pub fn new(
+        path: &Path,
+        argv: &[OsString],
+        env: &[(OsString, OsString)],
+        cwd: Option<&Path>,
+    ) -> Exec {
         let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
             .filter(|(k, _)| !OWN_VARS.iter().any(|o| k == o))
             .collect();
@@ -78,14 +91,21 @@ const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 pub fn spawn(exec: &Exec, req: Request) -> io::Result<libc::pid_t> {
     let mut env_strings = Vec::with_capacity(3);
     env_strings.push(cstring(format!("RCLUSTER_WORKER_ID={}", req.id).as_bytes()));
-    env_strings.push(cstring(format!("RCLUSTER_GENERATION={}", req.generation).as_bytes()));
+    env_strings.push(cstring(
+        format!("RCLUSTER_GENERATION={}", req.generation).as_bytes(),
+    ));
     env_strings.push(cstring(format!("RCLUSTER_IPC_FD={IPC_FD}").as_bytes()));
     // The child writes its own pid here after fork (the buffer is already allocated, so that
     // needs no allocation): a worker's children inherit the environment, and RCLUSTER_PID tells
     // them that it is not theirs, as LISTEN_PID does for socket activation.
     let mut pid_var = *b"RCLUSTER_PID=\0\0\0\0\0\0\0\0\0\0\0\0";
     let pid_ptr = pid_var.as_mut_ptr();
-    let mut envp: Vec<*const libc::c_char> = exec.env.iter().chain(&env_strings).map(|c| c.as_ptr()).collect();
+    let mut envp: Vec<*const libc::c_char> = exec
+        .env
+        .iter()
+        .chain(&env_strings)
+        .map(|c| c.as_ptr())
+        .collect();
     envp.push(pid_ptr.cast_const().cast());
     envp.push(std::ptr::null());
     let mut argv: Vec<*const libc::c_char> = exec.argv.iter().map(|c| c.as_ptr()).collect();
@@ -223,7 +243,13 @@ impl ChildSetup {
         // The host may hold descriptors without CLOEXEC (a jobserver pipe, a library's log
         // file): none of them may leak into a worker. Marking them CLOEXEC rather than closing
         // them keeps the exec-error pipe usable until exec.
-        if libc::syscall(libc::SYS_close_range, floor as libc::c_uint, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC) < 0 {
+        if libc::syscall(
+            libc::SYS_close_range,
+            floor as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        ) < 0
+        {
             fail(err_w);
         }
         if !self.cwd.is_null() && libc::chdir(self.cwd) < 0 {

@@ -60,7 +60,11 @@ impl Supervisor {
             .name("rcluster".into())
             .spawn(move || primary.run())
             .map_err(|e| Error::io("spawning the supervisor thread", e))?;
-        Ok(Supervisor { shared, thread: Mutex::new(Some(thread)), kill_timeout })
+        Ok(Supervisor {
+            shared,
+            thread: Mutex::new(Some(thread)),
+            kill_timeout,
+        })
     }
 
     fn command(&self, cmd: Command) -> Result<()> {
@@ -82,7 +86,10 @@ impl Supervisor {
     /// (the worker is not reading; retry later) or `NoSuchWorker`.
     pub fn send(&self, id: u32, data: &[u8]) -> Result<()> {
         if data.len() > self.shared.max_message {
-            return Err(Error::MessageTooLarge { size: data.len(), limit: self.shared.max_message });
+            return Err(Error::MessageTooLarge {
+                size: data.len(),
+                limit: self.shared.max_message,
+            });
         }
         let conn = self.shared.routes.read().unwrap().get(&id).cloned();
         match conn {
@@ -96,10 +103,23 @@ impl Supervisor {
     /// Workers whose queue is full are skipped (they are not reading).
     pub fn broadcast(&self, data: &[u8]) -> Result<usize> {
         if data.len() > self.shared.max_message {
-            return Err(Error::MessageTooLarge { size: data.len(), limit: self.shared.max_message });
+            return Err(Error::MessageTooLarge {
+                size: data.len(),
+                limit: self.shared.max_message,
+            });
         }
-        let conns: Vec<Arc<Conn>> = self.shared.routes.read().unwrap().values().cloned().collect();
-        Ok(conns.iter().filter(|c| c.send_message(&self.shared.waker, data).is_ok()).count())
+        let conns: Vec<Arc<Conn>> = self
+            .shared
+            .routes
+            .read()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect();
+        Ok(conns
+            .iter()
+            .filter(|c| c.send_message(&self.shared.waker, data).is_ok())
+            .count())
     }
 
     /// Every worker process (and every slot that has none running), as of now.
@@ -110,7 +130,11 @@ impl Supervisor {
     /// Changes the number of worker slots; removed workers are stopped gracefully.
     pub fn scale(&self, workers: usize) -> Result<()> {
         if workers == 0 || workers > MAX_WORKERS {
-            return Err(Error::config("workers", workers, format!("must be 1..={MAX_WORKERS}")));
+            return Err(Error::config(
+                "workers",
+                workers,
+                format!("must be 1..={MAX_WORKERS}"),
+            ));
         }
         self.ask(|tx| Command::Scale(workers, tx))?
     }
@@ -149,10 +173,16 @@ impl Supervisor {
         let thread = self.thread.lock().unwrap().take();
         let Some(thread) = thread else { return Ok(()) };
         if !self.shared.stopped.load(Ordering::Acquire) {
-            self.shared.cmds.lock().unwrap().push_back(Command::Stop(timeout));
+            self.shared
+                .cmds
+                .lock()
+                .unwrap()
+                .push_back(Command::Stop(timeout));
             self.shared.waker.wake();
         }
-        thread.join().map_err(|_| Error::io("supervisor thread", std::io::Error::other("it panicked")))
+        thread
+            .join()
+            .map_err(|_| Error::io("supervisor thread", std::io::Error::other("it panicked")))
     }
 
     /// True once the loop has ended (after `stop`, or if it failed).

@@ -74,12 +74,23 @@ impl Epoll {
         let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0);
     }
 
-    pub fn wait(&self, out: &mut Vec<libc::epoll_event>, timeout: Option<Duration>) -> io::Result<()> {
+    pub fn wait(
+        &self,
+        out: &mut Vec<libc::epoll_event>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
         out.clear();
         let cap = out.capacity().max(64);
         out.reserve(cap);
         // SAFETY: the kernel writes at most `cap` events into the reserved space.
-        let n = unsafe { libc::epoll_wait(self.fd.as_raw_fd(), out.as_mut_ptr(), cap as i32, timeout_ms(timeout)) };
+        let n = unsafe {
+            libc::epoll_wait(
+                self.fd.as_raw_fd(),
+                out.as_mut_ptr(),
+                cap as i32,
+                timeout_ms(timeout),
+            )
+        };
         match cvt(n) {
             Ok(n) => {
                 // SAFETY: n events were initialized by the kernel.
@@ -126,7 +137,14 @@ impl EventFd {
 pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: fds has room for two descriptors.
-    cvt(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) })?;
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
     Ok((owned(fds[0]), owned(fds[1])))
 }
 
@@ -140,7 +158,11 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
     // SAFETY: fcntl on a fd the caller owns.
     let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
-    let flags = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+    let flags = if on {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
     cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) }).map(drop)
 }
 
@@ -169,15 +191,30 @@ pub struct WaitStatus {
 pub fn try_reap(pidfd: RawFd) -> io::Result<Option<WaitStatus>> {
     // SAFETY: siginfo_t is plain data; waitid fills it.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    retry(|| cvt(unsafe { libc::waitid(libc::P_PIDFD, pidfd as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG) }))?;
+    retry(|| {
+        cvt(unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG,
+            )
+        })
+    })?;
     // SAFETY: si_pid/si_status are valid for SIGCHLD-style siginfo filled by waitid.
     let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
     if pid == 0 {
         return Ok(None);
     }
     Ok(Some(match info.si_code {
-        libc::CLD_EXITED => WaitStatus { code: Some(status), signal: None },
-        _ => WaitStatus { code: None, signal: Some(status) },
+        libc::CLD_EXITED => WaitStatus {
+            code: Some(status),
+            signal: None,
+        },
+        _ => WaitStatus {
+            code: None,
+            signal: Some(status),
+        },
     }))
 }
 
@@ -192,21 +229,31 @@ pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     retry(|| {
         // SAFETY: buf is valid for len bytes.
         cvt_size(unsafe {
-            libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+            libc::send(
+                fd,
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
         })
     })
 }
 
 /// Blocking variant of `send` for the worker side.
 pub fn send_blocking(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    retry(|| cvt_size(unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) }))
+    retry(|| {
+        cvt_size(unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) })
+    })
 }
 
 const CMSG_SPACE_FDS: usize = 64;
 
 /// Sends `buf` with one descriptor attached (it arrives with the first byte).
 pub fn send_with_fd(fd: RawFd, buf: &[u8], pass: RawFd, blocking: bool) -> io::Result<usize> {
-    let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut _, iov_len: buf.len() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut _,
+        iov_len: buf.len(),
+    };
     let mut space = [0u64; CMSG_SPACE_FDS / 8];
     // SAFETY: msghdr/cmsghdr are built inside `space`, which is large and aligned enough.
     unsafe {
@@ -226,8 +273,16 @@ pub fn send_with_fd(fd: RawFd, buf: &[u8], pass: RawFd, blocking: bool) -> io::R
 }
 
 /// Reads into `buf`; descriptors that arrive are appended to `fds` (CLOEXEC). 0 means EOF.
-pub fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &mut VecDeque<OwnedFd>, blocking: bool) -> io::Result<usize> {
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+pub fn recv_with_fds(
+    fd: RawFd,
+    buf: &mut [u8],
+    fds: &mut VecDeque<OwnedFd>,
+    blocking: bool,
+) -> io::Result<usize> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
     let mut space = [0u64; 256 / 8];
     // SAFETY: the control buffer is aligned and its size given; the kernel writes within it.
     unsafe {
@@ -260,7 +315,11 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Waits until `fd` has one of `events`; false on timeout.
 pub fn poll_one(fd: RawFd, events: libc::c_short, timeout: Option<Duration>) -> io::Result<bool> {
-    let mut p = libc::pollfd { fd, events, revents: 0 };
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd.
     let n = retry(|| cvt(unsafe { libc::poll(&mut p, 1, timeout_ms(timeout)) }))?;
     Ok(n > 0)
@@ -268,5 +327,7 @@ pub fn poll_one(fd: RawFd, events: libc::c_short, timeout: Option<Duration>) -> 
 
 /// Number of open descriptors of this process (for leak checks).
 pub fn open_fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count().saturating_sub(1)).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count().saturating_sub(1))
+        .unwrap_or(0)
 }

@@ -45,7 +45,10 @@ fn env_u32(name: &str) -> Result<Option<u32>> {
     match std::env::var(name) {
         Err(std::env::VarError::NotPresent) => Ok(None),
         Err(_) => Err(Error::NotAWorker(format!("{name} is not valid UTF-8"))),
-        Ok(v) => v.parse().map(Some).map_err(|_| Error::NotAWorker(format!("{name}={v:?} is not a number"))),
+        Ok(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::NotAWorker(format!("{name}={v:?} is not a number"))),
     }
 }
 
@@ -54,15 +57,20 @@ impl Worker {
     /// process is not an rcluster worker (no such environment, or it was inherited from a
     /// worker by one of its children).
     pub fn from_env() -> Result<Option<Worker>> {
-        let Some(fd) = env_u32("RCLUSTER_IPC_FD")? else { return Ok(None) };
+        let Some(fd) = env_u32("RCLUSTER_IPC_FD")? else {
+            return Ok(None);
+        };
         if env_u32("RCLUSTER_PID")? != Some(std::process::id()) {
             return Ok(None);
         }
-        let id = env_u32("RCLUSTER_WORKER_ID")?.ok_or_else(|| Error::NotAWorker("RCLUSTER_WORKER_ID is missing".into()))?;
+        let id = env_u32("RCLUSTER_WORKER_ID")?
+            .ok_or_else(|| Error::NotAWorker("RCLUSTER_WORKER_ID is missing".into()))?;
         let fd = fd as RawFd;
         // SAFETY: fcntl on an arbitrary number only queries it.
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-            return Err(Error::NotAWorker(format!("RCLUSTER_IPC_FD={fd} is not an open descriptor")));
+            return Err(Error::NotAWorker(format!(
+                "RCLUSTER_IPC_FD={fd} is not an open descriptor"
+            )));
         }
         // SAFETY: the primary handed this descriptor to this process (RCLUSTER_PID matched);
         // from here on the Worker owns it.
@@ -73,32 +81,53 @@ impl Worker {
     }
 
     fn handshake(fd: OwnedFd, id: u32) -> Result<Option<Worker>> {
-        let mut rx = Rx { decoder: Decoder::new(frame::MAX_CONTROL_BODY), fds: VecDeque::new(), gone: false };
+        let mut rx = Rx {
+            decoder: Decoder::new(frame::MAX_CONTROL_BODY),
+            fds: VecDeque::new(),
+            gone: false,
+        };
         let deadline = Instant::now() + HELLO_TIMEOUT;
         let fields = loop {
             if let Some(f) = rx.decoder.next_frame()? {
                 if f.kind != Kind::Hello {
-                    return Err(Error::Protocol(format!("first frame from the primary is {:?}, expected Hello", f.kind)));
+                    return Err(Error::Protocol(format!(
+                        "first frame from the primary is {:?}, expected Hello",
+                        f.kind
+                    )));
                 }
                 break frame::parse_hello(f.body)?;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || !sys::poll_one(fd.as_raw_fd(), libc::POLLIN, Some(left)).map_err(|e| Error::io("poll", e))? {
-                return Err(Error::Protocol("no hello from the primary within 5 s".into()));
+            if left.is_zero()
+                || !sys::poll_one(fd.as_raw_fd(), libc::POLLIN, Some(left))
+                    .map_err(|e| Error::io("poll", e))?
+            {
+                return Err(Error::Protocol(
+                    "no hello from the primary within 5 s".into(),
+                ));
             }
             let spare = rx.decoder.spare(4096);
             match sys::recv_with_fds(fd.as_raw_fd(), spare, &mut rx.fds, false) {
-                Ok(0) => return Err(Error::Protocol("the primary closed the connection before its hello".into())),
+                Ok(0) => {
+                    return Err(Error::Protocol(
+                        "the primary closed the connection before its hello".into(),
+                    ))
+                }
                 Ok(n) => rx.decoder.commit(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(Error::io("recvmsg", e)),
             }
         };
         let [max_message, hello_id, generation] = fields[..] else {
-            return Err(Error::Protocol(format!("primary hello has {} fields, expected 3", fields.len())));
+            return Err(Error::Protocol(format!(
+                "primary hello has {} fields, expected 3",
+                fields.len()
+            )));
         };
         if hello_id != id {
-            return Err(Error::Protocol(format!("primary hello is for worker {hello_id}, RCLUSTER_WORKER_ID says {id}")));
+            return Err(Error::Protocol(format!(
+                "primary hello is for worker {hello_id}, RCLUSTER_WORKER_ID says {id}"
+            )));
         }
         // Keep bytes that arrived after the hello; decode the rest with the real limit.
         let mut decoder = Decoder::new(max_message as usize);
@@ -114,7 +143,10 @@ impl Worker {
             tx: Mutex::new(Vec::with_capacity(4096)),
             exit_on_primary_loss: AtomicBool::new(true),
         };
-        worker.write_frame(Kind::Hello, &frame::worker_hello(std::process::id())[frame::HEADER_LEN..])?;
+        worker.write_frame(
+            Kind::Hello,
+            &frame::worker_hello(std::process::id())[frame::HEADER_LEN..],
+        )?;
         Ok(Some(worker))
     }
 
@@ -152,7 +184,10 @@ impl Worker {
     /// Sends a user message to the primary. Blocks while the socket is full.
     pub fn send(&self, data: &[u8]) -> Result<()> {
         if data.len() > self.max_message {
-            return Err(Error::MessageTooLarge { size: data.len(), limit: self.max_message });
+            return Err(Error::MessageTooLarge {
+                size: data.len(),
+                limit: self.max_message,
+            });
         }
         self.write_frame(Kind::Message, data)
     }
@@ -202,7 +237,10 @@ impl Worker {
                 return Ok(Some(self.primary_gone()));
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if left != Some(Duration::ZERO) && !sys::poll_one(self.fd.as_raw_fd(), libc::POLLIN, left).map_err(|e| Error::io("poll", e))? {
+            if left != Some(Duration::ZERO)
+                && !sys::poll_one(self.fd.as_raw_fd(), libc::POLLIN, left)
+                    .map_err(|e| Error::io("poll", e))?
+            {
                 return Ok(None);
             }
             let Rx { decoder, fds, .. } = &mut *rx;
@@ -229,10 +267,16 @@ impl Worker {
 }
 
 fn decode_one(rx: &mut Rx) -> Result<Option<WorkerEvent>> {
-    let Some(f) = rx.decoder.next_frame()? else { return Ok(None) };
+    let Some(f) = rx.decoder.next_frame()? else {
+        return Ok(None);
+    };
     Ok(Some(match f.kind {
         Kind::Message => WorkerEvent::Message(f.body.to_vec()),
         Kind::Disconnect => WorkerEvent::Disconnect,
-        other => return Err(Error::Protocol(format!("unexpected {other:?} frame from the primary"))),
+        other => {
+            return Err(Error::Protocol(format!(
+                "unexpected {other:?} frame from the primary"
+            )))
+        }
     }))
 }

@@ -18,14 +18,28 @@ fn workers_get_their_id_generation_and_exactly_four_descriptors() {
     let sup = Supervisor::start(worker_config(2, &["env"])).unwrap();
     let mut seen = Vec::new();
     for _ in 0..2 {
-        let ev = wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Message { .. }));
-        let Event::Message { id, pid, .. } = ev else { unreachable!() };
+        let ev = wait_for(&sup, Duration::from_secs(5), |e| {
+            matches!(e, Event::Message { .. })
+        });
+        let Event::Message { id, pid, .. } = ev else {
+            unreachable!()
+        };
         let text = message_text(&ev);
         assert!(text.starts_with(&format!("{id} 1 {pid} ")), "{text}");
-        assert!(text.contains(&format!("RCLUSTER_WORKER_ID={id}")) && text.contains("RCLUSTER_GENERATION=1"), "{text}");
-        assert!(text.contains("RCLUSTER_IPC_FD=3") && text.contains(&format!("RCLUSTER_PID={pid}")), "{text}");
+        assert!(
+            text.contains(&format!("RCLUSTER_WORKER_ID={id}"))
+                && text.contains("RCLUSTER_GENERATION=1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("RCLUSTER_IPC_FD=3") && text.contains(&format!("RCLUSTER_PID={pid}")),
+            "{text}"
+        );
         // stdin, stdout, stderr, the IPC socket, and the directory handle used to count them.
-        assert!(text.contains("fds=5 "), "a worker inherited more than its four descriptors: {text}");
+        assert!(
+            text.contains("fds=5 "),
+            "a worker inherited more than its four descriptors: {text}"
+        );
         seen.push(id);
     }
     seen.sort();
@@ -40,8 +54,15 @@ fn stop_returns_with_every_worker_reaped() {
     assert!(pids.iter().all(|&p| pid_alive(p)));
     let t = Instant::now();
     sup.stop(Duration::from_secs(5)).unwrap();
-    assert!(t.elapsed() < Duration::from_secs(2), "cooperative workers took {:?} to stop", t.elapsed());
-    assert!(pids.iter().all(|&p| !pid_alive(p)), "a worker is still alive or unreaped");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "cooperative workers took {:?} to stop",
+        t.elapsed()
+    );
+    assert!(
+        pids.iter().all(|&p| !pid_alive(p)),
+        "a worker is still alive or unreaped"
+    );
     assert!(sup.is_stopped());
     assert!(matches!(sup.send(0, b"x"), Err(Error::Stopped)));
     let mut reasons = HashSet::new();
@@ -60,7 +81,9 @@ fn broadcast_reaches_every_worker() {
     assert_eq!(sup.broadcast(b"to all").unwrap(), 3);
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let ev = wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Message { .. }));
+        let ev = wait_for(&sup, Duration::from_secs(5), |e| {
+            matches!(e, Event::Message { .. })
+        });
         assert_eq!(message_text(&ev), "to all");
         if let Event::Message { id, .. } = ev {
             ids.push(id);
@@ -76,9 +99,17 @@ fn message_of_16_mib_makes_the_round_trip() {
     wait_ready(&sup, 1);
     let big: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
     sup.send(0, &big).unwrap();
-    let ev = wait_for(&sup, Duration::from_secs(20), |e| matches!(e, Event::Message { .. }));
-    let Event::Message { data, .. } = ev else { unreachable!() };
-    assert!(data == big, "16 MiB message came back different ({} bytes)", data.len());
+    let ev = wait_for(&sup, Duration::from_secs(20), |e| {
+        matches!(e, Event::Message { .. })
+    });
+    let Event::Message { data, .. } = ev else {
+        unreachable!()
+    };
+    assert!(
+        data == big,
+        "16 MiB message came back different ({} bytes)",
+        data.len()
+    );
 }
 
 #[test]
@@ -88,15 +119,35 @@ fn oversized_message_is_refused_on_both_sides() {
     let sup = Supervisor::start(cfg).unwrap();
     wait_ready(&sup, 1);
     let err = sup.send(0, &[0; 1025]).unwrap_err();
-    assert!(matches!(err, Error::MessageTooLarge { size: 1025, limit: 1024 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::MessageTooLarge {
+                size: 1025,
+                limit: 1024
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("1025") && err.to_string().contains("1024"));
-    assert!(matches!(sup.broadcast(&[0; 1025]), Err(Error::MessageTooLarge { .. })));
+    assert!(matches!(
+        sup.broadcast(&[0; 1025]),
+        Err(Error::MessageTooLarge { .. })
+    ));
     sup.send(0, b"!too-big").unwrap();
-    let reply = wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Message { .. }));
-    assert!(message_text(&reply).contains("message too large: 1025 bytes, the limit is 1024"), "{}", message_text(&reply));
+    let reply = wait_for(&sup, Duration::from_secs(5), |e| {
+        matches!(e, Event::Message { .. })
+    });
+    assert!(
+        message_text(&reply).contains("message too large: 1025 bytes, the limit is 1024"),
+        "{}",
+        message_text(&reply)
+    );
     // The worker is still fine.
     sup.send(0, b"still here").unwrap();
-    let ev = wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Message { .. }));
+    let ev = wait_for(&sup, Duration::from_secs(5), |e| {
+        matches!(e, Event::Message { .. })
+    });
     assert_eq!(message_text(&ev), "still here");
 }
 
@@ -105,34 +156,64 @@ fn malformed_frame_ends_only_that_worker_with_protocol_error() {
     let sup = Supervisor::start(worker_config(2, &["echo"])).unwrap();
     wait_ready(&sup, 2);
     sup.send(0, b"!malformed").unwrap();
-    let ev = wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::ProtocolError { .. }));
-    assert!(matches!(&ev, Event::ProtocolError { id: 0, detail, .. } if detail.contains("unknown frame kind 200")), "{ev:?}");
-    let exit = wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Exit { .. }));
-    assert!(matches!(exit, Event::Exit { id: 0, info, .. } if info.reason == ExitReason::ProtocolError), "{exit:?}");
+    let ev = wait_for(&sup, Duration::from_secs(5), |e| {
+        matches!(e, Event::ProtocolError { .. })
+    });
+    assert!(
+        matches!(&ev, Event::ProtocolError { id: 0, detail, .. } if detail.contains("unknown frame kind 200")),
+        "{ev:?}"
+    );
+    let exit = wait_for(&sup, Duration::from_secs(5), |e| {
+        matches!(e, Event::Exit { .. })
+    });
+    assert!(
+        matches!(exit, Event::Exit { id: 0, info, .. } if info.reason == ExitReason::ProtocolError),
+        "{exit:?}"
+    );
     sup.send(1, b"other one").unwrap();
-    let ev = wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Message { .. }));
+    let ev = wait_for(&sup, Duration::from_secs(5), |e| {
+        matches!(e, Event::Message { .. })
+    });
     assert!(matches!(ev, Event::Message { id: 1, .. }));
-    wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Ready { id: 0, .. }));
+    wait_for(&sup, Duration::from_secs(5), |e| {
+        matches!(e, Event::Ready { id: 0, .. })
+    });
 }
 
 #[test]
 fn bad_config_is_an_error_naming_the_field() {
-    let cases: Vec<(Box<dyn Fn(&mut Config)>, &str)> = vec![
+    type Breaker = Box<dyn Fn(&mut Config)>;
+    let cases: Vec<(Breaker, &str)> = vec![
         (Box::new(|c| c.workers = 0), "workers"),
         (Box::new(|c| c.workers = 5000), "workers"),
         (Box::new(|c| c.argv = vec![]), "argv"),
-        (Box::new(|c| c.argv = vec!["/no/such/program".into()]), "/no/such/program"),
+        (
+            Box::new(|c| c.argv = vec!["/no/such/program".into()]),
+            "/no/such/program",
+        ),
         (Box::new(|c| c.restart.jitter = 2.0), "restart.jitter"),
-        (Box::new(|c| c.restart.backoff_multiplier = 0.5), "restart.backoff_multiplier"),
-        (Box::new(|c| c.kill_timeout = Duration::ZERO), "kill_timeout"),
+        (
+            Box::new(|c| c.restart.backoff_multiplier = 0.5),
+            "restart.backoff_multiplier",
+        ),
+        (
+            Box::new(|c| c.kill_timeout = Duration::ZERO),
+            "kill_timeout",
+        ),
         (Box::new(|c| c.max_message = 0), "max_message"),
         (Box::new(|c| c.cwd = Some("/no/such/dir".into())), "cwd"),
-        (Box::new(|c| c.env = vec![("A=B".into(), "x".into())]), "env"),
+        (
+            Box::new(|c| c.env = vec![("A=B".into(), "x".into())]),
+            "env",
+        ),
     ];
     for (break_it, field) in cases {
         let mut cfg = worker_config(1, &["echo"]);
         break_it(&mut cfg);
-        let err = Supervisor::start(cfg).err().expect("config should be refused").to_string();
+        let err = Supervisor::start(cfg)
+            .err()
+            .expect("config should be refused")
+            .to_string();
         assert!(err.contains(field), "error {err:?} does not name {field}");
     }
 }
@@ -144,7 +225,9 @@ fn scale_up_and_down_at_runtime() {
     sup.scale(3).unwrap();
     let mut ids = HashSet::new();
     while ids.len() < 2 {
-        if let Event::Ready { id, .. } = wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Ready { .. })) {
+        if let Event::Ready { id, .. } = wait_for(&sup, Duration::from_secs(5), |e| {
+            matches!(e, Event::Ready { .. })
+        }) {
             ids.insert(id);
         }
     }
@@ -152,7 +235,9 @@ fn scale_up_and_down_at_runtime() {
     sup.scale(1).unwrap();
     let mut gone = HashSet::new();
     while gone.len() < 2 {
-        if let Event::Exit { id, info, .. } = wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Exit { .. })) {
+        if let Event::Exit { id, info, .. } = wait_for(&sup, Duration::from_secs(5), |e| {
+            matches!(e, Event::Exit { .. })
+        }) {
             assert_eq!(info.reason, ExitReason::Requested);
             gone.insert(id);
         }
@@ -181,7 +266,9 @@ fn reload_replaces_every_worker_one_at_a_time() {
                 assert_eq!(generation, 2);
                 live += 1;
             }
-            Event::Exit { info, generation, .. } => {
+            Event::Exit {
+                info, generation, ..
+            } => {
                 assert_eq!((generation, info.reason), (1, ExitReason::Requested));
                 live -= 1;
             }
@@ -193,9 +280,15 @@ fn reload_replaces_every_worker_one_at_a_time() {
     }
     assert_eq!(max_live, 3, "more than one extra worker at a time");
     let snap = sup.snapshot().unwrap();
-    assert!(snap.iter().all(|w| w.generation == 2 && w.state == WorkerState::Ready && !old.contains(&w.pid)), "{snap:?}");
+    assert!(
+        snap.iter()
+            .all(|w| w.generation == 2 && w.state == WorkerState::Ready && !old.contains(&w.pid)),
+        "{snap:?}"
+    );
     sup.send(1, b"new").unwrap();
-    wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Message { id: 1, .. }));
+    wait_for(&sup, Duration::from_secs(5), |e| {
+        matches!(e, Event::Message { id: 1, .. })
+    });
 }
 
 #[test]
@@ -207,18 +300,33 @@ fn reload_whose_new_workers_never_get_ready_keeps_the_old_ones() {
     wait_ready(&sup, 2);
     let old: Vec<u32> = sup.snapshot().unwrap().iter().map(|w| w.pid).collect();
     sup.reload().unwrap();
-    let ev = wait_for(&sup, Duration::from_secs(10), |e| matches!(e, Event::ReloadFailed { .. }));
-    assert!(matches!(&ev, Event::ReloadFailed { generation: 2, reason } if reason.contains("before it was ready")), "{ev:?}");
+    let ev = wait_for(&sup, Duration::from_secs(10), |e| {
+        matches!(e, Event::ReloadFailed { .. })
+    });
+    assert!(
+        matches!(&ev, Event::ReloadFailed { generation: 2, reason } if reason.contains("before it was ready")),
+        "{ev:?}"
+    );
     let snap = sup.snapshot().unwrap();
-    assert_eq!(snap.iter().map(|w| w.pid).collect::<Vec<_>>(), old, "{snap:?}");
+    assert_eq!(
+        snap.iter().map(|w| w.pid).collect::<Vec<_>>(),
+        old,
+        "{snap:?}"
+    );
     for id in 0..2 {
         sup.send(id, b"old still serves").unwrap();
-        wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Message { .. }));
+        wait_for(&sup, Duration::from_secs(5), |e| {
+            matches!(e, Event::Message { .. })
+        });
     }
     // The old generation is still supervised as before: a crash restarts it.
     sup.send(0, b"!exit 1").unwrap();
-    wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Restarting { id: 0, .. }));
-    let ev = wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Spawned { id: 0, .. }));
+    wait_for(&sup, Duration::from_secs(5), |e| {
+        matches!(e, Event::Restarting { id: 0, .. })
+    });
+    let ev = wait_for(&sup, Duration::from_secs(5), |e| {
+        matches!(e, Event::Spawned { id: 0, .. })
+    });
     assert!(matches!(ev, Event::Spawned { generation: 1, .. }), "{ev:?}");
 }
 
@@ -228,7 +336,9 @@ fn restart_worker_replaces_its_process() {
     wait_ready(&sup, 2);
     let before = sup.snapshot().unwrap();
     sup.restart_worker(1).unwrap();
-    wait_for(&sup, Duration::from_secs(5), |e| matches!(e, Event::Ready { id: 1, .. }));
+    wait_for(&sup, Duration::from_secs(5), |e| {
+        matches!(e, Event::Ready { id: 1, .. })
+    });
     let after = sup.snapshot().unwrap();
     assert_eq!(before[0].pid, after[0].pid);
     assert_ne!(before[1].pid, after[1].pid);
@@ -241,7 +351,11 @@ fn event_fd_is_readable_while_events_wait() {
     wait_ready(&sup, 1);
     while sup.try_next_event().is_some() {}
     let readable = |ms| {
-        let mut p = libc::pollfd { fd: sup.event_fd(), events: libc::POLLIN, revents: 0 };
+        let mut p = libc::pollfd {
+            fd: sup.event_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut p, 1, ms) == 1 }
     };
