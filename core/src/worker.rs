@@ -280,3 +280,68 @@ fn decode_one(rx: &mut Rx) -> Result<Option<WorkerEvent>> {
         }
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn linked() -> (OwnedFd, Worker) {
+        let (primary, worker) = sys::socketpair().unwrap();
+        sys::send(primary.as_raw_fd(), &frame::primary_hello(1024, 4, 2)).unwrap();
+        let w = Worker::handshake(worker, 4).unwrap().unwrap();
+        (primary, w)
+    }
+
+    #[test]
+    fn handshake_reads_id_generation_and_limit_and_answers_hello() {
+        let (primary, w) = linked();
+        assert_eq!((w.id(), w.generation(), w.max_message()), (4, 2, 1024));
+        let mut d = Decoder::new(1024);
+        let mut fds = VecDeque::new();
+        let n = sys::recv_with_fds(primary.as_raw_fd(), d.spare(4096), &mut fds, true).unwrap();
+        d.commit(n);
+        let f = d.next_frame().unwrap().unwrap();
+        assert_eq!(f.kind, Kind::Hello);
+        assert_eq!(
+            frame::parse_hello(f.body).unwrap(),
+            vec![std::process::id()]
+        );
+    }
+
+    #[test]
+    fn worker_learns_that_the_primary_is_gone() {
+        let (primary, w) = linked();
+        w.set_exit_on_primary_loss(false);
+        let mut msg = Vec::new();
+        frame::encode(&mut msg, Kind::Message, 0, b"last words");
+        sys::send(primary.as_raw_fd(), &msg).unwrap();
+        drop(primary);
+        let first = w.next_event(Some(Duration::from_secs(1))).unwrap();
+        assert_eq!(first, Some(WorkerEvent::Message(b"last words".to_vec())));
+        assert_eq!(
+            w.next_event(Some(Duration::from_secs(1))).unwrap(),
+            Some(WorkerEvent::PrimaryGone)
+        );
+    }
+
+    #[test]
+    fn worker_refuses_to_send_more_than_the_limit() {
+        let (_primary, w) = linked();
+        let e = w.send(&[0; 1025]).unwrap_err();
+        assert!(matches!(
+            e,
+            Error::MessageTooLarge {
+                size: 1025,
+                limit: 1024
+            }
+        ));
+    }
+
+    #[test]
+    fn primary_hello_for_another_worker_is_refused() {
+        let (primary, worker) = sys::socketpair().unwrap();
+        sys::send(primary.as_raw_fd(), &frame::primary_hello(1024, 9, 1)).unwrap();
+        let e = Worker::handshake(worker, 4).err().unwrap().to_string();
+        assert!(e.contains("worker 9") && e.contains("says 4"), "{e}");
+    }
+}

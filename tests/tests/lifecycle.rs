@@ -365,3 +365,85 @@ fn event_fd_is_readable_while_events_wait() {
     assert!(matches!(sup.try_next_event(), Some(Event::Message { .. })));
     assert!(!readable(0), "still readable after the queue was drained");
 }
+
+#[test]
+fn full_queue_of_a_worker_that_does_not_read_is_reported_and_blocks_nobody() {
+    let mut cfg = worker_config(2, &["ignore-term"]);
+    cfg.max_message = 1024;
+    cfg.send_queue_limit = 64 * 1024;
+    let sup = Supervisor::start(cfg).unwrap();
+    wait_ready(&sup, 2);
+    // Worker 0 never reads: the socket buffer fills, then the bounded queue.
+    let mut sent = 0;
+    let err = loop {
+        match sup.send(0, &[7; 1000]) {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(sent < 100_000, "queue never reported full");
+    };
+    assert!(
+        matches!(
+            err,
+            Error::QueueFull {
+                worker: 0,
+                limit: 65536
+            }
+        ),
+        "{err}"
+    );
+    // The loop is not blocked: snapshots and stops still work promptly.
+    let t = Instant::now();
+    assert_eq!(sup.snapshot().unwrap().len(), 2);
+    assert!(t.elapsed() < Duration::from_millis(500));
+    sup.stop(Duration::from_millis(300)).unwrap();
+}
+
+#[test]
+fn stop_kills_workers_that_ignore_sigterm_when_the_timeout_passes() {
+    let mut cfg = worker_config(2, &["ignore-term"]);
+    cfg.kill_timeout = Duration::from_secs(30);
+    let sup = Supervisor::start(cfg).unwrap();
+    wait_ready(&sup, 2);
+    let pids: Vec<u32> = sup.snapshot().unwrap().iter().map(|w| w.pid).collect();
+    let t = Instant::now();
+    sup.stop(Duration::from_millis(300)).unwrap();
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(280) && took < Duration::from_secs(3),
+        "stop took {took:?}"
+    );
+    assert!(pids.iter().all(|&p| !pid_alive(p)));
+    let mut signals = Vec::new();
+    while let Some(ev) = sup.next_event(Some(Duration::from_millis(50))) {
+        if let Event::Exit { info, .. } = ev {
+            signals.push((info.signal, info.reason));
+        }
+    }
+    assert_eq!(
+        signals,
+        vec![(Some(libc::SIGKILL), ExitReason::Shutdown); 2]
+    );
+}
+
+#[test]
+fn messages_sent_right_before_exit_are_delivered() {
+    let sup = Supervisor::start(worker_config(1, &["env"])).unwrap();
+    wait_for(&sup, Duration::from_secs(5), |e| {
+        matches!(e, Event::Message { .. })
+    });
+    for i in 0..100 {
+        sup.send(0, format!("m{i}").as_bytes()).unwrap();
+    }
+    sup.send(0, b"!exit 0").unwrap();
+    let mut got = 0;
+    loop {
+        match wait_for(&sup, Duration::from_secs(5), |e| {
+            matches!(e, Event::Message { .. } | Event::Exit { .. })
+        }) {
+            Event::Message { .. } => got += 1,
+            _ => break,
+        }
+    }
+    assert_eq!(got, 100, "echoes lost around the exit");
+}
