@@ -14,9 +14,17 @@ pub fn test_worker() -> String {
 pub fn bin_path(name: &str) -> String {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe.parent().expect("exe dir");
-    let dir = if dir.ends_with("deps") { dir.parent().unwrap() } else { dir };
+    let dir = if dir.ends_with("deps") {
+        dir.parent().unwrap()
+    } else {
+        dir
+    };
     let path = dir.join(name);
-    assert!(path.exists(), "{} is not built (cargo builds it with the tests)", path.display());
+    assert!(
+        path.exists(),
+        "{} is not built (cargo builds it with the tests)",
+        path.display()
+    );
     path.to_string_lossy().into_owned()
 }
 
@@ -53,7 +61,9 @@ pub fn wait_for(sup: &Supervisor, within: Duration, mut pred: impl FnMut(&Event)
 pub fn wait_ready(sup: &Supervisor, n: usize) -> Vec<u32> {
     let mut ids = Vec::new();
     while ids.len() < n {
-        if let Event::Ready { id, .. } = wait_for(sup, Duration::from_secs(10), |e| matches!(e, Event::Ready { .. })) {
+        if let Event::Ready { id, .. } = wait_for(sup, Duration::from_secs(10), |e| {
+            matches!(e, Event::Ready { .. })
+        }) {
             ids.push(id);
         }
     }
@@ -70,7 +80,9 @@ pub fn pid_alive(pid: u32) -> bool {
 /// Children of this process that are zombies (exited, not reaped).
 pub fn zombie_children() -> usize {
     let me = std::process::id().to_string();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
     dir.filter_map(|e| e.ok())
         .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
         .filter(|stat| {

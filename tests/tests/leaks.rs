@@ -17,7 +17,9 @@ fn two_hundred_crash_restart_cycles_leave_no_zombie_and_no_descriptor() {
     let mut exits = 0;
     let mut fd_samples = Vec::new();
     while exits < 200 {
-        if let Event::Exit { .. } = wait_for(&sup, Duration::from_secs(10), |e| matches!(e, Event::Exit { .. })) {
+        if let Event::Exit { .. } = wait_for(&sup, Duration::from_secs(10), |e| {
+            matches!(e, Event::Exit { .. })
+        }) {
             exits += 1;
             if exits % 50 == 0 {
                 fd_samples.push(open_fd_count());
@@ -25,7 +27,10 @@ fn two_hundred_crash_restart_cycles_leave_no_zombie_and_no_descriptor() {
         }
     }
     // While running: at most 2 workers × (IPC socket + pidfd), plus epoll and two eventfds.
-    assert!(fd_samples.iter().all(|&n| n <= before + 3 + 4), "descriptors grew: before {before}, samples {fd_samples:?}");
+    assert!(
+        fd_samples.iter().all(|&n| n <= before + 3 + 4),
+        "descriptors grew: before {before}, samples {fd_samples:?}"
+    );
     sup.stop(Duration::from_secs(5)).unwrap();
     assert_eq!(zombie_children(), 0, "zombies left after stop");
     // The handle keeps its two eventfds until dropped.

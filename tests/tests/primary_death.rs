@@ -9,7 +9,9 @@ use rcluster_tests::*;
 /// Gone, or a zombie waiting for init: either way no longer running.
 fn running(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -22,8 +24,13 @@ fn workers_die_within_a_second_of_a_sigkilled_primary() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(primary.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let pids: Vec<u32> = line.split_whitespace().map(|p| p.parse().unwrap()).collect();
+    BufReader::new(primary.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pids: Vec<u32> = line
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
     assert_eq!(pids.len(), 4, "primary printed {line:?}");
     assert!(pids.iter().all(|&p| running(p)));
     primary.kill().unwrap();
@@ -39,5 +46,8 @@ fn workers_die_within_a_second_of_a_sigkilled_primary() {
         unsafe { libc::kill(p as i32, libc::SIGKILL) };
     }
     assert!(left.is_empty(), "workers {left:?} outlived the primary");
-    assert!(took < Duration::from_secs(1), "workers took {took:?} to die");
+    assert!(
+        took < Duration::from_secs(1),
+        "workers took {took:?} to die"
+    );
 }

@@ -21,7 +21,12 @@ fn main() {
             None => panic!("workers not ready in time"),
         }
     }
-    let pids: Vec<String> = sup.snapshot().unwrap().iter().map(|w| w.pid.to_string()).collect();
+    let pids: Vec<String> = sup
+        .snapshot()
+        .unwrap()
+        .iter()
+        .map(|w| w.pid.to_string())
+        .collect();
     println!("{}", pids.join(" "));
     std::io::stdout().flush().unwrap();
     std::thread::sleep(Duration::from_secs(60));

@@ -24,7 +24,9 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.first().map(String::as_str).unwrap_or("echo");
     let num = |i: usize| args.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    let w = Worker::from_env().expect("worker handshake").expect("run under rcluster");
+    let w = Worker::from_env()
+        .expect("worker handshake")
+        .expect("run under rcluster");
     match mode {
         "never-ready" => sleep_forever(),
         "gen-fail" if w.generation() > 1 => sleep_forever(),
@@ -53,9 +55,21 @@ fn main() {
         "oversized" => raw_write(&[0, 0, 0, 64, 4, 0, 0, 0]),
         "count" => count(&w),
         "env" => {
-            let vars: Vec<String> = std::env::vars().filter(|(k, _)| k.starts_with("RCLUSTER_")).map(|(k, v)| format!("{k}={v}")).collect();
-            let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
-            let text = format!("{} {} {} fds={} {}", w.id(), w.generation(), std::process::id(), fds, vars.join(" "));
+            let vars: Vec<String> = std::env::vars()
+                .filter(|(k, _)| k.starts_with("RCLUSTER_"))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let fds = std::fs::read_dir("/proc/self/fd")
+                .map(|d| d.count())
+                .unwrap_or(0);
+            let text = format!(
+                "{} {} {} fds={} {}",
+                w.id(),
+                w.generation(),
+                std::process::id(),
+                fds,
+                vars.join(" ")
+            );
             w.send(text.as_bytes()).unwrap();
             echo(&w)
         }
@@ -91,7 +105,9 @@ fn count(w: &Worker) {
     let mut n: u64 = 0;
     loop {
         match w.next_event(None).unwrap() {
-            Some(WorkerEvent::Message(m)) if m == b"end" => w.send(n.to_string().as_bytes()).unwrap(),
+            Some(WorkerEvent::Message(m)) if m == b"end" => {
+                w.send(n.to_string().as_bytes()).unwrap()
+            }
             Some(WorkerEvent::Message(_)) => n += 1,
             Some(_) => std::process::exit(0),
             None => {}
