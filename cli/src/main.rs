@@ -1,1 +1,50 @@
-fn main() {}
+//! `rcluster`: run any program as a supervised cluster of workers.
+//!
+//! Argument parsing, signals and printing only; every supervision decision lives in
+//! `rcluster-core`.
+
+mod args;
+mod log;
+mod run;
+mod signals;
+
+use clap::Parser;
+use rcluster_core::{Error, Supervisor};
+
+use args::{Cli, Command};
+
+/// Exit status for invalid arguments or configuration (the same as clap uses).
+const EXIT_USAGE: i32 = 2;
+
+fn main() {
+    let cli = Cli::parse();
+    let Command::Run(run) = cli.command;
+    std::process::exit(match start(&run) {
+        Ok(code) => code,
+        Err((code, msg)) => {
+            eprintln!("rcluster: error: {msg}");
+            code
+        }
+    });
+}
+
+fn start(args: &args::RunArgs) -> Result<i32, (i32, String)> {
+    let config = args.to_config();
+    let (kill_timeout, workers) = (config.kill_timeout, config.workers);
+    // Before Supervisor::start: its thread must inherit the blocked mask, or a signal could be
+    // delivered there and kill the process instead of reaching the signalfd.
+    let sigfd = signals::SignalFd::install().map_err(|e| {
+        (
+            run::EXIT_FAILED,
+            format!("cannot set up signal handling: {e}"),
+        )
+    })?;
+    let sup = Supervisor::start(config).map_err(|e| match e {
+        Error::Config { field, .. } => match args::flag_for(field) {
+            Some(flag) => (EXIT_USAGE, format!("{e} (set by {flag})")),
+            None => (EXIT_USAGE, e.to_string()),
+        },
+        e => (run::EXIT_FAILED, e.to_string()),
+    })?;
+    Ok(run::Runner::new(sup, sigfd, kill_timeout, workers).run())
+}

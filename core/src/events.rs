@@ -151,13 +151,15 @@ impl EventQueue {
         let was_empty = q.events.is_empty();
         q.events.extend(batch.drain(..));
         self.len.store(q.events.len(), Ordering::Release);
+        // Signalled under the lock: a consumer that empties the queue clears the fd under the
+        // same lock, so the fd is readable exactly when events wait.
+        if was_empty {
+            self.fd.notify();
+        }
         let waiters = q.waiters;
         drop(q);
         if waiters > 0 {
             self.cv.notify_all();
-        }
-        if was_empty {
-            self.fd.notify();
         }
     }
 

@@ -88,6 +88,11 @@ pub fn parse_hello(body: &[u8]) -> Result<Vec<u32>> {
         )));
     }
     let version = u16::from_le_bytes([body[0], body[1]]);
+    if body[2] != 0 || body[3] != 0 {
+        return Err(Error::Protocol(
+            "reserved bytes of the hello are not zero".into(),
+        ));
+    }
     if version != PROTOCOL_VERSION {
         return Err(Error::Protocol(format!(
             "peer speaks protocol version {version}, this side speaks {PROTOCOL_VERSION}"

@@ -434,10 +434,14 @@ impl Primary {
     /// Kills workers whose time is up: not ready in time, silent too long, or past kill_timeout.
     fn murder_workers(&mut self, now: Instant) {
         let mut due = Vec::new();
-        for (key, p) in &self.procs {
-            if let Some(s) = &p.stopping {
+        for (key, p) in self.procs.iter_mut() {
+            if let Some(s) = &mut p.stopping {
+                if s.term_at.is_some_and(|t| now >= t) {
+                    s.term_at = None;
+                    sys::kill_group(p.pid, libc::SIGTERM);
+                }
                 if !s.killed && now >= s.kill_at {
-                    due.push((*key, s.reason));
+                    due.push((*key, ExitReason::Shutdown));
                 }
             } else if p.ready_deadline.is_some_and(|d| now >= d) {
                 due.push((*key, ExitReason::ReadyTimeout));
@@ -457,7 +461,12 @@ impl Primary {
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         for p in self.procs.values() {
             match &p.stopping {
-                Some(s) if !s.killed => consider(s.kill_at),
+                Some(s) if !s.killed => {
+                    consider(s.kill_at);
+                    if let Some(t) = s.term_at {
+                        consider(t);
+                    }
+                }
                 Some(_) => {}
                 None => {
                     if let Some(d) = p.ready_deadline {
@@ -632,40 +641,82 @@ impl Primary {
         }
     }
 
-    /// Asks a worker to stop (DISCONNECT + SIGTERM to its group, SIGKILL after kill_timeout),
-    /// or kills it at once when `graceful` is false.
+    /// Asks a worker to stop, or kills it at once when `graceful` is false.
+    ///
+    /// A worker that speaks the protocol gets a DISCONNECT frame first, SIGTERM to its group
+    /// at half of `kill_timeout` and SIGKILL at `kill_timeout`: the frame lets a library worker
+    /// finish its work and exit 0, the signal reaches one whose loop does not read. Any other
+    /// program gets SIGTERM at once.
     fn stop_worker(&mut self, key: u64, reason: ExitReason, graceful: bool) {
         let now = self.clock.now();
-        let kill_at = match self.stop_deadline {
-            Some(d) => d.min(now + self.cfg.kill_timeout),
-            None => now + self.cfg.kill_timeout,
+        let grace = match self.stop_deadline {
+            Some(d) => d.saturating_duration_since(now).min(self.cfg.kill_timeout),
+            None => self.cfg.kill_timeout,
         };
         let Some(p) = self.procs.get_mut(&key) else {
             return;
         };
         match &mut p.stopping {
-            Some(s) if s.killed || graceful => return,
+            Some(s) if s.killed => return,
+            Some(s) if graceful => {
+                // Asked again (e.g. a stop after the worker's own disconnect): keep the earlier
+                // deadlines unless this one is sooner, and take the supervisor's reason.
+                s.reason = s.reason.or(Some(reason));
+                s.kill_at = s.kill_at.min(now + grace);
+                return;
+            }
             Some(s) => s.killed = true,
-            None => {
+            None if graceful => {
+                let term_at = if p.hello {
+                    let _ = p
+                        .conn
+                        .send_frame(&self.shared.waker, Kind::Disconnect, &[], None);
+                    Some(now + grace / 2)
+                } else {
+                    sys::kill_group(p.pid, libc::SIGTERM);
+                    None
+                };
                 p.stopping = Some(Stopping {
-                    reason,
-                    kill_at,
-                    killed: !graceful,
+                    reason: Some(reason),
+                    term_at,
+                    kill_at: now + grace,
+                    killed: false,
                 });
                 p.state = WorkerState::Draining;
                 unroute(&self.shared, p);
-                if graceful {
-                    if p.hello {
-                        let _ = p
-                            .conn
-                            .send_frame(&self.shared.waker, Kind::Disconnect, &[], None);
-                    }
-                    sys::kill_group(p.pid, libc::SIGTERM);
-                    return;
-                }
+                return;
+            }
+            None => {
+                p.stopping = Some(Stopping {
+                    reason: Some(reason),
+                    term_at: None,
+                    kill_at: now,
+                    killed: true,
+                });
+                p.state = WorkerState::Draining;
+                unroute(&self.shared, p);
             }
         }
         sys::kill_group(p.pid, libc::SIGKILL);
+    }
+
+    /// The worker said it is leaving on its own: no new work, and it has `kill_timeout` to go.
+    fn worker_disconnected(&mut self, key: u64) {
+        let now = self.clock.now();
+        let Some(p) = self.procs.get_mut(&key) else {
+            return;
+        };
+        if p.stopping.is_none() {
+            let kill_at = now + self.cfg.kill_timeout;
+            p.stopping = Some(Stopping {
+                reason: None,
+                term_at: None,
+                kill_at,
+                killed: false,
+            });
+            p.state = WorkerState::Draining;
+            unroute(&self.shared, p);
+        }
     }
 
     fn reap_worker(&mut self, key: u64) {
@@ -692,7 +743,7 @@ impl Primary {
         if p.ipc_open
             && p.stopping
                 .as_ref()
-                .map_or(true, |s| s.reason != ExitReason::ProtocolError)
+                .is_none_or(|s| s.reason != Some(ExitReason::ProtocolError))
         {
             self.read_worker(key);
         }
@@ -710,8 +761,8 @@ impl Primary {
         }
         unroute(&self.shared, &p);
         p.conn.close();
-        let reason = match &p.stopping {
-            Some(s) => s.reason,
+        let reason = match p.stopping.as_ref().and_then(|s| s.reason) {
+            Some(r) => r,
             None if status.code == Some(0) => ExitReason::Exited,
             None => ExitReason::Crashed,
         };
@@ -819,12 +870,7 @@ impl Primary {
                     pid,
                     data,
                 }),
-                Incoming::Disconnect => {
-                    if let Some(p) = self.procs.get_mut(&key) {
-                        p.state = WorkerState::Draining;
-                        unroute(&self.shared, p);
-                    }
-                }
+                Incoming::Disconnect => self.worker_disconnected(key),
             }
         }
         match end {

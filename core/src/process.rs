@@ -12,9 +12,12 @@ use crate::output::PrefixPipe;
 use crate::policy::ExitReason;
 use crate::sys;
 
-/// A stop in progress: why, and when SIGKILL follows.
+/// A stop in progress: why, and when SIGTERM and SIGKILL follow.
 pub struct Stopping {
-    pub reason: ExitReason,
+    /// None when the worker itself said it is leaving: its exit status tells the reason.
+    pub reason: Option<ExitReason>,
+    /// When SIGTERM goes to the group, if it has not gone yet.
+    pub term_at: Option<Instant>,
     pub kill_at: Instant,
     pub killed: bool,
 }
@@ -104,13 +107,27 @@ impl Process {
                 Kind::Hello if self.hello => {
                     return Some(ReadEnd::Violation("second Hello".into()))
                 }
-                Kind::Hello => match frame::parse_hello(frame.body) {
-                    Ok(_) => {
-                        self.hello = true;
-                        Incoming::Hello
+                Kind::Hello => {
+                    match frame::parse_hello(frame.body) {
+                        Ok(fields) if fields == [self.pid as u32] => {
+                            self.hello = true;
+                            Incoming::Hello
+                        }
+                        Ok(fields) => {
+                            let detail = format!("worker hello must carry its pid {} and nothing else, got {fields:?}", self.pid);
+                            return Some(ReadEnd::Violation(detail));
+                        }
+                        Err(e) => return Some(ReadEnd::Violation(e.to_string())),
                     }
-                    Err(e) => return Some(ReadEnd::Violation(e.to_string())),
-                },
+                }
+                Kind::Ready | Kind::Heartbeat | Kind::Disconnect if !frame.body.is_empty() => {
+                    let detail = format!(
+                        "{:?} frame with a {}-byte body (must be empty)",
+                        frame.kind,
+                        frame.body.len()
+                    );
+                    return Some(ReadEnd::Violation(detail));
+                }
                 Kind::Ready => Incoming::Ready,
                 Kind::Heartbeat => continue,
                 Kind::Message => Incoming::Message(frame.body.to_vec()),

@@ -293,6 +293,9 @@ pub fn recv_with_fds(
         msg.msg_controllen = std::mem::size_of_val(&space) as _;
         let flags = libc::MSG_CMSG_CLOEXEC | if blocking { 0 } else { libc::MSG_DONTWAIT };
         let n = retry(|| cvt_size(libc::recvmsg(fd, &mut msg, flags)))?;
+        // Descriptors that did not fit were closed by the kernel: the stream's fd bookkeeping
+        // is lost, so the peer must be treated as broken (after keeping what did arrive).
+        let truncated = msg.msg_flags & libc::MSG_CTRUNC != 0;
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
             if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
@@ -303,6 +306,12 @@ pub fn recv_with_fds(
                 }
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        if truncated {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "too many file descriptors in one read",
+            ));
         }
         Ok(n)
     }

@@ -1,1 +1,234 @@
-fn main() {}
+//! A tiny HTTP/1.1 server written with the rcluster worker library.
+//!
+//! Under rcluster it says ready once listening and sends heartbeats; run alone it is an
+//! ordinary server. It takes its listening socket from the supervisor when one is handed over
+//! (`LISTEN_FDS`, the systemd convention), else binds `--listen` with SO_REUSEPORT so that
+//! several workers can share the port.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::mem::size_of;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcluster_core::{Worker, WorkerEvent};
+
+const USAGE: &str = "usage: hello-worker [--listen ADDR]   (default 127.0.0.1:8080)";
+/// Time to finish in-flight responses after the primary asks this worker to leave.
+const DRAIN_GRACE: Duration = Duration::from_millis(200);
+/// An idle keep-alive connection is closed after this, so it does not pin a thread forever.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_LINE: u64 = 8192;
+
+fn main() {
+    let addr = parse_args().unwrap_or_else(|msg| fail(&msg));
+    let worker = Worker::from_env()
+        .unwrap_or_else(|e| fail(&e.to_string()))
+        .map(Arc::new);
+    let listener = match inherited_listener() {
+        Some(l) => Ok(l),
+        None => bind_reuseport(addr),
+    }
+    .unwrap_or_else(|e| fail(&format!("cannot listen on {addr}: {e}")));
+    let id = worker.as_ref().map_or(0, |w| w.id());
+    let body: Arc<str> = format!("Hello from worker {id} (pid {})\n", std::process::id()).into();
+    if let Some(w) = worker {
+        w.ready().unwrap_or_else(|e| fail(&e.to_string()));
+        let hb = Arc::clone(&w);
+        std::thread::spawn(move || {
+            while hb.heartbeat().is_ok() {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        std::thread::spawn(move || watch_primary(&w));
+    }
+    for conn in listener.incoming() {
+        match conn {
+            Ok(stream) => {
+                let body = Arc::clone(&body);
+                std::thread::spawn(move || serve(stream, &body));
+            }
+            // Out of descriptors or a connection reset before accept: back off, do not spin.
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("hello-worker: {msg}");
+    std::process::exit(1)
+}
+
+fn parse_args() -> Result<SocketAddr, String> {
+    let mut addr = "127.0.0.1:8080".to_string();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--listen" => addr = args.next().ok_or(USAGE)?,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            _ => match a.strip_prefix("--listen=") {
+                Some(v) => addr = v.to_string(),
+                None => return Err(format!("unexpected argument {a:?}\n{USAGE}")),
+            },
+        }
+    }
+    addr.parse()
+        .map_err(|_| format!("--listen: {addr:?} is not an address like 127.0.0.1:8080"))
+}
+
+fn watch_primary(w: &Worker) {
+    loop {
+        match w.next_event(None) {
+            Ok(Some(WorkerEvent::Message(_))) | Ok(None) => {}
+            Ok(Some(WorkerEvent::Disconnect)) => {
+                std::thread::sleep(DRAIN_GRACE);
+                std::process::exit(0);
+            }
+            Ok(Some(WorkerEvent::PrimaryGone)) => std::process::exit(0),
+            Err(e) => fail(&e.to_string()),
+        }
+    }
+}
+
+/// Socket activation: fd 3 when `LISTEN_PID` names this process.
+fn inherited_listener() -> Option<TcpListener> {
+    let ours = std::env::var("LISTEN_PID").ok()?.parse::<u32>().ok()? == std::process::id();
+    let count: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    if !ours || count == 0 {
+        return None;
+    }
+    // Programs this one starts must not think the sockets are meant for them.
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    // SAFETY: by the socket-activation convention fd 3 is a listening socket handed to us.
+    let listener = unsafe { TcpListener::from_raw_fd(3) };
+    // The primary may share it in non-blocking mode; this server uses blocking accept.
+    listener.set_nonblocking(false).ok()?;
+    Some(listener)
+}
+
+fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket creation; the result is checked.
+    let fd = cvt(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: a fresh descriptor nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+        let len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `one` outlives the call and `len` is its size.
+        cvt(unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&one as *const libc::c_int).cast(),
+                len,
+            )
+        })?;
+    }
+    let (storage, len) = to_sockaddr(addr);
+    // SAFETY: `storage` holds a sockaddr of `len` bytes for this family.
+    cvt(unsafe { libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) })?;
+    // SAFETY: a bound stream socket.
+    cvt(unsafe { libc::listen(fd, 1024) })?;
+    Ok(TcpListener::from(sock))
+}
+
+fn to_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data for which all-zero is valid.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
+            let sin = unsafe {
+                &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
+            };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above.
+            let sin6 = unsafe {
+                &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            sin6.sin6_scope_id = a.scope_id();
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn serve(stream: TcpStream, body: &str) {
+    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut out = stream;
+    while let Ok(Some(close)) = read_request(&mut reader) {
+        let connection = if close { "close" } else { "keep-alive" };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n",
+            body.len()
+        );
+        if out.write_all(format!("{head}{body}").as_bytes()).is_err() || close {
+            return;
+        }
+    }
+}
+
+/// Reads one request and discards its body. Some(true) when the connection should close
+/// after the response; None at end of stream.
+fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<bool>> {
+    let mut line = String::new();
+    while line.trim().is_empty() {
+        line.clear();
+        if r.by_ref().take(MAX_LINE).read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+    }
+    let mut close = line.trim_end().ends_with("HTTP/1.0");
+    let mut body_len = 0u64;
+    loop {
+        line.clear();
+        if r.by_ref().take(MAX_LINE).read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        let Some((name, value)) = line.trim_end().split_once(':') else {
+            break;
+        };
+        let value = value.trim().to_ascii_lowercase();
+        match name.to_ascii_lowercase().as_str() {
+            "connection" => {
+                close = value.contains("close") || (close && !value.contains("keep-alive"))
+            }
+            "content-length" => body_len = value.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    io::copy(&mut r.by_ref().take(body_len), &mut io::sink())?;
+    Ok(Some(close))
+}

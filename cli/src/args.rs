@@ -1,0 +1,276 @@
+//! Command-line arguments and their translation into a core `Config`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rcluster_core::{Config, Output, ReadyOn, RestartMode};
+
+const ABOUT: &str = "Run any program as a supervised cluster of pre-forked workers.";
+
+const LONG_ABOUT: &str = "\
+Run any program as a supervised cluster of pre-forked workers.
+
+rcluster starts N copies of a command, restarts the ones that exit according to a policy
+(with exponential backoff and a limit), replaces them all one by one on SIGHUP, and prints
+one line per lifecycle event on stderr.";
+
+const AFTER_HELP: &str = "\
+Examples:
+  rcluster run -- sleep 300
+      one worker per CPU running `sleep 300`, restarted whenever it exits
+  rcluster run -w 4 --restart on-failure --max-restarts 3 -- ./server --port 8080
+      four workers; a crash is retried at most 3 times per minute, a clean exit is final
+
+Signals (send them to the rcluster process):
+  SIGINT, SIGTERM  stop gracefully: SIGTERM to every worker, SIGKILL after --kill-timeout;
+                   a second SIGINT/SIGTERM kills the workers at once
+  SIGHUP           rolling reload: start a new worker, wait until it is ready, stop an old one
+  SIGTTIN          one worker more
+  SIGTTOU          one worker fewer (never below 1)
+
+Exit status:
+  0  stopped by SIGINT/SIGTERM, or every worker finished cleanly on its own
+  1  every worker went down on its own and at least one failed (or rcluster itself failed)
+  2  invalid arguments or configuration (for example, a command that does not exist)";
+
+const RUN_AFTER_HELP: &str = "\
+DUR is a number with an optional unit: 500ms, 5s, 2m, 1h; a bare number means seconds.
+
+Examples:
+  rcluster run -- sleep 300
+  rcluster run -w 2 --ready explicit --prefix-output -- ./hello-worker --listen 127.0.0.1:8080
+
+Signals: SIGINT/SIGTERM stop (twice: kill now), SIGHUP reloads, SIGTTIN/SIGTTOU scale by one.
+Exit status: 0 after a requested stop, 1 when the cluster went down with failures, 2 on bad usage.";
+
+#[derive(Parser, Debug)]
+#[command(name = "rcluster", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start workers running CMD and supervise them until stopped
+    #[command(after_help = RUN_AFTER_HELP)]
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Number of workers [default: number of CPUs]
+    #[arg(short = 'w', long = "workers", value_name = "N")]
+    pub workers: Option<usize>,
+
+    /// Which exits are followed by a restart
+    #[arg(long, value_enum, default_value_t = Restart::Always, value_name = "WHEN")]
+    pub restart: Restart,
+
+    /// Grace between SIGTERM and SIGKILL when stopping a worker [default: 10s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub kill_timeout: Option<Duration>,
+
+    /// When a worker counts as ready: at exec, when the worker library connects, or when it
+    /// calls ready()
+    #[arg(long, value_enum, default_value_t = Ready::Spawn, value_name = "WHEN")]
+    pub ready: Ready,
+
+    /// A worker not ready this long after start is killed [default: 30s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub ready_timeout: Option<Duration>,
+
+    /// Kill a ready worker that sends nothing for this long (off unless given)
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub heartbeat_timeout: Option<Duration>,
+
+    /// First delay before restarting a failed worker [default: 100ms]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub backoff_initial: Option<Duration>,
+
+    /// Longest delay before a restart [default: 10s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub backoff_max: Option<Duration>,
+
+    /// A worker up this long has its backoff reset [default: 5s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub min_uptime: Option<Duration>,
+
+    /// Give up on a worker slot after more than N restarts within --restart-window [default: 10]
+    #[arg(long, value_name = "N")]
+    pub max_restarts: Option<u32>,
+
+    /// The window for --max-restarts [default: 60s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub restart_window: Option<Duration>,
+
+    /// Exit code meaning "do not restart me" (repeatable)
+    #[arg(
+        long = "no-restart-code",
+        value_name = "CODE",
+        allow_negative_numbers = true
+    )]
+    pub no_restart_codes: Vec<i32>,
+
+    /// Largest IPC message in bytes, either direction [default: 16 MiB]
+    #[arg(long, value_name = "BYTES")]
+    pub max_message: Option<usize>,
+
+    /// Extra environment variable for workers (repeatable)
+    #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
+    pub env: Vec<(OsString, OsString)>,
+
+    /// Working directory of workers
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+
+    /// Prefix every line workers print with "[id] "
+    #[arg(long)]
+    pub prefix_output: bool,
+
+    /// The program to run and its arguments (put them after --)
+    #[arg(value_name = "CMD", required = true, num_args = 1.., trailing_var_arg = true)]
+    pub cmd: Vec<OsString>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum Restart {
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum Ready {
+    Spawn,
+    Hello,
+    Explicit,
+}
+
+impl RunArgs {
+    /// The core configuration; anything not given keeps the default of `Config::new`.
+    pub fn to_config(&self) -> Config {
+        let mut c = Config::new(self.cmd.iter().cloned());
+        c.workers = self
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        c.ready_on = match self.ready {
+            Ready::Spawn => ReadyOn::Spawn,
+            Ready::Hello => ReadyOn::Hello,
+            Ready::Explicit => ReadyOn::Explicit,
+        };
+        c.restart.mode = match self.restart {
+            Restart::Always => RestartMode::Always,
+            Restart::OnFailure => RestartMode::OnFailure,
+            Restart::Never => RestartMode::Never,
+        };
+        set(&mut c.kill_timeout, self.kill_timeout);
+        set(&mut c.ready_timeout, self.ready_timeout);
+        c.heartbeat_timeout = self.heartbeat_timeout;
+        set(&mut c.restart.backoff_initial, self.backoff_initial);
+        set(&mut c.restart.backoff_max, self.backoff_max);
+        set(&mut c.restart.min_uptime, self.min_uptime);
+        set(&mut c.restart.max_restarts, self.max_restarts);
+        set(&mut c.restart.window, self.restart_window);
+        c.restart
+            .no_restart_codes
+            .clone_from(&self.no_restart_codes);
+        if let Some(m) = self.max_message {
+            c.max_message = m;
+            // The queue must hold at least one largest message; keep the default headroom.
+            c.send_queue_limit = c.send_queue_limit.max(m.saturating_mul(4));
+        }
+        c.env.clone_from(&self.env);
+        c.cwd.clone_from(&self.cwd);
+        c.output = if self.prefix_output {
+            Output::Prefix
+        } else {
+            Output::Inherit
+        };
+        c
+    }
+}
+
+/// The flag behind a core config field, so that errors from validation point at what to fix.
+pub fn flag_for(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "workers" => "--workers",
+        "argv" => "CMD",
+        "env" => "--env",
+        "cwd" => "--cwd",
+        "ready_timeout" => "--ready-timeout",
+        "kill_timeout" => "--kill-timeout",
+        "heartbeat_timeout" => "--heartbeat-timeout",
+        "max_message" | "send_queue_limit" => "--max-message",
+        "restart.backoff_max" => "--backoff-max / --backoff-initial",
+        "restart.window" => "--restart-window",
+        _ => return None,
+    })
+}
+
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *field = v;
+    }
+}
+
+/// `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds (fractions allowed).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => {
+            return Err(
+                "expected a number with an optional unit ms, s, m or h (e.g. 500ms, 5s, 2m)".into(),
+            )
+        }
+    };
+    let n: f64 = num.parse().map_err(|_| {
+        "expected a number with an optional unit ms, s, m or h (e.g. 500ms, 5s, 2m)"
+    })?;
+    Duration::try_from_secs_f64(n * scale).map_err(|_| "duration is out of range".to_string())
+}
+
+fn parse_env(s: &str) -> Result<(OsString, OsString), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.into(), v.into())),
+        _ => Err("expected NAME=VALUE".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_units_and_bare_seconds() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn durations_reject_garbage() {
+        for bad in ["", "5x", "ms", "-1s", "1..2s", "5 sec"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn env_needs_a_name_and_an_equals_sign() {
+        assert_eq!(parse_env("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert!(parse_env("A").is_err());
+        assert!(parse_env("=x").is_err());
+    }
+}

@@ -1,0 +1,461 @@
+//! The `rcluster` binary end to end: real processes, real signals, every wait bounded.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const RCLUSTER: &str = env!("CARGO_BIN_EXE_rcluster");
+const STEP: Duration = Duration::from_millis(20);
+const EVENT_WAIT: Duration = Duration::from_secs(10);
+
+/// A running `rcluster` whose stderr is collected line by line. Dropping it kills the primary
+/// and every worker it reported, so a failed test leaves nothing behind.
+struct Cluster {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Cluster {
+    fn start(args: &[&str]) -> Cluster {
+        let mut child = Command::new(RCLUSTER)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rcluster");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (stderr, sink) = (child.stderr.take().unwrap(), Arc::clone(&log));
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Cluster { child, log }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill has no memory effects.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0, "kill rcluster");
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits until `pred` holds for the log; panics with the log after `EVENT_WAIT`.
+    fn wait_for(&self, what: &str, pred: impl Fn(&[String]) -> bool) {
+        let deadline = Instant::now() + EVENT_WAIT;
+        while !pred(&self.log.lock().unwrap()) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(STEP);
+        }
+    }
+
+    fn wait_for_count(&self, needle: &str, n: usize) {
+        self.wait_for(&format!("{n} × {needle:?}"), |log| {
+            log.iter().filter(|l| l.contains(needle)).count() >= n
+        });
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Let the reader thread take the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rcluster did not exit within {limit:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(STEP);
+        }
+    }
+
+    /// Pids from `spawned gen G` lines, optionally only of one generation.
+    fn spawned(&self, generation: Option<u32>) -> Vec<u32> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .filter_map(|l| {
+                let (head, gen) = l.split_once(": spawned gen ")?;
+                if generation.is_some_and(|g| gen.trim() != g.to_string()) {
+                    return None;
+                }
+                head.rsplit_once(" pid ")?.1.parse().ok()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            for pid in self.spawned(None) {
+                if alive(pid) {
+                    // SAFETY: kill has no memory effects; each worker leads its own group.
+                    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+                }
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// True while `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn assert_all_gone(pids: &[u32]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&p| alive(p)) {
+        assert!(
+            Instant::now() < deadline,
+            "workers still alive: {:?}",
+            pids.iter().filter(|&&p| alive(p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(STEP);
+    }
+}
+
+/// Runs rcluster to completion, killing it if it takes longer than `limit`.
+fn run_to_end(args: &[&str], limit: Duration) -> (ExitStatus, String) {
+    let mut c = Cluster::start(args);
+    let status = c.wait_exit(limit);
+    (status, c.log_text())
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn stops_with_exit_0_on(sig: i32) {
+    let mut c = Cluster::start(&["run", "--", "sleep", "300"]);
+    c.wait_for_count(": ready", cpus());
+    let pids = c.spawned(None);
+    assert_eq!(pids.len(), cpus(), "one worker per CPU by default");
+    c.signal(sig);
+    let status = c.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "log:\n{}", c.log_text());
+    assert_all_gone(&pids);
+}
+
+#[test]
+fn sleep_runs_with_no_flags_and_sigterm_stops_it_with_exit_0_leaving_no_worker() {
+    stops_with_exit_0_on(libc::SIGTERM);
+}
+
+#[test]
+fn sleep_runs_with_no_flags_and_sigint_stops_it_with_exit_0_leaving_no_worker() {
+    stops_with_exit_0_on(libc::SIGINT);
+}
+
+#[test]
+fn a_second_sigterm_kills_workers_that_ignore_the_first() {
+    let script = "trap '' TERM; while :; do sleep 1; done";
+    let mut c = Cluster::start(&[
+        "run",
+        "-w",
+        "2",
+        "--kill-timeout",
+        "60s",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    c.wait_for_count(": ready", 2);
+    let pids = c.spawned(None);
+    c.signal(libc::SIGTERM);
+    c.wait_for("the stop notice", |log| {
+        log.iter().any(|l| l.contains("stopping"))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        c.child.try_wait().unwrap().is_none(),
+        "stopped before the kill timeout; log:\n{}",
+        c.log_text()
+    );
+    c.signal(libc::SIGTERM);
+    let status = c.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "log:\n{}", c.log_text());
+    assert_all_gone(&pids);
+}
+
+#[test]
+fn sighup_replaces_every_worker_with_a_new_process() {
+    let mut c = Cluster::start(&["run", "-w", "2", "--", "sh", "-c", "sleep 300"]);
+    c.wait_for_count(": ready", 2);
+    let old = c.spawned(Some(1));
+    c.signal(libc::SIGHUP);
+    c.wait_for_count("reload to gen 2 done", 1);
+    let new = c.spawned(Some(2));
+    assert_eq!(new.len(), 2, "log:\n{}", c.log_text());
+    assert!(new.iter().all(|p| !old.contains(p)));
+    assert_all_gone(&old);
+    assert!(new.iter().all(|&p| alive(p)), "log:\n{}", c.log_text());
+    c.signal(libc::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(15)).code(), Some(0));
+    assert_all_gone(&new);
+}
+
+#[test]
+fn sigttin_adds_a_worker_and_sigttou_removes_one() {
+    let mut c = Cluster::start(&["run", "-w", "1", "--", "sh", "-c", "sleep 300"]);
+    c.wait_for_count(": ready", 1);
+    c.signal(libc::SIGTTIN);
+    c.wait_for_count("scaled to 2 workers", 1);
+    c.wait_for_count(": ready", 2);
+    let added = *c.spawned(None).last().unwrap();
+    assert!(alive(added));
+    c.signal(libc::SIGTTOU);
+    c.wait_for_count("scaled to 1 workers", 1);
+    c.wait_for(&format!("exit of pid {added}"), |log| {
+        log.iter()
+            .any(|l| l.contains(&format!("pid {added}: killed")))
+    });
+    assert_all_gone(&[added]);
+    c.signal(libc::SIGTTOU);
+    c.wait_for_count("already at 1 worker", 1);
+    c.signal(libc::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(15)).code(), Some(0));
+}
+
+#[test]
+fn nonexistent_command_is_reported_by_name_and_nothing_is_spawned() {
+    let (status, log) = run_to_end(
+        &["run", "--", "no-such-program-rcluster-test"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(status.code(), Some(2), "log:\n{log}");
+    assert!(
+        log.contains("rcluster: error:") && log.contains("no-such-program-rcluster-test"),
+        "{log}"
+    );
+    assert!(!log.contains("spawned"), "{log}");
+}
+
+#[test]
+fn cluster_whose_every_slot_gives_up_exits_1_by_itself() {
+    let args = [
+        "run",
+        "-w",
+        "2",
+        "--backoff-initial",
+        "10ms",
+        "--backoff-max",
+        "20ms",
+        "--max-restarts",
+        "2",
+    ];
+    let (status, log) = run_to_end(
+        &[&args[..], &["--", "sh", "-c", "exit 1"]].concat(),
+        Duration::from_secs(15),
+    );
+    assert_eq!(status.code(), Some(1), "log:\n{log}");
+    assert_eq!(log.matches("gave up after 2 restarts").count(), 2, "{log}");
+    assert!(log.contains("all workers are down"), "{log}");
+}
+
+#[test]
+fn workers_that_all_exit_cleanly_end_the_cluster_with_exit_0() {
+    let (status, log) = run_to_end(
+        &[
+            "run",
+            "-w",
+            "2",
+            "--restart",
+            "on-failure",
+            "--",
+            "sh",
+            "-c",
+            "exit 0",
+        ],
+        Duration::from_secs(15),
+    );
+    assert_eq!(status.code(), Some(0), "log:\n{log}");
+    assert!(log.contains("all workers are down"), "{log}");
+}
+
+#[test]
+fn help_explains_run_the_signals_and_the_exit_codes() {
+    let out = rcluster_output(&["--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for word in [
+        "run",
+        "SIGINT",
+        "SIGTERM",
+        "SIGHUP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "Exit status",
+        "Example",
+    ] {
+        assert!(text.contains(word), "--help lacks {word:?}:\n{text}");
+    }
+    let run_help =
+        String::from_utf8_lossy(&rcluster_output(&["run", "--help"]).stdout).into_owned();
+    for flag in [
+        "--workers",
+        "--restart",
+        "--kill-timeout",
+        "--ready",
+        "--no-restart-code",
+        "--prefix-output",
+    ] {
+        assert!(
+            run_help.contains(flag),
+            "run --help lacks {flag}:\n{run_help}"
+        );
+    }
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let out = rcluster_output(&["--version"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn bad_duration_exits_2_naming_the_flag_and_the_value() {
+    let out = rcluster_output(&["run", "--kill-timeout", "5parsecs", "--", "sleep", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--kill-timeout") && err.contains("5parsecs"),
+        "{err}"
+    );
+}
+
+fn rcluster_output(args: &[&str]) -> Output {
+    let mut child = Command::new(RCLUSTER)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rcluster");
+    let stdout = read_all_in_background(child.stdout.take().unwrap());
+    let stderr = read_all_in_background(child.stderr.take().unwrap());
+    let mut c = Cluster {
+        child,
+        log: Arc::default(),
+    };
+    let status = c.wait_exit(Duration::from_secs(10));
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+fn read_all_in_background(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        buf
+    })
+}
+
+#[test]
+fn hello_worker_under_rcluster_answers_http_200_on_loopback() {
+    let worker = hello_worker_binary();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let (w, a) = (worker.to_str().unwrap(), addr.as_str());
+    let mut c = Cluster::start(&[
+        "run",
+        "-w",
+        "2",
+        "--ready",
+        "explicit",
+        "--heartbeat-timeout",
+        "5s",
+        "--",
+        w,
+        "--listen",
+        a,
+    ]);
+    c.wait_for_count(": ready", 2);
+    let mut conn = TcpStream::connect(&addr).expect("connect to hello-worker");
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).expect("read the reply");
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    assert!(reply.contains("Hello from worker"), "{reply}");
+    c.signal(libc::SIGTERM);
+    assert_eq!(
+        c.wait_exit(Duration::from_secs(15)).code(),
+        Some(0),
+        "log:\n{}",
+        c.log_text()
+    );
+}
+
+/// hello-worker lives in another package, so `cargo test -p rcluster` does not build it; build
+/// it into the same target directory when it is missing.
+fn hello_worker_binary() -> PathBuf {
+    let profile_dir = Path::new(RCLUSTER).parent().expect("binary directory");
+    let path = profile_dir.join("hello-worker");
+    if path.exists() {
+        return path;
+    }
+    let target_dir = profile_dir.parent().expect("target directory");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "rcluster-examples", "--bin", "hello-worker"])
+        .env("CARGO_TARGET_DIR", target_dir);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run cargo build");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("building hello-worker took longer than 10 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        status.success() && path.exists(),
+        "`cargo build -p rcluster-examples` failed ({status}); cannot test hello-worker"
+    );
+    path
+}
