@@ -437,13 +437,9 @@ fn messages_sent_right_before_exit_are_delivered() {
     }
     sup.send(0, b"!exit 0").unwrap();
     let mut got = 0;
-    loop {
-        match wait_for(&sup, Duration::from_secs(5), |e| {
-            matches!(e, Event::Message { .. } | Event::Exit { .. })
-        }) {
-            Event::Message { .. } => got += 1,
-            _ => break,
-        }
+    let is_message_or_exit = |e: &Event| matches!(e, Event::Message { .. } | Event::Exit { .. });
+    while let Event::Message { .. } = wait_for(&sup, Duration::from_secs(5), is_message_or_exit) {
+        got += 1;
     }
     assert_eq!(got, 100, "echoes lost around the exit");
 }
