@@ -1,12 +1,12 @@
 //! The main thread's loop: signals in, API calls out, events printed. Every decision about
 //! workers is the core's; this only translates.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rcluster_core::{Event, ExitReason, Supervisor};
+use rcluster_core::{Event, Supervisor};
 
 use crate::log::EventLog;
 use crate::signals::{self, SignalFd};
@@ -29,8 +29,6 @@ pub struct Runner {
     kill_timeout: Duration,
     workers: usize,
     stopping: Option<Stopping>,
-    /// Worker processes not yet reported gone: the targets of a forced stop.
-    live: HashSet<u32>,
     /// Whether the latest exit of each slot was a failure.
     failed: HashMap<u32, bool>,
     gave_up: bool,
@@ -45,7 +43,6 @@ impl Runner {
             kill_timeout,
             workers,
             stopping: None,
-            live: HashSet::new(),
             failed: HashMap::new(),
             gave_up: false,
         }
@@ -145,8 +142,8 @@ impl Runner {
         });
     }
 
-    /// The core cannot shorten a stop already under way, so the impatient case kills each
-    /// worker's process group directly; the core still reaps them and finishes its stop.
+    /// A second stop with no grace brings the kill forward; it blocks like the first, so it
+    /// runs on a thread of its own too.
     fn force_stop(&mut self, name: &str) {
         let Some(s) = self.stopping.as_mut() else {
             return;
@@ -155,26 +152,19 @@ impl Runner {
             return;
         }
         s.forced = true;
-        self.log.note(&format!(
-            "{name} again: killing {} workers now",
-            self.live.len()
-        ));
-        for &pid in &self.live {
-            // SAFETY: kill has no memory effects; each worker leads its own process group. A pid
-            // stays in `live` only until its exit is reported, i.e. until just after the reap.
-            unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
-        }
+        self.log
+            .note(&format!("{name} again: killing the workers now"));
+        let sup = Arc::clone(&self.sup);
+        std::thread::spawn(move || {
+            let _ = sup.stop(Duration::ZERO);
+        });
     }
 
     fn on_event(&mut self, ev: Event) {
         self.log.print(&ev);
         match ev {
-            Event::Spawned { pid, .. } => {
-                self.live.insert(pid);
-            }
             Event::Exit { id, info, .. } => {
-                self.live.remove(&info.pid);
-                self.failed.insert(id, is_failure(info.reason));
+                self.failed.insert(id, info.reason.is_failure());
             }
             Event::SpawnFailed { id, .. } => {
                 self.failed.insert(id, true);
@@ -207,11 +197,4 @@ impl Runner {
             EXIT_FAILED
         }
     }
-}
-
-fn is_failure(reason: ExitReason) -> bool {
-    !matches!(
-        reason,
-        ExitReason::Exited | ExitReason::Requested | ExitReason::Shutdown
-    )
 }

@@ -113,6 +113,9 @@ impl Primary {
     }
 
     pub fn run(mut self) {
+        // Dropped last (after `self`, which owns the epoll fd), even on a panic: from then on
+        // the supervisor counts as stopped and every `stop` caller may return.
+        let _done = Done(Arc::clone(&self.shared));
         let mut ready = Vec::with_capacity(256);
         let mut dirty = Vec::new();
         loop {
@@ -290,7 +293,9 @@ impl Primary {
 
     fn begin_stop(&mut self, timeout: Duration) {
         let now = self.clock.now();
-        self.stop_deadline = Some(now + timeout);
+        let deadline = now + timeout;
+        // A second stop can only bring the deadline forward.
+        self.stop_deadline = Some(self.stop_deadline.map_or(deadline, |d| d.min(deadline)));
         if let Some(r) = self.reload.take() {
             self.out.push(Event::ReloadFailed {
                 generation: r.generation,
@@ -663,6 +668,7 @@ impl Primary {
                 // deadlines unless this one is sooner, and take the supervisor's reason.
                 s.reason = s.reason.or(Some(reason));
                 s.kill_at = s.kill_at.min(now + grace);
+                s.term_at = s.term_at.map(|t| t.min(now + grace / 2));
                 return;
             }
             Some(s) => s.killed = true,
@@ -952,6 +958,18 @@ impl Primary {
         drop(pending); // Dropping the reply senders tells waiting callers the supervisor stopped.
         self.shared.events.push_all(&mut self.out);
         self.shared.events.close();
+    }
+}
+
+struct Done(Arc<Shared>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::Release);
+        self.0.events.close();
+        let (lock, cv) = &self.0.done;
+        *lock.lock().unwrap() = true;
+        cv.notify_all();
     }
 }
 

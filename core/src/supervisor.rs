@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     pub events: EventQueue,
     pub max_message: usize,
     pub stopped: AtomicBool,
+    /// Set (and signalled) when the loop has ended, for `stop` callers that do not join it.
+    pub done: (Mutex<bool>, Condvar),
 }
 
 /// A running cluster of workers. Dropping it stops the cluster (with `kill_timeout`).
@@ -53,6 +55,7 @@ impl Supervisor {
             events: EventQueue::new().map_err(|e| Error::io("eventfd", e))?,
             max_message: config.max_message,
             stopped: AtomicBool::new(false),
+            done: (Mutex::new(false), Condvar::new()),
         });
         let kill_timeout = config.kill_timeout;
         let primary = Primary::new(config, &program, Arc::clone(&shared))?;
@@ -167,11 +170,11 @@ impl Supervisor {
         self.shared.events.raw_fd()
     }
 
-    /// Stops every worker (SIGTERM, then SIGKILL after `timeout`) and returns once all are
-    /// reaped and every descriptor the loop opened is closed. Calling it again is harmless.
+    /// Stops every worker gracefully, killing what is left after `timeout`, and returns once
+    /// all are reaped and every descriptor the loop opened is closed. It may be called again,
+    /// from any thread, while a stop is under way: a shorter timeout then brings the kill
+    /// forward (a second Ctrl-C), and every caller returns when the loop has ended.
     pub fn stop(&self, timeout: Duration) -> Result<()> {
-        let thread = self.thread.lock().unwrap().take();
-        let Some(thread) = thread else { return Ok(()) };
         if !self.shared.stopped.load(Ordering::Acquire) {
             self.shared
                 .cmds
@@ -180,9 +183,15 @@ impl Supervisor {
                 .push_back(Command::Stop(timeout));
             self.shared.waker.wake();
         }
-        thread
-            .join()
-            .map_err(|_| Error::io("supervisor thread", std::io::Error::other("it panicked")))
+        let thread = self.thread.lock().unwrap().take();
+        if let Some(thread) = thread {
+            return thread
+                .join()
+                .map_err(|_| Error::io("supervisor thread", std::io::Error::other("it panicked")));
+        }
+        let (lock, cv) = &self.shared.done;
+        let _done = cv.wait_while(lock.lock().unwrap(), |done| !*done).unwrap();
+        Ok(())
     }
 
     /// True once the loop has ended (after `stop`, or if it failed).

@@ -443,3 +443,25 @@ fn messages_sent_right_before_exit_are_delivered() {
     }
     assert_eq!(got, 100, "echoes lost around the exit");
 }
+
+#[test]
+fn a_second_shorter_stop_brings_the_kill_forward() {
+    let mut cfg = worker_config(2, &["ignore-term"]);
+    cfg.kill_timeout = Duration::from_secs(60);
+    let sup = std::sync::Arc::new(Supervisor::start(cfg).unwrap());
+    wait_ready(&sup, 2);
+    let t = Instant::now();
+    let first = {
+        let sup = std::sync::Arc::clone(&sup);
+        std::thread::spawn(move || sup.stop(Duration::from_secs(60)))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    sup.stop(Duration::from_millis(10)).unwrap();
+    first.join().unwrap().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "the second stop did not shorten the first: {:?}",
+        t.elapsed()
+    );
+    assert!(sup.snapshot().is_err());
+}
