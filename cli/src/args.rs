@@ -69,7 +69,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Restart::Always, value_name = "WHEN")]
     pub restart: Restart,
 
-    /// Grace between SIGTERM and SIGKILL when stopping a worker [default: 10s]
+    /// How long a stopping worker may take before SIGKILL (SIGTERM comes at half, after the disconnect frame) [default: 10s]
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub kill_timeout: Option<Duration>,
 
