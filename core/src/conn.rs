@@ -251,3 +251,86 @@ fn write_some(
         _ => sys::send(fd, &buf[off..next_fd_at(0)]),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::Decoder;
+    use std::io::{Read, Seek, Write};
+
+    fn temp_file_with(text: &str) -> OwnedFd {
+        let mut f = std::fs::File::from(tmp());
+        f.write_all(text.as_bytes()).unwrap();
+        f.rewind().unwrap();
+        f.into()
+    }
+
+    fn tmp() -> OwnedFd {
+        let path = std::env::temp_dir().join(format!(
+            "rcluster-conn-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f.into()
+    }
+
+    /// Frames with descriptors, interleaved with plain ones, arrive each with its own
+    /// descriptor, whether written at once or coalesced and flushed by the loop.
+    #[test]
+    fn descriptors_travel_with_their_own_frames() {
+        let (a, b) = sys::socketpair().unwrap();
+        sys::set_nonblocking(a.as_raw_fd(), true).unwrap();
+        let conn = Arc::new(Conn::new(0, a, 1 << 20, 1 << 16));
+        let waker = Waker::new().unwrap();
+        for i in 0..6 {
+            conn.send_frame(&waker, Kind::Message, format!("plain {i}").as_bytes(), None)
+                .unwrap();
+            let fd = temp_file_with(&format!("file {i}"));
+            conn.send_frame(
+                &waker,
+                Kind::Connection,
+                format!("conn {i}").as_bytes(),
+                Some(fd),
+            )
+            .unwrap();
+        }
+        // Most of these were coalesced: flush them as the loop would.
+        assert!(matches!(conn.flush(), Flush::Done));
+        let mut d = Decoder::new(1 << 16);
+        let mut fds = VecDeque::new();
+        let mut got = Vec::new();
+        while got.len() < 12 {
+            let n = sys::recv_with_fds(b.as_raw_fd(), d.spare(4096), &mut fds, true).unwrap();
+            d.commit(n);
+            while let Some(f) = d.next_frame().unwrap() {
+                let attached = if f.has_fd {
+                    let fd = fds
+                        .pop_front()
+                        .expect("a frame with the fd flag came without its descriptor");
+                    let mut text = String::new();
+                    std::fs::File::from(fd).read_to_string(&mut text).unwrap();
+                    Some(text)
+                } else {
+                    None
+                };
+                got.push((String::from_utf8_lossy(f.body).into_owned(), attached));
+            }
+        }
+        assert!(fds.is_empty(), "descriptors without a frame");
+        for i in 0..6 {
+            assert_eq!(got[2 * i], (format!("plain {i}"), None));
+            assert_eq!(
+                got[2 * i + 1],
+                (format!("conn {i}"), Some(format!("file {i}")))
+            );
+        }
+    }
+}
