@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Runs the rcluster benchmarks beside the anchors (in the same run, because this machine's
+# figures drift from run to run) and prints one summary table with the ratios.
+#
+# Usage: bench/run.sh            (from anywhere; needs ../shared/anchors beside the repository)
+# Environment: STREAM_MSGS (2000000), RTT_COUNT (50000), RESTARTS (200), WORKERS (16).
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+anchors="$repo/../shared/anchors"
+if [[ ! -f "$anchors/uds_limit.c" || ! -f "$anchors/node_ipc.js" ]]; then
+    echo "run.sh: the anchors are missing: expected $anchors/uds_limit.c and node_ipc.js" >&2
+    echo "run.sh: shared/ must sit beside the repository (../shared)" >&2
+    exit 1
+fi
+
+stream_msgs=${STREAM_MSGS:-2000000}
+rtt_count=${RTT_COUNT:-50000}
+restarts=${RESTARTS:-200}
+workers=${WORKERS:-16}
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+echo "== machine: $(nproc) CPUs, kernel $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC'), load $(cut -d' ' -f1-3 /proc/loadavg)"
+
+echo "== build"
+cli_built=yes
+if ! (cd "$repo" && cargo build --release -p rcluster-bench -p rcluster); then
+    # The benchmarks of the core do not need the command line; build them alone and say so.
+    echo "run.sh: building the rcluster command line failed; its memory figure will be missing" >&2
+    cli_built=no
+    (cd "$repo" && cargo build --release -p rcluster-bench)
+fi
+gcc -O2 -o "$tmp/uds_limit" "$anchors/uds_limit.c"
+bin="$repo/target/release"
+
+# Every step is bounded: a hang is reported as a missing figure, not a stuck run.
+run() {
+    local name=$1
+    shift
+    echo "== $name: $*"
+    if ! timeout 300 "$@" | tee "$tmp/$name.out"; then
+        echo "run.sh: $name failed or timed out" >&2
+    fi
+}
+
+run uds_limit "$tmp/uds_limit" 1024000 50000
+run ipc "$bin/ipc" "$stream_msgs" "$rtt_count" 3
+if command -v node >/dev/null; then
+    (cd "$anchors" && run node_ipc node node_ipc.js 200000 20000)
+else
+    echo "== node_ipc: skipped (node is not installed)"
+    : >"$tmp/node_ipc.out"
+fi
+run restart "$bin/restart" "$restarts"
+if [[ $cli_built == yes ]]; then
+    run rss "$bin/rss" "$bin/rcluster" "$workers"
+else
+    echo "rss: unavailable: the command line did not build" >"$tmp/rss.out"
+fi
+
+# field FILE PATTERN N: the Nth field of the first line matching PATTERN ("" if none).
+field() { awk -v n="$3" "/$2/ { print \$n; exit }" "$tmp/$1.out" 2>/dev/null || true; }
+raw_rate=$(field uds_limit '^stream:' 11)
+raw_p50=$(field uds_limit '^rtt:' 3)
+raw_p99=$(field uds_limit '^rtt:' 6)
+node_rate=$(field node_ipc '^stream:' 8)
+node_p50=$(field node_ipc '^rtt:' 3)
+node_p99=$(field node_ipc '^rtt:' 6)
+rc_rate=$(field ipc '^stream median:' 3)
+rc_p50=$(field ipc '^rtt:' 3)
+rc_p90=$(field ipc '^rtt:' 6)
+rc_p99=$(field ipc '^rtt:' 9)
+rs_p50=$(field restart '^restart:' 3)
+rs_p90=$(field restart '^restart:' 6)
+rs_p99=$(field restart '^restart:' 9)
+rss_kb=$(field rss '^rss: primary VmRSS' 4)
+
+# calc EXPR with the variables a and b; "-" when an input is missing.
+calc() {
+    local expr=$1 a=${2:-} b=${3:-}
+    if [[ -z $a || ( $expr == *b* && -z $b ) ]]; then echo "-"; return; fi
+    awk -v a="$a" -v b="$b" "BEGIN { printf \"%.2f\", $expr }"
+}
+verdict() { # verdict VALUE OP LIMIT
+    [[ $1 == - || -z $1 ]] && { echo "n/a"; return; }
+    awk -v v="$1" -v l="$3" "BEGIN { print ((v $2 l) ? \"met\" : \"MISSED\") }"
+}
+
+rate_ratio=$(calc 'a/b' "$rc_rate" "$node_rate")
+p50_ratio=$(calc 'a/b' "$rc_p50" "$raw_p50")
+p99_ratio=$(calc 'a/b' "$rc_p99" "$raw_p99")
+rss_mb=$(calc 'a/1024' "$rss_kb")
+
+echo
+echo "== summary (one run; anchors from this same run)"
+printf '%-34s %14s %14s %s\n' "figure" "value" "target" "verdict"
+printf '%-34s %14s %14s %s\n' "a) stream msg/s, rcluster" "${rc_rate:--}" ">= 2000000" "$(verdict "${rc_rate:--}" '>=' 2000000)"
+printf '%-34s %14s\n' "   stream msg/s, Node IPC" "${node_rate:--}"
+printf '%-34s %14s\n' "   stream frames/s, raw socketpair" "${raw_rate:--}"
+printf '%-34s %14s\n' "   rcluster / Node" "${rate_ratio}x"
+printf '%-34s %14s\n' "b) RTT p50 us, rcluster" "${rc_p50:--}"
+printf '%-34s %14s\n' "   RTT p50 us, raw socketpair" "${raw_p50:--}"
+printf '%-34s %14s %14s %s\n' "   rcluster p50 / raw p50" "${p50_ratio}x" "<= 1.3x" "$(verdict "$p50_ratio" '<=' 1.3)"
+printf '%-34s %14s\n' "   RTT p90 us, rcluster" "${rc_p90:--}"
+printf '%-34s %14s\n' "   RTT p99 us, rcluster" "${rc_p99:--}"
+printf '%-34s %14s\n' "   RTT p99 us, raw socketpair" "${raw_p99:--}"
+printf '%-34s %14s\n' "   rcluster p99 / raw p99" "${p99_ratio}x"
+printf '%-34s %14s\n' "   RTT p50 / p99 us, Node IPC" "${node_p50:--} / ${node_p99:--}"
+printf '%-34s %14s %14s %s\n' "c) restart p50 ms" "${rs_p50:--}" "<= 5" "$(verdict "${rs_p50:--}" '<=' 5)"
+printf '%-34s %14s\n' "   restart p90 / p99 ms" "${rs_p90:--} / ${rs_p99:--}"
+printf '%-34s %14s %14s %s\n' "d) primary RSS MB, $workers workers" "$rss_mb" "<= 10" "$(verdict "$rss_mb" '<=' 10)"
+if [[ -z $rss_kb ]]; then
+    echo "   (rss: $(sed -n 's/^rss: unavailable: //p' "$tmp/rss.out" | head -1))"
+fi
