@@ -5,7 +5,7 @@
 //! for host loops (libuv, asyncio, epoll).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -116,6 +116,9 @@ pub struct EventQueue {
     fd: sys::EventFd,
     /// Length of the queue, readable without the lock (for spinning).
     len: AtomicUsize,
+    /// Somebody asked for the fd: only then is it kept in step with the queue, which costs a
+    /// system call per batch and per emptying.
+    fd_used: AtomicBool,
 }
 
 struct Inner {
@@ -135,11 +138,23 @@ impl EventQueue {
             cv: Condvar::new(),
             fd: sys::EventFd::new()?,
             len: AtomicUsize::new(0),
+            fd_used: AtomicBool::new(false),
         })
     }
 
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        if !self.fd_used.load(Ordering::Acquire) {
+            let q = self.q.lock().unwrap();
+            self.fd_used.store(true, Ordering::Release);
+            if !q.events.is_empty() {
+                self.fd.notify();
+            }
+        }
         self.fd.raw()
+    }
+
+    fn fd_used(&self) -> bool {
+        self.fd_used.load(Ordering::Acquire)
     }
 
     /// Adds events; one wake-up for the whole batch.
@@ -153,7 +168,7 @@ impl EventQueue {
         self.len.store(q.events.len(), Ordering::Release);
         // Signalled under the lock: a consumer that empties the queue clears the fd under the
         // same lock, so the fd is readable exactly when events wait.
-        if was_empty {
+        if was_empty && self.fd_used() {
             self.fd.notify();
         }
         let waiters = q.waiters;
@@ -174,7 +189,7 @@ impl EventQueue {
         let mut q = self.q.lock().unwrap();
         let ev = q.events.pop_front();
         self.len.store(q.events.len(), Ordering::Release);
-        if q.events.is_empty() && !q.closed {
+        if q.events.is_empty() && !q.closed && self.fd_used() {
             // Cleared under the lock: a producer pushing after this sees `was_empty` and
             // signals again, so no wake-up is lost.
             self.fd.clear();
@@ -203,7 +218,7 @@ impl EventQueue {
         loop {
             if let Some(ev) = q.events.pop_front() {
                 self.len.store(q.events.len(), Ordering::Release);
-                if q.events.is_empty() && !q.closed {
+                if q.events.is_empty() && !q.closed && self.fd_used() {
                     self.fd.clear();
                 }
                 return Some(ev);

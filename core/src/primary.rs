@@ -78,6 +78,8 @@ pub(crate) struct Primary {
     reload: Option<Reload>,
     stop_deadline: Option<Instant>,
     all_down_said: bool,
+    /// Something happened that `manage_workers`/`murder_workers` must look at.
+    changed: bool,
     clock: Box<dyn Clock>,
     jitter: Box<dyn Jitter>,
     out: Vec<Event>,
@@ -105,6 +107,7 @@ impl Primary {
             reload: None,
             stop_deadline: None,
             all_down_said: false,
+            changed: true,
             clock,
             jitter: Box::new(XorShift::seeded()),
             out: Vec::new(),
@@ -118,17 +121,22 @@ impl Primary {
         let _done = Done(Arc::clone(&self.shared));
         let mut ready = Vec::with_capacity(256);
         let mut dirty = Vec::new();
+        let mut deadline = None;
         loop {
+            // Reconciling is O(workers): do it when something changed or a timer is due, not
+            // for every message that passes through.
             let now = self.clock.now();
-            self.manage_workers(now);
-            self.murder_workers(now);
+            if self.changed || deadline.is_some_and(|d| now >= d) {
+                self.changed = false;
+                self.manage_workers(now);
+                self.murder_workers(now);
+                deadline = self.next_deadline();
+            }
             self.shared.events.push_all(&mut self.out);
             if self.stop_deadline.is_some() && self.procs.is_empty() {
                 break;
             }
-            let timeout = self
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(self.clock.now()));
+            let timeout = deadline.map(|d: Instant| d.saturating_duration_since(self.clock.now()));
             if let Err(e) = self.epoll.wait(&mut ready, timeout) {
                 // Cannot happen with a valid epoll fd; do not spin if it does.
                 eprintln!("rcluster: epoll_wait failed: {e}");
@@ -173,6 +181,7 @@ impl Primary {
         loop {
             let cmd = self.shared.cmds.lock().unwrap().pop_front();
             let Some(cmd) = cmd else { return };
+            self.changed = true;
             match cmd {
                 Command::Snapshot(tx) => drop(tx.send(self.snapshot())),
                 Command::Scale(n, tx) => drop(tx.send(self.scale(n))),
@@ -316,9 +325,15 @@ impl Primary {
             return;
         }
         self.step_reload();
+        let mut live = vec![false; self.desired];
+        for p in self.procs.values().filter(|p| p.is_live()) {
+            if let Some(l) = live.get_mut(p.slot as usize) {
+                *l = true;
+            }
+        }
         for id in 0..self.desired as u32 {
             let due = self.slots[id as usize].start_at.is_some_and(|t| t <= now);
-            if due && !self.procs.values().any(|p| p.slot == id && p.is_live()) {
+            if due && !live[id as usize] {
                 let generation = self.slots[id as usize].generation;
                 self.slots[id as usize].start_at = None;
                 self.spawn_worker(id, generation);
@@ -653,6 +668,7 @@ impl Primary {
     /// finish its work and exit 0, the signal reaches one whose loop does not read. Any other
     /// program gets SIGTERM at once.
     fn stop_worker(&mut self, key: u64, reason: ExitReason, graceful: bool) {
+        self.changed = true;
         let now = self.clock.now();
         let grace = match self.stop_deadline {
             Some(d) => d.saturating_duration_since(now).min(self.cfg.kill_timeout),
@@ -726,6 +742,7 @@ impl Primary {
     }
 
     fn reap_worker(&mut self, key: u64) {
+        self.changed = true;
         let Some(p) = self.procs.get(&key) else {
             return;
         };
@@ -854,6 +871,10 @@ impl Primary {
         let (slot, pid) = (p.slot, p.pid as u32);
         if p.frames != frames {
             p.last_seen = self.clock.now();
+        }
+        let only_messages = incoming.iter().all(|m| matches!(m, Incoming::Message(_)));
+        if !only_messages || !matches!(end, ReadEnd::Drained) {
+            self.changed = true;
         }
         for msg in incoming {
             match msg {
