@@ -459,3 +459,42 @@ fn hello_worker_binary() -> PathBuf {
     );
     path
 }
+
+#[test]
+fn prefix_output_tags_every_worker_line_with_its_id() {
+    let script = "echo out-$RCLUSTER_WORKER_ID; echo err-$RCLUSTER_WORKER_ID >&2; printf last-$RCLUSTER_WORKER_ID";
+    let out = rcluster_output(&[
+        "run",
+        "-w",
+        "2",
+        "--restart",
+        "never",
+        "--prefix-output",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{stderr}");
+    for id in 0..2 {
+        assert!(
+            stdout.contains(&format!("[{id}] out-{id}\n")),
+            "stdout:\n{stdout}"
+        );
+        // A last line without a newline is still written, whole, when the worker exits.
+        assert!(
+            stdout.contains(&format!("[{id}] last-{id}\n")),
+            "stdout:\n{stdout}"
+        );
+        assert!(
+            stderr.contains(&format!("[{id}] err-{id}\n")),
+            "stderr:\n{stderr}"
+        );
+    }
+    assert!(
+        !stdout.lines().any(|l| !l.starts_with('[')),
+        "an unprefixed line:\n{stdout}"
+    );
+}
