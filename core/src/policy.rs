@@ -189,20 +189,53 @@ impl History {
 mod tests {
     use super::*;
 
-    struct NoJitter;
-    impl Jitter for NoJitter {
+    struct Fixed(f64);
+    impl Jitter for Fixed {
         fn next(&mut self) -> f64 {
-            0.5
+            self.0
         }
     }
 
-    struct ManualClock(std::cell::Cell<Instant>);
-    impl ManualClock {
-        fn advance(&self, d: Duration) -> Instant {
-            self.0.set(self.0.get() + d);
-            self.0.get()
+    /// One slot's history driven by a manual clock: each exit happens `uptime` after the last.
+    struct Sim {
+        now: Instant,
+        policy: RestartPolicy,
+        history: History,
+        jitter: Fixed,
+    }
+
+    impl Sim {
+        fn new(policy: RestartPolicy) -> Sim {
+            Sim {
+                now: Instant::now(),
+                policy,
+                history: History::default(),
+                jitter: Fixed(0.5),
+            }
+        }
+
+        fn exit(&mut self, reason: ExitReason, code: Option<i32>, uptime: Duration) -> Decision {
+            self.now += uptime;
+            self.history.decide(
+                &self.policy,
+                reason,
+                code,
+                uptime,
+                self.now,
+                &mut self.jitter,
+            )
+        }
+
+        fn crash(&mut self, uptime: Duration) -> Decision {
+            self.exit(ExitReason::Crashed, Some(1), uptime)
+        }
+
+        fn wait(&mut self, d: Duration) {
+            self.now += d;
         }
     }
+
+    const SHORT: Duration = Duration::from_millis(10);
 
     fn policy() -> RestartPolicy {
         RestartPolicy {
@@ -217,213 +250,101 @@ mod tests {
         }
     }
 
-    fn delay(d: Decision) -> Duration {
+    fn delay_ms(d: Decision) -> u128 {
         match d {
-            Decision::Restart { delay, .. } => delay,
+            Decision::Restart { delay, .. } => delay.as_millis(),
             other => panic!("expected a restart, got {other:?}"),
         }
     }
 
     #[test]
     fn backoff_doubles_up_to_the_max() {
-        let clock = ManualClock(std::cell::Cell::new(Instant::now()));
-        let mut p = policy();
-        p.max_restarts = 100;
-        let mut h = History::default();
-        let short = Duration::from_millis(10);
-        let got: Vec<u128> = (0..6)
-            .map(|_| {
-                delay(h.decide(
-                    &p,
-                    ExitReason::Crashed,
-                    Some(1),
-                    short,
-                    clock.advance(short),
-                    &mut NoJitter,
-                ))
-                .as_millis()
-            })
-            .collect();
+        let mut sim = Sim::new(RestartPolicy {
+            max_restarts: 100,
+            ..policy()
+        });
+        let got: Vec<u128> = (0..6).map(|_| delay_ms(sim.crash(SHORT))).collect();
         assert_eq!(got, vec![100, 200, 400, 800, 1000, 1000]);
     }
 
     #[test]
     fn backoff_resets_after_min_uptime() {
-        let clock = ManualClock(std::cell::Cell::new(Instant::now()));
-        let p = policy();
-        let mut h = History::default();
-        let short = Duration::from_millis(10);
+        let mut sim = Sim::new(policy());
         for _ in 0..3 {
-            h.decide(
-                &p,
-                ExitReason::Crashed,
-                Some(1),
-                short,
-                clock.advance(short),
-                &mut NoJitter,
-            );
+            sim.crash(SHORT);
         }
-        let long = Duration::from_secs(6);
-        let d = h.decide(
-            &p,
-            ExitReason::Crashed,
-            Some(1),
-            long,
-            clock.advance(long),
-            &mut NoJitter,
-        );
-        assert_eq!(delay(d), Duration::from_millis(100));
+        assert_eq!(delay_ms(sim.crash(Duration::from_secs(6))), 100);
     }
 
     #[test]
     fn too_many_restarts_in_the_window_gives_up() {
-        let clock = ManualClock(std::cell::Cell::new(Instant::now()));
-        let p = policy();
-        let mut h = History::default();
-        let short = Duration::from_millis(10);
+        let mut sim = Sim::new(policy());
         for _ in 0..5 {
-            delay(h.decide(
-                &p,
-                ExitReason::Crashed,
-                Some(1),
-                short,
-                clock.advance(short),
-                &mut NoJitter,
-            ));
+            delay_ms(sim.crash(SHORT));
         }
-        let d = h.decide(
-            &p,
-            ExitReason::Crashed,
-            Some(1),
-            short,
-            clock.advance(short),
-            &mut NoJitter,
-        );
-        assert_eq!(d, Decision::GiveUp { restarts: 5 });
+        assert_eq!(sim.crash(SHORT), Decision::GiveUp { restarts: 5 });
     }
 
     #[test]
     fn restarts_older_than_the_window_are_forgotten() {
-        let clock = ManualClock(std::cell::Cell::new(Instant::now()));
-        let p = policy();
-        let mut h = History::default();
-        let short = Duration::from_millis(10);
+        let mut sim = Sim::new(policy());
         for _ in 0..5 {
-            h.decide(
-                &p,
-                ExitReason::Crashed,
-                Some(1),
-                short,
-                clock.advance(short),
-                &mut NoJitter,
-            );
+            sim.crash(SHORT);
         }
-        let later = clock.advance(Duration::from_secs(61));
+        sim.wait(Duration::from_secs(61));
+        assert!(matches!(sim.crash(SHORT), Decision::Restart { .. }));
+    }
+
+    #[test]
+    fn no_restart_exit_code_is_honoured() {
+        let mut sim = Sim::new(RestartPolicy {
+            no_restart_codes: vec![3],
+            ..policy()
+        });
+        assert_eq!(
+            sim.exit(ExitReason::Crashed, Some(3), SHORT),
+            Decision::Stay
+        );
         assert!(matches!(
-            h.decide(
-                &p,
-                ExitReason::Crashed,
-                Some(1),
-                short,
-                later,
-                &mut NoJitter
-            ),
+            sim.exit(ExitReason::Crashed, Some(4), SHORT),
             Decision::Restart { .. }
         ));
     }
 
     #[test]
-    fn no_restart_exit_code_is_honoured() {
-        let mut p = policy();
-        p.no_restart_codes = vec![3];
-        let d = History::default().decide(
-            &p,
-            ExitReason::Crashed,
-            Some(3),
-            Duration::ZERO,
-            Instant::now(),
-            &mut NoJitter,
-        );
-        assert_eq!(d, Decision::Stay);
-    }
-
-    #[test]
     fn on_failure_does_not_restart_a_clean_exit() {
-        let mut p = policy();
-        p.mode = RestartMode::OnFailure;
-        let mut h = History::default();
-        let now = Instant::now();
-        assert_eq!(
-            h.decide(
-                &p,
-                ExitReason::Exited,
-                Some(0),
-                Duration::ZERO,
-                now,
-                &mut NoJitter
-            ),
-            Decision::Stay
-        );
+        let mut sim = Sim::new(RestartPolicy {
+            mode: RestartMode::OnFailure,
+            ..policy()
+        });
+        assert_eq!(sim.exit(ExitReason::Exited, Some(0), SHORT), Decision::Stay);
         assert!(matches!(
-            h.decide(
-                &p,
-                ExitReason::Heartbeat,
-                None,
-                Duration::ZERO,
-                now,
-                &mut NoJitter
-            ),
+            sim.exit(ExitReason::Heartbeat, None, SHORT),
             Decision::Restart { .. }
         ));
     }
 
     #[test]
     fn never_does_not_restart() {
-        let mut p = policy();
-        p.mode = RestartMode::Never;
-        let d = History::default().decide(
-            &p,
-            ExitReason::Crashed,
-            Some(1),
-            Duration::ZERO,
-            Instant::now(),
-            &mut NoJitter,
-        );
-        assert_eq!(d, Decision::Stay);
+        let mut sim = Sim::new(RestartPolicy {
+            mode: RestartMode::Never,
+            ..policy()
+        });
+        assert_eq!(sim.crash(SHORT), Decision::Stay);
     }
 
     #[test]
     fn jitter_spreads_the_delay_within_bounds() {
-        let mut p = policy();
-        p.jitter = 0.5;
-        struct Fixed(f64);
-        impl Jitter for Fixed {
-            fn next(&mut self) -> f64 {
-                self.0
-            }
-        }
-        let now = Instant::now();
-        let lo = delay(History::default().decide(
-            &p,
-            ExitReason::Crashed,
-            Some(1),
-            Duration::ZERO,
-            now,
-            &mut Fixed(0.0),
-        ));
-        let hi = delay(History::default().decide(
-            &p,
-            ExitReason::Crashed,
-            Some(1),
-            Duration::ZERO,
-            now,
-            &mut Fixed(0.999),
-        ));
-        assert_eq!(lo, Duration::from_millis(50));
-        assert!(
-            hi > Duration::from_millis(149) && hi <= Duration::from_millis(150),
-            "{hi:?}"
-        );
+        let p = RestartPolicy {
+            jitter: 0.5,
+            ..policy()
+        };
+        let mut low = Sim::new(p.clone());
+        low.jitter = Fixed(0.0);
+        let mut high = Sim::new(p);
+        high.jitter = Fixed(0.999);
+        assert_eq!(delay_ms(low.crash(SHORT)), 50);
+        assert_eq!(delay_ms(high.crash(SHORT)), 149);
         let mut rng = XorShift::seeded();
         assert!((0..1000)
             .map(|_| rng.next())
