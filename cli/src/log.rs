@@ -83,6 +83,9 @@ impl EventLog {
                 format!("cluster: reload to gen {generation} failed: {reason}")
             }
             Event::Scaled { workers } => format!("cluster: scaled to {workers} workers"),
+            Event::AcceptPaused { listener, error } => {
+                format!("listener {listener}: accepting paused briefly: {error}")
+            }
         }
     }
 

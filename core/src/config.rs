@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::frame;
+use crate::listen::Listener;
 
 /// Most workers one supervisor runs.
 pub const MAX_WORKERS: usize = 4096;
@@ -114,6 +115,19 @@ pub struct Config {
     /// Most bytes queued towards one worker before `send` reports `QueueFull`.
     pub send_queue_limit: usize,
     pub output: Output,
+    /// Sockets the primary binds; each chooses how its connections reach workers.
+    pub listeners: Vec<Listener>,
+    /// Most connections one worker holds at once (handed and not reported closed); the rest
+    /// wait in the primary. None: no limit.
+    pub max_inflight: Option<usize>,
+    /// Most connections handed to one worker and not yet acknowledged.
+    pub handoff_window: usize,
+    /// Most connections waiting in the primary for a worker; more are closed at once.
+    pub queue_limit: usize,
+    /// A connection waiting longer than this in the primary is closed.
+    pub queue_timeout: Duration,
+    /// During a reload, most workers started beyond `workers` at once.
+    pub max_surge: usize,
 }
 
 impl Config {
@@ -136,6 +150,12 @@ impl Config {
             max_message: DEFAULT_MAX_MESSAGE,
             send_queue_limit: 64 << 20,
             output: Output::Inherit,
+            listeners: Vec::new(),
+            max_inflight: None,
+            handoff_window: 64,
+            queue_limit: 4096,
+            queue_timeout: Duration::from_secs(10),
+            max_surge: 1,
         }
     }
 
@@ -183,12 +203,41 @@ impl Config {
                 return Err(Error::config("env", k, "value contains a NUL byte"));
             }
         }
+        self.validate_listeners()?;
         if let Some(cwd) = &self.cwd {
             if !cwd.is_dir() {
                 return Err(Error::config("cwd", cwd, "is not a directory"));
             }
         }
         self.resolve_program()
+    }
+
+    fn validate_listeners(&self) -> Result<()> {
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.name.is_empty() || l.name.contains(':') || l.name.len() > 255 || l.name.contains('\0') {
+                return Err(Error::config("listeners.name", &l.name, "must be 1..=255 bytes without ':' or NUL"));
+            }
+            if self.listeners[..i].iter().any(|o| o.name == l.name) {
+                return Err(Error::config("listeners.name", &l.name, "is used by two listeners"));
+            }
+            if self.listeners[..i].iter().any(|o| o.addr == l.addr) {
+                return Err(Error::config("listeners.addr", l.addr.to_string(), "is given twice"));
+            }
+        }
+        if self.max_inflight == Some(0) {
+            return Err(Error::config("max_inflight", 0, "must be at least 1 (or unset)"));
+        }
+        if self.handoff_window == 0 || self.handoff_window > 65536 {
+            return Err(Error::config("handoff_window", self.handoff_window, "must be 1..=65536"));
+        }
+        if self.queue_limit == 0 {
+            return Err(Error::config("queue_limit", self.queue_limit, "must be at least 1"));
+        }
+        validate_duration("queue_timeout", self.queue_timeout)?;
+        if self.max_surge == 0 || self.max_surge > MAX_WORKERS {
+            return Err(Error::config("max_surge", self.max_surge, format!("must be 1..={MAX_WORKERS}")));
+        }
+        Ok(())
     }
 
     fn validate_restart(&self) -> Result<()> {

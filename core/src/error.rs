@@ -12,6 +12,8 @@ pub enum Error {
         value: String,
         reason: String,
     },
+    /// A listening socket could not be bound.
+    Bind { addr: String, source: io::Error },
     /// The worker program could not be started.
     Spawn { program: String, source: io::Error },
     /// A message is larger than the configured limit; it was not sent.
@@ -56,6 +58,7 @@ impl fmt::Display for Error {
             Error::Config { field, value, reason } => {
                 write!(f, "invalid config: {field} = {value}: {reason}")
             }
+            Error::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             Error::Spawn { program, source } => write!(f, "cannot start worker program {program:?}: {source}"),
             Error::MessageTooLarge { size, limit } => {
                 write!(f, "message too large: {size} bytes, the limit is {limit} bytes")
@@ -76,7 +79,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Spawn { source, .. } | Error::Io { source, .. } => Some(source),
+            Error::Spawn { source, .. } | Error::Io { source, .. } | Error::Bind { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -91,6 +91,8 @@ pub enum Event {
     ReloadFailed { generation: u32, reason: String },
     /// The number of slots changed.
     Scaled { workers: usize },
+    /// Accepting on `listener` failed (e.g. out of descriptors); it resumes shortly.
+    AcceptPaused { listener: String, error: String },
 }
 
 /// One worker process in a snapshot.

@@ -7,9 +7,11 @@
 
 mod config;
 mod conn;
+mod dispatch;
 mod error;
 mod events;
 pub mod frame;
+mod listen;
 mod output;
 mod policy;
 mod primary;
@@ -23,10 +25,11 @@ pub use config::{
     Config, Output, ReadyOn, RestartMode, RestartPolicy, DEFAULT_MAX_MESSAGE, MAX_WORKERS,
 };
 pub use error::{Error, Result};
+pub use listen::{Dispatch, ListenAddr, Listener};
 pub use events::{Event, ExitInfo, WorkerInfo, WorkerState};
 pub use policy::{Clock, Decision, ExitReason, History, Jitter, SystemClock, XorShift};
 pub use supervisor::Supervisor;
-pub use worker::{Worker, WorkerEvent};
+pub use worker::{Connection, Worker, WorkerEvent};
 
 /// Number of open descriptors of this process, for leak checks in tests and benchmarks.
 pub fn open_fd_count() -> usize {

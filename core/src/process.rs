@@ -1,6 +1,6 @@
 //! One worker process as the loop sees it, and reading its IPC socket.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,6 +10,7 @@ use crate::events::WorkerState;
 use crate::frame::{self, Decoder, Kind};
 use crate::output::PrefixPipe;
 use crate::policy::ExitReason;
+use crate::primary::Waiting;
 use crate::sys;
 
 /// A stop in progress: why, and when SIGTERM and SIGKILL follow.
@@ -42,6 +43,10 @@ pub struct Process {
     pub last_seen: Instant,
     pub stopping: Option<Stopping>,
     pub pipes: [Option<PrefixPipe>; 2],
+    /// Connections handed and not yet acknowledged; the primary keeps its copy until then.
+    pub unacked: HashMap<u64, Waiting>,
+    /// Connections acknowledged and not yet reported closed.
+    pub active: HashSet<u64>,
 }
 
 /// What one frame from a worker means to the loop.
@@ -50,6 +55,10 @@ pub enum Incoming {
     Ready,
     Message(Vec<u8>),
     Disconnect,
+    /// The worker has connection `id` (the primary may close its copy).
+    Ack(u64),
+    /// The worker closed connection `id`.
+    Closed(u64),
 }
 
 /// Reading stopped because of this.
@@ -132,6 +141,17 @@ impl Process {
                 Kind::Heartbeat => continue,
                 Kind::Message => Incoming::Message(frame.body.to_vec()),
                 Kind::Disconnect => Incoming::Disconnect,
+                Kind::ConnectionAck | Kind::ConnectionClosed if frame.has_fd => {
+                    return Some(ReadEnd::Violation(format!("{:?} frame with a descriptor", frame.kind)));
+                }
+                Kind::ConnectionAck | Kind::ConnectionClosed => match crate::primary::conn_id(frame.body) {
+                    Some(id) if frame.kind == Kind::ConnectionAck => Incoming::Ack(id),
+                    Some(id) => Incoming::Closed(id),
+                    None => {
+                        let detail = format!("{:?} frame body must be an 8-byte id, got {} bytes", frame.kind, frame.body.len());
+                        return Some(ReadEnd::Violation(detail));
+                    }
+                },
                 other => {
                     return Some(ReadEnd::Violation(format!(
                         "unexpected {other:?} frame from a worker"

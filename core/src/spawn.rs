@@ -70,9 +70,12 @@ impl Exec {
 }
 
 /// What one spawn needs beyond `Exec`.
-pub struct Request {
+pub struct Request<'a> {
     pub id: u32,
     pub generation: u32,
+    /// Listening sockets the worker inherits (`shared` dispatch), with their names: they
+    /// become fds 3.. as socket activation expects.
+    pub shared: &'a [(RawFd, &'a str)],
     /// Child end of the IPC socketpair.
     pub ipc: OwnedFd,
     /// Write ends of stdout/stderr pipes, when output is prefixed.
@@ -80,46 +83,55 @@ pub struct Request {
     pub stderr: Option<OwnedFd>,
 }
 
-/// The IPC fd number inside a worker. (Listening sockets of `shared` mode will come first,
-/// from fd 3, as socket activation expects.)
-pub const IPC_FD: RawFd = 3;
+/// The first fd number of a worker's inherited sockets: listening sockets of `shared` mode
+/// (as socket activation expects), then the IPC socket.
+pub const FIRST_FD: RawFd = 3;
 
 /// `close_range` flag (Linux 5.11): mark the range close-on-exec instead of closing it.
 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 
 /// Forks and execs one worker. Returns its pid once `execve` has succeeded.
 pub fn spawn(exec: &Exec, req: Request) -> io::Result<libc::pid_t> {
-    let mut env_strings = Vec::with_capacity(3);
-    env_strings.push(cstring(format!("RCLUSTER_WORKER_ID={}", req.id).as_bytes()));
-    env_strings.push(cstring(
-        format!("RCLUSTER_GENERATION={}", req.generation).as_bytes(),
-    ));
-    env_strings.push(cstring(format!("RCLUSTER_IPC_FD={IPC_FD}").as_bytes()));
-    // The child writes its own pid here after fork (the buffer is already allocated, so that
-    // needs no allocation): a worker's children inherit the environment, and RCLUSTER_PID tells
-    // them that it is not theirs, as LISTEN_PID does for socket activation.
+    let ipc_fd = FIRST_FD + req.shared.len() as RawFd;
+    let mut env_strings = vec![
+        cstring(format!("RCLUSTER_WORKER_ID={}", req.id).as_bytes()),
+        cstring(format!("RCLUSTER_GENERATION={}", req.generation).as_bytes()),
+        cstring(format!("RCLUSTER_IPC_FD={ipc_fd}").as_bytes()),
+    ];
+    if !req.shared.is_empty() {
+        let names: Vec<&str> = req.shared.iter().map(|(_, n)| *n).collect();
+        env_strings.push(cstring(format!("LISTEN_FDS={}", req.shared.len()).as_bytes()));
+        env_strings.push(cstring(format!("LISTEN_FDNAMES={}", names.join(":")).as_bytes()));
+    }
+    // The child writes its own pid into these after fork (the buffers are already allocated,
+    // so that needs no allocation): a worker's children inherit the environment, and
+    // RCLUSTER_PID / LISTEN_PID tell them that it is not theirs.
     let mut pid_var = *b"RCLUSTER_PID=\0\0\0\0\0\0\0\0\0\0\0\0";
+    let mut listen_pid_var = *b"LISTEN_PID=\0\0\0\0\0\0\0\0\0\0\0\0";
     let pid_ptr = pid_var.as_mut_ptr();
-    let mut envp: Vec<*const libc::c_char> = exec
-        .env
-        .iter()
-        .chain(&env_strings)
-        .map(|c| c.as_ptr())
-        .collect();
+    let listen_pid_ptr = listen_pid_var.as_mut_ptr();
+    let mut envp: Vec<*const libc::c_char> = exec.env.iter().chain(&env_strings).map(|c| c.as_ptr()).collect();
     envp.push(pid_ptr.cast_const().cast());
+    if !req.shared.is_empty() {
+        envp.push(listen_pid_ptr.cast_const().cast());
+    }
     envp.push(std::ptr::null());
     let mut argv: Vec<*const libc::c_char> = exec.argv.iter().map(|c| c.as_ptr()).collect();
     argv.push(std::ptr::null());
 
     let (err_r, err_w) = sys::pipe()?;
-    // Targets: IPC at 3, and stdout/stderr pipes at 1 and 2 when prefixing.
-    let mut moves: [(RawFd, RawFd); 3] = [(-1, -1); 3];
-    moves[0] = (req.ipc.as_raw_fd(), IPC_FD);
+    // Source fd → target fd: shared listeners from 3, then IPC, and stdout/stderr pipes at 1
+    // and 2 when prefixing.
+    let mut moves: Vec<(RawFd, RawFd)> = Vec::with_capacity(req.shared.len() + 3);
+    for (i, (fd, _)) in req.shared.iter().enumerate() {
+        moves.push((*fd, FIRST_FD + i as RawFd));
+    }
+    moves.push((req.ipc.as_raw_fd(), ipc_fd));
     if let Some(o) = &req.stdout {
-        moves[1] = (o.as_raw_fd(), 1);
+        moves.push((o.as_raw_fd(), 1));
     }
     if let Some(e) = &req.stderr {
-        moves[2] = (e.as_raw_fd(), 2);
+        moves.push((e.as_raw_fd(), 2));
     }
     let parent = std::process::id() as libc::pid_t;
     let child = ChildSetup {
@@ -130,8 +142,9 @@ pub fn spawn(exec: &Exec, req: Request) -> io::Result<libc::pid_t> {
         moves,
         err_w: err_w.as_raw_fd(),
         parent,
-        // SAFETY: 13 is within the 25-byte buffer.
-        pid_digits: unsafe { pid_ptr.add(13) },
+        // SAFETY: both offsets are within their 25- and 23-byte buffers.
+        pid_digits: unsafe { [pid_ptr.add(13), listen_pid_ptr.add(11)] },
+        floor: ipc_fd + 1,
     };
 
     // SAFETY: fork in a multi-threaded process; the child runs only `child.run()`, which makes
@@ -183,16 +196,18 @@ struct ChildSetup {
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
     cwd: *const libc::c_char,
-    moves: [(RawFd, RawFd); 3],
+    moves: Vec<(RawFd, RawFd)>,
     err_w: RawFd,
     parent: libc::pid_t,
-    /// Room for the decimal pid (and its NUL) inside the RCLUSTER_PID variable.
-    pid_digits: *mut u8,
+    /// Room for the decimal pid (and its NUL) inside RCLUSTER_PID and LISTEN_PID.
+    pid_digits: [*mut u8; 2],
+    /// The lowest fd number above every target.
+    floor: RawFd,
 }
 
 impl ChildSetup {
     /// Runs in the child between fork and exec. Async-signal-safe calls only.
-    unsafe fn run(&self) -> ! {
+    unsafe fn run(mut self) -> ! {
         let fail = |err_w: RawFd| -> ! {
             let errno = *libc::__errno_location();
             let bytes = errno.to_ne_bytes();
@@ -211,7 +226,9 @@ impl ChildSetup {
             }
         }
         libc::setpgid(0, 0);
-        write_decimal(self.pid_digits, libc::getpid() as u32);
+        for digits in self.pid_digits {
+            write_decimal(digits, libc::getpid() as u32);
+        }
         // PDEATHSIG fires when the forking *thread* exits: the supervisor thread lives until
         // every worker is reaped, so it is the right one. Re-check the parent to close the race
         // with a primary that died before prctl.
@@ -220,7 +237,7 @@ impl ChildSetup {
             libc::_exit(1);
         }
         // Move every source fd above all targets first so that no dup2 clobbers a source.
-        let floor = IPC_FD + 1;
+        let floor = self.floor;
         let mut err_w = self.err_w;
         if err_w < floor {
             err_w = libc::fcntl(err_w, libc::F_DUPFD_CLOEXEC, floor);
@@ -228,14 +245,15 @@ impl ChildSetup {
                 libc::_exit(127);
             }
         }
-        let mut moves = self.moves;
-        for m in moves.iter_mut().filter(|m| m.0 >= 0 && m.0 < floor) {
+        // The child's copy of the vector: changing it allocates nothing.
+        let moves = &mut self.moves[..];
+        for m in moves.iter_mut().filter(|m| m.0 < floor) {
             m.0 = libc::fcntl(m.0, libc::F_DUPFD_CLOEXEC, floor);
             if m.0 < 0 {
                 fail(err_w);
             }
         }
-        for &(src, dst) in moves.iter().filter(|m| m.0 >= 0) {
+        for &(src, dst) in moves.iter() {
             if libc::dup2(src, dst) < 0 {
                 fail(err_w);
             }

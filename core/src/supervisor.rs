@@ -13,7 +13,8 @@ use crate::config::{Config, MAX_WORKERS};
 use crate::conn::{Conn, Waker};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventQueue, WorkerInfo};
-use crate::primary::Primary;
+use crate::listen::{self, ListenAddr};
+use crate::primary::{Bound, Primary};
 
 pub(crate) enum Command {
     Snapshot(SyncSender<Vec<WorkerInfo>>),
@@ -32,6 +33,8 @@ pub(crate) struct Shared {
     pub events: EventQueue,
     pub max_message: usize,
     pub stopped: AtomicBool,
+    /// Name and actual address of each listener (a port 0 resolved).
+    pub bound: Vec<(String, ListenAddr)>,
     /// Set (and signalled) when the loop has ended, for `stop` callers that do not join it.
     pub done: (Mutex<bool>, Condvar),
 }
@@ -48,6 +51,13 @@ impl Supervisor {
     /// worker start-up is reported by events.
     pub fn start(config: Config) -> Result<Supervisor> {
         let program = config.validate()?;
+        // Bound before anything starts: an address in use fails `start` with nothing running.
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            let fd = listen::bind(&l.addr).inspect_err(|_| listeners.iter().for_each(|b: &Bound| listen::unlink_unix(&b.addr)))?;
+            let addr = listen::local_addr(std::os::fd::AsRawFd::as_raw_fd(&fd), &l.addr);
+            listeners.push(Bound::new(l.name.clone(), addr, fd, l.dispatch));
+        }
         let shared = Arc::new(Shared {
             cmds: Mutex::new(VecDeque::new()),
             waker: Waker::new().map_err(|e| Error::io("eventfd", e))?,
@@ -55,10 +65,11 @@ impl Supervisor {
             events: EventQueue::new().map_err(|e| Error::io("eventfd", e))?,
             max_message: config.max_message,
             stopped: AtomicBool::new(false),
+            bound: listeners.iter().map(|b| (b.name.clone(), b.addr.clone())).collect(),
             done: (Mutex::new(false), Condvar::new()),
         });
         let kill_timeout = config.kill_timeout;
-        let primary = Primary::new(config, &program, Arc::clone(&shared))?;
+        let primary = Primary::new(config, &program, Arc::clone(&shared), listeners)?;
         let thread = std::thread::Builder::new()
             .name("rcluster".into())
             .spawn(move || primary.run())
@@ -192,6 +203,11 @@ impl Supervisor {
         let (lock, cv) = &self.shared.done;
         let _done = cv.wait_while(lock.lock().unwrap(), |done| !*done).unwrap();
         Ok(())
+    }
+
+    /// Each listener's name and actual address (with the port the system chose for port 0).
+    pub fn listeners(&self) -> &[(String, ListenAddr)] {
+        &self.shared.bound
     }
 
     /// True once the loop has ended (after `stop`, or if it failed).

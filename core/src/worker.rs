@@ -11,7 +11,7 @@ use crate::frame::{self, Decoder, Kind};
 use crate::sys;
 
 /// Something the primary told this worker.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum WorkerEvent {
     /// A user message.
     Message(Vec<u8>),
@@ -19,7 +19,31 @@ pub enum WorkerEvent {
     Disconnect,
     /// The primary is gone (returned only when exiting on primary loss is turned off).
     PrimaryGone,
+    /// A client connection the primary accepted for this worker (already acknowledged).
+    Connection(Connection),
 }
+
+/// A connection handed over by the primary. The socket is in blocking mode, as `accept(2)`
+/// returns it; set it non-blocking for an event loop. When it is closed, report it with
+/// [`Worker::connection_closed`] if the primary limits connections per worker
+/// (`least-conn`, `max_inflight`).
+#[derive(Debug)]
+pub struct Connection {
+    pub id: u64,
+    pub fd: OwnedFd,
+    /// The name of the listener it came in on.
+    pub listener: String,
+    /// The client's address (`IP:port`, or `unix`).
+    pub peer: String,
+}
+
+impl PartialEq for Connection {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for Connection {}
 
 struct Rx {
     decoder: Decoder,
@@ -192,6 +216,11 @@ impl Worker {
         self.write_frame(Kind::Message, data)
     }
 
+    /// Tells the primary that connection `id` is closed, making room for another.
+    pub fn connection_closed(&self, id: u64) -> Result<()> {
+        self.write_frame(Kind::ConnectionClosed, &id.to_le_bytes())
+    }
+
     /// Tells the primary this worker is going away on its own.
     pub fn disconnect(&self) -> Result<()> {
         self.write_frame(Kind::Disconnect, &[])
@@ -231,6 +260,12 @@ impl Worker {
         let mut rx = self.rx.lock().unwrap();
         loop {
             if let Some(ev) = decode_one(&mut rx)? {
+                if let WorkerEvent::Connection(c) = &ev {
+                    // Acknowledged at once, before the application sees it: the primary keeps
+                    // its copy until then and gives the connection to another worker if this
+                    // one dies first.
+                    self.write_frame(Kind::ConnectionAck, &c.id.to_le_bytes())?;
+                }
                 return Ok(Some(ev));
             }
             if rx.gone {
@@ -267,18 +302,33 @@ impl Worker {
 }
 
 fn decode_one(rx: &mut Rx) -> Result<Option<WorkerEvent>> {
-    let Some(f) = rx.decoder.next_frame()? else {
-        return Ok(None);
-    };
+    let Some(f) = rx.decoder.next_frame()? else { return Ok(None) };
     Ok(Some(match f.kind {
         Kind::Message => WorkerEvent::Message(f.body.to_vec()),
         Kind::Disconnect => WorkerEvent::Disconnect,
-        other => {
-            return Err(Error::Protocol(format!(
-                "unexpected {other:?} frame from the primary"
-            )))
+        Kind::Connection => {
+            let fd = rx.fds.pop_front().ok_or_else(|| Error::Protocol("connection frame without its descriptor".into()))?;
+            let (id, listener, peer) = parse_connection(f.body)?;
+            WorkerEvent::Connection(Connection { id, fd, listener, peer })
         }
+        other => return Err(Error::Protocol(format!("unexpected {other:?} frame from the primary"))),
     }))
+}
+
+/// Connection body: u64 id, u16 name length, name, u16 peer length, peer (all little-endian).
+fn parse_connection(body: &[u8]) -> Result<(u64, String, String)> {
+    let bad = || Error::Protocol(format!("malformed connection frame of {} bytes", body.len()));
+    let id = u64::from_le_bytes(body.get(..8).ok_or_else(bad)?.try_into().unwrap());
+    let mut rest = &body[8..];
+    let mut text = || -> Result<String> {
+        let len = u16::from_le_bytes(rest.get(..2).ok_or_else(bad)?.try_into().unwrap()) as usize;
+        let s = rest.get(2..2 + len).ok_or_else(bad)?;
+        rest = &rest[2 + len..];
+        String::from_utf8(s.to_vec()).map_err(|_| bad())
+    };
+    let listener = text()?;
+    let peer = text()?;
+    Ok((id, listener, peer))
 }
 
 #[cfg(test)]

@@ -13,20 +13,28 @@
 //! - `oversized`: ready, then writes a header announcing a 1 GiB message
 //! - `count`: counts messages; a message "end" is answered with the count
 //! - `env`: sends "id generation pid" and its RCLUSTER_* variables, then behaves like echo
+//! - `serve MS`: like echo; every connection gets, after MS milliseconds, a one-line HTTP
+//!   response whose body is "ID PID MAXCONC LISTENER" (MAXCONC: most connections it ever held
+//!   at once); then the connection is closed and reported closed
+//!
+//! In every mode that echoes, dispatched connections are served as in `serve 0`.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rcluster_core::{Worker, WorkerEvent};
+use rcluster_core::{Connection, Worker, WorkerEvent};
+
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+static MAX_OPEN: AtomicUsize = AtomicUsize::new(0);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.first().map(String::as_str).unwrap_or("echo");
     let num = |i: usize| args.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    let w = Worker::from_env()
-        .expect("worker handshake")
-        .expect("run under rcluster");
+    let w = Arc::new(Worker::from_env().expect("worker handshake").expect("run under rcluster"));
     match mode {
         "never-ready" => sleep_forever(),
         "gen-fail" if w.generation() > 1 => sleep_forever(),
@@ -54,6 +62,7 @@ fn main() {
         "malformed" => raw_write(&[1, 0, 0, 0, 200, 0, 0, 0, 0]),
         "oversized" => raw_write(&[0, 0, 0, 64, 4, 0, 0, 0]),
         "count" => count(&w),
+        "serve" => serve(&w, Duration::from_millis(num(1))),
         "env" => {
             let vars: Vec<String> = std::env::vars()
                 .filter(|(k, _)| k.starts_with("RCLUSTER_"))
@@ -77,15 +86,44 @@ fn main() {
     }
 }
 
-fn echo(w: &Worker) {
+fn echo(w: &Arc<Worker>) {
+    serve(w, Duration::ZERO)
+}
+
+fn serve(w: &Arc<Worker>, delay: Duration) {
     loop {
         match w.next_event(None).unwrap() {
+            Some(WorkerEvent::Connection(c)) => {
+                let w = Arc::clone(w);
+                std::thread::spawn(move || answer(&w, c, delay));
+            }
             Some(WorkerEvent::Message(m)) if m.starts_with(b"!") => command(w, &m),
             Some(WorkerEvent::Message(m)) => w.send(&m).unwrap(),
             Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => std::process::exit(0),
             None => {}
         }
     }
+}
+
+fn answer(w: &Worker, c: Connection, delay: Duration) {
+    let open = OPEN.fetch_add(1, Ordering::SeqCst) + 1;
+    MAX_OPEN.fetch_max(open, Ordering::SeqCst);
+    let mut stream = std::net::TcpStream::from(c.fd);
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    std::thread::sleep(delay);
+    let body = format!("{} {} {} {}", w.id(), std::process::id(), MAX_OPEN.load(Ordering::SeqCst), c.listener);
+    let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let _ = stream.write_all(reply.as_bytes());
+    drop(stream);
+    OPEN.fetch_sub(1, Ordering::SeqCst);
+    let _ = w.connection_closed(c.id);
 }
 
 fn command(w: &Worker, cmd: &[u8]) {

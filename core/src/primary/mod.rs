@@ -2,7 +2,12 @@
 //! and the command waker. Each turn it handles what is ready, then reconciles the cluster
 //! toward what is wanted (`manage_workers`), gunicorn-arbiter style.
 
-use std::collections::{BTreeMap, VecDeque};
+mod handoff;
+
+pub(crate) use handoff::{conn_id, Bound, Waiting};
+use handoff::LISTENER;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -83,10 +88,16 @@ pub(crate) struct Primary {
     clock: Box<dyn Clock>,
     jitter: Box<dyn Jitter>,
     out: Vec<Event>,
+    listeners: Vec<Bound>,
+    /// Accepted connections waiting for a worker with room, oldest first.
+    waiting: VecDeque<Waiting>,
+    /// The worker round-robin chose last.
+    rr_cursor: u64,
+    next_conn_id: u64,
 }
 
 impl Primary {
-    pub fn new(cfg: Config, program: &Path, shared: Arc<Shared>) -> Result<Primary> {
+    pub fn new(cfg: Config, program: &Path, shared: Arc<Shared>, listeners: Vec<Bound>) -> Result<Primary> {
         let epoll = Epoll::new().map_err(|e| Error::io("epoll_create1", e))?;
         epoll
             .add(shared.waker.raw(), libc::EPOLLIN as u32, WAKER)
@@ -111,6 +122,10 @@ impl Primary {
             clock,
             jitter: Box::new(XorShift::seeded()),
             out: Vec::new(),
+            listeners,
+            waiting: VecDeque::new(),
+            rr_cursor: 0,
+            next_conn_id: 1,
             cfg,
         })
     }
@@ -130,7 +145,13 @@ impl Primary {
                 self.changed = false;
                 self.manage_workers(now);
                 self.murder_workers(now);
-                deadline = self.next_deadline();
+                self.arm_listeners(now);
+                self.distribute();
+                let queue = self.expire_waiting(now);
+                deadline = match (self.next_deadline(), queue) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
             }
             self.shared.events.push_all(&mut self.out);
             if self.stop_deadline.is_some() && self.procs.is_empty() {
@@ -150,6 +171,8 @@ impl Primary {
                     for conn in dirty.drain(..) {
                         self.flush(&conn);
                     }
+                } else if token & LISTENER != 0 {
+                    self.accept_ready((token & !LISTENER) as usize);
                 } else {
                     self.handle_io(token >> 2, token & 3, flags);
                 }
@@ -311,6 +334,9 @@ impl Primary {
                 reason: "the supervisor is stopping".into(),
             });
         }
+        // Connections not yet handed to a worker are closed; the listeners stop accepting.
+        self.waiting.clear();
+        self.arm_listeners(now);
         let keys: Vec<u64> = self.procs.keys().copied().collect();
         for key in keys {
             self.stop_worker(key, ExitReason::Shutdown, true);
@@ -553,7 +579,9 @@ impl Primary {
             }
         }
         let [stdout, stderr] = ends;
+        let shared = self.shared_listeners();
         let req = spawn::Request {
+            shared: &shared,
             id: slot,
             generation,
             ipc: child,
@@ -613,6 +641,8 @@ impl Primary {
                 last_seen: now,
                 stopping: None,
                 pipes,
+                unacked: HashMap::new(),
+                active: HashSet::new(),
             },
         );
         self.out.push(Event::Spawned {
@@ -784,6 +814,7 @@ impl Primary {
         }
         unroute(&self.shared, &p);
         p.conn.close();
+        self.take_back(&mut p);
         let reason = match p.stopping.as_ref().and_then(|s| s.reason) {
             Some(r) => r,
             None if status.code == Some(0) => ExitReason::Exited,
@@ -898,6 +929,15 @@ impl Primary {
                     data,
                 }),
                 Incoming::Disconnect => self.worker_disconnected(key),
+                Incoming::Closed(id) => self.connection_closed(key, id),
+                Incoming::Ack(id) => {
+                    if let Err(detail) = self.connection_acked(key, id) {
+                        self.out.push(Event::ProtocolError { id: slot, pid, detail });
+                        self.close_ipc(key);
+                        self.stop_worker(key, ExitReason::ProtocolError, false);
+                        return;
+                    }
+                }
             }
         }
         match end {
@@ -972,6 +1012,7 @@ impl Primary {
 
     /// Last act of the loop: everything reaped by now; close what is left and tell the host.
     fn shutdown(&mut self) {
+        self.close_listeners();
         self.shared.routes.write().unwrap().clear();
         self.shared.waker.take(&mut Vec::new());
         self.shared.stopped.store(true, Ordering::Release);

@@ -1,0 +1,280 @@
+//! Listening sockets bound by the primary: addresses, binding, accepting.
+
+use std::ffi::CString;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// Where a listener listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddr {
+    type Err = Error;
+
+    /// `127.0.0.1:8080`, `[::1]:8080`, `:8080` (all IPv4 addresses), or `unix:/path/to.sock`.
+    fn from_str(s: &str) -> Result<ListenAddr> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(Error::config("listen", s, "a Unix socket needs a path after 'unix:'"));
+            }
+            if path.len() >= 108 {
+                return Err(Error::config("listen", s, "a Unix socket path must be shorter than 108 bytes"));
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_string() };
+        full.parse::<SocketAddr>()
+            .map(ListenAddr::Tcp)
+            .map_err(|_| Error::config("listen", s, "expected HOST:PORT, [IPv6]:PORT or unix:/path"))
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// How a listener's connections reach workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatch {
+    /// The primary accepts and hands connections to ready workers in turn.
+    RoundRobin,
+    /// The primary accepts and hands each connection to the worker with the fewest open ones.
+    LeastConnections,
+    /// The same client address always reaches the same worker slot.
+    Sticky,
+    /// Workers inherit the socket (fds 3.., `LISTEN_FDS`) and accept themselves.
+    Shared,
+}
+
+impl FromStr for Dispatch {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Dispatch> {
+        Ok(match s {
+            "rr" | "round-robin" => Dispatch::RoundRobin,
+            "least-conn" | "least-connections" => Dispatch::LeastConnections,
+            "sticky" => Dispatch::Sticky,
+            "shared" => Dispatch::Shared,
+            _ => return Err(Error::config("dispatch", s, "expected rr, least-conn, sticky or shared")),
+        })
+    }
+}
+
+/// One listener of a supervisor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    /// Name given to workers with each connection (and in `LISTEN_FDNAMES`).
+    pub name: String,
+    pub addr: ListenAddr,
+    pub dispatch: Dispatch,
+}
+
+impl Listener {
+    pub fn new(name: impl Into<String>, addr: ListenAddr, dispatch: Dispatch) -> Listener {
+        Listener { name: name.into(), addr, dispatch }
+    }
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+const BACKLOG: libc::c_int = 1024;
+
+/// Binds and listens, non-blocking and CLOEXEC. The error names the address.
+pub fn bind(addr: &ListenAddr) -> Result<OwnedFd> {
+    let fail = |e: io::Error| Error::Bind { addr: addr.to_string(), source: e };
+    match addr {
+        ListenAddr::Tcp(sa) => bind_tcp(sa).map_err(fail),
+        ListenAddr::Unix(path) => bind_unix(path).map_err(fail),
+    }
+}
+
+fn socket(domain: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the fd is owned right away.
+    let fd = cvt(unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn set_int_opt(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
+    // SAFETY: passes a valid c_int of the size given.
+    cvt(unsafe { libc::setsockopt(fd, level, opt, (&v as *const libc::c_int).cast(), 4) }).map(drop)
+}
+
+fn bind_tcp(sa: &SocketAddr) -> io::Result<OwnedFd> {
+    let (storage, len) = sockaddr_from(sa);
+    let fd = socket(storage.ss_family as libc::c_int)?;
+    // Rebinding right after a restart of the primary must not fail on TIME_WAIT connections.
+    set_int_opt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    if sa.is_ipv6() {
+        set_int_opt(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+    }
+    // SAFETY: storage holds a valid sockaddr of `len` bytes.
+    cvt(unsafe { libc::bind(fd.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len) })?;
+    cvt(unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) })?;
+    Ok(fd)
+}
+
+fn bind_unix(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let fd = socket(libc::AF_UNIX)?;
+    // SAFETY: sockaddr_un is plain data.
+    let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= sun.sun_path.len() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "path too long for a Unix socket"));
+    }
+    for (d, s) in sun.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    // SAFETY: sun is a valid sockaddr_un of `len` bytes.
+    cvt(unsafe { libc::bind(fd.as_raw_fd(), (&sun as *const libc::sockaddr_un).cast(), len) })?;
+    cvt(unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) })?;
+    Ok(fd)
+}
+
+/// Removes a Unix socket file the primary created.
+pub fn unlink_unix(addr: &ListenAddr) {
+    if let ListenAddr::Unix(path) = addr {
+        if let Ok(c) = CString::new(path.as_os_str().as_bytes()) {
+            // SAFETY: valid C string.
+            unsafe { libc::unlink(c.as_ptr()) };
+        }
+    }
+}
+
+fn sockaddr_from(sa: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data, large enough for both families.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match sa {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// The peer of an accepted connection: its text form and the client address alone (no port),
+/// which is what sticky dispatch hashes.
+pub struct Peer {
+    pub text: String,
+    pub ip: Option<IpAddr>,
+}
+
+/// Accepts one connection (blocking mode, CLOEXEC), or None when none is waiting.
+pub fn accept(listener: RawFd) -> io::Result<Option<(OwnedFd, Peer)>> {
+    // SAFETY: sockaddr_storage is plain data; accept4 writes at most `len` bytes into it.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // Without SOCK_NONBLOCK: the worker gets an ordinary blocking socket, as accept(2) gives.
+    let fd = unsafe { libc::accept4(listener, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len, libc::SOCK_CLOEXEC) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock => Ok(None),
+            // The connection went away before it was accepted: try the next one.
+            _ if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EPROTO)) => accept(listener),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: a new fd from the kernel.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(Some((fd, peer_of(&storage))))
+}
+
+fn peer_of(storage: &libc::sockaddr_storage) -> Peer {
+    match storage.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says it is a sockaddr_in.
+            let sin = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            let sa = SocketAddr::new(ip, u16::from_be(sin.sin_port));
+            Peer { text: sa.to_string(), ip: Some(ip) }
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says it is a sockaddr_in6.
+            let sin6 = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = IpAddr::from(sin6.sin6_addr.s6_addr);
+            let sa = SocketAddr::new(ip, u16::from_be(sin6.sin6_port));
+            Peer { text: sa.to_string(), ip: Some(ip) }
+        }
+        _ => Peer { text: "unix".into(), ip: None },
+    }
+}
+
+/// The address a bound listener actually has (port 0 resolved).
+pub fn local_addr(fd: RawFd, configured: &ListenAddr) -> ListenAddr {
+    let ListenAddr::Tcp(_) = configured else { return configured.clone() };
+    // SAFETY: as in accept.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    if unsafe { libc::getsockname(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len) } < 0 {
+        return configured.clone();
+    }
+    let peer = peer_of(&storage);
+    peer.text.parse().map(ListenAddr::Tcp).unwrap_or_else(|_| configured.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_and_bad_ones_are_named() {
+        assert_eq!("127.0.0.1:80".parse::<ListenAddr>().unwrap().to_string(), "127.0.0.1:80");
+        assert_eq!("[::1]:80".parse::<ListenAddr>().unwrap().to_string(), "[::1]:80");
+        assert_eq!(":80".parse::<ListenAddr>().unwrap().to_string(), "0.0.0.0:80");
+        assert_eq!("unix:/tmp/x.sock".parse::<ListenAddr>().unwrap().to_string(), "unix:/tmp/x.sock");
+        let e = "localhost:http".parse::<ListenAddr>().unwrap_err().to_string();
+        assert!(e.contains("listen") && e.contains("localhost:http"), "{e}");
+        assert!("nope".parse::<Dispatch>().unwrap_err().to_string().contains("nope"));
+    }
+
+    #[test]
+    fn address_in_use_is_an_error_naming_it() {
+        let first = bind(&"127.0.0.1:0".parse().unwrap()).unwrap();
+        let taken = local_addr(first.as_raw_fd(), &"127.0.0.1:0".parse().unwrap());
+        let e = bind(&taken).unwrap_err().to_string();
+        assert!(e.contains(&taken.to_string()) && e.contains("in use"), "{e}");
+    }
+}

@@ -1,0 +1,255 @@
+//! The primary's connection side: accepting on listeners, queueing, handing connections to
+//! workers over IPC and taking them back from workers that die before acknowledging.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use super::Primary;
+use crate::dispatch::{self, Candidate, Choice, SlotState};
+use crate::events::{Event, WorkerState};
+use crate::frame::Kind;
+use crate::listen::{self, Dispatch, ListenAddr, Peer};
+use crate::process::Process;
+
+/// Listener tokens in the epoll set: this bit plus the listener's index.
+pub(super) const LISTENER: u64 = 1 << 62;
+/// How long accepting pauses after EMFILE/ENFILE, so that a full fd table is not a busy loop.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Most connections accepted from one listener per readiness event, so that one busy listener
+/// does not starve the rest of the loop.
+const ACCEPT_BATCH: usize = 256;
+
+/// A listening socket of the primary.
+pub struct Bound {
+    pub name: String,
+    pub addr: ListenAddr,
+    pub fd: OwnedFd,
+    pub dispatch: Dispatch,
+    /// In the epoll set right now.
+    armed: bool,
+    paused_until: Option<Instant>,
+}
+
+impl Bound {
+    pub fn new(name: String, addr: ListenAddr, fd: OwnedFd, dispatch: Dispatch) -> Bound {
+        Bound { name, addr, fd, dispatch, armed: false, paused_until: None }
+    }
+}
+
+/// A connection the primary holds: waiting for a worker, or handed and not yet acknowledged.
+pub struct Waiting {
+    pub id: u64,
+    pub fd: OwnedFd,
+    pub listener: usize,
+    pub peer: Peer,
+    pub since: Instant,
+}
+
+struct Slots<'a>(&'a Primary);
+
+impl SlotState for Slots<'_> {
+    fn slot_count(&self) -> u32 {
+        self.0.desired as u32
+    }
+
+    fn slot_down(&self, slot: u32) -> bool {
+        let coming = self.0.slots.get(slot as usize).is_some_and(|s| s.start_at.is_some());
+        !coming && !self.0.procs.values().any(|p| p.slot == slot && p.is_live())
+    }
+}
+
+impl Primary {
+    /// Puts dispatched listeners in the epoll set (or takes them out) to match whether the
+    /// primary may accept: not while stopping, paused, or holding `queue_limit` connections.
+    pub(super) fn arm_listeners(&mut self, now: Instant) {
+        let may_accept = self.stop_deadline.is_none() && self.waiting.len() < self.cfg.queue_limit;
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            if l.dispatch == Dispatch::Shared {
+                continue;
+            }
+            if l.paused_until.is_some_and(|t| now >= t) {
+                l.paused_until = None;
+            }
+            let want = may_accept && l.paused_until.is_none();
+            if want && !l.armed {
+                l.armed = self.epoll.add(l.fd.as_raw_fd(), libc::EPOLLIN as u32, LISTENER | i as u64).is_ok();
+            } else if !want && l.armed {
+                self.epoll.delete(l.fd.as_raw_fd());
+                l.armed = false;
+            }
+        }
+    }
+
+    pub(super) fn accept_ready(&mut self, index: usize) {
+        let now = self.clock.now();
+        for _ in 0..ACCEPT_BATCH {
+            if self.waiting.len() >= self.cfg.queue_limit {
+                break;
+            }
+            let l = &mut self.listeners[index];
+            match listen::accept(l.fd.as_raw_fd()) {
+                Ok(Some((fd, peer))) => {
+                    let id = self.next_conn_id;
+                    self.next_conn_id += 1;
+                    self.waiting.push_back(Waiting { id, fd, listener: index, peer, since: now });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS/ENOMEM: the connection stays in the backlog; try
+                    // again shortly instead of spinning on a listener that stays readable.
+                    l.paused_until = Some(now + ACCEPT_PAUSE);
+                    self.out.push(Event::AcceptPaused { listener: l.name.clone(), error: e.to_string() });
+                    self.changed = true;
+                    break;
+                }
+            }
+        }
+        self.distribute();
+        self.arm_listeners(now);
+    }
+
+    fn candidates(&self) -> Vec<Candidate> {
+        self.procs
+            .iter()
+            .map(|(&key, p)| {
+                let (unacked, active) = (p.unacked.len(), p.active.len());
+                let room = self.cfg.max_inflight.is_none_or(|m| unacked + active < m) && unacked < self.cfg.handoff_window;
+                let ready = p.state == WorkerState::Ready && p.stopping.is_none() && p.hello && p.ipc_open;
+                Candidate { key, slot: p.slot, unacked, active, has_room: room && ready }
+            })
+            .collect()
+    }
+
+    /// Hands waiting connections to workers with room, oldest first.
+    pub(super) fn distribute(&mut self) {
+        if self.waiting.is_empty() || self.stop_deadline.is_some() {
+            return;
+        }
+        let mut cands = self.candidates();
+        let mut kept = VecDeque::new();
+        while let Some(w) = self.waiting.pop_front() {
+            let mode = self.listeners[w.listener].dispatch;
+            let choice = dispatch::choose(mode, &cands, self.rr_cursor, w.peer.ip, &Slots(self));
+            let Choice::Worker(key) = choice else {
+                kept.push_back(w);
+                if mode == Dispatch::Sticky {
+                    continue; // Another client's slot may have room.
+                }
+                break;
+            };
+            let c = cands.iter_mut().find(|c| c.key == key).expect("chosen from the candidates");
+            match self.hand(key, w) {
+                Ok(()) => {
+                    c.unacked += 1;
+                    let limit = self.cfg.max_inflight.unwrap_or(usize::MAX);
+                    c.has_room = c.unacked < self.cfg.handoff_window && c.unacked + c.active < limit;
+                    if mode != Dispatch::Sticky {
+                        self.rr_cursor = key;
+                    }
+                }
+                Err(w) => {
+                    c.has_room = false;
+                    self.waiting.push_front(w);
+                }
+            }
+        }
+        kept.append(&mut self.waiting);
+        self.waiting = kept;
+        self.arm_listeners(self.clock.now());
+    }
+
+    /// Sends one connection to worker `key`, keeping the primary's copy until it is
+    /// acknowledged. Gives the connection back if it cannot be sent.
+    fn hand(&mut self, key: u64, w: Waiting) -> Result<(), Waiting> {
+        let Some(p) = self.procs.get_mut(&key) else { return Err(w) };
+        let Ok(copy) = w.fd.try_clone() else { return Err(w) };
+        let name = self.listeners[w.listener].name.as_bytes();
+        let peer = w.peer.text.as_bytes();
+        let mut body = Vec::with_capacity(12 + name.len() + peer.len());
+        body.extend_from_slice(&w.id.to_le_bytes());
+        body.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        body.extend_from_slice(name);
+        body.extend_from_slice(&(peer.len() as u16).to_le_bytes());
+        body.extend_from_slice(peer);
+        match p.conn.send_frame(&self.shared.waker, Kind::Connection, &body, Some(copy)) {
+            Ok(()) => {
+                p.unacked.insert(w.id, w);
+                Ok(())
+            }
+            Err(_) => Err(w),
+        }
+    }
+
+    /// The worker has the connection: the primary lets go of its copy.
+    pub(super) fn connection_acked(&mut self, key: u64, id: u64) -> Result<(), String> {
+        let Some(p) = self.procs.get_mut(&key) else { return Ok(()) };
+        match p.unacked.remove(&id) {
+            Some(_) => {
+                p.active.insert(id);
+                Ok(())
+            }
+            None => Err(format!("acknowledgement of connection {id}, which was not handed to this worker")),
+        }
+    }
+
+    /// The worker closed a connection: room for the next one.
+    pub(super) fn connection_closed(&mut self, key: u64, id: u64) {
+        if let Some(p) = self.procs.get_mut(&key) {
+            // An unknown id is ignored: workers that never report closes are allowed.
+            p.active.remove(&id);
+        }
+        self.distribute();
+    }
+
+    /// A worker is gone: connections it never acknowledged go to the front of the queue, to be
+    /// handed to another worker (they never reached an application).
+    pub(super) fn take_back(&mut self, p: &mut Process) {
+        let mut back: Vec<Waiting> = p.unacked.drain().map(|(_, w)| w).collect();
+        back.sort_by_key(|w| w.id);
+        for w in back.into_iter().rev() {
+            self.waiting.push_front(w);
+        }
+    }
+
+    /// Closes connections that waited longer than `queue_timeout`; the next deadline, if any.
+    pub(super) fn expire_waiting(&mut self, now: Instant) -> Option<Instant> {
+        let timeout = self.cfg.queue_timeout;
+        let before = self.waiting.len();
+        self.waiting.retain(|w| now.duration_since(w.since) < timeout);
+        if self.waiting.len() != before {
+            self.arm_listeners(now);
+        }
+        let oldest = self.waiting.iter().map(|w| w.since).min().map(|t| t + timeout);
+        let resume = self.listeners.iter().filter_map(|l| l.paused_until).min();
+        match (oldest, resume) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Listening sockets workers inherit (`shared` dispatch), with their names.
+    pub(super) fn shared_listeners(&self) -> Vec<(std::os::fd::RawFd, &str)> {
+        self.listeners
+            .iter()
+            .filter(|l| l.dispatch == Dispatch::Shared)
+            .map(|l| (l.fd.as_raw_fd(), l.name.as_str()))
+            .collect()
+    }
+
+    /// At the end: no connection is left half-handed, no socket file left behind.
+    pub(super) fn close_listeners(&mut self) {
+        self.waiting.clear();
+        for l in self.listeners.drain(..) {
+            if l.armed {
+                self.epoll.delete(l.fd.as_raw_fd());
+            }
+            listen::unlink_unix(&l.addr);
+        }
+    }
+}
+
+/// Reads a u64 connection id from an ack/closed body.
+pub(crate) fn conn_id(body: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(body).ok().map(u64::from_le_bytes)
+}
