@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use rcluster_core::{Config, Output, ReadyOn, RestartMode};
+use rcluster_core::{Config, Dispatch, ListenAddr, Listener, Output, ReadyOn, RestartMode};
 
 const ABOUT: &str = "Run any program as a supervised cluster of pre-forked workers.";
 
@@ -130,6 +130,25 @@ pub struct RunArgs {
     #[arg(long)]
     pub prefix_output: bool,
 
+    /// Listen on ADDR (127.0.0.1:8080, [::1]:8080, :8080, unix:/path), named NAME for the
+    /// workers (repeatable; default names listen0, listen1, ...)
+    #[arg(long = "listen", value_name = "ADDR[=NAME]", value_parser = parse_listen)]
+    pub listen: Vec<(ListenAddr, Option<String>)>,
+
+    /// How connections reach workers: rr (the primary accepts and hands them out in turn),
+    /// least-conn, sticky (same client address, same worker), shared (workers inherit the
+    /// socket as LISTEN_FDS and accept themselves) [default: rr]
+    #[arg(long, value_name = "MODE", value_parser = parse_dispatch)]
+    pub dispatch: Option<Dispatch>,
+
+    /// Most connections one worker holds at once; more wait in the primary
+    #[arg(long, value_name = "N")]
+    pub max_inflight: Option<usize>,
+
+    /// During a reload, most workers started beyond -w at once [default: 1]
+    #[arg(long, value_name = "N")]
+    pub max_surge: Option<usize>,
+
     /// The program to run and its arguments (put them after --)
     #[arg(value_name = "CMD", required = true, num_args = 1.., trailing_var_arg = true)]
     pub cmd: Vec<OsString>,
@@ -189,6 +208,18 @@ impl RunArgs {
         } else {
             Output::Inherit
         };
+        let dispatch = self.dispatch.unwrap_or(Dispatch::RoundRobin);
+        c.listeners = self
+            .listen
+            .iter()
+            .enumerate()
+            .map(|(i, (addr, name))| {
+                let name = name.clone().unwrap_or_else(|| format!("listen{i}"));
+                Listener::new(name, addr.clone(), dispatch)
+            })
+            .collect();
+        c.max_inflight = self.max_inflight;
+        set(&mut c.max_surge, self.max_surge);
         c
     }
 }
@@ -206,8 +237,26 @@ pub fn flag_for(field: &str) -> Option<&'static str> {
         "max_message" | "send_queue_limit" => "--max-message",
         "restart.backoff_max" => "--backoff-max / --backoff-initial",
         "restart.window" => "--restart-window",
+        "listeners.name" | "listeners.addr" | "listen" => "--listen",
+        "max_inflight" => "--max-inflight",
+        "max_surge" => "--max-surge",
         _ => return None,
     })
+}
+
+/// `ADDR` or `ADDR=NAME`; a Unix path may itself contain '=', so only a last part without '/'
+/// counts as a name.
+fn parse_listen(s: &str) -> Result<(ListenAddr, Option<String>), String> {
+    let (addr, name) = match s.rsplit_once('=') {
+        Some((a, n)) if !n.is_empty() && !n.contains('/') => (a, Some(n.to_string())),
+        _ => (s, None),
+    };
+    let addr = addr.parse::<ListenAddr>().map_err(|e| e.to_string())?;
+    Ok((addr, name))
+}
+
+fn parse_dispatch(s: &str) -> Result<Dispatch, String> {
+    s.parse::<Dispatch>().map_err(|e| e.to_string())
 }
 
 fn set<T>(field: &mut T, value: Option<T>) {

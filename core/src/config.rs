@@ -214,28 +214,60 @@ impl Config {
 
     fn validate_listeners(&self) -> Result<()> {
         for (i, l) in self.listeners.iter().enumerate() {
-            if l.name.is_empty() || l.name.contains(':') || l.name.len() > 255 || l.name.contains('\0') {
-                return Err(Error::config("listeners.name", &l.name, "must be 1..=255 bytes without ':' or NUL"));
+            if l.name.is_empty()
+                || l.name.contains(':')
+                || l.name.len() > 255
+                || l.name.contains('\0')
+            {
+                return Err(Error::config(
+                    "listeners.name",
+                    &l.name,
+                    "must be 1..=255 bytes without ':' or NUL",
+                ));
             }
             if self.listeners[..i].iter().any(|o| o.name == l.name) {
-                return Err(Error::config("listeners.name", &l.name, "is used by two listeners"));
+                return Err(Error::config(
+                    "listeners.name",
+                    &l.name,
+                    "is used by two listeners",
+                ));
             }
             if self.listeners[..i].iter().any(|o| o.addr == l.addr) {
-                return Err(Error::config("listeners.addr", l.addr.to_string(), "is given twice"));
+                return Err(Error::config(
+                    "listeners.addr",
+                    l.addr.to_string(),
+                    "is given twice",
+                ));
             }
         }
         if self.max_inflight == Some(0) {
-            return Err(Error::config("max_inflight", 0, "must be at least 1 (or unset)"));
+            return Err(Error::config(
+                "max_inflight",
+                0,
+                "must be at least 1 (or unset)",
+            ));
         }
         if self.handoff_window == 0 || self.handoff_window > 65536 {
-            return Err(Error::config("handoff_window", self.handoff_window, "must be 1..=65536"));
+            return Err(Error::config(
+                "handoff_window",
+                self.handoff_window,
+                "must be 1..=65536",
+            ));
         }
         if self.queue_limit == 0 {
-            return Err(Error::config("queue_limit", self.queue_limit, "must be at least 1"));
+            return Err(Error::config(
+                "queue_limit",
+                self.queue_limit,
+                "must be at least 1",
+            ));
         }
         validate_duration("queue_timeout", self.queue_timeout)?;
         if self.max_surge == 0 || self.max_surge > MAX_WORKERS {
-            return Err(Error::config("max_surge", self.max_surge, format!("must be 1..={MAX_WORKERS}")));
+            return Err(Error::config(
+                "max_surge",
+                self.max_surge,
+                format!("must be 1..={MAX_WORKERS}"),
+            ));
         }
         Ok(())
     }

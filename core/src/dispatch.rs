@@ -34,7 +34,13 @@ pub trait SlotState {
 
 /// Chooses a worker for a connection. `candidates` must be sorted by key; `cursor` is the key
 /// last chosen by round-robin.
-pub fn choose(mode: Dispatch, candidates: &[Candidate], cursor: u64, peer: Option<IpAddr>, slots: &dyn SlotState) -> Choice {
+pub fn choose(
+    mode: Dispatch,
+    candidates: &[Candidate],
+    cursor: u64,
+    peer: Option<IpAddr>,
+    slots: &dyn SlotState,
+) -> Choice {
     match (mode, peer) {
         (Dispatch::Sticky, Some(ip)) => sticky(candidates, ip, slots),
         (Dispatch::LeastConnections, _) => least_connections(candidates),
@@ -45,7 +51,10 @@ pub fn choose(mode: Dispatch, candidates: &[Candidate], cursor: u64, peer: Optio
 fn round_robin(candidates: &[Candidate], cursor: u64) -> Choice {
     let after = candidates.iter().filter(|c| c.key > cursor);
     let before = candidates.iter().filter(|c| c.key <= cursor);
-    after.chain(before).find(|c| c.has_room).map_or(Choice::Wait, |c| Choice::Worker(c.key))
+    after
+        .chain(before)
+        .find(|c| c.has_room)
+        .map_or(Choice::Wait, |c| Choice::Worker(c.key))
 }
 
 fn least_connections(candidates: &[Candidate]) -> Choice {
@@ -60,7 +69,9 @@ fn least_connections(candidates: &[Candidate]) -> Choice {
 /// scaling moves only the clients of the slots added or removed.
 fn sticky(candidates: &[Candidate], ip: IpAddr, slots: &dyn SlotState) -> Choice {
     let client = hash_ip(ip);
-    let mut ranked: Vec<(u64, u32)> = (0..slots.slot_count()).map(|s| (mix(client ^ mix(u64::from(s) + 1)), s)).collect();
+    let mut ranked: Vec<(u64, u32)> = (0..slots.slot_count())
+        .map(|s| (mix(client ^ mix(u64::from(s) + 1)), s))
+        .collect();
     ranked.sort_unstable_by(|a, b| b.cmp(a));
     for (_, slot) in ranked {
         if slots.slot_down(slot) {
@@ -79,10 +90,14 @@ fn sticky(candidates: &[Candidate], ip: IpAddr, slots: &dyn SlotState) -> Choice
 fn hash_ip(ip: IpAddr) -> u64 {
     let bytes: Vec<u8> = match ip {
         IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.to_ipv4_mapped().map_or_else(|| a.octets().to_vec(), |v4| v4.octets().to_vec()),
+        IpAddr::V6(a) => a
+            .to_ipv4_mapped()
+            .map_or_else(|| a.octets().to_vec(), |v4| v4.octets().to_vec()),
     };
     // FNV-1a: stable across runs and versions, which sticky sessions need.
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// A 64-bit finalizer (SplitMix64) to spread the hash over slots.
@@ -108,7 +123,13 @@ mod tests {
     }
 
     fn cand(key: u64, slot: u32, active: usize, has_room: bool) -> Candidate {
-        Candidate { key, slot, unacked: 0, active, has_room }
+        Candidate {
+            key,
+            slot,
+            unacked: 0,
+            active,
+            has_room,
+        }
     }
 
     fn worker(c: Choice) -> u64 {
@@ -120,7 +141,11 @@ mod tests {
 
     #[test]
     fn round_robin_cycles_and_skips_full_workers() {
-        let c = [cand(1, 0, 0, true), cand(2, 1, 0, false), cand(3, 2, 0, true)];
+        let c = [
+            cand(1, 0, 0, true),
+            cand(2, 1, 0, false),
+            cand(3, 2, 0, true),
+        ];
         let s = Slots(3, vec![]);
         let mut cursor = 0;
         let mut seen = Vec::new();
@@ -130,13 +155,29 @@ mod tests {
         }
         assert_eq!(seen, vec![1, 3, 1, 3]);
         let full = [cand(1, 0, 0, false)];
-        assert_eq!(choose(Dispatch::RoundRobin, &full, 0, None, &s), Choice::Wait);
+        assert_eq!(
+            choose(Dispatch::RoundRobin, &full, 0, None, &s),
+            Choice::Wait
+        );
     }
 
     #[test]
     fn least_connections_picks_the_idlest_with_room() {
-        let c = [cand(1, 0, 5, true), cand(2, 1, 1, false), cand(3, 2, 2, true)];
-        assert_eq!(worker(choose(Dispatch::LeastConnections, &c, 0, None, &Slots(3, vec![]))), 3);
+        let c = [
+            cand(1, 0, 5, true),
+            cand(2, 1, 1, false),
+            cand(3, 2, 2, true),
+        ];
+        assert_eq!(
+            worker(choose(
+                Dispatch::LeastConnections,
+                &c,
+                0,
+                None,
+                &Slots(3, vec![])
+            )),
+            3
+        );
     }
 
     #[test]
@@ -146,11 +187,17 @@ mod tests {
         let all: Vec<Candidate> = (0..4).map(|i| cand(i as u64 + 1, i, 0, true)).collect();
         let first = worker(choose(Dispatch::Sticky, &all, 0, Some(ip), &s));
         for _ in 0..10 {
-            assert_eq!(worker(choose(Dispatch::Sticky, &all, first, Some(ip), &s)), first);
+            assert_eq!(
+                worker(choose(Dispatch::Sticky, &all, first, Some(ip), &s)),
+                first
+            );
         }
         // Its slot is restarting: no candidate for it, but the slot is not down: wait.
         let without: Vec<Candidate> = all.iter().copied().filter(|c| c.key != first).collect();
-        assert_eq!(choose(Dispatch::Sticky, &without, 0, Some(ip), &s), Choice::Wait);
+        assert_eq!(
+            choose(Dispatch::Sticky, &without, 0, Some(ip), &s),
+            Choice::Wait
+        );
         // The replacement (a new key, same slot) gets the client.
         let slot = all[(first - 1) as usize].slot;
         let mut back = without.clone();
@@ -158,24 +205,42 @@ mod tests {
         assert_eq!(worker(choose(Dispatch::Sticky, &back, 0, Some(ip), &s)), 99);
         // A slot that is down for good hands its clients to the next slot in their ranking.
         let down = Slots(4, vec![slot]);
-        assert_ne!(worker(choose(Dispatch::Sticky, &without, 0, Some(ip), &down)), 99);
+        assert_ne!(
+            worker(choose(Dispatch::Sticky, &without, 0, Some(ip), &down)),
+            99
+        );
     }
 
     #[test]
     fn sticky_moves_few_clients_when_scaling() {
         let place = |n: u32, ip: u32| {
             let c: Vec<Candidate> = (0..n).map(|i| cand(i as u64, i, 0, true)).collect();
-            worker(choose(Dispatch::Sticky, &c, 0, Some(IpAddr::from(ip.to_be_bytes())), &Slots(n, vec![])))
+            worker(choose(
+                Dispatch::Sticky,
+                &c,
+                0,
+                Some(IpAddr::from(ip.to_be_bytes())),
+                &Slots(n, vec![]),
+            ))
         };
         let clients: Vec<u32> = (0..2000).map(|i| 0x0a00_0000 + i * 7919).collect();
         let before: HashMap<u32, u64> = clients.iter().map(|&ip| (ip, place(8, ip))).collect();
-        let moved = clients.iter().filter(|&&ip| place(9, ip) != before[&ip]).count();
+        let moved = clients
+            .iter()
+            .filter(|&&ip| place(9, ip) != before[&ip])
+            .count();
         // Ideal: 1/9 of the clients move (to the new slot), about 222 of 2000.
-        assert!(moved < 320, "{moved} of 2000 clients moved when adding one slot to eight");
+        assert!(
+            moved < 320,
+            "{moved} of 2000 clients moved when adding one slot to eight"
+        );
         let counts = clients.iter().fold(HashMap::new(), |mut m, ip| {
             *m.entry(before[ip]).or_insert(0) += 1;
             m
         });
-        assert!(counts.values().all(|&n| n > 150 && n < 350), "uneven spread: {counts:?}");
+        assert!(
+            counts.values().all(|&n| n > 150 && n < 350),
+            "uneven spread: {counts:?}"
+        );
     }
 }

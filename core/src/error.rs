@@ -79,7 +79,9 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Spawn { source, .. } | Error::Io { source, .. } | Error::Bind { source, .. } => Some(source),
+            Error::Spawn { source, .. } | Error::Io { source, .. } | Error::Bind { source, .. } => {
+                Some(source)
+            }
             _ => None,
         }
     }

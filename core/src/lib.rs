@@ -25,8 +25,8 @@ pub use config::{
     Config, Output, ReadyOn, RestartMode, RestartPolicy, DEFAULT_MAX_MESSAGE, MAX_WORKERS,
 };
 pub use error::{Error, Result};
-pub use listen::{Dispatch, ListenAddr, Listener};
 pub use events::{Event, ExitInfo, WorkerInfo, WorkerState};
+pub use listen::{Dispatch, ListenAddr, Listener};
 pub use policy::{Clock, Decision, ExitReason, History, Jitter, SystemClock, XorShift};
 pub use supervisor::Supervisor;
 pub use worker::{Connection, Worker, WorkerEvent};

@@ -25,17 +25,31 @@ impl FromStr for ListenAddr {
     fn from_str(s: &str) -> Result<ListenAddr> {
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
-                return Err(Error::config("listen", s, "a Unix socket needs a path after 'unix:'"));
+                return Err(Error::config(
+                    "listen",
+                    s,
+                    "a Unix socket needs a path after 'unix:'",
+                ));
             }
             if path.len() >= 108 {
-                return Err(Error::config("listen", s, "a Unix socket path must be shorter than 108 bytes"));
+                return Err(Error::config(
+                    "listen",
+                    s,
+                    "a Unix socket path must be shorter than 108 bytes",
+                ));
             }
             return Ok(ListenAddr::Unix(PathBuf::from(path)));
         }
-        let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_string() };
+        let full = if s.starts_with(':') {
+            format!("0.0.0.0{s}")
+        } else {
+            s.to_string()
+        };
         full.parse::<SocketAddr>()
             .map(ListenAddr::Tcp)
-            .map_err(|_| Error::config("listen", s, "expected HOST:PORT, [IPv6]:PORT or unix:/path"))
+            .map_err(|_| {
+                Error::config("listen", s, "expected HOST:PORT, [IPv6]:PORT or unix:/path")
+            })
     }
 }
 
@@ -70,7 +84,13 @@ impl FromStr for Dispatch {
             "least-conn" | "least-connections" => Dispatch::LeastConnections,
             "sticky" => Dispatch::Sticky,
             "shared" => Dispatch::Shared,
-            _ => return Err(Error::config("dispatch", s, "expected rr, least-conn, sticky or shared")),
+            _ => {
+                return Err(Error::config(
+                    "dispatch",
+                    s,
+                    "expected rr, least-conn, sticky or shared",
+                ))
+            }
         })
     }
 }
@@ -86,7 +106,11 @@ pub struct Listener {
 
 impl Listener {
     pub fn new(name: impl Into<String>, addr: ListenAddr, dispatch: Dispatch) -> Listener {
-        Listener { name: name.into(), addr, dispatch }
+        Listener {
+            name: name.into(),
+            addr,
+            dispatch,
+        }
     }
 }
 
@@ -102,7 +126,10 @@ const BACKLOG: libc::c_int = 1024;
 
 /// Binds and listens, non-blocking and CLOEXEC. The error names the address.
 pub fn bind(addr: &ListenAddr) -> Result<OwnedFd> {
-    let fail = |e: io::Error| Error::Bind { addr: addr.to_string(), source: e };
+    let fail = |e: io::Error| Error::Bind {
+        addr: addr.to_string(),
+        source: e,
+    };
     match addr {
         ListenAddr::Tcp(sa) => bind_tcp(sa).map_err(fail),
         ListenAddr::Unix(path) => bind_unix(path).map_err(fail),
@@ -111,7 +138,13 @@ pub fn bind(addr: &ListenAddr) -> Result<OwnedFd> {
 
 fn socket(domain: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; the fd is owned right away.
-    let fd = cvt(unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) })?;
+    let fd = cvt(unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    })?;
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -129,7 +162,13 @@ fn bind_tcp(sa: &SocketAddr) -> io::Result<OwnedFd> {
         set_int_opt(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
     }
     // SAFETY: storage holds a valid sockaddr of `len` bytes.
-    cvt(unsafe { libc::bind(fd.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len) })?;
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    })?;
     cvt(unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) })?;
     Ok(fd)
 }
@@ -141,14 +180,23 @@ fn bind_unix(path: &std::path::Path) -> io::Result<OwnedFd> {
     sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
     let bytes = path.as_os_str().as_bytes();
     if bytes.len() >= sun.sun_path.len() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "path too long for a Unix socket"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "path too long for a Unix socket",
+        ));
     }
     for (d, s) in sun.sun_path.iter_mut().zip(bytes) {
         *d = *s as libc::c_char;
     }
     let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
     // SAFETY: sun is a valid sockaddr_un of `len` bytes.
-    cvt(unsafe { libc::bind(fd.as_raw_fd(), (&sun as *const libc::sockaddr_un).cast(), len) })?;
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sun as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    })?;
     cvt(unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) })?;
     Ok(fd)
 }
@@ -171,7 +219,9 @@ fn sockaddr_from(sa: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_in fits in sockaddr_storage.
@@ -183,7 +233,9 @@ fn sockaddr_from(sa: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
                 sin6_scope_id: a.scope_id(),
             };
             // SAFETY: sockaddr_in6 fits in sockaddr_storage.
@@ -207,13 +259,22 @@ pub fn accept(listener: RawFd) -> io::Result<Option<(OwnedFd, Peer)>> {
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // Without SOCK_NONBLOCK: the worker gets an ordinary blocking socket, as accept(2) gives.
-    let fd = unsafe { libc::accept4(listener, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len, libc::SOCK_CLOEXEC) };
+    let fd = unsafe {
+        libc::accept4(
+            listener,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+            libc::SOCK_CLOEXEC,
+        )
+    };
     if fd < 0 {
         let e = io::Error::last_os_error();
         return match e.kind() {
             io::ErrorKind::WouldBlock => Ok(None),
             // The connection went away before it was accepted: try the next one.
-            _ if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EPROTO)) => accept(listener),
+            _ if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EPROTO)) => {
+                accept(listener)
+            }
             _ => Err(e),
         };
     }
@@ -226,33 +287,57 @@ fn peer_of(storage: &libc::sockaddr_storage) -> Peer {
     match storage.ss_family as libc::c_int {
         libc::AF_INET => {
             // SAFETY: the family says it is a sockaddr_in.
-            let sin = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let sin =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             let ip = IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes());
             let sa = SocketAddr::new(ip, u16::from_be(sin.sin_port));
-            Peer { text: sa.to_string(), ip: Some(ip) }
+            Peer {
+                text: sa.to_string(),
+                ip: Some(ip),
+            }
         }
         libc::AF_INET6 => {
             // SAFETY: the family says it is a sockaddr_in6.
-            let sin6 = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let sin6 = unsafe {
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
             let ip = IpAddr::from(sin6.sin6_addr.s6_addr);
             let sa = SocketAddr::new(ip, u16::from_be(sin6.sin6_port));
-            Peer { text: sa.to_string(), ip: Some(ip) }
+            Peer {
+                text: sa.to_string(),
+                ip: Some(ip),
+            }
         }
-        _ => Peer { text: "unix".into(), ip: None },
+        _ => Peer {
+            text: "unix".into(),
+            ip: None,
+        },
     }
 }
 
 /// The address a bound listener actually has (port 0 resolved).
 pub fn local_addr(fd: RawFd, configured: &ListenAddr) -> ListenAddr {
-    let ListenAddr::Tcp(_) = configured else { return configured.clone() };
+    let ListenAddr::Tcp(_) = configured else {
+        return configured.clone();
+    };
     // SAFETY: as in accept.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    if unsafe { libc::getsockname(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len) } < 0 {
+    if unsafe {
+        libc::getsockname(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    } < 0
+    {
         return configured.clone();
     }
     let peer = peer_of(&storage);
-    peer.text.parse().map(ListenAddr::Tcp).unwrap_or_else(|_| configured.clone())
+    peer.text
+        .parse()
+        .map(ListenAddr::Tcp)
+        .unwrap_or_else(|_| configured.clone())
 }
 
 #[cfg(test)]
@@ -261,13 +346,35 @@ mod tests {
 
     #[test]
     fn addresses_parse_and_bad_ones_are_named() {
-        assert_eq!("127.0.0.1:80".parse::<ListenAddr>().unwrap().to_string(), "127.0.0.1:80");
-        assert_eq!("[::1]:80".parse::<ListenAddr>().unwrap().to_string(), "[::1]:80");
-        assert_eq!(":80".parse::<ListenAddr>().unwrap().to_string(), "0.0.0.0:80");
-        assert_eq!("unix:/tmp/x.sock".parse::<ListenAddr>().unwrap().to_string(), "unix:/tmp/x.sock");
-        let e = "localhost:http".parse::<ListenAddr>().unwrap_err().to_string();
+        assert_eq!(
+            "127.0.0.1:80".parse::<ListenAddr>().unwrap().to_string(),
+            "127.0.0.1:80"
+        );
+        assert_eq!(
+            "[::1]:80".parse::<ListenAddr>().unwrap().to_string(),
+            "[::1]:80"
+        );
+        assert_eq!(
+            ":80".parse::<ListenAddr>().unwrap().to_string(),
+            "0.0.0.0:80"
+        );
+        assert_eq!(
+            "unix:/tmp/x.sock"
+                .parse::<ListenAddr>()
+                .unwrap()
+                .to_string(),
+            "unix:/tmp/x.sock"
+        );
+        let e = "localhost:http"
+            .parse::<ListenAddr>()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen") && e.contains("localhost:http"), "{e}");
-        assert!("nope".parse::<Dispatch>().unwrap_err().to_string().contains("nope"));
+        assert!("nope"
+            .parse::<Dispatch>()
+            .unwrap_err()
+            .to_string()
+            .contains("nope"));
     }
 
     #[test]
@@ -275,6 +382,9 @@ mod tests {
         let first = bind(&"127.0.0.1:0".parse().unwrap()).unwrap();
         let taken = local_addr(first.as_raw_fd(), &"127.0.0.1:0".parse().unwrap());
         let e = bind(&taken).unwrap_err().to_string();
-        assert!(e.contains(&taken.to_string()) && e.contains("in use"), "{e}");
+        assert!(
+            e.contains(&taken.to_string()) && e.contains("in use"),
+            "{e}"
+        );
     }
 }

@@ -142,16 +142,25 @@ impl Process {
                 Kind::Message => Incoming::Message(frame.body.to_vec()),
                 Kind::Disconnect => Incoming::Disconnect,
                 Kind::ConnectionAck | Kind::ConnectionClosed if frame.has_fd => {
-                    return Some(ReadEnd::Violation(format!("{:?} frame with a descriptor", frame.kind)));
+                    return Some(ReadEnd::Violation(format!(
+                        "{:?} frame with a descriptor",
+                        frame.kind
+                    )));
                 }
-                Kind::ConnectionAck | Kind::ConnectionClosed => match crate::primary::conn_id(frame.body) {
-                    Some(id) if frame.kind == Kind::ConnectionAck => Incoming::Ack(id),
-                    Some(id) => Incoming::Closed(id),
-                    None => {
-                        let detail = format!("{:?} frame body must be an 8-byte id, got {} bytes", frame.kind, frame.body.len());
-                        return Some(ReadEnd::Violation(detail));
+                Kind::ConnectionAck | Kind::ConnectionClosed => {
+                    match crate::primary::conn_id(frame.body) {
+                        Some(id) if frame.kind == Kind::ConnectionAck => Incoming::Ack(id),
+                        Some(id) => Incoming::Closed(id),
+                        None => {
+                            let detail = format!(
+                                "{:?} frame body must be an 8-byte id, got {} bytes",
+                                frame.kind,
+                                frame.body.len()
+                            );
+                            return Some(ReadEnd::Violation(detail));
+                        }
                     }
-                },
+                }
                 other => {
                     return Some(ReadEnd::Violation(format!(
                         "unexpected {other:?} frame from a worker"

@@ -100,8 +100,12 @@ pub fn spawn(exec: &Exec, req: Request) -> io::Result<libc::pid_t> {
     ];
     if !req.shared.is_empty() {
         let names: Vec<&str> = req.shared.iter().map(|(_, n)| *n).collect();
-        env_strings.push(cstring(format!("LISTEN_FDS={}", req.shared.len()).as_bytes()));
-        env_strings.push(cstring(format!("LISTEN_FDNAMES={}", names.join(":")).as_bytes()));
+        env_strings.push(cstring(
+            format!("LISTEN_FDS={}", req.shared.len()).as_bytes(),
+        ));
+        env_strings.push(cstring(
+            format!("LISTEN_FDNAMES={}", names.join(":")).as_bytes(),
+        ));
     }
     // The child writes its own pid into these after fork (the buffers are already allocated,
     // so that needs no allocation): a worker's children inherit the environment, and
@@ -110,7 +114,12 @@ pub fn spawn(exec: &Exec, req: Request) -> io::Result<libc::pid_t> {
     let mut listen_pid_var = *b"LISTEN_PID=\0\0\0\0\0\0\0\0\0\0\0\0";
     let pid_ptr = pid_var.as_mut_ptr();
     let listen_pid_ptr = listen_pid_var.as_mut_ptr();
-    let mut envp: Vec<*const libc::c_char> = exec.env.iter().chain(&env_strings).map(|c| c.as_ptr()).collect();
+    let mut envp: Vec<*const libc::c_char> = exec
+        .env
+        .iter()
+        .chain(&env_strings)
+        .map(|c| c.as_ptr())
+        .collect();
     envp.push(pid_ptr.cast_const().cast());
     if !req.shared.is_empty() {
         envp.push(listen_pid_ptr.cast_const().cast());

@@ -54,7 +54,11 @@ impl Supervisor {
         // Bound before anything starts: an address in use fails `start` with nothing running.
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
-            let fd = listen::bind(&l.addr).inspect_err(|_| listeners.iter().for_each(|b: &Bound| listen::unlink_unix(&b.addr)))?;
+            let fd = listen::bind(&l.addr).inspect_err(|_| {
+                listeners
+                    .iter()
+                    .for_each(|b: &Bound| listen::unlink_unix(&b.addr))
+            })?;
             let addr = listen::local_addr(std::os::fd::AsRawFd::as_raw_fd(&fd), &l.addr);
             listeners.push(Bound::new(l.name.clone(), addr, fd, l.dispatch));
         }
@@ -65,7 +69,10 @@ impl Supervisor {
             events: EventQueue::new().map_err(|e| Error::io("eventfd", e))?,
             max_message: config.max_message,
             stopped: AtomicBool::new(false),
-            bound: listeners.iter().map(|b| (b.name.clone(), b.addr.clone())).collect(),
+            bound: listeners
+                .iter()
+                .map(|b| (b.name.clone(), b.addr.clone()))
+                .collect(),
             done: (Mutex::new(false), Condvar::new()),
         });
         let kill_timeout = config.kill_timeout;

@@ -302,22 +302,41 @@ impl Worker {
 }
 
 fn decode_one(rx: &mut Rx) -> Result<Option<WorkerEvent>> {
-    let Some(f) = rx.decoder.next_frame()? else { return Ok(None) };
+    let Some(f) = rx.decoder.next_frame()? else {
+        return Ok(None);
+    };
     Ok(Some(match f.kind {
         Kind::Message => WorkerEvent::Message(f.body.to_vec()),
         Kind::Disconnect => WorkerEvent::Disconnect,
         Kind::Connection => {
-            let fd = rx.fds.pop_front().ok_or_else(|| Error::Protocol("connection frame without its descriptor".into()))?;
+            let fd = rx
+                .fds
+                .pop_front()
+                .ok_or_else(|| Error::Protocol("connection frame without its descriptor".into()))?;
             let (id, listener, peer) = parse_connection(f.body)?;
-            WorkerEvent::Connection(Connection { id, fd, listener, peer })
+            WorkerEvent::Connection(Connection {
+                id,
+                fd,
+                listener,
+                peer,
+            })
         }
-        other => return Err(Error::Protocol(format!("unexpected {other:?} frame from the primary"))),
+        other => {
+            return Err(Error::Protocol(format!(
+                "unexpected {other:?} frame from the primary"
+            )))
+        }
     }))
 }
 
 /// Connection body: u64 id, u16 name length, name, u16 peer length, peer (all little-endian).
 fn parse_connection(body: &[u8]) -> Result<(u64, String, String)> {
-    let bad = || Error::Protocol(format!("malformed connection frame of {} bytes", body.len()));
+    let bad = || {
+        Error::Protocol(format!(
+            "malformed connection frame of {} bytes",
+            body.len()
+        ))
+    };
     let id = u64::from_le_bytes(body.get(..8).ok_or_else(bad)?.try_into().unwrap());
     let mut rest = &body[8..];
     let mut text = || -> Result<String> {

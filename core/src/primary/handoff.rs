@@ -33,7 +33,14 @@ pub struct Bound {
 
 impl Bound {
     pub fn new(name: String, addr: ListenAddr, fd: OwnedFd, dispatch: Dispatch) -> Bound {
-        Bound { name, addr, fd, dispatch, armed: false, paused_until: None }
+        Bound {
+            name,
+            addr,
+            fd,
+            dispatch,
+            armed: false,
+            paused_until: None,
+        }
     }
 }
 
@@ -54,7 +61,11 @@ impl SlotState for Slots<'_> {
     }
 
     fn slot_down(&self, slot: u32) -> bool {
-        let coming = self.0.slots.get(slot as usize).is_some_and(|s| s.start_at.is_some());
+        let coming = self
+            .0
+            .slots
+            .get(slot as usize)
+            .is_some_and(|s| s.start_at.is_some());
         !coming && !self.0.procs.values().any(|p| p.slot == slot && p.is_live())
     }
 }
@@ -73,7 +84,10 @@ impl Primary {
             }
             let want = may_accept && l.paused_until.is_none();
             if want && !l.armed {
-                l.armed = self.epoll.add(l.fd.as_raw_fd(), libc::EPOLLIN as u32, LISTENER | i as u64).is_ok();
+                l.armed = self
+                    .epoll
+                    .add(l.fd.as_raw_fd(), libc::EPOLLIN as u32, LISTENER | i as u64)
+                    .is_ok();
             } else if !want && l.armed {
                 self.epoll.delete(l.fd.as_raw_fd());
                 l.armed = false;
@@ -92,14 +106,23 @@ impl Primary {
                 Ok(Some((fd, peer))) => {
                     let id = self.next_conn_id;
                     self.next_conn_id += 1;
-                    self.waiting.push_back(Waiting { id, fd, listener: index, peer, since: now });
+                    self.waiting.push_back(Waiting {
+                        id,
+                        fd,
+                        listener: index,
+                        peer,
+                        since: now,
+                    });
                 }
                 Ok(None) => break,
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS/ENOMEM: the connection stays in the backlog; try
                     // again shortly instead of spinning on a listener that stays readable.
                     l.paused_until = Some(now + ACCEPT_PAUSE);
-                    self.out.push(Event::AcceptPaused { listener: l.name.clone(), error: e.to_string() });
+                    self.out.push(Event::AcceptPaused {
+                        listener: l.name.clone(),
+                        error: e.to_string(),
+                    });
                     self.changed = true;
                     break;
                 }
@@ -114,9 +137,17 @@ impl Primary {
             .iter()
             .map(|(&key, p)| {
                 let (unacked, active) = (p.unacked.len(), p.active.len());
-                let room = self.cfg.max_inflight.is_none_or(|m| unacked + active < m) && unacked < self.cfg.handoff_window;
-                let ready = p.state == WorkerState::Ready && p.stopping.is_none() && p.hello && p.ipc_open;
-                Candidate { key, slot: p.slot, unacked, active, has_room: room && ready }
+                let room = self.cfg.max_inflight.is_none_or(|m| unacked + active < m)
+                    && unacked < self.cfg.handoff_window;
+                let ready =
+                    p.state == WorkerState::Ready && p.stopping.is_none() && p.hello && p.ipc_open;
+                Candidate {
+                    key,
+                    slot: p.slot,
+                    unacked,
+                    active,
+                    has_room: room && ready,
+                }
             })
             .collect()
     }
@@ -138,12 +169,16 @@ impl Primary {
                 }
                 break;
             };
-            let c = cands.iter_mut().find(|c| c.key == key).expect("chosen from the candidates");
+            let c = cands
+                .iter_mut()
+                .find(|c| c.key == key)
+                .expect("chosen from the candidates");
             match self.hand(key, w) {
                 Ok(()) => {
                     c.unacked += 1;
                     let limit = self.cfg.max_inflight.unwrap_or(usize::MAX);
-                    c.has_room = c.unacked < self.cfg.handoff_window && c.unacked + c.active < limit;
+                    c.has_room =
+                        c.unacked < self.cfg.handoff_window && c.unacked + c.active < limit;
                     if mode != Dispatch::Sticky {
                         self.rr_cursor = key;
                     }
@@ -162,8 +197,12 @@ impl Primary {
     /// Sends one connection to worker `key`, keeping the primary's copy until it is
     /// acknowledged. Gives the connection back if it cannot be sent.
     fn hand(&mut self, key: u64, w: Waiting) -> Result<(), Waiting> {
-        let Some(p) = self.procs.get_mut(&key) else { return Err(w) };
-        let Ok(copy) = w.fd.try_clone() else { return Err(w) };
+        let Some(p) = self.procs.get_mut(&key) else {
+            return Err(w);
+        };
+        let Ok(copy) = w.fd.try_clone() else {
+            return Err(w);
+        };
         let name = self.listeners[w.listener].name.as_bytes();
         let peer = w.peer.text.as_bytes();
         let mut body = Vec::with_capacity(12 + name.len() + peer.len());
@@ -172,7 +211,10 @@ impl Primary {
         body.extend_from_slice(name);
         body.extend_from_slice(&(peer.len() as u16).to_le_bytes());
         body.extend_from_slice(peer);
-        match p.conn.send_frame(&self.shared.waker, Kind::Connection, &body, Some(copy)) {
+        match p
+            .conn
+            .send_frame(&self.shared.waker, Kind::Connection, &body, Some(copy))
+        {
             Ok(()) => {
                 p.unacked.insert(w.id, w);
                 Ok(())
@@ -183,13 +225,17 @@ impl Primary {
 
     /// The worker has the connection: the primary lets go of its copy.
     pub(super) fn connection_acked(&mut self, key: u64, id: u64) -> Result<(), String> {
-        let Some(p) = self.procs.get_mut(&key) else { return Ok(()) };
+        let Some(p) = self.procs.get_mut(&key) else {
+            return Ok(());
+        };
         match p.unacked.remove(&id) {
             Some(_) => {
                 p.active.insert(id);
                 Ok(())
             }
-            None => Err(format!("acknowledgement of connection {id}, which was not handed to this worker")),
+            None => Err(format!(
+                "acknowledgement of connection {id}, which was not handed to this worker"
+            )),
         }
     }
 
@@ -216,11 +262,17 @@ impl Primary {
     pub(super) fn expire_waiting(&mut self, now: Instant) -> Option<Instant> {
         let timeout = self.cfg.queue_timeout;
         let before = self.waiting.len();
-        self.waiting.retain(|w| now.duration_since(w.since) < timeout);
+        self.waiting
+            .retain(|w| now.duration_since(w.since) < timeout);
         if self.waiting.len() != before {
             self.arm_listeners(now);
         }
-        let oldest = self.waiting.iter().map(|w| w.since).min().map(|t| t + timeout);
+        let oldest = self
+            .waiting
+            .iter()
+            .map(|w| w.since)
+            .min()
+            .map(|t| t + timeout);
         let resume = self.listeners.iter().filter_map(|l| l.paused_until).min();
         match (oldest, resume) {
             (Some(a), Some(b)) => Some(a.min(b)),

@@ -4,8 +4,8 @@
 
 mod handoff;
 
-pub(crate) use handoff::{conn_id, Bound, Waiting};
 use handoff::LISTENER;
+pub(crate) use handoff::{conn_id, Bound, Waiting};
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::os::fd::AsRawFd;
@@ -97,7 +97,12 @@ pub(crate) struct Primary {
 }
 
 impl Primary {
-    pub fn new(cfg: Config, program: &Path, shared: Arc<Shared>, listeners: Vec<Bound>) -> Result<Primary> {
+    pub fn new(
+        cfg: Config,
+        program: &Path,
+        shared: Arc<Shared>,
+        listeners: Vec<Bound>,
+    ) -> Result<Primary> {
         let epoll = Epoll::new().map_err(|e| Error::io("epoll_create1", e))?;
         epoll
             .add(shared.waker.raw(), libc::EPOLLIN as u32, WAKER)
@@ -932,7 +937,11 @@ impl Primary {
                 Incoming::Closed(id) => self.connection_closed(key, id),
                 Incoming::Ack(id) => {
                     if let Err(detail) = self.connection_acked(key, id) {
-                        self.out.push(Event::ProtocolError { id: slot, pid, detail });
+                        self.out.push(Event::ProtocolError {
+                            id: slot,
+                            pid,
+                            detail,
+                        });
                         self.close_ipc(key);
                         self.stop_worker(key, ExitReason::ProtocolError, false);
                         return;

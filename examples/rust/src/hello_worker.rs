@@ -1,53 +1,83 @@
 //! A tiny HTTP/1.1 server written with the rcluster worker library.
 //!
-//! Under rcluster it says ready once listening and sends heartbeats; run alone it is an
-//! ordinary server. It takes its listening socket from the supervisor when one is handed over
-//! (`LISTEN_FDS`, the systemd convention), else binds `--listen` with SO_REUSEPORT so that
-//! several workers can share the port.
+//! Where its connections come from:
+//! - under rcluster with a dispatched listener (`--listen` of `rcluster run`): the primary
+//!   accepts and hands each connection over IPC;
+//! - under rcluster in `shared` mode: it inherits the listening socket (`LISTEN_FDS`, the
+//!   systemd convention) and accepts itself;
+//! - alone, or given `--listen` itself: it binds that address with SO_REUSEPORT.
+//!
+//! Under rcluster it says ready, sends heartbeats, and on a disconnect request finishes the
+//! requests in flight, closes idle keep-alive connections and exits 0.
 
+use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::mem::size_of;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use rcluster_core::{Worker, WorkerEvent};
+use rcluster_core::{Connection, Worker, WorkerEvent};
 
 const USAGE: &str = "usage: hello-worker [--listen ADDR]   (default 127.0.0.1:8080)";
-/// Time to finish in-flight responses after the primary asks this worker to leave.
-const DRAIN_GRACE: Duration = Duration::from_millis(200);
+/// Longest wait for in-flight requests after the primary asks this worker to leave.
+const DRAIN_MAX: Duration = Duration::from_secs(3);
 /// An idle keep-alive connection is closed after this, so it does not pin a thread forever.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_LINE: u64 = 8192;
 
+/// Connections being served, so that a drain can close the idle keep-alive ones.
+#[derive(Default)]
+struct Open {
+    draining: AtomicBool,
+    conns: Mutex<HashMap<u64, (TcpStream, Arc<AtomicBool>)>>,
+}
+
 fn main() {
-    let addr = parse_args().unwrap_or_else(|msg| fail(&msg));
+    let (addr, explicit) = parse_args().unwrap_or_else(|msg| fail(&msg));
     let worker = Worker::from_env()
         .unwrap_or_else(|e| fail(&e.to_string()))
         .map(Arc::new);
+    // Under rcluster without an inherited socket, connections are dispatched by the primary,
+    // which holds the address: binding it here too would fail.
     let listener = match inherited_listener() {
-        Some(l) => Ok(l),
-        None => bind_reuseport(addr),
-    }
-    .unwrap_or_else(|e| fail(&format!("cannot listen on {addr}: {e}")));
+        Some(l) => Some(l),
+        None if worker.is_some() && !explicit => None,
+        None => Some(
+            bind_reuseport(addr).unwrap_or_else(|e| fail(&format!("cannot listen on {addr}: {e}"))),
+        ),
+    };
     let id = worker.as_ref().map_or(0, |w| w.id());
     let body: Arc<str> = format!("Hello from worker {id} (pid {})\n", std::process::id()).into();
-    if let Some(w) = worker {
+    if let Some(w) = &worker {
         w.ready().unwrap_or_else(|e| fail(&e.to_string()));
-        let hb = Arc::clone(&w);
+        let hb = Arc::clone(w);
         std::thread::spawn(move || {
             while hb.heartbeat().is_ok() {
                 std::thread::sleep(Duration::from_secs(1));
             }
         });
-        std::thread::spawn(move || watch_primary(&w));
     }
-    for conn in listener.incoming() {
-        match conn {
-            Ok(stream) => {
+    match listener {
+        Some(listener) => {
+            if let Some(w) = worker {
                 let body = Arc::clone(&body);
-                std::thread::spawn(move || serve(stream, &body));
+                std::thread::spawn(move || watch_primary(&w, &body));
+            }
+            accept_loop(listener, &body)
+        }
+        None => watch_primary(&worker.expect("checked above"), &body),
+    }
+}
+
+fn accept_loop(listener: TcpListener, body: &Arc<str>) -> ! {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let body = Arc::clone(body);
+                std::thread::spawn(move || serve(stream, &body, &AtomicBool::new(false), None));
             }
             // Out of descriptors or a connection reset before accept: back off, do not spin.
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -60,38 +90,86 @@ fn fail(msg: &str) -> ! {
     std::process::exit(1)
 }
 
-fn parse_args() -> Result<SocketAddr, String> {
+/// The address to bind, and whether it was given (rather than the default).
+fn parse_args() -> Result<(SocketAddr, bool), String> {
     let mut addr = "127.0.0.1:8080".to_string();
+    let mut explicit = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--listen" => addr = args.next().ok_or(USAGE)?,
+            "--listen" => {
+                addr = args.next().ok_or(USAGE)?;
+                explicit = true;
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
             }
             _ => match a.strip_prefix("--listen=") {
-                Some(v) => addr = v.to_string(),
+                Some(v) => {
+                    addr = v.to_string();
+                    explicit = true;
+                }
                 None => return Err(format!("unexpected argument {a:?}\n{USAGE}")),
             },
         }
     }
-    addr.parse()
-        .map_err(|_| format!("--listen: {addr:?} is not an address like 127.0.0.1:8080"))
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("--listen: {addr:?} is not an address like 127.0.0.1:8080"))?;
+    Ok((addr, explicit))
 }
 
-fn watch_primary(w: &Worker) {
+fn watch_primary(w: &Arc<Worker>, body: &Arc<str>) -> ! {
+    let open = Arc::new(Open::default());
     loop {
         match w.next_event(None) {
+            Ok(Some(WorkerEvent::Connection(c))) => take(w, &open, c, body),
             Ok(Some(WorkerEvent::Message(_))) | Ok(None) => {}
-            Ok(Some(WorkerEvent::Disconnect)) => {
-                std::thread::sleep(DRAIN_GRACE);
-                std::process::exit(0);
-            }
+            Ok(Some(WorkerEvent::Disconnect)) => drain(&open),
             Ok(Some(WorkerEvent::PrimaryGone)) => std::process::exit(0),
             Err(e) => fail(&e.to_string()),
         }
     }
+}
+
+/// Serves a dispatched connection on its own thread and reports it closed at the end.
+fn take(w: &Arc<Worker>, open: &Arc<Open>, c: Connection, body: &Arc<str>) {
+    let stream = TcpStream::from(c.fd);
+    let idle = Arc::new(AtomicBool::new(false));
+    if let Ok(copy) = stream.try_clone() {
+        open.conns
+            .lock()
+            .unwrap()
+            .insert(c.id, (copy, Arc::clone(&idle)));
+    }
+    let (w, open, body) = (Arc::clone(w), Arc::clone(open), Arc::clone(body));
+    std::thread::spawn(move || {
+        serve(stream, &body, &open.draining, Some(&idle));
+        open.conns.lock().unwrap().remove(&c.id);
+        let _ = w.connection_closed(c.id);
+    });
+}
+
+/// No new connections come after a disconnect request: finish what is in flight, close the
+/// keep-alive connections waiting for a next request, and leave.
+fn drain(open: &Open) -> ! {
+    open.draining.store(true, Ordering::SeqCst);
+    let until = Instant::now() + DRAIN_MAX;
+    while Instant::now() < until {
+        let conns = open.conns.lock().unwrap();
+        if conns.is_empty() {
+            break;
+        }
+        for (stream, idle) in conns.values() {
+            if idle.load(Ordering::SeqCst) {
+                let _ = stream.shutdown(Shutdown::Read);
+            }
+        }
+        drop(conns);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::process::exit(0)
 }
 
 /// Socket activation: fd 3 when `LISTEN_PID` names this process.
@@ -181,14 +259,20 @@ fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn serve(stream: TcpStream, body: &str) {
+/// Answers requests until the client closes, asks to close, or the worker drains. `idle`
+/// is set while waiting for a next request on a kept-alive connection.
+fn serve(stream: TcpStream, body: &str, draining: &AtomicBool, idle: Option<&AtomicBool>) {
     let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let Ok(read_half) = stream.try_clone() else {
         return;
     };
     let mut reader = BufReader::new(read_half);
     let mut out = stream;
-    while let Ok(Some(close)) = read_request(&mut reader) {
+    while let Ok(Some(asked_close)) = read_request(&mut reader) {
+        if let Some(idle) = idle {
+            idle.store(false, Ordering::SeqCst);
+        }
+        let close = asked_close || draining.load(Ordering::SeqCst);
         let connection = if close { "close" } else { "keep-alive" };
         let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n",
@@ -196,6 +280,9 @@ fn serve(stream: TcpStream, body: &str) {
         );
         if out.write_all(format!("{head}{body}").as_bytes()).is_err() || close {
             return;
+        }
+        if let Some(idle) = idle {
+            idle.store(true, Ordering::SeqCst);
         }
     }
 }

@@ -34,7 +34,11 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.first().map(String::as_str).unwrap_or("echo");
     let num = |i: usize| args.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    let w = Arc::new(Worker::from_env().expect("worker handshake").expect("run under rcluster"));
+    let w = Arc::new(
+        Worker::from_env()
+            .expect("worker handshake")
+            .expect("run under rcluster"),
+    );
     match mode {
         "never-ready" => sleep_forever(),
         "gen-fail" if w.generation() > 1 => sleep_forever(),
@@ -118,8 +122,17 @@ fn answer(w: &Worker, c: Connection, delay: Duration) {
         }
     }
     std::thread::sleep(delay);
-    let body = format!("{} {} {} {}", w.id(), std::process::id(), MAX_OPEN.load(Ordering::SeqCst), c.listener);
-    let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let body = format!(
+        "{} {} {} {}",
+        w.id(),
+        std::process::id(),
+        MAX_OPEN.load(Ordering::SeqCst),
+        c.listener
+    );
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     let _ = stream.write_all(reply.as_bytes());
     drop(stream);
     OPEN.fetch_sub(1, Ordering::SeqCst);
