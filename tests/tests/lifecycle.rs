@@ -465,3 +465,29 @@ fn a_second_shorter_stop_brings_the_kill_forward() {
     );
     assert!(sup.snapshot().is_err());
 }
+
+#[test]
+fn reload_with_max_surge_two_replaces_two_slots_at_a_time() {
+    let mut cfg = worker_config(4, &["echo"]);
+    cfg.ready_on = ReadyOn::Explicit;
+    cfg.max_surge = 2;
+    let sup = Supervisor::start(cfg).unwrap();
+    wait_ready(&sup, 4);
+    sup.reload().unwrap();
+    let (mut live, mut max_live) = (4, 4);
+    loop {
+        match wait_for(&sup, Duration::from_secs(10), |_| true) {
+            Event::Spawned { .. } => live += 1,
+            Event::Exit { .. } => live -= 1,
+            Event::ReloadDone { .. } => break,
+            Event::ReloadFailed { reason, .. } => panic!("reload failed: {reason}"),
+            _ => {}
+        }
+        max_live = max_live.max(live);
+    }
+    assert_eq!(
+        max_live, 6,
+        "expected exactly two extra workers at the peak"
+    );
+    assert!(sup.snapshot().unwrap().iter().all(|w| w.generation == 2));
+}

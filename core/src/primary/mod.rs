@@ -3,6 +3,9 @@
 //! toward what is wanted (`manage_workers`), gunicorn-arbiter style.
 
 mod handoff;
+mod reload;
+
+use reload::Reload;
 
 use handoff::LISTENER;
 pub(crate) use handoff::{conn_id, Bound, Waiting};
@@ -53,21 +56,6 @@ impl Slot {
             last_exit: None,
         }
     }
-}
-
-enum ReloadStep {
-    /// Pick the next slot.
-    Next,
-    /// The new worker `key` must become ready; `prev` is the slot's generation before.
-    WaitReady { slot: u32, key: u64, prev: u32 },
-    /// The old workers of `slot` must exit.
-    WaitOld { slot: u32 },
-}
-
-struct Reload {
-    generation: u32,
-    pending: VecDeque<u32>,
-    step: ReloadStep,
 }
 
 pub(crate) struct Primary {
@@ -309,25 +297,6 @@ impl Primary {
         Ok(())
     }
 
-    fn start_reload(&mut self) -> Result<u32> {
-        if self.stop_deadline.is_some() {
-            return Err(Error::Stopped);
-        }
-        if let Some(r) = &self.reload {
-            return Ok(r.generation);
-        }
-        self.generation += 1;
-        self.reload = Some(Reload {
-            generation: self.generation,
-            pending: (0..self.desired as u32).collect(),
-            step: ReloadStep::Next,
-        });
-        self.out.push(Event::ReloadStarted {
-            generation: self.generation,
-        });
-        Ok(self.generation)
-    }
-
     fn begin_stop(&mut self, timeout: Duration) {
         let now = self.clock.now();
         let deadline = now + timeout;
@@ -371,102 +340,6 @@ impl Primary {
             }
         }
         self.check_all_down();
-    }
-
-    fn step_reload(&mut self) {
-        let Some(mut r) = self.reload.take() else {
-            return;
-        };
-        loop {
-            match r.step {
-                ReloadStep::Next => {
-                    let Some(slot) = r.pending.pop_front() else {
-                        self.out.push(Event::ReloadDone {
-                            generation: r.generation,
-                        });
-                        return;
-                    };
-                    if slot as usize >= self.desired {
-                        continue;
-                    }
-                    let s = &mut self.slots[slot as usize];
-                    let prev = s.generation;
-                    s.generation = r.generation;
-                    s.gave_up = false;
-                    s.start_at = None;
-                    s.history.reset();
-                    match self.spawn_worker(slot, r.generation) {
-                        Some(key) => r.step = ReloadStep::WaitReady { slot, key, prev },
-                        None => {
-                            let reason = format!(
-                                "worker {slot} of generation {} could not be started",
-                                r.generation
-                            );
-                            return self.fail_reload(r.generation, slot, prev, reason);
-                        }
-                    }
-                }
-                ReloadStep::WaitReady { slot, key, prev } => match self.procs.get(&key) {
-                    Some(p) if p.state == WorkerState::Ready => {
-                        let old: Vec<u64> = self
-                            .procs
-                            .iter()
-                            .filter(|(_, p)| p.slot == slot && p.generation < r.generation)
-                            .map(|(k, _)| *k)
-                            .collect();
-                        for k in old {
-                            self.stop_worker(k, ExitReason::Requested, true);
-                        }
-                        r.step = ReloadStep::WaitOld { slot };
-                    }
-                    Some(_) => break,
-                    None => {
-                        let reason = format!(
-                            "worker {slot} of generation {} exited before it was ready",
-                            r.generation
-                        );
-                        return self.fail_reload(r.generation, slot, prev, reason);
-                    }
-                },
-                ReloadStep::WaitOld { slot } => {
-                    if self
-                        .procs
-                        .values()
-                        .any(|p| p.slot == slot && p.generation < r.generation)
-                    {
-                        break;
-                    }
-                    r.step = ReloadStep::Next;
-                }
-            }
-        }
-        self.reload = Some(r);
-    }
-
-    /// Ends a reload that cannot go on. The slot keeps its old worker, if it still has one,
-    /// and with it the old generation (so that the policy restarts it as before).
-    fn fail_reload(&mut self, generation: u32, slot: u32, prev: u32, reason: String) {
-        if self
-            .procs
-            .values()
-            .any(|p| p.slot == slot && p.generation == prev && p.is_live())
-        {
-            let s = &mut self.slots[slot as usize];
-            s.generation = prev;
-            s.start_at = None;
-            if let Some(p) = self
-                .procs
-                .values()
-                .find(|p| p.slot == slot && p.generation == prev && p.is_live())
-            {
-                self.shared
-                    .routes
-                    .write()
-                    .unwrap()
-                    .insert(slot, Arc::clone(&p.conn));
-            }
-        }
-        self.out.push(Event::ReloadFailed { generation, reason });
     }
 
     fn check_all_down(&mut self) {
