@@ -24,6 +24,8 @@ pub enum Kind {
     Connection = 6,
     ConnectionAck = 7,
     ConnectionClosed = 8,
+    Listen = 9,
+    ListenResult = 10,
 }
 
 impl Kind {
@@ -37,12 +39,14 @@ impl Kind {
             6 => Kind::Connection,
             7 => Kind::ConnectionAck,
             8 => Kind::ConnectionClosed,
+            9 => Kind::Listen,
+            10 => Kind::ListenResult,
             _ => return None,
         })
     }
 
     fn takes_fd(self) -> bool {
-        self == Kind::Connection
+        matches!(self, Kind::Connection | Kind::ListenResult)
     }
 }
 
@@ -218,6 +222,29 @@ impl Decoder {
             body: &self.buf[body_start..body_start + len],
         }))
     }
+}
+
+/// Appends a u16-length-prefixed string.
+pub fn put_str(out: &mut Vec<u8>, s: &str) {
+    let bytes = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Reads a u16-length-prefixed UTF-8 string from the front of `body`, advancing it.
+pub fn take_str(body: &mut &[u8]) -> Option<String> {
+    let len = u16::from_le_bytes(body.get(..2)?.try_into().ok()?) as usize;
+    let s = body.get(2..2 + len)?;
+    let s = String::from_utf8(s.to_vec()).ok()?;
+    *body = &body[2 + len..];
+    Some(s)
+}
+
+/// Reads a little-endian integer of N bytes from the front of `body`, advancing it.
+pub fn take_bytes<const N: usize>(body: &mut &[u8]) -> Option<[u8; N]> {
+    let b: [u8; N] = body.get(..N)?.try_into().ok()?;
+    *body = &body[N..];
+    Some(b)
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ pub use events::{Event, ExitInfo, WorkerInfo, WorkerState};
 pub use listen::{Dispatch, ListenAddr, Listener};
 pub use policy::{Clock, Decision, ExitReason, History, Jitter, SystemClock, XorShift};
 pub use supervisor::Supervisor;
-pub use worker::{Connection, Worker, WorkerEvent};
+pub use worker::{Connection, Listening, Worker, WorkerEvent};
 
 /// Number of open descriptors of this process, for leak checks in tests and benchmarks.
 pub fn open_fd_count() -> usize {

@@ -75,6 +75,28 @@ pub enum Dispatch {
     Shared,
 }
 
+impl Dispatch {
+    /// The byte that names the mode in a LISTEN frame.
+    pub fn to_u8(self) -> u8 {
+        match self {
+            Dispatch::RoundRobin => 0,
+            Dispatch::LeastConnections => 1,
+            Dispatch::Sticky => 2,
+            Dispatch::Shared => 3,
+        }
+    }
+
+    pub fn from_u8(b: u8) -> Option<Dispatch> {
+        Some(match b {
+            0 => Dispatch::RoundRobin,
+            1 => Dispatch::LeastConnections,
+            2 => Dispatch::Sticky,
+            3 => Dispatch::Shared,
+            _ => return None,
+        })
+    }
+}
+
 impl FromStr for Dispatch {
     type Err = Error;
 

@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::conn::Conn;
 use crate::events::WorkerState;
 use crate::frame::{self, Decoder, Kind};
+use crate::listen::Dispatch;
 use crate::output::PrefixPipe;
 use crate::policy::ExitReason;
 use crate::primary::Waiting;
@@ -59,6 +60,12 @@ pub enum Incoming {
     Ack(u64),
     /// The worker closed connection `id`.
     Closed(u64),
+    /// The worker asks for a listener on `addr` (what `server.listen()` in a worker means).
+    Listen {
+        request: u32,
+        dispatch: Dispatch,
+        addr: String,
+    },
 }
 
 /// Reading stopped because of this.
@@ -161,6 +168,19 @@ impl Process {
                         }
                     }
                 }
+                Kind::Listen if !frame.has_fd => match parse_listen(frame.body) {
+                    Some((request, dispatch, addr)) => Incoming::Listen {
+                        request,
+                        dispatch,
+                        addr,
+                    },
+                    None => {
+                        return Some(ReadEnd::Violation(format!(
+                            "malformed Listen frame of {} bytes",
+                            frame.body.len()
+                        )))
+                    }
+                },
                 other => {
                     return Some(ReadEnd::Violation(format!(
                         "unexpected {other:?} frame from a worker"
@@ -184,4 +204,12 @@ impl Process {
     pub fn is_live(&self) -> bool {
         self.stopping.is_none() && self.state != WorkerState::Draining
     }
+}
+
+/// Listen body: u32 request id, u8 dispatch mode, u16-prefixed address text.
+fn parse_listen(mut body: &[u8]) -> Option<(u32, Dispatch, String)> {
+    let request = u32::from_le_bytes(frame::take_bytes::<4>(&mut body)?);
+    let dispatch = Dispatch::from_u8(frame::take_bytes::<1>(&mut body)?[0])?;
+    let addr = frame::take_str(&mut body)?;
+    body.is_empty().then_some((request, dispatch, addr))
 }

@@ -49,6 +49,28 @@ struct Rx {
     decoder: Decoder,
     fds: VecDeque<OwnedFd>,
     gone: bool,
+    /// Events that arrived while `listen` waited for its answer.
+    pending: VecDeque<WorkerEvent>,
+}
+
+/// A listener the primary holds for this worker (see [`Worker::listen`]).
+#[derive(Debug)]
+pub struct Listening {
+    /// The name connections from it carry.
+    pub name: String,
+    /// The address it is bound to (a port 0 resolved).
+    pub addr: String,
+    /// In `shared` mode: the listening socket itself, to accept from.
+    pub fd: Option<OwnedFd>,
+}
+
+/// What one frame from the primary is.
+enum Decoded {
+    Event(WorkerEvent),
+    ListenResult {
+        request: u32,
+        result: std::result::Result<Listening, String>,
+    },
 }
 
 /// This process's link to its primary. `Send + Sync`; reads and writes may happen on
@@ -61,6 +83,7 @@ pub struct Worker {
     rx: Mutex<Rx>,
     tx: Mutex<Vec<u8>>,
     exit_on_primary_loss: AtomicBool,
+    next_request: std::sync::atomic::AtomicU32,
 }
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -109,6 +132,7 @@ impl Worker {
             decoder: Decoder::new(frame::MAX_CONTROL_BODY),
             fds: VecDeque::new(),
             gone: false,
+            pending: VecDeque::new(),
         };
         let deadline = Instant::now() + HELLO_TIMEOUT;
         let fields = loop {
@@ -166,6 +190,7 @@ impl Worker {
             rx: Mutex::new(rx),
             tx: Mutex::new(Vec::with_capacity(4096)),
             exit_on_primary_loss: AtomicBool::new(true),
+            next_request: std::sync::atomic::AtomicU32::new(1),
         };
         worker.write_frame(
             Kind::Hello,
@@ -256,20 +281,77 @@ impl Worker {
 
     /// Waits up to `timeout` (forever if None) for the next event.
     pub fn next_event(&self, timeout: Option<Duration>) -> Result<Option<WorkerEvent>> {
-        let deadline = timeout.map(|t| Instant::now() + t);
         let mut rx = self.rx.lock().unwrap();
+        if let Some(ev) = rx.pending.pop_front() {
+            return Ok(Some(ev));
+        }
+        match self.read_frame(&mut rx, timeout)? {
+            Some(Decoded::Event(ev)) => Ok(Some(ev)),
+            Some(Decoded::ListenResult { request, .. }) => Err(Error::Protocol(format!(
+                "answer to listen request {request}, which nobody is waiting for"
+            ))),
+            None if rx.gone => Ok(Some(self.primary_gone())),
+            None => Ok(None),
+        }
+    }
+
+    /// Asks the primary for a listener on `addr` (`127.0.0.1:8080`, `[::1]:0`, `unix:/path`),
+    /// as `server.listen()` does in a Node cluster worker: the primary binds each address once
+    /// and dispatches its connections to every worker that asked. Blocks until the answer;
+    /// events that arrive meanwhile are kept for `next_event`.
+    pub fn listen(&self, addr: &str, dispatch: crate::Dispatch) -> Result<Listening> {
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let mut body = request.to_le_bytes().to_vec();
+        body.push(dispatch.to_u8());
+        frame::put_str(&mut body, addr);
+        let mut rx = self.rx.lock().unwrap();
+        self.write_frame(Kind::Listen, &body)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(ev) = decode_one(&mut rx)? {
-                if let WorkerEvent::Connection(c) = &ev {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.read_frame(&mut rx, Some(left))? {
+                Some(Decoded::Event(ev)) => rx.pending.push_back(ev),
+                Some(Decoded::ListenResult { request: r, result }) if r == request => {
+                    return result.map_err(|e| Error::Bind {
+                        addr: addr.to_string(),
+                        source: std::io::Error::other(e),
+                    });
+                }
+                Some(Decoded::ListenResult { request: r, .. }) => {
+                    return Err(Error::Protocol(format!(
+                        "answer to listen request {r}, expected {request}"
+                    )));
+                }
+                None if rx.gone => {
+                    return Err(Error::Protocol(
+                        "the primary went away before answering listen".into(),
+                    ))
+                }
+                None if left.is_zero() => {
+                    return Err(Error::Protocol(format!(
+                        "no answer to listen on {addr} within 30 s"
+                    )))
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// The next decoded frame, reading as needed for up to `timeout`; None on timeout or EOF.
+    fn read_frame(&self, rx: &mut Rx, timeout: Option<Duration>) -> Result<Option<Decoded>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(d) = decode_one(rx)? {
+                if let Decoded::Event(WorkerEvent::Connection(c)) = &d {
                     // Acknowledged at once, before the application sees it: the primary keeps
                     // its copy until then and gives the connection to another worker if this
                     // one dies first.
                     self.write_frame(Kind::ConnectionAck, &c.id.to_le_bytes())?;
                 }
-                return Ok(Some(ev));
+                return Ok(Some(d));
             }
             if rx.gone {
-                return Ok(Some(self.primary_gone()));
+                return Ok(None);
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left != Some(Duration::ZERO)
@@ -278,15 +360,17 @@ impl Worker {
             {
                 return Ok(None);
             }
-            let Rx { decoder, fds, .. } = &mut *rx;
-            let res = sys::recv_with_fds(self.fd.as_raw_fd(), decoder.spare(64 * 1024), fds, false);
-            match res {
+            let Rx { decoder, fds, .. } = rx;
+            match sys::recv_with_fds(self.fd.as_raw_fd(), decoder.spare(64 * 1024), fds, false) {
                 Ok(0) => rx.gone = true,
                 Ok(n) => rx.decoder.commit(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if left == Some(Duration::ZERO) {
                         return Ok(None);
                     }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    return Err(Error::Protocol(e.to_string()))
                 }
                 Err(_) => rx.gone = true,
             }
@@ -301,25 +385,31 @@ impl Worker {
     }
 }
 
-fn decode_one(rx: &mut Rx) -> Result<Option<WorkerEvent>> {
+fn decode_one(rx: &mut Rx) -> Result<Option<Decoded>> {
     let Some(f) = rx.decoder.next_frame()? else {
         return Ok(None);
     };
+    let mut fd = || {
+        rx.fds
+            .pop_front()
+            .ok_or_else(|| Error::Protocol(format!("{:?} frame without its descriptor", f.kind)))
+    };
     Ok(Some(match f.kind {
-        Kind::Message => WorkerEvent::Message(f.body.to_vec()),
-        Kind::Disconnect => WorkerEvent::Disconnect,
+        Kind::Message => Decoded::Event(WorkerEvent::Message(f.body.to_vec())),
+        Kind::Disconnect => Decoded::Event(WorkerEvent::Disconnect),
         Kind::Connection => {
-            let fd = rx
-                .fds
-                .pop_front()
-                .ok_or_else(|| Error::Protocol("connection frame without its descriptor".into()))?;
+            let fd = fd()?;
             let (id, listener, peer) = parse_connection(f.body)?;
-            WorkerEvent::Connection(Connection {
+            Decoded::Event(WorkerEvent::Connection(Connection {
                 id,
                 fd,
                 listener,
                 peer,
-            })
+            }))
+        }
+        Kind::ListenResult => {
+            let fd = if f.has_fd { Some(fd()?) } else { None };
+            parse_listen_result(f.body, fd)?
         }
         other => {
             return Err(Error::Protocol(format!(
@@ -327,6 +417,23 @@ fn decode_one(rx: &mut Rx) -> Result<Option<WorkerEvent>> {
             )))
         }
     }))
+}
+
+/// ListenResult body: u32 request id, u8 status (0 ok: name, address; 1 error: message).
+fn parse_listen_result(mut body: &[u8], fd: Option<OwnedFd>) -> Result<Decoded> {
+    let bad = || Error::Protocol("malformed ListenResult frame".into());
+    let request = u32::from_le_bytes(frame::take_bytes::<4>(&mut body).ok_or_else(bad)?);
+    let status = frame::take_bytes::<1>(&mut body).ok_or_else(bad)?[0];
+    let first = frame::take_str(&mut body).ok_or_else(bad)?;
+    let result = match status {
+        0 => Ok(Listening {
+            name: first,
+            addr: frame::take_str(&mut body).ok_or_else(bad)?,
+            fd,
+        }),
+        _ => Err(first),
+    };
+    Ok(Decoded::ListenResult { request, result })
 }
 
 /// Connection body: u64 id, u16 name length, name, u16 peer length, peer (all little-endian).

@@ -1,8 +1,9 @@
 //! Helpers shared by the end-to-end tests.
 
+use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
-use rcluster_core::{Config, Event, Supervisor};
+use rcluster_core::{Config, Event, ListenAddr, Supervisor};
 
 /// Path of the test worker program built with this crate: next to the test binary's
 /// `deps/` folder, where cargo puts the package's binaries.
@@ -94,4 +95,84 @@ pub fn zombie_children() -> usize {
             state == "Z" && ppid == me
         })
         .count()
+}
+
+/// Bound on every client read and write: a hung request fails instead of hanging the test.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a test worker in `serve`-like modes answers: "ID PID MAXCONC LISTENER".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub id: u32,
+    pub pid: u32,
+    /// Most connections the worker ever held at once.
+    pub maxconc: usize,
+    pub listener: String,
+}
+
+impl Reply {
+    pub fn parse(body: &str) -> io::Result<Reply> {
+        let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("bad body {body:?}"));
+        let f: Vec<&str> = body.split_whitespace().collect();
+        let [id, pid, maxconc, listener] = f[..] else {
+            return Err(bad());
+        };
+        Ok(Reply {
+            id: id.parse().map_err(|_| bad())?,
+            pid: pid.parse().map_err(|_| bad())?,
+            maxconc: maxconc.parse().map_err(|_| bad())?,
+            listener: listener.to_string(),
+        })
+    }
+}
+
+/// Sends one HTTP request on `stream` and reads the response to the end; returns the body of
+/// a 200 response. An empty or cut response is an error (`UnexpectedEof`).
+pub fn http_exchange<S: Read + Write>(mut stream: S) -> io::Result<String> {
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("incomplete response {text:?}"),
+        ));
+    };
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(io::Error::other(format!("unexpected response {text:?}")));
+    }
+    Ok(body.to_string())
+}
+
+/// One request on a new connection to `addr` (TCP or Unix); returns the response body.
+pub fn http_get(addr: &ListenAddr) -> io::Result<String> {
+    match addr {
+        ListenAddr::Tcp(sa) => {
+            let s = std::net::TcpStream::connect_timeout(sa, CLIENT_TIMEOUT)?;
+            s.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+            s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+            http_exchange(s)
+        }
+        ListenAddr::Unix(path) => {
+            let s = std::os::unix::net::UnixStream::connect(path)?;
+            s.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+            s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+            http_exchange(s)
+        }
+    }
+}
+
+/// One request to a test worker listening behind `addr`, parsed.
+pub fn request(addr: &ListenAddr) -> io::Result<Reply> {
+    Reply::parse(&http_get(addr)?)
+}
+
+/// The actual address of the supervisor's listener `name` (port 0 resolved).
+pub fn listener_addr(sup: &Supervisor, name: &str) -> ListenAddr {
+    sup.listeners()
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, a)| a.clone())
+        .unwrap_or_else(|| panic!("no listener named {name}"))
 }

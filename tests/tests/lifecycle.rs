@@ -491,3 +491,15 @@ fn reload_with_max_surge_two_replaces_two_slots_at_a_time() {
     );
     assert!(sup.snapshot().unwrap().iter().all(|w| w.generation == 2));
 }
+
+#[test]
+fn reload_of_programs_ready_at_spawn_completes() {
+    let mut cfg = Config::new(["sh", "-c", "sleep 300"]);
+    cfg.workers = 2;
+    cfg.ready_on = ReadyOn::Spawn;
+    let sup = Supervisor::start(cfg).unwrap();
+    wait_ready(&sup, 2);
+    sup.reload().unwrap();
+    wait_for(&sup, Duration::from_secs(10), |e| matches!(e, Event::ReloadDone { generation: 2 }));
+    assert!(sup.snapshot().unwrap().iter().all(|w| w.generation == 2));
+}

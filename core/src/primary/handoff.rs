@@ -1,14 +1,14 @@
 //! The primary's connection side: accepting on listeners, queueing, handing connections to
 //! workers over IPC and taking them back from workers that die before acknowledging.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use super::Primary;
 use crate::dispatch::{self, Candidate, Choice, SlotState};
 use crate::events::{Event, WorkerState};
-use crate::frame::Kind;
+use crate::frame::{self, Kind};
 use crate::listen::{self, Dispatch, ListenAddr, Peer};
 use crate::process::Process;
 
@@ -29,6 +29,11 @@ pub struct Bound {
     /// In the epoll set right now.
     armed: bool,
     paused_until: Option<Instant>,
+    /// The workers that asked for this listener at run time; None for a configured listener,
+    /// which serves every worker.
+    subscribers: Option<HashSet<u64>>,
+    /// The address as a worker asked for it (e.g. port 0), for matching later requests.
+    requested: Option<String>,
 }
 
 impl Bound {
@@ -40,6 +45,8 @@ impl Bound {
             dispatch,
             armed: false,
             paused_until: None,
+            subscribers: None,
+            requested: None,
         }
     }
 }
@@ -161,7 +168,16 @@ impl Primary {
         let mut kept = VecDeque::new();
         while let Some(w) = self.waiting.pop_front() {
             let mode = self.listeners[w.listener].dispatch;
-            let choice = dispatch::choose(mode, &cands, self.rr_cursor, w.peer.ip, &Slots(self));
+            let choice = match &self.listeners[w.listener].subscribers {
+                None => dispatch::choose(mode, &cands, self.rr_cursor, w.peer.ip, &Slots(self)),
+                Some(subs) => {
+                    let mut only = cands.clone();
+                    only.iter_mut()
+                        .filter(|c| !subs.contains(&c.key))
+                        .for_each(|c| c.has_room = false);
+                    dispatch::choose(mode, &only, self.rr_cursor, w.peer.ip, &Slots(self))
+                }
+            };
             let Choice::Worker(key) = choice else {
                 kept.push_back(w);
                 if mode == Dispatch::Sticky {
@@ -248,9 +264,77 @@ impl Primary {
         self.distribute();
     }
 
+    /// A worker asks for a listener: bind it once per address, and from then on dispatch its
+    /// connections to every worker that asked. The answer goes back to the asking worker (with
+    /// the socket itself in `shared` mode).
+    pub(super) fn worker_listen(
+        &mut self,
+        key: u64,
+        request: u32,
+        dispatch: Dispatch,
+        addr: String,
+    ) {
+        let result = self.find_or_bind(key, dispatch, &addr);
+        let Some(p) = self.procs.get(&key) else {
+            return;
+        };
+        let mut body = request.to_le_bytes().to_vec();
+        let fd = match &result {
+            Ok(i) => {
+                let l = &self.listeners[*i];
+                body.push(0);
+                frame::put_str(&mut body, &l.name);
+                frame::put_str(&mut body, &l.addr.to_string());
+                if l.dispatch == Dispatch::Shared {
+                    l.fd.try_clone().ok()
+                } else {
+                    None
+                }
+            }
+            Err(e) => {
+                body.push(1);
+                frame::put_str(&mut body, e);
+                None
+            }
+        };
+        let _ = p
+            .conn
+            .send_frame(&self.shared.waker, Kind::ListenResult, &body, fd);
+    }
+
+    fn find_or_bind(&mut self, key: u64, dispatch: Dispatch, addr: &str) -> Result<usize, String> {
+        let parsed: ListenAddr = addr.parse().map_err(|e: crate::Error| e.to_string())?;
+        let found = self
+            .listeners
+            .iter()
+            .position(|l| l.requested.as_deref() == Some(addr) || l.addr == parsed);
+        let index = match found {
+            Some(i) => i,
+            None => {
+                let fd = listen::bind(&parsed).map_err(|e| e.to_string())?;
+                let actual = listen::local_addr(fd.as_raw_fd(), &parsed);
+                let mut b = Bound::new(addr.to_string(), actual, fd, dispatch);
+                b.subscribers = Some(HashSet::new());
+                b.requested = Some(addr.to_string());
+                self.listeners.push(b);
+                self.arm_listeners(self.clock.now());
+                self.listeners.len() - 1
+            }
+        };
+        if let Some(subs) = &mut self.listeners[index].subscribers {
+            subs.insert(key);
+        }
+        Ok(index)
+    }
+
     /// A worker is gone: connections it never acknowledged go to the front of the queue, to be
     /// handed to another worker (they never reached an application).
-    pub(super) fn take_back(&mut self, p: &mut Process) {
+    pub(super) fn take_back(&mut self, key: u64, p: &mut Process) {
+        for l in &mut self.listeners {
+            if let Some(subs) = &mut l.subscribers {
+                subs.remove(&key);
+            }
+        }
         let mut back: Vec<Waiting> = p.unacked.drain().map(|(_, w)| w).collect();
         back.sort_by_key(|w| w.id);
         for w in back.into_iter().rev() {
@@ -284,7 +368,7 @@ impl Primary {
     pub(super) fn shared_listeners(&self) -> Vec<(std::os::fd::RawFd, &str)> {
         self.listeners
             .iter()
-            .filter(|l| l.dispatch == Dispatch::Shared)
+            .filter(|l| l.dispatch == Dispatch::Shared && l.subscribers.is_none())
             .map(|l| (l.fd.as_raw_fd(), l.name.as_str()))
             .collect()
     }

@@ -150,7 +150,13 @@ impl Primary {
             if self.stop_deadline.is_some() && self.procs.is_empty() {
                 break;
             }
-            let timeout = deadline.map(|d: Instant| d.saturating_duration_since(self.clock.now()));
+            // A pass that changed something (a spawn, a worker ready) may enable another step
+            // (the next slot of a reload): run it at once rather than after the next event.
+            let timeout = if self.changed {
+                Some(Duration::ZERO)
+            } else {
+                deadline.map(|d: Instant| d.saturating_duration_since(self.clock.now()))
+            };
             if let Err(e) = self.epoll.wait(&mut ready, timeout) {
                 // Cannot happen with a valid epoll fd; do not spin if it does.
                 eprintln!("rcluster: epoll_wait failed: {e}");
@@ -415,6 +421,7 @@ impl Primary {
     // ---- worker lifecycle: spawn, stop, reap ----
 
     fn spawn_worker(&mut self, slot: u32, generation: u32) -> Option<u64> {
+        self.changed = true;
         match self.try_spawn(slot, generation) {
             Ok(key) => {
                 self.all_down_said = false;
@@ -546,6 +553,7 @@ impl Primary {
     }
 
     fn mark_ready(&mut self, key: u64) {
+        self.changed = true;
         let now = self.clock.now();
         let Some(p) = self.procs.get_mut(&key) else {
             return;
@@ -692,7 +700,7 @@ impl Primary {
         }
         unroute(&self.shared, &p);
         p.conn.close();
-        self.take_back(&mut p);
+        self.take_back(key, &mut p);
         let reason = match p.stopping.as_ref().and_then(|s| s.reason) {
             Some(r) => r,
             None if status.code == Some(0) => ExitReason::Exited,
@@ -808,6 +816,11 @@ impl Primary {
                 }),
                 Incoming::Disconnect => self.worker_disconnected(key),
                 Incoming::Closed(id) => self.connection_closed(key, id),
+                Incoming::Listen {
+                    request,
+                    dispatch,
+                    addr,
+                } => self.worker_listen(key, request, dispatch, addr),
                 Incoming::Ack(id) => {
                     if let Err(detail) = self.connection_acked(key, id) {
                         self.out.push(Event::ProtocolError {

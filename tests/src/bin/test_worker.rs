@@ -16,6 +16,17 @@
 //! - `serve MS`: like echo; every connection gets, after MS milliseconds, a one-line HTTP
 //!   response whose body is "ID PID MAXCONC LISTENER" (MAXCONC: most connections it ever held
 //!   at once); then the connection is closed and reported closed
+//! - `drain MS`: like `serve MS`, but on disconnect it finishes the connections it holds before
+//!   exiting, as a real server drains (plain `serve` exits at once)
+//! - `report MS`: like `serve MS`, and sends the message "conn PEER" for every connection it
+//!   gets, right after the (automatic) acknowledgement
+//! - `crash-on-connection ID`: the worker with slot ID reads its IPC socket raw and exits with
+//!   code 3 at the first connection handed to it, without acknowledging it; other slots serve
+//!   as in `serve 0`
+//!
+//! - `listen ADDR MODE`: asks the primary for a listener on ADDR with dispatch MODE, sends
+//!   "listening NAME ADDR" (or "listen-error MESSAGE"), then serves like `serve 0` (in shared
+//!   mode it accepts on the socket it got itself)
 //!
 //! In every mode that echoes, dispatched connections are served as in `serve 0`.
 
@@ -67,6 +78,24 @@ fn main() {
         "oversized" => raw_write(&[0, 0, 0, 64, 4, 0, 0, 0]),
         "count" => count(&w),
         "serve" => serve(&w, Duration::from_millis(num(1))),
+        "listen" => {
+            let mode: rcluster_core::Dispatch = args[2].parse().unwrap();
+            match w.listen(&args[1], mode) {
+                Ok(l) => {
+                    w.send(format!("listening {} {}", l.name, l.addr).as_bytes())
+                        .unwrap();
+                    if let Some(fd) = l.fd {
+                        let (w, name) = (Arc::clone(&w), l.name);
+                        std::thread::spawn(move || accept_shared(&w, fd, &name));
+                    }
+                }
+                Err(e) => w.send(format!("listen-error {e}").as_bytes()).unwrap(),
+            }
+            echo(&w)
+        }
+        "drain" => drain(&w, Duration::from_millis(num(1))),
+        "report" => report(&w, Duration::from_millis(num(1))),
+        "crash-on-connection" if u64::from(w.id()) == num(1) => crash_on_connection(&w),
         "env" => {
             let vars: Vec<String> = std::env::vars()
                 .filter(|(k, _)| k.starts_with("RCLUSTER_"))
@@ -106,6 +135,117 @@ fn serve(w: &Arc<Worker>, delay: Duration) {
             Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => std::process::exit(0),
             None => {}
         }
+    }
+}
+
+/// Connections received and not yet closed; counted before the serving thread starts, so that
+/// a disconnect right after a handoff cannot miss one.
+static PENDING: AtomicUsize = AtomicUsize::new(0);
+
+fn drain(w: &Arc<Worker>, delay: Duration) {
+    loop {
+        match w.next_event(None).unwrap() {
+            Some(WorkerEvent::Connection(c)) => {
+                PENDING.fetch_add(1, Ordering::SeqCst);
+                let w = Arc::clone(w);
+                std::thread::spawn(move || {
+                    answer(&w, c, delay);
+                    PENDING.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+            Some(WorkerEvent::Message(m)) if m.starts_with(b"!") => command(w, &m),
+            Some(WorkerEvent::Message(m)) => w.send(&m).unwrap(),
+            Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => {
+                // Every connection handed before the disconnect came before it on the socket,
+                // so PENDING already counts them all.
+                while PENDING.load(Ordering::SeqCst) > 0 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                std::process::exit(0)
+            }
+            None => {}
+        }
+    }
+}
+
+fn report(w: &Arc<Worker>, delay: Duration) {
+    loop {
+        match w.next_event(None).unwrap() {
+            Some(WorkerEvent::Connection(c)) => {
+                w.send(format!("conn {}", c.peer).as_bytes()).unwrap();
+                let w = Arc::clone(w);
+                std::thread::spawn(move || answer(&w, c, delay));
+            }
+            Some(WorkerEvent::Message(m)) if m.starts_with(b"!") => command(w, &m),
+            Some(WorkerEvent::Message(m)) => w.send(&m).unwrap(),
+            Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => std::process::exit(0),
+            None => {}
+        }
+    }
+}
+
+/// Reads frames straight from the IPC socket, bypassing the library (which acknowledges every
+/// connection before returning it), and dies at the first connection frame: the primary must
+/// then give that connection to another worker.
+fn crash_on_connection(w: &Worker) -> ! {
+    const DISCONNECT: u8 = 5;
+    const CONNECTION: u8 = 6;
+    let fd = w.as_raw_fd();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: reads into a buffer of the given size. Plain recv drops any descriptor that
+        // came along, so this process never holds the client connection.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n <= 0 {
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                _ if n == 0 => {}
+                std::io::ErrorKind::Interrupted => continue,
+                std::io::ErrorKind::WouldBlock => {
+                    let mut p = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut p, 1, -1) };
+                    continue;
+                }
+                _ => {}
+            }
+            std::process::exit(0);
+        }
+        pending.extend_from_slice(&buf[..n as usize]);
+        while pending.len() >= 8 {
+            match pending[4] {
+                CONNECTION => std::process::exit(3),
+                DISCONNECT => std::process::exit(0),
+                _ => {}
+            }
+            let len = u32::from_le_bytes(pending[..4].try_into().unwrap()) as usize;
+            if pending.len() < 8 + len {
+                break;
+            }
+            pending.drain(..8 + len);
+        }
+    }
+}
+
+/// Accepts on a listening socket this worker holds itself (shared mode).
+fn accept_shared(w: &Arc<Worker>, fd: std::os::fd::OwnedFd, name: &str) {
+    let listener = std::net::TcpListener::from(fd);
+    listener.set_nonblocking(false).unwrap();
+    for (n, stream) in listener.incoming().enumerate() {
+        let Ok(stream) = stream else { continue };
+        let c = Connection {
+            id: u64::MAX - n as u64,
+            fd: stream.into(),
+            listener: name.to_string(),
+            peer: String::new(),
+        };
+        let w = Arc::clone(w);
+        std::thread::spawn(move || answer(&w, c, Duration::ZERO));
     }
 }
 
