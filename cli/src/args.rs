@@ -33,14 +33,16 @@ Signals (send them to the rcluster process):
 Exit status:
   0  stopped by SIGINT/SIGTERM, or every worker finished cleanly on its own
   1  every worker went down on its own and at least one failed (or rcluster itself failed)
-  2  invalid arguments or configuration (for example, a command that does not exist)";
+  2  invalid arguments or configuration (for example, a command that does not exist, or a
+     --listen address already in use)";
 
 const RUN_AFTER_HELP: &str = "\
 DUR is a number with an optional unit: 500ms, 5s, 2m, 1h; a bare number means seconds.
 
 Examples:
   rcluster run -- sleep 300
-  rcluster run -w 2 --ready explicit --prefix-output -- ./hello-worker --listen 127.0.0.1:8080
+  rcluster run -w 4 --listen :8080 --dispatch shared -- ./server-with-socket-activation
+  rcluster run -w 2 --ready explicit --listen 127.0.0.1:8080 -- ./hello-worker
 
 Signals: SIGINT/SIGTERM stop (twice: kill now), SIGHUP reloads, SIGTTIN/SIGTTOU scale by one.
 Exit status: 0 after a requested stop, 1 when the cluster went down with failures, 2 on bad usage.";

@@ -44,6 +44,8 @@ fn start(args: &args::RunArgs) -> Result<i32, (i32, String)> {
             Some(flag) => (EXIT_USAGE, format!("{e} (set by {flag})")),
             None => (EXIT_USAGE, e.to_string()),
         },
+        // A listen address that cannot be used is a usage problem too: nothing was started.
+        Error::Bind { .. } => (EXIT_USAGE, format!("{e} (set by --listen)")),
         e => (run::EXIT_FAILED, e.to_string()),
     })?;
     Ok(run::Runner::new(sup, sigfd, kill_timeout, workers).run())

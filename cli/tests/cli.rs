@@ -498,3 +498,70 @@ fn prefix_output_tags_every_worker_line_with_its_id() {
         "an unprefixed line:\n{stdout}"
     );
 }
+
+fn http_get_body(addr: &str) -> String {
+    let mut conn = TcpStream::connect(addr).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).expect("read the reply");
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    reply.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
+}
+
+#[test]
+fn listen_flag_has_the_primary_dispatch_connections_to_every_worker() {
+    let worker = hello_worker_binary();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let listen = format!("{addr}=http");
+    let mut c = Cluster::start(&[
+        "run",
+        "-w",
+        "2",
+        "--ready",
+        "explicit",
+        "--listen",
+        &listen,
+        "--",
+        worker.to_str().unwrap(),
+    ]);
+    c.wait_for_count(": ready", 2);
+    let mut bodies: Vec<String> = (0..6).map(|_| http_get_body(&addr)).collect();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(
+        bodies.len(),
+        2,
+        "round-robin should reach both workers: {bodies:?}"
+    );
+    c.signal(libc::SIGTERM);
+    assert_eq!(
+        c.wait_exit(Duration::from_secs(15)).code(),
+        Some(0),
+        "log:\n{}",
+        c.log_text()
+    );
+}
+
+#[test]
+fn listen_on_an_address_in_use_exits_2_naming_it() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = rcluster_output(&["run", "-w", "1", "--listen", &addr, "--", "sleep", "300"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&addr) && stderr.contains("in use"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("spawned"),
+        "a worker was started: {stderr}"
+    );
+}
