@@ -146,27 +146,27 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 
 const BACKLOG: libc::c_int = 1024;
 
-/// Binds and listens, non-blocking and CLOEXEC. The error names the address.
-pub fn bind(addr: &ListenAddr) -> Result<OwnedFd> {
+/// Binds and listens, CLOEXEC. The error names the address. A listener the primary accepts on
+/// is non-blocking; a `shared` one stays blocking, because the flag belongs to the open file
+/// that workers inherit and socket-activated servers expect a blocking socket, as systemd
+/// hands them.
+pub fn bind(addr: &ListenAddr, dispatch: Dispatch) -> Result<OwnedFd> {
     let fail = |e: io::Error| Error::Bind {
         addr: addr.to_string(),
         source: e,
     };
+    let nonblocking = dispatch != Dispatch::Shared;
     match addr {
-        ListenAddr::Tcp(sa) => bind_tcp(sa).map_err(fail),
-        ListenAddr::Unix(path) => bind_unix(path).map_err(fail),
+        ListenAddr::Tcp(sa) => bind_tcp(sa, nonblocking).map_err(fail),
+        ListenAddr::Unix(path) => bind_unix(path, nonblocking).map_err(fail),
     }
 }
 
-fn socket(domain: libc::c_int) -> io::Result<OwnedFd> {
+fn socket(domain: libc::c_int, nonblocking: bool) -> io::Result<OwnedFd> {
+    let flags =
+        libc::SOCK_STREAM | libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
     // SAFETY: plain syscall; the fd is owned right away.
-    let fd = cvt(unsafe {
-        libc::socket(
-            domain,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    })?;
+    let fd = cvt(unsafe { libc::socket(domain, flags, 0) })?;
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -175,9 +175,9 @@ fn set_int_opt(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: libc::c_int) 
     cvt(unsafe { libc::setsockopt(fd, level, opt, (&v as *const libc::c_int).cast(), 4) }).map(drop)
 }
 
-fn bind_tcp(sa: &SocketAddr) -> io::Result<OwnedFd> {
+fn bind_tcp(sa: &SocketAddr, nonblocking: bool) -> io::Result<OwnedFd> {
     let (storage, len) = sockaddr_from(sa);
-    let fd = socket(storage.ss_family as libc::c_int)?;
+    let fd = socket(storage.ss_family as libc::c_int, nonblocking)?;
     // Rebinding right after a restart of the primary must not fail on TIME_WAIT connections.
     set_int_opt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     if sa.is_ipv6() {
@@ -195,8 +195,8 @@ fn bind_tcp(sa: &SocketAddr) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-fn bind_unix(path: &std::path::Path) -> io::Result<OwnedFd> {
-    let fd = socket(libc::AF_UNIX)?;
+fn bind_unix(path: &std::path::Path, nonblocking: bool) -> io::Result<OwnedFd> {
+    let fd = socket(libc::AF_UNIX, nonblocking)?;
     // SAFETY: sockaddr_un is plain data.
     let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
@@ -401,9 +401,9 @@ mod tests {
 
     #[test]
     fn address_in_use_is_an_error_naming_it() {
-        let first = bind(&"127.0.0.1:0".parse().unwrap()).unwrap();
+        let first = bind(&"127.0.0.1:0".parse().unwrap(), Dispatch::RoundRobin).unwrap();
         let taken = local_addr(first.as_raw_fd(), &"127.0.0.1:0".parse().unwrap());
-        let e = bind(&taken).unwrap_err().to_string();
+        let e = bind(&taken, Dispatch::RoundRobin).unwrap_err().to_string();
         assert!(
             e.contains(&taken.to_string()) && e.contains("in use"),
             "{e}"

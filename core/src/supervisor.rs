@@ -54,7 +54,7 @@ impl Supervisor {
         // Bound before anything starts: an address in use fails `start` with nothing running.
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
-            let fd = listen::bind(&l.addr).inspect_err(|_| {
+            let fd = listen::bind(&l.addr, l.dispatch).inspect_err(|_| {
                 listeners
                     .iter()
                     .for_each(|b: &Bound| listen::unlink_unix(&b.addr))

@@ -500,6 +500,8 @@ fn reload_of_programs_ready_at_spawn_completes() {
     let sup = Supervisor::start(cfg).unwrap();
     wait_ready(&sup, 2);
     sup.reload().unwrap();
-    wait_for(&sup, Duration::from_secs(10), |e| matches!(e, Event::ReloadDone { generation: 2 }));
+    wait_for(&sup, Duration::from_secs(10), |e| {
+        matches!(e, Event::ReloadDone { generation: 2 })
+    });
     assert!(sup.snapshot().unwrap().iter().all(|w| w.generation == 2));
 }

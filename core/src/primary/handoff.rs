@@ -67,13 +67,15 @@ impl SlotState for Slots<'_> {
         self.0.desired as u32
     }
 
+    /// Down for good: no process at all (a draining one will be followed by its replacement)
+    /// and no start planned.
     fn slot_down(&self, slot: u32) -> bool {
         let coming = self
             .0
             .slots
             .get(slot as usize)
-            .is_some_and(|s| s.start_at.is_some());
-        !coming && !self.0.procs.values().any(|p| p.slot == slot && p.is_live())
+            .is_some_and(|s| s.start_at.is_some() && !s.gave_up);
+        !coming && !self.0.procs.values().any(|p| p.slot == slot)
     }
 }
 
@@ -164,6 +166,12 @@ impl Primary {
         if self.waiting.is_empty() || self.stop_deadline.is_some() {
             return;
         }
+        // Expired connections are closed before anything is handed: a slot freed after the
+        // timeout must not serve a client that was already given up on.
+        let now = self.clock.now();
+        let timeout = self.cfg.queue_timeout;
+        self.waiting
+            .retain(|w| now.duration_since(w.since) < timeout);
         let mut cands = self.candidates();
         let mut kept = VecDeque::new();
         while let Some(w) = self.waiting.pop_front() {
@@ -207,7 +215,11 @@ impl Primary {
         }
         kept.append(&mut self.waiting);
         self.waiting = kept;
-        self.arm_listeners(self.clock.now());
+        // Connections left waiting need the loop's timer for `queue_timeout`.
+        if !self.waiting.is_empty() {
+            self.changed = true;
+        }
+        self.arm_listeners(now);
     }
 
     /// Sends one connection to worker `key`, keeping the primary's copy until it is
@@ -311,7 +323,7 @@ impl Primary {
         let index = match found {
             Some(i) => i,
             None => {
-                let fd = listen::bind(&parsed).map_err(|e| e.to_string())?;
+                let fd = listen::bind(&parsed, dispatch).map_err(|e| e.to_string())?;
                 let actual = listen::local_addr(fd.as_raw_fd(), &parsed);
                 let mut b = Bound::new(addr.to_string(), actual, fd, dispatch);
                 b.subscribers = Some(HashSet::new());
