@@ -3,7 +3,8 @@
 # figures drift from run to run) and prints one summary table with the ratios.
 #
 # Usage: bench/run.sh            (from anywhere; needs ../shared/anchors beside the repository)
-# Environment: STREAM_MSGS (2000000), RTT_COUNT (50000), RESTARTS (200), WORKERS (16).
+# Environment: STREAM_MSGS (2000000), RTT_COUNT (50000), RESTARTS (200), WORKERS (16);
+# for the HTTP dispatch section (bench/http.sh): DURATION (5s), CONNS (50), MANY (64), ROUNDS (3).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -60,6 +61,18 @@ else
     echo "rss: unavailable: the command line did not build" >"$tmp/rss.out"
 fi
 
+# HTTP dispatch through the primary against shared sockets and Node's cluster (bench/http.sh
+# starts its own servers, needs wrk and installs it when missing, and stops everything it
+# started). It takes a few minutes, hence its own, longer bound.
+if [[ $cli_built == yes ]]; then
+    echo "== http: bench/http.sh"
+    if ! timeout 900 "$repo/bench/http.sh" | tee "$tmp/http.out"; then
+        echo "run.sh: http failed or timed out" >&2
+    fi
+else
+    echo "http: unavailable: the command line did not build" >"$tmp/http.out"
+fi
+
 # field FILE PATTERN N: the Nth field of the first line matching PATTERN ("" if none).
 field() { awk -v n="$3" "/$2/ { print \$n; exit }" "$tmp/$1.out" 2>/dev/null || true; }
 raw_rate=$(field uds_limit '^stream:' 11)
@@ -113,4 +126,10 @@ printf '%-34s %14s\n' "   restart p90 / p99 ms" "${rs_p90:--} / ${rs_p99:--}"
 printf '%-34s %14s %14s %s\n' "d) primary RSS MB, $workers workers" "$rss_mb" "<= 10" "$(verdict "$rss_mb" '<=' 10)"
 if [[ -z $rss_kb ]]; then
     echo "   (rss: $(sed -n 's/^rss: unavailable: //p' "$tmp/rss.out" | head -1))"
+fi
+echo
+if grep -q '^== http summary' "$tmp/http.out"; then
+    sed -n '/^== http summary/,$p' "$tmp/http.out"
+else
+    echo "== http summary: missing ($(head -1 "$tmp/http.out" 2>/dev/null))"
 fi
