@@ -25,8 +25,9 @@ pub enum WorkerEvent {
 
 /// A connection handed over by the primary. The socket is in blocking mode, as `accept(2)`
 /// returns it; set it non-blocking for an event loop. When it is closed, report it with
-/// [`Worker::connection_closed`] if the primary limits connections per worker
-/// (`least-conn`, `max_inflight`).
+/// [`Worker::connection_closed`] (a no-op unless the primary counts connections). Shut down
+/// the write side before closing (`shutdown(SHUT_WR)`): until the primary has read the
+/// acknowledgement it holds a copy, and a plain close would not end the connection.
 #[derive(Debug)]
 pub struct Connection {
     pub id: u64,
@@ -64,13 +65,20 @@ pub struct Listening {
     pub fd: Option<OwnedFd>,
 }
 
-/// What one frame from the primary is.
+/// What one frame from the primary is, to the application.
 enum Decoded {
     Event(WorkerEvent),
     ListenResult {
         request: u32,
         result: std::result::Result<Listening, String>,
     },
+}
+
+/// What one frame from the primary is, before connections are acknowledged.
+enum Raw {
+    Decoded(Decoded),
+    /// A connection, and whether the primary wants to hear when it closes.
+    Connection(Connection, bool),
 }
 
 /// This process's link to its primary. `Send + Sync`; reads and writes may happen on
@@ -84,6 +92,9 @@ pub struct Worker {
     tx: Mutex<Vec<u8>>,
     exit_on_primary_loss: AtomicBool,
     next_request: std::sync::atomic::AtomicU32,
+    /// Connections whose close the primary wants to hear about. Its own lock: a thread blocked
+    /// in `next_event` holds the receive side's.
+    report_close: Mutex<std::collections::HashSet<u64>>,
 }
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -191,6 +202,7 @@ impl Worker {
             tx: Mutex::new(Vec::with_capacity(4096)),
             exit_on_primary_loss: AtomicBool::new(true),
             next_request: std::sync::atomic::AtomicU32::new(1),
+            report_close: Mutex::default(),
         };
         worker.write_frame(
             Kind::Hello,
@@ -242,7 +254,12 @@ impl Worker {
     }
 
     /// Tells the primary that connection `id` is closed, making room for another.
+    /// Only connections the primary counts (least-connections dispatch, `max_inflight`) are
+    /// reported; for the others this costs nothing.
     pub fn connection_closed(&self, id: u64) -> Result<()> {
+        if !self.report_close.lock().unwrap().remove(&id) {
+            return Ok(());
+        }
         self.write_frame(Kind::ConnectionClosed, &id.to_le_bytes())
     }
 
@@ -341,14 +358,19 @@ impl Worker {
     fn read_frame(&self, rx: &mut Rx, timeout: Option<Duration>) -> Result<Option<Decoded>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            if let Some(d) = decode_one(rx)? {
-                if let Decoded::Event(WorkerEvent::Connection(c)) = &d {
-                    // Acknowledged at once, before the application sees it: the primary keeps
-                    // its copy until then and gives the connection to another worker if this
-                    // one dies first.
-                    self.write_frame(Kind::ConnectionAck, &c.id.to_le_bytes())?;
+            if let Some(raw) = decode_one(rx)? {
+                let (c, report) = match raw {
+                    Raw::Decoded(d) => return Ok(Some(d)),
+                    Raw::Connection(c, report) => (c, report),
+                };
+                if report {
+                    self.report_close.lock().unwrap().insert(c.id);
                 }
-                return Ok(Some(d));
+                // Acknowledged at once, before the application sees it: the primary keeps its
+                // copy until then and gives the connection to another worker if this one
+                // dies first.
+                self.write_frame(Kind::ConnectionAck, &c.id.to_le_bytes())?;
+                return Ok(Some(Decoded::Event(WorkerEvent::Connection(c))));
             }
             if rx.gone {
                 return Ok(None);
@@ -385,7 +407,7 @@ impl Worker {
     }
 }
 
-fn decode_one(rx: &mut Rx) -> Result<Option<Decoded>> {
+fn decode_one(rx: &mut Rx) -> Result<Option<Raw>> {
     let Some(f) = rx.decoder.next_frame()? else {
         return Ok(None);
     };
@@ -395,21 +417,24 @@ fn decode_one(rx: &mut Rx) -> Result<Option<Decoded>> {
             .ok_or_else(|| Error::Protocol(format!("{:?} frame without its descriptor", f.kind)))
     };
     Ok(Some(match f.kind {
-        Kind::Message => Decoded::Event(WorkerEvent::Message(f.body.to_vec())),
-        Kind::Disconnect => Decoded::Event(WorkerEvent::Disconnect),
+        Kind::Message => Raw::Decoded(Decoded::Event(WorkerEvent::Message(f.body.to_vec()))),
+        Kind::Disconnect => Raw::Decoded(Decoded::Event(WorkerEvent::Disconnect)),
         Kind::Connection => {
             let fd = fd()?;
-            let (id, listener, peer) = parse_connection(f.body)?;
-            Decoded::Event(WorkerEvent::Connection(Connection {
-                id,
-                fd,
-                listener,
-                peer,
-            }))
+            let (id, report, listener, peer) = parse_connection(f.body)?;
+            Raw::Connection(
+                Connection {
+                    id,
+                    fd,
+                    listener,
+                    peer,
+                },
+                report,
+            )
         }
         Kind::ListenResult => {
             let fd = if f.has_fd { Some(fd()?) } else { None };
-            parse_listen_result(f.body, fd)?
+            Raw::Decoded(parse_listen_result(f.body, fd)?)
         }
         other => {
             return Err(Error::Protocol(format!(
@@ -437,7 +462,7 @@ fn parse_listen_result(mut body: &[u8], fd: Option<OwnedFd>) -> Result<Decoded> 
 }
 
 /// Connection body: u64 id, u16 name length, name, u16 peer length, peer (all little-endian).
-fn parse_connection(body: &[u8]) -> Result<(u64, String, String)> {
+fn parse_connection(body: &[u8]) -> Result<(u64, bool, String, String)> {
     let bad = || {
         Error::Protocol(format!(
             "malformed connection frame of {} bytes",
@@ -445,7 +470,11 @@ fn parse_connection(body: &[u8]) -> Result<(u64, String, String)> {
         ))
     };
     let id = u64::from_le_bytes(body.get(..8).ok_or_else(bad)?.try_into().unwrap());
-    let mut rest = &body[8..];
+    let flags = *body.get(8).ok_or_else(bad)?;
+    if flags & !1 != 0 {
+        return Err(bad());
+    }
+    let mut rest = &body[9..];
     let mut text = || -> Result<String> {
         let len = u16::from_le_bytes(rest.get(..2).ok_or_else(bad)?.try_into().unwrap()) as usize;
         let s = rest.get(2..2 + len).ok_or_else(bad)?;
@@ -454,7 +483,7 @@ fn parse_connection(body: &[u8]) -> Result<(u64, String, String)> {
     };
     let listener = text()?;
     let peer = text()?;
-    Ok((id, listener, peer))
+    Ok((id, flags & 1 != 0, listener, peer))
 }
 
 #[cfg(test)]

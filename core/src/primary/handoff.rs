@@ -233,8 +233,13 @@ impl Primary {
         };
         let name = self.listeners[w.listener].name.as_bytes();
         let peer = w.peer.text.as_bytes();
-        let mut body = Vec::with_capacity(12 + name.len() + peer.len());
+        // Only least-connections and max_inflight count open connections: elsewhere the worker
+        // is spared a close report per connection.
+        let counted = self.listeners[w.listener].dispatch == Dispatch::LeastConnections
+            || self.cfg.max_inflight.is_some();
+        let mut body = Vec::with_capacity(13 + name.len() + peer.len());
         body.extend_from_slice(&w.id.to_le_bytes());
+        body.push(u8::from(counted));
         body.extend_from_slice(&(name.len() as u16).to_le_bytes());
         body.extend_from_slice(name);
         body.extend_from_slice(&(peer.len() as u16).to_le_bytes());
@@ -256,15 +261,18 @@ impl Primary {
         let Some(p) = self.procs.get_mut(&key) else {
             return Ok(());
         };
-        match p.unacked.remove(&id) {
-            Some(_) => {
-                p.active.insert(id);
-                Ok(())
-            }
-            None => Err(format!(
+        let Some(w) = p.unacked.remove(&id) else {
+            return Err(format!(
                 "acknowledgement of connection {id}, which was not handed to this worker"
-            )),
+            ));
+        };
+        // Counted until reported closed only where the worker was asked to report it.
+        if self.cfg.max_inflight.is_some()
+            || self.listeners[w.listener].dispatch == Dispatch::LeastConnections
+        {
+            p.active.insert(id);
         }
+        Ok(())
     }
 
     /// The worker closed a connection: room for the next one.

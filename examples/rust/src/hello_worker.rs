@@ -278,7 +278,13 @@ fn serve(stream: TcpStream, body: &str, draining: &AtomicBool, idle: Option<&Ato
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n",
             body.len()
         );
-        if out.write_all(format!("{head}{body}").as_bytes()).is_err() || close {
+        if out.write_all(format!("{head}{body}").as_bytes()).is_err() {
+            return;
+        }
+        if close {
+            // The FIN goes out now even if the primary still holds its copy of the socket
+            // (it lets go once it has read the acknowledgement).
+            let _ = out.shutdown(Shutdown::Write);
             return;
         }
         if let Some(idle) = idle {

@@ -274,6 +274,7 @@ fn answer(w: &Worker, c: Connection, delay: Duration) {
         body.len()
     );
     let _ = stream.write_all(reply.as_bytes());
+    let _ = stream.shutdown(std::net::Shutdown::Write);
     drop(stream);
     OPEN.fetch_sub(1, Ordering::SeqCst);
     let _ = w.connection_closed(c.id);
