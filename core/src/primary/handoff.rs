@@ -164,6 +164,7 @@ impl Primary {
     /// Hands waiting connections to workers with room, oldest first.
     pub(super) fn distribute(&mut self) {
         if self.waiting.is_empty() || self.stop_deadline.is_some() {
+            self.queue_deadline = None;
             return;
         }
         // Expired connections are closed before anything is handed: a slot freed after the
@@ -215,10 +216,9 @@ impl Primary {
         }
         kept.append(&mut self.waiting);
         self.waiting = kept;
-        // Connections left waiting need the loop's timer for `queue_timeout`.
-        if !self.waiting.is_empty() {
-            self.changed = true;
-        }
+        // Connections left waiting need the loop's timer for `queue_timeout`; the oldest one
+        // is at the front, except for sticky ones kept back, so take the minimum.
+        self.queue_deadline = self.waiting.iter().map(|w| w.since + timeout).min();
         self.arm_listeners(now);
     }
 
@@ -362,7 +362,8 @@ impl Primary {
         }
     }
 
-    /// Closes connections that waited longer than `queue_timeout`; the next deadline, if any.
+    /// Closes connections that waited longer than `queue_timeout` (and sets the timer for the
+    /// next one); returns when a paused listener resumes, if one is paused.
     pub(super) fn expire_waiting(&mut self, now: Instant) -> Option<Instant> {
         let timeout = self.cfg.queue_timeout;
         let before = self.waiting.len();
@@ -371,17 +372,8 @@ impl Primary {
         if self.waiting.len() != before {
             self.arm_listeners(now);
         }
-        let oldest = self
-            .waiting
-            .iter()
-            .map(|w| w.since)
-            .min()
-            .map(|t| t + timeout);
-        let resume = self.listeners.iter().filter_map(|l| l.paused_until).min();
-        match (oldest, resume) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.queue_deadline = self.waiting.iter().map(|w| w.since + timeout).min();
+        self.listeners.iter().filter_map(|l| l.paused_until).min()
     }
 
     /// Listening sockets workers inherit (`shared` dispatch), with their names.

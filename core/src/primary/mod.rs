@@ -82,6 +82,8 @@ pub(crate) struct Primary {
     /// The worker round-robin chose last.
     rr_cursor: u64,
     next_conn_id: u64,
+    /// When the oldest waiting connection reaches `queue_timeout`.
+    queue_deadline: Option<Instant>,
 }
 
 impl Primary {
@@ -119,6 +121,7 @@ impl Primary {
             waiting: VecDeque::new(),
             rr_cursor: 0,
             next_conn_id: 1,
+            queue_deadline: None,
             cfg,
         })
     }
@@ -134,7 +137,8 @@ impl Primary {
             // Reconciling is O(workers): do it when something changed or a timer is due, not
             // for every message that passes through.
             let now = self.clock.now();
-            if self.changed || deadline.is_some_and(|d| now >= d) {
+            let queue_due = self.queue_deadline.is_some_and(|d| now >= d);
+            if self.changed || queue_due || deadline.is_some_and(|d| now >= d) {
                 self.changed = false;
                 self.manage_workers(now);
                 self.murder_workers(now);
@@ -155,7 +159,11 @@ impl Primary {
             let timeout = if self.changed {
                 Some(Duration::ZERO)
             } else {
-                deadline.map(|d: Instant| d.saturating_duration_since(self.clock.now()))
+                let next = match (deadline, self.queue_deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                next.map(|d: Instant| d.saturating_duration_since(self.clock.now()))
             };
             if let Err(e) = self.epoll.wait(&mut ready, timeout) {
                 // Cannot happen with a valid epoll fd; do not spin if it does.
@@ -789,8 +797,15 @@ impl Primary {
         if p.frames != frames {
             p.last_seen = self.clock.now();
         }
-        let only_messages = incoming.iter().all(|m| matches!(m, Incoming::Message(_)));
-        if !only_messages || !matches!(end, ReadEnd::Drained) {
+        // Messages and connection bookkeeping change no worker's lifecycle: no reconcile pass
+        // (it is O(workers)) for them.
+        let routine = incoming.iter().all(|m| {
+            matches!(
+                m,
+                Incoming::Message(_) | Incoming::Ack(_) | Incoming::Closed(_)
+            )
+        });
+        if !routine || !matches!(end, ReadEnd::Drained) {
             self.changed = true;
         }
         for msg in incoming {
