@@ -1,0 +1,1 @@
+//! Node binding of rcluster (to be written).

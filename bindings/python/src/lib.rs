@@ -1,0 +1,1 @@
+//! Python binding of rcluster (to be written).
