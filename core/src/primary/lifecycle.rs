@@ -1,0 +1,377 @@
+//! A worker's life as the loop sees it: spawning, readiness, stopping, reaping, and what the
+//! restart policy makes of an exit.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{unroute, Primary, IPC, PIDFD, STDOUT};
+use crate::config::{Output, ReadyOn};
+use crate::conn::Conn;
+use crate::error::{Error, Result};
+use crate::events::{Event, ExitInfo, WorkerState};
+use crate::frame::{self, Decoder, Kind};
+use crate::output::PrefixPipe;
+use crate::policy::{Decision, ExitReason};
+use crate::process::{Process, Stopping};
+use crate::spawn;
+use crate::sys::{self, WaitStatus};
+
+impl Primary {
+    pub(super) fn spawn_worker(&mut self, slot: u32, generation: u32) -> Option<u64> {
+        self.changed = true;
+        match self.try_spawn(slot, generation) {
+            Ok(key) => {
+                self.all_down_said = false;
+                Some(key)
+            }
+            Err(e) => {
+                self.out.push(Event::SpawnFailed {
+                    id: slot,
+                    error: e.to_string(),
+                });
+                let info = ExitInfo {
+                    pid: 0,
+                    code: Some(127),
+                    signal: None,
+                    reason: ExitReason::Crashed,
+                };
+                self.after_exit(slot, info, Duration::ZERO);
+                None
+            }
+        }
+    }
+
+    pub(super) fn try_spawn(&mut self, slot: u32, generation: u32) -> Result<u64> {
+        let (parent, child) = sys::socketpair().map_err(|e| Error::io("socketpair", e))?;
+        sys::set_nonblocking(parent.as_raw_fd(), true).map_err(|e| Error::io("fcntl", e))?;
+        // The hello is in the socket before the worker runs, so the worker library can read it
+        // at start-up without waiting.
+        sys::send(
+            parent.as_raw_fd(),
+            &frame::primary_hello(self.cfg.max_message as u32, slot, generation),
+        )
+        .map_err(|e| Error::io("writing the hello", e))?;
+        let (mut pipes, mut ends) = ([None, None], [None, None]);
+        if self.cfg.output == Output::Prefix {
+            for (i, target) in [1, 2].into_iter().enumerate() {
+                let (r, w) = sys::pipe().map_err(|e| Error::io("pipe2", e))?;
+                sys::set_nonblocking(r.as_raw_fd(), true).map_err(|e| Error::io("fcntl", e))?;
+                pipes[i] = Some(PrefixPipe::new(r, target, slot));
+                ends[i] = Some(w);
+            }
+        }
+        let [stdout, stderr] = ends;
+        let shared = self.shared_listeners();
+        let req = spawn::Request {
+            shared: &shared,
+            id: slot,
+            generation,
+            ipc: child,
+            stdout,
+            stderr,
+        };
+        let pid = spawn::spawn(&self.exec, req).map_err(|source| Error::Spawn {
+            program: self.cfg.argv[0].to_string_lossy().into_owned(),
+            source,
+        })?;
+        let pidfd = match sys::pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                sys::kill_group(pid, libc::SIGKILL);
+                // SAFETY: reaps this one child, which we just killed.
+                unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+                return Err(Error::io("pidfd_open", e));
+            }
+        };
+        let key = self.next_key;
+        self.next_key += 1;
+        let conn = Arc::new(Conn::new(
+            slot,
+            parent,
+            self.cfg.send_queue_limit,
+            self.cfg.max_message,
+        ));
+        let add = |fd, what| self.epoll.add(fd, libc::EPOLLIN as u32, key << 2 | what);
+        add(conn.raw(), IPC)
+            .and(add(pidfd.as_raw_fd(), PIDFD))
+            .map_err(|e| Error::io("epoll_ctl", e))?;
+        for (i, p) in pipes.iter().enumerate() {
+            if let Some(p) = p {
+                add(p.fd.as_raw_fd(), STDOUT + i as u64).map_err(|e| Error::io("epoll_ctl", e))?;
+            }
+        }
+        let now = self.clock.now();
+        let ready_deadline =
+            (self.cfg.ready_on != ReadyOn::Spawn).then(|| now + self.cfg.ready_timeout);
+        self.procs.insert(
+            key,
+            Process {
+                slot,
+                generation,
+                pid,
+                pidfd,
+                conn: Arc::clone(&conn),
+                decoder: Decoder::new(self.cfg.max_message),
+                rx_fds: VecDeque::new(),
+                ipc_open: true,
+                frames: 0,
+                out_armed: false,
+                hello: false,
+                state: WorkerState::Starting,
+                spawned_at: now,
+                ready_deadline,
+                last_seen: now,
+                stopping: None,
+                pipes,
+                unacked: HashMap::new(),
+                active: HashSet::new(),
+            },
+        );
+        self.out.push(Event::Spawned {
+            id: slot,
+            pid: pid as u32,
+            generation,
+        });
+        // A reload's new worker takes messages only once it is ready; any other at once.
+        self.shared
+            .routes
+            .write()
+            .unwrap()
+            .entry(slot)
+            .or_insert(conn);
+        if self.cfg.ready_on == ReadyOn::Spawn {
+            self.out.push(Event::Online {
+                id: slot,
+                pid: pid as u32,
+            });
+            self.mark_ready(key);
+        }
+        Ok(key)
+    }
+
+    pub(super) fn mark_ready(&mut self, key: u64) {
+        self.changed = true;
+        let now = self.clock.now();
+        let Some(p) = self.procs.get_mut(&key) else {
+            return;
+        };
+        if p.state == WorkerState::Ready || p.stopping.is_some() {
+            return;
+        }
+        p.state = WorkerState::Ready;
+        p.ready_deadline = None;
+        p.last_seen = now;
+        self.out.push(Event::Ready {
+            id: p.slot,
+            pid: p.pid as u32,
+        });
+        if p.generation == self.slots[p.slot as usize].generation {
+            self.shared
+                .routes
+                .write()
+                .unwrap()
+                .insert(p.slot, Arc::clone(&p.conn));
+        }
+    }
+
+    /// Asks a worker to stop, or kills it at once when `graceful` is false.
+    ///
+    /// A worker that speaks the protocol gets a DISCONNECT frame first, SIGTERM to its group
+    /// at half of `kill_timeout` and SIGKILL at `kill_timeout`: the frame lets a library worker
+    /// finish its work and exit 0, the signal reaches one whose loop does not read. Any other
+    /// program gets SIGTERM at once.
+    pub(super) fn stop_worker(&mut self, key: u64, reason: ExitReason, graceful: bool) {
+        self.changed = true;
+        let now = self.clock.now();
+        let grace = match self.stop_deadline {
+            Some(d) => d.saturating_duration_since(now).min(self.cfg.kill_timeout),
+            None => self.cfg.kill_timeout,
+        };
+        let Some(p) = self.procs.get_mut(&key) else {
+            return;
+        };
+        match &mut p.stopping {
+            Some(s) if s.killed => return,
+            Some(s) if graceful => {
+                // Asked again (e.g. a stop after the worker's own disconnect): keep the earlier
+                // deadlines unless this one is sooner, and take the supervisor's reason.
+                s.reason = s.reason.or(Some(reason));
+                s.kill_at = s.kill_at.min(now + grace);
+                s.term_at = s.term_at.map(|t| t.min(now + grace / 2));
+                return;
+            }
+            Some(s) => s.killed = true,
+            None if graceful => {
+                let term_at = if p.hello {
+                    let _ = p
+                        .conn
+                        .send_frame(&self.shared.waker, Kind::Disconnect, &[], None);
+                    Some(now + grace / 2)
+                } else {
+                    sys::kill_group(p.pid, libc::SIGTERM);
+                    None
+                };
+                p.stopping = Some(Stopping {
+                    reason: Some(reason),
+                    term_at,
+                    kill_at: now + grace,
+                    killed: false,
+                });
+                p.state = WorkerState::Draining;
+                unroute(&self.shared, p);
+                return;
+            }
+            None => {
+                p.stopping = Some(Stopping {
+                    reason: Some(reason),
+                    term_at: None,
+                    kill_at: now,
+                    killed: true,
+                });
+                p.state = WorkerState::Draining;
+                unroute(&self.shared, p);
+            }
+        }
+        sys::kill_group(p.pid, libc::SIGKILL);
+    }
+
+    /// The worker said it is leaving on its own: no new work, and it has `kill_timeout` to go.
+    pub(super) fn worker_disconnected(&mut self, key: u64) {
+        let now = self.clock.now();
+        let Some(p) = self.procs.get_mut(&key) else {
+            return;
+        };
+        if p.stopping.is_none() {
+            let kill_at = now + self.cfg.kill_timeout;
+            p.stopping = Some(Stopping {
+                reason: None,
+                term_at: None,
+                kill_at,
+                killed: false,
+            });
+            p.state = WorkerState::Draining;
+            unroute(&self.shared, p);
+        }
+    }
+
+    pub(super) fn reap_worker(&mut self, key: u64) {
+        self.changed = true;
+        let Some(p) = self.procs.get(&key) else {
+            return;
+        };
+        let status = match sys::try_reap(p.pidfd_raw()) {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(e) => {
+                // ECHILD: somebody else reaped it (a host calling waitpid(-1)); the exit status
+                // is lost but the process is gone.
+                eprintln!(
+                    "rcluster: waitid for worker {} (pid {}) failed: {e}",
+                    p.slot, p.pid
+                );
+                WaitStatus {
+                    code: None,
+                    signal: None,
+                }
+            }
+        };
+        // Messages sent just before exiting are still in the socket: deliver them first.
+        if p.ipc_open
+            && p.stopping
+                .as_ref()
+                .is_none_or(|s| s.reason != Some(ExitReason::ProtocolError))
+        {
+            self.read_worker(key);
+        }
+        let Some(mut p) = self.procs.remove(&key) else {
+            return;
+        };
+        // Leftover children in the worker's group must not outlive it.
+        sys::kill_group(p.pid, libc::SIGKILL);
+        self.epoll.delete(p.conn.raw());
+        self.epoll.delete(p.pidfd_raw());
+        for pipe in p.pipes.iter_mut().flatten() {
+            while pipe.pump() {}
+            pipe.finish();
+            self.epoll.delete(pipe.fd.as_raw_fd());
+        }
+        unroute(&self.shared, &p);
+        p.conn.close();
+        self.take_back(key, &mut p);
+        let reason = match p.stopping.as_ref().and_then(|s| s.reason) {
+            Some(r) => r,
+            None if status.code == Some(0) => ExitReason::Exited,
+            None => ExitReason::Crashed,
+        };
+        let info = ExitInfo {
+            pid: p.pid as u32,
+            code: status.code,
+            signal: status.signal,
+            reason,
+        };
+        self.out.push(Event::Exit {
+            id: p.slot,
+            generation: p.generation,
+            info,
+        });
+        let uptime = self.clock.now().saturating_duration_since(p.spawned_at);
+        let slot_is_current =
+            p.generation == self.slots.get(p.slot as usize).map_or(0, |s| s.generation);
+        let replaced = self.procs.values().any(|o| o.slot == p.slot && o.is_live());
+        if !replaced && slot_is_current {
+            self.after_exit(p.slot, info, uptime);
+        } else if let Some(s) = self.slots.get_mut(p.slot as usize) {
+            s.last_exit = Some(info);
+        }
+    }
+
+    /// Decides what follows the exit of a slot's worker.
+    pub(super) fn after_exit(&mut self, slot: u32, info: ExitInfo, uptime: Duration) {
+        if self.stop_deadline.is_some() || slot as usize >= self.desired {
+            return;
+        }
+        let now = self.clock.now();
+        let s = &mut self.slots[slot as usize];
+        s.last_exit = Some(info);
+        let decision = if info.reason == ExitReason::Requested {
+            Decision::Restart {
+                delay: Duration::ZERO,
+                attempt: 0,
+            }
+        } else {
+            s.history.decide(
+                &self.cfg.restart,
+                info.reason,
+                info.code,
+                uptime,
+                now,
+                self.jitter.as_mut(),
+            )
+        };
+        match decision {
+            Decision::Restart { delay, attempt } => {
+                s.start_at = Some(now + delay);
+                s.restarts += 1;
+                if info.reason != ExitReason::Requested {
+                    self.out.push(Event::Restarting {
+                        id: slot,
+                        delay,
+                        attempt,
+                    });
+                }
+            }
+            Decision::Stay => s.start_at = None,
+            Decision::GiveUp { restarts } => {
+                s.start_at = None;
+                s.gave_up = true;
+                self.out.push(Event::GaveUp {
+                    id: slot,
+                    restarts,
+                    window: self.cfg.restart.window,
+                });
+            }
+        }
+    }
+}
