@@ -133,3 +133,21 @@ if grep -q '^== http summary' "$tmp/http.out"; then
 else
     echo "== http summary: missing ($(head -1 "$tmp/http.out" 2>/dev/null))"
 fi
+
+# C API overhead: the stream of (a) sent through librcluster (bench/c/ipc_stream.c, the same
+# bench_worker), compared with the Rust API's figure from this same run.
+echo
+echo "== C API: bench/c/ipc_stream.c"
+if (cd "$repo" && cargo build --release -p rcluster-ffi) &&
+    gcc -O2 -Wall -Wextra -Werror -I"$repo/include" -o "$tmp/ipc_stream_c" "$repo/bench/c/ipc_stream.c" \
+        "$bin/librcluster.a" -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc; then
+    run ipc_c "$tmp/ipc_stream_c" "$bin/bench_worker" "$stream_msgs" 3
+else
+    echo "run.sh: building the C benchmark failed" >&2
+    : >"$tmp/ipc_c.out"
+fi
+c_rate=$(field ipc_c '^stream median:' 3)
+c_ratio=$(calc 'a/b' "$c_rate" "$rc_rate")
+printf '%-34s %14s\n' "stream msg/s, C API" "${c_rate:--}"
+printf '%-34s %14s\n' "stream msg/s, Rust API" "${rc_rate:--}"
+printf '%-34s %14s %14s %s\n' "C API / Rust API" "${c_ratio}x" ">= 0.9x" "$(verdict "$c_ratio" '>=' 0.9)"

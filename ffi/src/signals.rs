@@ -1,0 +1,240 @@
+//! The opt-in signal helper for C programs that own their process: SIGINT/SIGTERM stop,
+//! SIGHUP reloads, SIGTTIN/SIGTTOU add or remove a worker — the `rcluster` command's mapping.
+//!
+//! Signals are blocked and read from a signalfd, so nothing ever runs in signal context and
+//! the program decides when they are handled (from its own loop), as gunicorn's arbiter does.
+
+use std::ffi::c_int;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::args::{self, handle};
+use crate::result::{guard, guard_void, rcluster_result, Fail, Res};
+use crate::supervisor::rcluster_supervisor;
+
+const HANDLED: [c_int; 5] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+];
+
+/// The signal helper (opaque). Made by `rcluster_signals_new`, released by
+/// `rcluster_signals_free`.
+pub struct rcluster_signals {
+    fd: OwnedFd,
+    set: libc::sigset_t,
+    /// How many stop signals were seen: the first stops gracefully, the second kills.
+    stops: AtomicU32,
+}
+
+fn handled_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use; the signal
+    // numbers are valid.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in HANDLED {
+            libc::sigaddset(&mut set, sig);
+        }
+        set
+    }
+}
+
+/// Blocks SIGINT, SIGTERM, SIGHUP, SIGTTIN and SIGTTOU in the calling thread and opens a
+/// signalfd for them; `rcluster_signals_handle` then turns each into an API call.
+/// Call it first thing in `main`, before `rcluster_supervisor_start` and before starting any
+/// thread: threads inherit the signal mask, and a signal not blocked in some thread is
+/// delivered there with its default action (ending the process). Installs no handler.
+///
+/// # Safety
+/// `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn rcluster_signals_new(out: *mut *mut rcluster_signals) -> rcluster_result {
+    guard("rcluster_signals_new", || {
+        let out = args::out(out, "out")?;
+        let set = handled_set();
+        // SAFETY: `set` is initialised; the old mask is not needed.
+        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(Fail::new(
+                rcluster_result::Io,
+                format!("pthread_sigmask: {}", std::io::Error::from_raw_os_error(rc)),
+            ));
+        }
+        // SAFETY: `set` is initialised; -1 asks for a new descriptor.
+        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(Fail::new(rcluster_result::Io, format!("signalfd: {e}")));
+        }
+        let s = Box::new(rcluster_signals {
+            // SAFETY: a fresh descriptor that nothing else owns.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            set,
+            stops: AtomicU32::new(0),
+        });
+        unsafe { args::put(out, Box::into_raw(s)) };
+        Ok(())
+    })
+}
+
+/// Closes the signalfd and unblocks the five signals in the calling thread (other threads keep
+/// their masks). NULL is allowed and does nothing.
+///
+/// # Safety
+/// `sigs` is NULL or a helper from `rcluster_signals_new` not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn rcluster_signals_free(sigs: *mut rcluster_signals) {
+    guard_void("rcluster_signals_free", || {
+        if sigs.is_null() {
+            return;
+        }
+        // SAFETY: made by Box::into_raw in rcluster_signals_new, freed once.
+        let s = unsafe { Box::from_raw(sigs) };
+        // SAFETY: `s.set` was initialised by handled_set.
+        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &s.set, std::ptr::null_mut()) };
+    })
+}
+
+/// A descriptor readable while signals are pending: poll it beside the supervisor's event fd
+/// and call `rcluster_signals_handle` when it is readable. Do not read or close it.
+///
+/// # Safety
+/// `sigs` is NULL or a live helper; `out_fd` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn rcluster_signals_fd(
+    sigs: *const rcluster_signals,
+    out_fd: *mut c_int,
+) -> rcluster_result {
+    guard("rcluster_signals_fd", || {
+        let s = unsafe { handle(sigs, "sigs") }?;
+        let out = args::out(out_fd, "out_fd")?;
+        unsafe { args::put(out, s.fd.as_raw_fd()) };
+        Ok(())
+    })
+}
+
+fn read_signal(s: &rcluster_signals) -> Res<Option<c_int>> {
+    // SAFETY: signalfd_siginfo is plain data.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    loop {
+        // SAFETY: `info` is a writable buffer of exactly `size` bytes.
+        let n = unsafe {
+            libc::read(
+                s.fd.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
+        if n == size as isize {
+            return Ok(Some(info.ssi_signo as c_int));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::Interrupted if n < 0 => continue,
+            std::io::ErrorKind::WouldBlock if n < 0 => return Ok(None),
+            _ => {
+                return Err(Fail::new(
+                    rcluster_result::Io,
+                    format!("reading the signalfd: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+/// `stop` blocks until every worker is reaped, so a stop asked for by a signal runs on a
+/// thread of its own, and the program's loop keeps reading events (and a second signal)
+/// until `next_event` says `STOPPED`. `stop` and `free` join these threads.
+fn stop_in_background(s: &rcluster_supervisor, timeout: Duration) -> Res {
+    let core = Arc::clone(&s.sup);
+    let t = std::thread::Builder::new()
+        .name("rcluster-stop".into())
+        .spawn(move || {
+            let _ = core.stop(timeout);
+        })
+        .map_err(|e| Fail::new(rcluster_result::Io, format!("cannot start a thread: {e}")))?;
+    s.stoppers.lock().unwrap().push(t);
+    Ok(())
+}
+
+fn act(sigs: &rcluster_signals, s: &rcluster_supervisor, sig: c_int) -> Res {
+    let name = match sig {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGTTIN => "SIGTTIN",
+        _ => "SIGTTOU",
+    };
+    let refused = |e: rcluster_core::Error| {
+        let f = Fail::from(e);
+        Fail::new(f.code, format!("{name}: {}", f.msg))
+    };
+    match sig {
+        libc::SIGINT | libc::SIGTERM => match sigs.stops.fetch_add(1, Ordering::AcqRel) {
+            0 => stop_in_background(s, s.kill_timeout),
+            1 => stop_in_background(s, Duration::ZERO),
+            _ => Ok(()),
+        },
+        _ if sigs.stops.load(Ordering::Acquire) > 0 || s.sup.is_stopped() => Err(Fail::new(
+            rcluster_result::Stopped,
+            format!("{name} ignored: the supervisor is stopping"),
+        )),
+        libc::SIGHUP => s.sup.reload().map(drop).map_err(refused),
+        libc::SIGTTIN => {
+            let n = s.workers.load(Ordering::Acquire) + 1;
+            s.sup.scale(n).map_err(refused)?;
+            s.workers.store(n, Ordering::Release);
+            Ok(())
+        }
+        _ => {
+            let n = s.workers.load(Ordering::Acquire);
+            if n <= 1 {
+                return Err(Fail::new(
+                    rcluster_result::InvalidState,
+                    format!("{name} ignored: already at 1 worker"),
+                ));
+            }
+            s.sup.scale(n - 1).map_err(refused)?;
+            s.workers.store(n - 1, Ordering::Release);
+            Ok(())
+        }
+    }
+}
+
+/// Reads one pending signal and acts on `sup`: SIGINT/SIGTERM start a graceful stop with the
+/// configured kill timeout (a second one kills the workers at once; the stop runs on a
+/// library thread, so keep reading events until `RCLUSTER_RESULT_STOPPED`); SIGHUP starts a
+/// rolling reload; SIGTTIN adds a worker; SIGTTOU removes one (never the last).
+/// On success `*out_signal` (optional: may be NULL) receives the signal number.
+/// `RCLUSTER_RESULT_TIMEOUT` when no signal is pending; call it until then when the fd is
+/// readable. When the action is refused (a reload or scale during a stop, SIGTTOU at one
+/// worker) the signal is consumed and the error says why.
+///
+/// # Safety
+/// `sigs` is NULL or a live helper; `sup` is NULL or a live supervisor; `out_signal` is NULL
+/// or writable.
+#[no_mangle]
+pub unsafe extern "C" fn rcluster_signals_handle(
+    sigs: *const rcluster_signals,
+    sup: *const rcluster_supervisor,
+    out_signal: *mut c_int,
+) -> rcluster_result {
+    guard("rcluster_signals_handle", || {
+        let sigs = unsafe { handle(sigs, "sigs") }?;
+        let s = unsafe { handle(sup, "sup") }?;
+        let Some(sig) = read_signal(sigs)? else {
+            return Err(Fail::quiet(rcluster_result::Timeout));
+        };
+        act(sigs, s, sig)?;
+        if !out_signal.is_null() {
+            unsafe { args::put(out_signal, sig) };
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# The C tests: builds librcluster (.so and .a), checks that include/rcluster.h is fresh,
+# compiles the C tests and examples with gcc -Wall -Wextra -Werror against the header and
+# each library, runs them (a real cluster of the C example worker, a real HTTP client), and
+# runs them again under valgrind memcheck, workers included. Installs what it lacks.
+# Prints "C: N passed, M failed" last; exits non-zero on any failure.
+set -uo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+passed=0
+failed=0
+ok() { echo "ok - $*"; passed=$((passed + 1)); }
+not_ok() { echo "not ok - $*"; failed=$((failed + 1)); }
+step() { printf '\n== %s\n' "$*"; }
+die() { echo "ffi/test.sh: $*" >&2; echo "C: $passed passed, $((failed + 1)) failed"; exit 1; }
+
+need() { # need COMMAND PACKAGE: installs PACKAGE with apt-get when COMMAND is missing
+    command -v "$1" >/dev/null && return 0
+    echo "installing $2"
+    local sudo=""
+    [[ $(id -u) == 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq "$2" >/dev/null || die "cannot install $2"
+}
+
+step "tools"
+need gcc gcc
+need valgrind valgrind
+need curl curl
+need pkg-config pkg-config
+
+step "build librcluster"
+cargo build -p rcluster-ffi --quiet || die "cargo build -p rcluster-ffi failed"
+lib="$repo/target/debug"
+[[ -f $lib/librcluster.so && -f $lib/librcluster.a ]] || die "librcluster.so/.a missing in target/debug"
+
+step "header"
+if ffi/header.sh --check; then ok "include/rcluster.h is fresh"; else not_ok "include/rcluster.h is fresh"; fi
+
+out="$repo/target/c-tests"
+rm -rf "$out"
+mkdir -p "$out/shared" "$out/static" "$out/pkgconfig" "$out/logs"
+version=$(sed -n 's/^#define RCLUSTER_VERSION "\(.*\)"/\1/p' include/rcluster.h)
+sed -e "s|@PREFIX@|$repo|; s|@INCLUDEDIR@|$repo/include|; s|@LIBDIR@|$lib|; s|@VERSION@|$version|" \
+    ffi/librcluster.pc.in >"$out/pkgconfig/librcluster.pc"
+export PKG_CONFIG_PATH="$out/pkgconfig"
+
+step "compile (gcc -Wall -Wextra -Werror; shared via pkg-config, static via pkg-config --static)"
+cflags=(-std=c11 -g -O1 -Wall -Wextra -Werror -Itests/c $(pkg-config --cflags librcluster))
+shared_libs=($(pkg-config --libs librcluster) -Wl,-rpath,"$lib")
+static_libs=("$lib/librcluster.a" $(pkg-config --static --libs-only-l librcluster | sed 's/-lrcluster//'))
+programs=(examples/c/worker.c examples/c/primary.c tests/c/test_cluster.c tests/c/test_bad_input.c)
+for kind in shared static; do
+    for src in "${programs[@]}"; do
+        name=$(basename "$src" .c)
+        if [[ $kind == shared ]]; then libs=("${shared_libs[@]}"); else libs=("${static_libs[@]}"); fi
+        if gcc "${cflags[@]}" -o "$out/$kind/$name" "$src" "${libs[@]}" -lpthread; then
+            ok "$name compiles and links against librcluster ($kind)"
+        else
+            not_ok "$name compiles and links against librcluster ($kind)"
+        fi
+    done
+done
+if [[ $(ldd "$out/static/test_cluster" | grep -c librcluster) == 0 ]]; then
+    ok "static build does not load librcluster.so"
+else
+    not_ok "static build does not load librcluster.so"
+fi
+
+# run_suite LABEL COMMAND...: runs a C test program, counting its "ok"/"not ok" lines.
+run_suite() {
+    local label=$1
+    shift
+    local log="$out/logs/$label.log"
+    timeout 300 "$@" >"$log" 2>&1
+    local rc=$?
+    sed "s/^/[$label] /" "$log" | grep -E '^\[[^]]*\] (ok|not ok) ' || true
+    local p f
+    p=$(grep -c '^ok - ' "$log" 2>/dev/null)
+    f=$(grep -c '^not ok - ' "$log" 2>/dev/null)
+    p=${p:-0} f=${f:-0}
+    passed=$((passed + p))
+    failed=$((failed + f))
+    if [[ $rc != 0 || $f != 0 || $p == 0 ]]; then
+        echo "--- $label failed (exit $rc); its output:"
+        cat "$log"
+        [[ $f == 0 ]] && failed=$((failed + 1))
+    fi
+}
+
+for kind in shared static; do
+    step "C tests ($kind library)"
+    run_suite "$kind-test_bad_input" "$out/$kind/test_bad_input"
+    run_suite "$kind-test_cluster" "$out/$kind/test_cluster" -- "$out/$kind/worker"
+done
+
+step "example primary + worker against curl"
+example_test() {
+    local log="$out/logs/example.log"
+    "$out/shared/primary" -w 2 -l 127.0.0.1:0 -- "$out/shared/worker" >"$log" 2>&1 &
+    local pid=$!
+    local addr=""
+    for _ in $(seq 100); do
+        addr=$(sed -n 's/^listening on //p' "$log")
+        [[ -n $addr ]] && [[ $(grep -c ': ready$' "$log") -ge 2 ]] && break
+        sleep 0.1
+    done
+    local ids=""
+    for _ in 1 2 3 4; do
+        ids+="$(curl -s --max-time 10 "http://$addr/" | sed -n 's/^Hello from worker \([0-9]*\).*/\1/p')"
+    done
+    [[ $ids == 0101 || $ids == 1010 ]] || { echo "curl saw workers '$ids'"; kill -KILL $pid; cat "$log"; return 1; }
+    kill -HUP $pid
+    for _ in $(seq 150); do grep -q 'reload to generation 2 done' "$log" && break; sleep 0.1; done
+    grep -q 'reload to generation 2 done' "$log" || { echo "no reload"; kill -KILL $pid; cat "$log"; return 1; }
+    curl -s --max-time 10 "http://$addr/" | grep -q '^Hello from worker' || { echo "no answer after reload"; kill -KILL $pid; return 1; }
+    kill -TERM $pid
+    local status=0
+    for _ in $(seq 150); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+    kill -0 $pid 2>/dev/null && { echo "primary did not stop"; kill -KILL $pid; return 1; }
+    wait $pid || status=$?
+    [[ $status == 0 ]] && grep -q '^stopped$' "$log" || { echo "exit $status"; cat "$log"; return 1; }
+}
+if example_test; then
+    ok "example primary serves curl round-robin, reloads on SIGHUP, stops on SIGTERM"
+else
+    not_ok "example primary serves curl round-robin, reloads on SIGHUP, stops on SIGTERM"
+fi
+
+step "memory checks: valgrind memcheck and AddressSanitizer"
+# valgrind 3.19 does not know pidfd_open (syscall 434), without which a primary cannot watch
+# its workers, so: workers run under valgrind (each with its own log; a worker exits 0 when
+# asked to leave, and --error-exitcode turns a memcheck error into exit 1, which test_cluster
+# checks); primaries run built with AddressSanitizer (LeakSanitizer included), and
+# test_bad_input, which needs no worker, also runs under valgrind itself.
+vg=(valgrind --tool=memcheck --leak-check=full --errors-for-leak-kinds=definite
+    --error-exitcode=1 --quiet)
+asan=(-fsanitize=address -fno-omit-frame-pointer)
+for src in tests/c/test_cluster.c tests/c/test_bad_input.c; do
+    name=$(basename "$src" .c)
+    if gcc "${cflags[@]}" "${asan[@]}" -o "$out/asan-$name" "$src" "${shared_libs[@]}" -lpthread; then
+        ok "$name compiles with AddressSanitizer"
+    else
+        not_ok "$name compiles with AddressSanitizer"
+    fi
+done
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=1
+run_suite "valgrind-test_bad_input" "${vg[@]}" --log-file="$out/logs/vg-bad-input.log" \
+    "$out/shared/test_bad_input" --no-children
+run_suite "asan-test_bad_input" "$out/asan-test_bad_input"
+run_suite "asan+valgrind-test_cluster" "$out/asan-test_cluster" -- \
+    "${vg[@]}" --log-file="$out/logs/vg-worker.%p.log" "$out/shared/worker"
+# "Invalid read/write" and errors of any kind; the unhandled-syscall warning is not an error.
+vg_bad=$(grep -l -E 'ERROR SUMMARY: [1-9]|definitely lost: [1-9]|Invalid (read|write)' \
+    "$out"/logs/vg-*.log 2>/dev/null || true)
+vg_workers=$(ls "$out"/logs/vg-worker.*.log 2>/dev/null | wc -l)
+if [[ -z $vg_bad && $vg_workers -ge 3 ]]; then
+    ok "valgrind logs show no errors and nothing definitely lost ($vg_workers worker processes)"
+else
+    not_ok "valgrind logs show no errors and nothing definitely lost ($vg_workers worker logs)"
+    for f in $vg_bad; do echo "--- $f"; cat "$f"; done
+fi
+
+echo
+echo "C: $passed passed, $failed failed"
+[[ $failed == 0 ]]
