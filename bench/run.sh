@@ -151,3 +151,60 @@ c_ratio=$(calc 'a/b' "$c_rate" "$rc_rate")
 printf '%-34s %14s\n' "stream msg/s, C API" "${c_rate:--}"
 printf '%-34s %14s\n' "stream msg/s, Rust API" "${rc_rate:--}"
 printf '%-34s %14s %14s %s\n' "C API / Rust API" "${c_ratio}x" ">= 0.9x" "$(verdict "$c_ratio" '>=' 0.9)"
+
+# ---------------------------------------------------------------------------------------
+# Python binding (bench/python): the IPC stream against Node's process.send, run again here
+# beside it, and the asyncio HTTP worker, round-robin against shared. Builds the package
+# from source into bindings/python/.venv (as bindings/python/test.sh does) when needed.
+echo
+echo "== python: building the binding"
+pyenv_dir="$repo/bindings/python/.venv"
+py_ok=yes
+if [[ ! -x $pyenv_dir/bin/python ]]; then
+    python3 -m venv "$pyenv_dir" || py_ok=no
+fi
+if [[ $py_ok == yes ]]; then
+    "$pyenv_dir/bin/python" -m pip install --quiet --disable-pip-version-check "maturin>=1.5,<2" </dev/null \
+        && "$pyenv_dir/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall \
+            --no-deps "$repo/bindings/python" </dev/null || py_ok=no
+fi
+if [[ $py_ok == yes ]]; then
+    run python_ipc "$pyenv_dir/bin/python" "$repo/bench/python/ipc_stream.py" 1000000 3
+    if command -v node >/dev/null; then
+        (cd "$anchors" && run node_ipc_py node node_ipc.js 200000 20000)
+    else
+        : >"$tmp/node_ipc_py.out"
+    fi
+    command -v wrk >/dev/null || apt-get install -y wrk >/dev/null 2>&1 \
+        || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; } || true
+    run python_http "$pyenv_dir/bin/python" "$repo/bench/python/http.py"
+    py_bytes=$(field python_ipc '^python-stream bytes:' 7)
+    py_json=$(field python_ipc '^python-stream json:' 7)
+    node_py=$(field node_ipc_py '^stream:' 8)
+    py_rr=$(field python_http '^python-http best rr:' 4)
+    py_shared=$(field python_http '^python-http best shared:' 4)
+    py_bytes_ratio=$(calc 'a/b' "$py_bytes" "$node_py")
+    py_json_ratio=$(calc 'a/b' "$py_json" "$node_py")
+    py_http_ratio=$(calc 'a/b' "$py_rr" "$py_shared")
+    echo
+    echo "== python summary (anchors from this same run)"
+    printf '%-34s %14s %14s %s\n' "stream msg/s, Python, bytes" "${py_bytes:--}"
+    printf '%-34s %14s %14s %s\n' "stream msg/s, Python, send_json" "${py_json:--}"
+    printf '%-34s %14s\n' "stream msg/s, Node IPC" "${node_py:--}"
+    printf '%-34s %14s %14s %s\n' "Python bytes / Node" "${py_bytes_ratio}x" ">= 3x" "$(verdict "$py_bytes_ratio" '>=' 3)"
+    printf '%-34s %14s %14s %s\n' "Python send_json / Node" "${py_json_ratio}x" "" "reported"
+    printf '%-34s %14s\n' "asyncio HTTP rr req/s, 2 workers" "${py_rr:--}"
+    printf '%-34s %14s\n' "asyncio HTTP shared req/s" "${py_shared:--}"
+    printf '%-34s %14s %14s %s\n' "rr / shared, new connection" "${py_http_ratio}x" ">= 0.95x" "$(verdict "$py_http_ratio" '>=' 0.95)"
+else
+    echo "python: unavailable: the binding did not build"
+fi
+
+# Node binding: the Node anchors run under `cluster` and, unchanged, under rcluster, in the
+# same run (bench/node/run.sh builds the addon, needs wrk and installs it when missing).
+if command -v node >/dev/null; then
+    echo "== node: bench/node/run.sh"
+    timeout 900 "$repo/bench/node/run.sh" || echo "run.sh: node benchmarks failed or timed out" >&2
+else
+    echo "== node: skipped (node is not installed)"
+fi

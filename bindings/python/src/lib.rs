@@ -1,1 +1,33 @@
-//! Python binding of rcluster (to be written).
+//! Python binding of rcluster: the native half of the `rcluster` package.
+//!
+//! Thin on purpose: every decision is the core's, the Python half (`python/rcluster`) gives it
+//! a Pythonic shape. Files mirror the core's modules; errors are converted in `errors.rs` only.
+//! Every call that may block releases the GIL.
+
+use pyo3::prelude::*;
+
+mod config;
+mod errors;
+mod events;
+mod supervisor;
+mod wait;
+mod worker;
+
+#[pymodule]
+fn _rcluster(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<supervisor::PySupervisor>()?;
+    m.add_class::<worker::PyWorker>()?;
+    m.add_class::<events::PyEvent>()?;
+    m.add_class::<events::PyWorkerInfo>()?;
+    m.add_class::<events::PyExitInfo>()?;
+    m.add("MAX_WORKERS", rcluster_core::MAX_WORKERS)?;
+    m.add("DEFAULT_MAX_MESSAGE", rcluster_core::DEFAULT_MAX_MESSAGE)?;
+    m.add_function(wrap_pyfunction!(open_fd_count, m)?)?;
+    Ok(())
+}
+
+/// Number of open descriptors of this process (for leak checks in tests).
+#[pyfunction]
+fn open_fd_count() -> usize {
+    rcluster_core::open_fd_count()
+}

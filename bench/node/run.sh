@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Node binding benchmarks beside Node's own cluster, in the same run: the anchors
+# ../shared/anchors/node_cluster_hello.js and node_ipc.js run once under `cluster` and once
+# unchanged under rcluster (bench/node/with_rcluster.js answers require('cluster')).
+# Environment: DURATION (5s), CONNS (50), ROUNDS (3).
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+anchors="$repo/../shared/anchors"
+wrap="$repo/bench/node/with_rcluster.js"
+duration=${DURATION:-5s}
+conns=${CONNS:-50}
+rounds=${ROUNDS:-3}
+
+command -v node >/dev/null || { echo "node/run.sh: node is not installed" >&2; exit 1; }
+if ! command -v wrk >/dev/null; then
+    apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }
+fi
+(cd "$repo/bindings/node" && CI=true npm ci --no-audit --no-fund </dev/null >/dev/null)
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+    local p
+    for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
+    sleep 0.5
+    for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+echo "== node: machine: $(nproc) CPUs, kernel $(uname -r), node $(node --version), $(date -u '+%Y-%m-%d %H:%M UTC'), load $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# serve NAME PORT POLICY [wrapper]: starts the anchor HTTP cluster (2 workers), waits for READY.
+declare -A port_of
+serve() {
+    local name=$1 port=$2 policy=$3 i
+    shift 3
+    (cd "$anchors" && exec setsid node "$@" node_cluster_hello.js "$port" 2 "$policy") >"$tmp/$name.log" 2>&1 &
+    pids+=($!)
+    port_of[$name]=$port
+    for ((i = 0; i < 300; i++)); do
+        grep -q READY "$tmp/$name.log" && return 0
+        sleep 0.1
+    done
+    echo "node/run.sh: $name did not start: $(tail -5 "$tmp/$name.log")" >&2
+    exit 1
+}
+port=$((21000 + RANDOM % 5000))
+serve node_rr $port rr
+serve node_none $((port + 1)) none
+serve rcluster_rr $((port + 2)) rr "$wrap"
+serve rcluster_shared $((port + 3)) none "$wrap"
+names=(node_rr node_none rcluster_rr rcluster_shared)
+
+for n in "${names[@]}"; do
+    timeout 30 wrk -t1 -c"$conns" -d1s -H 'Connection: close' "http://127.0.0.1:${port_of[$n]}/" >/dev/null 2>&1 || true
+done
+declare -A best
+for ((r = 1; r <= rounds; r++)); do
+    for n in "${names[@]}"; do
+        for mode in close keep; do
+            hdr=()
+            [[ $mode == close ]] && hdr=(-H 'Connection: close')
+            out=$(timeout 60 wrk -t1 -c"$conns" -d"$duration" "${hdr[@]}" "http://127.0.0.1:${port_of[$n]}/" 2>&1 || true)
+            rate=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
+            errs=$(awk '/Socket errors:|Non-2xx/ { print }' <<<"$out")
+            printf '   round %d %-16s %-6s %8s req/s %s\n' "$r" "$n" "$mode" "${rate:-0}" "$errs"
+            ((${rate:-0} > ${best[$n.$mode]:-0})) && best[$n.$mode]=${rate:-0}
+        done
+    done
+done
+
+echo "== node: IPC (node_ipc.js 200000 20000)"
+ipc_node=$(cd "$anchors" && timeout 120 node node_ipc.js 200000 20000 || true)
+ipc_rc=$(cd "$anchors" && timeout 120 node "$wrap" node_ipc.js 200000 20000 || true)
+echo "   cluster:  $(tr '\n' ' ' <<<"$ipc_node")"
+echo "   rcluster: $(tr '\n' ' ' <<<"$ipc_rc")"
+echo "== node: memory of the primary (bench/node/rss.js)"
+rss_node=$(timeout 30 node "$repo/bench/node/rss.js" cluster || true)
+rss_rc=$(timeout 30 node "$repo/bench/node/rss.js" rcluster || true)
+echo "   $rss_node"
+echo "   $rss_rc"
+
+ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }'; }
+verdict() { [[ $1 == - ]] && { echo n/a; return; }; awk -v v="$1" -v l="$3" "BEGIN { print ((v $2 l) ? \"met\" : \"MISSED\") }"; }
+field() { awk -v k="$2" '{ for (i = 1; i <= NF; i++) if ($i == k) { print $(i + 1); exit } }' <<<"$1"; }
+n_rate=$(grep -o '= [0-9]* msg/s' <<<"$ipc_node" | awk '{ print $2 }')
+r_rate=$(grep -o '= [0-9]* msg/s' <<<"$ipc_rc" | awk '{ print $2 }')
+n_p50=$(field "$(grep rtt <<<"$ipc_node")" p50)
+r_p50=$(field "$(grep rtt <<<"$ipc_rc")" p50)
+rr_rr=$(ratio "${best[rcluster_rr.close]:-}" "${best[node_rr.close]:-}")
+rr_none=$(ratio "${best[rcluster_rr.close]:-}" "${best[node_none.close]:-}")
+keep=$(ratio "${best[rcluster_rr.keep]:-}" "${best[node_rr.keep]:-}")
+ipc=$(ratio "$r_rate" "$n_rate")
+p50=$(ratio "$r_p50" "$n_p50")
+
+echo
+echo "== node summary (2 workers, best of $rounds rounds, anchors from this same run)"
+row() { printf '%-46s %12s %10s %s\n' "$@"; }
+row figure value target verdict
+row "new conn req/s: Node rr / Node none" "${best[node_rr.close]:-} / ${best[node_none.close]:-}"
+row "new conn req/s: rcluster rr / shared" "${best[rcluster_rr.close]:-} / ${best[rcluster_shared.close]:-}"
+row "   rcluster rr / Node rr, new conn" "${rr_rr}x" ">= 1.8x" "$(verdict "$rr_rr" '>=' 1.8)"
+row "   rcluster rr / Node none, new conn" "${rr_none}x" ">= 0.95x" "$(verdict "$rr_none" '>=' 0.95)"
+row "keep-alive req/s: Node rr / rcluster rr" "${best[node_rr.keep]:-} / ${best[rcluster_rr.keep]:-}"
+row "   rcluster rr / Node rr, keep-alive" "${keep}x" ">= 1.0x" "$(verdict "$keep" '>=' 1.0)"
+row "IPC stream msg/s: Node / rcluster" "$n_rate / $r_rate"
+row "   rcluster / Node, stream" "${ipc}x" ">= 5x" "$(verdict "$ipc" '>=' 5)"
+row "IPC RTT p50 us: Node / rcluster" "$n_p50 / $r_p50"
+row "   rcluster / Node, RTT p50" "${p50}x" "<= 1.0x" "$(verdict "$p50" '<=' 1.0)"

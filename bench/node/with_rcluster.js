@@ -1,0 +1,18 @@
+'use strict';
+// Runs a program written for Node's `cluster` with require('cluster') answered by rcluster,
+// and nothing else changed: `node with_rcluster.js PROGRAM.js ARGS...`. Workers re-run this
+// same command line, so they load rcluster the same way.
+const Module = require('module');
+const path = require('path');
+
+const rcluster = path.join(__dirname, '..', '..', 'bindings', 'node');
+const load = Module._load;
+Module._load = function loadWithRcluster(request, ...rest) {
+  return load.call(this, request === 'cluster' ? rcluster : request, ...rest);
+};
+const program = path.resolve(process.argv[2]);
+process.argv.splice(1, 2, program); // the program sees its usual argv
+// Workers must re-run this wrapper, not the bare program: rcluster forks process.argv[1].
+const cluster = require(rcluster);
+if (cluster.isPrimary) cluster.setupPrimary({ exec: __filename, args: [program, ...process.argv.slice(2)] });
+require(program);

@@ -1,0 +1,125 @@
+"""HTTP dispatch benchmark of the Python binding: the asyncio hello worker
+(examples/python/hello_http.py), 2 workers, a new connection per request, rcluster
+round-robin (the primary accepts and hands connections over IPC) against `shared` (the
+workers accept on the inherited socket) with the same worker.
+
+    python bench/python/http.py        (needs wrk; DURATION=5s CONNS=50 ROUNDS=3)
+
+Both clusters run side by side on free loopback ports; the wrk runs alternate between them,
+ROUNDS times, every other round in reverse order, so a slow phase of this noisy machine does
+not land on one of them only. Throughput is the best round; every round is printed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+HELLO = REPO / "examples" / "python" / "hello_http.py"
+DURATION = os.environ.get("DURATION", "5s")
+CONNS = os.environ.get("CONNS", "50")
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(dispatch: str) -> tuple[subprocess.Popen[str], int]:
+    port = free_port()
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            str(HELLO),
+            "--workers",
+            "2",
+            "--dispatch",
+            dispatch,
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    ready, deadline = 0, time.monotonic() + 30
+    assert p.stdout is not None
+    while ready < 2 and time.monotonic() < deadline:
+        line = p.stdout.readline()
+        if not line:
+            raise SystemExit(f"http.py: the {dispatch} cluster exited before it was ready")
+        ready += line.startswith('Event("ready"')
+    if ready < 2:
+        raise SystemExit(f"http.py: the {dispatch} cluster was not ready within 30 s")
+    # Keep reading its output so that the primary never blocks on a full pipe.
+    import threading
+
+    threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()
+    return p, port
+
+
+def stop(p: subprocess.Popen[str]) -> None:
+    p.send_signal(signal.SIGINT)
+    try:
+        p.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
+
+def wrk(port: int, duration: str = DURATION) -> float:
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{CONNS}",
+            f"-d{duration}",
+            "-H",
+            "Connection: close",
+            f"http://127.0.0.1:{port}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    errors = re.search(r"Socket errors: (.*)", out)
+    if errors:
+        print(f"  wrk socket errors on port {port}: {errors.group(1)}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def main() -> None:
+    clusters = {}
+    try:
+        for name in ("rr", "shared"):
+            clusters[name] = start(name)
+        for _, port in clusters.values():
+            wrk(port, "1s")  # warm-up
+        best = {name: 0.0 for name in clusters}
+        order = list(clusters)
+        for r in range(ROUNDS):
+            for name in order if r % 2 == 0 else reversed(order):
+                rate = wrk(clusters[name][1])
+                best[name] = max(best[name], rate)
+                print(f"python-http round {r + 1} {name}: {rate:.0f} req/s", flush=True)
+        ratio = best["rr"] / best["shared"]
+        print(f"python-http best rr: {best['rr']:.0f} req/s", flush=True)
+        print(f"python-http best shared: {best['shared']:.0f} req/s", flush=True)
+        print(f"python-http rr/shared: {ratio:.2f}", flush=True)
+    finally:
+        for p, _ in clusters.values():
+            stop(p)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+// Types of require('rcluster'): rcluster's own API and the `cluster`-compatible facade.
+import { EventEmitter } from 'events';
+import type { Server } from 'net';
+
+declare namespace rcluster {
+  type Dispatch = 'rr' | 'round-robin' | 'least-conn' | 'least-connections' | 'sticky' | 'shared';
+  type Serialization = 'json' | 'advanced';
+
+  interface ListenerOptions {
+    /** 'HOST:PORT', '[IPv6]:PORT', ':PORT', 'unix:/path', or a port on 127.0.0.1. */
+    address: string | number;
+    name?: string;
+    dispatch?: Dispatch;
+  }
+
+  interface RestartOptions {
+    mode?: 'always' | 'on-failure' | 'never';
+    /** Milliseconds. */
+    backoffInitial?: number;
+    backoffMultiplier?: number;
+    backoffMax?: number;
+    /** 0..1 */
+    jitter?: number;
+    minUptime?: number;
+    maxRestarts?: number;
+    window?: number;
+    noRestartCodes?: number[];
+  }
+
+  /** Options of start(); every duration is in milliseconds. */
+  interface StartOptions {
+    workers?: number;
+    /** Script the workers run (default: this script, process.argv[1]). */
+    exec?: string;
+    /** Default: process.argv.slice(2). */
+    args?: string[];
+    /** Default: process.execArgv. */
+    execArgv?: string[];
+    /** A non-Node program to run instead of `node exec` (with `args`). */
+    program?: string;
+    env?: Record<string, string | number | boolean>;
+    cwd?: string;
+    readyOn?: 'spawn' | 'hello' | 'explicit';
+    readyTimeout?: number;
+    heartbeatTimeout?: number;
+    killTimeout?: number;
+    restart?: RestartOptions['mode'] | RestartOptions;
+    maxMessage?: number;
+    sendQueueLimit?: number;
+    output?: 'inherit' | 'prefix';
+    listen?: string | number | Array<string | number>;
+    listeners?: ListenerOptions[];
+    /** Default dispatch of `listen` / `listeners` without their own. */
+    dispatch?: Dispatch;
+    maxInflight?: number;
+    handoffWindow?: number;
+    queueLimit?: number;
+    queueTimeout?: number;
+    maxSurge?: number;
+    serialization?: Serialization;
+  }
+
+  interface WorkerRef { id: number; pid: number }
+  interface ExitEvent extends WorkerRef {
+    generation: number;
+    code: number | null;
+    signal: NodeJS.Signals | null;
+    reason: 'crashed' | 'exited' | 'requested' | 'ready_timeout' | 'heartbeat' | 'memory' | 'protocol_error' | 'shutdown';
+  }
+  interface WorkerSnapshot {
+    id: number;
+    pid: number;
+    generation: number;
+    state: 'starting' | 'online' | 'ready' | 'draining' | 'exited';
+    uptime: number;
+    restarts: number;
+    lastExit: { code: number | null; signal: NodeJS.Signals | null; reason: ExitEvent['reason'] } | null;
+  }
+
+  /** A running cluster (rcluster's own API). */
+  class Cluster extends EventEmitter {
+    constructor(options?: StartOptions);
+    send(id: number, message: unknown): true;
+    broadcast(message: unknown): number;
+    workers(): WorkerSnapshot[];
+    snapshot(): WorkerSnapshot[];
+    readonly listeners: Array<{ name: string; address: string }>;
+    reload(): Promise<{ generation: number }>;
+    scale(workers: number): void;
+    restart(id: number): void;
+    stop(options?: { timeout?: number }): Promise<void>;
+
+    on(event: 'spawn', listener: (w: WorkerRef & { generation: number }) => void): this;
+    on(event: 'online' | 'ready', listener: (w: WorkerRef) => void): this;
+    on(event: 'message', listener: (message: any, from: WorkerRef) => void): this;
+    on(event: 'listening', listener: (w: WorkerRef & { address: Address }) => void): this;
+    on(event: 'exit', listener: (e: ExitEvent) => void): this;
+    on(event: 'restarting', listener: (e: { id: number; delay: number; attempt: number }) => void): this;
+    on(event: 'gave-up', listener: (e: { id: number; restarts: number; window: number }) => void): this;
+    on(event: 'reload', listener: (e: { phase: 'started' | 'done' | 'failed'; generation: number; reason?: string }) => void): this;
+    on(event: 'spawn-failed' | 'protocol-error' | 'accept-paused', listener: (e: { id?: number; pid?: number; listener?: string; error: string }) => void): this;
+    on(event: 'scaled', listener: (e: { workers: number }) => void): this;
+    on(event: 'all-down' | 'stop', listener: () => void): this;
+    on(event: string, listener: (...args: any[]) => void): this;
+  }
+
+  interface Address { address: string; port: number; addressType: 4 | 6 | -1 }
+
+  /** This process, when it is a worker (rcluster.worker, cluster.worker). */
+  interface CurrentWorker extends EventEmitter {
+    /** Slot id (0-based under start(); 1-based, as in `cluster`, under fork()). */
+    readonly id: number;
+    readonly generation: number;
+    readonly process: NodeJS.Process;
+    state: string;
+    exitedAfterDisconnect: boolean | undefined;
+    send(message: unknown, callback?: (error: Error | null) => void): boolean;
+    send(message: unknown, handle: undefined, options?: object, callback?: (error: Error | null) => void): boolean;
+    ready(): void;
+    serve<S extends Server>(server: S, options?: { listener?: string }): S;
+    disconnect(): this;
+    kill(): this;
+    isConnected(): boolean;
+    isDead(): boolean;
+    on(event: 'message', listener: (message: any) => void): this;
+    on(event: 'disconnect', listener: () => void): this;
+    on(event: string, listener: (...args: any[]) => void): this;
+  }
+
+  /** A worker as the primary sees it (Node's cluster.Worker). */
+  class Worker extends EventEmitter {
+    readonly id: number;
+    readonly process: EventEmitter & {
+      pid: number | undefined; exitCode: number | null; signalCode: NodeJS.Signals | null;
+      connected: boolean; killed: boolean; kill(signal?: NodeJS.Signals | number): boolean;
+    };
+    state: string;
+    exitedAfterDisconnect: boolean | undefined;
+    send(message: unknown, callback?: (error: Error | null) => void): boolean;
+    send(message: unknown, handle: undefined, options?: object, callback?: (error: Error | null) => void): boolean;
+    disconnect(): this;
+    kill(signal?: NodeJS.Signals): void;
+    destroy(signal?: NodeJS.Signals): void;
+    isConnected(): boolean;
+    isDead(): boolean;
+    on(event: 'online' | 'disconnect', listener: () => void): this;
+    on(event: 'listening', listener: (address: Address) => void): this;
+    on(event: 'message', listener: (message: any, handle: undefined) => void): this;
+    on(event: 'exit', listener: (code: number | null, signal: NodeJS.Signals | null) => void): this;
+    on(event: string, listener: (...args: any[]) => void): this;
+  }
+
+  interface ClusterSettings {
+    exec?: string;
+    args?: string[];
+    execArgv?: string[];
+    cwd?: string;
+    silent?: boolean;
+    serialization?: Serialization;
+    /** rcluster extensions: milliseconds. */
+    heartbeatTimeout?: number;
+    killTimeout?: number;
+  }
+
+  interface Rcluster extends EventEmitter {
+    start(options?: StartOptions): Cluster;
+    Cluster: typeof Cluster;
+    readonly isPrimary: boolean;
+    readonly isMaster: boolean;
+    readonly isWorker: boolean;
+    readonly worker: CurrentWorker | undefined;
+    readonly workers: Record<number, Worker> | undefined;
+    readonly settings: ClusterSettings;
+    schedulingPolicy: number;
+    readonly SCHED_NONE: 1;
+    readonly SCHED_RR: 2;
+    fork(env?: Record<string, string | number | boolean>): Worker;
+    setupPrimary(settings?: ClusterSettings): void;
+    setupMaster(settings?: ClusterSettings): void;
+    disconnect(callback?: () => void): void;
+    on(event: 'fork' | 'online' | 'disconnect', listener: (worker: Worker) => void): this;
+    on(event: 'listening', listener: (worker: Worker, address: Address) => void): this;
+    on(event: 'message', listener: (worker: Worker, message: any, handle: undefined) => void): this;
+    on(event: 'exit', listener: (worker: Worker, code: number | null, signal: NodeJS.Signals | null) => void): this;
+    on(event: 'setup', listener: (settings: ClusterSettings) => void): this;
+    on(event: string, listener: (...args: any[]) => void): this;
+  }
+}
+
+declare const rcluster: rcluster.Rcluster;
+export = rcluster;

@@ -1,0 +1,338 @@
+'use strict';
+// The worker side: this process's link to its primary, `process.send` / `process.on('message')`
+// as in a `cluster` worker, and servers fed with the connections the primary dispatches.
+const { EventEmitter } = require('events');
+const net = require('net');
+const fs = require('fs');
+const v8 = require('v8');
+const native = require('./native');
+const codec = require('./codec');
+const { rclusterError } = require('./errors');
+
+const BATCH = 4096;
+// Connections that arrive before any server takes them wait here, up to this many.
+const MAX_EARLY = 1024;
+const INIT_TIMEOUT_MS = 10000;
+
+class WorkerSelf extends EventEmitter {
+  constructor(link, compat) {
+    super();
+    this._link = link;
+    this._compat = compat;
+    this._servers = new Map(); // listener name -> server (listeners asked for with listen())
+    this._served = []; // servers given to serve(): they take the primary's own listeners
+    this._early = [];
+    this._connected = true;
+    this.id = compat ? link.id + 1 : link.id;
+    this.generation = link.generation;
+    this.process = process;
+    this.state = 'online';
+    this.exitedAfterDisconnect = undefined;
+    this._serialization = process.env.RCLUSTER_NODE_SERIALIZATION === 'advanced' ? 'advanced' : 'json';
+  }
+
+  /** Sends a message to the primary. */
+  send(message, handle, options, callback) {
+    callback = [handle, options, callback].find((a) => typeof a === 'function');
+    if (!this._connected) {
+      const err = rclusterError('ERR_IPC_CHANNEL_CLOSED', 'Channel closed');
+      if (callback) { process.nextTick(callback, err); return false; }
+      throw err;
+    }
+    const [tag, data] = codec.encode(message, this._serialization);
+    try {
+      this._link.send(tag, data);
+    } catch (e) {
+      if (callback) { process.nextTick(callback, e); return false; }
+      throw e;
+    }
+    if (callback) process.nextTick(callback, null);
+    return true;
+  }
+
+  _control(obj) {
+    if (this._connected) this._link.send(codec.CONTROL_TAG, JSON.stringify(obj));
+  }
+
+  /** Tells the primary this worker is ready for work (readyOn: 'explicit'). */
+  ready() {
+    this._link.ready();
+  }
+
+  /** Feeds connections of the primary's listeners into `server` (net/http/https/http2). */
+  serve(server, { listener } = {}) {
+    if (!server || typeof server.emit !== 'function') {
+      throw rclusterError('ERR_RCLUSTER_INVALID_OPTION', `invalid option server = ${server}: must be a net.Server`);
+    }
+    if (listener !== undefined) this._servers.set(listener, server);
+    else this._served.push(server);
+    const early = this._early;
+    this._early = [];
+    for (const ev of early) this._connection(ev);
+    return server;
+  }
+
+  isConnected() {
+    return this._connected;
+  }
+
+  isDead() {
+    return false;
+  }
+
+  /** Stops taking work: closes servers, leaves the primary; the process then exits when idle. */
+  disconnect() {
+    if (!this._connected) return this;
+    this.exitedAfterDisconnect = true;
+    this._control({ act: 'exitedAfterDisconnect' });
+    this._leave();
+    return this;
+  }
+
+  kill() {
+    return this.disconnect();
+  }
+
+  _leave() {
+    if (!this._connected) return;
+    try {
+      this._link.disconnect(); // the primary sends no new connections from now on
+    } catch { /* the primary is gone already */ }
+    this._connected = false;
+    this.state = 'disconnected';
+    process.connected = false;
+    const servers = new Set([...this._servers.values(), ...this._served]);
+    for (const s of servers) if (s.listening) s.close();
+    for (const ev of this._early) closeFd(ev.fd);
+    this._early = [];
+    // Nothing of rcluster keeps the process alive now; stop reading once what is queued
+    // (connections already handed over) has been taken.
+    this._pump();
+    this._link.unwatch();
+    clearInterval(this._heartbeat);
+    process.nextTick(() => {
+      this.emit('disconnect');
+      process.emit('disconnect');
+    });
+  }
+
+  _start() {
+    this._link.watch(() => this._pump());
+    const hb = Number(process.env.RCLUSTER_NODE_HEARTBEAT_MS);
+    if (hb > 0) {
+      // From the JS event loop on purpose: a blocked loop stops the heartbeats, and the
+      // primary kills the worker. Unref'd: it never keeps a finished worker alive.
+      this._heartbeat = setInterval(() => {
+        try { this._link.heartbeat(); } catch { /* primary gone; handled by the link */ }
+      }, Math.max(10, Math.floor(hb / 4)));
+      this._heartbeat.unref();
+    }
+  }
+
+  _pump() {
+    for (;;) {
+      const items = this._link.drain(BATCH);
+      for (const item of items) this._item(item);
+      if (items.length < BATCH) return;
+    }
+  }
+
+  _item(item) {
+    if (typeof item === 'string') return this._message(JSON.parse(item));
+    if (Buffer.isBuffer(item)) return this._message(v8.deserialize(item));
+    switch (item.type) {
+      case 'connection': return this._connection(item);
+      case 'control': return this._onControl(JSON.parse(item.data));
+      case 'raw': return this._message(item.data);
+      case 'disconnect': return this._leave();
+      case 'gone':
+        // The primary is gone: as a `cluster` worker does, say so and exit.
+        this._leave();
+        if (!this.exitedAfterDisconnect) process.nextTick(() => process.exit(0));
+        return undefined;
+      default: return undefined;
+    }
+  }
+
+  _message(message) {
+    process.emit('message', message, undefined);
+    this.emit('message', message, undefined);
+  }
+
+  _onControl(c) {
+    if (c.act === 'disconnect') {
+      this.exitedAfterDisconnect = true;
+      this._leave();
+    }
+  }
+
+  _connection(ev) {
+    const server = this._servers.get(ev.listener) || this._served[0];
+    if (!server) {
+      if (this._early.length < MAX_EARLY && this._connected) this._early.push(ev);
+      else closeFd(ev.fd);
+      return;
+    }
+    // What net's own onconnection does for an accepted socket, so that server.close(),
+    // getConnections() and maxConnections keep working.
+    if (server.maxConnections != null && server._connections >= server.maxConnections) {
+      closeFd(ev.fd);
+      return;
+    }
+    const socket = new net.Socket({
+      fd: ev.fd,
+      readable: true,
+      writable: true,
+      allowHalfOpen: server.allowHalfOpen,
+      pauseOnCreate: server.pauseOnConnect,
+    });
+    if (server.noDelay) socket.setNoDelay(true);
+    server._connections++;
+    socket.server = server;
+    socket._server = server;
+    const link = this._link;
+    const id = ev.id;
+    socket.once('close', () => {
+      try { link.connectionClosed(id); } catch { /* the primary is gone */ }
+    });
+    server.emit('connection', socket);
+  }
+}
+
+function closeFd(fd) {
+  try { fs.closeSync(fd); } catch { /* already closed */ }
+}
+
+/** Node's `server.listen()` address as the core names it. */
+function addressText(address, port, addressType) {
+  if (addressType === -1) return `unix:${address}`;
+  if (!address) return `0.0.0.0:${port}`;
+  if (addressType === 6 || address.includes(':')) return `[${address}]:${port}`;
+  return `${address}:${port}`;
+}
+
+function parseAddress(text) {
+  const m = /^\[?(.*?)\]?:(\d+)$/.exec(text);
+  if (!m) return null;
+  return { address: m[1], family: m[1].includes(':') ? 'IPv6' : 'IPv4', port: Number(m[2]) };
+}
+
+/** A stand-in for a listening handle whose connections come from the primary. */
+class PrimaryHandle {
+  constructor(worker, server, listening) {
+    this._worker = worker;
+    this._server = server;
+    this._name = listening.name;
+    const addr = parseAddress(listening.address);
+    if (addr) {
+      // Only TCP listeners answer getsockname; a Unix one reports its path, as Pipe does.
+      this.getsockname = (out) => { Object.assign(out, addr); return 0; };
+    }
+  }
+
+  listen() { return 0; }
+
+  // The server stays in the worker's table: connections the primary handed over before it
+  // heard of the close still reach it (an http.Server serves them), instead of being dropped.
+  close(callback) {
+    if (typeof callback === 'function') process.nextTick(callback);
+  }
+
+  ref() {}
+
+  unref() {}
+}
+
+/**
+ * Makes server.listen() in this worker ask the primary for the listener, as Node's cluster
+ * does for its workers: net.Server calls _listen2 once the address is resolved, and uses a
+ * handle that is already set.
+ */
+function patchListen(worker, dispatch) {
+  const original = net.Server.prototype._listen2;
+  net.Server.prototype._listen2 = function listenThroughPrimary(address, port, addressType, backlog, fd, flags) {
+    if (this._handle || (typeof fd === 'number' && fd >= 0) || !worker._connected) {
+      return original.call(this, address, port, addressType, backlog, fd, flags);
+    }
+    const text = addressText(address, port, addressType);
+    let listening;
+    try {
+      listening = worker._link.listen(text, dispatch);
+      // Frames that came in while listen() waited for its answer (connections of this very
+      // listener, among others) are kept in memory: no readable descriptor announces them.
+      setImmediate(() => worker._pump());
+    } catch (e) {
+      const err = listenError(e, address, port, addressType);
+      process.nextTick(() => this.emit('error', err));
+      return undefined;
+    }
+    if (typeof listening.fd === 'number') {
+      // `shared`: the primary handed the listening socket; this worker accepts on it.
+      original.call(this, null, null, addressType, backlog, listening.fd, flags);
+    } else {
+      this._handle = new PrimaryHandle(worker, this, listening);
+      worker._servers.set(listening.name, this);
+      original.call(this, address, port, addressType, backlog, fd, flags);
+    }
+    const where = parseAddress(listening.address);
+    const info = where
+      ? { address: where.address, port: where.port, addressType: where.family === 'IPv6' ? 6 : 4 }
+      : { address: listening.address.replace(/^unix:/, ''), port: -1, addressType: -1 };
+    worker._control({ act: 'listening', address: info });
+    return undefined;
+  };
+}
+
+function listenError(e, address, port, addressType) {
+  const inUse = /in use/i.test(e.message);
+  const denied = /permission/i.test(e.message);
+  const code = inUse ? 'EADDRINUSE' : denied ? 'EACCES' : e.code;
+  const where = addressType === -1 ? address : `${address || '0.0.0.0'}:${port}`;
+  const err = new Error(`listen ${code}: ${e.message} ${where}`);
+  err.code = code;
+  err.errno = inUse ? -98 : denied ? -13 : undefined;
+  err.syscall = 'listen';
+  err.address = address;
+  if (addressType !== -1) err.port = port;
+  return err;
+}
+
+/**
+ * Connects to the primary when this process is an rcluster worker; null otherwise.
+ * Under the `cluster`-compatible primary, waits (briefly) for the per-worker environment
+ * that `fork(env)` gave, so that it is in process.env before the program reads it.
+ */
+function attach() {
+  const link = native.attachWorker();
+  if (!link) return null;
+  const compat = process.env.RCLUSTER_NODE_COMPAT === '1';
+  const early = [];
+  if (compat) {
+    const deadline = Date.now() + INIT_TIMEOUT_MS;
+    for (;;) {
+      const left = deadline - Date.now();
+      if (left <= 0) break;
+      const item = link.nextEvent(left);
+      if (item === null || item === undefined) break;
+      if (item.type === 'control') {
+        const c = JSON.parse(item.data);
+        if (c.act === 'init') {
+          Object.assign(process.env, c.env);
+          break;
+        }
+      }
+      early.push(item);
+    }
+  }
+  const worker = new WorkerSelf(link, compat);
+  const dispatch = process.env.RCLUSTER_NODE_SCHED === 'none' ? 'shared' : 'rr';
+  patchListen(worker, dispatch);
+  process.send = (message, handle, options, callback) => worker.send(message, handle, options, callback);
+  process.connected = true;
+  process.disconnect = () => { worker.disconnect(); };
+  worker._start();
+  if (early.length) setImmediate(() => early.forEach((item) => worker._item(item)));
+  return worker;
+}
+
+module.exports = { attach };

@@ -1,0 +1,271 @@
+'use strict';
+// The `cluster`-compatible primary: fork(), workers, settings, and the events of Node's
+// cluster module, on one core supervisor.
+//
+// Each fork() adds one slot to the supervisor (restart policy 'never', as `cluster` restarts
+// nothing by itself), so a worker's id is its slot + 1 and ids are never reused, as in Node.
+const { EventEmitter } = require('events');
+const path = require('path');
+const native = require('./native');
+const codec = require('./codec');
+const { signalName } = require('./signals');
+const { rclusterError, invalidOption } = require('./errors');
+
+const SCHED_NONE = 1;
+const SCHED_RR = 2;
+const SPAWN_TIMEOUT_MS = 10000;
+const BATCH = 4096;
+
+class ProcessInfo extends EventEmitter {
+  constructor() {
+    super();
+    this.pid = undefined;
+    this.exitCode = null;
+    this.signalCode = null;
+    this.connected = true;
+    this.killed = false;
+  }
+
+  kill(signal = 'SIGTERM') {
+    if (this.pid === undefined || this.exitCode !== null || this.signalCode !== null) return false;
+    try {
+      process.kill(this.pid, signal);
+      this.killed = true;
+      return true;
+    } catch {
+      return false;
+    }
+  }
+}
+
+/** A worker as the primary sees it (Node's cluster Worker). */
+class Worker extends EventEmitter {
+  constructor(hub, slot) {
+    super();
+    this._hub = hub;
+    this._slot = slot;
+    this.id = slot + 1;
+    this.process = new ProcessInfo();
+    this.state = 'none';
+    this.exitedAfterDisconnect = undefined;
+    this._disconnectSaid = false;
+  }
+
+  send(message, handle, options, callback) {
+    callback = [handle, options, callback].find((a) => typeof a === 'function');
+    try {
+      if (!this.isConnected()) throw rclusterError('ERR_IPC_CHANNEL_CLOSED', 'Channel closed');
+      const [tag, data] = codec.encode(message, this._hub.settings.serialization);
+      this._hub._native.send(this._slot, tag, data);
+    } catch (e) {
+      if (callback) { process.nextTick(callback, e); return false; }
+      throw e;
+    }
+    if (callback) process.nextTick(callback, null);
+    return true;
+  }
+
+  disconnect() {
+    this.exitedAfterDisconnect = true;
+    if (this.isConnected()) {
+      this.state = 'disconnecting';
+      try {
+        this._hub._native.send(this._slot, codec.CONTROL_TAG, JSON.stringify({ act: 'disconnect' }));
+      } catch { /* it is exiting already */ }
+    }
+    return this;
+  }
+
+  destroy(signal) {
+    return this.kill(signal);
+  }
+
+  kill(signal = 'SIGTERM') {
+    this.exitedAfterDisconnect = true;
+    this.process.kill(signal);
+  }
+
+  isConnected() {
+    return this.state !== 'dead' && this.state !== 'disconnected' && this.state !== 'disconnecting';
+  }
+
+  isDead() {
+    return this.state === 'dead';
+  }
+}
+
+/** The primary half of the module object (`this` is the module's EventEmitter). */
+class Hub {
+  constructor(emitter) {
+    this._emitter = emitter;
+    this._native = null;
+    this._slots = 0;
+    this._bySlot = new Map();
+    this._backlog = [];
+    this.workers = {};
+    this.settings = {};
+    this.schedulingPolicy = process.env.NODE_CLUSTER_SCHED_POLICY === 'none' ? SCHED_NONE : SCHED_RR;
+  }
+
+  setupPrimary(settings = {}) {
+    if (settings === null || typeof settings !== 'object') {
+      throw invalidOption('settings', settings, 'must be an object');
+    }
+    const s = {
+      args: process.argv.slice(2),
+      exec: process.argv[1],
+      execArgv: process.execArgv,
+      silent: false,
+      ...this.settings,
+      ...settings,
+    };
+    s.serialization = codec.checkSerialization(s.serialization, 'settings.serialization');
+    if (typeof s.exec !== 'string') throw invalidOption('settings.exec', s.exec, 'must be a path to a script');
+    if (!Array.isArray(s.args)) throw invalidOption('settings.args', s.args, 'must be an array of strings');
+    if (!Array.isArray(s.execArgv)) throw invalidOption('settings.execArgv', s.execArgv, 'must be an array of strings');
+    this.settings = s;
+    process.nextTick(() => this._emitter.emit('setup', s));
+  }
+
+  _start() {
+    const s = this.settings;
+    const env = [
+      ['RCLUSTER_NODE_COMPAT', '1'],
+      ['RCLUSTER_NODE_SCHED', this.schedulingPolicy === SCHED_NONE ? 'none' : 'rr'],
+      ['RCLUSTER_NODE_SERIALIZATION', s.serialization],
+    ];
+    if (s.heartbeatTimeout !== undefined) env.push(['RCLUSTER_NODE_HEARTBEAT_MS', String(s.heartbeatTimeout)]);
+    const opts = {
+      workers: 1,
+      argv: [process.execPath, ...s.execArgv, path.resolve(s.cwd || '.', s.exec), ...s.args],
+      env,
+      cwd: s.cwd,
+      restart: 'never',
+      readyOn: 'hello',
+      listeners: [],
+    };
+    if (s.heartbeatTimeout !== undefined) opts.heartbeatTimeout = s.heartbeatTimeout;
+    if (s.killTimeout !== undefined) opts.killTimeout = s.killTimeout;
+    this._native = new native.NativeSupervisor(opts);
+    this._native.watch(() => this._pump());
+  }
+
+  fork(env) {
+    if (env !== undefined && (env === null || typeof env !== 'object')) {
+      throw invalidOption('env', env, 'must be an object');
+    }
+    if (!this.settings.serialization) this.setupPrimary();
+    const slot = this._slots;
+    if (this._native) this._native.scale(slot + 1);
+    else this._start();
+    this._slots++;
+    const worker = new Worker(this, slot);
+    this._bySlot.set(slot, worker);
+    this.workers[worker.id] = worker;
+    // Node's fork() spawns synchronously, and programs read worker.process.pid right away:
+    // wait for this slot's spawn (a millisecond or two); other events wait in the backlog.
+    const deadline = Date.now() + SPAWN_TIMEOUT_MS;
+    while (worker.process.pid === undefined && Date.now() < deadline) {
+      const ev = this._native.nextEvent(deadline - Date.now());
+      if (!ev) break;
+      if (ev.type === 'spawn' && ev.id === slot) worker.process.pid = ev.pid;
+      else this._backlog.push(ev);
+    }
+    const vars = {};
+    for (const [k, v] of Object.entries(env || {})) vars[k] = String(v);
+    try {
+      this._native.send(slot, codec.CONTROL_TAG, JSON.stringify({ act: 'init', env: vars }));
+    } catch { /* it died at once: its exit event follows */ }
+    this._native.setRef(true);
+    if (this._backlog.length) setImmediate(() => this._pump());
+    process.nextTick(() => {
+      this._emitter.emit('fork', worker);
+    });
+    return worker;
+  }
+
+  disconnect(callback) {
+    const live = Object.values(this.workers);
+    if (live.length === 0) {
+      if (callback) process.nextTick(callback);
+      return;
+    }
+    let left = live.length;
+    for (const w of live) {
+      w.once('exit', () => { if (--left === 0 && callback) callback(); });
+      w.disconnect();
+    }
+  }
+
+  _pump() {
+    const backlog = this._backlog;
+    this._backlog = [];
+    for (const ev of backlog) this._dispatch(ev);
+    for (;;) {
+      const events = this._native.drain(BATCH);
+      for (const ev of events) this._dispatch(ev);
+      if (events.length < BATCH) return;
+    }
+  }
+
+  _dispatch(ev) {
+    const worker = this._bySlot.get(ev.id);
+    if (!worker) return;
+    const cluster = this._emitter;
+    switch (ev.type) {
+      case 'online':
+        worker.state = 'online';
+        worker.emit('online');
+        cluster.emit('online', worker);
+        break;
+      case 'message':
+        if (ev.encoding === 'control') return this._control(worker, JSON.parse(ev.data));
+        {
+          const message = codec.decodeEvent(ev);
+          worker.emit('message', message, undefined);
+          cluster.emit('message', worker, message, undefined);
+        }
+        break;
+      case 'exit':
+        this._exit(worker, ev);
+        break;
+      default:
+        break;
+    }
+  }
+
+  _control(worker, c) {
+    if (c.act === 'listening') {
+      worker.state = 'listening';
+      worker.emit('listening', c.address);
+      this._emitter.emit('listening', worker, c.address);
+    } else if (c.act === 'exitedAfterDisconnect') {
+      worker.exitedAfterDisconnect = true;
+    }
+  }
+
+  _exit(worker, ev) {
+    const cluster = this._emitter;
+    const code = ev.code ?? null;
+    const signal = signalName(ev.signal);
+    worker.process.exitCode = code;
+    worker.process.signalCode = signal;
+    worker.process.connected = false;
+    worker.state = 'dead';
+    if (!worker._disconnectSaid) {
+      worker._disconnectSaid = true;
+      worker.emit('disconnect');
+      cluster.emit('disconnect', worker);
+    }
+    delete this.workers[worker.id];
+    this._bySlot.delete(worker._slot);
+    if (worker.exitedAfterDisconnect === undefined) worker.exitedAfterDisconnect = false;
+    worker.process.emit('exit', code, signal);
+    worker.emit('exit', code, signal);
+    cluster.emit('exit', worker, code, signal);
+    // Nothing to watch over: let the process end when the program is done.
+    if (this._bySlot.size === 0) this._native.setRef(false);
+  }
+}
+
+module.exports = { Hub, Worker, SCHED_NONE, SCHED_RR };

@@ -1,0 +1,35 @@
+'use strict';
+// Message encodings. Every message carries a tag byte (added by the native layer) so that the
+// receiving side decodes it correctly whatever its own `serialization` setting is.
+const v8 = require('v8');
+const { invalidOption } = require('./errors');
+
+const JSON_TAG = 0x4a; // 'J'
+const V8_TAG = 0x56; // 'V'
+const CONTROL_TAG = 0x43; // 'C'
+
+function checkSerialization(value, name) {
+  if (value === undefined || value === 'json' || value === 'advanced') return value || 'json';
+  throw invalidOption(name, value, "expected 'json' or 'advanced'");
+}
+
+/** [tag, data] for the native send functions. */
+function encode(message, serialization) {
+  if (serialization === 'advanced') return [V8_TAG, v8.serialize(message)];
+  const text = JSON.stringify(message);
+  if (text === undefined) {
+    throw invalidOption('message', message, 'cannot be serialized as JSON');
+  }
+  return [JSON_TAG, text];
+}
+
+/** Decodes a message event of the primary side ({ encoding, data }). */
+function decodeEvent(ev) {
+  switch (ev.encoding) {
+    case 'json': return JSON.parse(ev.data);
+    case 'v8': return v8.deserialize(ev.data);
+    default: return ev.data; // raw bytes from a worker that does not use this binding
+  }
+}
+
+module.exports = { JSON_TAG, V8_TAG, CONTROL_TAG, encode, decodeEvent, checkSerialization };

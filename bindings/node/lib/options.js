@@ -1,0 +1,173 @@
+'use strict';
+// Checks and normalises the options of rcluster.start() into what the native layer takes.
+// Types are checked here, so that a mistake is reported with the JS option name; value
+// ranges are checked once more by the core.
+const path = require('path');
+const { invalidOption } = require('./errors');
+const { checkSerialization } = require('./codec');
+
+const DISPATCH = ['rr', 'round-robin', 'least-conn', 'least-connections', 'sticky', 'shared'];
+
+function int(opts, name, min, max, prefix = 'options.') {
+  const v = opts[name];
+  if (v === undefined) return undefined;
+  if (!Number.isInteger(v) || v < min || v > max) {
+    throw invalidOption(prefix + name, v, `must be an integer ${min}..${max}`);
+  }
+  return v;
+}
+
+function ms(opts, name, prefix = 'options.') {
+  const v = opts[name];
+  if (v === undefined) return undefined;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
+    throw invalidOption(prefix + name, v, 'must be a positive number of milliseconds');
+  }
+  return v;
+}
+
+function oneOf(opts, name, values, prefix = 'options.') {
+  const v = opts[name];
+  if (v === undefined) return undefined;
+  if (!values.includes(v)) {
+    throw invalidOption(prefix + name, v, `expected one of ${values.map((x) => `'${x}'`).join(', ')}`);
+  }
+  return v;
+}
+
+function strings(value, name) {
+  if (value === undefined) return [];
+  if (!Array.isArray(value) || value.some((s) => typeof s !== 'string')) {
+    throw invalidOption(name, value, 'must be an array of strings');
+  }
+  return value;
+}
+
+function listeners(opts) {
+  const list = [];
+  if (opts.listen !== undefined) {
+    const addrs = Array.isArray(opts.listen) ? opts.listen : [opts.listen];
+    addrs.forEach((a, i) => list.push({ name: `listener${i}`, address: a }));
+  }
+  if (opts.listeners !== undefined) {
+    if (!Array.isArray(opts.listeners)) {
+      throw invalidOption('options.listeners', opts.listeners, 'must be an array of { address, name?, dispatch? }');
+    }
+    opts.listeners.forEach((l, i) => {
+      if (l === null || typeof l !== 'object') {
+        throw invalidOption(`options.listeners[${i}]`, l, 'must be an object { address, name?, dispatch? }');
+      }
+      list.push({ name: l.name === undefined ? `listener${list.length}` : l.name, address: l.address, dispatch: l.dispatch });
+    });
+  }
+  const dispatch = oneOf(opts, 'dispatch', DISPATCH) || 'rr';
+  return list.map((l, i) => {
+    let address = l.address;
+    if (typeof address === 'number' && Number.isInteger(address) && address >= 0 && address < 65536) {
+      address = `127.0.0.1:${address}`;
+    }
+    if (typeof address !== 'string' || address === '') {
+      throw invalidOption(`options.listeners[${i}].address`, l.address,
+        "expected 'HOST:PORT', '[IPv6]:PORT', ':PORT', 'unix:/path' or a port number");
+    }
+    if (typeof l.name !== 'string') {
+      throw invalidOption(`options.listeners[${i}].name`, l.name, 'must be a string');
+    }
+    const d = l.dispatch === undefined ? dispatch : l.dispatch;
+    if (!DISPATCH.includes(d)) {
+      throw invalidOption(`options.listeners[${i}].dispatch`, d, `expected one of ${DISPATCH.join(', ')}`);
+    }
+    return { name: l.name, address, dispatch: d };
+  });
+}
+
+function restart(opts) {
+  let r = opts.restart;
+  if (r === undefined) return {};
+  if (typeof r === 'string') r = { mode: r };
+  if (r === null || typeof r !== 'object') {
+    throw invalidOption('options.restart', r, "expected 'always', 'on-failure', 'never' or an object");
+  }
+  const p = 'options.restart.';
+  const mult = r.backoffMultiplier;
+  if (mult !== undefined && (typeof mult !== 'number' || !(mult >= 1))) {
+    throw invalidOption(p + 'backoffMultiplier', mult, 'must be a number >= 1');
+  }
+  const jitter = r.jitter;
+  if (jitter !== undefined && (typeof jitter !== 'number' || !(jitter >= 0 && jitter <= 1))) {
+    throw invalidOption(p + 'jitter', jitter, 'must be a number between 0 and 1');
+  }
+  const codes = r.noRestartCodes;
+  if (codes !== undefined && (!Array.isArray(codes) || codes.some((c) => !Number.isInteger(c)))) {
+    throw invalidOption(p + 'noRestartCodes', codes, 'must be an array of integer exit codes');
+  }
+  return {
+    restart: oneOf(r, 'mode', ['always', 'on-failure', 'never'], p),
+    backoffInitial: ms(r, 'backoffInitial', p),
+    backoffMultiplier: mult,
+    backoffMax: ms(r, 'backoffMax', p),
+    jitter,
+    minUptime: ms(r, 'minUptime', p),
+    maxRestarts: int(r, 'maxRestarts', 0, 2 ** 31, p),
+    window: ms(r, 'window', p),
+    noRestartCodes: codes,
+  };
+}
+
+function envPairs(env, name) {
+  if (env === undefined) return [];
+  if (env === null || typeof env !== 'object') throw invalidOption(name, env, 'must be an object of strings');
+  return Object.entries(env).map(([k, v]) => [k, String(v)]);
+}
+
+/**
+ * The native options and the JS-side settings of rcluster.start(options).
+ * `extraEnv` is added to the workers' environment (the binding's own variables).
+ */
+function normalize(opts = {}, extraEnv = {}) {
+  if (opts === null || typeof opts !== 'object') {
+    throw invalidOption('options', opts, 'must be an object');
+  }
+  const workers = opts.workers === undefined ? 1 : int(opts, 'workers', 1, 4096);
+  const exec = opts.exec === undefined ? process.argv[1] : opts.exec;
+  if (typeof exec !== 'string' || exec === '') throw invalidOption('options.exec', exec, 'must be a path to a script');
+  const execArgv = strings(opts.execArgv === undefined ? process.execArgv : opts.execArgv, 'options.execArgv');
+  const args = strings(opts.args === undefined ? process.argv.slice(2) : opts.args, 'options.args');
+  const program = opts.program === undefined ? process.execPath : opts.program;
+  if (typeof program !== 'string') throw invalidOption('options.program', program, 'must be a path to an executable');
+  if (opts.cwd !== undefined && typeof opts.cwd !== 'string') throw invalidOption('options.cwd', opts.cwd, 'must be a string');
+  const serialization = checkSerialization(opts.serialization, 'options.serialization');
+  const heartbeatTimeout = ms(opts, 'heartbeatTimeout');
+  const env = envPairs(opts.env, 'options.env');
+  const own = { ...extraEnv, RCLUSTER_NODE_SERIALIZATION: serialization };
+  if (heartbeatTimeout !== undefined) own.RCLUSTER_NODE_HEARTBEAT_MS = String(heartbeatTimeout);
+  env.push(...Object.entries(own));
+  const native = {
+    workers,
+    argv: [program, ...execArgv, path.resolve(opts.cwd || '.', exec), ...args],
+    env,
+    cwd: opts.cwd,
+    readyOn: oneOf(opts, 'readyOn', ['spawn', 'hello', 'explicit']),
+    readyTimeout: ms(opts, 'readyTimeout'),
+    heartbeatTimeout,
+    killTimeout: ms(opts, 'killTimeout'),
+    ...restart(opts),
+    maxMessage: int(opts, 'maxMessage', 1, 2 ** 30),
+    sendQueueLimit: int(opts, 'sendQueueLimit', 1, Number.MAX_SAFE_INTEGER),
+    output: oneOf(opts, 'output', ['inherit', 'prefix']),
+    listeners: listeners(opts),
+    maxInflight: int(opts, 'maxInflight', 1, 2 ** 31),
+    handoffWindow: int(opts, 'handoffWindow', 1, 65536),
+    queueLimit: int(opts, 'queueLimit', 1, 2 ** 31),
+    queueTimeout: ms(opts, 'queueTimeout'),
+    maxSurge: int(opts, 'maxSurge', 1, 4096),
+  };
+  if (opts.program !== undefined && opts.exec === undefined) {
+    // A non-Node program: run it with `args` alone.
+    native.argv = [program, ...args];
+  }
+  for (const k of Object.keys(native)) if (native[k] === undefined) delete native[k];
+  return { native, serialization };
+}
+
+module.exports = { normalize };

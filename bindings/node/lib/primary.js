@@ -1,0 +1,163 @@
+'use strict';
+// rcluster's own primary API: rcluster.start(options) returns a Cluster.
+const { EventEmitter } = require('events');
+const native = require('./native');
+const { normalize } = require('./options');
+const codec = require('./codec');
+const { signalName } = require('./signals');
+const { rclusterError } = require('./errors');
+
+const BATCH = 4096;
+
+function wrapNative(fn) {
+  try {
+    return fn();
+  } catch (e) {
+    // Native errors carry their code already; keep the JS stack of the caller.
+    Error.captureStackTrace(e, wrapNative);
+    throw e;
+  }
+}
+
+class Cluster extends EventEmitter {
+  constructor(options) {
+    super();
+    const { native: opts, serialization } = normalize(options);
+    this._serialization = serialization;
+    this._native = wrapNative(() => new native.NativeSupervisor(opts));
+    this._reloads = new Map(); // generation -> { resolve, reject }
+    this._stopping = null;
+    // The watcher is ref'd: a running cluster keeps the process alive, as a server does,
+    // until stop() (or every slot has given up).
+    this._native.watch(() => this._pump());
+  }
+
+  _pump() {
+    for (;;) {
+      const events = this._native.drain(BATCH);
+      for (const ev of events) this._dispatch(ev);
+      if (events.length < BATCH) return;
+    }
+  }
+
+  _dispatch(ev) {
+    const who = { id: ev.id, pid: ev.pid };
+    switch (ev.type) {
+      case 'spawn': return this.emit('spawn', { ...who, generation: ev.generation });
+      case 'online': return this.emit('online', who);
+      case 'ready': return this.emit('ready', who);
+      case 'message': return this._message(ev, who);
+      case 'exit':
+        return this.emit('exit', {
+          ...who, generation: ev.generation, code: ev.code ?? null,
+          signal: signalName(ev.signal), reason: ev.reason,
+        });
+      case 'restarting': return this.emit('restarting', { id: ev.id, delay: ev.delay, attempt: ev.attempt });
+      case 'gave-up': return this.emit('gave-up', { id: ev.id, restarts: ev.restarts, window: ev.window });
+      case 'all-down':
+        this._native.setRef(false);
+        return this.emit('all-down');
+      case 'spawn-failed': return this.emit('spawn-failed', { id: ev.id, error: ev.error });
+      case 'protocol-error': return this.emit('protocol-error', { ...who, error: ev.error });
+      case 'scaled': return this.emit('scaled', { workers: ev.workers });
+      case 'accept-paused': return this.emit('accept-paused', { listener: ev.listener, error: ev.error });
+      case 'reload-started': return this.emit('reload', { phase: 'started', generation: ev.generation });
+      case 'reload-done': return this._reloadEnded(ev, 'done');
+      case 'reload-failed': return this._reloadEnded(ev, 'failed');
+      default: return undefined;
+    }
+  }
+
+  _message(ev, who) {
+    if (ev.encoding === 'control') {
+      const c = JSON.parse(ev.data);
+      if (c.act === 'listening') this.emit('listening', { ...who, address: c.address });
+      return;
+    }
+    this.emit('message', codec.decodeEvent(ev), who);
+  }
+
+  _reloadEnded(ev, phase) {
+    this.emit('reload', { phase, generation: ev.generation, reason: ev.reason });
+    const waiter = this._reloads.get(ev.generation);
+    if (!waiter) return;
+    this._reloads.delete(ev.generation);
+    if (phase === 'done') waiter.resolve({ generation: ev.generation });
+    else waiter.reject(rclusterError('ERR_RCLUSTER_RELOAD_FAILED', `reload to generation ${ev.generation} failed: ${ev.reason}`));
+  }
+
+  /** Sends a message to worker `id`. Throws ERR_RCLUSTER_QUEUE_FULL when it is not reading. */
+  send(id, message) {
+    const [tag, data] = codec.encode(message, this._serialization);
+    wrapNative(() => this._native.send(id, tag, data));
+    return true;
+  }
+
+  /** Sends a message to every live worker; returns how many got it. */
+  broadcast(message) {
+    const [tag, data] = codec.encode(message, this._serialization);
+    return wrapNative(() => this._native.broadcast(tag, data));
+  }
+
+  /** Every worker process (and every slot with none running), as of now. */
+  workers() {
+    return wrapNative(() => this._native.snapshot()).map((w) => ({
+      id: w.id, pid: w.pid, generation: w.generation, state: w.state, uptime: w.uptime,
+      restarts: w.restarts,
+      lastExit: w.lastExitReason === undefined ? null : {
+        code: w.lastExitCode ?? null, signal: signalName(w.lastExitSignal), reason: w.lastExitReason,
+      },
+    }));
+  }
+
+  snapshot() {
+    return this.workers();
+  }
+
+  /** Listeners bound by the primary: [{ name, address }] (a port 0 resolved). */
+  get listeners() {
+    return this._native.listeners().map(([name, address]) => ({ name, address }));
+  }
+
+  /** Rolling reload; resolves with { generation } once every slot runs it. */
+  reload() {
+    return new Promise((resolve, reject) => {
+      const generation = wrapNative(() => this._native.reload());
+      this._reloads.set(generation, { resolve, reject });
+    });
+  }
+
+  scale(workers) {
+    if (!Number.isInteger(workers) || workers < 1 || workers > 4096) {
+      throw rclusterError('ERR_RCLUSTER_INVALID_OPTION', `invalid option workers = ${workers}: must be an integer 1..4096`);
+    }
+    wrapNative(() => this._native.scale(workers));
+  }
+
+  /** Stops worker `id` gracefully and starts it again. */
+  restart(id) {
+    wrapNative(() => this._native.restartWorker(id));
+  }
+
+  /** Stops every worker (SIGKILL after `timeout` ms); resolves once all are reaped. */
+  stop({ timeout = 10000 } = {}) {
+    if (!this._stopping) {
+      this._stopping = this._native.stop(timeout).then(() => {
+        this._pump();
+        this._native.unwatch();
+        for (const [generation, w] of this._reloads) {
+          w.reject(rclusterError('ERR_RCLUSTER_STOPPED', `reload to generation ${generation} ended: the cluster stopped`));
+        }
+        this._reloads.clear();
+        this.emit('stop');
+      });
+    }
+    return this._stopping;
+  }
+}
+
+function start(options) {
+  return new Cluster(options);
+}
+
+module.exports = { Cluster, start };

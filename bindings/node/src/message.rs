@@ -1,0 +1,34 @@
+//! How the binding frames user messages: one tag byte, then the body. The core carries opaque
+//! bytes; the tag tells the receiving side how to decode them, whatever its own setting.
+
+use napi::bindgen_prelude::*;
+
+/// JSON text (the default, like `cluster`).
+pub const JSON: u8 = b'J';
+/// `v8.serialize` output (`serialization: 'advanced'`).
+pub const V8: u8 = b'V';
+/// A message of the binding itself (JSON text): init, listening, disconnect bookkeeping.
+pub const CONTROL: u8 = b'C';
+
+/// Message bytes with their tag in front, ready for the core.
+pub fn encode(tag: u8, data: &Either<String, Buffer>) -> Vec<u8> {
+    let body: &[u8] = match data {
+        Either::A(s) => s.as_bytes(),
+        Either::B(b) => b,
+    };
+    let mut out = Vec::with_capacity(body.len() + 1);
+    out.push(tag);
+    out.extend_from_slice(body);
+    out
+}
+
+/// The encoding name and the decoded body of a tagged message.
+pub fn decode(data: Vec<u8>) -> (&'static str, Either<String, Buffer>) {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    match data.first() {
+        Some(&JSON) => ("json", Either::A(text(&data[1..]))),
+        Some(&CONTROL) => ("control", Either::A(text(&data[1..]))),
+        Some(&V8) => ("v8", Either::B(Buffer::from(data[1..].to_vec()))),
+        _ => ("raw", Either::B(Buffer::from(data))),
+    }
+}

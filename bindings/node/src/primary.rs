@@ -1,0 +1,485 @@
+//! The primary side: a core `Supervisor` and the watcher of its event descriptor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use rcluster_core::{
+    Config, Dispatch, Event, ListenAddr, Listener, Output, ReadyOn, RestartMode, Supervisor,
+};
+
+use crate::error::{from_napi, invalid, to_js};
+use crate::message;
+use crate::watch::Watcher;
+
+/// Options as `lib/options.js` normalised them: durations in milliseconds, unset fields keep
+/// the core's defaults.
+#[napi(object)]
+pub struct NativeOptions {
+    pub workers: u32,
+    pub argv: Vec<String>,
+    pub env: Vec<Vec<String>>,
+    pub cwd: Option<String>,
+    pub ready_on: Option<String>,
+    pub ready_timeout: Option<f64>,
+    pub heartbeat_timeout: Option<f64>,
+    pub kill_timeout: Option<f64>,
+    pub restart: Option<String>,
+    pub backoff_initial: Option<f64>,
+    pub backoff_multiplier: Option<f64>,
+    pub backoff_max: Option<f64>,
+    pub jitter: Option<f64>,
+    pub min_uptime: Option<f64>,
+    pub max_restarts: Option<u32>,
+    pub window: Option<f64>,
+    pub no_restart_codes: Option<Vec<i32>>,
+    pub max_message: Option<f64>,
+    pub send_queue_limit: Option<f64>,
+    pub output: Option<String>,
+    pub listeners: Vec<NativeListener>,
+    pub max_inflight: Option<u32>,
+    pub handoff_window: Option<u32>,
+    pub queue_limit: Option<u32>,
+    pub queue_timeout: Option<f64>,
+    pub max_surge: Option<u32>,
+}
+
+#[napi(object)]
+pub struct NativeListener {
+    pub name: String,
+    pub address: String,
+    pub dispatch: String,
+}
+
+/// One event of the cluster; which fields are set depends on `type`.
+#[napi(object)]
+pub struct NativeEvent {
+    #[napi(js_name = "type")]
+    pub kind: String,
+    pub id: Option<u32>,
+    pub pid: Option<u32>,
+    pub generation: Option<u32>,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub reason: Option<String>,
+    pub delay: Option<f64>,
+    pub attempt: Option<u32>,
+    pub restarts: Option<u32>,
+    pub window: Option<f64>,
+    pub error: Option<String>,
+    pub workers: Option<u32>,
+    pub listener: Option<String>,
+    pub encoding: Option<String>,
+    pub data: Option<Either<String, Buffer>>,
+}
+
+#[napi(object)]
+pub struct NativeWorkerInfo {
+    pub id: u32,
+    pub pid: u32,
+    pub generation: u32,
+    pub state: String,
+    pub uptime: f64,
+    pub restarts: u32,
+    pub last_exit_code: Option<i32>,
+    pub last_exit_signal: Option<i32>,
+    pub last_exit_reason: Option<String>,
+}
+
+fn ms(v: f64) -> Duration {
+    Duration::from_secs_f64(v.max(0.0) / 1000.0)
+}
+
+fn build_config(o: NativeOptions) -> napi::Result<Config, &'static str> {
+    let mut c = Config::new(o.argv);
+    c.workers = o.workers as usize;
+    for pair in o.env {
+        let [k, v] = <[String; 2]>::try_from(pair).map_err(|p| {
+            invalid(format!(
+                "options.env entry {p:?} is not a [name, value] pair"
+            ))
+        })?;
+        c.env.push((k.into(), v.into()));
+    }
+    c.cwd = o.cwd.map(Into::into);
+    if let Some(r) = o.ready_on.as_deref() {
+        c.ready_on = match r {
+            "spawn" => ReadyOn::Spawn,
+            "hello" => ReadyOn::Hello,
+            "explicit" => ReadyOn::Explicit,
+            _ => {
+                return Err(invalid(format!(
+                    "options.readyOn = {r:?}: expected 'spawn', 'hello' or 'explicit'"
+                )))
+            }
+        };
+    }
+    set(&mut c.ready_timeout, o.ready_timeout.map(ms));
+    c.heartbeat_timeout = o.heartbeat_timeout.map(ms);
+    set(&mut c.kill_timeout, o.kill_timeout.map(ms));
+    if let Some(m) = o.restart.as_deref() {
+        c.restart.mode = match m {
+            "always" => RestartMode::Always,
+            "on-failure" => RestartMode::OnFailure,
+            "never" => RestartMode::Never,
+            _ => {
+                return Err(invalid(format!(
+                    "options.restart.mode = {m:?}: expected 'always', 'on-failure' or 'never'"
+                )))
+            }
+        };
+    }
+    let r = &mut c.restart;
+    set(&mut r.backoff_initial, o.backoff_initial.map(ms));
+    set(&mut r.backoff_multiplier, o.backoff_multiplier);
+    set(&mut r.backoff_max, o.backoff_max.map(ms));
+    set(&mut r.jitter, o.jitter);
+    set(&mut r.min_uptime, o.min_uptime.map(ms));
+    set(&mut r.max_restarts, o.max_restarts);
+    set(&mut r.window, o.window.map(ms));
+    set(&mut r.no_restart_codes, o.no_restart_codes);
+    set(&mut c.max_message, o.max_message.map(|v| v as usize));
+    set(
+        &mut c.send_queue_limit,
+        o.send_queue_limit.map(|v| v as usize),
+    );
+    if let Some(out) = o.output.as_deref() {
+        c.output = match out {
+            "inherit" => Output::Inherit,
+            "prefix" => Output::Prefix,
+            _ => {
+                return Err(invalid(format!(
+                    "options.output = {out:?}: expected 'inherit' or 'prefix'"
+                )))
+            }
+        };
+    }
+    for l in o.listeners {
+        let addr: ListenAddr = l.address.parse().map_err(to_js)?;
+        let dispatch: Dispatch = l.dispatch.parse().map_err(to_js)?;
+        c.listeners.push(Listener::new(l.name, addr, dispatch));
+    }
+    c.max_inflight = o.max_inflight.map(|v| v as usize);
+    set(&mut c.handoff_window, o.handoff_window.map(|v| v as usize));
+    set(&mut c.queue_limit, o.queue_limit.map(|v| v as usize));
+    set(&mut c.queue_timeout, o.queue_timeout.map(ms));
+    set(&mut c.max_surge, o.max_surge.map(|v| v as usize));
+    Ok(c)
+}
+
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *field = v;
+    }
+}
+
+fn event(kind: &str) -> NativeEvent {
+    NativeEvent {
+        kind: kind.to_string(),
+        id: None,
+        pid: None,
+        generation: None,
+        code: None,
+        signal: None,
+        reason: None,
+        delay: None,
+        attempt: None,
+        restarts: None,
+        window: None,
+        error: None,
+        workers: None,
+        listener: None,
+        encoding: None,
+        data: None,
+    }
+}
+
+fn to_event(ev: Event) -> NativeEvent {
+    match ev {
+        Event::Spawned {
+            id,
+            pid,
+            generation,
+        } => NativeEvent {
+            id: Some(id),
+            pid: Some(pid),
+            generation: Some(generation),
+            ..event("spawn")
+        },
+        Event::Online { id, pid } => NativeEvent {
+            id: Some(id),
+            pid: Some(pid),
+            ..event("online")
+        },
+        Event::Ready { id, pid } => NativeEvent {
+            id: Some(id),
+            pid: Some(pid),
+            ..event("ready")
+        },
+        Event::Message { id, pid, data } => {
+            let (encoding, data) = message::decode(data);
+            NativeEvent {
+                id: Some(id),
+                pid: Some(pid),
+                encoding: Some(encoding.to_string()),
+                data: Some(data),
+                ..event("message")
+            }
+        }
+        Event::Exit {
+            id,
+            generation,
+            info,
+        } => NativeEvent {
+            id: Some(id),
+            pid: Some(info.pid),
+            generation: Some(generation),
+            code: info.code,
+            signal: info.signal,
+            reason: Some(info.reason.as_str().to_string()),
+            ..event("exit")
+        },
+        Event::SpawnFailed { id, error } => NativeEvent {
+            id: Some(id),
+            error: Some(error),
+            ..event("spawn-failed")
+        },
+        Event::Restarting { id, delay, attempt } => NativeEvent {
+            id: Some(id),
+            delay: Some(delay.as_secs_f64() * 1000.0),
+            attempt: Some(attempt),
+            ..event("restarting")
+        },
+        Event::GaveUp {
+            id,
+            restarts,
+            window,
+        } => NativeEvent {
+            id: Some(id),
+            restarts: Some(restarts),
+            window: Some(window.as_secs_f64() * 1000.0),
+            ..event("gave-up")
+        },
+        Event::AllDown => event("all-down"),
+        Event::ProtocolError { id, pid, detail } => NativeEvent {
+            id: Some(id),
+            pid: Some(pid),
+            error: Some(detail),
+            ..event("protocol-error")
+        },
+        Event::ReloadStarted { generation } => NativeEvent {
+            generation: Some(generation),
+            ..event("reload-started")
+        },
+        Event::ReloadDone { generation } => NativeEvent {
+            generation: Some(generation),
+            ..event("reload-done")
+        },
+        Event::ReloadFailed { generation, reason } => NativeEvent {
+            generation: Some(generation),
+            reason: Some(reason),
+            ..event("reload-failed")
+        },
+        Event::Scaled { workers } => NativeEvent {
+            workers: Some(workers as u32),
+            ..event("scaled")
+        },
+        Event::AcceptPaused { listener, error } => NativeEvent {
+            listener: Some(listener),
+            error: Some(error),
+            ..event("accept-paused")
+        },
+    }
+}
+
+/// A running supervisor (the primary side of a cluster).
+#[napi]
+pub struct NativeSupervisor {
+    inner: Arc<Supervisor>,
+    watcher: Option<Watcher>,
+}
+
+#[napi]
+impl NativeSupervisor {
+    #[napi(constructor)]
+    pub fn new(options: NativeOptions) -> napi::Result<Self, &'static str> {
+        let config = build_config(options)?;
+        inherit_stdio();
+        let inner = Supervisor::start(config).map_err(to_js)?;
+        Ok(NativeSupervisor {
+            inner: Arc::new(inner),
+            watcher: None,
+        })
+    }
+
+    /// Sends a tagged message to worker `id` (tag: a byte of `lib/codec.js`).
+    #[napi]
+    pub fn send(
+        &self,
+        id: u32,
+        tag: u32,
+        data: Either<String, Buffer>,
+    ) -> napi::Result<(), &'static str> {
+        self.inner
+            .send(id, &message::encode(tag as u8, &data))
+            .map_err(to_js)
+    }
+
+    /// Sends a tagged message to every live worker; returns how many it was queued for.
+    #[napi]
+    pub fn broadcast(
+        &self,
+        tag: u32,
+        data: Either<String, Buffer>,
+    ) -> napi::Result<u32, &'static str> {
+        self.inner
+            .broadcast(&message::encode(tag as u8, &data))
+            .map(|n| n as u32)
+            .map_err(to_js)
+    }
+
+    #[napi]
+    pub fn snapshot(&self) -> napi::Result<Vec<NativeWorkerInfo>, &'static str> {
+        let list = self.inner.snapshot().map_err(to_js)?;
+        Ok(list
+            .into_iter()
+            .map(|w| NativeWorkerInfo {
+                id: w.id,
+                pid: w.pid,
+                generation: w.generation,
+                state: w.state.as_str().to_string(),
+                uptime: w.uptime.as_secs_f64() * 1000.0,
+                restarts: w.restarts,
+                last_exit_code: w.last_exit.and_then(|e| e.code),
+                last_exit_signal: w.last_exit.and_then(|e| e.signal),
+                last_exit_reason: w.last_exit.map(|e| e.reason.as_str().to_string()),
+            })
+            .collect())
+    }
+
+    #[napi]
+    pub fn scale(&self, workers: u32) -> napi::Result<(), &'static str> {
+        self.inner.scale(workers as usize).map_err(to_js)
+    }
+
+    #[napi]
+    pub fn restart_worker(&self, id: u32) -> napi::Result<(), &'static str> {
+        self.inner.restart_worker(id).map_err(to_js)
+    }
+
+    /// Starts a rolling reload; returns the new generation.
+    #[napi]
+    pub fn reload(&self) -> napi::Result<u32, &'static str> {
+        self.inner.reload().map_err(to_js)
+    }
+
+    /// Stops every worker off the JS thread; the promise resolves once all are reaped.
+    #[napi]
+    pub fn stop(&self, timeout_ms: f64) -> AsyncTask<StopTask> {
+        AsyncTask::new(StopTask {
+            sup: Arc::clone(&self.inner),
+            timeout: ms(timeout_ms),
+        })
+    }
+
+    /// Waits up to `timeout_ms` for the next event, blocking the JS thread: only for the
+    /// short, synchronous waits of `cluster.fork()` (the spawn takes a millisecond or two).
+    #[napi]
+    pub fn next_event(&self, timeout_ms: f64) -> Option<NativeEvent> {
+        self.inner.next_event(Some(ms(timeout_ms))).map(to_event)
+    }
+
+    /// Every waiting event, up to `max`.
+    #[napi]
+    pub fn drain(&self, max: u32) -> Vec<NativeEvent> {
+        let mut out = Vec::new();
+        while out.len() < max as usize {
+            match self.inner.try_next_event() {
+                Some(ev) => out.push(to_event(ev)),
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Calls `callback` on the JS thread whenever events wait (then call `drain`).
+    #[napi]
+    pub fn watch(
+        &mut self,
+        env: Env,
+        callback: Function<'_, (), ()>,
+    ) -> napi::Result<(), &'static str> {
+        if self.watcher.is_none() {
+            let fd = self.inner.event_fd();
+            self.watcher =
+                Some(Watcher::start(&env, fd, callback, "rcluster:primary").map_err(from_napi)?);
+        }
+        Ok(())
+    }
+
+    /// Whether the watcher keeps the process alive.
+    #[napi]
+    pub fn set_ref(&self, keep_alive: bool) {
+        if let Some(w) = &self.watcher {
+            w.set_ref(keep_alive);
+        }
+    }
+
+    #[napi]
+    pub fn unwatch(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            w.close();
+        }
+    }
+
+    #[napi]
+    pub fn is_stopped(&self) -> bool {
+        self.inner.is_stopped()
+    }
+
+    /// Each configured listener's name and actual address (a port 0 resolved).
+    #[napi]
+    pub fn listeners(&self) -> Vec<Vec<String>> {
+        self.inner
+            .listeners()
+            .iter()
+            .map(|(name, addr)| vec![name.clone(), addr.to_string()])
+            .collect()
+    }
+}
+
+/// Workers are meant to inherit stdin/stdout/stderr, but Node (libuv) marks them
+/// close-on-exec in its own process, and the core does not clear the flag in the child: the
+/// workers would start with /dev/null as stdio. Clear it here, in the primary, once.
+fn inherit_stdio() {
+    for fd in 0..=2 {
+        // SAFETY: fcntl on the standard descriptors only changes their FD_CLOEXEC flag.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC != 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
+pub struct StopTask {
+    sup: Arc<Supervisor>,
+    timeout: Duration,
+}
+
+impl Task for StopTask {
+    type Output = ();
+    type JsValue = ();
+
+    fn compute(&mut self) -> Result<()> {
+        self.sup
+            .stop(self.timeout)
+            .map_err(|e| Error::new(Status::GenericFailure, e.to_string()))
+    }
+
+    fn resolve(&mut self, _env: Env, _output: ()) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,230 @@
+//! The worker side: this process's link to its primary, and the watcher of that link.
+
+use std::os::fd::{IntoRawFd, OwnedFd};
+use std::time::Duration;
+
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use rcluster_core::{Dispatch, Worker, WorkerEvent};
+
+use crate::error::{from_napi, to_js};
+use crate::message;
+use crate::watch::Watcher;
+
+/// A non-message event: `connection`, `control`, `raw`, `disconnect` or `gone`.
+#[napi(object)]
+pub struct NativeWorkerEvent {
+    #[napi(js_name = "type")]
+    pub kind: String,
+    /// The connection's socket (non-blocking, owned by the receiver from now on).
+    pub fd: Option<i32>,
+    pub id: Option<f64>,
+    pub listener: Option<String>,
+    pub peer: Option<String>,
+    pub data: Option<Either<String, Buffer>>,
+}
+
+#[napi(object)]
+pub struct NativeListening {
+    pub name: String,
+    pub address: String,
+    /// In `shared` mode, the listening socket to accept on.
+    pub fd: Option<i32>,
+}
+
+fn simple(kind: &str) -> NativeWorkerEvent {
+    NativeWorkerEvent {
+        kind: kind.to_string(),
+        fd: None,
+        id: None,
+        listener: None,
+        peer: None,
+        data: None,
+    }
+}
+
+/// Hands a descriptor to JS in non-blocking mode, as libuv wants it.
+fn give_away(fd: OwnedFd) -> i32 {
+    let raw = fd.into_raw_fd();
+    // SAFETY: a descriptor this process owns; only its status flags change.
+    unsafe {
+        let flags = libc::fcntl(raw, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+    raw
+}
+
+/// A JSON message is returned as a plain string and a v8 one as a Buffer (the common cases,
+/// kept cheap); everything else as an object.
+type Item = Either3<String, Buffer, NativeWorkerEvent>;
+
+fn to_item(ev: WorkerEvent) -> Item {
+    match ev {
+        WorkerEvent::Message(data) => match message::decode(data) {
+            ("json", Either::A(s)) => Either3::A(s),
+            ("v8", Either::B(b)) => Either3::B(b),
+            (kind, data) => Either3::C(NativeWorkerEvent {
+                data: Some(data),
+                ..simple(kind)
+            }),
+        },
+        WorkerEvent::Connection(c) => Either3::C(NativeWorkerEvent {
+            fd: Some(give_away(c.fd)),
+            id: Some(c.id as f64),
+            listener: Some(c.listener),
+            peer: Some(c.peer),
+            ..simple("connection")
+        }),
+        WorkerEvent::Disconnect => Either3::C(simple("disconnect")),
+        WorkerEvent::PrimaryGone => Either3::C(simple("gone")),
+    }
+}
+
+/// This process's link to its primary.
+#[napi]
+pub struct NativeWorker {
+    inner: Worker,
+    watcher: Option<Watcher>,
+}
+
+/// Connects to the primary when this process is an rcluster worker; null otherwise.
+#[napi]
+pub fn attach_worker() -> napi::Result<Option<NativeWorker>, &'static str> {
+    let Some(inner) = Worker::from_env().map_err(to_js)? else {
+        return Ok(None);
+    };
+    // JS decides what a lost primary means (it emits 'disconnect', then exits).
+    inner.set_exit_on_primary_loss(false);
+    Ok(Some(NativeWorker {
+        inner,
+        watcher: None,
+    }))
+}
+
+#[napi]
+impl NativeWorker {
+    #[napi(getter)]
+    pub fn id(&self) -> u32 {
+        self.inner.id()
+    }
+
+    #[napi(getter)]
+    pub fn generation(&self) -> u32 {
+        self.inner.generation()
+    }
+
+    #[napi(getter)]
+    pub fn max_message(&self) -> f64 {
+        self.inner.max_message() as f64
+    }
+
+    /// Sends a tagged message to the primary; blocks only while the socket is full.
+    #[napi]
+    pub fn send(&self, tag: u32, data: Either<String, Buffer>) -> napi::Result<(), &'static str> {
+        let bytes = message::encode(tag as u8, &data);
+        if bytes.len() > self.inner.max_message() {
+            return Err(to_js(rcluster_core::Error::MessageTooLarge {
+                size: bytes.len() - 1,
+                limit: self.inner.max_message() - 1,
+            }));
+        }
+        self.inner.send(&bytes).map_err(to_js)
+    }
+
+    #[napi]
+    pub fn ready(&self) -> napi::Result<(), &'static str> {
+        self.inner.ready().map_err(to_js)
+    }
+
+    #[napi]
+    pub fn heartbeat(&self) -> napi::Result<(), &'static str> {
+        self.inner.heartbeat().map_err(to_js)
+    }
+
+    #[napi]
+    pub fn disconnect(&self) -> napi::Result<(), &'static str> {
+        self.inner.disconnect().map_err(to_js)
+    }
+
+    #[napi]
+    pub fn connection_closed(&self, id: f64) -> napi::Result<(), &'static str> {
+        self.inner.connection_closed(id as u64).map_err(to_js)
+    }
+
+    /// Asks the primary for a listener on `address`. Blocks the JS thread for one round trip
+    /// to the primary's loop thread (which binds), as Node's own `server.listen()` blocks in
+    /// bind(2); events that arrive meanwhile are kept for `drain`.
+    #[napi]
+    pub fn listen(
+        &self,
+        address: String,
+        dispatch: String,
+    ) -> napi::Result<NativeListening, &'static str> {
+        let dispatch: Dispatch = dispatch.parse().map_err(to_js)?;
+        let l = self.inner.listen(&address, dispatch).map_err(to_js)?;
+        Ok(NativeListening {
+            name: l.name,
+            address: l.addr,
+            fd: l.fd.map(give_away),
+        })
+    }
+
+    /// Waits up to `timeout_ms` for one event, blocking the JS thread: only for the start-up
+    /// handshake of `cluster`-style workers.
+    #[napi]
+    pub fn next_event(&self, timeout_ms: f64) -> napi::Result<Option<Item>, &'static str> {
+        let timeout = Duration::from_secs_f64(timeout_ms.max(0.0) / 1000.0);
+        Ok(self
+            .inner
+            .next_event(Some(timeout))
+            .map_err(to_js)?
+            .map(to_item))
+    }
+
+    /// Every event waiting, up to `max`, without blocking.
+    #[napi]
+    pub fn drain(&self, max: u32) -> napi::Result<Vec<Item>, &'static str> {
+        let mut out = Vec::new();
+        while out.len() < max as usize {
+            match self.inner.try_next_event().map_err(to_js)? {
+                Some(WorkerEvent::PrimaryGone) => {
+                    out.push(Either3::C(simple("gone")));
+                    break;
+                }
+                Some(ev) => out.push(to_item(ev)),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    #[napi]
+    pub fn watch(
+        &mut self,
+        env: Env,
+        callback: Function<'_, (), ()>,
+    ) -> napi::Result<(), &'static str> {
+        if self.watcher.is_none() {
+            let fd = self.inner.as_raw_fd();
+            self.watcher =
+                Some(Watcher::start(&env, fd, callback, "rcluster:worker").map_err(from_napi)?);
+        }
+        Ok(())
+    }
+
+    #[napi]
+    pub fn set_ref(&self, keep_alive: bool) {
+        if let Some(w) = &self.watcher {
+            w.set_ref(keep_alive);
+        }
+    }
+
+    #[napi]
+    pub fn unwatch(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            w.close();
+        }
+    }
+}

@@ -1,0 +1,113 @@
+'use strict';
+// rcluster's own API, end to end with real worker processes.
+const test = require('node:test');
+const assert = require('assert');
+const path = require('path');
+const rcluster = require('..');
+const { get, freePort, once } = require('./helpers');
+
+const WORKER = path.join(__dirname, 'fixtures', 'api_worker.js');
+
+test('start → spawn, online, ready; send/message round trip; workers(); stop resolves', async () => {
+  const c = rcluster.start({ workers: 2, exec: WORKER, args: [], execArgv: [] });
+  const spawned = [];
+  c.on('spawn', (w) => spawned.push(w));
+  let ready = 0;
+  await once(c, 'ready', () => ++ready === 2);
+  assert.deepStrictEqual(spawned.map((w) => w.id).sort(), [0, 1]);
+  assert.ok(spawned.every((w) => w.pid > 0 && w.generation === 1));
+  c.send(1, { cmd: 'echo', data: { deep: [1, 'two'] } });
+  const [msg, from] = await once(c, 'message');
+  assert.deepStrictEqual(msg, { echo: { deep: [1, 'two'] }, id: 1, generation: 1 });
+  assert.strictEqual(from.id, 1);
+  const ws = c.workers();
+  assert.deepStrictEqual(ws.map((w) => [w.id, w.state]), [[0, 'ready'], [1, 'ready']]);
+  assert.strictEqual(c.broadcast({ cmd: 'echo', data: 'all' }), 2);
+  let echoed = 0;
+  await once(c, 'message', (m) => m.echo === 'all' && ++echoed === 2);
+  const exits = [];
+  c.on('exit', (e) => exits.push(e.reason));
+  await c.stop({ timeout: 5000 });
+  assert.deepStrictEqual(exits, ['shutdown', 'shutdown']);
+});
+
+test('listeners with round-robin dispatch feed worker.serve(http.Server)', async () => {
+  const port = await freePort();
+  const c = rcluster.start({ workers: 2, exec: WORKER, args: [], execArgv: [], listen: `127.0.0.1:${port}` });
+  let ready = 0;
+  await once(c, 'ready', () => ++ready === 2);
+  assert.deepStrictEqual(c.listeners, [{ name: 'listener0', address: `127.0.0.1:${port}` }]);
+  const ids = new Set();
+  for (let i = 0; i < 10; i++) ids.add((await get(port)).split(' ')[0]);
+  assert.deepStrictEqual([...ids].sort(), ['0', '1']);
+  await c.stop();
+});
+
+test('a crashed worker is restarted by policy; scale(n) and reload() work', async () => {
+  const c = rcluster.start({
+    workers: 1, exec: WORKER, args: [], execArgv: [],
+    restart: { mode: 'on-failure', backoffInitial: 10, jitter: 0 },
+  });
+  await once(c, 'ready');
+  try {
+    // Both arrive in one batch of events: listen for them before they can fire.
+    const exited = once(c, 'exit');
+    const restarting = once(c, 'restarting');
+    const readyAgain = once(c, 'ready');
+    c.send(0, { cmd: 'crash' });
+    const exit = await exited;
+    assert.strictEqual(exit.code, 3);
+    assert.strictEqual(exit.reason, 'crashed');
+    assert.strictEqual((await restarting).id, 0);
+    await readyAgain;
+    const second = once(c, 'ready', (w) => w.id === 1);
+    c.scale(2);
+    await second;
+    const phases = [];
+    c.on('reload', (e) => phases.push(e.phase));
+    const { generation } = await c.reload();
+    assert.strictEqual(generation, 2);
+    assert.deepStrictEqual(phases, ['started', 'done']);
+    assert.ok(c.workers().filter((w) => w.state === 'ready').every((w) => w.generation === 2));
+  } finally {
+    await c.stop();
+  }
+});
+
+test('a worker whose event loop is blocked is killed by the heartbeat timeout', async () => {
+  const c = rcluster.start({
+    workers: 1, exec: WORKER, args: [], execArgv: [],
+    heartbeatTimeout: 300, restart: 'never',
+  });
+  await once(c, 'ready');
+  // Alive with an idle loop for several timeouts: the heartbeats come from the JS loop.
+  await new Promise((r) => setTimeout(r, 1000));
+  assert.strictEqual(c.workers()[0].state, 'ready');
+  c.send(0, { cmd: 'block', ms: 5000 });
+  const exit = await once(c, 'exit');
+  assert.strictEqual(exit.reason, 'heartbeat');
+  assert.strictEqual(exit.signal, 'SIGKILL');
+  await c.stop();
+});
+
+test("serialization: 'advanced' carries Map, Date and BigInt", async () => {
+  const c = rcluster.start({ workers: 1, exec: WORKER, args: [], execArgv: [], serialization: 'advanced' });
+  await once(c, 'ready');
+  const data = { m: new Map([[1, 'a']]), d: new Date(5), n: 10n ** 20n };
+  c.send(0, { cmd: 'echo', data });
+  const [msg] = await once(c, 'message');
+  assert.deepStrictEqual(msg.echo, data);
+  await c.stop();
+});
+
+test('readyOn explicit waits for worker.ready()', async () => {
+  const c = rcluster.start({
+    workers: 1, exec: WORKER, args: [], execArgv: [], readyOn: 'explicit', env: { EXPLICIT_READY: '1' },
+  });
+  const order = [];
+  c.on('online', () => order.push('online'));
+  c.on('ready', () => order.push('ready'));
+  await once(c, 'ready');
+  assert.deepStrictEqual(order, ['online', 'ready']);
+  await c.stop();
+});

@@ -1,0 +1,84 @@
+'use strict';
+// Classic `cluster` programs, with only the require changed, behave as under `cluster`:
+// each fixture runs under both modules and the results are compared.
+const test = require('node:test');
+const assert = require('assert');
+const { runFixture, get, freePort } = require('./helpers');
+
+async function httpRun(impl) {
+  const port = await freePort();
+  const seen = new Set();
+  let workers = 0;
+  const run = runFixture('classic_http.js', impl, [port], {
+    onLine: async (line, child) => {
+      if (!line.startsWith('READY')) return;
+      workers = Number(line.split(' ')[1]);
+      for (let i = 0; i < 8 * workers; i++) seen.add((await get(port)).split(' ')[0]);
+      child.kill('SIGTERM');
+    },
+  });
+  const { code, out } = await run;
+  return { code, out, workers, seen };
+}
+
+for (const impl of ['cluster', 'rcluster']) {
+  test(`${impl}: one worker per CPU serving HTTP on one port spreads requests over all workers`, async () => {
+    const { code, out, workers, seen } = await httpRun(impl);
+    assert.ok(workers >= 2, out);
+    assert.ok(!out.includes('WRONG PORT'), out);
+    assert.strictEqual(seen.size, workers, `answers from ${[...seen]}`);
+    assert.strictEqual(code, 0, out);
+  });
+
+  test(`${impl}: worker.send broadcast is answered through process.send, with fork(env)`, async () => {
+    const { code, out } = await runFixture('classic_broadcast.js', impl);
+    const lines = out.trim().split('\n');
+    assert.strictEqual(lines[0], '1:a:1:[1,{"x":"y"}] 2:b:2:[1,{"x":"y"}]', out);
+    assert.deepStrictEqual(lines.slice(1).sort(), ['exit 1 0 null true', 'exit 2 0 null true'], out);
+    assert.strictEqual(code, 0);
+  });
+
+  test(`${impl}: a crashed worker is re-forked in 'exit', a disconnected one is not`, async () => {
+    const { code, out } = await runFixture('classic_refork.js', impl);
+    assert.deepStrictEqual(out.trim().split('\n'), [
+      'online id=1',
+      'exit id=1 code=7 signal=null after=false dead=true',
+      'online id=2',
+      'exit id=2 code=0 signal=null after=true dead=true',
+    ], out);
+    assert.strictEqual(code, 0, 'nothing keeps the primary alive after the last exit');
+  });
+
+  test(`${impl}: rolling restart by fork + 'listening' + disconnect() serves throughout`, async () => {
+    const port = await freePort();
+    const bodies = [];
+    let failures = 0;
+    let polling = true;
+    let poller = null;
+    const run = runFixture('classic_rolling.js', impl, [port], {
+      stdin: 'pipe',
+      onLine: async (line, child) => {
+        if (line === 'READY') {
+          poller = (async () => {
+            while (polling) {
+              try { bodies.push(await get(port)); } catch (e) { failures++; console.error(`request failed: ${e.message} after ${bodies.length}`); }
+            }
+          })();
+          child.stdin.write('reload\n');
+        } else if (line.startsWith('RELOADED')) {
+          polling = false;
+          // The request under way finishes before the workers are stopped.
+          poller.then(() => child.stdin.end());
+        }
+      },
+    });
+    const { code, out } = await run;
+    assert.match(out, /RELOADED 3,4/);
+    // Node's own round-robin may fail a request handed to a worker that is closing its
+    // server; rcluster's primary stops handing connections to it first.
+    if (impl === 'rcluster') assert.strictEqual(failures, 0, `${failures} failed requests`);
+    else test.diagnostic?.(`cluster: ${failures} failed requests`);
+    assert.ok(bodies.includes('3') || bodies.includes('4'), `new workers served: ${new Set(bodies).size}`);
+    assert.strictEqual(code, 0, out);
+  });
+}

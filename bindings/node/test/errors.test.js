@@ -1,0 +1,69 @@
+'use strict';
+// Bad options throw Error objects with a code and a message naming the bad value.
+const test = require('node:test');
+const assert = require('assert');
+const net = require('net');
+const path = require('path');
+const rcluster = require('..');
+
+const WORKER = path.join(__dirname, 'fixtures', 'api_worker.js');
+const base = { exec: WORKER, args: [], execArgv: [] };
+
+function throwsCode(fn, code, ...words) {
+  assert.throws(fn, (e) => {
+    assert.ok(e instanceof Error);
+    assert.strictEqual(e.code, code, e.message);
+    for (const w of words) assert.ok(e.message.includes(w), `${e.message} should name ${w}`);
+    return true;
+  });
+}
+
+test('workers out of range names the option and the value', () => {
+  throwsCode(() => rcluster.start({ ...base, workers: 0 }), 'ERR_RCLUSTER_INVALID_OPTION', 'workers', '0');
+  throwsCode(() => rcluster.start({ ...base, workers: 1.5 }), 'ERR_RCLUSTER_INVALID_OPTION', 'workers', '1.5');
+});
+
+test('unknown enum values are named', () => {
+  throwsCode(() => rcluster.start({ ...base, readyOn: 'soon' }), 'ERR_RCLUSTER_INVALID_OPTION', 'readyOn', 'soon');
+  throwsCode(() => rcluster.start({ ...base, restart: 'sometimes' }), 'ERR_RCLUSTER_INVALID_OPTION', 'restart.mode', 'sometimes');
+  throwsCode(() => rcluster.start({ ...base, dispatch: 'random' }), 'ERR_RCLUSTER_INVALID_OPTION', 'dispatch', 'random');
+  throwsCode(() => rcluster.start({ ...base, serialization: 'xml' }), 'ERR_RCLUSTER_INVALID_OPTION', 'serialization', 'xml');
+});
+
+test('bad durations and restart numbers are named', () => {
+  throwsCode(() => rcluster.start({ ...base, killTimeout: -5 }), 'ERR_RCLUSTER_INVALID_OPTION', 'killTimeout', '-5');
+  throwsCode(() => rcluster.start({ ...base, restart: { backoffMultiplier: 0.5 } }), 'ERR_RCLUSTER_INVALID_OPTION', 'backoffMultiplier', '0.5');
+});
+
+test('a malformed listen address is named by the core', () => {
+  throwsCode(() => rcluster.start({ ...base, listen: 'localhost:http' }), 'ERR_RCLUSTER_INVALID_OPTION', 'localhost:http');
+});
+
+test('an address in use is ERR_RCLUSTER_BIND naming the address', async () => {
+  const s = net.createServer().listen(0, '127.0.0.1');
+  await new Promise((r) => s.once('listening', r));
+  const addr = `127.0.0.1:${s.address().port}`;
+  try {
+    throwsCode(() => rcluster.start({ ...base, listen: addr }), 'ERR_RCLUSTER_BIND', addr, 'in use');
+  } finally {
+    s.close();
+  }
+});
+
+test('a missing program is named before anything starts', () => {
+  throwsCode(() => rcluster.start({ program: '/nonexistent/prog', args: [] }), 'ERR_RCLUSTER_INVALID_OPTION', '/nonexistent/prog');
+});
+
+test('sending to a worker that does not exist is ERR_RCLUSTER_NO_SUCH_WORKER', async () => {
+  const c = rcluster.start({ ...base, workers: 1 });
+  try {
+    throwsCode(() => c.send(7, 'x'), 'ERR_RCLUSTER_NO_SUCH_WORKER', '7');
+    throwsCode(() => c.send(0, undefined), 'ERR_RCLUSTER_INVALID_OPTION', 'message');
+  } finally {
+    await c.stop();
+  }
+});
+
+test('fork(env) with a non-object env is refused', () => {
+  throwsCode(() => rcluster.fork('FOO=1'), 'ERR_RCLUSTER_INVALID_OPTION', 'env', 'FOO=1');
+});

@@ -1,0 +1,276 @@
+"""asyncio integration of the worker side.
+
+``await rcluster.aio.serve(protocol_factory)`` runs any asyncio protocol server (for example
+``aiohttp.web.Server``) as an rcluster worker: connections the primary dispatches are handed
+to ``loop.connect_accepted_socket``; in ``shared`` mode the inherited listening sockets are
+served with ``loop.create_server``. The worker's link is watched with ``loop.add_reader`` (no
+thread), and heartbeats are sent by the loop itself, so a loop that hangs stops them and the
+primary (with ``heartbeat_timeout``) replaces the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from ._util import call_reporting, logger
+from .worker import Connection, Worker, inherited_listeners, worker
+
+_DISCONNECT = object()
+
+
+class _Link:
+    """The worker's link on one event loop: reads it, beats, and routes what arrives."""
+
+    def __init__(self, w: Worker, loop: asyncio.AbstractEventLoop) -> None:
+        self.w, self.loop = w, loop
+        self.servers: list[WorkerServer] = []
+        self.on_message: list[Callable[[bytes], Any]] = []
+        self.queues: set[asyncio.Queue[Any]] = set()
+        self.disconnected = asyncio.Event()
+        self.primary_gone = False
+        loop.add_reader(w.fileno(), self._readable)
+        self._beat()
+
+    def _beat(self) -> None:
+        try:
+            self.w.heartbeat()
+        except Exception as e:  # the link is broken: the reader will see it too
+            logger.debug("rcluster: heartbeat failed: %s", e)
+            return
+        self._timer = self.loop.call_later(self.w.heartbeat_interval, self._beat)
+
+    def _readable(self) -> None:
+        try:
+            batch = self.w._native.next_events(0.0, 256)
+        except Exception as e:
+            self.loop.call_exception_handler(
+                {"message": "rcluster: reading from the primary failed", "exception": e}
+            )
+            self._leave(gone=True)
+            return
+        for kind, payload in batch:
+            if kind == "message":
+                for cb in self.on_message:
+                    call_reporting(cb, payload, what="on_message")
+                for q in self.queues:
+                    q.put_nowait(payload)
+            elif kind == "connection":
+                self._route(Connection._adopt(*payload))
+            else:
+                self._leave(gone=kind == "primary_gone")
+
+    def _route(self, sock: Connection) -> None:
+        sock._rc_on_close = self.w._closed_hook
+        for server in self.servers:
+            if server._takes(sock.listener):
+                server._connection(sock)
+                return
+        logger.warning(
+            "rcluster: no server for a connection from listener %r; closing it", sock.listener
+        )
+        sock.close()
+
+    def _leave(self, gone: bool) -> None:
+        self.primary_gone = self.primary_gone or gone
+        if not self.disconnected.is_set():
+            self.disconnected.set()
+            self.loop.remove_reader(self.w.fileno())
+            self._timer.cancel()
+            for q in self.queues:
+                q.put_nowait(_DISCONNECT)
+
+
+def _link(w: Worker) -> _Link:
+    loop = asyncio.get_running_loop()
+    if w.aio_link is None or w.aio_link.loop is not loop:
+        w.aio_link = _Link(w, loop)
+    return w.aio_link
+
+
+class WorkerServer:
+    """Serves connections dispatched to this worker (like ``asyncio.Server``)."""
+
+    def __init__(
+        self,
+        link: _Link,
+        factory: Callable[[], asyncio.BaseProtocol],
+        listener: str | None,
+        drain_timeout: float,
+    ) -> None:
+        self._link, self._factory, self._listener = link, factory, listener
+        self._drain_timeout = drain_timeout
+        self._open = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closed = asyncio.Event()
+        self._shared: list[asyncio.base_events.Server] = []
+
+    def _takes(self, listener: str) -> bool:
+        return not self._closed.is_set() and self._listener in (None, listener)
+
+    def _connection(self, sock: Connection) -> None:
+        self._open += 1
+        self._idle.clear()
+        inner = sock._rc_on_close
+
+        def closed(s: Connection) -> None:
+            self._open -= 1
+            if self._open == 0:
+                self._idle.set()
+            if inner is not None:
+                inner(s)
+
+        sock._rc_on_close = closed
+        loop = self._link.loop
+        make = getattr(loop, "_make_socket_transport", None)
+        if make is None:
+            # Other loops (uvloop, …): the public way, a task per connection.
+            task = loop.create_task(loop.connect_accepted_socket(self._factory, sock))
+            task.add_done_callback(lambda t: self._started(t, sock))
+            return
+        # The selector loops' own accept path, without its task and future per connection:
+        # what `connect_accepted_socket` does, done synchronously (the socket is connected).
+        try:
+            sock.setblocking(False)
+            make(sock, self._factory(), None)
+        except Exception as e:
+            sock.close()
+            self._report(e)
+
+    def _started(self, task: asyncio.Task[Any], sock: Connection) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        sock.close()
+        self._report(task.exception())
+
+    def _report(self, e: BaseException | None) -> None:
+        self._link.loop.call_exception_handler(
+            {"message": "rcluster: could not serve a connection", "exception": e}
+        )
+
+    async def _start_shared(self, socks: list[tuple[str, socket.socket]]) -> None:
+        for name, sock in socks:
+            if self._listener in (None, name):
+                self._shared.append(await self._link.loop.create_server(self._factory, sock=sock))
+            else:
+                sock.close()
+
+    def close(self) -> None:
+        """Stops taking new connections (the open ones carry on)."""
+        self._closed.set()
+        for s in self._shared:
+            s.close()
+        if self in self._link.servers:
+            self._link.servers.remove(self)
+
+    async def wait_closed(self) -> None:
+        """Waits until the server is closed and its connections finished (``drain_timeout``
+        seconds at most)."""
+        await self._closed.wait()
+        try:
+            await asyncio.wait_for(self._idle.wait(), self._drain_timeout)
+        except asyncio.TimeoutError:
+            logger.warning("rcluster: %d connection(s) still open after drain", self._open)
+
+    async def serve_forever(self) -> None:
+        """Serves until the primary asks this worker to leave, then drains and returns.
+        When the primary is gone, raises SystemExit(0) (the process should exit)."""
+        closed = asyncio.ensure_future(self._closed.wait())
+        gone = asyncio.ensure_future(self._link.disconnected.wait())
+        try:
+            await asyncio.wait({closed, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            gone.cancel()
+        self.close()
+        await self.wait_closed()
+        if self._link.primary_gone and self._link.w.exit_on_primary_loss:
+            raise SystemExit(0)
+
+    @property
+    def worker(self) -> Worker:
+        return self._link.w
+
+    async def __aenter__(self) -> WorkerServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def create_server(
+    protocol_factory: Callable[[], asyncio.BaseProtocol],
+    *,
+    listener: str | None = None,
+    ready: bool = True,
+    on_message: Callable[[bytes], Any] | None = None,
+    drain_timeout: float = 5.0,
+) -> WorkerServer:
+    """Starts serving connections with ``protocol_factory`` and returns the server.
+
+    ``listener``: only connections from the listener of that name (default: all).
+    ``ready``: tell the primary this worker is ready once serving (for ``ready_on="explicit"``).
+    ``on_message``: called with each message's bytes (an exception is logged, not fatal).
+    """
+    w = worker()
+    link = _link(w)
+    server = WorkerServer(link, protocol_factory, listener, drain_timeout)
+    link.servers.append(server)
+    if on_message is not None:
+        link.on_message.append(on_message)
+    await server._start_shared(inherited_listeners())
+    if ready:
+        w.ready()
+    return server
+
+
+async def serve(
+    protocol_factory: Callable[[], asyncio.BaseProtocol],
+    **options: Any,
+) -> None:
+    """Serves connections with ``protocol_factory`` until the primary asks this worker to
+    leave, then lets open connections finish (``drain_timeout``) and returns. Options as for
+    :func:`create_server`."""
+    server = await create_server(protocol_factory, **options)
+    await server.serve_forever()
+
+
+async def start_server(
+    client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
+    *,
+    limit: int = 2**16,
+    **options: Any,
+) -> WorkerServer:
+    """Like ``asyncio.start_server``: ``client_connected_cb(reader, writer)`` (a function or a
+    coroutine function) for every connection. Returns the server; ``await
+    server.serve_forever()`` runs it. Options as for :func:`create_server`."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> asyncio.StreamReaderProtocol:
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
+
+    return await create_server(factory, **options)
+
+
+async def messages() -> AsyncIterator[bytes]:
+    """Every message from the primary, on the running loop, until it asks this worker to
+    leave."""
+    link = _link(worker())
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    link.queues.add(queue)
+    try:
+        while not link.disconnected.is_set() or not queue.empty():
+            item = await queue.get()
+            if item is _DISCONNECT:
+                return
+            yield item
+    finally:
+        link.queues.discard(queue)
+
+
+__all__ = ["WorkerServer", "create_server", "serve", "start_server", "messages"]

@@ -1,0 +1,375 @@
+"""The primary side: :class:`Supervisor` starts workers, dispatches connections, restarts
+what crashes and carries messages."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import pickle
+import sys
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _rcluster
+from ._util import call_reporting, check_int, check_seconds, check_str
+from ._util import json_encode as _json_encode
+from .errors import ConfigError, StoppedError
+
+Event = _rcluster.Event
+WorkerInfo = _rcluster.WorkerInfo
+ExitInfo = _rcluster.ExitInfo
+
+#: Environment variable telling a Python worker how often to send heartbeats (seconds).
+HEARTBEAT_ENV = "RCLUSTER_HEARTBEAT_INTERVAL"
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When and how fast a worker that exited is started again (see docs/operations.md).
+
+    Durations are in seconds; None keeps the core's default.
+    """
+
+    mode: str = "always"  #: ``always``, ``on-failure`` or ``never``
+    backoff_initial: float | None = None
+    backoff_multiplier: float | None = None
+    backoff_max: float | None = None
+    jitter: float | None = None
+    min_uptime: float | None = None
+    max_restarts: int | None = None
+    window: float | None = None
+    no_restart_codes: Sequence[int] = field(default_factory=tuple)
+
+    def _as_dict(self) -> dict[str, Any]:
+        check_str("restart.mode", self.mode)
+        d: dict[str, Any] = {"mode": self.mode}
+        for name in ("backoff_initial", "backoff_multiplier", "backoff_max", "jitter"):
+            d[name] = check_seconds(f"restart.{name}", getattr(self, name), optional=True)
+        d["min_uptime"] = check_seconds("restart.min_uptime", self.min_uptime, optional=True)
+        d["window"] = check_seconds("restart.window", self.window, optional=True)
+        d["max_restarts"] = check_int("restart.max_restarts", self.max_restarts, optional=True)
+        codes = list(self.no_restart_codes)
+        for c in codes:
+            check_int("restart.no_restart_codes[]", c)
+        d["no_restart_codes"] = codes
+        return d
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A socket the primary binds: ``127.0.0.1:8080``, ``[::1]:8080``, ``:8080`` or
+    ``unix:/path``. ``dispatch`` (``rr``, ``least-conn``, ``sticky``, ``shared``) defaults to
+    the supervisor's; ``name`` to ``listen0``, ``listen1``, …"""
+
+    addr: str
+    name: str | None = None
+    dispatch: str | None = None
+
+
+def default_argv() -> list[str]:
+    """The command that re-runs this program, as ``cluster.fork()`` does in Node.
+
+    ``sys.orig_argv`` keeps the interpreter's own options and the ``-m module`` / ``-c code``
+    form, which ``sys.argv`` loses (there ``-m pkg.mod`` has become the module's file path,
+    and running that file directly would break its relative imports).
+    """
+    if not sys.argv or sys.argv[0] == "" or not sys.executable:
+        raise ConfigError(
+            "invalid config: argv = None: this is an interactive session, which cannot be "
+            "re-run as a worker; pass argv=[...]"
+        )
+    orig = getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv]
+    return [sys.executable, *orig[1:]]
+
+
+_running: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    # A program that ends without stopping its cluster still leaves no workers behind (they
+    # would die with PR_SET_PDEATHSIG anyway, but without a graceful stop).
+    for sup in list(_running):
+        try:
+            sup.stop()
+        except Exception:  # noqa: BLE001 - interpreter exit: nothing left to report to
+            pass
+
+
+class Supervisor:
+    """A cluster of worker processes.
+
+    Use it as a context manager: entering starts the workers, leaving (also on an exception
+    or Ctrl-C) stops them and returns once all are reaped::
+
+        with rcluster.Supervisor(workers=4, listen=["127.0.0.1:8080"]) as sup:
+            for ev in sup.events():
+                print(ev)
+
+    ``argv`` defaults to re-running this program (:func:`default_argv`); the workers see
+    :func:`rcluster.is_worker` true. Durations are in seconds; None keeps the core's default
+    (docs/operations.md lists them all). Only one consumer should take events: either
+    :meth:`events`, :meth:`next_event` or :meth:`aevents`.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str | bytes | os.PathLike[str]] | None = None,
+        *,
+        workers: int = 1,
+        listen: Iterable[str | Listener] = (),
+        dispatch: str = "rr",
+        restart: str | RestartPolicy = "always",
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        ready_on: str | None = None,
+        ready_timeout: float | None = None,
+        heartbeat_timeout: float | None = None,
+        kill_timeout: float | None = None,
+        max_message: int | None = None,
+        send_queue_limit: int | None = None,
+        output: str | None = None,
+        max_inflight: int | None = None,
+        handoff_window: int | None = None,
+        queue_limit: int | None = None,
+        queue_timeout: float | None = None,
+        max_surge: int | None = None,
+    ) -> None:
+        self._config = _config(**locals())
+        self._native: Any = None
+        self._callbacks: dict[str, list[Callable[[Event], Any]]] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> Supervisor:
+        """Validates the options, binds the listeners and starts the workers."""
+        if self._native is not None:
+            raise StoppedError("this supervisor was started already; create a new one")
+        self._native = _rcluster.NativeSupervisor(self._config)
+        # Bound straight to the native methods: no Python frame per message.
+        self.send = self._native.send  # type: ignore[method-assign]
+        self.broadcast = self._native.broadcast  # type: ignore[method-assign]
+        _running.add(self)
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stops every worker gracefully (SIGKILL after ``timeout`` seconds, default
+        ``kill_timeout``) and returns once all are reaped. Calling it again is harmless."""
+        if self._native is not None:
+            self._native.stop(check_seconds("timeout", timeout, optional=True))
+            _running.discard(self)
+
+    def __enter__(self) -> Supervisor:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def stopped(self) -> bool:
+        """True once the cluster has stopped (or before it started)."""
+        return self._native is None or self._native.is_stopped()
+
+    def _require(self) -> Any:
+        if self._native is None:
+            raise StoppedError(
+                "the supervisor is not started: use `with Supervisor(...) as sup:` or start()"
+            )
+        return self._native
+
+    # -- events ------------------------------------------------------------------------------
+
+    def on(self, kind: str, callback: Callable[[Event], Any]) -> None:
+        """Calls ``callback(event)`` for every event of ``kind`` (``"*"``: all) as it is taken
+        by :meth:`events`, :meth:`next_event` or :meth:`aevents`. A callback that raises is
+        reported on the ``rcluster`` logger and does not stop the loop."""
+        self._callbacks.setdefault(check_str("kind", kind) or "", []).append(callback)
+
+    def _dispatch(self, ev: Event) -> Event:
+        for key in (ev.kind, "*"):
+            for cb in self._callbacks.get(key, ()):
+                call_reporting(cb, ev, what=f"callback for {key!r}")
+        return ev
+
+    def next_event(self, timeout: float | None = None) -> Event | None:
+        """The next event, waiting up to ``timeout`` seconds (forever if None), with the GIL
+        released; None on timeout or once the cluster stopped. Ctrl-C interrupts the wait."""
+        ev = self._require().next_event(check_seconds("timeout", timeout, optional=True))
+        return None if ev is None else self._dispatch(ev)
+
+    def events(self) -> Iterator[Event]:
+        """Every event, as it happens, until the cluster stops. Ctrl-C raises
+        KeyboardInterrupt from the wait (and ``with`` then stops the cluster)."""
+        native = self._require()
+        while (ev := native.next_event(None)) is not None:
+            yield self._dispatch(ev)
+
+    def wait_for(self, match: str | Callable[[Event], bool], timeout: float = 30.0) -> Event:
+        """Takes events until one of kind ``match`` (or for which ``match(ev)`` is true)
+        arrives, and returns it; TimeoutError after ``timeout`` seconds."""
+        test = (lambda ev: ev.kind == match) if isinstance(match, str) else match
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            ev = self.next_event(left)
+            if ev is not None and test(ev):
+                return ev
+            if ev is None and self.stopped:
+                break
+        raise TimeoutError(f"no {match!r} event within {timeout} s")
+
+    async def aevents(self) -> AsyncIterator[Event]:
+        """Every event, on the running asyncio loop, until the cluster stops.
+
+        The loop watches the supervisor's event descriptor (``loop.add_reader``) and drains
+        the queue when it is readable: no thread, no polling."""
+        native = self._require()
+        loop = asyncio.get_running_loop()
+        fd = native.event_fd()
+        readable = asyncio.Event()
+        loop.add_reader(fd, readable.set)
+        try:
+            while True:
+                batch = native.drain_events(256)
+                for ev in batch:
+                    yield self._dispatch(ev)
+                if batch:
+                    continue
+                if native.is_stopped():
+                    # The last events may still be on their way into the closing queue: this
+                    # wait is short, it ends as soon as the queue is closed.
+                    while (ev := native.next_event(0.0)) is not None:
+                        yield self._dispatch(ev)
+                    return
+                readable.clear()
+                await readable.wait()
+        finally:
+            if not loop.is_closed():
+                loop.remove_reader(fd)
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def send(self, id: int, data: bytes) -> None:
+        """Sends ``data`` to worker ``id``; never blocks. QueueFullError when the worker does
+        not read, NoSuchWorkerError when no live worker has the id."""
+        self._require().send(id, data)
+
+    def broadcast(self, data: bytes) -> int:
+        """Sends ``data`` to every live worker; returns how many it was queued for."""
+        return self._require().broadcast(data)
+
+    def send_json(self, id: int, obj: Any) -> None:
+        self.send(id, _json_encode(obj).encode())
+
+    def broadcast_json(self, obj: Any) -> int:
+        return self.broadcast(_json_encode(obj).encode())
+
+    def send_pickle(self, id: int, obj: Any) -> None:
+        """Pickles ``obj`` and sends it; the receiver must trust this primary."""
+        self.send(id, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+    # -- control -----------------------------------------------------------------------------
+
+    def workers(self) -> list[WorkerInfo]:
+        """A snapshot of every worker process and empty slot."""
+        return self._require().workers()
+
+    def reload(self) -> int:
+        """Starts a rolling reload (new workers ready before old ones drain); returns the new
+        generation. Progress comes as ``reload_*`` events."""
+        return self._require().reload()
+
+    def scale(self, workers: int) -> None:
+        """Changes the number of worker slots; removed workers are stopped gracefully."""
+        self._require().scale(check_int("workers", workers))
+
+    def restart_worker(self, id: int) -> None:
+        """Stops worker ``id`` gracefully and starts it again."""
+        self._require().restart_worker(check_int("id", id))
+
+    @property
+    def listeners(self) -> dict[str, str]:
+        """Listener name → actual address (with the port the system chose for port 0)."""
+        return dict(self._require().listeners())
+
+    def address(self, name: str | None = None) -> tuple[str, int]:
+        """``(host, port)`` of a TCP listener (the first one by default), for clients."""
+        items = self._require().listeners()
+        if not items:
+            raise ConfigError("invalid config: listen = []: this supervisor has no listener")
+        addr = dict(items)[name] if name is not None else items[0][1]
+        host, _, port = addr.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+def _fs(name: str, value: object) -> bytes:
+    if not isinstance(value, str | bytes | os.PathLike):
+        raise TypeError(f"{name} must be str, bytes or a path, not {type(value).__name__}")
+    return os.fsencode(value)
+
+
+def _config(**o: Any) -> dict[str, Any]:
+    """The options as the plain dict the native constructor takes; types are checked here,
+    values by the core (whose errors name the field)."""
+    argv = o["argv"]
+    if argv is None:
+        argv = default_argv()
+    elif isinstance(argv, str | bytes):
+        raise TypeError("argv must be a list of arguments, not a single string")
+    c: dict[str, Any] = {"argv": [_fs("argv[]", a) for a in argv]}
+    c["workers"] = check_int("workers", o["workers"])
+    if c["workers"] is not None and c["workers"] < 0:
+        raise ConfigError(f"invalid config: workers = {c['workers']}: must be 1..=4096")
+    env = dict(o["env"] or {})
+    if not isinstance(o["env"] or {}, Mapping):
+        raise TypeError("env must be a mapping of names to values")
+    hb = check_seconds("heartbeat_timeout", o["heartbeat_timeout"], optional=True)
+    if hb is not None and hb > 0 and HEARTBEAT_ENV not in env:
+        env[HEARTBEAT_ENV] = f"{hb / 4:.3f}"
+    c["env"] = [(_fs("env key", k), _fs("env value", v)) for k, v in env.items()]
+    c["cwd"] = None if o["cwd"] is None else _fs("cwd", o["cwd"])
+    c["ready_on"] = check_str("ready_on", o["ready_on"], optional=True)
+    c["output"] = check_str("output", o["output"], optional=True)
+    c["heartbeat_timeout"] = hb
+    for name in ("ready_timeout", "kill_timeout", "queue_timeout"):
+        c[name] = check_seconds(name, o[name], optional=True)
+    for name in (
+        "max_message",
+        "send_queue_limit",
+        "max_inflight",
+        "handoff_window",
+        "queue_limit",
+        "max_surge",
+    ):
+        v = check_int(name, o[name], optional=True)
+        if v is not None and v < 0:
+            raise ConfigError(f"invalid config: {name} = {v}: must not be negative")
+        c[name] = v
+    restart = o["restart"]
+    if isinstance(restart, str):
+        restart = RestartPolicy(mode=restart)
+    if not isinstance(restart, RestartPolicy):
+        raise TypeError("restart must be 'always', 'on-failure', 'never' or a RestartPolicy")
+    c["restart"] = restart._as_dict()
+    dispatch = check_str("dispatch", o["dispatch"])
+    listen = o["listen"]
+    if isinstance(listen, str | Listener):
+        listen = [listen]
+    c["listeners"] = [_listener(i, item, dispatch) for i, item in enumerate(listen)]
+    return c
+
+
+def _listener(i: int, item: object, dispatch: str | None) -> tuple[str, str, str]:
+    if isinstance(item, str):
+        item = Listener(item)
+    if not isinstance(item, Listener):
+        raise TypeError(f"listen[{i}] must be an address string or a Listener, not {item!r}")
+    check_str(f"listen[{i}].addr", item.addr)
+    return (
+        check_str(f"listen[{i}].name", item.name, optional=True) or f"listen{i}",
+        item.addr,
+        check_str(f"listen[{i}].dispatch", item.dispatch, optional=True) or dispatch or "rr",
+    )

@@ -1,0 +1,326 @@
+"""The worker side: what a program running under an rcluster primary uses.
+
+``rcluster.worker()`` connects to the primary (once per process) and gives a :class:`Worker`:
+its slot ``id`` and ``generation``, messages both ways, readiness, and the client connections
+the primary dispatches, as ``socket.socket`` objects. :func:`serve` runs a blocking handler
+per connection; :mod:`rcluster.aio` does the same for asyncio.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import os
+import pickle
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from . import _rcluster
+from ._util import call_reporting
+from ._util import json_encode as _json_encode
+from .errors import NotAWorkerError
+
+logger = logging.getLogger("rcluster")
+
+#: Default seconds between heartbeats (``RCLUSTER_HEARTBEAT_INTERVAL`` overrides it; the
+#: Python Supervisor sets that to a quarter of its ``heartbeat_timeout``).
+HEARTBEAT_INTERVAL = 1.0
+
+
+class Message:
+    """A message from the primary: ``data`` (bytes)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+    def pickle(self) -> Any:
+        """Unpickles the payload; only for a primary you trust."""
+        return pickle.loads(self.data)
+
+    def __repr__(self) -> str:
+        return f"Message({self.data!r})"
+
+
+class Disconnect:
+    """The primary asks this worker to finish its work and exit."""
+
+    def __repr__(self) -> str:
+        return "Disconnect()"
+
+
+class Connection(socket.socket):
+    """A client connection the primary accepted and handed to this worker.
+
+    An ordinary ``socket.socket`` (blocking, as ``accept()`` returns it; asyncio helpers make
+    it non-blocking) with three more attributes: ``conn_id``, ``listener`` (the listener's
+    name) and ``peer`` (``"IP:port"`` or ``"unix"``). Closing it shuts down the write side
+    first: the primary holds a copy of the socket until this worker's acknowledgement is read,
+    and a plain close would not end the connection for the client until then.
+    """
+
+    conn_id: int = 0
+    listener: str = ""
+    peer: str = ""
+    _rc_on_close: Callable[[Connection], None] | None = None
+
+    @classmethod
+    def _adopt(cls, fd: int, conn_id: int, listener: str, peer: str) -> Connection:
+        # The family follows from the peer's text form; giving it saves the three
+        # getsockopt calls socket.socket makes to find out, on every connection.
+        if peer == "unix":
+            family = socket.AF_UNIX
+        elif peer.startswith("["):
+            family = socket.AF_INET6
+        else:
+            family = socket.AF_INET
+        sock = cls(family, socket.SOCK_STREAM, 0, fileno=fd)
+        sock.conn_id, sock.listener, sock.peer = conn_id, listener, peer
+        return sock
+
+    def close(self) -> None:
+        on_close, self._rc_on_close = self._rc_on_close, None
+        if on_close is not None and self.fileno() != -1:
+            try:
+                self.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the client is gone already
+        super().close()
+        if on_close is not None:
+            on_close(self)
+
+
+class Worker:
+    """This process's link to its primary. Get it with :func:`rcluster.worker`."""
+
+    def __init__(self, native: Any) -> None:
+        self._native = native
+        self.exit_on_primary_loss = True
+        interval = os.environ.get("RCLUSTER_HEARTBEAT_INTERVAL")
+        try:
+            self.heartbeat_interval = float(interval) if interval else HEARTBEAT_INTERVAL
+        except ValueError:
+            self.heartbeat_interval = HEARTBEAT_INTERVAL
+        self._last_beat = time.monotonic()
+        self._closed_hook = self._connection_closed
+        self.aio_link: Any = None  # set by rcluster.aio
+
+    @property
+    def id(self) -> int:
+        """Stable slot id, 0-based."""
+        return self._native.id
+
+    @property
+    def generation(self) -> int:
+        """1 at start, +1 on every reload."""
+        return self._native.generation
+
+    @property
+    def max_message(self) -> int:
+        return self._native.max_message
+
+    def fileno(self) -> int:
+        """The link's descriptor: readable when events may be waiting."""
+        return self._native.fileno()
+
+    def ready(self) -> None:
+        """Tells the primary this worker is ready for work (``ready_on="explicit"``)."""
+        self._native.ready()
+
+    def heartbeat(self) -> None:
+        """A sign of life; :meth:`events`, :func:`serve` and :mod:`rcluster.aio` send them."""
+        self._native.heartbeat()
+        self._last_beat = time.monotonic()
+
+    def send(self, data: bytes) -> None:
+        """Sends ``data`` to the primary (blocks, GIL released, while the socket is full)."""
+        self._native.send(data)
+
+    def send_json(self, obj: Any) -> None:
+        self._native.send(_json_encode(obj).encode())
+
+    def send_pickle(self, obj: Any) -> None:
+        self._native.send(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def disconnect(self) -> None:
+        """Tells the primary this worker is leaving on its own."""
+        self._native.disconnect()
+
+    def _connection_closed(self, sock: Connection) -> None:
+        try:
+            self._native.connection_closed(sock.conn_id)
+        except Exception:  # the primary is gone: nothing to report to
+            pass
+
+    def _convert(self, kind: str, payload: Any) -> Message | Connection | Disconnect:
+        if kind == "message":
+            return Message(payload)
+        if kind == "connection":
+            sock = Connection._adopt(*payload)
+            sock._rc_on_close = self._closed_hook
+            return sock
+        if kind == "disconnect":
+            return Disconnect()
+        # primary_gone
+        if self.exit_on_primary_loss:
+            raise SystemExit(0)
+        raise NotAWorkerError("the primary is gone")
+
+    def _beat_if_due(self) -> None:
+        if time.monotonic() - self._last_beat >= self.heartbeat_interval:
+            self.heartbeat()
+
+    def next_events(self, timeout: float | None = None) -> list[Message | Connection | Disconnect]:
+        """What arrived, waiting up to ``timeout`` seconds (forever if None) for the first
+        event; empty on timeout. Ctrl-C interrupts the wait."""
+        return [self._convert(k, p) for k, p in self._native.next_events(timeout)]
+
+    def events(self) -> Iterator[Message | Connection | Disconnect]:
+        """Every event until the primary says :class:`Disconnect` (yielded last). Heartbeats
+        are sent from this loop, so a handler that hangs is noticed by the primary.
+        When the primary is gone the process exits (SystemExit(0))."""
+        native = self._native
+        while True:
+            self._beat_if_due()
+            for kind, payload in native.next_events(self.heartbeat_interval):
+                ev = self._convert(kind, payload)
+                yield ev
+                if isinstance(ev, Disconnect):
+                    return
+
+    def messages(self) -> Iterator[bytes]:
+        """The payload of every message until the primary says disconnect. For workers that
+        take no connections: one that arrives here is closed (and logged)."""
+        native = self._native
+        while True:
+            self._beat_if_due()
+            for kind, payload in native.next_events(self.heartbeat_interval):
+                if kind == "message":
+                    yield payload
+                    continue
+                ev = self._convert(kind, payload)
+                if isinstance(ev, Disconnect):
+                    return
+                logger.warning("rcluster: messages() got a connection; closing it")
+                ev.close()
+
+
+_worker: Worker | None = None
+_lock = threading.Lock()
+
+
+def is_worker() -> bool:
+    """True in a process started by an rcluster primary (not in that process's children)."""
+    if _worker is not None:
+        return True
+    return bool(os.environ.get("RCLUSTER_IPC_FD")) and os.environ.get("RCLUSTER_PID") == str(
+        os.getpid()
+    )
+
+
+def worker() -> Worker:
+    """This process's :class:`Worker`, connecting to the primary on the first call.
+    NotAWorkerError when the process was not started by an rcluster primary."""
+    global _worker
+    with _lock:
+        if _worker is None:
+            native = _rcluster.NativeWorker.from_env()
+            if native is None:
+                raise NotAWorkerError(
+                    "not an rcluster worker: this process was not started by an rcluster "
+                    "primary (RCLUSTER_IPC_FD is not set for it); check rcluster.is_worker()"
+                )
+            _worker = Worker(native)
+        return _worker
+
+
+def inherited_listeners() -> list[tuple[str, socket.socket]]:
+    """Listening sockets inherited in ``shared`` mode (``LISTEN_FDS``, the systemd
+    convention), as ``(name, socket)``. Taken once: later calls return an empty list."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    try:
+        count = int(os.environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return []
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+    # Taken once: a second taker (or this process's children) must not adopt them again.
+    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(var, None)
+    out = []
+    for i in range(count):
+        name = names[i] if i < len(names) else f"listen{i}"
+        out.append((name, socket.socket(fileno=3 + i)))
+    return out
+
+
+def serve(
+    handler: Callable[[socket.socket], Any],
+    *,
+    max_threads: int = 64,
+    on_message: Callable[[bytes], Any] | None = None,
+    ready: bool = True,
+    drain_timeout: float = 5.0,
+) -> None:
+    """Runs a blocking worker: ``handler(sock)`` for every client connection, each in a thread
+    of a pool (the socket is closed after the handler returns). Connections come from the
+    primary, or from the inherited socket in ``shared`` mode. Returns when the primary asks
+    the worker to leave, after the running handlers finish (``drain_timeout`` seconds at
+    most). Heartbeats go from the calling thread's loop."""
+    w = worker()
+    pool = concurrent.futures.ThreadPoolExecutor(max_threads, thread_name_prefix="rcluster")
+    running: set[concurrent.futures.Future[None]] = set()
+
+    def run(sock: socket.socket) -> None:
+        with sock:
+            call_reporting(handler, sock, what="connection handler")
+
+    def start(sock: socket.socket) -> None:
+        fut = pool.submit(run, sock)
+        running.add(fut)
+        fut.add_done_callback(running.discard)
+
+    sel = selectors.DefaultSelector()
+    sel.register(w.fileno(), selectors.EVENT_READ, None)
+    listeners = inherited_listeners()
+    for _, lsock in listeners:
+        lsock.setblocking(False)
+        sel.register(lsock, selectors.EVENT_READ, lsock)
+    if ready:
+        w.ready()
+    try:
+        leaving = False
+        while not leaving:
+            w._beat_if_due()
+            for key, _ in sel.select(w.heartbeat_interval):
+                if key.data is not None:
+                    try:
+                        sock, _ = key.data.accept()
+                    except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                        continue
+                    sock.setblocking(True)
+                    start(sock)
+                    continue
+                for ev in w.next_events(0.0):
+                    if isinstance(ev, Connection):
+                        start(ev)
+                    elif isinstance(ev, Message):
+                        if on_message is not None:
+                            call_reporting(on_message, ev.data, what="on_message")
+                    else:
+                        leaving = True
+    finally:
+        sel.close()
+        for _, lsock in listeners:
+            lsock.close()
+        concurrent.futures.wait(list(running), timeout=drain_timeout)
+        pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,211 @@
+//! Keyword arguments → core `Config`. Only conversion happens here: every value is checked by
+//! `Config::validate` in the core, whose errors name the field. What the core cannot see (a
+//! negative number of seconds, an unknown mode name) is rejected here, naming the field too.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use rcluster_core::{Config, Dispatch, ListenAddr, Listener, Output, ReadyOn, RestartMode};
+
+use crate::errors::{config_error, IntoPyResult};
+
+/// Seconds (a Python float) as a Duration; the field is named when the value is not one.
+pub fn seconds(field: &str, s: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| config_error(field, s, "must be a finite, non-negative number of seconds"))
+}
+
+fn opt_seconds(field: &str, s: Option<f64>, into: &mut Duration) -> PyResult<()> {
+    if let Some(s) = s {
+        *into = seconds(field, s)?;
+    }
+    Ok(())
+}
+
+// These three have no FromStr in the core (the CLI parses its own spellings); the names are
+// the ones docs/operations.md uses.
+fn ready_on(s: &str) -> PyResult<ReadyOn> {
+    Ok(match s {
+        "spawn" => ReadyOn::Spawn,
+        "hello" => ReadyOn::Hello,
+        "explicit" => ReadyOn::Explicit,
+        _ => {
+            return Err(config_error(
+                "ready_on",
+                s,
+                "expected spawn, hello or explicit",
+            ))
+        }
+    })
+}
+
+pub fn restart_mode(s: &str) -> PyResult<RestartMode> {
+    Ok(match s {
+        "always" => RestartMode::Always,
+        "on-failure" | "on_failure" => RestartMode::OnFailure,
+        "never" => RestartMode::Never,
+        _ => {
+            return Err(config_error(
+                "restart",
+                s,
+                "expected always, on-failure or never",
+            ))
+        }
+    })
+}
+
+fn output(s: &str) -> PyResult<Output> {
+    Ok(match s {
+        "inherit" => Output::Inherit,
+        "prefix" => Output::Prefix,
+        _ => return Err(config_error("output", s, "expected inherit or prefix")),
+    })
+}
+
+/// The restart policy fields, in seconds where they are durations.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+pub struct RestartArgs {
+    pub mode: String,
+    #[pyo3(default)]
+    pub backoff_initial: Option<f64>,
+    #[pyo3(default)]
+    pub backoff_multiplier: Option<f64>,
+    #[pyo3(default)]
+    pub backoff_max: Option<f64>,
+    #[pyo3(default)]
+    pub jitter: Option<f64>,
+    #[pyo3(default)]
+    pub min_uptime: Option<f64>,
+    #[pyo3(default)]
+    pub max_restarts: Option<u32>,
+    #[pyo3(default)]
+    pub window: Option<f64>,
+    #[pyo3(default)]
+    pub no_restart_codes: Option<Vec<i32>>,
+}
+
+/// Everything `Supervisor(...)` accepts, already in plain types (the Python half normalises).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+pub struct ConfigArgs {
+    pub argv: Vec<Vec<u8>>,
+    #[pyo3(default)]
+    pub workers: Option<usize>,
+    #[pyo3(default)]
+    pub env: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    #[pyo3(default)]
+    pub cwd: Option<Vec<u8>>,
+    #[pyo3(default)]
+    pub ready_on: Option<String>,
+    #[pyo3(default)]
+    pub ready_timeout: Option<f64>,
+    #[pyo3(default)]
+    pub heartbeat_timeout: Option<f64>,
+    #[pyo3(default)]
+    pub kill_timeout: Option<f64>,
+    #[pyo3(default)]
+    pub restart: Option<RestartArgs>,
+    #[pyo3(default)]
+    pub max_message: Option<usize>,
+    #[pyo3(default)]
+    pub send_queue_limit: Option<usize>,
+    #[pyo3(default)]
+    pub output: Option<String>,
+    /// (name, address, dispatch) triples.
+    #[pyo3(default)]
+    pub listeners: Option<Vec<(String, String, String)>>,
+    #[pyo3(default)]
+    pub max_inflight: Option<usize>,
+    #[pyo3(default)]
+    pub handoff_window: Option<usize>,
+    #[pyo3(default)]
+    pub queue_limit: Option<usize>,
+    #[pyo3(default)]
+    pub queue_timeout: Option<f64>,
+    #[pyo3(default)]
+    pub max_surge: Option<usize>,
+}
+
+fn os(b: Vec<u8>) -> OsString {
+    OsString::from_vec(b)
+}
+
+impl ConfigArgs {
+    pub fn into_config(self) -> PyResult<Config> {
+        let mut c = Config::new(self.argv.into_iter().map(os));
+        if let Some(n) = self.workers {
+            c.workers = n;
+        }
+        if let Some(env) = self.env {
+            c.env = env.into_iter().map(|(k, v)| (os(k), os(v))).collect();
+        }
+        c.cwd = self.cwd.map(|p| PathBuf::from(os(p)));
+        if let Some(r) = &self.ready_on {
+            c.ready_on = ready_on(r)?;
+        }
+        opt_seconds("ready_timeout", self.ready_timeout, &mut c.ready_timeout)?;
+        if let Some(hb) = self.heartbeat_timeout {
+            c.heartbeat_timeout = Some(seconds("heartbeat_timeout", hb)?);
+        }
+        opt_seconds("kill_timeout", self.kill_timeout, &mut c.kill_timeout)?;
+        if let Some(r) = self.restart {
+            apply_restart(&mut c, r)?;
+        }
+        if let Some(m) = self.max_message {
+            c.max_message = m;
+        }
+        if let Some(m) = self.send_queue_limit {
+            c.send_queue_limit = m;
+        }
+        if let Some(o) = &self.output {
+            c.output = output(o)?;
+        }
+        for (name, addr, dispatch) in self.listeners.unwrap_or_default() {
+            let addr: ListenAddr = addr.parse().py()?;
+            let dispatch: Dispatch = dispatch.parse().py()?;
+            c.listeners.push(Listener::new(name, addr, dispatch));
+        }
+        c.max_inflight = self.max_inflight;
+        if let Some(w) = self.handoff_window {
+            c.handoff_window = w;
+        }
+        if let Some(q) = self.queue_limit {
+            c.queue_limit = q;
+        }
+        opt_seconds("queue_timeout", self.queue_timeout, &mut c.queue_timeout)?;
+        if let Some(s) = self.max_surge {
+            c.max_surge = s;
+        }
+        Ok(c)
+    }
+}
+
+fn apply_restart(c: &mut Config, r: RestartArgs) -> PyResult<()> {
+    let p = &mut c.restart;
+    p.mode = restart_mode(&r.mode)?;
+    opt_seconds(
+        "restart.backoff_initial",
+        r.backoff_initial,
+        &mut p.backoff_initial,
+    )?;
+    if let Some(m) = r.backoff_multiplier {
+        p.backoff_multiplier = m;
+    }
+    opt_seconds("restart.backoff_max", r.backoff_max, &mut p.backoff_max)?;
+    if let Some(j) = r.jitter {
+        p.jitter = j;
+    }
+    opt_seconds("restart.min_uptime", r.min_uptime, &mut p.min_uptime)?;
+    if let Some(m) = r.max_restarts {
+        p.max_restarts = m;
+    }
+    opt_seconds("restart.window", r.window, &mut p.window)?;
+    if let Some(codes) = r.no_restart_codes {
+        p.no_restart_codes = codes;
+    }
+    Ok(())
+}

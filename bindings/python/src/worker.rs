@@ -1,0 +1,144 @@
+//! The worker side: this process's link to its primary, wrapping the core `Worker`.
+//!
+//! Events come out as small tuples `(kind, payload)` in batches: a message stream costs one
+//! GIL release per batch rather than per message.
+
+use std::os::fd::IntoRawFd;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::{PyBytes, PyTuple};
+use rcluster_core::{Worker, WorkerEvent};
+
+use crate::errors::IntoPyResult;
+use crate::wait::sliced;
+
+/// The native half of `rcluster.Worker`.
+#[pyclass(frozen, name = "NativeWorker", module = "rcluster._rcluster")]
+pub struct PyWorker {
+    core: Worker,
+}
+
+/// Kinds of worker events, as the first item of each tuple.
+const MESSAGE: &str = "message";
+const CONNECTION: &str = "connection";
+const DISCONNECT: &str = "disconnect";
+const PRIMARY_GONE: &str = "primary_gone";
+
+fn to_tuple(py: Python<'_>, ev: WorkerEvent) -> PyResult<Bound<'_, PyTuple>> {
+    match ev {
+        WorkerEvent::Message(m) => (MESSAGE, PyBytes::new(py, &m)).into_pyobject(py),
+        WorkerEvent::Connection(c) => {
+            // Ownership of the descriptor passes to Python (a socket.socket built from it).
+            let fd = c.fd.into_raw_fd();
+            (CONNECTION, (fd, c.id, c.listener, c.peer)).into_pyobject(py)
+        }
+        WorkerEvent::Disconnect => (DISCONNECT, py.None()).into_pyobject(py),
+        WorkerEvent::PrimaryGone => (PRIMARY_GONE, py.None()).into_pyobject(py),
+        #[allow(unreachable_patterns)]
+        _ => ("unknown", py.None()).into_pyobject(py),
+    }
+}
+
+#[pymethods]
+impl PyWorker {
+    /// Connects to the primary named by the `RCLUSTER_*` environment; None when this process
+    /// is not an rcluster worker. Only the first call can succeed: it takes the link.
+    #[staticmethod]
+    fn from_env(py: Python<'_>) -> PyResult<Option<PyWorker>> {
+        let core = py.allow_threads(Worker::from_env).py()?;
+        Ok(core.map(|core| {
+            // Python decides what a lost primary means (SystemExit runs `finally` blocks and
+            // flushes buffers; the core's default exit would skip them).
+            core.set_exit_on_primary_loss(false);
+            PyWorker { core }
+        }))
+    }
+
+    #[getter]
+    fn id(&self) -> u32 {
+        self.core.id()
+    }
+
+    #[getter]
+    fn generation(&self) -> u32 {
+        self.core.generation()
+    }
+
+    #[getter]
+    fn max_message(&self) -> usize {
+        self.core.max_message()
+    }
+
+    fn fileno(&self) -> i32 {
+        self.core.as_raw_fd()
+    }
+
+    fn ready(&self, py: Python<'_>) -> PyResult<()> {
+        py.allow_threads(|| self.core.ready()).py()
+    }
+
+    fn heartbeat(&self, py: Python<'_>) -> PyResult<()> {
+        py.allow_threads(|| self.core.heartbeat()).py()
+    }
+
+    /// Sends a message to the primary; blocks (GIL released) while the socket is full.
+    fn send(&self, py: Python<'_>, data: PyBackedBytes) -> PyResult<()> {
+        py.allow_threads(|| self.core.send(&data)).py()
+    }
+
+    fn disconnect(&self, py: Python<'_>) -> PyResult<()> {
+        py.allow_threads(|| self.core.disconnect()).py()
+    }
+
+    fn connection_closed(&self, py: Python<'_>, id: u64) -> PyResult<()> {
+        py.allow_threads(|| self.core.connection_closed(id)).py()
+    }
+
+    /// Waits up to `timeout` seconds (forever if None; 0 = only what is waiting) for events,
+    /// and returns up to `max` of them as `(kind, payload)` tuples; empty on timeout.
+    #[pyo3(signature = (timeout=None, max=256))]
+    fn next_events<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+        max: usize,
+    ) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        let max = max.max(1);
+        let batch = if timeout == Some(0.0) {
+            py.allow_threads(|| self.take(Duration::ZERO, max))?
+        } else {
+            sliced(
+                py,
+                timeout,
+                |slice| self.take(slice, max).map(|b| (!b.is_empty()).then_some(b)),
+                || false,
+            )?
+            .unwrap_or_default()
+        };
+        batch.into_iter().map(|ev| to_tuple(py, ev)).collect()
+    }
+}
+
+impl PyWorker {
+    /// Waits up to `first` for one event, then takes what else is waiting, up to `max`.
+    fn take(&self, first: Duration, max: usize) -> PyResult<Vec<WorkerEvent>> {
+        let mut out = Vec::new();
+        let mut wait = Some(first);
+        while out.len() < max {
+            match self.core.next_event(wait).py()? {
+                Some(ev) => {
+                    let end = matches!(ev, WorkerEvent::PrimaryGone);
+                    out.push(ev);
+                    if end {
+                        break;
+                    }
+                }
+                None => break,
+            }
+            wait = Some(Duration::ZERO);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,88 @@
+"""Bad arguments and misuse give clear exceptions, subclasses of rcluster.Error."""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import pytest
+import rcluster
+from conftest import fast, worker_argv
+
+
+def start(**kw):
+    return rcluster.Supervisor(worker_argv("echo"), **fast(**kw)).start()
+
+
+def test_zero_workers_is_a_config_error_naming_the_field():
+    with pytest.raises(rcluster.ConfigError, match="workers") as e:
+        start(workers=0)
+    assert e.value.field == "workers"
+    assert isinstance(e.value, ValueError) and isinstance(e.value, rcluster.Error)
+
+
+def test_wrong_types_are_type_errors_naming_the_option():
+    with pytest.raises(TypeError, match="workers must be an int"):
+        rcluster.Supervisor(worker_argv("echo"), workers="2")
+    with pytest.raises(TypeError, match="kill_timeout"):
+        rcluster.Supervisor(worker_argv("echo"), kill_timeout="soon")
+    with pytest.raises(TypeError, match="single string"):
+        rcluster.Supervisor("python3 worker.py")
+
+
+def test_bad_values_name_the_field():
+    for kw, field in [
+        (dict(dispatch="fastest", listen=["127.0.0.1:0"]), "dispatch"),
+        (dict(listen=["localhost:http"]), "listen"),
+        (dict(restart="sometimes"), "restart"),
+        (dict(ready_on="later"), "ready_on"),
+        (dict(kill_timeout=-1), "kill_timeout"),
+        (dict(restart=rcluster.RestartPolicy(jitter=2.0)), "restart.jitter"),
+    ]:
+        with pytest.raises(rcluster.ConfigError, match=field.replace(".", r"\.")):
+            start(**kw)
+
+
+def test_missing_program_is_reported_before_anything_starts():
+    with pytest.raises(rcluster.ConfigError, match="no-such-program-xyz"):
+        rcluster.Supervisor(["no-such-program-xyz"]).start()
+
+
+def test_address_in_use_is_a_bind_error_naming_it():
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    addr = f"127.0.0.1:{taken.getsockname()[1]}"
+    with taken, pytest.raises(rcluster.BindError, match=addr) as e:
+        start(listen=[addr])
+    assert e.value.errno == 98 and isinstance(e.value, OSError)
+
+
+def test_messages_over_the_limit_and_unknown_workers():
+    with rcluster.Supervisor(worker_argv("echo"), max_message=64, **fast()) as sup:
+        sup.wait_for("message")
+        with pytest.raises(rcluster.MessageTooLargeError, match="65 bytes") as e:
+            sup.send(0, b"x" * 65)
+        assert (e.value.size, e.value.limit) == (65, 64)
+        with pytest.raises(rcluster.NoSuchWorkerError, match="7"):
+            sup.send(7, b"x")
+        with pytest.raises(TypeError):
+            sup.send(0, "text is not bytes")
+    with pytest.raises(rcluster.StoppedError):
+        sup.reload()
+
+
+def test_using_a_supervisor_before_start_says_how_to_start_it():
+    with pytest.raises(rcluster.StoppedError, match="start"):
+        rcluster.Supervisor(worker_argv("echo")).workers()
+
+
+def test_worker_outside_a_cluster_is_not_a_worker():
+    assert not rcluster.is_worker()
+    with pytest.raises(rcluster.NotAWorkerError, match="not started by an rcluster primary"):
+        rcluster.worker()
+
+
+def test_default_argv_reruns_this_program():
+    argv = rcluster.default_argv()
+    assert argv[0] == sys.executable and len(argv) >= 2

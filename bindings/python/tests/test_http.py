@@ -1,0 +1,100 @@
+"""asyncio workers serving real HTTP clients: round-robin, shared, streams, blocking, reload."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+import pytest
+import rcluster
+from conftest import fast, hello_argv, http_get, worker_argv
+
+
+def serve_cluster(argv, workers=2, dispatch="rr", **kw):
+    return rcluster.Supervisor(
+        argv,
+        workers=workers,
+        listen=["127.0.0.1:0"],
+        dispatch=dispatch,
+        ready_on="explicit",
+        **fast(**kw),
+    )
+
+
+def test_asyncio_workers_serve_http_round_robin(wait_ready):
+    with serve_cluster(hello_argv()) as sup:
+        wait_ready(sup, 2)
+        bodies = [http_get(sup.address()) for _ in range(20)]
+    ids = [b.split()[3] for b in bodies]
+    assert collections.Counter(ids) == {"0": 10, "1": 10}
+    assert all(a != b for a, b in zip(ids, ids[1:], strict=False)), ids  # strict alternation
+
+
+def test_the_same_asyncio_worker_serves_in_shared_mode(wait_ready):
+    with serve_cluster(hello_argv(), dispatch="shared") as sup:
+        wait_ready(sup, 2)
+        bodies = [http_get(sup.address()) for _ in range(10)]
+    assert all(b.startswith("Hello from worker ") for b in bodies)
+
+
+def test_stream_handlers_with_start_server(wait_ready):
+    with serve_cluster(worker_argv("streams-http")) as sup:
+        wait_ready(sup, 2)
+        bodies = {http_get(sup.address()) for _ in range(6)}
+    assert bodies == {"streams worker 0\n", "streams worker 1\n"}
+
+
+def test_blocking_handlers_with_serve(wait_ready):
+    with serve_cluster(worker_argv("blocking-http")) as sup:
+        wait_ready(sup, 2)
+        bodies = {http_get(sup.address()) for _ in range(6)}
+        sup.send(0, b"hi")
+        assert sup.wait_for("message").data == b"got:hi"
+    assert bodies == {"blocking worker 0\n", "blocking worker 1\n"}
+
+
+def test_reload_under_load_fails_no_request(wait_ready):
+    with serve_cluster(hello_argv()) as sup:
+        wait_ready(sup, 2)
+        addr = sup.address()
+        ok, failed, stop = [0], [], threading.Event()
+
+        def load():
+            while not stop.is_set():
+                try:
+                    http_get(addr)
+                    ok[0] += 1
+                except Exception as e:  # noqa: BLE001 - every failure is recorded
+                    failed.append(repr(e))
+
+        clients = [threading.Thread(target=load) for _ in range(4)]
+        for c in clients:
+            c.start()
+        try:
+            time.sleep(0.5)
+            before = ok[0]
+            assert sup.reload() == 2
+            sup.wait_for("reload_done", timeout=60)
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            for c in clients:
+                c.join()
+        assert failed == []
+        assert ok[0] > before > 0
+        assert {w.generation for w in sup.workers() if w.state == "ready"} == {2}
+
+
+@pytest.mark.parametrize("dispatch", ["rr"])
+def test_a_hung_asyncio_loop_is_detected_by_heartbeat(dispatch):
+    with rcluster.Supervisor(
+        worker_argv("aio-echo"), workers=1, heartbeat_timeout=1.0, **fast()
+    ) as sup:
+        sup.wait_for("ready")
+        time.sleep(1.5)  # heartbeats keep an idle loop alive
+        sup.send(0, b"ping")
+        assert sup.wait_for("message").data == b"aio:ping"
+        sup.send(0, b"hang")
+        ex = sup.wait_for("exit", timeout=10)
+        assert ex.reason == "heartbeat"

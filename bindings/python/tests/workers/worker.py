@@ -1,0 +1,90 @@
+"""The test worker: one program, several behaviours chosen by the first argument."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+
+import rcluster
+
+
+def echo() -> None:
+    """Blocking: answers each message; `crash` exits 3, `whoami` sends id/generation/pid."""
+    w = rcluster.worker()
+    w.send_json({"hello": w.id, "generation": w.generation, "pid": os.getpid()})
+    for m in w.messages():
+        if m == b"crash":
+            os._exit(3)
+        elif m == b"whoami":
+            w.send_json({"id": w.id, "generation": w.generation, "pid": os.getpid()})
+        else:
+            w.send(b"echo:" + m)
+
+
+def count() -> None:
+    """Counts messages until `end`, then answers the count (for the stream benchmark)."""
+    w = rcluster.worker()
+    n = 0
+    for m in w.messages():
+        if m == b"end":
+            w.send(str(n).encode())
+            n = 0
+        else:
+            n += 1
+
+
+async def aio_echo() -> None:
+    """asyncio: answers each message; `hang` blocks the loop (heartbeats stop)."""
+    w = rcluster.worker()
+    async for m in rcluster.aio.messages():
+        if m == b"hang":
+            time.sleep(60)
+        w.send(b"aio:" + m)
+
+
+def blocking_http() -> None:
+    """rcluster.serve with a blocking handler answering one HTTP request per connection."""
+    w = rcluster.worker()
+
+    def handle(sock):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return
+            data += chunk
+        body = f"blocking worker {w.id}\n".encode()
+        sock.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (len(body), body)
+        )
+
+    rcluster.serve(handle, on_message=lambda m: w.send(b"got:" + m))
+
+
+async def streams_http() -> None:
+    """rcluster.aio.start_server with streams."""
+    w = rcluster.worker()
+
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        body = f"streams worker {w.id}\n".encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await rcluster.aio.start_server(handle)
+    await server.serve_forever()
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    if mode in ("aio-echo", "streams-http"):
+        asyncio.run({"aio-echo": aio_echo, "streams-http": streams_http}[mode]())
+    else:
+        {"echo": echo, "count": count, "blocking-http": blocking_http}[mode]()
