@@ -267,6 +267,14 @@ impl ChildSetup {
                 fail(err_w);
             }
         }
+        // Workers inherit the host's stdin/stdout/stderr even where the host marked them
+        // close-on-exec for its own children (libuv does so in Node).
+        for fd in 0..3 {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC != 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            }
+        }
         // The host may hold descriptors without CLOEXEC (a jobserver pipe, a library's log
         // file): none of them may leak into a worker. Marking them CLOEXEC rather than closing
         // them keeps the exec-error pipe usable until exec.

@@ -505,3 +505,41 @@ fn reload_of_programs_ready_at_spawn_completes() {
     });
     assert!(sup.snapshot().unwrap().iter().all(|w| w.generation == 2));
 }
+
+/// A host may mark its stdio close-on-exec for its own children (libuv does); workers must
+/// still inherit it. Runs in a child process of the test so that the flag change stays there.
+#[test]
+fn workers_inherit_stdout_even_when_the_host_marked_it_close_on_exec() {
+    if std::env::var_os("RCLUSTER_CLOEXEC_CHILD").is_some() {
+        // SAFETY: changes only this process's FD_CLOEXEC flag on its stdout.
+        unsafe { libc::fcntl(1, libc::F_SETFD, libc::FD_CLOEXEC) };
+        let mut cfg = Config::new(["sh", "-c", "echo worker-wrote-this"]);
+        cfg.ready_on = ReadyOn::Spawn;
+        cfg.restart.mode = rcluster_core::RestartMode::Never;
+        let sup = Supervisor::start(cfg).unwrap();
+        wait_for(&sup, Duration::from_secs(5), |e| {
+            matches!(e, Event::Exit { .. })
+        });
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "workers_inherit_stdout_even_when_the_host_marked_it_close_on_exec",
+            "--nocapture",
+        ])
+        .env("RCLUSTER_CLOEXEC_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("worker-wrote-this"),
+        "the worker's stdout was lost:\n{stdout}"
+    );
+}

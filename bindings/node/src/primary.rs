@@ -305,7 +305,6 @@ impl NativeSupervisor {
     #[napi(constructor)]
     pub fn new(options: NativeOptions) -> napi::Result<Self, &'static str> {
         let config = build_config(options)?;
-        inherit_stdio();
         let inner = Supervisor::start(config).map_err(to_js)?;
         Ok(NativeSupervisor {
             inner: Arc::new(inner),
@@ -446,21 +445,6 @@ impl NativeSupervisor {
             .iter()
             .map(|(name, addr)| vec![name.clone(), addr.to_string()])
             .collect()
-    }
-}
-
-/// Workers are meant to inherit stdin/stdout/stderr, but Node (libuv) marks them
-/// close-on-exec in its own process, and the core does not clear the flag in the child: the
-/// workers would start with /dev/null as stdio. Clear it here, in the primary, once.
-fn inherit_stdio() {
-    for fd in 0..=2 {
-        // SAFETY: fcntl on the standard descriptors only changes their FD_CLOEXEC flag.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFD);
-            if flags >= 0 && flags & libc::FD_CLOEXEC != 0 {
-                libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            }
-        }
     }
 }
 
