@@ -95,6 +95,29 @@ pub enum Event {
     AcceptPaused { listener: String, error: String },
 }
 
+impl Event {
+    /// The event's name, the same in every binding and in the docs (`spawned`, `gave_up`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Spawned { .. } => "spawned",
+            Event::Online { .. } => "online",
+            Event::Ready { .. } => "ready",
+            Event::Message { .. } => "message",
+            Event::Exit { .. } => "exit",
+            Event::SpawnFailed { .. } => "spawn_failed",
+            Event::Restarting { .. } => "restarting",
+            Event::GaveUp { .. } => "gave_up",
+            Event::AllDown => "all_down",
+            Event::ProtocolError { .. } => "protocol_error",
+            Event::ReloadStarted { .. } => "reload_started",
+            Event::ReloadDone { .. } => "reload_done",
+            Event::ReloadFailed { .. } => "reload_failed",
+            Event::Scaled { .. } => "scaled",
+            Event::AcceptPaused { .. } => "accept_paused",
+        }
+    }
+}
+
 /// One worker process in a snapshot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerInfo {

@@ -196,6 +196,11 @@ fn event(kind: &str) -> NativeEvent {
 }
 
 fn to_event(ev: Event) -> NativeEvent {
+    // Node's events are spelled with dashes, and `spawn` as in the API.
+    let kind = match ev.kind() {
+        "spawned" => "spawn".to_string(),
+        k => k.replace('_', "-"),
+    };
     match ev {
         Event::Spawned {
             id,
@@ -205,17 +210,17 @@ fn to_event(ev: Event) -> NativeEvent {
             id: Some(id),
             pid: Some(pid),
             generation: Some(generation),
-            ..event("spawn")
+            ..event(&kind)
         },
         Event::Online { id, pid } => NativeEvent {
             id: Some(id),
             pid: Some(pid),
-            ..event("online")
+            ..event(&kind)
         },
         Event::Ready { id, pid } => NativeEvent {
             id: Some(id),
             pid: Some(pid),
-            ..event("ready")
+            ..event(&kind)
         },
         Event::Message { id, pid, data } => {
             let (encoding, data) = message::decode(data);
@@ -224,7 +229,7 @@ fn to_event(ev: Event) -> NativeEvent {
                 pid: Some(pid),
                 encoding: Some(encoding.to_string()),
                 data: Some(data),
-                ..event("message")
+                ..event(&kind)
             }
         }
         Event::Exit {
@@ -238,18 +243,18 @@ fn to_event(ev: Event) -> NativeEvent {
             code: info.code,
             signal: info.signal,
             reason: Some(info.reason.as_str().to_string()),
-            ..event("exit")
+            ..event(&kind)
         },
         Event::SpawnFailed { id, error } => NativeEvent {
             id: Some(id),
             error: Some(error),
-            ..event("spawn-failed")
+            ..event(&kind)
         },
         Event::Restarting { id, delay, attempt } => NativeEvent {
             id: Some(id),
             delay: Some(delay.as_secs_f64() * 1000.0),
             attempt: Some(attempt),
-            ..event("restarting")
+            ..event(&kind)
         },
         Event::GaveUp {
             id,
@@ -259,36 +264,36 @@ fn to_event(ev: Event) -> NativeEvent {
             id: Some(id),
             restarts: Some(restarts),
             window: Some(window.as_secs_f64() * 1000.0),
-            ..event("gave-up")
+            ..event(&kind)
         },
         Event::AllDown => event("all-down"),
         Event::ProtocolError { id, pid, detail } => NativeEvent {
             id: Some(id),
             pid: Some(pid),
             error: Some(detail),
-            ..event("protocol-error")
+            ..event(&kind)
         },
         Event::ReloadStarted { generation } => NativeEvent {
             generation: Some(generation),
-            ..event("reload-started")
+            ..event(&kind)
         },
         Event::ReloadDone { generation } => NativeEvent {
             generation: Some(generation),
-            ..event("reload-done")
+            ..event(&kind)
         },
         Event::ReloadFailed { generation, reason } => NativeEvent {
             generation: Some(generation),
             reason: Some(reason),
-            ..event("reload-failed")
+            ..event(&kind)
         },
         Event::Scaled { workers } => NativeEvent {
             workers: Some(workers as u32),
-            ..event("scaled")
+            ..event(&kind)
         },
         Event::AcceptPaused { listener, error } => NativeEvent {
             listener: Some(listener),
             error: Some(error),
-            ..event("accept-paused")
+            ..event(&kind)
         },
     }
 }

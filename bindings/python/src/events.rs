@@ -54,6 +54,7 @@ impl PyEvent {
     }
 
     pub fn from_core(py: Python<'_>, ev: Event) -> PyEvent {
+        let kind = ev.kind();
         match ev {
             Event::Spawned {
                 id,
@@ -63,23 +64,23 @@ impl PyEvent {
                 id: Some(id),
                 pid: Some(pid),
                 generation: Some(generation),
-                ..PyEvent::of("spawned")
+                ..PyEvent::of(kind)
             },
             Event::Online { id, pid } => PyEvent {
                 id: Some(id),
                 pid: Some(pid),
-                ..PyEvent::of("online")
+                ..PyEvent::of(kind)
             },
             Event::Ready { id, pid } => PyEvent {
                 id: Some(id),
                 pid: Some(pid),
-                ..PyEvent::of("ready")
+                ..PyEvent::of(kind)
             },
             Event::Message { id, pid, data } => PyEvent {
                 id: Some(id),
                 pid: Some(pid),
                 data: Some(PyBytes::new(py, &data).unbind()),
-                ..PyEvent::of("message")
+                ..PyEvent::of(kind)
             },
             Event::Exit {
                 id,
@@ -92,18 +93,18 @@ impl PyEvent {
                 code: info.code,
                 signal: info.signal,
                 reason: Some(info.reason.as_str().to_string()),
-                ..PyEvent::of("exit")
+                ..PyEvent::of(kind)
             },
             Event::SpawnFailed { id, error } => PyEvent {
                 id: Some(id),
                 error: Some(error),
-                ..PyEvent::of("spawn_failed")
+                ..PyEvent::of(kind)
             },
             Event::Restarting { id, delay, attempt } => PyEvent {
                 id: Some(id),
                 delay: Some(delay.as_secs_f64()),
                 attempt: Some(attempt),
-                ..PyEvent::of("restarting")
+                ..PyEvent::of(kind)
             },
             Event::GaveUp {
                 id,
@@ -113,40 +114,40 @@ impl PyEvent {
                 id: Some(id),
                 restarts: Some(restarts),
                 window: Some(window.as_secs_f64()),
-                ..PyEvent::of("gave_up")
+                ..PyEvent::of(kind)
             },
-            Event::AllDown => PyEvent::of("all_down"),
+            Event::AllDown => PyEvent::of(kind),
             Event::ProtocolError { id, pid, detail } => PyEvent {
                 id: Some(id),
                 pid: Some(pid),
                 error: Some(detail),
-                ..PyEvent::of("protocol_error")
+                ..PyEvent::of(kind)
             },
             Event::ReloadStarted { generation } => PyEvent {
                 generation: Some(generation),
-                ..PyEvent::of("reload_started")
+                ..PyEvent::of(kind)
             },
             Event::ReloadDone { generation } => PyEvent {
                 generation: Some(generation),
-                ..PyEvent::of("reload_done")
+                ..PyEvent::of(kind)
             },
             Event::ReloadFailed { generation, reason } => PyEvent {
                 generation: Some(generation),
                 reason: Some(reason),
-                ..PyEvent::of("reload_failed")
+                ..PyEvent::of(kind)
             },
             Event::Scaled { workers } => PyEvent {
                 workers: Some(workers),
-                ..PyEvent::of("scaled")
+                ..PyEvent::of(kind)
             },
             Event::AcceptPaused { listener, error } => PyEvent {
                 listener: Some(listener),
                 error: Some(error),
-                ..PyEvent::of("accept_paused")
+                ..PyEvent::of(kind)
             },
             // A kind added to the core later still reaches Python, without details.
             #[allow(unreachable_patterns)]
-            _ => PyEvent::of("unknown"),
+            _ => PyEvent::of(kind),
         }
     }
 }
