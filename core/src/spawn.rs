@@ -23,6 +23,7 @@ pub struct Exec {
 /// Environment variables rcluster sets itself; inherited values are dropped so that a
 /// supervisor running inside a worker does not confuse its own workers.
 const OWN_VARS: &[&str] = &[
+    "RCLUSTER_HEARTBEAT_MS",
     "RCLUSTER_PID",
     "RCLUSTER_WORKER_ID",
     "RCLUSTER_GENERATION",

@@ -221,6 +221,13 @@ impl Worker {
         self.generation
     }
 
+    /// How often to call [`Worker::heartbeat`] (`RCLUSTER_HEARTBEAT_MS`: a quarter of the
+    /// primary's `heartbeat_timeout`); None when the primary does not check heartbeats.
+    pub fn heartbeat_interval(&self) -> Option<Duration> {
+        let ms: u64 = std::env::var("RCLUSTER_HEARTBEAT_MS").ok()?.parse().ok()?;
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
     /// Largest message the primary accepts.
     pub fn max_message(&self) -> usize {
         self.max_message

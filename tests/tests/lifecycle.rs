@@ -543,3 +543,18 @@ fn workers_inherit_stdout_even_when_the_host_marked_it_close_on_exec() {
         "the worker's stdout was lost:\n{stdout}"
     );
 }
+
+#[test]
+fn workers_are_told_how_often_to_send_heartbeats() {
+    let mut cfg = worker_config(1, &["env"]);
+    cfg.heartbeat_timeout = Some(Duration::from_secs(2));
+    let sup = Supervisor::start(cfg).unwrap();
+    let ev = wait_for(&sup, Duration::from_secs(5), |e| {
+        matches!(e, Event::Message { .. })
+    });
+    assert!(
+        message_text(&ev).contains("RCLUSTER_HEARTBEAT_MS=500"),
+        "{}",
+        message_text(&ev)
+    );
+}

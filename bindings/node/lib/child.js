@@ -118,13 +118,14 @@ class WorkerSelf extends EventEmitter {
 
   _start() {
     this._link.watch(() => this._pump());
-    const hb = Number(process.env.RCLUSTER_NODE_HEARTBEAT_MS);
-    if (hb > 0) {
+    // The primary says how often (a quarter of its heartbeat timeout) when it checks them.
+    const every = Number(process.env.RCLUSTER_HEARTBEAT_MS);
+    if (every > 0) {
       // From the JS event loop on purpose: a blocked loop stops the heartbeats, and the
       // primary kills the worker. Unref'd: it never keeps a finished worker alive.
       this._heartbeat = setInterval(() => {
         try { this._link.heartbeat(); } catch { /* primary gone; handled by the link */ }
-      }, Math.max(10, Math.floor(hb / 4)));
+      }, every);
       this._heartbeat.unref();
     }
   }

@@ -134,7 +134,6 @@ class Hub {
       ['RCLUSTER_NODE_SCHED', this.schedulingPolicy === SCHED_NONE ? 'none' : 'rr'],
       ['RCLUSTER_NODE_SERIALIZATION', s.serialization],
     ];
-    if (s.heartbeatTimeout !== undefined) env.push(['RCLUSTER_NODE_HEARTBEAT_MS', String(s.heartbeatTimeout)]);
     const opts = {
       workers: 1,
       argv: [process.execPath, ...s.execArgv, path.resolve(s.cwd || '.', s.exec), ...s.args],

@@ -140,7 +140,6 @@ function normalize(opts = {}, extraEnv = {}) {
   const heartbeatTimeout = ms(opts, 'heartbeatTimeout');
   const env = envPairs(opts.env, 'options.env');
   const own = { ...extraEnv, RCLUSTER_NODE_SERIALIZATION: serialization };
-  if (heartbeatTimeout !== undefined) own.RCLUSTER_NODE_HEARTBEAT_MS = String(heartbeatTimeout);
   env.push(...Object.entries(own));
   const native = {
     workers,

@@ -95,7 +95,14 @@ impl Primary {
         epoll
             .add(shared.waker.raw(), libc::EPOLLIN as u32, WAKER)
             .map_err(|e| Error::io("epoll_ctl", e))?;
-        let exec = Exec::new(program, &cfg.argv, &cfg.env, cfg.cwd.as_deref());
+        // Workers learn how often to send heartbeats from the primary, so that every worker
+        // library paces them the same way: four per timeout.
+        let mut env = cfg.env.clone();
+        if let Some(hb) = cfg.heartbeat_timeout {
+            let every = (hb.as_millis() / 4).max(1);
+            env.push(("RCLUSTER_HEARTBEAT_MS".into(), every.to_string().into()));
+        }
+        let exec = Exec::new(program, &cfg.argv, &env, cfg.cwd.as_deref());
         let clock: Box<dyn Clock> = Box::new(SystemClock);
         let now = clock.now();
         let desired = cfg.workers;

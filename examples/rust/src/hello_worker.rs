@@ -54,9 +54,10 @@ fn main() {
     if let Some(w) = &worker {
         w.ready().unwrap_or_else(|e| fail(&e.to_string()));
         let hb = Arc::clone(w);
+        let every = w.heartbeat_interval().unwrap_or(Duration::from_secs(1));
         std::thread::spawn(move || {
             while hb.heartbeat().is_ok() {
-                std::thread::sleep(Duration::from_secs(1));
+                std::thread::sleep(every);
             }
         });
     }

@@ -23,10 +23,6 @@ Event = _rcluster.Event
 WorkerInfo = _rcluster.WorkerInfo
 ExitInfo = _rcluster.ExitInfo
 
-#: Environment variable telling a Python worker how often to send heartbeats (seconds).
-HEARTBEAT_ENV = "RCLUSTER_HEARTBEAT_INTERVAL"
-
-
 @dataclass(frozen=True)
 class RestartPolicy:
     """When and how fast a worker that exited is started again (see docs/operations.md).
@@ -327,8 +323,6 @@ def _config(**o: Any) -> dict[str, Any]:
     if not isinstance(o["env"] or {}, Mapping):
         raise TypeError("env must be a mapping of names to values")
     hb = check_seconds("heartbeat_timeout", o["heartbeat_timeout"], optional=True)
-    if hb is not None and hb > 0 and HEARTBEAT_ENV not in env:
-        env[HEARTBEAT_ENV] = f"{hb / 4:.3f}"
     c["env"] = [(_fs("env key", k), _fs("env value", v)) for k, v in env.items()]
     c["cwd"] = None if o["cwd"] is None else _fs("cwd", o["cwd"])
     c["ready_on"] = check_str("ready_on", o["ready_on"], optional=True)

@@ -27,8 +27,8 @@ from .errors import NotAWorkerError
 
 logger = logging.getLogger("rcluster")
 
-#: Default seconds between heartbeats (``RCLUSTER_HEARTBEAT_INTERVAL`` overrides it; the
-#: Python Supervisor sets that to a quarter of its ``heartbeat_timeout``).
+#: Seconds between heartbeats when the primary does not say (``RCLUSTER_HEARTBEAT_MS``, which
+#: the primary sets to a quarter of its ``heartbeat_timeout``).
 HEARTBEAT_INTERVAL = 1.0
 
 
@@ -105,9 +105,11 @@ class Worker:
     def __init__(self, native: Any) -> None:
         self._native = native
         self.exit_on_primary_loss = True
-        interval = os.environ.get("RCLUSTER_HEARTBEAT_INTERVAL")
+        # The primary says how often (RCLUSTER_HEARTBEAT_MS, a quarter of its heartbeat
+        # timeout) when it checks heartbeats.
+        interval = os.environ.get("RCLUSTER_HEARTBEAT_MS")
         try:
-            self.heartbeat_interval = float(interval) if interval else HEARTBEAT_INTERVAL
+            self.heartbeat_interval = int(interval) / 1000 if interval else HEARTBEAT_INTERVAL
         except ValueError:
             self.heartbeat_interval = HEARTBEAT_INTERVAL
         self._last_beat = time.monotonic()
