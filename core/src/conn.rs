@@ -59,11 +59,30 @@ impl Waker {
     }
 }
 
+/// A descriptor to attach to a frame.
+pub enum PassFd {
+    /// Owned by the queue and closed once sent.
+    Owned(OwnedFd),
+    /// Owned by the caller, who keeps it open until the frame is sent or the connection is
+    /// closed (a handed-over client connection: the primary keeps its copy until the worker
+    /// acknowledges, which it can only do after the frame went out). Sending needs no copy.
+    Borrowed(RawFd),
+}
+
+impl PassFd {
+    fn raw(&self) -> RawFd {
+        match self {
+            PassFd::Owned(fd) => fd.as_raw_fd(),
+            PassFd::Borrowed(fd) => *fd,
+        }
+    }
+}
+
 struct Queue {
     /// Frames waiting to be written, in order.
     buf: Vec<u8>,
     /// Descriptors to attach, with the offset in `buf` of the frame each belongs to.
-    fds: VecDeque<(usize, OwnedFd)>,
+    fds: VecDeque<(usize, PassFd)>,
     /// The loop has been told to flush (is in the dirty list or holds data in flight).
     scheduled: bool,
     /// Bytes handed to the loop but not yet written.
@@ -87,7 +106,7 @@ pub struct Conn {
 struct Flight {
     buf: Vec<u8>,
     off: usize,
-    fds: VecDeque<(usize, OwnedFd)>,
+    fds: VecDeque<(usize, PassFd)>,
 }
 
 pub enum Flush {
@@ -139,7 +158,7 @@ impl Conn {
         waker: &Waker,
         kind: Kind,
         body: &[u8],
-        fd: Option<OwnedFd>,
+        fd: Option<PassFd>,
     ) -> Result<()> {
         let mut q = self.queue.lock().unwrap();
         if q.closed {
@@ -239,12 +258,12 @@ fn write_some(
     fd: RawFd,
     buf: &[u8],
     off: usize,
-    fds: &mut VecDeque<(usize, OwnedFd)>,
+    fds: &mut VecDeque<(usize, PassFd)>,
 ) -> std::io::Result<usize> {
     let next_fd_at = |skip: usize| fds.get(skip).map_or(buf.len(), |(at, _)| *at);
     match fds.front() {
         Some((at, pass)) if *at == off => {
-            let n = sys::send_with_fd(fd, &buf[off..next_fd_at(1)], pass.as_raw_fd(), false)?;
+            let n = sys::send_with_fd(fd, &buf[off..next_fd_at(1)], pass.raw(), false)?;
             fds.pop_front();
             Ok(n)
         }
@@ -298,7 +317,7 @@ mod tests {
                 &waker,
                 Kind::Connection,
                 format!("conn {i}").as_bytes(),
-                Some(fd),
+                Some(PassFd::Owned(fd)),
             )
             .unwrap();
         }

@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use super::Primary;
+use crate::conn::PassFd;
 use crate::dispatch::{self, Candidate, Choice, SlotState};
 use crate::events::{Event, WorkerState};
 use crate::frame::{self, Kind};
@@ -228,9 +229,6 @@ impl Primary {
         let Some(p) = self.procs.get_mut(&key) else {
             return Err(w);
         };
-        let Ok(copy) = w.fd.try_clone() else {
-            return Err(w);
-        };
         let name = self.listeners[w.listener].name.as_bytes();
         let peer = w.peer.text.as_bytes();
         // Only least-connections and max_inflight count open connections: elsewhere the worker
@@ -244,10 +242,12 @@ impl Primary {
         body.extend_from_slice(name);
         body.extend_from_slice(&(peer.len() as u16).to_le_bytes());
         body.extend_from_slice(peer);
-        match p
-            .conn
-            .send_frame(&self.shared.waker, Kind::Connection, &body, Some(copy))
-        {
+        match p.conn.send_frame(
+            &self.shared.waker,
+            Kind::Connection,
+            &body,
+            Some(PassFd::Borrowed(w.fd.as_raw_fd())),
+        ) {
             Ok(()) => {
                 p.unacked.insert(w.id, w);
                 Ok(())
@@ -306,7 +306,7 @@ impl Primary {
                 frame::put_str(&mut body, &l.name);
                 frame::put_str(&mut body, &l.addr.to_string());
                 if l.dispatch == Dispatch::Shared {
-                    l.fd.try_clone().ok()
+                    l.fd.try_clone().ok().map(PassFd::Owned)
                 } else {
                     None
                 }
