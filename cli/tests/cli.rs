@@ -403,14 +403,7 @@ fn hello_worker_under_rcluster_answers_http_200_on_loopback() {
         a,
     ]);
     c.wait_for_count(": ready", 2);
-    let mut conn = TcpStream::connect(&addr).expect("connect to hello-worker");
-    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    conn.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut reply = String::new();
-    conn.read_to_string(&mut reply).expect("read the reply");
-    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
-    assert!(reply.contains("Hello from worker"), "{reply}");
+    assert!(http_get_body(&addr).contains("Hello from worker"));
     c.signal(libc::SIGTERM);
     assert_eq!(
         c.wait_exit(Duration::from_secs(15)).code(),

@@ -52,6 +52,57 @@ pub enum Output {
     Prefix,
 }
 
+impl std::str::FromStr for ReadyOn {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<ReadyOn> {
+        Ok(match s {
+            "spawn" => ReadyOn::Spawn,
+            "hello" => ReadyOn::Hello,
+            "explicit" => ReadyOn::Explicit,
+            _ => {
+                return Err(Error::config(
+                    "ready_on",
+                    s,
+                    "expected spawn, hello or explicit",
+                ))
+            }
+        })
+    }
+}
+
+impl std::str::FromStr for RestartMode {
+    type Err = Error;
+
+    /// `always`, `on-failure` (or `on_failure`), `never`.
+    fn from_str(s: &str) -> Result<RestartMode> {
+        Ok(match s {
+            "always" => RestartMode::Always,
+            "on-failure" | "on_failure" => RestartMode::OnFailure,
+            "never" => RestartMode::Never,
+            _ => {
+                return Err(Error::config(
+                    "restart.mode",
+                    s,
+                    "expected always, on-failure or never",
+                ))
+            }
+        })
+    }
+}
+
+impl std::str::FromStr for Output {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Output> {
+        Ok(match s {
+            "inherit" => Output::Inherit,
+            "prefix" => Output::Prefix,
+            _ => return Err(Error::config("output", s, "expected inherit or prefix")),
+        })
+    }
+}
+
 /// The restart policy: which exits restart, how fast, and when to give up.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RestartPolicy {
@@ -401,6 +452,28 @@ mod tests {
         let e = Config::new([&path]).validate().unwrap_err().to_string();
         std::fs::remove_file(&path).unwrap();
         assert!(e.contains("not executable"), "{e}");
+    }
+
+    #[test]
+    fn mode_names_parse_and_bad_ones_are_named() {
+        assert_eq!("explicit".parse::<ReadyOn>().unwrap(), ReadyOn::Explicit);
+        assert_eq!(
+            "on_failure".parse::<RestartMode>().unwrap(),
+            RestartMode::OnFailure
+        );
+        assert_eq!("prefix".parse::<Output>().unwrap(), Output::Prefix);
+        let e = "soon".parse::<ReadyOn>().unwrap_err().to_string();
+        assert!(e.contains("ready_on") && e.contains("soon"), "{e}");
+        assert!("sometimes"
+            .parse::<RestartMode>()
+            .unwrap_err()
+            .to_string()
+            .contains("restart.mode"));
+        assert!("loud"
+            .parse::<Output>()
+            .unwrap_err()
+            .to_string()
+            .contains("output"));
     }
 
     #[test]

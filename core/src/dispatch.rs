@@ -33,41 +33,46 @@ pub trait SlotState {
 }
 
 /// Chooses a worker for a connection. `candidates` must be sorted by key; `cursor` is the key
-/// last chosen by round-robin.
+/// last chosen by round-robin; `allowed` narrows the workers (those that asked for the
+/// listener, for one asked for at run time).
 pub fn choose(
     mode: Dispatch,
     candidates: &[Candidate],
     cursor: u64,
     peer: Option<IpAddr>,
     slots: &dyn SlotState,
+    allowed: &dyn Fn(u64) -> bool,
 ) -> Choice {
+    let fits = |c: &&Candidate| c.has_room && allowed(c.key);
     match (mode, peer) {
-        (Dispatch::Sticky, Some(ip)) => sticky(candidates, ip, slots),
-        (Dispatch::LeastConnections, _) => least_connections(candidates),
-        _ => round_robin(candidates, cursor),
+        (Dispatch::Sticky, Some(ip)) => sticky(candidates, ip, slots, &fits),
+        (Dispatch::LeastConnections, _) => least_connections(candidates, &fits),
+        _ => round_robin(candidates, cursor, &fits),
     }
 }
 
-fn round_robin(candidates: &[Candidate], cursor: u64) -> Choice {
+type Fits<'a> = dyn Fn(&&Candidate) -> bool + 'a;
+
+fn round_robin(candidates: &[Candidate], cursor: u64, fits: &Fits) -> Choice {
     let after = candidates.iter().filter(|c| c.key > cursor);
     let before = candidates.iter().filter(|c| c.key <= cursor);
     after
         .chain(before)
-        .find(|c| c.has_room)
+        .find(fits)
         .map_or(Choice::Wait, |c| Choice::Worker(c.key))
 }
 
-fn least_connections(candidates: &[Candidate]) -> Choice {
+fn least_connections(candidates: &[Candidate], fits: &Fits) -> Choice {
     candidates
         .iter()
-        .filter(|c| c.has_room)
+        .filter(fits)
         .min_by_key(|c| (c.active + c.unacked, c.key))
         .map_or(Choice::Wait, |c| Choice::Worker(c.key))
 }
 
 /// Rendezvous hashing over slots: a client keeps its slot across restarts of that slot, and
 /// scaling moves only the clients of the slots added or removed.
-fn sticky(candidates: &[Candidate], ip: IpAddr, slots: &dyn SlotState) -> Choice {
+fn sticky(candidates: &[Candidate], ip: IpAddr, slots: &dyn SlotState, fits: &Fits) -> Choice {
     let client = hash_ip(ip);
     let mut ranked: Vec<(u64, u32)> = (0..slots.slot_count())
         .map(|s| (mix(client ^ mix(u64::from(s) + 1)), s))
@@ -81,7 +86,7 @@ fn sticky(candidates: &[Candidate], ip: IpAddr, slots: &dyn SlotState) -> Choice
         return candidates
             .iter()
             .rev()
-            .find(|c| c.slot == slot && c.has_room)
+            .find(|c| c.slot == slot && fits(c))
             .map_or(Choice::Wait, |c| Choice::Worker(c.key));
     }
     Choice::Wait
@@ -150,13 +155,38 @@ mod tests {
         let mut cursor = 0;
         let mut seen = Vec::new();
         for _ in 0..4 {
-            cursor = worker(choose(Dispatch::RoundRobin, &c, cursor, None, &s));
+            cursor = worker(choose(Dispatch::RoundRobin, &c, cursor, None, &s, &|_| {
+                true
+            }));
             seen.push(cursor);
         }
         assert_eq!(seen, vec![1, 3, 1, 3]);
         let full = [cand(1, 0, 0, false)];
         assert_eq!(
-            choose(Dispatch::RoundRobin, &full, 0, None, &s),
+            choose(Dispatch::RoundRobin, &full, 0, None, &s, &|_| true),
+            Choice::Wait
+        );
+    }
+
+    #[test]
+    fn only_allowed_workers_are_chosen() {
+        let c = [
+            cand(1, 0, 0, true),
+            cand(2, 1, 0, true),
+            cand(3, 2, 0, true),
+        ];
+        let s = Slots(3, vec![]);
+        let only_3 = |k: u64| k == 3;
+        assert_eq!(
+            choose(Dispatch::RoundRobin, &c, 0, None, &s, &only_3),
+            Choice::Worker(3)
+        );
+        assert_eq!(
+            choose(Dispatch::LeastConnections, &c, 0, None, &s, &only_3),
+            Choice::Worker(3)
+        );
+        assert_eq!(
+            choose(Dispatch::RoundRobin, &c, 0, None, &s, &|_| false),
             Choice::Wait
         );
     }
@@ -174,7 +204,8 @@ mod tests {
                 &c,
                 0,
                 None,
-                &Slots(3, vec![])
+                &Slots(3, vec![]),
+                &|_| true
             )),
             3
         );
@@ -185,28 +216,40 @@ mod tests {
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
         let s = Slots(4, vec![]);
         let all: Vec<Candidate> = (0..4).map(|i| cand(i as u64 + 1, i, 0, true)).collect();
-        let first = worker(choose(Dispatch::Sticky, &all, 0, Some(ip), &s));
+        let first = worker(choose(Dispatch::Sticky, &all, 0, Some(ip), &s, &|_| true));
         for _ in 0..10 {
             assert_eq!(
-                worker(choose(Dispatch::Sticky, &all, first, Some(ip), &s)),
+                worker(choose(Dispatch::Sticky, &all, first, Some(ip), &s, &|_| {
+                    true
+                })),
                 first
             );
         }
         // Its slot is restarting: no candidate for it, but the slot is not down: wait.
         let without: Vec<Candidate> = all.iter().copied().filter(|c| c.key != first).collect();
         assert_eq!(
-            choose(Dispatch::Sticky, &without, 0, Some(ip), &s),
+            choose(Dispatch::Sticky, &without, 0, Some(ip), &s, &|_| true),
             Choice::Wait
         );
         // The replacement (a new key, same slot) gets the client.
         let slot = all[(first - 1) as usize].slot;
         let mut back = without.clone();
         back.push(cand(99, slot, 0, true));
-        assert_eq!(worker(choose(Dispatch::Sticky, &back, 0, Some(ip), &s)), 99);
+        assert_eq!(
+            worker(choose(Dispatch::Sticky, &back, 0, Some(ip), &s, &|_| true)),
+            99
+        );
         // A slot that is down for good hands its clients to the next slot in their ranking.
         let down = Slots(4, vec![slot]);
         assert_ne!(
-            worker(choose(Dispatch::Sticky, &without, 0, Some(ip), &down)),
+            worker(choose(
+                Dispatch::Sticky,
+                &without,
+                0,
+                Some(ip),
+                &down,
+                &|_| true
+            )),
             99
         );
     }
@@ -221,6 +264,7 @@ mod tests {
                 0,
                 Some(IpAddr::from(ip.to_be_bytes())),
                 &Slots(n, vec![]),
+                &|_| true,
             ))
         };
         let clients: Vec<u32> = (0..2000).map(|i| 0x0a00_0000 + i * 7919).collect();

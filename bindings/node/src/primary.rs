@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-use rcluster_core::{
-    Config, Dispatch, Event, ListenAddr, Listener, Output, ReadyOn, RestartMode, Supervisor,
-};
+use rcluster_core::{Config, Dispatch, Event, ListenAddr, Listener, Supervisor};
 
 use crate::error::{from_napi, invalid, to_js};
 use crate::message;
@@ -104,31 +102,17 @@ fn build_config(o: NativeOptions) -> napi::Result<Config, &'static str> {
     }
     c.cwd = o.cwd.map(Into::into);
     if let Some(r) = o.ready_on.as_deref() {
-        c.ready_on = match r {
-            "spawn" => ReadyOn::Spawn,
-            "hello" => ReadyOn::Hello,
-            "explicit" => ReadyOn::Explicit,
-            _ => {
-                return Err(invalid(format!(
-                    "options.readyOn = {r:?}: expected 'spawn', 'hello' or 'explicit'"
-                )))
-            }
-        };
+        c.ready_on = r
+            .parse()
+            .map_err(|e| invalid(format!("options.readyOn: {e}")))?;
     }
     set(&mut c.ready_timeout, o.ready_timeout.map(ms));
     c.heartbeat_timeout = o.heartbeat_timeout.map(ms);
     set(&mut c.kill_timeout, o.kill_timeout.map(ms));
     if let Some(m) = o.restart.as_deref() {
-        c.restart.mode = match m {
-            "always" => RestartMode::Always,
-            "on-failure" => RestartMode::OnFailure,
-            "never" => RestartMode::Never,
-            _ => {
-                return Err(invalid(format!(
-                    "options.restart.mode = {m:?}: expected 'always', 'on-failure' or 'never'"
-                )))
-            }
-        };
+        c.restart.mode = m
+            .parse()
+            .map_err(|e| invalid(format!("options.restart.mode: {e}")))?;
     }
     let r = &mut c.restart;
     set(&mut r.backoff_initial, o.backoff_initial.map(ms));
@@ -145,15 +129,9 @@ fn build_config(o: NativeOptions) -> napi::Result<Config, &'static str> {
         o.send_queue_limit.map(|v| v as usize),
     );
     if let Some(out) = o.output.as_deref() {
-        c.output = match out {
-            "inherit" => Output::Inherit,
-            "prefix" => Output::Prefix,
-            _ => {
-                return Err(invalid(format!(
-                    "options.output = {out:?}: expected 'inherit' or 'prefix'"
-                )))
-            }
-        };
+        c.output = out
+            .parse()
+            .map_err(|e| invalid(format!("options.output: {e}")))?;
     }
     for l in o.listeners {
         let addr: ListenAddr = l.address.parse().map_err(to_js)?;

@@ -1,6 +1,7 @@
 //! Keyword arguments → core `Config`. Only conversion happens here: every value is checked by
-//! `Config::validate` in the core, whose errors name the field. What the core cannot see (a
-//! negative number of seconds, an unknown mode name) is rejected here, naming the field too.
+//! `Config::validate` in the core, whose errors name the field; mode names are parsed by the
+//! core too. What the core cannot see (a negative number of seconds) is rejected here, naming
+//! the field too.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
@@ -8,7 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use rcluster_core::{Config, Dispatch, ListenAddr, Listener, Output, ReadyOn, RestartMode};
+
+use crate::errors::to_py;
+use rcluster_core::{Config, Dispatch, ListenAddr, Listener};
 
 use crate::errors::{config_error, IntoPyResult};
 
@@ -23,46 +26,6 @@ fn opt_seconds(field: &str, s: Option<f64>, into: &mut Duration) -> PyResult<()>
         *into = seconds(field, s)?;
     }
     Ok(())
-}
-
-// These three have no FromStr in the core (the CLI parses its own spellings); the names are
-// the ones docs/operations.md uses.
-fn ready_on(s: &str) -> PyResult<ReadyOn> {
-    Ok(match s {
-        "spawn" => ReadyOn::Spawn,
-        "hello" => ReadyOn::Hello,
-        "explicit" => ReadyOn::Explicit,
-        _ => {
-            return Err(config_error(
-                "ready_on",
-                s,
-                "expected spawn, hello or explicit",
-            ))
-        }
-    })
-}
-
-pub fn restart_mode(s: &str) -> PyResult<RestartMode> {
-    Ok(match s {
-        "always" => RestartMode::Always,
-        "on-failure" | "on_failure" => RestartMode::OnFailure,
-        "never" => RestartMode::Never,
-        _ => {
-            return Err(config_error(
-                "restart",
-                s,
-                "expected always, on-failure or never",
-            ))
-        }
-    })
-}
-
-fn output(s: &str) -> PyResult<Output> {
-    Ok(match s {
-        "inherit" => Output::Inherit,
-        "prefix" => Output::Prefix,
-        _ => return Err(config_error("output", s, "expected inherit or prefix")),
-    })
 }
 
 /// The restart policy fields, in seconds where they are durations.
@@ -145,7 +108,7 @@ impl ConfigArgs {
         }
         c.cwd = self.cwd.map(|p| PathBuf::from(os(p)));
         if let Some(r) = &self.ready_on {
-            c.ready_on = ready_on(r)?;
+            c.ready_on = r.parse().map_err(to_py)?;
         }
         opt_seconds("ready_timeout", self.ready_timeout, &mut c.ready_timeout)?;
         if let Some(hb) = self.heartbeat_timeout {
@@ -162,7 +125,7 @@ impl ConfigArgs {
             c.send_queue_limit = m;
         }
         if let Some(o) = &self.output {
-            c.output = output(o)?;
+            c.output = o.parse().map_err(to_py)?;
         }
         for (name, addr, dispatch) in self.listeners.unwrap_or_default() {
             let addr: ListenAddr = addr.parse().py()?;
@@ -186,7 +149,7 @@ impl ConfigArgs {
 
 fn apply_restart(c: &mut Config, r: RestartArgs) -> PyResult<()> {
     let p = &mut c.restart;
-    p.mode = restart_mode(&r.mode)?;
+    p.mode = r.mode.parse().map_err(to_py)?;
     opt_seconds(
         "restart.backoff_initial",
         r.backoff_initial,

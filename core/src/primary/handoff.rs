@@ -178,16 +178,16 @@ impl Primary {
         let mut kept = VecDeque::new();
         while let Some(w) = self.waiting.pop_front() {
             let mode = self.listeners[w.listener].dispatch;
-            let choice = match &self.listeners[w.listener].subscribers {
-                None => dispatch::choose(mode, &cands, self.rr_cursor, w.peer.ip, &Slots(self)),
-                Some(subs) => {
-                    let mut only = cands.clone();
-                    only.iter_mut()
-                        .filter(|c| !subs.contains(&c.key))
-                        .for_each(|c| c.has_room = false);
-                    dispatch::choose(mode, &only, self.rr_cursor, w.peer.ip, &Slots(self))
-                }
-            };
+            let subscribers = self.listeners[w.listener].subscribers.as_ref();
+            let allowed = |key: u64| subscribers.is_none_or(|subs| subs.contains(&key));
+            let choice = dispatch::choose(
+                mode,
+                &cands,
+                self.rr_cursor,
+                w.peer.ip,
+                &Slots(self),
+                &allowed,
+            );
             let Choice::Worker(key) = choice else {
                 kept.push_back(w);
                 if mode == Dispatch::Sticky {
