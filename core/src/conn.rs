@@ -18,6 +18,11 @@ use crate::frame::{self, Kind};
 use crate::sys;
 
 const COALESCE: Duration = Duration::from_micros(20);
+/// How long the loop lets a stream of plain messages gather before writing it: one wake-up
+/// and one write per gathering instead of one per few messages.
+pub const GATHER: Duration = Duration::from_micros(50);
+/// Gathering stops early once this much is queued.
+const GATHER_BYTES: usize = 64 * 1024;
 
 /// Wakes the loop thread and tells it which connections have queued output.
 pub struct Waker {
@@ -94,6 +99,8 @@ struct Queue {
 /// A worker's IPC socket (primary end) with its outgoing queue.
 pub struct Conn {
     pub id: u32,
+    /// The loop's key for the worker process at the other end.
+    pub key: u64,
     fd: OwnedFd,
     limit: usize,
     max_message: usize,
@@ -119,9 +126,10 @@ pub enum Flush {
 }
 
 impl Conn {
-    pub fn new(id: u32, fd: OwnedFd, limit: usize, max_message: usize) -> Conn {
+    pub fn new(id: u32, key: u64, fd: OwnedFd, limit: usize, max_message: usize) -> Conn {
         Conn {
             id,
+            key,
             fd,
             limit,
             max_message,
@@ -152,6 +160,23 @@ impl Conn {
         self.send_frame(waker, Kind::Message, body, None)
     }
 
+    /// Queues several user messages in order, under one lock and with at most one write or
+    /// wake-up: all of them, or none when they do not fit in the queue.
+    pub fn send_messages(self: &Arc<Self>, waker: &Waker, bodies: &[&[u8]]) -> Result<()> {
+        if let Some(big) = bodies.iter().find(|b| b.len() > self.max_message) {
+            return Err(Error::MessageTooLarge {
+                size: big.len(),
+                limit: self.max_message,
+            });
+        }
+        let size = bodies.iter().map(|b| frame::HEADER_LEN + b.len()).sum();
+        self.enqueue(waker, size, None, |buf| {
+            for body in bodies {
+                frame::encode(buf, Kind::Message, 0, body);
+            }
+        })
+    }
+
     /// Queues any frame, optionally with a descriptor attached.
     pub fn send_frame(
         self: &Arc<Self>,
@@ -160,11 +185,25 @@ impl Conn {
         body: &[u8],
         fd: Option<PassFd>,
     ) -> Result<()> {
+        let flags = if fd.is_some() { frame::FLAG_FD } else { 0 };
+        let size = frame::HEADER_LEN + body.len();
+        self.enqueue(waker, size, fd, |buf| frame::encode(buf, kind, flags, body))
+    }
+
+    /// Appends `size` bytes of frames (written by `encode`) to the queue, with `fd` attached
+    /// to the first of them; writes them at once when the line is idle, else has the loop
+    /// flush them.
+    fn enqueue(
+        self: &Arc<Self>,
+        waker: &Waker,
+        size: usize,
+        fd: Option<PassFd>,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<()> {
         let mut q = self.queue.lock().unwrap();
         if q.closed {
             return Err(Error::NoSuchWorker(self.id));
         }
-        let size = frame::HEADER_LEN + body.len();
         if q.buf.len() + q.in_flight + size > self.limit {
             return Err(Error::QueueFull {
                 worker: self.id,
@@ -175,8 +214,7 @@ impl Conn {
         let idle = !q.scheduled && q.buf.is_empty() && now.duration_since(q.last_send) >= COALESCE;
         q.last_send = now;
         let start = q.buf.len();
-        let flags = if fd.is_some() { frame::FLAG_FD } else { 0 };
-        frame::encode(&mut q.buf, kind, flags, body);
+        encode(&mut q.buf);
         if let Some(fd) = fd {
             q.fds.push_back((start, fd));
         }
@@ -206,6 +244,14 @@ impl Conn {
             *at -= off;
         }
         buf.is_empty()
+    }
+
+    /// Loop side: true when what is queued is a stream of plain messages still gathering
+    /// (no descriptor waits in it, and not much is queued yet), so the flush may wait
+    /// [`GATHER`]. Senders do not wake the loop again meanwhile: it is still scheduled.
+    pub fn may_gather(&self) -> bool {
+        let q = self.queue.lock().unwrap();
+        !q.closed && q.fds.is_empty() && q.buf.len() < GATHER_BYTES
     }
 
     /// Loop side: writes what is queued. Never blocks.
@@ -307,7 +353,7 @@ mod tests {
     fn descriptors_travel_with_their_own_frames() {
         let (a, b) = sys::socketpair().unwrap();
         sys::set_nonblocking(a.as_raw_fd(), true).unwrap();
-        let conn = Arc::new(Conn::new(0, a, 1 << 20, 1 << 16));
+        let conn = Arc::new(Conn::new(0, 1, a, 1 << 20, 1 << 16));
         let waker = Waker::new().unwrap();
         for i in 0..6 {
             conn.send_frame(&waker, Kind::Message, format!("plain {i}").as_bytes(), None)

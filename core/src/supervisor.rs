@@ -120,6 +120,23 @@ impl Supervisor {
         }
     }
 
+    /// The largest user message in bytes (`Config::max_message`).
+    pub fn max_message(&self) -> usize {
+        self.shared.max_message
+    }
+
+    /// Sends several user messages to worker `id`, in order, as one batch: one lock, and at
+    /// most one write or wake-up of the loop for all of them. All are queued, or none (when one
+    /// is too large or they do not fit in the queue).
+    pub fn send_many(&self, id: u32, messages: &[&[u8]]) -> Result<()> {
+        let conn = self.shared.routes.read().unwrap().get(&id).cloned();
+        match conn {
+            Some(c) => c.send_messages(&self.shared.waker, messages),
+            None if self.shared.stopped.load(Ordering::Acquire) => Err(Error::Stopped),
+            None => Err(Error::NoSuchWorker(id)),
+        }
+    }
+
     /// Sends a user message to every live worker; returns how many it was queued for.
     /// Workers whose queue is full are skipped (they are not reading).
     pub fn broadcast(&self, data: &[u8]) -> Result<usize> {

@@ -260,6 +260,18 @@ impl Worker {
         self.write_frame(Kind::Message, data)
     }
 
+    /// Sends several user messages to the primary, in order, with one write. Blocks while the
+    /// socket is full. None is sent when one of them is too large.
+    pub fn send_many(&self, messages: &[&[u8]]) -> Result<()> {
+        if let Some(big) = messages.iter().find(|m| m.len() > self.max_message) {
+            return Err(Error::MessageTooLarge {
+                size: big.len(),
+                limit: self.max_message,
+            });
+        }
+        self.write_frames(messages.iter().map(|m| (Kind::Message, *m)))
+    }
+
     /// Tells the primary that connection `id` is closed, making room for another.
     /// Only connections the primary counts (least-connections dispatch, `max_inflight`) are
     /// reported; for the others this costs nothing.
@@ -276,9 +288,16 @@ impl Worker {
     }
 
     fn write_frame(&self, kind: Kind, body: &[u8]) -> Result<()> {
+        self.write_frames(std::iter::once((kind, body)))
+    }
+
+    /// Writes frames with one system call (more only while the socket is full).
+    fn write_frames<'a>(&self, frames: impl Iterator<Item = (Kind, &'a [u8])>) -> Result<()> {
         let mut buf = self.tx.lock().unwrap();
         buf.clear();
-        frame::encode(&mut buf, kind, 0, body);
+        for (kind, body) in frames {
+            frame::encode(&mut buf, kind, 0, body);
+        }
         let mut off = 0;
         while off < buf.len() {
             match sys::send_blocking(self.fd.as_raw_fd(), &buf[off..]) {

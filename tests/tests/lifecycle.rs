@@ -445,6 +445,44 @@ fn messages_sent_right_before_exit_are_delivered() {
 }
 
 #[test]
+fn batches_and_streams_of_messages_arrive_in_order_both_ways() {
+    let mut cfg = worker_config(1, &["echo"]);
+    cfg.max_message = 1024;
+    let sup = Supervisor::start(cfg).unwrap();
+    wait_ready(&sup, 1);
+    let next = || {
+        message_text(&wait_for(&sup, Duration::from_secs(10), |e| {
+            matches!(e, Event::Message { .. })
+        }))
+    };
+    // A batch too large as a whole message by message is refused whole: nothing of it goes.
+    let big = [0u8; 1025];
+    assert!(matches!(
+        sup.send_many(0, &[b"not sent", &big]),
+        Err(Error::MessageTooLarge { size: 1025, .. })
+    ));
+    // Batches, and single sends close together (which the loop gathers), keep their order.
+    let texts: Vec<String> = (0..3000).map(|i| format!("m{i}")).collect();
+    for chunk in texts.chunks(500) {
+        let parts: Vec<&[u8]> = chunk.iter().map(|t| t.as_bytes()).collect();
+        sup.send_many(0, &parts).unwrap();
+    }
+    for t in &texts {
+        sup.send(0, t.as_bytes()).unwrap();
+    }
+    for i in 0..6000 {
+        assert_eq!(next(), format!("m{}", i % 3000));
+    }
+    // The worker side: a batch in one write, and a batch with one too large refused whole.
+    sup.send(0, b"!burst 2000").unwrap();
+    for i in 0..2000 {
+        assert_eq!(next(), format!("b{i}"));
+    }
+    let refused = next();
+    assert!(refused.contains("message too large"), "{refused}");
+}
+
+#[test]
 fn a_second_shorter_stop_brings_the_kill_forward() {
     let mut cfg = worker_config(2, &["ignore-term"]);
     cfg.kill_timeout = Duration::from_secs(60);

@@ -7,6 +7,7 @@ const fs = require('fs');
 const v8 = require('v8');
 const native = require('./native');
 const codec = require('./codec');
+const { Outbox } = require('./outbox');
 const { rclusterError } = require('./errors');
 
 const BATCH = 4096;
@@ -29,6 +30,12 @@ class WorkerSelf extends EventEmitter {
     this.state = 'online';
     this.exitedAfterDisconnect = undefined;
     this._serialization = process.env.RCLUSTER_NODE_SERIALIZATION === 'advanced' ? 'advanced' : 'json';
+    this._outbox = new Outbox((joined) => link.sendJson(joined), link.maxMessage, (err) => {
+      // A batch sent after send() returned failed: the primary is gone (the worker leaves),
+      // or this worker's messages exceed what the socket takes. As process.send does.
+      if (process.listenerCount('error') > 0) process.emit('error', err);
+      else if (this._connected) throw err;
+    });
   }
 
   /** Sends a message to the primary. */
@@ -39,8 +46,13 @@ class WorkerSelf extends EventEmitter {
       if (callback) { process.nextTick(callback, err); return false; }
       throw err;
     }
-    const [tag, data] = codec.encode(message, this._serialization);
     try {
+      if (this._serialization === 'json') {
+        this._outbox.push(codec.jsonText(message), callback);
+        return true;
+      }
+      this._outbox.flush();
+      const [tag, data] = codec.encode(message, this._serialization);
       this._link.send(tag, data);
     } catch (e) {
       if (callback) { process.nextTick(callback, e); return false; }
@@ -51,11 +63,14 @@ class WorkerSelf extends EventEmitter {
   }
 
   _control(obj) {
-    if (this._connected) this._link.send(codec.CONTROL_TAG, JSON.stringify(obj));
+    if (!this._connected) return;
+    this._outbox.flush();
+    this._link.send(codec.CONTROL_TAG, JSON.stringify(obj));
   }
 
   /** Tells the primary this worker is ready for work (readyOn: 'explicit'). */
   ready() {
+    this._outbox.flush();
     this._link.ready();
   }
 
@@ -96,6 +111,7 @@ class WorkerSelf extends EventEmitter {
   _leave() {
     if (!this._connected) return;
     try {
+      this._outbox.flush(false);
       this._link.disconnect(); // the primary sends no new connections from now on
     } catch { /* the primary is gone already */ }
     this._connected = false;
@@ -132,14 +148,20 @@ class WorkerSelf extends EventEmitter {
 
   _pump() {
     for (;;) {
+      // Until nothing is left: frames read ahead wait in memory, and no readable descriptor
+      // announces them.
       const items = this._link.drain(BATCH);
+      if (items.length === 0) return;
       for (const item of items) this._item(item);
-      if (items.length < BATCH) return;
     }
   }
 
   _item(item) {
-    if (typeof item === 'string') return this._message(JSON.parse(item));
+    if (typeof item === 'string') {
+      // A run of JSON messages, joined by newlines.
+      for (const text of item.split('\n')) this._message(JSON.parse(text));
+      return undefined;
+    }
     if (Buffer.isBuffer(item)) return this._message(v8.deserialize(item));
     switch (item.type) {
       case 'connection': return this._connection(item);

@@ -8,6 +8,7 @@ const { EventEmitter } = require('events');
 const path = require('path');
 const native = require('./native');
 const codec = require('./codec');
+const { Outbox } = require('./outbox');
 const { signalName } = require('./signals');
 const { rclusterError, invalidOption } = require('./errors');
 
@@ -49,12 +50,24 @@ class Worker extends EventEmitter {
     this.state = 'none';
     this.exitedAfterDisconnect = undefined;
     this._disconnectSaid = false;
+    const native = hub._native;
+    this._outbox = new Outbox((joined) => native.sendJson(slot, joined), native.maxMessage, (err) => {
+      // A batch sent after send() returned failed: the worker died meanwhile (its 'exit'
+      // follows), or its queue is full. Reported where someone listens, else raised.
+      if (this.listenerCount('error') > 0) this.emit('error', err);
+      else if (err.code !== 'ERR_RCLUSTER_NO_SUCH_WORKER') throw err;
+    });
   }
 
   send(message, handle, options, callback) {
     callback = [handle, options, callback].find((a) => typeof a === 'function');
     try {
       if (!this.isConnected()) throw rclusterError('ERR_IPC_CHANNEL_CLOSED', 'Channel closed');
+      if (this._hub.settings.serialization === 'json') {
+        this._outbox.push(codec.jsonText(message), callback);
+        return true;
+      }
+      this._outbox.flush();
       const [tag, data] = codec.encode(message, this._hub.settings.serialization);
       this._hub._native.send(this._slot, tag, data);
     } catch (e) {
@@ -70,6 +83,7 @@ class Worker extends EventEmitter {
     if (this.isConnected()) {
       this.state = 'disconnecting';
       try {
+        this._outbox.flush();
         this._hub._native.send(this._slot, codec.CONTROL_TAG, JSON.stringify({ act: 'disconnect' }));
       } catch { /* it is exiting already */ }
     }
@@ -82,6 +96,7 @@ class Worker extends EventEmitter {
 
   kill(signal = 'SIGTERM') {
     this.exitedAfterDisconnect = true;
+    try { this._outbox.flush(); } catch { /* it is being killed */ }
     this.process.kill(signal);
   }
 

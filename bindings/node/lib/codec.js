@@ -13,14 +13,19 @@ function checkSerialization(value, name) {
   throw invalidOption(name, value, "expected 'json' or 'advanced'");
 }
 
-/** [tag, data] for the native send functions. */
-function encode(message, serialization) {
-  if (serialization === 'advanced') return [V8_TAG, v8.serialize(message)];
+/** The JSON text of a message; throws when it has none (undefined, a function). */
+function jsonText(message) {
   const text = JSON.stringify(message);
   if (text === undefined) {
     throw invalidOption('message', message, 'cannot be serialized as JSON');
   }
-  return [JSON_TAG, text];
+  return text;
+}
+
+/** [tag, data] for the native send functions. */
+function encode(message, serialization) {
+  if (serialization === 'advanced') return [V8_TAG, v8.serialize(message)];
+  return [JSON_TAG, jsonText(message)];
 }
 
 /** Decodes a message event of the primary side ({ encoding, data }). */
@@ -32,4 +37,4 @@ function decodeEvent(ev) {
   }
 }
 
-module.exports = { JSON_TAG, V8_TAG, CONTROL_TAG, encode, decodeEvent, checkSerialization };
+module.exports = { JSON_TAG, V8_TAG, CONTROL_TAG, jsonText, encode, decodeEvent, checkSerialization };

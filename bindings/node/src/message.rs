@@ -22,6 +22,20 @@ pub fn encode(tag: u8, data: &Either<String, Buffer>) -> Vec<u8> {
     out
 }
 
+/// JSON texts joined by newlines (which JSON.stringify never writes), each tagged as a
+/// message of its own; returns the buffer and where each tagged message lies in it.
+pub fn split_json(joined: &str) -> (Vec<u8>, Vec<std::ops::Range<usize>>) {
+    let mut buf = Vec::with_capacity(joined.len() + 64);
+    let mut spans = Vec::new();
+    for text in joined.split('\n') {
+        let start = buf.len();
+        buf.push(JSON);
+        buf.extend_from_slice(text.as_bytes());
+        spans.push(start..buf.len());
+    }
+    (buf, spans)
+}
+
 /// The encoding name and the decoded body of a tagged message.
 pub fn decode(data: Vec<u8>) -> (&'static str, Either<String, Buffer>) {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();

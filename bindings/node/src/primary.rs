@@ -308,6 +308,20 @@ impl NativeSupervisor {
             .map_err(to_js)
     }
 
+    /// The largest message in bytes, its tag byte included.
+    #[napi(getter)]
+    pub fn max_message(&self) -> f64 {
+        self.inner.max_message() as f64
+    }
+
+    /// Sends JSON messages to worker `id` in one batch: their texts joined by newlines.
+    #[napi]
+    pub fn send_json(&self, id: u32, joined: String) -> napi::Result<(), &'static str> {
+        let (buf, spans) = message::split_json(&joined);
+        let parts: Vec<&[u8]> = spans.into_iter().map(|r| &buf[r]).collect();
+        self.inner.send_many(id, &parts).map_err(to_js)
+    }
+
     /// Sends a tagged message to every live worker; returns how many it was queued for.
     #[napi]
     pub fn broadcast(

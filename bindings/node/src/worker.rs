@@ -133,6 +133,14 @@ impl NativeWorker {
         self.inner.send(&bytes).map_err(to_js)
     }
 
+    /// Sends JSON messages in one write: their texts joined by newlines.
+    #[napi]
+    pub fn send_json(&self, joined: String) -> napi::Result<(), &'static str> {
+        let (buf, spans) = message::split_json(&joined);
+        let parts: Vec<&[u8]> = spans.into_iter().map(|r| &buf[r]).collect();
+        self.inner.send_many(&parts).map_err(to_js)
+    }
+
     #[napi]
     pub fn ready(&self) -> napi::Result<(), &'static str> {
         self.inner.ready().map_err(to_js)
@@ -183,12 +191,30 @@ impl NativeWorker {
             .map(to_item))
     }
 
-    /// Every event waiting, up to `max`, without blocking.
+    /// Every event waiting, up to `max`, without blocking. JSON messages that follow each
+    /// other come as one string, their texts joined by newlines (which JSON never contains
+    /// unescaped): one JS string for a run of messages instead of one each.
     #[napi]
     pub fn drain(&self, max: u32) -> napi::Result<Vec<Item>, &'static str> {
         let mut out = Vec::new();
-        while out.len() < max as usize {
-            match self.inner.try_next_event().map_err(to_js)? {
+        let mut json = String::new();
+        let mut taken = 0;
+        while taken < max as usize {
+            let ev = self.inner.try_next_event().map_err(to_js)?;
+            taken += 1;
+            if let Some(WorkerEvent::Message(data)) = &ev {
+                if data.first() == Some(&message::JSON) {
+                    if !json.is_empty() {
+                        json.push('\n');
+                    }
+                    json.push_str(&String::from_utf8_lossy(&data[1..]));
+                    continue;
+                }
+            }
+            if !json.is_empty() {
+                out.push(Either3::A(std::mem::take(&mut json)));
+            }
+            match ev {
                 Some(WorkerEvent::PrimaryGone) => {
                     out.push(Either3::C(simple("gone")));
                     break;
@@ -196,6 +222,9 @@ impl NativeWorker {
                 Some(ev) => out.push(to_item(ev)),
                 None => break,
             }
+        }
+        if !json.is_empty() {
+            out.push(Either3::A(json));
         }
         Ok(out)
     }

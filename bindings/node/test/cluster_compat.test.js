@@ -38,6 +38,27 @@ for (const impl of ['cluster', 'rcluster']) {
     assert.strictEqual(code, 0);
   });
 
+  test(`${impl}: bursts of messages both ways arrive in order and intact, callbacks run`, async () => {
+    const { code, out } = await runFixture('classic_stream.js', impl);
+    assert.deepStrictEqual(out.trim().split('\n'), [
+      'worker: 3000 in order ok',
+      'primary: 3000 in order ok, callbacks 30',
+    ], out);
+    assert.strictEqual(code, 0);
+  });
+
+  if (impl === 'rcluster') {
+    test('rcluster: a message over the size limit throws at once; its neighbours arrive', async () => {
+      const { code, out } = await runFixture('classic_limits.js', impl);
+      assert.deepStrictEqual(out.trim().split('\n'), [
+        'big: ERR_RCLUSTER_MESSAGE_TOO_LARGE true',
+        'callback: null',
+        'worker got: 1,2',
+      ], out);
+      assert.strictEqual(code, 0);
+    });
+  }
+
   test(`${impl}: a crashed worker is re-forked in 'exit', a disconnected one is not`, async () => {
     const { code, out } = await runFixture('classic_refork.js', impl);
     assert.deepStrictEqual(out.trim().split('\n'), [

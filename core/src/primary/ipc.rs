@@ -105,14 +105,14 @@ impl Primary {
         if conn.is_closed() {
             return;
         }
-        let Some((key, p)) = self
+        let key = conn.key;
+        let Some(p) = self
             .procs
-            .iter_mut()
-            .find(|(_, p)| Arc::ptr_eq(&p.conn, conn))
+            .get_mut(&key)
+            .filter(|p| Arc::ptr_eq(&p.conn, conn))
         else {
             return;
         };
-        let key = *key;
         let want_out = match conn.flush() {
             Flush::Done => false,
             Flush::Blocked => true,

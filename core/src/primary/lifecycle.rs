@@ -89,6 +89,7 @@ impl Primary {
         self.next_key += 1;
         let conn = Arc::new(Conn::new(
             slot,
+            key,
             parent,
             self.cfg.send_queue_limit,
             self.cfg.max_message,

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::conn::{Conn, GATHER};
 use crate::error::{Error, Result};
 use crate::events::{Event, ExitInfo, WorkerInfo, WorkerState};
 use crate::policy::{Clock, ExitReason, History, Jitter, SystemClock, XorShift};
@@ -82,6 +83,8 @@ pub(crate) struct Primary {
     next_conn_id: u64,
     /// When the oldest waiting connection reaches `queue_timeout`.
     queue_deadline: Option<Instant>,
+    /// Worker links whose queued messages are gathering, with when to write them.
+    gathering: Vec<(Instant, Arc<Conn>)>,
 }
 
 impl Primary {
@@ -127,6 +130,7 @@ impl Primary {
             rr_cursor: 0,
             next_conn_id: 1,
             queue_deadline: None,
+            gathering: Vec::new(),
             cfg,
         })
     }
@@ -168,6 +172,11 @@ impl Primary {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
+                let gather = self.gathering.iter().map(|(at, _)| *at).min();
+                let next = match (next, gather) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 next.map(|d: Instant| d.saturating_duration_since(self.clock.now()))
             };
             if let Err(e) = self.epoll.wait(&mut ready, timeout) {
@@ -180,13 +189,30 @@ impl Primary {
                 if token == WAKER {
                     self.shared.waker.take(&mut dirty);
                     self.handle_commands();
+                    let gather_until = Instant::now() + GATHER;
                     for conn in dirty.drain(..) {
-                        self.flush(&conn);
+                        if conn.may_gather() {
+                            self.gathering.push((gather_until, conn));
+                        } else {
+                            self.flush(&conn);
+                        }
                     }
                 } else if token & LISTENER != 0 {
                     self.accept_ready((token & !LISTENER) as usize);
                 } else {
                     self.handle_io(token >> 2, token & 3, flags);
+                }
+            }
+            if !self.gathering.is_empty() {
+                let now = Instant::now();
+                let mut i = 0;
+                while i < self.gathering.len() {
+                    if self.gathering[i].0 <= now {
+                        let (_, conn) = self.gathering.swap_remove(i);
+                        self.flush(&conn);
+                    } else {
+                        i += 1;
+                    }
                 }
             }
         }

@@ -289,6 +289,14 @@ fn command(w: &Worker, cmd: &[u8]) {
             w.send(err.to_string().as_bytes()).unwrap();
         }
         ["!exit", code] => std::process::exit(code.parse().unwrap()),
+        ["!burst", n] => {
+            let texts: Vec<String> = (0..n.parse().unwrap()).map(|i| format!("b{i}")).collect();
+            let parts: Vec<&[u8]> = texts.iter().map(|t| t.as_bytes()).collect();
+            w.send_many(&parts).unwrap();
+            let big = vec![0; w.max_message() + 1];
+            let err = w.send_many(&[b"never sent", &big]).unwrap_err();
+            w.send(err.to_string().as_bytes()).unwrap();
+        }
         _ => w.send(format!("unknown command {cmd}").as_bytes()).unwrap(),
     }
 }
