@@ -1,6 +1,7 @@
 //! Which worker gets the next connection: pure decisions, no sockets, unit-tested alone.
 
 use std::net::IpAddr;
+use std::ops::{Bound, RangeBounds};
 
 use crate::listen::Dispatch;
 
@@ -32,47 +33,97 @@ pub trait SlotState {
     fn slot_down(&self, slot: u32) -> bool;
 }
 
-/// Chooses a worker for a connection. `candidates` must be sorted by key; `cursor` is the key
-/// last chosen by round-robin; `allowed` narrows the workers (those that asked for the
-/// listener, for one asked for at run time).
+/// A range of worker keys.
+pub type Keys = (Bound<u64>, Bound<u64>);
+
+/// The workers, in key order, looked at lazily: round-robin stops at the first worker with
+/// room, so its cost per connection does not grow with the number of workers.
+pub trait Workers {
+    /// Calls `visit` on each worker with a key in `keys`, in key order, until it returns true.
+    fn visit(&self, keys: Keys, visit: &mut dyn FnMut(&Candidate) -> bool);
+}
+
+/// Workers in a slice sorted by key (and in arrays and vectors of them).
+fn visit_sorted(list: &[Candidate], keys: Keys, visit: &mut dyn FnMut(&Candidate) -> bool) {
+    let from = list.partition_point(|c| match keys.0 {
+        Bound::Included(k) => c.key < k,
+        Bound::Excluded(k) => c.key <= k,
+        Bound::Unbounded => false,
+    });
+    for c in &list[from..] {
+        if !keys.contains(&c.key) || visit(c) {
+            return;
+        }
+    }
+}
+
+impl Workers for Vec<Candidate> {
+    fn visit(&self, keys: Keys, visit: &mut dyn FnMut(&Candidate) -> bool) {
+        visit_sorted(self, keys, visit);
+    }
+}
+
+impl<const N: usize> Workers for [Candidate; N] {
+    fn visit(&self, keys: Keys, visit: &mut dyn FnMut(&Candidate) -> bool) {
+        visit_sorted(self, keys, visit);
+    }
+}
+
+/// Chooses a worker for a connection. `cursor` is the key last chosen by round-robin;
+/// `allowed` narrows the workers (those that asked for the listener, for one asked for at
+/// run time, and not those that just refused a connection).
 pub fn choose(
     mode: Dispatch,
-    candidates: &[Candidate],
+    workers: &dyn Workers,
     cursor: u64,
     peer: Option<IpAddr>,
     slots: &dyn SlotState,
     allowed: &dyn Fn(u64) -> bool,
 ) -> Choice {
-    let fits = |c: &&Candidate| c.has_room && allowed(c.key);
+    let fits = |c: &Candidate| c.has_room && allowed(c.key);
     match (mode, peer) {
-        (Dispatch::Sticky, Some(ip)) => sticky(candidates, ip, slots, &fits),
-        (Dispatch::LeastConnections, _) => least_connections(candidates, &fits),
-        _ => round_robin(candidates, cursor, &fits),
+        (Dispatch::Sticky, Some(ip)) => sticky(workers, ip, slots, &fits),
+        (Dispatch::LeastConnections, _) => least_connections(workers, &fits),
+        _ => round_robin(workers, cursor, &fits),
     }
 }
 
-type Fits<'a> = dyn Fn(&&Candidate) -> bool + 'a;
+type Fits<'a> = dyn Fn(&Candidate) -> bool + 'a;
 
-fn round_robin(candidates: &[Candidate], cursor: u64, fits: &Fits) -> Choice {
-    let after = candidates.iter().filter(|c| c.key > cursor);
-    let before = candidates.iter().filter(|c| c.key <= cursor);
-    after
-        .chain(before)
-        .find(fits)
-        .map_or(Choice::Wait, |c| Choice::Worker(c.key))
+/// The first worker with room after the cursor, wrapping around.
+fn round_robin(workers: &dyn Workers, cursor: u64, fits: &Fits) -> Choice {
+    let first_fit = |keys: Keys| {
+        let mut found = None;
+        workers.visit(keys, &mut |c| {
+            if fits(c) {
+                found = Some(c.key);
+            }
+            found.is_some()
+        });
+        found
+    };
+    first_fit((Bound::Excluded(cursor), Bound::Unbounded))
+        .or_else(|| first_fit((Bound::Unbounded, Bound::Included(cursor))))
+        .map_or(Choice::Wait, Choice::Worker)
 }
 
-fn least_connections(candidates: &[Candidate], fits: &Fits) -> Choice {
-    candidates
-        .iter()
-        .filter(fits)
-        .min_by_key(|c| (c.active + c.unacked, c.key))
-        .map_or(Choice::Wait, |c| Choice::Worker(c.key))
+const ALL: Keys = (Bound::Unbounded, Bound::Unbounded);
+
+fn least_connections(workers: &dyn Workers, fits: &Fits) -> Choice {
+    let mut best: Option<(usize, u64)> = None;
+    workers.visit(ALL, &mut |c| {
+        let load = (c.active + c.unacked, c.key);
+        if fits(c) && best.is_none_or(|b| load < b) {
+            best = Some(load);
+        }
+        false
+    });
+    best.map_or(Choice::Wait, |(_, key)| Choice::Worker(key))
 }
 
 /// Rendezvous hashing over slots: a client keeps its slot across restarts of that slot, and
 /// scaling moves only the clients of the slots added or removed.
-fn sticky(candidates: &[Candidate], ip: IpAddr, slots: &dyn SlotState, fits: &Fits) -> Choice {
+fn sticky(workers: &dyn Workers, ip: IpAddr, slots: &dyn SlotState, fits: &Fits) -> Choice {
     let client = hash_ip(ip);
     let mut ranked: Vec<(u64, u32)> = (0..slots.slot_count())
         .map(|s| (mix(client ^ mix(u64::from(s) + 1)), s))
@@ -83,11 +134,14 @@ fn sticky(candidates: &[Candidate], ip: IpAddr, slots: &dyn SlotState, fits: &Fi
             continue;
         }
         // The slot's newest worker with room; a draining one has none.
-        return candidates
-            .iter()
-            .rev()
-            .find(|c| c.slot == slot && fits(c))
-            .map_or(Choice::Wait, |c| Choice::Worker(c.key));
+        let mut newest = None;
+        workers.visit(ALL, &mut |c| {
+            if c.slot == slot && fits(c) {
+                newest = Some(c.key);
+            }
+            false
+        });
+        return newest.map_or(Choice::Wait, Choice::Worker);
     }
     Choice::Wait
 }
@@ -166,6 +220,36 @@ mod tests {
             choose(Dispatch::RoundRobin, &full, 0, None, &s, &|_| true),
             Choice::Wait
         );
+    }
+
+    /// Counts the workers round-robin looks at.
+    struct Counting(Vec<Candidate>, std::cell::Cell<usize>);
+    impl Workers for Counting {
+        fn visit(&self, keys: Keys, visit: &mut dyn FnMut(&Candidate) -> bool) {
+            self.0.visit(keys, &mut |c| {
+                self.1.set(self.1.get() + 1);
+                visit(c)
+            });
+        }
+    }
+
+    #[test]
+    fn round_robin_looks_at_one_worker_per_connection_however_many_there_are() {
+        for n in [2u64, 64, 4096] {
+            let w = Counting((1..=n).map(|k| cand(k, 0, 0, true)).collect(), 0.into());
+            let mut cursor = 0;
+            for _ in 0..3 * n {
+                cursor = worker(choose(
+                    Dispatch::RoundRobin,
+                    &w,
+                    cursor,
+                    None,
+                    &Slots(1, vec![]),
+                    &|_| true,
+                ));
+            }
+            assert_eq!(w.1.get() as u64, 3 * n, "{n} workers");
+        }
     }
 
     #[test]

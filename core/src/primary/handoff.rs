@@ -80,6 +80,19 @@ impl SlotState for Slots<'_> {
     }
 }
 
+/// The live workers, straight from the process table: nothing is copied per connection.
+struct Live<'a>(&'a Primary);
+
+impl dispatch::Workers for Live<'_> {
+    fn visit(&self, keys: dispatch::Keys, visit: &mut dyn FnMut(&Candidate) -> bool) {
+        for (&key, p) in self.0.procs.range(keys) {
+            if visit(&self.0.candidate(key, p)) {
+                return;
+            }
+        }
+    }
+}
+
 impl Primary {
     /// Puts dispatched listeners in the epoll set (or takes them out) to match whether the
     /// primary may accept: not while stopping, paused, or holding `queue_limit` connections.
@@ -142,24 +155,19 @@ impl Primary {
         self.arm_listeners(now);
     }
 
-    fn candidates(&self) -> Vec<Candidate> {
-        self.procs
-            .iter()
-            .map(|(&key, p)| {
-                let (unacked, active) = (p.unacked.len(), p.active.len());
-                let room = self.cfg.max_inflight.is_none_or(|m| unacked + active < m)
-                    && unacked < self.cfg.handoff_window;
-                let ready =
-                    p.state == WorkerState::Ready && p.stopping.is_none() && p.hello && p.ipc_open;
-                Candidate {
-                    key,
-                    slot: p.slot,
-                    unacked,
-                    active,
-                    has_room: room && ready,
-                }
-            })
-            .collect()
+    /// A worker as the dispatcher sees it, as of now.
+    fn candidate(&self, key: u64, p: &Process) -> Candidate {
+        let (unacked, active) = (p.unacked.len(), p.active.len());
+        let room = self.cfg.max_inflight.is_none_or(|m| unacked + active < m)
+            && unacked < self.cfg.handoff_window;
+        let ready = p.state == WorkerState::Ready && p.stopping.is_none() && p.hello && p.ipc_open;
+        Candidate {
+            key,
+            slot: p.slot,
+            unacked,
+            active,
+            has_room: room && ready,
+        }
     }
 
     /// Hands waiting connections to workers with room, oldest first.
@@ -174,15 +182,18 @@ impl Primary {
         let timeout = self.cfg.queue_timeout;
         self.waiting
             .retain(|w| now.duration_since(w.since) < timeout);
-        let mut cands = self.candidates();
+        // Workers whose queue refused a connection in this pass (full, or closing).
+        let mut refused: Vec<u64> = Vec::new();
         let mut kept = VecDeque::new();
         while let Some(w) = self.waiting.pop_front() {
             let mode = self.listeners[w.listener].dispatch;
             let subscribers = self.listeners[w.listener].subscribers.as_ref();
-            let allowed = |key: u64| subscribers.is_none_or(|subs| subs.contains(&key));
+            let allowed = |key: u64| {
+                subscribers.is_none_or(|subs| subs.contains(&key)) && !refused.contains(&key)
+            };
             let choice = dispatch::choose(
                 mode,
-                &cands,
+                &Live(self),
                 self.rr_cursor,
                 w.peer.ip,
                 &Slots(self),
@@ -195,22 +206,14 @@ impl Primary {
                 }
                 break;
             };
-            let c = cands
-                .iter_mut()
-                .find(|c| c.key == key)
-                .expect("chosen from the candidates");
             match self.hand(key, w) {
                 Ok(()) => {
-                    c.unacked += 1;
-                    let limit = self.cfg.max_inflight.unwrap_or(usize::MAX);
-                    c.has_room =
-                        c.unacked < self.cfg.handoff_window && c.unacked + c.active < limit;
                     if mode != Dispatch::Sticky {
                         self.rr_cursor = key;
                     }
                 }
                 Err(w) => {
-                    c.has_room = false;
+                    refused.push(key);
                     self.waiting.push_front(w);
                 }
             }
