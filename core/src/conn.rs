@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::frame::{self, Kind};
+use crate::reader::Reader;
 use crate::sys;
 
 const COALESCE: Duration = Duration::from_micros(20);
@@ -96,6 +97,15 @@ struct Queue {
     closed: bool,
 }
 
+/// Sizes a connection is held to.
+#[derive(Clone, Copy)]
+pub struct Limits {
+    /// Bytes queued for the worker at most.
+    pub queue: usize,
+    /// The largest message either way.
+    pub message: usize,
+}
+
 /// A worker's IPC socket (primary end) with its outgoing queue.
 pub struct Conn {
     pub id: u32,
@@ -107,6 +117,8 @@ pub struct Conn {
     queue: Mutex<Queue>,
     /// Only the loop touches this: bytes taken from `queue` and being written.
     flight: Mutex<Flight>,
+    /// The incoming side: whoever reads the socket (the loop, or a host thread) holds this.
+    pub reader: Mutex<Reader>,
 }
 
 #[derive(Default)]
@@ -126,8 +138,13 @@ pub enum Flush {
 }
 
 impl Conn {
-    pub fn new(id: u32, key: u64, fd: OwnedFd, limit: usize, max_message: usize) -> Conn {
+    pub fn new(id: u32, key: u64, fd: OwnedFd, pid: libc::pid_t, limits: Limits) -> Conn {
+        let Limits {
+            queue: limit,
+            message: max_message,
+        } = limits;
         Conn {
+            reader: Mutex::new(Reader::new(pid, max_message)),
             id,
             key,
             fd,
@@ -353,7 +370,16 @@ mod tests {
     fn descriptors_travel_with_their_own_frames() {
         let (a, b) = sys::socketpair().unwrap();
         sys::set_nonblocking(a.as_raw_fd(), true).unwrap();
-        let conn = Arc::new(Conn::new(0, 1, a, 1 << 20, 1 << 16));
+        let conn = Arc::new(Conn::new(
+            0,
+            1,
+            a,
+            0,
+            Limits {
+                queue: 1 << 20,
+                message: 1 << 16,
+            },
+        ));
         let waker = Waker::new().unwrap();
         for i in 0..6 {
             conn.send_frame(&waker, Kind::Message, format!("plain {i}").as_bytes(), None)

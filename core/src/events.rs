@@ -148,6 +148,9 @@ pub struct EventQueue {
 
 struct Inner {
     events: VecDeque<Event>,
+    /// The fd is readable now: it is written and read only when this changes, not for every
+    /// batch and every emptying.
+    signalled: bool,
     waiters: usize,
     closed: bool,
 }
@@ -157,6 +160,7 @@ impl EventQueue {
         Ok(EventQueue {
             q: Mutex::new(Inner {
                 events: VecDeque::new(),
+                signalled: false,
                 waiters: 0,
                 closed: false,
             }),
@@ -169,13 +173,25 @@ impl EventQueue {
 
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         if !self.fd_used.load(Ordering::Acquire) {
-            let q = self.q.lock().unwrap();
+            let mut q = self.q.lock().unwrap();
             self.fd_used.store(true, Ordering::Release);
-            if !q.events.is_empty() {
-                self.fd.notify();
-            }
+            self.sync_fd(&mut q);
         }
         self.fd.raw()
+    }
+
+    /// Makes the fd readable exactly when events wait (called under the lock, so that a
+    /// producer and a consumer never lose a wake-up between them).
+    fn sync_fd(&self, q: &mut Inner) {
+        let want = !q.events.is_empty() || q.closed;
+        if want != q.signalled && self.fd_used() {
+            if want {
+                self.fd.notify();
+            } else {
+                self.fd.clear();
+            }
+            q.signalled = want;
+        }
     }
 
     fn fd_used(&self) -> bool {
@@ -188,14 +204,9 @@ impl EventQueue {
             return;
         }
         let mut q = self.q.lock().unwrap();
-        let was_empty = q.events.is_empty();
         q.events.extend(batch.drain(..));
         self.len.store(q.events.len(), Ordering::Release);
-        // Signalled under the lock: a consumer that empties the queue clears the fd under the
-        // same lock, so the fd is readable exactly when events wait.
-        if was_empty && self.fd_used() {
-            self.fd.notify();
-        }
+        self.sync_fd(&mut q);
         let waiters = q.waiters;
         drop(q);
         if waiters > 0 {
@@ -205,20 +216,30 @@ impl EventQueue {
 
     /// No more events will come; wakes every waiter.
     pub fn close(&self) {
-        self.q.lock().unwrap().closed = true;
-        self.cv.notify_all();
+        let mut q = self.q.lock().unwrap();
+        q.closed = true;
+        q.signalled = true;
         self.fd.notify();
+        drop(q);
+        self.cv.notify_all();
+    }
+
+    /// Adds events that the caller takes at once with `try_pop` (a host thread that read them
+    /// itself): the fd is not signalled for them, unless some are left after that `try_pop`.
+    pub fn push_for_self(&self, batch: &mut Vec<Event>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut q = self.q.lock().unwrap();
+        q.events.extend(batch.drain(..));
+        self.len.store(q.events.len(), Ordering::Release);
     }
 
     pub fn try_pop(&self) -> Option<Event> {
         let mut q = self.q.lock().unwrap();
         let ev = q.events.pop_front();
         self.len.store(q.events.len(), Ordering::Release);
-        if q.events.is_empty() && !q.closed && self.fd_used() {
-            // Cleared under the lock: a producer pushing after this sees `was_empty` and
-            // signals again, so no wake-up is lost.
-            self.fd.clear();
-        }
+        self.sync_fd(&mut q);
         ev
     }
 
@@ -243,9 +264,7 @@ impl EventQueue {
         loop {
             if let Some(ev) = q.events.pop_front() {
                 self.len.store(q.events.len(), Ordering::Release);
-                if q.events.is_empty() && !q.closed && self.fd_used() {
-                    self.fd.clear();
-                }
+                self.sync_fd(&mut q);
                 return Some(ev);
             }
             if q.closed {

@@ -16,6 +16,7 @@ mod output;
 mod policy;
 mod primary;
 mod process;
+mod reader;
 mod spawn;
 mod supervisor;
 mod sys;

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::events::{Event, EventQueue, WorkerInfo};
 use crate::listen::{self, ListenAddr};
 use crate::primary::{Bound, Primary};
+use crate::reader::HostRead;
 
 pub(crate) enum Command {
     Snapshot(SyncSender<Vec<WorkerInfo>>),
@@ -31,6 +32,8 @@ pub(crate) struct Shared {
     /// Where a message to worker `id` goes: its current process's connection.
     pub routes: RwLock<HashMap<u32, Arc<Conn>>>,
     pub events: EventQueue,
+    /// Worker sockets a host thread reads itself (see `reader`).
+    pub host: HostRead,
     pub max_message: usize,
     pub stopped: AtomicBool,
     /// Name and actual address of each listener (a port 0 resolved).
@@ -67,6 +70,7 @@ impl Supervisor {
             waker: Waker::new().map_err(|e| Error::io("eventfd", e))?,
             routes: RwLock::new(HashMap::new()),
             events: EventQueue::new().map_err(|e| Error::io("eventfd", e))?,
+            host: HostRead::new(),
             max_message: config.max_message,
             stopped: AtomicBool::new(false),
             bound: listeners
@@ -196,13 +200,24 @@ impl Supervisor {
 
     /// The next event if one is waiting.
     pub fn try_next_event(&self) -> Option<Event> {
-        self.shared.events.try_pop()
+        let s = &*self.shared;
+        if let Some(ev) = s.events.try_pop() {
+            return Some(ev);
+        }
+        // Whether or not this thread read a message, the loop may have queued one meanwhile.
+        if s.host.is_on() {
+            s.host.read(&s.events, &s.waker);
+            return s.events.try_pop();
+        }
+        None
     }
 
     /// A descriptor that is readable while events may be waiting: wait on it in a host loop,
-    /// then call `try_next_event` until it returns None.
+    /// then call `try_next_event` until it returns None. Once it is asked for, the sockets of
+    /// workers that send messages are read by that host thread too: a message then wakes the
+    /// host directly, not the supervisor thread first.
     pub fn event_fd(&self) -> RawFd {
-        self.shared.events.raw_fd()
+        self.shared.host.fd(&self.shared.events)
     }
 
     /// Stops every worker gracefully, killing what is left after `timeout`, and returns once

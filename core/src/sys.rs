@@ -69,6 +69,10 @@ impl Epoll {
         self.ctl(libc::EPOLL_CTL_MOD, fd, events, token)
     }
 
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
     pub fn delete(&self, fd: RawFd) {
         // Failure means the fd was never added; nothing to undo.
         let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0);

@@ -3,26 +3,122 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::{Primary, IPC};
 use crate::config::ReadyOn;
 use crate::conn::{Conn, Flush};
 use crate::events::{Event, WorkerState};
 use crate::policy::ExitReason;
-use crate::process::{Incoming, ReadEnd};
+use crate::process::Process;
+use crate::reader::{Incoming, ReadEnd};
+
+/// A worker that sent no message for this long is read by the loop alone again: its
+/// acknowledgements and heartbeats need not wake the host.
+const HOST_READ_IDLE: Duration = Duration::from_secs(1);
+/// How often the loop reads the workers that the host reads.
+const HOST_READ_TICK: Duration = Duration::from_millis(2);
+
+/// What the loop waits for on a worker's socket.
+fn ipc_events(p: &Process) -> u32 {
+    let read = if p.host_read { 0 } else { libc::EPOLLIN };
+    let write = if p.out_armed { libc::EPOLLOUT } else { 0 };
+    (read | write) as u32
+}
 
 impl Primary {
     pub(super) fn read_worker(&mut self, key: u64) {
+        let Some(p) = self.procs.get(&key) else {
+            return;
+        };
+        let conn = Arc::clone(&p.conn);
+        let mut reader = conn.reader.lock().unwrap();
+        // What a host thread read from this or any worker came first: act on it first.
+        self.take_forwarded();
+        let (frames, messages) = (reader.frames, reader.messages);
         let mut incoming = Vec::new();
+        let end = reader.read(conn.raw(), &mut incoming);
+        let seen = reader.frames != frames;
+        let sent_messages = reader.messages != messages;
+        let quiet = reader
+            .last_message
+            .is_none_or(|t| t.elapsed() >= HOST_READ_IDLE);
+        self.act_on(key, incoming, end, seen);
+        // Delivered while the reader is held: a host thread reading the next messages of this
+        // worker cannot overtake these.
+        self.shared.events.push_all(&mut self.out);
+        drop(reader);
+        let Some(p) = self.procs.get(&key) else {
+            return;
+        };
+        if sent_messages && !p.host_read && p.ipc_open && self.shared.host.is_on() {
+            self.set_host_read(key, true);
+        } else if p.host_read && !sent_messages && quiet {
+            self.set_host_read(key, false);
+        }
+    }
+
+    /// Hands reading worker `key` to the host thread, or takes it back. While the host reads
+    /// it, the loop does not wake when it is readable (that would only race the host for
+    /// the same bytes): it reads it every `HOST_READ_TICK`, so that heartbeats and
+    /// acknowledgements are seen even while the host is busy.
+    fn set_host_read(&mut self, key: u64, on: bool) {
         let Some(p) = self.procs.get_mut(&key) else {
             return;
         };
-        let frames = p.frames;
-        let end = p.read_ipc(&mut incoming);
-        let (slot, pid) = (p.slot, p.pid as u32);
-        if p.frames != frames {
+        if p.host_read == on {
+            return;
+        }
+        p.host_read = on;
+        if on {
+            self.shared.host.add(&p.conn);
+            self.host_tick
+                .get_or_insert(self.clock.now() + HOST_READ_TICK);
+        } else {
+            self.shared.host.remove(&p.conn);
+        }
+        if p.ipc_open {
+            let _ = self
+                .epoll
+                .modify(p.conn.raw(), ipc_events(p), key << 2 | IPC);
+        }
+    }
+
+    /// Reads the workers the host reads too (see `set_host_read`).
+    pub(super) fn host_read_tick(&mut self, now: Instant) {
+        if self.host_tick.is_none_or(|t| now < t) {
+            return;
+        }
+        let keys: Vec<u64> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.host_read)
+            .map(|(&k, _)| k)
+            .collect();
+        for &key in &keys {
+            self.read_worker(key);
+        }
+        let still = self.procs.values().any(|p| p.host_read);
+        self.host_tick = still.then(|| now + HOST_READ_TICK);
+    }
+
+    /// Acts on what host threads read (all but the messages, which they delivered).
+    pub(super) fn take_forwarded(&mut self) {
+        let items = std::mem::take(&mut *self.shared.host.forwarded.lock().unwrap());
+        for f in items {
+            self.act_on(f.key, f.incoming, f.end, true);
+        }
+    }
+
+    /// Acts on frames read from worker `key`; `seen`: it sent something (a sign of life).
+    fn act_on(&mut self, key: u64, incoming: Vec<Incoming>, end: ReadEnd, seen: bool) {
+        let Some(p) = self.procs.get_mut(&key) else {
+            return;
+        };
+        if seen {
             p.last_seen = self.clock.now();
         }
+        let (slot, pid) = (p.slot, p.pid as u32);
         // Messages and connection bookkeeping change no worker's lifecycle: no reconcile pass
         // (it is O(workers)) for them.
         let routine = incoming.iter().all(|m| {
@@ -38,6 +134,7 @@ impl Primary {
             match msg {
                 Incoming::Hello => {
                     if let Some(p) = self.procs.get_mut(&key) {
+                        p.hello = true;
                         if p.state == WorkerState::Starting {
                             p.state = WorkerState::Online;
                         }
@@ -98,6 +195,10 @@ impl Primary {
                 p.ipc_open = false;
                 self.epoll.delete(p.conn.raw());
             }
+            if p.host_read {
+                p.host_read = false;
+                self.shared.host.remove(&p.conn);
+            }
         }
     }
 
@@ -122,13 +223,13 @@ impl Primary {
             }
         };
         if want_out != p.out_armed && p.ipc_open {
-            let events = libc::EPOLLIN as u32 | if want_out { libc::EPOLLOUT as u32 } else { 0 };
+            p.out_armed = want_out;
             if self
                 .epoll
-                .modify(conn.raw(), events, key << 2 | IPC)
-                .is_ok()
+                .modify(conn.raw(), ipc_events(p), key << 2 | IPC)
+                .is_err()
             {
-                p.out_armed = want_out;
+                p.out_armed = !want_out;
             }
         }
     }

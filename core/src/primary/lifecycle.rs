@@ -1,17 +1,17 @@
 //! A worker's life as the loop sees it: spawning, readiness, stopping, reaping, and what the
 //! restart policy makes of an exit.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{unroute, Primary, IPC, PIDFD, STDOUT};
 use crate::config::{Output, ReadyOn};
-use crate::conn::Conn;
+use crate::conn::{Conn, Limits};
 use crate::error::{Error, Result};
 use crate::events::{Event, ExitInfo, WorkerState};
-use crate::frame::{self, Decoder, Kind};
+use crate::frame::{self, Kind};
 use crate::output::PrefixPipe;
 use crate::policy::{Decision, ExitReason};
 use crate::process::{Process, Stopping};
@@ -91,8 +91,11 @@ impl Primary {
             slot,
             key,
             parent,
-            self.cfg.send_queue_limit,
-            self.cfg.max_message,
+            pid,
+            Limits {
+                queue: self.cfg.send_queue_limit,
+                message: self.cfg.max_message,
+            },
         ));
         let add = |fd, what| self.epoll.add(fd, libc::EPOLLIN as u32, key << 2 | what);
         add(conn.raw(), IPC)
@@ -114,10 +117,8 @@ impl Primary {
                 pid,
                 pidfd,
                 conn: Arc::clone(&conn),
-                decoder: Decoder::new(self.cfg.max_message),
-                rx_fds: VecDeque::new(),
                 ipc_open: true,
-                frames: 0,
+                host_read: false,
                 out_armed: false,
                 hello: false,
                 state: WorkerState::Starting,
@@ -297,6 +298,9 @@ impl Primary {
             while pipe.pump() {}
             pipe.finish();
             self.epoll.delete(pipe.fd.as_raw_fd());
+        }
+        if p.host_read {
+            self.shared.host.remove(&p.conn);
         }
         unroute(&self.shared, &p);
         p.conn.close();

@@ -85,6 +85,8 @@ pub(crate) struct Primary {
     queue_deadline: Option<Instant>,
     /// Worker links whose queued messages are gathering, with when to write them.
     gathering: Vec<(Instant, Arc<Conn>)>,
+    /// When the loop next reads the workers that the host thread reads.
+    host_tick: Option<Instant>,
 }
 
 impl Primary {
@@ -131,6 +133,7 @@ impl Primary {
             next_conn_id: 1,
             queue_deadline: None,
             gathering: Vec::new(),
+            host_tick: None,
             cfg,
         })
     }
@@ -172,7 +175,12 @@ impl Primary {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                let gather = self.gathering.iter().map(|(at, _)| *at).min();
+                let gather = self
+                    .gathering
+                    .iter()
+                    .map(|(at, _)| *at)
+                    .chain(self.host_tick)
+                    .min();
                 let next = match (next, gather) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -188,6 +196,7 @@ impl Primary {
                 let (token, flags) = (ev.u64, ev.events);
                 if token == WAKER {
                     self.shared.waker.take(&mut dirty);
+                    self.take_forwarded();
                     self.handle_commands();
                     let gather_until = Instant::now() + GATHER;
                     for conn in dirty.drain(..) {
@@ -202,6 +211,9 @@ impl Primary {
                 } else {
                     self.handle_io(token >> 2, token & 3, flags);
                 }
+            }
+            if self.host_tick.is_some() {
+                self.host_read_tick(self.clock.now());
             }
             if !self.gathering.is_empty() {
                 let now = Instant::now();

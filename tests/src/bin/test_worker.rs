@@ -4,6 +4,7 @@
 //! - `echo`: ready, echoes every message, exits on disconnect; some messages are commands:
 //!   `!malformed` (write a frame of unknown kind), `!too-big` (try to send max_message + 1
 //!   bytes and answer with the error), `!exit N` (exit with code N)
+//! - `echo-beat`: like echo, and heartbeats every 50 ms from a thread of its own
 //! - `gen-fail`: like echo in generation 1; never ready in later generations
 //! - `exit MS CODE`: ready, exits with CODE after MS milliseconds
 //! - `never-ready`: says hello, never ready
@@ -91,6 +92,14 @@ fn main() {
                 }
                 Err(e) => w.send(format!("listen-error {e}").as_bytes()).unwrap(),
             }
+            echo(&w)
+        }
+        "echo-beat" => {
+            let beat = Arc::clone(&w);
+            std::thread::spawn(move || loop {
+                let _ = beat.heartbeat();
+                std::thread::sleep(Duration::from_millis(50));
+            });
             echo(&w)
         }
         "drain" => drain(&w, Duration::from_millis(num(1))),

@@ -1,0 +1,436 @@
+//! Reading a worker's IPC socket on the primary side: frames in, what they mean out.
+//!
+//! The loop thread reads every worker. A host thread that waits on `Supervisor::event_fd`
+//! reads the workers that send messages, too, so that a message reaches the host with one
+//! wake-up (of the host) instead of two (the loop's, then the host's). Both go through the
+//! one `Reader` of the socket, under its lock, so frames are decoded once and in order.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::conn::{Conn, Waker};
+use crate::events::{Event, EventQueue};
+use crate::frame::{self, Decoder, Kind};
+use crate::listen::Dispatch;
+use crate::sys::{self, Epoll};
+
+/// What one frame from a worker means to the loop.
+pub enum Incoming {
+    Hello,
+    Ready,
+    Message(Vec<u8>),
+    Disconnect,
+    /// The worker has connection `id` (the primary may close its copy).
+    Ack(u64),
+    /// The worker closed connection `id`.
+    Closed(u64),
+    /// The worker asks for a listener on `addr` (what `server.listen()` in a worker means).
+    Listen {
+        request: u32,
+        dispatch: Dispatch,
+        addr: String,
+    },
+}
+
+/// Reading stopped because of this.
+pub enum ReadEnd {
+    /// Nothing more for now.
+    Drained,
+    /// The worker closed its end.
+    Eof,
+    /// The worker broke the protocol.
+    Violation(String),
+}
+
+/// Reads at most this much per readiness event, so one chatty worker cannot starve the others.
+const READ_BUDGET: usize = 4 << 20;
+
+/// The decoding state of one worker's socket.
+pub struct Reader {
+    pid: libc::pid_t,
+    decoder: Decoder,
+    /// Descriptors received but not yet claimed by a frame.
+    rx_fds: VecDeque<OwnedFd>,
+    /// The worker said Hello (its first frame must be that).
+    hello: bool,
+    /// Frames decoded so far; any frame is a sign of life.
+    pub frames: u64,
+    /// User messages decoded so far.
+    pub messages: u64,
+    /// When the last user message was read.
+    pub last_message: Option<Instant>,
+}
+
+impl Reader {
+    pub fn new(pid: libc::pid_t, max_message: usize) -> Reader {
+        Reader {
+            pid,
+            decoder: Decoder::new(max_message),
+            rx_fds: VecDeque::new(),
+            hello: false,
+            frames: 0,
+            messages: 0,
+            last_message: None,
+        }
+    }
+
+    /// Reads available bytes from `fd` and decodes frames into `out`.
+    pub fn read(&mut self, fd: RawFd, out: &mut Vec<Incoming>) -> ReadEnd {
+        let before = self.messages;
+        let end = self.read_frames(fd, out);
+        if self.messages != before {
+            self.last_message = Some(Instant::now());
+        }
+        end
+    }
+
+    fn read_frames(&mut self, fd: RawFd, out: &mut Vec<Incoming>) -> ReadEnd {
+        let mut budget = READ_BUDGET;
+        loop {
+            let spare = self.decoder.spare(64 * 1024);
+            let want = spare.len();
+            let n = match sys::recv_with_fds(fd, spare, &mut self.rx_fds, false) {
+                Ok(0) => return self.decode(out).unwrap_or(ReadEnd::Eof),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return ReadEnd::Drained,
+                Err(_) => return ReadEnd::Eof,
+            };
+            self.decoder.commit(n);
+            if let Some(end) = self.decode(out) {
+                return end;
+            }
+            budget = budget.saturating_sub(n);
+            if n < want || budget == 0 {
+                return ReadEnd::Drained;
+            }
+        }
+    }
+
+    fn decode(&mut self, out: &mut Vec<Incoming>) -> Option<ReadEnd> {
+        loop {
+            let frame = match self.decoder.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return Some(ReadEnd::Violation(e.to_string())),
+            };
+            self.frames += 1;
+            if !self.hello && frame.kind != Kind::Hello {
+                return Some(ReadEnd::Violation(format!(
+                    "first frame is {:?}, expected Hello",
+                    frame.kind
+                )));
+            }
+            let msg = match frame.kind {
+                Kind::Hello if self.hello => {
+                    return Some(ReadEnd::Violation("second Hello".into()))
+                }
+                Kind::Hello => {
+                    match frame::parse_hello(frame.body) {
+                        Ok(fields) if fields == [self.pid as u32] => {
+                            self.hello = true;
+                            Incoming::Hello
+                        }
+                        Ok(fields) => {
+                            let detail = format!("worker hello must carry its pid {} and nothing else, got {fields:?}", self.pid);
+                            return Some(ReadEnd::Violation(detail));
+                        }
+                        Err(e) => return Some(ReadEnd::Violation(e.to_string())),
+                    }
+                }
+                Kind::Ready | Kind::Heartbeat | Kind::Disconnect if !frame.body.is_empty() => {
+                    let detail = format!(
+                        "{:?} frame with a {}-byte body (must be empty)",
+                        frame.kind,
+                        frame.body.len()
+                    );
+                    return Some(ReadEnd::Violation(detail));
+                }
+                Kind::Ready => Incoming::Ready,
+                Kind::Heartbeat => continue,
+                Kind::Message => {
+                    self.messages += 1;
+                    Incoming::Message(frame.body.to_vec())
+                }
+                Kind::Disconnect => Incoming::Disconnect,
+                Kind::ConnectionAck | Kind::ConnectionClosed if frame.has_fd => {
+                    return Some(ReadEnd::Violation(format!(
+                        "{:?} frame with a descriptor",
+                        frame.kind
+                    )));
+                }
+                Kind::ConnectionAck | Kind::ConnectionClosed => {
+                    match crate::primary::conn_id(frame.body) {
+                        Some(id) if frame.kind == Kind::ConnectionAck => Incoming::Ack(id),
+                        Some(id) => Incoming::Closed(id),
+                        None => {
+                            let detail = format!(
+                                "{:?} frame body must be an 8-byte id, got {} bytes",
+                                frame.kind,
+                                frame.body.len()
+                            );
+                            return Some(ReadEnd::Violation(detail));
+                        }
+                    }
+                }
+                Kind::Listen if !frame.has_fd => match parse_listen(frame.body) {
+                    Some((request, dispatch, addr)) => Incoming::Listen {
+                        request,
+                        dispatch,
+                        addr,
+                    },
+                    None => {
+                        return Some(ReadEnd::Violation(format!(
+                            "malformed Listen frame of {} bytes",
+                            frame.body.len()
+                        )))
+                    }
+                },
+                other => {
+                    return Some(ReadEnd::Violation(format!(
+                        "unexpected {other:?} frame from a worker"
+                    )))
+                }
+            };
+            out.push(msg);
+        }
+        self.decoder.shrink();
+        if !self.rx_fds.is_empty() {
+            self.rx_fds.clear();
+            return Some(ReadEnd::Violation("worker sent a file descriptor".into()));
+        }
+        None
+    }
+}
+
+/// Listen body: u32 request id, u8 dispatch mode, u16-prefixed address text.
+fn parse_listen(mut body: &[u8]) -> Option<(u32, Dispatch, String)> {
+    let request = u32::from_le_bytes(frame::take_bytes::<4>(&mut body)?);
+    let dispatch = Dispatch::from_u8(frame::take_bytes::<1>(&mut body)?[0])?;
+    let addr = frame::take_str(&mut body)?;
+    body.is_empty().then_some((request, dispatch, addr))
+}
+
+/// The token of the event queue's descriptor in the host's epoll set.
+const EVENTS: u64 = u64::MAX;
+
+/// What a host thread read that only the loop can act on (everything but user messages).
+pub struct Forwarded {
+    pub key: u64,
+    pub incoming: Vec<Incoming>,
+    pub end: ReadEnd,
+}
+
+/// Reading by the host thread. Off until the host asks for `event_fd`; then the loop adds the
+/// socket of each worker that sends messages to `epoll`, which is that descriptor.
+pub struct HostRead {
+    /// Made when a host first asks for `event_fd`: until then, no descriptor. None when it
+    /// could not be made (no memory): the host then waits on the event queue alone.
+    epoll: OnceLock<Option<Epoll>>,
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    /// How many sockets are in `epoll`: none, and reading costs no system call.
+    count: AtomicUsize,
+    /// In the order read; the loop takes them before it reads the same sockets itself.
+    pub forwarded: Mutex<Vec<Forwarded>>,
+}
+
+impl HostRead {
+    pub fn new() -> HostRead {
+        HostRead {
+            epoll: OnceLock::new(),
+            conns: Mutex::new(HashMap::new()),
+            count: AtomicUsize::new(0),
+            forwarded: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The descriptor a host loop waits on: readable when events may be waiting. Without
+    /// memory for an epoll set, the event queue's own descriptor (and no reading here).
+    pub fn fd(&self, events: &EventQueue) -> RawFd {
+        let queue = events.raw_fd();
+        let epoll = self.epoll.get_or_init(|| {
+            let watch = |ep: Epoll| {
+                ep.add(queue, libc::EPOLLIN as u32, EVENTS)?;
+                Ok::<_, std::io::Error>(ep)
+            };
+            Epoll::new().and_then(watch).ok()
+        });
+        epoll.as_ref().map_or(queue, Epoll::raw)
+    }
+
+    fn epoll(&self) -> Option<&Epoll> {
+        self.epoll.get().and_then(Option::as_ref)
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.epoll().is_some()
+    }
+
+    /// Loop side: the host reads this worker's socket too, from now on.
+    pub fn add(&self, conn: &Arc<Conn>) {
+        let Some(epoll) = self.epoll() else {
+            return;
+        };
+        if epoll
+            .add(conn.raw(), libc::EPOLLIN as u32, conn.key)
+            .is_ok()
+        {
+            self.conns
+                .lock()
+                .unwrap()
+                .insert(conn.key, Arc::clone(conn));
+            self.count.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The host no longer reads this socket.
+    pub fn remove(&self, conn: &Conn) {
+        if self.conns.lock().unwrap().remove(&conn.key).is_some() {
+            if let Some(epoll) = self.epoll() {
+                epoll.delete(conn.raw());
+            }
+            self.count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Host side: reads the worker sockets that are readable, without waiting. Messages go to
+    /// `events` at once (while the socket's reader is held, so nothing read later overtakes
+    /// them), for the caller to take with `try_pop`; everything else goes to the loop, woken
+    /// through `waker`. True when it queued a message.
+    pub fn read(&self, events: &EventQueue, waker: &Waker) -> bool {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let Some(epoll) = self.epoll() else {
+            return false;
+        };
+        let mut ready = Vec::with_capacity(16);
+        if epoll.wait(&mut ready, Some(Duration::ZERO)).is_err() {
+            return false;
+        }
+        let mut queued = false;
+        for ev in ready {
+            let key = ev.u64;
+            if key == EVENTS {
+                continue;
+            }
+            let Some(conn) = self.conns.lock().unwrap().get(&key).cloned() else {
+                continue;
+            };
+            // When the loop is reading it right now, this waits (briefly) for it: what the loop
+            // read is in the queue by then, for the caller to take.
+            let mut reader = conn.reader.lock().unwrap();
+            let (frames, messages) = (reader.frames, reader.messages);
+            let mut incoming = Vec::new();
+            let end = reader.read(conn.raw(), &mut incoming);
+            let mut out = Vec::new();
+            let mut rest = Vec::new();
+            for m in incoming {
+                match m {
+                    Incoming::Message(data) => out.push(Event::Message {
+                        id: conn.id,
+                        pid: reader.pid as u32,
+                        data,
+                    }),
+                    other => rest.push(other),
+                }
+            }
+            queued |= !out.is_empty();
+            events.push_for_self(&mut out);
+            // Heartbeats show up only as frames that were not messages.
+            let others = reader.frames - frames > reader.messages - messages;
+            let done = !matches!(end, ReadEnd::Drained);
+            if others || !rest.is_empty() || done {
+                if done {
+                    // End of file or a broken frame stays "readable": stop watching it here.
+                    self.remove(&conn);
+                }
+                self.forwarded.lock().unwrap().push(Forwarded {
+                    key: conn.key,
+                    incoming: rest,
+                    end,
+                });
+                waker.wake();
+            }
+        }
+        queued
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::Limits;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn a_host_thread_takes_the_messages_and_forwards_the_rest_in_order() {
+        let (primary, worker) = sys::socketpair().unwrap();
+        sys::set_nonblocking(primary.as_raw_fd(), true).unwrap();
+        let limits = Limits {
+            queue: 1 << 20,
+            message: 1 << 16,
+        };
+        let conn = Arc::new(Conn::new(3, 7, primary, 4242, limits));
+        let events = EventQueue::new().unwrap();
+        let waker = Waker::new().unwrap();
+        let host = HostRead::new();
+        assert!(!host.is_on(), "off until a host asks for event_fd");
+        let fd = host.fd(&events);
+        assert_ne!(fd, events.raw_fd(), "the host waits on an epoll set");
+        host.add(&conn);
+
+        let mut wire = frame::worker_hello(4242);
+        frame::encode(&mut wire, Kind::Message, 0, b"a");
+        frame::encode(&mut wire, Kind::Heartbeat, 0, b"");
+        frame::encode(&mut wire, Kind::ConnectionAck, 0, &9u64.to_le_bytes());
+        frame::encode(&mut wire, Kind::Message, 0, b"b");
+        sys::send_blocking(worker.as_raw_fd(), &wire).unwrap();
+        assert!(
+            sys::poll_one(fd, libc::POLLIN, Some(Duration::from_secs(5))).unwrap(),
+            "the host's descriptor is readable when a worker wrote"
+        );
+        assert!(host.read(&events, &waker));
+        for want in [&b"a"[..], b"b"] {
+            match events.try_pop() {
+                Some(Event::Message {
+                    id: 3,
+                    pid: 4242,
+                    data,
+                }) => assert_eq!(data, want),
+                other => panic!("expected message {want:?}, got {other:?}"),
+            }
+        }
+        assert!(events.try_pop().is_none());
+        let forwarded = std::mem::take(&mut *host.forwarded.lock().unwrap());
+        assert_eq!(forwarded.len(), 1);
+        let f = &forwarded[0];
+        assert_eq!(f.key, 7);
+        assert!(matches!(
+            f.incoming[..],
+            [Incoming::Hello, Incoming::Ack(9)]
+        ));
+        assert!(matches!(f.end, ReadEnd::Drained));
+        assert!(
+            sys::poll_one(waker.raw(), libc::POLLIN, Some(Duration::ZERO)).unwrap(),
+            "the loop is woken for what only it can act on"
+        );
+
+        // The worker is gone: the loop hears of it, and the host stops watching the socket.
+        drop(worker);
+        assert!(!host.read(&events, &waker));
+        let forwarded = std::mem::take(&mut *host.forwarded.lock().unwrap());
+        assert!(matches!(
+            forwarded[..],
+            [Forwarded {
+                key: 7,
+                end: ReadEnd::Eof,
+                ..
+            }]
+        ));
+        assert_eq!(host.count.load(Ordering::Acquire), 0);
+        assert!(!sys::poll_one(fd, libc::POLLIN, Some(Duration::ZERO)).unwrap());
+    }
+}
