@@ -71,11 +71,22 @@ for ((r = 1; r <= rounds; r++)); do
     done
 done
 
-echo "== node: IPC (node_ipc.js 200000 20000)"
-ipc_node=$(cd "$anchors" && timeout 120 node node_ipc.js 200000 20000 || true)
-ipc_rc=$(cd "$anchors" && timeout 120 node "$wrap" node_ipc.js 200000 20000 || true)
-echo "   cluster:  $(tr '\n' ' ' <<<"$ipc_node")"
-echo "   rcluster: $(tr '\n' ' ' <<<"$ipc_rc")"
+# The IPC anchor runs ROUNDS times each, alternating; the summary takes the median run of
+# each figure (one run on this machine can be off by a third either way).
+echo "== node: IPC (node_ipc.js 200000 20000), $rounds runs each, alternating"
+declare -a n_rates r_rates n_p50s r_p50s
+field() { awk -v k="$2" '{ for (i = 1; i <= NF; i++) if ($i == k) { print $(i + 1); exit } }' <<<"$1"; }
+for ((r = 1; r <= rounds; r++)); do
+    ipc_node=$(cd "$anchors" && timeout 120 node node_ipc.js 200000 20000 || true)
+    ipc_rc=$(cd "$anchors" && timeout 120 node "$wrap" node_ipc.js 200000 20000 || true)
+    echo "   run $r cluster:  $(tr '\n' ' ' <<<"$ipc_node")"
+    echo "   run $r rcluster: $(tr '\n' ' ' <<<"$ipc_rc")"
+    n_rates+=("$(grep -o '= [0-9]* msg/s' <<<"$ipc_node" | awk '{ print $2 }')")
+    r_rates+=("$(grep -o '= [0-9]* msg/s' <<<"$ipc_rc" | awk '{ print $2 }')")
+    n_p50s+=("$(field "$(grep rtt <<<"$ipc_node")" p50)")
+    r_p50s+=("$(field "$(grep rtt <<<"$ipc_rc")" p50)")
+done
+median() { printf '%s\n' "$@" | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
 echo "== node: memory of the primary (bench/node/rss.js)"
 rss_node=$(timeout 30 node "$repo/bench/node/rss.js" cluster || true)
 rss_rc=$(timeout 30 node "$repo/bench/node/rss.js" rcluster || true)
@@ -84,11 +95,10 @@ echo "   $rss_rc"
 
 ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }'; }
 verdict() { [[ $1 == - ]] && { echo n/a; return; }; awk -v v="$1" -v l="$3" "BEGIN { print ((v $2 l) ? \"met\" : \"MISSED\") }"; }
-field() { awk -v k="$2" '{ for (i = 1; i <= NF; i++) if ($i == k) { print $(i + 1); exit } }' <<<"$1"; }
-n_rate=$(grep -o '= [0-9]* msg/s' <<<"$ipc_node" | awk '{ print $2 }')
-r_rate=$(grep -o '= [0-9]* msg/s' <<<"$ipc_rc" | awk '{ print $2 }')
-n_p50=$(field "$(grep rtt <<<"$ipc_node")" p50)
-r_p50=$(field "$(grep rtt <<<"$ipc_rc")" p50)
+n_rate=$(median "${n_rates[@]}")
+r_rate=$(median "${r_rates[@]}")
+n_p50=$(median "${n_p50s[@]}")
+r_p50=$(median "${r_p50s[@]}")
 rr_rr=$(ratio "${best[rcluster_rr.close]:-}" "${best[node_rr.close]:-}")
 rr_none=$(ratio "${best[rcluster_rr.close]:-}" "${best[node_none.close]:-}")
 keep=$(ratio "${best[rcluster_rr.keep]:-}" "${best[node_rr.keep]:-}")
@@ -105,7 +115,7 @@ row "   rcluster rr / Node rr, new conn" "${rr_rr}x" ">= 1.8x" "$(verdict "$rr_r
 row "   rcluster rr / Node none, new conn" "${rr_none}x" ">= 0.95x" "$(verdict "$rr_none" '>=' 0.95)"
 row "keep-alive req/s: Node rr / rcluster rr" "${best[node_rr.keep]:-} / ${best[rcluster_rr.keep]:-}"
 row "   rcluster rr / Node rr, keep-alive" "${keep}x" ">= 1.0x" "$(verdict "$keep" '>=' 1.0)"
-row "IPC stream msg/s: Node / rcluster" "$n_rate / $r_rate"
+row "IPC stream msg/s (median run): Node / rcluster" "$n_rate / $r_rate"
 row "   rcluster / Node, stream" "${ipc}x" ">= 5x" "$(verdict "$ipc" '>=' 5)"
-row "IPC RTT p50 us: Node / rcluster" "$n_p50 / $r_p50"
+row "IPC RTT p50 us (median run): Node / rcluster" "$n_p50 / $r_p50"
 row "   rcluster / Node, RTT p50" "${p50}x" "<= 1.0x" "$(verdict "$p50" '<=' 1.0)"

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{OwnedFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,8 @@ pub struct Reader {
     pub messages: u64,
     /// When the last user message was read.
     pub last_message: Option<Instant>,
+    /// The last read left the socket empty (it returned less than it asked for).
+    emptied: bool,
 }
 
 impl Reader {
@@ -74,6 +76,7 @@ impl Reader {
             frames: 0,
             messages: 0,
             last_message: None,
+            emptied: false,
         }
     }
 
@@ -103,6 +106,7 @@ impl Reader {
                 return end;
             }
             budget = budget.saturating_sub(n);
+            self.emptied = n < want;
             if n < want || budget == 0 {
                 return ReadEnd::Drained;
             }
@@ -232,6 +236,9 @@ pub struct HostRead {
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     /// How many sockets are in `epoll`: none, and reading costs no system call.
     count: AtomicUsize,
+    /// The last `read` left every socket it read empty: the next one (the caller's check
+    /// that nothing more waits) can skip the system call; new bytes make the fd readable.
+    emptied: AtomicBool,
     /// In the order read; the loop takes them before it reads the same sockets itself.
     pub forwarded: Mutex<Vec<Forwarded>>,
 }
@@ -242,6 +249,7 @@ impl HostRead {
             epoll: OnceLock::new(),
             conns: Mutex::new(HashMap::new()),
             count: AtomicUsize::new(0),
+            emptied: AtomicBool::new(false),
             forwarded: Mutex::new(Vec::new()),
         }
     }
@@ -306,11 +314,15 @@ impl HostRead {
         let Some(epoll) = self.epoll() else {
             return false;
         };
+        if self.emptied.swap(false, Ordering::AcqRel) {
+            return false;
+        }
         let mut ready = Vec::with_capacity(16);
         if epoll.wait(&mut ready, Some(Duration::ZERO)).is_err() {
             return false;
         }
         let mut queued = false;
+        let mut emptied = !ready.is_empty();
         for ev in ready {
             let key = ev.u64;
             if key == EVENTS {
@@ -325,6 +337,7 @@ impl HostRead {
             let (frames, messages) = (reader.frames, reader.messages);
             let mut incoming = Vec::new();
             let end = reader.read(conn.raw(), &mut incoming);
+            emptied &= reader.emptied;
             let mut out = Vec::new();
             let mut rest = Vec::new();
             for m in incoming {
@@ -355,6 +368,7 @@ impl HostRead {
                 waker.wake();
             }
         }
+        self.emptied.store(emptied && queued, Ordering::Release);
         queued
     }
 }
@@ -418,8 +432,11 @@ mod tests {
             "the loop is woken for what only it can act on"
         );
 
+        // Right after a read that emptied the socket, the check for more is free (no call).
+        assert!(!host.read(&events, &waker));
         // The worker is gone: the loop hears of it, and the host stops watching the socket.
         drop(worker);
+        assert!(sys::poll_one(fd, libc::POLLIN, Some(Duration::from_secs(5))).unwrap());
         assert!(!host.read(&events, &waker));
         let forwarded = std::mem::take(&mut *host.forwarded.lock().unwrap());
         assert!(matches!(

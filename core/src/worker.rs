@@ -50,6 +50,10 @@ struct Rx {
     decoder: Decoder,
     fds: VecDeque<OwnedFd>,
     gone: bool,
+    /// The last read returned less than it asked for: the socket was empty then, so a
+    /// non-blocking look for more can skip the system call once (a host loop hears of new
+    /// bytes through the descriptor anyway).
+    emptied: bool,
     /// Events that arrived while `listen` waited for its answer.
     pending: VecDeque<WorkerEvent>,
 }
@@ -143,6 +147,7 @@ impl Worker {
             decoder: Decoder::new(frame::MAX_CONTROL_BODY),
             fds: VecDeque::new(),
             gone: false,
+            emptied: false,
             pending: VecDeque::new(),
         };
         let deadline = Instant::now() + HELLO_TIMEOUT;
@@ -402,6 +407,9 @@ impl Worker {
                 return Ok(None);
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) && std::mem::take(&mut rx.emptied) {
+                return Ok(None);
+            }
             if left != Some(Duration::ZERO)
                 && !sys::poll_one(self.fd.as_raw_fd(), libc::POLLIN, left)
                     .map_err(|e| Error::io("poll", e))?
@@ -409,9 +417,14 @@ impl Worker {
                 return Ok(None);
             }
             let Rx { decoder, fds, .. } = rx;
-            match sys::recv_with_fds(self.fd.as_raw_fd(), decoder.spare(64 * 1024), fds, false) {
+            let spare = decoder.spare(64 * 1024);
+            let want = spare.len();
+            match sys::recv_with_fds(self.fd.as_raw_fd(), spare, fds, false) {
                 Ok(0) => rx.gone = true,
-                Ok(n) => rx.decoder.commit(n),
+                Ok(n) => {
+                    rx.decoder.commit(n);
+                    rx.emptied = n < want;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if left == Some(Duration::ZERO) {
                         return Ok(None);

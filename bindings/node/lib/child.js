@@ -148,11 +148,12 @@ class WorkerSelf extends EventEmitter {
 
   _pump() {
     for (;;) {
-      // Until nothing is left: frames read ahead wait in memory, and no readable descriptor
-      // announces them.
       const items = this._link.drain(BATCH);
-      if (items.length === 0) return;
       for (const item of items) this._item(item);
+      // A full batch ends with `more`: frames read ahead wait in memory, and no readable
+      // descriptor announces them.
+      const last = items[items.length - 1];
+      if (!last || last.type !== 'more') return;
     }
   }
 
@@ -168,6 +169,7 @@ class WorkerSelf extends EventEmitter {
       case 'control': return this._onControl(JSON.parse(item.data));
       case 'raw': return this._message(item.data);
       case 'disconnect': return this._leave();
+      case 'more': return undefined;
       case 'gone':
         // The primary is gone: as a `cluster` worker does, say so and exit.
         this._leave();

@@ -191,15 +191,23 @@ impl NativeWorker {
             .map(to_item))
     }
 
-    /// Every event waiting, up to `max`, without blocking. JSON messages that follow each
-    /// other come as one string, their texts joined by newlines (which JSON never contains
+    /// Every event waiting, up to `max` (then a last item of type `more`), without blocking.
+    /// JSON messages that follow each other come as one string, their texts joined by newlines (which JSON never contains
     /// unescaped): one JS string for a run of messages instead of one each.
     #[napi]
     pub fn drain(&self, max: u32) -> napi::Result<Vec<Item>, &'static str> {
         let mut out = Vec::new();
         let mut json = String::new();
         let mut taken = 0;
-        while taken < max as usize {
+        loop {
+            if taken == max as usize {
+                // Stopped short: more may be waiting (in memory, where no descriptor tells).
+                if !json.is_empty() {
+                    out.push(Either3::A(std::mem::take(&mut json)));
+                }
+                out.push(Either3::C(simple("more")));
+                break;
+            }
             let ev = self.inner.try_next_event().map_err(to_js)?;
             taken += 1;
             if let Some(WorkerEvent::Message(data)) = &ev {
