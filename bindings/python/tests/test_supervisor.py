@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 
+import pytest
+
 import rcluster
 from conftest import alive, fast, worker_argv
 
@@ -109,3 +111,18 @@ def test_pickle_only_when_asked():
         sup.send_pickle(0, {"a": 1})
         ev = sup.wait_for("message")
         assert ev.data.startswith(b"echo:\x80")
+
+
+@pytest.mark.parametrize(("mode", "prefix"), [("aio-echo", b"aio:"), ("blocking-http", b"got:")])
+def test_a_burst_of_messages_reaches_the_worker_whole(mode, prefix):
+    # Thousands of small messages arrive in a few large reads; the worker (asyncio, and the
+    # blocking serve helper) must take them all, not only the first batch of each read, with
+    # nothing more arriving after the burst.
+    with rcluster.Supervisor(worker_argv(mode), workers=1, **fast()) as sup:
+        sup.wait_for("ready")
+        sup.send(0, b"nap")
+        for i in range(3000):
+            sup.send(0, b"m%d" % i)
+        assert sup.wait_for("message", timeout=10).data == prefix + b"nap"
+        got = [sup.wait_for("message", timeout=10).data for _ in range(3000)]
+        assert got == [prefix + b"m%d" % i for i in range(3000)]

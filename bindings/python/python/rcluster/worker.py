@@ -25,6 +25,9 @@ from ._util import call_reporting
 from ._util import json_encode as _json_encode
 from .errors import NotAWorkerError
 
+# Events the native layer returns per call at most (its `next_events` default).
+_NATIVE_BATCH = 256
+
 logger = logging.getLogger("rcluster")
 
 #: Seconds between heartbeats when the primary does not say (``RCLUSTER_HEARTBEAT_MS``, which
@@ -312,14 +315,20 @@ def serve(
                     sock.setblocking(True)
                     start(sock)
                     continue
-                for ev in w.next_events(0.0):
-                    if isinstance(ev, Connection):
-                        start(ev)
-                    elif isinstance(ev, Message):
-                        if on_message is not None:
-                            call_reporting(on_message, ev.data, what="on_message")
-                    else:
-                        leaving = True
+                # Until a batch is not full: frames read ahead wait in memory, where the
+                # selector cannot see them.
+                while not leaving:
+                    batch = w.next_events(0.0)
+                    for ev in batch:
+                        if isinstance(ev, Connection):
+                            start(ev)
+                        elif isinstance(ev, Message):
+                            if on_message is not None:
+                                call_reporting(on_message, ev.data, what="on_message")
+                        else:
+                            leaving = True
+                    if len(batch) < _NATIVE_BATCH:
+                        break
     finally:
         sel.close()
         for _, lsock in listeners:

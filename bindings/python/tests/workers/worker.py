@@ -36,11 +36,14 @@ def count() -> None:
 
 
 async def aio_echo() -> None:
-    """asyncio: answers each message; `hang` blocks the loop (heartbeats stop)."""
+    """asyncio: answers each message; `hang` blocks the loop (heartbeats stop), `nap` blocks
+    it for 0.3 s (messages pile up in the socket meanwhile)."""
     w = rcluster.worker()
     async for m in rcluster.aio.messages():
         if m == b"hang":
             time.sleep(60)
+        if m == b"nap":
+            time.sleep(0.3)
         w.send(b"aio:" + m)
 
 
@@ -61,7 +64,12 @@ def blocking_http() -> None:
             % (len(body), body)
         )
 
-    rcluster.serve(handle, on_message=lambda m: w.send(b"got:" + m))
+    def on_message(m):
+        if m == b"nap":  # blocks the loop for 0.3 s: messages pile up in the socket
+            time.sleep(0.3)
+        w.send(b"got:" + m)
+
+    rcluster.serve(handle, on_message=on_message)
 
 
 async def streams_http() -> None:
