@@ -106,6 +106,8 @@ impl Reader {
                 return end;
             }
             budget = budget.saturating_sub(n);
+            // (A read that brings a descriptor stops early; workers send none, and one that
+            // does is cut off below.)
             self.emptied = n < want;
             if n < want || budget == 0 {
                 return ReadEnd::Drained;

@@ -215,7 +215,8 @@ impl Supervisor {
     /// A descriptor that is readable while events may be waiting: wait on it in a host loop,
     /// then call `try_next_event` until it returns None. Once it is asked for, the sockets of
     /// workers that send messages are read by that host thread too: a message then wakes the
-    /// host directly, not the supervisor thread first.
+    /// host directly, not the supervisor thread first. (`next_event` still works after this,
+    /// but such messages then reach it through the loop's reading every 2 ms.)
     pub fn event_fd(&self) -> RawFd {
         self.shared.host.fd(&self.shared.events)
     }

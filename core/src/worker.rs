@@ -50,9 +50,9 @@ struct Rx {
     decoder: Decoder,
     fds: VecDeque<OwnedFd>,
     gone: bool,
-    /// The last read returned less than it asked for: the socket was empty then, so a
-    /// non-blocking look for more can skip the system call once (a host loop hears of new
-    /// bytes through the descriptor anyway).
+    /// The last read returned less than it asked for (and brought no descriptor): the socket
+    /// was empty then, so a non-blocking look for more can skip the system call once (a host
+    /// loop hears of new bytes through the descriptor anyway).
     emptied: bool,
     /// Events that arrived while `listen` waited for its answer.
     pending: VecDeque<WorkerEvent>,
@@ -419,11 +419,14 @@ impl Worker {
             let Rx { decoder, fds, .. } = rx;
             let spare = decoder.spare(64 * 1024);
             let want = spare.len();
+            let fds_before = fds.len();
             match sys::recv_with_fds(self.fd.as_raw_fd(), spare, fds, false) {
                 Ok(0) => rx.gone = true,
                 Ok(n) => {
                     rx.decoder.commit(n);
-                    rx.emptied = n < want;
+                    // A read that brought a descriptor stops at the end of the bytes it came
+                    // with, whatever follows: short, but not proof that the socket is empty.
+                    rx.emptied = n < want && rx.fds.len() == fds_before;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if left == Some(Duration::ZERO) {
@@ -550,6 +553,37 @@ mod tests {
             frame::parse_hello(f.body).unwrap(),
             vec![std::process::id()]
         );
+    }
+
+    /// A read that brings a descriptor ends with that descriptor's frame: the frames behind it
+    /// are taken by the next non-blocking call, without waiting for readiness again.
+    #[test]
+    fn connections_queued_behind_each_other_are_all_taken_without_waiting() {
+        let (primary, w) = linked();
+        for id in 1..=3u64 {
+            let (mine, _theirs) = sys::socketpair().unwrap();
+            let mut body = id.to_le_bytes().to_vec();
+            body.push(0);
+            frame::put_str(&mut body, "http");
+            frame::put_str(&mut body, "127.0.0.1:5000");
+            let mut wire = Vec::new();
+            frame::encode(&mut wire, Kind::Connection, frame::FLAG_FD, &body);
+            sys::send_with_fd(primary.as_raw_fd(), &wire, mine.as_raw_fd(), false).unwrap();
+        }
+        let mut msg = Vec::new();
+        frame::encode(&mut msg, Kind::Message, 0, b"after");
+        sys::send(primary.as_raw_fd(), &msg).unwrap();
+        for id in 1..=3u64 {
+            match w.try_next_event().unwrap() {
+                Some(WorkerEvent::Connection(c)) => assert_eq!(c.id, id),
+                other => panic!("expected connection {id}, got {other:?}"),
+            }
+        }
+        assert_eq!(
+            w.try_next_event().unwrap(),
+            Some(WorkerEvent::Message(b"after".to_vec()))
+        );
+        assert_eq!(w.try_next_event().unwrap(), None);
     }
 
     #[test]
