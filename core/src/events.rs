@@ -133,7 +133,7 @@ pub struct WorkerInfo {
 
 /// How long `next_event` spins before sleeping: a reply that arrives within this window is
 /// picked up without a futex wake-up, which on virtual machines costs tens of microseconds.
-const SPIN: Duration = Duration::from_micros(50);
+pub(crate) const SPIN: Duration = Duration::from_micros(50);
 
 pub struct EventQueue {
     q: Mutex<Inner>,
@@ -241,6 +241,11 @@ impl EventQueue {
         self.len.store(q.events.len(), Ordering::Release);
         self.sync_fd(&mut q);
         ev
+    }
+
+    /// True once the supervisor has stopped (events may still wait).
+    pub fn is_closed(&self) -> bool {
+        self.q.lock().unwrap().closed
     }
 
     /// Waits up to `timeout` (forever if None) for the next event. None on timeout or when the

@@ -7,15 +7,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::{Config, MAX_WORKERS};
 use crate::conn::{Conn, Waker};
 use crate::error::{Error, Result};
-use crate::events::{Event, EventQueue, WorkerInfo};
+use crate::events::{Event, EventQueue, WorkerInfo, SPIN};
 use crate::listen::{self, ListenAddr};
 use crate::primary::{Bound, Primary};
 use crate::reader::HostRead;
+use crate::sys;
 
 pub(crate) enum Command {
     Snapshot(SyncSender<Vec<WorkerInfo>>),
@@ -195,7 +196,36 @@ impl Supervisor {
     /// Waits up to `timeout` for the next event (forever if None). None on timeout, or once the
     /// supervisor has stopped and every event was taken.
     pub fn next_event(&self, timeout: Option<Duration>) -> Option<Event> {
-        self.shared.events.pop(timeout)
+        let s = &*self.shared;
+        if !s.host.is_on() {
+            return s.events.pop(timeout);
+        }
+        // A host asked for `event_fd`, so this thread reads the chatty workers itself too:
+        // wait on that descriptor rather than on the queue alone.
+        let start = Instant::now();
+        let deadline = timeout.map(|t| start + t);
+        // As the queue does: look for a while before sleeping, since a reply that comes
+        // within that time then costs no wake-up.
+        let spin_until = start + timeout.map_or(SPIN, |t| t.min(SPIN));
+        loop {
+            if let Some(ev) = self.try_next_event() {
+                return Some(ev);
+            }
+            if s.events.is_closed() {
+                return None;
+            }
+            let now = Instant::now();
+            if now < spin_until {
+                std::hint::spin_loop();
+                continue;
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(now));
+            if left == Some(Duration::ZERO) {
+                return None;
+            }
+            // An error (EINTR) just means: look again.
+            let _ = sys::poll_one(self.event_fd(), libc::POLLIN, left);
+        }
     }
 
     /// The next event if one is waiting.
@@ -215,8 +245,7 @@ impl Supervisor {
     /// A descriptor that is readable while events may be waiting: wait on it in a host loop,
     /// then call `try_next_event` until it returns None. Once it is asked for, the sockets of
     /// workers that send messages are read by that host thread too: a message then wakes the
-    /// host directly, not the supervisor thread first. (`next_event` still works after this,
-    /// but such messages then reach it through the loop's reading every 2 ms.)
+    /// host directly, not the supervisor thread first; `next_event` then waits on it too.
     pub fn event_fd(&self) -> RawFd {
         self.shared.host.fd(&self.shared.events)
     }

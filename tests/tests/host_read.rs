@@ -84,3 +84,32 @@ fn a_host_on_event_fd_gets_replies_in_order_and_heartbeats_still_count() {
     assert_eq!(got, 300, "messages lost before the exit");
     sup.stop(Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn next_event_still_serves_a_host_that_took_event_fd() {
+    let sup = Supervisor::start(worker_config(1, &["echo"])).unwrap();
+    sup.event_fd();
+    wait_ready(&sup, 1);
+    // The worker sends messages, so the host thread reads it from now on; a blocking
+    // next_event is such a thread too.
+    for i in 0..200 {
+        sup.send(0, format!("n{i}").as_bytes()).unwrap();
+        let ev = wait_for(&sup, Duration::from_secs(5), |e| {
+            matches!(e, Event::Message { .. })
+        });
+        let Event::Message { data, .. } = ev else {
+            unreachable!()
+        };
+        assert_eq!(data, format!("n{i}").into_bytes());
+    }
+    sup.stop(Duration::from_secs(5)).unwrap();
+    // Once stopped, it hands out what is left, then None at once (it does not wait forever).
+    let t = Instant::now();
+    let left = std::iter::from_fn(|| sup.next_event(None))
+        .take(100)
+        .count();
+    assert!(
+        left < 100 && t.elapsed() < Duration::from_secs(5),
+        "{left} events after stop"
+    );
+}
