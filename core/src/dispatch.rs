@@ -90,8 +90,33 @@ pub fn choose(
 
 type Fits<'a> = dyn Fn(&Candidate) -> bool + 'a;
 
-/// The first worker with room after the cursor, wrapping around.
+/// How many workers round-robin looks at for one that is idle before it settles for the
+/// next with room: a bound, so that a connection costs the same at any number of workers.
+const LOOKAHEAD: usize = 4;
+
+/// The next worker after the cursor, wrapping around. Among the next `LOOKAHEAD` it prefers
+/// one that has taken every connection it was handed: a worker whose event loop is busy
+/// elsewhere (it has not read its last handoff yet) is passed over rather than given a queue,
+/// as the kernel passes over a process that is not waiting in `accept`.
 fn round_robin(workers: &dyn Workers, cursor: u64, fits: &Fits) -> Choice {
+    let after = (Bound::Excluded(cursor), Bound::Unbounded);
+    let before = (Bound::Unbounded, Bound::Included(cursor));
+    let (mut seen, mut idle) = (0, None);
+    for keys in [after, before] {
+        workers.visit(keys, &mut |c| {
+            seen += 1;
+            if fits(c) && c.unacked == 0 {
+                idle = Some(c.key);
+            }
+            idle.is_some() || seen >= LOOKAHEAD
+        });
+        if let Some(key) = idle {
+            return Choice::Worker(key);
+        }
+        if seen >= LOOKAHEAD {
+            break;
+        }
+    }
     let first_fit = |keys: Keys| {
         let mut found = None;
         workers.visit(keys, &mut |c| {
@@ -102,8 +127,8 @@ fn round_robin(workers: &dyn Workers, cursor: u64, fits: &Fits) -> Choice {
         });
         found
     };
-    first_fit((Bound::Excluded(cursor), Bound::Unbounded))
-        .or_else(|| first_fit((Bound::Unbounded, Bound::Included(cursor))))
+    first_fit(after)
+        .or_else(|| first_fit(before))
         .map_or(Choice::Wait, Choice::Worker)
 }
 
@@ -250,6 +275,35 @@ mod tests {
             }
             assert_eq!(w.1.get() as u64, 3 * n, "{n} workers");
         }
+    }
+
+    #[test]
+    fn round_robin_passes_over_a_worker_that_has_not_taken_its_last_connection() {
+        let busy = |key, unacked| Candidate {
+            unacked,
+            ..cand(key, 0, 0, true)
+        };
+        let s = Slots(3, vec![]);
+        let all = |_| true;
+        // Worker 2 has not read its last handoff: 3 is next.
+        let c = [busy(1, 0), busy(2, 1), busy(3, 0)];
+        assert_eq!(
+            choose(Dispatch::RoundRobin, &c, 1, None, &s, &all),
+            Choice::Worker(3)
+        );
+        // Every worker has one waiting: plain round-robin.
+        let c = [busy(1, 1), busy(2, 2), busy(3, 1)];
+        assert_eq!(
+            choose(Dispatch::RoundRobin, &c, 1, None, &s, &all),
+            Choice::Worker(2)
+        );
+        // The look-ahead is bounded: an idle worker further on is not searched for.
+        let mut c: Vec<Candidate> = (1..=10).map(|k| busy(k, 1)).collect();
+        c[9].unacked = 0;
+        assert_eq!(
+            choose(Dispatch::RoundRobin, &c, 1, None, &s, &all),
+            Choice::Worker(2)
+        );
     }
 
     #[test]
