@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -48,6 +49,9 @@ pub struct Epoll {
     fd: OwnedFd,
 }
 
+/// The kernel has no epoll_pwait2: sub-millisecond waits round up to 1 ms.
+static NO_PWAIT2: AtomicBool = AtomicBool::new(false);
+
 impl Epoll {
     pub fn new() -> io::Result<Epoll> {
         // SAFETY: plain syscall.
@@ -86,14 +90,40 @@ impl Epoll {
         out.clear();
         let cap = out.capacity().max(64);
         out.reserve(cap);
+        let fd = self.fd.as_raw_fd();
         // SAFETY: the kernel writes at most `cap` events into the reserved space.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.fd.as_raw_fd(),
-                out.as_mut_ptr(),
-                cap as i32,
-                timeout_ms(timeout),
-            )
+        let wait_ms = |out: &mut Vec<libc::epoll_event>| unsafe {
+            libc::epoll_wait(fd, out.as_mut_ptr(), cap as i32, timeout_ms(timeout))
+        };
+        let n = match timeout {
+            // A wait shorter than a millisecond, or not a whole number of them (a stream of
+            // messages gathering for 50 µs), needs epoll_pwait2 (Linux 5.11); without it,
+            // the wait is rounded up to whole milliseconds.
+            Some(d) if d.subsec_nanos() % 1_000_000 != 0 && !NO_PWAIT2.load(Ordering::Relaxed) => {
+                let ts = libc::timespec {
+                    tv_sec: d.as_secs().min(i32::MAX as u64) as libc::time_t,
+                    tv_nsec: d.subsec_nanos() as libc::c_long,
+                };
+                // SAFETY: as above; `ts` outlives the call and no signal mask is passed.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_epoll_pwait2,
+                        fd,
+                        out.as_mut_ptr(),
+                        cap as libc::c_int,
+                        &ts as *const libc::timespec,
+                        std::ptr::null::<libc::sigset_t>(),
+                        0usize,
+                    )
+                } as libc::c_int;
+                if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+                    NO_PWAIT2.store(true, Ordering::Relaxed);
+                    wait_ms(out)
+                } else {
+                    r
+                }
+            }
+            _ => wait_ms(out),
         };
         match cvt(n) {
             Ok(n) => {
