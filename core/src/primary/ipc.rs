@@ -17,7 +17,7 @@ use crate::reader::{Incoming, ReadEnd};
 /// acknowledgements and heartbeats need not wake the host.
 const HOST_READ_IDLE: Duration = Duration::from_secs(1);
 /// How often the loop reads the workers that the host reads.
-const HOST_READ_TICK: Duration = Duration::from_millis(2);
+const HOST_READ_TICK: Duration = Duration::from_millis(20);
 
 /// What the loop waits for on a worker's socket.
 fn ipc_events(p: &Process) -> u32 {
