@@ -22,9 +22,9 @@ pub fn encode(tag: u8, data: &Either<String, Buffer>) -> Vec<u8> {
     out
 }
 
-/// JSON texts joined by newlines (which JSON.stringify never writes), each tagged as a
-/// message of its own; returns the buffer and where each tagged message lies in it.
-pub fn split_json(joined: &str) -> (Vec<u8>, Vec<std::ops::Range<usize>>) {
+/// Calls `send` with the JSON texts in `joined` (joined by newlines, which JSON.stringify
+/// never writes), each tagged as a message of its own.
+pub fn with_json_batch<T>(joined: &str, send: impl FnOnce(&[&[u8]]) -> T) -> T {
     let mut buf = Vec::with_capacity(joined.len() + 64);
     let mut spans = Vec::new();
     for text in joined.split('\n') {
@@ -33,7 +33,8 @@ pub fn split_json(joined: &str) -> (Vec<u8>, Vec<std::ops::Range<usize>>) {
         buf.extend_from_slice(text.as_bytes());
         spans.push(start..buf.len());
     }
-    (buf, spans)
+    let parts: Vec<&[u8]> = spans.into_iter().map(|r| &buf[r]).collect();
+    send(&parts)
 }
 
 /// The encoding name and the decoded body of a tagged message.

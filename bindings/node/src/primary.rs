@@ -9,7 +9,7 @@ use rcluster_core::{Config, Dispatch, Event, ListenAddr, Listener, Supervisor};
 
 use crate::error::{from_napi, invalid, to_js};
 use crate::message;
-use crate::watch::Watcher;
+use crate::watch::WatchSlot;
 
 /// Options as `lib/options.js` normalised them: durations in milliseconds, unset fields keep
 /// the core's defaults.
@@ -280,7 +280,7 @@ fn to_event(ev: Event) -> NativeEvent {
 #[napi]
 pub struct NativeSupervisor {
     inner: Arc<Supervisor>,
-    watcher: Option<Watcher>,
+    watcher: WatchSlot,
 }
 
 #[napi]
@@ -291,7 +291,7 @@ impl NativeSupervisor {
         let inner = Supervisor::start(config).map_err(to_js)?;
         Ok(NativeSupervisor {
             inner: Arc::new(inner),
-            watcher: None,
+            watcher: WatchSlot::default(),
         })
     }
 
@@ -317,9 +317,7 @@ impl NativeSupervisor {
     /// Sends JSON messages to worker `id` in one batch: their texts joined by newlines.
     #[napi]
     pub fn send_json(&self, id: u32, joined: String) -> napi::Result<(), &'static str> {
-        let (buf, spans) = message::split_json(&joined);
-        let parts: Vec<&[u8]> = spans.into_iter().map(|r| &buf[r]).collect();
-        self.inner.send_many(id, &parts).map_err(to_js)
+        message::with_json_batch(&joined, |parts| self.inner.send_many(id, parts)).map_err(to_js)
     }
 
     /// Sends a tagged message to every live worker; returns how many it was queued for.
@@ -406,27 +404,21 @@ impl NativeSupervisor {
         env: Env,
         callback: Function<'_, (), ()>,
     ) -> napi::Result<(), &'static str> {
-        if self.watcher.is_none() {
-            let fd = self.inner.event_fd();
-            self.watcher =
-                Some(Watcher::start(&env, fd, callback, "rcluster:primary").map_err(from_napi)?);
-        }
-        Ok(())
+        let fd = self.inner.event_fd();
+        self.watcher
+            .start(&env, fd, callback, "rcluster:primary")
+            .map_err(from_napi)
     }
 
     /// Whether the watcher keeps the process alive.
     #[napi]
     pub fn set_ref(&self, keep_alive: bool) {
-        if let Some(w) = &self.watcher {
-            w.set_ref(keep_alive);
-        }
+        self.watcher.set_ref(keep_alive);
     }
 
     #[napi]
     pub fn unwatch(&mut self) {
-        if let Some(w) = self.watcher.take() {
-            w.close();
-        }
+        self.watcher.close();
     }
 
     #[napi]

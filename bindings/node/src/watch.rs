@@ -194,3 +194,36 @@ extern "C" fn on_readable(handle: *mut c_void, _status: c_int, _events: c_int) {
         sys::napi_close_handle_scope(t.env, scope);
     }
 }
+
+/// The watcher of a native object (supervisor or worker link), started at most once.
+#[derive(Default)]
+pub struct WatchSlot(Option<Watcher>);
+
+impl WatchSlot {
+    /// Starts watching `fd` unless a watcher runs already.
+    pub fn start(
+        &mut self,
+        env: &Env,
+        fd: RawFd,
+        callback: Function<'_, (), ()>,
+        name: &str,
+    ) -> Result<()> {
+        if self.0.is_none() {
+            self.0 = Some(Watcher::start(env, fd, callback, name)?);
+        }
+        Ok(())
+    }
+
+    /// Whether the watcher keeps the process alive.
+    pub fn set_ref(&self, keep_alive: bool) {
+        if let Some(w) = &self.0 {
+            w.set_ref(keep_alive);
+        }
+    }
+
+    pub fn close(&mut self) {
+        if let Some(w) = self.0.take() {
+            w.close();
+        }
+    }
+}

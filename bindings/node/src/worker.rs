@@ -9,7 +9,7 @@ use rcluster_core::{Dispatch, Worker, WorkerEvent};
 
 use crate::error::{from_napi, to_js};
 use crate::message;
-use crate::watch::Watcher;
+use crate::watch::WatchSlot;
 
 /// A non-message event: `connection`, `control`, `raw`, `disconnect` or `gone`.
 #[napi(object)]
@@ -86,7 +86,7 @@ fn to_item(ev: WorkerEvent) -> Item {
 #[napi]
 pub struct NativeWorker {
     inner: Worker,
-    watcher: Option<Watcher>,
+    watcher: WatchSlot,
 }
 
 /// Connects to the primary when this process is an rcluster worker; null otherwise.
@@ -99,7 +99,7 @@ pub fn attach_worker() -> napi::Result<Option<NativeWorker>, &'static str> {
     inner.set_exit_on_primary_loss(false);
     Ok(Some(NativeWorker {
         inner,
-        watcher: None,
+        watcher: WatchSlot::default(),
     }))
 }
 
@@ -136,9 +136,7 @@ impl NativeWorker {
     /// Sends JSON messages in one write: their texts joined by newlines.
     #[napi]
     pub fn send_json(&self, joined: String) -> napi::Result<(), &'static str> {
-        let (buf, spans) = message::split_json(&joined);
-        let parts: Vec<&[u8]> = spans.into_iter().map(|r| &buf[r]).collect();
-        self.inner.send_many(&parts).map_err(to_js)
+        message::with_json_batch(&joined, |parts| self.inner.send_many(parts)).map_err(to_js)
     }
 
     #[napi]
@@ -243,25 +241,19 @@ impl NativeWorker {
         env: Env,
         callback: Function<'_, (), ()>,
     ) -> napi::Result<(), &'static str> {
-        if self.watcher.is_none() {
-            let fd = self.inner.as_raw_fd();
-            self.watcher =
-                Some(Watcher::start(&env, fd, callback, "rcluster:worker").map_err(from_napi)?);
-        }
-        Ok(())
+        let fd = self.inner.as_raw_fd();
+        self.watcher
+            .start(&env, fd, callback, "rcluster:worker")
+            .map_err(from_napi)
     }
 
     #[napi]
     pub fn set_ref(&self, keep_alive: bool) {
-        if let Some(w) = &self.watcher {
-            w.set_ref(keep_alive);
-        }
+        self.watcher.set_ref(keep_alive);
     }
 
     #[napi]
     pub fn unwatch(&mut self) {
-        if let Some(w) = self.watcher.take() {
-            w.close();
-        }
+        self.watcher.close();
     }
 }

@@ -104,6 +104,9 @@ impl Primary {
 
     /// Acts on what host threads read (all but the messages, which they delivered).
     pub(super) fn take_forwarded(&mut self) {
+        if !self.shared.host.is_on() {
+            return; // No host reads: nothing is forwarded (and no lock on this hot path).
+        }
         let items = std::mem::take(&mut *self.shared.host.forwarded.lock().unwrap());
         for f in items {
             self.act_on(f.key, f.incoming, f.end, true);

@@ -157,10 +157,7 @@ impl Primary {
                 self.arm_listeners(now);
                 self.distribute();
                 let queue = self.expire_waiting(now);
-                deadline = match (self.next_deadline(), queue) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                deadline = self.next_deadline().into_iter().chain(queue).min();
             }
             self.shared.events.push_all(&mut self.out);
             if self.stop_deadline.is_some() && self.procs.is_empty() {
@@ -171,20 +168,11 @@ impl Primary {
             let timeout = if self.changed {
                 Some(Duration::ZERO)
             } else {
-                let next = match (deadline, self.queue_deadline) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                let gather = self
-                    .gathering
-                    .iter()
-                    .map(|(at, _)| *at)
-                    .chain(self.host_tick)
+                let next = [deadline, self.queue_deadline, self.host_tick]
+                    .into_iter()
+                    .flatten()
+                    .chain(self.gathering.iter().map(|(at, _)| *at))
                     .min();
-                let next = match (next, gather) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
                 next.map(|d: Instant| d.saturating_duration_since(self.clock.now()))
             };
             if let Err(e) = self.epoll.wait(&mut ready, timeout) {

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ._util import call_reporting, logger
-from .worker import _NATIVE_BATCH, Connection, Worker, inherited_listeners, worker
+from .worker import Connection, Worker, inherited_listeners, worker
 
 _DISCONNECT = object()
 
@@ -43,29 +43,27 @@ class _Link:
         self._timer = self.loop.call_later(self.w.heartbeat_interval, self._beat)
 
     def _readable(self) -> None:
-        # Until a batch is not full: one read from the socket may hold thousands of frames,
-        # and those left in memory make the descriptor no more readable.
+        events = self.w._waiting()
         while not self.disconnected.is_set():
             try:
-                batch = self.w._native.next_events(0.0, _NATIVE_BATCH)
+                kind, payload = next(events)
+            except StopIteration:
+                return
             except Exception as e:
                 self.loop.call_exception_handler(
                     {"message": "rcluster: reading from the primary failed", "exception": e}
                 )
                 self._leave(gone=True)
                 return
-            for kind, payload in batch:
-                if kind == "message":
-                    for cb in self.on_message:
-                        call_reporting(cb, payload, what="on_message")
-                    for q in self.queues:
-                        q.put_nowait(payload)
-                elif kind == "connection":
-                    self._route(Connection._adopt(*payload))
-                else:
-                    self._leave(gone=kind == "primary_gone")
-            if len(batch) < _NATIVE_BATCH:
-                return
+            if kind == "message":
+                for cb in self.on_message:
+                    call_reporting(cb, payload, what="on_message")
+                for q in self.queues:
+                    q.put_nowait(payload)
+            elif kind == "connection":
+                self._route(Connection._adopt(*payload))
+            else:
+                self._leave(gone=kind == "primary_gone")
 
     def _route(self, sock: Connection) -> None:
         sock._rc_on_close = self.w._closed_hook

@@ -25,7 +25,7 @@ from ._util import call_reporting
 from ._util import json_encode as _json_encode
 from .errors import NotAWorkerError
 
-# Events the native layer returns per call at most (its `next_events` default).
+# Events taken from the native layer per call.
 _NATIVE_BATCH = 256
 
 logger = logging.getLogger("rcluster")
@@ -184,6 +184,16 @@ class Worker:
         if time.monotonic() - self._last_beat >= self.heartbeat_interval:
             self.heartbeat()
 
+    def _waiting(self) -> Iterator[tuple[str, Any]]:
+        """Every event that waits now, as native ``(kind, payload)`` pairs, without blocking:
+        batch after batch until one is not full, since frames read ahead in one read wait in
+        memory, where no readable descriptor announces them."""
+        while True:
+            batch = self._native.next_events(0.0, _NATIVE_BATCH)
+            yield from batch
+            if len(batch) < _NATIVE_BATCH:
+                return
+
     def next_events(self, timeout: float | None = None) -> list[Message | Connection | Disconnect]:
         """What arrived, waiting up to ``timeout`` seconds (forever if None) for the first
         event; empty on timeout. Ctrl-C interrupts the wait."""
@@ -315,19 +325,15 @@ def serve(
                     sock.setblocking(True)
                     start(sock)
                     continue
-                # Until a batch is not full: frames read ahead wait in memory, where the
-                # selector cannot see them.
-                while not leaving:
-                    batch = w.next_events(0.0)
-                    for ev in batch:
-                        if isinstance(ev, Connection):
-                            start(ev)
-                        elif isinstance(ev, Message):
-                            if on_message is not None:
-                                call_reporting(on_message, ev.data, what="on_message")
-                        else:
-                            leaving = True
-                    if len(batch) < _NATIVE_BATCH:
+                for kind, payload in w._waiting():
+                    ev = w._convert(kind, payload)
+                    if isinstance(ev, Connection):
+                        start(ev)
+                    elif isinstance(ev, Message):
+                        if on_message is not None:
+                            call_reporting(on_message, ev.data, what="on_message")
+                    else:
+                        leaving = True
                         break
     finally:
         sel.close()
