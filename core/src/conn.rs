@@ -314,24 +314,29 @@ impl Conn {
     }
 }
 
-/// One non-blocking write from `buf[off..]`. A frame that carries a descriptor is sent with it
-/// attached to its first byte; a write never crosses into the next such frame, so that each
-/// descriptor arrives with its own frame.
+/// One non-blocking write from `buf[off..]`. The descriptors of the frames in it (up to
+/// [`sys::FDS_PER_SEND`]) go attached to its first byte, so that each arrives with its frame
+/// or before it, never after, and the frames of a burst of connections take one write. Once
+/// any of the write went out, its descriptors did too, however short it was.
 fn write_some(
     fd: RawFd,
     buf: &[u8],
     off: usize,
     fds: &mut VecDeque<(usize, PassFd)>,
 ) -> std::io::Result<usize> {
-    let next_fd_at = |skip: usize| fds.get(skip).map_or(buf.len(), |(at, _)| *at);
-    match fds.front() {
-        Some((at, pass)) if *at == off => {
-            let n = sys::send_with_fd(fd, &buf[off..next_fd_at(1)], pass.raw(), false)?;
-            fds.pop_front();
-            Ok(n)
-        }
-        _ => sys::send(fd, &buf[off..next_fd_at(0)]),
+    if fds.is_empty() {
+        return sys::send(fd, &buf[off..]);
     }
+    let take = fds.len().min(sys::FDS_PER_SEND);
+    // A write stops where the first frame whose descriptor does not fit begins.
+    let end = fds.get(take).map_or(buf.len(), |(at, _)| *at);
+    let mut pass = [0; sys::FDS_PER_SEND];
+    for (slot, (_, p)) in pass.iter_mut().zip(fds.iter()) {
+        *slot = p.raw();
+    }
+    let n = sys::send_with_fds(fd, &buf[off..end], &pass[..take], false)?;
+    fds.drain(..take);
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -421,6 +426,88 @@ mod tests {
             assert_eq!(
                 got[2 * i + 1],
                 (format!("conn {i}"), Some(format!("file {i}")))
+            );
+        }
+    }
+
+    /// Many frames with descriptors, more than one write may carry, with a large message
+    /// among them that fills the socket: every frame still gets its own descriptor, in order,
+    /// across short writes.
+    #[test]
+    fn a_burst_of_descriptors_survives_short_writes() {
+        const FRAMES: usize = 3 * sys::FDS_PER_SEND + 5;
+        let (a, b) = sys::socketpair().unwrap();
+        sys::set_nonblocking(a.as_raw_fd(), true).unwrap();
+        let conn = Arc::new(Conn::new(
+            0,
+            1,
+            a,
+            0,
+            Limits {
+                queue: 8 << 20,
+                message: 4 << 20,
+            },
+        ));
+        let waker = Waker::new().unwrap();
+        let big = vec![b'x'; 2 << 20];
+        for i in 0..FRAMES {
+            if i == 20 {
+                conn.send_frame(&waker, Kind::Message, &big, None).unwrap();
+            }
+            let fd = temp_file_with(&format!("file {i}"));
+            conn.send_frame(
+                &waker,
+                Kind::Connection,
+                format!("conn {i}").as_bytes(),
+                Some(PassFd::Owned(fd)),
+            )
+            .unwrap();
+        }
+        let reader = std::thread::spawn(move || {
+            let mut d = Decoder::new(4 << 20);
+            let mut fds = VecDeque::new();
+            let mut got = Vec::new();
+            while got.len() < FRAMES {
+                let n =
+                    sys::recv_with_fds(b.as_raw_fd(), d.spare(1 << 16), &mut fds, true).unwrap();
+                assert!(n > 0, "end of stream after {} frames", got.len());
+                d.commit(n);
+                while let Some(f) = d.next_frame().unwrap() {
+                    if !f.has_fd {
+                        assert_eq!(f.body.len(), 2 << 20);
+                        continue;
+                    }
+                    let fd = fds
+                        .pop_front()
+                        .expect("a frame came without its descriptor");
+                    let mut text = String::new();
+                    std::fs::File::from(fd).read_to_string(&mut text).unwrap();
+                    got.push((String::from_utf8_lossy(f.body).into_owned(), text));
+                }
+            }
+            assert!(fds.is_empty(), "descriptors without a frame");
+            got
+        });
+        let mut blocked = 0;
+        for _ in 0..10_000 {
+            match conn.flush() {
+                Flush::Done => break,
+                Flush::Blocked => {
+                    blocked += 1;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Flush::Broken => panic!("the socket broke"),
+            }
+        }
+        let got = reader.join().unwrap();
+        assert!(
+            blocked > 0,
+            "the large message should have filled the socket"
+        );
+        for (i, (body, file)) in got.iter().enumerate() {
+            assert_eq!(
+                (body.as_str(), file.as_str()),
+                (&*format!("conn {i}"), &*format!("file {i}"))
             );
         }
     }

@@ -90,6 +90,70 @@ pub fn choose(
 
 type Fits<'a> = dyn Fn(&Candidate) -> bool + 'a;
 
+/// One pass over connections that were accepted together. Round-robin gives consecutive
+/// connections of a pass to one worker, `burst` of them, so that a pass wakes no more workers
+/// than there are CPUs to run them: waking a sleeping process is most of what a handoff costs
+/// the primary, and with many more workers than CPUs nearly every worker is asleep. The turn
+/// still moves on from worker to worker, so over many passes each gets its share.
+pub struct Pass {
+    burst: usize,
+    /// The worker round-robin chose last in this pass, and how many in a row it took.
+    last: Option<(u64, usize)>,
+}
+
+impl Pass {
+    /// A pass over `waiting` connections, with `cpus` CPUs to run workers on.
+    pub fn new(waiting: usize, cpus: usize) -> Pass {
+        Pass {
+            burst: waiting.div_ceil(cpus.max(1)).max(1),
+            last: None,
+        }
+    }
+
+    /// Like [`choose`], except that round-robin stays with the worker it chose last in this
+    /// pass until that worker has taken its burst or has no room.
+    pub fn choose(
+        &self,
+        mode: Dispatch,
+        workers: &dyn Workers,
+        cursor: u64,
+        peer: Option<IpAddr>,
+        slots: &dyn SlotState,
+        allowed: &dyn Fn(u64) -> bool,
+    ) -> Choice {
+        if let Some((key, _)) = self.last.filter(|&(_, n)| n < self.burst) {
+            if is_round_robin(mode, peer) {
+                let mut fits = false;
+                workers.visit((Bound::Included(key), Bound::Included(key)), &mut |c| {
+                    fits = c.has_room && allowed(c.key);
+                    true
+                });
+                if fits {
+                    return Choice::Worker(key);
+                }
+            }
+        }
+        choose(mode, workers, cursor, peer, slots, allowed)
+    }
+
+    /// The connection went to worker `key`.
+    pub fn handed(&mut self, key: u64) {
+        self.last = match self.last {
+            Some((last, n)) if last == key => Some((key, n + 1)),
+            _ => Some((key, 1)),
+        };
+    }
+}
+
+/// Whether `choose` does round-robin for this mode and peer (sticky without an IP address,
+/// as on a Unix socket, falls back to it).
+fn is_round_robin(mode: Dispatch, peer: Option<IpAddr>) -> bool {
+    !matches!(
+        (mode, peer),
+        (Dispatch::Sticky, Some(_)) | (Dispatch::LeastConnections, _)
+    )
+}
+
 /// How many workers round-robin looks at for one that is idle before it settles for the
 /// next with room: a bound, so that a connection costs the same at any number of workers.
 const LOOKAHEAD: usize = 4;
@@ -303,6 +367,95 @@ mod tests {
         assert_eq!(
             choose(Dispatch::RoundRobin, &c, 1, None, &s, &all),
             Choice::Worker(2)
+        );
+    }
+
+    /// Hands `waiting` connections in one pass as the primary does: the chosen worker takes
+    /// the connection (one more unacknowledged), the cursor moves to it.
+    fn pass(workers: &mut [Candidate], cursor: &mut u64, waiting: usize, cpus: usize) -> Vec<u64> {
+        let mut pass = Pass::new(waiting, cpus);
+        let mut got = Vec::new();
+        for _ in 0..waiting {
+            let list = workers.to_vec();
+            let key = worker(pass.choose(
+                Dispatch::RoundRobin,
+                &list,
+                *cursor,
+                None,
+                &Slots(1, vec![]),
+                &|_| true,
+            ));
+            pass.handed(key);
+            *cursor = key;
+            let c = workers.iter_mut().find(|c| c.key == key).unwrap();
+            c.unacked += 1;
+            c.has_room = c.unacked < 4;
+            got.push(key);
+        }
+        got
+    }
+
+    #[test]
+    fn a_pass_wakes_no_more_workers_than_there_are_cpus() {
+        let mut w: Vec<Candidate> = (1..=64).map(|k| cand(k, 0, 0, true)).collect();
+        let mut cursor = 0;
+        // Six connections accepted together on two CPUs: two workers take three each.
+        assert_eq!(pass(&mut w, &mut cursor, 6, 2), [1, 1, 1, 2, 2, 2]);
+        // The next pass goes on from there.
+        assert_eq!(pass(&mut w, &mut cursor, 2, 2), [3, 4]);
+        // One connection at a time is plain round-robin.
+        assert_eq!(pass(&mut w, &mut cursor, 1, 2), [5]);
+        assert_eq!(pass(&mut w, &mut cursor, 1, 2), [6]);
+        // A burst ends where the worker runs out of room (here: four unacknowledged).
+        assert_eq!(
+            pass(&mut w, &mut cursor, 10, 2),
+            [7, 7, 7, 7, 8, 8, 8, 8, 9, 9]
+        );
+        // With as many CPUs as connections, each goes to a worker of its own.
+        assert_eq!(pass(&mut w, &mut cursor, 3, 8), [10, 11, 12]);
+    }
+
+    #[test]
+    fn a_pass_shares_a_batch_evenly_between_two_workers() {
+        let mut w: Vec<Candidate> = (1..=2).map(|k| cand(k, 0, 0, true)).collect();
+        let mut cursor = 0;
+        let mut count = [0usize; 2];
+        for waiting in [1, 5, 2, 7, 3, 1, 4, 6, 2, 1] {
+            for c in w.iter_mut() {
+                (c.unacked, c.has_room) = (0, true); // Acknowledged between passes.
+            }
+            for key in pass(&mut w, &mut cursor, waiting, 2) {
+                count[key as usize - 1] += 1;
+            }
+        }
+        assert!(count[0].abs_diff(count[1]) <= 4, "{count:?}");
+    }
+
+    #[test]
+    fn bursts_are_for_round_robin_only() {
+        let c = [cand(1, 0, 0, true), cand(2, 1, 0, true)];
+        let s = Slots(2, vec![]);
+        let mut pass = Pass::new(8, 1);
+        pass.handed(1);
+        // Least-connections and sticky decide every connection afresh.
+        let lc = [cand(1, 0, 3, true), cand(2, 1, 0, true)];
+        assert_eq!(
+            pass.choose(Dispatch::LeastConnections, &lc, 1, None, &s, &|_| true),
+            Choice::Worker(2)
+        );
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(
+            pass.choose(Dispatch::Sticky, &c, 1, Some(ip), &s, &|_| true),
+            choose(Dispatch::Sticky, &c, 1, Some(ip), &s, &|_| true)
+        );
+        // A worker not allowed for this listener ends the burst.
+        assert_eq!(
+            pass.choose(Dispatch::RoundRobin, &c, 1, None, &s, &|k| k != 1),
+            Choice::Worker(2)
+        );
+        assert_eq!(
+            pass.choose(Dispatch::RoundRobin, &c, 1, None, &s, &|_| true),
+            Choice::Worker(1)
         );
     }
 

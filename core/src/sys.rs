@@ -280,27 +280,36 @@ pub fn send_blocking(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     })
 }
 
-const CMSG_SPACE_FDS: usize = 64;
+/// Most descriptors attached to one write: [`recv_with_fds`] has room for 60 per read.
+pub const FDS_PER_SEND: usize = 16;
 
-/// Sends `buf` with one descriptor attached (it arrives with the first byte).
-pub fn send_with_fd(fd: RawFd, buf: &[u8], pass: RawFd, blocking: bool) -> io::Result<usize> {
+/// Sends `buf` with up to [`FDS_PER_SEND`] descriptors attached; they all arrive with the
+/// first byte, in order, even when only part of `buf` is written.
+pub fn send_with_fds(fd: RawFd, buf: &[u8], pass: &[RawFd], blocking: bool) -> io::Result<usize> {
+    assert!(!pass.is_empty() && pass.len() <= FDS_PER_SEND);
     let mut iov = libc::iovec {
         iov_base: buf.as_ptr() as *mut _,
         iov_len: buf.len(),
     };
-    let mut space = [0u64; CMSG_SPACE_FDS / 8];
-    // SAFETY: msghdr/cmsghdr are built inside `space`, which is large and aligned enough.
+    // CMSG_SPACE of FDS_PER_SEND descriptors, 8-byte aligned.
+    let mut space = [0u64; (16 + 4 * FDS_PER_SEND).div_ceil(8)];
+    let bytes = (4 * pass.len()) as u32;
+    // SAFETY: msghdr/cmsghdr are built inside `space`, which is large and aligned enough for
+    // FDS_PER_SEND descriptors (asserted above).
     unsafe {
         let mut msg: libc::msghdr = std::mem::zeroed();
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = space.as_mut_ptr().cast();
-        msg.msg_controllen = libc::CMSG_SPACE(4) as _;
+        msg.msg_controllen = libc::CMSG_SPACE(bytes) as _;
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(4) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), pass);
+        (*cmsg).cmsg_len = libc::CMSG_LEN(bytes) as _;
+        let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+        for (i, &p) in pass.iter().enumerate() {
+            std::ptr::write_unaligned(data.add(i), p);
+        }
         let flags = libc::MSG_NOSIGNAL | if blocking { 0 } else { libc::MSG_DONTWAIT };
         retry(|| cvt_size(libc::sendmsg(fd, &msg, flags)))
     }

@@ -568,7 +568,7 @@ mod tests {
             frame::put_str(&mut body, "127.0.0.1:5000");
             let mut wire = Vec::new();
             frame::encode(&mut wire, Kind::Connection, frame::FLAG_FD, &body);
-            sys::send_with_fd(primary.as_raw_fd(), &wire, mine.as_raw_fd(), false).unwrap();
+            sys::send_with_fds(primary.as_raw_fd(), &wire, &[mine.as_raw_fd()], false).unwrap();
         }
         let mut msg = Vec::new();
         frame::encode(&mut msg, Kind::Message, 0, b"after");

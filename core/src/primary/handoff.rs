@@ -185,13 +185,14 @@ impl Primary {
         // Workers whose queue refused a connection in this pass (full, or closing).
         let mut refused: Vec<u64> = Vec::new();
         let mut kept = VecDeque::new();
+        let mut pass = dispatch::Pass::new(self.waiting.len(), self.cpus);
         while let Some(w) = self.waiting.pop_front() {
             let mode = self.listeners[w.listener].dispatch;
             let subscribers = self.listeners[w.listener].subscribers.as_ref();
             let allowed = |key: u64| {
                 subscribers.is_none_or(|subs| subs.contains(&key)) && !refused.contains(&key)
             };
-            let choice = dispatch::choose(
+            let choice = pass.choose(
                 mode,
                 &Live(self),
                 self.rr_cursor,
@@ -208,6 +209,7 @@ impl Primary {
             };
             match self.hand(key, w) {
                 Ok(()) => {
+                    pass.handed(key);
                     if mode != Dispatch::Sticky {
                         self.rr_cursor = key;
                     }

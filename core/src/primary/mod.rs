@@ -80,6 +80,8 @@ pub(crate) struct Primary {
     waiting: VecDeque<Waiting>,
     /// The worker round-robin chose last.
     rr_cursor: u64,
+    /// CPUs this process may run on: how many workers one batch of connections is spread over.
+    cpus: usize,
     next_conn_id: u64,
     /// When the oldest waiting connection reaches `queue_timeout`.
     queue_deadline: Option<Instant>,
@@ -130,6 +132,7 @@ impl Primary {
             listeners,
             waiting: VecDeque::new(),
             rr_cursor: 0,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             next_conn_id: 1,
             queue_deadline: None,
             gathering: Vec::new(),
