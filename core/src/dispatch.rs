@@ -1,5 +1,6 @@
 //! Which worker gets the next connection: pure decisions, no sockets, unit-tested alone.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::ops::{Bound, RangeBounds};
 
@@ -16,6 +17,8 @@ pub struct Candidate {
     pub active: usize,
     /// It may take another connection now (ready, not draining, below its limits).
     pub has_room: bool,
+    /// Connections it took ahead of its turns in round-robin (see [`Pass`]).
+    pub ahead: u32,
 }
 
 /// The answer for one waiting connection.
@@ -90,30 +93,46 @@ pub fn choose(
 
 type Fits<'a> = dyn Fn(&Candidate) -> bool + 'a;
 
-/// One pass over connections that were accepted together. Round-robin gives consecutive
-/// connections of a pass to one worker, `burst` of them, so that a pass wakes no more workers
-/// than there are CPUs to run them: waking a sleeping process is most of what a handoff costs
-/// the primary, and with many more workers than CPUs nearly every worker is asleep. The turn
-/// still moves on from worker to worker, so over many passes each gets its share.
+/// The most connections in a row that round-robin gives one worker in one pass.
+pub const MAX_TURN: usize = 4;
+/// The most workers round-robin passes over for one connection because they are ahead.
+const MAX_PASS_OVERS: usize = 4;
+
+/// One pass over connections that were accepted together.
+///
+/// With many more workers than CPUs nearly every worker is asleep when its turn comes, and
+/// waking a sleeping process is most of what a handoff costs the primary. So round-robin
+/// gives the connections of a pass to no more workers than there are CPUs: a few in a row
+/// to each ([`MAX_TURN`] at most), which go in one write and cost one wake-up.
+///
+/// A worker that took connections ahead of its turns is passed over when its turn comes
+/// again, once per connection it is ahead (deficit round-robin), so the shares stay even
+/// whatever the sizes of the passes. Passing over is bounded per connection and paid for by
+/// the connections taken ahead, so a connection still costs O(1).
+#[derive(Debug)]
 pub struct Pass {
-    burst: usize,
-    /// The worker round-robin chose last in this pass, and how many in a row it took.
-    last: Option<(u64, usize)>,
+    length: usize,
+    /// The worker whose turn it is, and how many connections it has taken in it.
+    current: Option<(u64, usize)>,
+    /// How far each worker got ahead in this pass: +1 per connection taken ahead of its
+    /// turn, -1 per time it was passed over. Added to `Candidate::ahead` after the pass.
+    pub ahead: HashMap<u64, i64>,
 }
 
 impl Pass {
     /// A pass over `waiting` connections, with `cpus` CPUs to run workers on.
     pub fn new(waiting: usize, cpus: usize) -> Pass {
         Pass {
-            burst: waiting.div_ceil(cpus.max(1)).max(1),
-            last: None,
+            length: waiting.div_ceil(cpus.max(1)).clamp(1, MAX_TURN),
+            current: None,
+            ahead: HashMap::new(),
         }
     }
 
-    /// Like [`choose`], except that round-robin stays with the worker it chose last in this
-    /// pass until that worker has taken its burst or has no room.
+    /// Like [`choose`], except that round-robin stays with the worker whose turn it is
+    /// until that worker has taken its turn or has no room, and passes over workers ahead.
     pub fn choose(
-        &self,
+        &mut self,
         mode: Dispatch,
         workers: &dyn Workers,
         cursor: u64,
@@ -121,27 +140,55 @@ impl Pass {
         slots: &dyn SlotState,
         allowed: &dyn Fn(u64) -> bool,
     ) -> Choice {
-        if let Some((key, _)) = self.last.filter(|&(_, n)| n < self.burst) {
-            if is_round_robin(mode, peer) {
-                let mut fits = false;
-                workers.visit((Bound::Included(key), Bound::Included(key)), &mut |c| {
-                    fits = c.has_room && allowed(c.key);
-                    true
-                });
-                if fits {
-                    return Choice::Worker(key);
-                }
+        if !is_round_robin(mode, peer) {
+            return choose(mode, workers, cursor, peer, slots, allowed);
+        }
+        if let Some((key, _)) = self.current.filter(|&(_, n)| n < self.length) {
+            if self
+                .find(workers, key)
+                .is_some_and(|c| c.has_room && allowed(key))
+            {
+                return Choice::Worker(key);
             }
+        }
+        let mut cursor = cursor;
+        for _ in 0..MAX_PASS_OVERS {
+            let choice = choose(mode, workers, cursor, peer, slots, allowed);
+            let Choice::Worker(key) = choice else {
+                return choice;
+            };
+            let before = self.find(workers, key).map_or(0, |c| i64::from(c.ahead));
+            let ahead = self.ahead.entry(key).or_default();
+            if before + *ahead <= 0 {
+                return choice;
+            }
+            *ahead -= 1;
+            cursor = key;
         }
         choose(mode, workers, cursor, peer, slots, allowed)
     }
 
-    /// The connection went to worker `key`.
-    pub fn handed(&mut self, key: u64) {
-        self.last = match self.last {
-            Some((last, n)) if last == key => Some((key, n + 1)),
+    /// A connection went to worker `key`.
+    pub fn handed(&mut self, key: u64, mode: Dispatch, peer: Option<IpAddr>) {
+        if !is_round_robin(mode, peer) {
+            return;
+        }
+        self.current = match self.current {
+            Some((last, n)) if last == key && n < self.length => {
+                *self.ahead.entry(key).or_default() += 1;
+                Some((key, n + 1))
+            }
             _ => Some((key, 1)),
         };
+    }
+
+    fn find(&self, workers: &dyn Workers, key: u64) -> Option<Candidate> {
+        let mut found = None;
+        workers.visit((Bound::Included(key), Bound::Included(key)), &mut |c| {
+            found = Some(*c);
+            true
+        });
+        found
     }
 }
 
@@ -277,6 +324,7 @@ mod tests {
             unacked: 0,
             active,
             has_room,
+            ahead: 0,
         }
     }
 
@@ -370,12 +418,13 @@ mod tests {
         );
     }
 
-    /// Hands `waiting` connections in one pass as the primary does: the chosen worker takes
-    /// the connection (one more unacknowledged), the cursor moves to it.
-    fn pass(workers: &mut [Candidate], cursor: &mut u64, waiting: usize, cpus: usize) -> Vec<u64> {
-        let mut pass = Pass::new(waiting, cpus);
+    /// Hands `count` connections accepted together as the primary does: the chosen worker
+    /// takes the connection (one more unacknowledged), the cursor moves to it, and what the
+    /// pass says about workers ahead is kept.
+    fn pass(workers: &mut [Candidate], cursor: &mut u64, count: usize, cpus: usize) -> Vec<u64> {
+        let mut pass = Pass::new(count, cpus);
         let mut got = Vec::new();
-        for _ in 0..waiting {
+        for _ in 0..count {
             let list = workers.to_vec();
             let key = worker(pass.choose(
                 Dispatch::RoundRobin,
@@ -385,58 +434,77 @@ mod tests {
                 &Slots(1, vec![]),
                 &|_| true,
             ));
-            pass.handed(key);
+            pass.handed(key, Dispatch::RoundRobin, None);
             *cursor = key;
             let c = workers.iter_mut().find(|c| c.key == key).unwrap();
             c.unacked += 1;
-            c.has_room = c.unacked < 4;
+            c.has_room = c.unacked < 8;
             got.push(key);
+        }
+        for c in workers.iter_mut() {
+            c.ahead = (i64::from(c.ahead) + pass.ahead.get(&c.key).copied().unwrap_or(0)) as u32;
         }
         got
     }
 
+    fn workers(n: u64) -> Vec<Candidate> {
+        (1..=n).map(|k| cand(k, 0, 0, true)).collect()
+    }
+
     #[test]
     fn a_pass_wakes_no_more_workers_than_there_are_cpus() {
-        let mut w: Vec<Candidate> = (1..=64).map(|k| cand(k, 0, 0, true)).collect();
-        let mut cursor = 0;
+        let (mut w, mut cursor) = (workers(64), 0);
         // Six connections accepted together on two CPUs: two workers take three each.
         assert_eq!(pass(&mut w, &mut cursor, 6, 2), [1, 1, 1, 2, 2, 2]);
-        // The next pass goes on from there.
-        assert_eq!(pass(&mut w, &mut cursor, 2, 2), [3, 4]);
-        // One connection at a time is plain round-robin.
-        assert_eq!(pass(&mut w, &mut cursor, 1, 2), [5]);
-        assert_eq!(pass(&mut w, &mut cursor, 1, 2), [6]);
-        // A burst ends where the worker runs out of room (here: four unacknowledged).
+        assert_eq!((w[0].ahead, w[1].ahead), (2, 2));
+        // One at a time is plain round-robin. A turn is MAX_TURN at most.
+        assert_eq!(pass(&mut w, &mut cursor, 1, 2), [3]);
         assert_eq!(
-            pass(&mut w, &mut cursor, 10, 2),
-            [7, 7, 7, 7, 8, 8, 8, 8, 9, 9]
+            pass(&mut w, &mut cursor, 20, 2),
+            [4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7, 8, 8, 8, 8]
         );
-        // With as many CPUs as connections, each goes to a worker of its own.
-        assert_eq!(pass(&mut w, &mut cursor, 3, 8), [10, 11, 12]);
+        // A worker without room ends its turn early.
+        w[8].has_room = false;
+        assert_eq!(pass(&mut w, &mut cursor, 4, 2), [10, 10, 11, 11]);
+        // As many CPUs as connections: one each.
+        assert_eq!(pass(&mut w, &mut cursor, 3, 8), [12, 13, 14]);
     }
 
     #[test]
-    fn a_pass_shares_a_batch_evenly_between_two_workers() {
-        let mut w: Vec<Candidate> = (1..=2).map(|k| cand(k, 0, 0, true)).collect();
-        let mut cursor = 0;
-        let mut count = [0usize; 2];
-        for waiting in [1, 5, 2, 7, 3, 1, 4, 6, 2, 1] {
-            for c in w.iter_mut() {
-                (c.unacked, c.has_room) = (0, true); // Acknowledged between passes.
+    fn workers_ahead_are_passed_over_until_the_shares_are_even() {
+        let (mut w, mut cursor) = (workers(3), 0);
+        assert_eq!(pass(&mut w, &mut cursor, 4, 2), [1, 1, 2, 2]);
+        // 1 and 2 are one ahead each: 3 takes the next turns, then plain round-robin.
+        assert_eq!(pass(&mut w, &mut cursor, 1, 2), [3]);
+        assert_eq!(pass(&mut w, &mut cursor, 1, 2), [3]);
+        assert_eq!(pass(&mut w, &mut cursor, 3, 3), [1, 2, 3]);
+        assert!(w.iter().all(|c| c.ahead == 0), "{w:?}");
+    }
+
+    #[test]
+    fn passes_of_every_size_keep_the_shares_even() {
+        for n in [2u64, 16, 64] {
+            let (mut w, mut cursor) = (workers(n), 0);
+            let mut count = vec![0usize; n as usize];
+            for size in (0..4000).map(|i| 1 + i * 7 % 11) {
+                for c in w.iter_mut() {
+                    (c.unacked, c.has_room) = (0, true); // acknowledged between passes
+                }
+                for key in pass(&mut w, &mut cursor, size, 2) {
+                    count[key as usize - 1] += 1;
+                }
             }
-            for key in pass(&mut w, &mut cursor, waiting, 2) {
-                count[key as usize - 1] += 1;
-            }
+            let (lo, hi) = (count.iter().min().unwrap(), count.iter().max().unwrap());
+            assert!(hi - lo <= 2 * MAX_TURN, "{n} workers: {count:?}");
         }
-        assert!(count[0].abs_diff(count[1]) <= 4, "{count:?}");
     }
 
     #[test]
-    fn bursts_are_for_round_robin_only() {
+    fn turns_are_for_round_robin_only() {
         let c = [cand(1, 0, 0, true), cand(2, 1, 0, true)];
         let s = Slots(2, vec![]);
         let mut pass = Pass::new(8, 1);
-        pass.handed(1);
+        pass.handed(1, Dispatch::RoundRobin, None);
         // Least-connections and sticky decide every connection afresh.
         let lc = [cand(1, 0, 3, true), cand(2, 1, 0, true)];
         assert_eq!(
@@ -448,7 +516,7 @@ mod tests {
             pass.choose(Dispatch::Sticky, &c, 1, Some(ip), &s, &|_| true),
             choose(Dispatch::Sticky, &c, 1, Some(ip), &s, &|_| true)
         );
-        // A worker not allowed for this listener ends the burst.
+        // A worker not allowed for this listener is passed over.
         assert_eq!(
             pass.choose(Dispatch::RoundRobin, &c, 1, None, &s, &|k| k != 1),
             Choice::Worker(2)

@@ -42,6 +42,8 @@ pub struct Process {
     pub unacked: HashMap<u64, Waiting>,
     /// Connections acknowledged and not yet reported closed.
     pub active: HashSet<u64>,
+    /// Connections round-robin gave it ahead of its turns (see `dispatch::Pass`).
+    pub ahead: u32,
 }
 
 impl Process {

@@ -167,6 +167,7 @@ impl Primary {
             unacked,
             active,
             has_room: room && ready,
+            ahead: p.ahead,
         }
     }
 
@@ -207,9 +208,10 @@ impl Primary {
                 }
                 break;
             };
+            let peer = w.peer.ip;
             match self.hand(key, w) {
                 Ok(()) => {
-                    pass.handed(key);
+                    pass.handed(key, mode, peer);
                     if mode != Dispatch::Sticky {
                         self.rr_cursor = key;
                     }
@@ -218,6 +220,11 @@ impl Primary {
                     refused.push(key);
                     self.waiting.push_front(w);
                 }
+            }
+        }
+        for (key, change) in pass.ahead {
+            if let Some(p) = self.procs.get_mut(&key) {
+                p.ahead = (i64::from(p.ahead) + change).clamp(0, i64::from(u32::MAX)) as u32;
             }
         }
         kept.append(&mut self.waiting);

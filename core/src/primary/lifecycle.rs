@@ -129,6 +129,7 @@ impl Primary {
                 pipes,
                 unacked: HashMap::new(),
                 active: HashSet::new(),
+                ahead: 0,
             },
         );
         self.out.push(Event::Spawned {
