@@ -53,9 +53,13 @@ impl Waker {
     }
 
     /// Called by the loop when it wakes: takes the connections that want flushing.
+    ///
+    /// The fd is cleared before the flag: the other way round, a `wake` between the two would
+    /// see the flag down, notify, and have its notification cleared, leaving the flag up with
+    /// the fd silent, and from then on every `wake` would believe one was pending.
     pub fn take(&self, out: &mut Vec<Arc<Conn>>) {
-        self.pending.store(false, Ordering::Release);
         self.fd.clear();
+        self.pending.store(false, Ordering::Release);
         out.append(&mut self.dirty.lock().unwrap());
     }
 
@@ -510,5 +514,44 @@ mod tests {
                 (&*format!("conn {i}"), &*format!("file {i}"))
             );
         }
+    }
+
+    /// A wake that races with the loop's `take` is never lost: whenever a wake-up is pending,
+    /// the fd says so.
+    #[test]
+    fn a_wake_during_take_is_never_lost() {
+        let waker = Arc::new(Waker::new().unwrap());
+        let done = Arc::new(AtomicBool::new(false));
+        let waking = {
+            let (waker, done) = (Arc::clone(&waker), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let until = Instant::now() + Duration::from_millis(500);
+                while Instant::now() < until {
+                    for _ in 0..1000 {
+                        waker.wake();
+                    }
+                }
+                done.store(true, Ordering::Release);
+            })
+        };
+        let mut out = Vec::new();
+        let mut takes = 0u64;
+        while !done.load(Ordering::Acquire) {
+            if sys::poll_one(waker.raw(), libc::POLLIN, Some(Duration::from_millis(20))).unwrap() {
+                waker.take(&mut out);
+                takes += 1;
+            }
+        }
+        waking.join().unwrap();
+        if waker.pending.load(Ordering::Acquire) {
+            assert!(
+                sys::poll_one(waker.raw(), libc::POLLIN, Some(Duration::ZERO)).unwrap(),
+                "a wake-up is pending but the fd is silent (after {takes} takes)"
+            );
+        }
+        // And the loop hears the next one.
+        waker.take(&mut out);
+        waker.wake();
+        assert!(sys::poll_one(waker.raw(), libc::POLLIN, Some(Duration::ZERO)).unwrap());
     }
 }
