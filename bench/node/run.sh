@@ -46,19 +46,41 @@ serve() {
     echo "node/run.sh: $name did not start: $(tail -5 "$tmp/$name.log")" >&2
     exit 1
 }
+# One cluster runs at a time: each round starts every cluster in turn (every other round in
+# reverse order), warms it up, measures it and stops it. They do not run side by side: on a
+# 2-CPU machine a cluster idle beside one just under load measured slower, for reasons of the
+# scheduler rather than of either cluster (see bench/RESULTS.md).
 port=$((21000 + RANDOM % 5000))
-serve node_rr $port rr
-serve node_none $((port + 1)) none
-serve rcluster_rr $((port + 2)) rr "$wrap"
-serve rcluster_shared $((port + 3)) none "$wrap"
 names=(node_rr node_none rcluster_rr rcluster_shared)
-
-for n in "${names[@]}"; do
-    timeout 30 wrk -t1 -c"$conns" -d1s -H 'Connection: close' "http://127.0.0.1:${port_of[$n]}/" >/dev/null 2>&1 || true
-done
+# start_one NAME: serves the anchor as NAME on a port of its own.
+start_one() {
+    local k
+    for k in "${!names[@]}"; do [[ ${names[k]} == "$1" ]] && break; done
+    case $1 in
+        node_rr) serve "$1" $((port + k)) rr ;;
+        node_none) serve "$1" $((port + k)) none ;;
+        rcluster_rr) serve "$1" $((port + k)) rr "$wrap" ;;
+        rcluster_shared) serve "$1" $((port + k)) none "$wrap" ;;
+    esac
+}
+stop_one() {
+    local p=${pids[-1]} i
+    kill -TERM -- "-$p" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+    unset 'pids[-1]'
+}
 declare -A best
 for ((r = 1; r <= rounds; r++)); do
-    for n in "${names[@]}"; do
+    order=("${names[@]}")
+    if ((r % 2 == 0)); then
+        order=()
+        for ((i = ${#names[@]} - 1; i >= 0; i--)); do order+=("${names[i]}"); done
+    fi
+    for n in "${order[@]}"; do
+        start_one "$n"
+        timeout 30 wrk -t1 -c"$conns" -d1s -H 'Connection: close' "http://127.0.0.1:${port_of[$n]}/" >/dev/null 2>&1 || true
         for mode in close keep; do
             hdr=()
             [[ $mode == close ]] && hdr=(-H 'Connection: close')
@@ -68,6 +90,7 @@ for ((r = 1; r <= rounds; r++)); do
             printf '   round %d %-16s %-6s %8s req/s %s\n' "$r" "$n" "$mode" "${rate:-0}" "$errs"
             ((${rate:-0} > ${best[$n.$mode]:-0})) && best[$n.$mode]=${rate:-0}
         done
+        stop_one
     done
 done
 

@@ -5,9 +5,12 @@ workers accept on the inherited socket) with the same worker.
 
     python bench/python/http.py        (needs wrk; DURATION=5s CONNS=50 ROUNDS=3)
 
-Both clusters run side by side on free loopback ports; the wrk runs alternate between them,
-ROUNDS times, every other round in reverse order, so a slow phase of this noisy machine does
-not land on one of them only. Throughput is the best round; every round is printed.
+One cluster runs at a time: each round starts the round-robin cluster and the shared one in
+turn (every other round in reverse order), warms it up, measures it and stops it, so a slow
+phase of this noisy machine does not land on one of them only. They do not run side by side:
+on a 2-CPU machine, a cluster that sits idle beside one that was just under load measured
+slower for reasons of the scheduler, not of either cluster (see bench/RESULTS.md).
+Throughput is the best round; every round is printed.
 """
 
 from __future__ import annotations
@@ -99,26 +102,22 @@ def wrk(port: int, duration: str = DURATION) -> float:
 
 
 def main() -> None:
-    clusters = {}
-    try:
-        for name in ("rr", "shared"):
-            clusters[name] = start(name)
-        for _, port in clusters.values():
-            wrk(port, "1s")  # warm-up
-        best = {name: 0.0 for name in clusters}
-        order = list(clusters)
-        for r in range(ROUNDS):
-            for name in order if r % 2 == 0 else reversed(order):
-                rate = wrk(clusters[name][1])
-                best[name] = max(best[name], rate)
-                print(f"python-http round {r + 1} {name}: {rate:.0f} req/s", flush=True)
-        ratio = best["rr"] / best["shared"]
-        print(f"python-http best rr: {best['rr']:.0f} req/s", flush=True)
-        print(f"python-http best shared: {best['shared']:.0f} req/s", flush=True)
-        print(f"python-http rr/shared: {ratio:.2f}", flush=True)
-    finally:
-        for p, _ in clusters.values():
-            stop(p)
+    best = {"rr": 0.0, "shared": 0.0}
+    order = list(best)
+    for r in range(ROUNDS):
+        for name in order if r % 2 == 0 else reversed(order):
+            p, port = start(name)
+            try:
+                wrk(port, "1s")  # warm-up
+                rate = wrk(port)
+            finally:
+                stop(p)
+            best[name] = max(best[name], rate)
+            print(f"python-http round {r + 1} {name}: {rate:.0f} req/s", flush=True)
+    ratio = best["rr"] / best["shared"]
+    print(f"python-http best rr: {best['rr']:.0f} req/s", flush=True)
+    print(f"python-http best shared: {best['shared']:.0f} req/s", flush=True)
+    print(f"python-http rr/shared: {ratio:.2f}", flush=True)
 
 
 if __name__ == "__main__":
