@@ -48,8 +48,8 @@ serve() {
 }
 # One cluster runs at a time: each round starts every cluster in turn (every other round in
 # reverse order), warms it up, measures it and stops it. They do not run side by side: on a
-# 2-CPU machine a cluster idle beside one just under load measured slower, for reasons of the
-# scheduler rather than of either cluster (see bench/RESULTS.md).
+# 2-CPU machine a cluster that had sat idle beside another one under load measured slower
+# for a while, an effect of the clusters together rather than of either (bench/RESULTS.md).
 port=$((21000 + RANDOM % 5000))
 names=(node_rr node_none rcluster_rr rcluster_shared)
 # start_one NAME: serves the anchor as NAME on a port of its own.

@@ -8,8 +8,9 @@ workers accept on the inherited socket) with the same worker.
 One cluster runs at a time: each round starts the round-robin cluster and the shared one in
 turn (every other round in reverse order), warms it up, measures it and stops it, so a slow
 phase of this noisy machine does not land on one of them only. They do not run side by side:
-on a 2-CPU machine, a cluster that sits idle beside one that was just under load measured
-slower for reasons of the scheduler, not of either cluster (see bench/RESULTS.md).
+on a 2-CPU machine the round-robin cluster measured up to 30% slower in every round that
+followed the other cluster's load (not after an idle neighbour or an idle pause), an effect
+of the two clusters together rather than of either (see bench/RESULTS.md).
 Throughput is the best round; every round is printed.
 """
 
