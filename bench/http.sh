@@ -7,11 +7,13 @@
 # Environment: DURATION (5s), CONNS (50), MID (16 workers), MANY (64 workers), ROUNDS (3),
 # SKIP_BUILD (unset).
 #
-# All servers run side by side on free loopback ports and the wrk runs are interleaved over
-# them, ROUNDS times: on this noisy 2-core machine that keeps slow phases from landing on one
-# server only. Throughput is the best round, primary CPU per connection the lowest (the least
-# disturbed); every round is printed too. Body counting (spread) is a separate pass, so that
-# the Lua callback does not slow the throughput runs.
+# One server runs at a time: each round starts every server in turn (every other round in
+# reverse order) on a free loopback port, warms it up, measures it and stops it, ROUNDS times:
+# on this noisy 2-core machine that keeps slow phases from landing on one server only, and no
+# server is measured beside another that sat idle or just ran (which on 2 CPUs measured
+# slower: see RESULTS.md). Throughput is the median round, primary CPU per connection the
+# lowest (the least disturbed); every round is printed too. Body counting (spread) is a
+# separate pass, so that the Lua callback does not slow the throughput runs.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -198,44 +200,52 @@ busy_before() {
 }
 
 echo "== http: machine: $(nproc) CPUs, kernel $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC'), load $(cut -d' ' -f1-3 /proc/loadavg), CPU busy before start $(busy_before)"
-echo "== http: wrk -t1 -c$conns -d$duration [-H 'Connection: close'], $rounds rounds, servers side by side"
+echo "== http: wrk -t1 -c$conns -d$duration [-H 'Connection: close'], $rounds rounds, one server at a time"
 
 names=(rr2 shared2 "rr$mid" "rr$many")
-rc_start rr2 2 rr
-rc_start shared2 2 shared
-rc_start "rr$mid" "$mid" rr
-rc_start "rr$many" "$many" rr
 if command -v node >/dev/null && [[ -f $anchors/node_cluster_hello.js ]]; then
-    for policy in rr none; do
-        port=$(free_port)
-        start "node_$policy" "$port" '^READY' 1 node "$anchors/node_cluster_hello.js" "$port" 2 "$policy"
-        names+=("node_$policy")
-    done
+    names+=(node_rr node_none)
 else
     echo "== http: Node anchors skipped (node or ../shared/anchors/node_cluster_hello.js missing)"
 fi
-for n in "${names[@]}"; do
-    echo "   $n: pid ${pid_of[$n]}, port ${port_of[$n]}"
-done
 
-# Warm-up: first connections fault in pages and start threads in every process.
-for n in "${names[@]}"; do
-    timeout 30 wrk -t1 -c"$conns" -d1s -H 'Connection: close' "http://127.0.0.1:${port_of[$n]}/" >/dev/null 2>&1 || true
-done
+# launch NAME: starts the server NAME and warms it up (first connections fault in pages and
+# start threads in every process).
+launch() {
+    local port
+    case $1 in
+        rr2) rc_start rr2 2 rr ;;
+        shared2) rc_start shared2 2 shared ;;
+        "rr$mid") rc_start "rr$mid" "$mid" rr ;;
+        "rr$many") rc_start "rr$many" "$many" rr ;;
+        node_rr | node_none)
+            port=$(free_port)
+            start "$1" "$port" '^READY' 1 node "$anchors/node_cluster_hello.js" "$port" 2 "${1#node_}"
+            ;;
+    esac
+    timeout 30 wrk -t1 -c"$conns" -d1s -H 'Connection: close' "http://127.0.0.1:${port_of[$1]}/" >/dev/null 2>&1 || true
+}
+# halt NAME: stops it and forgets it.
+halt() {
+    local pid=${pid_of[$1]} i
+    stop_server "$pid"
+    for i in "${!servers[@]}"; do [[ ${servers[i]} == "$pid" ]] && unset 'servers[i]'; done
+}
 
-declare -A best_rate cost_primary cost_workers all_costs
+declare -A rate_of all_rates cost_primary cost_workers all_costs
 for ((r = 1; r <= rounds; r++)); do
-    echo "== http: round $r (load $(cut -d' ' -f1 /proc/loadavg), inflated by the servers' own threads); per request:"
+    echo "== http: round $r (load $(cut -d' ' -f1 /proc/loadavg)); per request:"
     echo "   CPU us of the primary and of all its workers together, context switches of the primary"
     printf '   %-9s %-6s %9s %8s %11s %11s %9s  %s\n' server mode req/s requests "primary us" "workers us" "switches" errors
-    # Every other round goes backwards, so that no server always runs right after start-up
-    # or always last, when other work on the machine tends to arrive.
+    # Every other round goes backwards, so that no server always runs first or last, when
+    # other work on the machine tends to arrive.
     order=("${names[@]}")
     if ((r % 2 == 0)); then
         order=()
         for ((i = ${#names[@]} - 1; i >= 0; i--)); do order+=("${names[i]}"); done
     fi
     for n in "${order[@]}"; do
+        launch "$n"
         for mode in close keep; do
             wrkrun "$n" "$mode" "r$r"
             cp=$(us_per "$PRIMARY" "$REQS")
@@ -244,19 +254,26 @@ for ((r = 1; r <= rounds; r++)); do
             printf '   %-9s %-6s %9s %8s %11s %11s %9s  %s\n' "$n" "$mode" "$RATE" "$REQS" "$cp" "$cw" "$sw" "${ERRS:-}"
             k="$n.$mode"
             all_costs[$k]+="$cp "
-            if ((RATE > ${best_rate[$k]:-0})); then best_rate[$k]=$RATE; fi
+            all_rates[$k]+="$RATE "
             if [[ $cp != - ]] && awk -v a="$cp" -v b="${cost_primary[$k]:-inf}" 'BEGIN { exit !(b == "inf" || a < b) }'; then
                 cost_primary[$k]=$cp
                 cost_workers[$k]=$cw
             fi
         done
+        halt "$n"
     done
 done
+
+# Throughput of each server and mode: the median round (one round on this machine can be
+# off by a fifth either way, and the best round picks the luckiest outlier).
+median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
+for k in "${!all_rates[@]}"; do rate_of[$k]=$(median "${all_rates[$k]}"); done
 
 echo "== http: spread pass (bodies counted with a Lua callback; throughput of this pass not used)"
 declare -A spread
 for n in "${names[@]}"; do
     [[ $n == node_none ]] && continue
+    launch "$n"
     for mode in close keep; do
         # Keep-alive spread is reported for the 2-worker round-robin only: connections are
         # dispatched once there, so it shows the workers' speed rather than the dispatcher.
@@ -266,6 +283,7 @@ for n in "${names[@]}"; do
         sed -n 's/^per-worker: /      /p' "$tmp/$n.$mode.spread.wrk" | cut -c1-400
         spread[$n.$mode]=$(awk '/^spread:/ { sub(/,/, "", $5); print $5; exit }' "$tmp/$n.$mode.spread.wrk")
     done
+    halt "$n"
 done
 
 ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }'; }
@@ -275,9 +293,9 @@ verdict() { # verdict VALUE OP LIMIT
 }
 row() { printf '%-44s %10s %10s %s\n' "$@"; }
 
-rr_sh_close=$(ratio "${best_rate[rr2.close]:-}" "${best_rate[shared2.close]:-}")
-rr_sh_keep=$(ratio "${best_rate[rr2.keep]:-}" "${best_rate[shared2.keep]:-}")
-many_two=$(ratio "${best_rate[rr$many.close]:-}" "${best_rate[rr2.close]:-}")
+rr_sh_close=$(ratio "${rate_of[rr2.close]:-}" "${rate_of[shared2.close]:-}")
+rr_sh_keep=$(ratio "${rate_of[rr2.keep]:-}" "${rate_of[shared2.keep]:-}")
+many_two=$(ratio "${rate_of[rr$many.close]:-}" "${rate_of[rr2.close]:-}")
 cost_ratio=$(ratio "${cost_primary[rr$many.close]:-}" "${cost_primary[rr2.close]:-}")
 mid_ratio=$(ratio "${cost_primary[rr$mid.close]:-}" "${cost_primary[rr2.close]:-}")
 # How far the same 2-worker cluster's cost moves between rounds: the noise that a 64/2 ratio
@@ -287,13 +305,13 @@ noise=$(awk '{ lo = ""; hi = 0; for (i = 1; i <= NF; i++) if ($i != "-") { if (l
 flat=$(awk -v r="$cost_ratio" -v n="$noise" 'BEGIN { if (r == "-" || n == "-") print "n/a"; else print ((r <= 1.0 || r <= n) ? "met (within the noise)" : "MISSED") }')
 
 echo
-echo "== http summary (2 workers unless said; best of $rounds rounds; anchors from this same run)"
+echo "== http summary (2 workers unless said; median of $rounds rounds; anchors from this same run)"
 row figure value target verdict
-row "new conn req/s, rcluster rr" "${best_rate[rr2.close]:--}"
-row "new conn req/s, rcluster shared" "${best_rate[shared2.close]:--}"
+row "new conn req/s, rcluster rr" "${rate_of[rr2.close]:--}"
+row "new conn req/s, rcluster shared" "${rate_of[shared2.close]:--}"
 row "   rr / shared, new conn" "${rr_sh_close}x" ">= 0.9x" "$(verdict "$rr_sh_close" '>=' 0.9)"
-row "keep-alive req/s, rcluster rr" "${best_rate[rr2.keep]:--}"
-row "keep-alive req/s, rcluster shared" "${best_rate[shared2.keep]:--}"
+row "keep-alive req/s, rcluster rr" "${rate_of[rr2.keep]:--}"
+row "keep-alive req/s, rcluster shared" "${rate_of[shared2.keep]:--}"
 row "   rr / shared, keep-alive" "${rr_sh_keep}x" ">= 0.9x" "$(verdict "$rr_sh_keep" '>=' 0.9)"
 row "spread max/min, rr, new conn" "${spread[rr2.close]:--}" "<= 1.05" "$(verdict "${spread[rr2.close]:--}" '<=' 1.05)"
 row "spread max/min, rr, keep-alive" "${spread[rr2.keep]:--}" "(info)"
@@ -306,18 +324,18 @@ row "   $mid / 2 workers, primary CPU per conn" "${mid_ratio}x"
 row "   2 workers, round-to-round max/min" "${noise}x" "(noise)"
 row "   $many / 2 workers, primary CPU per conn" "${cost_ratio}x" "no growth" "$flat"
 row "workers CPU us/conn, rr / shared" "${cost_workers[rr2.close]:--} / ${cost_workers[shared2.close]:--}"
-row "new conn req/s, rr, $many workers" "${best_rate[rr$many.close]:--}"
+row "new conn req/s, rr, $many workers" "${rate_of[rr$many.close]:--}"
 row "   $many / 2 workers, new conn req/s" "${many_two}x"
 row "primary CPU us/req, rr, keep-alive" "${cost_primary[rr2.keep]:--}"
-if [[ -n ${pid_of[node_rr]:-} ]]; then
-    row "new conn req/s, Node rr / none" "${best_rate[node_rr.close]:--} / ${best_rate[node_none.close]:--}"
-    row "keep-alive req/s, Node rr / none" "${best_rate[node_rr.keep]:--} / ${best_rate[node_none.keep]:--}"
+if [[ -n ${rate_of[node_rr.close]:-} ]]; then
+    row "new conn req/s, Node rr / none" "${rate_of[node_rr.close]:--} / ${rate_of[node_none.close]:--}"
+    row "keep-alive req/s, Node rr / none" "${rate_of[node_rr.keep]:--} / ${rate_of[node_none.keep]:--}"
     row "Node rr primary CPU us/conn" "${cost_primary[node_rr.close]:--}"
     row "spread max/min, Node rr, new conn" "${spread[node_rr.close]:--}"
-    row "   rcluster rr / Node rr, new conn" "$(ratio "${best_rate[rr2.close]:-}" "${best_rate[node_rr.close]:-}")x"
-    row "   rcluster rr / Node none, new conn" "$(ratio "${best_rate[rr2.close]:-}" "${best_rate[node_none.close]:-}")x"
-    row "   rcluster rr / Node rr, keep-alive" "$(ratio "${best_rate[rr2.keep]:-}" "${best_rate[node_rr.keep]:-}")x"
-    row "   rcluster rr / Node none, keep-alive" "$(ratio "${best_rate[rr2.keep]:-}" "${best_rate[node_none.keep]:-}")x"
+    row "   rcluster rr / Node rr, new conn" "$(ratio "${rate_of[rr2.close]:-}" "${rate_of[node_rr.close]:-}")x"
+    row "   rcluster rr / Node none, new conn" "$(ratio "${rate_of[rr2.close]:-}" "${rate_of[node_none.close]:-}")x"
+    row "   rcluster rr / Node rr, keep-alive" "$(ratio "${rate_of[rr2.keep]:-}" "${rate_of[node_rr.keep]:-}")x"
+    row "   rcluster rr / Node none, keep-alive" "$(ratio "${rate_of[rr2.keep]:-}" "${rate_of[node_none.keep]:-}")x"
 else
     row "Node anchors" "skipped"
 fi

@@ -71,7 +71,7 @@ stop_one() {
     wait "$p" 2>/dev/null || true
     unset 'pids[-1]'
 }
-declare -A best
+declare -A all_rates rate_of
 for ((r = 1; r <= rounds; r++)); do
     order=("${names[@]}")
     if ((r % 2 == 0)); then
@@ -88,7 +88,7 @@ for ((r = 1; r <= rounds; r++)); do
             rate=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
             errs=$(awk '/Socket errors:|Non-2xx/ { print }' <<<"$out")
             printf '   round %d %-16s %-6s %8s req/s %s\n' "$r" "$n" "$mode" "${rate:-0}" "$errs"
-            ((${rate:-0} > ${best[$n.$mode]:-0})) && best[$n.$mode]=${rate:-0}
+            all_rates[$n.$mode]+="${rate:-0} "
         done
         stop_one
     done
@@ -110,6 +110,8 @@ for ((r = 1; r <= rounds; r++)); do
     r_p50s+=("$(field "$(grep rtt <<<"$ipc_rc")" p50)")
 done
 median() { printf '%s\n' "$@" | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
+# HTTP throughput: the median round of each cluster and mode, as for the IPC figures.
+for k in "${!all_rates[@]}"; do read -r -a v <<<"${all_rates[$k]}"; rate_of[$k]=$(median "${v[@]}"); done
 echo "== node: memory of the primary (bench/node/rss.js)"
 rss_node=$(timeout 30 node "$repo/bench/node/rss.js" cluster || true)
 rss_rc=$(timeout 30 node "$repo/bench/node/rss.js" rcluster || true)
@@ -122,21 +124,21 @@ n_rate=$(median "${n_rates[@]}")
 r_rate=$(median "${r_rates[@]}")
 n_p50=$(median "${n_p50s[@]}")
 r_p50=$(median "${r_p50s[@]}")
-rr_rr=$(ratio "${best[rcluster_rr.close]:-}" "${best[node_rr.close]:-}")
-rr_none=$(ratio "${best[rcluster_rr.close]:-}" "${best[node_none.close]:-}")
-keep=$(ratio "${best[rcluster_rr.keep]:-}" "${best[node_rr.keep]:-}")
+rr_rr=$(ratio "${rate_of[rcluster_rr.close]:-}" "${rate_of[node_rr.close]:-}")
+rr_none=$(ratio "${rate_of[rcluster_rr.close]:-}" "${rate_of[node_none.close]:-}")
+keep=$(ratio "${rate_of[rcluster_rr.keep]:-}" "${rate_of[node_rr.keep]:-}")
 ipc=$(ratio "$r_rate" "$n_rate")
 p50=$(ratio "$r_p50" "$n_p50")
 
 echo
-echo "== node summary (2 workers, best of $rounds rounds, anchors from this same run)"
+echo "== node summary (2 workers, median of $rounds rounds, anchors from this same run)"
 row() { printf '%-46s %12s %10s %s\n' "$@"; }
 row figure value target verdict
-row "new conn req/s: Node rr / Node none" "${best[node_rr.close]:-} / ${best[node_none.close]:-}"
-row "new conn req/s: rcluster rr / shared" "${best[rcluster_rr.close]:-} / ${best[rcluster_shared.close]:-}"
+row "new conn req/s: Node rr / Node none" "${rate_of[node_rr.close]:-} / ${rate_of[node_none.close]:-}"
+row "new conn req/s: rcluster rr / shared" "${rate_of[rcluster_rr.close]:-} / ${rate_of[rcluster_shared.close]:-}"
 row "   rcluster rr / Node rr, new conn" "${rr_rr}x" ">= 1.8x" "$(verdict "$rr_rr" '>=' 1.8)"
 row "   rcluster rr / Node none, new conn" "${rr_none}x" ">= 0.95x" "$(verdict "$rr_none" '>=' 0.95)"
-row "keep-alive req/s: Node rr / rcluster rr" "${best[node_rr.keep]:-} / ${best[rcluster_rr.keep]:-}"
+row "keep-alive req/s: Node rr / rcluster rr" "${rate_of[node_rr.keep]:-} / ${rate_of[rcluster_rr.keep]:-}"
 row "   rcluster rr / Node rr, keep-alive" "${keep}x" ">= 1.0x" "$(verdict "$keep" '>=' 1.0)"
 row "IPC stream msg/s (median run): Node / rcluster" "$n_rate / $r_rate"
 row "   rcluster / Node, stream" "${ipc}x" ">= 5x" "$(verdict "$ipc" '>=' 5)"

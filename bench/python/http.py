@@ -11,7 +11,8 @@ phase of this noisy machine does not land on one of them only. They do not run s
 on a 2-CPU machine the round-robin cluster measured up to 30% slower in every round that
 followed the other cluster's load (not after an idle neighbour or an idle pause), an effect
 of the two clusters together rather than of either (see bench/RESULTS.md).
-Throughput is the best round; every round is printed.
+Throughput is the median round (the best one picks the luckiest outlier); every round is
+printed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -103,8 +105,8 @@ def wrk(port: int, duration: str = DURATION) -> float:
 
 
 def main() -> None:
-    best = {"rr": 0.0, "shared": 0.0}
-    order = list(best)
+    rates: dict[str, list[float]] = {"rr": [], "shared": []}
+    order = list(rates)
     for r in range(ROUNDS):
         for name in order if r % 2 == 0 else reversed(order):
             p, port = start(name)
@@ -113,12 +115,12 @@ def main() -> None:
                 rate = wrk(port)
             finally:
                 stop(p)
-            best[name] = max(best[name], rate)
+            rates[name].append(rate)
             print(f"python-http round {r + 1} {name}: {rate:.0f} req/s", flush=True)
-    ratio = best["rr"] / best["shared"]
-    print(f"python-http best rr: {best['rr']:.0f} req/s", flush=True)
-    print(f"python-http best shared: {best['shared']:.0f} req/s", flush=True)
-    print(f"python-http rr/shared: {ratio:.2f}", flush=True)
+    rr, shared = statistics.median_low(rates["rr"]), statistics.median_low(rates["shared"])
+    print(f"python-http median rr: {rr:.0f} req/s", flush=True)
+    print(f"python-http median shared: {shared:.0f} req/s", flush=True)
+    print(f"python-http rr/shared: {rr / shared:.2f}", flush=True)
 
 
 if __name__ == "__main__":
