@@ -103,7 +103,8 @@ const MAX_PASS_OVERS: usize = 4;
 /// With many more workers than CPUs nearly every worker is asleep when its turn comes, and
 /// waking a sleeping process is most of what a handoff costs the primary. So round-robin
 /// gives the connections of a pass to no more workers than there are CPUs: a few in a row
-/// to each ([`MAX_TURN`] at most), which go in one write and cost one wake-up.
+/// to each (no more than workers per CPU, [`MAX_TURN`] at most), which go in one write and
+/// cost one wake-up.
 ///
 /// A worker that took connections ahead of its turns is passed over when its turn comes
 /// again, once per connection it is ahead (deficit round-robin), so the shares stay even
@@ -120,10 +121,14 @@ pub struct Pass {
 }
 
 impl Pass {
-    /// A pass over `waiting` connections, with `cpus` CPUs to run workers on.
-    pub fn new(waiting: usize, cpus: usize) -> Pass {
+    /// A pass over `waiting` connections to `workers` workers, with `cpus` CPUs to run them.
+    /// A turn is no longer than there are workers per CPU: with no more workers than CPUs,
+    /// every worker may run at once, and plain round-robin spreads a batch best.
+    pub fn new(waiting: usize, workers: usize, cpus: usize) -> Pass {
+        let cpus = cpus.max(1);
+        let per_cpu = workers.div_ceil(cpus);
         Pass {
-            length: waiting.div_ceil(cpus.max(1)).clamp(1, MAX_TURN),
+            length: waiting.div_ceil(cpus).min(per_cpu).clamp(1, MAX_TURN),
             current: None,
             ahead: HashMap::new(),
         }
@@ -422,7 +427,7 @@ mod tests {
     /// takes the connection (one more unacknowledged), the cursor moves to it, and what the
     /// pass says about workers ahead is kept.
     fn pass(workers: &mut [Candidate], cursor: &mut u64, count: usize, cpus: usize) -> Vec<u64> {
-        let mut pass = Pass::new(count, cpus);
+        let mut pass = Pass::new(count, workers.len(), cpus);
         let mut got = Vec::new();
         for _ in 0..count {
             let list = workers.to_vec();
@@ -468,6 +473,12 @@ mod tests {
         assert_eq!(pass(&mut w, &mut cursor, 4, 2), [10, 10, 11, 11]);
         // As many CPUs as connections: one each.
         assert_eq!(pass(&mut w, &mut cursor, 3, 8), [12, 13, 14]);
+        // No more workers than CPUs: every worker may run at once, plain round-robin.
+        let (mut w, mut cursor) = (workers(2), 0);
+        assert_eq!(pass(&mut w, &mut cursor, 6, 2), [1, 2, 1, 2, 1, 2]);
+        // Three workers on two CPUs: turns of two at most.
+        let (mut w, mut cursor) = (workers(3), 0);
+        assert_eq!(pass(&mut w, &mut cursor, 6, 2), [1, 1, 2, 2, 3, 3]);
     }
 
     #[test]
@@ -503,7 +514,7 @@ mod tests {
     fn turns_are_for_round_robin_only() {
         let c = [cand(1, 0, 0, true), cand(2, 1, 0, true)];
         let s = Slots(2, vec![]);
-        let mut pass = Pass::new(8, 1);
+        let mut pass = Pass::new(8, 2, 1);
         pass.handed(1, Dispatch::RoundRobin, None);
         // Least-connections and sticky decide every connection afresh.
         let lc = [cand(1, 0, 3, true), cand(2, 1, 0, true)];
