@@ -373,23 +373,20 @@ mod tests {
         f.into()
     }
 
+    /// A worker link with the given limits on a socketpair: the primary's end, the worker's
+    /// end, and a waker.
+    fn link(queue: usize, message: usize) -> (Arc<Conn>, OwnedFd, Waker) {
+        let (a, b) = sys::socketpair().unwrap();
+        sys::set_nonblocking(a.as_raw_fd(), true).unwrap();
+        let conn = Arc::new(Conn::new(0, 1, a, 0, Limits { queue, message }));
+        (conn, b, Waker::new().unwrap())
+    }
+
     /// Frames with descriptors, interleaved with plain ones, arrive each with its own
     /// descriptor, whether written at once or coalesced and flushed by the loop.
     #[test]
     fn descriptors_travel_with_their_own_frames() {
-        let (a, b) = sys::socketpair().unwrap();
-        sys::set_nonblocking(a.as_raw_fd(), true).unwrap();
-        let conn = Arc::new(Conn::new(
-            0,
-            1,
-            a,
-            0,
-            Limits {
-                queue: 1 << 20,
-                message: 1 << 16,
-            },
-        ));
-        let waker = Waker::new().unwrap();
+        let (conn, b, waker) = link(1 << 20, 1 << 16);
         for i in 0..6 {
             conn.send_frame(&waker, Kind::Message, format!("plain {i}").as_bytes(), None)
                 .unwrap();
@@ -440,19 +437,7 @@ mod tests {
     #[test]
     fn a_burst_of_descriptors_survives_short_writes() {
         const FRAMES: usize = 3 * sys::FDS_PER_SEND + 5;
-        let (a, b) = sys::socketpair().unwrap();
-        sys::set_nonblocking(a.as_raw_fd(), true).unwrap();
-        let conn = Arc::new(Conn::new(
-            0,
-            1,
-            a,
-            0,
-            Limits {
-                queue: 8 << 20,
-                message: 4 << 20,
-            },
-        ));
-        let waker = Waker::new().unwrap();
+        let (conn, b, waker) = link(8 << 20, 4 << 20);
         let big = vec![b'x'; 2 << 20];
         for i in 0..FRAMES {
             if i == 20 {
