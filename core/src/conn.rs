@@ -382,6 +382,19 @@ mod tests {
         (conn, b, Waker::new().unwrap())
     }
 
+    /// Queues connection frame `i` ("conn i"), with a file that reads "file i" attached.
+    fn send_connection(conn: &Arc<Conn>, waker: &Waker, i: usize) {
+        let fd = temp_file_with(&format!("file {i}"));
+        let body = format!("conn {i}");
+        conn.send_frame(
+            waker,
+            Kind::Connection,
+            body.as_bytes(),
+            Some(PassFd::Owned(fd)),
+        )
+        .unwrap();
+    }
+
     /// Frames with descriptors, interleaved with plain ones, arrive each with its own
     /// descriptor, whether written at once or coalesced and flushed by the loop.
     #[test]
@@ -390,14 +403,7 @@ mod tests {
         for i in 0..6 {
             conn.send_frame(&waker, Kind::Message, format!("plain {i}").as_bytes(), None)
                 .unwrap();
-            let fd = temp_file_with(&format!("file {i}"));
-            conn.send_frame(
-                &waker,
-                Kind::Connection,
-                format!("conn {i}").as_bytes(),
-                Some(PassFd::Owned(fd)),
-            )
-            .unwrap();
+            send_connection(&conn, &waker, i);
         }
         // Most of these were coalesced: flush them as the loop would.
         assert!(matches!(conn.flush(), Flush::Done));
@@ -443,14 +449,7 @@ mod tests {
             if i == 20 {
                 conn.send_frame(&waker, Kind::Message, &big, None).unwrap();
             }
-            let fd = temp_file_with(&format!("file {i}"));
-            conn.send_frame(
-                &waker,
-                Kind::Connection,
-                format!("conn {i}").as_bytes(),
-                Some(PassFd::Owned(fd)),
-            )
-            .unwrap();
+            send_connection(&conn, &waker, i);
         }
         let reader = std::thread::spawn(move || {
             let mut d = Decoder::new(4 << 20);
