@@ -72,25 +72,6 @@ impl<const N: usize> Workers for [Candidate; N] {
     }
 }
 
-/// Chooses a worker for a connection. `cursor` is the key last chosen by round-robin;
-/// `allowed` narrows the workers (those that asked for the listener, for one asked for at
-/// run time, and not those that just refused a connection).
-pub fn choose(
-    mode: Dispatch,
-    workers: &dyn Workers,
-    cursor: u64,
-    peer: Option<IpAddr>,
-    slots: &dyn SlotState,
-    allowed: &dyn Fn(u64) -> bool,
-) -> Choice {
-    let fits = |c: &Candidate| c.has_room && allowed(c.key);
-    match (mode, peer) {
-        (Dispatch::Sticky, Some(ip)) => sticky(workers, ip, slots, &fits),
-        (Dispatch::LeastConnections, _) => least_connections(workers, &fits),
-        _ => round_robin(workers, cursor, &fits),
-    }
-}
-
 type Fits<'a> = dyn Fn(&Candidate) -> bool + 'a;
 
 /// The most connections in a row that round-robin gives one worker in one pass.
@@ -115,9 +96,11 @@ pub struct Pass {
     length: usize,
     /// The worker whose turn it is, and how many connections it has taken in it.
     current: Option<(u64, usize)>,
+    /// The worker round-robin chose last, until it is handed the connection.
+    offered: Option<u64>,
     /// How far each worker got ahead in this pass: +1 per connection taken ahead of its
     /// turn, -1 per time it was passed over. Added to `Candidate::ahead` after the pass.
-    pub ahead: HashMap<u64, i64>,
+    pub ahead: HashMap<u64, i32>,
 }
 
 impl Pass {
@@ -130,12 +113,14 @@ impl Pass {
         Pass {
             length: waiting.div_ceil(cpus).min(per_cpu).clamp(1, MAX_TURN),
             current: None,
+            offered: None,
             ahead: HashMap::new(),
         }
     }
 
-    /// Like [`choose`], except that round-robin stays with the worker whose turn it is
-    /// until that worker has taken its turn or has no room, and passes over workers ahead.
+    /// Chooses a worker for the next connection of the pass. `cursor` is the key last chosen
+    /// by round-robin; `allowed` narrows the workers (those that asked for the listener, for
+    /// one asked for at run time, and not those that just refused a connection).
     pub fn choose(
         &mut self,
         mode: Dispatch,
@@ -145,37 +130,50 @@ impl Pass {
         slots: &dyn SlotState,
         allowed: &dyn Fn(u64) -> bool,
     ) -> Choice {
-        if !is_round_robin(mode, peer) {
-            return choose(mode, workers, cursor, peer, slots, allowed);
+        let fits = |c: &Candidate| c.has_room && allowed(c.key);
+        self.offered = None;
+        match (mode, peer) {
+            (Dispatch::Sticky, Some(ip)) => sticky(workers, ip, slots, &fits),
+            (Dispatch::LeastConnections, _) => least_connections(workers, &fits),
+            // Sticky without an IP address (a Unix socket) falls back to round-robin.
+            _ => self.round_robin(workers, cursor, &fits),
         }
-        if let Some((key, _)) = self.current.filter(|&(_, n)| n < self.length) {
-            if self
-                .find(workers, key)
-                .is_some_and(|c| c.has_room && allowed(key))
-            {
-                return Choice::Worker(key);
-            }
-        }
-        let mut cursor = cursor;
-        for _ in 0..MAX_PASS_OVERS {
-            let choice = choose(mode, workers, cursor, peer, slots, allowed);
-            let Choice::Worker(key) = choice else {
-                return choice;
-            };
-            let before = self.find(workers, key).map_or(0, |c| i64::from(c.ahead));
-            let ahead = self.ahead.entry(key).or_default();
-            if before + *ahead <= 0 {
-                return choice;
-            }
-            *ahead -= 1;
-            cursor = key;
-        }
-        choose(mode, workers, cursor, peer, slots, allowed)
     }
 
-    /// A connection went to worker `key`.
-    pub fn handed(&mut self, key: u64, mode: Dispatch, peer: Option<IpAddr>) {
-        if !is_round_robin(mode, peer) {
+    /// Round-robin in turns: stays with the worker whose turn it is until it has taken its
+    /// turn or has no room, and passes over workers that are ahead.
+    fn round_robin(&mut self, workers: &dyn Workers, cursor: u64, fits: &Fits) -> Choice {
+        let mut key = None;
+        if let Some((current, _)) = self.current.filter(|&(_, n)| n < self.length) {
+            let whose = (Bound::Included(current), Bound::Included(current));
+            workers.visit(whose, &mut |c| {
+                key = fits(c).then_some(c.key);
+                true
+            });
+        }
+        let mut cursor = cursor;
+        let mut passed_over = 0;
+        while key.is_none() {
+            let Some(c) = round_robin(workers, cursor, fits) else {
+                return Choice::Wait;
+            };
+            let in_pass = self.ahead.get(&c.key).copied().unwrap_or(0);
+            if passed_over == MAX_PASS_OVERS || i64::from(c.ahead) + i64::from(in_pass) <= 0 {
+                key = Some(c.key);
+            } else {
+                *self.ahead.entry(c.key).or_default() -= 1;
+                passed_over += 1;
+                cursor = c.key;
+            }
+        }
+        self.offered = key;
+        key.map_or(Choice::Wait, Choice::Worker)
+    }
+
+    /// The connection went to worker `key`, the one chosen last. Only a round-robin choice
+    /// counts towards a turn.
+    pub fn handed(&mut self, key: u64) {
+        if self.offered.take() != Some(key) {
             return;
         }
         self.current = match self.current {
@@ -186,24 +184,6 @@ impl Pass {
             _ => Some((key, 1)),
         };
     }
-
-    fn find(&self, workers: &dyn Workers, key: u64) -> Option<Candidate> {
-        let mut found = None;
-        workers.visit((Bound::Included(key), Bound::Included(key)), &mut |c| {
-            found = Some(*c);
-            true
-        });
-        found
-    }
-}
-
-/// Whether `choose` does round-robin for this mode and peer (sticky without an IP address,
-/// as on a Unix socket, falls back to it).
-fn is_round_robin(mode: Dispatch, peer: Option<IpAddr>) -> bool {
-    !matches!(
-        (mode, peer),
-        (Dispatch::Sticky, Some(_)) | (Dispatch::LeastConnections, _)
-    )
 }
 
 /// How many workers round-robin looks at for one that is idle before it settles for the
@@ -214,7 +194,7 @@ const LOOKAHEAD: usize = 4;
 /// one that has taken every connection it was handed: a worker whose event loop is busy
 /// elsewhere (it has not read its last handoff yet) is passed over rather than given a queue,
 /// as the kernel passes over a process that is not waiting in `accept`.
-fn round_robin(workers: &dyn Workers, cursor: u64, fits: &Fits) -> Choice {
+fn round_robin(workers: &dyn Workers, cursor: u64, fits: &Fits) -> Option<Candidate> {
     let after = (Bound::Excluded(cursor), Bound::Unbounded);
     let before = (Bound::Unbounded, Bound::Included(cursor));
     let (mut seen, mut idle) = (0, None);
@@ -222,12 +202,12 @@ fn round_robin(workers: &dyn Workers, cursor: u64, fits: &Fits) -> Choice {
         workers.visit(keys, &mut |c| {
             seen += 1;
             if fits(c) && c.unacked == 0 {
-                idle = Some(c.key);
+                idle = Some(*c);
             }
             idle.is_some() || seen >= LOOKAHEAD
         });
-        if let Some(key) = idle {
-            return Choice::Worker(key);
+        if idle.is_some() {
+            return idle;
         }
         if seen >= LOOKAHEAD {
             break;
@@ -237,15 +217,13 @@ fn round_robin(workers: &dyn Workers, cursor: u64, fits: &Fits) -> Choice {
         let mut found = None;
         workers.visit(keys, &mut |c| {
             if fits(c) {
-                found = Some(c.key);
+                found = Some(*c);
             }
             found.is_some()
         });
         found
     };
-    first_fit(after)
-        .or_else(|| first_fit(before))
-        .map_or(Choice::Wait, Choice::Worker)
+    first_fit(after).or_else(|| first_fit(before))
 }
 
 const ALL: Keys = (Bound::Unbounded, Bound::Unbounded);
@@ -331,6 +309,18 @@ mod tests {
             has_room,
             ahead: 0,
         }
+    }
+
+    /// One connection on its own: a pass of one.
+    fn choose(
+        mode: Dispatch,
+        workers: &dyn Workers,
+        cursor: u64,
+        peer: Option<IpAddr>,
+        slots: &dyn SlotState,
+        allowed: &dyn Fn(u64) -> bool,
+    ) -> Choice {
+        Pass::new(1, 1, 1).choose(mode, workers, cursor, peer, slots, allowed)
     }
 
     fn worker(c: Choice) -> u64 {
@@ -439,7 +429,7 @@ mod tests {
                 &Slots(1, vec![]),
                 &|_| true,
             ));
-            pass.handed(key, Dispatch::RoundRobin, None);
+            pass.handed(key);
             *cursor = key;
             let c = workers.iter_mut().find(|c| c.key == key).unwrap();
             c.unacked += 1;
@@ -447,7 +437,9 @@ mod tests {
             got.push(key);
         }
         for c in workers.iter_mut() {
-            c.ahead = (i64::from(c.ahead) + pass.ahead.get(&c.key).copied().unwrap_or(0)) as u32;
+            c.ahead = c
+                .ahead
+                .saturating_add_signed(pass.ahead.get(&c.key).copied().unwrap_or(0));
         }
         got
     }
@@ -515,13 +507,19 @@ mod tests {
         let c = [cand(1, 0, 0, true), cand(2, 1, 0, true)];
         let s = Slots(2, vec![]);
         let mut pass = Pass::new(8, 2, 1);
-        pass.handed(1, Dispatch::RoundRobin, None);
-        // Least-connections and sticky decide every connection afresh.
+        assert_eq!(
+            pass.choose(Dispatch::RoundRobin, &c, 0, None, &s, &|_| true),
+            Choice::Worker(1)
+        );
+        pass.handed(1);
+        // Least-connections and sticky decide every connection afresh, and what they hand
+        // does not start a turn.
         let lc = [cand(1, 0, 3, true), cand(2, 1, 0, true)];
         assert_eq!(
             pass.choose(Dispatch::LeastConnections, &lc, 1, None, &s, &|_| true),
             Choice::Worker(2)
         );
+        pass.handed(2);
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
         assert_eq!(
             pass.choose(Dispatch::Sticky, &c, 1, Some(ip), &s, &|_| true),

@@ -208,10 +208,9 @@ impl Primary {
                 }
                 break;
             };
-            let peer = w.peer.ip;
             match self.hand(key, w) {
                 Ok(()) => {
-                    pass.handed(key, mode, peer);
+                    pass.handed(key);
                     if mode != Dispatch::Sticky {
                         self.rr_cursor = key;
                     }
@@ -224,7 +223,7 @@ impl Primary {
         }
         for (key, change) in pass.ahead {
             if let Some(p) = self.procs.get_mut(&key) {
-                p.ahead = (i64::from(p.ahead) + change).clamp(0, i64::from(u32::MAX)) as u32;
+                p.ahead = p.ahead.saturating_add_signed(change);
             }
         }
         kept.append(&mut self.waiting);
