@@ -125,20 +125,7 @@ impl PyWorker {
     /// Waits up to `first` for one event, then takes what else is waiting, up to `max`.
     fn take(&self, first: Duration, max: usize) -> PyResult<Vec<WorkerEvent>> {
         let mut out = Vec::new();
-        let mut wait = Some(first);
-        while out.len() < max {
-            match self.core.next_event(wait).py()? {
-                Some(ev) => {
-                    let end = matches!(ev, WorkerEvent::PrimaryGone);
-                    out.push(ev);
-                    if end {
-                        break;
-                    }
-                }
-                None => break,
-            }
-            wait = Some(Duration::ZERO);
-        }
+        self.core.next_events(Some(first), max, &mut out).py()?;
         Ok(out)
     }
 }

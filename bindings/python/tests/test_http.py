@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import socket
 import threading
 import time
 
@@ -43,6 +44,23 @@ def test_stream_handlers_with_start_server(wait_ready):
         wait_ready(sup, 2)
         bodies = {http_get(sup.address()) for _ in range(6)}
     assert bodies == {"streams worker 0\n", "streams worker 1\n"}
+
+
+@pytest.mark.parametrize("dispatch", ["rr", "shared"])
+def test_asyncio_sees_a_handed_over_connection_as_one_it_accepted(wait_ready, dispatch):
+    # Nagle's algorithm off, as asyncio does for the connections it accepts itself (a
+    # handed-over socket without its TCP protocol number would keep it on), and the right
+    # peer address.
+    with serve_cluster(worker_argv("socket-info"), dispatch=dispatch) as sup:
+        wait_ready(sup, 2)
+        for _ in range(4):
+            with socket.create_connection(sup.address(), timeout=5) as s:
+                host, port = s.getsockname()[:2]
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+            assert data.endswith(f"nodelay=1 peer={host}:{port}\n".encode()), data
 
 
 def test_blocking_handlers_with_serve(wait_ready):

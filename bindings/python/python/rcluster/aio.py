@@ -138,7 +138,9 @@ class WorkerServer:
         # what `connect_accepted_socket` does, done synchronously (the socket is connected).
         try:
             sock.setblocking(False)
-            make(sock, self._factory(), None)
+            peername = sock._peername()
+            extra = None if peername is None else {"peername": peername}
+            make(sock, self._factory(), None, extra=extra)
         except Exception as e:
             sock.close()
             self._report(e)

@@ -78,17 +78,27 @@ class Connection(socket.socket):
 
     @classmethod
     def _adopt(cls, fd: int, conn_id: int, listener: str, peer: str) -> Connection:
-        # The family follows from the peer's text form; giving it saves the three
-        # getsockopt calls socket.socket makes to find out, on every connection.
+        # The family follows from the peer's text form; giving it (and the protocol) saves the
+        # three getsockopt calls socket.socket makes to find out, on every connection. The
+        # protocol must be right: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on
+        # sockets whose `proto` says TCP, as it does for those it accepts itself.
         if peer == "unix":
-            family = socket.AF_UNIX
+            family, proto = socket.AF_UNIX, 0
         elif peer.startswith("["):
-            family = socket.AF_INET6
+            family, proto = socket.AF_INET6, socket.IPPROTO_TCP
         else:
-            family = socket.AF_INET
-        sock = cls(family, socket.SOCK_STREAM, 0, fileno=fd)
+            family, proto = socket.AF_INET, socket.IPPROTO_TCP
+        sock = cls(family, socket.SOCK_STREAM, proto, fileno=fd)
         sock.conn_id, sock.listener, sock.peer = conn_id, listener, peer
         return sock
+
+    def _peername(self) -> tuple[str, int] | None:
+        """The peer address as ``getpeername()`` gives it, from ``peer`` and without the
+        system call; None where the text does not carry all of it (IPv6 flow and scope)."""
+        if self.family != socket.AF_INET:
+            return None
+        host, _, port = self.peer.rpartition(":")
+        return (host, int(port))
 
     def close(self) -> None:
         on_close, self._rc_on_close = self._rc_on_close, None

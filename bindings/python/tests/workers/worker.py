@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 import time
 
@@ -90,9 +91,29 @@ async def streams_http() -> None:
     await server.serve_forever()
 
 
+class SocketInfo(asyncio.Protocol):
+    """Answers with what asyncio made of the connection: Nagle off? and the peer address."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):  # the request fits in one read here
+        t = self.transport
+        nodelay = t.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        host, port = t.get_extra_info("peername")[:2]
+        body = f"nodelay={int(bool(nodelay))} peer={host}:{port}\n".encode()
+        t.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        t.close()
+
+
+async def socket_info() -> None:
+    await rcluster.aio.serve(SocketInfo)
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
-    if mode in ("aio-echo", "streams-http"):
-        asyncio.run({"aio-echo": aio_echo, "streams-http": streams_http}[mode]())
+    aio = {"aio-echo": aio_echo, "streams-http": streams_http, "socket-info": socket_info}
+    if mode in aio:
+        asyncio.run(aio[mode]())
     else:
         {"echo": echo, "count": count, "blocking-http": blocking_http}[mode]()
