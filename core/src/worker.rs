@@ -56,6 +56,9 @@ struct Rx {
     emptied: bool,
     /// Events that arrived while `listen` waited for its answer.
     pending: VecDeque<WorkerEvent>,
+    /// An error met after a batch had taken events: reported by the next call, so that what
+    /// was taken before it is not lost.
+    failed: Option<Error>,
 }
 
 /// A listener the primary holds for this worker (see [`Worker::listen`]).
@@ -149,6 +152,7 @@ impl Worker {
             gone: false,
             emptied: false,
             pending: VecDeque::new(),
+            failed: None,
         };
         let deadline = Instant::now() + HELLO_TIMEOUT;
         let fields = loop {
@@ -329,18 +333,84 @@ impl Worker {
 
     /// Waits up to `timeout` (forever if None) for the next event.
     pub fn next_event(&self, timeout: Option<Duration>) -> Result<Option<WorkerEvent>> {
+        let mut out = Vec::with_capacity(1);
+        self.next_events(timeout, 1, &mut out)?;
+        Ok(out.pop())
+    }
+
+    /// Waits up to `first` (forever if None) for an event, then takes every other one that
+    /// waits now, up to `max` in all, into `out`; returns how many. The connections among
+    /// them are acknowledged together, in one write, before this returns: a batch of
+    /// connections costs the primary one wake-up, not one each.
+    pub fn next_events(
+        &self,
+        first: Option<Duration>,
+        max: usize,
+        out: &mut Vec<WorkerEvent>,
+    ) -> Result<usize> {
         let mut rx = self.rx.lock().unwrap();
-        if let Some(ev) = rx.pending.pop_front() {
-            return Ok(Some(ev));
+        if let Some(e) = rx.failed.take() {
+            return Err(e);
         }
-        match self.read_frame(&mut rx, timeout)? {
-            Some(Decoded::Event(ev)) => Ok(Some(ev)),
-            Some(Decoded::ListenResult { request, .. }) => Err(Error::Protocol(format!(
-                "answer to listen request {request}, which nobody is waiting for"
-            ))),
-            None if rx.gone => Ok(Some(self.primary_gone())),
-            None => Ok(None),
+        let start = out.len();
+        let mut acks = Vec::new();
+        let taken = self.take_events(&mut rx, first, max, out, &mut acks);
+        // Acknowledged before the application sees them: the primary keeps its copy until
+        // then and gives the connection to another worker if this one dies first.
+        if let Err(e) = self.ack(&acks) {
+            out.truncate(start);
+            return Err(e);
         }
+        match taken {
+            Ok(()) => Ok(out.len() - start),
+            Err(e) if out.len() == start => Err(e),
+            Err(e) => {
+                rx.failed = Some(e);
+                Ok(out.len() - start)
+            }
+        }
+    }
+
+    fn take_events(
+        &self,
+        rx: &mut Rx,
+        first: Option<Duration>,
+        max: usize,
+        out: &mut Vec<WorkerEvent>,
+        acks: &mut Vec<u64>,
+    ) -> Result<()> {
+        let mut wait = first;
+        for _ in 0..max {
+            let ev = match rx.pending.pop_front() {
+                Some(ev) => ev,
+                None => match self.read_frame(rx, wait, acks)? {
+                    Some(Decoded::Event(ev)) => ev,
+                    Some(Decoded::ListenResult { request, .. }) => {
+                        return Err(Error::Protocol(format!(
+                            "answer to listen request {request}, which nobody is waiting for"
+                        )))
+                    }
+                    None if rx.gone => self.primary_gone(),
+                    None => return Ok(()),
+                },
+            };
+            let gone = ev == WorkerEvent::PrimaryGone;
+            out.push(ev);
+            if gone {
+                break;
+            }
+            wait = Some(Duration::ZERO);
+        }
+        Ok(())
+    }
+
+    /// Acknowledges connections, all in one write.
+    fn ack(&self, ids: &[u64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let bodies: Vec<[u8; 8]> = ids.iter().map(|id| id.to_le_bytes()).collect();
+        self.write_frames(bodies.iter().map(|b| (Kind::ConnectionAck, &b[..])))
     }
 
     /// Asks the primary for a listener on `addr` (`127.0.0.1:8080`, `[::1]:0`, `unix:/path`),
@@ -357,7 +427,10 @@ impl Worker {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.read_frame(&mut rx, Some(left))? {
+            let mut acks = Vec::new();
+            let decoded = self.read_frame(&mut rx, Some(left), &mut acks)?;
+            self.ack(&acks)?;
+            match decoded {
                 Some(Decoded::Event(ev)) => rx.pending.push_back(ev),
                 Some(Decoded::ListenResult { request: r, result }) if r == request => {
                     return result.map_err(|e| Error::Bind {
@@ -386,7 +459,13 @@ impl Worker {
     }
 
     /// The next decoded frame, reading as needed for up to `timeout`; None on timeout or EOF.
-    fn read_frame(&self, rx: &mut Rx, timeout: Option<Duration>) -> Result<Option<Decoded>> {
+    /// A connection's id goes to `acks`: the caller acknowledges it before anyone sees it.
+    fn read_frame(
+        &self,
+        rx: &mut Rx,
+        timeout: Option<Duration>,
+        acks: &mut Vec<u64>,
+    ) -> Result<Option<Decoded>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             if let Some(raw) = decode_one(rx)? {
@@ -397,10 +476,7 @@ impl Worker {
                 if report {
                     self.report_close.lock().unwrap().insert(c.id);
                 }
-                // Acknowledged at once, before the application sees it: the primary keeps its
-                // copy until then and gives the connection to another worker if this one
-                // dies first.
-                self.write_frame(Kind::ConnectionAck, &c.id.to_le_bytes())?;
+                acks.push(c.id);
                 return Ok(Some(Decoded::Event(WorkerEvent::Connection(c))));
             }
             if rx.gone {
@@ -561,14 +637,7 @@ mod tests {
     fn connections_queued_behind_each_other_are_all_taken_without_waiting() {
         let (primary, w) = linked();
         for id in 1..=3u64 {
-            let (mine, _theirs) = sys::socketpair().unwrap();
-            let mut body = id.to_le_bytes().to_vec();
-            body.push(0);
-            frame::put_str(&mut body, "http");
-            frame::put_str(&mut body, "127.0.0.1:5000");
-            let mut wire = Vec::new();
-            frame::encode(&mut wire, Kind::Connection, frame::FLAG_FD, &body);
-            sys::send_with_fds(primary.as_raw_fd(), &wire, &[mine.as_raw_fd()], false).unwrap();
+            send_connection(&primary, id);
         }
         let mut msg = Vec::new();
         frame::encode(&mut msg, Kind::Message, 0, b"after");
@@ -584,6 +653,84 @@ mod tests {
             Some(WorkerEvent::Message(b"after".to_vec()))
         );
         assert_eq!(w.try_next_event().unwrap(), None);
+    }
+
+    /// Queues a connection frame for `id` with a descriptor of its own, as the primary does.
+    fn send_connection(primary: &OwnedFd, id: u64) {
+        let (mine, _theirs) = sys::socketpair().unwrap();
+        let mut body = id.to_le_bytes().to_vec();
+        body.push(0);
+        frame::put_str(&mut body, "http");
+        frame::put_str(&mut body, "127.0.0.1:5000");
+        let mut wire = Vec::new();
+        frame::encode(&mut wire, Kind::Connection, frame::FLAG_FD, &body);
+        sys::send_with_fds(primary.as_raw_fd(), &wire, &[mine.as_raw_fd()], false).unwrap();
+    }
+
+    /// The connections of one batch are acknowledged in one write, made before the batch is
+    /// returned. The link is a packet socket here, so that each write is one packet.
+    #[test]
+    fn a_batch_of_connections_is_acknowledged_in_one_write_before_it_is_seen() {
+        let mut fds = [0; 2];
+        // SAFETY: fds has room for two descriptors.
+        let rc = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(rc, 0);
+        // SAFETY: both were just created and are owned by nobody else.
+        let (primary, worker) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        sys::send(primary.as_raw_fd(), &frame::primary_hello(1024, 4, 2)).unwrap();
+        let w = Worker::handshake(worker, 4).unwrap().unwrap();
+        for id in 1..=3u64 {
+            send_connection(&primary, id);
+        }
+        let mut out = Vec::new();
+        assert_eq!(
+            w.next_events(Some(Duration::ZERO), 16, &mut out).unwrap(),
+            3
+        );
+        let ids: Vec<u64> = out
+            .iter()
+            .map(|ev| match ev {
+                WorkerEvent::Connection(c) => c.id,
+                other => panic!("expected a connection, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(ids, [1, 2, 3]);
+        // Packets now waiting at the primary's end: the hello, then one with every ack.
+        let mut packets = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: buf is valid for its length.
+            let n = unsafe {
+                libc::recv(
+                    primary.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n <= 0 {
+                break;
+            }
+            packets.push(buf[..n as usize].to_vec());
+        }
+        assert_eq!(packets.len(), 2, "hello and one write of acks");
+        let mut d = Decoder::new(1024);
+        d.spare(4096)[..packets[1].len()].copy_from_slice(&packets[1]);
+        d.commit(packets[1].len());
+        let mut acked = Vec::new();
+        while let Some(f) = d.next_frame().unwrap() {
+            assert_eq!(f.kind, Kind::ConnectionAck);
+            acked.push(u64::from_le_bytes(f.body.try_into().unwrap()));
+        }
+        assert_eq!(acked, [1, 2, 3]);
     }
 
     #[test]

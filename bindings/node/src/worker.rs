@@ -194,21 +194,15 @@ impl NativeWorker {
     /// unescaped): one JS string for a run of messages instead of one each.
     #[napi]
     pub fn drain(&self, max: u32) -> napi::Result<Vec<Item>, &'static str> {
+        let mut events = Vec::new();
+        let taken = self
+            .inner
+            .next_events(Some(Duration::ZERO), max as usize, &mut events)
+            .map_err(to_js)?;
         let mut out = Vec::new();
         let mut json = String::new();
-        let mut taken = 0;
-        loop {
-            if taken == max as usize {
-                // Stopped short: more may be waiting (in memory, where no descriptor tells).
-                if !json.is_empty() {
-                    out.push(Either3::A(std::mem::take(&mut json)));
-                }
-                out.push(Either3::C(simple("more")));
-                break;
-            }
-            let ev = self.inner.try_next_event().map_err(to_js)?;
-            taken += 1;
-            if let Some(WorkerEvent::Message(data)) = &ev {
+        for ev in events {
+            if let WorkerEvent::Message(data) = &ev {
                 if data.first() == Some(&message::JSON) {
                     if !json.is_empty() {
                         json.push('\n');
@@ -221,16 +215,19 @@ impl NativeWorker {
                 out.push(Either3::A(std::mem::take(&mut json)));
             }
             match ev {
-                Some(WorkerEvent::PrimaryGone) => {
+                WorkerEvent::PrimaryGone => {
                     out.push(Either3::C(simple("gone")));
-                    break;
+                    return Ok(out);
                 }
-                Some(ev) => out.push(to_item(ev)),
-                None => break,
+                ev => out.push(to_item(ev)),
             }
         }
         if !json.is_empty() {
             out.push(Either3::A(json));
+        }
+        if taken == max as usize {
+            // Stopped short: more may be waiting (in memory, where no descriptor tells).
+            out.push(Either3::C(simple("more")));
         }
         Ok(out)
     }

@@ -123,13 +123,19 @@ fn parse_args() -> Result<(SocketAddr, bool), String> {
 
 fn watch_primary(w: &Arc<Worker>, body: &Arc<str>) -> ! {
     let open = Arc::new(Open::default());
+    let mut batch = Vec::new();
     loop {
-        match w.next_event(None) {
-            Ok(Some(WorkerEvent::Connection(c))) => take(w, &open, c, body),
-            Ok(Some(WorkerEvent::Message(_))) | Ok(None) => {}
-            Ok(Some(WorkerEvent::Disconnect)) => drain(&open),
-            Ok(Some(WorkerEvent::PrimaryGone)) => std::process::exit(0),
-            Err(e) => fail(&e.to_string()),
+        // Everything waiting, in one go: its connections are acknowledged in one write.
+        if let Err(e) = w.next_events(None, 64, &mut batch) {
+            fail(&e.to_string());
+        }
+        for ev in batch.drain(..) {
+            match ev {
+                WorkerEvent::Connection(c) => take(w, &open, c, body),
+                WorkerEvent::Message(_) => {}
+                WorkerEvent::Disconnect => drain(&open),
+                WorkerEvent::PrimaryGone => std::process::exit(0),
+            }
         }
     }
 }
