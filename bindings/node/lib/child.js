@@ -23,6 +23,7 @@ class WorkerSelf extends EventEmitter {
     this._servers = new Map(); // listener name -> server (listeners asked for with listen())
     this._served = []; // servers given to serve(): they take the primary's own listeners
     this._early = [];
+    this._handleClasses = new Map(); // listener name -> handle class of its connections
     this._connected = true;
     this.id = compat ? link.id + 1 : link.id;
     this.generation = link.generation;
@@ -204,8 +205,7 @@ class WorkerSelf extends EventEmitter {
       closeFd(ev.fd);
       return;
     }
-    const socket = new net.Socket({
-      fd: ev.fd,
+    const socket = this._socket(ev, {
       readable: true,
       writable: true,
       allowHalfOpen: server.allowHalfOpen,
@@ -222,7 +222,35 @@ class WorkerSelf extends EventEmitter {
     });
     server.emit('connection', socket);
   }
+
+  /**
+   * A net.Socket on a handed-over descriptor. `new net.Socket({ fd })` first asks what the
+   * descriptor is (four system calls: isatty, fstat, getsockopt, getsockname) and then wraps
+   * it in a TCP or Pipe handle. Every connection of a listener is of the same kind, so the
+   * first one's handle class is kept and later ones are wrapped directly, as Node's own
+   * accept does. Whatever goes wrong there falls back to the general way.
+   */
+  _socket(ev, options) {
+    const Handle = this._handleClasses.get(ev.listener);
+    if (Handle) {
+      try {
+        const handle = new Handle(HANDLE_SOCKET);
+        if (handle.open(ev.fd) === 0) return new net.Socket({ handle, ...options });
+        handle.close();
+      } catch { /* the general way below */ }
+    }
+    const socket = new net.Socket({ fd: ev.fd, ...options });
+    const cls = socket._handle && socket._handle.constructor;
+    if (typeof cls === 'function' && typeof cls.prototype.open === 'function') {
+      this._handleClasses.set(ev.listener, cls);
+    }
+    return socket;
+  }
 }
+
+// The `type` argument of TCP and Pipe handles for a connected socket (their constants
+// SOCKET, both 0).
+const HANDLE_SOCKET = 0;
 
 function closeFd(fd) {
   try { fs.closeSync(fd); } catch { /* already closed */ }
