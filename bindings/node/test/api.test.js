@@ -2,6 +2,8 @@
 // rcluster's own API, end to end with real worker processes.
 const test = require('node:test');
 const assert = require('assert');
+const http = require('http');
+const os = require('os');
 const path = require('path');
 const rcluster = require('..');
 const { get, freePort, once } = require('./helpers');
@@ -41,6 +43,35 @@ test('listeners with round-robin dispatch feed worker.serve(http.Server)', async
   for (let i = 0; i < 10; i++) ids.add((await get(port)).split(' ')[0]);
   assert.deepStrictEqual([...ids].sort(), ['0', '1']);
   await c.stop();
+});
+
+test('a TCP and a Unix-socket listener side by side each serve many connections', async () => {
+  // Each listener's connections are wrapped in their own kind of handle (TCP, Pipe), also
+  // after the first one.
+  const port = await freePort();
+  const sock = path.join(os.tmpdir(), `rcluster-node-${process.pid}.sock`);
+  const c = rcluster.start({
+    workers: 2, exec: WORKER, args: [], execArgv: [], listen: [`127.0.0.1:${port}`, `unix:${sock}`],
+  });
+  try {
+    let ready = 0;
+    await once(c, 'ready', () => ++ready === 2);
+    const overUnix = () => new Promise((resolve, reject) => {
+      const req = http.get({ socketPath: sock, path: '/', agent: false, headers: { Connection: 'close' } }, (res) => {
+        let body = '';
+        res.on('data', (d) => { body += d; });
+        res.on('end', () => resolve(body));
+      });
+      req.on('error', reject);
+      req.setTimeout(5000, () => req.destroy(new Error('timeout')));
+    });
+    for (let i = 0; i < 6; i++) {
+      assert.match(await get(port), /^[01] 1$/);
+      assert.match(await overUnix(), /^[01] 1$/);
+    }
+  } finally {
+    await c.stop();
+  }
 });
 
 test('a crashed worker is restarted by policy; scale(n) and reload() work', async () => {
