@@ -301,11 +301,11 @@ impl Worker {
     }
 
     /// Writes frames with one system call (more only while the socket is full).
-    fn write_frames<'a>(&self, frames: impl Iterator<Item = (Kind, &'a [u8])>) -> Result<()> {
+    fn write_frames<B: AsRef<[u8]>>(&self, frames: impl Iterator<Item = (Kind, B)>) -> Result<()> {
         let mut buf = self.tx.lock().unwrap();
         buf.clear();
         for (kind, body) in frames {
-            frame::encode(&mut buf, kind, 0, body);
+            frame::encode(&mut buf, kind, 0, body.as_ref());
         }
         let mut off = 0;
         while off < buf.len() {
@@ -409,8 +409,7 @@ impl Worker {
         if ids.is_empty() {
             return Ok(());
         }
-        let bodies: Vec<[u8; 8]> = ids.iter().map(|id| id.to_le_bytes()).collect();
-        self.write_frames(bodies.iter().map(|b| (Kind::ConnectionAck, &b[..])))
+        self.write_frames(ids.iter().map(|id| (Kind::ConnectionAck, id.to_le_bytes())))
     }
 
     /// Asks the primary for a listener on `addr` (`127.0.0.1:8080`, `[::1]:0`, `unix:/path`),
