@@ -134,7 +134,7 @@ class WorkerSelf extends EventEmitter {
   }
 
   _start() {
-    this._link.watch(() => this._pump());
+    this._link.watch((items) => this._pump(items));
     // The primary says how often (a quarter of its heartbeat timeout) when it checks them.
     const every = Number(process.env.RCLUSTER_HEARTBEAT_MS);
     if (every > 0) {
@@ -147,15 +147,19 @@ class WorkerSelf extends EventEmitter {
     }
   }
 
-  _pump() {
-    for (;;) {
-      const items = this._link.drain(BATCH);
-      for (const item of items) this._item(item);
-      // A full batch ends with `more`: frames read ahead wait in memory, and no readable
-      // descriptor announces them.
-      const last = items[items.length - 1];
-      if (!last || last.type !== 'more') return;
-    }
+  /** Handles `items` (what the watcher took, if any), then whatever waits still. */
+  _pump(items) {
+    if (items !== undefined && !this._take(items)) return;
+    while (this._take(this._link.drain(BATCH)));
+  }
+
+  /** Handles what `drain` (or the watcher) returned; true when more may be waiting. */
+  _take(items) {
+    for (const item of items) this._item(item);
+    // A full batch ends with `more`: frames read ahead wait in memory, and no readable
+    // descriptor announces them.
+    const last = items[items.length - 1];
+    return last !== undefined && last.type === 'more';
   }
 
   _item(item) {

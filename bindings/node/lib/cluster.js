@@ -117,6 +117,16 @@ class Hub {
     this._slots = 0;
     this._bySlot = new Map();
     this._backlog = [];
+    this._onRun = (id, pid, texts) => {
+      const worker = this._bySlot.get(id);
+      if (!worker) return;
+      for (const text of texts.split('\n')) {
+        const message = JSON.parse(text);
+        worker.emit('message', message, undefined);
+        emitter.emit('message', worker, message, undefined);
+      }
+    };
+    this._onEvent = (ev) => this._dispatch(ev);
     this.workers = {};
     this.settings = {};
     this.schedulingPolicy = process.env.NODE_CLUSTER_SCHED_POLICY === 'none' ? SCHED_NONE : SCHED_RR;
@@ -161,7 +171,7 @@ class Hub {
     if (s.heartbeatTimeout !== undefined) opts.heartbeatTimeout = s.heartbeatTimeout;
     if (s.killTimeout !== undefined) opts.killTimeout = s.killTimeout;
     this._native = new native.NativeSupervisor(opts);
-    this._native.watch(() => this._pump());
+    this._native.watch((items) => this._pump(items));
   }
 
   fork(env) {
@@ -211,15 +221,19 @@ class Hub {
     }
   }
 
-  _pump() {
+  /** Handles the backlog, then `items` (what the watcher took), then whatever waits still. */
+  _pump(items) {
+    // The backlog is older than anything the watcher took: it goes first.
     const backlog = this._backlog;
     this._backlog = [];
     for (const ev of backlog) this._dispatch(ev);
-    for (;;) {
-      const events = this._native.drain(BATCH);
-      for (const ev of events) this._dispatch(ev);
-      if (events.length < BATCH) return;
-    }
+    if (items !== undefined && !this._take(items)) return;
+    while (this._take(this._native.drain(BATCH)));
+  }
+
+  /** Handles what `drain` (or the watcher) returned; true when more may be waiting. */
+  _take(items) {
+    return codec.takeEvents(items, this._onRun, this._onEvent);
   }
 
   _dispatch(ev) {

@@ -37,4 +37,25 @@ function decodeEvent(ev) {
   }
 }
 
-module.exports = { JSON_TAG, V8_TAG, CONTROL_TAG, jsonText, encode, decodeEvent, checkSerialization };
+/**
+ * Goes through the items of NativeSupervisor.drain: calls `onRun(id, pid, texts)` for each
+ * run of JSON messages from one worker (their texts joined by newlines) and `onEvent(ev)`
+ * for every other event. True when the batch was full and more may be waiting.
+ */
+function takeEvents(items, onRun, onEvent) {
+  for (let i = 0; i < items.length; i++) {
+    const item = items[i];
+    if (typeof item === 'number') {
+      onRun(item, items[i + 1], items[i + 2]);
+      i += 2;
+    } else {
+      onEvent(item);
+    }
+  }
+  const last = items[items.length - 1];
+  return last !== undefined && last.type === 'more';
+}
+
+module.exports = {
+  JSON_TAG, V8_TAG, CONTROL_TAG, jsonText, encode, decodeEvent, takeEvents, checkSerialization,
+};

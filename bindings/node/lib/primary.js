@@ -27,17 +27,24 @@ class Cluster extends EventEmitter {
     this._native = wrapNative(() => new native.NativeSupervisor(opts));
     this._reloads = new Map(); // generation -> { resolve, reject }
     this._stopping = null;
+    this._onRun = (id, pid, texts) => {
+      for (const text of texts.split('\n')) this.emit('message', JSON.parse(text), { id, pid });
+    };
+    this._onEvent = (ev) => this._dispatch(ev);
     // The watcher is ref'd: a running cluster keeps the process alive, as a server does,
     // until stop() (or every slot has given up).
-    this._native.watch(() => this._pump());
+    this._native.watch((items) => this._pump(items));
   }
 
-  _pump() {
-    for (;;) {
-      const events = this._native.drain(BATCH);
-      for (const ev of events) this._dispatch(ev);
-      if (events.length < BATCH) return;
-    }
+  /** Handles `items` (what the watcher took, if any), then whatever waits still. */
+  _pump(items) {
+    if (items !== undefined && !this._take(items)) return;
+    while (this._take(this._native.drain(BATCH)));
+  }
+
+  /** Handles what `drain` (or the watcher) returned; true when more may be waiting. */
+  _take(items) {
+    return codec.takeEvents(items, this._onRun, this._onEvent);
   }
 
   _dispatch(ev) {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use napi::bindgen_prelude::*;
+use napi::sys;
 use napi_derive::napi;
 use rcluster_core::{Config, Dispatch, Event, ListenAddr, Listener, Supervisor};
 
@@ -276,6 +277,56 @@ fn to_event(ev: Event) -> NativeEvent {
     }
 }
 
+/// How many events the watcher takes per call of its callback.
+const BATCH: usize = 4096;
+
+/// An item of `drain`: a run of JSON messages from one worker process is three items, its
+/// `id`, its `pid` and one string of their texts joined by newlines (which JSON never
+/// contains unescaped), so that a busy worker costs a few values per wake-up and not an
+/// object per message; every other event is an object.
+type Item = Either3<u32, String, NativeEvent>;
+
+fn drain(sup: &Supervisor, max: usize) -> Vec<Item> {
+    let mut out = Vec::new();
+    let mut run: Option<(u32, u32, String)> = None;
+    let end_run = |out: &mut Vec<Item>, run: Option<(u32, u32, String)>| {
+        if let Some((id, pid, texts)) = run {
+            out.extend([Either3::A(id), Either3::A(pid), Either3::B(texts)]);
+        }
+    };
+    let mut taken = 0;
+    while taken < max {
+        let Some(ev) = sup.try_next_event() else {
+            break;
+        };
+        taken += 1;
+        if let Event::Message { id, pid, data } = &ev {
+            if data.first() == Some(&message::JSON) {
+                let text = String::from_utf8_lossy(&data[1..]);
+                match &mut run {
+                    Some((i, p, texts)) if *i == *id && *p == *pid => {
+                        texts.push('\n');
+                        texts.push_str(&text);
+                    }
+                    _ => {
+                        end_run(&mut out, run.take());
+                        run = Some((*id, *pid, text.into_owned()));
+                    }
+                }
+                continue;
+            }
+        }
+        end_run(&mut out, run.take());
+        out.push(Either3::C(to_event(ev)));
+    }
+    end_run(&mut out, run);
+    if taken == max {
+        // Stopped short: more may be waiting.
+        out.push(Either3::C(event("more")));
+    }
+    out
+}
+
 /// A running supervisor (the primary side of a cluster).
 #[napi]
 pub struct NativeSupervisor {
@@ -384,29 +435,28 @@ impl NativeSupervisor {
         self.inner.next_event(Some(ms(timeout_ms))).map(to_event)
     }
 
-    /// Every waiting event, up to `max`.
-    #[napi]
-    pub fn drain(&self, max: u32) -> Vec<NativeEvent> {
-        let mut out = Vec::new();
-        while out.len() < max as usize {
-            match self.inner.try_next_event() {
-                Some(ev) => out.push(to_event(ev)),
-                None => break,
-            }
-        }
-        out
+    /// Every waiting event, up to `max` (then a last item of type `more`); see [`Item`].
+    #[napi(ts_return_type = "Array<number | string | NativeEvent>")]
+    pub fn drain(&self, max: u32) -> Vec<Item> {
+        drain(&self.inner, max as usize)
     }
 
-    /// Calls `callback` on the JS thread whenever events wait (then call `drain`).
-    #[napi]
+    /// Calls `callback` on the JS thread with the waiting events (up to [`BATCH`], as
+    /// `drain` returns them) whenever some wait.
+    #[napi(ts_args_type = "callback: (items: Array<number | string | NativeEvent>) => void")]
     pub fn watch(
         &mut self,
         env: Env,
-        callback: Function<'_, (), ()>,
+        callback: Function<'_, sys::napi_value, ()>,
     ) -> napi::Result<(), &'static str> {
         let fd = self.inner.event_fd();
+        let sup = Arc::clone(&self.inner);
+        let produce = Box::new(move |env| {
+            // SAFETY: called on the JS thread with its live env.
+            unsafe { Vec::to_napi_value(env, drain(&sup, BATCH)) }.map_err(from_napi)
+        });
         self.watcher
-            .start(&env, fd, callback, "rcluster:primary")
+            .start(&env, fd, callback, produce, "rcluster:primary")
             .map_err(from_napi)
     }
 

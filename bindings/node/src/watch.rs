@@ -30,11 +30,16 @@ extern "C" {
     fn uv_unref(handle: *mut c_void);
 }
 
+/// Makes the callback's one argument, on the JS thread, each time the descriptor is
+/// readable: the events waiting, so that taking them costs no call back into the addon.
+pub type Produce = Box<dyn FnMut(sys::napi_env) -> napi::Result<sys::napi_value, &'static str>>;
+
 /// What the poll callback needs; its address is the handle's `data` field.
 struct Target {
     env: sys::napi_env,
     callback: sys::napi_ref,
     context: sys::napi_async_context,
+    produce: Produce,
 }
 
 /// A started poll handle. Must be closed with [`Watcher::close`] on the JS thread.
@@ -65,12 +70,13 @@ fn uv_check(rc: c_int, what: &str) -> Result<()> {
 }
 
 impl Watcher {
-    /// Starts watching `fd`; `callback` is called with no arguments whenever it is readable
-    /// (level-triggered: until the caller has drained it).
+    /// Starts watching `fd`; `callback` is called with what `produce` makes whenever it is
+    /// readable (level-triggered: until the caller has drained it).
     pub fn start(
         env: &Env,
         fd: RawFd,
-        callback: Function<'_, (), ()>,
+        callback: Function<'_, sys::napi_value, ()>,
+        produce: Produce,
         name: &str,
     ) -> Result<Watcher> {
         let raw = env.raw();
@@ -111,6 +117,7 @@ impl Watcher {
             env: raw,
             callback: callback_ref,
             context,
+            produce,
         }));
         // SAFETY: zeroed memory of the size libuv asks for, 16-byte aligned through u128.
         let words = unsafe { uv_handle_size(UV_POLL) }.div_ceil(16);
@@ -169,9 +176,10 @@ extern "C" fn on_close(handle: *mut c_void) {
 
 extern "C" fn on_readable(handle: *mut c_void, _status: c_int, _events: c_int) {
     // SAFETY: called by libuv on the JS thread while the handle is started; `data` points at
-    // the live Target (freed only in on_close).
+    // the live Target (freed only in on_close). libuv never calls back into a handle's
+    // callback from within it, so this is the only reference to the Target meanwhile.
     unsafe {
-        let t = &**(handle as *mut *mut Target);
+        let t = &mut **(handle as *mut *mut Target);
         let mut scope = ptr::null_mut();
         if sys::napi_open_handle_scope(t.env, &mut scope) != sys::Status::napi_ok {
             return;
@@ -179,13 +187,20 @@ extern "C" fn on_readable(handle: *mut c_void, _status: c_int, _events: c_int) {
         let mut func = ptr::null_mut();
         let mut recv = ptr::null_mut();
         let mut result = ptr::null_mut();
-        sys::napi_get_reference_value(t.env, t.callback, &mut func);
-        // The receiver must be an object (make_callback converts it with ToObject).
-        sys::napi_get_global(t.env, &mut recv);
-        // make_callback (not call_function): it runs the nextTick queue and microtasks
-        // afterwards, as any libuv callback into JS must.
-        let status =
-            sys::napi_make_callback(t.env, t.context, recv, func, 0, ptr::null(), &mut result);
+        let status = match (t.produce)(t.env) {
+            Ok(arg) => {
+                sys::napi_get_reference_value(t.env, t.callback, &mut func);
+                // The receiver must be an object (make_callback converts it with ToObject).
+                sys::napi_get_global(t.env, &mut recv);
+                // make_callback (not call_function): it runs the nextTick queue and
+                // microtasks afterwards, as any libuv callback into JS must.
+                sys::napi_make_callback(t.env, t.context, recv, func, 1, &arg, &mut result)
+            }
+            Err(e) => {
+                JsError::from(e).throw_into(t.env);
+                sys::Status::napi_pending_exception
+            }
+        };
         if status == sys::Status::napi_pending_exception {
             let mut exception = ptr::null_mut();
             sys::napi_get_and_clear_last_exception(t.env, &mut exception);
@@ -205,11 +220,12 @@ impl WatchSlot {
         &mut self,
         env: &Env,
         fd: RawFd,
-        callback: Function<'_, (), ()>,
+        callback: Function<'_, sys::napi_value, ()>,
+        produce: Produce,
         name: &str,
     ) -> Result<()> {
         if self.0.is_none() {
-            self.0 = Some(Watcher::start(env, fd, callback, name)?);
+            self.0 = Some(Watcher::start(env, fd, callback, produce, name)?);
         }
         Ok(())
     }

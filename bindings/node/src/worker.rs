@@ -1,9 +1,11 @@
 //! The worker side: this process's link to its primary, and the watcher of that link.
 
 use std::os::fd::{IntoRawFd, OwnedFd};
+use std::rc::Rc;
 use std::time::Duration;
 
 use napi::bindgen_prelude::*;
+use napi::sys;
 use napi_derive::napi;
 use rcluster_core::{Dispatch, Worker, WorkerEvent};
 
@@ -82,10 +84,55 @@ fn to_item(ev: WorkerEvent) -> Item {
     }
 }
 
+/// Every event waiting, up to `max` (then a last item of type `more`), without blocking.
+/// JSON messages that follow each other come as one string, their texts joined by newlines
+/// (which JSON never contains unescaped): one JS string for a run of messages instead of one
+/// each.
+fn drain(worker: &Worker, max: usize) -> napi::Result<Vec<Item>, &'static str> {
+    let mut events = Vec::new();
+    let taken = worker
+        .next_events(Some(Duration::ZERO), max, &mut events)
+        .map_err(to_js)?;
+    let mut out = Vec::new();
+    let mut json = String::new();
+    for ev in events {
+        if let WorkerEvent::Message(data) = &ev {
+            if data.first() == Some(&message::JSON) {
+                if !json.is_empty() {
+                    json.push('\n');
+                }
+                json.push_str(&String::from_utf8_lossy(&data[1..]));
+                continue;
+            }
+        }
+        if !json.is_empty() {
+            out.push(Either3::A(std::mem::take(&mut json)));
+        }
+        match ev {
+            WorkerEvent::PrimaryGone => {
+                out.push(Either3::C(simple("gone")));
+                return Ok(out);
+            }
+            ev => out.push(to_item(ev)),
+        }
+    }
+    if !json.is_empty() {
+        out.push(Either3::A(json));
+    }
+    if taken == max {
+        // Stopped short: more may be waiting (in memory, where no descriptor tells).
+        out.push(Either3::C(simple("more")));
+    }
+    Ok(out)
+}
+
+/// How many events the watcher takes per call of its callback.
+const BATCH: usize = 4096;
+
 /// This process's link to its primary.
 #[napi]
 pub struct NativeWorker {
-    inner: Worker,
+    inner: Rc<Worker>,
     watcher: WatchSlot,
 }
 
@@ -98,7 +145,7 @@ pub fn attach_worker() -> napi::Result<Option<NativeWorker>, &'static str> {
     // JS decides what a lost primary means (it emits 'disconnect', then exits).
     inner.set_exit_on_primary_loss(false);
     Ok(Some(NativeWorker {
-        inner,
+        inner: Rc::new(inner),
         watcher: WatchSlot::default(),
     }))
 }
@@ -189,58 +236,29 @@ impl NativeWorker {
             .map(to_item))
     }
 
-    /// Every event waiting, up to `max` (then a last item of type `more`), without blocking.
-    /// JSON messages that follow each other come as one string, their texts joined by newlines (which JSON never contains
-    /// unescaped): one JS string for a run of messages instead of one each.
-    #[napi]
+    /// Every event waiting, up to `max`; see [`drain`].
+    #[napi(ts_return_type = "Array<string | Buffer | NativeWorkerEvent>")]
     pub fn drain(&self, max: u32) -> napi::Result<Vec<Item>, &'static str> {
-        let mut events = Vec::new();
-        let taken = self
-            .inner
-            .next_events(Some(Duration::ZERO), max as usize, &mut events)
-            .map_err(to_js)?;
-        let mut out = Vec::new();
-        let mut json = String::new();
-        for ev in events {
-            if let WorkerEvent::Message(data) = &ev {
-                if data.first() == Some(&message::JSON) {
-                    if !json.is_empty() {
-                        json.push('\n');
-                    }
-                    json.push_str(&String::from_utf8_lossy(&data[1..]));
-                    continue;
-                }
-            }
-            if !json.is_empty() {
-                out.push(Either3::A(std::mem::take(&mut json)));
-            }
-            match ev {
-                WorkerEvent::PrimaryGone => {
-                    out.push(Either3::C(simple("gone")));
-                    return Ok(out);
-                }
-                ev => out.push(to_item(ev)),
-            }
-        }
-        if !json.is_empty() {
-            out.push(Either3::A(json));
-        }
-        if taken == max as usize {
-            // Stopped short: more may be waiting (in memory, where no descriptor tells).
-            out.push(Either3::C(simple("more")));
-        }
-        Ok(out)
+        drain(&self.inner, max as usize)
     }
 
-    #[napi]
+    /// Calls `callback` on the JS thread with the waiting events (up to [`BATCH`], as
+    /// `drain` returns them) whenever some wait.
+    #[napi(ts_args_type = "callback: (items: Array<string | Buffer | NativeWorkerEvent>) => void")]
     pub fn watch(
         &mut self,
         env: Env,
-        callback: Function<'_, (), ()>,
+        callback: Function<'_, sys::napi_value, ()>,
     ) -> napi::Result<(), &'static str> {
         let fd = self.inner.as_raw_fd();
+        let worker = Rc::clone(&self.inner);
+        let produce = Box::new(move |env| {
+            let items = drain(&worker, BATCH)?;
+            // SAFETY: called on the JS thread with its live env.
+            unsafe { Vec::to_napi_value(env, items) }.map_err(from_napi)
+        });
         self.watcher
-            .start(&env, fd, callback, "rcluster:worker")
+            .start(&env, fd, callback, produce, "rcluster:worker")
             .map_err(from_napi)
     }
 
