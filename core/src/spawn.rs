@@ -18,6 +18,9 @@ pub struct Exec {
     argv: Vec<CString>,
     env: Vec<CString>,
     cwd: Option<CString>,
+    /// The forking thread runs under `SCHED_BATCH` where the host had the normal policy:
+    /// children go back to the normal one.
+    pub unbatch: bool,
 }
 
 /// Environment variables rcluster sets itself; inherited values are dropped so that a
@@ -66,6 +69,7 @@ impl Exec {
             argv: argv.iter().map(|a| cstring(a.as_bytes())).collect(),
             env,
             cwd: cwd.map(|c| cstring(c.as_os_str().as_bytes())),
+            unbatch: false,
         }
     }
 }
@@ -155,6 +159,7 @@ pub fn spawn(exec: &Exec, req: Request) -> io::Result<libc::pid_t> {
         // SAFETY: both offsets are within their 25- and 23-byte buffers.
         pid_digits: unsafe { [pid_ptr.add(13), listen_pid_ptr.add(11)] },
         floor: ipc_fd + 1,
+        unbatch: exec.unbatch,
     };
 
     // SAFETY: fork in a multi-threaded process; the child runs only `child.run()`, which makes
@@ -213,6 +218,7 @@ struct ChildSetup {
     pid_digits: [*mut u8; 2],
     /// The lowest fd number above every target.
     floor: RawFd,
+    unbatch: bool,
 }
 
 impl ChildSetup {
@@ -236,6 +242,9 @@ impl ChildSetup {
             }
         }
         libc::setpgid(0, 0);
+        if self.unbatch {
+            sys::leave_batch_scheduling();
+        }
         for digits in self.pid_digits {
             write_decimal(digits, libc::getpid() as u32);
         }

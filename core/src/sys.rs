@@ -205,6 +205,26 @@ pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
     cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) }).map(drop)
 }
 
+/// Moves the calling thread (only it: Linux schedules threads, not processes) from the
+/// normal policy to `SCHED_BATCH`. True when it did; a thread under any other policy (one the
+/// host chose: real-time, idle, batch already) is left as it is.
+pub fn enter_batch_scheduling() -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain syscalls on the calling thread with a valid parameter block.
+    unsafe {
+        libc::sched_getscheduler(0) == libc::SCHED_OTHER
+            && libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) == 0
+    }
+}
+
+/// Back to the normal policy, in a child forked by a thread that entered batch scheduling
+/// (a policy survives fork and exec; `SCHED_RESET_ON_FORK` resets only real-time ones).
+/// Async-signal-safe.
+pub unsafe fn leave_batch_scheduling() {
+    let param = libc::sched_param { sched_priority: 0 };
+    libc::sched_setscheduler(0, libc::SCHED_OTHER, &param);
+}
+
 pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; pidfds are always CLOEXEC.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };

@@ -596,3 +596,46 @@ fn workers_are_told_how_often_to_send_heartbeats() {
         message_text(&ev)
     );
 }
+
+/// The scheduling policy in a `stat` file (field 41; the name before it may hold spaces).
+fn policy(stat_path: &str) -> u32 {
+    let stat = std::fs::read_to_string(stat_path).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    // Field 3 (the state) is the first after the name.
+    after_name.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_loop_thread_runs_as_a_batch_thread_and_workers_under_the_host_policy() {
+    let host = policy("/proc/thread-self/stat");
+    let sup = Supervisor::start(worker_config(2, &["echo"])).unwrap();
+    wait_ready(&sup, 2);
+    let loop_threads: Vec<u32> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .map(|t| t.unwrap().path())
+        .filter(|t| std::fs::read_to_string(t.join("comm")).unwrap().trim() == "rcluster")
+        .map(|t| policy(t.join("stat").to_str().unwrap()))
+        .collect();
+    let batch = libc::SCHED_BATCH as u32;
+    // Only a thread under the normal policy is moved; one the host put under another keeps it.
+    let want = if host == libc::SCHED_OTHER as u32 {
+        batch
+    } else {
+        host
+    };
+    assert!(!loop_threads.is_empty(), "no thread named rcluster");
+    assert!(loop_threads.iter().all(|&p| p == want), "{loop_threads:?}");
+    assert_eq!(
+        policy("/proc/thread-self/stat"),
+        host,
+        "the host's thread changed"
+    );
+    for w in sup.snapshot().unwrap() {
+        assert_eq!(
+            policy(&format!("/proc/{}/stat", w.pid)),
+            host,
+            "worker {} did not get the host's policy back",
+            w.id
+        );
+    }
+}

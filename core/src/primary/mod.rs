@@ -145,6 +145,14 @@ impl Primary {
         // Dropped last (after `self`, which owns the epoll fd), even on a panic: from then on
         // the supervisor counts as stopped and every `stop` caller may return.
         let _done = Done(Arc::clone(&self.shared));
+        // The loop works in bursts that grow with load: accept until EAGAIN, hand the batch
+        // over. Under the normal policy every wake-up preempts whatever runs on its CPU (a
+        // worker, or a client on the same machine), so under load each burst is one
+        // connection and costs two context switches, several times the loop's own work. A
+        // batch thread does not preempt: it runs when the task on its CPU blocks or ends its
+        // slice, and finds a batch. On an idle CPU it runs at once, as before. Workers are
+        // put back under the normal policy.
+        self.exec.unbatch = sys::enter_batch_scheduling();
         let mut ready = Vec::with_capacity(256);
         let mut dirty = Vec::new();
         let mut deadline = None;
