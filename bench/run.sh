@@ -61,6 +61,20 @@ else
     echo "rss: unavailable: the command line did not build" >"$tmp/rss.out"
 fi
 
+# C API overhead: the stream of (a) sent through librcluster (bench/c/ipc_stream.c, the same
+# bench_worker), compared with the Rust API's figure from this same run. It runs here, before
+# the HTTP section, so that the two streams are measured minutes apart on the same quiet
+# machine (after the 64-worker clusters it measured a third lower).
+echo "== C API: bench/c/ipc_stream.c"
+if (cd "$repo" && cargo build --release -p rcluster-ffi) &&
+    gcc -O2 -Wall -Wextra -Werror -I"$repo/include" -o "$tmp/ipc_stream_c" "$repo/bench/c/ipc_stream.c" \
+        "$bin/librcluster.a" -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc; then
+    run ipc_c "$tmp/ipc_stream_c" "$bin/bench_worker" "$stream_msgs" 3
+else
+    echo "run.sh: building the C benchmark failed" >&2
+    : >"$tmp/ipc_c.out"
+fi
+
 # HTTP dispatch through the primary against shared sockets and Node's cluster (bench/http.sh
 # starts its own servers, needs wrk and installs it when missing, and stops everything it
 # started). It takes a few minutes, hence its own, longer bound.
@@ -134,18 +148,6 @@ else
     echo "== http summary: missing ($(head -1 "$tmp/http.out" 2>/dev/null))"
 fi
 
-# C API overhead: the stream of (a) sent through librcluster (bench/c/ipc_stream.c, the same
-# bench_worker), compared with the Rust API's figure from this same run.
-echo
-echo "== C API: bench/c/ipc_stream.c"
-if (cd "$repo" && cargo build --release -p rcluster-ffi) &&
-    gcc -O2 -Wall -Wextra -Werror -I"$repo/include" -o "$tmp/ipc_stream_c" "$repo/bench/c/ipc_stream.c" \
-        "$bin/librcluster.a" -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc; then
-    run ipc_c "$tmp/ipc_stream_c" "$bin/bench_worker" "$stream_msgs" 3
-else
-    echo "run.sh: building the C benchmark failed" >&2
-    : >"$tmp/ipc_c.out"
-fi
 c_rate=$(field ipc_c '^stream median:' 3)
 c_ratio=$(calc 'a/b' "$c_rate" "$rc_rate")
 printf '%-34s %14s\n' "stream msg/s, C API" "${c_rate:--}"
