@@ -63,6 +63,27 @@ def test_asyncio_sees_a_handed_over_connection_as_one_it_accepted(wait_ready, di
             assert data.endswith(f"nodelay=1 peer={host}:{port}\n".encode()), data
 
 
+def test_an_aiohttp_server_runs_as_a_worker_keep_alive_included(wait_ready):
+    with serve_cluster(worker_argv("aiohttp-http")) as sup:
+        wait_ready(sup, 2)
+        bodies = [http_get(sup.address()) for _ in range(4)]
+        # Three requests on one kept-alive connection: one worker answers them all.
+        with socket.create_connection(sup.address(), timeout=5) as s:
+            f = s.makefile("rb")
+            answers = []
+            for path in ("/a", "/b", "/c"):
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                assert f.readline().startswith(b"HTTP/1.1 200"), path
+                length = 0
+                while (line := f.readline()) != b"\r\n":
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                answers.append(f.read(length).decode())
+    assert sorted(b.split()[2] for b in bodies) == ["0", "0", "1", "1"], bodies
+    worker = answers[0].split()[2]
+    assert answers == [f"aiohttp worker {worker} GET {p}\n" for p in ("/a", "/b", "/c")]
+
+
 def test_blocking_handlers_with_serve(wait_ready):
     with serve_cluster(worker_argv("blocking-http")) as sup:
         wait_ready(sup, 2)

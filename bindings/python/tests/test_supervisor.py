@@ -6,7 +6,6 @@ import logging
 import threading
 
 import pytest
-
 import rcluster
 from conftest import alive, fast, worker_argv
 

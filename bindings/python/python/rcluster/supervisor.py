@@ -23,6 +23,7 @@ Event = _rcluster.Event
 WorkerInfo = _rcluster.WorkerInfo
 ExitInfo = _rcluster.ExitInfo
 
+
 @dataclass(frozen=True)
 class RestartPolicy:
     """When and how fast a worker that exited is started again (see docs/operations.md).

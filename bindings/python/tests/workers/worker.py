@@ -110,9 +110,27 @@ async def socket_info() -> None:
     await rcluster.aio.serve(SocketInfo)
 
 
+async def aiohttp_http() -> None:
+    """aiohttp's low-level server (a protocol factory) fed by rcluster.aio.serve: a keep-alive
+    HTTP/1.1 server that rcluster did not write."""
+    from aiohttp import web
+
+    w = rcluster.worker()
+
+    async def handle(request: web.BaseRequest) -> web.Response:
+        return web.Response(text=f"aiohttp worker {w.id} {request.method} {request.path}\n")
+
+    await rcluster.aio.serve(web.Server(handle))
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
-    aio = {"aio-echo": aio_echo, "streams-http": streams_http, "socket-info": socket_info}
+    aio = {
+        "aio-echo": aio_echo,
+        "streams-http": streams_http,
+        "socket-info": socket_info,
+        "aiohttp-http": aiohttp_http,
+    }
     if mode in aio:
         asyncio.run(aio[mode]())
     else:
