@@ -220,9 +220,10 @@ pub fn enter_batch_scheduling() -> bool {
 /// Back to the normal policy, in a child forked by a thread that entered batch scheduling
 /// (a policy survives fork and exec; `SCHED_RESET_ON_FORK` resets only real-time ones).
 /// Async-signal-safe.
-pub unsafe fn leave_batch_scheduling() {
+pub fn leave_batch_scheduling() {
     let param = libc::sched_param { sched_priority: 0 };
-    libc::sched_setscheduler(0, libc::SCHED_OTHER, &param);
+    // SAFETY: plain syscall on the calling thread with a valid parameter block.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
 }
 
 pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
