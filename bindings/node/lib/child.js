@@ -10,7 +10,6 @@ const codec = require('./codec');
 const { Outbox } = require('./outbox');
 const { rclusterError } = require('./errors');
 
-const BATCH = 4096;
 // Connections that arrive before any server takes them wait here, up to this many.
 const MAX_EARLY = 1024;
 const INIT_TIMEOUT_MS = 10000;
@@ -31,6 +30,11 @@ class WorkerSelf extends EventEmitter {
     this.state = 'online';
     this.exitedAfterDisconnect = undefined;
     this._serialization = process.env.RCLUSTER_NODE_SERIALIZATION === 'advanced' ? 'advanced' : 'json';
+    this._onMessage = (message) => this._message(message);
+    this._takeItems = (items) => {
+      for (const item of items) this._item(item);
+      return codec.moreWaiting(items);
+    };
     this._outbox = new Outbox((joined) => link.sendJson(joined), link.maxMessage, (err) => {
       // A batch sent after send() returned failed: the primary is gone (the worker leaves),
       // or this worker's messages exceed what the socket takes. As process.send does.
@@ -149,23 +153,13 @@ class WorkerSelf extends EventEmitter {
 
   /** Handles `items` (what the watcher took, if any), then whatever waits still. */
   _pump(items) {
-    if (items !== undefined && !this._take(items)) return;
-    while (this._take(this._link.drain(BATCH)));
-  }
-
-  /** Handles what `drain` (or the watcher) returned; true when more may be waiting. */
-  _take(items) {
-    for (const item of items) this._item(item);
-    // A full batch ends with `more`: frames read ahead wait in memory, and no readable
-    // descriptor announces them.
-    const last = items[items.length - 1];
-    return last !== undefined && last.type === 'more';
+    codec.pump(items, this._takeItems, (max) => this._link.drain(max));
   }
 
   _item(item) {
     if (typeof item === 'string') {
       // A run of JSON messages, joined by newlines.
-      for (const text of item.split('\n')) this._message(JSON.parse(text));
+      codec.eachJson(item, this._onMessage);
       return undefined;
     }
     if (Buffer.isBuffer(item)) return this._message(v8.deserialize(item));

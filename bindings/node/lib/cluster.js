@@ -15,7 +15,6 @@ const { rclusterError, invalidOption } = require('./errors');
 const SCHED_NONE = 1;
 const SCHED_RR = 2;
 const SPAWN_TIMEOUT_MS = 10000;
-const BATCH = 4096;
 
 class ProcessInfo extends EventEmitter {
   constructor() {
@@ -117,16 +116,15 @@ class Hub {
     this._slots = 0;
     this._bySlot = new Map();
     this._backlog = [];
-    this._onRun = (id, pid, texts) => {
+    const onRun = (id, pid, texts) => {
       const worker = this._bySlot.get(id);
       if (!worker) return;
-      for (const text of texts.split('\n')) {
-        const message = JSON.parse(text);
+      codec.eachJson(texts, (message) => {
         worker.emit('message', message, undefined);
         emitter.emit('message', worker, message, undefined);
-      }
+      });
     };
-    this._onEvent = (ev) => this._dispatch(ev);
+    this._take = (items) => codec.takeEvents(items, onRun, (ev) => this._dispatch(ev));
     this.workers = {};
     this.settings = {};
     this.schedulingPolicy = process.env.NODE_CLUSTER_SCHED_POLICY === 'none' ? SCHED_NONE : SCHED_RR;
@@ -227,13 +225,7 @@ class Hub {
     const backlog = this._backlog;
     this._backlog = [];
     for (const ev of backlog) this._dispatch(ev);
-    if (items !== undefined && !this._take(items)) return;
-    while (this._take(this._native.drain(BATCH)));
-  }
-
-  /** Handles what `drain` (or the watcher) returned; true when more may be waiting. */
-  _take(items) {
-    return codec.takeEvents(items, this._onRun, this._onEvent);
+    codec.pump(items, this._take, (max) => this._native.drain(max));
   }
 
   _dispatch(ev) {

@@ -37,6 +37,30 @@ function decodeEvent(ev) {
   }
 }
 
+/** How many events one `drain` call (and one watcher callback) takes at most. */
+const BATCH = 4096;
+
+/** True when a batch ended with `more`: it was full, and more may be waiting. */
+function moreWaiting(items) {
+  const last = items[items.length - 1];
+  return last !== undefined && last.type === 'more';
+}
+
+/**
+ * Hands `take` the items the watcher took (if any), then what `drain(BATCH)` still has, for
+ * as long as `take` says more may be waiting (frames read ahead wait in memory, where no
+ * readable descriptor announces them).
+ */
+function pump(items, take, drain) {
+  if (items !== undefined && !take(items)) return;
+  while (take(drain(BATCH)));
+}
+
+/** Calls `fn` with each message of a run of JSON texts joined by newlines. */
+function eachJson(texts, fn) {
+  for (const text of texts.split('\n')) fn(JSON.parse(text));
+}
+
 /**
  * Goes through the items of NativeSupervisor.drain: calls `onRun(id, pid, texts)` for each
  * run of JSON messages from one worker (their texts joined by newlines) and `onEvent(ev)`
@@ -52,10 +76,10 @@ function takeEvents(items, onRun, onEvent) {
       onEvent(item);
     }
   }
-  const last = items[items.length - 1];
-  return last !== undefined && last.type === 'more';
+  return moreWaiting(items);
 }
 
 module.exports = {
-  JSON_TAG, V8_TAG, CONTROL_TAG, jsonText, encode, decodeEvent, takeEvents, checkSerialization,
+  JSON_TAG, V8_TAG, CONTROL_TAG, BATCH, jsonText, encode, decodeEvent, moreWaiting, pump,
+  eachJson, takeEvents, checkSerialization,
 };

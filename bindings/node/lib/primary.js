@@ -7,8 +7,6 @@ const codec = require('./codec');
 const { signalName } = require('./signals');
 const { rclusterError } = require('./errors');
 
-const BATCH = 4096;
-
 function wrapNative(fn) {
   try {
     return fn();
@@ -27,10 +25,10 @@ class Cluster extends EventEmitter {
     this._native = wrapNative(() => new native.NativeSupervisor(opts));
     this._reloads = new Map(); // generation -> { resolve, reject }
     this._stopping = null;
-    this._onRun = (id, pid, texts) => {
-      for (const text of texts.split('\n')) this.emit('message', JSON.parse(text), { id, pid });
+    const onRun = (id, pid, texts) => {
+      codec.eachJson(texts, (message) => this.emit('message', message, { id, pid }));
     };
-    this._onEvent = (ev) => this._dispatch(ev);
+    this._take = (items) => codec.takeEvents(items, onRun, (ev) => this._dispatch(ev));
     // The watcher is ref'd: a running cluster keeps the process alive, as a server does,
     // until stop() (or every slot has given up).
     this._native.watch((items) => this._pump(items));
@@ -38,13 +36,7 @@ class Cluster extends EventEmitter {
 
   /** Handles `items` (what the watcher took, if any), then whatever waits still. */
   _pump(items) {
-    if (items !== undefined && !this._take(items)) return;
-    while (this._take(this._native.drain(BATCH)));
-  }
-
-  /** Handles what `drain` (or the watcher) returned; true when more may be waiting. */
-  _take(items) {
-    return codec.takeEvents(items, this._onRun, this._onEvent);
+    codec.pump(items, this._take, (max) => this._native.drain(max));
   }
 
   _dispatch(ev) {

@@ -22,6 +22,23 @@ pub fn encode(tag: u8, data: &Either<String, Buffer>) -> Vec<u8> {
     out
 }
 
+/// How many events the watchers hand their callbacks at most (the JS side's `codec.BATCH`).
+pub const BATCH: usize = 4096;
+
+/// Appends the text of a JSON-tagged message to `run`, a run of JSON texts joined by
+/// newlines (which JSON never contains unescaped), so that JS gets one string for the run.
+/// False, and nothing appended, for a message of another encoding.
+pub fn push_json(run: &mut String, data: &[u8]) -> bool {
+    if data.first() != Some(&JSON) {
+        return false;
+    }
+    if !run.is_empty() {
+        run.push('\n');
+    }
+    run.push_str(&String::from_utf8_lossy(&data[1..]));
+    true
+}
+
 /// Calls `send` with the JSON texts in `joined` (joined by newlines, which JSON.stringify
 /// never writes), each tagged as a message of its own.
 pub fn with_json_batch<T>(joined: &str, send: impl FnOnce(&[&[u8]]) -> T) -> T {

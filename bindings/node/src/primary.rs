@@ -277,9 +277,6 @@ fn to_event(ev: Event) -> NativeEvent {
     }
 }
 
-/// How many events the watcher takes per call of its callback.
-const BATCH: usize = 4096;
-
 /// An item of `drain`: a run of JSON messages from one worker process is three items, its
 /// `id`, its `pid` and one string of their texts joined by newlines (which JSON never
 /// contains unescaped), so that a busy worker costs a few values per wake-up and not an
@@ -288,9 +285,12 @@ type Item = Either3<u32, String, NativeEvent>;
 
 fn drain(sup: &Supervisor, max: usize) -> Vec<Item> {
     let mut out = Vec::new();
-    let mut run: Option<(u32, u32, String)> = None;
-    let end_run = |out: &mut Vec<Item>, run: Option<(u32, u32, String)>| {
-        if let Some((id, pid, texts)) = run {
+    // The worker process of the run being built, and its texts.
+    let mut run: Option<(u32, u32)> = None;
+    let mut texts = String::new();
+    let end_run = |out: &mut Vec<Item>, run: &mut Option<(u32, u32)>, texts: &mut String| {
+        if let Some((id, pid)) = run.take() {
+            let texts = std::mem::take(texts);
             out.extend([Either3::A(id), Either3::A(pid), Either3::B(texts)]);
         }
     };
@@ -301,25 +301,18 @@ fn drain(sup: &Supervisor, max: usize) -> Vec<Item> {
         };
         taken += 1;
         if let Event::Message { id, pid, data } = &ev {
-            if data.first() == Some(&message::JSON) {
-                let text = String::from_utf8_lossy(&data[1..]);
-                match &mut run {
-                    Some((i, p, texts)) if *i == *id && *p == *pid => {
-                        texts.push('\n');
-                        texts.push_str(&text);
-                    }
-                    _ => {
-                        end_run(&mut out, run.take());
-                        run = Some((*id, *pid, text.into_owned()));
-                    }
-                }
+            if run != Some((*id, *pid)) {
+                end_run(&mut out, &mut run, &mut texts);
+            }
+            if message::push_json(&mut texts, data) {
+                run = Some((*id, *pid));
                 continue;
             }
         }
-        end_run(&mut out, run.take());
+        end_run(&mut out, &mut run, &mut texts);
         out.push(Either3::C(to_event(ev)));
     }
-    end_run(&mut out, run);
+    end_run(&mut out, &mut run, &mut texts);
     if taken == max {
         // Stopped short: more may be waiting.
         out.push(Either3::C(event("more")));
@@ -441,7 +434,7 @@ impl NativeSupervisor {
         drain(&self.inner, max as usize)
     }
 
-    /// Calls `callback` on the JS thread with the waiting events (up to [`BATCH`], as
+    /// Calls `callback` on the JS thread with the waiting events (up to [`message::BATCH`], as
     /// `drain` returns them) whenever some wait.
     #[napi(ts_args_type = "callback: (items: Array<number | string | NativeEvent>) => void")]
     pub fn watch(
@@ -453,7 +446,7 @@ impl NativeSupervisor {
         let sup = Arc::clone(&self.inner);
         let produce = Box::new(move |env| {
             // SAFETY: called on the JS thread with its live env.
-            unsafe { Vec::to_napi_value(env, drain(&sup, BATCH)) }.map_err(from_napi)
+            unsafe { Vec::to_napi_value(env, drain(&sup, message::BATCH)) }.map_err(from_napi)
         });
         self.watcher
             .start(&env, fd, callback, produce, "rcluster:primary")

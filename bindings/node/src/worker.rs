@@ -91,11 +91,7 @@ fn drain(worker: &Worker, max: usize) -> napi::Result<Vec<Item>, &'static str> {
     let mut json = String::new();
     for ev in events {
         if let WorkerEvent::Message(data) = &ev {
-            if data.first() == Some(&message::JSON) {
-                if !json.is_empty() {
-                    json.push('\n');
-                }
-                json.push_str(&String::from_utf8_lossy(&data[1..]));
+            if message::push_json(&mut json, data) {
                 continue;
             }
         }
@@ -119,9 +115,6 @@ fn drain(worker: &Worker, max: usize) -> napi::Result<Vec<Item>, &'static str> {
     }
     Ok(out)
 }
-
-/// How many events the watcher takes per call of its callback.
-const BATCH: usize = 4096;
 
 /// This process's link to its primary.
 #[napi]
@@ -236,7 +229,7 @@ impl NativeWorker {
         drain(&self.inner, max as usize)
     }
 
-    /// Calls `callback` on the JS thread with the waiting events (up to [`BATCH`], as
+    /// Calls `callback` on the JS thread with the waiting events (up to [`message::BATCH`], as
     /// `drain` returns them) whenever some wait.
     #[napi(ts_args_type = "callback: (items: Array<string | Buffer | NativeWorkerEvent>) => void")]
     pub fn watch(
@@ -247,7 +240,7 @@ impl NativeWorker {
         let fd = self.inner.as_raw_fd();
         let worker = Rc::clone(&self.inner);
         let produce = Box::new(move |env| {
-            let items = drain(&worker, BATCH)?;
+            let items = drain(&worker, message::BATCH)?;
             // SAFETY: called on the JS thread with its live env.
             unsafe { Vec::to_napi_value(env, items) }.map_err(from_napi)
         });
