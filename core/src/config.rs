@@ -173,6 +173,11 @@ pub struct Config {
     pub max_inflight: Option<usize>,
     /// Most connections handed to one worker and not yet acknowledged.
     pub handoff_window: usize,
+    /// Round-robin TCP listeners that workers ask for (`server.listen()` in a worker) are
+    /// turned in the kernel when it allows (see `docs/operations.md`): each worker accepts
+    /// from a socket of its own and the primary does nothing per connection. Off: the primary
+    /// accepts every connection and hands it over.
+    pub kernel_round_robin: bool,
     /// Most connections waiting in the primary for a worker; more are closed at once.
     pub queue_limit: usize,
     /// A connection waiting longer than this in the primary is closed.
@@ -204,6 +209,7 @@ impl Config {
             listeners: Vec::new(),
             max_inflight: None,
             handoff_window: 64,
+            kernel_round_robin: true,
             queue_limit: 4096,
             queue_timeout: Duration::from_secs(10),
             max_surge: 1,

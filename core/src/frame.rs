@@ -26,6 +26,7 @@ pub enum Kind {
     ConnectionClosed = 8,
     Listen = 9,
     ListenResult = 10,
+    Unlisten = 11,
 }
 
 impl Kind {
@@ -41,6 +42,7 @@ impl Kind {
             8 => Kind::ConnectionClosed,
             9 => Kind::Listen,
             10 => Kind::ListenResult,
+            11 => Kind::Unlisten,
             _ => return None,
         })
     }

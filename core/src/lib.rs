@@ -18,6 +18,7 @@ mod primary;
 mod process;
 mod reader;
 mod spawn;
+mod steer;
 mod supervisor;
 mod sys;
 mod worker;

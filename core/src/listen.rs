@@ -157,7 +157,7 @@ pub fn bind(addr: &ListenAddr, dispatch: Dispatch) -> Result<OwnedFd> {
     };
     let nonblocking = dispatch != Dispatch::Shared;
     match addr {
-        ListenAddr::Tcp(sa) => bind_tcp(sa, nonblocking).map_err(fail),
+        ListenAddr::Tcp(sa) => bind_tcp(sa, nonblocking, false).map_err(fail),
         ListenAddr::Unix(path) => bind_unix(path, nonblocking).map_err(fail),
     }
 }
@@ -175,11 +175,20 @@ fn set_int_opt(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: libc::c_int) 
     cvt(unsafe { libc::setsockopt(fd, level, opt, (&v as *const libc::c_int).cast(), 4) }).map(drop)
 }
 
-fn bind_tcp(sa: &SocketAddr, nonblocking: bool) -> io::Result<OwnedFd> {
+/// A non-blocking TCP listener with `SO_REUSEPORT`, one of a group on the same address (see
+/// `steer`).
+pub fn bind_reuseport(sa: &SocketAddr) -> io::Result<OwnedFd> {
+    bind_tcp(sa, true, true)
+}
+
+fn bind_tcp(sa: &SocketAddr, nonblocking: bool, reuseport: bool) -> io::Result<OwnedFd> {
     let (storage, len) = sockaddr_from(sa);
     let fd = socket(storage.ss_family as libc::c_int, nonblocking)?;
     // Rebinding right after a restart of the primary must not fail on TIME_WAIT connections.
     set_int_opt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    if reuseport {
+        set_int_opt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    }
     if sa.is_ipv6() {
         set_int_opt(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
     }

@@ -33,6 +33,8 @@ pub enum Incoming {
         dispatch: Dispatch,
         addr: String,
     },
+    /// The worker stopped listening on the listener of this name (`server.close()`).
+    Unlisten(String),
 }
 
 /// Reading stopped because of this.
@@ -178,6 +180,18 @@ impl Reader {
                                 frame.body.len()
                             );
                             return Some(ReadEnd::Violation(detail));
+                        }
+                    }
+                }
+                Kind::Unlisten if !frame.has_fd => {
+                    let mut body = frame.body;
+                    match frame::take_str(&mut body) {
+                        Some(name) if body.is_empty() => Incoming::Unlisten(name),
+                        _ => {
+                            return Some(ReadEnd::Violation(format!(
+                                "malformed Unlisten frame of {} bytes",
+                                frame.body.len()
+                            )))
                         }
                     }
                 }

@@ -291,6 +291,14 @@ impl Worker {
         self.write_frame(Kind::ConnectionClosed, &id.to_le_bytes())
     }
 
+    /// Tells the primary that this worker no longer takes connections of listener `name` (what
+    /// `server.close()` means in a worker): it gives them to the other workers from now on.
+    pub fn unlisten(&self, name: &str) -> Result<()> {
+        let mut body = Vec::with_capacity(2 + name.len());
+        frame::put_str(&mut body, name);
+        self.write_frame(Kind::Unlisten, &body)
+    }
+
     /// Tells the primary this worker is going away on its own.
     pub fn disconnect(&self) -> Result<()> {
         self.write_frame(Kind::Disconnect, &[])

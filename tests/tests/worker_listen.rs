@@ -104,3 +104,114 @@ fn a_restarted_worker_asking_again_gets_the_same_listener() {
     let addr = second.split(' ').nth(2).unwrap();
     assert!(get(addr).starts_with("0 "));
 }
+
+/// The listener's address, and whether the kernel turns it (the worker got a socket of its
+/// own), from each worker's "listening NAME ADDR [own-socket]".
+fn address(answers: &[String]) -> (String, String, bool) {
+    let fields: Vec<&str> = answers[0].split(' ').collect();
+    let own = answers.iter().all(|a| a.ends_with(" own-socket"));
+    (fields[1].to_string(), fields[2].to_string(), own)
+}
+
+/// Whether this process may load the kernel's round-robin program (root, usually). Where it
+/// may not, the primary accepts round-robin connections itself: the tests that need the
+/// kernel's turns say so and stop.
+fn kernel_turns(own: bool, test: &str) -> bool {
+    if !own {
+        eprintln!("{test}: skipped, this process may not load BPF programs (CAP_BPF)");
+    }
+    own
+}
+
+fn kernel_turns_allowed() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn a_round_robin_listener_is_turned_by_the_kernel_one_worker_after_the_other() {
+    let sup = Supervisor::start(worker_config(2, &["listen", "127.0.0.1:0", "rr"])).unwrap();
+    let (_, addr, own) = address(&listening(&sup, 2));
+    if kernel_turns_allowed() {
+        assert!(own, "as root, each worker gets its own socket of the group");
+    }
+    if !kernel_turns(own, "turned by the kernel") {
+        return;
+    }
+    let by: Vec<String> = (0..20)
+        .map(|_| get(&addr).split(' ').next().unwrap().to_string())
+        .collect();
+    for pair in by.windows(2) {
+        assert_ne!(pair[0], pair[1], "strict turns, got {by:?}");
+    }
+}
+
+#[test]
+fn the_primary_accepts_round_robin_connections_itself_when_told_to() {
+    let mut c = worker_config(2, &["listen", "127.0.0.1:0", "rr"]);
+    c.kernel_round_robin = false;
+    let sup = Supervisor::start(c).unwrap();
+    let (_, addr, own) = address(&listening(&sup, 2));
+    assert!(
+        !own,
+        "no socket for the workers: the primary hands connections over"
+    );
+    let mut by: Vec<String> = (0..10)
+        .map(|_| get(&addr).split(' ').next().unwrap().to_string())
+        .collect();
+    by.sort();
+    by.dedup();
+    assert_eq!(by, vec!["0", "1"]);
+}
+
+/// Worker 0 never accepts on its socket (too busy), so its turns wait there; when it exits,
+/// the primary accepts them and hands them to worker 1: not one client is dropped.
+#[test]
+fn connections_waiting_for_a_worker_that_dies_are_served_by_another() {
+    let mut c = worker_config(2, &["listen", "127.0.0.1:0", "rr", "0"]);
+    c.restart.mode = rcluster_core::RestartMode::Never;
+    let sup = Supervisor::start(c).unwrap();
+    let (_, addr, own) = address(&listening(&sup, 2));
+    if !kernel_turns(own, "waiting for a worker that dies") {
+        return;
+    }
+    let clients: Vec<TcpStream> = (0..6)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            s
+        })
+        .collect();
+    // Worker 1 answers its three; worker 0's three wait in its socket.
+    std::thread::sleep(Duration::from_millis(300));
+    sup.send(0, b"!exit 1").unwrap();
+    let mut by = Vec::new();
+    for mut s in clients {
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        by.push(body.split(' ').next().unwrap_or("none").to_string());
+    }
+    assert_eq!(
+        by,
+        vec!["1"; 6],
+        "every client answered, by the worker left"
+    );
+}
+
+#[test]
+fn a_worker_that_stops_listening_gets_no_more_turns() {
+    let sup = Supervisor::start(worker_config(2, &["listen", "127.0.0.1:0", "rr"])).unwrap();
+    let (name, addr, own) = address(&listening(&sup, 2));
+    if !kernel_turns(own, "stops listening") {
+        return;
+    }
+    sup.send(0, format!("!unlisten {name}").as_bytes()).unwrap();
+    let answer = listening(&sup, 1).remove(0);
+    assert_eq!(answer, "unlistened");
+    let by: Vec<String> = (0..10)
+        .map(|_| get(&addr).split(' ').next().unwrap().to_string())
+        .collect();
+    assert_eq!(by, vec!["1"; 10]);
+}

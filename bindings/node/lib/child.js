@@ -215,9 +215,6 @@ class WorkerSelf extends EventEmitter {
     socket._server = server;
     const link = this._link;
     const id = ev.id;
-    socket.once('close', () => {
-      try { link.connectionClosed(id); } catch { /* the primary is gone */ }
-    });
     server.emit('connection', socket);
   }
 
@@ -318,8 +315,24 @@ function patchListen(worker, dispatch) {
       return undefined;
     }
     if (typeof listening.fd === 'number') {
-      // `shared`: the primary handed the listening socket; this worker accepts on it.
+      // `shared`, or round-robin turned by the kernel: the primary handed a listening socket
+      // (this worker's own, in the second case) and this worker accepts on it. In the second
+      // case the primary may still hand over a connection (one that waited in the socket of a
+      // worker that died), and it must hear at once when the server stops accepting (the
+      // handle's close, not the server's 'close', which waits for the open connections):
+      // until then, the kernel keeps giving this worker its turns.
       original.call(this, null, null, addressType, backlog, listening.fd, flags);
+      worker._servers.set(listening.name, this);
+      const server = this;
+      const handle = this._handle;
+      if (handle && typeof handle.close === 'function') {
+        const close = handle.close;
+        handle.close = function closeAndUnlisten(...args) {
+          if (worker._servers.get(listening.name) === server) worker._servers.delete(listening.name);
+          try { worker._link.unlisten(listening.name); } catch { /* the primary is gone */ }
+          return close.apply(this, args);
+        };
+      }
     } else {
       this._handle = new PrimaryHandle(worker, this, listening);
       worker._servers.set(listening.name, this);

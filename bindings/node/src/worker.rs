@@ -70,7 +70,6 @@ fn to_item(ev: WorkerEvent) -> Item {
             fd: Some(give_away(c.fd)),
             id: Some(c.id as f64),
             listener: Some(c.listener),
-            peer: Some(c.peer),
             ..simple("connection")
         }),
         WorkerEvent::Disconnect => Either3::C(simple("disconnect")),
@@ -209,6 +208,12 @@ impl NativeWorker {
             address: l.addr,
             fd: l.fd.map(give_away),
         })
+    }
+
+    /// Tells the primary this worker closed its server on listener `name`.
+    #[napi]
+    pub fn unlisten(&self, name: String) -> napi::Result<(), &'static str> {
+        self.inner.unlisten(&name).map_err(to_js)
     }
 
     /// Waits up to `timeout_ms` for one event, blocking the JS thread: only for the start-up

@@ -5,6 +5,7 @@ use std::collections::{HashSet, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use super::steered::Group;
 use super::Primary;
 use crate::conn::PassFd;
 use crate::dispatch::{self, Candidate, Choice, SlotState};
@@ -35,6 +36,8 @@ pub struct Bound {
     subscribers: Option<HashSet<u64>>,
     /// The address as a worker asked for it (e.g. port 0), for matching later requests.
     requested: Option<String>,
+    /// Round-robin turned by the kernel: the sockets of the workers.
+    pub group: Option<Group>,
 }
 
 impl Bound {
@@ -48,6 +51,7 @@ impl Bound {
             paused_until: None,
             subscribers: None,
             requested: None,
+            group: None,
         }
     }
 }
@@ -116,16 +120,23 @@ impl Primary {
                 l.armed = false;
             }
         }
+        self.steer_groups(may_accept);
     }
 
     pub(super) fn accept_ready(&mut self, index: usize) {
+        self.accept_from(index, self.listeners[index].fd.as_raw_fd());
+    }
+
+    /// Accepts what waits on `fd` (listener `index`'s socket, or one of its group's) and hands
+    /// it over.
+    pub(super) fn accept_from(&mut self, index: usize, fd: std::os::fd::RawFd) {
         let now = self.clock.now();
         for _ in 0..ACCEPT_BATCH {
             if self.waiting.len() >= self.cfg.queue_limit {
                 break;
             }
             let l = &mut self.listeners[index];
-            match listen::accept(l.fd.as_raw_fd()) {
+            match listen::accept(fd) {
                 Ok(Some((fd, peer))) => {
                     let id = self.next_conn_id;
                     self.next_conn_id += 1;
@@ -297,7 +308,8 @@ impl Primary {
 
     /// A worker asks for a listener: bind it once per address, and from then on dispatch its
     /// connections to every worker that asked. The answer goes back to the asking worker (with
-    /// the socket itself in `shared` mode).
+    /// the socket itself in `shared` mode, and its own socket of the group for a round-robin
+    /// listener the kernel turns).
     pub(super) fn worker_listen(
         &mut self,
         key: u64,
@@ -305,18 +317,28 @@ impl Primary {
         dispatch: Dispatch,
         addr: String,
     ) {
+        if !self.procs.contains_key(&key) {
+            return;
+        }
         let result = self.find_or_bind(key, dispatch, &addr);
+        // A listener turned by the kernel: this worker's own socket of its group.
+        let result = result.and_then(|i| match self.listeners[i].group {
+            Some(_) => self.join_group(i, key).map(|fd| (i, Some(fd))),
+            None => Ok((i, None)),
+        });
         let Some(p) = self.procs.get(&key) else {
             return;
         };
         let mut body = request.to_le_bytes().to_vec();
-        let fd = match &result {
-            Ok(i) => {
-                let l = &self.listeners[*i];
+        let fd = match result {
+            Ok((i, member)) => {
+                let l = &self.listeners[i];
                 body.push(0);
                 frame::put_str(&mut body, &l.name);
                 frame::put_str(&mut body, &l.addr.to_string());
-                if l.dispatch == Dispatch::Shared {
+                if let Some(fd) = member {
+                    Some(PassFd::Owned(fd))
+                } else if l.dispatch == Dispatch::Shared {
                     l.fd.try_clone().ok().map(PassFd::Owned)
                 } else {
                     None
@@ -324,13 +346,25 @@ impl Primary {
             }
             Err(e) => {
                 body.push(1);
-                frame::put_str(&mut body, e);
+                frame::put_str(&mut body, &e);
                 None
             }
         };
         let _ = p
             .conn
             .send_frame(&self.shared.waker, Kind::ListenResult, &body, fd);
+    }
+
+    /// A worker closed its server on a listener: it gets no more of its connections.
+    /// An unknown name is ignored (a listener that was never dispatched to it).
+    pub(super) fn worker_unlisten(&mut self, key: u64, name: &str) {
+        let Some(index) = self.listeners.iter().position(|l| l.name == name) else {
+            return;
+        };
+        if let Some(subs) = &mut self.listeners[index].subscribers {
+            subs.remove(&key);
+        }
+        self.leave_groups(key, Some(index));
     }
 
     fn find_or_bind(&mut self, key: u64, dispatch: Dispatch, addr: &str) -> Result<usize, String> {
@@ -342,9 +376,21 @@ impl Primary {
         let index = match found {
             Some(i) => i,
             None => {
-                let fd = listen::bind(&parsed, dispatch).map_err(|e| e.to_string())?;
+                let group = if self.kernel_turns(dispatch, &parsed) {
+                    self.bind_group(&parsed)?
+                } else {
+                    None
+                };
+                let (fd, group) = match group {
+                    Some((fd, g)) => (fd, Some(g)),
+                    None => (
+                        listen::bind(&parsed, dispatch).map_err(|e| e.to_string())?,
+                        None,
+                    ),
+                };
                 let actual = listen::local_addr(fd.as_raw_fd(), &parsed);
                 let mut b = Bound::new(addr.to_string(), actual, fd, dispatch);
+                b.group = group;
                 b.subscribers = Some(HashSet::new());
                 b.requested = Some(addr.to_string());
                 self.listeners.push(b);
@@ -366,6 +412,7 @@ impl Primary {
                 subs.remove(&key);
             }
         }
+        self.leave_groups(key, None);
         let mut back: Vec<Waiting> = p.unacked.drain().map(|(_, w)| w).collect();
         back.sort_by_key(|w| w.id);
         for w in back.into_iter().rev() {
@@ -399,6 +446,7 @@ impl Primary {
     /// At the end: no connection is left half-handed, no socket file left behind.
     pub(super) fn close_listeners(&mut self) {
         self.waiting.clear();
+        self.close_groups();
         for l in self.listeners.drain(..) {
             if l.armed {
                 self.epoll.delete(l.fd.as_raw_fd());

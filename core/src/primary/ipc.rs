@@ -164,6 +164,7 @@ impl Primary {
                     dispatch,
                     addr,
                 } => self.worker_listen(key, request, dispatch, addr),
+                Incoming::Unlisten(name) => self.worker_unlisten(key, &name),
                 Incoming::Ack(id) => {
                     if let Err(detail) = self.connection_acked(key, id) {
                         return self.protocol_violation(key, detail);

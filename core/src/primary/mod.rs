@@ -6,11 +6,13 @@ mod handoff;
 mod ipc;
 mod lifecycle;
 mod reload;
+mod steered;
 
 use reload::Reload;
 
 use handoff::LISTENER;
 pub(crate) use handoff::{conn_id, Bound, Waiting};
+use steered::STEERED;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
@@ -89,6 +91,8 @@ pub(crate) struct Primary {
     gathering: Vec<(Instant, Arc<Conn>)>,
     /// When the loop next reads the workers that the host thread reads.
     host_tick: Option<Instant>,
+    /// Why round-robin listeners are not turned by the kernel here, once it refused.
+    no_kernel_turns: Option<String>,
 }
 
 impl Primary {
@@ -137,6 +141,7 @@ impl Primary {
             queue_deadline: None,
             gathering: Vec::new(),
             host_tick: None,
+            no_kernel_turns: None,
             cfg,
         })
     }
@@ -205,6 +210,8 @@ impl Primary {
                             self.flush(&conn);
                         }
                     }
+                } else if token & STEERED != 0 {
+                    self.member_ready(token);
                 } else if token & LISTENER != 0 {
                     self.accept_ready((token & !LISTENER) as usize);
                 } else {

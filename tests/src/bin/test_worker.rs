@@ -25,9 +25,12 @@
 //!   code 3 at the first connection handed to it, without acknowledging it; other slots serve
 //!   as in `serve 0`
 //!
-//! - `listen ADDR MODE`: asks the primary for a listener on ADDR with dispatch MODE, sends
-//!   "listening NAME ADDR" (or "listen-error MESSAGE"), then serves like `serve 0` (in shared
-//!   mode it accepts on the socket it got itself)
+//! - `listen ADDR MODE [STALL]`: asks the primary for a listener on ADDR with dispatch MODE,
+//!   sends "listening NAME ADDR" (or "listen-error MESSAGE"), then serves like `serve 0`; when
+//!   the primary handed it a listening socket (shared mode, or round-robin turned by the
+//!   kernel) the message ends in " own-socket" and it accepts on that socket itself, unless
+//!   its slot is STALL (a worker too busy to accept). The message `!unlisten NAME` makes it
+//!   tell the primary it stopped listening, answered by "unlistened"
 //!
 //! In every mode that echoes, dispatched connections are served as in `serve 0`.
 
@@ -81,11 +84,13 @@ fn main() {
         "serve" => serve(&w, Duration::from_millis(num(1))),
         "listen" => {
             let mode: rcluster_core::Dispatch = args[2].parse().unwrap();
+            let stalled = args.get(3).is_some_and(|s| s.parse() == Ok(w.id()));
             match w.listen(&args[1], mode) {
                 Ok(l) => {
-                    w.send(format!("listening {} {}", l.name, l.addr).as_bytes())
+                    let own = if l.fd.is_some() { " own-socket" } else { "" };
+                    w.send(format!("listening {} {}{own}", l.name, l.addr).as_bytes())
                         .unwrap();
-                    if let Some(fd) = l.fd {
+                    if let Some(fd) = l.fd.filter(|_| !stalled) {
                         let (w, name) = (Arc::clone(&w), l.name);
                         std::thread::spawn(move || accept_shared(&w, fd, &name));
                     }
@@ -298,6 +303,10 @@ fn command(w: &Worker, cmd: &[u8]) {
             w.send(err.to_string().as_bytes()).unwrap();
         }
         ["!exit", code] => std::process::exit(code.parse().unwrap()),
+        ["!unlisten", name] => {
+            w.unlisten(name).unwrap();
+            w.send(b"unlistened").unwrap();
+        }
         ["!burst", n] => {
             let texts: Vec<String> = (0..n.parse().unwrap()).map(|i| format!("b{i}")).collect();
             let parts: Vec<&[u8]> = texts.iter().map(|t| t.as_bytes()).collect();

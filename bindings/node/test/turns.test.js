@@ -1,0 +1,69 @@
+'use strict';
+// Round-robin turned by the kernel (as root): each worker accepts from a socket of its own,
+// one after the other, and the primary serves what waits for a worker that died or closed.
+const test = require('node:test');
+const assert = require('assert');
+const { runFixture, get, freePort } = require('./helpers');
+
+const root = process.getuid() === 0;
+const why = 'loading the kernel round-robin program needs CAP_BPF (root)';
+
+/** Runs fixtures/turns.js and `script(send, port)` once it is READY; resolves its result. */
+async function withTurns(script) {
+  const port = await freePort();
+  const lines = [];
+  const waiters = [];
+  let result;
+  let failed;
+  const run = runFixture('turns.js', 'rcluster', [port], {
+    stdin: 'pipe',
+    onLine: async (line, child) => {
+      lines.push(line);
+      for (const w of waiters.splice(0)) w();
+      if (line !== 'READY') return;
+      const until = async (prefix) => {
+        for (let i = 0; i < 100 && !lines.some((l) => l.startsWith(prefix)); i++) {
+          await new Promise((resolve) => { waiters.push(resolve); setTimeout(resolve, 100); });
+        }
+      };
+      const send = async (cmd, answer) => { child.stdin.write(`${cmd}\n`); await until(answer); };
+      try { result = await script(send, port); } catch (e) { failed = e; }
+      child.stdin.end();
+    },
+  });
+  const { out } = await run;
+  if (failed) throw failed;
+  return { result, out };
+}
+
+test('rcluster: connections take turns over the workers, one after the other', { skip: !root && why }, async () => {
+  const { result, out } = await withTurns(async (send, port) => {
+    const by = [];
+    for (let i = 0; i < 12; i++) by.push(await get(port));
+    return by;
+  });
+  for (let i = 1; i < result.length; i++) assert.notStrictEqual(result[i], result[i - 1], `${result} ${out}`);
+});
+
+test('rcluster: requests waiting for a blocked worker that is killed are served by the other', { skip: !root && why }, async () => {
+  const { result, out } = await withTurns(async (send, port) => {
+    await send('block 1', 'BLOCKED 1');
+    await new Promise((resolve) => setTimeout(resolve, 200)); // the loop is stuck now
+    // Half of them wait in worker 1's socket: nothing accepts them there.
+    const pending = Array.from({ length: 6 }, () => get(port));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    await send('kill 1', 'EXIT 1');
+    return Promise.all(pending);
+  });
+  assert.deepStrictEqual(result, ['2', '2', '2', '2', '2', '2'], out);
+});
+
+test('rcluster: a worker that closes its server gets no more connections', { skip: !root && why }, async () => {
+  const { result, out } = await withTurns(async (send, port) => {
+    await send('close 1', 'CLOSED 1');
+    const by = [];
+    for (let i = 0; i < 8; i++) by.push(await get(port));
+    return by;
+  });
+  assert.deepStrictEqual(result, Array(8).fill('2'), out);
+});

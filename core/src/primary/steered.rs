@@ -1,0 +1,220 @@
+//! Round-robin listeners turned by the kernel (see `steer`): one socket per worker, the
+//! rotation kept to the workers that serve, and the sockets of workers that do not (not ready
+//! yet, draining, gone, or no longer listening) served by the primary itself.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use super::Primary;
+use crate::events::WorkerState;
+use crate::listen::{self, Dispatch, ListenAddr};
+use crate::steer::Steer;
+
+/// Member sockets' tokens in the epoll set: this bit, the listener's index << 24 and the
+/// member's index.
+pub(super) const STEERED: u64 = 1 << 61;
+
+/// The kernel's round-robin of one listener.
+pub struct Group {
+    steer: Steer,
+    members: Vec<Member>,
+    /// The sockets taking turns now, in order.
+    turn: Vec<RawFd>,
+}
+
+/// One socket of the group. It outlives its worker: a worker that dies leaves connections
+/// queued in it, which the primary accepts and hands over, and the next worker to ask for the
+/// listener gets the socket, so that the group never grows past the most workers at once.
+struct Member {
+    fd: OwnedFd,
+    /// The worker listening on it; None while nobody does.
+    worker: Option<u64>,
+    /// In the primary's epoll set (its worker does not serve).
+    armed: bool,
+}
+
+impl Group {
+    /// A group around the listener `fd` (bound with `SO_REUSEPORT`); fails when the kernel
+    /// does not let this process load the program.
+    pub fn new(fd: RawFd) -> std::io::Result<Group> {
+        let steer = Steer::new()?;
+        steer.attach(fd)?;
+        Ok(Group {
+            steer,
+            members: Vec::new(),
+            turn: Vec::new(),
+        })
+    }
+}
+
+impl Primary {
+    /// Whether a listener a worker asks for is turned by the kernel.
+    pub(super) fn kernel_turns(&self, dispatch: Dispatch, addr: &ListenAddr) -> bool {
+        self.cfg.kernel_round_robin
+            && dispatch == Dispatch::RoundRobin
+            && self.cfg.max_inflight.is_none()
+            && matches!(addr, ListenAddr::Tcp(_))
+            && self.no_kernel_turns.is_none()
+    }
+
+    /// Binds a listener for kernel round-robin: its socket and group, or None (and from then
+    /// on no more tries) when the kernel refuses the program.
+    pub(super) fn bind_group(
+        &mut self,
+        addr: &ListenAddr,
+    ) -> Result<Option<(OwnedFd, Group)>, String> {
+        let ListenAddr::Tcp(sa) = addr else {
+            return Ok(None);
+        };
+        let fd = listen::bind_reuseport(sa).map_err(|e| {
+            crate::Error::Bind {
+                addr: addr.to_string(),
+                source: e,
+            }
+            .to_string()
+        })?;
+        match Group::new(fd.as_raw_fd()) {
+            Ok(g) => Ok(Some((fd, g))),
+            Err(e) => {
+                self.no_kernel_turns = Some(e.to_string());
+                Ok(None)
+            }
+        }
+    }
+
+    /// Gives worker `key` a socket of listener `index`'s group (the one it has, a free one, or
+    /// a new one) and returns a copy of it to send.
+    pub(super) fn join_group(&mut self, index: usize, key: u64) -> Result<OwnedFd, String> {
+        let l = &mut self.listeners[index];
+        let addr = l.addr.clone();
+        let g = l.group.as_mut().expect("a kernel round-robin listener");
+        let at = match g.members.iter().position(|m| m.worker == Some(key)) {
+            Some(i) => i,
+            None => match g.members.iter().position(|m| m.worker.is_none()) {
+                Some(i) => i,
+                None => {
+                    let ListenAddr::Tcp(sa) = &addr else {
+                        unreachable!("groups are TCP only")
+                    };
+                    let fd = listen::bind_reuseport(sa).map_err(|e| {
+                        format!("binding another socket on {addr} for kernel round-robin: {e}")
+                    })?;
+                    g.members.push(Member {
+                        fd,
+                        worker: None,
+                        armed: false,
+                    });
+                    g.members.len() - 1
+                }
+            },
+        };
+        let copy = g.members[at]
+            .fd
+            .try_clone()
+            .map_err(|e| format!("duplicating a listening socket: {e}"))?;
+        g.members[at].worker = Some(key);
+        self.changed = true;
+        Ok(copy)
+    }
+
+    /// Worker `key` no longer listens on listener `index` (or on any, with None): its sockets
+    /// leave the rotation, and the primary serves what comes to them.
+    pub(super) fn leave_groups(&mut self, key: u64, index: Option<usize>) {
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            if index.is_some_and(|x| x != i) {
+                continue;
+            }
+            if let Some(g) = &mut l.group {
+                for m in &mut g.members {
+                    if m.worker == Some(key) {
+                        m.worker = None;
+                        self.changed = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A worker that takes its turns: ready, not stopping, still linked.
+    fn serves(&self, key: Option<u64>) -> bool {
+        key.and_then(|k| self.procs.get(&k)).is_some_and(|p| {
+            p.state == WorkerState::Ready && p.stopping.is_none() && p.hello && p.ipc_open
+        })
+    }
+
+    /// Brings every group's rotation and the primary's watch over its sockets in line with
+    /// which workers serve. Cheap when nothing changed: no system call.
+    pub(super) fn steer_groups(&mut self, may_accept: bool) {
+        for i in 0..self.listeners.len() {
+            let Some(g) = &self.listeners[i].group else {
+                continue;
+            };
+            let mut serving: Vec<(u64, RawFd)> = Vec::new();
+            let mut arm: Vec<bool> = Vec::with_capacity(g.members.len());
+            for m in &g.members {
+                let serves = self.serves(m.worker);
+                if serves {
+                    serving.push((m.worker.unwrap_or_default(), m.fd.as_raw_fd()));
+                }
+                arm.push(may_accept && !serves);
+            }
+            // In the order of the workers' keys: the order they started in.
+            serving.sort_unstable();
+            let turn: Vec<RawFd> = serving.into_iter().map(|(_, fd)| fd).collect();
+            let g = self.listeners[i].group.as_mut().unwrap();
+            if turn != g.turn {
+                if let Err(e) = g.steer.set(&turn) {
+                    // The kernel's hash goes on spreading connections over every socket of
+                    // the group, each of which is served: slower to even out, nothing lost.
+                    eprintln!("rcluster: updating the kernel round-robin failed: {e}");
+                }
+                g.turn = turn;
+            }
+            for (j, want) in arm.into_iter().enumerate() {
+                let m = &mut g.members[j];
+                if want == m.armed {
+                    continue;
+                }
+                let token = STEERED | (i as u64) << 24 | j as u64;
+                if want {
+                    m.armed = self
+                        .epoll
+                        .add(m.fd.as_raw_fd(), libc::EPOLLIN as u32, token)
+                        .is_ok();
+                } else {
+                    self.epoll.delete(m.fd.as_raw_fd());
+                    m.armed = false;
+                }
+            }
+        }
+    }
+
+    /// A socket of a group whose worker does not serve has connections: the primary takes
+    /// them, to hand them over like its own.
+    pub(super) fn member_ready(&mut self, token: u64) {
+        let index = ((token & !STEERED) >> 24) as usize;
+        let member = (token & 0xff_ffff) as usize;
+        let fd = self
+            .listeners
+            .get(index)
+            .and_then(|l| l.group.as_ref())
+            .and_then(|g| g.members.get(member))
+            .map(|m| m.fd.as_raw_fd());
+        if let Some(fd) = fd {
+            self.accept_from(index, fd);
+        }
+    }
+
+    /// Takes every group's sockets out of the epoll set (at the end).
+    pub(super) fn close_groups(&mut self) {
+        for l in &mut self.listeners {
+            if let Some(g) = &mut l.group {
+                for m in &mut g.members {
+                    if m.armed {
+                        self.epoll.delete(m.fd.as_raw_fd());
+                        m.armed = false;
+                    }
+                }
+            }
+        }
+    }
+}
