@@ -54,6 +54,12 @@ declare namespace rcluster {
     dispatch?: Dispatch;
     maxInflight?: number;
     handoffWindow?: number;
+    /**
+     * Round-robin listeners that workers open with `server.listen()` take turns in the kernel
+     * where it allows (root): each worker accepts from a socket of its own. Default true;
+     * false: the primary accepts every connection and hands it over.
+     */
+    kernelRoundRobin?: boolean;
     queueLimit?: number;
     queueTimeout?: number;
     maxSurge?: number;
@@ -160,6 +166,8 @@ declare namespace rcluster {
     /** rcluster extensions: milliseconds. */
     heartbeatTimeout?: number;
     killTimeout?: number;
+    /** rcluster extension: see `StartOptions.kernelRoundRobin`. */
+    kernelRoundRobin?: boolean;
   }
 
   interface Rcluster extends EventEmitter {

@@ -146,6 +146,9 @@ class Hub {
     if (typeof s.exec !== 'string') throw invalidOption('settings.exec', s.exec, 'must be a path to a script');
     if (!Array.isArray(s.args)) throw invalidOption('settings.args', s.args, 'must be an array of strings');
     if (!Array.isArray(s.execArgv)) throw invalidOption('settings.execArgv', s.execArgv, 'must be an array of strings');
+    if (s.kernelRoundRobin !== undefined && typeof s.kernelRoundRobin !== 'boolean') {
+      throw invalidOption('settings.kernelRoundRobin', s.kernelRoundRobin, 'must be true or false');
+    }
     this.settings = s;
     process.nextTick(() => this._emitter.emit('setup', s));
   }
@@ -168,6 +171,7 @@ class Hub {
     };
     if (s.heartbeatTimeout !== undefined) opts.heartbeatTimeout = s.heartbeatTimeout;
     if (s.killTimeout !== undefined) opts.killTimeout = s.killTimeout;
+    if (s.kernelRoundRobin !== undefined) opts.kernelRoundRobin = s.kernelRoundRobin;
     this._native = new native.NativeSupervisor(opts);
     this._native.watch((items) => this._pump(items));
   }

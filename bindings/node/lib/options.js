@@ -26,6 +26,12 @@ function ms(opts, name, prefix = 'options.') {
   return v;
 }
 
+function bool(opts, name, prefix = 'options.') {
+  const v = opts[name];
+  if (v !== undefined && typeof v !== 'boolean') throw invalidOption(prefix + name, v, 'must be true or false');
+  return v;
+}
+
 function oneOf(opts, name, values, prefix = 'options.') {
   const v = opts[name];
   if (v === undefined) return undefined;
@@ -157,6 +163,7 @@ function normalize(opts = {}, extraEnv = {}) {
     listeners: listeners(opts),
     maxInflight: int(opts, 'maxInflight', 1, 2 ** 31),
     handoffWindow: int(opts, 'handoffWindow', 1, 65536),
+    kernelRoundRobin: bool(opts, 'kernelRoundRobin'),
     queueLimit: int(opts, 'queueLimit', 1, 2 ** 31),
     queueTimeout: ms(opts, 'queueTimeout'),
     maxSurge: int(opts, 'maxSurge', 1, 4096),

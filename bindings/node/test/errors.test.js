@@ -35,6 +35,11 @@ test('bad durations and restart numbers are named', () => {
   throwsCode(() => rcluster.start({ ...base, restart: { backoffMultiplier: 0.5 } }), 'ERR_RCLUSTER_INVALID_OPTION', 'backoffMultiplier', '0.5');
 });
 
+test('a non-boolean kernelRoundRobin is named', () => {
+  throwsCode(() => rcluster.start({ ...base, kernelRoundRobin: 'yes' }), 'ERR_RCLUSTER_INVALID_OPTION', 'kernelRoundRobin', 'yes');
+  throwsCode(() => rcluster.setupPrimary({ kernelRoundRobin: 1 }), 'ERR_RCLUSTER_INVALID_OPTION', 'settings.kernelRoundRobin', '1');
+});
+
 test('a malformed listen address is named by the core', () => {
   throwsCode(() => rcluster.start({ ...base, listen: 'localhost:http' }), 'ERR_RCLUSTER_INVALID_OPTION', 'localhost:http');
 });
