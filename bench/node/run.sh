@@ -2,6 +2,8 @@
 # Node binding benchmarks beside Node's own cluster, in the same run: the anchors
 # ../shared/anchors/node_cluster_hello.js and node_ipc.js run once under `cluster` and once
 # unchanged under rcluster (bench/node/with_rcluster.js answers require('cluster')).
+# rcluster's round-robin runs twice: turned by the kernel (the default where the primary may
+# load the BPF program: root) and with the primary accepting (kernelRoundRobin: false).
 # Environment: DURATION (5s), CONNS (50), ROUNDS (3).
 set -euo pipefail
 
@@ -51,7 +53,7 @@ serve() {
 # 2-CPU machine a cluster that had sat idle beside another one under load measured slower
 # for a while, an effect of the clusters together rather than of either (bench/RESULTS.md).
 port=$((21000 + RANDOM % 5000))
-names=(node_rr node_none rcluster_rr rcluster_shared)
+names=(node_rr node_none rcluster_rr rcluster_rr_primary rcluster_shared)
 # start_one NAME: serves the anchor as NAME on a port of its own.
 start_one() {
     local k
@@ -60,6 +62,7 @@ start_one() {
         node_rr) serve "$1" $((port + k)) rr ;;
         node_none) serve "$1" $((port + k)) none ;;
         rcluster_rr) serve "$1" $((port + k)) rr "$wrap" ;;
+        rcluster_rr_primary) RCLUSTER_KERNEL_RR=0 serve "$1" $((port + k)) rr "$wrap" ;;
         rcluster_shared) serve "$1" $((port + k)) none "$wrap" ;;
     esac
 }
@@ -87,7 +90,7 @@ for ((r = 1; r <= rounds; r++)); do
             out=$(timeout 60 wrk -t1 -c"$conns" -d"$duration" "${hdr[@]}" "http://127.0.0.1:${port_of[$n]}/" 2>&1 || true)
             rate=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
             errs=$(awk '/Socket errors:|Non-2xx/ { print }' <<<"$out")
-            printf '   round %d %-16s %-6s %8s req/s %s\n' "$r" "$n" "$mode" "${rate:-0}" "$errs"
+            printf '   round %d %-19s %-6s %8s req/s %s\n' "$r" "$n" "$mode" "${rate:-0}" "$errs"
             all_rates[$n.$mode]+="${rate:-0} "
         done
         stop_one
@@ -135,9 +138,12 @@ echo "== node summary (2 workers, median of $rounds rounds, anchors from this sa
 row() { printf '%-46s %12s %10s %s\n' "$@"; }
 row figure value target verdict
 row "new conn req/s: Node rr / Node none" "${rate_of[node_rr.close]:-} / ${rate_of[node_none.close]:-}"
+row "rcluster rr is turned by" "$([[ $(id -u) == 0 ]] && echo 'the kernel (root)' || echo 'the primary (not root)')"
 row "new conn req/s: rcluster rr / shared" "${rate_of[rcluster_rr.close]:-} / ${rate_of[rcluster_shared.close]:-}"
 row "   rcluster rr / Node rr, new conn" "${rr_rr}x" ">= 1.8x" "$(verdict "$rr_rr" '>=' 1.8)"
 row "   rcluster rr / Node none, new conn" "${rr_none}x" ">= 0.95x" "$(verdict "$rr_none" '>=' 0.95)"
+row "new conn req/s: rcluster rr, primary accepting" "${rate_of[rcluster_rr_primary.close]:-}"
+row "   / Node rr, / Node none" "$(ratio "${rate_of[rcluster_rr_primary.close]:-}" "${rate_of[node_rr.close]:-}")x, $(ratio "${rate_of[rcluster_rr_primary.close]:-}" "${rate_of[node_none.close]:-}")x" "(reported)"
 row "keep-alive req/s: Node rr / rcluster rr" "${rate_of[node_rr.keep]:-} / ${rate_of[rcluster_rr.keep]:-}"
 row "   rcluster rr / Node rr, keep-alive" "${keep}x" ">= 1.0x" "$(verdict "$keep" '>=' 1.0)"
 row "IPC stream msg/s (median run): Node / rcluster" "$n_rate / $r_rate"

@@ -14,5 +14,7 @@ const program = path.resolve(process.argv[2]);
 process.argv.splice(1, 2, program); // the program sees its usual argv
 // Workers must re-run this wrapper, not the bare program: rcluster forks process.argv[1].
 const cluster = require(rcluster);
-if (cluster.isPrimary) cluster.setupPrimary({ exec: __filename, args: [program, ...process.argv.slice(2)] });
+// RCLUSTER_KERNEL_RR=0: round-robin by the primary's own accept, not by the kernel's turns.
+const kernel = process.env.RCLUSTER_KERNEL_RR === '0' ? { kernelRoundRobin: false } : {};
+if (cluster.isPrimary) cluster.setupPrimary({ exec: __filename, args: [program, ...process.argv.slice(2)], ...kernel });
 require(program);

@@ -30,7 +30,7 @@ pub struct Bound {
     pub dispatch: Dispatch,
     /// In the epoll set right now.
     armed: bool,
-    paused_until: Option<Instant>,
+    pub(super) paused_until: Option<Instant>,
     /// The workers that asked for this listener at run time; None for a configured listener,
     /// which serves every worker.
     subscribers: Option<HashSet<u64>>,
@@ -323,7 +323,11 @@ impl Primary {
         let result = self.find_or_bind(key, dispatch, &addr);
         // A listener turned by the kernel: this worker's own socket of its group.
         let result = result.and_then(|i| match self.listeners[i].group {
-            Some(_) => self.join_group(i, key).map(|fd| (i, Some(fd))),
+            Some(_) => self.join_group(i, key).map(|fd| (i, Some(fd))).inspect_err(|_| {
+                if let Some(subs) = &mut self.listeners[i].subscribers {
+                    subs.remove(&key);
+                }
+            }),
             None => Ok((i, None)),
         });
         let Some(p) = self.procs.get(&key) else {

@@ -142,12 +142,16 @@ impl Primary {
     }
 
     /// Brings every group's rotation and the primary's watch over its sockets in line with
-    /// which workers serve. Cheap when nothing changed: no system call.
+    /// which workers serve (and with whether the primary may accept now). Cheap when nothing
+    /// changed: no system call.
     pub(super) fn steer_groups(&mut self, may_accept: bool) {
         for i in 0..self.listeners.len() {
-            let Some(g) = &self.listeners[i].group else {
+            let l = &self.listeners[i];
+            let Some(g) = &l.group else {
                 continue;
             };
+            // Paused after EMFILE: the primary's watch of the group's sockets pauses too.
+            let may_accept = may_accept && l.paused_until.is_none();
             let mut serving: Vec<(u64, RawFd)> = Vec::new();
             let mut arm: Vec<bool> = Vec::with_capacity(g.members.len());
             for m in &g.members {
