@@ -31,6 +31,7 @@ const OWN_VARS: &[&str] = &[
     "RCLUSTER_WORKER_ID",
     "RCLUSTER_GENERATION",
     "RCLUSTER_IPC_FD",
+    "RCLUSTER_TURNS",
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",

@@ -14,7 +14,7 @@ use crate::conn::{Conn, Waker};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventQueue, WorkerInfo, SPIN};
 use crate::listen::{self, ListenAddr};
-use crate::primary::{Bound, Primary};
+use crate::primary::{steered, Bound, Primary};
 use crate::reader::HostRead;
 use crate::sys;
 
@@ -57,14 +57,19 @@ impl Supervisor {
         let program = config.validate()?;
         // Bound before anything starts: an address in use fails `start` with nothing running.
         let mut listeners = Vec::with_capacity(config.listeners.len());
+        let mut refused = None;
         for l in &config.listeners {
-            let fd = listen::bind(&l.addr, l.dispatch).inspect_err(|_| {
-                listeners
-                    .iter()
-                    .for_each(|b: &Bound| listen::unlink_unix(&b.addr))
-            })?;
+            let turns = steered::wanted(&config, l.dispatch, &l.addr);
+            let (fd, group) =
+                steered::bind(&l.addr, l.dispatch, turns, &mut refused).inspect_err(|_| {
+                    listeners
+                        .iter()
+                        .for_each(|b: &Bound| listen::unlink_unix(&b.addr))
+                })?;
             let addr = listen::local_addr(std::os::fd::AsRawFd::as_raw_fd(&fd), &l.addr);
-            listeners.push(Bound::new(l.name.clone(), addr, fd, l.dispatch));
+            let mut b = Bound::new(l.name.clone(), addr, fd, l.dispatch);
+            b.group = group;
+            listeners.push(b);
         }
         let shared = Arc::new(Shared {
             cmds: Mutex::new(VecDeque::new()),
@@ -81,7 +86,7 @@ impl Supervisor {
             done: (Mutex::new(false), Condvar::new()),
         });
         let kill_timeout = config.kill_timeout;
-        let primary = Primary::new(config, &program, Arc::clone(&shared), listeners)?;
+        let primary = Primary::new(config, &program, Arc::clone(&shared), listeners, refused)?;
         let thread = std::thread::Builder::new()
             .name("rcluster".into())
             .spawn(move || primary.run())

@@ -215,3 +215,51 @@ fn a_worker_that_stops_listening_gets_no_more_turns() {
         .collect();
     assert_eq!(by, vec!["1"; 10]);
 }
+
+/// A listener of the configuration: workers learn its name from RCLUSTER_TURNS, and one that
+/// asks for it by that name gets its own socket of the group and takes turns; the others are
+/// handed their connections by the primary as before.
+#[test]
+fn a_configured_listener_takes_turns_for_workers_that_ask_for_it_by_name() {
+    let mut c = worker_config(2, &["listen", "web", "rr"]);
+    c.listeners.push(rcluster_core::Listener::new(
+        "web",
+        "127.0.0.1:0".parse().unwrap(),
+        rcluster_core::Dispatch::RoundRobin,
+    ));
+    let sup = Supervisor::start(c).unwrap();
+    let (name, addr, own) = address(&listening(&sup, 2));
+    assert_eq!(name, "web");
+    if kernel_turns_allowed() {
+        assert!(own, "as root, the configured listener is a group");
+    }
+    if !kernel_turns(own, "configured listener") {
+        return;
+    }
+    let by: Vec<String> = (0..12)
+        .map(|_| get(&addr).split(' ').next().unwrap().to_string())
+        .collect();
+    for pair in by.windows(2) {
+        assert_ne!(pair[0], pair[1], "strict turns, got {by:?}");
+    }
+
+    let mut c = worker_config(1, &["env"]);
+    c.listeners.push(rcluster_core::Listener::new(
+        "web",
+        "127.0.0.1:0".parse().unwrap(),
+        rcluster_core::Dispatch::RoundRobin,
+    ));
+    let sock = std::env::temp_dir().join(format!("rcluster-turns-{}.sock", std::process::id()));
+    c.listeners.push(rcluster_core::Listener::new(
+        "api",
+        format!("unix:{}", sock.display()).parse().unwrap(),
+        rcluster_core::Dispatch::Shared,
+    ));
+    let sup = Supervisor::start(c).unwrap();
+    let env = listening(&sup, 1).remove(0);
+    assert!(env.contains(" RCLUSTER_TURNS=web"), "{env}");
+    assert!(
+        !env.contains("api"),
+        "a shared listener takes no turns: {env}"
+    );
+}

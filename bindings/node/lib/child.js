@@ -21,6 +21,7 @@ class WorkerSelf extends EventEmitter {
     this._compat = compat;
     this._servers = new Map(); // listener name -> server (listeners asked for with listen())
     this._served = []; // servers given to serve(): they take the primary's own listeners
+    this._turns = []; // servers accepting on this worker's own sockets of listeners the kernel turns
     this._early = [];
     this._handleClasses = new Map(); // listener name -> handle class of its connections
     this._connected = true;
@@ -86,10 +87,48 @@ class WorkerSelf extends EventEmitter {
     }
     if (listener !== undefined) this._servers.set(listener, server);
     else this._served.push(server);
+    // Listeners the kernel turns (RCLUSTER_TURNS): this worker asks for its own socket of
+    // each and accepts on it natively; the primary hands over only what waited for a worker
+    // that died or stopped.
+    const turned = (process.env.RCLUSTER_TURNS || '').split(':').filter((n) => n !== '');
+    for (const name of turned) if (listener === undefined || listener === name) this._acceptTurns(server, name);
     const early = this._early;
     this._early = [];
     for (const ev of early) this._connection(ev);
     return server;
+  }
+
+  /** Accepts on this worker's own socket of listener `name` and feeds `server` from it. */
+  _acceptTurns(server, name) {
+    let listening;
+    try {
+      listening = this._link.listen(name, 'rr');
+      setImmediate(() => this._pump()); // what came in meanwhile waits in memory
+    } catch {
+      return; // the primary hands over this listener's connections, as without turns
+    }
+    if (typeof listening.fd !== 'number') return;
+    const inner = net.createServer({
+      allowHalfOpen: server.allowHalfOpen,
+      pauseOnConnect: server.pauseOnConnect,
+      noDelay: server.noDelay,
+    });
+    // Counted by `server`, as the connections the primary hands over are (see _connection).
+    inner.on('connection', (socket) => {
+      inner._connections--;
+      if (server.maxConnections != null && server._connections >= server.maxConnections) {
+        socket.destroy();
+        return;
+      }
+      server._connections++;
+      socket.server = server;
+      socket._server = server;
+      server.emit('connection', socket);
+    });
+    inner.on('error', (err) => server.emit('error', err));
+    inner.listen({ fd: listening.fd });
+    unlistenOnClose(this, inner, listening.name);
+    this._turns.push(inner);
   }
 
   isConnected() {
@@ -122,7 +161,7 @@ class WorkerSelf extends EventEmitter {
     this._connected = false;
     this.state = 'disconnected';
     process.connected = false;
-    const servers = new Set([...this._servers.values(), ...this._served]);
+    const servers = new Set([...this._servers.values(), ...this._served, ...this._turns]);
     for (const s of servers) if (s.listening) s.close();
     for (const ev of this._early) closeFd(ev.fd);
     this._early = [];
@@ -323,16 +362,7 @@ function patchListen(worker, dispatch) {
       // until then, the kernel keeps giving this worker its turns.
       original.call(this, null, null, addressType, backlog, listening.fd, flags);
       worker._servers.set(listening.name, this);
-      const server = this;
-      const handle = this._handle;
-      if (handle && typeof handle.close === 'function') {
-        const close = handle.close;
-        handle.close = function closeAndUnlisten(...args) {
-          if (worker._servers.get(listening.name) === server) worker._servers.delete(listening.name);
-          try { worker._link.unlisten(listening.name); } catch { /* the primary is gone */ }
-          return close.apply(this, args);
-        };
-      }
+      unlistenOnClose(worker, this, listening.name);
     } else {
       this._handle = new PrimaryHandle(worker, this, listening);
       worker._servers.set(listening.name, this);
@@ -344,6 +374,21 @@ function patchListen(worker, dispatch) {
       : { address: listening.address.replace(/^unix:/, ''), port: -1, addressType: -1 };
     worker._control({ act: 'listening', address: info });
     return undefined;
+  };
+}
+
+/**
+ * Tells the primary when `server` stops accepting on a socket it handed over: at the close of
+ * the handle (server.close()), not at the server's 'close', which waits for its connections.
+ */
+function unlistenOnClose(worker, server, name) {
+  const handle = server._handle;
+  if (!handle || typeof handle.close !== 'function') return;
+  const close = handle.close;
+  handle.close = function closeAndUnlisten(...args) {
+    if (worker._servers.get(name) === server) worker._servers.delete(name);
+    try { worker._link.unlisten(name); } catch { /* the primary is gone */ }
+    return close.apply(this, args);
   };
 }
 

@@ -67,3 +67,33 @@ test('rcluster: a worker that closes its server gets no more connections', { ski
   });
   assert.deepStrictEqual(result, Array(8).fill('2'), out);
 });
+
+test("rcluster API: a listener of the configuration takes turns too, and a killed worker's waiting requests go to the other", { skip: !root && why }, async () => {
+  const rcluster = require('..');
+  const path = require('path');
+  const { once } = require('./helpers');
+  const port = await freePort();
+  const c = rcluster.start({
+    workers: 2, exec: path.join(__dirname, 'fixtures', 'api_worker.js'), args: [], execArgv: [],
+    listen: `127.0.0.1:${port}`, restart: 'never',
+  });
+  try {
+    let ready = 0;
+    await once(c, 'ready', () => ++ready === 2);
+    // Ready comes with the hello; each worker asks for its socket right after, in serve().
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const by = [];
+    for (let i = 0; i < 10; i++) by.push((await get(port)).split(' ')[0]);
+    for (let i = 1; i < by.length; i++) assert.notStrictEqual(by[i], by[i - 1], `strict turns: ${by}`);
+
+    c.send(1, { cmd: 'block', ms: 3000 });
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const pending = Array.from({ length: 6 }, () => get(port));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    process.kill(c.workers().find((w) => w.id === 1).pid, 'SIGKILL');
+    const answers = (await Promise.all(pending)).map((b) => b.split(' ')[0]);
+    assert.deepStrictEqual(answers, ['0', '0', '0', '0', '0', '0']);
+  } finally {
+    await c.stop();
+  }
+});

@@ -5,7 +5,7 @@ use std::collections::{HashSet, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use super::steered::Group;
+use super::steered::{self, Group};
 use super::Primary;
 use crate::conn::PassFd;
 use crate::dispatch::{self, Candidate, Choice, SlotState};
@@ -323,11 +323,14 @@ impl Primary {
         let result = self.find_or_bind(key, dispatch, &addr);
         // A listener turned by the kernel: this worker's own socket of its group.
         let result = result.and_then(|i| match self.listeners[i].group {
-            Some(_) => self.join_group(i, key).map(|fd| (i, Some(fd))).inspect_err(|_| {
-                if let Some(subs) = &mut self.listeners[i].subscribers {
-                    subs.remove(&key);
-                }
-            }),
+            Some(_) => self
+                .join_group(i, key)
+                .map(|fd| (i, Some(fd)))
+                .inspect_err(|_| {
+                    if let Some(subs) = &mut self.listeners[i].subscribers {
+                        subs.remove(&key);
+                    }
+                }),
             None => Ok((i, None)),
         });
         let Some(p) = self.procs.get(&key) else {
@@ -372,6 +375,15 @@ impl Primary {
     }
 
     fn find_or_bind(&mut self, key: u64, dispatch: Dispatch, addr: &str) -> Result<usize, String> {
+        // A listener of the configuration, by its name (names have no ':', addresses do): how
+        // a worker asks for its own socket of one the kernel turns.
+        if let Some(i) = self
+            .listeners
+            .iter()
+            .position(|l| l.subscribers.is_none() && l.name == addr)
+        {
+            return Ok(i);
+        }
         let parsed: ListenAddr = addr.parse().map_err(|e: crate::Error| e.to_string())?;
         let found = self
             .listeners
@@ -380,18 +392,10 @@ impl Primary {
         let index = match found {
             Some(i) => i,
             None => {
-                let group = if self.kernel_turns(dispatch, &parsed) {
-                    self.bind_group(&parsed)?
-                } else {
-                    None
-                };
-                let (fd, group) = match group {
-                    Some((fd, g)) => (fd, Some(g)),
-                    None => (
-                        listen::bind(&parsed, dispatch).map_err(|e| e.to_string())?,
-                        None,
-                    ),
-                };
+                let turns = steered::wanted(&self.cfg, dispatch, &parsed);
+                let (fd, group) =
+                    steered::bind(&parsed, dispatch, turns, &mut self.no_kernel_turns)
+                        .map_err(|e| e.to_string())?;
                 let actual = listen::local_addr(fd.as_raw_fd(), &parsed);
                 let mut b = Bound::new(addr.to_string(), actual, fd, dispatch);
                 b.group = group;

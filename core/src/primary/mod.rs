@@ -6,7 +6,7 @@ mod handoff;
 mod ipc;
 mod lifecycle;
 mod reload;
-mod steered;
+pub(crate) mod steered;
 
 use reload::Reload;
 
@@ -101,6 +101,7 @@ impl Primary {
         program: &Path,
         shared: Arc<Shared>,
         listeners: Vec<Bound>,
+        no_kernel_turns: Option<String>,
     ) -> Result<Primary> {
         let epoll = Epoll::new().map_err(|e| Error::io("epoll_create1", e))?;
         epoll
@@ -112,6 +113,17 @@ impl Primary {
         if let Some(hb) = cfg.heartbeat_timeout {
             let every = (hb.as_millis() / 4).max(1);
             env.push(("RCLUSTER_HEARTBEAT_MS".into(), every.to_string().into()));
+        }
+        // Listeners of the configuration that the kernel turns, by name (names have no ':'):
+        // a worker that accepts itself asks for its own socket of each (`Worker::listen` with
+        // the name); the others get every connection from the primary, as before.
+        let turned: Vec<&str> = listeners
+            .iter()
+            .filter(|l| l.group.is_some())
+            .map(|l| l.name.as_str())
+            .collect();
+        if !turned.is_empty() {
+            env.push(("RCLUSTER_TURNS".into(), turned.join(":").into()));
         }
         let exec = Exec::new(program, &cfg.argv, &env, cfg.cwd.as_deref());
         let clock: Box<dyn Clock> = Box::new(SystemClock);
@@ -141,7 +153,7 @@ impl Primary {
             queue_deadline: None,
             gathering: Vec::new(),
             host_tick: None,
-            no_kernel_turns: None,
+            no_kernel_turns,
             cfg,
         })
     }

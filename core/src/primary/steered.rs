@@ -5,6 +5,7 @@
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::Primary;
+use crate::config::Config;
 use crate::events::WorkerState;
 use crate::listen::{self, Dispatch, ListenAddr};
 use crate::steer::Steer;
@@ -46,41 +47,38 @@ impl Group {
     }
 }
 
-impl Primary {
-    /// Whether a listener a worker asks for is turned by the kernel.
-    pub(super) fn kernel_turns(&self, dispatch: Dispatch, addr: &ListenAddr) -> bool {
-        self.cfg.kernel_round_robin
-            && dispatch == Dispatch::RoundRobin
-            && self.cfg.max_inflight.is_none()
-            && matches!(addr, ListenAddr::Tcp(_))
-            && self.no_kernel_turns.is_none()
-    }
+/// Whether a listener of this kind would be turned by the kernel under `cfg`.
+pub(crate) fn wanted(cfg: &Config, dispatch: Dispatch, addr: &ListenAddr) -> bool {
+    cfg.kernel_round_robin
+        && dispatch == Dispatch::RoundRobin
+        && cfg.max_inflight.is_none()
+        && matches!(addr, ListenAddr::Tcp(_))
+}
 
-    /// Binds a listener for kernel round-robin: its socket and group, or None (and from then
-    /// on no more tries) when the kernel refuses the program.
-    pub(super) fn bind_group(
-        &mut self,
-        addr: &ListenAddr,
-    ) -> Result<Option<(OwnedFd, Group)>, String> {
-        let ListenAddr::Tcp(sa) = addr else {
-            return Ok(None);
-        };
-        let fd = listen::bind_reuseport(sa).map_err(|e| {
-            crate::Error::Bind {
-                addr: addr.to_string(),
-                source: e,
-            }
-            .to_string()
+/// Binds a listener, for the kernel's turns when `turns` says so and the kernel lets this
+/// process load the program. `refused` keeps why it did not (and then no more tries are made).
+pub(crate) fn bind(
+    addr: &ListenAddr,
+    dispatch: Dispatch,
+    turns: bool,
+    refused: &mut Option<String>,
+) -> crate::Result<(OwnedFd, Option<Group>)> {
+    if let (true, None, ListenAddr::Tcp(sa)) = (turns, &refused, addr) {
+        let fd = listen::bind_reuseport(sa).map_err(|e| crate::Error::Bind {
+            addr: addr.to_string(),
+            source: e,
         })?;
         match Group::new(fd.as_raw_fd()) {
-            Ok(g) => Ok(Some((fd, g))),
-            Err(e) => {
-                self.no_kernel_turns = Some(e.to_string());
-                Ok(None)
-            }
+            Ok(g) => return Ok((fd, Some(g))),
+            // The socket is closed and bound again without SO_REUSEPORT: no other process
+            // may join a group without a program.
+            Err(e) => *refused = Some(e.to_string()),
         }
     }
+    Ok((listen::bind(addr, dispatch)?, None))
+}
 
+impl Primary {
     /// Gives worker `key` a socket of listener `index`'s group (the one it has, a free one, or
     /// a new one) and returns a copy of it to send.
     pub(super) fn join_group(&mut self, index: usize, key: u64) -> Result<OwnedFd, String> {
