@@ -23,8 +23,10 @@ const BPF_PROG_TYPE_SK_REUSEPORT: u32 = 21;
 const BPF_PSEUDO_MAP_FD: u8 = 1;
 /// `SO_ATTACH_REUSEPORT_EBPF` from <asm-generic/socket.h>.
 const SO_ATTACH_REUSEPORT_EBPF: libc::c_int = 52;
-/// The largest group: the size of the socket array.
+/// The most sockets taking turns.
 pub const MAX_SOCKETS: u32 = 1024;
+/// The slot of the socket that takes every connection no turn could place (see `program`).
+const FALLBACK: u32 = MAX_SOCKETS;
 
 /// `union bpf_attr`, as wide as any command here needs; unused fields stay zero, as the kernel
 /// requires.
@@ -114,12 +116,17 @@ const STATE_SIZE: u32 = 16;
 /// The program, for state map `state` and socket array `socks`:
 ///
 /// ```text
-/// state = lookup(state_map, 0); if !state or state.n == 0: pass (the kernel's hash decides)
-/// i = fetch_add(state.turn, 1) % state.n
-/// select(socks[i])   // when slot i is empty the kernel's hash decides
-/// pass
+/// state = lookup(state_map, 0)
+/// if state and state.n > 0:
+///     i = fetch_add(state.turn, 1) % state.n
+///     if select(socks[i]) succeeds: pass
+/// select(socks[FALLBACK])   // none taking turns, or slot i empty while the array is rewritten
+/// pass                      // and if even that failed, the kernel's hash picks
 /// ```
-fn program(state: RawFd, socks: RawFd) -> [Insn; 23] {
+///
+/// Without the fallback slot the kernel's hash would pick among every socket of the group,
+/// including those of workers that do not serve.
+fn program(state: RawFd, socks: RawFd) -> [Insn; 32] {
     const MOV64_X: u8 = 0xbf; // dst = src
     const MOV64_K: u8 = 0xb7; // dst = imm
     const ADD64_K: u8 = 0x07; // dst += imm
@@ -143,9 +150,9 @@ fn program(state: RawFd, socks: RawFd) -> [Insn; 23] {
         insn(LD_DW, 1, BPF_PSEUDO_MAP_FD, 0, state), // 4: r1 = state map
         insn(0, 0, 0, 0, 0),                         // 5
         insn(CALL, 0, 0, 0, MAP_LOOKUP_ELEM),        // 6: r0 = &state or null
-        insn(JEQ_K, 0, 0, 13, 0),                    // 7: null: to 21
+        insn(JEQ_K, 0, 0, 14, 0),                    // 7: null: to 22
         insn(LDX_W, 2, 0, 8, 0),                     // 8: r2 = n
-        insn(JEQ_K, 2, 0, 11, 0),                    // 9: none: to 21
+        insn(JEQ_K, 2, 0, 12, 0),                    // 9: none: to 22
         insn(MOV64_K, 1, 0, 0, 1),                   // 10
         insn(FETCH_ADD_DW, 0, 1, 0, 1),              // 11: r1 = turn++
         insn(MOD64_X, 1, 2, 0, 0),                   // 12: r1 %= n
@@ -157,8 +164,17 @@ fn program(state: RawFd, socks: RawFd) -> [Insn; 23] {
         insn(ADD64_K, 3, 0, 0, -8),                  // 18: r3 = &index
         insn(MOV64_K, 4, 0, 0, 0),                   // 19: flags 0
         insn(CALL, 0, 0, 0, SK_SELECT_REUSEPORT),    // 20
-        insn(MOV64_K, 0, 0, 0, SK_PASS),             // 21
-        insn(EXIT, 0, 0, 0, 0),                      // 22
+        insn(JEQ_K, 0, 0, 8, 0),                     // 21: selected: to 30
+        insn(ST_W, 10, 0, -8, FALLBACK as i32),      // 22: the fallback slot
+        insn(MOV64_X, 1, 6, 0, 0),                   // 23: r1 = ctx
+        insn(LD_DW, 2, BPF_PSEUDO_MAP_FD, 0, socks), // 24: r2 = socket array
+        insn(0, 0, 0, 0, 0),                         // 25
+        insn(MOV64_X, 3, 10, 0, 0),                  // 26
+        insn(ADD64_K, 3, 0, 0, -8),                  // 27: r3 = &slot
+        insn(MOV64_K, 4, 0, 0, 0),                   // 28: flags 0
+        insn(CALL, 0, 0, 0, SK_SELECT_REUSEPORT),    // 29
+        insn(MOV64_K, 0, 0, 0, SK_PASS),             // 30
+        insn(EXIT, 0, 0, 0, 0),                      // 31
     ]
 }
 
@@ -176,7 +192,7 @@ impl Steer {
     /// BPF or reuseport socket arrays; the caller then accepts in the primary.
     pub fn new() -> io::Result<Steer> {
         let state = create_map(BPF_MAP_TYPE_ARRAY, 4, STATE_SIZE, 1)?;
-        let socks = create_map(BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 4, 8, MAX_SOCKETS)?;
+        let socks = create_map(BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 4, 8, FALLBACK + 1)?;
         let insns = program(state.as_raw_fd(), socks.as_raw_fd());
         let license = b"Dual MIT/GPL\0";
         let mut log = vec![0u8; 4096];
@@ -221,8 +237,15 @@ impl Steer {
         })
     }
 
-    /// Attaches the program to the group of `fd` (a bound `SO_REUSEPORT` socket).
+    /// Attaches the program to the group of `fd` (a listening `SO_REUSEPORT` socket), which
+    /// takes the connections no turn places.
     pub fn attach(&self, fd: RawFd) -> io::Result<()> {
+        let value = fd as u64;
+        update(
+            self.socks.as_raw_fd(),
+            &FALLBACK,
+            (&value as *const u64).cast(),
+        )?;
         let prog = self.prog.as_raw_fd();
         // SAFETY: passes a valid c_int of the size given.
         let r = unsafe {
@@ -244,8 +267,7 @@ impl Steer {
     /// connection on. With none, the kernel's hash picks among all sockets of the group.
     ///
     /// A socket can hold one slot of the array only, so the array is emptied and written
-    /// anew. Meanwhile, for a few microseconds, the kernel's hash picks: every socket of the
-    /// group is served, so nothing is lost, only the strict turn.
+    /// anew. Meanwhile, for a few microseconds, the fallback socket takes what comes.
     pub fn set(&mut self, fds: &[RawFd]) -> io::Result<()> {
         if fds.len() > MAX_SOCKETS as usize {
             return Err(io::Error::new(
@@ -316,26 +338,34 @@ mod tests {
             }
             Err(e) => panic!("loading the program: {e}"),
         };
-        let (a, port) = listener(0);
+        let (fallback, port) = listener(0);
+        let (a, _) = listener(port);
         let (b, _) = listener(port);
         let (c, _) = listener(port);
-        steer.attach(a.as_raw_fd()).unwrap();
+        steer.attach(fallback.as_raw_fd()).unwrap();
+        let mut clients = Vec::new();
+        let mut connect = |n: usize| {
+            for _ in 0..n {
+                clients.push(TcpStream::connect(("127.0.0.1", port)).unwrap());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let counts = || [pending(&fallback), pending(&a), pending(&b), pending(&c)];
+
         steer
             .set(&[a.as_raw_fd(), b.as_raw_fd(), c.as_raw_fd()])
             .unwrap();
-        let mut clients = Vec::new();
-        for _ in 0..30 {
-            clients.push(TcpStream::connect(("127.0.0.1", port)).unwrap());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        assert_eq!([pending(&a), pending(&b), pending(&c)], [10, 10, 10]);
+        connect(30);
+        assert_eq!(counts(), [0, 10, 10, 10]);
 
-        // Two of three: the third socket gets nothing from now on.
+        // Two of three: the second socket gets nothing from now on.
         steer.set(&[c.as_raw_fd(), a.as_raw_fd()]).unwrap();
-        for _ in 0..20 {
-            clients.push(TcpStream::connect(("127.0.0.1", port)).unwrap());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        assert_eq!([pending(&a), pending(&b), pending(&c)], [10, 0, 10]);
+        connect(20);
+        assert_eq!(counts(), [0, 10, 0, 10]);
+
+        // None taking turns: everything goes to the fallback socket, none to the others.
+        steer.set(&[]).unwrap();
+        connect(12);
+        assert_eq!(counts(), [12, 0, 0, 0]);
     }
 }

@@ -372,6 +372,9 @@ impl Primary {
             subs.remove(&key);
         }
         self.leave_groups(key, Some(index));
+        // At once, not at the next reconcile: whatever the worker sends after this frame (a
+        // message saying it closed, read maybe by a host thread) must find it out of the turns.
+        self.arm_listeners(self.clock.now());
     }
 
     fn find_or_bind(&mut self, key: u64, dispatch: Dispatch, addr: &str) -> Result<usize, String> {

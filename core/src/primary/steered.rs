@@ -1,6 +1,7 @@
-//! Round-robin listeners turned by the kernel (see `steer`): one socket per worker, the
-//! rotation kept to the workers that serve, and the sockets of workers that do not (not ready
-//! yet, draining, gone, or no longer listening) served by the primary itself.
+//! Round-robin listeners turned by the kernel (see `steer`): one socket per worker, the turns
+//! kept to the workers that serve (ready, not stopping), the primary's own socket taking what
+//! no turn places, and the sockets no worker listens on any more (gone, or closed its server)
+//! served by the primary itself.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
@@ -9,6 +10,7 @@ use crate::config::Config;
 use crate::events::WorkerState;
 use crate::listen::{self, Dispatch, ListenAddr};
 use crate::steer::Steer;
+use crate::sys;
 
 /// Member sockets' tokens in the epoll set: this bit, the listener's index << 24 and the
 /// member's index.
@@ -22,14 +24,15 @@ pub struct Group {
     turn: Vec<RawFd>,
 }
 
-/// One socket of the group. It outlives its worker: a worker that dies leaves connections
-/// queued in it, which the primary accepts and hands over, and the next worker to ask for the
-/// listener gets the socket, so that the group never grows past the most workers at once.
+/// One socket of the group. It outlives its worker: a worker that dies (or stops listening)
+/// leaves connections queued in it, which the primary accepts and hands over, and the next
+/// worker to ask for the listener gets the socket, so that the group never grows past the most
+/// workers at once.
 struct Member {
     fd: OwnedFd,
     /// The worker listening on it; None while nobody does.
     worker: Option<u64>,
-    /// In the primary's epoll set (its worker does not serve).
+    /// In the primary's epoll set (no worker listens on it).
     armed: bool,
 }
 
@@ -153,11 +156,12 @@ impl Primary {
             let mut serving: Vec<(u64, RawFd)> = Vec::new();
             let mut arm: Vec<bool> = Vec::with_capacity(g.members.len());
             for m in &g.members {
-                let serves = self.serves(m.worker);
-                if serves {
+                if self.serves(m.worker) {
                     serving.push((m.worker.unwrap_or_default(), m.fd.as_raw_fd()));
                 }
-                arm.push(may_accept && !serves);
+                // Only a socket no worker listens on: a starting or draining worker accepts
+                // from its own (and the fallback slot keeps new connections off it meanwhile).
+                arm.push(may_accept && m.worker.is_none());
             }
             // In the order of the workers' keys: the order they started in.
             serving.sort_unstable();
@@ -178,6 +182,12 @@ impl Primary {
                 }
                 let token = STEERED | (i as u64) << 24 | j as u64;
                 if want {
+                    // Non-blocking is a flag of the open file, which the worker shared and may
+                    // have cleared (a blocking accept loop): the loop must never block in
+                    // accept.
+                    if sys::set_nonblocking(m.fd.as_raw_fd(), true).is_err() {
+                        continue;
+                    }
                     m.armed = self
                         .epoll
                         .add(m.fd.as_raw_fd(), libc::EPOLLIN as u32, token)
