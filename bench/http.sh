@@ -286,7 +286,7 @@ for n in "${names[@]}"; do
     halt "$n"
 done
 
-ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }'; }
+ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.3f", a / b; else print "-" }'; }
 verdict() { # verdict VALUE OP LIMIT
     [[ -z $1 || $1 == - ]] && { echo "n/a"; return; }
     awk -v v="$1" -v l="$3" "BEGIN { print ((v $2 l) ? \"met\" : \"MISSED\") }"

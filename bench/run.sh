@@ -108,7 +108,7 @@ rss_kb=$(field rss '^rss: primary VmRSS' 4)
 calc() {
     local expr=$1 a=${2:-} b=${3:-}
     if [[ -z $a || ( $expr == *b* && -z $b ) ]]; then echo "-"; return; fi
-    awk -v a="$a" -v b="$b" "BEGIN { printf \"%.2f\", $expr }"
+    awk -v a="$a" -v b="$b" "BEGIN { printf \"%.3f\", $expr }"
 }
 verdict() { # verdict VALUE OP LIMIT
     [[ $1 == - || -z $1 ]] && { echo "n/a"; return; }

@@ -121,7 +121,7 @@ rss_rc=$(timeout 30 node "$repo/bench/node/rss.js" rcluster || true)
 echo "   $rss_node"
 echo "   $rss_rc"
 
-ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }'; }
+ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.3f", a / b; else print "-" }'; }
 verdict() { [[ $1 == - ]] && { echo n/a; return; }; awk -v v="$1" -v l="$3" "BEGIN { print ((v $2 l) ? \"met\" : \"MISSED\") }"; }
 n_rate=$(median "${n_rates[@]}")
 r_rate=$(median "${r_rates[@]}")

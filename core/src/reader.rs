@@ -466,4 +466,35 @@ mod tests {
         assert_eq!(host.count.load(Ordering::Acquire), 0);
         assert!(!sys::poll_one(fd, libc::POLLIN, Some(Duration::ZERO)).unwrap());
     }
+
+    /// Reads what `frames` become at the primary, after the worker's hello.
+    fn read(frames: &[(Kind, &[u8])]) -> (Vec<Incoming>, ReadEnd) {
+        let (primary, worker) = sys::socketpair().unwrap();
+        sys::set_nonblocking(primary.as_raw_fd(), true).unwrap();
+        let mut wire = frame::worker_hello(4242);
+        for (kind, body) in frames {
+            frame::encode(&mut wire, *kind, 0, body);
+        }
+        sys::send_blocking(worker.as_raw_fd(), &wire).unwrap();
+        let mut reader = Reader::new(4242, 1 << 16);
+        let mut out = Vec::new();
+        let end = reader.read(primary.as_raw_fd(), &mut out);
+        (out, end)
+    }
+
+    #[test]
+    fn an_unlisten_frame_names_its_listener_and_nothing_else() {
+        let mut body = Vec::new();
+        frame::put_str(&mut body, "web");
+        let (out, end) = read(&[(Kind::Unlisten, &body)]);
+        assert!(matches!(&out[..], [Incoming::Hello, Incoming::Unlisten(n)] if n == "web"));
+        assert!(matches!(end, ReadEnd::Drained));
+
+        body.push(0);
+        let (_, end) = read(&[(Kind::Unlisten, &body)]);
+        match end {
+            ReadEnd::Violation(detail) => assert!(detail.contains("Unlisten"), "{detail}"),
+            _ => panic!("a trailing byte must be a protocol violation"),
+        }
+    }
 }
