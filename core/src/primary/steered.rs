@@ -112,7 +112,13 @@ impl Primary {
             .fd
             .try_clone()
             .map_err(|e| format!("duplicating a listening socket: {e}"))?;
-        g.members[at].worker = Some(key);
+        let m = &mut g.members[at];
+        m.worker = Some(key);
+        // From now on the worker accepts on it (perhaps blocking, on the shared file): the
+        // primary stops at once, not at the next reconcile.
+        if std::mem::take(&mut m.armed) {
+            self.epoll.delete(m.fd.as_raw_fd());
+        }
         self.changed = true;
         Ok(copy)
     }
@@ -210,6 +216,7 @@ impl Primary {
             .get(index)
             .and_then(|l| l.group.as_ref())
             .and_then(|g| g.members.get(member))
+            .filter(|m| m.worker.is_none())
             .map(|m| m.fd.as_raw_fd());
         if let Some(fd) = fd {
             self.accept_from(index, fd);
