@@ -254,6 +254,9 @@ class WorkerSelf extends EventEmitter {
     socket._server = server;
     const link = this._link;
     const id = ev.id;
+    socket.once('close', () => {
+      try { link.connectionClosed(id); } catch { /* the primary is gone */ }
+    });
     server.emit('connection', socket);
   }
 

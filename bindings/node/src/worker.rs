@@ -30,7 +30,8 @@ pub struct NativeWorkerEvent {
 pub struct NativeListening {
     pub name: String,
     pub address: String,
-    /// In `shared` mode, the listening socket to accept on.
+    /// In `shared` mode, or for a round-robin listener the kernel turns, the listening socket
+    /// to accept on.
     pub fd: Option<i32>,
 }
 
@@ -70,6 +71,7 @@ fn to_item(ev: WorkerEvent) -> Item {
             fd: Some(give_away(c.fd)),
             id: Some(c.id as f64),
             listener: Some(c.listener),
+            peer: Some(c.peer),
             ..simple("connection")
         }),
         WorkerEvent::Disconnect => Either3::C(simple("disconnect")),

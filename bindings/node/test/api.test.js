@@ -45,6 +45,23 @@ test('listeners with round-robin dispatch feed worker.serve(http.Server)', async
   await c.stop();
 });
 
+test('with maxInflight 1 a worker reports each closed connection, so the next one comes', async () => {
+  // The primary holds a connection back until the worker reported the previous one closed:
+  // without the reports, the second request would wait for queueTimeout.
+  const port = await freePort();
+  const c = rcluster.start({
+    workers: 1, exec: WORKER, args: [], execArgv: [], listen: `127.0.0.1:${port}`, maxInflight: 1, queueTimeout: 3000,
+  });
+  try {
+    await once(c, 'ready');
+    const started = Date.now();
+    for (let i = 0; i < 5; i++) assert.match(await get(port), /^0 1$/);
+    assert.ok(Date.now() - started < 2000, `five requests took ${Date.now() - started} ms`);
+  } finally {
+    await c.stop();
+  }
+});
+
 test('a TCP and a Unix-socket listener side by side each serve many connections', async () => {
   // Each listener's connections are wrapped in their own kind of handle (TCP, Pipe), also
   // after the first one.
