@@ -154,7 +154,9 @@ impl Primary {
     pub(super) fn steer_groups(&mut self, may_accept: bool) {
         for i in 0..self.listeners.len() {
             let l = &self.listeners[i];
-            let Some(g) = &l.group else {
+            // No worker ever asked (workers that take connections from the primary): nothing
+            // to turn or watch, and this runs after every batch the primary accepts.
+            let Some(g) = l.group.as_ref().filter(|g| !g.members.is_empty()) else {
                 continue;
             };
             // Paused after EMFILE: the primary's watch of the group's sockets pauses too.
