@@ -1,0 +1,1 @@
+//! Floods: workers that send without pause to a host that does not read, crash storms.

@@ -1,0 +1,1 @@
+//! Process lifetime: a primary killed outright, workers with children, failed spawns.

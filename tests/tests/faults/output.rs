@@ -1,0 +1,1 @@
+//! Faults of worker output: descendants holding the pipes, hosts whose stdout is full.

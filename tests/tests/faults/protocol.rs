@@ -1,0 +1,1 @@
+//! Workers that break the protocol: malformed and oversized frames, stray descriptors.

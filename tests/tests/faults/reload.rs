@@ -1,0 +1,1 @@
+//! Reloads under load and reloads that overlap.

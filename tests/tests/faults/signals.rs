@@ -1,0 +1,1 @@
+//! Signals to the primary: SIGTERM under load, SIGHUP, repeated signals.
