@@ -86,6 +86,13 @@ impl EventLog {
             Event::AcceptPaused { listener, error } => {
                 format!("listener {listener}: accepting paused briefly: {error}")
             }
+            Event::OutputDropped { id, lines, bytes } => {
+                format!(
+                    "{}: output dropped: {lines} lines, {bytes} bytes (stdout/stderr not taking it)",
+                    self.who(*id)
+                )
+            }
+            Event::Warning { detail } => format!("rcluster: warning: {detail}"),
         }
     }
 

@@ -93,6 +93,12 @@ pub enum Event {
     Scaled { workers: usize },
     /// Accepting on `listener` failed (e.g. out of descriptors); it resumes shortly.
     AcceptPaused { listener: String, error: String },
+    /// Output of worker slot `id` was dropped (`Output::Prefix`): the host's stdout or stderr
+    /// did not take it fast enough (the buffer was full) or is gone (EPIPE). At most about one
+    /// per slot a second; `lines` and `bytes` count what was dropped since the last one.
+    OutputDropped { id: u32, lines: u64, bytes: u64 },
+    /// Something went wrong that the supervisor carries on from; `detail` says what.
+    Warning { detail: String },
 }
 
 impl Event {
@@ -114,6 +120,8 @@ impl Event {
             Event::ReloadFailed { .. } => "reload_failed",
             Event::Scaled { .. } => "scaled",
             Event::AcceptPaused { .. } => "accept_paused",
+            Event::OutputDropped { .. } => "output_dropped",
+            Event::Warning { .. } => "warning",
         }
     }
 }

@@ -1,7 +1,5 @@
-//! The loop's side of the worker links: reading frames, writing queued output, and worker
-//! stdout/stderr.
+//! The loop's side of the worker links: reading frames and writing queued output.
 
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -235,20 +233,6 @@ impl Primary {
             {
                 p.out_armed = !want_out;
             }
-        }
-    }
-
-    pub(super) fn pump_output(&mut self, key: u64, which: usize) {
-        let Some(p) = self.procs.get_mut(&key) else {
-            return;
-        };
-        let Some(pipe) = p.pipes[which].as_mut() else {
-            return;
-        };
-        if !pipe.pump() {
-            pipe.finish();
-            self.epoll.delete(pipe.fd.as_raw_fd());
-            p.pipes[which] = None;
         }
     }
 }

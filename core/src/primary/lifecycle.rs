@@ -270,10 +270,9 @@ impl Primary {
             Err(e) => {
                 // ECHILD: somebody else reaped it (a host calling waitpid(-1)); the exit status
                 // is lost but the process is gone.
-                eprintln!(
-                    "rcluster: waitid for worker {} (pid {}) failed: {e}",
-                    p.slot, p.pid
-                );
+                self.out.push(Event::Warning {
+                    detail: format!("waitid for worker {} (pid {}) failed: {e}", p.slot, p.pid),
+                });
                 WaitStatus {
                     code: None,
                     signal: None,
@@ -295,11 +294,10 @@ impl Primary {
         sys::kill_group(p.pid, libc::SIGKILL);
         self.epoll.delete(p.conn.raw());
         self.epoll.delete(p.pidfd_raw());
-        for pipe in p.pipes.iter_mut().flatten() {
-            while pipe.pump() {}
-            pipe.finish();
-            self.epoll.delete(pipe.fd.as_raw_fd());
-        }
+        // Read what the worker left in its pipes, without waiting for their EOF: a descendant
+        // that left its process group (setsid) may hold them open for as long as it lives.
+        let pipes = std::mem::take(&mut p.pipes);
+        self.release_pipes(key, pipes);
         if p.host_read {
             self.shared.host.remove(&p.conn);
         }

@@ -5,9 +5,11 @@
 mod handoff;
 mod ipc;
 mod lifecycle;
+mod output;
 mod reload;
 pub(crate) mod steered;
 
+use output::Outputs;
 use reload::Reload;
 
 use handoff::LISTENER;
@@ -93,6 +95,8 @@ pub(crate) struct Primary {
     host_tick: Option<Instant>,
     /// Why round-robin listeners are not turned by the kernel here, once it refused.
     no_kernel_turns: Option<String>,
+    /// Worker output on its way to the host's stdout/stderr (`Output::Prefix`).
+    outputs: Outputs,
 }
 
 impl Primary {
@@ -126,6 +130,8 @@ impl Primary {
             env.push(("RCLUSTER_TURNS".into(), turned.join(":").into()));
         }
         let exec = Exec::new(program, &cfg.argv, &env, cfg.cwd.as_deref());
+        let outputs = Outputs::new(cfg.output == crate::config::Output::Prefix)
+            .map_err(|e| Error::io("spawning the output thread", e))?;
         let clock: Box<dyn Clock> = Box::new(SystemClock);
         let now = clock.now();
         let desired = cfg.workers;
@@ -154,6 +160,7 @@ impl Primary {
             gathering: Vec::new(),
             host_tick: None,
             no_kernel_turns,
+            outputs,
             cfg,
         })
     }
@@ -173,6 +180,7 @@ impl Primary {
         let mut ready = Vec::with_capacity(256);
         let mut dirty = Vec::new();
         let mut deadline = None;
+        let mut wait_failed = false;
         loop {
             // Reconciling is O(workers): do it when something changed or a timer is due, not
             // for every message that passes through.
@@ -196,16 +204,26 @@ impl Primary {
             let timeout = if self.changed {
                 Some(Duration::ZERO)
             } else {
-                let next = [deadline, self.queue_deadline, self.host_tick]
-                    .into_iter()
-                    .flatten()
-                    .chain(self.gathering.iter().map(|(at, _)| *at))
-                    .min();
+                let next = [
+                    deadline,
+                    self.queue_deadline,
+                    self.host_tick,
+                    self.outputs.report_at,
+                ]
+                .into_iter()
+                .flatten()
+                .chain(self.gathering.iter().map(|(at, _)| *at))
+                .min();
                 next.map(|d: Instant| d.saturating_duration_since(self.clock.now()))
             };
             if let Err(e) = self.epoll.wait(&mut ready, timeout) {
-                // Cannot happen with a valid epoll fd; do not spin if it does.
-                eprintln!("rcluster: epoll_wait failed: {e}");
+                // Cannot happen with a valid epoll fd; do not spin if it does, and say so once.
+                if !wait_failed {
+                    wait_failed = true;
+                    self.out.push(Event::Warning {
+                        detail: format!("epoll_wait failed: {e}"),
+                    });
+                }
                 std::thread::sleep(Duration::from_millis(10));
             }
             for ev in ready.iter().copied() {
@@ -232,6 +250,9 @@ impl Primary {
             }
             if self.host_tick.is_some() {
                 self.host_read_tick(self.clock.now());
+            }
+            if self.outputs.report_at.is_some() {
+                self.report_output(self.clock.now());
             }
             if !self.gathering.is_empty() {
                 let now = Instant::now();
@@ -490,6 +511,7 @@ impl Primary {
     /// Last act of the loop: everything reaped by now; close what is left and tell the host.
     fn shutdown(&mut self) {
         self.close_listeners();
+        self.close_output();
         self.shared.routes.write().unwrap().clear();
         self.shared.waker.take(&mut Vec::new());
         self.shared.stopped.store(true, Ordering::Release);

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::Primary;
 use crate::config::Config;
-use crate::events::WorkerState;
+use crate::events::{Event, WorkerState};
 use crate::listen::{self, Dispatch, ListenAddr};
 use crate::steer::Steer;
 use crate::sys;
@@ -179,7 +179,9 @@ impl Primary {
                 if let Err(e) = g.steer.set(&turn) {
                     // The kernel's hash goes on spreading connections over every socket of
                     // the group, each of which is served: slower to even out, nothing lost.
-                    eprintln!("rcluster: updating the kernel round-robin failed: {e}");
+                    self.out.push(Event::Warning {
+                        detail: format!("updating the kernel round-robin failed: {e}"),
+                    });
                 }
                 g.turn = turn;
             }
