@@ -183,6 +183,16 @@ enum rcluster_event_kind
    * Accepting paused (e.g. out of descriptors), it resumes shortly: `listener`, `text`.
    */
   RCLUSTER_EVENT_KIND_ACCEPT_PAUSED = 15,
+  /**
+   * Worker output was dropped (prefixed output only): the host's stdout or stderr did not
+   * take it fast enough, or is gone. `worker_id`, `lines`, `bytes` (since the last such
+   * event; at most about one per worker a second).
+   */
+  RCLUSTER_EVENT_KIND_OUTPUT_DROPPED = 16,
+  /**
+   * Something went wrong that the supervisor carries on from: `text` says what.
+   */
+  RCLUSTER_EVENT_KIND_WARNING = 17,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -396,7 +406,7 @@ typedef struct {
    */
   size_t len;
   /**
-   * SPAWN_FAILED, PROTOCOL_ERROR, RELOAD_FAILED, ACCEPT_PAUSED: a NUL-terminated
+   * SPAWN_FAILED, PROTOCOL_ERROR, RELOAD_FAILED, ACCEPT_PAUSED, WARNING: a NUL-terminated
    * explanation; NULL otherwise.
    */
   const char *text;
@@ -432,6 +442,14 @@ typedef struct {
    * SCALED: the new number of slots.
    */
   size_t workers;
+  /**
+   * OUTPUT_DROPPED: the number of lines dropped.
+   */
+  uint64_t lines;
+  /**
+   * OUTPUT_DROPPED: the number of bytes dropped.
+   */
+  uint64_t bytes;
 } rcluster_event;
 
 /**

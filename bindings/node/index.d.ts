@@ -107,6 +107,8 @@ declare namespace rcluster {
     on(event: 'reload', listener: (e: { phase: 'started' | 'done' | 'failed'; generation: number; reason?: string }) => void): this;
     on(event: 'spawn-failed' | 'protocol-error' | 'accept-paused', listener: (e: { id?: number; pid?: number; listener?: string; error: string }) => void): this;
     on(event: 'scaled', listener: (e: { workers: number }) => void): this;
+    on(event: 'output-dropped', listener: (e: { id: number; lines: number; bytes: number }) => void): this;
+    on(event: 'warning', listener: (e: { error: string }) => void): this;
     on(event: 'all-down' | 'stop', listener: () => void): this;
     on(event: string, listener: (...args: any[]) => void): this;
   }

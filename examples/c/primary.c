@@ -54,6 +54,12 @@ static void print_event(const rcluster_event *ev) {
     case RCLUSTER_EVENT_KIND_ACCEPT_PAUSED:
         printf("worker %u: %s\n", ev->worker_id, ev->text);
         break;
+    case RCLUSTER_EVENT_KIND_OUTPUT_DROPPED:
+        printf("worker %u: output dropped: %llu lines\n", ev->worker_id, (unsigned long long)ev->lines);
+        break;
+    case RCLUSTER_EVENT_KIND_WARNING:
+        printf("warning: %s\n", ev->text);
+        break;
     default:
         break;
     }

@@ -50,6 +50,12 @@ pub enum rcluster_event_kind {
     Scaled = 14,
     /// Accepting paused (e.g. out of descriptors), it resumes shortly: `listener`, `text`.
     AcceptPaused = 15,
+    /// Worker output was dropped (prefixed output only): the host's stdout or stderr did not
+    /// take it fast enough, or is gone. `worker_id`, `lines`, `bytes` (since the last such
+    /// event; at most about one per worker a second).
+    OutputDropped = 16,
+    /// Something went wrong that the supervisor carries on from: `text` says what.
+    Warning = 17,
 }
 
 /// Why a worker exited (`rcluster_event.exit_reason`, `rcluster_worker_info.last_exit_reason`).
@@ -109,7 +115,7 @@ pub struct rcluster_event {
     pub data: *const u8,
     /// MESSAGE: the number of bytes at `data`.
     pub len: usize,
-    /// SPAWN_FAILED, PROTOCOL_ERROR, RELOAD_FAILED, ACCEPT_PAUSED: a NUL-terminated
+    /// SPAWN_FAILED, PROTOCOL_ERROR, RELOAD_FAILED, ACCEPT_PAUSED, WARNING: a NUL-terminated
     /// explanation; NULL otherwise.
     pub text: *const c_char,
     /// ACCEPT_PAUSED: the listener's name; NULL otherwise.
@@ -128,6 +134,10 @@ pub struct rcluster_event {
     pub window_ms: u64,
     /// SCALED: the new number of slots.
     pub workers: usize,
+    /// OUTPUT_DROPPED: the number of lines dropped.
+    pub lines: u64,
+    /// OUTPUT_DROPPED: the number of bytes dropped.
+    pub bytes: u64,
 }
 
 /// The allocation behind an `rcluster_event*`: the view first, so the two pointers are equal.
@@ -174,6 +184,8 @@ fn blank(kind: rcluster_event_kind) -> rcluster_event {
         count: 0,
         window_ms: 0,
         workers: 0,
+        lines: 0,
+        bytes: 0,
     }
 }
 
@@ -243,6 +255,13 @@ pub(crate) fn into_c(ev: Event) -> *mut rcluster_event {
             v.kind = K::AcceptPaused;
             o.listener = Some(c_text(&listener));
             o.text = Some(c_text(&error));
+        }
+        Event::OutputDropped { id, lines, bytes } => {
+            (v.kind, v.worker_id, v.lines, v.bytes) = (K::OutputDropped, id, lines, bytes)
+        }
+        Event::Warning { detail } => {
+            v.kind = K::Warning;
+            o.text = Some(c_text(&detail));
         }
     }
     // The pointers are taken last: the Vec and CStrings keep their heap buffers when the Box

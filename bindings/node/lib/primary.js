@@ -60,6 +60,8 @@ class Cluster extends EventEmitter {
       case 'protocol-error': return this.emit('protocol-error', { ...who, error: ev.error });
       case 'scaled': return this.emit('scaled', { workers: ev.workers });
       case 'accept-paused': return this.emit('accept-paused', { listener: ev.listener, error: ev.error });
+      case 'output-dropped': return this.emit('output-dropped', { id: ev.id, lines: ev.lines, bytes: ev.bytes });
+      case 'warning': return this.emit('warning', { error: ev.error });
       case 'reload-started': return this.emit('reload', { phase: 'started', generation: ev.generation });
       case 'reload-done': return this._reloadEnded(ev, 'done');
       case 'reload-failed': return this._reloadEnded(ev, 'failed');

@@ -70,6 +70,9 @@ pub struct NativeEvent {
     pub error: Option<String>,
     pub workers: Option<u32>,
     pub listener: Option<String>,
+    /// `output-dropped`: lines and bytes of worker output dropped (numbers: exact up to 2^53).
+    pub lines: Option<f64>,
+    pub bytes: Option<f64>,
     pub encoding: Option<String>,
     pub data: Option<Either<String, Buffer>>,
 }
@@ -171,6 +174,8 @@ fn event(kind: &str) -> NativeEvent {
         error: None,
         workers: None,
         listener: None,
+        lines: None,
+        bytes: None,
         encoding: None,
         data: None,
     }
@@ -274,6 +279,16 @@ fn to_event(ev: Event) -> NativeEvent {
         Event::AcceptPaused { listener, error } => NativeEvent {
             listener: Some(listener),
             error: Some(error),
+            ..event(&kind)
+        },
+        Event::OutputDropped { id, lines, bytes } => NativeEvent {
+            id: Some(id),
+            lines: Some(lines as f64),
+            bytes: Some(bytes as f64),
+            ..event(&kind)
+        },
+        Event::Warning { detail } => NativeEvent {
+            error: Some(detail),
             ..event(&kind)
         },
     }

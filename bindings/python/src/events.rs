@@ -7,7 +7,8 @@ use rcluster_core::{Event, ExitInfo, WorkerInfo};
 /// Something that happened in the cluster. `kind` names it (`"spawned"`, `"online"`,
 /// `"ready"`, `"message"`, `"exit"`, `"spawn_failed"`, `"restarting"`, `"gave_up"`,
 /// `"all_down"`, `"protocol_error"`, `"reload_started"`, `"reload_done"`, `"reload_failed"`,
-/// `"scaled"`, `"accept_paused"`); the attributes that do not apply to it are None.
+/// `"scaled"`, `"accept_paused"`, `"output_dropped"`, `"warning"`); the attributes that do not
+/// apply to it are None.
 #[pyclass(frozen, get_all, name = "Event", module = "rcluster")]
 pub struct PyEvent {
     pub kind: &'static str,
@@ -20,7 +21,7 @@ pub struct PyEvent {
     pub signal: Option<i32>,
     /// Exit reason (`crashed`, `requested`, …) or why a reload failed.
     pub reason: Option<String>,
-    /// What went wrong (`spawn_failed`, `protocol_error`, `accept_paused`).
+    /// What went wrong (`spawn_failed`, `protocol_error`, `accept_paused`, `warning`).
     pub error: Option<String>,
     /// Seconds before a restart (`restarting`).
     pub delay: Option<f64>,
@@ -30,6 +31,10 @@ pub struct PyEvent {
     pub window: Option<f64>,
     pub workers: Option<usize>,
     pub listener: Option<String>,
+    /// Lines of worker output dropped (`output_dropped`).
+    pub lines: Option<u64>,
+    /// Bytes of worker output dropped (`output_dropped`).
+    pub bytes: Option<u64>,
 }
 
 impl PyEvent {
@@ -50,6 +55,8 @@ impl PyEvent {
             window: None,
             workers: None,
             listener: None,
+            lines: None,
+            bytes: None,
         }
     }
 
@@ -143,6 +150,16 @@ impl PyEvent {
             Event::AcceptPaused { listener, error } => PyEvent {
                 listener: Some(listener),
                 error: Some(error),
+                ..PyEvent::of(kind)
+            },
+            Event::OutputDropped { id, lines, bytes } => PyEvent {
+                id: Some(id),
+                lines: Some(lines),
+                bytes: Some(bytes),
+                ..PyEvent::of(kind)
+            },
+            Event::Warning { detail } => PyEvent {
+                error: Some(detail),
                 ..PyEvent::of(kind)
             },
             // A kind added to the core later still reaches Python, without details.

@@ -25,6 +25,8 @@ class Event:
     window: float | None
     workers: int | None
     listener: str | None
+    lines: int | None
+    bytes: int | None
     def json(self) -> Any: ...
     def pickle(self) -> Any: ...
 
