@@ -558,3 +558,70 @@ fn listen_on_an_address_in_use_exits_2_naming_it() {
         "a worker was started: {stderr}"
     );
 }
+
+/// Kills the processes whose pids a test's workers wrote to `file`, and removes it.
+fn kill_pids_in(file: &Path) {
+    for pid in std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .split_whitespace()
+    {
+        // SAFETY: kill has no memory effects.
+        unsafe { libc::kill(pid.parse().unwrap_or(0), libc::SIGKILL) };
+    }
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn worker_leaving_a_setsid_grandchild_on_its_output_is_reported_restarted_and_sigterm_still_stops()
+{
+    let pidfile = std::env::temp_dir().join(format!("rcluster-cli-setsid-{}", std::process::id()));
+    let script = format!(
+        "setsid sleep 30 & echo $! >> {}; echo hi; sleep 0.5; exit 1",
+        pidfile.display()
+    );
+    let mut c = Cluster::start(&[
+        "run",
+        "-w",
+        "1",
+        "--prefix-output",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    c.wait_for_count("exited with code 1", 2);
+    c.wait_for_count("restarting", 2);
+    c.signal(libc::SIGTERM);
+    let status = c.wait_exit(Duration::from_secs(10));
+    kill_pids_in(&pidfile);
+    assert_eq!(status.code(), Some(0), "log:\n{}", c.log_text());
+}
+
+#[test]
+fn output_that_a_full_stdout_cannot_take_is_reported_as_dropped_and_sigterm_still_stops() {
+    let mut child = Command::new(RCLUSTER)
+        .args(["run", "-w", "1", "--prefix-output", "--", "sh", "-c"])
+        .arg("yes 'a line nobody reads' | head -n 100000; exec sleep 30")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rcluster");
+    // Kept open and never read: rcluster's stdout fills up.
+    let _stdout = child.stdout.take().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (stderr, sink) = (child.stderr.take().unwrap(), Arc::clone(&log));
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let mut c = Cluster { child, log };
+    c.wait_for("output dropped", |log| {
+        log.iter()
+            .any(|l| l.contains("worker 0 pid ") && l.contains("output dropped: "))
+    });
+    c.signal(libc::SIGTERM);
+    let status = c.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "log:\n{}", c.log_text());
+}
