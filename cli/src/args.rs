@@ -128,7 +128,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<PathBuf>,
 
-    /// Prefix every line workers print with "[id] "
+    /// Prefix every line workers print with "[id] " (lines that stdout/stderr cannot take in
+    /// time are dropped, and counted in the log)
     #[arg(long)]
     pub prefix_output: bool,
 

@@ -139,10 +139,7 @@ pub struct Sink(Arc<Inner>);
 impl Sink {
     /// A buffer and the thread that writes it to fd 1 and 2.
     pub fn start() -> io::Result<Sink> {
-        let sink = Sink(Arc::new(Inner {
-            state: Mutex::new(State::default()),
-            cv: Condvar::new(),
-        }));
+        let sink = Sink::new();
         let writer = sink.clone();
         // Not joined: a write to a host's stdout that nobody reads may block for ever, and the
         // supervisor must still stop. The thread ends once the buffer is closed and written or
@@ -151,6 +148,13 @@ impl Sink {
             .name("rcluster-output".into())
             .spawn(move || writer.write_loop())?;
         Ok(sink)
+    }
+
+    fn new() -> Sink {
+        Sink(Arc::new(Inner {
+            state: Mutex::new(State::default()),
+            cv: Condvar::new(),
+        }))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -302,4 +306,60 @@ fn write_all(fd: RawFd, data: &[u8], sink: &Sink) -> Result<(), usize> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pipe whose read end is `PrefixPipe` input; returns (pipe, write end).
+    fn pipe(id: u32) -> (PrefixPipe, OwnedFd) {
+        let (r, w) = sys::pipe().unwrap();
+        sys::set_nonblocking(r.as_raw_fd(), true).unwrap();
+        (PrefixPipe::new(r, 1, id), w)
+    }
+
+    fn write(fd: &OwnedFd, data: &[u8]) {
+        // SAFETY: data is valid for its length.
+        let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+        assert_eq!(n, data.len() as isize);
+    }
+
+    #[test]
+    fn lines_beyond_the_buffer_are_dropped_whole_and_counted() {
+        // No writer thread: nothing leaves the buffer.
+        let sink = Sink::new();
+        let (mut p, w) = pipe(7);
+        let line = [b'x'; 1019]; // "[7] " + 1019 + "\n": 1024 bytes a line
+        let lines = BUFFER_LIMIT / 1024 + 10;
+        for _ in 0..lines {
+            write(&w, &line);
+            write(&w, b"\n");
+            assert!(p.pump(&sink));
+        }
+        let dropped = sink.take_dropped();
+        assert_eq!(dropped.get(&7), Some(&(10, 10 * 1024)));
+        assert_eq!(sink.lock().bytes, BUFFER_LIMIT);
+        // Closing without a writer abandons what is queued: every line is accounted for.
+        let rest = sink.close(Duration::ZERO);
+        assert_eq!(
+            rest.get(&7).map(|d| d.0),
+            Some((BUFFER_LIMIT / 1024) as u64)
+        );
+    }
+
+    #[test]
+    fn a_pipe_that_stays_open_is_read_without_waiting_and_a_last_partial_line_is_kept() {
+        let sink = Sink::new();
+        let (mut p, w) = pipe(0);
+        write(&w, b"one\ntw");
+        assert!(p.pump(&sink), "open, nothing more to read now");
+        assert!(p.pump(&sink));
+        drop(w);
+        assert!(!p.pump(&sink), "EOF");
+        p.finish(&sink);
+        let s = sink.lock();
+        let text: Vec<&[u8]> = s.queue.iter().map(|b| &b.data[..]).collect();
+        assert_eq!(text, [&b"[0] one\n"[..], b"[0] tw\n"]);
+    }
 }
