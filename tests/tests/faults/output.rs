@@ -224,9 +224,13 @@ fn host_whose_stdout_nobody_reads_keeps_dispatching_and_reports_the_dropped_outp
     assert!(status.success(), "host ended with {status}");
     host.wait_line("stopped", Duration::from_secs(5));
     let (lines, bytes) = host.dropped(0);
-    // Whole lines: "[0] " and the 37 bytes of each.
+    // Whole lines of 41 bytes ("[0] " and the 37 of each), but for the last line of a worker
+    // killed by the stop in the middle of writing it.
     assert!(lines > 0, "dropped output is reported");
-    assert_eq!(bytes, lines * 41, "dropped {lines} lines, {bytes} bytes");
+    assert!(
+        bytes <= lines * 41 && lines * 41 - bytes < 41,
+        "dropped {lines} lines, {bytes} bytes"
+    );
 }
 
 /// A pipe whose read end is closed already.
