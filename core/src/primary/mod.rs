@@ -204,16 +204,12 @@ impl Primary {
             let timeout = if self.changed {
                 Some(Duration::ZERO)
             } else {
-                let next = [
-                    deadline,
-                    self.queue_deadline,
-                    self.host_tick,
-                    self.outputs.report_at,
-                ]
-                .into_iter()
-                .flatten()
-                .chain(self.gathering.iter().map(|(at, _)| *at))
-                .min();
+                let next = [deadline, self.queue_deadline, self.host_tick]
+                    .into_iter()
+                    .flatten()
+                    .chain(self.outputs.report_at)
+                    .chain(self.gathering.iter().map(|(at, _)| *at))
+                    .min();
                 next.map(|d: Instant| d.saturating_duration_since(self.clock.now()))
             };
             if let Err(e) = self.epoll.wait(&mut ready, timeout) {
