@@ -247,3 +247,16 @@ def test_handlers_are_installed_over_defaults_only_and_restored_on_stop():
 def test_handle_signals_false_installs_nothing():
     with rcluster.Supervisor([sys.executable, WORKER, "echo"], handle_signals=False, **fast()):
         assert _signals.installed() == []
+
+
+def test_a_supervisor_started_off_the_main_thread_installs_nothing():
+    seen: list[list[int]] = []
+
+    def run() -> None:
+        with rcluster.Supervisor([sys.executable, WORKER, "echo"], **fast()):
+            seen.append(_signals.installed())
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(30)
+    assert seen == [[]]

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -26,7 +27,9 @@ if TYPE_CHECKING:
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
 
 _log = logging.getLogger("rcluster")
-_targets: list[Supervisor] = []
+# Weak: a supervisor dropped without stop() is still stopped by the garbage collector, as
+# before; the handlers then behave as the defaults would.
+_targets: weakref.WeakSet[Supervisor] = weakref.WeakSet()
 _saved: dict[int, Any] = {}  # signal -> the handler ours replaced
 
 
@@ -39,8 +42,8 @@ def _is_default(sig: int, handler: Any) -> bool:
 def _handler(signo: int, frame: object) -> None:
     targets = list(_targets)
     if not targets:
-        # Stopped, but the handler could not be restored (stop ran off the main thread):
-        # behave as the default would.
+        # Stopped, but the handler could not be restored (stop ran off the main thread, or
+        # the supervisor was dropped without stop): behave as the default would.
         if signo == signal.SIGINT:
             raise KeyboardInterrupt
         signal.signal(signo, signal.SIG_DFL)
@@ -55,7 +58,7 @@ def install(sup: Supervisor) -> None:
     is the default; does nothing off the main thread."""
     if threading.current_thread() is not threading.main_thread():
         return
-    _targets.append(sup)
+    _targets.add(sup)
     for sig in HANDLED:
         if sig in _saved:
             continue
@@ -68,9 +71,8 @@ def install(sup: Supervisor) -> None:
 def uninstall(sup: Supervisor) -> None:
     """Stops forwarding to ``sup``; the last supervisor to go restores the handlers it
     replaced (from the main thread; elsewhere ours stays and acts as the default would)."""
-    if sup in _targets:
-        _targets.remove(sup)
-    if _targets or threading.current_thread() is not threading.main_thread():
+    _targets.discard(sup)
+    if len(_targets) > 0 or threading.current_thread() is not threading.main_thread():
         return
     for sig, old in list(_saved.items()):
         # A handler the program set meanwhile stays.
