@@ -193,9 +193,10 @@ impl Supervisor {
     }
 
     /// Adds `delta` workers (removes them if negative), staying within `1..=MAX_WORKERS`;
-    /// returns the number of worker slots before and after. The step is taken by the loop
-    /// from its own count, so concurrent steps and `scale` calls never lose one.
-    pub(crate) fn scale_by(&self, delta: isize) -> Result<(usize, usize)> {
+    /// returns the number of worker slots before and after (equal at a bound). The step is
+    /// taken by the loop from its own count, so concurrent steps and `scale` calls never lose
+    /// one, and a host need not count workers itself (SIGTTIN/SIGTTOU, Node's `fork()`).
+    pub fn scale_by(&self, delta: isize) -> Result<(usize, usize)> {
         self.ask(|tx| Command::ScaleBy(delta, tx))?
     }
 

@@ -445,6 +445,14 @@ impl NativeSupervisor {
         self.inner.scale(workers as usize).map_err(to_js)
     }
 
+    /// Adds `delta` worker slots (removes them if negative) within 1..=4096, counted by the
+    /// core; returns [before, after].
+    #[napi]
+    pub fn scale_by(&self, delta: i32) -> napi::Result<Vec<u32>, &'static str> {
+        let (before, after) = self.inner.scale_by(delta as isize).map_err(to_js)?;
+        Ok(vec![before as u32, after as u32])
+    }
+
     #[napi]
     pub fn restart_worker(&self, id: u32) -> napi::Result<(), &'static str> {
         self.inner.restart_worker(id).map_err(to_js)
