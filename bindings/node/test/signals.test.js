@@ -128,6 +128,19 @@ test('SIGHUP reloads and SIGTTIN/SIGTTOU scale by one', async () => {
   assert.strictEqual(code, 0);
 });
 
+test('Ctrl-C (SIGINT) stops the README primary gracefully: an in-flight request is answered, exit 0', async () => {
+  const port = await freePort();
+  const { run, child, lines } = await startReadme(port, { delay: 300 });
+  const answer = request(port);
+  await sleep(100);
+  child.kill('SIGINT');
+  const { code, signal } = await run;
+  assert.strictEqual(signal, null);
+  assert.strictEqual(code, 0);
+  assert.strictEqual(await answer, 'ok');
+  assert.ok(lines.some((x) => x.includes('"signal":"SIGINT","action":"stop"')), lines.join(' | '));
+});
+
 test("a program's own SIGTERM listener keeps it: rcluster adds none for that signal", async () => {
   const port = await freePort();
   const { run, child, lines } = await startReadme(port, { env: { OWN_SIGTERM: '1' } });
