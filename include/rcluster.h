@@ -869,9 +869,10 @@ rcluster_result rcluster_signals_fd(const rcluster_signals *sigs, int *out_fd);
 
 /**
  * Reads one pending signal and acts on `sup`: SIGINT/SIGTERM start a graceful stop with the
- * configured kill timeout (a second one kills the workers at once; the stop runs on a
- * library thread, so keep reading events until `RCLUSTER_RESULT_STOPPED`); SIGHUP starts a
- * rolling reload; SIGTTIN adds a worker; SIGTTOU removes one (never the last).
+ * configured kill timeout and return at once (a second one kills the workers now; keep
+ * reading events until `RCLUSTER_RESULT_STOPPED`); SIGHUP starts a rolling reload; SIGTTIN
+ * adds a worker; SIGTTOU removes one (never the last). The mapping is the core's, the same
+ * for the `rcluster` command, Node and Python.
  * On success `*out_signal` (optional: may be NULL) receives the signal number.
  * `RCLUSTER_RESULT_TIMEOUT` when no signal is pending; call it until then when the fd is
  * readable. When the action is refused (a reload or scale during a stop, SIGTTOU at one

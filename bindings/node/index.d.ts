@@ -65,6 +65,28 @@ declare namespace rcluster {
     queueTimeout?: number;
     maxSurge?: number;
     serialization?: Serialization;
+    /**
+     * Default true: for each of SIGINT, SIGTERM, SIGHUP, SIGTTIN and SIGTTOU that the program
+     * has no `process.on` listener of its own for, rcluster adds one while the cluster runs
+     * (removed on stop): SIGINT/SIGTERM stop gracefully (a second one kills the workers now),
+     * SIGHUP reloads, SIGTTIN/SIGTTOU add or remove a worker. The program then ends normally
+     * (exit status 0) once the cluster has stopped. False: signals are left to the program.
+     */
+    handleSignals?: boolean;
+  }
+
+  /** What the cluster did with a signal it handles (the 'signal' event). */
+  interface SignalEvent {
+    signal: 'SIGINT' | 'SIGTERM' | 'SIGHUP' | 'SIGTTIN' | 'SIGTTOU';
+    action: 'stop' | 'kill' | 'reload' | 'scale' | 'ignored' | 'refused';
+    /** stop: the grace before SIGKILL, in milliseconds. */
+    killTimeout?: number;
+    /** reload: the new generation. */
+    generation?: number;
+    /** scale: the number of workers now wanted. */
+    workers?: number;
+    /** ignored, refused: why. */
+    reason?: string;
   }
 
   interface WorkerRef { id: number; pid: number }
@@ -109,6 +131,7 @@ declare namespace rcluster {
     on(event: 'scaled', listener: (e: { workers: number }) => void): this;
     on(event: 'output-dropped', listener: (e: { id: number; lines: number; bytes: number }) => void): this;
     on(event: 'warning', listener: (e: { error: string }) => void): this;
+    on(event: 'signal', listener: (e: SignalEvent) => void): this;
     on(event: 'all-down' | 'stop', listener: () => void): this;
     on(event: string, listener: (...args: any[]) => void): this;
   }

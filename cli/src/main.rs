@@ -30,7 +30,6 @@ fn main() {
 
 fn start(args: &args::RunArgs) -> Result<i32, (i32, String)> {
     let config = args.to_config();
-    let (kill_timeout, workers) = (config.kill_timeout, config.workers);
     // Before Supervisor::start: its thread must inherit the blocked mask, or a signal could be
     // delivered there and kill the process instead of reaching the signalfd.
     let sigfd = signals::SignalFd::install().map_err(|e| {
@@ -48,5 +47,5 @@ fn start(args: &args::RunArgs) -> Result<i32, (i32, String)> {
         Error::Bind { .. } => (EXIT_USAGE, format!("{e} (set by --listen)")),
         e => (run::EXIT_FAILED, e.to_string()),
     })?;
-    Ok(run::Runner::new(sup, sigfd, kill_timeout, workers).run())
+    Ok(run::Runner::new(sup, sigfd).run())
 }

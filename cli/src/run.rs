@@ -1,48 +1,33 @@
 //! The main thread's loop: signals in, API calls out, events printed. Every decision about
-//! workers is the core's; this only translates.
+//! workers, and what each signal means, is the core's; this only translates.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
 
-use rcluster_core::{Event, Supervisor};
+use rcluster_core::{signal_name, Event, SignalAction, Supervisor, EXIT_AFTER_SIGNAL_STOP};
 
 use crate::log::EventLog;
 use crate::signals::{self, SignalFd};
 
-/// Exit status after a stop asked for by a signal, or a cluster that finished cleanly.
+/// Exit status when the cluster finished cleanly on its own.
 pub const EXIT_OK: i32 = 0;
 /// Exit status when the cluster went down on its own with failures.
 pub const EXIT_FAILED: i32 = 1;
 
-struct Stopping {
-    thread: JoinHandle<()>,
-    by_signal: bool,
-    forced: bool,
-}
-
 pub struct Runner {
-    sup: Arc<Supervisor>,
+    sup: Supervisor,
     sigfd: SignalFd,
     log: EventLog,
-    kill_timeout: Duration,
-    workers: usize,
-    stopping: Option<Stopping>,
     /// Whether the latest exit of each slot was a failure.
     failed: HashMap<u32, bool>,
     gave_up: bool,
 }
 
 impl Runner {
-    pub fn new(sup: Supervisor, sigfd: SignalFd, kill_timeout: Duration, workers: usize) -> Runner {
+    pub fn new(sup: Supervisor, sigfd: SignalFd) -> Runner {
         Runner {
-            sup: Arc::new(sup),
+            sup,
             sigfd,
             log: EventLog::default(),
-            kill_timeout,
-            workers,
-            stopping: None,
             failed: HashMap::new(),
             gave_up: false,
         }
@@ -55,7 +40,6 @@ impl Runner {
                 Ok(r) => r,
                 Err(e) => {
                     self.log.note(&format!("poll failed: {e}; stopping"));
-                    self.begin_stop(false);
                     return self.finish();
                 }
             };
@@ -88,76 +72,21 @@ impl Runner {
     }
 
     fn on_signal(&mut self, sig: i32) {
-        let name = signals::name(sig);
-        match sig {
-            libc::SIGINT | libc::SIGTERM if self.stopping.is_some() => self.force_stop(name),
-            libc::SIGINT | libc::SIGTERM => {
-                let grace = crate::log::human(self.kill_timeout);
-                self.log.note(&format!(
-                    "{name}: stopping (kill timeout {grace}; send again to kill now)"
-                ));
-                self.begin_stop(true);
+        let name = signal_name(sig);
+        let note = match self.sup.on_signal(sig) {
+            Ok(SignalAction::Stop { kill_timeout }) => format!(
+                "{name}: stopping (kill timeout {}; send again to kill now)",
+                crate::log::human(kill_timeout)
+            ),
+            Ok(SignalAction::Kill) => format!("{name} again: killing the workers now"),
+            Ok(SignalAction::Reload { generation }) => {
+                format!("{name}: reloading to gen {generation}")
             }
-            _ if self.stopping.is_some() => self.log.note(&format!("{name} ignored: stopping")),
-            libc::SIGHUP => match self.sup.reload() {
-                Ok(generation) => self
-                    .log
-                    .note(&format!("{name}: reloading to gen {generation}")),
-                Err(e) => self.log.note(&format!("{name}: reload refused: {e}")),
-            },
-            libc::SIGTTIN => self.scale_to(self.workers + 1, name),
-            libc::SIGTTOU if self.workers > 1 => self.scale_to(self.workers - 1, name),
-            libc::SIGTTOU => self
-                .log
-                .note(&format!("{name} ignored: already at 1 worker")),
-            _ => {}
-        }
-    }
-
-    fn scale_to(&mut self, n: usize, name: &str) {
-        match self.sup.scale(n) {
-            Ok(()) => {
-                self.workers = n;
-                self.log.note(&format!("{name}: scaling to {n} workers"));
-            }
-            Err(e) => self.log.note(&format!("{name}: scale refused: {e}")),
-        }
-    }
-
-    /// `stop` blocks until every worker is reaped, so it runs on its own thread while this one
-    /// keeps printing events and watching for a second signal.
-    fn begin_stop(&mut self, by_signal: bool) {
-        if self.stopping.is_some() {
-            return;
-        }
-        let sup = Arc::clone(&self.sup);
-        let timeout = self.kill_timeout;
-        let thread = std::thread::spawn(move || {
-            let _ = sup.stop(timeout);
-        });
-        self.stopping = Some(Stopping {
-            thread,
-            by_signal,
-            forced: false,
-        });
-    }
-
-    /// A second stop with no grace brings the kill forward; it blocks like the first, so it
-    /// runs on a thread of its own too.
-    fn force_stop(&mut self, name: &str) {
-        let Some(s) = self.stopping.as_mut() else {
-            return;
+            Ok(SignalAction::Scale { workers }) => format!("{name}: scaling to {workers} workers"),
+            Ok(SignalAction::Ignored(why)) => format!("{name} ignored: {why}"),
+            Err(e) => format!("{name} refused: {e}"),
         };
-        if s.forced {
-            return;
-        }
-        s.forced = true;
-        self.log
-            .note(&format!("{name} again: killing the workers now"));
-        let sup = Arc::clone(&self.sup);
-        std::thread::spawn(move || {
-            let _ = sup.stop(Duration::ZERO);
-        });
+        self.log.note(&note);
     }
 
     fn on_event(&mut self, ev: Event) {
@@ -170,31 +99,23 @@ impl Runner {
                 self.failed.insert(id, true);
             }
             Event::GaveUp { .. } => self.gave_up = true,
-            Event::Scaled { workers } => self.workers = workers,
-            Event::AllDown if self.stopping.is_none() => self.begin_stop(false),
+            Event::AllDown => self.sup.begin_stop(self.sup.kill_timeout()),
             _ => {}
         }
     }
 
     fn finish(mut self) -> i32 {
-        let by_signal = match self.stopping.take() {
-            Some(s) => {
-                let _ = s.thread.join();
-                s.by_signal
-            }
-            None => {
-                // The loop ended without being asked to (it should not); reap what is left.
-                let _ = self.sup.stop(self.kill_timeout);
-                false
-            }
-        };
+        // Returns at once when the loop has ended; otherwise (poll failed) it stops it first.
+        let _ = self.sup.stop(self.sup.kill_timeout());
         while let Some(ev) = self.sup.try_next_event() {
             self.on_event(ev);
         }
-        if by_signal || !(self.gave_up || self.failed.values().any(|&f| f)) {
-            EXIT_OK
-        } else {
+        if self.sup.stop_signal().is_some() {
+            EXIT_AFTER_SIGNAL_STOP
+        } else if self.gave_up || self.failed.values().any(|&f| f) {
             EXIT_FAILED
+        } else {
+            EXIT_OK
         }
     }
 }

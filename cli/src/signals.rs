@@ -4,14 +4,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// The signals rcluster turns into API calls.
-pub const HANDLED: [i32; 5] = [
-    libc::SIGINT,
-    libc::SIGTERM,
-    libc::SIGHUP,
-    libc::SIGTTIN,
-    libc::SIGTTOU,
-];
+use rcluster_core::HANDLED_SIGNALS as HANDLED;
 
 pub struct SignalFd {
     fd: OwnedFd,
@@ -104,16 +97,5 @@ pub fn poll_readable(fds: &[RawFd]) -> io::Result<Vec<bool>> {
         if err.kind() != io::ErrorKind::Interrupted {
             return Err(err);
         }
-    }
-}
-
-pub fn name(sig: i32) -> &'static str {
-    match sig {
-        libc::SIGINT => "SIGINT",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGTTIN => "SIGTTIN",
-        libc::SIGTTOU => "SIGTTOU",
-        _ => "signal",
     }
 }

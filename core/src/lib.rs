@@ -17,6 +17,7 @@ mod policy;
 mod primary;
 mod process;
 mod reader;
+mod signals;
 mod spawn;
 mod steer;
 mod supervisor;
@@ -30,6 +31,7 @@ pub use error::{Error, Result};
 pub use events::{Event, ExitInfo, WorkerInfo, WorkerState};
 pub use listen::{Dispatch, ListenAddr, Listener};
 pub use policy::{Clock, Decision, ExitReason, History, Jitter, SystemClock, XorShift};
+pub use signals::{signal_name, SignalAction, EXIT_AFTER_SIGNAL_STOP, HANDLED_SIGNALS};
 pub use supervisor::Supervisor;
 pub use worker::{Connection, Listening, Worker, WorkerEvent};
 

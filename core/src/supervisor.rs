@@ -16,11 +16,14 @@ use crate::events::{Event, EventQueue, WorkerInfo, SPIN};
 use crate::listen::{self, ListenAddr};
 use crate::primary::{steered, Bound, Primary};
 use crate::reader::HostRead;
+use crate::signals::SignalState;
 use crate::sys;
 
 pub(crate) enum Command {
     Snapshot(SyncSender<Vec<WorkerInfo>>),
     Scale(usize, SyncSender<Result<()>>),
+    /// Scale by a step within 1..=MAX_WORKERS; the reply is the count before and after.
+    ScaleBy(isize, SyncSender<Result<(usize, usize)>>),
     Restart(u32, SyncSender<Result<()>>),
     Reload(SyncSender<Result<u32>>),
     Stop(Duration),
@@ -48,6 +51,7 @@ pub struct Supervisor {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
     kill_timeout: Duration,
+    signals: SignalState,
 }
 
 impl Supervisor {
@@ -95,6 +99,7 @@ impl Supervisor {
             shared,
             thread: Mutex::new(Some(thread)),
             kill_timeout,
+            signals: SignalState::default(),
         })
     }
 
@@ -187,6 +192,14 @@ impl Supervisor {
         self.ask(|tx| Command::Scale(workers, tx))?
     }
 
+    /// Adds `delta` workers (removes them if negative), staying within `1..=MAX_WORKERS`;
+    /// returns the number of worker slots before and after (equal at a bound). The step is
+    /// taken by the loop from its own count, so concurrent steps and `scale` calls never lose
+    /// one, and a host need not count workers itself (SIGTTIN/SIGTTOU, Node's `fork()`).
+    pub fn scale_by(&self, delta: isize) -> Result<(usize, usize)> {
+        self.ask(|tx| Command::ScaleBy(delta, tx))?
+    }
+
     /// Stops worker `id` gracefully and starts it again at once.
     pub fn restart_worker(&self, id: u32) -> Result<()> {
         self.ask(|tx| Command::Restart(id, tx))?
@@ -260,14 +273,7 @@ impl Supervisor {
     /// from any thread, while a stop is under way: a shorter timeout then brings the kill
     /// forward (a second Ctrl-C), and every caller returns when the loop has ended.
     pub fn stop(&self, timeout: Duration) -> Result<()> {
-        if !self.shared.stopped.load(Ordering::Acquire) {
-            self.shared
-                .cmds
-                .lock()
-                .unwrap()
-                .push_back(Command::Stop(timeout));
-            self.shared.waker.wake();
-        }
+        self.begin_stop(timeout);
         let thread = self.thread.lock().unwrap().take();
         if let Some(thread) = thread {
             return thread
@@ -277,6 +283,31 @@ impl Supervisor {
         let (lock, cv) = &self.shared.done;
         let _done = cv.wait_while(lock.lock().unwrap(), |done| !*done).unwrap();
         Ok(())
+    }
+
+    /// Asks for the stop `stop` makes, and returns at once: the events end (`next_event`
+    /// returns None) once every worker is reaped, and `stop` then returns at once. Calling
+    /// it again with a shorter timeout brings the kill forward.
+    pub fn begin_stop(&self, timeout: Duration) {
+        self.signals.note_stop();
+        if !self.shared.stopped.load(Ordering::Acquire) {
+            self.shared
+                .cmds
+                .lock()
+                .unwrap()
+                .push_back(Command::Stop(timeout));
+            self.shared.waker.wake();
+        }
+    }
+
+    /// The grace a stopping worker gets before SIGKILL (`Config::kill_timeout`); `Drop` and
+    /// a SIGINT/SIGTERM through `on_signal` stop with it.
+    pub fn kill_timeout(&self) -> Duration {
+        self.kill_timeout
+    }
+
+    pub(crate) fn signal_state(&self) -> &SignalState {
+        &self.signals
     }
 
     /// Each listener's name and actual address (with the port the system chose for port 0).

@@ -1,34 +1,25 @@
 //! The opt-in signal helper for C programs that own their process: SIGINT/SIGTERM stop,
-//! SIGHUP reloads, SIGTTIN/SIGTTOU add or remove a worker — the `rcluster` command's mapping.
+//! SIGHUP reloads, SIGTTIN/SIGTTOU add or remove a worker — the `rcluster` command's mapping,
+//! which the core decides (`Supervisor::on_signal`); this only reads and forwards.
 //!
 //! Signals are blocked and read from a signalfd, so nothing ever runs in signal context and
 //! the program decides when they are handled (from its own loop), as gunicorn's arbiter does.
 
 use std::ffi::c_int;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
 use crate::args::{self, handle};
 use crate::result::{guard, guard_void, rcluster_result, Fail, Res};
 use crate::supervisor::rcluster_supervisor;
 
-const HANDLED: [c_int; 5] = [
-    libc::SIGINT,
-    libc::SIGTERM,
-    libc::SIGHUP,
-    libc::SIGTTIN,
-    libc::SIGTTOU,
-];
+use rcluster_core::{SignalAction, HANDLED_SIGNALS as HANDLED};
 
 /// The signal helper (opaque). Made by `rcluster_signals_new`, released by
 /// `rcluster_signals_free`.
 pub struct rcluster_signals {
     fd: OwnedFd,
     set: libc::sigset_t,
-    /// How many stop signals were seen: the first stops gracefully, the second kills.
-    stops: AtomicU32,
 }
 
 fn handled_set() -> libc::sigset_t {
@@ -75,7 +66,6 @@ pub unsafe extern "C" fn rcluster_signals_new(out: *mut *mut rcluster_signals) -
             // SAFETY: a fresh descriptor that nothing else owns.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             set,
-            stops: AtomicU32::new(0),
         });
         unsafe { args::put(out, Box::into_raw(s)) };
         Ok(())
@@ -148,69 +138,36 @@ fn read_signal(s: &rcluster_signals) -> Res<Option<c_int>> {
     }
 }
 
-/// `stop` blocks until every worker is reaped, so a stop asked for by a signal runs on a
-/// thread of its own, and the program's loop keeps reading events (and a second signal)
-/// until `next_event` says `STOPPED`. `stop` and `free` join these threads.
-fn stop_in_background(s: &rcluster_supervisor, timeout: Duration) -> Res {
-    let core = Arc::clone(&s.sup);
-    let t = std::thread::Builder::new()
-        .name("rcluster-stop".into())
-        .spawn(move || {
-            let _ = core.stop(timeout);
-        })
-        .map_err(|e| Fail::new(rcluster_result::Io, format!("cannot start a thread: {e}")))?;
-    s.stoppers.lock().unwrap().push(t);
-    Ok(())
-}
-
-fn act(sigs: &rcluster_signals, s: &rcluster_supervisor, sig: c_int) -> Res {
-    let name = match sig {
-        libc::SIGINT => "SIGINT",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGTTIN => "SIGTTIN",
-        _ => "SIGTTOU",
-    };
-    let refused = |e: rcluster_core::Error| {
-        let f = Fail::from(e);
-        Fail::new(f.code, format!("{name}: {}", f.msg))
-    };
-    match sig {
-        libc::SIGINT | libc::SIGTERM => match sigs.stops.fetch_add(1, Ordering::AcqRel) {
-            0 => stop_in_background(s, s.kill_timeout),
-            1 => stop_in_background(s, Duration::ZERO),
-            _ => Ok(()),
-        },
-        _ if sigs.stops.load(Ordering::Acquire) > 0 || s.sup.is_stopped() => Err(Fail::new(
-            rcluster_result::Stopped,
-            format!("{name} ignored: the supervisor is stopping"),
-        )),
-        libc::SIGHUP => s.sup.reload().map(drop).map_err(refused),
-        libc::SIGTTIN => {
-            let n = s.workers.load(Ordering::Acquire) + 1;
-            s.sup.scale(n).map_err(refused)?;
-            s.workers.store(n, Ordering::Release);
+/// The core decides what the signal means (the `rcluster` command's mapping); a signal that
+/// changes nothing is reported as refused, with the core's reason.
+fn act(s: &rcluster_supervisor, sig: c_int) -> Res {
+    let name = rcluster_core::signal_name(sig);
+    match s.sup.on_signal(sig) {
+        Ok(SignalAction::Ignored(why)) => {
+            let code = if s.sup.is_stopping() {
+                rcluster_result::Stopped
+            } else {
+                rcluster_result::InvalidState
+            };
+            Err(Fail::new(code, format!("{name} ignored: {why}")))
+        }
+        Ok(SignalAction::Scale { workers }) => {
+            s.workers.store(workers, Ordering::Release);
             Ok(())
         }
-        _ => {
-            let n = s.workers.load(Ordering::Acquire);
-            if n <= 1 {
-                return Err(Fail::new(
-                    rcluster_result::InvalidState,
-                    format!("{name} ignored: already at 1 worker"),
-                ));
-            }
-            s.sup.scale(n - 1).map_err(refused)?;
-            s.workers.store(n - 1, Ordering::Release);
-            Ok(())
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let f = Fail::from(e);
+            Err(Fail::new(f.code, format!("{name}: {}", f.msg)))
         }
     }
 }
 
 /// Reads one pending signal and acts on `sup`: SIGINT/SIGTERM start a graceful stop with the
-/// configured kill timeout (a second one kills the workers at once; the stop runs on a
-/// library thread, so keep reading events until `RCLUSTER_RESULT_STOPPED`); SIGHUP starts a
-/// rolling reload; SIGTTIN adds a worker; SIGTTOU removes one (never the last).
+/// configured kill timeout and return at once (a second one kills the workers now; keep
+/// reading events until `RCLUSTER_RESULT_STOPPED`); SIGHUP starts a rolling reload; SIGTTIN
+/// adds a worker; SIGTTOU removes one (never the last). The mapping is the core's, the same
+/// for the `rcluster` command, Node and Python.
 /// On success `*out_signal` (optional: may be NULL) receives the signal number.
 /// `RCLUSTER_RESULT_TIMEOUT` when no signal is pending; call it until then when the fd is
 /// readable. When the action is refused (a reload or scale during a stop, SIGTTOU at one
@@ -231,7 +188,7 @@ pub unsafe extern "C" fn rcluster_signals_handle(
         let Some(sig) = read_signal(sigs)? else {
             return Err(Fail::quiet(rcluster_result::Timeout));
         };
-        act(sigs, s, sig)?;
+        act(s, sig)?;
         if !out_signal.is_null() {
             unsafe { args::put(out_signal, sig) };
         }

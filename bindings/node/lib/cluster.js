@@ -113,7 +113,6 @@ class Hub {
   constructor(emitter) {
     this._emitter = emitter;
     this._native = null;
-    this._slots = 0;
     this._bySlot = new Map();
     this._backlog = [];
     const onRun = (id, pid, texts) => {
@@ -181,10 +180,17 @@ class Hub {
       throw invalidOption('env', env, 'must be an object');
     }
     if (!this.settings.serialization) this.setupPrimary();
-    const slot = this._slots;
-    if (this._native) this._native.scale(slot + 1);
-    else this._start();
-    this._slots++;
+    // The core counts the slots: fork() adds the next one, as SIGTTIN does.
+    let slot = 0;
+    if (this._native) {
+      const [before, after] = this._native.scaleBy(1);
+      if (after === before) {
+        throw rclusterError('ERR_RCLUSTER_INVALID_OPTION', `cannot fork: already at the maximum of ${after} workers`);
+      }
+      slot = before;
+    } else {
+      this._start();
+    }
     const worker = new Worker(this, slot);
     this._bySlot.set(slot, worker);
     this.workers[worker.id] = worker;

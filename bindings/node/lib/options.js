@@ -173,7 +173,8 @@ function normalize(opts = {}, extraEnv = {}) {
     native.argv = [program, ...args];
   }
   for (const k of Object.keys(native)) if (native[k] === undefined) delete native[k];
-  return { native, serialization };
+  const handleSignals = bool(opts, 'handleSignals') ?? true;
+  return { native, serialization, handleSignals };
 }
 
 module.exports = { normalize };

@@ -4,7 +4,9 @@ const { EventEmitter } = require('events');
 const native = require('./native');
 const { normalize } = require('./options');
 const codec = require('./codec');
-const { signalName } = require('./signals');
+const signals = require('./signals');
+
+const { signalName } = signals;
 const { rclusterError } = require('./errors');
 
 function wrapNative(fn) {
@@ -20,7 +22,7 @@ function wrapNative(fn) {
 class Cluster extends EventEmitter {
   constructor(options) {
     super();
-    const { native: opts, serialization } = normalize(options);
+    const { native: opts, serialization, handleSignals } = normalize(options);
     this._serialization = serialization;
     this._native = wrapNative(() => new native.NativeSupervisor(opts));
     this._reloads = new Map(); // generation -> { resolve, reject }
@@ -32,6 +34,29 @@ class Cluster extends EventEmitter {
     // The watcher is ref'd: a running cluster keeps the process alive, as a server does,
     // until stop() (or every slot has given up).
     this._native.watch((items) => this._pump(items));
+    // SIGTERM (systemd, Docker, Kubernetes) and Ctrl-C stop the cluster gracefully instead
+    // of ending the process, whose workers would then die with every request in flight.
+    this._handlesSignals = handleSignals;
+    if (handleSignals) signals.listen(this);
+  }
+
+  /** A signal forwarded by lib/signals.js: the core says what it means. */
+  _onSignal(name, signo) {
+    let act;
+    try {
+      act = this._native.onSignal(signo);
+    } catch (e) {
+      this.emit('signal', { signal: name, action: 'refused', reason: e.message });
+      return;
+    }
+    const ev = { signal: name, action: act.action };
+    if (act.killTimeout !== undefined && act.killTimeout !== null) ev.killTimeout = act.killTimeout;
+    if (act.generation !== undefined && act.generation !== null) ev.generation = act.generation;
+    if (act.workers !== undefined && act.workers !== null) ev.workers = act.workers;
+    if (act.reason !== undefined && act.reason !== null) ev.reason = act.reason;
+    this.emit('signal', ev);
+    // The core has begun the stop; this settles it on the JS side (the watcher, 'stop').
+    if (act.action === 'stop') this.stop({ timeout: act.killTimeout }).catch(() => {});
   }
 
   /** Handles `items` (what the watcher took, if any), then whatever waits still. */
@@ -146,6 +171,7 @@ class Cluster extends EventEmitter {
       this._stopping = this._native.stop(timeout).then(() => {
         this._pump();
         this._native.unwatch();
+        if (this._handlesSignals) signals.unlisten(this);
         for (const [generation, w] of this._reloads) {
           w.reject(rclusterError('ERR_RCLUSTER_STOPPED', `reload to generation ${generation} ended: the cluster stopped`));
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use napi::bindgen_prelude::*;
 use napi::sys;
 use napi_derive::napi;
-use rcluster_core::{Config, Dispatch, Event, ListenAddr, Listener, Supervisor};
+use rcluster_core::{Config, Dispatch, Event, ListenAddr, Listener, SignalAction, Supervisor};
 
 use crate::error::{from_napi, invalid, to_js};
 use crate::message;
@@ -337,6 +337,48 @@ fn drain(sup: &Supervisor, max: usize) -> Vec<Item> {
     out
 }
 
+/// What the core did with a signal (`Supervisor::on_signal`): `action` is `stop`, `kill`,
+/// `reload`, `scale` or `ignored`, with the field that goes with it.
+#[napi(object)]
+pub struct NativeSignalAction {
+    pub action: String,
+    pub kill_timeout: Option<f64>,
+    pub generation: Option<u32>,
+    pub workers: Option<u32>,
+    pub reason: Option<String>,
+}
+
+fn to_signal_action(a: SignalAction) -> NativeSignalAction {
+    let mut out = NativeSignalAction {
+        action: String::new(),
+        kill_timeout: None,
+        generation: None,
+        workers: None,
+        reason: None,
+    };
+    out.action = match a {
+        SignalAction::Stop { kill_timeout } => {
+            out.kill_timeout = Some(kill_timeout.as_secs_f64() * 1000.0);
+            "stop"
+        }
+        SignalAction::Kill => "kill",
+        SignalAction::Reload { generation } => {
+            out.generation = Some(generation);
+            "reload"
+        }
+        SignalAction::Scale { workers } => {
+            out.workers = Some(workers as u32);
+            "scale"
+        }
+        SignalAction::Ignored(why) => {
+            out.reason = Some(why.to_string());
+            "ignored"
+        }
+    }
+    .to_string();
+    out
+}
+
 /// A running supervisor (the primary side of a cluster).
 #[napi]
 pub struct NativeSupervisor {
@@ -418,6 +460,14 @@ impl NativeSupervisor {
         self.inner.scale(workers as usize).map_err(to_js)
     }
 
+    /// Adds `delta` worker slots (removes them if negative) within 1..=4096, counted by the
+    /// core; returns [before, after].
+    #[napi]
+    pub fn scale_by(&self, delta: i32) -> napi::Result<Vec<u32>, &'static str> {
+        let (before, after) = self.inner.scale_by(delta as isize).map_err(to_js)?;
+        Ok(vec![before as u32, after as u32])
+    }
+
     #[napi]
     pub fn restart_worker(&self, id: u32) -> napi::Result<(), &'static str> {
         self.inner.restart_worker(id).map_err(to_js)
@@ -427,6 +477,16 @@ impl NativeSupervisor {
     #[napi]
     pub fn reload(&self) -> napi::Result<u32, &'static str> {
         self.inner.reload().map_err(to_js)
+    }
+
+    /// Hands a signal the process received to the core, which decides what it means
+    /// (the `rcluster` command's mapping); never blocks for a stop.
+    #[napi]
+    pub fn on_signal(&self, signo: i32) -> napi::Result<NativeSignalAction, &'static str> {
+        self.inner
+            .on_signal(signo)
+            .map(to_signal_action)
+            .map_err(to_js)
     }
 
     /// Stops every worker off the JS thread; the promise resolves once all are reaped.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use rcluster_core::Supervisor;
+use rcluster_core::{SignalAction, Supervisor};
 
 use crate::config::{seconds, ConfigArgs};
 use crate::errors::IntoPyResult;
@@ -116,6 +116,32 @@ impl PySupervisor {
             None => self.kill_timeout,
         };
         py.allow_threads(|| self.core.stop(timeout)).py()
+    }
+
+    /// Hands a signal the process received to the core, which decides what it means (the
+    /// `rcluster` command's mapping). Returns `(action, detail)`: ("stop", kill timeout in
+    /// seconds), ("kill", None), ("reload", generation), ("scale", workers) or ("ignored",
+    /// reason). Never waits for a stop; a reload or scale is one round trip to the loop.
+    fn on_signal(&self, py: Python<'_>, signo: i32) -> PyResult<(&'static str, PyObject)> {
+        let action = py.allow_threads(|| self.core.on_signal(signo)).py()?;
+        Ok(match action {
+            SignalAction::Stop { kill_timeout } => (
+                "stop",
+                kill_timeout
+                    .as_secs_f64()
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind(),
+            ),
+            SignalAction::Kill => ("kill", py.None()),
+            SignalAction::Reload { generation } => {
+                ("reload", generation.into_pyobject(py)?.into_any().unbind())
+            }
+            SignalAction::Scale { workers } => {
+                ("scale", workers.into_pyobject(py)?.into_any().unbind())
+            }
+            SignalAction::Ignored(why) => ("ignored", why.into_pyobject(py)?.into_any().unbind()),
+        })
     }
 
     fn is_stopped(&self) -> bool {

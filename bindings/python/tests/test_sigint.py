@@ -1,4 +1,5 @@
-"""Ctrl-C on a blocking events() loop stops the cluster cleanly."""
+"""Ctrl-C on a blocking events() loop of a program that handles signals itself
+(handle_signals=False) raises KeyboardInterrupt, and `with` stops the cluster cleanly."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from conftest import WORKER, alive
 PRIMARY = textwrap.dedent(
     f"""
     import sys, rcluster
-    sup = rcluster.Supervisor([sys.executable, {WORKER!r}, "echo"], workers=2, kill_timeout=3)
+    sup = rcluster.Supervisor([sys.executable, {WORKER!r}, "echo"], workers=2, kill_timeout=3,
+                            handle_signals=False)
     try:
         with sup:
             for ev in sup.events():
@@ -25,7 +27,7 @@ PRIMARY = textwrap.dedent(
 )
 
 
-def test_sigint_on_a_blocking_events_loop_stops_cleanly():
+def test_sigint_without_rcluster_handlers_interrupts_a_blocking_events_loop_and_stops_cleanly():
     p = subprocess.Popen([sys.executable, "-c", PRIMARY], stdout=subprocess.PIPE, text=True)
     try:
         pids = [int(p.stdout.readline().split()[1]) for _ in range(2)]

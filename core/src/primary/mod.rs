@@ -293,6 +293,7 @@ impl Primary {
             match cmd {
                 Command::Snapshot(tx) => drop(tx.send(self.snapshot())),
                 Command::Scale(n, tx) => drop(tx.send(self.scale(n))),
+                Command::ScaleBy(d, tx) => drop(tx.send(self.scale_by(d))),
                 Command::Restart(id, tx) => drop(tx.send(self.restart(id))),
                 Command::Reload(tx) => drop(tx.send(self.start_reload())),
                 Command::Stop(timeout) => self.begin_stop(timeout),
@@ -361,6 +362,17 @@ impl Primary {
         self.all_down_said = false;
         self.out.push(Event::Scaled { workers: n });
         Ok(())
+    }
+
+    fn scale_by(&mut self, delta: isize) -> Result<(usize, usize)> {
+        if self.stop_deadline.is_some() {
+            return Err(Error::Stopped);
+        }
+        let (before, after) = (self.desired, crate::signals::stepped(self.desired, delta));
+        if after != before {
+            self.scale(after)?;
+        }
+        Ok((before, after))
     }
 
     fn restart(&mut self, id: u32) -> Result<()> {

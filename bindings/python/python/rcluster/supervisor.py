@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import logging
 import os
 import pickle
+import signal
 import sys
 import time
 import weakref
@@ -14,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _rcluster
+from . import _rcluster, _signals
 from ._util import call_reporting, check_int, check_seconds, check_str
 from ._util import json_encode as _json_encode
 from .errors import ConfigError, StoppedError
@@ -83,6 +85,7 @@ def default_argv() -> list[str]:
     return [sys.executable, *orig[1:]]
 
 
+_log = logging.getLogger("rcluster")
 _running: weakref.WeakSet[Supervisor] = weakref.WeakSet()
 
 
@@ -100,8 +103,8 @@ def _stop_all() -> None:
 class Supervisor:
     """A cluster of worker processes.
 
-    Use it as a context manager: entering starts the workers, leaving (also on an exception
-    or Ctrl-C) stops them and returns once all are reaped::
+    Use it as a context manager: entering starts the workers, leaving (also on an exception)
+    stops them and returns once all are reaped::
 
         with rcluster.Supervisor(workers=4, listen=["127.0.0.1:8080"]) as sup:
             for ev in sup.events():
@@ -111,6 +114,13 @@ class Supervisor:
     :func:`rcluster.is_worker` true. Durations are in seconds; None keeps the core's default
     (docs/operations.md lists them all). Only one consumer should take events: either
     :meth:`events`, :meth:`next_event` or :meth:`aevents`.
+
+    ``handle_signals`` (default True): while the cluster runs, SIGINT and SIGTERM stop it
+    gracefully (a second one kills the workers now), SIGHUP reloads, SIGTTIN/SIGTTOU add or
+    remove a worker — for each of these signals whose handler is the default, when started
+    from the main thread; the handlers are restored on stop. The stop a signal begins ends
+    :meth:`events` normally, so the program goes on after its loop and ends with status 0
+    (Ctrl-C included: no KeyboardInterrupt). False leaves signals to the program.
     """
 
     def __init__(
@@ -135,8 +145,12 @@ class Supervisor:
         queue_limit: int | None = None,
         queue_timeout: float | None = None,
         max_surge: int | None = None,
+        handle_signals: bool = True,
     ) -> None:
         self._config = _config(**locals())
+        if not isinstance(handle_signals, bool):
+            raise TypeError("handle_signals must be True or False")
+        self._handle_signals = handle_signals
         self._native: Any = None
         self._callbacks: dict[str, list[Callable[[Event], Any]]] = {}
 
@@ -151,6 +165,8 @@ class Supervisor:
         self.send = self._native.send  # type: ignore[method-assign]
         self.broadcast = self._native.broadcast  # type: ignore[method-assign]
         _running.add(self)
+        if self._handle_signals:
+            _signals.install(self)
         return self
 
     def stop(self, timeout: float | None = None) -> None:
@@ -159,6 +175,18 @@ class Supervisor:
         if self._native is not None:
             self._native.stop(check_seconds("timeout", timeout, optional=True))
             _running.discard(self)
+            _signals.uninstall(self)
+
+    def _on_signal(self, signo: int) -> None:
+        # Called by the handler of rcluster._signals: the core decides, the loop acts; this
+        # only says what was done. Never raises: an exception here would surface wherever
+        # the main thread happened to be.
+        try:
+            action, detail = self._native.on_signal(signo)
+        except Exception as e:  # noqa: BLE001 - reported, and the signal is consumed
+            _log.warning("%s refused: %s", signal.Signals(signo).name, e)
+            return
+        _log.info("%s: %s %s", signal.Signals(signo).name, action, detail)
 
     def __enter__(self) -> Supervisor:
         return self.start()
@@ -199,8 +227,9 @@ class Supervisor:
         return None if ev is None else self._dispatch(ev)
 
     def events(self) -> Iterator[Event]:
-        """Every event, as it happens, until the cluster stops. Ctrl-C raises
-        KeyboardInterrupt from the wait (and ``with`` then stops the cluster)."""
+        """Every event, as it happens, until the cluster stops (a SIGTERM or Ctrl-C handled by
+        rcluster stops it, so the loop just ends). With ``handle_signals=False`` Ctrl-C
+        raises KeyboardInterrupt from the wait (and ``with`` then stops the cluster)."""
         native = self._require()
         while (ev := native.next_event(None)) is not None:
             yield self._dispatch(ev)
