@@ -143,6 +143,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "MODE", value_parser = parse_dispatch)]
     pub dispatch: Option<Dispatch>,
 
+    /// Share the --listen TCP addresses with other processes that listen there with
+    /// SO_REUSEPORT (e.g. a second rcluster started with --share); without it, an address
+    /// anything listens on already is refused (exit 2)
+    #[arg(long)]
+    pub share: bool,
+
     /// Most connections one worker holds at once; more wait in the primary
     #[arg(long, value_name = "N")]
     pub max_inflight: Option<usize>,
@@ -217,7 +223,9 @@ impl RunArgs {
             .enumerate()
             .map(|(i, (addr, name))| {
                 let name = name.clone().unwrap_or_else(|| format!("listen{i}"));
-                Listener::new(name, addr.clone(), dispatch)
+                let mut l = Listener::new(name, addr.clone(), dispatch);
+                l.share = self.share;
+                l
             })
             .collect();
         c.max_inflight = self.max_inflight;

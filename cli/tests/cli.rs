@@ -558,3 +558,79 @@ fn listen_on_an_address_in_use_exits_2_naming_it() {
         "a worker was started: {stderr}"
     );
 }
+
+fn free_port_addr() -> String {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+#[test]
+fn second_rcluster_on_the_same_address_exits_2_naming_it() {
+    let addr = free_port_addr();
+    let first = Cluster::start(&["run", "-w", "1", "--listen", &addr, "--", "sleep", "300"]);
+    first.wait_for_count(": ready", 1);
+    let out = rcluster_output(&["run", "-w", "1", "--listen", &addr, "--", "sleep", "300"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&addr) && stderr.contains("in use"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("spawned"),
+        "a worker was started: {stderr}"
+    );
+}
+
+#[test]
+fn two_rclusters_started_with_share_both_run_on_one_address() {
+    let addr = free_port_addr();
+    let args = [
+        "run", "-w", "1", "--share", "--listen", &addr, "--", "sleep", "300",
+    ];
+    let mut first = Cluster::start(&args);
+    first.wait_for_count(": ready", 1);
+    let mut second = Cluster::start(&args);
+    second.wait_for_count(": ready", 1);
+    for c in [&mut first, &mut second] {
+        c.signal(libc::SIGTERM);
+        assert_eq!(
+            c.wait_exit(Duration::from_secs(15)).code(),
+            Some(0),
+            "log:\n{}",
+            c.log_text()
+        );
+    }
+}
+
+#[test]
+fn unix_socket_left_by_a_killed_rcluster_does_not_block_the_next_start() {
+    let dir = std::env::temp_dir().join(format!("rcluster-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("killed.sock");
+    let _ = std::fs::remove_file(&path);
+    let listen = format!("unix:{}", path.display());
+    let args = ["run", "-w", "1", "--listen", &listen, "--", "sleep", "300"];
+    let mut first = Cluster::start(&args);
+    first.wait_for_count(": ready", 1);
+    let pids = first.spawned(None);
+    first.signal(libc::SIGKILL);
+    first.wait_exit(Duration::from_secs(5));
+    assert_all_gone(&pids);
+    assert!(path.exists(), "a killed primary leaves its socket file");
+    let mut second = Cluster::start(&args);
+    second.wait_for_count(": ready", 1);
+    std::os::unix::net::UnixStream::connect(&path).expect("the new cluster listens");
+    second.signal(libc::SIGTERM);
+    assert_eq!(
+        second.wait_exit(Duration::from_secs(15)).code(),
+        Some(0),
+        "log:\n{}",
+        second.log_text()
+    );
+    assert!(!path.exists(), "a clean stop removes the socket file");
+}

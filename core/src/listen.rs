@@ -6,7 +6,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
@@ -124,6 +124,12 @@ pub struct Listener {
     pub name: String,
     pub addr: ListenAddr,
     pub dispatch: Dispatch,
+    /// Share the TCP address with other processes that bind it with `SO_REUSEPORT` too (a
+    /// second cluster started with `share`, a server outside rcluster): the kernel spreads
+    /// new connections over all of them. Off (the default), starting fails when anything else
+    /// listens on the address, so that a second cluster cannot silently take the traffic.
+    /// A shared listener is never turned by the kernel (see `Config::kernel_round_robin`).
+    pub share: bool,
 }
 
 impl Listener {
@@ -132,6 +138,7 @@ impl Listener {
             name: name.into(),
             addr,
             dispatch,
+            share: false,
         }
     }
 }
@@ -149,17 +156,45 @@ const BACKLOG: libc::c_int = 1024;
 /// Binds and listens, CLOEXEC. The error names the address. A listener the primary accepts on
 /// is non-blocking; a `shared` one stays blocking, because the flag belongs to the open file
 /// that workers inherit and socket-activated servers expect a blocking socket, as systemd
-/// hands them.
-pub fn bind(addr: &ListenAddr, dispatch: Dispatch) -> Result<OwnedFd> {
+/// hands them. With `share`, a TCP listener is bound with `SO_REUSEPORT`, next to whatever
+/// else listens there with it; without, an address anything listens on is refused.
+pub fn bind(addr: &ListenAddr, dispatch: Dispatch, share: bool) -> Result<OwnedFd> {
     let fail = |e: io::Error| Error::Bind {
         addr: addr.to_string(),
         source: e,
     };
     let nonblocking = dispatch != Dispatch::Shared;
     match addr {
-        ListenAddr::Tcp(sa) => bind_tcp(sa, nonblocking, false).map_err(fail),
+        ListenAddr::Tcp(sa) => bind_tcp(sa, nonblocking, share).map_err(fail),
         ListenAddr::Unix(path) => bind_unix(path, nonblocking).map_err(fail),
     }
+}
+
+/// Fails with EADDRINUSE when anything listens on `sa`, even with `SO_REUSEPORT` (another
+/// cluster's group of the kernel's turns, a server started with it): a socket bound without
+/// it conflicts with every listener of the address. Binding a group's first socket with
+/// `SO_REUSEPORT` would instead join theirs, and attaching our program would take their
+/// traffic. Port 0 always gets a port of its own.
+pub fn ensure_free(sa: &SocketAddr) -> io::Result<()> {
+    if sa.port() == 0 {
+        return Ok(());
+    }
+    let (storage, len) = sockaddr_from(sa);
+    let probe = socket(storage.ss_family as libc::c_int, true)?;
+    // Connections of an earlier run in TIME_WAIT are no conflict, as for the real bind.
+    set_int_opt(probe.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    if sa.is_ipv6() {
+        set_int_opt(probe.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+    }
+    // SAFETY: storage holds a valid sockaddr of `len` bytes.
+    cvt(unsafe {
+        libc::bind(
+            probe.as_raw_fd(),
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    })
+    .map(drop)
 }
 
 fn socket(domain: libc::c_int, nonblocking: bool) -> io::Result<OwnedFd> {
@@ -204,8 +239,53 @@ fn bind_tcp(sa: &SocketAddr, nonblocking: bool, reuseport: bool) -> io::Result<O
     Ok(fd)
 }
 
-fn bind_unix(path: &std::path::Path, nonblocking: bool) -> io::Result<OwnedFd> {
-    let fd = socket(libc::AF_UNIX, nonblocking)?;
+fn bind_unix(path: &Path, nonblocking: bool) -> io::Result<OwnedFd> {
+    let sun = sockaddr_un(path)?;
+    let first = bind_unix_once(&sun, nonblocking);
+    match first {
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
+            // A file is in the way: the socket of a primary that was killed (nothing removed
+            // it) is taken over, as servers do; anything else is left alone.
+            take_over_stale(path, &sun)?;
+            bind_unix_once(&sun, nonblocking)
+        }
+        other => other,
+    }
+}
+
+/// Removes the Unix socket file at `path` when nothing accepts on it any more; otherwise says
+/// why it stays.
+fn take_over_stale(path: &Path, sun: &(libc::sockaddr_un, libc::socklen_t)) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the path exists and is not a socket (left as it is)",
+        ));
+    }
+    // Non-blocking, so that a live listener with a full backlog answers EAGAIN instead of
+    // making us wait; only a refusal means nobody listens.
+    let probe = socket(libc::AF_UNIX, true)?;
+    // SAFETY: sun is a valid sockaddr_un of the given length.
+    let r = unsafe {
+        libc::connect(
+            probe.as_raw_fd(),
+            (&sun.0 as *const libc::sockaddr_un).cast(),
+            sun.1,
+        )
+    };
+    let refused = r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECONNREFUSED);
+    if !refused {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "address in use: a live listener accepts on this socket",
+        ));
+    }
+    std::fs::remove_file(path)
+}
+
+fn sockaddr_un(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
     // SAFETY: sockaddr_un is plain data.
     let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
@@ -220,12 +300,20 @@ fn bind_unix(path: &std::path::Path, nonblocking: bool) -> io::Result<OwnedFd> {
         *d = *s as libc::c_char;
     }
     let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
-    // SAFETY: sun is a valid sockaddr_un of `len` bytes.
+    Ok((sun, len))
+}
+
+fn bind_unix_once(
+    sun: &(libc::sockaddr_un, libc::socklen_t),
+    nonblocking: bool,
+) -> io::Result<OwnedFd> {
+    let fd = socket(libc::AF_UNIX, nonblocking)?;
+    // SAFETY: sun is a valid sockaddr_un of the given length.
     cvt(unsafe {
         libc::bind(
             fd.as_raw_fd(),
-            (&sun as *const libc::sockaddr_un).cast(),
-            len,
+            (&sun.0 as *const libc::sockaddr_un).cast(),
+            sun.1,
         )
     })?;
     cvt(unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) })?;
@@ -410,9 +498,11 @@ mod tests {
 
     #[test]
     fn address_in_use_is_an_error_naming_it() {
-        let first = bind(&"127.0.0.1:0".parse().unwrap(), Dispatch::RoundRobin).unwrap();
+        let first = bind(&"127.0.0.1:0".parse().unwrap(), Dispatch::RoundRobin, false).unwrap();
         let taken = local_addr(first.as_raw_fd(), &"127.0.0.1:0".parse().unwrap());
-        let e = bind(&taken, Dispatch::RoundRobin).unwrap_err().to_string();
+        let e = bind(&taken, Dispatch::RoundRobin, false)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains(&taken.to_string()) && e.contains("in use"),
             "{e}"

@@ -397,7 +397,7 @@ impl Primary {
             None => {
                 let turns = steered::wanted(&self.cfg, dispatch, &parsed);
                 let (fd, group) =
-                    steered::bind(&parsed, dispatch, turns, &mut self.no_kernel_turns)
+                    steered::bind(&parsed, dispatch, turns, false, &mut self.no_kernel_turns)
                         .map_err(|e| e.to_string())?;
                 let actual = listen::local_addr(fd.as_raw_fd(), &parsed);
                 let mut b = Bound::new(addr.to_string(), actual, fd, dispatch);

@@ -60,17 +60,24 @@ pub(crate) fn wanted(cfg: &Config, dispatch: Dispatch, addr: &ListenAddr) -> boo
 
 /// Binds a listener, for the kernel's turns when `turns` says so and the kernel lets this
 /// process load the program. `refused` keeps why it did not (and then no more tries are made).
+/// With `share` the address may be shared with other processes, and is never turned by the
+/// kernel: another process's program would take over the turns of the whole group.
 pub(crate) fn bind(
     addr: &ListenAddr,
     dispatch: Dispatch,
     turns: bool,
+    share: bool,
     refused: &mut Option<String>,
 ) -> crate::Result<(OwnedFd, Option<Group>)> {
-    if let (true, None, ListenAddr::Tcp(sa)) = (turns, &refused, addr) {
-        let fd = listen::bind_reuseport(sa).map_err(|e| crate::Error::Bind {
-            addr: addr.to_string(),
-            source: e,
-        })?;
+    let fail = |e| crate::Error::Bind {
+        addr: addr.to_string(),
+        source: e,
+    };
+    if let (true, false, None, ListenAddr::Tcp(sa)) = (turns, share, &refused, addr) {
+        // The group's sockets need SO_REUSEPORT, which would let this one join a group some
+        // other process listens with: refuse an address in use first.
+        listen::ensure_free(sa).map_err(fail)?;
+        let fd = listen::bind_reuseport(sa).map_err(fail)?;
         match Group::new(fd.as_raw_fd()) {
             Ok(g) => return Ok((fd, Some(g))),
             // The socket is closed and bound again without SO_REUSEPORT: no other process
@@ -78,7 +85,7 @@ pub(crate) fn bind(
             Err(e) => *refused = Some(e.to_string()),
         }
     }
-    Ok((listen::bind(addr, dispatch)?, None))
+    Ok((listen::bind(addr, dispatch, share)?, None))
 }
 
 impl Primary {
