@@ -634,3 +634,81 @@ fn unix_socket_left_by_a_killed_rcluster_does_not_block_the_next_start() {
     );
     assert!(!path.exists(), "a clean stop removes the socket file");
 }
+
+/// One request with `Connection: close` on a new connection: Ok(true) answered, Ok(false)
+/// never accepted (connect failed), Err accepted and then cut or reset.
+fn one_request(addr: &std::net::SocketAddr) -> Result<bool, String> {
+    let Ok(mut conn) = TcpStream::connect_timeout(addr, Duration::from_secs(4)) else {
+        return Ok(false);
+    };
+    let limit = Some(Duration::from_secs(10));
+    conn.set_read_timeout(limit).map_err(|e| e.to_string())?;
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).map_err(|e| e.to_string())?;
+    if reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.contains("Hello from worker") {
+        Ok(true)
+    } else {
+        Err(format!("incomplete reply {reply:?}"))
+    }
+}
+
+#[test]
+fn sigterm_under_constant_load_fails_no_accepted_connection() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let worker = hello_worker_binary();
+    let addr = free_port_addr();
+    let mut c = Cluster::start(&[
+        "run",
+        "-w",
+        "2",
+        "--ready",
+        "explicit",
+        "--listen",
+        &addr,
+        "--",
+        worker.to_str().unwrap(),
+    ]);
+    c.wait_for_count(": ready", 2);
+    let sa: std::net::SocketAddr = addr.parse().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+            std::thread::spawn(move || {
+                let limit = Instant::now() + Duration::from_secs(25);
+                while !stop.load(Ordering::SeqCst) && Instant::now() < limit {
+                    match one_request(&sa) {
+                        Ok(true) => drop(ok.fetch_add(1, Ordering::SeqCst)),
+                        Ok(false) => std::thread::sleep(Duration::from_millis(5)),
+                        Err(e) => failed.lock().unwrap().push(e),
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + EVENT_WAIT;
+    while ok.load(Ordering::SeqCst) < 300 {
+        assert!(Instant::now() < deadline, "the load got no answers");
+        std::thread::sleep(STEP);
+    }
+    c.signal(libc::SIGTERM);
+    let status = c.wait_exit(Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    for t in clients {
+        t.join().unwrap();
+    }
+    assert_eq!(status.code(), Some(0), "log:\n{}", c.log_text());
+    let failed = failed.lock().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} accepted connections failed ({} answered): {:?}",
+        failed.len(),
+        ok.load(Ordering::SeqCst),
+        &failed[..failed.len().min(5)]
+    );
+}

@@ -320,6 +320,52 @@ fn bind_unix_once(
     Ok(fd)
 }
 
+/// Keeps new connections out of a listening socket while what is already queued in it can
+/// still be accepted: the first step of a graceful stop. Closing the socket instead would
+/// reset every connection in its queue, which clients already count as accepted.
+///
+/// TCP: a classic BPF filter that drops every packet, so SYNs are dropped (the client retries
+/// and, once the socket is closed, is refused) while the queued connections, whose sockets
+/// exist already, are not touched. The filter belongs to the socket, so it also holds for the
+/// copies workers have. Unix: shut down for reading, after which connecting is refused and
+/// the queue stays acceptable.
+pub fn refuse_new_connections(fd: RawFd, addr: &ListenAddr) -> io::Result<()> {
+    match addr {
+        ListenAddr::Tcp(_) => {
+            let mut drop_all = [libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            }];
+            let prog = libc::sock_fprog {
+                len: 1,
+                filter: drop_all.as_mut_ptr(),
+            };
+            // SAFETY: prog points at one valid instruction for the duration of the call.
+            cvt(unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_ATTACH_FILTER,
+                    (&prog as *const libc::sock_fprog).cast(),
+                    std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+                )
+            })
+            .map(drop)
+        }
+        ListenAddr::Unix(_) => stop_listening(fd),
+    }
+}
+
+/// Makes a listening socket stop listening for every process that holds it (a TCP socket
+/// leaves the listening state, its queue is reset; connecting to a Unix one is refused).
+/// Only for sockets no worker accepts on.
+pub fn stop_listening(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor we own.
+    cvt(unsafe { libc::shutdown(fd, libc::SHUT_RD) }).map(drop)
+}
+
 /// Removes a Unix socket file the primary created.
 pub fn unlink_unix(addr: &ListenAddr) {
     if let ListenAddr::Unix(path) = addr {
@@ -494,6 +540,43 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("nope"));
+    }
+
+    #[test]
+    fn refusing_new_connections_keeps_the_queued_ones_acceptable() {
+        let tcp: ListenAddr = "127.0.0.1:0".parse().unwrap();
+        let fd = bind(&tcp, Dispatch::RoundRobin, false).unwrap();
+        let ListenAddr::Tcp(sa) = local_addr(fd.as_raw_fd(), &tcp) else {
+            unreachable!()
+        };
+        let queued = std::net::TcpStream::connect(sa).unwrap();
+        refuse_new_connections(fd.as_raw_fd(), &tcp).unwrap();
+        let late = std::net::TcpStream::connect_timeout(&sa, std::time::Duration::from_millis(300));
+        assert!(late.is_err(), "a connection got in after the filter");
+        let (got, _) = accept(fd.as_raw_fd())
+            .unwrap()
+            .expect("the queued connection");
+        assert!(accept(fd.as_raw_fd()).unwrap().is_none());
+        stop_listening(fd.as_raw_fd()).unwrap();
+        let e = std::net::TcpStream::connect(sa).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+        drop((queued, got));
+
+        let dir = std::env::temp_dir().join(format!("rcluster-listen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("refuse.sock");
+        let _ = std::fs::remove_file(&path);
+        let unix = ListenAddr::Unix(path.clone());
+        let fd = bind(&unix, Dispatch::RoundRobin, false).unwrap();
+        let _queued = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        refuse_new_connections(fd.as_raw_fd(), &unix).unwrap();
+        let e = std::os::unix::net::UnixStream::connect(&path).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+        assert!(
+            accept(fd.as_raw_fd()).unwrap().is_some(),
+            "the queued connection"
+        );
+        unlink_unix(&unix);
     }
 
     #[test]

@@ -26,10 +26,11 @@ const ACCEPT_BATCH: usize = 256;
 pub struct Bound {
     pub name: String,
     pub addr: ListenAddr,
-    pub fd: OwnedFd,
+    /// None once a stop let go of a socket that workers hold too (`shared`).
+    pub fd: Option<OwnedFd>,
     pub dispatch: Dispatch,
     /// In the epoll set right now.
-    armed: bool,
+    pub(super) armed: bool,
     pub(super) paused_until: Option<Instant>,
     /// The workers that asked for this listener at run time; None for a configured listener,
     /// which serves every worker.
@@ -45,7 +46,7 @@ impl Bound {
         Bound {
             name,
             addr,
-            fd,
+            fd: Some(fd),
             dispatch,
             armed: false,
             paused_until: None,
@@ -103,9 +104,9 @@ impl Primary {
     pub(super) fn arm_listeners(&mut self, now: Instant) {
         let may_accept = self.stop_deadline.is_none() && self.waiting.len() < self.cfg.queue_limit;
         for (i, l) in self.listeners.iter_mut().enumerate() {
-            if l.dispatch == Dispatch::Shared {
+            let Some(fd) = l.fd.as_ref().filter(|_| l.dispatch != Dispatch::Shared) else {
                 continue;
-            }
+            };
             if l.paused_until.is_some_and(|t| now >= t) {
                 l.paused_until = None;
             }
@@ -113,10 +114,10 @@ impl Primary {
             if want && !l.armed {
                 l.armed = self
                     .epoll
-                    .add(l.fd.as_raw_fd(), libc::EPOLLIN as u32, LISTENER | i as u64)
+                    .add(fd.as_raw_fd(), libc::EPOLLIN as u32, LISTENER | i as u64)
                     .is_ok();
             } else if !want && l.armed {
-                self.epoll.delete(l.fd.as_raw_fd());
+                self.epoll.delete(fd.as_raw_fd());
                 l.armed = false;
             }
         }
@@ -124,7 +125,9 @@ impl Primary {
     }
 
     pub(super) fn accept_ready(&mut self, index: usize) {
-        self.accept_from(index, self.listeners[index].fd.as_raw_fd());
+        if let Some(fd) = self.listeners[index].fd.as_ref().map(|f| f.as_raw_fd()) {
+            self.accept_from(index, fd);
+        }
     }
 
     /// Accepts what waits on `fd` (listener `index`'s socket, or one of its group's) and hands
@@ -169,8 +172,9 @@ impl Primary {
     /// A worker as the dispatcher sees it, as of now.
     fn candidate(&self, key: u64, p: &Process) -> Candidate {
         let (unacked, active) = (p.unacked.len(), p.active.len());
-        let room = self.cfg.max_inflight.is_none_or(|m| unacked + active < m)
-            && unacked < self.cfg.handoff_window;
+        let room = self.handing_out_all
+            || (self.cfg.max_inflight.is_none_or(|m| unacked + active < m)
+                && unacked < self.cfg.handoff_window);
         let ready = p.state == WorkerState::Ready && p.stopping.is_none() && p.hello && p.ipc_open;
         Candidate {
             key,
@@ -346,7 +350,9 @@ impl Primary {
                 if let Some(fd) = member {
                     Some(PassFd::Owned(fd))
                 } else if l.dispatch == Dispatch::Shared {
-                    l.fd.try_clone().ok().map(PassFd::Owned)
+                    l.fd.as_ref()
+                        .and_then(|f| f.try_clone().ok())
+                        .map(PassFd::Owned)
                 } else {
                     None
                 }
@@ -378,6 +384,9 @@ impl Primary {
     }
 
     fn find_or_bind(&mut self, key: u64, dispatch: Dispatch, addr: &str) -> Result<usize, String> {
+        if self.stop_deadline.is_some() {
+            return Err("the supervisor is stopping".into());
+        }
         // A listener of the configuration, by its name (names have no ':', addresses do): how
         // a worker asks for its own socket of one the kernel turns.
         if let Some(i) = self
@@ -450,7 +459,7 @@ impl Primary {
         self.listeners
             .iter()
             .filter(|l| l.dispatch == Dispatch::Shared && l.subscribers.is_none())
-            .map(|l| (l.fd.as_raw_fd(), l.name.as_str()))
+            .filter_map(|l| Some((l.fd.as_ref()?.as_raw_fd(), l.name.as_str())))
             .collect()
     }
 
@@ -459,8 +468,8 @@ impl Primary {
         self.waiting.clear();
         self.close_groups();
         for l in self.listeners.drain(..) {
-            if l.armed {
-                self.epoll.delete(l.fd.as_raw_fd());
+            if let (true, Some(fd)) = (l.armed, &l.fd) {
+                self.epoll.delete(fd.as_raw_fd());
             }
             listen::unlink_unix(&l.addr);
         }

@@ -2,6 +2,7 @@
 //! and the command waker. Each turn it handles what is ready, then reconciles the cluster
 //! toward what is wanted (`manage_workers`), gunicorn-arbiter style.
 
+mod closing;
 mod handoff;
 mod ipc;
 mod lifecycle;
@@ -93,6 +94,8 @@ pub(crate) struct Primary {
     host_tick: Option<Instant>,
     /// Why round-robin listeners are not turned by the kernel here, once it refused.
     no_kernel_turns: Option<String>,
+    /// A stop hands every waiting connection out, past the handoff window and max_inflight.
+    handing_out_all: bool,
 }
 
 impl Primary {
@@ -154,6 +157,7 @@ impl Primary {
             gathering: Vec::new(),
             host_tick: None,
             no_kernel_turns,
+            handing_out_all: false,
             cfg,
         })
     }
@@ -373,6 +377,10 @@ impl Primary {
     }
 
     fn begin_stop(&mut self, timeout: Duration) {
+        if self.stop_deadline.is_none() {
+            // Before the workers hear of the stop: what is queued reaches them first.
+            self.stop_accepting();
+        }
         let now = self.clock.now();
         let deadline = now + timeout;
         // A second stop can only bring the deadline forward.
@@ -383,7 +391,7 @@ impl Primary {
                 reason: "the supervisor is stopping".into(),
             });
         }
-        // Connections not yet handed to a worker are closed; the listeners stop accepting.
+        // Connections no ready worker could take are closed.
         self.waiting.clear();
         self.arm_listeners(now);
         let keys: Vec<u64> = self.procs.keys().copied().collect();

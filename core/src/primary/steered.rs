@@ -50,6 +50,13 @@ impl Group {
     }
 }
 
+impl Group {
+    /// Every socket of the group but the listener's own.
+    pub(super) fn member_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.members.iter().map(|m| m.fd.as_raw_fd())
+    }
+}
+
 /// Whether a listener of this kind would be turned by the kernel under `cfg`.
 pub(crate) fn wanted(cfg: &Config, dispatch: Dispatch, addr: &ListenAddr) -> bool {
     cfg.kernel_round_robin
@@ -230,6 +237,38 @@ impl Primary {
         if let Some(fd) = fd {
             self.accept_from(index, fd);
         }
+    }
+
+    /// The sockets of listener `index`'s group that no worker listens on (the primary accepts
+    /// on them), made non-blocking: a worker that held one may have cleared the flag.
+    pub(super) fn unserved_members(&self, index: usize) -> Vec<RawFd> {
+        let Some(g) = self.listeners[index].group.as_ref() else {
+            return Vec::new();
+        };
+        g.members
+            .iter()
+            .filter(|m| m.worker.is_none())
+            .map(|m| m.fd.as_raw_fd())
+            .filter(|&fd| sys::set_nonblocking(fd, true).is_ok())
+            .collect()
+    }
+
+    /// At a stop: the group's sockets that no worker listens on stop listening, and the
+    /// primary closes its copies of all of them (a worker's own goes away with the worker,
+    /// after it accepted what was queued in it).
+    pub(super) fn let_go_of_members(&mut self, index: usize) {
+        let Some(g) = self.listeners[index].group.as_mut() else {
+            return;
+        };
+        for m in g.members.drain(..) {
+            if m.armed {
+                self.epoll.delete(m.fd.as_raw_fd());
+            }
+            if m.worker.is_none() {
+                let _ = listen::stop_listening(m.fd.as_raw_fd());
+            }
+        }
+        g.turn.clear();
     }
 
     /// Takes every group's sockets out of the epoll set (at the end).
