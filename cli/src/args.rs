@@ -88,6 +88,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub heartbeat_timeout: Option<Duration>,
 
+    /// Kill a worker that leaves a connection handed to it unacknowledged this long (it does
+    /// not read its link), and give the connection to another worker [default: 5s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub ack_timeout: Option<Duration>,
+
     /// First delay before restarting a failed worker [default: 100ms]
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub backoff_initial: Option<Duration>,
@@ -196,6 +201,9 @@ impl RunArgs {
         set(&mut c.kill_timeout, self.kill_timeout);
         set(&mut c.ready_timeout, self.ready_timeout);
         c.heartbeat_timeout = self.heartbeat_timeout;
+        if let Some(t) = self.ack_timeout {
+            c.ack_timeout = Some(t);
+        }
         set(&mut c.restart.backoff_initial, self.backoff_initial);
         set(&mut c.restart.backoff_max, self.backoff_max);
         set(&mut c.restart.min_uptime, self.min_uptime);
@@ -244,6 +252,7 @@ pub fn flag_for(field: &str) -> Option<&'static str> {
         "ready_timeout" => "--ready-timeout",
         "kill_timeout" => "--kill-timeout",
         "heartbeat_timeout" => "--heartbeat-timeout",
+        "ack_timeout" => "--ack-timeout",
         "max_message" | "send_queue_limit" => "--max-message",
         "restart.backoff_max" => "--backoff-max / --backoff-initial",
         "restart.window" => "--restart-window",

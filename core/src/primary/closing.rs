@@ -57,6 +57,7 @@ impl Primary {
                 listener: index,
                 peer,
                 since: now,
+                handed: now,
             });
         }
     }

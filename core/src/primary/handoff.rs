@@ -12,6 +12,7 @@ use crate::dispatch::{self, Candidate, Choice, SlotState};
 use crate::events::{Event, WorkerState};
 use crate::frame::{self, Kind};
 use crate::listen::{self, Dispatch, ListenAddr, Peer};
+use crate::policy::ExitReason;
 use crate::process::Process;
 
 /// Listener tokens in the epoll set: this bit plus the listener's index.
@@ -64,6 +65,8 @@ pub struct Waiting {
     pub listener: usize,
     pub peer: Peer,
     pub since: Instant,
+    /// When it was last handed to a worker (for `ack_timeout`).
+    pub handed: Instant,
 }
 
 struct Slots<'a>(&'a Primary);
@@ -149,6 +152,7 @@ impl Primary {
                         listener: index,
                         peer,
                         since: now,
+                        handed: now,
                     });
                 }
                 Ok(None) => break,
@@ -223,7 +227,7 @@ impl Primary {
                 }
                 break;
             };
-            match self.hand(key, w) {
+            match self.hand(key, w, now) {
                 Ok(()) => {
                     pass.handed(key);
                     if mode != Dispatch::Sticky {
@@ -251,7 +255,7 @@ impl Primary {
 
     /// Sends one connection to worker `key`, keeping the primary's copy until it is
     /// acknowledged. Gives the connection back if it cannot be sent.
-    fn hand(&mut self, key: u64, w: Waiting) -> Result<(), Waiting> {
+    fn hand(&mut self, key: u64, mut w: Waiting, now: Instant) -> Result<(), Waiting> {
         let Some(p) = self.procs.get_mut(&key) else {
             return Err(w);
         };
@@ -275,10 +279,47 @@ impl Primary {
             Some(PassFd::Borrowed(w.fd.as_raw_fd())),
         ) {
             Ok(()) => {
+                w.handed = now;
                 p.unacked.insert(w.id, w);
+                if let Some(bound) = self.cfg.ack_timeout {
+                    self.ack_check.get_or_insert(now + bound);
+                }
                 Ok(())
             }
             Err(_) => Err(w),
+        }
+    }
+
+    /// Kills the workers that left a connection unacknowledged for `ack_timeout`: they do not
+    /// read their link (a hung event loop), and the connections they never took are handed
+    /// to other workers once they are reaped. Runs when the timer of the oldest handoff is
+    /// due, so the scan over unacknowledged connections is rare.
+    pub(super) fn check_acks(&mut self, now: Instant) {
+        let Some(bound) = self.cfg.ack_timeout else {
+            self.ack_check = None;
+            return;
+        };
+        if self.ack_check.is_none_or(|t| now < t) {
+            return;
+        }
+        let mut hung = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (&key, p) in &self.procs {
+            if p.stopping.as_ref().is_some_and(|s| s.killed) {
+                continue;
+            }
+            let Some(oldest) = p.unacked.values().map(|w| w.handed).min() else {
+                continue;
+            };
+            if now >= oldest + bound {
+                hung.push(key);
+            } else {
+                next = Some(next.map_or(oldest + bound, |n| n.min(oldest + bound)));
+            }
+        }
+        self.ack_check = next;
+        for key in hung {
+            self.stop_worker(key, ExitReason::Heartbeat, false);
         }
     }
 

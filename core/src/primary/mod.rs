@@ -96,6 +96,8 @@ pub(crate) struct Primary {
     no_kernel_turns: Option<String>,
     /// A stop hands every waiting connection out, past the handoff window and max_inflight.
     handing_out_all: bool,
+    /// When the oldest unacknowledged handoff may reach `ack_timeout` (see `check_acks`).
+    ack_check: Option<Instant>,
 }
 
 impl Primary {
@@ -158,6 +160,7 @@ impl Primary {
             host_tick: None,
             no_kernel_turns,
             handing_out_all: false,
+            ack_check: None,
             cfg,
         })
     }
@@ -200,11 +203,16 @@ impl Primary {
             let timeout = if self.changed {
                 Some(Duration::ZERO)
             } else {
-                let next = [deadline, self.queue_deadline, self.host_tick]
-                    .into_iter()
-                    .flatten()
-                    .chain(self.gathering.iter().map(|(at, _)| *at))
-                    .min();
+                let next = [
+                    deadline,
+                    self.queue_deadline,
+                    self.host_tick,
+                    self.ack_check,
+                ]
+                .into_iter()
+                .flatten()
+                .chain(self.gathering.iter().map(|(at, _)| *at))
+                .min();
                 next.map(|d: Instant| d.saturating_duration_since(self.clock.now()))
             };
             if let Err(e) = self.epoll.wait(&mut ready, timeout) {
@@ -236,6 +244,9 @@ impl Primary {
             }
             if self.host_tick.is_some() {
                 self.host_read_tick(self.clock.now());
+            }
+            if self.ack_check.is_some() {
+                self.check_acks(self.clock.now());
             }
             if !self.gathering.is_empty() {
                 let now = Instant::now();
