@@ -324,38 +324,57 @@ fn bind_unix_once(
 /// still be accepted: the first step of a graceful stop. Closing the socket instead would
 /// reset every connection in its queue, which clients already count as accepted.
 ///
-/// TCP: a classic BPF filter that drops every packet, so SYNs are dropped (the client retries
-/// and, once the socket is closed, is refused) while the queued connections, whose sockets
-/// exist already, are not touched. The filter belongs to the socket, so it also holds for the
-/// copies workers have. Unix: shut down for reading, after which connecting is refused and
-/// the queue stays acceptable.
+/// TCP: a classic BPF socket filter that drops SYN segments (the client retries, and once the
+/// socket is closed it is refused) and lets everything else through. Dropping every segment
+/// would be simpler but loses more: the last ACK of a handshake under way would be dropped,
+/// and a connection whose handshake completes while the filter goes on would inherit the
+/// filter (a new connection's socket is a copy of the listener's) and never receive a byte.
+/// The filter belongs to the socket, so it also holds for the copies workers have.
+/// Unix: shut down for reading, after which connecting is refused and the queue stays
+/// acceptable.
 pub fn refuse_new_connections(fd: RawFd, addr: &ListenAddr) -> io::Result<()> {
     match addr {
-        ListenAddr::Tcp(_) => {
-            let mut drop_all = [libc::sock_filter {
-                code: (libc::BPF_RET | libc::BPF_K) as u16,
-                jt: 0,
-                jf: 0,
-                k: 0,
-            }];
-            let prog = libc::sock_fprog {
-                len: 1,
-                filter: drop_all.as_mut_ptr(),
-            };
-            // SAFETY: prog points at one valid instruction for the duration of the call.
-            cvt(unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_ATTACH_FILTER,
-                    (&prog as *const libc::sock_fprog).cast(),
-                    std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-                )
-            })
-            .map(drop)
-        }
+        ListenAddr::Tcp(_) => attach_filter(fd, &mut drop_syn()),
         ListenAddr::Unix(_) => stop_listening(fd),
     }
+}
+
+/// The filter runs with the packet starting at the TCP header: byte 13 holds the flags.
+fn drop_syn() -> [libc::sock_filter; 5] {
+    const SYN: u32 = 0x02;
+    const ACK: u32 = 0x10;
+    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    [
+        op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 13), // A = flags
+        op(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K, 0, 0, SYN | ACK),
+        op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 1, SYN), // a SYN alone?
+        op(libc::BPF_RET | libc::BPF_K, 0, 0, 0),                   // drop
+        op(libc::BPF_RET | libc::BPF_K, 0, 0, u32::MAX),            // keep all of it
+    ]
+}
+
+fn attach_filter(fd: RawFd, insns: &mut [libc::sock_filter]) -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: insns.len() as u16,
+        filter: insns.as_mut_ptr(),
+    };
+    // SAFETY: prog points at valid instructions for the duration of the call; the kernel
+    // copies them.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
 }
 
 /// Makes a listening socket stop listening for every process that holds it (a TCP socket
@@ -544,7 +563,15 @@ mod tests {
 
     #[test]
     fn refusing_new_connections_keeps_the_queued_ones_acceptable() {
-        let tcp: ListenAddr = "127.0.0.1:0".parse().unwrap();
+        refuse_new_tcp("127.0.0.1:0");
+        if std::net::TcpListener::bind("[::1]:0").is_ok() {
+            refuse_new_tcp("[::1]:0");
+        }
+        refuse_new_unix();
+    }
+
+    fn refuse_new_tcp(addr: &str) {
+        let tcp: ListenAddr = addr.parse().unwrap();
         let fd = bind(&tcp, Dispatch::RoundRobin, false).unwrap();
         let ListenAddr::Tcp(sa) = local_addr(fd.as_raw_fd(), &tcp) else {
             unreachable!()
@@ -557,11 +584,23 @@ mod tests {
             .unwrap()
             .expect("the queued connection");
         assert!(accept(fd.as_raw_fd()).unwrap().is_none());
+        // Only SYNs are dropped: the accepted connection carries data both ways.
+        use std::io::{Read, Write};
+        let mut server = std::net::TcpStream::from(got);
+        let mut client = queued;
+        client.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        server.read_exact(&mut buf).unwrap();
+        server.write_all(b"pong").unwrap();
+        client.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"pong");
         stop_listening(fd.as_raw_fd()).unwrap();
         let e = std::net::TcpStream::connect(sa).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
-        drop((queued, got));
+        drop((client, server));
+    }
 
+    fn refuse_new_unix() {
         let dir = std::env::temp_dir().join(format!("rcluster-listen-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("refuse.sock");

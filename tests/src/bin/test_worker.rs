@@ -302,10 +302,15 @@ fn listen_and_drain(w: &Arc<Worker>, own: std::os::fd::OwnedFd, name: &str) {
                 let listener = std::net::TcpListener::from(own);
                 let _ = listener.set_nonblocking(true);
                 let mut n = 0;
-                while let Ok((stream, _)) = listener.accept() {
-                    let _ = stream.set_nonblocking(false);
-                    serve_own(w, stream, name, n);
-                    n += 1;
+                // Twice: the accepting thread may be between taking a connection and counting
+                // it in PENDING, and a handshake under way at the stop may land just after.
+                for _ in 0..2 {
+                    while let Ok((stream, _)) = listener.accept() {
+                        let _ = stream.set_nonblocking(false);
+                        serve_own(w, stream, name, n);
+                        n += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
                 }
                 let until = Instant::now() + Duration::from_secs(5);
                 while PENDING.load(Ordering::SeqCst) > 0 && Instant::now() < until {
