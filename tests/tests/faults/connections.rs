@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,12 +39,13 @@ struct Load {
 
 impl Load {
     /// `clients` threads, each sending one request per connection to `addr`, again and again.
-    fn start(addr: SocketAddr, clients: usize) -> Load {
+    fn start(addr: ListenAddr, clients: usize) -> Load {
         let tally = Arc::new(Tally::default());
         let stop = Arc::new(AtomicBool::new(false));
         let clients = (0..clients)
             .map(|_| {
                 let (tally, stop) = (Arc::clone(&tally), Arc::clone(&stop));
+                let addr = addr.clone();
                 std::thread::spawn(move || client(addr, &tally, &stop))
             })
             .collect();
@@ -78,30 +79,42 @@ impl Load {
     }
 }
 
-fn client(addr: SocketAddr, tally: &Tally, stop: &AtomicBool) {
+fn client(addr: ListenAddr, tally: &Tally, stop: &AtomicBool) {
     let limit = Instant::now() + LOAD_LIMIT;
     while !stop.load(Ordering::SeqCst) && Instant::now() < limit {
-        // A SYN dropped while the cluster stops is retried by the kernel after a second; a
-        // connect that fails in any way was never accepted.
-        let stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(4)) {
-            Ok(s) => s,
-            Err(_) => {
+        match exchange(&addr, tally) {
+            None => {
                 tally.not_accepted.fetch_add(1, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(5));
-                continue;
             }
-        };
-        tally.in_flight.fetch_add(1, Ordering::SeqCst);
-        let result = stream
-            .set_read_timeout(Some(CLIENT_TIMEOUT))
-            .and_then(|()| stream.set_write_timeout(Some(CLIENT_TIMEOUT)))
-            .and_then(|()| http_exchange(&stream));
-        tally.in_flight.fetch_sub(1, Ordering::SeqCst);
-        match result {
-            Ok(_) => drop(tally.ok.fetch_add(1, Ordering::SeqCst)),
-            Err(e) => tally.failed.lock().unwrap().push(e.to_string()),
+            Some(Ok(_)) => drop(tally.ok.fetch_add(1, Ordering::SeqCst)),
+            Some(Err(e)) => tally.failed.lock().unwrap().push(e.to_string()),
         }
     }
+}
+
+/// One request on a new connection; None when the connection was never accepted.
+fn exchange(addr: &ListenAddr, tally: &Tally) -> Option<io::Result<String>> {
+    // A SYN dropped while the cluster stops is retried by the kernel after a second; a
+    // connect that fails in any way was never accepted.
+    let result = match addr {
+        ListenAddr::Tcp(sa) => {
+            let s = TcpStream::connect_timeout(sa, Duration::from_secs(4)).ok()?;
+            tally.in_flight.fetch_add(1, Ordering::SeqCst);
+            s.set_read_timeout(Some(CLIENT_TIMEOUT))
+                .and_then(|()| s.set_write_timeout(Some(CLIENT_TIMEOUT)))
+                .and_then(|()| http_exchange(&s))
+        }
+        ListenAddr::Unix(path) => {
+            let s = UnixStream::connect(path).ok()?;
+            tally.in_flight.fetch_add(1, Ordering::SeqCst);
+            s.set_read_timeout(Some(CLIENT_TIMEOUT))
+                .and_then(|()| s.set_write_timeout(Some(CLIENT_TIMEOUT)))
+                .and_then(|()| http_exchange(&s))
+        }
+    };
+    tally.in_flight.fetch_sub(1, Ordering::SeqCst);
+    Some(result)
 }
 
 fn tcp(addr: &ListenAddr) -> SocketAddr {
@@ -114,7 +127,7 @@ fn tcp(addr: &ListenAddr) -> SocketAddr {
 /// Runs a load of `clients` against `addr`, calls `stop` once it is well under way, keeps the
 /// load on a little after the stop, and returns what the clients saw and how many requests
 /// were in flight when the stop began.
-fn stop_under_load(addr: SocketAddr, clients: usize, stop: impl FnOnce()) -> (Arc<Tally>, usize) {
+fn stop_under_load(addr: ListenAddr, clients: usize, stop: impl FnOnce()) -> (Arc<Tally>, usize) {
     let load = Load::start(addr, clients);
     load.wait_ok(300);
     let in_flight = load.tally.in_flight.load(Ordering::SeqCst);
@@ -139,19 +152,19 @@ fn assert_no_accepted_connection_failed(tally: &Tally, in_flight: usize) {
     assert!(ok >= 300, "only {ok} answers");
 }
 
-/// Two test workers behind a listener the primary accepts on and hands out.
-fn primary_accepting() -> (Supervisor, SocketAddr) {
+/// Two test workers behind a listener on `addr` that the primary accepts on and hands out.
+fn primary_accepting_on(addr: ListenAddr) -> (Supervisor, ListenAddr) {
     let mut cfg = worker_config(2, &["drain", "5"]);
     cfg.kill_timeout = Duration::from_secs(10);
-    cfg.listeners = vec![Listener::new(
-        "web",
-        "127.0.0.1:0".parse().unwrap(),
-        Dispatch::RoundRobin,
-    )];
+    cfg.listeners = vec![Listener::new("web", addr, Dispatch::RoundRobin)];
     let sup = Supervisor::start(cfg).unwrap();
     wait_ready(&sup, 2);
-    let addr = tcp(&listener_addr(&sup, "web"));
+    let addr = listener_addr(&sup, "web");
     (sup, addr)
+}
+
+fn primary_accepting() -> (Supervisor, ListenAddr) {
+    primary_accepting_on("127.0.0.1:0".parse().unwrap())
 }
 
 #[test]
@@ -163,9 +176,20 @@ fn graceful_stop_under_load_fails_no_connection_the_primary_accepted() {
     assert_no_accepted_connection_failed(&tally, in_flight);
 }
 
+#[test]
+fn graceful_stop_under_load_fails_no_connection_of_a_unix_socket() {
+    let path = socket_path("stop-under-load.sock");
+    let (sup, addr) = primary_accepting_on(ListenAddr::Unix(path.clone()));
+    let (tally, in_flight) = stop_under_load(addr, 32, || {
+        sup.stop(Duration::from_secs(10)).unwrap();
+    });
+    assert_no_accepted_connection_failed(&tally, in_flight);
+    assert!(!path.exists());
+}
+
 /// Two test workers that each ask for their own socket of listener "web" (the kernel's turns
 /// when the kernel allows, shared otherwise: `mode`) and accept themselves.
-fn self_accepting(dispatch: Dispatch) -> (Supervisor, SocketAddr) {
+fn self_accepting(dispatch: Dispatch) -> (Supervisor, ListenAddr) {
     let mode = match dispatch {
         Dispatch::Shared => "shared",
         _ => "rr",
@@ -187,7 +211,7 @@ fn self_accepting(dispatch: Dispatch) -> (Supervisor, SocketAddr) {
             own += 1;
         }
     }
-    let addr = tcp(&listener_addr(&sup, "web"));
+    let addr = listener_addr(&sup, "web");
     (sup, addr)
 }
 
@@ -213,7 +237,7 @@ fn graceful_stop_under_load_fails_no_connection_of_a_shared_listener() {
 fn graceful_stop_refuses_new_connections_once_it_returns() {
     let (sup, addr) = primary_accepting();
     sup.stop(Duration::from_secs(10)).unwrap();
-    let e = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap_err();
+    let e = TcpStream::connect_timeout(&tcp(&addr), Duration::from_secs(2)).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
 }
 
