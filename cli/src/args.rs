@@ -88,6 +88,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub heartbeat_timeout: Option<Duration>,
 
+    /// Kill a worker that leaves a connection handed to it unacknowledged this long (it does
+    /// not read its link), and give the connection to another worker [default: 5s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub ack_timeout: Option<Duration>,
+
     /// First delay before restarting a failed worker [default: 100ms]
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub backoff_initial: Option<Duration>,
@@ -144,6 +149,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "MODE", value_parser = parse_dispatch)]
     pub dispatch: Option<Dispatch>,
 
+    /// Share the --listen TCP addresses with other processes that listen there with
+    /// SO_REUSEPORT (e.g. a second rcluster started with --share); without it, an address
+    /// anything listens on already is refused (exit 2)
+    #[arg(long)]
+    pub share: bool,
+
     /// Most connections one worker holds at once; more wait in the primary
     #[arg(long, value_name = "N")]
     pub max_inflight: Option<usize>,
@@ -191,6 +202,9 @@ impl RunArgs {
         set(&mut c.kill_timeout, self.kill_timeout);
         set(&mut c.ready_timeout, self.ready_timeout);
         c.heartbeat_timeout = self.heartbeat_timeout;
+        if let Some(t) = self.ack_timeout {
+            c.ack_timeout = Some(t);
+        }
         set(&mut c.restart.backoff_initial, self.backoff_initial);
         set(&mut c.restart.backoff_max, self.backoff_max);
         set(&mut c.restart.min_uptime, self.min_uptime);
@@ -218,7 +232,9 @@ impl RunArgs {
             .enumerate()
             .map(|(i, (addr, name))| {
                 let name = name.clone().unwrap_or_else(|| format!("listen{i}"));
-                Listener::new(name, addr.clone(), dispatch)
+                let mut l = Listener::new(name, addr.clone(), dispatch);
+                l.share = self.share;
+                l
             })
             .collect();
         c.max_inflight = self.max_inflight;
@@ -237,6 +253,7 @@ pub fn flag_for(field: &str) -> Option<&'static str> {
         "ready_timeout" => "--ready-timeout",
         "kill_timeout" => "--kill-timeout",
         "heartbeat_timeout" => "--heartbeat-timeout",
+        "ack_timeout" => "--ack-timeout",
         "max_message" | "send_queue_limit" => "--max-message",
         "restart.backoff_max" => "--backoff-max / --backoff-initial",
         "restart.window" => "--restart-window",

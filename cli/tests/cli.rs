@@ -625,3 +625,157 @@ fn output_that_a_full_stdout_cannot_take_is_reported_as_dropped_and_sigterm_stil
     let status = c.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "log:\n{}", c.log_text());
 }
+
+fn free_port_addr() -> String {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+#[test]
+fn second_rcluster_on_the_same_address_exits_2_naming_it() {
+    let addr = free_port_addr();
+    let first = Cluster::start(&["run", "-w", "1", "--listen", &addr, "--", "sleep", "300"]);
+    first.wait_for_count(": ready", 1);
+    let out = rcluster_output(&["run", "-w", "1", "--listen", &addr, "--", "sleep", "300"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&addr) && stderr.contains("in use"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("spawned"),
+        "a worker was started: {stderr}"
+    );
+}
+
+#[test]
+fn two_rclusters_started_with_share_both_run_on_one_address() {
+    let addr = free_port_addr();
+    let args = [
+        "run", "-w", "1", "--share", "--listen", &addr, "--", "sleep", "300",
+    ];
+    let mut first = Cluster::start(&args);
+    first.wait_for_count(": ready", 1);
+    let mut second = Cluster::start(&args);
+    second.wait_for_count(": ready", 1);
+    for c in [&mut first, &mut second] {
+        c.signal(libc::SIGTERM);
+        assert_eq!(
+            c.wait_exit(Duration::from_secs(15)).code(),
+            Some(0),
+            "log:\n{}",
+            c.log_text()
+        );
+    }
+}
+
+#[test]
+fn unix_socket_left_by_a_killed_rcluster_does_not_block_the_next_start() {
+    let dir = std::env::temp_dir().join(format!("rcluster-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("killed.sock");
+    let _ = std::fs::remove_file(&path);
+    let listen = format!("unix:{}", path.display());
+    let args = ["run", "-w", "1", "--listen", &listen, "--", "sleep", "300"];
+    let mut first = Cluster::start(&args);
+    first.wait_for_count(": ready", 1);
+    let pids = first.spawned(None);
+    first.signal(libc::SIGKILL);
+    first.wait_exit(Duration::from_secs(5));
+    assert_all_gone(&pids);
+    assert!(path.exists(), "a killed primary leaves its socket file");
+    let mut second = Cluster::start(&args);
+    second.wait_for_count(": ready", 1);
+    std::os::unix::net::UnixStream::connect(&path).expect("the new cluster listens");
+    second.signal(libc::SIGTERM);
+    assert_eq!(
+        second.wait_exit(Duration::from_secs(15)).code(),
+        Some(0),
+        "log:\n{}",
+        second.log_text()
+    );
+    assert!(!path.exists(), "a clean stop removes the socket file");
+}
+
+/// One request with `Connection: close` on a new connection: Ok(true) answered, Ok(false)
+/// never accepted (connect failed), Err accepted and then cut or reset.
+fn one_request(addr: &std::net::SocketAddr) -> Result<bool, String> {
+    let Ok(mut conn) = TcpStream::connect_timeout(addr, Duration::from_secs(4)) else {
+        return Ok(false);
+    };
+    let limit = Some(Duration::from_secs(10));
+    conn.set_read_timeout(limit).map_err(|e| e.to_string())?;
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).map_err(|e| e.to_string())?;
+    if reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.contains("Hello from worker") {
+        Ok(true)
+    } else {
+        Err(format!("incomplete reply {reply:?}"))
+    }
+}
+
+#[test]
+fn sigterm_under_constant_load_fails_no_accepted_connection() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let worker = hello_worker_binary();
+    let addr = free_port_addr();
+    let mut c = Cluster::start(&[
+        "run",
+        "-w",
+        "2",
+        "--ready",
+        "explicit",
+        "--listen",
+        &addr,
+        "--",
+        worker.to_str().unwrap(),
+    ]);
+    c.wait_for_count(": ready", 2);
+    let sa: std::net::SocketAddr = addr.parse().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+            std::thread::spawn(move || {
+                let limit = Instant::now() + Duration::from_secs(25);
+                while !stop.load(Ordering::SeqCst) && Instant::now() < limit {
+                    match one_request(&sa) {
+                        Ok(true) => drop(ok.fetch_add(1, Ordering::SeqCst)),
+                        Ok(false) => std::thread::sleep(Duration::from_millis(5)),
+                        Err(e) => failed.lock().unwrap().push(e),
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + EVENT_WAIT;
+    while ok.load(Ordering::SeqCst) < 300 {
+        assert!(Instant::now() < deadline, "the load got no answers");
+        std::thread::sleep(STEP);
+    }
+    c.signal(libc::SIGTERM);
+    let status = c.wait_exit(Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    for t in clients {
+        t.join().unwrap();
+    }
+    assert_eq!(status.code(), Some(0), "log:\n{}", c.log_text());
+    let failed = failed.lock().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} accepted connections failed ({} answered): {:?}",
+        failed.len(),
+        ok.load(Ordering::SeqCst),
+        &failed[..failed.len().min(5)]
+    );
+}

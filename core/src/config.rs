@@ -158,6 +158,13 @@ pub struct Config {
     /// When set, a worker silent for this long after becoming ready is killed (reason
     /// `heartbeat`). Any frame counts as a sign of life.
     pub heartbeat_timeout: Option<Duration>,
+    /// A worker that leaves a connection handed to it unacknowledged this long is taken for
+    /// hung (it does not read its link): it is killed (reason `heartbeat`) and the
+    /// connections it never took go to other workers. Only workers that are given connections
+    /// by the primary can be caught by it; the worker libraries acknowledge each connection
+    /// as soon as their event loop reads it. None: connections wait for the worker however
+    /// long it takes.
+    pub ack_timeout: Option<Duration>,
     /// Grace between SIGTERM and SIGKILL when stopping a worker.
     pub kill_timeout: Duration,
     pub restart: RestartPolicy,
@@ -201,6 +208,7 @@ impl Config {
             ready_on: ReadyOn::Hello,
             ready_timeout: Duration::from_secs(30),
             heartbeat_timeout: None,
+            ack_timeout: Some(Duration::from_secs(5)),
             kill_timeout: Duration::from_secs(10),
             restart: RestartPolicy::default(),
             max_message: DEFAULT_MAX_MESSAGE,
@@ -229,6 +237,9 @@ impl Config {
         validate_duration("kill_timeout", self.kill_timeout)?;
         if let Some(hb) = self.heartbeat_timeout {
             validate_duration("heartbeat_timeout", hb)?;
+        }
+        if let Some(t) = self.ack_timeout {
+            validate_duration("ack_timeout", t)?;
         }
         self.validate_restart()?;
         if self.max_message == 0 || self.max_message > MAX_MAX_MESSAGE {

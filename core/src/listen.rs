@@ -6,7 +6,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
@@ -124,6 +124,12 @@ pub struct Listener {
     pub name: String,
     pub addr: ListenAddr,
     pub dispatch: Dispatch,
+    /// Share the TCP address with other processes that bind it with `SO_REUSEPORT` too (a
+    /// second cluster started with `share`, a server outside rcluster): the kernel spreads
+    /// new connections over all of them. Off (the default), starting fails when anything else
+    /// listens on the address, so that a second cluster cannot silently take the traffic.
+    /// A shared listener is never turned by the kernel (see `Config::kernel_round_robin`).
+    pub share: bool,
 }
 
 impl Listener {
@@ -132,6 +138,7 @@ impl Listener {
             name: name.into(),
             addr,
             dispatch,
+            share: false,
         }
     }
 }
@@ -149,17 +156,45 @@ const BACKLOG: libc::c_int = 1024;
 /// Binds and listens, CLOEXEC. The error names the address. A listener the primary accepts on
 /// is non-blocking; a `shared` one stays blocking, because the flag belongs to the open file
 /// that workers inherit and socket-activated servers expect a blocking socket, as systemd
-/// hands them.
-pub fn bind(addr: &ListenAddr, dispatch: Dispatch) -> Result<OwnedFd> {
+/// hands them. With `share`, a TCP listener is bound with `SO_REUSEPORT`, next to whatever
+/// else listens there with it; without, an address anything listens on is refused.
+pub fn bind(addr: &ListenAddr, dispatch: Dispatch, share: bool) -> Result<OwnedFd> {
     let fail = |e: io::Error| Error::Bind {
         addr: addr.to_string(),
         source: e,
     };
     let nonblocking = dispatch != Dispatch::Shared;
     match addr {
-        ListenAddr::Tcp(sa) => bind_tcp(sa, nonblocking, false).map_err(fail),
+        ListenAddr::Tcp(sa) => bind_tcp(sa, nonblocking, share).map_err(fail),
         ListenAddr::Unix(path) => bind_unix(path, nonblocking).map_err(fail),
     }
+}
+
+/// Fails with EADDRINUSE when anything listens on `sa`, even with `SO_REUSEPORT` (another
+/// cluster's group of the kernel's turns, a server started with it): a socket bound without
+/// it conflicts with every listener of the address. Binding a group's first socket with
+/// `SO_REUSEPORT` would instead join theirs, and attaching our program would take their
+/// traffic. Port 0 always gets a port of its own.
+pub fn ensure_free(sa: &SocketAddr) -> io::Result<()> {
+    if sa.port() == 0 {
+        return Ok(());
+    }
+    let (storage, len) = sockaddr_from(sa);
+    let probe = socket(storage.ss_family as libc::c_int, true)?;
+    // Connections of an earlier run in TIME_WAIT are no conflict, as for the real bind.
+    set_int_opt(probe.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    if sa.is_ipv6() {
+        set_int_opt(probe.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+    }
+    // SAFETY: storage holds a valid sockaddr of `len` bytes.
+    cvt(unsafe {
+        libc::bind(
+            probe.as_raw_fd(),
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    })
+    .map(drop)
 }
 
 fn socket(domain: libc::c_int, nonblocking: bool) -> io::Result<OwnedFd> {
@@ -204,8 +239,53 @@ fn bind_tcp(sa: &SocketAddr, nonblocking: bool, reuseport: bool) -> io::Result<O
     Ok(fd)
 }
 
-fn bind_unix(path: &std::path::Path, nonblocking: bool) -> io::Result<OwnedFd> {
-    let fd = socket(libc::AF_UNIX, nonblocking)?;
+fn bind_unix(path: &Path, nonblocking: bool) -> io::Result<OwnedFd> {
+    let sun = sockaddr_un(path)?;
+    let first = bind_unix_once(&sun, nonblocking);
+    match first {
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
+            // A file is in the way: the socket of a primary that was killed (nothing removed
+            // it) is taken over, as servers do; anything else is left alone.
+            take_over_stale(path, &sun)?;
+            bind_unix_once(&sun, nonblocking)
+        }
+        other => other,
+    }
+}
+
+/// Removes the Unix socket file at `path` when nothing accepts on it any more; otherwise says
+/// why it stays.
+fn take_over_stale(path: &Path, sun: &(libc::sockaddr_un, libc::socklen_t)) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the path exists and is not a socket (left as it is)",
+        ));
+    }
+    // Non-blocking, so that a live listener with a full backlog answers EAGAIN instead of
+    // making us wait; only a refusal means nobody listens.
+    let probe = socket(libc::AF_UNIX, true)?;
+    // SAFETY: sun is a valid sockaddr_un of the given length.
+    let r = unsafe {
+        libc::connect(
+            probe.as_raw_fd(),
+            (&sun.0 as *const libc::sockaddr_un).cast(),
+            sun.1,
+        )
+    };
+    let refused = r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECONNREFUSED);
+    if !refused {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "address in use: a live listener accepts on this socket",
+        ));
+    }
+    std::fs::remove_file(path)
+}
+
+fn sockaddr_un(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
     // SAFETY: sockaddr_un is plain data.
     let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
@@ -220,16 +300,89 @@ fn bind_unix(path: &std::path::Path, nonblocking: bool) -> io::Result<OwnedFd> {
         *d = *s as libc::c_char;
     }
     let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
-    // SAFETY: sun is a valid sockaddr_un of `len` bytes.
+    Ok((sun, len))
+}
+
+fn bind_unix_once(
+    sun: &(libc::sockaddr_un, libc::socklen_t),
+    nonblocking: bool,
+) -> io::Result<OwnedFd> {
+    let fd = socket(libc::AF_UNIX, nonblocking)?;
+    // SAFETY: sun is a valid sockaddr_un of the given length.
     cvt(unsafe {
         libc::bind(
             fd.as_raw_fd(),
-            (&sun as *const libc::sockaddr_un).cast(),
-            len,
+            (&sun.0 as *const libc::sockaddr_un).cast(),
+            sun.1,
         )
     })?;
     cvt(unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) })?;
     Ok(fd)
+}
+
+/// Keeps new connections out of a listening socket while what is already queued in it can
+/// still be accepted: the first step of a graceful stop. Closing the socket instead would
+/// reset every connection in its queue, which clients already count as accepted.
+///
+/// TCP: a classic BPF socket filter that drops SYN segments (the client retries, and once the
+/// socket is closed it is refused) and lets everything else through. Dropping every segment
+/// would be simpler but loses more: the last ACK of a handshake under way would be dropped,
+/// and a connection whose handshake completes while the filter goes on would inherit the
+/// filter (a new connection's socket is a copy of the listener's) and never receive a byte.
+/// The filter belongs to the socket, so it also holds for the copies workers have.
+/// Unix: shut down for reading, after which connecting is refused and the queue stays
+/// acceptable.
+pub fn refuse_new_connections(fd: RawFd, addr: &ListenAddr) -> io::Result<()> {
+    match addr {
+        ListenAddr::Tcp(_) => attach_filter(fd, &mut drop_syn()),
+        ListenAddr::Unix(_) => stop_listening(fd),
+    }
+}
+
+/// The filter runs with the packet starting at the TCP header: byte 13 holds the flags.
+fn drop_syn() -> [libc::sock_filter; 5] {
+    const SYN: u32 = 0x02;
+    const ACK: u32 = 0x10;
+    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    [
+        op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 13), // A = flags
+        op(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K, 0, 0, SYN | ACK),
+        op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 1, SYN), // a SYN alone?
+        op(libc::BPF_RET | libc::BPF_K, 0, 0, 0),                   // drop
+        op(libc::BPF_RET | libc::BPF_K, 0, 0, u32::MAX),            // keep all of it
+    ]
+}
+
+fn attach_filter(fd: RawFd, insns: &mut [libc::sock_filter]) -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: insns.len() as u16,
+        filter: insns.as_mut_ptr(),
+    };
+    // SAFETY: prog points at valid instructions for the duration of the call; the kernel
+    // copies them.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// Makes a listening socket stop listening for every process that holds it (a TCP socket
+/// leaves the listening state, its queue is reset; connecting to a Unix one is refused).
+/// Only for sockets no worker accepts on.
+pub fn stop_listening(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor we own.
+    cvt(unsafe { libc::shutdown(fd, libc::SHUT_RD) }).map(drop)
 }
 
 /// Removes a Unix socket file the primary created.
@@ -409,10 +562,69 @@ mod tests {
     }
 
     #[test]
+    fn refusing_new_connections_keeps_the_queued_ones_acceptable() {
+        refuse_new_tcp("127.0.0.1:0");
+        if std::net::TcpListener::bind("[::1]:0").is_ok() {
+            refuse_new_tcp("[::1]:0");
+        }
+        refuse_new_unix();
+    }
+
+    fn refuse_new_tcp(addr: &str) {
+        let tcp: ListenAddr = addr.parse().unwrap();
+        let fd = bind(&tcp, Dispatch::RoundRobin, false).unwrap();
+        let ListenAddr::Tcp(sa) = local_addr(fd.as_raw_fd(), &tcp) else {
+            unreachable!()
+        };
+        let queued = std::net::TcpStream::connect(sa).unwrap();
+        refuse_new_connections(fd.as_raw_fd(), &tcp).unwrap();
+        let late = std::net::TcpStream::connect_timeout(&sa, std::time::Duration::from_millis(300));
+        assert!(late.is_err(), "a connection got in after the filter");
+        let (got, _) = accept(fd.as_raw_fd())
+            .unwrap()
+            .expect("the queued connection");
+        assert!(accept(fd.as_raw_fd()).unwrap().is_none());
+        // Only SYNs are dropped: the accepted connection carries data both ways.
+        use std::io::{Read, Write};
+        let mut server = std::net::TcpStream::from(got);
+        let mut client = queued;
+        client.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        server.read_exact(&mut buf).unwrap();
+        server.write_all(b"pong").unwrap();
+        client.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"pong");
+        stop_listening(fd.as_raw_fd()).unwrap();
+        let e = std::net::TcpStream::connect(sa).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+        drop((client, server));
+    }
+
+    fn refuse_new_unix() {
+        let dir = std::env::temp_dir().join(format!("rcluster-listen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("refuse.sock");
+        let _ = std::fs::remove_file(&path);
+        let unix = ListenAddr::Unix(path.clone());
+        let fd = bind(&unix, Dispatch::RoundRobin, false).unwrap();
+        let _queued = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        refuse_new_connections(fd.as_raw_fd(), &unix).unwrap();
+        let e = std::os::unix::net::UnixStream::connect(&path).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+        assert!(
+            accept(fd.as_raw_fd()).unwrap().is_some(),
+            "the queued connection"
+        );
+        unlink_unix(&unix);
+    }
+
+    #[test]
     fn address_in_use_is_an_error_naming_it() {
-        let first = bind(&"127.0.0.1:0".parse().unwrap(), Dispatch::RoundRobin).unwrap();
+        let first = bind(&"127.0.0.1:0".parse().unwrap(), Dispatch::RoundRobin, false).unwrap();
         let taken = local_addr(first.as_raw_fd(), &"127.0.0.1:0".parse().unwrap());
-        let e = bind(&taken, Dispatch::RoundRobin).unwrap_err().to_string();
+        let e = bind(&taken, Dispatch::RoundRobin, false)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains(&taken.to_string()) && e.contains("in use"),
             "{e}"

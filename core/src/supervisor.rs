@@ -64,8 +64,8 @@ impl Supervisor {
         let mut refused = None;
         for l in &config.listeners {
             let turns = steered::wanted(&config, l.dispatch, &l.addr);
-            let (fd, group) =
-                steered::bind(&l.addr, l.dispatch, turns, &mut refused).inspect_err(|_| {
+            let (fd, group) = steered::bind(&l.addr, l.dispatch, turns, l.share, &mut refused)
+                .inspect_err(|_| {
                     listeners
                         .iter()
                         .for_each(|b: &Bound| listen::unlink_unix(&b.addr))

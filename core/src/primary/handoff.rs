@@ -12,6 +12,7 @@ use crate::dispatch::{self, Candidate, Choice, SlotState};
 use crate::events::{Event, WorkerState};
 use crate::frame::{self, Kind};
 use crate::listen::{self, Dispatch, ListenAddr, Peer};
+use crate::policy::ExitReason;
 use crate::process::Process;
 
 /// Listener tokens in the epoll set: this bit plus the listener's index.
@@ -26,10 +27,11 @@ const ACCEPT_BATCH: usize = 256;
 pub struct Bound {
     pub name: String,
     pub addr: ListenAddr,
-    pub fd: OwnedFd,
+    /// None once a stop let go of a socket that workers hold too (`shared`).
+    pub fd: Option<OwnedFd>,
     pub dispatch: Dispatch,
     /// In the epoll set right now.
-    armed: bool,
+    pub(super) armed: bool,
     pub(super) paused_until: Option<Instant>,
     /// The workers that asked for this listener at run time; None for a configured listener,
     /// which serves every worker.
@@ -45,7 +47,7 @@ impl Bound {
         Bound {
             name,
             addr,
-            fd,
+            fd: Some(fd),
             dispatch,
             armed: false,
             paused_until: None,
@@ -63,6 +65,8 @@ pub struct Waiting {
     pub listener: usize,
     pub peer: Peer,
     pub since: Instant,
+    /// When it was last handed to a worker (for `ack_timeout`).
+    pub handed: Instant,
 }
 
 struct Slots<'a>(&'a Primary);
@@ -103,9 +107,9 @@ impl Primary {
     pub(super) fn arm_listeners(&mut self, now: Instant) {
         let may_accept = self.stop_deadline.is_none() && self.waiting.len() < self.cfg.queue_limit;
         for (i, l) in self.listeners.iter_mut().enumerate() {
-            if l.dispatch == Dispatch::Shared {
+            let Some(fd) = l.fd.as_ref().filter(|_| l.dispatch != Dispatch::Shared) else {
                 continue;
-            }
+            };
             if l.paused_until.is_some_and(|t| now >= t) {
                 l.paused_until = None;
             }
@@ -113,10 +117,10 @@ impl Primary {
             if want && !l.armed {
                 l.armed = self
                     .epoll
-                    .add(l.fd.as_raw_fd(), libc::EPOLLIN as u32, LISTENER | i as u64)
+                    .add(fd.as_raw_fd(), libc::EPOLLIN as u32, LISTENER | i as u64)
                     .is_ok();
             } else if !want && l.armed {
-                self.epoll.delete(l.fd.as_raw_fd());
+                self.epoll.delete(fd.as_raw_fd());
                 l.armed = false;
             }
         }
@@ -124,7 +128,9 @@ impl Primary {
     }
 
     pub(super) fn accept_ready(&mut self, index: usize) {
-        self.accept_from(index, self.listeners[index].fd.as_raw_fd());
+        if let Some(fd) = self.listeners[index].fd.as_ref().map(|f| f.as_raw_fd()) {
+            self.accept_from(index, fd);
+        }
     }
 
     /// Accepts what waits on `fd` (listener `index`'s socket, or one of its group's) and hands
@@ -146,6 +152,7 @@ impl Primary {
                         listener: index,
                         peer,
                         since: now,
+                        handed: now,
                     });
                 }
                 Ok(None) => break,
@@ -169,8 +176,9 @@ impl Primary {
     /// A worker as the dispatcher sees it, as of now.
     fn candidate(&self, key: u64, p: &Process) -> Candidate {
         let (unacked, active) = (p.unacked.len(), p.active.len());
-        let room = self.cfg.max_inflight.is_none_or(|m| unacked + active < m)
-            && unacked < self.cfg.handoff_window;
+        let room = self.handing_out_all
+            || (self.cfg.max_inflight.is_none_or(|m| unacked + active < m)
+                && unacked < self.cfg.handoff_window);
         let ready = p.state == WorkerState::Ready && p.stopping.is_none() && p.hello && p.ipc_open;
         Candidate {
             key,
@@ -219,7 +227,7 @@ impl Primary {
                 }
                 break;
             };
-            match self.hand(key, w) {
+            match self.hand(key, w, now) {
                 Ok(()) => {
                     pass.handed(key);
                     if mode != Dispatch::Sticky {
@@ -247,7 +255,7 @@ impl Primary {
 
     /// Sends one connection to worker `key`, keeping the primary's copy until it is
     /// acknowledged. Gives the connection back if it cannot be sent.
-    fn hand(&mut self, key: u64, w: Waiting) -> Result<(), Waiting> {
+    fn hand(&mut self, key: u64, mut w: Waiting, now: Instant) -> Result<(), Waiting> {
         let Some(p) = self.procs.get_mut(&key) else {
             return Err(w);
         };
@@ -271,10 +279,47 @@ impl Primary {
             Some(PassFd::Borrowed(w.fd.as_raw_fd())),
         ) {
             Ok(()) => {
+                w.handed = now;
                 p.unacked.insert(w.id, w);
+                if let Some(bound) = self.cfg.ack_timeout {
+                    self.ack_check.get_or_insert(now + bound);
+                }
                 Ok(())
             }
             Err(_) => Err(w),
+        }
+    }
+
+    /// Kills the workers that left a connection unacknowledged for `ack_timeout`: they do not
+    /// read their link (a hung event loop), and the connections they never took are handed
+    /// to other workers once they are reaped. Runs when the timer of the oldest handoff is
+    /// due, so the scan over unacknowledged connections is rare.
+    pub(super) fn check_acks(&mut self, now: Instant) {
+        let Some(bound) = self.cfg.ack_timeout else {
+            self.ack_check = None;
+            return;
+        };
+        if self.ack_check.is_none_or(|t| now < t) {
+            return;
+        }
+        let mut hung = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (&key, p) in &self.procs {
+            if p.stopping.as_ref().is_some_and(|s| s.killed) {
+                continue;
+            }
+            let Some(oldest) = p.unacked.values().map(|w| w.handed).min() else {
+                continue;
+            };
+            if now >= oldest + bound {
+                hung.push(key);
+            } else {
+                next = Some(next.map_or(oldest + bound, |n| n.min(oldest + bound)));
+            }
+        }
+        self.ack_check = next;
+        for key in hung {
+            self.stop_worker(key, ExitReason::Heartbeat, false);
         }
     }
 
@@ -346,7 +391,9 @@ impl Primary {
                 if let Some(fd) = member {
                     Some(PassFd::Owned(fd))
                 } else if l.dispatch == Dispatch::Shared {
-                    l.fd.try_clone().ok().map(PassFd::Owned)
+                    l.fd.as_ref()
+                        .and_then(|f| f.try_clone().ok())
+                        .map(PassFd::Owned)
                 } else {
                     None
                 }
@@ -378,6 +425,9 @@ impl Primary {
     }
 
     fn find_or_bind(&mut self, key: u64, dispatch: Dispatch, addr: &str) -> Result<usize, String> {
+        if self.stop_deadline.is_some() {
+            return Err("the supervisor is stopping".into());
+        }
         // A listener of the configuration, by its name (names have no ':', addresses do): how
         // a worker asks for its own socket of one the kernel turns.
         if let Some(i) = self
@@ -397,7 +447,7 @@ impl Primary {
             None => {
                 let turns = steered::wanted(&self.cfg, dispatch, &parsed);
                 let (fd, group) =
-                    steered::bind(&parsed, dispatch, turns, &mut self.no_kernel_turns)
+                    steered::bind(&parsed, dispatch, turns, false, &mut self.no_kernel_turns)
                         .map_err(|e| e.to_string())?;
                 let actual = listen::local_addr(fd.as_raw_fd(), &parsed);
                 let mut b = Bound::new(addr.to_string(), actual, fd, dispatch);
@@ -450,7 +500,7 @@ impl Primary {
         self.listeners
             .iter()
             .filter(|l| l.dispatch == Dispatch::Shared && l.subscribers.is_none())
-            .map(|l| (l.fd.as_raw_fd(), l.name.as_str()))
+            .filter_map(|l| Some((l.fd.as_ref()?.as_raw_fd(), l.name.as_str())))
             .collect()
     }
 
@@ -459,8 +509,8 @@ impl Primary {
         self.waiting.clear();
         self.close_groups();
         for l in self.listeners.drain(..) {
-            if l.armed {
-                self.epoll.delete(l.fd.as_raw_fd());
+            if let (true, Some(fd)) = (l.armed, &l.fd) {
+                self.epoll.delete(fd.as_raw_fd());
             }
             listen::unlink_unix(&l.addr);
         }

@@ -2,6 +2,7 @@
 //! and the command waker. Each turn it handles what is ready, then reconciles the cluster
 //! toward what is wanted (`manage_workers`), gunicorn-arbiter style.
 
+mod closing;
 mod handoff;
 mod ipc;
 mod lifecycle;
@@ -97,6 +98,10 @@ pub(crate) struct Primary {
     no_kernel_turns: Option<String>,
     /// Worker output on its way to the host's stdout/stderr (`Output::Prefix`).
     outputs: Outputs,
+    /// A stop hands every waiting connection out, past the handoff window and max_inflight.
+    handing_out_all: bool,
+    /// When the oldest unacknowledged handoff may reach `ack_timeout` (see `check_acks`).
+    ack_check: Option<Instant>,
 }
 
 impl Primary {
@@ -161,6 +166,8 @@ impl Primary {
             host_tick: None,
             no_kernel_turns,
             outputs,
+            handing_out_all: false,
+            ack_check: None,
             cfg,
         })
     }
@@ -204,12 +211,17 @@ impl Primary {
             let timeout = if self.changed {
                 Some(Duration::ZERO)
             } else {
-                let next = [deadline, self.queue_deadline, self.host_tick]
-                    .into_iter()
-                    .flatten()
-                    .chain(self.outputs.report_at)
-                    .chain(self.gathering.iter().map(|(at, _)| *at))
-                    .min();
+                let next = [
+                    deadline,
+                    self.queue_deadline,
+                    self.host_tick,
+                    self.ack_check,
+                    self.outputs.report_at,
+                ]
+                .into_iter()
+                .flatten()
+                .chain(self.gathering.iter().map(|(at, _)| *at))
+                .min();
                 next.map(|d: Instant| d.saturating_duration_since(self.clock.now()))
             };
             if let Err(e) = self.epoll.wait(&mut ready, timeout) {
@@ -249,6 +261,9 @@ impl Primary {
             }
             if self.outputs.report_at.is_some() {
                 self.report_output(self.clock.now());
+            }
+            if self.ack_check.is_some() {
+                self.check_acks(self.clock.now());
             }
             if !self.gathering.is_empty() {
                 let now = Instant::now();
@@ -402,6 +417,10 @@ impl Primary {
     }
 
     fn begin_stop(&mut self, timeout: Duration) {
+        if self.stop_deadline.is_none() {
+            // Before the workers hear of the stop: what is queued reaches them first.
+            self.stop_accepting();
+        }
         let now = self.clock.now();
         let deadline = now + timeout;
         // A second stop can only bring the deadline forward.
@@ -412,7 +431,7 @@ impl Primary {
                 reason: "the supervisor is stopping".into(),
             });
         }
-        // Connections not yet handed to a worker are closed; the listeners stop accepting.
+        // Connections no ready worker could take are closed.
         self.waiting.clear();
         self.arm_listeners(now);
         let keys: Vec<u64> = self.procs.keys().copied().collect();

@@ -50,6 +50,13 @@ impl Group {
     }
 }
 
+impl Group {
+    /// Every socket of the group but the listener's own.
+    pub(super) fn member_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.members.iter().map(|m| m.fd.as_raw_fd())
+    }
+}
+
 /// Whether a listener of this kind would be turned by the kernel under `cfg`.
 pub(crate) fn wanted(cfg: &Config, dispatch: Dispatch, addr: &ListenAddr) -> bool {
     cfg.kernel_round_robin
@@ -60,17 +67,24 @@ pub(crate) fn wanted(cfg: &Config, dispatch: Dispatch, addr: &ListenAddr) -> boo
 
 /// Binds a listener, for the kernel's turns when `turns` says so and the kernel lets this
 /// process load the program. `refused` keeps why it did not (and then no more tries are made).
+/// With `share` the address may be shared with other processes, and is never turned by the
+/// kernel: another process's program would take over the turns of the whole group.
 pub(crate) fn bind(
     addr: &ListenAddr,
     dispatch: Dispatch,
     turns: bool,
+    share: bool,
     refused: &mut Option<String>,
 ) -> crate::Result<(OwnedFd, Option<Group>)> {
-    if let (true, None, ListenAddr::Tcp(sa)) = (turns, &refused, addr) {
-        let fd = listen::bind_reuseport(sa).map_err(|e| crate::Error::Bind {
-            addr: addr.to_string(),
-            source: e,
-        })?;
+    let fail = |e| crate::Error::Bind {
+        addr: addr.to_string(),
+        source: e,
+    };
+    if let (true, false, None, ListenAddr::Tcp(sa)) = (turns, share, &refused, addr) {
+        // The group's sockets need SO_REUSEPORT, which would let this one join a group some
+        // other process listens with: refuse an address in use first.
+        listen::ensure_free(sa).map_err(fail)?;
+        let fd = listen::bind_reuseport(sa).map_err(fail)?;
         match Group::new(fd.as_raw_fd()) {
             Ok(g) => return Ok((fd, Some(g))),
             // The socket is closed and bound again without SO_REUSEPORT: no other process
@@ -78,7 +92,7 @@ pub(crate) fn bind(
             Err(e) => *refused = Some(e.to_string()),
         }
     }
-    Ok((listen::bind(addr, dispatch)?, None))
+    Ok((listen::bind(addr, dispatch, share)?, None))
 }
 
 impl Primary {
@@ -225,6 +239,38 @@ impl Primary {
         if let Some(fd) = fd {
             self.accept_from(index, fd);
         }
+    }
+
+    /// The sockets of listener `index`'s group that no worker listens on (the primary accepts
+    /// on them), made non-blocking: a worker that held one may have cleared the flag.
+    pub(super) fn unserved_members(&self, index: usize) -> Vec<RawFd> {
+        let Some(g) = self.listeners[index].group.as_ref() else {
+            return Vec::new();
+        };
+        g.members
+            .iter()
+            .filter(|m| m.worker.is_none())
+            .map(|m| m.fd.as_raw_fd())
+            .filter(|&fd| sys::set_nonblocking(fd, true).is_ok())
+            .collect()
+    }
+
+    /// At a stop: the group's sockets that no worker listens on stop listening, and the
+    /// primary closes its copies of all of them (a worker's own goes away with the worker,
+    /// after it accepted what was queued in it).
+    pub(super) fn let_go_of_members(&mut self, index: usize) {
+        let Some(g) = self.listeners[index].group.as_mut() else {
+            return;
+        };
+        for m in g.members.drain(..) {
+            if m.armed {
+                self.epoll.delete(m.fd.as_raw_fd());
+            }
+            if m.worker.is_none() {
+                let _ = listen::stop_listening(m.fd.as_raw_fd());
+            }
+        }
+        g.turn.clear();
     }
 
     /// Takes every group's sockets out of the epoll set (at the end).

@@ -30,7 +30,11 @@
 //!   the primary handed it a listening socket (shared mode, or round-robin turned by the
 //!   kernel) the message ends in " own-socket" and it accepts on that socket itself, unless
 //!   its slot is STALL (a worker too busy to accept). The message `!unlisten NAME` makes it
-//!   tell the primary it stopped listening, answered by "unlistened"
+//!   tell the primary it stopped listening, answered by "unlistened". On disconnect it
+//!   accepts what is still queued on its own socket and finishes every connection it holds
+//!   before exiting, as a server that drains does
+//! - `deaf-slot ID`: the worker with slot ID says ready and then never reads its IPC socket
+//!   again (a hung event loop); other slots serve as in `serve 0`
 //!
 //! In every mode that echoes, dispatched connections are served as in `serve 0`.
 
@@ -91,8 +95,10 @@ fn main() {
                     w.send(format!("listening {} {}{own}", l.name, l.addr).as_bytes())
                         .unwrap();
                     if let Some(fd) = l.fd.filter(|_| !stalled) {
-                        let (w, name) = (Arc::clone(&w), l.name);
-                        std::thread::spawn(move || accept_shared(&w, fd, &name));
+                        let own = fd.try_clone().unwrap();
+                        let (w2, name) = (Arc::clone(&w), l.name.clone());
+                        std::thread::spawn(move || accept_shared(&w2, fd, &name));
+                        return listen_and_drain(&w, own, &l.name);
                     }
                 }
                 Err(e) => w.send(format!("listen-error {e}").as_bytes()).unwrap(),
@@ -110,6 +116,7 @@ fn main() {
         "drain" => drain(&w, Duration::from_millis(num(1))),
         "report" => report(&w, Duration::from_millis(num(1))),
         "crash-on-connection" if u64::from(w.id()) == num(1) => crash_on_connection(&w),
+        "deaf-slot" if u64::from(w.id()) == num(1) => sleep_forever(),
         "env" => {
             let vars: Vec<String> = std::env::vars()
                 .filter(|(k, _)| k.starts_with("RCLUSTER_"))
@@ -251,15 +258,68 @@ fn accept_shared(w: &Arc<Worker>, fd: std::os::fd::OwnedFd, name: &str) {
     let listener = std::net::TcpListener::from(fd);
     listener.set_nonblocking(false).unwrap();
     for (n, stream) in listener.incoming().enumerate() {
-        let Ok(stream) = stream else { continue };
-        let c = Connection {
-            id: u64::MAX - n as u64,
-            fd: stream.into(),
-            listener: name.to_string(),
-            peer: String::new(),
+        let Ok(stream) = stream else {
+            // The socket stopped listening (the primary shut it down): nothing more comes.
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
         };
-        let w = Arc::clone(w);
-        std::thread::spawn(move || answer(&w, c, Duration::ZERO));
+        serve_own(w, stream, name, u64::MAX - n as u64);
+    }
+}
+
+fn serve_own(w: &Arc<Worker>, stream: std::net::TcpStream, name: &str, id: u64) {
+    let c = Connection {
+        id,
+        fd: stream.into(),
+        listener: name.to_string(),
+        peer: String::new(),
+    };
+    PENDING.fetch_add(1, Ordering::SeqCst);
+    let w = Arc::clone(w);
+    std::thread::spawn(move || {
+        answer(&w, c, Duration::ZERO);
+        PENDING.fetch_sub(1, Ordering::SeqCst);
+    });
+}
+
+/// Serves like `serve 0` while its own socket is served by `accept_shared`; on disconnect,
+/// accepts what is left in the socket's queue (the primary keeps new connections out of it by
+/// then) and finishes every connection before exiting.
+fn listen_and_drain(w: &Arc<Worker>, own: std::os::fd::OwnedFd, name: &str) {
+    loop {
+        match w.next_event(None).unwrap() {
+            Some(WorkerEvent::Connection(c)) => {
+                PENDING.fetch_add(1, Ordering::SeqCst);
+                let w = Arc::clone(w);
+                std::thread::spawn(move || {
+                    answer(&w, c, Duration::ZERO);
+                    PENDING.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+            Some(WorkerEvent::Message(m)) if m.starts_with(b"!") => command(w, &m),
+            Some(WorkerEvent::Message(m)) => w.send(&m).unwrap(),
+            Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => {
+                let listener = std::net::TcpListener::from(own);
+                let _ = listener.set_nonblocking(true);
+                let mut n = 0;
+                // Twice: the accepting thread may be between taking a connection and counting
+                // it in PENDING, and a handshake under way at the stop may land just after.
+                for _ in 0..2 {
+                    while let Ok((stream, _)) = listener.accept() {
+                        let _ = stream.set_nonblocking(false);
+                        serve_own(w, stream, name, n);
+                        n += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let until = Instant::now() + Duration::from_secs(5);
+                while PENDING.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                std::process::exit(0)
+            }
+            None => {}
+        }
     }
 }
 

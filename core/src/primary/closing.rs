@@ -1,0 +1,92 @@
+//! The first act of a graceful stop: stop accepting, without dropping a connection that a
+//! client already counts as accepted.
+//!
+//! A connection is established by the kernel before anybody accepts it, so closing a listening
+//! socket resets whatever waits in its queue. The stop therefore goes in three steps: keep new
+//! connections out of every socket (they are refused, or their SYN is dropped and retried
+//! until the socket is gone, then refused), accept and hand over what is already queued, and
+//! only then let go of the sockets. The handoff frames go out before the DISCONNECT frames
+//! that `begin_stop` sends next, and each worker's link keeps that order, so a draining worker
+//! serves them like any other.
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use super::{Primary, Waiting};
+use crate::listen::{self, Dispatch};
+
+impl Primary {
+    /// Stops accepting on every listener: see the module's comment.
+    pub(super) fn stop_accepting(&mut self) {
+        self.refuse_new();
+        for i in 0..self.listeners.len() {
+            let l = &self.listeners[i];
+            if l.dispatch != Dispatch::Shared {
+                if let Some(fd) = l.fd.as_ref().map(|f| f.as_raw_fd()) {
+                    self.accept_queued(i, fd);
+                }
+            }
+            for fd in self.unserved_members(i) {
+                self.accept_queued(i, fd);
+            }
+        }
+        self.hand_out_all();
+        self.let_go_of_listeners();
+    }
+
+    fn refuse_new(&mut self) {
+        for l in &self.listeners {
+            let fds = l.fd.iter().map(|f| f.as_raw_fd());
+            for fd in fds.chain(l.group.iter().flat_map(|g| g.member_fds())) {
+                // Only fails on a kernel without socket filters; the stop then goes on as
+                // before, resetting what reaches the socket before it is closed.
+                let _ = listen::refuse_new_connections(fd, &l.addr);
+            }
+        }
+    }
+
+    /// Accepts everything queued on `fd`, a socket of listener `index` that only the primary
+    /// accepts on; no limit but the socket's backlog.
+    fn accept_queued(&mut self, index: usize, fd: RawFd) {
+        let now = self.clock.now();
+        while let Ok(Some((fd, peer))) = listen::accept(fd) {
+            let id = self.next_conn_id;
+            self.next_conn_id += 1;
+            self.waiting.push_back(Waiting {
+                id,
+                fd,
+                listener: index,
+                peer,
+                since: now,
+                handed: now,
+            });
+        }
+    }
+
+    /// Hands every waiting connection to a ready worker, past the handoff window and
+    /// `max_inflight`: the primary is about to close what it holds, and a worker that drains
+    /// serves it anyway.
+    fn hand_out_all(&mut self) {
+        self.handing_out_all = true;
+        self.distribute();
+        self.handing_out_all = false;
+    }
+
+    /// The primary's own sockets stop listening (kept open until the end, so that the
+    /// address stays reserved); its copies of sockets that workers accept on (`shared`, the
+    /// kernel's turns) are closed at once, so that each goes away with the last worker that
+    /// holds it, not with the primary.
+    fn let_go_of_listeners(&mut self) {
+        for i in 0..self.listeners.len() {
+            let l = &mut self.listeners[i];
+            if let (true, Some(fd)) = (std::mem::take(&mut l.armed), &l.fd) {
+                self.epoll.delete(fd.as_raw_fd());
+            }
+            if l.dispatch == Dispatch::Shared {
+                l.fd = None;
+            } else if let Some(fd) = &l.fd {
+                let _ = listen::stop_listening(fd.as_raw_fd());
+            }
+            self.let_go_of_members(i);
+        }
+    }
+}
