@@ -236,6 +236,10 @@ enum rcluster_exit_reason
    * The supervisor is stopping.
    */
   RCLUSTER_EXIT_REASON_SHUTDOWN = 8,
+  /**
+   * Exited on its own with a code listed in no_restart_codes: a requested end.
+   */
+  RCLUSTER_EXIT_REASON_NO_RESTART = 9,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
