@@ -120,6 +120,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES")]
     pub max_message: Option<usize>,
 
+    /// Most bytes of worker messages waiting in rcluster; beyond, workers that send are not
+    /// read until it catches up [default: 4 MiB]
+    #[arg(long, value_name = "BYTES")]
+    pub event_queue_limit: Option<usize>,
+
     /// Extra environment variable for workers (repeatable)
     #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
     pub env: Vec<(OsString, OsString)>,
@@ -203,6 +208,7 @@ impl RunArgs {
             // The queue must hold at least one largest message; keep the default headroom.
             c.send_queue_limit = c.send_queue_limit.max(m.saturating_mul(4));
         }
+        set(&mut c.event_queue_limit, self.event_queue_limit);
         c.env.clone_from(&self.env);
         c.cwd.clone_from(&self.cwd);
         c.output = if self.prefix_output {
@@ -242,6 +248,7 @@ pub fn flag_for(field: &str) -> Option<&'static str> {
         "listeners.name" | "listeners.addr" | "listen" => "--listen",
         "max_inflight" => "--max-inflight",
         "max_surge" => "--max-surge",
+        "event_queue_limit" => "--event-queue-limit",
         _ => return None,
     })
 }
