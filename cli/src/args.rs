@@ -26,12 +26,14 @@ Examples:
 Signals (send them to the rcluster process):
   SIGINT, SIGTERM  stop gracefully: SIGTERM to every worker, SIGKILL after --kill-timeout;
                    a second SIGINT/SIGTERM kills the workers at once
-  SIGHUP           rolling reload: start a new worker, wait until it is ready, stop an old one
+  SIGHUP           rolling reload: start a new worker, wait until it is ready, stop an old one;
+                   a SIGHUP during a reload starts another reload once that one has ended
   SIGTTIN          one worker more
   SIGTTOU          one worker fewer (never below 1)
 
 Exit status:
-  0  stopped by SIGINT/SIGTERM, or every worker finished cleanly on its own
+  0  stopped by SIGINT/SIGTERM, or every worker finished cleanly on its own (exit code 0, or
+     a --no-restart-code)
   1  every worker went down on its own and at least one failed (or rcluster itself failed)
   2  invalid arguments or configuration (for example, a command that does not exist, or a
      --listen address already in use)";
