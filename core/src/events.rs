@@ -371,3 +371,44 @@ impl EventQueue {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(len: usize) -> Event {
+        Event::Message {
+            id: 0,
+            pid: 1,
+            data: vec![b'x'; len],
+        }
+    }
+
+    #[test]
+    fn messages_use_up_room_and_lifecycle_events_do_not() {
+        let q = EventQueue::new(4 * message_cost(10)).unwrap();
+        q.push_all(&mut vec![message(10), message(10), Event::AllDown]);
+        assert_eq!(q.room(), 2 * message_cost(10));
+        q.push_all(&mut vec![message(10), message(10)]);
+        assert_eq!(q.room(), 0);
+        // Never held back, never counted.
+        q.push_all(&mut vec![Event::Scaled { workers: 2 }]);
+        assert_eq!(q.room(), 0);
+        assert!(!q.may_resume());
+        while q.try_pop().is_some() {}
+        assert_eq!(q.room(), 4 * message_cost(10));
+    }
+
+    #[test]
+    fn a_paused_reader_is_reported_once_when_the_queue_reaches_half() {
+        let q = EventQueue::new(4 * message_cost(0)).unwrap();
+        q.push_all(&mut (0..4).map(|_| message(0)).collect());
+        q.want_room();
+        assert!(q.try_pop().is_some());
+        assert!(!q.take_room_made(), "three quarters full: not yet");
+        assert!(q.pop(Some(Duration::ZERO)).is_some());
+        assert!(q.take_room_made(), "half full: the loop is woken");
+        assert!(q.try_pop().is_some());
+        assert!(!q.take_room_made(), "once per pause");
+    }
+}

@@ -483,6 +483,69 @@ mod tests {
         assert!(!sys::poll_one(fd, libc::POLLIN, Some(Duration::ZERO)).unwrap());
     }
 
+    #[test]
+    fn a_reader_without_room_stops_at_the_next_message_and_resumes_there_in_order() {
+        let (primary, worker) = sys::socketpair().unwrap();
+        sys::set_nonblocking(primary.as_raw_fd(), true).unwrap();
+        let mut wire = frame::worker_hello(4242);
+        frame::encode(&mut wire, Kind::Message, 0, b"a");
+        frame::encode(&mut wire, Kind::Message, 0, b"b");
+        frame::encode(&mut wire, Kind::Ready, 0, b"");
+        sys::send_blocking(worker.as_raw_fd(), &wire).unwrap();
+        let mut reader = Reader::new(4242, 1 << 16);
+        let mut out = Vec::new();
+        // Room for one message: "a" fits, "b" and the Ready behind it wait.
+        let end = reader.read(primary.as_raw_fd(), &mut out, 1);
+        assert!(matches!(end, ReadEnd::Paused));
+        assert!(matches!(&out[..], [Incoming::Hello, Incoming::Message(a)] if a == b"a"));
+        out.clear();
+        let end = reader.read(primary.as_raw_fd(), &mut out, 0);
+        assert!(matches!(end, ReadEnd::Paused));
+        assert!(out.is_empty(), "no room: nothing is decoded");
+        let end = reader.read(primary.as_raw_fd(), &mut out, usize::MAX);
+        assert!(matches!(end, ReadEnd::Drained));
+        assert!(matches!(&out[..], [Incoming::Message(b), Incoming::Ready] if b == b"b"));
+    }
+
+    #[test]
+    fn a_host_thread_hands_a_worker_without_room_back_to_the_loop() {
+        let (primary, worker) = sys::socketpair().unwrap();
+        sys::set_nonblocking(primary.as_raw_fd(), true).unwrap();
+        let limits = Limits {
+            queue: 1 << 20,
+            message: 1 << 16,
+        };
+        let conn = Arc::new(Conn::new(3, 7, primary, 4242, limits));
+        let events = EventQueue::new(message_cost(1)).unwrap();
+        let waker = Waker::new().unwrap();
+        let host = HostRead::new();
+        let fd = host.fd(&events);
+        host.add(&conn);
+        let mut wire = frame::worker_hello(4242);
+        for body in [b"a", b"b", b"c"] {
+            frame::encode(&mut wire, Kind::Message, 0, body);
+        }
+        sys::send_blocking(worker.as_raw_fd(), &wire).unwrap();
+        assert!(sys::poll_one(fd, libc::POLLIN, Some(Duration::from_secs(5))).unwrap());
+        assert!(host.read(&events, &waker));
+        assert!(matches!(events.try_pop(), Some(Event::Message { data, .. }) if data == b"a"));
+        assert!(events.try_pop().is_none(), "one message fitted");
+        let forwarded = std::mem::take(&mut *host.forwarded.lock().unwrap());
+        assert!(matches!(
+            forwarded[..],
+            [Forwarded {
+                key: 7,
+                end: ReadEnd::Paused,
+                ..
+            }]
+        ));
+        assert_eq!(
+            host.count.load(Ordering::Acquire),
+            0,
+            "the host no longer reads it"
+        );
+    }
+
     /// Reads what `frames` become at the primary, after the worker's hello.
     fn read(frames: &[(Kind, &[u8])]) -> (Vec<Incoming>, ReadEnd) {
         let (primary, worker) = sys::socketpair().unwrap();
