@@ -246,6 +246,10 @@ enum rcluster_exit_reason
    * The supervisor is stopping.
    */
   RCLUSTER_EXIT_REASON_SHUTDOWN = 8,
+  /**
+   * Exited on its own with a code listed in no_restart_codes: a requested end.
+   */
+  RCLUSTER_EXIT_REASON_NO_RESTART = 9,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -734,6 +738,17 @@ rcluster_result rcluster_config_add_no_restart_code(rcluster_config *cfg, int32_
 rcluster_result rcluster_config_set_message_limits(rcluster_config *cfg,
                                                    size_t max_message,
                                                    size_t send_queue_limit);
+
+/**
+ * Sets `event_queue_limit`: the most bytes of user messages (each counted with a fixed
+ * overhead) waiting for the host to take them (at least 4096; default 4 MiB). Beyond it,
+ * workers that send messages are not read until the host has taken half of the queue (their
+ * `send` blocks); lifecycle events are never held back.
+ *
+ * # Safety
+ * `cfg` is NULL or a live config.
+ */
+rcluster_result rcluster_config_set_event_queue_limit(rcluster_config *cfg, size_t limit);
 
 /**
  * Sets where worker stdout/stderr go: `RCLUSTER_OUTPUT_INHERIT` (default) or `_PREFIX`.

@@ -47,6 +47,11 @@ declare namespace rcluster {
     restart?: RestartOptions['mode'] | RestartOptions;
     maxMessage?: number;
     sendQueueLimit?: number;
+    /**
+     * Most bytes of worker messages waiting for this process to take them (default 4 MiB);
+     * beyond, workers that send are not read until it catches up (their `send` blocks).
+     */
+    eventQueueLimit?: number;
     output?: 'inherit' | 'prefix';
     listen?: string | number | Array<string | number>;
     listeners?: ListenerOptions[];
@@ -94,7 +99,7 @@ declare namespace rcluster {
     generation: number;
     code: number | null;
     signal: NodeJS.Signals | null;
-    reason: 'crashed' | 'exited' | 'requested' | 'ready_timeout' | 'heartbeat' | 'memory' | 'protocol_error' | 'shutdown';
+    reason: 'crashed' | 'exited' | 'requested' | 'ready_timeout' | 'heartbeat' | 'memory' | 'protocol_error' | 'shutdown' | 'no_restart';
   }
   interface WorkerSnapshot {
     id: number;

@@ -26,12 +26,14 @@ Examples:
 Signals (send them to the rcluster process):
   SIGINT, SIGTERM  stop gracefully: SIGTERM to every worker, SIGKILL after --kill-timeout;
                    a second SIGINT/SIGTERM kills the workers at once
-  SIGHUP           rolling reload: start a new worker, wait until it is ready, stop an old one
+  SIGHUP           rolling reload: start a new worker, wait until it is ready, stop an old one;
+                   a SIGHUP during a reload starts another reload once that one has ended
   SIGTTIN          one worker more
   SIGTTOU          one worker fewer (never below 1)
 
 Exit status:
-  0  stopped by SIGINT/SIGTERM, or every worker finished cleanly on its own
+  0  stopped by SIGINT/SIGTERM, or every worker finished cleanly on its own (exit code 0, or
+     a --no-restart-code)
   1  every worker went down on its own and at least one failed (or rcluster itself failed)
   2  invalid arguments or configuration (for example, a command that does not exist, or a
      --listen address already in use)";
@@ -124,6 +126,11 @@ pub struct RunArgs {
     /// Largest IPC message in bytes, either direction [default: 16 MiB]
     #[arg(long, value_name = "BYTES")]
     pub max_message: Option<usize>,
+
+    /// Most bytes of worker messages waiting in rcluster; beyond, workers that send are not
+    /// read until it catches up [default: 4 MiB]
+    #[arg(long, value_name = "BYTES")]
+    pub event_queue_limit: Option<usize>,
 
     /// Extra environment variable for workers (repeatable)
     #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
@@ -218,6 +225,7 @@ impl RunArgs {
             // The queue must hold at least one largest message; keep the default headroom.
             c.send_queue_limit = c.send_queue_limit.max(m.saturating_mul(4));
         }
+        set(&mut c.event_queue_limit, self.event_queue_limit);
         c.env.clone_from(&self.env);
         c.cwd.clone_from(&self.cwd);
         c.output = if self.prefix_output {
@@ -260,6 +268,7 @@ pub fn flag_for(field: &str) -> Option<&'static str> {
         "listeners.name" | "listeners.addr" | "listen" => "--listen",
         "max_inflight" => "--max-inflight",
         "max_surge" => "--max-surge",
+        "event_queue_limit" => "--event-queue-limit",
         _ => return None,
     })
 }

@@ -1,28 +1,69 @@
-//! One line per cluster event on stderr, stamped with UTC time.
+//! One line per cluster event on stderr, stamped with UTC time. User messages are logged at a
+//! bounded rate: a worker that floods the primary must not flood the log too.
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rcluster_core::{Event, ExitInfo};
 
 /// User messages are cut to this many characters so one chatty worker cannot flood the log.
 const MAX_MESSAGE_CHARS: usize = 200;
 
+/// At most this many user messages are logged per second; the others are counted, and the
+/// count is logged once the second is over.
+const MESSAGES_PER_SECOND: u32 = 20;
+
 /// Remembers the pid of each slot so that events that carry only a slot id still name a pid.
 #[derive(Default)]
 pub struct EventLog {
     pids: HashMap<u32, u32>,
+    messages: MessageRate,
+}
+
+/// The messages of the current second: how many were logged and how many were not.
+#[derive(Default)]
+struct MessageRate {
+    since: Option<Instant>,
+    shown: u32,
+    hidden: u64,
 }
 
 impl EventLog {
     pub fn print(&mut self, ev: &Event) {
+        let now = Instant::now();
+        if self
+            .messages
+            .since
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.flush();
+            self.messages.since = Some(now);
+        }
+        if let Event::Message { .. } = ev {
+            if self.messages.shown >= MESSAGES_PER_SECOND {
+                self.messages.hidden += 1;
+                return;
+            }
+            self.messages.shown += 1;
+        }
         let line = self.describe(ev);
         let _ = writeln!(
             std::io::stderr().lock(),
             "{} {line}",
             rfc3339(SystemTime::now())
         );
+    }
+
+    /// Logs how many messages were not shown, if any, and starts counting again.
+    pub fn flush(&mut self) {
+        let hidden = std::mem::take(&mut self.messages.hidden);
+        self.messages.shown = 0;
+        if hidden > 0 {
+            self.note(&format!(
+                "{hidden} more worker messages not shown (at most {MESSAGES_PER_SECOND} a second are logged)"
+            ));
+        }
     }
 
     /// A plain line from rcluster itself, in the same format as the events.
@@ -201,6 +242,23 @@ mod tests {
             rfc3339(UNIX_EPOCH + Duration::from_secs(1_735_689_599)),
             "2024-12-31T23:59:59.000Z"
         );
+    }
+
+    #[test]
+    fn only_the_first_messages_of_each_second_are_logged_and_the_rest_counted() {
+        let mut log = EventLog::default();
+        let msg = Event::Message {
+            id: 0,
+            pid: 1,
+            data: b"x".to_vec(),
+        };
+        for _ in 0..1000 {
+            log.print(&msg);
+        }
+        assert_eq!(log.messages.shown, MESSAGES_PER_SECOND);
+        assert_eq!(log.messages.hidden, 1000 - u64::from(MESSAGES_PER_SECOND));
+        log.flush();
+        assert_eq!((log.messages.shown, log.messages.hidden), (0, 0));
     }
 
     #[test]

@@ -12,6 +12,9 @@ use crate::signals::{self, SignalFd};
 pub const EXIT_OK: i32 = 0;
 /// Exit status when the cluster went down on its own with failures.
 pub const EXIT_FAILED: i32 = 1;
+/// Most events handled per turn of the main loop: under a flood of messages the queue is never
+/// empty, and a signal must still be read within a turn.
+const EVENTS_PER_TURN: usize = 256;
 
 pub struct Runner {
     sup: Supervisor,
@@ -47,7 +50,10 @@ impl Runner {
                 self.take_signals();
             }
             if ready[1] {
-                while let Some(ev) = self.sup.try_next_event() {
+                for _ in 0..EVENTS_PER_TURN {
+                    let Some(ev) = self.sup.try_next_event() else {
+                        break;
+                    };
                     self.on_event(ev);
                 }
                 // The queue is closed and drained: the loop thread is ending.
@@ -110,6 +116,7 @@ impl Runner {
         while let Some(ev) = self.sup.try_next_event() {
             self.on_event(ev);
         }
+        self.log.flush();
         if self.sup.stop_signal().is_some() {
             EXIT_AFTER_SIGNAL_STOP
         } else if self.gave_up || self.failed.values().any(|&f| f) {

@@ -779,3 +779,92 @@ fn sigterm_under_constant_load_fails_no_accepted_connection() {
         &failed[..failed.len().min(5)]
     );
 }
+
+#[test]
+fn workers_that_exit_with_a_no_restart_code_end_the_cluster_with_exit_0_and_reason_no_restart() {
+    let (status, log) = run_to_end(
+        &[
+            "run",
+            "-w",
+            "2",
+            "--no-restart-code",
+            "3",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ],
+        Duration::from_secs(15),
+    );
+    assert_eq!(status.code(), Some(0), "log:\n{log}");
+    assert_eq!(
+        log.matches("exited with code 3, reason no_restart").count(),
+        2,
+        "{log}"
+    );
+    assert!(!log.contains("restarting"), "{log}");
+    assert!(log.contains("all workers are down"), "{log}");
+}
+
+/// A worker that speaks the protocol just enough to flood the primary with small messages.
+const FLOOD_WORKER: &str = r#"
+import os, struct
+fd = int(os.environ["RCLUSTER_IPC_FD"])
+def frame(kind, body):
+    return struct.pack("<IBBH", len(body), kind, 0, 0) + body
+def write_all(data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+write_all(frame(1, struct.pack("<HHI", 1, 0, os.getpid())))
+burst = frame(4, b"flood") * 1000
+while True:
+    write_all(burst)
+"#;
+
+/// The resident memory of process `pid`, in kB.
+fn rss_kb(pid: i32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_worker_flooding_messages_gets_a_short_log_bounded_memory_and_sigterm_acts_at_once() {
+    let mut c = Cluster::start(&[
+        "run",
+        "-w",
+        "1",
+        "--kill-timeout",
+        "2s",
+        "--",
+        "python3",
+        "-c",
+        FLOOD_WORKER,
+    ]);
+    c.wait_for("a message", |log| {
+        log.iter().any(|l| l.contains(": message"))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let lines = c.log.lock().unwrap().len();
+    let rss = rss_kb(c.pid());
+    let asked = Instant::now();
+    c.signal(libc::SIGTERM);
+    c.wait_for("the stop", |log| {
+        log.iter().any(|l| l.contains("SIGTERM: stopping"))
+    });
+    let noticed = asked.elapsed();
+    let status = c.wait_exit(Duration::from_secs(10));
+    let took = asked.elapsed();
+    println!("flood under rcluster run: {lines} log lines in 3 s, RSS {rss} kB, SIGTERM noticed after {noticed:?}, exit after {took:?}");
+    assert!(
+        noticed < Duration::from_secs(2),
+        "SIGTERM noticed only after {noticed:?}"
+    );
+    assert_eq!(status.code(), Some(0));
+    assert!(lines < 300, "{lines} log lines in 3 s of flood");
+    assert!(rss < 64 * 1024, "the primary uses {rss} kB");
+}

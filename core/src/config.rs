@@ -19,6 +19,10 @@ pub const MAX_WORKERS: usize = 4096;
 pub const DEFAULT_MAX_MESSAGE: usize = 16 << 20;
 /// Largest `max_message` that may be configured.
 pub const MAX_MAX_MESSAGE: usize = 1 << 30;
+/// Default `event_queue_limit`, in bytes: tens of thousands of small messages.
+pub const DEFAULT_EVENT_QUEUE_LIMIT: usize = 4 << 20;
+/// Smallest `event_queue_limit` that may be configured.
+pub const MIN_EVENT_QUEUE_LIMIT: usize = 4096;
 
 /// When a worker counts as ready (eligible for work; ends `ready_timeout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +176,11 @@ pub struct Config {
     pub max_message: usize,
     /// Most bytes queued towards one worker before `send` reports `QueueFull`.
     pub send_queue_limit: usize,
+    /// Most bytes of user messages waiting in the host's event queue (each message counts
+    /// its length plus a fixed overhead for its event). Once reached, the supervisor stops
+    /// reading the workers that send messages (they block in `send`) until the host has
+    /// taken half of the queue; lifecycle events (exit, ready, ...) are never held back.
+    pub event_queue_limit: usize,
     pub output: Output,
     /// Sockets the primary binds; each chooses how its connections reach workers.
     pub listeners: Vec<Listener>,
@@ -213,6 +222,7 @@ impl Config {
             restart: RestartPolicy::default(),
             max_message: DEFAULT_MAX_MESSAGE,
             send_queue_limit: 64 << 20,
+            event_queue_limit: DEFAULT_EVENT_QUEUE_LIMIT,
             output: Output::Inherit,
             listeners: Vec::new(),
             max_inflight: None,
@@ -257,6 +267,13 @@ impl Config {
                     "must hold at least one largest message ({} bytes)",
                     self.max_message + frame::HEADER_LEN
                 ),
+            ));
+        }
+        if self.event_queue_limit < MIN_EVENT_QUEUE_LIMIT {
+            return Err(Error::config(
+                "event_queue_limit",
+                self.event_queue_limit,
+                format!("must be at least {MIN_EVENT_QUEUE_LIMIT} bytes"),
             ));
         }
         for (k, v) in &self.env {
@@ -491,6 +508,14 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("output"));
+    }
+
+    #[test]
+    fn tiny_event_queue_limit_is_rejected_naming_the_field() {
+        let mut c = Config::new(["/bin/true"]);
+        c.event_queue_limit = 100;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("event_queue_limit") && e.contains("100"), "{e}");
     }
 
     #[test]

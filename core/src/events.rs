@@ -3,6 +3,11 @@
 //! Events leave the loop through a queue with two ways to wait on it: a blocking
 //! `next_event(timeout)`, and an eventfd that is readable while the queue may be non-empty,
 //! for host loops (libuv, asyncio, epoll).
+//!
+//! The queue is bounded for user messages only: readers of worker sockets ask `room()` before
+//! they decode messages and stop (pausing that worker, which then blocks in its own `send`)
+//! when there is none. Lifecycle events are always queued: they are few, and a host must learn
+//! of an exit even while a flood fills the queue.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -143,6 +148,22 @@ pub struct WorkerInfo {
 /// picked up without a futex wake-up, which on virtual machines costs tens of microseconds.
 pub(crate) const SPIN: Duration = Duration::from_micros(50);
 
+/// What a queued message costs beyond its bytes: the event in the queue and the allocation of
+/// its data. Counting it keeps a flood of one-byte messages as bounded as one of large ones.
+const MESSAGE_OVERHEAD: usize = 96;
+
+/// What a user message of `len` bytes counts against `Config::event_queue_limit`.
+pub(crate) fn message_cost(len: usize) -> usize {
+    len + MESSAGE_OVERHEAD
+}
+
+fn cost(ev: &Event) -> usize {
+    match ev {
+        Event::Message { data, .. } => message_cost(data.len()),
+        _ => 0,
+    }
+}
+
 pub struct EventQueue {
     q: Mutex<Inner>,
     cv: Condvar,
@@ -152,6 +173,13 @@ pub struct EventQueue {
     /// Somebody asked for the fd: only then is it kept in step with the queue, which costs a
     /// system call per batch and per emptying.
     fd_used: AtomicBool,
+    /// `Config::event_queue_limit`: most message cost queued before readers pause.
+    limit: usize,
+    /// The cost of the messages queued (kept with the queue, readable without the lock).
+    cost: AtomicUsize,
+    /// A reader paused for want of room: the take that brings the queue down to half of
+    /// `limit` reports it (`take_room_made`) so that the loop is woken to read again.
+    wants_room: AtomicBool,
 }
 
 struct Inner {
@@ -164,7 +192,8 @@ struct Inner {
 }
 
 impl EventQueue {
-    pub fn new() -> std::io::Result<EventQueue> {
+    /// A queue that holds messages costing up to `limit` (see `message_cost`).
+    pub fn new(limit: usize) -> std::io::Result<EventQueue> {
         Ok(EventQueue {
             q: Mutex::new(Inner {
                 events: VecDeque::new(),
@@ -176,7 +205,52 @@ impl EventQueue {
             fd: sys::EventFd::new()?,
             len: AtomicUsize::new(0),
             fd_used: AtomicBool::new(false),
+            limit,
+            cost: AtomicUsize::new(0),
+            wants_room: AtomicBool::new(false),
         })
+    }
+
+    /// How much message cost may still be queued before readers must pause.
+    pub fn room(&self) -> usize {
+        self.limit.saturating_sub(self.cost.load(Ordering::SeqCst))
+    }
+
+    /// The queue is down to its low-water mark (half the limit): paused readers may go on.
+    /// Resuming only there, not at the first free byte, makes each pause last for many
+    /// messages instead of one.
+    pub fn may_resume(&self) -> bool {
+        self.cost.load(Ordering::SeqCst) <= self.limit / 2
+    }
+
+    /// A reader paused: the next take that reaches the low-water mark says so. The caller
+    /// checks `may_resume` after this, so that a host that emptied the queue just before is
+    /// not missed.
+    pub fn want_room(&self) {
+        self.wants_room.store(true, Ordering::SeqCst);
+    }
+
+    /// True once after a take that brought the queue to its low-water mark while a reader
+    /// was paused: the taker then wakes the loop.
+    pub fn take_room_made(&self) -> bool {
+        self.wants_room.load(Ordering::Relaxed)
+            && self.may_resume()
+            && self.wants_room.swap(false, Ordering::SeqCst)
+    }
+
+    fn add_cost(&self, batch: &[Event]) {
+        let c: usize = batch.iter().map(cost).sum();
+        if c > 0 {
+            self.cost.fetch_add(c, Ordering::SeqCst);
+        }
+    }
+
+    /// Called under the lock with an event just taken from the queue.
+    fn took(&self, ev: &Event) {
+        let c = cost(ev);
+        if c > 0 {
+            self.cost.fetch_sub(c, Ordering::SeqCst);
+        }
     }
 
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
@@ -212,6 +286,7 @@ impl EventQueue {
             return;
         }
         let mut q = self.q.lock().unwrap();
+        self.add_cost(batch);
         q.events.extend(batch.drain(..));
         self.len.store(q.events.len(), Ordering::Release);
         self.sync_fd(&mut q);
@@ -239,6 +314,7 @@ impl EventQueue {
             return;
         }
         let mut q = self.q.lock().unwrap();
+        self.add_cost(batch);
         q.events.extend(batch.drain(..));
         self.len.store(q.events.len(), Ordering::Release);
     }
@@ -246,6 +322,9 @@ impl EventQueue {
     pub fn try_pop(&self) -> Option<Event> {
         let mut q = self.q.lock().unwrap();
         let ev = q.events.pop_front();
+        if let Some(ev) = &ev {
+            self.took(ev);
+        }
         self.len.store(q.events.len(), Ordering::Release);
         self.sync_fd(&mut q);
         ev
@@ -276,6 +355,7 @@ impl EventQueue {
         let mut q = self.q.lock().unwrap();
         loop {
             if let Some(ev) = q.events.pop_front() {
+                self.took(&ev);
                 self.len.store(q.events.len(), Ordering::Release);
                 self.sync_fd(&mut q);
                 return Some(ev);
@@ -297,5 +377,46 @@ impl EventQueue {
             };
             q.waiters -= 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(len: usize) -> Event {
+        Event::Message {
+            id: 0,
+            pid: 1,
+            data: vec![b'x'; len],
+        }
+    }
+
+    #[test]
+    fn messages_use_up_room_and_lifecycle_events_do_not() {
+        let q = EventQueue::new(4 * message_cost(10)).unwrap();
+        q.push_all(&mut vec![message(10), message(10), Event::AllDown]);
+        assert_eq!(q.room(), 2 * message_cost(10));
+        q.push_all(&mut vec![message(10), message(10)]);
+        assert_eq!(q.room(), 0);
+        // Never held back, never counted.
+        q.push_all(&mut vec![Event::Scaled { workers: 2 }]);
+        assert_eq!(q.room(), 0);
+        assert!(!q.may_resume());
+        while q.try_pop().is_some() {}
+        assert_eq!(q.room(), 4 * message_cost(10));
+    }
+
+    #[test]
+    fn a_paused_reader_is_reported_once_when_the_queue_reaches_half() {
+        let q = EventQueue::new(4 * message_cost(0)).unwrap();
+        q.push_all(&mut (0..4).map(|_| message(0)).collect());
+        q.want_room();
+        assert!(q.try_pop().is_some());
+        assert!(!q.take_room_made(), "three quarters full: not yet");
+        assert!(q.pop(Some(Duration::ZERO)).is_some());
+        assert!(q.take_room_made(), "half full: the loop is woken");
+        assert!(q.try_pop().is_some());
+        assert!(!q.take_room_made(), "once per pause");
     }
 }

@@ -173,6 +173,11 @@ impl Decoder {
         other.commit(pending.len());
     }
 
+    /// Whether the next frame is a user message, once its header has arrived.
+    pub fn next_is_message(&self) -> bool {
+        self.end - self.start >= HEADER_LEN && self.buf[self.start + 4] == Kind::Message as u8
+    }
+
     /// Gives memory back after a large message has passed.
     pub fn shrink(&mut self) {
         if self.start == self.end && self.buf.len() > 1 << 20 {

@@ -25,7 +25,8 @@ mod sys;
 mod worker;
 
 pub use config::{
-    Config, Output, ReadyOn, RestartMode, RestartPolicy, DEFAULT_MAX_MESSAGE, MAX_WORKERS,
+    Config, Output, ReadyOn, RestartMode, RestartPolicy, DEFAULT_EVENT_QUEUE_LIMIT,
+    DEFAULT_MAX_MESSAGE, MAX_WORKERS, MIN_EVENT_QUEUE_LIMIT,
 };
 pub use error::{Error, Result};
 pub use events::{Event, ExitInfo, WorkerInfo, WorkerState};

@@ -24,6 +24,9 @@ pub enum ExitReason {
     ProtocolError,
     /// The supervisor is stopping.
     Shutdown,
+    /// It exited on its own with a code listed in `no_restart_codes`: it asked not to be
+    /// restarted (e.g. it cannot boot). A requested end, not a failure.
+    NoRestart,
 }
 
 impl ExitReason {
@@ -37,6 +40,7 @@ impl ExitReason {
             ExitReason::Memory => "memory",
             ExitReason::ProtocolError => "protocol_error",
             ExitReason::Shutdown => "shutdown",
+            ExitReason::NoRestart => "no_restart",
         }
     }
 
@@ -130,10 +134,10 @@ impl History {
         if uptime >= policy.min_uptime {
             self.consecutive_failures = 0;
         }
-        if let Some(c) = code {
-            if policy.no_restart_codes.contains(&c) {
-                return Decision::Stay;
-            }
+        if reason == ExitReason::NoRestart
+            || code.is_some_and(|c| policy.no_restart_codes.contains(&c))
+        {
+            return Decision::Stay;
         }
         let wanted = match policy.mode {
             RestartMode::Always => true,
@@ -302,9 +306,10 @@ mod tests {
             ..policy()
         });
         assert_eq!(
-            sim.exit(ExitReason::Crashed, Some(3), SHORT),
+            sim.exit(ExitReason::NoRestart, Some(3), SHORT),
             Decision::Stay
         );
+        assert!(!ExitReason::NoRestart.is_failure());
         assert!(matches!(
             sim.exit(ExitReason::Crashed, Some(4), SHORT),
             Decision::Restart { .. }

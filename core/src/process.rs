@@ -30,6 +30,8 @@ pub struct Process {
     pub ipc_open: bool,
     /// Its socket is also read by the host thread (see `Shared::host`): it sends messages.
     pub host_read: bool,
+    /// Not read until the host's event queue has room again (`ReadEnd::Paused`).
+    pub paused: bool,
     pub out_armed: bool,
     pub hello: bool,
     pub state: WorkerState,

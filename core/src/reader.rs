@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::conn::{Conn, Waker};
-use crate::events::{Event, EventQueue};
+use crate::events::{message_cost, Event, EventQueue};
 use crate::frame::{self, Decoder, Kind};
 use crate::listen::Dispatch;
 use crate::sys::{self, Epoll};
@@ -45,6 +45,9 @@ pub enum ReadEnd {
     Eof,
     /// The worker broke the protocol.
     Violation(String),
+    /// The next frame is a message and the host's event queue has no room for it: the worker
+    /// is not read until there is (it stays in the decoder, the rest in the socket).
+    Paused,
 }
 
 /// Reads at most this much per readiness event, so one chatty worker cannot starve the others.
@@ -82,29 +85,35 @@ impl Reader {
         }
     }
 
-    /// Reads available bytes from `fd` and decodes frames into `out`.
-    pub fn read(&mut self, fd: RawFd, out: &mut Vec<Incoming>) -> ReadEnd {
+    /// Reads available bytes from `fd` and decodes frames into `out`, messages only while
+    /// their cost (`events::message_cost`) fits in `room`: at the first message that does
+    /// not, it stops with `Paused`. Other frames before that one are decoded whatever the room.
+    pub fn read(&mut self, fd: RawFd, out: &mut Vec<Incoming>, room: usize) -> ReadEnd {
         let before = self.messages;
-        let end = self.read_frames(fd, out);
+        let end = self.read_frames(fd, out, room);
         if self.messages != before {
             self.last_message = Some(Instant::now());
         }
         end
     }
 
-    fn read_frames(&mut self, fd: RawFd, out: &mut Vec<Incoming>) -> ReadEnd {
+    fn read_frames(&mut self, fd: RawFd, out: &mut Vec<Incoming>, mut room: usize) -> ReadEnd {
+        // Frames left in the decoder by a pause come first.
+        if let Some(end) = self.decode(out, &mut room) {
+            return end;
+        }
         let mut budget = READ_BUDGET;
         loop {
             let spare = self.decoder.spare(64 * 1024);
             let want = spare.len();
             let n = match sys::recv_with_fds(fd, spare, &mut self.rx_fds, false) {
-                Ok(0) => return self.decode(out).unwrap_or(ReadEnd::Eof),
+                Ok(0) => return self.decode(out, &mut room).unwrap_or(ReadEnd::Eof),
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return ReadEnd::Drained,
                 Err(_) => return ReadEnd::Eof,
             };
             self.decoder.commit(n);
-            if let Some(end) = self.decode(out) {
+            if let Some(end) = self.decode(out, &mut room) {
                 return end;
             }
             budget = budget.saturating_sub(n);
@@ -117,8 +126,12 @@ impl Reader {
         }
     }
 
-    fn decode(&mut self, out: &mut Vec<Incoming>) -> Option<ReadEnd> {
+    fn decode(&mut self, out: &mut Vec<Incoming>, room: &mut usize) -> Option<ReadEnd> {
         loop {
+            if *room == 0 && self.decoder.next_is_message() {
+                self.emptied = false;
+                return Some(ReadEnd::Paused);
+            }
             let frame = match self.decoder.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
@@ -160,6 +173,7 @@ impl Reader {
                 Kind::Heartbeat => continue,
                 Kind::Message => {
                     self.messages += 1;
+                    *room = room.saturating_sub(message_cost(frame.body.len()));
                     Incoming::Message(frame.body.to_vec())
                 }
                 Kind::Disconnect => Incoming::Disconnect,
@@ -322,7 +336,8 @@ impl HostRead {
     /// Host side: reads the worker sockets that are readable, without waiting. Messages go to
     /// `events` at once (while the socket's reader is held, so nothing read later overtakes
     /// them), for the caller to take with `try_pop`; everything else goes to the loop, woken
-    /// through `waker`. True when it queued a message.
+    /// through `waker`. True when it queued a message. A worker whose messages find no room
+    /// in `events` is handed back to the loop, which pauses it (see `ReadEnd::Paused`).
     pub fn read(&self, events: &EventQueue, waker: &Waker) -> bool {
         if self.count.load(Ordering::Acquire) == 0 {
             return false;
@@ -352,7 +367,7 @@ impl HostRead {
             let mut reader = conn.reader.lock().unwrap();
             let (frames, messages) = (reader.frames, reader.messages);
             let mut incoming = Vec::new();
-            let end = reader.read(conn.raw(), &mut incoming);
+            let end = reader.read(conn.raw(), &mut incoming, events.room());
             emptied &= reader.emptied;
             let mut out = Vec::new();
             let mut rest = Vec::new();
@@ -373,7 +388,8 @@ impl HostRead {
             let done = !matches!(end, ReadEnd::Drained);
             if others || !rest.is_empty() || done {
                 if done {
-                    // End of file or a broken frame stays "readable": stop watching it here.
+                    // End of file or a broken frame stays "readable", and so does a worker
+                    // paused for room: stop watching it here; the loop takes it over.
                     self.remove(&conn);
                 }
                 self.forwarded.lock().unwrap().push(Forwarded {
@@ -404,7 +420,7 @@ mod tests {
             message: 1 << 16,
         };
         let conn = Arc::new(Conn::new(3, 7, primary, 4242, limits));
-        let events = EventQueue::new().unwrap();
+        let events = EventQueue::new(1 << 20).unwrap();
         let waker = Waker::new().unwrap();
         let host = HostRead::new();
         assert!(!host.is_on(), "off until a host asks for event_fd");
@@ -467,6 +483,69 @@ mod tests {
         assert!(!sys::poll_one(fd, libc::POLLIN, Some(Duration::ZERO)).unwrap());
     }
 
+    #[test]
+    fn a_reader_without_room_stops_at_the_next_message_and_resumes_there_in_order() {
+        let (primary, worker) = sys::socketpair().unwrap();
+        sys::set_nonblocking(primary.as_raw_fd(), true).unwrap();
+        let mut wire = frame::worker_hello(4242);
+        frame::encode(&mut wire, Kind::Message, 0, b"a");
+        frame::encode(&mut wire, Kind::Message, 0, b"b");
+        frame::encode(&mut wire, Kind::Ready, 0, b"");
+        sys::send_blocking(worker.as_raw_fd(), &wire).unwrap();
+        let mut reader = Reader::new(4242, 1 << 16);
+        let mut out = Vec::new();
+        // Room for one message: "a" fits, "b" and the Ready behind it wait.
+        let end = reader.read(primary.as_raw_fd(), &mut out, 1);
+        assert!(matches!(end, ReadEnd::Paused));
+        assert!(matches!(&out[..], [Incoming::Hello, Incoming::Message(a)] if a == b"a"));
+        out.clear();
+        let end = reader.read(primary.as_raw_fd(), &mut out, 0);
+        assert!(matches!(end, ReadEnd::Paused));
+        assert!(out.is_empty(), "no room: nothing is decoded");
+        let end = reader.read(primary.as_raw_fd(), &mut out, usize::MAX);
+        assert!(matches!(end, ReadEnd::Drained));
+        assert!(matches!(&out[..], [Incoming::Message(b), Incoming::Ready] if b == b"b"));
+    }
+
+    #[test]
+    fn a_host_thread_hands_a_worker_without_room_back_to_the_loop() {
+        let (primary, worker) = sys::socketpair().unwrap();
+        sys::set_nonblocking(primary.as_raw_fd(), true).unwrap();
+        let limits = Limits {
+            queue: 1 << 20,
+            message: 1 << 16,
+        };
+        let conn = Arc::new(Conn::new(3, 7, primary, 4242, limits));
+        let events = EventQueue::new(message_cost(1)).unwrap();
+        let waker = Waker::new().unwrap();
+        let host = HostRead::new();
+        let fd = host.fd(&events);
+        host.add(&conn);
+        let mut wire = frame::worker_hello(4242);
+        for body in [b"a", b"b", b"c"] {
+            frame::encode(&mut wire, Kind::Message, 0, body);
+        }
+        sys::send_blocking(worker.as_raw_fd(), &wire).unwrap();
+        assert!(sys::poll_one(fd, libc::POLLIN, Some(Duration::from_secs(5))).unwrap());
+        assert!(host.read(&events, &waker));
+        assert!(matches!(events.try_pop(), Some(Event::Message { data, .. }) if data == b"a"));
+        assert!(events.try_pop().is_none(), "one message fitted");
+        let forwarded = std::mem::take(&mut *host.forwarded.lock().unwrap());
+        assert!(matches!(
+            forwarded[..],
+            [Forwarded {
+                key: 7,
+                end: ReadEnd::Paused,
+                ..
+            }]
+        ));
+        assert_eq!(
+            host.count.load(Ordering::Acquire),
+            0,
+            "the host no longer reads it"
+        );
+    }
+
     /// Reads what `frames` become at the primary, after the worker's hello.
     fn read(frames: &[(Kind, &[u8])]) -> (Vec<Incoming>, ReadEnd) {
         let (primary, worker) = sys::socketpair().unwrap();
@@ -478,7 +557,7 @@ mod tests {
         sys::send_blocking(worker.as_raw_fd(), &wire).unwrap();
         let mut reader = Reader::new(4242, 1 << 16);
         let mut out = Vec::new();
-        let end = reader.read(primary.as_raw_fd(), &mut out);
+        let end = reader.read(primary.as_raw_fd(), &mut out, usize::MAX);
         (out, end)
     }
 

@@ -79,7 +79,8 @@ impl Supervisor {
             cmds: Mutex::new(VecDeque::new()),
             waker: Waker::new().map_err(|e| Error::io("eventfd", e))?,
             routes: RwLock::new(HashMap::new()),
-            events: EventQueue::new().map_err(|e| Error::io("eventfd", e))?,
+            events: EventQueue::new(config.event_queue_limit)
+                .map_err(|e| Error::io("eventfd", e))?,
             host: HostRead::new(),
             max_message: config.max_message,
             stopped: AtomicBool::new(false),
@@ -104,10 +105,15 @@ impl Supervisor {
     }
 
     fn command(&self, cmd: Command) -> Result<()> {
+        // Checked under the queue's lock, which the loop holds when it marks itself stopped
+        // and drops what is queued: a command is either queued before that (and its reply
+        // sender dropped with the queue) or refused here, never left in a queue nobody reads.
+        let mut cmds = self.shared.cmds.lock().unwrap();
         if self.shared.stopped.load(Ordering::Acquire) {
             return Err(Error::Stopped);
         }
-        self.shared.cmds.lock().unwrap().push_back(cmd);
+        cmds.push_back(cmd);
+        drop(cmds);
         self.shared.waker.wake();
         Ok(())
     }
@@ -216,7 +222,9 @@ impl Supervisor {
     pub fn next_event(&self, timeout: Option<Duration>) -> Option<Event> {
         let s = &*self.shared;
         if !s.host.is_on() {
-            return s.events.pop(timeout);
+            let ev = s.events.pop(timeout);
+            self.made_room();
+            return ev;
         }
         // A host asked for `event_fd`, so this thread reads the chatty workers itself too:
         // wait on that descriptor rather than on the queue alone.
@@ -250,14 +258,25 @@ impl Supervisor {
     pub fn try_next_event(&self) -> Option<Event> {
         let s = &*self.shared;
         if let Some(ev) = s.events.try_pop() {
+            self.made_room();
             return Some(ev);
         }
         // Whether or not this thread read a message, the loop may have queued one meanwhile.
         if s.host.is_on() {
             s.host.read(&s.events, &s.waker);
-            return s.events.try_pop();
+            let ev = s.events.try_pop();
+            self.made_room();
+            return ev;
         }
         None
+    }
+
+    /// The host took enough events for the workers paused by a full queue to be read again:
+    /// wake the loop for them.
+    fn made_room(&self) {
+        if self.shared.events.take_room_made() {
+            self.shared.waker.wake();
+        }
     }
 
     /// A descriptor that is readable while events may be waiting: wait on it in a host loop,

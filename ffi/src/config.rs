@@ -353,6 +353,31 @@ pub unsafe extern "C" fn rcluster_config_set_message_limits(
     })
 }
 
+/// Sets `event_queue_limit`: the most bytes of user messages (each counted with a fixed
+/// overhead) waiting for the host to take them (at least 4096; default 4 MiB). Beyond it,
+/// workers that send messages are not read until the host has taken half of the queue (their
+/// `send` blocks); lifecycle events are never held back.
+///
+/// # Safety
+/// `cfg` is NULL or a live config.
+#[no_mangle]
+pub unsafe extern "C" fn rcluster_config_set_event_queue_limit(
+    cfg: *mut rcluster_config,
+    limit: usize,
+) -> rcluster_result {
+    set("rcluster_config_set_event_queue_limit", cfg, |c| {
+        if limit < rcluster_core::MIN_EVENT_QUEUE_LIMIT {
+            return Err(Fail::range(
+                "event_queue_limit",
+                limit,
+                "must be at least 4096 bytes",
+            ));
+        }
+        c.event_queue_limit = limit;
+        Ok(())
+    })
+}
+
 /// Sets where worker stdout/stderr go: `RCLUSTER_OUTPUT_INHERIT` (default) or `_PREFIX`.
 ///
 /// # Safety

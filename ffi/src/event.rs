@@ -81,6 +81,8 @@ pub enum rcluster_exit_reason {
     ProtocolError = 7,
     /// The supervisor is stopping.
     Shutdown = 8,
+    /// Exited on its own with a code listed in no_restart_codes: a requested end.
+    NoRestart = 9,
 }
 
 /// A worker's lifecycle state in a snapshot.
@@ -159,6 +161,7 @@ pub(crate) fn exit_reason(r: ExitReason) -> rcluster_exit_reason {
         ExitReason::Memory => rcluster_exit_reason::Memory,
         ExitReason::ProtocolError => rcluster_exit_reason::ProtocolError,
         ExitReason::Shutdown => rcluster_exit_reason::Shutdown,
+        ExitReason::NoRestart => rcluster_exit_reason::NoRestart,
     }
 }
 
@@ -302,6 +305,7 @@ pub extern "C" fn rcluster_exit_reason_text(reason: u32) -> *const c_char {
         6 => c"memory",
         7 => c"protocol_error",
         8 => c"shutdown",
+        9 => c"no_restart",
         0 => c"none",
         _ => c"unknown",
     };

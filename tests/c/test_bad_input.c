@@ -102,6 +102,8 @@ static int config_functions_reject_out_of_range_numbers(void) {
     EXPECT(rcluster_config_set_message_limits(cfg, 0, 64), RCLUSTER_RESULT_INVALID_ARGUMENT, "max_message");
     EXPECT(rcluster_config_set_message_limits(cfg, 64, 10), RCLUSTER_RESULT_INVALID_ARGUMENT,
            "send_queue_limit");
+    EXPECT(rcluster_config_set_event_queue_limit(cfg, 100), RCLUSTER_RESULT_INVALID_ARGUMENT,
+           "event_queue_limit");
     EXPECT(rcluster_config_set_output(cfg, 2), RCLUSTER_RESULT_INVALID_ARGUMENT, "output");
     EXPECT(rcluster_config_add_listener(cfg, "web", ":0", 9), RCLUSTER_RESULT_INVALID_ARGUMENT, "dispatch");
     EXPECT(rcluster_config_set_dispatch_limits(cfg, 0, 0, 1, 1), RCLUSTER_RESULT_INVALID_ARGUMENT,

@@ -304,7 +304,7 @@ fn reload_whose_new_workers_never_get_ready_keeps_the_old_ones() {
         matches!(e, Event::ReloadFailed { .. })
     });
     assert!(
-        matches!(&ev, Event::ReloadFailed { generation: 2, reason } if reason.contains("before it was ready")),
+        matches!(&ev, Event::ReloadFailed { generation: 2, reason } if reason.contains("missed its ready timeout")),
         "{ev:?}"
     );
     let snap = sup.snapshot().unwrap();

@@ -159,6 +159,7 @@ function normalize(opts = {}, extraEnv = {}) {
     ...restart(opts),
     maxMessage: int(opts, 'maxMessage', 1, 2 ** 30),
     sendQueueLimit: int(opts, 'sendQueueLimit', 1, Number.MAX_SAFE_INTEGER),
+    eventQueueLimit: int(opts, 'eventQueueLimit', 1, Number.MAX_SAFE_INTEGER),
     output: oneOf(opts, 'output', ['inherit', 'prefix']),
     listeners: listeners(opts),
     maxInflight: int(opts, 'maxInflight', 1, 2 ** 31),

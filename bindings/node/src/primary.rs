@@ -35,6 +35,7 @@ pub struct NativeOptions {
     pub no_restart_codes: Option<Vec<i32>>,
     pub max_message: Option<f64>,
     pub send_queue_limit: Option<f64>,
+    pub event_queue_limit: Option<f64>,
     pub output: Option<String>,
     pub listeners: Vec<NativeListener>,
     pub max_inflight: Option<u32>,
@@ -132,6 +133,10 @@ fn build_config(o: NativeOptions) -> napi::Result<Config, &'static str> {
     set(
         &mut c.send_queue_limit,
         o.send_queue_limit.map(|v| v as usize),
+    );
+    set(
+        &mut c.event_queue_limit,
+        o.event_queue_limit.map(|v| v as usize),
     );
     if let Some(out) = o.output.as_deref() {
         c.output = out

@@ -32,6 +32,7 @@ test('unknown enum values are named', () => {
 
 test('bad durations and restart numbers are named', () => {
   throwsCode(() => rcluster.start({ ...base, killTimeout: -5 }), 'ERR_RCLUSTER_INVALID_OPTION', 'killTimeout', '-5');
+  throwsCode(() => rcluster.start({ ...base, eventQueueLimit: 100 }), 'ERR_RCLUSTER_INVALID_OPTION', 'event_queue_limit', '100');
   throwsCode(() => rcluster.start({ ...base, restart: { backoffMultiplier: 0.5 } }), 'ERR_RCLUSTER_INVALID_OPTION', 'backoffMultiplier', '0.5');
 });
 

@@ -77,6 +77,8 @@ pub struct ConfigArgs {
     #[pyo3(default)]
     pub send_queue_limit: Option<usize>,
     #[pyo3(default)]
+    pub event_queue_limit: Option<usize>,
+    #[pyo3(default)]
     pub output: Option<String>,
     /// (name, address, dispatch) triples.
     #[pyo3(default)]
@@ -123,6 +125,9 @@ impl ConfigArgs {
         }
         if let Some(m) = self.send_queue_limit {
             c.send_queue_limit = m;
+        }
+        if let Some(m) = self.event_queue_limit {
+            c.event_queue_limit = m;
         }
         if let Some(o) = &self.output {
             c.output = o.parse().map_err(to_py)?;

@@ -38,6 +38,7 @@ def test_bad_values_name_the_field():
         (dict(ready_on="later"), "ready_on"),
         (dict(kill_timeout=-1), "kill_timeout"),
         (dict(restart=rcluster.RestartPolicy(jitter=2.0)), "restart.jitter"),
+        (dict(event_queue_limit=100), "event_queue_limit"),
     ]:
         with pytest.raises(rcluster.ConfigError, match=field.replace(".", r"\.")):
             start(**kw)

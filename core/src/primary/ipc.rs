@@ -19,13 +19,29 @@ const HOST_READ_TICK: Duration = Duration::from_millis(20);
 
 /// What the loop waits for on a worker's socket.
 fn ipc_events(p: &Process) -> u32 {
-    let read = if p.host_read { 0 } else { libc::EPOLLIN };
+    let read = if p.host_read || p.paused {
+        0
+    } else {
+        libc::EPOLLIN
+    };
     let write = if p.out_armed { libc::EPOLLOUT } else { 0 };
     (read | write) as u32
 }
 
 impl Primary {
+    /// Reads worker `key`, its messages as far as the host's event queue has room.
     pub(super) fn read_worker(&mut self, key: u64) {
+        self.read_worker_within(key, None);
+    }
+
+    /// Reads everything worker `key` sent, room or not: for a worker that is gone or has
+    /// closed its socket, whose last messages are bounded by the socket's buffer and must not
+    /// be lost.
+    pub(super) fn read_worker_to_end(&mut self, key: u64) {
+        self.read_worker_within(key, Some(usize::MAX));
+    }
+
+    fn read_worker_within(&mut self, key: u64, room: Option<usize>) {
         let Some(p) = self.procs.get(&key) else {
             return;
         };
@@ -35,7 +51,8 @@ impl Primary {
         self.take_forwarded();
         let (frames, messages) = (reader.frames, reader.messages);
         let mut incoming = Vec::new();
-        let end = reader.read(conn.raw(), &mut incoming);
+        let room = room.unwrap_or_else(|| self.shared.events.room());
+        let end = reader.read(conn.raw(), &mut incoming, room);
         let seen = reader.frames != frames;
         let sent_messages = reader.messages != messages;
         let quiet = reader
@@ -49,7 +66,7 @@ impl Primary {
         let Some(p) = self.procs.get(&key) else {
             return;
         };
-        if sent_messages && !p.host_read && p.ipc_open && self.shared.host.is_on() {
+        if sent_messages && !p.host_read && !p.paused && p.ipc_open && self.shared.host.is_on() {
             self.set_host_read(key, true);
         } else if p.host_read && !sent_messages && quiet {
             self.set_host_read(key, false);
@@ -172,8 +189,56 @@ impl Primary {
         }
         match end {
             ReadEnd::Drained => {}
+            ReadEnd::Paused => self.pause_worker(key),
             ReadEnd::Eof => self.close_ipc(key),
             ReadEnd::Violation(detail) => self.protocol_violation(key, detail),
+        }
+    }
+
+    /// The host's event queue has no room for worker `key`'s next message: stop reading it
+    /// (it blocks in its own `send` once its socket is full) until the host has taken half of
+    /// the queue. Only its frames wait, behind its messages and in order; every other worker
+    /// is read as before, and its exit (seen through the pidfd) is reported at once.
+    fn pause_worker(&mut self, key: u64) {
+        let Some(p) = self.procs.get_mut(&key) else {
+            return;
+        };
+        if p.paused {
+            return;
+        }
+        p.paused = true;
+        if p.host_read {
+            p.host_read = false;
+            self.shared.host.remove(&p.conn);
+        }
+        if p.ipc_open {
+            let _ = self
+                .epoll
+                .modify(p.conn.raw(), ipc_events(p), key << 2 | IPC);
+        }
+        self.paused.push(key);
+        // The loop looks at `may_resume` after every turn, so a host that emptied the queue
+        // before this flag was up is not missed.
+        self.shared.events.want_room();
+    }
+
+    /// The host's event queue is down to its low-water mark: read the paused workers again,
+    /// first what their decoders hold.
+    pub(super) fn resume_workers(&mut self) {
+        let now = self.clock.now();
+        for key in std::mem::take(&mut self.paused) {
+            let Some(p) = self.procs.get_mut(&key) else {
+                continue;
+            };
+            p.paused = false;
+            // Its silence while paused was the primary's doing.
+            p.last_seen = now;
+            if p.ipc_open {
+                let _ = self
+                    .epoll
+                    .modify(p.conn.raw(), ipc_events(p), key << 2 | IPC);
+                self.read_worker(key);
+            }
         }
     }
 

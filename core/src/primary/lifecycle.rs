@@ -119,6 +119,7 @@ impl Primary {
                 conn: Arc::clone(&conn),
                 ipc_open: true,
                 host_read: false,
+                paused: false,
                 out_armed: false,
                 hello: false,
                 state: WorkerState::Starting,
@@ -285,11 +286,15 @@ impl Primary {
                 .as_ref()
                 .is_none_or(|s| s.reason != Some(ExitReason::ProtocolError))
         {
-            self.read_worker(key);
+            // Bounded by the socket's buffer: the worker can send no more.
+            self.read_worker_to_end(key);
         }
         let Some(mut p) = self.procs.remove(&key) else {
             return;
         };
+        if p.paused {
+            self.paused.retain(|&k| k != key);
+        }
         // Leftover children in the worker's group must not outlive it.
         sys::kill_group(p.pid, libc::SIGKILL);
         self.epoll.delete(p.conn.raw());
@@ -304,8 +309,10 @@ impl Primary {
         unroute(&self.shared, &p);
         p.conn.close();
         self.take_back(key, &mut p);
+        let no_restart = |c| self.cfg.restart.no_restart_codes.contains(&c);
         let reason = match p.stopping.as_ref().and_then(|s| s.reason) {
             Some(r) => r,
+            None if status.code.is_some_and(no_restart) => ExitReason::NoRestart,
             None if status.code == Some(0) => ExitReason::Exited,
             None => ExitReason::Crashed,
         };

@@ -102,6 +102,10 @@ pub(crate) struct Primary {
     handing_out_all: bool,
     /// When the oldest unacknowledged handoff may reach `ack_timeout` (see `check_acks`).
     ack_check: Option<Instant>,
+    /// Workers not read until the host's event queue has room (see `ipc::pause_worker`).
+    paused: Vec<u64>,
+    /// A reload asked for while one runs: it starts when that one ends (see `reload`).
+    reload_queued: bool,
 }
 
 impl Primary {
@@ -168,6 +172,8 @@ impl Primary {
             outputs,
             handing_out_all: false,
             ack_check: None,
+            paused: Vec::new(),
+            reload_queued: false,
             cfg,
         })
     }
@@ -265,6 +271,9 @@ impl Primary {
             if self.ack_check.is_some() {
                 self.check_acks(self.clock.now());
             }
+            if !self.paused.is_empty() && self.shared.events.may_resume() {
+                self.resume_workers();
+            }
             if !self.gathering.is_empty() {
                 let now = Instant::now();
                 let mut i = 0;
@@ -289,7 +298,12 @@ impl Primary {
                         self.flush(&conn);
                     }
                 }
-                if flags & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                if flags & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                    // The worker closed its end: what it sent is all in the socket's buffer,
+                    // bounded, and a paused worker's socket would otherwise report this again
+                    // on every turn.
+                    self.read_worker_to_end(key);
+                } else if flags & libc::EPOLLIN as u32 != 0 {
                     self.read_worker(key);
                 }
             }
@@ -431,6 +445,7 @@ impl Primary {
                 reason: "the supervisor is stopping".into(),
             });
         }
+        self.drop_queued_reload();
         // Connections no ready worker could take are closed.
         self.waiting.clear();
         self.arm_listeners(now);
@@ -493,7 +508,9 @@ impl Primary {
             } else if p.ready_deadline.is_some_and(|d| now >= d) {
                 due.push((*key, ExitReason::ReadyTimeout));
             } else if let Some(hb) = self.cfg.heartbeat_timeout {
-                if p.state == WorkerState::Ready && now.duration_since(p.last_seen) >= hb {
+                // A paused worker is silent because the primary does not read it.
+                let silent = now.duration_since(p.last_seen) >= hb && !p.paused;
+                if p.state == WorkerState::Ready && silent {
                     due.push((*key, ExitReason::Heartbeat));
                 }
             }
@@ -520,7 +537,9 @@ impl Primary {
                         consider(d);
                     }
                     if let (Some(hb), WorkerState::Ready) = (self.cfg.heartbeat_timeout, p.state) {
-                        consider(p.last_seen + hb);
+                        if !p.paused {
+                            consider(p.last_seen + hb);
+                        }
                     }
                 }
             }
@@ -541,8 +560,7 @@ impl Primary {
         self.close_output();
         self.shared.routes.write().unwrap().clear();
         self.shared.waker.take(&mut Vec::new());
-        self.shared.stopped.store(true, Ordering::Release);
-        let pending: Vec<Command> = self.shared.cmds.lock().unwrap().drain(..).collect();
+        let pending = refuse_commands(&self.shared);
         drop(pending); // Dropping the reply senders tells waiting callers the supervisor stopped.
         self.shared.events.push_all(&mut self.out);
         self.shared.events.close();
@@ -551,9 +569,18 @@ impl Primary {
 
 struct Done(Arc<Shared>);
 
+/// Marks the supervisor stopped and takes what is queued, under the queue's lock: a command
+/// racing with this is either taken here or refused by `Supervisor::command`.
+fn refuse_commands(shared: &Shared) -> Vec<Command> {
+    // Also runs while unwinding from a panic: a poisoned lock must not abort the process.
+    let mut cmds = shared.cmds.lock().unwrap_or_else(|e| e.into_inner());
+    shared.stopped.store(true, Ordering::Release);
+    cmds.drain(..).collect()
+}
+
 impl Drop for Done {
     fn drop(&mut self) {
-        self.0.stopped.store(true, Ordering::Release);
+        drop(refuse_commands(&self.0));
         self.0.events.close();
         let (lock, cv) = &self.0.done;
         *lock.lock().unwrap() = true;

@@ -1,6 +1,11 @@
 //! Rolling reload: every slot gets a worker of the new generation, at most `max_surge` slots at
 //! a time. In each slot the new worker must be ready before the old one is asked to stop, and
 //! the slot is done once the old one has exited.
+//!
+//! A reload asked for while one runs (a deploy that lands mid-reload) is not merged into it:
+//! the running one replaces workers with code that may already be out of date. It is queued
+//! and starts, with a generation of its own, when the running one ends. One queued reload
+//! is enough: it will run whatever is newest when it starts.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -25,13 +30,39 @@ struct Step {
 }
 
 impl Primary {
+    /// Starts a reload, or queues one behind the reload under way; returns the generation it
+    /// will roll out.
     pub(super) fn start_reload(&mut self) -> Result<u32> {
         if self.stop_deadline.is_some() {
             return Err(Error::Stopped);
         }
         if let Some(r) = &self.reload {
-            return Ok(r.generation);
+            // Only reloads change `generation`, so the queued one will get the next.
+            self.reload_queued = true;
+            return Ok(r.generation + 1);
         }
+        Ok(self.begin_reload())
+    }
+
+    /// The reload under way ended: start the one queued behind it, if any.
+    fn start_queued_reload(&mut self) {
+        if std::mem::take(&mut self.reload_queued) {
+            self.begin_reload();
+            self.changed = true;
+        }
+    }
+
+    /// The supervisor is stopping: the queued reload will not run.
+    pub(super) fn drop_queued_reload(&mut self) {
+        if std::mem::take(&mut self.reload_queued) {
+            self.out.push(Event::ReloadFailed {
+                generation: self.generation + 1,
+                reason: "the supervisor is stopping".into(),
+            });
+        }
+    }
+
+    fn begin_reload(&mut self) -> u32 {
         self.generation += 1;
         self.reload = Some(Reload {
             generation: self.generation,
@@ -41,7 +72,7 @@ impl Primary {
         self.out.push(Event::ReloadStarted {
             generation: self.generation,
         });
-        Ok(self.generation)
+        self.generation
     }
 
     pub(super) fn step_reload(&mut self) {
@@ -86,7 +117,7 @@ impl Primary {
             self.out.push(Event::ReloadDone {
                 generation: r.generation,
             });
-            return;
+            return self.start_queued_reload();
         }
         self.reload = Some(r);
     }
@@ -110,6 +141,11 @@ impl Primary {
                     }
                     Some(_) => {}
                     None => {
+                        // Its exit, just reaped, says whether it was killed for being late.
+                        let last = self.slots.get(step.slot as usize).and_then(|s| s.last_exit);
+                        if last.is_some_and(|e| e.reason == ExitReason::ReadyTimeout) {
+                            return Err((step.slot, self.missed_ready(step.slot, r.generation)));
+                        }
                         let reason = format!(
                             "worker {} of generation {} exited before it was ready",
                             step.slot, r.generation
@@ -127,6 +163,14 @@ impl Primary {
                     .any(|p| p.slot == s.slot && p.generation < r.generation)
         });
         Ok(())
+    }
+
+    fn missed_ready(&self, slot: u32, generation: u32) -> String {
+        format!(
+            "worker {slot} of generation {generation} missed its ready timeout \
+             (ready_timeout = {:?}) and was killed",
+            self.cfg.ready_timeout
+        )
     }
 
     /// Ends a reload that cannot go on. Slots under way keep their old worker, if they still
@@ -152,5 +196,6 @@ impl Primary {
             generation: r.generation,
             reason,
         });
+        self.start_queued_reload();
     }
 }

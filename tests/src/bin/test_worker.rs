@@ -12,6 +12,9 @@
 //! - `heartbeat MS`: ready, heartbeats every 50 ms for MS milliseconds, then hangs
 //! - `malformed`: ready, then writes a frame of unknown kind
 //! - `oversized`: ready, then writes a header announcing a 1 GiB message
+//! - `flood MS [SLOT]`: ready, sends the messages "m0", "m1", ... without pause for MS
+//!   milliseconds (blocking when the primary does not read), then "flood-done N" (N: how many
+//!   it sent), then behaves like echo; with SLOT, only that slot floods, the others echo
 //! - `count`: counts messages; a message "end" is answered with the count
 //! - `env`: sends "id generation pid" and its RCLUSTER_* variables, then behaves like echo
 //! - `serve MS`: like echo; every connection gets, after MS milliseconds, a one-line HTTP
@@ -85,6 +88,9 @@ fn main() {
         "malformed" => raw_write(&[1, 0, 0, 0, 200, 0, 0, 0, 0]),
         "oversized" => raw_write(&[0, 0, 0, 64, 4, 0, 0, 0]),
         "count" => count(&w),
+        "flood" if args.get(2).is_none_or(|s| s.parse() == Ok(w.id())) => {
+            flood(&w, Duration::from_millis(num(1)))
+        }
         "serve" => serve(&w, Duration::from_millis(num(1))),
         "listen" => {
             let mode: rcluster_core::Dispatch = args[2].parse().unwrap();
@@ -377,6 +383,24 @@ fn command(w: &Worker, cmd: &[u8]) {
         }
         _ => w.send(format!("unknown command {cmd}").as_bytes()).unwrap(),
     }
+}
+
+fn flood(w: &Arc<Worker>, period: Duration) {
+    let until = Instant::now() + period;
+    let mut n: u64 = 0;
+    let send = |text: String| {
+        if w.send(text.as_bytes()).is_err() {
+            std::process::exit(0); // The primary is gone or stopping.
+        }
+    };
+    while Instant::now() < until {
+        for _ in 0..64 {
+            send(format!("m{n}"));
+            n += 1;
+        }
+    }
+    send(format!("flood-done {n}"));
+    echo(w)
 }
 
 fn count(w: &Worker) {

@@ -139,6 +139,7 @@ class Supervisor:
         kill_timeout: float | None = None,
         max_message: int | None = None,
         send_queue_limit: int | None = None,
+        event_queue_limit: int | None = None,
         output: str | None = None,
         max_inflight: int | None = None,
         handoff_window: int | None = None,
@@ -363,6 +364,7 @@ def _config(**o: Any) -> dict[str, Any]:
     for name in (
         "max_message",
         "send_queue_limit",
+        "event_queue_limit",
         "max_inflight",
         "handoff_window",
         "queue_limit",
