@@ -118,7 +118,10 @@ impl Runner {
         match self.sup.scale(n) {
             Ok(()) => {
                 self.workers = n;
-                self.log.note(&format!("{name}: scaling to {n} workers"));
+                self.log.note(&format!(
+                    "{name}: scaling to {}",
+                    crate::log::count(n, "worker")
+                ));
             }
             Err(e) => self.log.note(&format!("{name}: scale refused: {e}")),
         }

@@ -6,9 +6,9 @@
 //! accepted request is dropped, and the error names what was wrong.
 
 mod connections;
-mod output;
 mod flood;
 mod lifetime;
+mod output;
 mod protocol;
 mod reload;
 mod signals;
