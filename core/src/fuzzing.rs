@@ -312,6 +312,20 @@ mod tests {
         run(worker_reader, 0x5eed_0003);
     }
 
+    /// `RCLUSTER_FUZZ_SEEDS=DIR cargo test -p rcluster-core fuzzing` writes the seeds as
+    /// files into DIR (how `fuzz/seeds/` was made); without it, nothing.
+    #[test]
+    fn seeds_are_written_where_asked() {
+        let Some(dir) = std::env::var_os("RCLUSTER_FUZZ_SEEDS") else {
+            return;
+        };
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, s) in seeds().iter().enumerate() {
+            std::fs::write(dir.join(format!("seed-{i}")), s).unwrap();
+        }
+    }
+
     #[test]
     fn the_seeds_get_past_the_hello() {
         let s = seeds();
