@@ -138,8 +138,8 @@ impl Worker {
             .ok_or_else(|| Error::NotAWorker("RCLUSTER_WORKER_ID is missing".into()))?;
         let fd = fd as RawFd;
         // The link can have one owner only: a second Worker on the same number would close it
-        // under the first when dropped (or, later, close whatever reused the number). It stays
-        // taken even when this call fails below, since the descriptor is closed by then.
+        // under the first when dropped (or, later, close whatever reused the number). Once
+        // wrapped it stays taken, even when the handshake fails, since that closes it.
         if LINK_TAKEN.swap(true, Ordering::AcqRel) {
             return Err(Error::io(
                 "Worker::from_env",
@@ -154,6 +154,8 @@ impl Worker {
         }
         // SAFETY: fcntl on an arbitrary number only queries it.
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            // Nothing was wrapped: the link is not taken, and a later call may try again.
+            LINK_TAKEN.store(false, Ordering::Release);
             return Err(Error::NotAWorker(format!(
                 "RCLUSTER_IPC_FD={fd} is not an open descriptor"
             )));
