@@ -107,8 +107,9 @@ impl EventLog {
                 window,
             } => {
                 format!(
-                    "{}: gave up after {restarts} restarts in {}",
+                    "{}: gave up after {} in {}",
                     self.who(*id),
+                    count(*restarts as usize, "restart"),
                     human(*window)
                 )
             }
@@ -123,7 +124,9 @@ impl EventLog {
             Event::ReloadFailed { generation, reason } => {
                 format!("cluster: reload to gen {generation} failed: {reason}")
             }
-            Event::Scaled { workers } => format!("cluster: scaled to {workers} workers"),
+            Event::Scaled { workers } => {
+                format!("cluster: scaled to {}", count(*workers, "worker"))
+            }
             Event::AcceptPaused { listener, error } => {
                 format!("listener {listener}: accepting paused briefly: {error}")
             }
@@ -177,6 +180,15 @@ fn signal_name(sig: i32) -> Option<&'static str> {
         libc::SIGUSR2 => "SIGUSR2",
         _ => return None,
     })
+}
+
+/// "1 worker", "2 workers": a number with its noun, plural unless it is one.
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 fn excerpt(data: &[u8]) -> String {

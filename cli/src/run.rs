@@ -88,7 +88,10 @@ impl Runner {
             Ok(SignalAction::Reload { generation }) => {
                 format!("{name}: reloading to gen {generation}")
             }
-            Ok(SignalAction::Scale { workers }) => format!("{name}: scaling to {workers} workers"),
+            Ok(SignalAction::Scale { workers }) => format!(
+                "{name}: scaling to {}",
+                crate::log::count(workers, "worker")
+            ),
             Ok(SignalAction::Ignored(why)) => format!("{name} ignored: {why}"),
             Err(e) => format!("{name} refused: {e}"),
         };

@@ -229,7 +229,13 @@ fn sigttin_adds_a_worker_and_sigttou_removes_one() {
     let added = *c.spawned(None).last().unwrap();
     assert!(alive(added));
     c.signal(libc::SIGTTOU);
-    c.wait_for_count("scaled to 1 workers", 1);
+    c.wait_for_count("scaled to 1 worker", 1);
+    c.wait_for_count("SIGTTOU: scaling to 1 worker", 1);
+    assert!(
+        !c.log_text().contains("1 workers"),
+        "one worker is not plural; log:\n{}",
+        c.log_text()
+    );
     c.wait_for(&format!("exit of pid {added}"), |log| {
         log.iter()
             .any(|l| l.contains(&format!("pid {added}: killed")))
@@ -275,6 +281,25 @@ fn cluster_whose_every_slot_gives_up_exits_1_by_itself() {
     assert_eq!(status.code(), Some(1), "log:\n{log}");
     assert_eq!(log.matches("gave up after 2 restarts").count(), 2, "{log}");
     assert!(log.contains("all workers are down"), "{log}");
+}
+
+#[test]
+fn a_worker_that_breaks_the_protocol_is_logged_with_one_protocol_error_prefix() {
+    // A frame of unknown kind 200 (octal 310), written straight on the link.
+    let script = r#"printf '\000\000\000\000\310\000\000\000' >&"$RCLUSTER_IPC_FD"; sleep 30"#;
+    let mut c = Cluster::start(&["run", "-w", "1", "--", "sh", "-c", script]);
+    c.wait_for_count("reason protocol_error", 1);
+    let log = c.log_text();
+    assert!(
+        log.contains(": protocol error: unknown frame kind 200"),
+        "log:\n{log}"
+    );
+    assert!(
+        !log.contains("protocol error: protocol error"),
+        "the prefix is doubled; log:\n{log}"
+    );
+    c.signal(libc::SIGTERM);
+    c.wait_exit(Duration::from_secs(15));
 }
 
 #[test]

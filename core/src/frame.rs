@@ -129,13 +129,20 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// No memory until the first `spare` (which asks for what a read needs): a decoder made
+    /// and dropped at once, or one that is replaced, costs no allocation.
     pub fn new(max_message: usize) -> Decoder {
         Decoder {
-            buf: vec![0; 64 * 1024],
+            buf: Vec::new(),
             start: 0,
             end: 0,
             max_message,
         }
+    }
+
+    /// The largest `Message` body this decoder accepts.
+    pub fn max_message(&self) -> usize {
+        self.max_message
     }
 
     /// Space to read into: at least `min` free bytes after the received ones.
@@ -181,10 +188,32 @@ impl Decoder {
     /// Gives memory back after a large message has passed.
     pub fn shrink(&mut self) {
         if self.start == self.end && self.buf.len() > 1 << 20 {
-            self.buf = vec![0; 64 * 1024];
+            self.buf = Vec::new();
             self.start = 0;
             self.end = 0;
         }
+    }
+
+    /// What the received-but-undecoded bytes are, when the stream ends with them: None when
+    /// there are none, else which frame was cut short and how much of it arrived. Meant for
+    /// after `next_frame` returned `Ok(None)` (so a whole header is a valid one).
+    pub fn cut_short(&self) -> Option<String> {
+        let avail = &self.buf[self.start..self.end];
+        if avail.is_empty() {
+            return None;
+        }
+        if avail.len() < HEADER_LEN {
+            return Some(format!(
+                "in the middle of a frame header ({} of its {HEADER_LEN} bytes)",
+                avail.len()
+            ));
+        }
+        let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]);
+        let kind = Kind::from_u8(avail[4]).map_or("an unknown".into(), |k| format!("a {k:?}"));
+        Some(format!(
+            "in the middle of {kind} frame ({} of its {len} body bytes)",
+            avail.len() - HEADER_LEN
+        ))
     }
 
     /// The next complete frame, `Ok(None)` when more bytes are needed, or a protocol error.

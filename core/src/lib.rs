@@ -11,6 +11,9 @@ mod dispatch;
 mod error;
 mod events;
 pub mod frame;
+/// Entry points of the fuzz targets in `fuzz/` (not part of the API).
+#[doc(hidden)]
+pub mod fuzzing;
 mod listen;
 mod output;
 mod policy;

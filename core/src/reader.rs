@@ -107,9 +107,19 @@ impl Reader {
             let spare = self.decoder.spare(64 * 1024);
             let want = spare.len();
             let n = match sys::recv_with_fds(fd, spare, &mut self.rx_fds, false) {
-                Ok(0) => return self.decode(out, &mut room).unwrap_or(ReadEnd::Eof),
+                Ok(0) => {
+                    return self
+                        .decode(out, &mut room)
+                        .unwrap_or_else(|| self.end_of_stream())
+                }
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return ReadEnd::Drained,
+                // Descriptors were lost (MSG_CTRUNC): the worker sent some, which it may not,
+                // and the bytes of that read are gone with them. Close what did arrive.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    self.rx_fds.clear();
+                    return ReadEnd::Violation(e.to_string());
+                }
                 Err(_) => return ReadEnd::Eof,
             };
             self.decoder.commit(n);
@@ -126,6 +136,35 @@ impl Reader {
         }
     }
 
+    /// The worker closed its end: a clean end, unless it stopped in the middle of a frame
+    /// (the rest of which can never come).
+    pub(crate) fn end_of_stream(&self) -> ReadEnd {
+        match self.decoder.cut_short() {
+            None => ReadEnd::Eof,
+            Some(part) => ReadEnd::Violation(format!("the worker closed its link {part}")),
+        }
+    }
+
+    /// Received bytes not yet decoded.
+    pub(crate) fn pending(&self) -> usize {
+        self.decoder.pending()
+    }
+
+    /// Decodes the bytes `data` as if one read had brought them (and `fds` with them), for the
+    /// fuzz targets: the same path as `read` without a socket.
+    pub(crate) fn feed(
+        &mut self,
+        data: &[u8],
+        fds: impl IntoIterator<Item = OwnedFd>,
+        out: &mut Vec<Incoming>,
+    ) -> Option<ReadEnd> {
+        self.rx_fds.extend(fds);
+        self.decoder.spare(data.len())[..data.len()].copy_from_slice(data);
+        self.decoder.commit(data.len());
+        let mut room = usize::MAX;
+        self.decode(out, &mut room)
+    }
+
     fn decode(&mut self, out: &mut Vec<Incoming>, room: &mut usize) -> Option<ReadEnd> {
         loop {
             if *room == 0 && self.decoder.next_is_message() {
@@ -135,7 +174,7 @@ impl Reader {
             let frame = match self.decoder.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
-                Err(e) => return Some(ReadEnd::Violation(e.to_string())),
+                Err(e) => return Some(violation(e)),
             };
             self.frames += 1;
             if !self.hello && frame.kind != Kind::Hello {
@@ -158,7 +197,7 @@ impl Reader {
                             let detail = format!("worker hello must carry its pid {} and nothing else, got {fields:?}", self.pid);
                             return Some(ReadEnd::Violation(detail));
                         }
-                        Err(e) => return Some(ReadEnd::Violation(e.to_string())),
+                        Err(e) => return Some(violation(e)),
                     }
                 }
                 Kind::Ready | Kind::Heartbeat | Kind::Disconnect if !frame.body.is_empty() => {
@@ -236,6 +275,15 @@ impl Reader {
             return Some(ReadEnd::Violation("worker sent a file descriptor".into()));
         }
         None
+    }
+}
+
+/// A decoding error as the detail of a violation: its text without the error type's
+/// "protocol error: " prefix, which whoever shows the event adds itself.
+fn violation(e: crate::error::Error) -> ReadEnd {
+    match e {
+        crate::error::Error::Protocol(detail) => ReadEnd::Violation(detail),
+        other => ReadEnd::Violation(other.to_string()),
     }
 }
 
@@ -559,6 +607,77 @@ mod tests {
         let mut out = Vec::new();
         let end = reader.read(primary.as_raw_fd(), &mut out, usize::MAX);
         (out, end)
+    }
+
+    #[test]
+    fn descriptors_overflowing_the_control_buffer_are_a_violation_and_all_are_closed() {
+        let (primary, worker) = sys::socketpair().unwrap();
+        sys::set_nonblocking(primary.as_raw_fd(), true).unwrap();
+        let wire = frame::worker_hello(4242);
+        // One descriptor more than a read has room for, sent 16 at a time would not do it:
+        // the kernel hands a read the descriptors of one send only. So one send of them all.
+        let (probe, _keep) = sys::socketpair().unwrap();
+        let count = sys::FDS_PER_RECV + 1;
+        let space = unsafe { libc::CMSG_SPACE((4 * count) as u32) } as usize;
+        let mut control = vec![0u64; space.div_ceil(8)];
+        let mut iov = libc::iovec {
+            iov_base: wire.as_ptr() as *mut _,
+            iov_len: wire.len(),
+        };
+        // SAFETY: the control message is built inside `control`, aligned and large enough.
+        let sent = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = space as _;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN((4 * count) as u32) as _;
+            let fds = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+            for i in 0..count {
+                std::ptr::write_unaligned(fds.add(i), probe.as_raw_fd());
+            }
+            libc::sendmsg(worker.as_raw_fd(), &msg, 0)
+        };
+        assert_eq!(sent, wire.len() as isize);
+        let mut reader = Reader::new(4242, 1 << 16);
+        let mut out = Vec::new();
+        match reader.read(primary.as_raw_fd(), &mut out, usize::MAX) {
+            ReadEnd::Violation(detail) => assert!(detail.contains("MSG_CTRUNC"), "{detail}"),
+            _ => panic!("descriptors lost in a read must be a protocol violation"),
+        }
+        assert!(
+            reader.rx_fds.is_empty(),
+            "the descriptors that arrived are closed"
+        );
+    }
+
+    #[test]
+    fn an_end_of_stream_in_the_middle_of_a_frame_is_a_violation_naming_the_frame() {
+        let (primary, worker) = sys::socketpair().unwrap();
+        sys::set_nonblocking(primary.as_raw_fd(), true).unwrap();
+        let mut wire = frame::worker_hello(4242);
+        frame::encode(&mut wire, Kind::Message, 0, &[1; 10]);
+        wire.truncate(wire.len() - 3);
+        sys::send_blocking(worker.as_raw_fd(), &wire).unwrap();
+        drop(worker);
+        let mut reader = Reader::new(4242, 1 << 16);
+        let mut out = Vec::new();
+        // The first read may stop short of the end of the stream; the second meets it.
+        let mut end = reader.read(primary.as_raw_fd(), &mut out, usize::MAX);
+        if matches!(end, ReadEnd::Drained) {
+            end = reader.read(primary.as_raw_fd(), &mut out, usize::MAX);
+        }
+        match end {
+            ReadEnd::Violation(detail) => assert_eq!(
+                detail,
+                "the worker closed its link in the middle of a Message frame (7 of its 10 body bytes)"
+            ),
+            _ => panic!("a frame cut short by the end of the stream must be a violation"),
+        }
+        assert!(matches!(out[..], [Incoming::Hello]));
     }
 
     #[test]

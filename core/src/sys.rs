@@ -336,7 +336,14 @@ pub fn send_with_fds(fd: RawFd, buf: &[u8], pass: &[RawFd], blocking: bool) -> i
     }
 }
 
+/// How many descriptors one [`recv_with_fds`] has room for: its 256-byte control buffer less
+/// the 16-byte header of the one control message they come in.
+pub const FDS_PER_RECV: usize = (256 - 16) / 4;
+
 /// Reads into `buf`; descriptors that arrive are appended to `fds` (CLOEXEC). 0 means EOF.
+/// Descriptors cut off by a control buffer too small for them (`MSG_CTRUNC`) are an
+/// `InvalidData` error: the bytes of that read are lost, the descriptors that did arrive are
+/// in `fds`.
 pub fn recv_with_fds(
     fd: RawFd,
     buf: &mut [u8],
@@ -372,9 +379,13 @@ pub fn recv_with_fds(
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
         if truncated {
+            // The caller closes what did arrive (it is in `fds`) along with the link.
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                "too many file descriptors in one read",
+                format!(
+                    "file descriptors were lost: more arrived with one read than the {FDS_PER_RECV} \
+                     there is room for (MSG_CTRUNC)"
+                ),
             ));
         }
         Ok(n)

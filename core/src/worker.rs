@@ -59,6 +59,8 @@ struct Rx {
     /// An error met after a batch had taken events: reported by the next call, so that what
     /// was taken before it is not lost.
     failed: Option<Error>,
+    /// Why the link cannot be read any more (descriptors and bytes were lost).
+    broken: Option<String>,
 }
 
 /// A listener the primary holds for this worker (see [`Worker::listen`]).
@@ -106,6 +108,9 @@ pub struct Worker {
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Set by the first `Worker::from_env` that takes the link of this process.
+static LINK_TAKEN: AtomicBool = AtomicBool::new(false);
+
 fn env_u32(name: &str) -> Result<Option<u32>> {
     match std::env::var(name) {
         Err(std::env::VarError::NotPresent) => Ok(None),
@@ -120,7 +125,8 @@ fn env_u32(name: &str) -> Result<Option<u32>> {
 impl Worker {
     /// Connects to the primary named by the `RCLUSTER_*` environment. `Ok(None)` when this
     /// process is not an rcluster worker (no such environment, or it was inherited from a
-    /// worker by one of its children).
+    /// worker by one of its children). The link has one owner: a second call in the same
+    /// process fails (an `Io` error of kind `AlreadyExists`) and leaves the first Worker alone.
     pub fn from_env() -> Result<Option<Worker>> {
         let Some(fd) = env_u32("RCLUSTER_IPC_FD")? else {
             return Ok(None);
@@ -131,8 +137,25 @@ impl Worker {
         let id = env_u32("RCLUSTER_WORKER_ID")?
             .ok_or_else(|| Error::NotAWorker("RCLUSTER_WORKER_ID is missing".into()))?;
         let fd = fd as RawFd;
+        // The link can have one owner only: a second Worker on the same number would close it
+        // under the first when dropped (or, later, close whatever reused the number). Once
+        // wrapped it stays taken, even when the handshake fails, since that closes it.
+        if LINK_TAKEN.swap(true, Ordering::AcqRel) {
+            return Err(Error::io(
+                "Worker::from_env",
+                std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!(
+                        "the link to the primary (RCLUSTER_IPC_FD={fd}) was already taken by an \
+                         earlier call in this process; keep and share that Worker"
+                    ),
+                ),
+            ));
+        }
         // SAFETY: fcntl on an arbitrary number only queries it.
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            // Nothing was wrapped: the link is not taken, and a later call may try again.
+            LINK_TAKEN.store(false, Ordering::Release);
             return Err(Error::NotAWorker(format!(
                 "RCLUSTER_IPC_FD={fd} is not an open descriptor"
             )));
@@ -153,6 +176,7 @@ impl Worker {
             emptied: false,
             pending: VecDeque::new(),
             failed: None,
+            broken: None,
         };
         let deadline = Instant::now() + HELLO_TIMEOUT;
         let fields = loop {
@@ -183,6 +207,9 @@ impl Worker {
                 }
                 Ok(n) => rx.decoder.commit(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    return Err(Error::Protocol(e.to_string()))
+                }
                 Err(e) => return Err(Error::io("recvmsg", e)),
             }
         };
@@ -475,6 +502,9 @@ impl Worker {
     ) -> Result<Option<Decoded>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
+            if let Some(detail) = &rx.broken {
+                return Err(Error::Protocol(detail.clone()));
+            }
             if let Some(raw) = decode_one(rx)? {
                 let (c, report) = match raw {
                     Raw::Decoded(d) => return Ok(Some(d)),
@@ -516,8 +546,12 @@ impl Worker {
                         return Ok(None);
                     }
                 }
+                // Descriptors were lost (MSG_CTRUNC), and the bytes of that read with them: the
+                // stream cannot be followed any more. Close every descriptor that waits, and
+                // fail every later read the same way.
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    return Err(Error::Protocol(e.to_string()))
+                    rx.fds.clear();
+                    rx.broken = Some(e.to_string());
                 }
                 Err(_) => rx.gone = true,
             }
@@ -567,6 +601,58 @@ fn decode_one(rx: &mut Rx) -> Result<Option<Raw>> {
             )))
         }
     }))
+}
+
+/// The worker's reading of a stream from its primary, without a socket, for the fuzz targets:
+/// the handshake's decoding of the hello, the hand-over of what followed it to a decoder with
+/// the hello's limit, then every frame, as `read_frame` takes them. `chunks` are the reads
+/// (the stream split where a read would stop); `fds` descriptors wait in the FIFO first.
+pub(crate) fn decode_stream<'a>(
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+    fds: impl IntoIterator<Item = OwnedFd>,
+) -> Result<usize> {
+    let mut rx = Rx {
+        decoder: Decoder::new(frame::MAX_CONTROL_BODY),
+        fds: fds.into_iter().collect(),
+        gone: false,
+        emptied: false,
+        pending: VecDeque::new(),
+        failed: None,
+        broken: None,
+    };
+    let mut hello = false;
+    let mut events = 0;
+    for chunk in chunks {
+        rx.decoder.spare(chunk.len())[..chunk.len()].copy_from_slice(chunk);
+        rx.decoder.commit(chunk.len());
+        if !hello {
+            let Some(f) = rx.decoder.next_frame()? else {
+                continue;
+            };
+            if f.kind != Kind::Hello {
+                return Err(Error::Protocol(format!("first frame is {:?}", f.kind)));
+            }
+            let [max_message, _, _] = frame::parse_hello(f.body)?[..] else {
+                return Err(Error::Protocol("primary hello of the wrong size".into()));
+            };
+            let mut decoder = Decoder::new(max_message as usize);
+            let rest = std::mem::replace(&mut rx.decoder, Decoder::new(0));
+            rest.move_pending_into(&mut decoder);
+            rx.decoder = decoder;
+            hello = true;
+        }
+        while let Some(raw) = decode_one(&mut rx)? {
+            events += 1;
+            if let Raw::Decoded(Decoded::Event(WorkerEvent::Message(m))) = raw {
+                assert!(
+                    m.len() <= rx.decoder.max_message(),
+                    "message over the limit"
+                );
+            }
+        }
+        rx.decoder.shrink();
+    }
+    Ok(events)
 }
 
 /// ListenResult body: u32 request id, u8 status (0 ok: name, address; 1 error: message).
@@ -767,6 +853,80 @@ mod tests {
                 limit: 1024
             }
         ));
+    }
+
+    /// Sends `bytes` with `count` copies of `fd` attached, in one sendmsg.
+    fn send_many_fds(to: &OwnedFd, bytes: &[u8], fd: RawFd, count: usize) {
+        let mut iov = libc::iovec {
+            iov_base: bytes.as_ptr() as *mut _,
+            iov_len: bytes.len(),
+        };
+        let data = (4 * count) as u32;
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space_len = unsafe { libc::CMSG_SPACE(data) } as usize;
+        let mut space = vec![0u64; space_len.div_ceil(8)];
+        // SAFETY: the control message is built inside `space`, aligned and as large as
+        // CMSG_SPACE asks for `count` descriptors.
+        let n = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = space.as_mut_ptr().cast();
+            msg.msg_controllen = space_len as _;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(data) as _;
+            let fds = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+            for i in 0..count {
+                std::ptr::write_unaligned(fds.add(i), fd);
+            }
+            libc::sendmsg(to.as_raw_fd(), &msg, 0)
+        };
+        assert_eq!(n, bytes.len() as isize);
+    }
+
+    /// The primary never sends more descriptors at once than a worker has room for; if one
+    /// did, the descriptors the kernel cut off are lost and the link cannot be followed.
+    #[test]
+    fn descriptors_overflowing_the_control_buffer_are_a_protocol_error_and_all_are_closed() {
+        let (primary, w) = linked();
+        let (probe, _keep) = sys::socketpair().unwrap();
+        let mut wire = Vec::new();
+        frame::encode(&mut wire, Kind::Message, 0, b"lost");
+        send_many_fds(&primary, &wire, probe.as_raw_fd(), sys::FDS_PER_RECV + 40);
+        let e = w.try_next_event().unwrap_err().to_string();
+        assert!(
+            e.starts_with("protocol error: ") && e.contains("MSG_CTRUNC"),
+            "{e}"
+        );
+        assert!(
+            w.rx.lock().unwrap().fds.is_empty(),
+            "arrived descriptors are closed"
+        );
+        // The stream cannot be followed any more: later calls fail the same way.
+        sys::send(primary.as_raw_fd(), &wire).unwrap();
+        let again = w.try_next_event().unwrap_err().to_string();
+        assert_eq!(again, e);
+    }
+
+    #[test]
+    fn a_message_from_the_primary_over_max_message_is_a_protocol_error_from_its_header() {
+        let (primary, w) = linked();
+        // Only the header: the worker refuses the frame without waiting for its body.
+        sys::send(
+            primary.as_raw_fd(),
+            &[1, 4, 0, 0, Kind::Message as u8, 0, 0, 0],
+        )
+        .unwrap();
+        let e = w
+            .next_event(Some(Duration::from_secs(5)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("Message frame of 1025 bytes exceeds the limit of 1024 bytes"),
+            "{e}"
+        );
     }
 
     #[test]

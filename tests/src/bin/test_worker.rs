@@ -39,6 +39,15 @@
 //! - `deaf-slot ID`: the worker with slot ID says ready and then never reads its IPC socket
 //!   again (a hung event loop); other slots serve as in `serve 0`
 //!
+//! - `raw-first ID HEX`: the worker with slot ID writes the bytes HEX (hexadecimal) on its IPC
+//!   socket before any hello, then sleeps; other slots behave like `echo`
+//!
+//! Commands that break the protocol on purpose (any mode that echoes): `!raw HEX` writes the
+//! bytes HEX on the IPC socket behind the library's back; `!raw-fds N HEX` does so with N
+//! copies of stdin attached (SCM_RIGHTS, one `sendmsg`); `!raw-exit HEX` writes them, then
+//! exits with code 0 (a worker that dies in the middle of a frame); `!from-env-again` calls
+//! `Worker::from_env` a second time and answers with what it returned.
+//!
 //! In every mode that echoes, dispatched connections are served as in `serve 0`.
 
 use std::io::{Read, Write};
@@ -56,6 +65,9 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.first().map(String::as_str).unwrap_or("echo");
     let num = |i: usize| args.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    if mode == "raw-first" && std::env::var("RCLUSTER_WORKER_ID").ok() == args.get(1).cloned() {
+        raw_write(&unhex(&args[2]));
+    }
     let w = Arc::new(
         Worker::from_env()
             .expect("worker handshake")
@@ -381,6 +393,17 @@ fn command(w: &Worker, cmd: &[u8]) {
             let err = w.send_many(&[b"never sent", &big]).unwrap_err();
             w.send(err.to_string().as_bytes()).unwrap();
         }
+        ["!raw", hex] => raw_write(&unhex(hex)),
+        ["!raw-fds", n, hex] => raw_write_fds(&unhex(hex), n.parse().unwrap()),
+        ["!raw-exit", hex] => raw_write_then_exit(&unhex(hex)),
+        ["!from-env-again"] => {
+            let text = match Worker::from_env() {
+                Ok(Some(_)) => "second worker".to_string(),
+                Ok(None) => "not a worker".to_string(),
+                Err(e) => format!("error: {e}"),
+            };
+            w.send(text.as_bytes()).unwrap();
+        }
         _ => w.send(format!("unknown command {cmd}").as_bytes()).unwrap(),
     }
 }
@@ -401,6 +424,64 @@ fn flood(w: &Arc<Worker>, period: Duration) {
     }
     send(format!("flood-done {n}"));
     echo(w)
+}
+
+// --- Raw writes that break the protocol on purpose (`raw-first`, `!raw*` commands). ---
+
+fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn ipc_fd() -> i32 {
+    std::env::var("RCLUSTER_IPC_FD").unwrap().parse().unwrap()
+}
+
+fn raw_write_then_exit(bytes: &[u8]) -> ! {
+    // SAFETY: writes from a valid buffer of the given length to the IPC socket.
+    let n = unsafe { libc::write(ipc_fd(), bytes.as_ptr().cast(), bytes.len()) };
+    assert_eq!(n, bytes.len() as isize);
+    std::process::exit(0)
+}
+
+/// Writes `bytes` with `count` copies of stdin attached in one `sendmsg`: more than the
+/// primary has room for in one read makes it see `MSG_CTRUNC`.
+fn raw_write_fds(bytes: &[u8], count: usize) -> ! {
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut _,
+        iov_len: bytes.len(),
+    };
+    let data = (4 * count) as u32;
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space_len = unsafe { libc::CMSG_SPACE(data) } as usize;
+    let mut space = vec![0u64; space_len.div_ceil(8)];
+    // SAFETY: the control message is built inside `space`, which is aligned and as large as
+    // CMSG_SPACE asks for `count` descriptors.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = space.as_mut_ptr().cast();
+        msg.msg_controllen = space_len as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(data) as _;
+        let fds = libc::CMSG_DATA(cmsg).cast::<i32>();
+        for i in 0..count {
+            std::ptr::write_unaligned(fds.add(i), 0);
+        }
+        libc::sendmsg(ipc_fd(), &msg, 0)
+    };
+    assert_eq!(
+        n,
+        bytes.len() as isize,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+    sleep_forever()
 }
 
 fn count(w: &Worker) {
