@@ -7,15 +7,16 @@
 //!   systemd convention) and accepts itself;
 //! - alone, or given `--listen` itself: it binds that address with SO_REUSEPORT.
 //!
-//! Under rcluster it says ready, sends heartbeats, and on a disconnect request finishes the
-//! requests in flight, closes idle keep-alive connections and exits 0.
+//! Under rcluster it says ready, sends heartbeats, and on a disconnect request drains: the
+//! request in hand is finished, the next request on a kept-alive connection is answered with
+//! `Connection: close`, connections that stay quiet are closed, and it exits 0.
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::mem::size_of;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,13 +27,56 @@ const USAGE: &str = "usage: hello-worker [--listen ADDR]   (default 127.0.0.1:80
 const DRAIN_MAX: Duration = Duration::from_secs(3);
 /// An idle keep-alive connection is closed after this, so it does not pin a thread forever.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// While draining, a kept-alive connection with no request for this long is closed. Closing
+/// one sooner races its client, which may be sending its next request at that very moment
+/// and would see the connection fail instead of an answer with `Connection: close`.
+const IDLE_GRACE: Duration = Duration::from_millis(500);
 const MAX_LINE: u64 = 8192;
 
 /// Connections being served, so that a drain can close the idle keep-alive ones.
-#[derive(Default)]
 struct Open {
     draining: AtomicBool,
-    conns: Mutex<HashMap<u64, (TcpStream, Arc<AtomicBool>)>>,
+    /// The clock of the `idle` marks.
+    epoch: Instant,
+    next_key: AtomicU64,
+    conns: Mutex<HashMap<u64, (TcpStream, Arc<AtomicU64>)>>,
+}
+
+/// Busy: a request is being read or answered. Otherwise the connection waits for a next
+/// request since that many milliseconds after `Open::epoch`, plus one.
+const BUSY: u64 = 0;
+
+impl Open {
+    fn new() -> Open {
+        Open {
+            draining: AtomicBool::new(false),
+            epoch: Instant::now(),
+            next_key: AtomicU64::new(0),
+            conns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Registers a connection; its key and its idle mark.
+    fn add(&self, stream: &TcpStream) -> (u64, Arc<AtomicU64>) {
+        let key = self.next_key.fetch_add(1, Ordering::SeqCst);
+        // A new connection waits for its first request: as quiet as one between requests.
+        let idle = Arc::new(AtomicU64::new(self.now()));
+        if let Ok(copy) = stream.try_clone() {
+            self.conns
+                .lock()
+                .unwrap()
+                .insert(key, (copy, Arc::clone(&idle)));
+        }
+        (key, idle)
+    }
+
+    fn remove(&self, key: u64) {
+        self.conns.lock().unwrap().remove(&key);
+    }
 }
 
 fn main() {
@@ -61,24 +105,29 @@ fn main() {
             }
         });
     }
+    let open = Arc::new(Open::new());
     match listener {
         Some(listener) => {
             if let Some(w) = worker {
-                let body = Arc::clone(&body);
-                std::thread::spawn(move || watch_primary(&w, &body));
+                let (body, open) = (Arc::clone(&body), Arc::clone(&open));
+                std::thread::spawn(move || watch_primary(&w, &open, &body));
             }
-            accept_loop(listener, &body)
+            accept_loop(listener, &open, &body)
         }
-        None => watch_primary(&worker.expect("checked above"), &body),
+        None => watch_primary(&worker.expect("checked above"), &open, &body),
     }
 }
 
-fn accept_loop(listener: TcpListener, body: &Arc<str>) -> ! {
+fn accept_loop(listener: TcpListener, open: &Arc<Open>, body: &Arc<str>) -> ! {
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
-                let body = Arc::clone(body);
-                std::thread::spawn(move || serve(stream, &body, &AtomicBool::new(false), None));
+                let (key, idle) = open.add(&stream);
+                let (open, body) = (Arc::clone(open), Arc::clone(body));
+                std::thread::spawn(move || {
+                    serve(stream, &body, &open, &idle);
+                    open.remove(key);
+                });
             }
             // Out of descriptors or a connection reset before accept: back off, do not spin.
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -121,8 +170,7 @@ fn parse_args() -> Result<(SocketAddr, bool), String> {
     Ok((addr, explicit))
 }
 
-fn watch_primary(w: &Arc<Worker>, body: &Arc<str>) -> ! {
-    let open = Arc::new(Open::default());
+fn watch_primary(w: &Arc<Worker>, open: &Arc<Open>, body: &Arc<str>) -> ! {
     let mut batch = Vec::new();
     loop {
         // Everything waiting, in one go: its connections are acknowledged in one write.
@@ -131,9 +179,9 @@ fn watch_primary(w: &Arc<Worker>, body: &Arc<str>) -> ! {
         }
         for ev in batch.drain(..) {
             match ev {
-                WorkerEvent::Connection(c) => take(w, &open, c, body),
+                WorkerEvent::Connection(c) => take(w, open, c, body),
                 WorkerEvent::Message(_) => {}
-                WorkerEvent::Disconnect => drain(&open),
+                WorkerEvent::Disconnect => drain(open),
                 WorkerEvent::PrimaryGone => std::process::exit(0),
             }
         }
@@ -143,34 +191,33 @@ fn watch_primary(w: &Arc<Worker>, body: &Arc<str>) -> ! {
 /// Serves a dispatched connection on its own thread and reports it closed at the end.
 fn take(w: &Arc<Worker>, open: &Arc<Open>, c: Connection, body: &Arc<str>) {
     let stream = TcpStream::from(c.fd);
-    let idle = Arc::new(AtomicBool::new(false));
-    if let Ok(copy) = stream.try_clone() {
-        open.conns
-            .lock()
-            .unwrap()
-            .insert(c.id, (copy, Arc::clone(&idle)));
-    }
+    let (key, idle) = open.add(&stream);
     let (w, open, body) = (Arc::clone(w), Arc::clone(open), Arc::clone(body));
     std::thread::spawn(move || {
-        serve(stream, &body, &open.draining, Some(&idle));
-        open.conns.lock().unwrap().remove(&c.id);
+        serve(stream, &body, &open, &idle);
+        open.remove(key);
         let _ = w.connection_closed(c.id);
     });
 }
 
-/// No new connections come after a disconnect request: finish what is in flight, close the
-/// keep-alive connections waiting for a next request, and leave.
+/// No new connections come after a disconnect request. Every connection ends after its next
+/// answer (sent with `Connection: close`); one that stays without a request for
+/// `IDLE_GRACE` is closed; whatever is left at `DRAIN_MAX` is cut when the process exits.
 fn drain(open: &Open) -> ! {
     open.draining.store(true, Ordering::SeqCst);
     let until = Instant::now() + DRAIN_MAX;
+    let grace = IDLE_GRACE.as_millis() as u64;
     while Instant::now() < until {
         let conns = open.conns.lock().unwrap();
         if conns.is_empty() {
             break;
         }
+        let now = open.now();
         for (stream, idle) in conns.values() {
-            if idle.load(Ordering::SeqCst) {
-                let _ = stream.shutdown(Shutdown::Read);
+            let since = idle.load(Ordering::SeqCst);
+            if since != BUSY && now.saturating_sub(since) >= grace {
+                // Wakes the thread blocked reading it, which then closes the connection.
+                let _ = stream.shutdown(Shutdown::Both);
             }
         }
         drop(conns);
@@ -267,19 +314,16 @@ fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 /// Answers requests until the client closes, asks to close, or the worker drains. `idle`
-/// is set while waiting for a next request on a kept-alive connection.
-fn serve(stream: TcpStream, body: &str, draining: &AtomicBool, idle: Option<&AtomicBool>) {
+/// marks since when a kept-alive connection waits for its next request (`BUSY` otherwise).
+fn serve(stream: TcpStream, body: &str, open: &Open, idle: &AtomicU64) {
     let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let Ok(read_half) = stream.try_clone() else {
         return;
     };
     let mut reader = BufReader::new(read_half);
     let mut out = stream;
-    while let Ok(Some(asked_close)) = read_request(&mut reader) {
-        if let Some(idle) = idle {
-            idle.store(false, Ordering::SeqCst);
-        }
-        let close = asked_close || draining.load(Ordering::SeqCst);
+    while let Ok(Some(asked_close)) = read_request(&mut reader, idle) {
+        let close = asked_close || open.draining.load(Ordering::SeqCst);
         let connection = if close { "close" } else { "keep-alive" };
         let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n",
@@ -294,15 +338,18 @@ fn serve(stream: TcpStream, body: &str, draining: &AtomicBool, idle: Option<&Ato
             let _ = out.shutdown(Shutdown::Write);
             return;
         }
-        if let Some(idle) = idle {
-            idle.store(true, Ordering::SeqCst);
-        }
+        idle.store(open.now(), Ordering::SeqCst);
     }
 }
 
-/// Reads one request and discards its body. Some(true) when the connection should close
-/// after the response; None at end of stream.
-fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<bool>> {
+/// Reads one request and discards its body, marking the connection busy from its first
+/// byte. Some(true) when the connection should close after the response; None at end of
+/// stream.
+fn read_request(r: &mut BufReader<TcpStream>, idle: &AtomicU64) -> io::Result<Option<bool>> {
+    if r.fill_buf()?.is_empty() {
+        return Ok(None);
+    }
+    idle.store(BUSY, Ordering::SeqCst);
     let mut line = String::new();
     while line.trim().is_empty() {
         line.clear();
