@@ -222,6 +222,13 @@ fn keep_alive_clients_of_the_rust_hello_worker_see_no_error_across_three_reloads
         c.join().unwrap();
     }
     signal(&cli.0, libc::SIGTERM);
+    // Every replaced worker finished its drain and exited 0, before any SIGTERM or SIGKILL.
+    let exits: Vec<&String> = seen.iter().filter(|l| l.contains("exited")).collect();
+    assert_eq!(exits.len(), 2 * RELOADS as usize, "exits: {exits:#?}");
+    assert!(
+        exits.iter().all(|l| l.contains("code 0, reason requested")),
+        "a worker did not drain cleanly: {exits:#?}"
+    );
 
     let (ok, errors, non_2xx) = (
         tally.ok.load(Ordering::SeqCst),

@@ -76,6 +76,8 @@ test('keep-alive clients of worker.serve(http.Server) see no error across three 
   try {
     let ready = 0;
     await once(c, 'ready', () => ++ready === 2);
+    const exits = [];
+    c.on('exit', (e) => exits.push(`${e.reason} code ${e.code} signal ${e.signal}`));
     const { tally, stop } = startClients(port);
     await new Promise((r) => setTimeout(r, 500));
     for (let i = 0; i < RELOADS; i++) {
@@ -87,6 +89,8 @@ test('keep-alive clients of worker.serve(http.Server) see no error across three 
       await new Promise((r) => setTimeout(r, 300));
     }
     await stop();
+    // Every replaced worker finished its drain and exited 0, before any SIGTERM or SIGKILL.
+    assert.deepStrictEqual(exits, Array(2 * RELOADS).fill('requested code 0 signal null'));
     assert.ok(tally.ok > 1000, `only ${tally.ok} answers: the load did not run`);
     assert.deepStrictEqual(
       { errors: tally.errors, non2xx: tally.non2xx },
