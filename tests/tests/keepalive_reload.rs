@@ -183,12 +183,30 @@ fn signal(child: &Child, sig: libc::c_int) {
 
 #[test]
 fn keep_alive_clients_of_the_rust_hello_worker_see_no_error_across_three_reloads() {
+    hello_worker_under_keep_alive_load_across_reloads("rr");
+}
+
+/// In `shared` mode the worker accepts itself: a draining one must stop accepting before it
+/// leaves, or a connection it accepts as it exits is lost.
+#[test]
+fn keep_alive_clients_of_the_rust_hello_worker_in_shared_mode_see_no_error_across_three_reloads() {
+    hello_worker_under_keep_alive_load_across_reloads("shared");
+}
+
+fn hello_worker_under_keep_alive_load_across_reloads(dispatch: &str) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut child = Command::new(bin_path("rcluster"))
         .args([
-            "run", "-w", "2", "--ready", "explicit", "--listen", &listen, "--",
+            "run",
+            "-w",
+            "2",
+            "--ready",
+            "explicit",
+            "--dispatch",
+            dispatch,
         ])
+        .args(["--listen", &listen, "--"])
         .arg(bin_path("hello-worker"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::mem::size_of;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,6 +40,10 @@ struct Open {
     epoch: Instant,
     next_key: AtomicU64,
     conns: Mutex<HashMap<u64, (TcpStream, Arc<AtomicU64>)>>,
+    /// The thread of the accept loop, when this worker accepts itself, and whether that loop
+    /// has stopped: a drain interrupts its blocking accept and waits for it (see `drain`).
+    accepter: Mutex<Option<libc::pthread_t>>,
+    accept_stopped: AtomicBool,
 }
 
 /// Busy: a request is being read or answered. Otherwise the connection waits for a next
@@ -53,6 +57,8 @@ impl Open {
             epoch: Instant::now(),
             next_key: AtomicU64::new(0),
             conns: Mutex::new(HashMap::new()),
+            accepter: Mutex::new(None),
+            accept_stopped: AtomicBool::new(false),
         }
     }
 
@@ -118,20 +124,74 @@ fn main() {
     }
 }
 
+/// Accepts until the worker drains. The accept is blocking, and the listening socket may be
+/// shared with other workers (so it cannot be made non-blocking or shut down from here): a
+/// drain interrupts it with SIGUSR1, whose handler does nothing but make `accept` fail with
+/// EINTR (std's accept would retry it).
 fn accept_loop(listener: TcpListener, open: &Arc<Open>, body: &Arc<str>) -> ! {
-    loop {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                let (key, idle) = open.add(&stream);
-                let (open, body) = (Arc::clone(open), Arc::clone(body));
-                std::thread::spawn(move || {
-                    serve(stream, &body, &open, &idle);
-                    open.remove(key);
-                });
+    interrupt_on_sigusr1();
+    // SAFETY: pthread_self has no preconditions.
+    *open.accepter.lock().unwrap() = Some(unsafe { libc::pthread_self() });
+    while !open.draining.load(Ordering::SeqCst) {
+        let flags = libc::SOCK_CLOEXEC;
+        // SAFETY: a listening socket we own; no address is asked for.
+        let fd = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                flags,
+            )
+        };
+        if fd < 0 {
+            if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                // Out of descriptors or a connection reset before accept: back off.
+                std::thread::sleep(Duration::from_millis(10));
             }
-            // Out of descriptors or a connection reset before accept: back off, do not spin.
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            continue;
         }
+        // SAFETY: a fresh descriptor from accept4, owned by nothing else.
+        let stream = unsafe { TcpStream::from_raw_fd(fd) };
+        // Registered before the loop can see the drain: a drain that waits for this loop to
+        // stop then waits for this connection too.
+        let (key, idle) = open.add(&stream);
+        let (open, body) = (Arc::clone(open), Arc::clone(body));
+        std::thread::spawn(move || {
+            serve(stream, &body, &open, &idle);
+            open.remove(key);
+        });
+    }
+    open.accept_stopped.store(true, Ordering::SeqCst);
+    // The drain ends the process once the connections in hand are done.
+    loop {
+        std::thread::park();
+    }
+}
+
+extern "C" fn on_sigusr1(_: libc::c_int) {}
+
+fn interrupt_on_sigusr1() {
+    // SAFETY: a handler that does nothing, installed without SA_RESTART so that it interrupts
+    // a blocking accept; `act` is fully initialised (zeroed, then the fields that matter).
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = on_sigusr1 as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigemptyset(&mut act.sa_mask);
+        libc::sigaction(libc::SIGUSR1, &act, std::ptr::null_mut());
+    }
+}
+
+/// Stops the accept loop, if this worker has one, and waits until it has (or `until`).
+fn stop_accepting(open: &Open, until: Instant) {
+    let Some(thread) = *open.accepter.lock().unwrap() else {
+        return;
+    };
+    // Again and again: a signal that comes just before the thread enters accept interrupts
+    // nothing.
+    while !open.accept_stopped.load(Ordering::SeqCst) && Instant::now() < until {
+        // SAFETY: the accept thread never ends, so its id stays valid.
+        unsafe { libc::pthread_kill(thread, libc::SIGUSR1) };
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -200,12 +260,14 @@ fn take(w: &Arc<Worker>, open: &Arc<Open>, c: Connection, body: &Arc<str>) {
     });
 }
 
-/// No new connections come after a disconnect request. Every connection ends after its next
+/// No new connections come after a disconnect request (and in `shared` mode this worker stops
+/// accepting before it counts what is left). Every connection ends after its next
 /// answer (sent with `Connection: close`); one that stays without a request for
 /// `IDLE_GRACE` is closed; whatever is left at `DRAIN_MAX` is cut when the process exits.
 fn drain(open: &Open) -> ! {
     open.draining.store(true, Ordering::SeqCst);
     let until = Instant::now() + DRAIN_MAX;
+    stop_accepting(open, until);
     let grace = IDLE_GRACE.as_millis() as u64;
     while Instant::now() < until {
         let conns = open.conns.lock().unwrap();
