@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 
+import pytest
 import rcluster
 from conftest import fast, hello_argv
 
@@ -71,11 +72,13 @@ def client(addr, stop: threading.Event, tally: Tally) -> None:
         s.close()
 
 
-def test_keep_alive_clients_of_hello_http_see_no_error_across_three_reloads(wait_ready):
+@pytest.mark.parametrize("dispatch", ["rr", "shared"])
+def test_keep_alive_clients_of_hello_http_see_no_error_across_three_reloads(wait_ready, dispatch):
     sup = rcluster.Supervisor(
         hello_argv(),
         workers=2,
         listen=["127.0.0.1:0"],
+        dispatch=dispatch,
         ready_on="explicit",
         **fast(kill_timeout=10.0),
     )

@@ -203,9 +203,22 @@ class WorkerServer:
         seconds at most)."""
         await self._closed.wait()
         try:
-            await asyncio.wait_for(self._idle.wait(), self._drain_timeout)
+            await asyncio.wait_for(self._finished(), self._drain_timeout)
         except asyncio.TimeoutError:
-            logger.warning("rcluster: %d connection(s) still open after drain", self._open)
+            logger.warning(
+                "rcluster: %d connection(s) still open after drain", self._open + self._accepted()
+            )
+
+    async def _finished(self) -> None:
+        await self._idle.wait()
+        while self._accepted():
+            await asyncio.sleep(0.05)
+
+    def _accepted(self) -> int:
+        """Open connections accepted from inherited sockets (``shared``). Their asyncio.Server
+        counts them (``_active_count``, in every CPython since 3.4), but its ``wait_closed()``
+        does not wait for them before 3.12."""
+        return sum(getattr(s, "_active_count", 0) for s in self._shared)
 
     async def serve_forever(self) -> None:
         """Serves until the primary asks this worker to leave, then drains and returns.
