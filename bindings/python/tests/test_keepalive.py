@@ -10,7 +10,7 @@ import time
 
 import pytest
 import rcluster
-from conftest import fast, hello_argv
+from conftest import fast, hello_argv, worker_argv
 
 CLIENTS = 50
 RELOADS = 3
@@ -72,10 +72,16 @@ def client(addr, stop: threading.Event, tally: Tally) -> None:
         s.close()
 
 
-@pytest.mark.parametrize("dispatch", ["rr", "shared"])
-def test_keep_alive_clients_of_hello_http_see_no_error_across_three_reloads(wait_ready, dispatch):
+@pytest.mark.parametrize(
+    "program, dispatch",
+    [("hello_http", "rr"), ("hello_http", "shared"), ("blocking-keepalive", "rr")],
+)
+def test_keep_alive_clients_see_no_error_across_three_reloads(wait_ready, program, dispatch):
+    # hello_http.py on rcluster.aio, and a blocking rcluster.serve handler that reads
+    # rcluster.worker().draining.
+    argv = hello_argv() if program == "hello_http" else worker_argv(program)
     sup = rcluster.Supervisor(
-        hello_argv(),
+        argv,
         workers=2,
         listen=["127.0.0.1:0"],
         dispatch=dispatch,
