@@ -7,7 +7,7 @@ const assert = require('assert');
 const net = require('net');
 const path = require('path');
 const rcluster = require('..');
-const { freePort, once } = require('./helpers');
+const { freePort, once, runFixture } = require('./helpers');
 
 const WORKER = path.join(__dirname, 'fixtures', 'api_worker.js');
 const CLIENTS = 50;
@@ -100,4 +100,44 @@ test('keep-alive clients of worker.serve(http.Server) see no error across three 
   } finally {
     await c.stop({ timeout: 5000 });
   }
+});
+
+test('keep-alive clients of a classic cluster program see no error across three rolling restarts', async () => {
+  // fork + 'listening' + disconnect() of the old worker, whose server listens through the
+  // primary (server.listen in a worker): its drain must be as clean.
+  const port = await freePort();
+  let restarts = 0;
+  let ready;
+  const started = new Promise((resolve) => { ready = resolve; });
+  const run = runFixture('classic_rolling.js', 'rcluster', [port], {
+    stdin: 'pipe',
+    timeout: 60000,
+    onLine: (line, child) => {
+      if (line === 'READY') ready(child);
+      else if (line.startsWith('RELOADED')) restarts++;
+    },
+  });
+  const child = await started;
+  const client = startClients(port);
+  const { tally } = client;
+  await new Promise((r) => setTimeout(r, 500));
+  for (let i = 0; i < RELOADS; i++) {
+    const before = tally.ok;
+    child.stdin.write('reload\n');
+    const until = Date.now() + 20000;
+    while (restarts <= i && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+    assert.strictEqual(restarts, i + 1, 'the rolling restart did not finish');
+    const more = Date.now() + 5000;
+    while (tally.ok < before + 1000 && Date.now() < more) await new Promise((r) => setTimeout(r, 20));
+  }
+  await client.stop();
+  child.stdin.end();
+  const { code, out } = await run;
+  assert.strictEqual(code, 0, out);
+  assert.ok(tally.ok > 1000, `only ${tally.ok} answers: the load did not run`);
+  assert.deepStrictEqual(
+    { errors: tally.errors, non2xx: tally.non2xx },
+    { errors: 0, non2xx: 0 },
+    `${tally.ok} answers; first errors: ${JSON.stringify(tally.samples)}`,
+  );
 });
