@@ -127,6 +127,50 @@ else
     not_ok "example primary serves curl round-robin, reloads on SIGHUP, stops on SIGTERM"
 fi
 
+step "example primary + worker under keep-alive load across three reloads (wrk)"
+# wrk keeps 50 connections alive, each with a request always in flight or about to be sent:
+# every request must be answered (no socket error, no non-2xx) while three rolling reloads
+# replace the workers, and no worker may die of the clients (SIGPIPE when wrk closes its
+# connections at the end).
+keepalive_test() {
+    local log="$out/logs/keepalive.log" res="$out/logs/keepalive-wrk.log"
+    "$out/shared/primary" -w 2 -l 127.0.0.1:0 -- "$out/shared/worker" >"$log" 2>&1 &
+    local pid=$!
+    local addr=""
+    for _ in $(seq 100); do
+        addr=$(sed -n 's/^listening on //p' "$log")
+        [[ -n $addr ]] && [[ $(grep -c ': ready$' "$log") -ge 2 ]] && break
+        sleep 0.1
+    done
+    [[ -n $addr ]] || { echo "no listener"; kill -KILL $pid; cat "$log"; return 1; }
+    timeout 30 wrk -t2 -c50 -d6s "http://$addr/" >"$res" 2>&1 &
+    local load=$!
+    for g in 2 3 4; do
+        sleep 1.5
+        kill -HUP $pid
+        for _ in $(seq 100); do grep -q "reload to generation $g done" "$log" && break; sleep 0.05; done
+    done
+    wait $load
+    sleep 0.5
+    kill -TERM $pid
+    for _ in $(seq 150); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+    kill -0 $pid 2>/dev/null && { echo "primary did not stop"; kill -KILL $pid; return 1; }
+    wait $pid
+    cat "$res"
+    local bad=0
+    grep -q 'requests in' "$res" || { echo "wrk did not run"; bad=1; }
+    grep -E 'Socket errors|Non-2xx' "$res" && bad=1
+    [[ $(grep -c 'reload to generation [234] done' "$log") == 3 ]] || { echo "not three reloads"; bad=1; }
+    grep -E 'exited .*crashed' "$log" && bad=1
+    [[ $bad == 0 ]] || { cat "$log" | grep -v ': message ' ; return 1; }
+}
+need wrk wrk
+if keepalive_test; then
+    ok "example worker answers every keep-alive request across three reloads and survives its clients"
+else
+    not_ok "example worker answers every keep-alive request across three reloads and survives its clients"
+fi
+
 step "memory checks: valgrind memcheck and AddressSanitizer"
 # valgrind 3.19 does not know pidfd_open (syscall 434), without which a primary cannot watch
 # its workers, so: workers run under valgrind (each with its own log; a worker exits 0 when

@@ -5,7 +5,10 @@
  * asks it to leave.
  *
  * One connection at a time, one request per connection (Connection: close): an example of the
- * API, not a web server. Run it under a primary (examples/c/primary.c); alone it says why not.
+ * API, not a web server. Answering every request with Connection: close is also what makes its
+ * drain clean: a keep-alive client learns from the answer itself that the connection ends, so
+ * a reload never closes a connection under a request the client has already sent. Run it
+ * under a primary (examples/c/primary.c); alone it says why not.
  */
 #define _GNU_SOURCE
 #include <rcluster.h>
@@ -28,9 +31,12 @@ static double now_s(void) {
     return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
+/* send(MSG_NOSIGNAL), not write(): a client that has gone away must cost one answer, not the
+ * worker (SIGPIPE's default action ends the process, and wrk, for one, closes its connections
+ * while answers are on their way). */
 static int write_all(int fd, const char *p, size_t n) {
     while (n > 0) {
-        ssize_t w = write(fd, p, n);
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR) continue;
         if (w <= 0) return -1;
         p += w;

@@ -18,21 +18,47 @@ import sys
 
 import rcluster
 
+# While draining, a kept-alive connection with no request for this long is closed. Closing one
+# at once would race its client, which may be sending its next request at that very moment.
+IDLE_GRACE = 0.5
+
 
 class Hello(asyncio.Protocol):
-    """Answers every request with a short text; honours keep-alive and `Connection: close`."""
+    """Answers every request with a short text; honours keep-alive and `Connection: close`.
+    When the worker drains, the next answer on each connection is its last."""
 
     body = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         self.buf = b""
+        self.draining = False
+        self.received = 0  # data_received calls: activity a drain watches
+
+    def close_when_idle(self) -> None:
+        """Called by rcluster.aio when this worker drains."""
+        self.draining = True
+        self._close_if_quiet(-1)
+
+    def _close_if_quiet(self, seen: int) -> None:
+        if self.transport.is_closing():
+            return
+        if self.received == seen and not self.buf:
+            self.transport.close()
+            return
+        loop = asyncio.get_running_loop()
+        loop.call_later(IDLE_GRACE, self._close_if_quiet, self.received)
 
     def data_received(self, data: bytes) -> None:
+        self.received += 1
         self.buf += data
         while b"\r\n\r\n" in self.buf:
             head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-            close = b"connection: close" in head.lower() or head.startswith(b"GET / HTTP/1.0")
+            close = (
+                self.draining
+                or b"connection: close" in head.lower()
+                or head.startswith(b"GET / HTTP/1.0")
+            )
             self.transport.write(
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s\r\n%s"
                 % (len(self.body), b"Connection: close\r\n" if close else b"", self.body)
@@ -48,7 +74,7 @@ async def worker_main() -> None:
     w = rcluster.worker()
     Hello.body = f"Hello from worker {w.id} (pid {os.getpid()})\n".encode()
     # Serves until the primary asks this worker to leave (a reload, a scale-down, a stop),
-    # then lets open connections finish.
+    # then lets open connections finish (each one's Hello.close_when_idle is called).
     await rcluster.aio.serve(Hello)
 
 

@@ -3,6 +3,7 @@
 // as in a `cluster` worker, and servers fed with the connections the primary dispatches.
 const { EventEmitter } = require('events');
 const net = require('net');
+const tls = require('tls');
 const fs = require('fs');
 const v8 = require('v8');
 const native = require('./native');
@@ -13,6 +14,12 @@ const { rclusterError } = require('./errors');
 // Connections that arrive before any server takes them wait here, up to this many.
 const MAX_EARLY = 1024;
 const INIT_TIMEOUT_MS = 10000;
+// While draining, a kept-alive connection with no request for this long is closed. Closing one
+// sooner races its client, which may be sending its next request at that very moment and would
+// see the connection fail instead of an answer with `Connection: close`.
+const IDLE_GRACE_MS = 500;
+const IDLE_CHECK_MS = 50;
+const kDrain = Symbol('rcluster.drain');
 
 class WorkerSelf extends EventEmitter {
   constructor(link, compat) {
@@ -87,6 +94,7 @@ class WorkerSelf extends EventEmitter {
     }
     if (listener !== undefined) this._servers.set(listener, server);
     else this._served.push(server);
+    trackKeepAlive(server);
     // Listeners the kernel turns (RCLUSTER_TURNS): this worker asks for its own socket of
     // each and accepts on it natively; the primary hands over only what waited for a worker
     // that died or stopped.
@@ -162,6 +170,7 @@ class WorkerSelf extends EventEmitter {
     this.state = 'disconnected';
     process.connected = false;
     const servers = new Set([...this._servers.values(), ...this._served, ...this._turns]);
+    for (const s of servers) drainKeepAlive(s);
     for (const s of servers) if (s.listening) s.close();
     for (const ev of this._early) closeFd(ev.fd);
     this._early = [];
@@ -285,6 +294,72 @@ class WorkerSelf extends EventEmitter {
   }
 }
 
+/**
+ * Follows the connections of an HTTP/1 server (http or https) so that a drain can end each
+ * one cleanly (see drainKeepAlive). Other servers are left alone: only HTTP says how a
+ * connection announces its end.
+ */
+function trackKeepAlive(server) {
+  if (server[kDrain] || !('keepAliveTimeout' in server)) return;
+  const state = { sockets: new Set(), draining: false, timer: null };
+  server[kDrain] = state;
+  server.on(server instanceof tls.Server ? 'secureConnection' : 'connection', (socket) => {
+    socket[kDrain] = { res: null, since: Date.now(), bytes: 0 };
+    state.sockets.add(socket);
+    socket.once('close', () => state.sockets.delete(socket));
+  });
+  // First of the 'request' listeners: the application's may answer at once, and a response
+  // of a draining server must say `Connection: close` before its head is written.
+  server.prependListener('request', (req, res) => {
+    if (state.draining) res.shouldKeepAlive = false;
+    const mark = req.socket && req.socket[kDrain];
+    if (!mark) return;
+    mark.res = res;
+    res.once('close', () => {
+      if (mark.res !== res) return;
+      mark.res = null;
+      mark.since = Date.now();
+      mark.bytes = req.socket.bytesRead;
+    });
+  });
+}
+
+/**
+ * Drains a server followed by trackKeepAlive: the response being written says `Connection:
+ * close` if its head is not out yet, every later one does (Node then closes the connection
+ * after it), and a connection that stays without a request for IDLE_GRACE_MS is closed. Node's
+ * own server.close() closes idle connections at once, which fails the request a client is
+ * sending at that moment: it is turned off for this server.
+ */
+function drainKeepAlive(server) {
+  const state = server[kDrain];
+  if (!state || state.draining) return;
+  state.draining = true;
+  server.closeIdleConnections = () => {};
+  for (const socket of state.sockets) {
+    const { res } = socket[kDrain];
+    if (res && !res.headersSent) res.shouldKeepAlive = false;
+  }
+  const check = () => {
+    const now = Date.now();
+    for (const socket of state.sockets) {
+      const mark = socket[kDrain];
+      if (mark.res) continue;
+      if (socket.bytesRead !== mark.bytes) {
+        // Bytes of a request whose head is not complete yet: busy, not idle.
+        mark.bytes = socket.bytesRead;
+        mark.since = now;
+      } else if (now - mark.since >= IDLE_GRACE_MS) {
+        state.sockets.delete(socket);
+        socket.end(() => socket.destroy());
+      }
+    }
+    if (state.sockets.size === 0) clearInterval(state.timer);
+  };
+  state.timer = setInterval(check, IDLE_CHECK_MS);
+  state.timer.unref();
+}
+
 // The `type` argument of TCP and Pipe handles for a connected socket (their constants
 // SOCKET, both 0).
 const HANDLE_SOCKET = 0;
@@ -344,6 +419,7 @@ function patchListen(worker, dispatch) {
     if (this._handle || (typeof fd === 'number' && fd >= 0) || !worker._connected) {
       return original.call(this, address, port, addressType, backlog, fd, flags);
     }
+    trackKeepAlive(this);
     const text = addressText(address, port, addressType);
     let listening;
     try {

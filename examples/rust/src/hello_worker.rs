@@ -7,32 +7,84 @@
 //!   systemd convention) and accepts itself;
 //! - alone, or given `--listen` itself: it binds that address with SO_REUSEPORT.
 //!
-//! Under rcluster it says ready, sends heartbeats, and on a disconnect request finishes the
-//! requests in flight, closes idle keep-alive connections and exits 0.
+//! Under rcluster it says ready, sends heartbeats, and on a disconnect request drains: the
+//! request in hand is finished, the next request on a kept-alive connection is answered with
+//! `Connection: close`, connections that stay quiet are closed, and it exits 0.
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::mem::size_of;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rcluster_core::{Connection, Worker, WorkerEvent};
+
+mod listen;
+use listen::{bind_reuseport, inherited_listener};
 
 const USAGE: &str = "usage: hello-worker [--listen ADDR]   (default 127.0.0.1:8080)";
 /// Longest wait for in-flight requests after the primary asks this worker to leave.
 const DRAIN_MAX: Duration = Duration::from_secs(3);
 /// An idle keep-alive connection is closed after this, so it does not pin a thread forever.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// While draining, a kept-alive connection with no request for this long is closed. Closing
+/// one sooner races its client, which may be sending its next request at that very moment
+/// and would see the connection fail instead of an answer with `Connection: close`.
+const IDLE_GRACE: Duration = Duration::from_millis(500);
 const MAX_LINE: u64 = 8192;
 
 /// Connections being served, so that a drain can close the idle keep-alive ones.
-#[derive(Default)]
 struct Open {
     draining: AtomicBool,
-    conns: Mutex<HashMap<u64, (TcpStream, Arc<AtomicBool>)>>,
+    /// The clock of the `idle` marks.
+    epoch: Instant,
+    next_key: AtomicU64,
+    conns: Mutex<HashMap<u64, (TcpStream, Arc<AtomicU64>)>>,
+    /// The thread of the accept loop, when this worker accepts itself, and whether that loop
+    /// has stopped: a drain interrupts its blocking accept and waits for it (see `drain`).
+    accepter: Mutex<Option<libc::pthread_t>>,
+    accept_stopped: AtomicBool,
+}
+
+/// Busy: a request is being read or answered. Otherwise the connection waits for a next
+/// request since that many milliseconds after `Open::epoch`, plus one.
+const BUSY: u64 = 0;
+
+impl Open {
+    fn new() -> Open {
+        Open {
+            draining: AtomicBool::new(false),
+            epoch: Instant::now(),
+            next_key: AtomicU64::new(0),
+            conns: Mutex::new(HashMap::new()),
+            accepter: Mutex::new(None),
+            accept_stopped: AtomicBool::new(false),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Registers a connection; its key and its idle mark.
+    fn add(&self, stream: &TcpStream) -> (u64, Arc<AtomicU64>) {
+        let key = self.next_key.fetch_add(1, Ordering::SeqCst);
+        // A new connection waits for its first request: as quiet as one between requests.
+        let idle = Arc::new(AtomicU64::new(self.now()));
+        if let Ok(copy) = stream.try_clone() {
+            self.conns
+                .lock()
+                .unwrap()
+                .insert(key, (copy, Arc::clone(&idle)));
+        }
+        (key, idle)
+    }
+
+    fn remove(&self, key: u64) {
+        self.conns.lock().unwrap().remove(&key);
+    }
 }
 
 fn main() {
@@ -61,28 +113,87 @@ fn main() {
             }
         });
     }
+    let open = Arc::new(Open::new());
     match listener {
         Some(listener) => {
             if let Some(w) = worker {
-                let body = Arc::clone(&body);
-                std::thread::spawn(move || watch_primary(&w, &body));
+                let (body, open) = (Arc::clone(&body), Arc::clone(&open));
+                std::thread::spawn(move || watch_primary(&w, &open, &body));
             }
-            accept_loop(listener, &body)
+            accept_loop(listener, &open, &body)
         }
-        None => watch_primary(&worker.expect("checked above"), &body),
+        None => watch_primary(&worker.expect("checked above"), &open, &body),
     }
 }
 
-fn accept_loop(listener: TcpListener, body: &Arc<str>) -> ! {
-    loop {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                let body = Arc::clone(body);
-                std::thread::spawn(move || serve(stream, &body, &AtomicBool::new(false), None));
+/// Accepts until the worker drains. The accept is blocking, and the listening socket may be
+/// shared with other workers (so it cannot be made non-blocking or shut down from here): a
+/// drain interrupts it with SIGUSR1, whose handler does nothing but make `accept` fail with
+/// EINTR (std's accept would retry it).
+fn accept_loop(listener: TcpListener, open: &Arc<Open>, body: &Arc<str>) -> ! {
+    interrupt_on_sigusr1();
+    // SAFETY: pthread_self has no preconditions.
+    *open.accepter.lock().unwrap() = Some(unsafe { libc::pthread_self() });
+    while !open.draining.load(Ordering::SeqCst) {
+        let flags = libc::SOCK_CLOEXEC;
+        // SAFETY: a listening socket we own; no address is asked for.
+        let fd = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                flags,
+            )
+        };
+        if fd < 0 {
+            if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                // Out of descriptors or a connection reset before accept: back off.
+                std::thread::sleep(Duration::from_millis(10));
             }
-            // Out of descriptors or a connection reset before accept: back off, do not spin.
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            continue;
         }
+        // SAFETY: a fresh descriptor from accept4, owned by nothing else.
+        let stream = unsafe { TcpStream::from_raw_fd(fd) };
+        // Registered before the loop can see the drain: a drain that waits for this loop to
+        // stop then waits for this connection too.
+        let (key, idle) = open.add(&stream);
+        let (open, body) = (Arc::clone(open), Arc::clone(body));
+        std::thread::spawn(move || {
+            serve(stream, &body, &open, &idle);
+            open.remove(key);
+        });
+    }
+    open.accept_stopped.store(true, Ordering::SeqCst);
+    // The drain ends the process once the connections in hand are done.
+    loop {
+        std::thread::park();
+    }
+}
+
+extern "C" fn on_sigusr1(_: libc::c_int) {}
+
+fn interrupt_on_sigusr1() {
+    // SAFETY: a handler that does nothing, installed without SA_RESTART so that it interrupts
+    // a blocking accept; `act` is fully initialised (zeroed, then the fields that matter).
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = on_sigusr1 as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigemptyset(&mut act.sa_mask);
+        libc::sigaction(libc::SIGUSR1, &act, std::ptr::null_mut());
+    }
+}
+
+/// Stops the accept loop, if this worker has one, and waits until it has (or `until`).
+fn stop_accepting(open: &Open, until: Instant) {
+    let Some(thread) = *open.accepter.lock().unwrap() else {
+        return;
+    };
+    // Again and again: a signal that comes just before the thread enters accept interrupts
+    // nothing.
+    while !open.accept_stopped.load(Ordering::SeqCst) && Instant::now() < until {
+        // SAFETY: the accept thread never ends, so its id stays valid.
+        unsafe { libc::pthread_kill(thread, libc::SIGUSR1) };
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -121,8 +232,7 @@ fn parse_args() -> Result<(SocketAddr, bool), String> {
     Ok((addr, explicit))
 }
 
-fn watch_primary(w: &Arc<Worker>, body: &Arc<str>) -> ! {
-    let open = Arc::new(Open::default());
+fn watch_primary(w: &Arc<Worker>, open: &Arc<Open>, body: &Arc<str>) -> ! {
     let mut batch = Vec::new();
     loop {
         // Everything waiting, in one go: its connections are acknowledged in one write.
@@ -131,9 +241,9 @@ fn watch_primary(w: &Arc<Worker>, body: &Arc<str>) -> ! {
         }
         for ev in batch.drain(..) {
             match ev {
-                WorkerEvent::Connection(c) => take(w, &open, c, body),
+                WorkerEvent::Connection(c) => take(w, open, c, body),
                 WorkerEvent::Message(_) => {}
-                WorkerEvent::Disconnect => drain(&open),
+                WorkerEvent::Disconnect => drain(open),
                 WorkerEvent::PrimaryGone => std::process::exit(0),
             }
         }
@@ -143,34 +253,35 @@ fn watch_primary(w: &Arc<Worker>, body: &Arc<str>) -> ! {
 /// Serves a dispatched connection on its own thread and reports it closed at the end.
 fn take(w: &Arc<Worker>, open: &Arc<Open>, c: Connection, body: &Arc<str>) {
     let stream = TcpStream::from(c.fd);
-    let idle = Arc::new(AtomicBool::new(false));
-    if let Ok(copy) = stream.try_clone() {
-        open.conns
-            .lock()
-            .unwrap()
-            .insert(c.id, (copy, Arc::clone(&idle)));
-    }
+    let (key, idle) = open.add(&stream);
     let (w, open, body) = (Arc::clone(w), Arc::clone(open), Arc::clone(body));
     std::thread::spawn(move || {
-        serve(stream, &body, &open.draining, Some(&idle));
-        open.conns.lock().unwrap().remove(&c.id);
+        serve(stream, &body, &open, &idle);
+        open.remove(key);
         let _ = w.connection_closed(c.id);
     });
 }
 
-/// No new connections come after a disconnect request: finish what is in flight, close the
-/// keep-alive connections waiting for a next request, and leave.
+/// No new connections come after a disconnect request (and in `shared` mode this worker stops
+/// accepting before it counts what is left). Every connection ends after its next
+/// answer (sent with `Connection: close`); one that stays without a request for
+/// `IDLE_GRACE` is closed; whatever is left at `DRAIN_MAX` is cut when the process exits.
 fn drain(open: &Open) -> ! {
     open.draining.store(true, Ordering::SeqCst);
     let until = Instant::now() + DRAIN_MAX;
+    stop_accepting(open, until);
+    let grace = IDLE_GRACE.as_millis() as u64;
     while Instant::now() < until {
         let conns = open.conns.lock().unwrap();
         if conns.is_empty() {
             break;
         }
+        let now = open.now();
         for (stream, idle) in conns.values() {
-            if idle.load(Ordering::SeqCst) {
-                let _ = stream.shutdown(Shutdown::Read);
+            let since = idle.load(Ordering::SeqCst);
+            if since != BUSY && now.saturating_sub(since) >= grace {
+                // Wakes the thread blocked reading it, which then closes the connection.
+                let _ = stream.shutdown(Shutdown::Both);
             }
         }
         drop(conns);
@@ -179,107 +290,17 @@ fn drain(open: &Open) -> ! {
     std::process::exit(0)
 }
 
-/// Socket activation: fd 3 when `LISTEN_PID` names this process.
-fn inherited_listener() -> Option<TcpListener> {
-    let ours = std::env::var("LISTEN_PID").ok()?.parse::<u32>().ok()? == std::process::id();
-    let count: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
-    if !ours || count == 0 {
-        return None;
-    }
-    // Programs this one starts must not think the sockets are meant for them.
-    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-        std::env::remove_var(var);
-    }
-    // SAFETY: by the socket-activation convention fd 3 is a listening socket handed to us.
-    let listener = unsafe { TcpListener::from_raw_fd(3) };
-    // The primary may share it in non-blocking mode; this server uses blocking accept.
-    listener.set_nonblocking(false).ok()?;
-    Some(listener)
-}
-
-fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
-    let family = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain socket creation; the result is checked.
-    let fd = cvt(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
-    // SAFETY: a fresh descriptor nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let one: libc::c_int = 1;
-    for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
-        let len = size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: `one` outlives the call and `len` is its size.
-        cvt(unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&one as *const libc::c_int).cast(),
-                len,
-            )
-        })?;
-    }
-    let (storage, len) = to_sockaddr(addr);
-    // SAFETY: `storage` holds a sockaddr of `len` bytes for this family.
-    cvt(unsafe { libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) })?;
-    // SAFETY: a bound stream socket.
-    cvt(unsafe { libc::listen(fd, 1024) })?;
-    Ok(TcpListener::from(sock))
-}
-
-fn to_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data for which all-zero is valid.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
-            let sin = unsafe {
-                &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
-            };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
-            size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: as above.
-            let sin6 = unsafe {
-                &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
-            };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr.s6_addr = a.ip().octets();
-            sin6.sin6_scope_id = a.scope_id();
-            size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
-}
-
-fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
 /// Answers requests until the client closes, asks to close, or the worker drains. `idle`
-/// is set while waiting for a next request on a kept-alive connection.
-fn serve(stream: TcpStream, body: &str, draining: &AtomicBool, idle: Option<&AtomicBool>) {
+/// marks since when a kept-alive connection waits for its next request (`BUSY` otherwise).
+fn serve(stream: TcpStream, body: &str, open: &Open, idle: &AtomicU64) {
     let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let Ok(read_half) = stream.try_clone() else {
         return;
     };
     let mut reader = BufReader::new(read_half);
     let mut out = stream;
-    while let Ok(Some(asked_close)) = read_request(&mut reader) {
-        if let Some(idle) = idle {
-            idle.store(false, Ordering::SeqCst);
-        }
-        let close = asked_close || draining.load(Ordering::SeqCst);
+    while let Ok(Some(asked_close)) = read_request(&mut reader, idle) {
+        let close = asked_close || open.draining.load(Ordering::SeqCst);
         let connection = if close { "close" } else { "keep-alive" };
         let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n",
@@ -294,15 +315,18 @@ fn serve(stream: TcpStream, body: &str, draining: &AtomicBool, idle: Option<&Ato
             let _ = out.shutdown(Shutdown::Write);
             return;
         }
-        if let Some(idle) = idle {
-            idle.store(true, Ordering::SeqCst);
-        }
+        idle.store(open.now(), Ordering::SeqCst);
     }
 }
 
-/// Reads one request and discards its body. Some(true) when the connection should close
-/// after the response; None at end of stream.
-fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<bool>> {
+/// Reads one request and discards its body, marking the connection busy from its first
+/// byte. Some(true) when the connection should close after the response; None at end of
+/// stream.
+fn read_request(r: &mut BufReader<TcpStream>, idle: &AtomicU64) -> io::Result<Option<bool>> {
+    if r.fill_buf()?.is_empty() {
+        return Ok(None);
+    }
+    idle.store(BUSY, Ordering::SeqCst);
     let mut line = String::new();
     while line.trim().is_empty() {
         line.clear();

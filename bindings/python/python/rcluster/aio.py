@@ -6,12 +6,21 @@ to ``loop.connect_accepted_socket``; in ``shared`` mode the inherited listening 
 served with ``loop.create_server``. The worker's link is watched with ``loop.add_reader`` (no
 thread), and heartbeats are sent by the loop itself, so a loop that hangs stops them and the
 primary (with ``heartbeat_timeout``) replaces the worker.
+
+When the worker drains (a reload, a scale-down, a stop), every open connection's protocol that
+has a ``close_when_idle()`` method is told so, once: an HTTP/1 protocol should then finish the
+request in hand, answer the next one with ``Connection: close`` and close after it, and close
+a connection outright only once it has been quiet for a moment (half a second, say). Closing
+an idle keep-alive connection at once races its client, which may be sending its next request
+at that very moment and would see the connection fail. Protocols without the method are left
+to finish on their own (``drain_timeout``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -78,6 +87,7 @@ class _Link:
 
     def _leave(self, gone: bool) -> None:
         self.primary_gone = self.primary_gone or gone
+        self.w.draining = True
         if not self.disconnected.is_set():
             self.disconnected.set()
             self.loop.remove_reader(self.w.fileno())
@@ -110,6 +120,16 @@ class WorkerServer:
         self._idle.set()
         self._closed = asyncio.Event()
         self._shared: list[asyncio.base_events.Server] = []
+        # The protocols of open connections, told when the server drains (close_when_idle).
+        self._protocols: weakref.WeakSet[asyncio.BaseProtocol] = weakref.WeakSet()
+
+    def _make(self) -> asyncio.BaseProtocol:
+        protocol = self._factory()
+        try:
+            self._protocols.add(protocol)
+        except TypeError:  # not weak-referenceable: it gets no drain notice
+            pass
+        return protocol
 
     def _takes(self, listener: str) -> bool:
         return not self._closed.is_set() and self._listener in (None, listener)
@@ -131,7 +151,7 @@ class WorkerServer:
         make = getattr(loop, "_make_socket_transport", None)
         if make is None:
             # Other loops (uvloop, …): the public way, a task per connection.
-            task = loop.create_task(loop.connect_accepted_socket(self._factory, sock))
+            task = loop.create_task(loop.connect_accepted_socket(self._make, sock))
             task.add_done_callback(lambda t: self._started(t, sock))
             return
         # The selector loops' own accept path, without its task and future per connection:
@@ -140,7 +160,7 @@ class WorkerServer:
             sock.setblocking(False)
             peername = sock._peername()
             extra = None if peername is None else {"peername": peername}
-            make(sock, self._factory(), None, extra=extra)
+            make(sock, self._make(), None, extra=extra)
         except Exception as e:
             sock.close()
             self._report(e)
@@ -159,13 +179,20 @@ class WorkerServer:
     async def _start_shared(self, socks: list[tuple[str, socket.socket]]) -> None:
         for name, sock in socks:
             if self._listener in (None, name):
-                self._shared.append(await self._link.loop.create_server(self._factory, sock=sock))
+                self._shared.append(await self._link.loop.create_server(self._make, sock=sock))
             else:
                 sock.close()
 
     def close(self) -> None:
-        """Stops taking new connections (the open ones carry on)."""
+        """Stops taking new connections; the open ones carry on, and their protocols'
+        ``close_when_idle()`` is called (see the module's documentation)."""
+        if self._closed.is_set():
+            return
         self._closed.set()
+        for protocol in list(self._protocols):
+            hook = getattr(protocol, "close_when_idle", None)
+            if callable(hook):
+                call_reporting(hook, what="close_when_idle")
         for s in self._shared:
             s.close()
         if self in self._link.servers:
@@ -176,9 +203,22 @@ class WorkerServer:
         seconds at most)."""
         await self._closed.wait()
         try:
-            await asyncio.wait_for(self._idle.wait(), self._drain_timeout)
+            await asyncio.wait_for(self._finished(), self._drain_timeout)
         except asyncio.TimeoutError:
-            logger.warning("rcluster: %d connection(s) still open after drain", self._open)
+            logger.warning(
+                "rcluster: %d connection(s) still open after drain", self._open + self._accepted()
+            )
+
+    async def _finished(self) -> None:
+        await self._idle.wait()
+        while self._accepted():
+            await asyncio.sleep(0.05)
+
+    def _accepted(self) -> int:
+        """Open connections accepted from inherited sockets (``shared``). Their asyncio.Server
+        counts them (``_active_count``, in every CPython since 3.4), but its ``wait_closed()``
+        does not wait for them before 3.12."""
+        return sum(getattr(s, "_active_count", 0) for s in self._shared)
 
     async def serve_forever(self) -> None:
         """Serves until the primary asks this worker to leave, then drains and returns.

@@ -128,6 +128,10 @@ class Worker:
         self._last_beat = time.monotonic()
         self._closed_hook = self._connection_closed
         self.aio_link: Any = None  # set by rcluster.aio
+        #: True once the primary has asked this worker to leave (or is gone): a handler that
+        #: serves several requests on one connection should answer the next one as the last
+        #: (HTTP: ``Connection: close``), and close a connection that stays quiet.
+        self.draining = False
 
     @property
     def id(self) -> int:
@@ -184,8 +188,10 @@ class Worker:
             sock._rc_on_close = self._closed_hook
             return sock
         if kind == "disconnect":
+            self.draining = True
             return Disconnect()
         # primary_gone
+        self.draining = True
         if self.exit_on_primary_loss:
             raise SystemExit(0)
         raise NotAWorkerError("the primary is gone")

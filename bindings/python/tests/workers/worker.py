@@ -73,6 +73,42 @@ def blocking_http() -> None:
     rcluster.serve(handle, on_message=on_message)
 
 
+def blocking_keepalive() -> None:
+    """rcluster.serve with a blocking handler that keeps connections alive. While the worker
+    drains (``draining``), its next answer says ``Connection: close``, and a connection quiet
+    for half a second is closed: closing one at once would fail a request being sent."""
+    w = rcluster.worker()
+    body = f"blocking worker {w.id}\n".encode()
+
+    def handle(sock):
+        sock.settimeout(0.1)  # wakes up to look at w.draining
+        data, quiet_since = b"", time.monotonic()
+        while True:
+            if b"\r\n\r\n" in data:
+                _, data = data.split(b"\r\n\r\n", 1)
+                last = w.draining
+                sock.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s"
+                    % (len(body), b"Connection: close\r\n" if last else b"", body)
+                )
+                if last:
+                    return
+                quiet_since = time.monotonic()
+                continue
+            if w.draining and not data and time.monotonic() - quiet_since >= 0.5:
+                return
+            try:
+                chunk = sock.recv(4096)
+            except TimeoutError:
+                continue
+            if not chunk:
+                return
+            data += chunk
+            quiet_since = time.monotonic()
+
+    rcluster.serve(handle)
+
+
 async def streams_http() -> None:
     """rcluster.aio.start_server with streams."""
     w = rcluster.worker()
@@ -134,4 +170,9 @@ if __name__ == "__main__":
     if mode in aio:
         asyncio.run(aio[mode]())
     else:
-        {"echo": echo, "count": count, "blocking-http": blocking_http}[mode]()
+        {
+            "echo": echo,
+            "count": count,
+            "blocking-http": blocking_http,
+            "blocking-keepalive": blocking_keepalive,
+        }[mode]()
