@@ -17,6 +17,7 @@ mod policy;
 mod primary;
 mod process;
 mod reader;
+mod sentinel;
 mod spawn;
 mod steer;
 mod supervisor;
