@@ -59,7 +59,9 @@ def test_a_sigkilled_python_primary_takes_every_process_of_its_workers_groups_wi
             return [q for q in marked(mark) if int((stat(q) or ["", "", "0"])[2]) in workers]
 
         def escaped() -> list[int]:
-            return [q for q in marked(mark) if (s := stat(q)) and int(s[3]) == q and q not in workers]
+            return [
+                q for q in marked(mark) if (s := stat(q)) and int(s[3]) == q and q not in workers
+            ]
 
         deadline = time.monotonic() + 10
         while (len(in_groups()) < 4 or len(escaped()) < 2) and time.monotonic() < deadline:
