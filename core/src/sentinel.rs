@@ -31,7 +31,10 @@ const ADD: i32 = 1;
 const REMOVE: i32 = 2;
 
 pub struct Sentinel {
-    pidfd: OwnedFd,
+    pid: libc::pid_t,
+    /// None where pidfd_open is refused (valgrind, which does not know it): a supervisor
+    /// without workers still runs there, and the sentinel is then reaped by its pid.
+    pidfd: Option<OwnedFd>,
     /// The write end; dropping it is what tells the sentinel to finish.
     tx: Option<OwnedFd>,
     cgroup: Option<Cgroup>,
@@ -61,17 +64,9 @@ impl Sentinel {
             unsafe { setup.run() }
         }
         drop(rx);
-        let pidfd = match sys::pidfd_open(pid) {
-            Ok(fd) => fd,
-            Err(e) => {
-                drop(tx);
-                // SAFETY: reaps this one child, which exits now that its socket is closed.
-                unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-                return Err(e);
-            }
-        };
         Ok(Sentinel {
-            pidfd,
+            pid,
+            pidfd: sys::pidfd_open(pid).ok(),
             tx: Some(tx),
             cgroup,
         })
@@ -111,7 +106,11 @@ impl Drop for Sentinel {
         // End of file: the sentinel kills what is left (nothing, after a clean stop, but the
         // cgroup's setsid escapees) and exits.
         drop(self.tx.take());
-        let _ = sys::wait_reap(self.pidfd.as_raw_fd());
+        match &self.pidfd {
+            Some(fd) => drop(sys::wait_reap(fd.as_raw_fd())),
+            // SAFETY: waits for this one child only (never -1).
+            None => drop(unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) }),
+        }
         if let Some(c) = &self.cgroup {
             // The sentinel removes it once empty; this covers a sentinel that gave up waiting.
             let _ = std::fs::remove_dir(&c.dir);

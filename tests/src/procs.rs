@@ -115,3 +115,14 @@ impl Drop for KillMarked {
         kill_all(&marked(&self.0));
     }
 }
+
+/// Children of this process, zombies included.
+pub fn children() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let mut pids: Vec<u32> = all_pids()
+        .into_iter()
+        .filter(|&pid| stat_fields(pid).is_some_and(|f| f.get(1) == Some(&me)))
+        .collect();
+    pids.sort();
+    pids
+}

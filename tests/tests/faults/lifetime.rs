@@ -297,3 +297,31 @@ fn start_on_a_kernel_below_the_floor_fails_naming_the_version_and_what_is_missin
         "{text:?}"
     );
 }
+
+#[test]
+fn stop_reaps_the_sentinel_and_every_worker_and_removes_the_cgroup() {
+    let before = procs::children();
+    let sup = Supervisor::start(worker_config(2, &["echo"])).unwrap();
+    let pids = ready_pids(&sup, 2);
+    // Two workers and the sentinel.
+    assert_eq!(
+        procs::children().len(),
+        before.len() + 3,
+        "{:?}",
+        procs::children()
+    );
+    let cgroup = procs::cgroup_of(pids[0]).filter(|c| c.contains("/rcluster."));
+    sup.stop(Duration::from_secs(2)).unwrap();
+    assert_eq!(procs::children(), before, "left behind by stop");
+    assert_eq!(zombie_children(), 0);
+    if let Some(cg) = cgroup {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        for m in mounts.lines().filter(|l| l.contains(" - cgroup2 ")) {
+            let dir = format!("{}{cg}", m.split(' ').nth(4).unwrap());
+            assert!(
+                !std::path::Path::new(&dir).exists(),
+                "{dir} is left after stop"
+            );
+        }
+    }
+}
