@@ -26,6 +26,11 @@ pub fn running(pid: u32) -> bool {
     stat_fields(pid).is_some_and(|f| f[0] != "Z")
 }
 
+/// The parent of `pid`.
+pub fn ppid(pid: u32) -> Option<u32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
 /// The process group of `pid`.
 pub fn pgrp(pid: u32) -> Option<u32> {
     stat_fields(pid)?.get(2)?.parse().ok()

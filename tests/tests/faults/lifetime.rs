@@ -325,3 +325,50 @@ fn stop_reaps_the_sentinel_and_every_worker_and_removes_the_cgroup() {
         }
     }
 }
+
+#[test]
+fn sentinel_outlasts_signals_meant_for_the_terminal_and_still_ends_the_groups() {
+    let mark = procs::new_mark("sentinel");
+    let _cleanup = KillMarked(mark.clone());
+    let script = format!("sleep 300 & exec {} echo", test_worker());
+    let mut primary = Command::new(bin_path("rcluster-test-primary"))
+        .args(["1", "sh", "-c", &script])
+        .env(MARK_VAR, &mark)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(primary.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let worker: u32 = line.trim().parse().unwrap();
+    let group = wait_group(worker, 2);
+    let sentinels: Vec<u32> = procs::marked(&mark)
+        .into_iter()
+        .filter(|&p| p != worker && procs::ppid(p) == Some(primary.id()))
+        .collect();
+    assert_eq!(sentinels.len(), 1, "{sentinels:?}");
+    for sig in [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGTSTP,
+    ] {
+        // SAFETY: plain syscall on the sentinel this test started.
+        unsafe { libc::kill(sentinels[0] as i32, sig) };
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        procs::running(sentinels[0]),
+        "a terminal's signal ended the sentinel"
+    );
+    primary.kill().unwrap();
+    primary.wait().unwrap();
+    let left = still_running_after_a_second(&group);
+    assert!(left.is_empty(), "{left:?} outlived the primary");
+    assert!(
+        still_running_after_a_second(&sentinels).is_empty(),
+        "the sentinel outlived the primary"
+    );
+}
