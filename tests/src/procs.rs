@@ -131,3 +131,32 @@ pub fn children() -> Vec<u32> {
     pids.sort();
     pids
 }
+
+/// True when this process may create a cgroup v2 under its own (root, or a delegated
+/// cgroup): then a cluster it starts must have a cgroup of its own.
+pub fn cgroup_available() -> bool {
+    let Some(own) = cgroup_of(std::process::id()) else {
+        return false;
+    };
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let Some(mount) = mounts.lines().find_map(|l| {
+        let (fields, fs) = l.split_once(" - ")?;
+        let f: Vec<&str> = fields.split(' ').collect();
+        (fs.starts_with("cgroup2 ") && f.get(3) == Some(&"/")).then(|| f[4].to_string())
+    }) else {
+        return false;
+    };
+    let probe = format!(
+        "{mount}{}/rcluster-probe-{}",
+        own.trim_end_matches('/'),
+        std::process::id()
+    );
+    let made = std::fs::create_dir(&probe).is_ok();
+    let kill = std::path::Path::new(&probe).join("cgroup.kill").exists();
+    if made {
+        let _ = std::fs::remove_dir(&probe);
+    }
+    made && kill
+}

@@ -70,7 +70,12 @@ fn families(workers: &[u32], mark: &str) -> Family {
 fn kill_primary_and_check(mut primary: Child, workers: &[u32], mark: &str, host: &str) {
     let _cleanup = procs::KillMarked(mark.to_string());
     let family = families(workers, mark);
-    let in_cgroup = procs::cgroup_of(workers[0]).is_some_and(|c| c.contains("/rcluster."));
+    let in_cgroup = procs::cgroup_available();
+    assert_eq!(
+        procs::cgroup_of(workers[0]).is_some_and(|c| c.contains("/rcluster.")),
+        in_cgroup,
+        "{host}: the workers are not in a cgroup of the cluster's own, though one was possible"
+    );
     primary.kill().unwrap();
     let killed_at = Instant::now();
     primary.wait().unwrap();

@@ -93,7 +93,8 @@ fn primary_sigkilled_with_workers_that_have_children_leaves_nothing_within_a_sec
     for &w in &workers {
         wait_group(w, 2);
     }
-    let cgroup = worker_in_own_cgroup(workers[0]);
+    let cgroup = procs::cgroup_available();
+    assert_eq!(worker_in_own_cgroup(workers[0]), cgroup);
     // Three workers, three group children, three setsid escapees and the sentinel.
     let deadline = Instant::now() + Duration::from_secs(10);
     while procs::marked(&mark).len() < 10 && Instant::now() < deadline {
@@ -193,10 +194,14 @@ fn stop_ends_setsid_descendants_when_the_cluster_has_a_cgroup() {
     let script = format!("setsid sleep 300 & exec {} echo", test_worker());
     let sup = Supervisor::start(shell_config(2, &script, &mark)).unwrap();
     let pids = ready_pids(&sup, 2);
-    if !worker_in_own_cgroup(pids[0]) {
+    if !procs::cgroup_available() {
         eprintln!("no cgroup of the cluster's own here: setsid descendants outlive a stop");
         return;
     }
+    assert!(
+        worker_in_own_cgroup(pids[0]),
+        "a cgroup was possible, the workers are not in one"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while procs::marked(&mark).len() < 4 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
