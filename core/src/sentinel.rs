@@ -10,9 +10,15 @@
 //! one (which also ends descendants that left the group with `setsid`), and exits. A normal
 //! stop reaps it through its pidfd.
 //!
-//! Between fork and `_exit` the sentinel makes only async-signal-safe calls on memory
-//! allocated before the fork: the primary is multi-threaded, and a lock held by another thread
-//! at fork time would never be released in the child.
+//! The sentinel shares the primary's memory (`clone(CLONE_VM)`) rather than a copy of it: a
+//! forked copy would keep every page the host has at start-up for as long as the cluster runs,
+//! and a host that writes its heap (reference counts in CPython, a moving collector in V8)
+//! would soon pay for it twice. Sharing memory with a multi-threaded host, the sentinel must
+//! touch nothing but what was allocated for it (its stack, its table, its settings) and may not
+//! call into libc, whose wrappers write `errno` in the forking thread's thread-local storage:
+//! it makes raw system calls only. Where that is not possible (another architecture, or a
+//! `clone` that is refused, or valgrind, which does not support it), it is forked instead, and
+//! runs the same code.
 
 use std::ffi::CString;
 use std::io;
@@ -32,6 +38,8 @@ const REMOVE: i32 = 2;
 
 pub struct Sentinel {
     pid: libc::pid_t,
+    /// What the sentinel reads and writes while it runs; freed only once it has been reaped.
+    _memory: Option<(Box<Setup>, Vec<libc::pid_t>, Stack)>,
     /// None where pidfd_open is refused (valgrind, which does not know it): a supervisor
     /// without workers still runs there, and the sentinel is then reaped by its pid.
     pidfd: Option<OwnedFd>,
@@ -41,31 +49,61 @@ pub struct Sentinel {
 }
 
 impl Sentinel {
-    /// Forks the sentinel, after creating the cluster's cgroup where the primary may.
+    /// Starts the sentinel, after creating the cluster's cgroup where the primary may.
     pub fn start() -> io::Result<Sentinel> {
         let cgroup = Cgroup::create();
         // A socket pair rather than a pipe, for MSG_NOSIGNAL; its end-of-file is the same.
         let (rx, tx) = sys::socketpair()?;
         let mut groups = vec![0 as libc::pid_t; CAPACITY];
-        let setup = Setup {
+        let setup = Box::new(Setup {
             rx: rx.as_raw_fd(),
             kill: cgroup.as_ref().map_or(-1, |c| c.kill.as_raw_fd()),
-            dir: cgroup.as_ref().map(|c| c.dir_c.as_ptr()),
+            dir: cgroup
+                .as_ref()
+                .map_or(std::ptr::null(), |c| c.dir_c.as_ptr()),
             groups: groups.as_mut_ptr(),
-        };
-        // SAFETY: fork in a multi-threaded process; the child runs only `setup.run()`, which
-        // makes async-signal-safe calls on memory prepared above and never returns.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(io::Error::last_os_error());
+        });
+        let stack = Stack::new()?;
+        // No signal may reach a handler of the host in the sentinel before it has ignored
+        // them all: blocked here, the mask is inherited, and the sentinel unblocks them.
+        // SAFETY: sigset manipulation on local variables; the mask is restored below.
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         }
-        if pid == 0 {
-            // SAFETY: see above.
-            unsafe { setup.run() }
+        let mut pid = -1;
+        if raw::SHARED_MEMORY && !under_valgrind() {
+            // SAFETY: the child runs `entry` on its own stack and touches only `setup`,
+            // `groups` and that stack, all kept alive until it is reaped (see `Drop`).
+            pid = unsafe {
+                libc::clone(
+                    entry,
+                    stack.top(),
+                    libc::CLONE_VM | libc::SIGCHLD,
+                    (&*setup as *const Setup).cast_mut().cast(),
+                )
+            };
+        }
+        if pid < 0 {
+            // SAFETY: fork in a multi-threaded process; the child runs only `setup.run()`,
+            // which makes raw system calls on memory prepared above and never returns.
+            pid = unsafe { libc::fork() };
+            if pid == 0 {
+                unsafe { setup.run() }
+            }
+        }
+        let err = io::Error::last_os_error();
+        // SAFETY: restores the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        if pid < 0 {
+            return Err(err);
         }
         drop(rx);
         Ok(Sentinel {
             pid,
+            _memory: Some((setup, groups, stack)),
             pidfd: sys::pidfd_open(pid).ok(),
             tx: Some(tx),
             cgroup,
@@ -181,36 +219,115 @@ fn cgroup2_mount() -> Option<String> {
     })
 }
 
-/// What the child needs, all allocated before fork.
+/// Valgrind supports `clone` only as threads and fork do, and ends the whole program at any
+/// other use instead of failing the call: there the sentinel is forked. Valgrind preloads its
+/// own libraries, which is how it is recognized.
+fn under_valgrind() -> bool {
+    std::env::var_os("LD_PRELOAD")
+        .is_some_and(|v| v.as_bytes().windows(9).any(|w| w == b"vgpreload"))
+}
+
+/// The sentinel's stack: its own mapping, with a guard page below it.
+struct Stack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: a plain mapping, owned by the Sentinel that frees it.
+unsafe impl Send for Stack {}
+unsafe impl Sync for Stack {}
+
+impl Stack {
+    const LEN: usize = 256 << 10;
+
+    fn new() -> io::Result<Stack> {
+        // SAFETY: a fresh private mapping; the lowest page becomes the guard.
+        unsafe {
+            let base = libc::mmap(
+                std::ptr::null_mut(),
+                Self::LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            );
+            if base == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            libc::mprotect(base, 4096, libc::PROT_NONE);
+            Ok(Stack {
+                base,
+                len: Self::LEN,
+            })
+        }
+    }
+
+    fn top(&self) -> *mut libc::c_void {
+        // SAFETY: one past the end of the mapping, which is 16-byte aligned.
+        unsafe { self.base.cast::<u8>().add(self.len).cast() }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: unmaps the mapping made in `new`, which nobody uses any more.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// What the sentinel needs, all allocated before it starts.
 struct Setup {
     rx: RawFd,
     kill: RawFd,
-    dir: Option<*const libc::c_char>,
+    /// The cgroup's directory (NUL-terminated), or null.
+    dir: *const libc::c_char,
     groups: *mut libc::pid_t,
 }
 
+// SAFETY: plain settings read by the sentinel; the pointers stay valid while it runs.
+unsafe impl Send for Setup {}
+unsafe impl Sync for Setup {}
+
+extern "C" fn entry(setup: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `setup` is the Box that `Sentinel` keeps alive until the sentinel is reaped.
+    unsafe { (*setup.cast::<Setup>()).run() }
+}
+
 impl Setup {
-    /// Runs in the sentinel. Async-signal-safe calls only.
-    unsafe fn run(self) -> ! {
+    /// Runs in the sentinel: raw system calls only (see the module's comment).
+    unsafe fn run(&self) -> ! {
         // Its own group, and every signal ignored: a Ctrl-C (or any signal) sent to the
         // primary's process group must not end it before the primary, and a handler the host
-        // installed must never run in this half-copied process.
-        libc::setpgid(0, 0);
-        let mut ign: libc::sigaction = std::mem::zeroed();
-        ign.sa_sigaction = libc::SIG_IGN;
+        // installed must never run in it. Then the signals blocked by the parent are let in.
+        raw::call(libc::SYS_setpgid, 0, 0, 0, 0);
+        let ignore: [usize; 4] = [libc::SIG_IGN, 0, 0, 0];
         for sig in 1..65 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::sigaction(sig, &ign, std::ptr::null_mut());
+            if sig != libc::SIGKILL as usize && sig != libc::SIGSTOP as usize {
+                raw::call(libc::SYS_rt_sigaction, sig, ignore.as_ptr() as usize, 0, 8);
             }
         }
+        let none: u64 = 0;
+        raw::call(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK as usize,
+            &none as *const u64 as usize,
+            0,
+            8,
+        );
         // Hold nothing of the host's: its sockets, its pipes (a parent waiting for EOF on the
         // primary's stdout), another supervisor's sentinel socket.
         keep_only(self.rx, self.kill);
         let mut buf = [0u8; 512];
         let mut have = 0usize;
         loop {
-            let n = libc::read(self.rx, buf.as_mut_ptr().add(have).cast(), buf.len() - have);
-            if n < 0 && *libc::__errno_location() == libc::EINTR {
+            let n = raw::call(
+                libc::SYS_read,
+                self.rx as usize,
+                buf.as_mut_ptr().add(have) as usize,
+                buf.len() - have,
+                0,
+            );
+            if n == -(libc::EINTR as isize) {
                 continue;
             }
             if n <= 0 {
@@ -229,26 +346,49 @@ impl Setup {
         for i in 0..CAPACITY {
             let pgid = *self.groups.add(i);
             if pgid > 0 {
-                libc::kill(-pgid, libc::SIGKILL);
+                raw::call(
+                    libc::SYS_kill,
+                    (-pgid) as usize,
+                    libc::SIGKILL as usize,
+                    0,
+                    0,
+                );
             }
         }
         if self.kill >= 0 {
-            libc::write(self.kill, b"1".as_ptr().cast(), 1);
+            raw::call(
+                libc::SYS_write,
+                self.kill as usize,
+                b"1".as_ptr() as usize,
+                1,
+                0,
+            );
         }
-        if let Some(dir) = self.dir {
+        if !self.dir.is_null() {
             // The cgroup can be removed once its last process has died: give them a second.
             let pause = libc::timespec {
                 tv_sec: 0,
                 tv_nsec: 5_000_000,
             };
             for _ in 0..200 {
-                if libc::rmdir(dir) == 0 || *libc::__errno_location() != libc::EBUSY {
+                let r = raw::call(
+                    libc::SYS_unlinkat,
+                    libc::AT_FDCWD as usize,
+                    self.dir as usize,
+                    libc::AT_REMOVEDIR as usize,
+                    0,
+                );
+                if r != -(libc::EBUSY as isize) {
                     break;
                 }
-                libc::nanosleep(&pause, std::ptr::null_mut());
+                raw::call(libc::SYS_nanosleep, &pause as *const _ as usize, 0, 0, 0);
             }
         }
-        libc::_exit(0)
+        raw::call(libc::SYS_exit_group, 0, 0, 0, 0);
+        // exit_group does not return.
+        loop {
+            std::hint::spin_loop();
+        }
     }
 
     unsafe fn apply(&self, op: i32, pgid: libc::pid_t) {
@@ -267,12 +407,12 @@ impl Setup {
     }
 }
 
-/// Closes every descriptor but `a` and `b` (-1 for none). Async-signal-safe.
+/// Closes every descriptor but `a` and `b` (-1 for none). Raw system calls only.
 unsafe fn keep_only(a: RawFd, b: RawFd) {
     let (lo, hi) = if b >= 0 && b < a { (b, a) } else { (a, b) };
     let close = |from: RawFd, to: libc::c_uint| {
         if (from as libc::c_uint) <= to {
-            libc::syscall(libc::SYS_close_range, from as libc::c_uint, to, 0);
+            raw::call(libc::SYS_close_range, from as usize, to as usize, 0, 0);
         }
     };
     if lo > 0 {
@@ -283,5 +423,55 @@ unsafe fn keep_only(a: RawFd, b: RawFd) {
         close(hi + 1, libc::c_uint::MAX);
     } else {
         close(lo + 1, libc::c_uint::MAX);
+    }
+}
+
+/// System calls without libc: nothing in them touches thread-local storage (`errno`).
+mod raw {
+    /// Whether the sentinel may share the primary's memory: only where `call` needs no libc.
+    pub const SHARED_MEMORY: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
+
+    /// Returns the result, or minus the error number.
+    #[cfg(target_arch = "x86_64")]
+    pub unsafe fn call(n: libc::c_long, a: usize, b: usize, c: usize, d: usize) -> isize {
+        let ret: isize;
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") n as isize => ret,
+            in("rdi") a,
+            in("rsi") b,
+            in("rdx") c,
+            in("r10") d,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+        ret
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    pub unsafe fn call(n: libc::c_long, a: usize, b: usize, c: usize, d: usize) -> isize {
+        let ret: isize;
+        std::arch::asm!(
+            "svc 0",
+            in("x8") n,
+            inlateout("x0") a as isize => ret,
+            in("x1") b,
+            in("x2") c,
+            in("x3") d,
+            options(nostack),
+        );
+        ret
+    }
+
+    /// Elsewhere the sentinel is forked, and libc's wrapper may write its own copy of errno.
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    pub unsafe fn call(n: libc::c_long, a: usize, b: usize, c: usize, d: usize) -> isize {
+        let r = libc::syscall(n, a, b, c, d);
+        if r < 0 {
+            -(*libc::__errno_location() as isize)
+        } else {
+            r as isize
+        }
     }
 }

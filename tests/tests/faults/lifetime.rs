@@ -377,3 +377,35 @@ fn sentinel_outlasts_signals_meant_for_the_terminal_and_still_ends_the_groups() 
         "the sentinel outlived the primary"
     );
 }
+
+#[test]
+fn sentinel_shares_the_primarys_memory_instead_of_holding_a_copy_of_it() {
+    let before = procs::children();
+    let sup = Supervisor::start(worker_config(1, &["echo"])).unwrap();
+    let pids = ready_pids(&sup, 1);
+    let sentinel: Vec<u32> = procs::children()
+        .into_iter()
+        .filter(|p| !before.contains(p) && !pids.contains(p))
+        .collect();
+    assert_eq!(sentinel.len(), 1, "{sentinel:?}");
+    // A forked copy would keep every page of the host alive while the host writes its own.
+    const KCMP_VM: libc::c_long = 1;
+    // SAFETY: kcmp only compares two processes' kernel objects.
+    let same = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            std::process::id() as libc::c_long,
+            sentinel[0] as libc::c_long,
+            KCMP_VM,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    sup.stop(Duration::from_secs(2)).unwrap();
+    if same < 0 && err.raw_os_error() == Some(libc::ENOSYS) {
+        eprintln!("no kcmp in this kernel: not checked");
+        return;
+    }
+    assert_eq!(same, 0, "the sentinel has a memory of its own ({err})");
+}
