@@ -149,10 +149,6 @@ impl Drop for Sentinel {
             // SAFETY: waits for this one child only (never -1).
             None => drop(unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) }),
         }
-        if let Some(c) = &self.cgroup {
-            // The sentinel removes it once empty; this covers a sentinel that gave up waiting.
-            let _ = std::fs::remove_dir(&c.dir);
-        }
     }
 }
 
@@ -200,6 +196,14 @@ impl Cgroup {
                 None
             }
         }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // The sentinel removes it once empty; this covers a sentinel that gave up waiting, or
+        // one that never started.
+        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 
