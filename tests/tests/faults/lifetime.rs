@@ -173,10 +173,11 @@ fn worker_that_ignores_sigterm_and_has_children_is_killed_with_its_whole_group_a
 fn children_of_a_worker_that_exits_on_its_own_are_killed_when_it_is_reaped() {
     let mark = procs::new_mark("exit");
     let _cleanup = KillMarked(mark.clone());
-    let script = format!("sleep 300 & exec {} exit 300 0", test_worker());
+    let script = format!("sleep 300 & exec {} echo", test_worker());
     let sup = Supervisor::start(shell_config(1, &script, &mark)).unwrap();
     let pid = ready_pids(&sup, 1)[0];
     let group = wait_group(pid, 2);
+    sup.send(0, b"!exit 0").unwrap();
     wait_for(
         &sup,
         Duration::from_secs(10),
