@@ -142,18 +142,19 @@ fn worker_that_ignores_sigterm_and_has_children_is_killed_with_its_whole_group_a
         test_worker()
     );
     let mut cfg = shell_config(1, &script, &mark);
-    cfg.kill_timeout = Duration::from_millis(600);
+    cfg.kill_timeout = Duration::from_millis(1500);
     let sup = Supervisor::start(cfg).unwrap();
     let pid = ready_pids(&sup, 1)[0];
     let group = wait_group(pid, 3);
     let asked = Instant::now();
     sup.restart_worker(0).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        procs::group_members(pid).len(),
-        3,
-        "SIGTERM alone ended an ignoring group"
-    );
+    // SIGTERM goes to the group at half of kill_timeout (750 ms), SIGKILL at 1.5 s.
+    std::thread::sleep(Duration::from_millis(1000));
+    let members = procs::group_members(pid).len();
+    // On a machine so loaded that this thread slept past the kill, there is nothing to see.
+    if asked.elapsed() < Duration::from_millis(1400) {
+        assert_eq!(members, 3, "SIGTERM alone ended an ignoring group");
+    }
     wait_for(
         &sup,
         Duration::from_secs(10),
@@ -163,7 +164,7 @@ fn worker_that_ignores_sigterm_and_has_children_is_killed_with_its_whole_group_a
     let left = still_running_after_a_second(&group);
     assert!(left.is_empty(), "{left:?} of the group outlived the kill");
     assert!(
-        took >= Duration::from_millis(600),
+        took >= Duration::from_millis(1500),
         "killed after {took:?}, before kill_timeout"
     );
     sup.stop(Duration::from_secs(1)).unwrap();
