@@ -1,7 +1,7 @@
 //! The sentinel: a tiny process that ends every worker's process group when the primary dies.
 //!
 //! A worker has `PR_SET_PDEATHSIG`, but its own children do not: after a SIGKILL of the
-//! primary they would be adopted by init and live on. The sentinel is forked (without exec)
+//! primary they would be adopted by init and live on. The sentinel is started (no exec)
 //! when a supervisor starts and holds one end of a socket pair whose other end only the primary
 //! holds (close-on-exec, so no worker inherits it). The primary writes "add pgid" when it forks
 //! a worker and "remove pgid" once it has killed that group, before reaping its leader. When
