@@ -20,14 +20,15 @@
 //! `clone` that is refused, or valgrind, which does not support it), it is forked instead, and
 //! runs the same code.
 
-use std::ffi::CString;
+mod cgroup;
+mod raw;
+
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::sys;
+use cgroup::Cgroup;
 
 /// Most groups the sentinel tracks at once: every slot twice over (a reload surges new
 /// workers while old ones drain), with room for workers that take long to die.
@@ -150,77 +151,6 @@ impl Drop for Sentinel {
             None => drop(unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) }),
         }
     }
-}
-
-/// The cluster's own cgroup (v2), where the primary may create one: as root, or inside a
-/// cgroup delegated to its user.
-struct Cgroup {
-    dir: PathBuf,
-    dir_c: CString,
-    procs: OwnedFd,
-    kill: OwnedFd,
-}
-
-static CGROUPS: AtomicU32 = AtomicU32::new(0);
-
-impl Cgroup {
-    /// None when the primary cannot have one (no cgroup v2, no permission, a kernel before
-    /// 5.14 without `cgroup.kill`): workers' `setsid` descendants are then not ended.
-    fn create() -> Option<Cgroup> {
-        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-        let own = own.lines().find_map(|l| l.strip_prefix("0::"))?;
-        let mount = cgroup2_mount()?;
-        let n = CGROUPS.fetch_add(1, Ordering::Relaxed);
-        let dir = PathBuf::from(format!(
-            "{}{}/rcluster.{}.{n}",
-            mount,
-            own.trim_end_matches('/'),
-            std::process::id()
-        ));
-        std::fs::create_dir(&dir).ok()?;
-        let open = |name: &str| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(dir.join(name))
-                .map(OwnedFd::from)
-        };
-        match (open("cgroup.procs"), open("cgroup.kill")) {
-            (Ok(procs), Ok(kill)) => Some(Cgroup {
-                dir_c: CString::new(dir.as_os_str().as_bytes()).ok()?,
-                dir,
-                procs,
-                kill,
-            }),
-            _ => {
-                let _ = std::fs::remove_dir(&dir);
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        // The sentinel removes it once empty; this covers a sentinel that gave up waiting, or
-        // one that never started.
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
-/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
-/// on hybrid systems).
-fn cgroup2_mount() -> Option<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|l| {
-        let (fields, fs) = l.split_once(" - ")?;
-        if !fs.starts_with("cgroup2 ") {
-            return None;
-        }
-        let f: Vec<&str> = fields.split(' ').collect();
-        // Field 4 is the root of the mount inside the hierarchy: only a mount of the whole
-        // hierarchy matches the paths in /proc/self/cgroup.
-        (f.get(3) == Some(&"/")).then(|| f.get(4).map(|m| m.to_string()))?
-    })
 }
 
 /// Valgrind supports `clone` only as threads and fork do, and ends the whole program at any
@@ -427,55 +357,5 @@ unsafe fn keep_only(a: RawFd, b: RawFd) {
         close(hi + 1, libc::c_uint::MAX);
     } else {
         close(lo + 1, libc::c_uint::MAX);
-    }
-}
-
-/// System calls without libc: nothing in them touches thread-local storage (`errno`).
-mod raw {
-    /// Whether the sentinel may share the primary's memory: only where `call` needs no libc.
-    pub const SHARED_MEMORY: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
-
-    /// Returns the result, or minus the error number.
-    #[cfg(target_arch = "x86_64")]
-    pub unsafe fn call(n: libc::c_long, a: usize, b: usize, c: usize, d: usize) -> isize {
-        let ret: isize;
-        std::arch::asm!(
-            "syscall",
-            inlateout("rax") n as isize => ret,
-            in("rdi") a,
-            in("rsi") b,
-            in("rdx") c,
-            in("r10") d,
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack),
-        );
-        ret
-    }
-
-    #[cfg(target_arch = "aarch64")]
-    pub unsafe fn call(n: libc::c_long, a: usize, b: usize, c: usize, d: usize) -> isize {
-        let ret: isize;
-        std::arch::asm!(
-            "svc 0",
-            in("x8") n,
-            inlateout("x0") a as isize => ret,
-            in("x1") b,
-            in("x2") c,
-            in("x3") d,
-            options(nostack),
-        );
-        ret
-    }
-
-    /// Elsewhere the sentinel is forked, and libc's wrapper may write its own copy of errno.
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    pub unsafe fn call(n: libc::c_long, a: usize, b: usize, c: usize, d: usize) -> isize {
-        let r = libc::syscall(n, a, b, c, d);
-        if r < 0 {
-            -(*libc::__errno_location() as isize)
-        } else {
-            r as isize
-        }
     }
 }
