@@ -473,11 +473,11 @@ pub fn kernel_release() -> String {
 
 /// What rcluster needs from the kernel, oldest first: (version, what needs it).
 const KERNEL_NEEDS: &[((u32, u32), &str)] = &[
-    ((5, 3), "pidfd_open, to watch workers without SIGCHLD"),
-    ((5, 4), "waitid(P_PIDFD), to reap only its own workers"),
+    ((5, 3), "pidfd_open (to watch workers without SIGCHLD)"),
+    ((5, 4), "waitid(P_PIDFD) (to reap only its own workers)"),
     (
         (5, 11),
-        "close_range(CLOSE_RANGE_CLOEXEC), so that no descriptor of the host leaks into a worker",
+        "close_range(CLOSE_RANGE_CLOEXEC) (so that no descriptor of the host leaks into a worker)",
     ),
 ];
 
@@ -496,13 +496,13 @@ pub fn check_kernel(release: &str) -> Result<(), String> {
     let missing: Vec<String> = KERNEL_NEEDS
         .iter()
         .filter(|(need, _)| version < *need)
-        .map(|((major, minor), what)| format!("{what} needs {major}.{minor}"))
+        .map(|((major, minor), what)| format!("{major}.{minor} for {what}"))
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
     Err(format!(
-        "Linux {release} is too old for rcluster, which needs 5.11 or newer: {}",
+        "Linux {release} is too old for rcluster, which needs 5.11 or newer; missing: {}",
         missing.join("; ")
     ))
 }
