@@ -401,18 +401,20 @@ impl Config {
         if prog.is_empty() {
             return Err(Error::config("argv", prog, "the program name is empty"));
         }
+        // A relative program path (and a relative PATH entry) means what it means to a shell
+        // that ran `cd CWD && PROG`: relative to the worker's directory, made absolute here
+        // so that the child's chdir cannot apply it a second time.
+        let base = std::path::absolute(self.cwd.as_deref().unwrap_or(Path::new(".")))
+            .map_err(|e| Error::config("cwd", &self.cwd, format!("cannot resolve: {e}")))?;
         if prog.as_bytes().contains(&b'/') {
-            let path = match &self.cwd {
-                Some(cwd) if !Path::new(prog).is_absolute() => cwd.join(prog),
-                _ => PathBuf::from(prog),
-            };
+            let path = base.join(prog);
             return check_executable(&path).map(|()| path);
         }
         let search = self
             .path_var()
             .unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
         for dir in std::env::split_paths(&search) {
-            let candidate = dir.join(prog);
+            let candidate = base.join(dir).join(prog);
             if check_executable(&candidate).is_ok() {
                 return Ok(candidate);
             }

@@ -20,6 +20,7 @@ mod policy;
 mod primary;
 mod process;
 mod reader;
+mod sentinel;
 mod signals;
 mod spawn;
 mod steer;

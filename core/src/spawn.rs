@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use crate::sentinel::Sentinel;
 use crate::sys;
 
 /// The fixed part of every spawn, prepared once per supervisor.
@@ -18,6 +19,8 @@ pub struct Exec {
     argv: Vec<CString>,
     env: Vec<CString>,
     cwd: Option<CString>,
+    /// Ends every worker group (and the cluster's cgroup) with the primary.
+    pub sentinel: Sentinel,
     /// The forking thread runs under `SCHED_BATCH` where the host had the normal policy:
     /// children go back to the normal one.
     pub unbatch: bool,
@@ -48,7 +51,7 @@ impl Exec {
         argv: &[OsString],
         env: &[(OsString, OsString)],
         cwd: Option<&Path>,
-    ) -> Exec {
+    ) -> io::Result<Exec> {
         let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
             .filter(|(k, _)| !OWN_VARS.iter().any(|o| k == o))
             .collect();
@@ -65,13 +68,17 @@ impl Exec {
                 cstring(&kv)
             })
             .collect();
-        Exec {
+        // Absolute, so that a host that changes its own directory later does not move
+        // where its workers start (`Config::validate` resolved the program against it).
+        let cwd = cwd.map(|c| std::path::absolute(c).unwrap_or_else(|_| c.to_path_buf()));
+        Ok(Exec {
             path: cstring(path.as_os_str().as_bytes()),
             argv: argv.iter().map(|a| cstring(a.as_bytes())).collect(),
             env,
             cwd: cwd.map(|c| cstring(c.as_os_str().as_bytes())),
+            sentinel: Sentinel::start()?,
             unbatch: false,
-        }
+        })
     }
 }
 
@@ -96,8 +103,51 @@ pub const FIRST_FD: RawFd = 3;
 /// `close_range` flag (Linux 5.11): mark the range close-on-exec instead of closing it.
 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 
-/// Forks and execs one worker. Returns its pid once `execve` has succeeded.
-pub fn spawn(exec: &Exec, req: Request) -> io::Result<libc::pid_t> {
+/// A forked worker that the loop has not taken yet. Dropping it kills its group and reaps it,
+/// so that every error after the fork leaves neither a running worker nor a zombie.
+pub struct Forked<'a> {
+    pid: libc::pid_t,
+    sentinel: &'a Sentinel,
+    armed: bool,
+}
+
+impl<'a> Forked<'a> {
+    fn new(pid: libc::pid_t, sentinel: &'a Sentinel) -> Forked<'a> {
+        sentinel.add(pid);
+        Forked {
+            pid,
+            sentinel,
+            armed: true,
+        }
+    }
+
+    pub fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+
+    /// The loop owns the worker from now on (its pidfd will tell when to reap it).
+    pub fn keep(mut self) -> libc::pid_t {
+        self.armed = false;
+        self.pid
+    }
+}
+
+impl Drop for Forked<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // The group is killed while its leader is unreaped, so its number cannot have been
+        // reused (see `sys::reap_group`).
+        sys::kill_group(self.pid, libc::SIGKILL);
+        self.sentinel.remove(self.pid);
+        // SAFETY: waits for this one child only (never -1); it was just killed.
+        unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) };
+    }
+}
+
+/// Forks and execs one worker. Returns it once `execve` has succeeded.
+pub fn spawn<'a>(exec: &'a Exec, req: Request) -> io::Result<Forked<'a>> {
     let ipc_fd = FIRST_FD + req.shared.len() as RawFd;
     let mut env_strings = vec![
         cstring(format!("RCLUSTER_WORKER_ID={}", req.id).as_bytes()),
@@ -161,6 +211,7 @@ pub fn spawn(exec: &Exec, req: Request) -> io::Result<libc::pid_t> {
         pid_digits: unsafe { [pid_ptr.add(13), listen_pid_ptr.add(11)] },
         floor: ipc_fd + 1,
         unbatch: exec.unbatch,
+        cgroup_procs: exec.sentinel.cgroup_procs(),
     };
 
     // SAFETY: fork in a multi-threaded process; the child runs only `child.run()`, which makes
@@ -173,6 +224,8 @@ pub fn spawn(exec: &Exec, req: Request) -> io::Result<libc::pid_t> {
         // SAFETY: see above.
         unsafe { child.run() }
     }
+    // Known to the sentinel before it can have children of its own.
+    let forked = Forked::new(pid, &exec.sentinel);
     // Also set the group from this side, so that a signal sent to the group right after
     // spawn cannot miss a child that has not run its own setpgid yet. EACCES after the
     // child's exec is harmless: it did it itself.
@@ -188,23 +241,12 @@ pub fn spawn(exec: &Exec, req: Request) -> io::Result<libc::pid_t> {
             r => break r,
         }
     };
+    // On an error `forked` is dropped: the child (exiting with 127) is reaped.
     match n {
-        Ok(4) => {
-            reap_failed(pid);
-            Err(io::Error::from_raw_os_error(i32::from_ne_bytes(buf)))
-        }
-        Ok(_) => Ok(pid),
-        Err(e) => {
-            reap_failed(pid);
-            Err(e)
-        }
+        Ok(4) => Err(io::Error::from_raw_os_error(i32::from_ne_bytes(buf))),
+        Ok(_) => Ok(forked),
+        Err(e) => Err(e),
     }
-}
-
-fn reap_failed(pid: libc::pid_t) {
-    let mut status = 0;
-    // SAFETY: waits for this one child only (never -1); it is exiting with 127.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
 }
 
 struct ChildSetup {
@@ -220,6 +262,8 @@ struct ChildSetup {
     /// The lowest fd number above every target.
     floor: RawFd,
     unbatch: bool,
+    /// `cgroup.procs` of the cluster's cgroup, or -1.
+    cgroup_procs: RawFd,
 }
 
 impl ChildSetup {
@@ -243,6 +287,13 @@ impl ChildSetup {
             }
         }
         libc::setpgid(0, 0);
+        // Into the cluster's cgroup before anything can fork: then even a descendant that
+        // leaves the group with setsid is ended with the cluster. Best effort: where the
+        // move is refused, the group (and PDEATHSIG) still hold. Done before the fd moves,
+        // which may reuse this descriptor's number.
+        if self.cgroup_procs >= 0 {
+            libc::write(self.cgroup_procs, b"0".as_ptr().cast(), 1);
+        }
         if self.unbatch {
             sys::leave_batch_scheduling();
         }

@@ -58,6 +58,14 @@ impl Supervisor {
     /// Validates `config`, starts the loop thread and the workers. Returns once the loop runs;
     /// worker start-up is reported by events.
     pub fn start(config: Config) -> Result<Supervisor> {
+        // Refused up front: below the floor the first spawn would fail, or worse, a worker
+        // would inherit the host's descriptors.
+        sys::check_kernel(&sys::kernel_release()).map_err(|why| {
+            Error::io(
+                "checking the kernel",
+                std::io::Error::new(std::io::ErrorKind::Unsupported, why),
+            )
+        })?;
         let program = config.validate()?;
         // Bound before anything starts: an address in use fails `start` with nothing running.
         let mut listeners = Vec::with_capacity(config.listeners.len());

@@ -415,3 +415,174 @@ pub fn open_fd_count() -> usize {
         .map(|d| d.count().saturating_sub(1))
         .unwrap_or(0)
 }
+
+/// True once the child behind `pidfd` has exited, without reaping it: it stays a zombie, so
+/// its pid (and the process group named after it) cannot be reused until it is reaped.
+pub fn has_exited(pidfd: RawFd) -> io::Result<bool> {
+    // SAFETY: siginfo_t is plain data; waitid fills it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    retry(|| {
+        cvt(unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        })
+    })?;
+    // SAFETY: si_pid is valid for SIGCHLD-style siginfo filled by waitid (0: still running).
+    Ok(unsafe { info.si_pid() } != 0)
+}
+
+/// Waits (blocking) until the child behind `pidfd` has exited, and reaps it.
+pub fn wait_reap(pidfd: RawFd) -> io::Result<()> {
+    // SAFETY: siginfo_t is plain data; waitid fills it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    retry(|| {
+        cvt(unsafe { libc::waitid(libc::P_PIDFD, pidfd as libc::id_t, &mut info, libc::WEXITED) })
+    })
+    .map(drop)
+}
+
+/// Reaps an exited group leader and the rest of its group: the group is killed first, while
+/// the leader is still an unreaped zombie, because once it is reaped its pid may be given to
+/// an unrelated process that then leads a group of the same number. `kill` is the seam for
+/// tests; callers pass `kill_group`.
+pub fn reap_group(
+    pidfd: RawFd,
+    pgid: libc::pid_t,
+    kill: impl FnOnce(libc::pid_t, libc::c_int),
+) -> io::Result<Option<WaitStatus>> {
+    if !has_exited(pidfd)? {
+        return Ok(None);
+    }
+    kill(pgid, libc::SIGKILL);
+    try_reap(pidfd)
+}
+
+/// The soft limit on this process's open descriptors (RLIMIT_NOFILE).
+pub fn fd_limit() -> u64 {
+    // SAFETY: getrlimit fills the struct it is given.
+    let mut l: libc::rlimit = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) };
+    l.rlim_cur as u64
+}
+
+/// The running kernel's release string (`uname -r`).
+pub fn kernel_release() -> String {
+    // SAFETY: utsname is plain data; uname fills it with NUL-terminated strings.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut u) } < 0 {
+        return String::new();
+    }
+    // SAFETY: the kernel NUL-terminates the field.
+    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// What rcluster needs from the kernel, oldest first: (version, what needs it).
+const KERNEL_NEEDS: &[((u32, u32), &str)] = &[
+    ((5, 3), "pidfd_open (to watch workers without SIGCHLD)"),
+    ((5, 4), "waitid(P_PIDFD) (to reap only its own workers)"),
+    (
+        (5, 11),
+        "close_range(CLOSE_RANGE_CLOEXEC) (so that no descriptor of the host leaks into a worker)",
+    ),
+];
+
+/// Checks a kernel release string against what rcluster needs; the error names the release
+/// and every missing feature.
+pub fn check_kernel(release: &str) -> Result<(), String> {
+    let mut nums = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().ok());
+    let version = match (nums.next().flatten(), nums.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor),
+        // An unreadable release (a custom uname) is given the benefit of the doubt: the
+        // calls themselves fail later with an error naming them.
+        _ => return Ok(()),
+    };
+    let missing: Vec<String> = KERNEL_NEEDS
+        .iter()
+        .filter(|(need, _)| version < *need)
+        .map(|((major, minor), what)| format!("{major}.{minor} for {what}"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "Linux {release} is too old for rcluster, which needs 5.11 or newer; missing: {}",
+        missing.join("; ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_below_the_floor_are_refused_naming_what_is_missing() {
+        assert_eq!(check_kernel("6.18.44-fc-v1272"), Ok(()));
+        assert_eq!(check_kernel("5.11.0"), Ok(()));
+        let e = check_kernel("5.10.0-28-amd64").unwrap_err();
+        assert!(
+            e.contains("5.10.0-28-amd64") && e.contains("close_range"),
+            "{e}"
+        );
+        assert!(!e.contains("waitid"), "{e}");
+        let e = check_kernel("5.3.18").unwrap_err();
+        assert!(
+            e.contains("waitid(P_PIDFD)") && e.contains("close_range"),
+            "{e}"
+        );
+        let e = check_kernel("4.19.0").unwrap_err();
+        assert!(e.contains("pidfd_open"), "{e}");
+    }
+
+    /// Forks a child that leads its own group and exits at once; returns its pid and pidfd
+    /// once it is a zombie.
+    fn exited_leader() -> (libc::pid_t, OwnedFd) {
+        // SAFETY: the child only calls async-signal-safe functions and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            unsafe {
+                libc::setpgid(0, 0);
+                libc::_exit(7)
+            }
+        }
+        unsafe { libc::setpgid(pid, pid) };
+        let pidfd = pidfd_open(pid).unwrap();
+        assert!(poll_one(
+            pidfd.as_raw_fd(),
+            libc::POLLIN,
+            Some(Duration::from_secs(10))
+        )
+        .unwrap());
+        (pid, pidfd)
+    }
+
+    #[test]
+    fn group_is_killed_while_its_leader_is_still_an_unreaped_zombie() {
+        let (pid, pidfd) = exited_leader();
+        let mut leader_state = None;
+        let status = reap_group(pidfd.as_raw_fd(), pid, |pgid, _| {
+            // What the group's pid is at the moment of the kill: the leader's zombie
+            // ('Z'), not gone (None) and possibly reused.
+            leader_state = std::fs::read_to_string(format!("/proc/{pgid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, r)| r.trim_start()[..1].to_string())
+                });
+        })
+        .unwrap();
+        assert_eq!(leader_state.as_deref(), Some("Z"));
+        assert_eq!(status.and_then(|s| s.code), Some(7));
+        assert!(
+            std::fs::metadata(format!("/proc/{pid}")).is_err(),
+            "leader not reaped"
+        );
+    }
+}

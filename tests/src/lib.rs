@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use rcluster_core::{Config, Event, ListenAddr, Supervisor};
 
+pub mod procs;
+
 /// Path of the test worker program built with this crate: next to the test binary's
 /// `deps/` folder, where cargo puts the package's binaries.
 pub fn test_worker() -> String {

@@ -18,6 +18,29 @@ use crate::process::{Process, Stopping};
 use crate::spawn;
 use crate::sys::{self, WaitStatus};
 
+/// The error of a spawn that failed. Running out of descriptors (in the primary, or in the
+/// child before exec, which has the same table) is the primary's limit, not the worker
+/// program's fault, and the error says so.
+fn spawn_error(e: Error) -> Error {
+    let (Error::Spawn { source, .. } | Error::Io { source, .. }) = &e else {
+        return e;
+    };
+    let why = match source.raw_os_error() {
+        Some(libc::EMFILE) => format!(
+            "the primary (pid {}) has run out of file descriptors: {} are open and its \
+             RLIMIT_NOFILE soft limit is {} (raise it, e.g. `ulimit -n`, or close some)",
+            std::process::id(),
+            sys::open_fd_count(),
+            sys::fd_limit()
+        ),
+        Some(libc::ENFILE) => {
+            "the system-wide limit on open files (fs.file-max) is reached".to_string()
+        }
+        _ => return e,
+    };
+    Error::io("spawning a worker", std::io::Error::new(source.kind(), why))
+}
+
 impl Primary {
     pub(super) fn spawn_worker(&mut self, slot: u32, generation: u32) -> Option<u64> {
         self.changed = true;
@@ -27,6 +50,7 @@ impl Primary {
                 Some(key)
             }
             Err(e) => {
+                let e = spawn_error(e);
                 self.out.push(Event::SpawnFailed {
                     id: slot,
                     error: e.to_string(),
@@ -72,19 +96,13 @@ impl Primary {
             stdout,
             stderr,
         };
-        let pid = spawn::spawn(&self.exec, req).map_err(|source| Error::Spawn {
+        let forked = spawn::spawn(&self.exec, req).map_err(|source| Error::Spawn {
             program: self.cfg.argv[0].to_string_lossy().into_owned(),
             source,
         })?;
-        let pidfd = match sys::pidfd_open(pid) {
-            Ok(fd) => fd,
-            Err(e) => {
-                sys::kill_group(pid, libc::SIGKILL);
-                // SAFETY: reaps this one child, which we just killed.
-                unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-                return Err(Error::io("pidfd_open", e));
-            }
-        };
+        // From here on every error drops `forked`, which kills the worker's group and reaps it.
+        let pid = forked.pid();
+        let pidfd = sys::pidfd_open(pid).map_err(|e| Error::io("pidfd_open", e))?;
         let key = self.next_key;
         self.next_key += 1;
         let conn = Arc::new(Conn::new(
@@ -106,6 +124,16 @@ impl Primary {
                 add(p.fd.as_raw_fd(), STDOUT + i as u64).map_err(|e| Error::io("epoll_ctl", e))?;
             }
         }
+        #[cfg(test)]
+        if self
+            .cfg
+            .env
+            .iter()
+            .any(|(k, _)| k == tests::FAIL_AFTER_FORK)
+        {
+            return Err(Error::io("epoll_ctl", std::io::Error::other("injected")));
+        }
+        forked.keep();
         let now = self.clock.now();
         let ready_deadline =
             (self.cfg.ready_on != ReadyOn::Spawn).then(|| now + self.cfg.ready_timeout);
@@ -265,12 +293,19 @@ impl Primary {
         let Some(p) = self.procs.get(&key) else {
             return;
         };
-        let status = match sys::try_reap(p.pidfd_raw()) {
+        let sentinel = &self.exec.sentinel;
+        let status = match sys::reap_group(p.pidfd_raw(), p.pid, |pgid, sig| {
+            // Leftover children in the worker's group must not outlive it.
+            sys::kill_group(pgid, sig);
+            sentinel.remove(pgid);
+        }) {
             Ok(Some(s)) => s,
             Ok(None) => return,
             Err(e) => {
                 // ECHILD: somebody else reaped it (a host calling waitpid(-1)); the exit status
-                // is lost but the process is gone.
+                // is lost but the process is gone, and its group number may be reused: the
+                // sentinel must forget it.
+                sentinel.remove(p.pid);
                 self.out.push(Event::Warning {
                     detail: format!("waitid for worker {} (pid {}) failed: {e}", p.slot, p.pid),
                 });
@@ -295,8 +330,6 @@ impl Primary {
         if p.paused {
             self.paused.retain(|&k| k != key);
         }
-        // Leftover children in the worker's group must not outlive it.
-        sys::kill_group(p.pid, libc::SIGKILL);
         self.epoll.delete(p.conn.raw());
         self.epoll.delete(p.pidfd_raw());
         // Read what the worker left in its pipes, without waiting for their EOF: a descendant
@@ -384,5 +417,65 @@ impl Primary {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crate::{Config, Event, ReadyOn, Supervisor};
+
+    /// Set in a config's `env`: every spawn fails after the fork, as when epoll_ctl fails.
+    pub const FAIL_AFTER_FORK: &str = "RCLUSTER_TEST_FAIL_AFTER_FORK";
+
+    /// Processes whose parent is this process: (pid, state, command line).
+    fn children() -> Vec<(u32, char, String)> {
+        let me = std::process::id().to_string();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let mut f = stat.rsplit_once(')')?.1.split_whitespace();
+                let state = f.next()?.chars().next()?;
+                (f.next()? == me).then_some(())?;
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                Some((pid, state, String::from_utf8_lossy(&cmd).replace('\0', " ")))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn worker_forked_by_a_spawn_that_fails_after_the_fork_is_killed_and_reaped() {
+        let marker = format!("{}.{}", 1000 + std::process::id() % 1000, 4321);
+        let mut cfg = Config::new(["sleep", marker.as_str()]);
+        cfg.ready_on = ReadyOn::Spawn;
+        cfg.env.push((FAIL_AFTER_FORK.into(), "1".into()));
+        cfg.restart.backoff_initial = Duration::from_secs(60);
+        cfg.restart.backoff_max = Duration::from_secs(60);
+        let sup = Supervisor::start(cfg).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match sup.next_event(Some(deadline.saturating_duration_since(Instant::now()))) {
+                Some(Event::SpawnFailed { error, .. }) => {
+                    assert!(error.contains("epoll_ctl"), "{error}");
+                    break;
+                }
+                Some(_) => {}
+                None => panic!("no SpawnFailed event"),
+            }
+        }
+        let left: Vec<_> = children()
+            .into_iter()
+            .filter(|(_, state, cmd)| *state == 'Z' || cmd.contains(&marker))
+            .collect();
+        for (pid, _, _) in &left {
+            // SAFETY: cleanup of what the test found.
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+        }
+        sup.stop(Duration::from_secs(1)).unwrap();
+        assert!(left.is_empty(), "left behind by the failed spawn: {left:?}");
     }
 }

@@ -138,7 +138,8 @@ impl Primary {
         if !turned.is_empty() {
             env.push(("RCLUSTER_TURNS".into(), turned.join(":").into()));
         }
-        let exec = Exec::new(program, &cfg.argv, &env, cfg.cwd.as_deref());
+        let exec = Exec::new(program, &cfg.argv, &env, cfg.cwd.as_deref())
+            .map_err(|e| Error::io("starting the sentinel process", e))?;
         let outputs = Outputs::new(cfg.output == crate::config::Output::Prefix)
             .map_err(|e| Error::io("spawning the output thread", e))?;
         let clock: Box<dyn Clock> = Box::new(SystemClock);

@@ -1,6 +1,8 @@
 //! A primary for tests that must kill the primary itself:
 //! `rcluster-test-primary N WORKER-PROGRAM ARGS…` starts N workers, prints their pids on one
-//! line once all are ready, then waits to be killed.
+//! line once all are ready, then waits to be killed. A failed spawn is printed as
+//! "spawn-failed: ERROR" and ends it with code 1; a refused start as "start-failed: ERROR"
+//! (code 2). `RCLUSTER_TEST_CWD`, when set, is the workers' `cwd`.
 
 use std::io::Write;
 use std::time::Duration;
@@ -12,11 +14,22 @@ fn main() {
     let n: usize = args[0].parse().expect("worker count");
     let mut cfg = Config::new(&args[1..]);
     cfg.workers = n;
-    let sup = Supervisor::start(cfg).expect("start");
+    cfg.cwd = std::env::var_os("RCLUSTER_TEST_CWD").map(Into::into);
+    let sup = match Supervisor::start(cfg) {
+        Ok(sup) => sup,
+        Err(e) => {
+            println!("start-failed: {e}");
+            std::process::exit(2);
+        }
+    };
     let mut ready = 0;
     while ready < n {
         match sup.next_event(Some(Duration::from_secs(10))) {
             Some(Event::Ready { .. }) => ready += 1,
+            Some(Event::SpawnFailed { error, .. }) => {
+                println!("spawn-failed: {error}");
+                std::process::exit(1);
+            }
             Some(_) => {}
             None => panic!("workers not ready in time"),
         }
