@@ -39,6 +39,8 @@ pub struct Process {
     pub ready_deadline: Option<Instant>,
     pub last_seen: Instant,
     pub stopping: Option<Stopping>,
+    /// Its link ended in the middle of a frame, and why (see `ReadEnd::CutShort`).
+    pub cut_short: Option<String>,
     pub pipes: [Option<PrefixPipe>; 2],
     /// Connections handed and not yet acknowledged; the primary keeps its copy until then.
     pub unacked: HashMap<u64, Waiting>,

@@ -45,6 +45,10 @@ pub enum ReadEnd {
     Eof,
     /// The worker broke the protocol.
     Violation(String),
+    /// The worker's end closed in the middle of a frame. A worker that dies of a signal while
+    /// it writes leaves that (a crash, not a protocol error); one that exits on its own after
+    /// half a frame broke the protocol. Which of the two only its exit status tells.
+    CutShort(String),
     /// The next frame is a message and the host's event queue has no room for it: the worker
     /// is not read until there is (it stays in the decoder, the rest in the socket).
     Paused,
@@ -141,7 +145,7 @@ impl Reader {
     pub(crate) fn end_of_stream(&self) -> ReadEnd {
         match self.decoder.cut_short() {
             None => ReadEnd::Eof,
-            Some(part) => ReadEnd::Violation(format!("the worker closed its link {part}")),
+            Some(part) => ReadEnd::CutShort(format!("the worker closed its link {part}")),
         }
     }
 
@@ -655,7 +659,7 @@ mod tests {
     }
 
     #[test]
-    fn an_end_of_stream_in_the_middle_of_a_frame_is_a_violation_naming_the_frame() {
+    fn an_end_of_stream_in_the_middle_of_a_frame_is_a_cut_frame_naming_it() {
         let (primary, worker) = sys::socketpair().unwrap();
         sys::set_nonblocking(primary.as_raw_fd(), true).unwrap();
         let mut wire = frame::worker_hello(4242);
@@ -671,11 +675,11 @@ mod tests {
             end = reader.read(primary.as_raw_fd(), &mut out, usize::MAX);
         }
         match end {
-            ReadEnd::Violation(detail) => assert_eq!(
+            ReadEnd::CutShort(detail) => assert_eq!(
                 detail,
                 "the worker closed its link in the middle of a Message frame (7 of its 10 body bytes)"
             ),
-            _ => panic!("a frame cut short by the end of the stream must be a violation"),
+            _ => panic!("a frame cut short by the end of the stream must be reported as such"),
         }
         assert!(matches!(out[..], [Incoming::Hello]));
     }

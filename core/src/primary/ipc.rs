@@ -192,6 +192,19 @@ impl Primary {
             ReadEnd::Paused => self.pause_worker(key),
             ReadEnd::Eof => self.close_ipc(key),
             ReadEnd::Violation(detail) => self.protocol_violation(key, detail),
+            ReadEnd::CutShort(detail) => self.link_cut_short(key, detail),
+        }
+    }
+
+    /// The worker's link ended in the middle of a frame: nothing more can be read from it.
+    /// Whether that broke the protocol is decided when it is reaped (see `ReadEnd::CutShort`);
+    /// a worker being stopped may be killed in the middle of any write.
+    fn link_cut_short(&mut self, key: u64, detail: String) {
+        self.close_ipc(key);
+        if let Some(p) = self.procs.get_mut(&key) {
+            if p.stopping.is_none() {
+                p.cut_short = Some(detail);
+            }
         }
     }
 

@@ -155,6 +155,7 @@ impl Primary {
                 ready_deadline,
                 last_seen: now,
                 stopping: None,
+                cut_short: None,
                 pipes,
                 unacked: HashMap::new(),
                 active: HashSet::new(),
@@ -345,6 +346,16 @@ impl Primary {
         let no_restart = |c| self.cfg.restart.no_restart_codes.contains(&c);
         let reason = match p.stopping.as_ref().and_then(|s| s.reason) {
             Some(r) => r,
+            // It exited on its own, not killed by a signal, after half a frame.
+            None if status.signal.is_none() && p.cut_short.is_some() => {
+                let detail = p.cut_short.take().unwrap_or_default();
+                self.out.push(Event::ProtocolError {
+                    id: p.slot,
+                    pid: p.pid as u32,
+                    detail,
+                });
+                ExitReason::ProtocolError
+            }
             None if status.code.is_some_and(no_restart) => ExitReason::NoRestart,
             None if status.code == Some(0) => ExitReason::Exited,
             None => ExitReason::Crashed,

@@ -44,7 +44,8 @@
 //!
 //! Commands that break the protocol on purpose (any mode that echoes): `!raw HEX` writes the
 //! bytes HEX on the IPC socket behind the library's back; `!raw-fds N HEX` does so with N
-//! copies of stdin attached (SCM_RIGHTS, one `sendmsg`); `!raw-exit HEX` writes them, then
+//! copies of stdin attached (SCM_RIGHTS, one `sendmsg`); `!raw-segv HEX` writes them, then
+//! dies of SIGSEGV (a crash in the middle of a write); `!raw-exit HEX` writes them, then
 //! exits with code 0 (a worker that dies in the middle of a frame); `!from-env-again` calls
 //! `Worker::from_env` a second time and answers with what it returned.
 //!
@@ -396,6 +397,7 @@ fn command(w: &Worker, cmd: &[u8]) {
         ["!raw", hex] => raw_write(&unhex(hex)),
         ["!raw-fds", n, hex] => raw_write_fds(&unhex(hex), n.parse().unwrap()),
         ["!raw-exit", hex] => raw_write_then_exit(&unhex(hex)),
+        ["!raw-segv", hex] => raw_write_then_segv(&unhex(hex)),
         ["!from-env-again"] => {
             let text = match Worker::from_env() {
                 Ok(Some(_)) => "second worker".to_string(),
@@ -437,6 +439,19 @@ fn unhex(hex: &str) -> Vec<u8> {
 
 fn ipc_fd() -> i32 {
     std::env::var("RCLUSTER_IPC_FD").unwrap().parse().unwrap()
+}
+
+/// A worker that crashes while it writes: half a frame, then SIGSEGV.
+fn raw_write_then_segv(bytes: &[u8]) -> ! {
+    // SAFETY: writes from a valid buffer of the given length to the IPC socket; raise has no
+    // memory effects.
+    unsafe {
+        libc::write(ipc_fd(), bytes.as_ptr().cast(), bytes.len());
+        // Rust's runtime handles SIGSEGV (stack overflow checks) and returns from a raised one.
+        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+        libc::raise(libc::SIGSEGV);
+    }
+    unreachable!("SIGSEGV ends the process")
 }
 
 fn raw_write_then_exit(bytes: &[u8]) -> ! {

@@ -315,6 +315,35 @@ fn a_worker_that_dies_in_the_middle_of_a_frame_ends_with_reason_protocol_error()
 }
 
 #[test]
+fn a_worker_that_crashes_in_the_middle_of_writing_a_frame_is_a_crash_not_a_protocol_error() {
+    let sup = Supervisor::start(config(&["echo"])).unwrap();
+    wait_ready(&sup, 2);
+    let addr = listener_addr(&sup, "web");
+    let mut cut = framed(Kind::Message, &[7; 100]);
+    cut.truncate(frame::HEADER_LEN + 40);
+    sup.send(1, format!("!raw-segv {}", hex(&cut)).as_bytes())
+        .unwrap();
+    let mut seen = Vec::new();
+    let exit = wait_for(&sup, WAIT, |e| {
+        seen.push(e.clone());
+        matches!(e, Event::Exit { id: 1, .. })
+    });
+    let Event::Exit { info, .. } = exit else {
+        unreachable!()
+    };
+    assert_eq!(info.reason, ExitReason::Crashed, "{info:?}");
+    assert_eq!(info.signal, Some(libc::SIGSEGV), "{info:?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, Event::ProtocolError { .. })),
+        "a crash is not a protocol error: {seen:?}"
+    );
+    cluster_still_serves(&sup, &addr, 0);
+    sup.stop(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
 fn a_frame_before_hello_ends_that_worker_and_the_other_keeps_serving() {
     let ready = hex(&framed(Kind::Ready, &[]));
     let mut c = config(&["raw-first", "1", &ready]);
