@@ -58,6 +58,8 @@ def install(sup: Supervisor) -> None:
     is the default; does nothing off the main thread."""
     if threading.current_thread() is not threading.main_thread():
         return
+    # Handlers a supervisor stopped off the main thread could not restore go back first.
+    _restore_if_unused()
     _targets.add(sup)
     for sig in HANDLED:
         if sig in _saved:
@@ -72,7 +74,13 @@ def uninstall(sup: Supervisor) -> None:
     """Stops forwarding to ``sup``; the last supervisor to go restores the handlers it
     replaced (from the main thread; elsewhere ours stays and acts as the default would)."""
     _targets.discard(sup)
-    if len(_targets) > 0 or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is threading.main_thread():
+        _restore_if_unused()
+
+
+def _restore_if_unused() -> None:
+    """Restores the handlers ours replaced once no supervisor uses them (main thread only)."""
+    if len(_targets) > 0:
         return
     for sig, old in list(_saved.items()):
         # A handler the program set meanwhile stays.
