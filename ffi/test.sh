@@ -171,6 +171,41 @@ else
     not_ok "example worker answers every keep-alive request across three reloads and survives its clients"
 fi
 
+step "example primary + worker: SIGTERM under load fails no accepted connection"
+# Clients that each send one request per connection, without pause; SIGTERM lands in the middle
+# of that. Every connection the kernel accepted must get its full answer; new ones after the
+# stop are refused (or time out connecting), never accepted and then reset.
+sigterm_load_test() {
+    local log="$out/logs/sigterm-load.log" res="$out/logs/sigterm-load.out"
+    "$out/shared/primary" -w 2 -l 127.0.0.1:0 -- "$out/shared/worker" >"$log" 2>&1 &
+    local pid=$!
+    local addr=""
+    for _ in $(seq 100); do
+        addr=$(sed -n 's/^listening on //p' "$log")
+        [[ -n $addr ]] && [[ $(grep -c ': ready$' "$log") -ge 2 ]] && break
+        sleep 0.1
+    done
+    [[ -n $addr ]] || { echo "no listener"; kill -KILL $pid; cat "$log"; return 1; }
+    timeout 60 python3 "$repo/tests/python/close_load.py" "$addr" 4 32 >"$res" 2>&1 &
+    local load=$!
+    sleep 1.5
+    kill -TERM $pid
+    for _ in $(seq 150); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+    kill -0 $pid 2>/dev/null && { echo "primary did not stop"; kill -KILL $pid; return 1; }
+    local status=0
+    wait $pid || status=$?
+    wait $load
+    cat "$res"
+    [[ $status == 0 ]] || { echo "primary exited $status"; return 1; }
+    grep -qE '^answered=[1-9][0-9]* ' "$res" || { echo "no request was answered"; return 1; }
+    grep -q ' failed=0$' "$res" || return 1
+}
+if sigterm_load_test; then
+    ok "example primary on SIGTERM under load: every accepted connection answered, new ones refused"
+else
+    not_ok "example primary on SIGTERM under load: every accepted connection answered, new ones refused"
+fi
+
 step "memory checks: valgrind memcheck and AddressSanitizer"
 # valgrind 3.19 does not know pidfd_open (syscall 434), without which a primary cannot watch
 # its workers, so: workers run under valgrind (each with its own log; a worker exits 0 when
