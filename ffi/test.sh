@@ -127,6 +127,20 @@ else
     not_ok "example primary serves curl round-robin, reloads on SIGHUP, stops on SIGTERM"
 fi
 
+# start_example LOG: starts the example primary with two example workers on a loopback port,
+# logging to LOG; sets `pid` and `addr` (HOST:PORT) once both workers are ready.
+start_example() {
+    "$out/shared/primary" -w 2 -l 127.0.0.1:0 -- "$out/shared/worker" >"$1" 2>&1 &
+    pid=$!
+    addr=""
+    for _ in $(seq 100); do
+        addr=$(sed -n 's/^listening on //p' "$1")
+        [[ -n $addr ]] && [[ $(grep -c ': ready$' "$1") -ge 2 ]] && break
+        sleep 0.1
+    done
+    [[ -n $addr ]] || { echo "no listener"; kill -KILL $pid; cat "$1"; return 1; }
+}
+
 step "example primary + worker under keep-alive load across three reloads (wrk)"
 # wrk keeps 50 connections alive, each with a request always in flight or about to be sent:
 # every request must be answered (no socket error, no non-2xx) while three rolling reloads
@@ -134,15 +148,8 @@ step "example primary + worker under keep-alive load across three reloads (wrk)"
 # connections at the end).
 keepalive_test() {
     local log="$out/logs/keepalive.log" res="$out/logs/keepalive-wrk.log"
-    "$out/shared/primary" -w 2 -l 127.0.0.1:0 -- "$out/shared/worker" >"$log" 2>&1 &
-    local pid=$!
-    local addr=""
-    for _ in $(seq 100); do
-        addr=$(sed -n 's/^listening on //p' "$log")
-        [[ -n $addr ]] && [[ $(grep -c ': ready$' "$log") -ge 2 ]] && break
-        sleep 0.1
-    done
-    [[ -n $addr ]] || { echo "no listener"; kill -KILL $pid; cat "$log"; return 1; }
+    local pid addr
+    start_example "$log" || return 1
     timeout 30 wrk -t2 -c50 -d6s "http://$addr/" >"$res" 2>&1 &
     local load=$!
     for g in 2 3 4; do
@@ -177,15 +184,8 @@ step "example primary + worker: SIGTERM under load fails no accepted connection"
 # stop are refused (or time out connecting), never accepted and then reset.
 sigterm_load_test() {
     local log="$out/logs/sigterm-load.log" res="$out/logs/sigterm-load.out"
-    "$out/shared/primary" -w 2 -l 127.0.0.1:0 -- "$out/shared/worker" >"$log" 2>&1 &
-    local pid=$!
-    local addr=""
-    for _ in $(seq 100); do
-        addr=$(sed -n 's/^listening on //p' "$log")
-        [[ -n $addr ]] && [[ $(grep -c ': ready$' "$log") -ge 2 ]] && break
-        sleep 0.1
-    done
-    [[ -n $addr ]] || { echo "no listener"; kill -KILL $pid; cat "$log"; return 1; }
+    local pid addr
+    start_example "$log" || return 1
     timeout 60 python3 "$repo/tests/python/close_load.py" "$addr" 4 32 >"$res" 2>&1 &
     local load=$!
     sleep 1.5
