@@ -9,7 +9,11 @@ declare namespace rcluster {
   type Serialization = 'json' | 'advanced';
 
   interface ListenerOptions {
-    /** 'HOST:PORT', '[IPv6]:PORT', ':PORT', 'unix:/path', or a port on 127.0.0.1. */
+    /**
+     * 'IP:PORT', '[IPv6]:PORT', 'localhost:PORT' (a host name that resolves to one address,
+     * resolved once at start), ':PORT' (every IPv4 interface), 'unix:/path', or a port on
+     * 127.0.0.1.
+     */
     address: string | number;
     name?: string;
     dispatch?: Dispatch;

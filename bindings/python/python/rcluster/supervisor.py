@@ -73,7 +73,8 @@ class RestartPolicy:
 @dataclass(frozen=True)
 class Listener:
     """A socket the primary binds: ``127.0.0.1:8080``, ``[::1]:8080``, ``localhost:8080`` (a
-    host name: every address it resolves to, once, at start), ``:8080`` (every interface) or
+    host name, resolved once at start; one that resolves to several addresses is an error
+    naming them: give each as a listener of its own), ``:8080`` (every IPv4 interface) or
     ``unix:/path``. ``dispatch`` (``rr``, ``least-conn``, ``sticky``, ``shared``) defaults to
     the supervisor's; ``name`` to ``listen0``, ``listen1``, …"""
 
@@ -132,9 +133,9 @@ class Supervisor:
       (:func:`default_argv`), whose workers see :func:`rcluster.is_worker` true.
     - ``workers``: number of worker processes, 1..4096 (default 1).
     - ``listen``: sockets the primary binds, as address strings or :class:`Listener`:
-      ``"127.0.0.1:8080"``, ``"[::1]:8080"``, ``"localhost:8080"`` (every address the name
-      resolves to), ``":8080"`` (every interface), ``"unix:/path"``. Port 0 picks a free
-      port (see :meth:`address`). Default none.
+      ``"127.0.0.1:8080"``, ``"[::1]:8080"``, ``"localhost:8080"`` (a host name, resolved
+      once at start, to one address), ``":8080"`` (every IPv4 interface), ``"unix:/path"``.
+      Port 0 picks a free port (see :meth:`address`). Default none.
     - ``dispatch``: how connections of ``listen`` reach workers, unless a :class:`Listener`
       says otherwise: ``"rr"`` (default, round robin), ``"least-conn"``, ``"sticky"`` (by
       client address), handed over by the primary to workers that call
