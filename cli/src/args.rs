@@ -140,8 +140,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub prefix_output: bool,
 
-    /// Listen on ADDR (127.0.0.1:8080, [::1]:8080, :8080, unix:/path), named NAME for the
-    /// workers (repeatable; default names listen0, listen1, ...)
+    /// Listen on ADDR (127.0.0.1:8080, [::1]:8080, localhost:8080, :8080, unix:/path), named
+    /// NAME for the workers (repeatable; default names listen0, listen1, ...). A host name is
+    /// resolved once, at start, and every address it resolves to is bound (NAME, NAME-2, ...)
     #[arg(long = "listen", value_name = "ADDR[=NAME]", value_parser = parse_listen)]
     pub listen: Vec<(Vec<ListenAddr>, Option<String>)>,
 
