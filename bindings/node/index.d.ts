@@ -1,4 +1,6 @@
 // Types of require('rcluster'): rcluster's own API and the `cluster`-compatible facade.
+// The namespace holds types only (no class declarations): a namespace with values in it
+// could not merge with the `rcluster` constant that `export =` exports.
 import { EventEmitter } from 'events';
 import type { Server } from 'net';
 
@@ -7,7 +9,11 @@ declare namespace rcluster {
   type Serialization = 'json' | 'advanced';
 
   interface ListenerOptions {
-    /** 'HOST:PORT', '[IPv6]:PORT', ':PORT', 'unix:/path', or a port on 127.0.0.1. */
+    /**
+     * 'IP:PORT', '[IPv6]:PORT', 'localhost:PORT' (a host name that resolves to one address,
+     * resolved once at start), ':PORT' (every IPv4 interface), 'unix:/path', or a port on
+     * 127.0.0.1.
+     */
     address: string | number;
     name?: string;
     dispatch?: Dispatch;
@@ -111,14 +117,14 @@ declare namespace rcluster {
     lastExit: { code: number | null; signal: NodeJS.Signals | null; reason: ExitEvent['reason'] } | null;
   }
 
-  /** A running cluster (rcluster's own API). */
-  class Cluster extends EventEmitter {
-    constructor(options?: StartOptions);
+  /** A running cluster (rcluster's own API): `rcluster.start(options)` or `new rcluster.Cluster(options)`. */
+  interface Cluster extends EventEmitter {
     send(id: number, message: unknown): true;
     broadcast(message: unknown): number;
     workers(): WorkerSnapshot[];
     snapshot(): WorkerSnapshot[];
-    readonly listeners: Array<{ name: string; address: string }>;
+    /** The addresses the primary bound (a port 0 resolved); `listeners()` is EventEmitter's. */
+    readonly listenerAddresses: Array<{ name: string; address: string }>;
     reload(): Promise<{ generation: number }>;
     scale(workers: number): void;
     restart(id: number): void;
@@ -164,8 +170,13 @@ declare namespace rcluster {
     on(event: string, listener: (...args: any[]) => void): this;
   }
 
+  interface ClusterConstructor {
+    new (options?: StartOptions): Cluster;
+    readonly prototype: Cluster;
+  }
+
   /** A worker as the primary sees it (Node's cluster.Worker). */
-  class Worker extends EventEmitter {
+  interface Worker extends EventEmitter {
     readonly id: number;
     readonly process: EventEmitter & {
       pid: number | undefined; exitCode: number | null; signalCode: NodeJS.Signals | null;
@@ -203,7 +214,7 @@ declare namespace rcluster {
 
   interface Rcluster extends EventEmitter {
     start(options?: StartOptions): Cluster;
-    Cluster: typeof Cluster;
+    Cluster: ClusterConstructor;
     readonly isPrimary: boolean;
     readonly isMaster: boolean;
     readonly isWorker: boolean;

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use rcluster_core::{Config, Dispatch, ListenAddr, Listener, Output, ReadyOn, RestartMode};
+use rcluster_core::{
+    resolve_listen, Config, Dispatch, ListenAddr, Listener, Output, ReadyOn, RestartMode,
+};
 
 const ABOUT: &str = "Run any program as a supervised cluster of pre-forked workers.";
 
@@ -95,12 +97,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub ack_timeout: Option<Duration>,
 
-    /// First delay before restarting a failed worker [default: 100ms]
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    /// First delay before restarting a failed worker; 0 restarts at once [default: 100ms]
+    #[arg(long, value_name = "DUR", value_parser = parse_delay)]
     pub backoff_initial: Option<Duration>,
 
-    /// Longest delay before a restart [default: 10s]
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    /// Longest delay before a restart; 0 restarts at once [default: 10s]
+    #[arg(long, value_name = "DUR", value_parser = parse_delay)]
     pub backoff_max: Option<Duration>,
 
     /// A worker up this long has its backoff reset [default: 5s]
@@ -145,10 +147,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub prefix_output: bool,
 
-    /// Listen on ADDR (127.0.0.1:8080, [::1]:8080, :8080, unix:/path), named NAME for the
-    /// workers (repeatable; default names listen0, listen1, ...)
+    /// Listen on ADDR (127.0.0.1:8080, [::1]:8080, localhost:8080, :8080, unix:/path), named
+    /// NAME for the workers (repeatable; default names listen0, listen1, ...). A host name is
+    /// resolved once, at start, and every address it resolves to is bound (NAME, NAME-2, ...)
     #[arg(long = "listen", value_name = "ADDR[=NAME]", value_parser = parse_listen)]
-    pub listen: Vec<(ListenAddr, Option<String>)>,
+    pub listen: Vec<(Vec<ListenAddr>, Option<String>)>,
 
     /// How connections reach workers: rr (the primary accepts and hands them out in turn),
     /// least-conn, sticky (same client address, same worker), shared (workers inherit the
@@ -190,6 +193,23 @@ pub enum Ready {
 }
 
 impl RunArgs {
+    /// Combinations of flags that parse but make no sense: an error naming the flags.
+    pub fn check(&self) -> Result<(), String> {
+        if self.listen.is_empty() {
+            for (given, flag) in [
+                (self.dispatch.is_some(), "--dispatch"),
+                (self.share, "--share"),
+            ] {
+                if given {
+                    return Err(format!(
+                        "{flag} applies to the addresses of --listen, and none is given"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The core configuration; anything not given keeps the default of `Config::new`.
     pub fn to_config(&self) -> Config {
         let mut c = Config::new(self.cmd.iter().cloned());
@@ -234,17 +254,22 @@ impl RunArgs {
             Output::Inherit
         };
         let dispatch = self.dispatch.unwrap_or(Dispatch::RoundRobin);
-        c.listeners = self
-            .listen
-            .iter()
-            .enumerate()
-            .map(|(i, (addr, name))| {
-                let name = name.clone().unwrap_or_else(|| format!("listen{i}"));
+        // A host name that resolved to several addresses gives one listener per address:
+        // NAME for the first, NAME-2, NAME-3, ... for the others.
+        c.listeners = Vec::new();
+        for (i, (addrs, name)) in self.listen.iter().enumerate() {
+            let name = name.clone().unwrap_or_else(|| format!("listen{i}"));
+            for (k, addr) in addrs.iter().enumerate() {
+                let name = if k == 0 {
+                    name.clone()
+                } else {
+                    format!("{name}-{}", k + 1)
+                };
                 let mut l = Listener::new(name, addr.clone(), dispatch);
                 l.share = self.share;
-                l
-            })
-            .collect();
+                c.listeners.push(l);
+            }
+        }
         c.max_inflight = self.max_inflight;
         set(&mut c.max_surge, self.max_surge);
         c
@@ -274,14 +299,14 @@ pub fn flag_for(field: &str) -> Option<&'static str> {
 }
 
 /// `ADDR` or `ADDR=NAME`; a Unix path may itself contain '=', so only a last part without '/'
-/// counts as a name.
-fn parse_listen(s: &str) -> Result<(ListenAddr, Option<String>), String> {
+/// counts as a name. A host name is resolved here, once, into every address it stands for.
+fn parse_listen(s: &str) -> Result<(Vec<ListenAddr>, Option<String>), String> {
     let (addr, name) = match s.rsplit_once('=') {
         Some((a, n)) if !n.is_empty() && !n.contains('/') => (a, Some(n.to_string())),
         _ => (s, None),
     };
-    let addr = addr.parse::<ListenAddr>().map_err(|e| e.to_string())?;
-    Ok((addr, name))
+    let addrs = resolve_listen(addr).map_err(|e| e.to_string())?;
+    Ok((addrs, name))
 }
 
 fn parse_dispatch(s: &str) -> Result<Dispatch, String> {
@@ -294,8 +319,18 @@ fn set<T>(field: &mut T, value: Option<T>) {
     }
 }
 
-/// `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds (fractions allowed).
+/// A timeout or a window: [`parse_delay`], and more than zero (the core refuses zero, and
+/// would report it as `0ns`; said here in the terms of the flag).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_delay(s)?;
+    if d.is_zero() {
+        return Err("must be more than 0 (e.g. 1ms, 500ms, 5s)".into());
+    }
+    Ok(d)
+}
+
+/// `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds (fractions allowed); 0 allowed.
+pub fn parse_delay(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

@@ -29,6 +29,7 @@ fn main() {
 }
 
 fn start(args: &args::RunArgs) -> Result<i32, (i32, String)> {
+    args.check().map_err(|msg| (EXIT_USAGE, msg))?;
     let config = args.to_config();
     // Before Supervisor::start: its thread must inherit the blocked mask, or a signal could be
     // delivered there and kill the process instead of reaching the signalfd.

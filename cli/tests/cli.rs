@@ -893,3 +893,72 @@ fn a_worker_flooding_messages_gets_a_short_log_bounded_memory_and_sigterm_acts_a
     assert!(lines < 300, "{lines} log lines in 3 s of flood");
     assert!(rss < 64 * 1024, "the primary uses {rss} kB");
 }
+
+#[test]
+fn listen_on_a_host_name_binds_what_it_resolves_to_and_answers_there() {
+    let worker = hello_worker_binary();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("localhost:{port}=http");
+    let mut c = Cluster::start(&[
+        "run",
+        "-w",
+        "2",
+        "--ready",
+        "explicit",
+        "--listen",
+        &listen,
+        "--",
+        worker.to_str().unwrap(),
+    ]);
+    c.wait_for_count(": ready", 2);
+    // localhost is 127.0.0.1 on every Linux resolver (and ::1 too on some, also bound then).
+    assert!(http_get_body(&format!("127.0.0.1:{port}")).contains("Hello from worker"));
+    c.signal(libc::SIGTERM);
+    assert_eq!(
+        c.wait_exit(Duration::from_secs(15)).code(),
+        Some(0),
+        "log:\n{}",
+        c.log_text()
+    );
+}
+
+#[test]
+fn listen_on_a_host_name_that_does_not_resolve_exits_2_naming_it() {
+    let out = rcluster_output(&[
+        "run",
+        "--listen",
+        "no-such-host.invalid:8080",
+        "--",
+        "sleep",
+        "1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no-such-host.invalid"), "{err}");
+}
+
+#[test]
+fn zero_duration_exits_2_saying_it_must_be_more_than_zero() {
+    let out = rcluster_output(&["run", "--kill-timeout", "0", "--", "sleep", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--kill-timeout") && err.contains("more than 0") && !err.contains("0ns"),
+        "{err}"
+    );
+}
+
+#[test]
+fn dispatch_without_listen_exits_2_instead_of_being_ignored() {
+    let out = rcluster_output(&["run", "--dispatch", "shared", "--", "sleep", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--dispatch") && err.contains("--listen"),
+        "{err}"
+    );
+}

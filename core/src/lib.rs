@@ -34,7 +34,7 @@ pub use config::{
 };
 pub use error::{Error, Result};
 pub use events::{Event, ExitInfo, WorkerInfo, WorkerState};
-pub use listen::{Dispatch, ListenAddr, Listener};
+pub use listen::{resolve_listen, Dispatch, ListenAddr, Listener};
 pub use policy::{Clock, Decision, ExitReason, History, Jitter, SystemClock, XorShift};
 pub use signals::{signal_name, SignalAction, EXIT_AFTER_SIGNAL_STOP, HANDLED_SIGNALS};
 pub use supervisor::Supervisor;

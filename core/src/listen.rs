@@ -21,36 +21,95 @@ pub enum ListenAddr {
 impl FromStr for ListenAddr {
     type Err = Error;
 
-    /// `127.0.0.1:8080`, `[::1]:8080`, `:8080` (all IPv4 addresses), or `unix:/path/to.sock`.
+    /// `127.0.0.1:8080`, `[::1]:8080`, `:8080` (all IPv4 addresses), `unix:/path/to.sock`, or
+    /// `HOST:PORT` with a host name that resolves to exactly one address (resolved here, once;
+    /// [`resolve_listen`] takes a name with several addresses).
     fn from_str(s: &str) -> Result<ListenAddr> {
-        if let Some(path) = s.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err(Error::config(
-                    "listen",
-                    s,
-                    "a Unix socket needs a path after 'unix:'",
-                ));
-            }
-            if path.len() >= 108 {
-                return Err(Error::config(
-                    "listen",
-                    s,
-                    "a Unix socket path must be shorter than 108 bytes",
-                ));
-            }
-            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        let mut addrs = resolve_listen(s)?;
+        if addrs.len() > 1 {
+            let all: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            return Err(Error::config(
+                "listen",
+                s,
+                format!(
+                    "the host name resolves to {}: give one of them, or one listener for each",
+                    all.join(" and ")
+                ),
+            ));
         }
-        let full = if s.starts_with(':') {
-            format!("0.0.0.0{s}")
-        } else {
-            s.to_string()
-        };
-        full.parse::<SocketAddr>()
-            .map(ListenAddr::Tcp)
-            .map_err(|_| {
-                Error::config("listen", s, "expected HOST:PORT, [IPv6]:PORT or unix:/path")
-            })
+        Ok(addrs.remove(0))
     }
+}
+
+/// Every address `s` stands for, each to be bound by a listener of its own: the forms of
+/// [`ListenAddr`]'s `from_str`, and `HOST:PORT` with a host name, which is resolved now, once
+/// (the system resolver: /etc/hosts, DNS), into its distinct addresses in the resolver's
+/// order (`localhost:8080` is `127.0.0.1:8080` and, where the system maps it too,
+/// `[::1]:8080`). Never empty.
+pub fn resolve_listen(s: &str) -> Result<Vec<ListenAddr>> {
+    const EXPECTED: &str = "expected HOST:PORT, [IPv6]:PORT, :PORT or unix:/path";
+    if let Some(path) = s.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err(Error::config(
+                "listen",
+                s,
+                "a Unix socket needs a path after 'unix:'",
+            ));
+        }
+        if path.len() >= 108 {
+            return Err(Error::config(
+                "listen",
+                s,
+                "a Unix socket path must be shorter than 108 bytes",
+            ));
+        }
+        return Ok(vec![ListenAddr::Unix(PathBuf::from(path))]);
+    }
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
+    if let Ok(sa) = full.parse::<SocketAddr>() {
+        return Ok(vec![ListenAddr::Tcp(sa)]);
+    }
+    // A host name: letters, digits, '-' and '.', then a numeric port. Anything else (an
+    // unbracketed IPv6 address, a service name for the port) stays a syntax error.
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(Error::config("listen", s, EXPECTED));
+    };
+    let is_name = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    let Ok(port) = port.parse::<u16>() else {
+        return Err(Error::config("listen", s, EXPECTED));
+    };
+    if !is_name {
+        return Err(Error::config("listen", s, EXPECTED));
+    }
+    let resolved = std::net::ToSocketAddrs::to_socket_addrs(&(host, port)).map_err(|e| {
+        Error::config(
+            "listen",
+            s,
+            format!("cannot resolve the host name {host}: {e}"),
+        )
+    })?;
+    let mut addrs: Vec<ListenAddr> = Vec::new();
+    for sa in resolved {
+        let a = ListenAddr::Tcp(sa);
+        if !addrs.contains(&a) {
+            addrs.push(a);
+        }
+    }
+    if addrs.is_empty() {
+        return Err(Error::config(
+            "listen",
+            s,
+            format!("the host name {host} resolves to no address"),
+        ));
+    }
+    Ok(addrs)
 }
 
 impl fmt::Display for ListenAddr {
@@ -554,11 +613,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("listen") && e.contains("localhost:http"), "{e}");
+        let e = "no-such-host.invalid:80"
+            .parse::<ListenAddr>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no-such-host.invalid"), "{e}");
         assert!("nope"
             .parse::<Dispatch>()
             .unwrap_err()
             .to_string()
             .contains("nope"));
+    }
+
+    #[test]
+    fn a_host_name_resolves_once_to_its_loopback_addresses() {
+        let addrs = resolve_listen("localhost:8080").unwrap();
+        assert!(!addrs.is_empty());
+        for a in &addrs {
+            match a {
+                ListenAddr::Tcp(sa) => assert!(sa.ip().is_loopback() && sa.port() == 8080, "{sa}"),
+                ListenAddr::Unix(p) => panic!("{}", p.display()),
+            }
+        }
+        assert_eq!(resolve_listen("127.0.0.1:80").unwrap().len(), 1);
     }
 
     #[test]

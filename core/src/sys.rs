@@ -209,7 +209,7 @@ pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
 /// normal policy to `SCHED_BATCH`. True when it did; a thread under any other policy (one the
 /// host chose: real-time, idle, batch already) is left as it is.
 pub fn enter_batch_scheduling() -> bool {
-    let param = libc::sched_param { sched_priority: 0 };
+    let param = zero_sched_param();
     // SAFETY: plain syscalls on the calling thread with a valid parameter block.
     unsafe {
         libc::sched_getscheduler(0) == libc::SCHED_OTHER
@@ -221,9 +221,16 @@ pub fn enter_batch_scheduling() -> bool {
 /// (a policy survives fork and exec; `SCHED_RESET_ON_FORK` resets only real-time ones).
 /// Async-signal-safe.
 pub fn leave_batch_scheduling() {
-    let param = libc::sched_param { sched_priority: 0 };
+    let param = zero_sched_param();
     // SAFETY: plain syscall on the calling thread with a valid parameter block.
     unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+}
+
+/// A priority-0 parameter block. Not a struct literal: musl's `sched_param` has more fields
+/// than glibc's (so that the static musl build of the command compiles); all are zero here.
+fn zero_sched_param() -> libc::sched_param {
+    // SAFETY: sched_param is plain integers, for which all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
 }
 
 pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {

@@ -1,17 +1,31 @@
 'use strict';
-// Loads the addon built from source by `npm install` (scripts/build.js puts it beside
-// package.json). A missing file means the build did not run; say how to run it.
+// Loads the native addon, first found of:
+//   1. rcluster.node beside package.json: built from source (a checkout, or the fallback
+//      build of scripts/build.js when no prebuilt package fits this machine);
+//   2. the prebuilt addon of this platform, from its package (napi-rs convention:
+//      rcluster-<platform>-<arch>[-<libc>], an optionalDependency of rcluster that npm
+//      installs only where its os/cpu/libc match).
+const fs = require('fs');
 const path = require('path');
+const { platformTriple, prebuiltPackage } = require('./platform');
 
-const file = path.join(__dirname, '..', 'rcluster.node');
-let native;
-try {
-  native = require(file);
-} catch (e) {
+function load() {
+  const local = path.join(__dirname, '..', 'rcluster.node');
+  if (fs.existsSync(local)) return { native: require(local) };
+  const pkg = prebuiltPackage();
+  let error;
+  try {
+    return { native: require(pkg) };
+  } catch (e) {
+    error = e;
+  }
   const err = new Error(
-    `rcluster: cannot load the native addon ${file} (${e.message}); ` +
-    'build it with `npm install` (or `npm run build`) in the rcluster package folder');
+    `rcluster: no native addon for ${platformTriple()}: ${pkg} is not installed (${error.message}) ` +
+    `and ${local} was not built. Reinstall rcluster with optional dependencies (not ` +
+    '--omit=optional / --no-optional), or build from source with a Rust toolchain: ' +
+    '`npm rebuild rcluster` (or `npm run build` in the rcluster package folder).');
   err.code = 'ERR_RCLUSTER_ADDON';
   throw err;
 }
-module.exports = native;
+
+module.exports = load().native;

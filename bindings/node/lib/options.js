@@ -41,6 +41,27 @@ function oneOf(opts, name, values, prefix = 'options.') {
   return v;
 }
 
+// The option names start() knows, so that a misspelt one (`dispach`) is an error instead of
+// being silently ignored (the CLI and the C API refuse unknown options too).
+const KNOWN = {
+  options: ['workers', 'exec', 'args', 'execArgv', 'program', 'env', 'cwd', 'readyOn', 'readyTimeout',
+    'heartbeatTimeout', 'killTimeout', 'restart', 'maxMessage', 'sendQueueLimit', 'output', 'listen',
+    'listeners', 'dispatch', 'maxInflight', 'handoffWindow', 'kernelRoundRobin', 'queueLimit',
+    'queueTimeout', 'maxSurge', 'serialization', 'handleSignals'],
+  restart: ['mode', 'backoffInitial', 'backoffMultiplier', 'backoffMax', 'jitter', 'minUptime',
+    'maxRestarts', 'window', 'noRestartCodes'],
+  listener: ['address', 'name', 'dispatch'],
+};
+
+/** Throws ERR_RCLUSTER_INVALID_OPTION naming every key of `obj` not in `known`. */
+function rejectUnknown(obj, known, where) {
+  const unknown = Object.keys(obj).filter((k) => !known.includes(k));
+  if (unknown.length === 0) return;
+  const names = unknown.map((k) => where + k).join(', ');
+  throw invalidOption(names, obj[unknown[0]],
+    `unknown option${unknown.length > 1 ? 's' : ''}; known: ${known.join(', ')}`);
+}
+
 function strings(value, name) {
   if (value === undefined) return [];
   if (!Array.isArray(value) || value.some((s) => typeof s !== 'string')) {
@@ -63,6 +84,7 @@ function listeners(opts) {
       if (l === null || typeof l !== 'object') {
         throw invalidOption(`options.listeners[${i}]`, l, 'must be an object { address, name?, dispatch? }');
       }
+      rejectUnknown(l, KNOWN.listener, `options.listeners[${i}].`);
       list.push({ name: l.name === undefined ? `listener${list.length}` : l.name, address: l.address, dispatch: l.dispatch });
     });
   }
@@ -95,6 +117,7 @@ function restart(opts) {
     throw invalidOption('options.restart', r, "expected 'always', 'on-failure', 'never' or an object");
   }
   const p = 'options.restart.';
+  rejectUnknown(r, KNOWN.restart, p);
   const mult = r.backoffMultiplier;
   if (mult !== undefined && (typeof mult !== 'number' || !(mult >= 1))) {
     throw invalidOption(p + 'backoffMultiplier', mult, 'must be a number >= 1');
@@ -134,6 +157,7 @@ function normalize(opts = {}, extraEnv = {}) {
   if (opts === null || typeof opts !== 'object') {
     throw invalidOption('options', opts, 'must be an object');
   }
+  rejectUnknown(opts, KNOWN.options, 'options.');
   const workers = opts.workers === undefined ? 1 : int(opts, 'workers', 1, 4096);
   const exec = opts.exec === undefined ? process.argv[1] : opts.exec;
   if (typeof exec !== 'string' || exec === '') throw invalidOption('options.exec', exec, 'must be a path to a script');
@@ -178,4 +202,4 @@ function normalize(opts = {}, extraEnv = {}) {
   return { native, serialization, handleSignals };
 }
 
-module.exports = { normalize };
+module.exports = { normalize, rejectUnknown };

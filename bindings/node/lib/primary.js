@@ -140,8 +140,11 @@ class Cluster extends EventEmitter {
     return this.workers();
   }
 
-  /** Listeners bound by the primary: [{ name, address }] (a port 0 resolved). */
-  get listeners() {
+  /**
+   * Addresses bound by the primary: [{ name, address }] (a port 0 resolved). Not named
+   * `listeners`: that is EventEmitter's listeners(eventName), which must keep working.
+   */
+  get listenerAddresses() {
     return this._native.listeners().map(([name, address]) => ({ name, address }));
   }
 

@@ -38,7 +38,12 @@ test('listeners with round-robin dispatch feed worker.serve(http.Server)', async
   const c = rcluster.start({ workers: 2, exec: WORKER, args: [], execArgv: [], listen: `127.0.0.1:${port}` });
   let ready = 0;
   await once(c, 'ready', () => ++ready === 2);
-  assert.deepStrictEqual(c.listeners, [{ name: 'listener0', address: `127.0.0.1:${port}` }]);
+  assert.deepStrictEqual(c.listenerAddresses, [{ name: 'listener0', address: `127.0.0.1:${port}` }]);
+  // EventEmitter's listeners() still works: the addresses do not shadow it.
+  const onExit = () => {};
+  c.on('exit', onExit);
+  assert.deepStrictEqual(c.listeners('exit'), [onExit]);
+  c.off('exit', onExit);
   const ids = new Set();
   for (let i = 0; i < 10; i++) ids.add((await get(port)).split(' ')[0]);
   assert.deepStrictEqual([...ids].sort(), ['0', '1']);

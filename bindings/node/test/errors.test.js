@@ -36,6 +36,14 @@ test('bad durations and restart numbers are named', () => {
   throwsCode(() => rcluster.start({ ...base, restart: { backoffMultiplier: 0.5 } }), 'ERR_RCLUSTER_INVALID_OPTION', 'backoffMultiplier', '0.5');
 });
 
+test('a misspelt option is refused with its name instead of being ignored', () => {
+  throwsCode(() => rcluster.start({ ...base, dispach: 'rr' }), 'ERR_RCLUSTER_INVALID_OPTION', 'options.dispach', 'unknown option');
+  throwsCode(() => rcluster.start({ ...base, restart: { mode: 'always', maxRestart: 3 } }),
+    'ERR_RCLUSTER_INVALID_OPTION', 'options.restart.maxRestart');
+  throwsCode(() => rcluster.start({ ...base, listeners: [{ address: 8080, dispach: 'rr' }] }),
+    'ERR_RCLUSTER_INVALID_OPTION', 'options.listeners[0].dispach');
+});
+
 test('a non-boolean kernelRoundRobin is named', () => {
   throwsCode(() => rcluster.start({ ...base, kernelRoundRobin: 'yes' }), 'ERR_RCLUSTER_INVALID_OPTION', 'kernelRoundRobin', 'yes');
   throwsCode(() => rcluster.setupPrimary({ kernelRoundRobin: 1 }), 'ERR_RCLUSTER_INVALID_OPTION', 'settings.kernelRoundRobin', '1');

@@ -87,3 +87,20 @@ def test_worker_outside_a_cluster_is_not_a_worker():
 def test_default_argv_reruns_this_program():
     argv = rcluster.default_argv()
     assert argv[0] == sys.executable and len(argv) >= 2
+
+
+def test_a_misspelt_option_is_a_type_error_naming_it():
+    with pytest.raises(TypeError, match="dispach"):
+        rcluster.Supervisor(worker_argv("echo"), dispach="rr")
+    with pytest.raises(TypeError, match="max_restart"):
+        rcluster.RestartPolicy(max_restart=3)
+
+
+def test_help_explains_every_option_of_the_supervisor():
+    import inspect
+
+    doc = inspect.getdoc(rcluster.Supervisor) or ""
+    params = inspect.signature(rcluster.Supervisor.__init__).parameters
+    missing = [n for n in params if n != "self" and f"``{n}``" not in doc]
+    assert not missing, f"options without a word in help(rcluster.Supervisor): {missing}"
+    assert "docs/operations.md" not in doc

@@ -28,9 +28,21 @@ ExitInfo = _rcluster.ExitInfo
 
 @dataclass(frozen=True)
 class RestartPolicy:
-    """When and how fast a worker that exited is started again (see docs/operations.md).
+    """When and how fast a worker that exited is started again.
 
-    Durations are in seconds; None keeps the core's default.
+    Durations are in seconds; None keeps the default given here.
+
+    - ``mode``: ``"always"`` (default) restarts every exit but a requested one;
+      ``"on-failure"`` only a non-zero exit status or a signal; ``"never"`` none.
+    - ``backoff_initial``: the delay before the first restart after a failure (0.1 s).
+    - ``backoff_multiplier``: each consecutive failure multiplies the delay by this (2.0).
+    - ``backoff_max``: the delay never exceeds this (10 s).
+    - ``jitter``: random spread of each delay, as a fraction: 0.1 (default) is ±10%.
+    - ``min_uptime``: a worker that stayed up this long resets its backoff (5 s).
+    - ``max_restarts`` / ``window``: more than ``max_restarts`` restarts (10) of one worker
+      slot within ``window`` seconds (60) and the slot is given up (a ``gave_up`` event).
+    - ``no_restart_codes``: exit statuses that mean "do not restart me" (a worker that cannot
+      boot, say); default none.
     """
 
     mode: str = "always"  #: ``always``, ``on-failure`` or ``never``
@@ -60,7 +72,9 @@ class RestartPolicy:
 
 @dataclass(frozen=True)
 class Listener:
-    """A socket the primary binds: ``127.0.0.1:8080``, ``[::1]:8080``, ``:8080`` or
+    """A socket the primary binds: ``127.0.0.1:8080``, ``[::1]:8080``, ``localhost:8080`` (a
+    host name, resolved once at start; one that resolves to several addresses is an error
+    naming them: give each as a listener of its own), ``:8080`` (every IPv4 interface) or
     ``unix:/path``. ``dispatch`` (``rr``, ``least-conn``, ``sticky``, ``shared``) defaults to
     the supervisor's; ``name`` to ``listen0``, ``listen1``, …"""
 
@@ -110,10 +124,46 @@ class Supervisor:
             for ev in sup.events():
                 print(ev)
 
-    ``argv`` defaults to re-running this program (:func:`default_argv`); the workers see
-    :func:`rcluster.is_worker` true. Durations are in seconds; None keeps the core's default
-    (docs/operations.md lists them all). Only one consumer should take events: either
-    :meth:`events`, :meth:`next_event` or :meth:`aevents`.
+    Only one consumer should take events: either :meth:`events`, :meth:`next_event` or
+    :meth:`aevents`. An option name this class does not know is a ``TypeError`` naming it.
+
+    Options (durations in seconds, as floats; None keeps the default given here):
+
+    - ``argv``: the worker command, run directly (no shell). Default: re-run this program
+      (:func:`default_argv`), whose workers see :func:`rcluster.is_worker` true.
+    - ``workers``: number of worker processes, 1..4096 (default 1).
+    - ``listen``: sockets the primary binds, as address strings or :class:`Listener`:
+      ``"127.0.0.1:8080"``, ``"[::1]:8080"``, ``"localhost:8080"`` (a host name, resolved
+      once at start, to one address), ``":8080"`` (every IPv4 interface), ``"unix:/path"``.
+      Port 0 picks a free port (see :meth:`address`). Default none.
+    - ``dispatch``: how connections of ``listen`` reach workers, unless a :class:`Listener`
+      says otherwise: ``"rr"`` (default, round robin), ``"least-conn"``, ``"sticky"`` (by
+      client address), handed over by the primary to workers that call
+      :func:`rcluster.serve` / :func:`rcluster.aio.serve`; or ``"shared"``: the workers
+      inherit the sockets (``LISTEN_FDS``, systemd's convention) and accept themselves.
+    - ``restart``: ``"always"`` (default), ``"on-failure"``, ``"never"`` or a
+      :class:`RestartPolicy` (backoff, restart limits).
+    - ``env``: variables added to the workers' environment (default none); ``cwd``: their
+      working directory (default this process's).
+    - ``ready_on``: when a worker counts as ready: ``"hello"`` (default: when its rcluster
+      library connects), ``"spawn"`` (at once) or ``"explicit"`` (when it calls ``ready()``).
+    - ``ready_timeout``: a worker not ready this long after it started is killed (30 s).
+    - ``heartbeat_timeout``: a ready worker silent this long is taken for hung and killed
+      (default None: never).
+    - ``kill_timeout``: grace between SIGTERM and SIGKILL when stopping a worker (10 s).
+    - ``max_message``: largest message in bytes, either direction (16 MiB).
+    - ``send_queue_limit``: most bytes queued towards one worker before :meth:`send` raises
+      (64 MiB).
+    - ``output``: the workers' stdout/stderr: ``"inherit"`` (default) or ``"prefix"`` (each
+      line prefixed with the worker's id).
+    - ``max_inflight``: most connections one worker holds at once; the rest wait in the
+      primary (default None: no limit).
+    - ``handoff_window``: most connections handed to one worker and not yet acknowledged
+      (64).
+    - ``queue_limit``: most connections waiting in the primary for a worker; more are closed
+      at once (4096). ``queue_timeout``: a connection waiting longer is closed (10 s).
+    - ``max_surge``: during :meth:`reload`, most workers started beyond ``workers`` at once
+      (1).
 
     ``handle_signals`` (default True): while the cluster runs, SIGINT and SIGTERM stop it
     gracefully (a second one kills the workers now), SIGHUP reloads, SIGTTIN/SIGTTOU add or
