@@ -17,6 +17,11 @@ declare namespace rcluster {
     address: string | number;
     name?: string;
     dispatch?: Dispatch;
+    /**
+     * Start even when another socket listens on the address (both then share it through
+     * SO_REUSEPORT); by default an address in use fails start() naming it.
+     */
+    share?: boolean;
   }
 
   interface RestartOptions {
@@ -58,6 +63,12 @@ declare namespace rcluster {
      * beyond, workers that send are not read until it catches up (their `send` blocks).
      */
     eventQueueLimit?: number;
+    /**
+     * Milliseconds a worker may leave a connection handed to it unacknowledged before it is
+     * taken for hung: killed (reason 'heartbeat') and its connections given to other workers.
+     * Default 5000; null turns it off.
+     */
+    ackTimeout?: number | null;
     output?: 'inherit' | 'prefix';
     listen?: string | number | Array<string | number>;
     listeners?: ListenerOptions[];

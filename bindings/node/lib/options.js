@@ -47,10 +47,10 @@ const KNOWN = {
   options: ['workers', 'exec', 'args', 'execArgv', 'program', 'env', 'cwd', 'readyOn', 'readyTimeout',
     'heartbeatTimeout', 'killTimeout', 'restart', 'maxMessage', 'sendQueueLimit', 'output', 'listen',
     'listeners', 'dispatch', 'maxInflight', 'handoffWindow', 'kernelRoundRobin', 'queueLimit',
-    'queueTimeout', 'maxSurge', 'serialization', 'handleSignals'],
+    'queueTimeout', 'maxSurge', 'serialization', 'handleSignals', 'eventQueueLimit', 'ackTimeout'],
   restart: ['mode', 'backoffInitial', 'backoffMultiplier', 'backoffMax', 'jitter', 'minUptime',
     'maxRestarts', 'window', 'noRestartCodes'],
-  listener: ['address', 'name', 'dispatch'],
+  listener: ['address', 'name', 'dispatch', 'share'],
 };
 
 /** Throws ERR_RCLUSTER_INVALID_OPTION naming every key of `obj` not in `known`. */
@@ -85,7 +85,7 @@ function listeners(opts) {
         throw invalidOption(`options.listeners[${i}]`, l, 'must be an object { address, name?, dispatch? }');
       }
       rejectUnknown(l, KNOWN.listener, `options.listeners[${i}].`);
-      list.push({ name: l.name === undefined ? `listener${list.length}` : l.name, address: l.address, dispatch: l.dispatch });
+      list.push({ name: l.name === undefined ? `listener${list.length}` : l.name, address: l.address, dispatch: l.dispatch, share: l.share });
     });
   }
   const dispatch = oneOf(opts, 'dispatch', DISPATCH) || 'rr';
@@ -105,7 +105,10 @@ function listeners(opts) {
     if (!DISPATCH.includes(d)) {
       throw invalidOption(`options.listeners[${i}].dispatch`, d, `expected one of ${DISPATCH.join(', ')}`);
     }
-    return { name: l.name, address, dispatch: d };
+    if (l.share !== undefined && typeof l.share !== 'boolean') {
+      throw invalidOption(`options.listeners[${i}].share`, l.share, 'must be true or false');
+    }
+    return { name: l.name, address, dispatch: d, share: l.share === true };
   });
 }
 
@@ -192,6 +195,8 @@ function normalize(opts = {}, extraEnv = {}) {
     queueLimit: int(opts, 'queueLimit', 1, 2 ** 31),
     queueTimeout: ms(opts, 'queueTimeout'),
     maxSurge: int(opts, 'maxSurge', 1, 4096),
+    // null turns the bound off; unset keeps the core's default.
+    ackTimeout: opts.ackTimeout === null ? 0 : ms(opts, 'ackTimeout'),
   };
   if (opts.program !== undefined && opts.exec === undefined) {
     // A non-Node program: run it with `args` alone.

@@ -44,6 +44,8 @@ pub struct NativeOptions {
     pub queue_limit: Option<u32>,
     pub queue_timeout: Option<f64>,
     pub max_surge: Option<u32>,
+    /// Milliseconds; 0 turns the bound off.
+    pub ack_timeout: Option<f64>,
 }
 
 #[napi(object)]
@@ -51,6 +53,7 @@ pub struct NativeListener {
     pub name: String,
     pub address: String,
     pub dispatch: String,
+    pub share: bool,
 }
 
 /// One event of the cluster; which fields are set depends on `type`.
@@ -115,6 +118,11 @@ fn build_config(o: NativeOptions) -> napi::Result<Config, &'static str> {
     set(&mut c.ready_timeout, o.ready_timeout.map(ms));
     c.heartbeat_timeout = o.heartbeat_timeout.map(ms);
     set(&mut c.kill_timeout, o.kill_timeout.map(ms));
+    match o.ack_timeout {
+        Some(t) if t == 0.0 => c.ack_timeout = None,
+        Some(t) => c.ack_timeout = Some(ms(t)),
+        None => {}
+    }
     if let Some(m) = o.restart.as_deref() {
         c.restart.mode = m
             .parse()
@@ -146,7 +154,9 @@ fn build_config(o: NativeOptions) -> napi::Result<Config, &'static str> {
     for l in o.listeners {
         let addr: ListenAddr = l.address.parse().map_err(to_js)?;
         let dispatch: Dispatch = l.dispatch.parse().map_err(to_js)?;
-        c.listeners.push(Listener::new(l.name, addr, dispatch));
+        let mut listener = Listener::new(l.name, addr, dispatch);
+        listener.share = l.share;
+        c.listeners.push(listener);
     }
     c.max_inflight = o.max_inflight.map(|v| v as usize);
     set(&mut c.handoff_window, o.handoff_window.map(|v| v as usize));

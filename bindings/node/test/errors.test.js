@@ -64,6 +64,32 @@ test('an address in use is ERR_RCLUSTER_BIND naming the address', async () => {
   }
 });
 
+test('a second cluster on an address fails naming it, unless both share it', async () => {
+  const s = net.createServer().listen(0, '127.0.0.1');
+  await new Promise((r) => s.once('listening', r));
+  const addr = `127.0.0.1:${s.address().port}`;
+  s.close();
+  const first = rcluster.start({ ...base, listen: addr });
+  try {
+    throwsCode(() => rcluster.start({ ...base, listen: addr }), 'ERR_RCLUSTER_BIND', addr, 'in use');
+  } finally {
+    await first.stop();
+  }
+  const listeners = [{ address: addr, share: true }];
+  const a = rcluster.start({ ...base, listeners });
+  const b = rcluster.start({ ...base, listeners });
+  await Promise.all([a.stop(), b.stop()]);
+  throwsCode(() => rcluster.start({ ...base, listeners: [{ address: addr, share: 'yes' }] }),
+    'ERR_RCLUSTER_INVALID_OPTION', 'share');
+});
+
+test('ackTimeout takes milliseconds or null', async () => {
+  const a = rcluster.start({ ...base, ackTimeout: null });
+  const b = rcluster.start({ ...base, ackTimeout: 500 });
+  await Promise.all([a.stop(), b.stop()]);
+  throwsCode(() => rcluster.start({ ...base, ackTimeout: 'soon' }), 'ERR_RCLUSTER_INVALID_OPTION', 'ackTimeout');
+});
+
 test('a missing program is named before anything starts', () => {
   throwsCode(() => rcluster.start({ program: '/nonexistent/prog', args: [] }), 'ERR_RCLUSTER_INVALID_OPTION', '/nonexistent/prog');
 });

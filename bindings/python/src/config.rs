@@ -80,9 +80,9 @@ pub struct ConfigArgs {
     pub event_queue_limit: Option<usize>,
     #[pyo3(default)]
     pub output: Option<String>,
-    /// (name, address, dispatch) triples.
+    /// (name, address, dispatch, share) of each listener.
     #[pyo3(default)]
-    pub listeners: Option<Vec<(String, String, String)>>,
+    pub listeners: Option<Vec<(String, String, String, bool)>>,
     #[pyo3(default)]
     pub max_inflight: Option<usize>,
     #[pyo3(default)]
@@ -93,6 +93,9 @@ pub struct ConfigArgs {
     pub queue_timeout: Option<f64>,
     #[pyo3(default)]
     pub max_surge: Option<usize>,
+    /// Seconds; 0 turns the bound off.
+    #[pyo3(default)]
+    pub ack_timeout: Option<f64>,
 }
 
 fn os(b: Vec<u8>) -> OsString {
@@ -132,10 +135,17 @@ impl ConfigArgs {
         if let Some(o) = &self.output {
             c.output = o.parse().map_err(to_py)?;
         }
-        for (name, addr, dispatch) in self.listeners.unwrap_or_default() {
+        for (name, addr, dispatch, share) in self.listeners.unwrap_or_default() {
             let addr: ListenAddr = addr.parse().py()?;
             let dispatch: Dispatch = dispatch.parse().py()?;
-            c.listeners.push(Listener::new(name, addr, dispatch));
+            let mut listener = Listener::new(name, addr, dispatch);
+            listener.share = share;
+            c.listeners.push(listener);
+        }
+        match self.ack_timeout {
+            Some(t) if t == 0.0 => c.ack_timeout = None,
+            Some(t) => c.ack_timeout = Some(seconds("ack_timeout", t)?),
+            None => {}
         }
         c.max_inflight = self.max_inflight;
         if let Some(w) = self.handoff_window {

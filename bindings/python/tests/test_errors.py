@@ -59,6 +59,36 @@ def test_address_in_use_is_a_bind_error_naming_it():
     assert e.value.errno == 98 and isinstance(e.value, OSError)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def supervisor(**kw):
+    return rcluster.Supervisor(worker_argv("echo"), **fast(**kw))
+
+
+def test_a_second_supervisor_on_an_address_fails_naming_it_unless_both_share_it():
+    addr = f"127.0.0.1:{free_port()}"
+    with supervisor(listen=[addr]):
+        with pytest.raises(rcluster.BindError, match=addr):
+            start(listen=[addr])
+    addr = f"127.0.0.1:{free_port()}"
+    shared = rcluster.Listener(addr, share=True)
+    with supervisor(listen=[shared]) as a, supervisor(listen=[shared]) as b:
+        assert a.address() == b.address() == ("127.0.0.1", int(addr.rsplit(":", 1)[1]))
+    with pytest.raises(TypeError, match="share"):
+        supervisor(listen=[rcluster.Listener(addr, share="yes")])
+
+
+def test_ack_timeout_takes_seconds_or_none_and_refuses_nonsense():
+    with supervisor(ack_timeout=None), supervisor(ack_timeout=0.5):
+        pass
+    with pytest.raises((TypeError, rcluster.ConfigError), match="ack_timeout"):
+        supervisor(ack_timeout="soon")
+
+
 def test_messages_over_the_limit_and_unknown_workers():
     with rcluster.Supervisor(worker_argv("echo"), max_message=64, **fast()) as sup:
         sup.wait_for("message")

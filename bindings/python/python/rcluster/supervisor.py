@@ -76,11 +76,14 @@ class Listener:
     host name, resolved once at start; one that resolves to several addresses is an error
     naming them: give each as a listener of its own), ``:8080`` (every IPv4 interface) or
     ``unix:/path``. ``dispatch`` (``rr``, ``least-conn``, ``sticky``, ``shared``) defaults to
-    the supervisor's; ``name`` to ``listen0``, ``listen1``, …"""
+    the supervisor's; ``name`` to ``listen0``, ``listen1``, …. An address some other socket
+    listens on fails ``start()`` naming it, unless ``share`` is true (both then share it
+    through ``SO_REUSEPORT``)."""
 
     addr: str
     name: str | None = None
     dispatch: str | None = None
+    share: bool = False
 
 
 def default_argv() -> list[str]:
@@ -154,6 +157,9 @@ class Supervisor:
     - ``max_message``: largest message in bytes, either direction (16 MiB).
     - ``send_queue_limit``: most bytes queued towards one worker before :meth:`send` raises
       (64 MiB).
+    - ``event_queue_limit``: most bytes of worker messages waiting for this process to take
+      them (4 MiB); beyond, workers that send are not read until it catches up (their
+      ``send`` blocks), so memory stays bounded whatever a worker sends.
     - ``output``: the workers' stdout/stderr: ``"inherit"`` (default) or ``"prefix"`` (each
       line prefixed with the worker's id).
     - ``max_inflight``: most connections one worker holds at once; the rest wait in the
@@ -164,6 +170,9 @@ class Supervisor:
       at once (4096). ``queue_timeout``: a connection waiting longer is closed (10 s).
     - ``max_surge``: during :meth:`reload`, most workers started beyond ``workers`` at once
       (1).
+    - ``ack_timeout``: a worker that leaves a connection handed to it unacknowledged this long
+      is taken for hung: killed (reason ``heartbeat``) and its connections given to other
+      workers (5 s; None turns it off).
 
     ``handle_signals`` (default True): while the cluster runs, SIGINT and SIGTERM stop it
     gracefully (a second one kills the workers now), SIGHUP reloads, SIGTTIN/SIGTTOU add or
@@ -196,6 +205,7 @@ class Supervisor:
         queue_limit: int | None = None,
         queue_timeout: float | None = None,
         max_surge: int | None = None,
+        ack_timeout: float | None = 5.0,
         handle_signals: bool = True,
     ) -> None:
         self._config = _config(**locals())
@@ -411,6 +421,8 @@ def _config(**o: Any) -> dict[str, Any]:
     c["heartbeat_timeout"] = hb
     for name in ("ready_timeout", "kill_timeout", "queue_timeout"):
         c[name] = check_seconds(name, o[name], optional=True)
+    # 0 tells the native side to turn the bound off.
+    c["ack_timeout"] = check_seconds("ack_timeout", o["ack_timeout"], optional=True) or 0.0
     for name in (
         "max_message",
         "send_queue_limit",
@@ -438,7 +450,7 @@ def _config(**o: Any) -> dict[str, Any]:
     return c
 
 
-def _listener(i: int, item: object, dispatch: str | None) -> tuple[str, str, str]:
+def _listener(i: int, item: object, dispatch: str | None) -> tuple[str, str, str, bool]:
     if isinstance(item, str):
         item = Listener(item)
     if not isinstance(item, Listener):
@@ -448,4 +460,11 @@ def _listener(i: int, item: object, dispatch: str | None) -> tuple[str, str, str
         check_str(f"listen[{i}].name", item.name, optional=True) or f"listen{i}",
         item.addr,
         check_str(f"listen[{i}].dispatch", item.dispatch, optional=True) or dispatch or "rr",
+        _check_bool(f"listen[{i}].share", item.share),
     )
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, not {value!r}")
+    return value
