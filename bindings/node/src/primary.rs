@@ -119,7 +119,7 @@ fn build_config(o: NativeOptions) -> napi::Result<Config, &'static str> {
     c.heartbeat_timeout = o.heartbeat_timeout.map(ms);
     set(&mut c.kill_timeout, o.kill_timeout.map(ms));
     match o.ack_timeout {
-        Some(t) if t == 0.0 => c.ack_timeout = None,
+        Some(0.0) => c.ack_timeout = None,
         Some(t) => c.ack_timeout = Some(ms(t)),
         None => {}
     }

@@ -143,7 +143,7 @@ impl ConfigArgs {
             c.listeners.push(listener);
         }
         match self.ack_timeout {
-            Some(t) if t == 0.0 => c.ack_timeout = None,
+            Some(0.0) => c.ack_timeout = None,
             Some(t) => c.ack_timeout = Some(seconds("ack_timeout", t)?),
             None => {}
         }
