@@ -10,11 +10,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::frame;
-use crate::listen::Listener;
+use crate::sys::listen::Listener;
+use crate::wire::frame;
 
 /// Most workers one supervisor runs.
 pub const MAX_WORKERS: usize = 4096;
+// The sentinel (in `sys`, below this module) sizes its table for four groups per slot.
+const _: () = assert!(crate::sys::sentinel::CAPACITY == 4 * MAX_WORKERS);
 /// Default largest user message, in bytes (either direction).
 pub const DEFAULT_MAX_MESSAGE: usize = 16 << 20;
 /// Largest `max_message` that may be configured.

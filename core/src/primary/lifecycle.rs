@@ -8,15 +8,15 @@ use std::time::Duration;
 
 use super::{unroute, Primary, IPC, PIDFD, STDOUT};
 use crate::config::{Output, ReadyOn};
-use crate::conn::{Conn, Limits};
 use crate::error::{Error, Result};
 use crate::events::{Event, ExitInfo, WorkerState};
-use crate::frame::{self, Kind};
-use crate::output::PrefixPipe;
 use crate::policy::{Decision, ExitReason};
-use crate::process::{Process, Stopping};
-use crate::spawn;
+use crate::primary::link::{Limits, Link};
+use crate::primary::output::pipe::PrefixPipe;
+use crate::primary::process::{Process, Stopping};
+use crate::sys::spawn;
 use crate::sys::{self, WaitStatus};
+use crate::wire::frame::{self, Kind};
 
 /// The error of a spawn that failed. Running out of descriptors (in the primary, or in the
 /// child before exec, which has the same table) is the primary's limit, not the worker
@@ -105,7 +105,7 @@ impl Primary {
         let pidfd = sys::pidfd_open(pid).map_err(|e| Error::io("pidfd_open", e))?;
         let key = self.next_key;
         self.next_key += 1;
-        let conn = Arc::new(Conn::new(
+        let link = Arc::new(Link::new(
             slot,
             key,
             parent,
@@ -116,7 +116,7 @@ impl Primary {
             },
         ));
         let add = |fd, what| self.epoll.add(fd, libc::EPOLLIN as u32, key << 2 | what);
-        add(conn.raw(), IPC)
+        add(link.raw(), IPC)
             .and(add(pidfd.as_raw_fd(), PIDFD))
             .map_err(|e| Error::io("epoll_ctl", e))?;
         for (i, p) in pipes.iter().enumerate() {
@@ -144,7 +144,7 @@ impl Primary {
                 generation,
                 pid,
                 pidfd,
-                conn: Arc::clone(&conn),
+                link: Arc::clone(&link),
                 ipc_open: true,
                 host_read: false,
                 paused: false,
@@ -173,7 +173,7 @@ impl Primary {
             .write()
             .unwrap()
             .entry(slot)
-            .or_insert(conn);
+            .or_insert(link);
         if self.cfg.ready_on == ReadyOn::Spawn {
             self.out.push(Event::Online {
                 id: slot,
@@ -205,7 +205,7 @@ impl Primary {
                 .routes
                 .write()
                 .unwrap()
-                .insert(p.slot, Arc::clone(&p.conn));
+                .insert(p.slot, Arc::clone(&p.link));
         }
     }
 
@@ -239,7 +239,7 @@ impl Primary {
             None if graceful => {
                 let term_at = if p.hello {
                     let _ = p
-                        .conn
+                        .link
                         .send_frame(&self.shared.waker, Kind::Disconnect, &[], None);
                     Some(now + grace / 2)
                 } else {
@@ -331,17 +331,17 @@ impl Primary {
         if p.paused {
             self.paused.retain(|&k| k != key);
         }
-        self.epoll.delete(p.conn.raw());
+        self.epoll.delete(p.link.raw());
         self.epoll.delete(p.pidfd_raw());
         // Read what the worker left in its pipes, without waiting for their EOF: a descendant
         // that left its process group (setsid) may hold them open for as long as it lives.
         let pipes = std::mem::take(&mut p.pipes);
         self.release_pipes(key, pipes);
         if p.host_read {
-            self.shared.host.remove(&p.conn);
+            self.shared.host.remove(&p.link);
         }
         unroute(&self.shared, &p);
-        p.conn.close();
+        p.link.close();
         self.take_back(key, &mut p);
         let no_restart = |c| self.cfg.restart.no_restart_codes.contains(&c);
         let reason = match p.stopping.as_ref().and_then(|s| s.reason) {
@@ -435,7 +435,9 @@ impl Primary {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use crate::{Config, Event, ReadyOn, Supervisor};
+    use crate::config::{Config, ReadyOn};
+    use crate::events::Event;
+    use crate::primary::supervisor::Supervisor;
 
     /// Set in a config's `env`: every spawn fails after the fork, as when epoll_ctl fails.
     pub const FAIL_AFTER_FORK: &str = "RCLUSTER_TEST_FAIL_AFTER_FORK";

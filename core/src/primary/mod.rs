@@ -6,15 +6,20 @@ mod closing;
 mod handoff;
 mod ipc;
 mod lifecycle;
-mod output;
+pub(crate) mod link;
+pub(crate) mod output;
+pub(crate) mod process;
+pub(crate) mod reader;
 mod reload;
+pub(crate) mod signals;
 pub(crate) mod steered;
+pub(crate) mod supervisor;
 
 use output::Outputs;
 use reload::Reload;
 
 use handoff::LISTENER;
-pub(crate) use handoff::{conn_id, Bound, Waiting};
+pub(crate) use handoff::{Bound, Waiting};
 use steered::STEERED;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -24,13 +29,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::conn::{Conn, GATHER};
 use crate::error::{Error, Result};
 use crate::events::{Event, ExitInfo, WorkerInfo, WorkerState};
 use crate::policy::{Clock, ExitReason, History, Jitter, SystemClock, XorShift};
-use crate::process::Process;
-use crate::spawn::Exec;
-use crate::supervisor::{Command, Shared};
+use crate::primary::link::{Link, GATHER};
+use crate::primary::process::Process;
+use crate::primary::supervisor::{Command, Shared};
+use crate::sys::spawn::Exec;
 use crate::sys::{self, Epoll};
 
 const WAKER: u64 = u64::MAX;
@@ -91,7 +96,7 @@ pub(crate) struct Primary {
     /// When the oldest waiting connection reaches `queue_timeout`.
     queue_deadline: Option<Instant>,
     /// Worker links whose queued messages are gathering, with when to write them.
-    gathering: Vec<(Instant, Arc<Conn>)>,
+    gathering: Vec<(Instant, Arc<Link>)>,
     /// When the loop next reads the workers that the host thread reads.
     host_tick: Option<Instant>,
     /// Why round-robin listeners are not turned by the kernel here, once it refused.
@@ -248,11 +253,11 @@ impl Primary {
                     self.take_forwarded();
                     self.handle_commands();
                     let gather_until = Instant::now() + GATHER;
-                    for conn in dirty.drain(..) {
-                        if conn.may_gather() {
-                            self.gathering.push((gather_until, conn));
+                    for link in dirty.drain(..) {
+                        if link.may_gather() {
+                            self.gathering.push((gather_until, link));
                         } else {
-                            self.flush(&conn);
+                            self.flush(&link);
                         }
                     }
                 } else if token & STEERED != 0 {
@@ -280,8 +285,8 @@ impl Primary {
                 let mut i = 0;
                 while i < self.gathering.len() {
                     if self.gathering[i].0 <= now {
-                        let (_, conn) = self.gathering.swap_remove(i);
-                        self.flush(&conn);
+                        let (_, link) = self.gathering.swap_remove(i);
+                        self.flush(&link);
                     } else {
                         i += 1;
                     }
@@ -295,8 +300,8 @@ impl Primary {
         match what {
             IPC => {
                 if flags & libc::EPOLLOUT as u32 != 0 {
-                    if let Some(conn) = self.procs.get(&key).map(|p| Arc::clone(&p.conn)) {
-                        self.flush(&conn);
+                    if let Some(link) = self.procs.get(&key).map(|p| Arc::clone(&p.link)) {
+                        self.flush(&link);
                     }
                 }
                 if flags & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
@@ -398,7 +403,10 @@ impl Primary {
         if self.stop_deadline.is_some() {
             return Err(Error::Stopped);
         }
-        let (before, after) = (self.desired, crate::signals::stepped(self.desired, delta));
+        let (before, after) = (
+            self.desired,
+            crate::primary::signals::stepped(self.desired, delta),
+        );
         if after != before {
             self.scale(after)?;
         }
@@ -591,7 +599,7 @@ impl Drop for Done {
 
 fn unroute(shared: &Shared, p: &Process) {
     let mut routes = shared.routes.write().unwrap();
-    if routes.get(&p.slot).is_some_and(|c| Arc::ptr_eq(c, &p.conn)) {
+    if routes.get(&p.slot).is_some_and(|c| Arc::ptr_eq(c, &p.link)) {
         routes.remove(&p.slot);
     }
 }

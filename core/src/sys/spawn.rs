@@ -10,8 +10,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use crate::sentinel::Sentinel;
 use crate::sys;
+use crate::sys::sentinel::Sentinel;
 
 /// The fixed part of every spawn, prepared once per supervisor.
 pub struct Exec {

@@ -1,4 +1,14 @@
 //! Thin, safe wrappers over the Linux calls rcluster needs. Every fd is opened CLOEXEC.
+//!
+//! The layer under everything that touches the kernel: this file holds the plain calls; the
+//! submodules bind listeners (`listen`), fork and exec workers (`spawn`), steer connections in
+//! the kernel (`steer`, the kernel's turns) and end worker groups when the primary dies
+//! (`sentinel`). Nothing here knows about workers' states or policy.
+
+pub mod listen;
+pub mod sentinel;
+pub mod spawn;
+pub mod steer;
 
 use std::collections::VecDeque;
 use std::io;

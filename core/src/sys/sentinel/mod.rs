@@ -31,8 +31,10 @@ use crate::sys;
 use cgroup::Cgroup;
 
 /// Most groups the sentinel tracks at once: every slot twice over (a reload surges new
-/// workers while old ones drain), with room for workers that take long to die.
-const CAPACITY: usize = 4 * crate::config::MAX_WORKERS;
+/// workers while old ones drain), with room for workers that take long to die. Four times
+/// `config::MAX_WORKERS`, written out because `sys` sits below `config`; `config` checks the
+/// two agree when it compiles.
+pub const CAPACITY: usize = 4 * 4096;
 
 const ADD: i32 = 1;
 const REMOVE: i32 = 2;

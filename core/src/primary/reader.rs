@@ -11,11 +11,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::conn::{Conn, Waker};
 use crate::events::{message_cost, Event, EventQueue};
-use crate::frame::{self, Decoder, Kind};
-use crate::listen::Dispatch;
+use crate::primary::link::{Link, Waker};
+use crate::sys::listen::Dispatch;
 use crate::sys::{self, Epoll};
+use crate::wire::body;
+use crate::wire::frame::{self, Decoder, Kind};
 
 /// What one frame from a worker means to the loop.
 pub enum Incoming {
@@ -227,7 +228,7 @@ impl Reader {
                     )));
                 }
                 Kind::ConnectionAck | Kind::ConnectionClosed => {
-                    match crate::primary::conn_id(frame.body) {
+                    match body::parse_conn_id(frame.body) {
                         Some(id) if frame.kind == Kind::ConnectionAck => Incoming::Ack(id),
                         Some(id) => Incoming::Closed(id),
                         None => {
@@ -240,19 +241,16 @@ impl Reader {
                         }
                     }
                 }
-                Kind::Unlisten if !frame.has_fd => {
-                    let mut body = frame.body;
-                    match frame::take_str(&mut body) {
-                        Some(name) if body.is_empty() => Incoming::Unlisten(name),
-                        _ => {
-                            return Some(ReadEnd::Violation(format!(
-                                "malformed Unlisten frame of {} bytes",
-                                frame.body.len()
-                            )))
-                        }
+                Kind::Unlisten if !frame.has_fd => match body::parse_unlisten(frame.body) {
+                    Some(name) => Incoming::Unlisten(name),
+                    None => {
+                        return Some(ReadEnd::Violation(format!(
+                            "malformed Unlisten frame of {} bytes",
+                            frame.body.len()
+                        )))
                     }
-                }
-                Kind::Listen if !frame.has_fd => match parse_listen(frame.body) {
+                },
+                Kind::Listen if !frame.has_fd => match body::parse_listen(frame.body) {
                     Some((request, dispatch, addr)) => Incoming::Listen {
                         request,
                         dispatch,
@@ -291,14 +289,6 @@ fn violation(e: crate::error::Error) -> ReadEnd {
     }
 }
 
-/// Listen body: u32 request id, u8 dispatch mode, u16-prefixed address text.
-fn parse_listen(mut body: &[u8]) -> Option<(u32, Dispatch, String)> {
-    let request = u32::from_le_bytes(frame::take_bytes::<4>(&mut body)?);
-    let dispatch = Dispatch::from_u8(frame::take_bytes::<1>(&mut body)?[0])?;
-    let addr = frame::take_str(&mut body)?;
-    body.is_empty().then_some((request, dispatch, addr))
-}
-
 /// The token of the event queue's descriptor in the host's epoll set.
 const EVENTS: u64 = u64::MAX;
 
@@ -315,7 +305,7 @@ pub struct HostRead {
     /// Made when a host first asks for `event_fd`: until then, no descriptor. None when it
     /// could not be made (no memory): the host then waits on the event queue alone.
     epoll: OnceLock<Option<Epoll>>,
-    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    links: Mutex<HashMap<u64, Arc<Link>>>,
     /// How many sockets are in `epoll`: none, and reading costs no system call.
     count: AtomicUsize,
     /// The last `read` left every socket it read empty: the next one (the caller's check
@@ -329,7 +319,7 @@ impl HostRead {
     pub fn new() -> HostRead {
         HostRead {
             epoll: OnceLock::new(),
-            conns: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
             count: AtomicUsize::new(0),
             emptied: AtomicBool::new(false),
             forwarded: Mutex::new(Vec::new()),
@@ -359,27 +349,27 @@ impl HostRead {
     }
 
     /// Loop side: the host reads this worker's socket too, from now on.
-    pub fn add(&self, conn: &Arc<Conn>) {
+    pub fn add(&self, link: &Arc<Link>) {
         let Some(epoll) = self.epoll() else {
             return;
         };
         if epoll
-            .add(conn.raw(), libc::EPOLLIN as u32, conn.key)
+            .add(link.raw(), libc::EPOLLIN as u32, link.key)
             .is_ok()
         {
-            self.conns
+            self.links
                 .lock()
                 .unwrap()
-                .insert(conn.key, Arc::clone(conn));
+                .insert(link.key, Arc::clone(link));
             self.count.fetch_add(1, Ordering::AcqRel);
         }
     }
 
     /// The host no longer reads this socket.
-    pub fn remove(&self, conn: &Conn) {
-        if self.conns.lock().unwrap().remove(&conn.key).is_some() {
+    pub fn remove(&self, link: &Link) {
+        if self.links.lock().unwrap().remove(&link.key).is_some() {
             if let Some(epoll) = self.epoll() {
-                epoll.delete(conn.raw());
+                epoll.delete(link.raw());
             }
             self.count.fetch_sub(1, Ordering::AcqRel);
         }
@@ -411,22 +401,22 @@ impl HostRead {
             if key == EVENTS {
                 continue;
             }
-            let Some(conn) = self.conns.lock().unwrap().get(&key).cloned() else {
+            let Some(link) = self.links.lock().unwrap().get(&key).cloned() else {
                 continue;
             };
             // When the loop is reading it right now, this waits (briefly) for it: what the loop
             // read is in the queue by then, for the caller to take.
-            let mut reader = conn.reader.lock().unwrap();
+            let mut reader = link.reader.lock().unwrap();
             let (frames, messages) = (reader.frames, reader.messages);
             let mut incoming = Vec::new();
-            let end = reader.read(conn.raw(), &mut incoming, events.room());
+            let end = reader.read(link.raw(), &mut incoming, events.room());
             emptied &= reader.emptied;
             let mut out = Vec::new();
             let mut rest = Vec::new();
             for m in incoming {
                 match m {
                     Incoming::Message(data) => out.push(Event::Message {
-                        id: conn.id,
+                        id: link.id,
                         pid: reader.pid as u32,
                         data,
                     }),
@@ -442,10 +432,10 @@ impl HostRead {
                 if done {
                     // End of file or a broken frame stays "readable", and so does a worker
                     // paused for room: stop watching it here; the loop takes it over.
-                    self.remove(&conn);
+                    self.remove(&link);
                 }
                 self.forwarded.lock().unwrap().push(Forwarded {
-                    key: conn.key,
+                    key: link.key,
                     incoming: rest,
                     end,
                 });
@@ -460,7 +450,7 @@ impl HostRead {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::Limits;
+    use crate::primary::link::Limits;
     use std::os::fd::AsRawFd;
 
     #[test]
@@ -471,14 +461,14 @@ mod tests {
             queue: 1 << 20,
             message: 1 << 16,
         };
-        let conn = Arc::new(Conn::new(3, 7, primary, 4242, limits));
+        let link = Arc::new(Link::new(3, 7, primary, 4242, limits));
         let events = EventQueue::new(1 << 20).unwrap();
         let waker = Waker::new().unwrap();
         let host = HostRead::new();
         assert!(!host.is_on(), "off until a host asks for event_fd");
         let fd = host.fd(&events);
         assert_ne!(fd, events.raw_fd(), "the host waits on an epoll set");
-        host.add(&conn);
+        host.add(&link);
 
         let mut wire = frame::worker_hello(4242);
         frame::encode(&mut wire, Kind::Message, 0, b"a");
@@ -567,12 +557,12 @@ mod tests {
             queue: 1 << 20,
             message: 1 << 16,
         };
-        let conn = Arc::new(Conn::new(3, 7, primary, 4242, limits));
+        let link = Arc::new(Link::new(3, 7, primary, 4242, limits));
         let events = EventQueue::new(message_cost(1)).unwrap();
         let waker = Waker::new().unwrap();
         let host = HostRead::new();
         let fd = host.fd(&events);
-        host.add(&conn);
+        host.add(&link);
         let mut wire = frame::worker_hello(4242);
         for body in [b"a", b"b", b"c"] {
             frame::encode(&mut wire, Kind::Message, 0, body);

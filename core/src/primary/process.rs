@@ -5,10 +5,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::conn::Conn;
 use crate::events::WorkerState;
-use crate::output::PrefixPipe;
 use crate::policy::ExitReason;
+use crate::primary::link::Link;
+use crate::primary::output::pipe::PrefixPipe;
 use crate::primary::Waiting;
 
 /// A stop in progress: why, and when SIGTERM and SIGKILL follow.
@@ -26,7 +26,7 @@ pub struct Process {
     pub generation: u32,
     pub pid: libc::pid_t,
     pub pidfd: OwnedFd,
-    pub conn: Arc<Conn>,
+    pub link: Arc<Link>,
     pub ipc_open: bool,
     /// Its socket is also read by the host thread (see `Shared::host`): it sends messages.
     pub host_read: bool,

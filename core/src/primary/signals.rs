@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::config::MAX_WORKERS;
 use crate::error::{Error, Result};
-use crate::supervisor::Supervisor;
+use crate::primary::supervisor::Supervisor;
 
 /// The signals [`Supervisor::on_signal`] gives a meaning to: SIGINT and SIGTERM stop
 /// gracefully (a second one kills the workers now), SIGHUP reloads, SIGTTIN and SIGTTOU add

@@ -10,14 +10,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, MAX_WORKERS};
-use crate::conn::{Conn, Waker};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventQueue, WorkerInfo, SPIN};
-use crate::listen::{self, ListenAddr};
+use crate::primary::link::{Link, Waker};
+use crate::primary::reader::HostRead;
+use crate::primary::signals::SignalState;
 use crate::primary::{steered, Bound, Primary};
-use crate::reader::HostRead;
-use crate::signals::SignalState;
 use crate::sys;
+use crate::sys::listen::{self, ListenAddr};
 
 pub(crate) enum Command {
     Snapshot(SyncSender<Vec<WorkerInfo>>),
@@ -34,7 +34,7 @@ pub(crate) struct Shared {
     pub cmds: Mutex<VecDeque<Command>>,
     pub waker: Waker,
     /// Where a message to worker `id` goes: its current process's connection.
-    pub routes: RwLock<HashMap<u32, Arc<Conn>>>,
+    pub routes: RwLock<HashMap<u32, Arc<Link>>>,
     pub events: EventQueue,
     /// Worker sockets a host thread reads itself (see `reader`).
     pub host: HostRead,
@@ -141,8 +141,8 @@ impl Supervisor {
                 limit: self.shared.max_message,
             });
         }
-        let conn = self.shared.routes.read().unwrap().get(&id).cloned();
-        match conn {
+        let link = self.shared.routes.read().unwrap().get(&id).cloned();
+        match link {
             Some(c) => c.send_message(&self.shared.waker, data),
             None if self.shared.stopped.load(Ordering::Acquire) => Err(Error::Stopped),
             None => Err(Error::NoSuchWorker(id)),
@@ -158,8 +158,8 @@ impl Supervisor {
     /// most one write or wake-up of the loop for all of them. All are queued, or none (when one
     /// is too large or they do not fit in the queue).
     pub fn send_many(&self, id: u32, messages: &[&[u8]]) -> Result<()> {
-        let conn = self.shared.routes.read().unwrap().get(&id).cloned();
-        match conn {
+        let link = self.shared.routes.read().unwrap().get(&id).cloned();
+        match link {
             Some(c) => c.send_messages(&self.shared.waker, messages),
             None if self.shared.stopped.load(Ordering::Acquire) => Err(Error::Stopped),
             None => Err(Error::NoSuchWorker(id)),
@@ -175,7 +175,7 @@ impl Supervisor {
                 limit: self.shared.max_message,
             });
         }
-        let conns: Vec<Arc<Conn>> = self
+        let links: Vec<Arc<Link>> = self
             .shared
             .routes
             .read()
@@ -183,7 +183,7 @@ impl Supervisor {
             .values()
             .cloned()
             .collect();
-        Ok(conns
+        Ok(links
             .iter()
             .filter(|c| c.send_message(&self.shared.waker, data).is_ok())
             .count())
