@@ -5,8 +5,11 @@
 //! No process-wide signal handlers, no `waitpid(-1)`, no async runtime: it lives politely
 //! inside somebody else's process (Node, CPython, a C program).
 
+// Every unsafe block says why it is sound (`cargo clippy -- -D warnings` enforces it).
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 // Layers, lowest first; a module may use only the ones above it in this list (checked by
-// `tests/layers.rs`): `error`; `wire` and `sys`; `config`; `policy`; `events`; `primary` and
+// `tests/layers.rs`): `error`; `sys`; `wire`; `config`; `policy`; `events`; `primary` and
 // `worker` (which do not use each other); `fuzzing`.
 mod config;
 mod error;

@@ -612,6 +612,7 @@ mod tests {
         // the kernel hands a read the descriptors of one send only. So one send of them all.
         let (probe, _keep) = sys::socketpair().unwrap();
         let count = sys::FDS_PER_RECV + 1;
+        // SAFETY: CMSG_SPACE is arithmetic on its argument; it reads no memory.
         let space = unsafe { libc::CMSG_SPACE((4 * count) as u32) } as usize;
         let mut control = vec![0u64; space.div_ceil(8)];
         let mut iov = libc::iovec {

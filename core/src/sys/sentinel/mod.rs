@@ -71,6 +71,7 @@ impl Sentinel {
         // them all: blocked here, the mask is inherited, and the sentinel unblocks them.
         // SAFETY: sigset manipulation on local variables; the mask is restored below.
         let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: sigfillset and pthread_sigmask write only the local sets `all` and `old`.
         unsafe {
             let mut all: libc::sigset_t = std::mem::zeroed();
             libc::sigfillset(&mut all);
@@ -94,6 +95,8 @@ impl Sentinel {
             // which makes raw system calls on memory prepared above and never returns.
             pid = unsafe { libc::fork() };
             if pid == 0 {
+                // SAFETY: this is the forked child, which runs only `setup.run()`: raw
+                // system calls on memory prepared before the fork, and it never returns.
                 unsafe { setup.run() }
             }
         }
@@ -171,6 +174,8 @@ struct Stack {
 
 // SAFETY: a plain mapping, owned by the Sentinel that frees it.
 unsafe impl Send for Stack {}
+// SAFETY: a plain mapping, owned by the Sentinel that frees it; nothing in it is shared
+// with another thread while it is read.
 unsafe impl Sync for Stack {}
 
 impl Stack {
@@ -222,6 +227,8 @@ struct Setup {
 
 // SAFETY: plain settings read by the sentinel; the pointers stay valid while it runs.
 unsafe impl Send for Setup {}
+// SAFETY: plain settings read by the sentinel; the pointers stay valid while it runs and
+// nobody writes through them meanwhile.
 unsafe impl Sync for Setup {}
 
 extern "C" fn entry(setup: *mut libc::c_void) -> libc::c_int {
