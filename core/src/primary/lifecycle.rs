@@ -2,7 +2,7 @@
 //! restart policy makes of an exit.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,25 +68,8 @@ impl Primary {
     }
 
     pub(super) fn try_spawn(&mut self, slot: u32, generation: u32) -> Result<u64> {
-        let (parent, child) = sys::socketpair().map_err(|e| Error::io("socketpair", e))?;
-        sys::set_nonblocking(parent.as_raw_fd(), true).map_err(|e| Error::io("fcntl", e))?;
-        // The hello is in the socket before the worker runs, so the worker library can read it
-        // at start-up without waiting.
-        sys::send(
-            parent.as_raw_fd(),
-            &frame::primary_hello(self.cfg.max_message as u32, slot, generation),
-        )
-        .map_err(|e| Error::io("writing the hello", e))?;
-        let (mut pipes, mut ends) = ([None, None], [None, None]);
-        if self.cfg.output == Output::Prefix {
-            for (i, target) in [1, 2].into_iter().enumerate() {
-                let (r, w) = sys::pipe().map_err(|e| Error::io("pipe2", e))?;
-                sys::set_nonblocking(r.as_raw_fd(), true).map_err(|e| Error::io("fcntl", e))?;
-                pipes[i] = Some(PrefixPipe::new(r, target, slot));
-                ends[i] = Some(w);
-            }
-        }
-        let [stdout, stderr] = ends;
+        let (parent, child) = self.open_link(slot, generation)?;
+        let (pipes, [stdout, stderr]) = self.output_pipes(slot)?;
         let shared = self.shared_listeners();
         let req = spawn::Request {
             shared: &shared,
@@ -115,6 +98,50 @@ impl Primary {
                 message: self.cfg.max_message,
             },
         ));
+        self.watch(key, &link, &pidfd, &pipes)?;
+        forked.keep();
+        self.adopt(key, slot, generation, pid, pidfd, link, pipes);
+        Ok(key)
+    }
+
+    /// The socket pair of a new worker's link, the primary's end non-blocking. The hello is in
+    /// the socket before the worker runs, so the worker library can read it at start-up
+    /// without waiting.
+    fn open_link(&self, slot: u32, generation: u32) -> Result<(OwnedFd, OwnedFd)> {
+        let (parent, child) = sys::socketpair().map_err(|e| Error::io("socketpair", e))?;
+        sys::set_nonblocking(parent.as_raw_fd(), true).map_err(|e| Error::io("fcntl", e))?;
+        sys::send(
+            parent.as_raw_fd(),
+            &frame::primary_hello(self.cfg.max_message as u32, slot, generation),
+        )
+        .map_err(|e| Error::io("writing the hello", e))?;
+        Ok((parent, child))
+    }
+
+    /// With `Output::Prefix`, a pipe for the new worker's stdout and one for its stderr: the
+    /// loop's read ends, and the write ends the worker gets.
+    #[allow(clippy::type_complexity)]
+    fn output_pipes(&self, slot: u32) -> Result<([Option<PrefixPipe>; 2], [Option<OwnedFd>; 2])> {
+        let (mut pipes, mut ends) = ([None, None], [None, None]);
+        if self.cfg.output == Output::Prefix {
+            for (i, target) in [1, 2].into_iter().enumerate() {
+                let (r, w) = sys::pipe().map_err(|e| Error::io("pipe2", e))?;
+                sys::set_nonblocking(r.as_raw_fd(), true).map_err(|e| Error::io("fcntl", e))?;
+                pipes[i] = Some(PrefixPipe::new(r, target, slot));
+                ends[i] = Some(w);
+            }
+        }
+        Ok((pipes, ends))
+    }
+
+    /// Puts a new worker's link, pidfd and output pipes in the loop's epoll set.
+    fn watch(
+        &self,
+        key: u64,
+        link: &Link,
+        pidfd: &OwnedFd,
+        pipes: &[Option<PrefixPipe>; 2],
+    ) -> Result<()> {
         let add = |fd, what| self.epoll.add(fd, libc::EPOLLIN as u32, key << 2 | what);
         add(link.raw(), IPC)
             .and(add(pidfd.as_raw_fd(), PIDFD))
@@ -133,7 +160,22 @@ impl Primary {
         {
             return Err(Error::io("epoll_ctl", std::io::Error::other("injected")));
         }
-        forked.keep();
+        Ok(())
+    }
+
+    /// Records a worker that was forked and is watched: its process entry, the Spawned event,
+    /// its route for messages, and, when readiness is the spawn itself, its readiness.
+    #[allow(clippy::too_many_arguments)]
+    fn adopt(
+        &mut self,
+        key: u64,
+        slot: u32,
+        generation: u32,
+        pid: libc::pid_t,
+        pidfd: OwnedFd,
+        link: Arc<Link>,
+        pipes: [Option<PrefixPipe>; 2],
+    ) {
         let now = self.clock.now();
         let ready_deadline =
             (self.cfg.ready_on != ReadyOn::Spawn).then(|| now + self.cfg.ready_timeout);
@@ -181,7 +223,6 @@ impl Primary {
             });
             self.mark_ready(key);
         }
-        Ok(key)
     }
 
     pub(super) fn mark_ready(&mut self, key: u64) {
@@ -291,30 +332,11 @@ impl Primary {
 
     pub(super) fn reap_worker(&mut self, key: u64) {
         self.changed = true;
-        let Some(p) = self.procs.get(&key) else {
+        let Some(status) = self.reap_status(key) else {
             return;
         };
-        let sentinel = &self.exec.sentinel;
-        let status = match sys::reap_group(p.pidfd_raw(), p.pid, |pgid, sig| {
-            // Leftover children in the worker's group must not outlive it.
-            sys::kill_group(pgid, sig);
-            sentinel.remove(pgid);
-        }) {
-            Ok(Some(s)) => s,
-            Ok(None) => return,
-            Err(e) => {
-                // ECHILD: somebody else reaped it (a host calling waitpid(-1)); the exit status
-                // is lost but the process is gone, and its group number may be reused: the
-                // sentinel must forget it.
-                sentinel.remove(p.pid);
-                self.out.push(Event::Warning {
-                    detail: format!("waitid for worker {} (pid {}) failed: {e}", p.slot, p.pid),
-                });
-                WaitStatus {
-                    code: None,
-                    signal: None,
-                }
-            }
+        let Some(p) = self.procs.get(&key) else {
+            return;
         };
         // Messages sent just before exiting are still in the socket: deliver them first.
         if p.ipc_open
@@ -328,38 +350,8 @@ impl Primary {
         let Some(mut p) = self.procs.remove(&key) else {
             return;
         };
-        if p.paused {
-            self.paused.retain(|&k| k != key);
-        }
-        self.epoll.delete(p.link.raw());
-        self.epoll.delete(p.pidfd_raw());
-        // Read what the worker left in its pipes, without waiting for their EOF: a descendant
-        // that left its process group (setsid) may hold them open for as long as it lives.
-        let pipes = std::mem::take(&mut p.pipes);
-        self.release_pipes(key, pipes);
-        if p.host_read {
-            self.shared.host.remove(&p.link);
-        }
-        unroute(&self.shared, &p);
-        p.link.close();
-        self.take_back(key, &mut p);
-        let no_restart = |c| self.cfg.restart.no_restart_codes.contains(&c);
-        let reason = match p.stopping.as_ref().and_then(|s| s.reason) {
-            Some(r) => r,
-            // It exited on its own, not killed by a signal, after half a frame.
-            None if status.signal.is_none() && p.cut_short.is_some() => {
-                let detail = p.cut_short.take().unwrap_or_default();
-                self.out.push(Event::ProtocolError {
-                    id: p.slot,
-                    pid: p.pid as u32,
-                    detail,
-                });
-                ExitReason::ProtocolError
-            }
-            None if status.code.is_some_and(no_restart) => ExitReason::NoRestart,
-            None if status.code == Some(0) => ExitReason::Exited,
-            None => ExitReason::Crashed,
-        };
+        self.release(key, &mut p);
+        let reason = self.exit_reason(&mut p, &status);
         let info = ExitInfo {
             pid: p.pid as u32,
             code: status.code,
@@ -379,6 +371,75 @@ impl Primary {
             self.after_exit(p.slot, info, uptime);
         } else if let Some(s) = self.slots.get_mut(p.slot as usize) {
             s.last_exit = Some(info);
+        }
+    }
+
+    /// Reaps worker `key` with what is left of its group, if it has exited: its status, or
+    /// none at all when somebody else reaped it. None while it runs (or if it is unknown).
+    fn reap_status(&mut self, key: u64) -> Option<WaitStatus> {
+        let p = self.procs.get(&key)?;
+        let sentinel = &self.exec.sentinel;
+        match sys::reap_group(p.pidfd_raw(), p.pid, |pgid, sig| {
+            // Leftover children in the worker's group must not outlive it.
+            sys::kill_group(pgid, sig);
+            sentinel.remove(pgid);
+        }) {
+            Ok(status) => status,
+            Err(e) => {
+                // ECHILD: somebody else reaped it (a host calling waitpid(-1)); the exit status
+                // is lost but the process is gone, and its group number may be reused: the
+                // sentinel must forget it.
+                sentinel.remove(p.pid);
+                self.out.push(Event::Warning {
+                    detail: format!("waitid for worker {} (pid {}) failed: {e}", p.slot, p.pid),
+                });
+                Some(WaitStatus {
+                    code: None,
+                    signal: None,
+                })
+            }
+        }
+    }
+
+    /// Lets go of everything a reaped worker had in the loop: its place in the epoll set and
+    /// among the paused, its pipes, its route, its link, and the connections it had not taken.
+    fn release(&mut self, key: u64, p: &mut Process) {
+        if p.paused {
+            self.paused.retain(|&k| k != key);
+        }
+        self.epoll.delete(p.link.raw());
+        self.epoll.delete(p.pidfd_raw());
+        // Read what the worker left in its pipes, without waiting for their EOF: a descendant
+        // that left its process group (setsid) may hold them open for as long as it lives.
+        let pipes = std::mem::take(&mut p.pipes);
+        self.release_pipes(key, pipes);
+        if p.host_read {
+            self.shared.host.remove(&p.link);
+        }
+        unroute(&self.shared, p);
+        p.link.close();
+        self.take_back(key, p);
+    }
+
+    /// Why a reaped worker exited: the reason of the stop that ended it, or else what its
+    /// status says.
+    fn exit_reason(&mut self, p: &mut Process, status: &WaitStatus) -> ExitReason {
+        let no_restart = |c| self.cfg.restart.no_restart_codes.contains(&c);
+        match p.stopping.as_ref().and_then(|s| s.reason) {
+            Some(r) => r,
+            // It exited on its own, not killed by a signal, after half a frame.
+            None if status.signal.is_none() && p.cut_short.is_some() => {
+                let detail = p.cut_short.take().unwrap_or_default();
+                self.out.push(Event::ProtocolError {
+                    id: p.slot,
+                    pid: p.pid as u32,
+                    detail,
+                });
+                ExitReason::ProtocolError
+            }
+            None if status.code.is_some_and(no_restart) => ExitReason::NoRestart,
+            None if status.code == Some(0) => ExitReason::Exited,
+            None => ExitReason::Crashed,
         }
     }
 

@@ -206,36 +206,13 @@ impl Primary {
             let now = self.clock.now();
             let queue_due = self.queue_deadline.is_some_and(|d| now >= d);
             if self.changed || queue_due || deadline.is_some_and(|d| now >= d) {
-                self.changed = false;
-                self.manage_workers(now);
-                self.murder_workers(now);
-                self.arm_listeners(now);
-                self.distribute();
-                let queue = self.expire_waiting(now);
-                deadline = self.next_deadline().into_iter().chain(queue).min();
+                deadline = self.reconcile(now);
             }
             self.shared.events.push_all(&mut self.out);
             if self.stop_deadline.is_some() && self.procs.is_empty() {
                 break;
             }
-            // A pass that changed something (a spawn, a worker ready) may enable another step
-            // (the next slot of a reload): run it at once rather than after the next event.
-            let timeout = if self.changed {
-                Some(Duration::ZERO)
-            } else {
-                let next = [
-                    deadline,
-                    self.queue_deadline,
-                    self.host_tick,
-                    self.ack_check,
-                    self.outputs.report_at,
-                ]
-                .into_iter()
-                .flatten()
-                .chain(self.gathering.iter().map(|(at, _)| *at))
-                .min();
-                next.map(|d: Instant| d.saturating_duration_since(self.clock.now()))
-            };
+            let timeout = self.wait_timeout(deadline);
             if let Err(e) = self.epoll.wait(&mut ready, timeout) {
                 // Cannot happen with a valid epoll fd; do not spin if it does, and say so once.
                 if !wait_failed {
@@ -247,53 +224,100 @@ impl Primary {
                 std::thread::sleep(Duration::from_millis(10));
             }
             for ev in ready.iter().copied() {
-                let (token, flags) = (ev.u64, ev.events);
-                if token == WAKER {
-                    self.shared.waker.take(&mut dirty);
-                    self.take_forwarded();
-                    self.handle_commands();
-                    let gather_until = Instant::now() + GATHER;
-                    for link in dirty.drain(..) {
-                        if link.may_gather() {
-                            self.gathering.push((gather_until, link));
-                        } else {
-                            self.flush(&link);
-                        }
-                    }
-                } else if token & STEERED != 0 {
-                    self.member_ready(token);
-                } else if token & LISTENER != 0 {
-                    self.accept_ready((token & !LISTENER) as usize);
-                } else {
-                    self.handle_io(token >> 2, token & 3, flags);
-                }
+                self.handle_ready(ev.u64, ev.events, &mut dirty);
             }
-            if self.host_tick.is_some() {
-                self.host_read_tick(self.clock.now());
-            }
-            if self.outputs.report_at.is_some() {
-                self.report_output(self.clock.now());
-            }
-            if self.ack_check.is_some() {
-                self.check_acks(self.clock.now());
-            }
-            if !self.paused.is_empty() && self.shared.events.may_resume() {
-                self.resume_workers();
-            }
-            if !self.gathering.is_empty() {
-                let now = Instant::now();
-                let mut i = 0;
-                while i < self.gathering.len() {
-                    if self.gathering[i].0 <= now {
-                        let (_, link) = self.gathering.swap_remove(i);
-                        self.flush(&link);
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
+            self.run_timers();
         }
         self.shutdown();
+    }
+
+    /// One pass toward what is wanted: spawn and stop workers, kill the ones past a deadline,
+    /// arm listeners, hand out waiting connections. Returns the next deadline of the pass.
+    fn reconcile(&mut self, now: Instant) -> Option<Instant> {
+        self.changed = false;
+        self.manage_workers(now);
+        self.murder_workers(now);
+        self.arm_listeners(now);
+        self.distribute();
+        let queue = self.expire_waiting(now);
+        self.next_deadline().into_iter().chain(queue).min()
+    }
+
+    /// How long the loop may sleep: until the first timer, or not at all after a pass that
+    /// changed something (a spawn, a worker ready), since that may enable another step (the
+    /// next slot of a reload), which should run at once rather than after the next event.
+    fn wait_timeout(&self, deadline: Option<Instant>) -> Option<Duration> {
+        if self.changed {
+            return Some(Duration::ZERO);
+        }
+        let next = [
+            deadline,
+            self.queue_deadline,
+            self.host_tick,
+            self.ack_check,
+            self.outputs.report_at,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(self.gathering.iter().map(|(at, _)| *at))
+        .min();
+        next.map(|d: Instant| d.saturating_duration_since(self.clock.now()))
+    }
+
+    /// Handles one ready descriptor of the epoll set, by what its token says it is.
+    fn handle_ready(&mut self, token: u64, flags: u32, dirty: &mut Vec<Arc<Link>>) {
+        if token == WAKER {
+            self.shared.waker.take(dirty);
+            self.take_forwarded();
+            self.handle_commands();
+            let gather_until = Instant::now() + GATHER;
+            for link in dirty.drain(..) {
+                if link.may_gather() {
+                    self.gathering.push((gather_until, link));
+                } else {
+                    self.flush(&link);
+                }
+            }
+        } else if token & STEERED != 0 {
+            self.member_ready(token);
+        } else if token & LISTENER != 0 {
+            self.accept_ready((token & !LISTENER) as usize);
+        } else {
+            self.handle_io(token >> 2, token & 3, flags);
+        }
+    }
+
+    /// The work that waits for a time rather than a descriptor: host reads that are due,
+    /// output reports, acknowledgement checks, paused workers to resume, gathered messages.
+    fn run_timers(&mut self) {
+        if self.host_tick.is_some() {
+            self.host_read_tick(self.clock.now());
+        }
+        if self.outputs.report_at.is_some() {
+            self.report_output(self.clock.now());
+        }
+        if self.ack_check.is_some() {
+            self.check_acks(self.clock.now());
+        }
+        if !self.paused.is_empty() && self.shared.events.may_resume() {
+            self.resume_workers();
+        }
+        if !self.gathering.is_empty() {
+            self.flush_gathered(Instant::now());
+        }
+    }
+
+    /// Writes the gathered messages of every link whose gathering time is over.
+    fn flush_gathered(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.gathering.len() {
+            if self.gathering[i].0 <= now {
+                let (_, link) = self.gathering.swap_remove(i);
+                self.flush(&link);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     fn handle_io(&mut self, key: u64, what: u64, flags: u32) {

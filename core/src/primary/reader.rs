@@ -16,7 +16,7 @@ use crate::primary::link::{Link, Waker};
 use crate::sys::listen::Dispatch;
 use crate::sys::{self, Epoll};
 use crate::wire::body;
-use crate::wire::frame::{self, Decoder, Kind};
+use crate::wire::frame::{self, Decoder, Frame, Kind};
 
 /// What one frame from a worker means to the loop.
 pub enum Incoming {
@@ -192,82 +192,23 @@ impl Reader {
                 Kind::Hello if self.hello => {
                     return Some(ReadEnd::Violation("second Hello".into()))
                 }
-                Kind::Hello => {
-                    match frame::parse_hello(frame.body) {
-                        Ok(fields) if fields == [self.pid as u32] => {
-                            self.hello = true;
-                            Incoming::Hello
-                        }
-                        Ok(fields) => {
-                            let detail = format!("worker hello must carry its pid {} and nothing else, got {fields:?}", self.pid);
-                            return Some(ReadEnd::Violation(detail));
-                        }
-                        Err(e) => return Some(violation(e)),
+                Kind::Hello => match check_hello(frame.body, self.pid) {
+                    Ok(()) => {
+                        self.hello = true;
+                        Incoming::Hello
                     }
-                }
-                Kind::Ready | Kind::Heartbeat | Kind::Disconnect if !frame.body.is_empty() => {
-                    let detail = format!(
-                        "{:?} frame with a {}-byte body (must be empty)",
-                        frame.kind,
-                        frame.body.len()
-                    );
-                    return Some(ReadEnd::Violation(detail));
-                }
-                Kind::Ready => Incoming::Ready,
-                Kind::Heartbeat => continue,
+                    Err(end) => return Some(end),
+                },
+                Kind::Heartbeat if frame.body.is_empty() => continue,
                 Kind::Message => {
                     self.messages += 1;
                     *room = room.saturating_sub(message_cost(frame.body.len()));
                     Incoming::Message(frame.body.to_vec())
                 }
-                Kind::Disconnect => Incoming::Disconnect,
-                Kind::ConnectionAck | Kind::ConnectionClosed if frame.has_fd => {
-                    return Some(ReadEnd::Violation(format!(
-                        "{:?} frame with a descriptor",
-                        frame.kind
-                    )));
-                }
-                Kind::ConnectionAck | Kind::ConnectionClosed => {
-                    match body::parse_conn_id(frame.body) {
-                        Some(id) if frame.kind == Kind::ConnectionAck => Incoming::Ack(id),
-                        Some(id) => Incoming::Closed(id),
-                        None => {
-                            let detail = format!(
-                                "{:?} frame body must be an 8-byte id, got {} bytes",
-                                frame.kind,
-                                frame.body.len()
-                            );
-                            return Some(ReadEnd::Violation(detail));
-                        }
-                    }
-                }
-                Kind::Unlisten if !frame.has_fd => match body::parse_unlisten(frame.body) {
-                    Some(name) => Incoming::Unlisten(name),
-                    None => {
-                        return Some(ReadEnd::Violation(format!(
-                            "malformed Unlisten frame of {} bytes",
-                            frame.body.len()
-                        )))
-                    }
+                _ => match control(&frame) {
+                    Ok(msg) => msg,
+                    Err(detail) => return Some(ReadEnd::Violation(detail)),
                 },
-                Kind::Listen if !frame.has_fd => match body::parse_listen(frame.body) {
-                    Some((request, dispatch, addr)) => Incoming::Listen {
-                        request,
-                        dispatch,
-                        addr,
-                    },
-                    None => {
-                        return Some(ReadEnd::Violation(format!(
-                            "malformed Listen frame of {} bytes",
-                            frame.body.len()
-                        )))
-                    }
-                },
-                other => {
-                    return Some(ReadEnd::Violation(format!(
-                        "unexpected {other:?} frame from a worker"
-                    )))
-                }
             };
             out.push(msg);
         }
@@ -277,6 +218,61 @@ impl Reader {
             return Some(ReadEnd::Violation("worker sent a file descriptor".into()));
         }
         None
+    }
+}
+
+/// A worker's hello must carry its pid, and nothing else.
+fn check_hello(body: &[u8], pid: libc::pid_t) -> Result<(), ReadEnd> {
+    match frame::parse_hello(body) {
+        Ok(fields) if fields == [pid as u32] => Ok(()),
+        Ok(fields) => Err(ReadEnd::Violation(format!(
+            "worker hello must carry its pid {pid} and nothing else, got {fields:?}"
+        ))),
+        Err(e) => Err(violation(e)),
+    }
+}
+
+/// What a frame from a worker other than a hello, a heartbeat or a message means, or why it
+/// breaks the protocol.
+fn control(frame: &Frame<'_>) -> Result<Incoming, String> {
+    let malformed = || {
+        format!(
+            "malformed {:?} frame of {} bytes",
+            frame.kind,
+            frame.body.len()
+        )
+    };
+    match frame.kind {
+        Kind::Ready | Kind::Heartbeat | Kind::Disconnect if !frame.body.is_empty() => Err(format!(
+            "{:?} frame with a {}-byte body (must be empty)",
+            frame.kind,
+            frame.body.len()
+        )),
+        Kind::Ready => Ok(Incoming::Ready),
+        Kind::Disconnect => Ok(Incoming::Disconnect),
+        Kind::ConnectionAck | Kind::ConnectionClosed if frame.has_fd => {
+            Err(format!("{:?} frame with a descriptor", frame.kind))
+        }
+        Kind::ConnectionAck | Kind::ConnectionClosed => match body::parse_conn_id(frame.body) {
+            Some(id) if frame.kind == Kind::ConnectionAck => Ok(Incoming::Ack(id)),
+            Some(id) => Ok(Incoming::Closed(id)),
+            None => Err(format!(
+                "{:?} frame body must be an 8-byte id, got {} bytes",
+                frame.kind,
+                frame.body.len()
+            )),
+        },
+        Kind::Unlisten if !frame.has_fd => body::parse_unlisten(frame.body)
+            .map(Incoming::Unlisten)
+            .ok_or_else(malformed),
+        Kind::Listen if !frame.has_fd => body::parse_listen(frame.body)
+            .map(|(request, dispatch, addr)| Incoming::Listen {
+                request,
+                dispatch,
+                addr,
+            })
+            .ok_or_else(malformed),
+        other => Err(format!("unexpected {other:?} frame from a worker")),
     }
 }
 

@@ -149,20 +149,7 @@ impl Drop for Forked<'_> {
 /// Forks and execs one worker. Returns it once `execve` has succeeded.
 pub fn spawn<'a>(exec: &'a Exec, req: Request) -> io::Result<Forked<'a>> {
     let ipc_fd = FIRST_FD + req.shared.len() as RawFd;
-    let mut env_strings = vec![
-        cstring(format!("RCLUSTER_WORKER_ID={}", req.id).as_bytes()),
-        cstring(format!("RCLUSTER_GENERATION={}", req.generation).as_bytes()),
-        cstring(format!("RCLUSTER_IPC_FD={ipc_fd}").as_bytes()),
-    ];
-    if !req.shared.is_empty() {
-        let names: Vec<&str> = req.shared.iter().map(|(_, n)| *n).collect();
-        env_strings.push(cstring(
-            format!("LISTEN_FDS={}", req.shared.len()).as_bytes(),
-        ));
-        env_strings.push(cstring(
-            format!("LISTEN_FDNAMES={}", names.join(":")).as_bytes(),
-        ));
-    }
+    let env_strings = worker_env(&req, ipc_fd);
     // The child writes its own pid into these after fork (the buffers are already allocated,
     // so that needs no allocation): a worker's children inherit the environment, and
     // RCLUSTER_PID / LISTEN_PID tell them that it is not theirs.
@@ -185,19 +172,7 @@ pub fn spawn<'a>(exec: &'a Exec, req: Request) -> io::Result<Forked<'a>> {
     argv.push(std::ptr::null());
 
     let (err_r, err_w) = sys::pipe()?;
-    // Source fd → target fd: shared listeners from 3, then IPC, and stdout/stderr pipes at 1
-    // and 2 when prefixing.
-    let mut moves: Vec<(RawFd, RawFd)> = Vec::with_capacity(req.shared.len() + 3);
-    for (i, (fd, _)) in req.shared.iter().enumerate() {
-        moves.push((*fd, FIRST_FD + i as RawFd));
-    }
-    moves.push((req.ipc.as_raw_fd(), ipc_fd));
-    if let Some(o) = &req.stdout {
-        moves.push((o.as_raw_fd(), 1));
-    }
-    if let Some(e) = &req.stderr {
-        moves.push((e.as_raw_fd(), 2));
-    }
+    let moves = fd_moves(&req, ipc_fd);
     let parent = std::process::id() as libc::pid_t;
     let child = ChildSetup {
         path: exec.path.as_ptr(),
@@ -233,7 +208,49 @@ pub fn spawn<'a>(exec: &'a Exec, req: Request) -> io::Result<Forked<'a>> {
     unsafe { libc::setpgid(pid, pid) };
     drop(err_w);
     drop(req);
-    // The child writes errno here if exec failed; EOF (CLOEXEC) means exec succeeded.
+    exec_result(&err_r, forked)
+}
+
+/// The variables rcluster sets for a worker, apart from the pids the child writes itself.
+fn worker_env(req: &Request, ipc_fd: RawFd) -> Vec<CString> {
+    let mut env = vec![
+        cstring(format!("RCLUSTER_WORKER_ID={}", req.id).as_bytes()),
+        cstring(format!("RCLUSTER_GENERATION={}", req.generation).as_bytes()),
+        cstring(format!("RCLUSTER_IPC_FD={ipc_fd}").as_bytes()),
+    ];
+    if !req.shared.is_empty() {
+        let names: Vec<&str> = req.shared.iter().map(|(_, n)| *n).collect();
+        env.push(cstring(
+            format!("LISTEN_FDS={}", req.shared.len()).as_bytes(),
+        ));
+        env.push(cstring(
+            format!("LISTEN_FDNAMES={}", names.join(":")).as_bytes(),
+        ));
+    }
+    env
+}
+
+/// Source fd → target fd in the child: shared listeners from 3, then IPC, and stdout/stderr
+/// pipes at 1 and 2 when prefixing.
+fn fd_moves(req: &Request, ipc_fd: RawFd) -> Vec<(RawFd, RawFd)> {
+    let mut moves: Vec<(RawFd, RawFd)> = Vec::with_capacity(req.shared.len() + 3);
+    for (i, (fd, _)) in req.shared.iter().enumerate() {
+        moves.push((*fd, FIRST_FD + i as RawFd));
+    }
+    moves.push((req.ipc.as_raw_fd(), ipc_fd));
+    if let Some(o) = &req.stdout {
+        moves.push((o.as_raw_fd(), 1));
+    }
+    if let Some(e) = &req.stderr {
+        moves.push((e.as_raw_fd(), 2));
+    }
+    moves
+}
+
+/// Waits for the child's exec: the child writes errno to `err_r` if exec failed; end-of-file
+/// (the write end is CLOEXEC) means exec succeeded. On an error `forked` is dropped: the
+/// child (exiting with 127) is reaped.
+fn exec_result<'a>(err_r: &OwnedFd, forked: Forked<'a>) -> io::Result<Forked<'a>> {
     let mut buf = [0u8; 4];
     let n = loop {
         match sys::read(err_r.as_raw_fd(), &mut buf) {
@@ -241,7 +258,6 @@ pub fn spawn<'a>(exec: &'a Exec, req: Request) -> io::Result<Forked<'a>> {
             r => break r,
         }
     };
-    // On an error `forked` is dropped: the child (exiting with 127) is reaped.
     match n {
         Ok(4) => Err(io::Error::from_raw_os_error(i32::from_ne_bytes(buf))),
         Ok(_) => Ok(forked),

@@ -1,6 +1,5 @@
 //! Connecting to the primary: the environment it set, and the hello exchange.
 
-use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -74,50 +73,8 @@ impl Worker {
     }
 
     pub(super) fn handshake(fd: OwnedFd, id: u32) -> Result<Option<Worker>> {
-        let mut rx = Rx {
-            decoder: Decoder::new(frame::MAX_CONTROL_BODY),
-            fds: VecDeque::new(),
-            gone: false,
-            emptied: false,
-            pending: VecDeque::new(),
-            failed: None,
-            broken: None,
-        };
-        let deadline = Instant::now() + HELLO_TIMEOUT;
-        let fields = loop {
-            if let Some(f) = rx.decoder.next_frame()? {
-                if f.kind != Kind::Hello {
-                    return Err(Error::Protocol(format!(
-                        "first frame from the primary is {:?}, expected Hello",
-                        f.kind
-                    )));
-                }
-                break frame::parse_hello(f.body)?;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero()
-                || !sys::poll_one(fd.as_raw_fd(), libc::POLLIN, Some(left))
-                    .map_err(|e| Error::io("poll", e))?
-            {
-                return Err(Error::Protocol(
-                    "no hello from the primary within 5 s".into(),
-                ));
-            }
-            let spare = rx.decoder.spare(4096);
-            match sys::recv_with_fds(fd.as_raw_fd(), spare, &mut rx.fds, false) {
-                Ok(0) => {
-                    return Err(Error::Protocol(
-                        "the primary closed the connection before its hello".into(),
-                    ))
-                }
-                Ok(n) => rx.decoder.commit(n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    return Err(Error::Protocol(e.to_string()))
-                }
-                Err(e) => return Err(Error::io("recvmsg", e)),
-            }
-        };
+        let mut rx = Rx::new();
+        let fields = read_hello(&fd, &mut rx)?;
         let [max_message, hello_id, generation] = fields[..] else {
             return Err(Error::Protocol(format!(
                 "primary hello has {} fields, expected 3",
@@ -150,5 +107,45 @@ impl Worker {
             &frame::worker_hello(std::process::id())[frame::HEADER_LEN..],
         )?;
         Ok(Some(worker))
+    }
+}
+
+/// Reads the primary's hello, which it wrote before the worker ran, and returns its fields;
+/// what arrived after it stays in `rx`'s decoder.
+fn read_hello(fd: &OwnedFd, rx: &mut Rx) -> Result<Vec<u32>> {
+    let deadline = Instant::now() + HELLO_TIMEOUT;
+    loop {
+        if let Some(f) = rx.decoder.next_frame()? {
+            if f.kind != Kind::Hello {
+                return Err(Error::Protocol(format!(
+                    "first frame from the primary is {:?}, expected Hello",
+                    f.kind
+                )));
+            }
+            return frame::parse_hello(f.body);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero()
+            || !sys::poll_one(fd.as_raw_fd(), libc::POLLIN, Some(left))
+                .map_err(|e| Error::io("poll", e))?
+        {
+            return Err(Error::Protocol(
+                "no hello from the primary within 5 s".into(),
+            ));
+        }
+        let spare = rx.decoder.spare(4096);
+        match sys::recv_with_fds(fd.as_raw_fd(), spare, &mut rx.fds, false) {
+            Ok(0) => {
+                return Err(Error::Protocol(
+                    "the primary closed the connection before its hello".into(),
+                ))
+            }
+            Ok(n) => rx.decoder.commit(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(Error::Protocol(e.to_string()))
+            }
+            Err(e) => return Err(Error::io("recvmsg", e)),
+        }
     }
 }

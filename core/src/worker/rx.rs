@@ -28,6 +28,21 @@ pub(super) struct Rx {
     pub(super) broken: Option<String>,
 }
 
+impl Rx {
+    /// Before the hello: its limit is that of control frames until the primary's is known.
+    pub(super) fn new() -> Rx {
+        Rx {
+            decoder: Decoder::new(frame::MAX_CONTROL_BODY),
+            fds: VecDeque::new(),
+            gone: false,
+            emptied: false,
+            pending: VecDeque::new(),
+            failed: None,
+            broken: None,
+        }
+    }
+}
+
 /// What one frame from the primary is, to the application.
 pub(super) enum Decoded {
     Event(WorkerEvent),
@@ -162,15 +177,8 @@ pub(crate) fn decode_stream<'a>(
     chunks: impl IntoIterator<Item = &'a [u8]>,
     fds: impl IntoIterator<Item = OwnedFd>,
 ) -> Result<usize> {
-    let mut rx = Rx {
-        decoder: Decoder::new(frame::MAX_CONTROL_BODY),
-        fds: fds.into_iter().collect(),
-        gone: false,
-        emptied: false,
-        pending: VecDeque::new(),
-        failed: None,
-        broken: None,
-    };
+    let mut rx = Rx::new();
+    rx.fds.extend(fds);
     let mut hello = false;
     let mut events = 0;
     for chunk in chunks {
