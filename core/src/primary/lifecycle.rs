@@ -202,6 +202,7 @@ impl Primary {
                 unacked: HashMap::new(),
                 active: HashSet::new(),
                 ahead: 0,
+                kill_requested: false,
             },
         );
         self.out.push(Event::Spawned {
@@ -374,6 +375,22 @@ impl Primary {
         }
     }
 
+    /// Sends `signal` to every process of slot `id` (`Supervisor::kill`). They are unreaped
+    /// (the loop reaps them), so their pids are still theirs.
+    pub(super) fn kill(&mut self, id: u32, signal: i32) -> Result<()> {
+        let mut found = false;
+        for p in self.procs.values_mut().filter(|p| p.slot == id) {
+            sys::signal(p.pid, signal).map_err(|e| Error::io("kill", e))?;
+            p.kill_requested = true;
+            found = true;
+        }
+        if found {
+            Ok(())
+        } else {
+            Err(Error::NoSuchWorker(id))
+        }
+    }
+
     /// Reaps worker `key` with what is left of its group, if it has exited: its status, or
     /// none at all when somebody else reaped it. None while it runs (or if it is unknown).
     fn reap_status(&mut self, key: u64) -> Option<WaitStatus> {
@@ -427,6 +444,7 @@ impl Primary {
         let no_restart = |c| self.cfg.restart.no_restart_codes.contains(&c);
         match p.stopping.as_ref().and_then(|s| s.reason) {
             Some(r) => r,
+            None if p.kill_requested => ExitReason::Requested,
             // It exited on its own, not killed by a signal, after half a frame.
             None if status.signal.is_none() && p.cut_short.is_some() => {
                 let detail = p.cut_short.take().unwrap_or_default();

@@ -354,6 +354,7 @@ impl Primary {
                 Command::Scale(n, tx) => drop(tx.send(self.scale(n))),
                 Command::ScaleBy(d, tx) => drop(tx.send(self.scale_by(d))),
                 Command::Restart(id, tx) => drop(tx.send(self.restart(id))),
+                Command::Kill(id, sig, tx) => drop(tx.send(self.kill(id, sig))),
                 Command::Reload(tx) => drop(tx.send(self.start_reload())),
                 Command::Stop(timeout) => self.begin_stop(timeout),
             }

@@ -48,6 +48,8 @@ pub struct Process {
     pub active: HashSet<u64>,
     /// Connections round-robin gave it ahead of its turns (see `dispatch::Pass`).
     pub ahead: u32,
+    /// The host sent it a signal (`Supervisor::kill`): an exit of its own is `Requested`.
+    pub kill_requested: bool,
 }
 
 impl Process {

@@ -25,6 +25,8 @@ pub(crate) enum Command {
     /// Scale by a step within 1..=MAX_WORKERS; the reply is the count before and after.
     ScaleBy(isize, SyncSender<Result<(usize, usize)>>),
     Restart(u32, SyncSender<Result<()>>),
+    /// Send a signal to the worker(s) of a slot; the exit that follows is `Requested`.
+    Kill(u32, i32, SyncSender<Result<()>>),
     Reload(SyncSender<Result<u32>>),
     Stop(Duration),
 }
@@ -217,6 +219,22 @@ impl Supervisor {
     /// Stops worker `id` gracefully and starts it again at once.
     pub fn restart_worker(&self, id: u32) -> Result<()> {
         self.ask(|tx| Command::Restart(id, tx))?
+    }
+
+    /// Sends `signal` to the process of worker `id` (each of them while a reload runs two), as
+    /// `kill(2)` would, and records that it was asked for: if the worker exits after it, the
+    /// exit's reason is `requested`, not `crashed`. The loop sends it while the worker is
+    /// unreaped, so its pid cannot have been reused. A signal the worker survives changes
+    /// nothing else; this is no stop (no SIGKILL follows; see `restart_worker` for that).
+    pub fn kill(&self, id: u32, signal: i32) -> Result<()> {
+        if !(1..=64).contains(&signal) {
+            return Err(Error::config(
+                "signal",
+                signal,
+                "must be a signal number from 1 to 64",
+            ));
+        }
+        self.ask(|tx| Command::Kill(id, signal, tx))?
     }
 
     /// Starts a rolling reload: one slot at a time, a new worker must be ready before the old

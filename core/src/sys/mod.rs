@@ -285,6 +285,12 @@ pub fn try_reap(pidfd: RawFd) -> io::Result<Option<WaitStatus>> {
     }))
 }
 
+/// Sends a signal to one process. The caller makes sure `pid` is its unreaped child.
+pub fn signal(pid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain syscall; no memory is passed.
+    cvt(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
 /// Sends a signal to a whole process group (the worker and its children).
 pub fn kill_group(pgid: libc::pid_t, sig: libc::c_int) {
     // SAFETY: plain syscall. ESRCH (already gone) is fine.
