@@ -478,6 +478,13 @@ impl NativeSupervisor {
         self.inner.restart_worker(id).map_err(to_js)
     }
 
+    /// Sends a signal (a number) to worker `id` through the core, which records it: the exit
+    /// that follows is `requested`, and a pid the core has reaped is never signalled.
+    #[napi]
+    pub fn kill(&self, id: u32, signal: i32) -> napi::Result<(), &'static str> {
+        self.inner.kill(id, signal).map_err(to_js)
+    }
+
     /// Starts a rolling reload; returns the new generation.
     #[napi]
     pub fn reload(&self) -> napi::Result<u32, &'static str> {

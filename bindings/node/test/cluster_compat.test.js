@@ -38,6 +38,16 @@ for (const impl of ['cluster', 'rcluster']) {
     assert.strictEqual(code, 0);
   });
 
+  test(`${impl}: worker.kill and worker.process.kill end the worker by that signal`, async () => {
+    const { code, out } = await runFixture('classic_kill.js', impl);
+    assert.deepStrictEqual(out.trim().split('\n').sort(), [
+      'exit 1 null SIGKILL',
+      'exit 2 null SIGTERM',
+      'process.kill true true',
+    ], out);
+    assert.strictEqual(code, 0);
+  });
+
   test(`${impl}: bursts of messages both ways arrive in order and intact, callbacks run`, async () => {
     const { code, out } = await runFixture('classic_stream.js', impl);
     assert.deepStrictEqual(out.trim().split('\n'), [
