@@ -116,6 +116,8 @@ pub unsafe extern "C" fn rcluster_config_set_argv(
         for i in 0..argc {
             // SAFETY: the caller promises `argc` readable pointers.
             let p = unsafe { *argv.add(i) };
+            // SAFETY: the caller promises NUL-terminated strings (NULL is refused) that live
+            // through the call.
             v.push(unsafe { args::bytes(p, &format!("argv[{i}]")) }?.to_owned());
         }
         c.argv = v;
@@ -135,6 +137,8 @@ pub unsafe extern "C" fn rcluster_config_add_env(
     value: *const c_char,
 ) -> rcluster_result {
     set("rcluster_config_add_env", cfg, |c| {
+        // SAFETY: the caller promises NUL-terminated strings (NULL is refused) that live through
+        // the call.
         let (k, v) = unsafe { (args::bytes(name, "name")?, args::bytes(value, "value")?) };
         if k.is_empty() || k.as_encoded_bytes().contains(&b'=') {
             return Err(Fail::range(
@@ -159,6 +163,8 @@ pub unsafe extern "C" fn rcluster_config_set_cwd(
     dir: *const c_char,
 ) -> rcluster_result {
     set("rcluster_config_set_cwd", cfg, |c| {
+        // SAFETY: the caller promises NUL-terminated strings (NULL is refused) that live through
+        // the call.
         c.cwd = Some(unsafe { args::bytes(dir, "dir") }?.into());
         Ok(())
     })
@@ -418,6 +424,8 @@ pub unsafe extern "C" fn rcluster_config_add_listener(
     dispatch: rcluster_dispatch,
 ) -> rcluster_result {
     set("rcluster_config_add_listener", cfg, |c| {
+        // SAFETY: the caller promises NUL-terminated strings (NULL is refused) that live through
+        // the call.
         let (name, addr) = unsafe { (args::utf8(name, "name")?, args::utf8(addr, "addr")?) };
         let dispatch = dispatch_from(dispatch)?;
         let addr = addr.parse()?;

@@ -66,6 +66,8 @@ pub unsafe extern "C" fn rcluster_supervisor_start(
     out: *mut *mut rcluster_supervisor,
 ) -> rcluster_result {
     guard("rcluster_supervisor_start", || {
+        // SAFETY: the caller passes a handle this library returned and has not freed, or NULL,
+        // which `handle` refuses.
         let cfg = unsafe { handle(cfg, "cfg") }?;
         let out = args::out(out, "out")?;
         let config = cfg.inner.clone();
@@ -91,6 +93,8 @@ pub unsafe extern "C" fn rcluster_supervisor_start(
             callback_set: AtomicBool::new(false),
             stoppers: Mutex::new(Vec::new()),
         });
+        // SAFETY: `out` is non-null (checked above) and the caller promises it points to writable
+        // memory for one value.
         unsafe { args::put(out, Box::into_raw(handle)) };
         Ok(())
     })
@@ -177,6 +181,8 @@ pub unsafe extern "C" fn rcluster_supervisor_send(
 ) -> rcluster_result {
     guard("rcluster_supervisor_send", || {
         let s = sup_ref(sup)?;
+        // SAFETY: the caller promises `data` is readable for `len` bytes during the call (NULL
+        // only with `len` 0).
         let data = unsafe { args::buffer(data, len, "data") }?;
         Ok(s.sup.send(worker_id, data)?)
     })
@@ -197,9 +203,13 @@ pub unsafe extern "C" fn rcluster_supervisor_broadcast(
 ) -> rcluster_result {
     guard("rcluster_supervisor_broadcast", || {
         let s = sup_ref(sup)?;
+        // SAFETY: the caller promises `data` is readable for `len` bytes during the call (NULL
+        // only with `len` 0).
         let data = unsafe { args::buffer(data, len, "data") }?;
         let n = s.sup.broadcast(data)?;
         if !out_count.is_null() {
+            // SAFETY: `out_count` is non-null (checked above) and the caller promises it points to
+            // writable memory for one value.
             unsafe { args::put(out_count, n) };
         }
         Ok(())
@@ -245,6 +255,8 @@ pub unsafe extern "C" fn rcluster_supervisor_next_event(
         let out = args::out(out, "out")?;
         no_callback(s)?;
         let ev = take_event(s, s.sup.next_event(args::timeout(timeout_ms)))?;
+        // SAFETY: `out` is non-null (checked above) and the caller promises it points to writable
+        // memory for one value.
         unsafe { args::put(out, ev) };
         Ok(())
     })
@@ -265,6 +277,8 @@ pub unsafe extern "C" fn rcluster_supervisor_try_next_event(
         let out = args::out(out, "out")?;
         no_callback(s)?;
         let ev = take_event(s, s.sup.try_next_event())?;
+        // SAFETY: `out` is non-null (checked above) and the caller promises it points to writable
+        // memory for one value.
         unsafe { args::put(out, ev) };
         Ok(())
     })
@@ -285,6 +299,8 @@ pub unsafe extern "C" fn rcluster_supervisor_event_fd(
     guard("rcluster_supervisor_event_fd", || {
         let s = sup_ref(sup)?;
         let out = args::out(out_fd, "out_fd")?;
+        // SAFETY: `out` is non-null (checked above) and the caller promises it points to writable
+        // memory for one value.
         unsafe { args::put(out, s.sup.event_fd()) };
         Ok(())
     })
@@ -333,6 +349,8 @@ pub unsafe extern "C" fn rcluster_supervisor_set_callback(
                     let ev = event::into_c(ev);
                     // SAFETY: the caller promised a valid function; `ev` lives until freed.
                     unsafe { cb(user.0, ev) };
+                    // SAFETY: `ev` came from `into_c` just above and is freed exactly once, after
+                    // the callback.
                     unsafe { event::rcluster_event_free(ev) };
                 }
             })
@@ -365,6 +383,8 @@ pub unsafe extern "C" fn rcluster_supervisor_snapshot(
         let out = args::out(out, "out")?;
         let workers = s.sup.snapshot()?.iter().map(event::info).collect();
         let snap = Box::new(rcluster_snapshot { workers });
+        // SAFETY: `out` is non-null (checked above) and the caller promises it points to writable
+        // memory for one value.
         unsafe { args::put(out, Box::into_raw(snap)) };
         Ok(())
     })
@@ -385,6 +405,8 @@ pub unsafe extern "C" fn rcluster_supervisor_reload(
         let s = sup_ref(sup)?;
         let g = s.sup.reload()?;
         if !out_generation.is_null() {
+            // SAFETY: `out_generation` is non-null (checked above) and the caller promises it
+            // points to writable memory for one value.
             unsafe { args::put(out_generation, g) };
         }
         Ok(())
@@ -440,6 +462,8 @@ pub unsafe extern "C" fn rcluster_supervisor_listener(
 ) -> rcluster_result {
     guard("rcluster_supervisor_listener", || {
         let s = sup_ref(sup)?;
+        // SAFETY: the caller promises NUL-terminated strings (NULL is refused) that live through
+        // the call.
         let name = unsafe { args::utf8(name, "name") }?;
         let out = args::out(out_addr, "out_addr")?;
         let (_, addr, port) = s
@@ -447,8 +471,12 @@ pub unsafe extern "C" fn rcluster_supervisor_listener(
             .iter()
             .find(|(n, _, _)| n == name)
             .ok_or_else(|| Fail::range("name", format!("{name:?}"), "no listener has this name"))?;
+        // SAFETY: `out` is non-null (checked above) and the caller promises it points to writable
+        // memory for one value.
         unsafe { args::put(out, addr.as_ptr()) };
         if !out_port.is_null() {
+            // SAFETY: `out_port` is non-null (checked above) and the caller promises it points to
+            // writable memory for one value.
             unsafe { args::put(out_port, *port) };
         }
         Ok(())
