@@ -729,8 +729,8 @@ rcluster_result rcluster_config_add_no_restart_code(rcluster_config *cfg, int32_
 /**
  * Sets message limits: `max_message`, the largest user message in bytes either way
  * (1 ..= 1 GiB; default 16 MiB), and `send_queue_limit`, the most bytes queued towards one
- * worker before `send` fails with `RCLUSTER_RESULT_QUEUE_FULL` (at least `max_message` + 16;
- * default 64 MiB).
+ * worker before `send` fails with `RCLUSTER_RESULT_QUEUE_FULL` (at least `max_message` + 8,
+ * one message with its frame header; default 64 MiB).
  *
  * # Safety
  * `cfg` is NULL or a live config.
