@@ -155,6 +155,14 @@ impl NativeWorker {
         self.inner.max_message() as f64
     }
 
+    /// Milliseconds between heartbeats, as the primary asks; null when it does not check them.
+    #[napi(getter)]
+    pub fn heartbeat_interval_ms(&self) -> Option<f64> {
+        self.inner
+            .heartbeat_interval()
+            .map(|d| d.as_millis() as f64)
+    }
+
     /// Sends a tagged message to the primary; blocks only while the socket is full.
     #[napi]
     pub fn send(&self, tag: u32, data: Either<String, Buffer>) -> napi::Result<(), &'static str> {
