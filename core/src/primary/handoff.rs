@@ -490,8 +490,8 @@ impl Primary {
     }
 
     /// Listening sockets workers inherit (`shared` dispatch), with their names.
-    pub(super) fn shared_listeners(&self) -> Vec<(std::os::fd::RawFd, &str)> {
-        self.listeners
+    pub(super) fn shared_listeners(listeners: &[Bound]) -> Vec<(std::os::fd::RawFd, &str)> {
+        listeners
             .iter()
             .filter(|l| l.dispatch == Dispatch::Shared && l.subscribers.is_none())
             .filter_map(|l| Some((l.fd.as_ref()?.as_raw_fd(), l.name.as_str())))

@@ -70,7 +70,7 @@ impl Primary {
     pub(super) fn try_spawn(&mut self, slot: u32, generation: u32) -> Result<u64> {
         let (parent, child) = self.open_link(slot, generation)?;
         let (pipes, [stdout, stderr]) = self.output_pipes(slot)?;
-        let shared = self.shared_listeners();
+        let shared = Primary::shared_listeners(&self.listeners);
         let req = spawn::Request {
             shared: &shared,
             id: slot,
@@ -79,13 +79,7 @@ impl Primary {
             stdout,
             stderr,
         };
-        let forked = spawn::spawn(&self.exec, req).map_err(|source| Error::Spawn {
-            program: self.cfg.argv[0].to_string_lossy().into_owned(),
-            source,
-        })?;
-        // From here on every error drops `forked`, which kills the worker's group and reaps it.
-        let pid = forked.pid();
-        let pidfd = sys::pidfd_open(pid).map_err(|e| Error::io("pidfd_open", e))?;
+        let (pid, pidfd) = self.workers.spawn(req)?;
         let key = self.next_key;
         self.next_key += 1;
         let link = Arc::new(Link::new(
@@ -98,8 +92,11 @@ impl Primary {
                 message: self.cfg.max_message,
             },
         ));
-        self.watch(key, &link, &pidfd, &pipes)?;
-        forked.keep();
+        if let Err(e) = self.watch(key, &link, &pidfd, &pipes) {
+            // Not taken: it must not run on unwatched (or be left a zombie).
+            self.workers.abandon(pid);
+            return Err(e);
+        }
         self.adopt(key, slot, generation, pid, pidfd, link, pipes);
         Ok(key)
     }
@@ -285,7 +282,7 @@ impl Primary {
                         .send_frame(&self.shared.waker, Kind::Disconnect, &[], None);
                     Some(now + grace / 2)
                 } else {
-                    sys::kill_group(p.pid, libc::SIGTERM);
+                    self.workers.signal_group(p.pid, libc::SIGTERM);
                     None
                 };
                 p.stopping = Some(Stopping {
@@ -309,7 +306,7 @@ impl Primary {
                 unroute(&self.shared, p);
             }
         }
-        sys::kill_group(p.pid, libc::SIGKILL);
+        self.workers.signal_group(p.pid, libc::SIGKILL);
     }
 
     /// The worker said it is leaving on its own: no new work, and it has `kill_timeout` to go.
@@ -380,7 +377,9 @@ impl Primary {
     pub(super) fn kill(&mut self, id: u32, signal: i32) -> Result<()> {
         let mut found = false;
         for p in self.procs.values_mut().filter(|p| p.slot == id) {
-            sys::signal(p.pid, signal).map_err(|e| Error::io("kill", e))?;
+            self.workers
+                .signal(p.pid, signal)
+                .map_err(|e| Error::io("kill", e))?;
             p.kill_requested = true;
             found = true;
         }
@@ -395,18 +394,13 @@ impl Primary {
     /// none at all when somebody else reaped it. None while it runs (or if it is unknown).
     fn reap_status(&mut self, key: u64) -> Option<WaitStatus> {
         let p = self.procs.get(&key)?;
-        let sentinel = &self.exec.sentinel;
-        match sys::reap_group(p.pidfd_raw(), p.pid, |pgid, sig| {
-            // Leftover children in the worker's group must not outlive it.
-            sys::kill_group(pgid, sig);
-            sentinel.remove(pgid);
-        }) {
+        match self.workers.reap(p.pidfd_raw(), p.pid) {
             Ok(status) => status,
             Err(e) => {
                 // ECHILD: somebody else reaped it (a host calling waitpid(-1)); the exit status
                 // is lost but the process is gone, and its group number may be reused: the
                 // sentinel must forget it.
-                sentinel.remove(p.pid);
+                self.workers.forget(p.pid);
                 self.out.push(Event::Warning {
                     detail: format!("waitid for worker {} (pid {}) failed: {e}", p.slot, p.pid),
                 });

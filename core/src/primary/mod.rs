@@ -14,6 +14,9 @@ mod reload;
 pub(crate) mod signals;
 pub(crate) mod steered;
 pub(crate) mod supervisor;
+#[cfg(test)]
+mod tests;
+pub(crate) mod workers;
 
 use output::Outputs;
 use reload::Reload;
@@ -36,7 +39,8 @@ use crate::primary::link::{Link, GATHER};
 use crate::primary::process::Process;
 use crate::primary::supervisor::{Command, Shared};
 use crate::sys::spawn::Exec;
-use crate::sys::{self, Epoll};
+use crate::sys::Epoll;
+use workers::{Forking, Workers};
 
 const WAKER: u64 = u64::MAX;
 // Token = key << 2 | what.
@@ -69,7 +73,8 @@ impl Slot {
 
 pub(crate) struct Primary {
     cfg: Config,
-    exec: Exec,
+    /// Starts, signals and reaps the workers (fork and exec; a fake in unit tests).
+    workers: Box<dyn Workers>,
     shared: Arc<Shared>,
     epoll: Epoll,
     procs: BTreeMap<u64, Process>,
@@ -121,10 +126,6 @@ impl Primary {
         listeners: Vec<Bound>,
         no_kernel_turns: Option<String>,
     ) -> Result<Primary> {
-        let epoll = Epoll::new().map_err(|e| Error::io("epoll_create1", e))?;
-        epoll
-            .add(shared.waker.raw(), libc::EPOLLIN as u32, WAKER)
-            .map_err(|e| Error::io("epoll_ctl", e))?;
         // Workers learn how often to send heartbeats from the primary, so that every worker
         // library paces them the same way: four per timeout.
         let mut env = cfg.env.clone();
@@ -145,13 +146,39 @@ impl Primary {
         }
         let exec = Exec::new(program, &cfg.argv, &env, cfg.cwd.as_deref())
             .map_err(|e| Error::io("starting the sentinel process", e))?;
+        let workers = Box::new(Forking {
+            exec,
+            program: cfg.argv[0].to_string_lossy().into_owned(),
+        });
+        Primary::with(
+            cfg,
+            shared,
+            listeners,
+            no_kernel_turns,
+            workers,
+            Box::new(SystemClock),
+        )
+    }
+
+    /// A loop over `workers` and `clock`: the real ones (`new`), or fakes in unit tests.
+    fn with(
+        cfg: Config,
+        shared: Arc<Shared>,
+        listeners: Vec<Bound>,
+        no_kernel_turns: Option<String>,
+        workers: Box<dyn Workers>,
+        clock: Box<dyn Clock>,
+    ) -> Result<Primary> {
+        let epoll = Epoll::new().map_err(|e| Error::io("epoll_create1", e))?;
+        epoll
+            .add(shared.waker.raw(), libc::EPOLLIN as u32, WAKER)
+            .map_err(|e| Error::io("epoll_ctl", e))?;
         let outputs = Outputs::new(cfg.output == crate::config::Output::Prefix)
             .map_err(|e| Error::io("spawning the output thread", e))?;
-        let clock: Box<dyn Clock> = Box::new(SystemClock);
         let now = clock.now();
         let desired = cfg.workers;
         Ok(Primary {
-            exec,
+            workers,
             shared,
             epoll,
             procs: BTreeMap::new(),
@@ -195,7 +222,7 @@ impl Primary {
         // batch thread does not preempt: it runs when the task on its CPU blocks or ends its
         // slice, and finds a batch. On an idle CPU it runs at once, as before. Workers are
         // put back under the normal policy.
-        self.exec.unbatch = sys::enter_batch_scheduling();
+        self.workers.on_loop_thread();
         let mut ready = Vec::with_capacity(256);
         let mut dirty = Vec::new();
         let mut deadline = None;
@@ -534,7 +561,7 @@ impl Primary {
             if let Some(s) = &mut p.stopping {
                 if s.term_at.is_some_and(|t| now >= t) {
                     s.term_at = None;
-                    sys::kill_group(p.pid, libc::SIGTERM);
+                    self.workers.signal_group(p.pid, libc::SIGTERM);
                 }
                 if !s.killed && now >= s.kill_at {
                     due.push((*key, ExitReason::Shutdown));

@@ -137,13 +137,18 @@ impl Drop for Forked<'_> {
         if !self.armed {
             return;
         }
-        // The group is killed while its leader is unreaped, so its number cannot have been
-        // reused (see `sys::reap_group`).
-        sys::kill_group(self.pid, libc::SIGKILL);
-        self.sentinel.remove(self.pid);
-        // SAFETY: waits for this one child only (never -1); it was just killed.
-        unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) };
+        abandon(self.pid, self.sentinel);
     }
+}
+
+/// Kills the group of a forked worker that nobody will take, and reaps it.
+pub fn abandon(pid: libc::pid_t, sentinel: &Sentinel) {
+    // The group is killed while its leader is unreaped, so its number cannot have been
+    // reused (see `sys::reap_group`).
+    sys::kill_group(pid, libc::SIGKILL);
+    sentinel.remove(pid);
+    // SAFETY: waits for this one child only (never -1); it was just killed.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
 }
 
 /// Forks and execs one worker. Returns it once `execve` has succeeded.
