@@ -288,25 +288,10 @@ struct ChildSetup {
 }
 
 impl ChildSetup {
-    /// Runs in the child between fork and exec. Async-signal-safe calls only.
+    /// Runs in the child between fork and exec. Async-signal-safe calls only, and no
+    /// allocation: the helpers below are plain calls on this stack.
     unsafe fn run(mut self) -> ! {
-        let fail = |err_w: RawFd| -> ! {
-            let errno = *libc::__errno_location();
-            let bytes = errno.to_ne_bytes();
-            libc::write(err_w, bytes.as_ptr().cast(), 4);
-            libc::_exit(127)
-        };
-        // A fresh signal state: empty mask, default dispositions (SIG_IGN survives exec).
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        for sig in 1..65 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
-            }
-        }
+        reset_signals();
         libc::setpgid(0, 0);
         // Into the cluster's cgroup before anything can fork: then even a descendant that
         // leaves the group with setsid is ended with the cluster. Best effort: where the
@@ -328,6 +313,17 @@ impl ChildSetup {
         if libc::getppid() != self.parent {
             libc::_exit(1);
         }
+        let err_w = self.place_fds();
+        if !self.cwd.is_null() && libc::chdir(self.cwd) < 0 {
+            fail(err_w);
+        }
+        libc::execve(self.path, self.argv, self.envp);
+        fail(err_w)
+    }
+
+    /// Puts every descriptor the worker inherits at its number and marks every other one
+    /// close-on-exec; returns where the exec-error pipe is now.
+    unsafe fn place_fds(&mut self) -> RawFd {
         // Move every source fd above all targets first so that no dup2 clobbers a source.
         let floor = self.floor;
         let mut err_w = self.err_w;
@@ -370,12 +366,32 @@ impl ChildSetup {
         {
             fail(err_w);
         }
-        if !self.cwd.is_null() && libc::chdir(self.cwd) < 0 {
-            fail(err_w);
-        }
-        libc::execve(self.path, self.argv, self.envp);
-        fail(err_w)
+        err_w
     }
+}
+
+/// In the child: a fresh signal state, an empty mask and default dispositions (SIG_IGN would
+/// survive exec).
+unsafe fn reset_signals() {
+    let mut set: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut set);
+    libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    let mut dfl: libc::sigaction = std::mem::zeroed();
+    dfl.sa_sigaction = libc::SIG_DFL;
+    for sig in 1..65 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            libc::sigaction(sig, &dfl, std::ptr::null_mut());
+        }
+    }
+}
+
+/// In the child: tells the parent why exec could not happen (errno on the exec-error pipe),
+/// and exits 127.
+unsafe fn fail(err_w: RawFd) -> ! {
+    let errno = *libc::__errno_location();
+    let bytes = errno.to_ne_bytes();
+    libc::write(err_w, bytes.as_ptr().cast(), 4);
+    libc::_exit(127)
 }
 
 /// Writes `n` in decimal followed by NUL; the caller provides at least 11 bytes.
