@@ -1055,6 +1055,20 @@ rcluster_result rcluster_supervisor_restart_worker(const rcluster_supervisor *su
                                                    uint32_t worker_id);
 
 /**
+ * Sends `signal` (1..=64) to the process of worker `worker_id`, and records it: if the
+ * worker then exits, the exit's reason is `RCLUSTER_EXIT_REASON_REQUESTED`, not `CRASHED`.
+ * The supervisor signals only a process it has not reaped, so a reused pid is never hit
+ * (unlike `kill(pid, ...)` by the host). Not a stop: nothing follows a signal the worker
+ * survives. `NO_SUCH_WORKER` for an unknown id, `INVALID_ARGUMENT` for a bad signal.
+ *
+ * # Safety
+ * `sup` is NULL or a live supervisor.
+ */
+rcluster_result rcluster_supervisor_kill(const rcluster_supervisor *sup,
+                                         uint32_t worker_id,
+                                         int signal);
+
+/**
  * The actual address of the listener named `name` (with the port the system chose for port
  * 0), e.g. "127.0.0.1:40123" or "unix:/run/app.sock". `*out_addr` stays valid until
  * `rcluster_supervisor_free`; `*out_port` (optional: may be NULL) receives the TCP port

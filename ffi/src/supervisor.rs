@@ -445,6 +445,33 @@ pub unsafe extern "C" fn rcluster_supervisor_restart_worker(
     })
 }
 
+/// Sends `signal` (1..=64) to the process of worker `worker_id`, and records it: if the
+/// worker then exits, the exit's reason is `RCLUSTER_EXIT_REASON_REQUESTED`, not `CRASHED`.
+/// The supervisor signals only a process it has not reaped, so a reused pid is never hit
+/// (unlike `kill(pid, ...)` by the host). Not a stop: nothing follows a signal the worker
+/// survives. `NO_SUCH_WORKER` for an unknown id, `INVALID_ARGUMENT` for a bad signal.
+///
+/// # Safety
+/// `sup` is NULL or a live supervisor.
+#[no_mangle]
+pub unsafe extern "C" fn rcluster_supervisor_kill(
+    sup: *const rcluster_supervisor,
+    worker_id: u32,
+    signal: c_int,
+) -> rcluster_result {
+    guard("rcluster_supervisor_kill", || {
+        let s = sup_ref(sup)?;
+        if !(1..=64).contains(&signal) {
+            return Err(Fail::range(
+                "signal",
+                signal,
+                "must be a signal number 1..=64",
+            ));
+        }
+        Ok(s.sup.kill(worker_id, signal)?)
+    })
+}
+
 /// The actual address of the listener named `name` (with the port the system chose for port
 /// 0), e.g. "127.0.0.1:40123" or "unix:/run/app.sock". `*out_addr` stays valid until
 /// `rcluster_supervisor_free`; `*out_port` (optional: may be NULL) receives the TCP port
