@@ -7,7 +7,6 @@
 
 use std::ffi::c_int;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::Ordering;
 
 use crate::args::{self, handle};
 use crate::result::{guard, guard_void, rcluster_result, Fail, Res};
@@ -157,10 +156,7 @@ fn act(s: &rcluster_supervisor, sig: c_int) -> Res {
             };
             Err(Fail::new(code, format!("{name} ignored: {why}")))
         }
-        Ok(SignalAction::Scale { workers }) => {
-            s.workers.store(workers, Ordering::Release);
-            Ok(())
-        }
+        // Scaling by one is counted by the core (`Supervisor::on_signal`).
         Ok(_) => Ok(()),
         Err(e) => {
             let f = Fail::from(e);

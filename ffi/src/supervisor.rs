@@ -3,7 +3,7 @@
 //! callback thread, stop threads started by the signal helper, C strings of the listeners).
 
 use std::ffi::{c_char, c_int, c_void, CString};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
@@ -20,8 +20,6 @@ use crate::result::{guard, guard_void, rcluster_result, Fail, Res};
 pub struct rcluster_supervisor {
     pub(crate) sup: Arc<Supervisor>,
     listeners: Vec<(String, CString, u16)>,
-    /// The slot count as last set, for the signal helper's "one more / one fewer".
-    pub(crate) workers: AtomicUsize,
     pub(crate) kill_timeout: Duration,
     callback: Mutex<Option<CallbackThread>>,
     callback_set: AtomicBool,
@@ -71,7 +69,7 @@ pub unsafe extern "C" fn rcluster_supervisor_start(
         let cfg = unsafe { handle(cfg, "cfg") }?;
         let out = args::out(out, "out")?;
         let config = cfg.inner.clone();
-        let (workers, kill_timeout) = (config.workers, config.kill_timeout);
+        let kill_timeout = config.kill_timeout;
         let sup = Supervisor::start(config)?;
         let listeners = sup
             .listeners()
@@ -87,7 +85,6 @@ pub unsafe extern "C" fn rcluster_supervisor_start(
         let handle = Box::new(rcluster_supervisor {
             sup: Arc::new(sup),
             listeners,
-            workers: AtomicUsize::new(workers),
             kill_timeout,
             callback: Mutex::new(None),
             callback_set: AtomicBool::new(false),
@@ -424,9 +421,7 @@ pub unsafe extern "C" fn rcluster_supervisor_scale(
 ) -> rcluster_result {
     guard("rcluster_supervisor_scale", || {
         let s = sup_ref(sup)?;
-        s.sup.scale(workers)?;
-        s.workers.store(workers, Ordering::Release);
-        Ok(())
+        Ok(s.sup.scale(workers)?)
     })
 }
 
