@@ -411,9 +411,9 @@ impl NativeSupervisor {
         tag: u32,
         data: Either<String, Buffer>,
     ) -> napi::Result<(), &'static str> {
-        self.inner
-            .send(id, &message::encode(tag as u8, &data))
-            .map_err(to_js)
+        let bytes =
+            message::encode_within(tag as u8, &data, self.inner.max_message()).map_err(to_js)?;
+        self.inner.send(id, &bytes).map_err(to_js)
     }
 
     /// The largest message in bytes, its tag byte included.
@@ -435,8 +435,10 @@ impl NativeSupervisor {
         tag: u32,
         data: Either<String, Buffer>,
     ) -> napi::Result<u32, &'static str> {
+        let bytes =
+            message::encode_within(tag as u8, &data, self.inner.max_message()).map_err(to_js)?;
         self.inner
-            .broadcast(&message::encode(tag as u8, &data))
+            .broadcast(&bytes)
             .map(|n| n as u32)
             .map_err(to_js)
     }

@@ -166,13 +166,8 @@ impl NativeWorker {
     /// Sends a tagged message to the primary; blocks only while the socket is full.
     #[napi]
     pub fn send(&self, tag: u32, data: Either<String, Buffer>) -> napi::Result<(), &'static str> {
-        let bytes = message::encode(tag as u8, &data);
-        if bytes.len() > self.inner.max_message() {
-            return Err(to_js(rcluster_core::Error::MessageTooLarge {
-                size: bytes.len() - 1,
-                limit: self.inner.max_message() - 1,
-            }));
-        }
+        let bytes =
+            message::encode_within(tag as u8, &data, self.inner.max_message()).map_err(to_js)?;
         self.inner.send(&bytes).map_err(to_js)
     }
 
