@@ -35,6 +35,8 @@ struct Procs {
     signals: Vec<(libc::pid_t, libc::c_int)>,
     /// Workers that survive SIGTERM (only SIGKILL ends them).
     ignore_term: bool,
+    /// Spawns that fail, as when the program cannot be run.
+    refuse_spawn: bool,
 }
 
 #[derive(Clone, Default)]
@@ -68,6 +70,12 @@ impl Workers for Fake {
     fn spawn(&mut self, req: Request) -> Result<(libc::pid_t, OwnedFd)> {
         let (exit_r, exit_w) = sys::pipe().map_err(|e| Error::io("pipe2", e))?;
         let mut procs = self.0.lock().unwrap();
+        if procs.refuse_spawn {
+            return Err(Error::Spawn {
+                program: "worker".into(),
+                source: io::Error::from_raw_os_error(libc::ENOENT),
+            });
+        }
         let pid = FIRST_PID + procs.next;
         procs.next += 1;
         procs.running.insert(pid, (req.ipc, exit_w));
@@ -111,7 +119,11 @@ struct Loop {
 }
 
 impl Loop {
-    fn start(mut cfg: Config) -> Loop {
+    fn start(cfg: Config) -> Loop {
+        Loop::start_with(cfg, Fake::default())
+    }
+
+    fn start_with(mut cfg: Config, fake: Fake) -> Loop {
         cfg.restart.jitter = 0.0;
         let shared = Arc::new(Shared {
             cmds: Mutex::new(VecDeque::new()),
@@ -124,7 +136,6 @@ impl Loop {
             bound: Vec::new(),
             done: (Mutex::new(false), Condvar::new()),
         });
-        let fake = Fake::default();
         let clock = TestClock(Arc::new(Mutex::new(Instant::now())));
         let workers = Box::new(fake.clone());
         let p = Primary::with(
@@ -219,6 +230,21 @@ impl Loop {
             .iter()
             .filter_map(|e| match e {
                 Event::Exit { id, info, .. } => Some((*id, info.reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// When each slot was spawned (or failed to be), in order.
+    fn starts(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Spawned { id, .. } => Some(format!("spawned {id}")),
+                Event::SpawnFailed { id, .. } => Some(format!("failed {id}")),
+                Event::Restarting { id, delay, .. } => {
+                    Some(format!("restarting {id} in {}ms", delay.as_millis()))
+                }
                 _ => None,
             })
             .collect()
@@ -335,4 +361,70 @@ fn a_stop_while_a_worker_starts_terms_it_then_kills_it_after_kill_timeout() {
     // Stopped: nothing is started again, however long it waits.
     l.wait(Duration::from_secs(1));
     assert!(l.p.procs.is_empty());
+}
+
+#[test]
+fn a_worker_that_crashes_is_started_again_once_its_backoff_has_passed() {
+    let mut cfg = config(1, ReadyOn::Spawn);
+    cfg.restart.backoff_initial = Duration::from_millis(300);
+    let mut l = Loop::start(cfg);
+    let first = l.pid_of(0, 1);
+    l.fake.exit(first, Some(1), None);
+    l.turn();
+    assert_eq!(l.exits(), [(0, ExitReason::Crashed)]);
+    l.wait(Duration::from_millis(290));
+    assert!(l.p.procs.is_empty(), "started again before its backoff");
+    l.wait(Duration::from_millis(20));
+    assert_eq!(l.live(), [(0, 1)]);
+    assert_eq!(
+        l.starts(),
+        ["spawned 0", "restarting 0 in 300ms", "spawned 0"]
+    );
+}
+
+#[test]
+fn a_spawn_that_fails_is_tried_again_after_a_growing_backoff() {
+    let mut cfg = config(1, ReadyOn::Spawn);
+    cfg.restart.backoff_initial = Duration::from_millis(100);
+    cfg.restart.backoff_multiplier = 2.0;
+    let fake = Fake::default();
+    fake.0.lock().unwrap().refuse_spawn = true;
+    let mut l = Loop::start_with(cfg, fake);
+    l.wait(Duration::from_millis(350));
+    assert_eq!(
+        l.starts(),
+        [
+            "failed 0",
+            "restarting 0 in 100ms",
+            "failed 0",
+            "restarting 0 in 200ms",
+            "failed 0",
+            "restarting 0 in 400ms",
+        ]
+    );
+    l.fake.0.lock().unwrap().refuse_spawn = false;
+    l.wait(Duration::from_millis(400));
+    assert_eq!(l.live(), [(0, 1)]);
+}
+
+#[test]
+fn a_worker_that_crashes_during_a_stop_is_not_started_again() {
+    let mut cfg = config(2, ReadyOn::Spawn);
+    cfg.kill_timeout = Duration::from_secs(1);
+    let mut l = Loop::start(cfg);
+    l.fake.0.lock().unwrap().ignore_term = true;
+    l.p.begin_stop(Duration::from_secs(5));
+    l.turn();
+    let pid = l.pid_of(1, 1);
+    l.fake.exit(pid, Some(1), None);
+    l.turn();
+    l.wait(Duration::from_secs(2));
+    assert!(l.p.procs.is_empty());
+    assert_eq!(l.starts(), ["spawned 0", "spawned 1"]);
+    let mut exits = l.exits();
+    exits.sort_by_key(|e| e.0);
+    assert_eq!(
+        exits,
+        [(0, ExitReason::Shutdown), (1, ExitReason::Shutdown)]
+    );
 }
