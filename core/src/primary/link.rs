@@ -25,7 +25,7 @@ pub const GATHER: Duration = Duration::from_micros(50);
 /// Gathering stops early once this much is queued.
 const GATHER_BYTES: usize = 64 * 1024;
 
-/// Wakes the loop thread and tells it which connections have queued output.
+/// Wakes the loop thread and tells it which links have queued output.
 pub struct Waker {
     fd: sys::EventFd,
     dirty: Mutex<Vec<Arc<Link>>>,
@@ -52,7 +52,7 @@ impl Waker {
         }
     }
 
-    /// Called by the loop when it wakes: takes the connections that want flushing.
+    /// Called by the loop when it wakes: takes the links that want flushing.
     ///
     /// The fd is cleared before the flag: the other way round, a `wake` between the two would
     /// see the flag down, notify, and have its notification cleared, leaving the flag up with
@@ -73,7 +73,7 @@ impl Waker {
 pub enum PassFd {
     /// Owned by the queue and closed once sent.
     Owned(OwnedFd),
-    /// Owned by the caller, who keeps it open until the frame is sent or the connection is
+    /// Owned by the caller, who keeps it open until the frame is sent or the link is
     /// closed (a handed-over client connection: the primary keeps its copy until the worker
     /// acknowledges, which it can only do after the frame went out). Sending needs no copy.
     Borrowed(RawFd),
@@ -101,7 +101,7 @@ struct Queue {
     closed: bool,
 }
 
-/// Sizes a connection is held to.
+/// Sizes a link is held to.
 #[derive(Clone, Copy)]
 pub struct Limits {
     /// Bytes queued for the worker at most.
@@ -304,7 +304,7 @@ impl Link {
         }
     }
 
-    /// Marks the connection dead; later sends fail with `NoSuchWorker`. Queued output is dropped.
+    /// Marks the link dead; later sends fail with `NoSuchWorker`. Queued output is dropped.
     pub fn close(&self) {
         let mut q = self.queue.lock().unwrap();
         q.closed = true;

@@ -35,7 +35,7 @@ pub(crate) enum Command {
 pub(crate) struct Shared {
     pub cmds: Mutex<VecDeque<Command>>,
     pub waker: Waker,
-    /// Where a message to worker `id` goes: its current process's connection.
+    /// Where a message to worker `id` goes: its current process's link.
     pub routes: RwLock<HashMap<u32, Arc<Link>>>,
     pub events: EventQueue,
     /// Worker sockets a host thread reads itself (see `reader`).
