@@ -289,7 +289,7 @@ struct ChildSetup {
 
 impl ChildSetup {
     /// Runs in the child between fork and exec. Async-signal-safe calls only, and no
-    /// allocation: the helpers below are plain calls on this stack.
+    /// allocation: the functions below are plain calls on this stack.
     unsafe fn run(mut self) -> ! {
         reset_signals();
         libc::setpgid(0, 0);

@@ -237,7 +237,7 @@ extern "C" fn entry(setup: *mut libc::c_void) -> libc::c_int {
 }
 
 impl Setup {
-    /// Runs in the sentinel: raw system calls only (see the module's comment). The helpers
+    /// Runs in the sentinel: raw system calls only (see the module's comment). The functions
     /// below are plain calls on the sentinel's own stack.
     unsafe fn run(&self) -> ! {
         // Its own group, and every signal ignored: a Ctrl-C (or any signal) sent to the
