@@ -4,6 +4,7 @@
 
 mod closing;
 mod handoff;
+pub(crate) mod host_read;
 mod ipc;
 mod lifecycle;
 pub(crate) mod link;
@@ -11,6 +12,7 @@ pub(crate) mod output;
 pub(crate) mod process;
 pub(crate) mod reader;
 mod reload;
+pub(crate) mod shared;
 pub(crate) mod signals;
 pub(crate) mod steered;
 pub(crate) mod supervisor;
@@ -37,7 +39,7 @@ use crate::events::{Event, ExitInfo, WorkerInfo, WorkerState};
 use crate::policy::{Clock, ExitReason, History, Jitter, SystemClock, XorShift};
 use crate::primary::link::{Link, GATHER};
 use crate::primary::process::Process;
-use crate::primary::supervisor::{Command, Shared};
+use crate::primary::shared::{Command, Shared};
 use crate::sys::spawn::Exec;
 use crate::sys::Epoll;
 use workers::{Forking, Workers};

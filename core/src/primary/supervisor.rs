@@ -12,41 +12,13 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, MAX_WORKERS};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventQueue, WorkerInfo, SPIN};
+use crate::primary::host_read::HostRead;
 use crate::primary::link::{Link, Waker};
-use crate::primary::reader::HostRead;
+use crate::primary::shared::{Command, Shared};
 use crate::primary::signals::SignalState;
 use crate::primary::{steered, Bound, Primary};
 use crate::sys;
 use crate::sys::listen::{self, ListenAddr};
-
-pub(crate) enum Command {
-    Snapshot(SyncSender<Vec<WorkerInfo>>),
-    Scale(usize, SyncSender<Result<()>>),
-    /// Scale by a step within 1..=MAX_WORKERS; the reply is the count before and after.
-    ScaleBy(isize, SyncSender<Result<(usize, usize)>>),
-    Restart(u32, SyncSender<Result<()>>),
-    /// Send a signal to the worker(s) of a slot; the exit that follows is `Requested`.
-    Kill(u32, i32, SyncSender<Result<()>>),
-    Reload(SyncSender<Result<u32>>),
-    Stop(Duration),
-}
-
-/// State shared by the handle (host threads) and the loop thread.
-pub(crate) struct Shared {
-    pub cmds: Mutex<VecDeque<Command>>,
-    pub waker: Waker,
-    /// Where a message to worker `id` goes: its current process's link.
-    pub routes: RwLock<HashMap<u32, Arc<Link>>>,
-    pub events: EventQueue,
-    /// Worker sockets a host thread reads itself (see `reader`).
-    pub host: HostRead,
-    pub max_message: usize,
-    pub stopped: AtomicBool,
-    /// Name and actual address of each listener (a port 0 resolved).
-    pub bound: Vec<(String, ListenAddr)>,
-    /// Set (and signalled) when the loop has ended, for `stop` callers that do not join it.
-    pub done: (Mutex<bool>, Condvar),
-}
 
 /// A running cluster of workers. Dropping it stops the cluster (with `kill_timeout`).
 pub struct Supervisor {

@@ -9,9 +9,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use super::host_read::HostRead;
 use super::link::Waker;
-use super::reader::HostRead;
-use super::supervisor::Shared;
+use super::shared::Shared;
 use super::workers::Workers;
 use super::Primary;
 use crate::config::{Config, ReadyOn};
