@@ -11,8 +11,8 @@ use crate::events::{Event, WorkerState};
 use crate::policy::dispatch::{self, Candidate, Choice, SlotState};
 use crate::policy::ExitReason;
 use crate::primary::link::PassFd;
-use crate::primary::process::Process;
-use crate::sys::listen::{self, Dispatch, ListenAddr, Peer};
+use crate::primary::process::{Process, Waiting};
+use crate::sys::listen::{self, Dispatch, ListenAddr};
 use crate::wire::body;
 use crate::wire::frame::Kind;
 
@@ -57,17 +57,6 @@ impl Bound {
             group: None,
         }
     }
-}
-
-/// A connection the primary holds: waiting for a worker, or handed and not yet acknowledged.
-pub struct Waiting {
-    pub id: u64,
-    pub fd: OwnedFd,
-    pub listener: usize,
-    pub peer: Peer,
-    pub since: Instant,
-    /// When it was last handed to a worker (for `ack_timeout`).
-    pub handed: Instant,
 }
 
 struct Slots<'a>(&'a Primary);

@@ -23,8 +23,9 @@ pub(crate) mod workers;
 use output::Outputs;
 use reload::Reload;
 
+pub(crate) use handoff::Bound;
 use handoff::LISTENER;
-pub(crate) use handoff::{Bound, Waiting};
+pub(crate) use process::Waiting;
 use steered::STEERED;
 
 use std::collections::{BTreeMap, VecDeque};

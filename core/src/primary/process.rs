@@ -1,4 +1,5 @@
-//! One worker process as the loop sees it.
+//! One worker process as the loop sees it, and the client connections the primary holds for
+//! the workers (waiting for one, or handed and not yet acknowledged).
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -9,7 +10,18 @@ use crate::events::WorkerState;
 use crate::policy::ExitReason;
 use crate::primary::link::Link;
 use crate::primary::output::pipe::PrefixPipe;
-use crate::primary::Waiting;
+use crate::sys::listen::Peer;
+
+/// A connection the primary holds: waiting for a worker, or handed and not yet acknowledged.
+pub struct Waiting {
+    pub id: u64,
+    pub fd: OwnedFd,
+    pub listener: usize,
+    pub peer: Peer,
+    pub since: Instant,
+    /// When it was last handed to a worker (for `ack_timeout`).
+    pub handed: Instant,
+}
 
 /// A stop in progress: why, and when SIGTERM and SIGKILL follow.
 pub struct Stopping {
