@@ -3,8 +3,9 @@
 //! `src/` and fails on one that points to the same or a higher layer, or to something that is
 //! not a module (the crate root's re-exports hide where a thing lives).
 //!
-//! Inside one folder, files may use each other freely (`primary/` splits the loop's methods
-//! over files); the rule is between folders and top-level files.
+//! Inside `primary/`, the loop's methods are split over files that use each other (`impl
+//! Primary` in each); the parts they are built from come in layers of their own (see
+//! `PRIMARY_PARTS`), so that, for example, the reader never uses the link it reads.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -104,6 +105,140 @@ fn violations(files: &[(String, String)]) -> Vec<String> {
     found
 }
 
+/// The files of `primary/`, lowest first: a file may use only files of a lower rank (files of
+/// one rank may use each other: the loop's `impl Primary` is split over the files of rank 4,
+/// the handle's `impl Supervisor` over those of rank 5). A name that `primary/mod.rs` defines
+/// or re-exports (`Primary`, `Waiting`, ...) counts as `mod`.
+const PRIMARY_PARTS: &[(&str, u32)] = &[
+    ("reader", 0),
+    ("workers", 0),
+    ("output/pipe", 0),
+    ("link", 1),
+    ("host_read", 2),
+    ("process", 2),
+    ("shared", 3),
+    ("mod", 4),
+    ("closing", 4),
+    ("handoff", 4),
+    ("ipc", 4),
+    ("lifecycle", 4),
+    ("output", 4),
+    ("reload", 4),
+    ("steered", 4),
+    ("tests", 6),
+    ("supervisor", 5),
+    ("signals", 5),
+];
+
+fn part_rank(part: &str) -> Option<u32> {
+    PRIMARY_PARTS
+        .iter()
+        .find(|(p, _)| *p == part)
+        .map(|&(_, r)| r)
+}
+
+/// The files of `primary/` that `text` uses: `crate::primary::x`, `super::x` and
+/// `super::{x, y}` paths; a name that is not a file of the folder is `mod`'s.
+fn primary_targets(text: &str, own: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let resolve = |first: String, rest: &str| -> String {
+        if first == "output" && rest.starts_with("::pipe") {
+            "output/pipe".to_string()
+        } else if part_rank(&first).is_some() {
+            first
+        } else {
+            "mod".to_string()
+        }
+    };
+    for line in text.lines() {
+        let code = line.trim_start();
+        // A file's unit tests (`mod tests { use super::*; ... }`) may use anything.
+        if code.starts_with("mod tests {") {
+            break;
+        }
+        if code.starts_with("//") {
+            continue;
+        }
+        for prefix in ["crate::primary::", "super::"] {
+            // `super::` in a file directly inside `primary/` is `primary`; deeper, it is not.
+            if prefix == "super::" && own.contains('/') && !own.ends_with("/mod") {
+                continue;
+            }
+            let mut rest = code;
+            while let Some(at) = rest.find(prefix) {
+                let before = &rest[..at];
+                rest = &rest[at + prefix.len()..];
+                if before.ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':') {
+                    continue;
+                }
+                if let Some(group) = rest.strip_prefix('{') {
+                    let end = group.find('}').unwrap_or(group.len());
+                    for item in group[..end].split(',') {
+                        let item = item.trim();
+                        let first = ident(item);
+                        if !first.is_empty() {
+                            out.push(resolve(first.clone(), &item[first.len()..]));
+                        }
+                    }
+                } else {
+                    let first = ident(rest);
+                    out.push(resolve(first.clone(), &rest[first.len()..]));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every use inside `primary/` that breaks its parts' layering, as "file:line: message".
+fn primary_violations(files: &[(String, String)]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (path, text) in files {
+        let Some(part) = path.strip_prefix("primary/") else {
+            continue;
+        };
+        let part = part.trim_end_matches(".rs");
+        let part = if part == "output/mod" { "output" } else { part };
+        let Some(own) = part_rank(part) else {
+            found.push(format!("{path}: `{part}` has no rank in PRIMARY_PARTS"));
+            continue;
+        };
+        // In `mod.rs`, `use x::...` names a child file too.
+        let mut uses = primary_targets(text, part);
+        if part == "mod" {
+            for line in text.lines() {
+                let code = line.trim_start();
+                let code = code.strip_prefix("pub(crate) ").unwrap_or(code);
+                if let Some(rest) = code.strip_prefix("use ") {
+                    let first: String = rest
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
+                    if part_rank(&first).is_some() {
+                        uses.push(first);
+                    }
+                }
+            }
+        }
+        for target in uses {
+            let Some(r) = part_rank(&target) else {
+                continue;
+            };
+            if target != part && r > own {
+                found.push(format!(
+                    "{path}: `{part}` (rank {own}) uses `{target}` (rank {r}): only lower ranks may be used"
+                ));
+            }
+        }
+    }
+    found
+}
+
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -134,6 +269,47 @@ fn core_modules_use_only_lower_layers() {
         .collect();
     let found = violations(&files);
     assert!(found.is_empty(), "layering broken:\n{}", found.join("\n"));
+}
+
+#[test]
+fn the_parts_of_the_primary_use_only_lower_parts() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut paths = Vec::new();
+    rust_files(&src.join("primary"), &mut paths);
+    let files: Vec<(String, String)> = paths
+        .iter()
+        .map(|p| {
+            let rel = p.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+            (rel, fs::read_to_string(p).unwrap())
+        })
+        .collect();
+    assert!(files.len() > 15, "found only {} files", files.len());
+    let found = primary_violations(&files);
+    assert!(found.is_empty(), "layering broken:\n{}", found.join("\n"));
+}
+
+#[test]
+fn a_part_of_the_primary_using_a_higher_one_is_found() {
+    let files = vec![
+        (
+            "primary/reader.rs".to_string(),
+            "use crate::primary::link::{Link, Waker};".to_string(),
+        ),
+        (
+            "primary/process.rs".to_string(),
+            "use crate::primary::Waiting;\nuse crate::primary::output::pipe::PrefixPipe;"
+                .to_string(),
+        ),
+        (
+            "primary/link.rs".to_string(),
+            "use super::{reader::Reader, supervisor::Shared};".to_string(),
+        ),
+    ];
+    let found = primary_violations(&files);
+    assert_eq!(found.len(), 3, "{found:#?}");
+    assert!(found[0].starts_with("primary/reader.rs: `reader` (rank 0) uses `link`"));
+    assert!(found[1].starts_with("primary/process.rs: `process` (rank 2) uses `mod`"));
+    assert!(found[2].starts_with("primary/link.rs: `link` (rank 1) uses `supervisor`"));
 }
 
 #[test]

@@ -460,7 +460,7 @@ impl Primary {
         }
         let (before, after) = (
             self.desired,
-            crate::primary::signals::stepped(self.desired, delta),
+            crate::policy::scale::stepped(self.desired, delta),
         );
         if after != before {
             self.scale(after)?;
