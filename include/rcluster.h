@@ -729,8 +729,8 @@ rcluster_result rcluster_config_add_no_restart_code(rcluster_config *cfg, int32_
 /**
  * Sets message limits: `max_message`, the largest user message in bytes either way
  * (1 ..= 1 GiB; default 16 MiB), and `send_queue_limit`, the most bytes queued towards one
- * worker before `send` fails with `RCLUSTER_RESULT_QUEUE_FULL` (at least `max_message` + 16;
- * default 64 MiB).
+ * worker before `send` fails with `RCLUSTER_RESULT_QUEUE_FULL` (at least `max_message` + 8,
+ * one message with its frame header; default 64 MiB).
  *
  * # Safety
  * `cfg` is NULL or a live config.
@@ -1053,6 +1053,20 @@ rcluster_result rcluster_supervisor_scale(const rcluster_supervisor *sup, size_t
  */
 rcluster_result rcluster_supervisor_restart_worker(const rcluster_supervisor *sup,
                                                    uint32_t worker_id);
+
+/**
+ * Sends `signal` (1..=64) to the process of worker `worker_id`, and records it: if the
+ * worker then exits, the exit's reason is `RCLUSTER_EXIT_REASON_REQUESTED`, not `CRASHED`.
+ * The supervisor signals only a process it has not reaped, so a reused pid is never hit
+ * (unlike `kill(pid, ...)` by the host). Not a stop: nothing follows a signal the worker
+ * survives. `NO_SUCH_WORKER` for an unknown id, `INVALID_ARGUMENT` for a bad signal.
+ *
+ * # Safety
+ * `sup` is NULL or a live supervisor.
+ */
+rcluster_result rcluster_supervisor_kill(const rcluster_supervisor *sup,
+                                         uint32_t worker_id,
+                                         int signal);
 
 /**
  * The actual address of the listener named `name` (with the port the system chose for port

@@ -36,6 +36,7 @@ impl SignalFd {
         }
         // SAFETY: signalfd returned a fresh descriptor that nothing else owns.
         Ok(SignalFd {
+            // SAFETY: the call just above returned this descriptor, which nothing else owns.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
         })
     }

@@ -10,11 +10,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::frame;
-use crate::listen::Listener;
+use crate::sys::listen::Listener;
+use crate::wire::frame;
 
 /// Most workers one supervisor runs.
 pub const MAX_WORKERS: usize = 4096;
+// The sentinel (in `sys`, below this module) sizes its table for four groups per slot.
+const _: () = assert!(crate::sys::sentinel::CAPACITY == 4 * MAX_WORKERS);
 /// Default largest user message, in bytes (either direction).
 pub const DEFAULT_MAX_MESSAGE: usize = 16 << 20;
 /// Largest `max_message` that may be configured.
@@ -234,6 +236,29 @@ impl Config {
         }
     }
 
+    /// The checks `validate` makes of `max_message` and `send_queue_limit`, for a binding that
+    /// refuses bad values when they are set: the error names the field.
+    pub fn check_message_limits(max_message: usize, send_queue_limit: usize) -> Result<()> {
+        if max_message == 0 || max_message > MAX_MAX_MESSAGE {
+            return Err(Error::config(
+                "max_message",
+                max_message,
+                format!("must be 1..={MAX_MAX_MESSAGE}"),
+            ));
+        }
+        if send_queue_limit < max_message + frame::HEADER_LEN {
+            return Err(Error::config(
+                "send_queue_limit",
+                send_queue_limit,
+                format!(
+                    "must hold at least one largest message ({} bytes)",
+                    max_message + frame::HEADER_LEN
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks every field; returns the program path the workers will exec.
     pub fn validate(&self) -> Result<PathBuf> {
         if self.workers == 0 || self.workers > MAX_WORKERS {
@@ -252,23 +277,7 @@ impl Config {
             validate_duration("ack_timeout", t)?;
         }
         self.validate_restart()?;
-        if self.max_message == 0 || self.max_message > MAX_MAX_MESSAGE {
-            return Err(Error::config(
-                "max_message",
-                self.max_message,
-                format!("must be 1..={MAX_MAX_MESSAGE}"),
-            ));
-        }
-        if self.send_queue_limit < self.max_message + frame::HEADER_LEN {
-            return Err(Error::config(
-                "send_queue_limit",
-                self.send_queue_limit,
-                format!(
-                    "must hold at least one largest message ({} bytes)",
-                    self.max_message + frame::HEADER_LEN
-                ),
-            ));
-        }
+        Config::check_message_limits(self.max_message, self.send_queue_limit)?;
         if self.event_queue_limit < MIN_EVENT_QUEUE_LIMIT {
             return Err(Error::config(
                 "event_queue_limit",

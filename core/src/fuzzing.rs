@@ -10,8 +10,8 @@
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
-use crate::frame::{self, Decoder, Kind, FLAG_FD, MAX_CONTROL_BODY};
-use crate::reader::{Incoming, ReadEnd, Reader};
+use crate::primary::reader::{Incoming, ReadEnd, Reader};
+use crate::wire::frame::{self, Decoder, Kind, FLAG_FD, MAX_CONTROL_BODY};
 
 /// The pid the primary-side reader expects in the worker's hello.
 pub const WORKER_PID: u32 = 4242;
@@ -32,7 +32,7 @@ fn shape(data: &[u8]) -> Shape<'_> {
         chunk: if c == 0 { usize::MAX } else { usize::from(c) },
         fds: usize::from(s & 3),
         max_message: match s >> 2 {
-            0 => crate::DEFAULT_MAX_MESSAGE,
+            0 => crate::config::DEFAULT_MAX_MESSAGE,
             n => (usize::from(n) - 1) * 5,
         },
         stream,

@@ -5,28 +5,25 @@
 //! No process-wide signal handlers, no `waitpid(-1)`, no async runtime: it lives politely
 //! inside somebody else's process (Node, CPython, a C program).
 
+// Every unsafe block says why it is sound (`cargo clippy -- -D warnings` enforces it).
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+// Layers, lowest first; a module may use only the ones above it in this list (checked by
+// `tests/layers.rs`): `error`; `sys`; `wire`; `config`; `policy`; `events`; `primary` and
+// `worker` (which do not use each other); `fuzzing`.
 mod config;
-mod conn;
-mod dispatch;
 mod error;
 mod events;
-pub mod frame;
 /// Entry points of the fuzz targets in `fuzz/` (not part of the API).
 #[doc(hidden)]
 pub mod fuzzing;
-mod listen;
-mod output;
 mod policy;
 mod primary;
-mod process;
-mod reader;
-mod sentinel;
-mod signals;
-mod spawn;
-mod steer;
-mod supervisor;
 mod sys;
+mod wire;
 mod worker;
+
+pub use wire::frame;
 
 pub use config::{
     Config, Output, ReadyOn, RestartMode, RestartPolicy, DEFAULT_EVENT_QUEUE_LIMIT,
@@ -34,10 +31,10 @@ pub use config::{
 };
 pub use error::{Error, Result};
 pub use events::{Event, ExitInfo, WorkerInfo, WorkerState};
-pub use listen::{resolve_listen, Dispatch, ListenAddr, Listener};
 pub use policy::{Clock, Decision, ExitReason, History, Jitter, SystemClock, XorShift};
-pub use signals::{signal_name, SignalAction, EXIT_AFTER_SIGNAL_STOP, HANDLED_SIGNALS};
-pub use supervisor::Supervisor;
+pub use primary::signals::{signal_name, SignalAction, EXIT_AFTER_SIGNAL_STOP, HANDLED_SIGNALS};
+pub use primary::supervisor::Supervisor;
+pub use sys::listen::{resolve_listen, Dispatch, ListenAddr, Listener};
 pub use worker::{Connection, Listening, Worker, WorkerEvent};
 
 /// Number of open descriptors of this process, for leak checks in tests and benchmarks.

@@ -116,6 +116,8 @@ pub unsafe extern "C" fn rcluster_config_set_argv(
         for i in 0..argc {
             // SAFETY: the caller promises `argc` readable pointers.
             let p = unsafe { *argv.add(i) };
+            // SAFETY: the caller promises NUL-terminated strings (NULL is refused) that live
+            // through the call.
             v.push(unsafe { args::bytes(p, &format!("argv[{i}]")) }?.to_owned());
         }
         c.argv = v;
@@ -135,6 +137,8 @@ pub unsafe extern "C" fn rcluster_config_add_env(
     value: *const c_char,
 ) -> rcluster_result {
     set("rcluster_config_add_env", cfg, |c| {
+        // SAFETY: the caller promises NUL-terminated strings (NULL is refused) that live through
+        // the call.
         let (k, v) = unsafe { (args::bytes(name, "name")?, args::bytes(value, "value")?) };
         if k.is_empty() || k.as_encoded_bytes().contains(&b'=') {
             return Err(Fail::range(
@@ -159,6 +163,8 @@ pub unsafe extern "C" fn rcluster_config_set_cwd(
     dir: *const c_char,
 ) -> rcluster_result {
     set("rcluster_config_set_cwd", cfg, |c| {
+        // SAFETY: the caller promises NUL-terminated strings (NULL is refused) that live through
+        // the call.
         c.cwd = Some(unsafe { args::bytes(dir, "dir") }?.into());
         Ok(())
     })
@@ -322,8 +328,8 @@ pub unsafe extern "C" fn rcluster_config_add_no_restart_code(
 
 /// Sets message limits: `max_message`, the largest user message in bytes either way
 /// (1 ..= 1 GiB; default 16 MiB), and `send_queue_limit`, the most bytes queued towards one
-/// worker before `send` fails with `RCLUSTER_RESULT_QUEUE_FULL` (at least `max_message` + 16;
-/// default 64 MiB).
+/// worker before `send` fails with `RCLUSTER_RESULT_QUEUE_FULL` (at least `max_message` + 8,
+/// one message with its frame header; default 64 MiB).
 ///
 /// # Safety
 /// `cfg` is NULL or a live config.
@@ -334,20 +340,10 @@ pub unsafe extern "C" fn rcluster_config_set_message_limits(
     send_queue_limit: usize,
 ) -> rcluster_result {
     set("rcluster_config_set_message_limits", cfg, |c| {
-        if max_message == 0 || max_message > 1 << 30 {
-            return Err(Fail::range(
-                "max_message",
-                max_message,
-                "must be 1..=1073741824",
-            ));
-        }
-        if send_queue_limit < max_message.saturating_add(16) {
-            return Err(Fail::range(
-                "send_queue_limit",
-                send_queue_limit,
-                "must hold at least one largest message (max_message + 16)",
-            ));
-        }
+        // The core's own check, so that the two cannot disagree; refused here as a bad
+        // argument, as every setter refuses one.
+        Config::check_message_limits(max_message, send_queue_limit)
+            .map_err(|e| Fail::new(rcluster_result::InvalidArgument, e.to_string()))?;
         (c.max_message, c.send_queue_limit) = (max_message, send_queue_limit);
         Ok(())
     })
@@ -418,6 +414,8 @@ pub unsafe extern "C" fn rcluster_config_add_listener(
     dispatch: rcluster_dispatch,
 ) -> rcluster_result {
     set("rcluster_config_add_listener", cfg, |c| {
+        // SAFETY: the caller promises NUL-terminated strings (NULL is refused) that live through
+        // the call.
         let (name, addr) = unsafe { (args::utf8(name, "name")?, args::utf8(addr, "addr")?) };
         let dispatch = dispatch_from(dispatch)?;
         let addr = addr.parse()?;
@@ -490,4 +488,30 @@ pub unsafe extern "C" fn rcluster_config_set_max_surge(
         c.max_surge = max_surge;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The C library accepts exactly the message limits the core accepts: a queue of one
+    /// largest message and its frame header, and not a byte less.
+    #[test]
+    fn message_limits_are_accepted_exactly_as_the_core_accepts_them() {
+        let mut cfg = std::ptr::null_mut();
+        // SAFETY: `cfg` is a live local for the new handle; it is freed below.
+        unsafe {
+            assert_eq!(rcluster_config_new(&mut cfg), rcluster_result::Ok);
+            let header = rcluster_core::frame::HEADER_LEN;
+            assert_eq!(
+                rcluster_config_set_message_limits(cfg, 64, 64 + header),
+                rcluster_result::Ok
+            );
+            assert_eq!(
+                rcluster_config_set_message_limits(cfg, 64, 64 + header - 1),
+                rcluster_result::InvalidArgument
+            );
+            rcluster_config_free(cfg);
+        }
+    }
 }

@@ -374,8 +374,12 @@ pub unsafe extern "C" fn rcluster_snapshot_len(
     out: *mut usize,
 ) -> rcluster_result {
     guard("rcluster_snapshot_len", || {
+        // SAFETY: the caller passes a handle this library returned and has not freed, or NULL,
+        // which `handle` refuses.
         let snap = unsafe { handle(snap, "snap") }?;
         let out = args::out(out, "out")?;
+        // SAFETY: `out` is non-null (checked above) and the caller promises it points to writable
+        // memory for one value.
         unsafe { args::put(out, snap.workers.len()) };
         Ok(())
     })
@@ -392,6 +396,8 @@ pub unsafe extern "C" fn rcluster_snapshot_get(
     out: *mut rcluster_worker_info,
 ) -> rcluster_result {
     guard("rcluster_snapshot_get", || {
+        // SAFETY: the caller passes a handle this library returned and has not freed, or NULL,
+        // which `handle` refuses.
         let snap = unsafe { handle(snap, "snap") }?;
         let out = args::out(out, "out")?;
         let w = snap.workers.get(index).ok_or_else(|| {
@@ -401,6 +407,8 @@ pub unsafe extern "C" fn rcluster_snapshot_get(
                 &format!("the snapshot has {} entries", snap.workers.len()),
             )
         })?;
+        // SAFETY: `out` is non-null (checked above) and the caller promises it points to writable
+        // memory for one value.
         unsafe { args::put(out, *w) };
         Ok(())
     })

@@ -9,6 +9,8 @@
 //! becomes `RCLUSTER_RESULT_PANIC` instead of an abort of the host process.
 
 #![allow(non_camel_case_types)]
+// Every unsafe block says why it is sound (`cargo clippy -- -D warnings` enforces it).
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 mod args;
 mod config;

@@ -228,6 +228,8 @@ mod tests {
     fn a_panic_becomes_a_result_code_with_a_message() {
         let rc = guard("rcluster_test", || panic!("boom"));
         assert_eq!(rc, rcluster_result::Panic);
+        // SAFETY: rcluster_last_error returns a NUL-terminated string that lives until this
+        // thread's next call.
         let msg = unsafe { CStr::from_ptr(rcluster_last_error()) };
         assert!(msg.to_str().unwrap().contains("boom"), "{msg:?}");
     }
@@ -242,6 +244,7 @@ mod tests {
                 "codes are numbered densely and never reused"
             );
         }
+        // SAFETY: rcluster_result_text returns a static NUL-terminated string.
         let t = unsafe { CStr::from_ptr(rcluster_result_text(9999)) };
         assert_eq!(t.to_str().unwrap(), "unknown result code");
     }
@@ -250,6 +253,8 @@ mod tests {
     fn a_timeout_does_not_overwrite_the_last_error() {
         let _ = guard("first", || Err(Fail::null("x")));
         let _ = guard("second", || Err(Fail::quiet(rcluster_result::Timeout)));
+        // SAFETY: rcluster_last_error returns a NUL-terminated string that lives until this
+        // thread's next call.
         let msg = unsafe { CStr::from_ptr(rcluster_last_error()) };
         assert!(msg.to_str().unwrap().starts_with("first:"), "{msg:?}");
     }

@@ -7,7 +7,6 @@
 
 use std::ffi::c_int;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::Ordering;
 
 use crate::args::{self, handle};
 use crate::result::{guard, guard_void, rcluster_result, Fail, Res};
@@ -67,6 +66,8 @@ pub unsafe extern "C" fn rcluster_signals_new(out: *mut *mut rcluster_signals) -
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             set,
         });
+        // SAFETY: `out` is non-null (checked above) and the caller promises it points to writable
+        // memory for one value.
         unsafe { args::put(out, Box::into_raw(s)) };
         Ok(())
     })
@@ -101,8 +102,12 @@ pub unsafe extern "C" fn rcluster_signals_fd(
     out_fd: *mut c_int,
 ) -> rcluster_result {
     guard("rcluster_signals_fd", || {
+        // SAFETY: the caller passes a handle this library returned and has not freed, or NULL,
+        // which `handle` refuses.
         let s = unsafe { handle(sigs, "sigs") }?;
         let out = args::out(out_fd, "out_fd")?;
+        // SAFETY: `out` is non-null (checked above) and the caller promises it points to writable
+        // memory for one value.
         unsafe { args::put(out, s.fd.as_raw_fd()) };
         Ok(())
     })
@@ -151,10 +156,7 @@ fn act(s: &rcluster_supervisor, sig: c_int) -> Res {
             };
             Err(Fail::new(code, format!("{name} ignored: {why}")))
         }
-        Ok(SignalAction::Scale { workers }) => {
-            s.workers.store(workers, Ordering::Release);
-            Ok(())
-        }
+        // Scaling by one is counted by the core (`Supervisor::on_signal`).
         Ok(_) => Ok(()),
         Err(e) => {
             let f = Fail::from(e);
@@ -183,13 +185,19 @@ pub unsafe extern "C" fn rcluster_signals_handle(
     out_signal: *mut c_int,
 ) -> rcluster_result {
     guard("rcluster_signals_handle", || {
+        // SAFETY: the caller passes a handle this library returned and has not freed, or NULL,
+        // which `handle` refuses.
         let sigs = unsafe { handle(sigs, "sigs") }?;
+        // SAFETY: the caller passes a handle this library returned and has not freed, or NULL,
+        // which `handle` refuses.
         let s = unsafe { handle(sup, "sup") }?;
         let Some(sig) = read_signal(sigs)? else {
             return Err(Fail::quiet(rcluster_result::Timeout));
         };
         act(s, sig)?;
         if !out_signal.is_null() {
+            // SAFETY: `out_signal` is non-null (checked above) and the caller promises it points
+            // to writable memory for one value.
             unsafe { args::put(out_signal, sig) };
         }
         Ok(())

@@ -3,7 +3,7 @@
 //! callback thread, stop threads started by the signal helper, C strings of the listeners).
 
 use std::ffi::{c_char, c_int, c_void, CString};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
@@ -20,8 +20,6 @@ use crate::result::{guard, guard_void, rcluster_result, Fail, Res};
 pub struct rcluster_supervisor {
     pub(crate) sup: Arc<Supervisor>,
     listeners: Vec<(String, CString, u16)>,
-    /// The slot count as last set, for the signal helper's "one more / one fewer".
-    pub(crate) workers: AtomicUsize,
     pub(crate) kill_timeout: Duration,
     callback: Mutex<Option<CallbackThread>>,
     callback_set: AtomicBool,
@@ -66,10 +64,12 @@ pub unsafe extern "C" fn rcluster_supervisor_start(
     out: *mut *mut rcluster_supervisor,
 ) -> rcluster_result {
     guard("rcluster_supervisor_start", || {
+        // SAFETY: the caller passes a handle this library returned and has not freed, or NULL,
+        // which `handle` refuses.
         let cfg = unsafe { handle(cfg, "cfg") }?;
         let out = args::out(out, "out")?;
         let config = cfg.inner.clone();
-        let (workers, kill_timeout) = (config.workers, config.kill_timeout);
+        let kill_timeout = config.kill_timeout;
         let sup = Supervisor::start(config)?;
         let listeners = sup
             .listeners()
@@ -85,12 +85,13 @@ pub unsafe extern "C" fn rcluster_supervisor_start(
         let handle = Box::new(rcluster_supervisor {
             sup: Arc::new(sup),
             listeners,
-            workers: AtomicUsize::new(workers),
             kill_timeout,
             callback: Mutex::new(None),
             callback_set: AtomicBool::new(false),
             stoppers: Mutex::new(Vec::new()),
         });
+        // SAFETY: `out` is non-null (checked above) and the caller promises it points to writable
+        // memory for one value.
         unsafe { args::put(out, Box::into_raw(handle)) };
         Ok(())
     })
@@ -177,6 +178,8 @@ pub unsafe extern "C" fn rcluster_supervisor_send(
 ) -> rcluster_result {
     guard("rcluster_supervisor_send", || {
         let s = sup_ref(sup)?;
+        // SAFETY: the caller promises `data` is readable for `len` bytes during the call (NULL
+        // only with `len` 0).
         let data = unsafe { args::buffer(data, len, "data") }?;
         Ok(s.sup.send(worker_id, data)?)
     })
@@ -197,9 +200,13 @@ pub unsafe extern "C" fn rcluster_supervisor_broadcast(
 ) -> rcluster_result {
     guard("rcluster_supervisor_broadcast", || {
         let s = sup_ref(sup)?;
+        // SAFETY: the caller promises `data` is readable for `len` bytes during the call (NULL
+        // only with `len` 0).
         let data = unsafe { args::buffer(data, len, "data") }?;
         let n = s.sup.broadcast(data)?;
         if !out_count.is_null() {
+            // SAFETY: `out_count` is non-null (checked above) and the caller promises it points to
+            // writable memory for one value.
             unsafe { args::put(out_count, n) };
         }
         Ok(())
@@ -245,6 +252,8 @@ pub unsafe extern "C" fn rcluster_supervisor_next_event(
         let out = args::out(out, "out")?;
         no_callback(s)?;
         let ev = take_event(s, s.sup.next_event(args::timeout(timeout_ms)))?;
+        // SAFETY: `out` is non-null (checked above) and the caller promises it points to writable
+        // memory for one value.
         unsafe { args::put(out, ev) };
         Ok(())
     })
@@ -265,6 +274,8 @@ pub unsafe extern "C" fn rcluster_supervisor_try_next_event(
         let out = args::out(out, "out")?;
         no_callback(s)?;
         let ev = take_event(s, s.sup.try_next_event())?;
+        // SAFETY: `out` is non-null (checked above) and the caller promises it points to writable
+        // memory for one value.
         unsafe { args::put(out, ev) };
         Ok(())
     })
@@ -285,6 +296,8 @@ pub unsafe extern "C" fn rcluster_supervisor_event_fd(
     guard("rcluster_supervisor_event_fd", || {
         let s = sup_ref(sup)?;
         let out = args::out(out_fd, "out_fd")?;
+        // SAFETY: `out` is non-null (checked above) and the caller promises it points to writable
+        // memory for one value.
         unsafe { args::put(out, s.sup.event_fd()) };
         Ok(())
     })
@@ -333,6 +346,8 @@ pub unsafe extern "C" fn rcluster_supervisor_set_callback(
                     let ev = event::into_c(ev);
                     // SAFETY: the caller promised a valid function; `ev` lives until freed.
                     unsafe { cb(user.0, ev) };
+                    // SAFETY: `ev` came from `into_c` just above and is freed exactly once, after
+                    // the callback.
                     unsafe { event::rcluster_event_free(ev) };
                 }
             })
@@ -365,6 +380,8 @@ pub unsafe extern "C" fn rcluster_supervisor_snapshot(
         let out = args::out(out, "out")?;
         let workers = s.sup.snapshot()?.iter().map(event::info).collect();
         let snap = Box::new(rcluster_snapshot { workers });
+        // SAFETY: `out` is non-null (checked above) and the caller promises it points to writable
+        // memory for one value.
         unsafe { args::put(out, Box::into_raw(snap)) };
         Ok(())
     })
@@ -385,6 +402,8 @@ pub unsafe extern "C" fn rcluster_supervisor_reload(
         let s = sup_ref(sup)?;
         let g = s.sup.reload()?;
         if !out_generation.is_null() {
+            // SAFETY: `out_generation` is non-null (checked above) and the caller promises it
+            // points to writable memory for one value.
             unsafe { args::put(out_generation, g) };
         }
         Ok(())
@@ -402,9 +421,7 @@ pub unsafe extern "C" fn rcluster_supervisor_scale(
 ) -> rcluster_result {
     guard("rcluster_supervisor_scale", || {
         let s = sup_ref(sup)?;
-        s.sup.scale(workers)?;
-        s.workers.store(workers, Ordering::Release);
-        Ok(())
+        Ok(s.sup.scale(workers)?)
     })
 }
 
@@ -420,6 +437,33 @@ pub unsafe extern "C" fn rcluster_supervisor_restart_worker(
     guard("rcluster_supervisor_restart_worker", || {
         let s = sup_ref(sup)?;
         Ok(s.sup.restart_worker(worker_id)?)
+    })
+}
+
+/// Sends `signal` (1..=64) to the process of worker `worker_id`, and records it: if the
+/// worker then exits, the exit's reason is `RCLUSTER_EXIT_REASON_REQUESTED`, not `CRASHED`.
+/// The supervisor signals only a process it has not reaped, so a reused pid is never hit
+/// (unlike `kill(pid, ...)` by the host). Not a stop: nothing follows a signal the worker
+/// survives. `NO_SUCH_WORKER` for an unknown id, `INVALID_ARGUMENT` for a bad signal.
+///
+/// # Safety
+/// `sup` is NULL or a live supervisor.
+#[no_mangle]
+pub unsafe extern "C" fn rcluster_supervisor_kill(
+    sup: *const rcluster_supervisor,
+    worker_id: u32,
+    signal: c_int,
+) -> rcluster_result {
+    guard("rcluster_supervisor_kill", || {
+        let s = sup_ref(sup)?;
+        if !(1..=64).contains(&signal) {
+            return Err(Fail::range(
+                "signal",
+                signal,
+                "must be a signal number 1..=64",
+            ));
+        }
+        Ok(s.sup.kill(worker_id, signal)?)
     })
 }
 
@@ -440,6 +484,8 @@ pub unsafe extern "C" fn rcluster_supervisor_listener(
 ) -> rcluster_result {
     guard("rcluster_supervisor_listener", || {
         let s = sup_ref(sup)?;
+        // SAFETY: the caller promises NUL-terminated strings (NULL is refused) that live through
+        // the call.
         let name = unsafe { args::utf8(name, "name") }?;
         let out = args::out(out_addr, "out_addr")?;
         let (_, addr, port) = s
@@ -447,8 +493,12 @@ pub unsafe extern "C" fn rcluster_supervisor_listener(
             .iter()
             .find(|(n, _, _)| n == name)
             .ok_or_else(|| Fail::range("name", format!("{name:?}"), "no listener has this name"))?;
+        // SAFETY: `out` is non-null (checked above) and the caller promises it points to writable
+        // memory for one value.
         unsafe { args::put(out, addr.as_ptr()) };
         if !out_port.is_null() {
+            // SAFETY: `out_port` is non-null (checked above) and the caller promises it points to
+            // writable memory for one value.
             unsafe { args::put(out_port, *port) };
         }
         Ok(())

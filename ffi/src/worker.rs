@@ -130,6 +130,8 @@ pub unsafe extern "C" fn rcluster_worker_from_env(
                 "not started by an rcluster primary (no RCLUSTER_IPC_FD for this process)",
             )
         })?;
+        // SAFETY: `out` is non-null (checked above) and the caller promises it points to writable
+        // memory for one value.
         unsafe { args::put(out, Box::into_raw(Box::new(rcluster_worker { inner }))) };
         Ok(())
     })
@@ -165,9 +167,13 @@ pub unsafe extern "C" fn rcluster_worker_identity(
     guard("rcluster_worker_identity", || {
         let w = worker_ref(w)?;
         if !out_id.is_null() {
+            // SAFETY: `out_id` is non-null (checked above) and the caller promises it points to
+            // writable memory for one value.
             unsafe { args::put(out_id, w.id()) };
         }
         if !out_generation.is_null() {
+            // SAFETY: `out_generation` is non-null (checked above) and the caller promises it
+            // points to writable memory for one value.
             unsafe { args::put(out_generation, w.generation()) };
         }
         Ok(())
@@ -209,6 +215,8 @@ pub unsafe extern "C" fn rcluster_worker_send(
 ) -> rcluster_result {
     guard("rcluster_worker_send", || {
         let w = worker_ref(w)?;
+        // SAFETY: the caller promises `data` is readable for `len` bytes during the call (NULL
+        // only with `len` 0).
         let data = unsafe { args::buffer(data, len, "data") }?;
         Ok(w.send(data)?)
     })
@@ -260,6 +268,8 @@ pub unsafe extern "C" fn rcluster_worker_fd(
     guard("rcluster_worker_fd", || {
         let w = worker_ref(w)?;
         let out = args::out(out_fd, "out_fd")?;
+        // SAFETY: `out` is non-null (checked above) and the caller promises it points to writable
+        // memory for one value.
         unsafe { args::put(out, w.as_raw_fd()) };
         Ok(())
     })
@@ -272,6 +282,8 @@ fn next(
 ) -> Res {
     match w.next_event(timeout)? {
         Some(ev) => {
+            // SAFETY: `out` is non-null (checked above) and the caller promises it points to
+            // writable memory for one value.
             unsafe { args::put(out, into_c(ev)) };
             Ok(())
         }

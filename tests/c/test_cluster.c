@@ -194,6 +194,21 @@ static int restart_worker_replaces_one_process(void) {
     return 0;
 }
 
+static int killed_worker_exits_by_that_signal_with_reason_requested(void) {
+    CHECK(rcluster_supervisor_kill(sup, 99, SIGTERM) == RCLUSTER_RESULT_NO_SUCH_WORKER, "unknown id");
+    CHECK(rcluster_supervisor_kill(sup, 1, 0) == RCLUSTER_RESULT_INVALID_ARGUMENT, "signal 0");
+    CHECK_RC(rcluster_supervisor_kill(sup, 1, SIGKILL));
+    rcluster_event *ev = wait_event(sup, RCLUSTER_EVENT_KIND_EXIT, 1, WAIT_S);
+    CHECK(ev, "exit of worker 1");
+    int ok = ev->exit_reason == RCLUSTER_EXIT_REASON_REQUESTED && ev->exit_signal == SIGKILL;
+    rcluster_event_free(ev);
+    CHECK(ok, "requested exit by SIGKILL");
+    ev = wait_event(sup, RCLUSTER_EVENT_KIND_READY, 1, WAIT_S);
+    CHECK(ev, "worker 1 ready again");
+    rcluster_event_free(ev);
+    return 0;
+}
+
 static int reload_replaces_every_worker_and_keeps_serving(void) {
     uint32_t gen = 0;
     CHECK_RC(rcluster_supervisor_reload(sup, &gen));
@@ -366,6 +381,7 @@ int main(int argc, char **argv) {
         RUN(broadcast_reaches_every_worker);
         RUN(event_fd_is_readable_when_an_event_waits);
         RUN(restart_worker_replaces_one_process);
+        RUN(killed_worker_exits_by_that_signal_with_reason_requested);
         RUN(reload_replaces_every_worker_and_keeps_serving);
         RUN(scale_changes_the_number_of_workers);
         RUN(stop_reaps_every_worker_and_ends_the_event_stream);

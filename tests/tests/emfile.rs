@@ -46,6 +46,7 @@ fn highest_open_fd() -> i32 {
 fn cpu_time() -> Duration {
     // SAFETY: getrusage fills the struct it is given.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a live local rusage that getrusage fills.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let tv = |t: libc::timeval| {
         Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
@@ -57,6 +58,7 @@ fn tcp_socket() -> OwnedFd {
     // SAFETY: plain syscall; the fd is owned at once.
     let fd = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })
         .unwrap();
+    // SAFETY: the call just above returned this descriptor, which nothing else owns.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
@@ -109,6 +111,7 @@ fn accept_out_of_descriptors_pauses_without_spinning_and_recovers() {
     // A low limit keeps the number of descriptors needed to fill the table small.
     // SAFETY: getrlimit fills the struct it is given.
     let mut old: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `old` is a live local rlimit that getrlimit fills.
     cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) }).unwrap();
     let _restore = RestoreLimit(old);
     let soft = (highest_open_fd() as libc::rlim_t + 64).min(old.rlim_max);
@@ -116,6 +119,7 @@ fn accept_out_of_descriptors_pauses_without_spinning_and_recovers() {
         rlim_cur: soft,
         rlim_max: old.rlim_max,
     };
+    // SAFETY: `low` is a live local rlimit that setrlimit only reads.
     cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) }).unwrap();
 
     let sockets: Vec<OwnedFd> = (0..CLIENTS).map(|_| tcp_socket()).collect();
@@ -123,6 +127,7 @@ fn accept_out_of_descriptors_pauses_without_spinning_and_recovers() {
     loop {
         // SAFETY: duplicates stdin's descriptor number; the copy is owned at once.
         match cvt(unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 0) }) {
+            // SAFETY: the call just above returned this descriptor, which nothing else owns.
             Ok(fd) => filler.push(unsafe { OwnedFd::from_raw_fd(fd) }),
             Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
             Err(e) => panic!("dup: {e}"),

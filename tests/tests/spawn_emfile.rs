@@ -26,6 +26,7 @@ fn spawn_out_of_descriptors_names_the_primarys_fd_limit_not_the_program() {
     wait_ready(&sup, 1);
     // SAFETY: getrlimit/setrlimit with valid structs.
     let mut old: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `old` is a live local rlimit that getrlimit fills.
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) };
     let restore = RestoreLimit(old);
     let highest = std::fs::read_dir("/proc/self/fd")
@@ -37,6 +38,7 @@ fn spawn_out_of_descriptors_names_the_primarys_fd_limit_not_the_program() {
         rlim_cur: highest + 16,
         rlim_max: old.rlim_max,
     };
+    // SAFETY: `low` is a live local rlimit that setrlimit only reads.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) }, 0);
     // Fill every free slot below the limit.
     let mut hold = Vec::new();

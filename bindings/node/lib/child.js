@@ -187,9 +187,10 @@ class WorkerSelf extends EventEmitter {
 
   _start() {
     this._link.watch((items) => this._pump(items));
-    // The primary says how often (a quarter of its heartbeat timeout) when it checks them.
-    const every = Number(process.env.RCLUSTER_HEARTBEAT_MS);
-    if (every > 0) {
+    // The primary says how often (a quarter of its heartbeat timeout) when it checks them;
+    // the core reads what it said.
+    const every = this._link.heartbeatIntervalMs;
+    if (every) {
       // From the JS event loop on purpose: a blocked loop stops the heartbeats, and the
       // primary kills the worker. Unref'd: it never keeps a finished worker alive.
       this._heartbeat = setInterval(() => {

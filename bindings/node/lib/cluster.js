@@ -5,6 +5,7 @@
 // Each fork() adds one slot to the supervisor (restart policy 'never', as `cluster` restarts
 // nothing by itself), so a worker's id is its slot + 1 and ids are never reused, as in Node.
 const { EventEmitter } = require('events');
+const os = require('os');
 const path = require('path');
 const native = require('./native');
 const codec = require('./codec');
@@ -17,8 +18,11 @@ const SCHED_RR = 2;
 const SPAWN_TIMEOUT_MS = 10000;
 
 class ProcessInfo extends EventEmitter {
-  constructor() {
+  // `signal` sends a signal to the worker through the core (see Worker), which records it so
+  // that the exit is reported as asked for, and never signals a pid it has already reaped.
+  constructor(signal) {
     super();
+    this._signal = signal;
     this.pid = undefined;
     this.exitCode = null;
     this.signalCode = null;
@@ -29,7 +33,9 @@ class ProcessInfo extends EventEmitter {
   kill(signal = 'SIGTERM') {
     if (this.pid === undefined || this.exitCode !== null || this.signalCode !== null) return false;
     try {
-      process.kill(this.pid, signal);
+      const number = typeof signal === 'number' ? signal : os.constants.signals[signal];
+      if (number === undefined) return false;
+      this._signal(number);
       this.killed = true;
       return true;
     } catch {
@@ -45,7 +51,7 @@ class Worker extends EventEmitter {
     this._hub = hub;
     this._slot = slot;
     this.id = slot + 1;
-    this.process = new ProcessInfo();
+    this.process = new ProcessInfo((signal) => hub._native.kill(slot, signal));
     this.state = 'none';
     this.exitedAfterDisconnect = undefined;
     this._disconnectSaid = false;

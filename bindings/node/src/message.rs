@@ -22,6 +22,24 @@ pub fn encode(tag: u8, data: &Either<String, Buffer>) -> Vec<u8> {
     out
 }
 
+/// Message bytes with their tag in front, or the error that refuses them: a message of more
+/// than `max_message` bytes with its tag. Both sides count the same way, and the error names
+/// sizes without the tag byte, which the caller never sees.
+pub fn encode_within(
+    tag: u8,
+    data: &Either<String, Buffer>,
+    max_message: usize,
+) -> std::result::Result<Vec<u8>, rcluster_core::Error> {
+    let bytes = encode(tag, data);
+    if bytes.len() > max_message {
+        return Err(rcluster_core::Error::MessageTooLarge {
+            size: bytes.len() - 1,
+            limit: max_message - 1,
+        });
+    }
+    Ok(bytes)
+}
+
 /// How many events the watchers hand their callbacks at most (the JS side's `codec.BATCH`).
 pub const BATCH: usize = 4096;
 

@@ -421,9 +421,9 @@ impl NativeSupervisor {
         tag: u32,
         data: Either<String, Buffer>,
     ) -> napi::Result<(), &'static str> {
-        self.inner
-            .send(id, &message::encode(tag as u8, &data))
-            .map_err(to_js)
+        let bytes =
+            message::encode_within(tag as u8, &data, self.inner.max_message()).map_err(to_js)?;
+        self.inner.send(id, &bytes).map_err(to_js)
     }
 
     /// The largest message in bytes, its tag byte included.
@@ -445,8 +445,10 @@ impl NativeSupervisor {
         tag: u32,
         data: Either<String, Buffer>,
     ) -> napi::Result<u32, &'static str> {
+        let bytes =
+            message::encode_within(tag as u8, &data, self.inner.max_message()).map_err(to_js)?;
         self.inner
-            .broadcast(&message::encode(tag as u8, &data))
+            .broadcast(&bytes)
             .map(|n| n as u32)
             .map_err(to_js)
     }
@@ -486,6 +488,13 @@ impl NativeSupervisor {
     #[napi]
     pub fn restart_worker(&self, id: u32) -> napi::Result<(), &'static str> {
         self.inner.restart_worker(id).map_err(to_js)
+    }
+
+    /// Sends a signal (a number) to worker `id` through the core, which records it: the exit
+    /// that follows is `requested`, and a pid the core has reaped is never signalled.
+    #[napi]
+    pub fn kill(&self, id: u32, signal: i32) -> napi::Result<(), &'static str> {
+        self.inner.kill(id, signal).map_err(to_js)
     }
 
     /// Starts a rolling reload; returns the new generation.

@@ -155,16 +155,19 @@ impl NativeWorker {
         self.inner.max_message() as f64
     }
 
+    /// Milliseconds between heartbeats, as the primary asks; null when it does not check them.
+    #[napi(getter)]
+    pub fn heartbeat_interval_ms(&self) -> Option<f64> {
+        self.inner
+            .heartbeat_interval()
+            .map(|d| d.as_millis() as f64)
+    }
+
     /// Sends a tagged message to the primary; blocks only while the socket is full.
     #[napi]
     pub fn send(&self, tag: u32, data: Either<String, Buffer>) -> napi::Result<(), &'static str> {
-        let bytes = message::encode(tag as u8, &data);
-        if bytes.len() > self.inner.max_message() {
-            return Err(to_js(rcluster_core::Error::MessageTooLarge {
-                size: bytes.len() - 1,
-                limit: self.inner.max_message() - 1,
-            }));
-        }
+        let bytes =
+            message::encode_within(tag as u8, &data, self.inner.max_message()).map_err(to_js)?;
         self.inner.send(&bytes).map_err(to_js)
     }
 

@@ -38,6 +38,16 @@ for (const impl of ['cluster', 'rcluster']) {
     assert.strictEqual(code, 0);
   });
 
+  test(`${impl}: worker.kill and worker.process.kill end the worker by that signal`, async () => {
+    const { code, out } = await runFixture('classic_kill.js', impl);
+    assert.deepStrictEqual(out.trim().split('\n').sort(), [
+      'exit 1 null SIGKILL',
+      'exit 2 null SIGTERM',
+      'process.kill true true',
+    ], out);
+    assert.strictEqual(code, 0);
+  });
+
   test(`${impl}: bursts of messages both ways arrive in order and intact, callbacks run`, async () => {
     const { code, out } = await runFixture('classic_stream.js', impl);
     assert.deepStrictEqual(out.trim().split('\n'), [
@@ -48,6 +58,16 @@ for (const impl of ['cluster', 'rcluster']) {
   });
 
   if (impl === 'rcluster') {
+    test('rcluster: with advanced serialization both sides refuse a message over the limit naming the same limit', async () => {
+      const { code, out } = await runFixture('advanced_limits.js', impl);
+      const limit = (16 << 20) - 1;
+      assert.deepStrictEqual(out.trim().split('\n'), [
+        `primary: ERR_RCLUSTER_MESSAGE_TOO_LARGE limit ${limit}`,
+        `worker: ERR_RCLUSTER_MESSAGE_TOO_LARGE limit ${limit}`,
+      ], out);
+      assert.strictEqual(code, 0);
+    });
+
     test('rcluster: a message over the size limit throws at once; its neighbours arrive', async () => {
       const { code, out } = await runFixture('classic_limits.js', impl);
       assert.deepStrictEqual(out.trim().split('\n'), [

@@ -71,6 +71,12 @@ impl PyWorker {
         self.core.max_message()
     }
 
+    /// Seconds between heartbeats, as the primary asks; None when it does not check them.
+    #[getter]
+    fn heartbeat_interval(&self) -> Option<f64> {
+        self.core.heartbeat_interval().map(|d| d.as_secs_f64())
+    }
+
     fn fileno(&self) -> i32 {
         self.core.as_raw_fd()
     }

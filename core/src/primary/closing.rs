@@ -12,7 +12,7 @@
 use std::os::fd::{AsRawFd, RawFd};
 
 use super::{Primary, Waiting};
-use crate::listen::{self, Dispatch};
+use crate::sys::listen::{self, Dispatch};
 
 impl Primary {
     /// Stops accepting on every listener: see the module's comment.

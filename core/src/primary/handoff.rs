@@ -7,13 +7,14 @@ use std::time::{Duration, Instant};
 
 use super::steered::{self, Group};
 use super::Primary;
-use crate::conn::PassFd;
-use crate::dispatch::{self, Candidate, Choice, SlotState};
 use crate::events::{Event, WorkerState};
-use crate::frame::{self, Kind};
-use crate::listen::{self, Dispatch, ListenAddr, Peer};
+use crate::policy::dispatch::{self, Candidate, Choice, SlotState};
 use crate::policy::ExitReason;
-use crate::process::Process;
+use crate::primary::link::PassFd;
+use crate::primary::process::{Process, Waiting};
+use crate::sys::listen::{self, Dispatch, ListenAddr};
+use crate::wire::body;
+use crate::wire::frame::Kind;
 
 /// Listener tokens in the epoll set: this bit plus the listener's index.
 pub(super) const LISTENER: u64 = 1 << 62;
@@ -56,17 +57,6 @@ impl Bound {
             group: None,
         }
     }
-}
-
-/// A connection the primary holds: waiting for a worker, or handed and not yet acknowledged.
-pub struct Waiting {
-    pub id: u64,
-    pub fd: OwnedFd,
-    pub listener: usize,
-    pub peer: Peer,
-    pub since: Instant,
-    /// When it was last handed to a worker (for `ack_timeout`).
-    pub handed: Instant,
 }
 
 struct Slots<'a>(&'a Primary);
@@ -259,20 +249,17 @@ impl Primary {
         let Some(p) = self.procs.get_mut(&key) else {
             return Err(w);
         };
-        let name = self.listeners[w.listener].name.as_bytes();
-        let peer = w.peer.text.as_bytes();
         // Only least-connections and max_inflight count open connections: elsewhere the worker
         // is spared a close report per connection.
         let counted = self.listeners[w.listener].dispatch == Dispatch::LeastConnections
             || self.cfg.max_inflight.is_some();
-        let mut body = Vec::with_capacity(13 + name.len() + peer.len());
-        body.extend_from_slice(&w.id.to_le_bytes());
-        body.push(u8::from(counted));
-        body.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        body.extend_from_slice(name);
-        body.extend_from_slice(&(peer.len() as u16).to_le_bytes());
-        body.extend_from_slice(peer);
-        match p.conn.send_frame(
+        let body = body::connection(
+            w.id,
+            counted,
+            &self.listeners[w.listener].name,
+            &w.peer.text,
+        );
+        match p.link.send_frame(
             &self.shared.waker,
             Kind::Connection,
             &body,
@@ -381,14 +368,11 @@ impl Primary {
         let Some(p) = self.procs.get(&key) else {
             return;
         };
-        let mut body = request.to_le_bytes().to_vec();
-        let fd = match result {
+        let (body, fd) = match result {
             Ok((i, member)) => {
                 let l = &self.listeners[i];
-                body.push(0);
-                frame::put_str(&mut body, &l.name);
-                frame::put_str(&mut body, &l.addr.to_string());
-                if let Some(fd) = member {
+                let body = body::listen_result(request, Ok((&l.name, &l.addr.to_string())));
+                let fd = if let Some(fd) = member {
                     Some(PassFd::Owned(fd))
                 } else if l.dispatch == Dispatch::Shared {
                     l.fd.as_ref()
@@ -396,16 +380,13 @@ impl Primary {
                         .map(PassFd::Owned)
                 } else {
                     None
-                }
+                };
+                (body, fd)
             }
-            Err(e) => {
-                body.push(1);
-                frame::put_str(&mut body, &e);
-                None
-            }
+            Err(e) => (body::listen_result(request, Err(&e)), None),
         };
         let _ = p
-            .conn
+            .link
             .send_frame(&self.shared.waker, Kind::ListenResult, &body, fd);
     }
 
@@ -437,7 +418,9 @@ impl Primary {
         {
             return Ok(i);
         }
-        let parsed: ListenAddr = addr.parse().map_err(|e: crate::Error| e.to_string())?;
+        let parsed: ListenAddr = addr
+            .parse()
+            .map_err(|e: crate::error::Error| e.to_string())?;
         let found = self
             .listeners
             .iter()
@@ -496,8 +479,8 @@ impl Primary {
     }
 
     /// Listening sockets workers inherit (`shared` dispatch), with their names.
-    pub(super) fn shared_listeners(&self) -> Vec<(std::os::fd::RawFd, &str)> {
-        self.listeners
+    pub(super) fn shared_listeners(listeners: &[Bound]) -> Vec<(std::os::fd::RawFd, &str)> {
+        listeners
             .iter()
             .filter(|l| l.dispatch == Dispatch::Shared && l.subscribers.is_none())
             .filter_map(|l| Some((l.fd.as_ref()?.as_raw_fd(), l.name.as_str())))
@@ -515,9 +498,4 @@ impl Primary {
             listen::unlink_unix(&l.addr);
         }
     }
-}
-
-/// Reads a u64 connection id from an ack/closed body.
-pub(crate) fn conn_id(body: &[u8]) -> Option<u64> {
-    <[u8; 8]>::try_from(body).ok().map(u64::from_le_bytes)
 }

@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use super::{Primary, IPC};
 use crate::config::ReadyOn;
-use crate::conn::{Conn, Flush};
 use crate::events::{Event, WorkerState};
 use crate::policy::ExitReason;
-use crate::process::Process;
-use crate::reader::{Incoming, ReadEnd};
+use crate::primary::link::{Flush, Link};
+use crate::primary::process::Process;
+use crate::primary::reader::{Incoming, ReadEnd};
 
 /// A worker that sent no message for this long is read by the loop alone again: its
 /// acknowledgements and heartbeats need not wake the host.
@@ -45,14 +45,14 @@ impl Primary {
         let Some(p) = self.procs.get(&key) else {
             return;
         };
-        let conn = Arc::clone(&p.conn);
-        let mut reader = conn.reader.lock().unwrap();
+        let link = Arc::clone(&p.link);
+        let mut reader = link.reader.lock().unwrap();
         // What a host thread read from this or any worker came first: act on it first.
         self.take_forwarded();
         let (frames, messages) = (reader.frames, reader.messages);
         let mut incoming = Vec::new();
         let room = room.unwrap_or_else(|| self.shared.events.room());
-        let end = reader.read(conn.raw(), &mut incoming, room);
+        let end = reader.read(link.raw(), &mut incoming, room);
         let seen = reader.frames != frames;
         let sent_messages = reader.messages != messages;
         let quiet = reader
@@ -86,16 +86,16 @@ impl Primary {
         }
         p.host_read = on;
         if on {
-            self.shared.host.add(&p.conn);
+            self.shared.host.add(&p.link);
             self.host_tick
                 .get_or_insert(self.clock.now() + HOST_READ_TICK);
         } else {
-            self.shared.host.remove(&p.conn);
+            self.shared.host.remove(&p.link);
         }
         if p.ipc_open {
             let _ = self
                 .epoll
-                .modify(p.conn.raw(), ipc_events(p), key << 2 | IPC);
+                .modify(p.link.raw(), ipc_events(p), key << 2 | IPC);
         }
     }
 
@@ -222,12 +222,12 @@ impl Primary {
         p.paused = true;
         if p.host_read {
             p.host_read = false;
-            self.shared.host.remove(&p.conn);
+            self.shared.host.remove(&p.link);
         }
         if p.ipc_open {
             let _ = self
                 .epoll
-                .modify(p.conn.raw(), ipc_events(p), key << 2 | IPC);
+                .modify(p.link.raw(), ipc_events(p), key << 2 | IPC);
         }
         self.paused.push(key);
         // The loop looks at `may_resume` after every turn, so a host that emptied the queue
@@ -249,7 +249,7 @@ impl Primary {
             if p.ipc_open {
                 let _ = self
                     .epoll
-                    .modify(p.conn.raw(), ipc_events(p), key << 2 | IPC);
+                    .modify(p.link.raw(), ipc_events(p), key << 2 | IPC);
                 self.read_worker(key);
             }
         }
@@ -273,32 +273,32 @@ impl Primary {
         if let Some(p) = self.procs.get_mut(&key) {
             if p.ipc_open {
                 p.ipc_open = false;
-                self.epoll.delete(p.conn.raw());
+                self.epoll.delete(p.link.raw());
             }
             if p.host_read {
                 p.host_read = false;
-                self.shared.host.remove(&p.conn);
+                self.shared.host.remove(&p.link);
             }
         }
     }
 
-    pub(super) fn flush(&mut self, conn: &Arc<Conn>) {
-        if conn.is_closed() {
+    pub(super) fn flush(&mut self, link: &Arc<Link>) {
+        if link.is_closed() {
             return;
         }
-        let key = conn.key;
+        let key = link.key;
         let Some(p) = self
             .procs
             .get_mut(&key)
-            .filter(|p| Arc::ptr_eq(&p.conn, conn))
+            .filter(|p| Arc::ptr_eq(&p.link, link))
         else {
             return;
         };
-        let want_out = match conn.flush() {
+        let want_out = match link.flush() {
             Flush::Done => false,
             Flush::Blocked => true,
             Flush::Broken => {
-                conn.close();
+                link.close();
                 false
             }
         };
@@ -306,7 +306,7 @@ impl Primary {
             p.out_armed = want_out;
             if self
                 .epoll
-                .modify(conn.raw(), ipc_events(p), key << 2 | IPC)
+                .modify(link.raw(), ipc_events(p), key << 2 | IPC)
                 .is_err()
             {
                 p.out_armed = !want_out;

@@ -2,21 +2,21 @@
 //! restart policy makes of an exit.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{unroute, Primary, IPC, PIDFD, STDOUT};
 use crate::config::{Output, ReadyOn};
-use crate::conn::{Conn, Limits};
 use crate::error::{Error, Result};
 use crate::events::{Event, ExitInfo, WorkerState};
-use crate::frame::{self, Kind};
-use crate::output::PrefixPipe;
 use crate::policy::{Decision, ExitReason};
-use crate::process::{Process, Stopping};
-use crate::spawn;
+use crate::primary::link::{Limits, Link};
+use crate::primary::output::pipe::PrefixPipe;
+use crate::primary::process::{Process, Stopping};
+use crate::sys::spawn;
 use crate::sys::{self, WaitStatus};
+use crate::wire::frame::{self, Kind};
 
 /// The error of a spawn that failed. Running out of descriptors (in the primary, or in the
 /// child before exec, which has the same table) is the primary's limit, not the worker
@@ -68,26 +68,9 @@ impl Primary {
     }
 
     pub(super) fn try_spawn(&mut self, slot: u32, generation: u32) -> Result<u64> {
-        let (parent, child) = sys::socketpair().map_err(|e| Error::io("socketpair", e))?;
-        sys::set_nonblocking(parent.as_raw_fd(), true).map_err(|e| Error::io("fcntl", e))?;
-        // The hello is in the socket before the worker runs, so the worker library can read it
-        // at start-up without waiting.
-        sys::send(
-            parent.as_raw_fd(),
-            &frame::primary_hello(self.cfg.max_message as u32, slot, generation),
-        )
-        .map_err(|e| Error::io("writing the hello", e))?;
-        let (mut pipes, mut ends) = ([None, None], [None, None]);
-        if self.cfg.output == Output::Prefix {
-            for (i, target) in [1, 2].into_iter().enumerate() {
-                let (r, w) = sys::pipe().map_err(|e| Error::io("pipe2", e))?;
-                sys::set_nonblocking(r.as_raw_fd(), true).map_err(|e| Error::io("fcntl", e))?;
-                pipes[i] = Some(PrefixPipe::new(r, target, slot));
-                ends[i] = Some(w);
-            }
-        }
-        let [stdout, stderr] = ends;
-        let shared = self.shared_listeners();
+        let (parent, child) = self.open_link(slot, generation)?;
+        let (pipes, [stdout, stderr]) = self.output_pipes(slot)?;
+        let shared = Primary::shared_listeners(&self.listeners);
         let req = spawn::Request {
             shared: &shared,
             id: slot,
@@ -96,16 +79,10 @@ impl Primary {
             stdout,
             stderr,
         };
-        let forked = spawn::spawn(&self.exec, req).map_err(|source| Error::Spawn {
-            program: self.cfg.argv[0].to_string_lossy().into_owned(),
-            source,
-        })?;
-        // From here on every error drops `forked`, which kills the worker's group and reaps it.
-        let pid = forked.pid();
-        let pidfd = sys::pidfd_open(pid).map_err(|e| Error::io("pidfd_open", e))?;
+        let (pid, pidfd) = self.workers.spawn(req)?;
         let key = self.next_key;
         self.next_key += 1;
-        let conn = Arc::new(Conn::new(
+        let link = Arc::new(Link::new(
             slot,
             key,
             parent,
@@ -115,8 +92,55 @@ impl Primary {
                 message: self.cfg.max_message,
             },
         ));
+        if let Err(e) = self.watch(key, &link, &pidfd, &pipes) {
+            // Not taken: it must not run on unwatched (or be left a zombie).
+            self.workers.abandon(pid);
+            return Err(e);
+        }
+        self.adopt(key, slot, generation, pid, pidfd, link, pipes);
+        Ok(key)
+    }
+
+    /// The socket pair of a new worker's link, the primary's end non-blocking. The hello is in
+    /// the socket before the worker runs, so the worker library can read it at start-up
+    /// without waiting.
+    fn open_link(&self, slot: u32, generation: u32) -> Result<(OwnedFd, OwnedFd)> {
+        let (parent, child) = sys::socketpair().map_err(|e| Error::io("socketpair", e))?;
+        sys::set_nonblocking(parent.as_raw_fd(), true).map_err(|e| Error::io("fcntl", e))?;
+        sys::send(
+            parent.as_raw_fd(),
+            &frame::primary_hello(self.cfg.max_message as u32, slot, generation),
+        )
+        .map_err(|e| Error::io("writing the hello", e))?;
+        Ok((parent, child))
+    }
+
+    /// With `Output::Prefix`, a pipe for the new worker's stdout and one for its stderr: the
+    /// loop's read ends, and the write ends the worker gets.
+    #[allow(clippy::type_complexity)]
+    fn output_pipes(&self, slot: u32) -> Result<([Option<PrefixPipe>; 2], [Option<OwnedFd>; 2])> {
+        let (mut pipes, mut ends) = ([None, None], [None, None]);
+        if self.cfg.output == Output::Prefix {
+            for (i, target) in [1, 2].into_iter().enumerate() {
+                let (r, w) = sys::pipe().map_err(|e| Error::io("pipe2", e))?;
+                sys::set_nonblocking(r.as_raw_fd(), true).map_err(|e| Error::io("fcntl", e))?;
+                pipes[i] = Some(PrefixPipe::new(r, target, slot));
+                ends[i] = Some(w);
+            }
+        }
+        Ok((pipes, ends))
+    }
+
+    /// Puts a new worker's link, pidfd and output pipes in the loop's epoll set.
+    fn watch(
+        &self,
+        key: u64,
+        link: &Link,
+        pidfd: &OwnedFd,
+        pipes: &[Option<PrefixPipe>; 2],
+    ) -> Result<()> {
         let add = |fd, what| self.epoll.add(fd, libc::EPOLLIN as u32, key << 2 | what);
-        add(conn.raw(), IPC)
+        add(link.raw(), IPC)
             .and(add(pidfd.as_raw_fd(), PIDFD))
             .map_err(|e| Error::io("epoll_ctl", e))?;
         for (i, p) in pipes.iter().enumerate() {
@@ -133,7 +157,22 @@ impl Primary {
         {
             return Err(Error::io("epoll_ctl", std::io::Error::other("injected")));
         }
-        forked.keep();
+        Ok(())
+    }
+
+    /// Records a worker that was forked and is watched: its process entry, the Spawned event,
+    /// its route for messages, and, when readiness is the spawn itself, its readiness.
+    #[allow(clippy::too_many_arguments)]
+    fn adopt(
+        &mut self,
+        key: u64,
+        slot: u32,
+        generation: u32,
+        pid: libc::pid_t,
+        pidfd: OwnedFd,
+        link: Arc<Link>,
+        pipes: [Option<PrefixPipe>; 2],
+    ) {
         let now = self.clock.now();
         let ready_deadline =
             (self.cfg.ready_on != ReadyOn::Spawn).then(|| now + self.cfg.ready_timeout);
@@ -144,7 +183,7 @@ impl Primary {
                 generation,
                 pid,
                 pidfd,
-                conn: Arc::clone(&conn),
+                link: Arc::clone(&link),
                 ipc_open: true,
                 host_read: false,
                 paused: false,
@@ -160,6 +199,7 @@ impl Primary {
                 unacked: HashMap::new(),
                 active: HashSet::new(),
                 ahead: 0,
+                kill_requested: false,
             },
         );
         self.out.push(Event::Spawned {
@@ -173,7 +213,7 @@ impl Primary {
             .write()
             .unwrap()
             .entry(slot)
-            .or_insert(conn);
+            .or_insert(link);
         if self.cfg.ready_on == ReadyOn::Spawn {
             self.out.push(Event::Online {
                 id: slot,
@@ -181,7 +221,6 @@ impl Primary {
             });
             self.mark_ready(key);
         }
-        Ok(key)
     }
 
     pub(super) fn mark_ready(&mut self, key: u64) {
@@ -205,7 +244,7 @@ impl Primary {
                 .routes
                 .write()
                 .unwrap()
-                .insert(p.slot, Arc::clone(&p.conn));
+                .insert(p.slot, Arc::clone(&p.link));
         }
     }
 
@@ -239,11 +278,11 @@ impl Primary {
             None if graceful => {
                 let term_at = if p.hello {
                     let _ = p
-                        .conn
+                        .link
                         .send_frame(&self.shared.waker, Kind::Disconnect, &[], None);
                     Some(now + grace / 2)
                 } else {
-                    sys::kill_group(p.pid, libc::SIGTERM);
+                    self.workers.signal_group(p.pid, libc::SIGTERM);
                     None
                 };
                 p.stopping = Some(Stopping {
@@ -267,7 +306,7 @@ impl Primary {
                 unroute(&self.shared, p);
             }
         }
-        sys::kill_group(p.pid, libc::SIGKILL);
+        self.workers.signal_group(p.pid, libc::SIGKILL);
     }
 
     /// The worker said it is leaving on its own: no new work, and it has `kill_timeout` to go.
@@ -291,30 +330,11 @@ impl Primary {
 
     pub(super) fn reap_worker(&mut self, key: u64) {
         self.changed = true;
-        let Some(p) = self.procs.get(&key) else {
+        let Some(status) = self.reap_status(key) else {
             return;
         };
-        let sentinel = &self.exec.sentinel;
-        let status = match sys::reap_group(p.pidfd_raw(), p.pid, |pgid, sig| {
-            // Leftover children in the worker's group must not outlive it.
-            sys::kill_group(pgid, sig);
-            sentinel.remove(pgid);
-        }) {
-            Ok(Some(s)) => s,
-            Ok(None) => return,
-            Err(e) => {
-                // ECHILD: somebody else reaped it (a host calling waitpid(-1)); the exit status
-                // is lost but the process is gone, and its group number may be reused: the
-                // sentinel must forget it.
-                sentinel.remove(p.pid);
-                self.out.push(Event::Warning {
-                    detail: format!("waitid for worker {} (pid {}) failed: {e}", p.slot, p.pid),
-                });
-                WaitStatus {
-                    code: None,
-                    signal: None,
-                }
-            }
+        let Some(p) = self.procs.get(&key) else {
+            return;
         };
         // Messages sent just before exiting are still in the socket: deliver them first.
         if p.ipc_open
@@ -328,38 +348,8 @@ impl Primary {
         let Some(mut p) = self.procs.remove(&key) else {
             return;
         };
-        if p.paused {
-            self.paused.retain(|&k| k != key);
-        }
-        self.epoll.delete(p.conn.raw());
-        self.epoll.delete(p.pidfd_raw());
-        // Read what the worker left in its pipes, without waiting for their EOF: a descendant
-        // that left its process group (setsid) may hold them open for as long as it lives.
-        let pipes = std::mem::take(&mut p.pipes);
-        self.release_pipes(key, pipes);
-        if p.host_read {
-            self.shared.host.remove(&p.conn);
-        }
-        unroute(&self.shared, &p);
-        p.conn.close();
-        self.take_back(key, &mut p);
-        let no_restart = |c| self.cfg.restart.no_restart_codes.contains(&c);
-        let reason = match p.stopping.as_ref().and_then(|s| s.reason) {
-            Some(r) => r,
-            // It exited on its own, not killed by a signal, after half a frame.
-            None if status.signal.is_none() && p.cut_short.is_some() => {
-                let detail = p.cut_short.take().unwrap_or_default();
-                self.out.push(Event::ProtocolError {
-                    id: p.slot,
-                    pid: p.pid as u32,
-                    detail,
-                });
-                ExitReason::ProtocolError
-            }
-            None if status.code.is_some_and(no_restart) => ExitReason::NoRestart,
-            None if status.code == Some(0) => ExitReason::Exited,
-            None => ExitReason::Crashed,
-        };
+        self.release(key, &mut p);
+        let reason = self.exit_reason(&mut p, &status);
         let info = ExitInfo {
             pid: p.pid as u32,
             code: status.code,
@@ -379,6 +369,89 @@ impl Primary {
             self.after_exit(p.slot, info, uptime);
         } else if let Some(s) = self.slots.get_mut(p.slot as usize) {
             s.last_exit = Some(info);
+        }
+    }
+
+    /// Sends `signal` to every process of slot `id` (`Supervisor::kill`). They are unreaped
+    /// (the loop reaps them), so their pids are still theirs.
+    pub(super) fn kill(&mut self, id: u32, signal: i32) -> Result<()> {
+        let mut found = false;
+        for p in self.procs.values_mut().filter(|p| p.slot == id) {
+            self.workers
+                .signal(p.pid, signal)
+                .map_err(|e| Error::io("kill", e))?;
+            p.kill_requested = true;
+            found = true;
+        }
+        if found {
+            Ok(())
+        } else {
+            Err(Error::NoSuchWorker(id))
+        }
+    }
+
+    /// Reaps worker `key` with what is left of its group, if it has exited: its status, or
+    /// none at all when somebody else reaped it. None while it runs (or if it is unknown).
+    fn reap_status(&mut self, key: u64) -> Option<WaitStatus> {
+        let p = self.procs.get(&key)?;
+        match self.workers.reap(p.pidfd_raw(), p.pid) {
+            Ok(status) => status,
+            Err(e) => {
+                // ECHILD: somebody else reaped it (a host calling waitpid(-1)); the exit status
+                // is lost but the process is gone, and its group number may be reused: the
+                // sentinel must forget it.
+                self.workers.forget(p.pid);
+                self.out.push(Event::Warning {
+                    detail: format!("waitid for worker {} (pid {}) failed: {e}", p.slot, p.pid),
+                });
+                Some(WaitStatus {
+                    code: None,
+                    signal: None,
+                })
+            }
+        }
+    }
+
+    /// Lets go of everything a reaped worker had in the loop: its place in the epoll set and
+    /// among the paused, its pipes, its route, its link, and the connections it had not taken.
+    fn release(&mut self, key: u64, p: &mut Process) {
+        if p.paused {
+            self.paused.retain(|&k| k != key);
+        }
+        self.epoll.delete(p.link.raw());
+        self.epoll.delete(p.pidfd_raw());
+        // Read what the worker left in its pipes, without waiting for their EOF: a descendant
+        // that left its process group (setsid) may hold them open for as long as it lives.
+        let pipes = std::mem::take(&mut p.pipes);
+        self.release_pipes(key, pipes);
+        if p.host_read {
+            self.shared.host.remove(&p.link);
+        }
+        unroute(&self.shared, p);
+        p.link.close();
+        self.take_back(key, p);
+    }
+
+    /// Why a reaped worker exited: the reason of the stop that ended it, or else what its
+    /// status says.
+    fn exit_reason(&mut self, p: &mut Process, status: &WaitStatus) -> ExitReason {
+        let no_restart = |c| self.cfg.restart.no_restart_codes.contains(&c);
+        match p.stopping.as_ref().and_then(|s| s.reason) {
+            Some(r) => r,
+            None if p.kill_requested => ExitReason::Requested,
+            // It exited on its own, not killed by a signal, after half a frame.
+            None if status.signal.is_none() && p.cut_short.is_some() => {
+                let detail = p.cut_short.take().unwrap_or_default();
+                self.out.push(Event::ProtocolError {
+                    id: p.slot,
+                    pid: p.pid as u32,
+                    detail,
+                });
+                ExitReason::ProtocolError
+            }
+            None if status.code.is_some_and(no_restart) => ExitReason::NoRestart,
+            None if status.code == Some(0) => ExitReason::Exited,
+            None => ExitReason::Crashed,
         }
     }
 
@@ -435,7 +508,9 @@ impl Primary {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use crate::{Config, Event, ReadyOn, Supervisor};
+    use crate::config::{Config, ReadyOn};
+    use crate::events::Event;
+    use crate::primary::supervisor::Supervisor;
 
     /// Set in a config's `env`: every spawn fails after the fork, as when epoll_ctl fails.
     pub const FAIL_AFTER_FORK: &str = "RCLUSTER_TEST_FAIL_AFTER_FORK";

@@ -4,17 +4,28 @@
 
 mod closing;
 mod handoff;
+pub(crate) mod host_read;
 mod ipc;
 mod lifecycle;
-mod output;
+pub(crate) mod link;
+pub(crate) mod output;
+pub(crate) mod process;
+pub(crate) mod reader;
 mod reload;
+pub(crate) mod shared;
+pub(crate) mod signals;
 pub(crate) mod steered;
+pub(crate) mod supervisor;
+#[cfg(test)]
+mod tests;
+pub(crate) mod workers;
 
 use output::Outputs;
 use reload::Reload;
 
+pub(crate) use handoff::Bound;
 use handoff::LISTENER;
-pub(crate) use handoff::{conn_id, Bound, Waiting};
+pub(crate) use process::Waiting;
 use steered::STEERED;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -24,14 +35,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::conn::{Conn, GATHER};
 use crate::error::{Error, Result};
 use crate::events::{Event, ExitInfo, WorkerInfo, WorkerState};
 use crate::policy::{Clock, ExitReason, History, Jitter, SystemClock, XorShift};
-use crate::process::Process;
-use crate::spawn::Exec;
-use crate::supervisor::{Command, Shared};
-use crate::sys::{self, Epoll};
+use crate::primary::link::{Link, GATHER};
+use crate::primary::process::Process;
+use crate::primary::shared::{Command, Shared};
+use crate::sys::spawn::Exec;
+use crate::sys::Epoll;
+use workers::{Forking, Workers};
 
 const WAKER: u64 = u64::MAX;
 // Token = key << 2 | what.
@@ -64,7 +76,8 @@ impl Slot {
 
 pub(crate) struct Primary {
     cfg: Config,
-    exec: Exec,
+    /// Starts, signals and reaps the workers (fork and exec; a fake in unit tests).
+    workers: Box<dyn Workers>,
     shared: Arc<Shared>,
     epoll: Epoll,
     procs: BTreeMap<u64, Process>,
@@ -91,7 +104,7 @@ pub(crate) struct Primary {
     /// When the oldest waiting connection reaches `queue_timeout`.
     queue_deadline: Option<Instant>,
     /// Worker links whose queued messages are gathering, with when to write them.
-    gathering: Vec<(Instant, Arc<Conn>)>,
+    gathering: Vec<(Instant, Arc<Link>)>,
     /// When the loop next reads the workers that the host thread reads.
     host_tick: Option<Instant>,
     /// Why round-robin listeners are not turned by the kernel here, once it refused.
@@ -116,10 +129,6 @@ impl Primary {
         listeners: Vec<Bound>,
         no_kernel_turns: Option<String>,
     ) -> Result<Primary> {
-        let epoll = Epoll::new().map_err(|e| Error::io("epoll_create1", e))?;
-        epoll
-            .add(shared.waker.raw(), libc::EPOLLIN as u32, WAKER)
-            .map_err(|e| Error::io("epoll_ctl", e))?;
         // Workers learn how often to send heartbeats from the primary, so that every worker
         // library paces them the same way: four per timeout.
         let mut env = cfg.env.clone();
@@ -140,13 +149,39 @@ impl Primary {
         }
         let exec = Exec::new(program, &cfg.argv, &env, cfg.cwd.as_deref())
             .map_err(|e| Error::io("starting the sentinel process", e))?;
+        let workers = Box::new(Forking {
+            exec,
+            program: cfg.argv[0].to_string_lossy().into_owned(),
+        });
+        Primary::with(
+            cfg,
+            shared,
+            listeners,
+            no_kernel_turns,
+            workers,
+            Box::new(SystemClock),
+        )
+    }
+
+    /// A loop over `workers` and `clock`: the real ones (`new`), or fakes in unit tests.
+    fn with(
+        cfg: Config,
+        shared: Arc<Shared>,
+        listeners: Vec<Bound>,
+        no_kernel_turns: Option<String>,
+        workers: Box<dyn Workers>,
+        clock: Box<dyn Clock>,
+    ) -> Result<Primary> {
+        let epoll = Epoll::new().map_err(|e| Error::io("epoll_create1", e))?;
+        epoll
+            .add(shared.waker.raw(), libc::EPOLLIN as u32, WAKER)
+            .map_err(|e| Error::io("epoll_ctl", e))?;
         let outputs = Outputs::new(cfg.output == crate::config::Output::Prefix)
             .map_err(|e| Error::io("spawning the output thread", e))?;
-        let clock: Box<dyn Clock> = Box::new(SystemClock);
         let now = clock.now();
         let desired = cfg.workers;
         Ok(Primary {
-            exec,
+            workers,
             shared,
             epoll,
             procs: BTreeMap::new(),
@@ -190,7 +225,7 @@ impl Primary {
         // batch thread does not preempt: it runs when the task on its CPU blocks or ends its
         // slice, and finds a batch. On an idle CPU it runs at once, as before. Workers are
         // put back under the normal policy.
-        self.exec.unbatch = sys::enter_batch_scheduling();
+        self.workers.on_loop_thread();
         let mut ready = Vec::with_capacity(256);
         let mut dirty = Vec::new();
         let mut deadline = None;
@@ -201,36 +236,13 @@ impl Primary {
             let now = self.clock.now();
             let queue_due = self.queue_deadline.is_some_and(|d| now >= d);
             if self.changed || queue_due || deadline.is_some_and(|d| now >= d) {
-                self.changed = false;
-                self.manage_workers(now);
-                self.murder_workers(now);
-                self.arm_listeners(now);
-                self.distribute();
-                let queue = self.expire_waiting(now);
-                deadline = self.next_deadline().into_iter().chain(queue).min();
+                deadline = self.reconcile(now);
             }
             self.shared.events.push_all(&mut self.out);
             if self.stop_deadline.is_some() && self.procs.is_empty() {
                 break;
             }
-            // A pass that changed something (a spawn, a worker ready) may enable another step
-            // (the next slot of a reload): run it at once rather than after the next event.
-            let timeout = if self.changed {
-                Some(Duration::ZERO)
-            } else {
-                let next = [
-                    deadline,
-                    self.queue_deadline,
-                    self.host_tick,
-                    self.ack_check,
-                    self.outputs.report_at,
-                ]
-                .into_iter()
-                .flatten()
-                .chain(self.gathering.iter().map(|(at, _)| *at))
-                .min();
-                next.map(|d: Instant| d.saturating_duration_since(self.clock.now()))
-            };
+            let timeout = self.wait_timeout(deadline);
             if let Err(e) = self.epoll.wait(&mut ready, timeout) {
                 // Cannot happen with a valid epoll fd; do not spin if it does, and say so once.
                 if !wait_failed {
@@ -242,61 +254,108 @@ impl Primary {
                 std::thread::sleep(Duration::from_millis(10));
             }
             for ev in ready.iter().copied() {
-                let (token, flags) = (ev.u64, ev.events);
-                if token == WAKER {
-                    self.shared.waker.take(&mut dirty);
-                    self.take_forwarded();
-                    self.handle_commands();
-                    let gather_until = Instant::now() + GATHER;
-                    for conn in dirty.drain(..) {
-                        if conn.may_gather() {
-                            self.gathering.push((gather_until, conn));
-                        } else {
-                            self.flush(&conn);
-                        }
-                    }
-                } else if token & STEERED != 0 {
-                    self.member_ready(token);
-                } else if token & LISTENER != 0 {
-                    self.accept_ready((token & !LISTENER) as usize);
-                } else {
-                    self.handle_io(token >> 2, token & 3, flags);
-                }
+                self.handle_ready(ev.u64, ev.events, &mut dirty);
             }
-            if self.host_tick.is_some() {
-                self.host_read_tick(self.clock.now());
-            }
-            if self.outputs.report_at.is_some() {
-                self.report_output(self.clock.now());
-            }
-            if self.ack_check.is_some() {
-                self.check_acks(self.clock.now());
-            }
-            if !self.paused.is_empty() && self.shared.events.may_resume() {
-                self.resume_workers();
-            }
-            if !self.gathering.is_empty() {
-                let now = Instant::now();
-                let mut i = 0;
-                while i < self.gathering.len() {
-                    if self.gathering[i].0 <= now {
-                        let (_, conn) = self.gathering.swap_remove(i);
-                        self.flush(&conn);
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
+            self.run_timers();
         }
         self.shutdown();
+    }
+
+    /// One pass toward what is wanted: spawn and stop workers, kill the ones past a deadline,
+    /// arm listeners, hand out waiting connections. Returns the next deadline of the pass.
+    fn reconcile(&mut self, now: Instant) -> Option<Instant> {
+        self.changed = false;
+        self.manage_workers(now);
+        self.murder_workers(now);
+        self.arm_listeners(now);
+        self.distribute();
+        let queue = self.expire_waiting(now);
+        self.next_deadline().into_iter().chain(queue).min()
+    }
+
+    /// How long the loop may sleep: until the first timer, or not at all after a pass that
+    /// changed something (a spawn, a worker ready), since that may enable another step (the
+    /// next slot of a reload), which should run at once rather than after the next event.
+    fn wait_timeout(&self, deadline: Option<Instant>) -> Option<Duration> {
+        if self.changed {
+            return Some(Duration::ZERO);
+        }
+        let next = [
+            deadline,
+            self.queue_deadline,
+            self.host_tick,
+            self.ack_check,
+            self.outputs.report_at,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(self.gathering.iter().map(|(at, _)| *at))
+        .min();
+        next.map(|d: Instant| d.saturating_duration_since(self.clock.now()))
+    }
+
+    /// Handles one ready descriptor of the epoll set, by what its token says it is.
+    fn handle_ready(&mut self, token: u64, flags: u32, dirty: &mut Vec<Arc<Link>>) {
+        if token == WAKER {
+            self.shared.waker.take(dirty);
+            self.take_forwarded();
+            self.handle_commands();
+            let gather_until = Instant::now() + GATHER;
+            for link in dirty.drain(..) {
+                if link.may_gather() {
+                    self.gathering.push((gather_until, link));
+                } else {
+                    self.flush(&link);
+                }
+            }
+        } else if token & STEERED != 0 {
+            self.member_ready(token);
+        } else if token & LISTENER != 0 {
+            self.accept_ready((token & !LISTENER) as usize);
+        } else {
+            self.handle_io(token >> 2, token & 3, flags);
+        }
+    }
+
+    /// The work that waits for a time rather than a descriptor: host reads that are due,
+    /// output reports, acknowledgement checks, paused workers to resume, gathered messages.
+    fn run_timers(&mut self) {
+        if self.host_tick.is_some() {
+            self.host_read_tick(self.clock.now());
+        }
+        if self.outputs.report_at.is_some() {
+            self.report_output(self.clock.now());
+        }
+        if self.ack_check.is_some() {
+            self.check_acks(self.clock.now());
+        }
+        if !self.paused.is_empty() && self.shared.events.may_resume() {
+            self.resume_workers();
+        }
+        if !self.gathering.is_empty() {
+            self.flush_gathered(Instant::now());
+        }
+    }
+
+    /// Writes the gathered messages of every link whose gathering time is over.
+    fn flush_gathered(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.gathering.len() {
+            if self.gathering[i].0 <= now {
+                let (_, link) = self.gathering.swap_remove(i);
+                self.flush(&link);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     fn handle_io(&mut self, key: u64, what: u64, flags: u32) {
         match what {
             IPC => {
                 if flags & libc::EPOLLOUT as u32 != 0 {
-                    if let Some(conn) = self.procs.get(&key).map(|p| Arc::clone(&p.conn)) {
-                        self.flush(&conn);
+                    if let Some(link) = self.procs.get(&key).map(|p| Arc::clone(&p.link)) {
+                        self.flush(&link);
                     }
                 }
                 if flags & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
@@ -325,6 +384,7 @@ impl Primary {
                 Command::Scale(n, tx) => drop(tx.send(self.scale(n))),
                 Command::ScaleBy(d, tx) => drop(tx.send(self.scale_by(d))),
                 Command::Restart(id, tx) => drop(tx.send(self.restart(id))),
+                Command::Kill(id, sig, tx) => drop(tx.send(self.kill(id, sig))),
                 Command::Reload(tx) => drop(tx.send(self.start_reload())),
                 Command::Stop(timeout) => self.begin_stop(timeout),
             }
@@ -398,7 +458,10 @@ impl Primary {
         if self.stop_deadline.is_some() {
             return Err(Error::Stopped);
         }
-        let (before, after) = (self.desired, crate::signals::stepped(self.desired, delta));
+        let (before, after) = (
+            self.desired,
+            crate::policy::scale::stepped(self.desired, delta),
+        );
         if after != before {
             self.scale(after)?;
         }
@@ -501,7 +564,7 @@ impl Primary {
             if let Some(s) = &mut p.stopping {
                 if s.term_at.is_some_and(|t| now >= t) {
                     s.term_at = None;
-                    sys::kill_group(p.pid, libc::SIGTERM);
+                    self.workers.signal_group(p.pid, libc::SIGTERM);
                 }
                 if !s.killed && now >= s.kill_at {
                     due.push((*key, ExitReason::Shutdown));
@@ -591,7 +654,7 @@ impl Drop for Done {
 
 fn unroute(shared: &Shared, p: &Process) {
     let mut routes = shared.routes.write().unwrap();
-    if routes.get(&p.slot).is_some_and(|c| Arc::ptr_eq(c, &p.conn)) {
+    if routes.get(&p.slot).is_some_and(|c| Arc::ptr_eq(c, &p.link)) {
         routes.remove(&p.slot);
     }
 }

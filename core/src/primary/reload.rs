@@ -183,11 +183,11 @@ impl Primary {
                 .values()
                 .find(|p| p.slot == step.slot && p.generation == step.prev && p.is_live());
             let Some(old) = old_live else { continue };
-            let conn = Arc::clone(&old.conn);
+            let link = Arc::clone(&old.link);
             let s = &mut self.slots[step.slot as usize];
             s.generation = step.prev;
             s.start_at = None;
-            self.shared.routes.write().unwrap().insert(step.slot, conn);
+            self.shared.routes.write().unwrap().insert(step.slot, link);
             if let (Some(key), true) = (step.new, step.slot != failed) {
                 self.stop_worker(key, ExitReason::Requested, true);
             }

@@ -8,9 +8,9 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use super::Primary;
 use crate::config::Config;
 use crate::events::{Event, WorkerState};
-use crate::listen::{self, Dispatch, ListenAddr};
-use crate::steer::Steer;
 use crate::sys;
+use crate::sys::listen::{self, Dispatch, ListenAddr};
+use crate::sys::steer::Steer;
 
 /// Member sockets' tokens in the epoll set: this bit, the listener's index << 24 and the
 /// member's index.
@@ -75,8 +75,8 @@ pub(crate) fn bind(
     turns: bool,
     share: bool,
     refused: &mut Option<String>,
-) -> crate::Result<(OwnedFd, Option<Group>)> {
-    let fail = |e| crate::Error::Bind {
+) -> crate::error::Result<(OwnedFd, Option<Group>)> {
+    let fail = |e| crate::error::Error::Bind {
         addr: addr.to_string(),
         source: e,
     };

@@ -118,13 +118,10 @@ class Worker:
     def __init__(self, native: Any) -> None:
         self._native = native
         self.exit_on_primary_loss = True
-        # The primary says how often (RCLUSTER_HEARTBEAT_MS, a quarter of its heartbeat
-        # timeout) when it checks heartbeats.
-        interval = os.environ.get("RCLUSTER_HEARTBEAT_MS")
-        try:
-            self.heartbeat_interval = int(interval) / 1000 if interval else HEARTBEAT_INTERVAL
-        except ValueError:
-            self.heartbeat_interval = HEARTBEAT_INTERVAL
+        # The primary says how often (a quarter of its heartbeat timeout) when it checks
+        # heartbeats; the core reads what it said. Otherwise the loops below still wake this
+        # often.
+        self.heartbeat_interval: float = native.heartbeat_interval or HEARTBEAT_INTERVAL
         self._last_beat = time.monotonic()
         self._closed_hook = self._connection_closed
         self.aio_link: Any = None  # set by rcluster.aio

@@ -312,9 +312,12 @@ mod tests {
     /// A listening `SO_REUSEPORT` socket on 127.0.0.1:`port` (0: any), and its port.
     fn listener(port: u16) -> (OwnedFd, u16) {
         let sa: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let fd = crate::listen::bind_reuseport(&sa).unwrap();
-        let port = match crate::listen::local_addr(fd.as_raw_fd(), &crate::ListenAddr::Tcp(sa)) {
-            crate::ListenAddr::Tcp(a) => a.port(),
+        let fd = crate::sys::listen::bind_reuseport(&sa).unwrap();
+        let port = match crate::sys::listen::local_addr(
+            fd.as_raw_fd(),
+            &crate::sys::listen::ListenAddr::Tcp(sa),
+        ) {
+            crate::sys::listen::ListenAddr::Tcp(a) => a.port(),
             _ => unreachable!(),
         };
         (fd, port)
@@ -322,7 +325,10 @@ mod tests {
 
     fn pending(fd: &OwnedFd) -> usize {
         let mut n = 0;
-        while crate::listen::accept(fd.as_raw_fd()).unwrap().is_some() {
+        while crate::sys::listen::accept(fd.as_raw_fd())
+            .unwrap()
+            .is_some()
+        {
             n += 1;
         }
         n

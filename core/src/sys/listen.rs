@@ -261,6 +261,7 @@ fn socket(domain: libc::c_int, nonblocking: bool) -> io::Result<OwnedFd> {
         libc::SOCK_STREAM | libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
     // SAFETY: plain syscall; the fd is owned right away.
     let fd = cvt(unsafe { libc::socket(domain, flags, 0) })?;
+    // SAFETY: socket just returned this descriptor, which nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -294,6 +295,7 @@ fn bind_tcp(sa: &SocketAddr, nonblocking: bool, reuseport: bool) -> io::Result<O
             len,
         )
     })?;
+    // SAFETY: listen on a descriptor `fd` owns; no memory is passed.
     cvt(unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) })?;
     Ok(fd)
 }
@@ -375,6 +377,7 @@ fn bind_unix_once(
             sun.1,
         )
     })?;
+    // SAFETY: listen on a descriptor `fd` owns; no memory is passed.
     cvt(unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) })?;
     Ok(fd)
 }
@@ -502,6 +505,8 @@ pub fn accept(listener: RawFd) -> io::Result<Option<(OwnedFd, Peer)>> {
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // Without SOCK_NONBLOCK: the worker gets an ordinary blocking socket, as accept(2) gives.
+    // SAFETY: `storage` and `len` are live locals; accept4 writes at most `len` bytes into
+    // `storage` and the new length into `len`.
     let fd = unsafe {
         libc::accept4(
             listener,
@@ -566,6 +571,8 @@ pub fn local_addr(fd: RawFd, configured: &ListenAddr) -> ListenAddr {
     // SAFETY: as in accept.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `storage` and `len` are live locals; getsockname writes at most `len` bytes
+    // into `storage` and the length into `len`.
     if unsafe {
         libc::getsockname(
             fd,

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::ops::{Bound, RangeBounds};
 
-use crate::listen::Dispatch;
+use crate::sys::listen::Dispatch;
 
 /// A worker as the dispatcher sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,9 +10,8 @@
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
-use crate::config::MAX_WORKERS;
 use crate::error::{Error, Result};
-use crate::supervisor::Supervisor;
+use crate::primary::supervisor::Supervisor;
 
 /// The signals [`Supervisor::on_signal`] gives a meaning to: SIGINT and SIGTERM stop
 /// gracefully (a second one kills the workers now), SIGHUP reloads, SIGTTIN and SIGTTOU add
@@ -149,11 +148,6 @@ fn stopping_is_ignored(r: Result<SignalAction>) -> Result<SignalAction> {
     }
 }
 
-/// The new number of workers after a step of `delta`, within `1..=MAX_WORKERS`.
-pub(crate) fn stepped(workers: usize, delta: isize) -> usize {
-    workers.saturating_add_signed(delta).clamp(1, MAX_WORKERS)
-}
-
 /// The conventional name of a handled signal ("SIGTERM"), or "signal" for any other.
 pub fn signal_name(signo: i32) -> &'static str {
     match signo {
@@ -163,18 +157,5 @@ pub fn signal_name(signo: i32) -> &'static str {
         libc::SIGTTIN => "SIGTTIN",
         libc::SIGTTOU => "SIGTTOU",
         _ => "signal",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_step_stays_within_one_and_max_workers() {
-        assert_eq!(stepped(1, -1), 1);
-        assert_eq!(stepped(2, -1), 1);
-        assert_eq!(stepped(1, 1), 2);
-        assert_eq!(stepped(MAX_WORKERS, 1), MAX_WORKERS);
     }
 }

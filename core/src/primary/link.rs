@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::frame::{self, Kind};
-use crate::reader::Reader;
+use crate::primary::reader::Reader;
 use crate::sys;
+use crate::wire::frame::{self, Kind};
 
 const COALESCE: Duration = Duration::from_micros(20);
 /// How long the loop lets a stream of plain messages gather before writing it: one wake-up
@@ -25,10 +25,10 @@ pub const GATHER: Duration = Duration::from_micros(50);
 /// Gathering stops early once this much is queued.
 const GATHER_BYTES: usize = 64 * 1024;
 
-/// Wakes the loop thread and tells it which connections have queued output.
+/// Wakes the loop thread and tells it which links have queued output.
 pub struct Waker {
     fd: sys::EventFd,
-    dirty: Mutex<Vec<Arc<Conn>>>,
+    dirty: Mutex<Vec<Arc<Link>>>,
     pending: AtomicBool,
 }
 
@@ -52,19 +52,19 @@ impl Waker {
         }
     }
 
-    /// Called by the loop when it wakes: takes the connections that want flushing.
+    /// Called by the loop when it wakes: takes the links that want flushing.
     ///
     /// The fd is cleared before the flag: the other way round, a `wake` between the two would
     /// see the flag down, notify, and have its notification cleared, leaving the flag up with
     /// the fd silent, and from then on every `wake` would believe one was pending.
-    pub fn take(&self, out: &mut Vec<Arc<Conn>>) {
+    pub fn take(&self, out: &mut Vec<Arc<Link>>) {
         self.fd.clear();
         self.pending.store(false, Ordering::Release);
         out.append(&mut self.dirty.lock().unwrap());
     }
 
-    fn mark_dirty(&self, conn: Arc<Conn>) {
-        self.dirty.lock().unwrap().push(conn);
+    fn mark_dirty(&self, link: Arc<Link>) {
+        self.dirty.lock().unwrap().push(link);
         self.wake();
     }
 }
@@ -73,7 +73,7 @@ impl Waker {
 pub enum PassFd {
     /// Owned by the queue and closed once sent.
     Owned(OwnedFd),
-    /// Owned by the caller, who keeps it open until the frame is sent or the connection is
+    /// Owned by the caller, who keeps it open until the frame is sent or the link is
     /// closed (a handed-over client connection: the primary keeps its copy until the worker
     /// acknowledges, which it can only do after the frame went out). Sending needs no copy.
     Borrowed(RawFd),
@@ -101,7 +101,7 @@ struct Queue {
     closed: bool,
 }
 
-/// Sizes a connection is held to.
+/// Sizes a link is held to.
 #[derive(Clone, Copy)]
 pub struct Limits {
     /// Bytes queued for the worker at most.
@@ -111,7 +111,7 @@ pub struct Limits {
 }
 
 /// A worker's IPC socket (primary end) with its outgoing queue.
-pub struct Conn {
+pub struct Link {
     pub id: u32,
     /// The loop's key for the worker process at the other end.
     pub key: u64,
@@ -141,13 +141,13 @@ pub enum Flush {
     Broken,
 }
 
-impl Conn {
-    pub fn new(id: u32, key: u64, fd: OwnedFd, pid: libc::pid_t, limits: Limits) -> Conn {
+impl Link {
+    pub fn new(id: u32, key: u64, fd: OwnedFd, pid: libc::pid_t, limits: Limits) -> Link {
         let Limits {
             queue: limit,
             message: max_message,
         } = limits;
-        Conn {
+        Link {
             reader: Mutex::new(Reader::new(pid, max_message)),
             id,
             key,
@@ -304,7 +304,7 @@ impl Conn {
         }
     }
 
-    /// Marks the connection dead; later sends fail with `NoSuchWorker`. Queued output is dropped.
+    /// Marks the link dead; later sends fail with `NoSuchWorker`. Queued output is dropped.
     pub fn close(&self) {
         let mut q = self.queue.lock().unwrap();
         q.closed = true;
@@ -346,7 +346,7 @@ fn write_some(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::Decoder;
+    use crate::wire::frame::Decoder;
     use std::io::{Read, Seek, Write};
 
     fn temp_file_with(text: &str) -> OwnedFd {
@@ -375,18 +375,18 @@ mod tests {
 
     /// A worker link with the given limits on a socketpair: the primary's end, the worker's
     /// end, and a waker.
-    fn link(queue: usize, message: usize) -> (Arc<Conn>, OwnedFd, Waker) {
+    fn link(queue: usize, message: usize) -> (Arc<Link>, OwnedFd, Waker) {
         let (a, b) = sys::socketpair().unwrap();
         sys::set_nonblocking(a.as_raw_fd(), true).unwrap();
-        let conn = Arc::new(Conn::new(0, 1, a, 0, Limits { queue, message }));
-        (conn, b, Waker::new().unwrap())
+        let link = Arc::new(Link::new(0, 1, a, 0, Limits { queue, message }));
+        (link, b, Waker::new().unwrap())
     }
 
     /// Queues connection frame `i` ("conn i"), with a file that reads "file i" attached.
-    fn send_connection(conn: &Arc<Conn>, waker: &Waker, i: usize) {
+    fn send_connection(link: &Arc<Link>, waker: &Waker, i: usize) {
         let fd = temp_file_with(&format!("file {i}"));
         let body = format!("conn {i}");
-        conn.send_frame(
+        link.send_frame(
             waker,
             Kind::Connection,
             body.as_bytes(),
@@ -399,14 +399,14 @@ mod tests {
     /// descriptor, whether written at once or coalesced and flushed by the loop.
     #[test]
     fn descriptors_travel_with_their_own_frames() {
-        let (conn, b, waker) = link(1 << 20, 1 << 16);
+        let (link, b, waker) = link(1 << 20, 1 << 16);
         for i in 0..6 {
-            conn.send_frame(&waker, Kind::Message, format!("plain {i}").as_bytes(), None)
+            link.send_frame(&waker, Kind::Message, format!("plain {i}").as_bytes(), None)
                 .unwrap();
-            send_connection(&conn, &waker, i);
+            send_connection(&link, &waker, i);
         }
         // Most of these were coalesced: flush them as the loop would.
-        assert!(matches!(conn.flush(), Flush::Done));
+        assert!(matches!(link.flush(), Flush::Done));
         let mut d = Decoder::new(1 << 16);
         let mut fds = VecDeque::new();
         let mut got = Vec::new();
@@ -443,13 +443,13 @@ mod tests {
     #[test]
     fn a_burst_of_descriptors_survives_short_writes() {
         const FRAMES: usize = 3 * sys::FDS_PER_SEND + 5;
-        let (conn, b, waker) = link(8 << 20, 4 << 20);
+        let (link, b, waker) = link(8 << 20, 4 << 20);
         let big = vec![b'x'; 2 << 20];
         for i in 0..FRAMES {
             if i == 20 {
-                conn.send_frame(&waker, Kind::Message, &big, None).unwrap();
+                link.send_frame(&waker, Kind::Message, &big, None).unwrap();
             }
-            send_connection(&conn, &waker, i);
+            send_connection(&link, &waker, i);
         }
         let reader = std::thread::spawn(move || {
             let mut d = Decoder::new(4 << 20);
@@ -478,7 +478,7 @@ mod tests {
         });
         let mut blocked = 0;
         for _ in 0..10_000 {
-            match conn.flush() {
+            match link.flush() {
                 Flush::Done => break,
                 Flush::Blocked => {
                     blocked += 1;

@@ -10,8 +10,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use crate::sentinel::Sentinel;
 use crate::sys;
+use crate::sys::sentinel::Sentinel;
 
 /// The fixed part of every spawn, prepared once per supervisor.
 pub struct Exec {
@@ -137,32 +137,24 @@ impl Drop for Forked<'_> {
         if !self.armed {
             return;
         }
-        // The group is killed while its leader is unreaped, so its number cannot have been
-        // reused (see `sys::reap_group`).
-        sys::kill_group(self.pid, libc::SIGKILL);
-        self.sentinel.remove(self.pid);
-        // SAFETY: waits for this one child only (never -1); it was just killed.
-        unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) };
+        abandon(self.pid, self.sentinel);
     }
+}
+
+/// Kills the group of a forked worker that nobody will take, and reaps it.
+pub fn abandon(pid: libc::pid_t, sentinel: &Sentinel) {
+    // The group is killed while its leader is unreaped, so its number cannot have been
+    // reused (see `sys::reap_group`).
+    sys::kill_group(pid, libc::SIGKILL);
+    sentinel.remove(pid);
+    // SAFETY: waits for this one child only (never -1); it was just killed.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
 }
 
 /// Forks and execs one worker. Returns it once `execve` has succeeded.
 pub fn spawn<'a>(exec: &'a Exec, req: Request) -> io::Result<Forked<'a>> {
     let ipc_fd = FIRST_FD + req.shared.len() as RawFd;
-    let mut env_strings = vec![
-        cstring(format!("RCLUSTER_WORKER_ID={}", req.id).as_bytes()),
-        cstring(format!("RCLUSTER_GENERATION={}", req.generation).as_bytes()),
-        cstring(format!("RCLUSTER_IPC_FD={ipc_fd}").as_bytes()),
-    ];
-    if !req.shared.is_empty() {
-        let names: Vec<&str> = req.shared.iter().map(|(_, n)| *n).collect();
-        env_strings.push(cstring(
-            format!("LISTEN_FDS={}", req.shared.len()).as_bytes(),
-        ));
-        env_strings.push(cstring(
-            format!("LISTEN_FDNAMES={}", names.join(":")).as_bytes(),
-        ));
-    }
+    let env_strings = worker_env(&req, ipc_fd);
     // The child writes its own pid into these after fork (the buffers are already allocated,
     // so that needs no allocation): a worker's children inherit the environment, and
     // RCLUSTER_PID / LISTEN_PID tell them that it is not theirs.
@@ -185,19 +177,7 @@ pub fn spawn<'a>(exec: &'a Exec, req: Request) -> io::Result<Forked<'a>> {
     argv.push(std::ptr::null());
 
     let (err_r, err_w) = sys::pipe()?;
-    // Source fd → target fd: shared listeners from 3, then IPC, and stdout/stderr pipes at 1
-    // and 2 when prefixing.
-    let mut moves: Vec<(RawFd, RawFd)> = Vec::with_capacity(req.shared.len() + 3);
-    for (i, (fd, _)) in req.shared.iter().enumerate() {
-        moves.push((*fd, FIRST_FD + i as RawFd));
-    }
-    moves.push((req.ipc.as_raw_fd(), ipc_fd));
-    if let Some(o) = &req.stdout {
-        moves.push((o.as_raw_fd(), 1));
-    }
-    if let Some(e) = &req.stderr {
-        moves.push((e.as_raw_fd(), 2));
-    }
+    let moves = fd_moves(&req, ipc_fd);
     let parent = std::process::id() as libc::pid_t;
     let child = ChildSetup {
         path: exec.path.as_ptr(),
@@ -233,7 +213,49 @@ pub fn spawn<'a>(exec: &'a Exec, req: Request) -> io::Result<Forked<'a>> {
     unsafe { libc::setpgid(pid, pid) };
     drop(err_w);
     drop(req);
-    // The child writes errno here if exec failed; EOF (CLOEXEC) means exec succeeded.
+    exec_result(&err_r, forked)
+}
+
+/// The variables rcluster sets for a worker, apart from the pids the child writes itself.
+fn worker_env(req: &Request, ipc_fd: RawFd) -> Vec<CString> {
+    let mut env = vec![
+        cstring(format!("RCLUSTER_WORKER_ID={}", req.id).as_bytes()),
+        cstring(format!("RCLUSTER_GENERATION={}", req.generation).as_bytes()),
+        cstring(format!("RCLUSTER_IPC_FD={ipc_fd}").as_bytes()),
+    ];
+    if !req.shared.is_empty() {
+        let names: Vec<&str> = req.shared.iter().map(|(_, n)| *n).collect();
+        env.push(cstring(
+            format!("LISTEN_FDS={}", req.shared.len()).as_bytes(),
+        ));
+        env.push(cstring(
+            format!("LISTEN_FDNAMES={}", names.join(":")).as_bytes(),
+        ));
+    }
+    env
+}
+
+/// Source fd → target fd in the child: shared listeners from 3, then IPC, and stdout/stderr
+/// pipes at 1 and 2 when prefixing.
+fn fd_moves(req: &Request, ipc_fd: RawFd) -> Vec<(RawFd, RawFd)> {
+    let mut moves: Vec<(RawFd, RawFd)> = Vec::with_capacity(req.shared.len() + 3);
+    for (i, (fd, _)) in req.shared.iter().enumerate() {
+        moves.push((*fd, FIRST_FD + i as RawFd));
+    }
+    moves.push((req.ipc.as_raw_fd(), ipc_fd));
+    if let Some(o) = &req.stdout {
+        moves.push((o.as_raw_fd(), 1));
+    }
+    if let Some(e) = &req.stderr {
+        moves.push((e.as_raw_fd(), 2));
+    }
+    moves
+}
+
+/// Waits for the child's exec: the child writes errno to `err_r` if exec failed; end-of-file
+/// (the write end is CLOEXEC) means exec succeeded. On an error `forked` is dropped: the
+/// child (exiting with 127) is reaped.
+fn exec_result<'a>(err_r: &OwnedFd, forked: Forked<'a>) -> io::Result<Forked<'a>> {
     let mut buf = [0u8; 4];
     let n = loop {
         match sys::read(err_r.as_raw_fd(), &mut buf) {
@@ -241,7 +263,6 @@ pub fn spawn<'a>(exec: &'a Exec, req: Request) -> io::Result<Forked<'a>> {
             r => break r,
         }
     };
-    // On an error `forked` is dropped: the child (exiting with 127) is reaped.
     match n {
         Ok(4) => Err(io::Error::from_raw_os_error(i32::from_ne_bytes(buf))),
         Ok(_) => Ok(forked),
@@ -267,25 +288,10 @@ struct ChildSetup {
 }
 
 impl ChildSetup {
-    /// Runs in the child between fork and exec. Async-signal-safe calls only.
+    /// Runs in the child between fork and exec. Async-signal-safe calls only, and no
+    /// allocation: the functions below are plain calls on this stack.
     unsafe fn run(mut self) -> ! {
-        let fail = |err_w: RawFd| -> ! {
-            let errno = *libc::__errno_location();
-            let bytes = errno.to_ne_bytes();
-            libc::write(err_w, bytes.as_ptr().cast(), 4);
-            libc::_exit(127)
-        };
-        // A fresh signal state: empty mask, default dispositions (SIG_IGN survives exec).
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        for sig in 1..65 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
-            }
-        }
+        reset_signals();
         libc::setpgid(0, 0);
         // Into the cluster's cgroup before anything can fork: then even a descendant that
         // leaves the group with setsid is ended with the cluster. Best effort: where the
@@ -307,6 +313,17 @@ impl ChildSetup {
         if libc::getppid() != self.parent {
             libc::_exit(1);
         }
+        let err_w = self.place_fds();
+        if !self.cwd.is_null() && libc::chdir(self.cwd) < 0 {
+            fail(err_w);
+        }
+        libc::execve(self.path, self.argv, self.envp);
+        fail(err_w)
+    }
+
+    /// Puts every descriptor the worker inherits at its number and marks every other one
+    /// close-on-exec; returns where the exec-error pipe is now.
+    unsafe fn place_fds(&mut self) -> RawFd {
         // Move every source fd above all targets first so that no dup2 clobbers a source.
         let floor = self.floor;
         let mut err_w = self.err_w;
@@ -349,12 +366,32 @@ impl ChildSetup {
         {
             fail(err_w);
         }
-        if !self.cwd.is_null() && libc::chdir(self.cwd) < 0 {
-            fail(err_w);
-        }
-        libc::execve(self.path, self.argv, self.envp);
-        fail(err_w)
+        err_w
     }
+}
+
+/// In the child: a fresh signal state, an empty mask and default dispositions (SIG_IGN would
+/// survive exec).
+unsafe fn reset_signals() {
+    let mut set: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut set);
+    libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    let mut dfl: libc::sigaction = std::mem::zeroed();
+    dfl.sa_sigaction = libc::SIG_DFL;
+    for sig in 1..65 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            libc::sigaction(sig, &dfl, std::ptr::null_mut());
+        }
+    }
+}
+
+/// In the child: tells the parent why exec could not happen (errno on the exec-error pipe),
+/// and exits 127.
+unsafe fn fail(err_w: RawFd) -> ! {
+    let errno = *libc::__errno_location();
+    let bytes = errno.to_ne_bytes();
+    libc::write(err_w, bytes.as_ptr().cast(), 4);
+    libc::_exit(127)
 }
 
 /// Writes `n` in decimal followed by NUL; the caller provides at least 11 bytes.

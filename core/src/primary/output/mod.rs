@@ -1,14 +1,16 @@
 //! The loop's side of worker output (`Output::Prefix`): reading the pipes, the pipes that
 //! descendants of a reaped worker still hold, and reports of dropped output.
 
+pub(crate) mod pipe;
+
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use super::Primary;
 use crate::events::Event;
-use crate::output::{Dropped, PrefixPipe, Sink};
+use crate::primary::Primary;
+use pipe::{Dropped, PrefixPipe, Sink};
 
 /// Most reaped workers whose pipes are kept open for their descendants; beyond it the oldest
 /// are closed (their descendants then get EPIPE on their next write).

@@ -1,15 +1,27 @@
-//! One worker process as the loop sees it.
+//! One worker process as the loop sees it, and the client connections the primary holds for
+//! the workers (waiting for one, or handed and not yet acknowledged).
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::conn::Conn;
 use crate::events::WorkerState;
-use crate::output::PrefixPipe;
 use crate::policy::ExitReason;
-use crate::primary::Waiting;
+use crate::primary::link::Link;
+use crate::primary::output::pipe::PrefixPipe;
+use crate::sys::listen::Peer;
+
+/// A connection the primary holds: waiting for a worker, or handed and not yet acknowledged.
+pub struct Waiting {
+    pub id: u64,
+    pub fd: OwnedFd,
+    pub listener: usize,
+    pub peer: Peer,
+    pub since: Instant,
+    /// When it was last handed to a worker (for `ack_timeout`).
+    pub handed: Instant,
+}
 
 /// A stop in progress: why, and when SIGTERM and SIGKILL follow.
 pub struct Stopping {
@@ -26,7 +38,7 @@ pub struct Process {
     pub generation: u32,
     pub pid: libc::pid_t,
     pub pidfd: OwnedFd,
-    pub conn: Arc<Conn>,
+    pub link: Arc<Link>,
     pub ipc_open: bool,
     /// Its socket is also read by the host thread (see `Shared::host`): it sends messages.
     pub host_read: bool,
@@ -48,6 +60,8 @@ pub struct Process {
     pub active: HashSet<u64>,
     /// Connections round-robin gave it ahead of its turns (see `dispatch::Pass`).
     pub ahead: u32,
+    /// The host sent it a signal (`Supervisor::kill`): an exit of its own is `Requested`.
+    pub kill_requested: bool,
 }
 
 impl Process {

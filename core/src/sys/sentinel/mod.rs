@@ -31,8 +31,10 @@ use crate::sys;
 use cgroup::Cgroup;
 
 /// Most groups the sentinel tracks at once: every slot twice over (a reload surges new
-/// workers while old ones drain), with room for workers that take long to die.
-const CAPACITY: usize = 4 * crate::config::MAX_WORKERS;
+/// workers while old ones drain), with room for workers that take long to die. Four times
+/// `config::MAX_WORKERS`, written out because `sys` sits below `config`; `config` checks the
+/// two agree when it compiles.
+pub const CAPACITY: usize = 4 * 4096;
 
 const ADD: i32 = 1;
 const REMOVE: i32 = 2;
@@ -69,6 +71,7 @@ impl Sentinel {
         // them all: blocked here, the mask is inherited, and the sentinel unblocks them.
         // SAFETY: sigset manipulation on local variables; the mask is restored below.
         let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: sigfillset and pthread_sigmask write only the local sets `all` and `old`.
         unsafe {
             let mut all: libc::sigset_t = std::mem::zeroed();
             libc::sigfillset(&mut all);
@@ -92,6 +95,8 @@ impl Sentinel {
             // which makes raw system calls on memory prepared above and never returns.
             pid = unsafe { libc::fork() };
             if pid == 0 {
+                // SAFETY: this is the forked child, which runs only `setup.run()`: raw
+                // system calls on memory prepared before the fork, and it never returns.
                 unsafe { setup.run() }
             }
         }
@@ -169,6 +174,8 @@ struct Stack {
 
 // SAFETY: a plain mapping, owned by the Sentinel that frees it.
 unsafe impl Send for Stack {}
+// SAFETY: a plain mapping, owned by the Sentinel that frees it; nothing in it is shared
+// with another thread while it is read.
 unsafe impl Sync for Stack {}
 
 impl Stack {
@@ -220,6 +227,8 @@ struct Setup {
 
 // SAFETY: plain settings read by the sentinel; the pointers stay valid while it runs.
 unsafe impl Send for Setup {}
+// SAFETY: plain settings read by the sentinel; the pointers stay valid while it runs and
+// nobody writes through them meanwhile.
 unsafe impl Sync for Setup {}
 
 extern "C" fn entry(setup: *mut libc::c_void) -> libc::c_int {
@@ -228,29 +237,28 @@ extern "C" fn entry(setup: *mut libc::c_void) -> libc::c_int {
 }
 
 impl Setup {
-    /// Runs in the sentinel: raw system calls only (see the module's comment).
+    /// Runs in the sentinel: raw system calls only (see the module's comment). The functions
+    /// below are plain calls on the sentinel's own stack.
     unsafe fn run(&self) -> ! {
         // Its own group, and every signal ignored: a Ctrl-C (or any signal) sent to the
         // primary's process group must not end it before the primary, and a handler the host
         // installed must never run in it. Then the signals blocked by the parent are let in.
         raw::call(libc::SYS_setpgid, 0, 0, 0, 0);
-        let ignore: [usize; 4] = [libc::SIG_IGN, 0, 0, 0];
-        for sig in 1..65 {
-            if sig != libc::SIGKILL as usize && sig != libc::SIGSTOP as usize {
-                raw::call(libc::SYS_rt_sigaction, sig, ignore.as_ptr() as usize, 0, 8);
-            }
-        }
-        let none: u64 = 0;
-        raw::call(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK as usize,
-            &none as *const u64 as usize,
-            0,
-            8,
-        );
+        ignore_signals();
         // Hold nothing of the host's: its sockets, its pipes (a parent waiting for EOF on the
         // primary's stdout), another supervisor's sentinel socket.
         keep_only(self.rx, self.kill);
+        self.follow();
+        self.end_everything();
+        raw::call(libc::SYS_exit_group, 0, 0, 0, 0);
+        // exit_group does not return.
+        loop {
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Applies the primary's "add" and "remove" records until its end of the socket closes.
+    unsafe fn follow(&self) {
         let mut buf = [0u8; 512];
         let mut have = 0usize;
         loop {
@@ -277,6 +285,11 @@ impl Setup {
             buf.copy_within(whole..have, 0);
             have -= whole;
         }
+    }
+
+    /// SIGKILLs every group still known, kills the cluster's cgroup, and removes it once its
+    /// last process has died.
+    unsafe fn end_everything(&self) {
         for i in 0..CAPACITY {
             let pgid = *self.groups.add(i);
             if pgid > 0 {
@@ -318,11 +331,6 @@ impl Setup {
                 raw::call(libc::SYS_nanosleep, &pause as *const _ as usize, 0, 0, 0);
             }
         }
-        raw::call(libc::SYS_exit_group, 0, 0, 0, 0);
-        // exit_group does not return.
-        loop {
-            std::hint::spin_loop();
-        }
     }
 
     unsafe fn apply(&self, op: i32, pgid: libc::pid_t) {
@@ -339,6 +347,24 @@ impl Setup {
             }
         }
     }
+}
+
+/// In the sentinel: every signal ignored (but the two that cannot be), and none blocked.
+unsafe fn ignore_signals() {
+    let ignore: [usize; 4] = [libc::SIG_IGN, 0, 0, 0];
+    for sig in 1..65 {
+        if sig != libc::SIGKILL as usize && sig != libc::SIGSTOP as usize {
+            raw::call(libc::SYS_rt_sigaction, sig, ignore.as_ptr() as usize, 0, 8);
+        }
+    }
+    let none: u64 = 0;
+    raw::call(
+        libc::SYS_rt_sigprocmask,
+        libc::SIG_SETMASK as usize,
+        &none as *const u64 as usize,
+        0,
+        8,
+    );
 }
 
 /// Closes every descriptor but `a` and `b` (-1 for none). Raw system calls only.

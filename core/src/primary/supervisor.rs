@@ -10,41 +10,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, MAX_WORKERS};
-use crate::conn::{Conn, Waker};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventQueue, WorkerInfo, SPIN};
-use crate::listen::{self, ListenAddr};
+use crate::primary::host_read::HostRead;
+use crate::primary::link::{Link, Waker};
+use crate::primary::shared::{Command, Shared};
+use crate::primary::signals::SignalState;
 use crate::primary::{steered, Bound, Primary};
-use crate::reader::HostRead;
-use crate::signals::SignalState;
 use crate::sys;
-
-pub(crate) enum Command {
-    Snapshot(SyncSender<Vec<WorkerInfo>>),
-    Scale(usize, SyncSender<Result<()>>),
-    /// Scale by a step within 1..=MAX_WORKERS; the reply is the count before and after.
-    ScaleBy(isize, SyncSender<Result<(usize, usize)>>),
-    Restart(u32, SyncSender<Result<()>>),
-    Reload(SyncSender<Result<u32>>),
-    Stop(Duration),
-}
-
-/// State shared by the handle (host threads) and the loop thread.
-pub(crate) struct Shared {
-    pub cmds: Mutex<VecDeque<Command>>,
-    pub waker: Waker,
-    /// Where a message to worker `id` goes: its current process's connection.
-    pub routes: RwLock<HashMap<u32, Arc<Conn>>>,
-    pub events: EventQueue,
-    /// Worker sockets a host thread reads itself (see `reader`).
-    pub host: HostRead,
-    pub max_message: usize,
-    pub stopped: AtomicBool,
-    /// Name and actual address of each listener (a port 0 resolved).
-    pub bound: Vec<(String, ListenAddr)>,
-    /// Set (and signalled) when the loop has ended, for `stop` callers that do not join it.
-    pub done: (Mutex<bool>, Condvar),
-}
+use crate::sys::listen::{self, ListenAddr};
 
 /// A running cluster of workers. Dropping it stops the cluster (with `kill_timeout`).
 pub struct Supervisor {
@@ -141,8 +115,8 @@ impl Supervisor {
                 limit: self.shared.max_message,
             });
         }
-        let conn = self.shared.routes.read().unwrap().get(&id).cloned();
-        match conn {
+        let link = self.shared.routes.read().unwrap().get(&id).cloned();
+        match link {
             Some(c) => c.send_message(&self.shared.waker, data),
             None if self.shared.stopped.load(Ordering::Acquire) => Err(Error::Stopped),
             None => Err(Error::NoSuchWorker(id)),
@@ -158,8 +132,8 @@ impl Supervisor {
     /// most one write or wake-up of the loop for all of them. All are queued, or none (when one
     /// is too large or they do not fit in the queue).
     pub fn send_many(&self, id: u32, messages: &[&[u8]]) -> Result<()> {
-        let conn = self.shared.routes.read().unwrap().get(&id).cloned();
-        match conn {
+        let link = self.shared.routes.read().unwrap().get(&id).cloned();
+        match link {
             Some(c) => c.send_messages(&self.shared.waker, messages),
             None if self.shared.stopped.load(Ordering::Acquire) => Err(Error::Stopped),
             None => Err(Error::NoSuchWorker(id)),
@@ -175,7 +149,7 @@ impl Supervisor {
                 limit: self.shared.max_message,
             });
         }
-        let conns: Vec<Arc<Conn>> = self
+        let links: Vec<Arc<Link>> = self
             .shared
             .routes
             .read()
@@ -183,7 +157,7 @@ impl Supervisor {
             .values()
             .cloned()
             .collect();
-        Ok(conns
+        Ok(links
             .iter()
             .filter(|c| c.send_message(&self.shared.waker, data).is_ok())
             .count())
@@ -217,6 +191,22 @@ impl Supervisor {
     /// Stops worker `id` gracefully and starts it again at once.
     pub fn restart_worker(&self, id: u32) -> Result<()> {
         self.ask(|tx| Command::Restart(id, tx))?
+    }
+
+    /// Sends `signal` to the process of worker `id` (each of them while a reload runs two), as
+    /// `kill(2)` would, and records that it was asked for: if the worker exits after it, the
+    /// exit's reason is `requested`, not `crashed`. The loop sends it while the worker is
+    /// unreaped, so its pid cannot have been reused. A signal the worker survives changes
+    /// nothing else; this is no stop (no SIGKILL follows; see `restart_worker` for that).
+    pub fn kill(&self, id: u32, signal: i32) -> Result<()> {
+        if !(1..=64).contains(&signal) {
+            return Err(Error::config(
+                "signal",
+                signal,
+                "must be a signal number from 1 to 64",
+            ));
+        }
+        self.ask(|tx| Command::Kill(id, signal, tx))?
     }
 
     /// Starts a rolling reload: one slot at a time, a new worker must be ready before the old

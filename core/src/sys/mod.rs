@@ -1,4 +1,14 @@
 //! Thin, safe wrappers over the Linux calls rcluster needs. Every fd is opened CLOEXEC.
+//!
+//! The layer under everything that touches the kernel: this file holds the plain calls; the
+//! submodules bind listeners (`listen`), fork and exec workers (`spawn`), steer connections in
+//! the kernel (`steer`, the kernel's turns) and end worker groups when the primary dies
+//! (`sentinel`). Nothing here knows about workers' states or policy.
+
+pub mod listen;
+pub mod sentinel;
+pub mod spawn;
+pub mod steer;
 
 use std::collections::VecDeque;
 use std::io;
@@ -197,6 +207,7 @@ pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
     } else {
         flags & !libc::O_NONBLOCK
     };
+    // SAFETY: fcntl on a descriptor the caller owns; no memory is passed.
     cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) }).map(drop)
 }
 
@@ -254,6 +265,7 @@ pub fn try_reap(pidfd: RawFd) -> io::Result<Option<WaitStatus>> {
     // SAFETY: siginfo_t is plain data; waitid fills it.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     retry(|| {
+        // SAFETY: `info` is a live local siginfo_t for waitid to fill; the pidfd is the caller's.
         cvt(unsafe {
             libc::waitid(
                 libc::P_PIDFD,
@@ -280,6 +292,12 @@ pub fn try_reap(pidfd: RawFd) -> io::Result<Option<WaitStatus>> {
     }))
 }
 
+/// Sends a signal to one process. The caller makes sure `pid` is its unreaped child.
+pub fn signal(pid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain syscall; no memory is passed.
+    cvt(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
 /// Sends a signal to a whole process group (the worker and its children).
 pub fn kill_group(pgid: libc::pid_t, sig: libc::c_int) {
     // SAFETY: plain syscall. ESRCH (already gone) is fine.
@@ -304,6 +322,7 @@ pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
 /// Blocking variant of `send` for the worker side.
 pub fn send_blocking(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     retry(|| {
+        // SAFETY: `buf` is a live slice of `buf.len()` bytes that send only reads.
         cvt_size(unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) })
     })
 }
@@ -401,6 +420,7 @@ pub fn recv_with_fds(
 
 /// Reads without blocking; 0 means EOF.
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a live, exclusively borrowed slice of `buf.len()` bytes for read to fill.
     retry(|| cvt_size(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) }))
 }
 
@@ -429,6 +449,7 @@ pub fn has_exited(pidfd: RawFd) -> io::Result<bool> {
     // SAFETY: siginfo_t is plain data; waitid fills it.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     retry(|| {
+        // SAFETY: `info` is a live local siginfo_t for waitid to fill; the pidfd is the caller's.
         cvt(unsafe {
             libc::waitid(
                 libc::P_PIDFD,
@@ -447,6 +468,7 @@ pub fn wait_reap(pidfd: RawFd) -> io::Result<()> {
     // SAFETY: siginfo_t is plain data; waitid fills it.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     retry(|| {
+        // SAFETY: `info` is a live local siginfo_t for waitid to fill; the pidfd is the caller's.
         cvt(unsafe { libc::waitid(libc::P_PIDFD, pidfd as libc::id_t, &mut info, libc::WEXITED) })
     })
     .map(drop)
@@ -472,6 +494,7 @@ pub fn reap_group(
 pub fn fd_limit() -> u64 {
     // SAFETY: getrlimit fills the struct it is given.
     let mut l: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `l` is a live local rlimit that getrlimit fills.
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) };
     l.rlim_cur as u64
 }
@@ -480,6 +503,7 @@ pub fn fd_limit() -> u64 {
 pub fn kernel_release() -> String {
     // SAFETY: utsname is plain data; uname fills it with NUL-terminated strings.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a live local utsname that uname fills.
     if unsafe { libc::uname(&mut u) } < 0 {
         return String::new();
     }
@@ -554,11 +578,14 @@ mod tests {
         // SAFETY: the child only calls async-signal-safe functions and exits.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
+            // SAFETY: in the forked child of a test: setpgid and _exit are async-signal-safe, and
+            // _exit never returns to code that could touch the parent's state.
             unsafe {
                 libc::setpgid(0, 0);
                 libc::_exit(7)
             }
         }
+        // SAFETY: setpgid on the child just forked, which is ours; no memory is passed.
         unsafe { libc::setpgid(pid, pid) };
         let pidfd = pidfd_open(pid).unwrap();
         assert!(poll_one(

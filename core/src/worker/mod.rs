@@ -1,0 +1,338 @@
+//! The worker side: what a program running under rcluster uses to talk to its primary.
+//!
+//! `handshake` connects to the primary named by the environment; `rx` reads and decodes what
+//! the primary sends; this file is the `Worker` handle and what it writes.
+
+mod handshake;
+mod rx;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use rx::decode_stream;
+use rx::{Decoded, Rx};
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::sys;
+use crate::sys::listen::Dispatch;
+use crate::wire::body;
+use crate::wire::frame::{self, Kind};
+
+/// Something the primary told this worker.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WorkerEvent {
+    /// A user message.
+    Message(Vec<u8>),
+    /// The primary asks this worker to finish its work and exit.
+    Disconnect,
+    /// The primary is gone (returned only when exiting on primary loss is turned off).
+    PrimaryGone,
+    /// A client connection the primary accepted for this worker (already acknowledged).
+    Connection(Connection),
+}
+
+/// A connection handed over by the primary. The socket is in blocking mode, as `accept(2)`
+/// returns it; set it non-blocking for an event loop. When it is closed, report it with
+/// [`Worker::connection_closed`] (a no-op unless the primary counts connections). Shut down
+/// the write side before closing (`shutdown(SHUT_WR)`): until the primary has read the
+/// acknowledgement it holds a copy, and a plain close would not end the connection.
+#[derive(Debug)]
+pub struct Connection {
+    pub id: u64,
+    pub fd: OwnedFd,
+    /// The name of the listener it came in on.
+    pub listener: String,
+    /// The client's address (`IP:port`, or `unix`).
+    pub peer: String,
+}
+
+impl PartialEq for Connection {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for Connection {}
+
+/// A listener the primary holds for this worker (see [`Worker::listen`]).
+#[derive(Debug)]
+pub struct Listening {
+    /// The name connections from it carry.
+    pub name: String,
+    /// The address it is bound to (a port 0 resolved).
+    pub addr: String,
+    /// In `shared` mode: the listening socket itself, to accept from.
+    pub fd: Option<OwnedFd>,
+}
+
+/// This process's link to its primary. `Send + Sync`; reads and writes may happen on
+/// different threads.
+pub struct Worker {
+    fd: OwnedFd,
+    id: u32,
+    generation: u32,
+    max_message: usize,
+    rx: Mutex<Rx>,
+    tx: Mutex<Vec<u8>>,
+    exit_on_primary_loss: AtomicBool,
+    next_request: std::sync::atomic::AtomicU32,
+    /// Connections whose close the primary wants to hear about. Its own lock: a thread blocked
+    /// in `next_event` holds the receive side's.
+    report_close: Mutex<std::collections::HashSet<u64>>,
+}
+
+impl Worker {
+    /// Stable slot id, 0-based.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Generation: 1 at start, +1 on every reload.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// How often to call [`Worker::heartbeat`] (`RCLUSTER_HEARTBEAT_MS`: a quarter of the
+    /// primary's `heartbeat_timeout`); None when the primary does not check heartbeats.
+    pub fn heartbeat_interval(&self) -> Option<Duration> {
+        let ms: u64 = std::env::var("RCLUSTER_HEARTBEAT_MS").ok()?.parse().ok()?;
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
+    /// Largest message the primary accepts.
+    pub fn max_message(&self) -> usize {
+        self.max_message
+    }
+
+    /// By default the process exits (status 0) when the primary disappears; turn that off to
+    /// get `WorkerEvent::PrimaryGone` instead.
+    pub fn set_exit_on_primary_loss(&self, exit: bool) {
+        self.exit_on_primary_loss.store(exit, Ordering::Relaxed);
+    }
+
+    /// Tells the primary this worker is ready for work.
+    pub fn ready(&self) -> Result<()> {
+        self.write_frame(Kind::Ready, &[])
+    }
+
+    /// A sign of life; needed when the primary has a heartbeat timeout.
+    pub fn heartbeat(&self) -> Result<()> {
+        self.write_frame(Kind::Heartbeat, &[])
+    }
+
+    /// Sends a user message to the primary. Blocks while the socket is full.
+    pub fn send(&self, data: &[u8]) -> Result<()> {
+        if data.len() > self.max_message {
+            return Err(Error::MessageTooLarge {
+                size: data.len(),
+                limit: self.max_message,
+            });
+        }
+        self.write_frame(Kind::Message, data)
+    }
+
+    /// Sends several user messages to the primary, in order, with one write. Blocks while the
+    /// socket is full. None is sent when one of them is too large.
+    pub fn send_many(&self, messages: &[&[u8]]) -> Result<()> {
+        if let Some(big) = messages.iter().find(|m| m.len() > self.max_message) {
+            return Err(Error::MessageTooLarge {
+                size: big.len(),
+                limit: self.max_message,
+            });
+        }
+        self.write_frames(messages.iter().map(|m| (Kind::Message, *m)))
+    }
+
+    /// Tells the primary that connection `id` is closed, making room for another.
+    /// Only connections the primary counts (least-connections dispatch, `max_inflight`) are
+    /// reported; for the others this costs nothing.
+    pub fn connection_closed(&self, id: u64) -> Result<()> {
+        if !self.report_close.lock().unwrap().remove(&id) {
+            return Ok(());
+        }
+        self.write_frame(Kind::ConnectionClosed, &body::conn_id(id))
+    }
+
+    /// Tells the primary that this worker no longer takes connections of listener `name` (what
+    /// `server.close()` means in a worker): it gives them to the other workers from now on.
+    pub fn unlisten(&self, name: &str) -> Result<()> {
+        self.write_frame(Kind::Unlisten, &body::unlisten(name))
+    }
+
+    /// Tells the primary this worker is going away on its own.
+    pub fn disconnect(&self) -> Result<()> {
+        self.write_frame(Kind::Disconnect, &[])
+    }
+
+    fn write_frame(&self, kind: Kind, body: &[u8]) -> Result<()> {
+        self.write_frames(std::iter::once((kind, body)))
+    }
+
+    /// Writes frames with one system call (more only while the socket is full).
+    fn write_frames<B: AsRef<[u8]>>(&self, frames: impl Iterator<Item = (Kind, B)>) -> Result<()> {
+        let mut buf = self.tx.lock().unwrap();
+        buf.clear();
+        for (kind, body) in frames {
+            frame::encode(&mut buf, kind, 0, body.as_ref());
+        }
+        let mut off = 0;
+        while off < buf.len() {
+            match sys::send_blocking(self.fd.as_raw_fd(), &buf[off..]) {
+                Ok(n) => off += n,
+                Err(e) => return Err(Error::io("sending to the primary", e)),
+            }
+        }
+        if buf.capacity() > 1 << 20 {
+            *buf = Vec::with_capacity(4096);
+        }
+        Ok(())
+    }
+
+    /// A descriptor that is readable when events may be waiting: wait on it in a host loop,
+    /// then call `try_next_event` until it returns None.
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_next_event(&self) -> Result<Option<WorkerEvent>> {
+        self.next_event(Some(Duration::ZERO))
+    }
+
+    /// Waits up to `timeout` (forever if None) for the next event.
+    pub fn next_event(&self, timeout: Option<Duration>) -> Result<Option<WorkerEvent>> {
+        let mut out = Vec::with_capacity(1);
+        self.next_events(timeout, 1, &mut out)?;
+        Ok(out.pop())
+    }
+
+    /// Waits up to `first` (forever if None) for an event, then takes every other one that
+    /// waits now, up to `max` in all, into `out`; returns how many. The connections among
+    /// them are acknowledged together, in one write, before this returns: a batch of
+    /// connections costs the primary one wake-up, not one each.
+    pub fn next_events(
+        &self,
+        first: Option<Duration>,
+        max: usize,
+        out: &mut Vec<WorkerEvent>,
+    ) -> Result<usize> {
+        let mut rx = self.rx.lock().unwrap();
+        if let Some(e) = rx.failed.take() {
+            return Err(e);
+        }
+        let start = out.len();
+        let mut acks = Vec::new();
+        let taken = self.take_events(&mut rx, first, max, out, &mut acks);
+        // Acknowledged before the application sees them: the primary keeps its copy until
+        // then and gives the connection to another worker if this one dies first.
+        if let Err(e) = self.ack(&acks) {
+            out.truncate(start);
+            return Err(e);
+        }
+        match taken {
+            Ok(()) => Ok(out.len() - start),
+            Err(e) if out.len() == start => Err(e),
+            Err(e) => {
+                rx.failed = Some(e);
+                Ok(out.len() - start)
+            }
+        }
+    }
+
+    fn take_events(
+        &self,
+        rx: &mut Rx,
+        first: Option<Duration>,
+        max: usize,
+        out: &mut Vec<WorkerEvent>,
+        acks: &mut Vec<u64>,
+    ) -> Result<()> {
+        let mut wait = first;
+        for _ in 0..max {
+            let ev = match rx.pending.pop_front() {
+                Some(ev) => ev,
+                None => match self.read_frame(rx, wait, acks)? {
+                    Some(Decoded::Event(ev)) => ev,
+                    Some(Decoded::ListenResult { request, .. }) => {
+                        return Err(Error::Protocol(format!(
+                            "answer to listen request {request}, which nobody is waiting for"
+                        )))
+                    }
+                    None if rx.gone => self.primary_gone(),
+                    None => return Ok(()),
+                },
+            };
+            let gone = ev == WorkerEvent::PrimaryGone;
+            out.push(ev);
+            if gone {
+                break;
+            }
+            wait = Some(Duration::ZERO);
+        }
+        Ok(())
+    }
+
+    /// Acknowledges connections, all in one write.
+    fn ack(&self, ids: &[u64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.write_frames(
+            ids.iter()
+                .map(|&id| (Kind::ConnectionAck, body::conn_id(id))),
+        )
+    }
+
+    /// Asks the primary for a listener on `addr` (`127.0.0.1:8080`, `[::1]:0`, `unix:/path`),
+    /// as `server.listen()` does in a Node cluster worker: the primary binds each address once
+    /// and dispatches its connections to every worker that asked. Blocks until the answer;
+    /// events that arrive meanwhile are kept for `next_event`.
+    pub fn listen(&self, addr: &str, dispatch: Dispatch) -> Result<Listening> {
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let mut rx = self.rx.lock().unwrap();
+        self.write_frame(Kind::Listen, &body::listen(request, dispatch, addr))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut acks = Vec::new();
+            let decoded = self.read_frame(&mut rx, Some(left), &mut acks)?;
+            self.ack(&acks)?;
+            match decoded {
+                Some(Decoded::Event(ev)) => rx.pending.push_back(ev),
+                Some(Decoded::ListenResult { request: r, result }) if r == request => {
+                    return result.map_err(|e| Error::Bind {
+                        addr: addr.to_string(),
+                        source: std::io::Error::other(e),
+                    });
+                }
+                Some(Decoded::ListenResult { request: r, .. }) => {
+                    return Err(Error::Protocol(format!(
+                        "answer to listen request {r}, expected {request}"
+                    )));
+                }
+                None if rx.gone => {
+                    return Err(Error::Protocol(
+                        "the primary went away before answering listen".into(),
+                    ))
+                }
+                None if left.is_zero() => {
+                    return Err(Error::Protocol(format!(
+                        "no answer to listen on {addr} within 30 s"
+                    )))
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn primary_gone(&self) -> WorkerEvent {
+        if self.exit_on_primary_loss.load(Ordering::Relaxed) {
+            std::process::exit(0);
+        }
+        WorkerEvent::PrimaryGone
+    }
+}

@@ -1,0 +1,223 @@
+//! Reading the link to the primary: the bytes and descriptors that arrive, and what each
+//! frame means to the worker.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use super::{Connection, Listening, Worker, WorkerEvent};
+use crate::error::{Error, Result};
+use crate::sys;
+use crate::wire::body;
+use crate::wire::frame::{self, Decoder, Kind};
+
+pub(super) struct Rx {
+    pub(super) decoder: Decoder,
+    pub(super) fds: VecDeque<OwnedFd>,
+    pub(super) gone: bool,
+    /// The last read returned less than it asked for (and brought no descriptor): the socket
+    /// was empty then, so a non-blocking look for more can skip the system call once (a host
+    /// loop hears of new bytes through the descriptor anyway).
+    pub(super) emptied: bool,
+    /// Events that arrived while `listen` waited for its answer.
+    pub(super) pending: VecDeque<WorkerEvent>,
+    /// An error met after a batch had taken events: reported by the next call, so that what
+    /// was taken before it is not lost.
+    pub(super) failed: Option<Error>,
+    /// Why the link cannot be read any more (descriptors and bytes were lost).
+    pub(super) broken: Option<String>,
+}
+
+impl Rx {
+    /// Before the hello: its limit is that of control frames until the primary's is known.
+    pub(super) fn new() -> Rx {
+        Rx {
+            decoder: Decoder::new(frame::MAX_CONTROL_BODY),
+            fds: VecDeque::new(),
+            gone: false,
+            emptied: false,
+            pending: VecDeque::new(),
+            failed: None,
+            broken: None,
+        }
+    }
+}
+
+/// What one frame from the primary is, to the application.
+pub(super) enum Decoded {
+    Event(WorkerEvent),
+    ListenResult {
+        request: u32,
+        result: std::result::Result<Listening, String>,
+    },
+}
+
+/// What one frame from the primary is, before connections are acknowledged.
+enum Raw {
+    Decoded(Decoded),
+    /// A connection, and whether the primary wants to hear when it closes.
+    Connection(Connection, bool),
+}
+
+impl Worker {
+    /// The next decoded frame, reading as needed for up to `timeout`; None on timeout or EOF.
+    /// A connection's id goes to `acks`: the caller acknowledges it before anyone sees it.
+    pub(super) fn read_frame(
+        &self,
+        rx: &mut Rx,
+        timeout: Option<Duration>,
+        acks: &mut Vec<u64>,
+    ) -> Result<Option<Decoded>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(detail) = &rx.broken {
+                return Err(Error::Protocol(detail.clone()));
+            }
+            if let Some(raw) = decode_one(rx)? {
+                let (c, report) = match raw {
+                    Raw::Decoded(d) => return Ok(Some(d)),
+                    Raw::Connection(c, report) => (c, report),
+                };
+                if report {
+                    self.report_close.lock().unwrap().insert(c.id);
+                }
+                acks.push(c.id);
+                return Ok(Some(Decoded::Event(WorkerEvent::Connection(c))));
+            }
+            if rx.gone {
+                return Ok(None);
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) && std::mem::take(&mut rx.emptied) {
+                return Ok(None);
+            }
+            if left != Some(Duration::ZERO)
+                && !sys::poll_one(self.fd.as_raw_fd(), libc::POLLIN, left)
+                    .map_err(|e| Error::io("poll", e))?
+            {
+                return Ok(None);
+            }
+            let Rx { decoder, fds, .. } = rx;
+            let spare = decoder.spare(64 * 1024);
+            let want = spare.len();
+            let fds_before = fds.len();
+            match sys::recv_with_fds(self.fd.as_raw_fd(), spare, fds, false) {
+                Ok(0) => rx.gone = true,
+                Ok(n) => {
+                    rx.decoder.commit(n);
+                    // A read that brought a descriptor stops at the end of the bytes it came
+                    // with, whatever follows: short, but not proof that the socket is empty.
+                    rx.emptied = n < want && rx.fds.len() == fds_before;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if left == Some(Duration::ZERO) {
+                        return Ok(None);
+                    }
+                }
+                // Descriptors were lost (MSG_CTRUNC), and the bytes of that read with them: the
+                // stream cannot be followed any more. Close every descriptor that waits, and
+                // fail every later read the same way.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    rx.fds.clear();
+                    rx.broken = Some(e.to_string());
+                }
+                Err(_) => rx.gone = true,
+            }
+        }
+    }
+}
+
+fn decode_one(rx: &mut Rx) -> Result<Option<Raw>> {
+    let Some(f) = rx.decoder.next_frame()? else {
+        return Ok(None);
+    };
+    let mut fd = || {
+        rx.fds
+            .pop_front()
+            .ok_or_else(|| Error::Protocol(format!("{:?} frame without its descriptor", f.kind)))
+    };
+    Ok(Some(match f.kind {
+        Kind::Message => Raw::Decoded(Decoded::Event(WorkerEvent::Message(f.body.to_vec()))),
+        Kind::Disconnect => Raw::Decoded(Decoded::Event(WorkerEvent::Disconnect)),
+        Kind::Connection => {
+            let fd = fd()?;
+            let c = body::parse_connection(f.body).ok_or_else(|| {
+                Error::Protocol(format!(
+                    "malformed connection frame of {} bytes",
+                    f.body.len()
+                ))
+            })?;
+            Raw::Connection(
+                Connection {
+                    id: c.id,
+                    fd,
+                    listener: c.listener,
+                    peer: c.peer,
+                },
+                c.report_close,
+            )
+        }
+        Kind::ListenResult => {
+            let fd = if f.has_fd { Some(fd()?) } else { None };
+            Raw::Decoded(parse_listen_result(f.body, fd)?)
+        }
+        other => {
+            return Err(Error::Protocol(format!(
+                "unexpected {other:?} frame from the primary"
+            )))
+        }
+    }))
+}
+
+/// The worker's reading of a stream from its primary, without a socket, for the fuzz targets:
+/// the handshake's decoding of the hello, the hand-over of what followed it to a decoder with
+/// the hello's limit, then every frame, as `read_frame` takes them. `chunks` are the reads
+/// (the stream split where a read would stop); `fds` descriptors wait in the FIFO first.
+pub(crate) fn decode_stream<'a>(
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+    fds: impl IntoIterator<Item = OwnedFd>,
+) -> Result<usize> {
+    let mut rx = Rx::new();
+    rx.fds.extend(fds);
+    let mut hello = false;
+    let mut events = 0;
+    for chunk in chunks {
+        rx.decoder.spare(chunk.len())[..chunk.len()].copy_from_slice(chunk);
+        rx.decoder.commit(chunk.len());
+        if !hello {
+            let Some(f) = rx.decoder.next_frame()? else {
+                continue;
+            };
+            if f.kind != Kind::Hello {
+                return Err(Error::Protocol(format!("first frame is {:?}", f.kind)));
+            }
+            let [max_message, _, _] = frame::parse_hello(f.body)?[..] else {
+                return Err(Error::Protocol("primary hello of the wrong size".into()));
+            };
+            let mut decoder = Decoder::new(max_message as usize);
+            let rest = std::mem::replace(&mut rx.decoder, Decoder::new(0));
+            rest.move_pending_into(&mut decoder);
+            rx.decoder = decoder;
+            hello = true;
+        }
+        while let Some(raw) = decode_one(&mut rx)? {
+            events += 1;
+            if let Raw::Decoded(Decoded::Event(WorkerEvent::Message(m))) = raw {
+                assert!(
+                    m.len() <= rx.decoder.max_message(),
+                    "message over the limit"
+                );
+            }
+        }
+        rx.decoder.shrink();
+    }
+    Ok(events)
+}
+
+/// A ListenResult frame as the worker's answer to `listen`.
+fn parse_listen_result(body: &[u8], fd: Option<OwnedFd>) -> Result<Decoded> {
+    let (request, result) = body::parse_listen_result(body)
+        .ok_or_else(|| Error::Protocol("malformed ListenResult frame".into()))?;
+    let result = result.map(|(name, addr)| Listening { name, addr, fd });
+    Ok(Decoded::ListenResult { request, result })
+}

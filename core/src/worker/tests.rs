@@ -1,0 +1,239 @@
+use super::*;
+use crate::wire::frame::Decoder;
+use std::collections::VecDeque;
+use std::os::fd::FromRawFd;
+
+fn linked() -> (OwnedFd, Worker) {
+    let (primary, worker) = sys::socketpair().unwrap();
+    sys::send(primary.as_raw_fd(), &frame::primary_hello(1024, 4, 2)).unwrap();
+    let w = Worker::handshake(worker, 4).unwrap().unwrap();
+    (primary, w)
+}
+
+#[test]
+fn handshake_reads_id_generation_and_limit_and_answers_hello() {
+    let (primary, w) = linked();
+    assert_eq!((w.id(), w.generation(), w.max_message()), (4, 2, 1024));
+    let mut d = Decoder::new(1024);
+    let mut fds = VecDeque::new();
+    let n = sys::recv_with_fds(primary.as_raw_fd(), d.spare(4096), &mut fds, true).unwrap();
+    d.commit(n);
+    let f = d.next_frame().unwrap().unwrap();
+    assert_eq!(f.kind, Kind::Hello);
+    assert_eq!(
+        frame::parse_hello(f.body).unwrap(),
+        vec![std::process::id()]
+    );
+}
+
+/// A read that brings a descriptor ends with that descriptor's frame: the frames behind it
+/// are taken by the next non-blocking call, without waiting for readiness again.
+#[test]
+fn connections_queued_behind_each_other_are_all_taken_without_waiting() {
+    let (primary, w) = linked();
+    for id in 1..=3u64 {
+        send_connection(&primary, id);
+    }
+    let mut msg = Vec::new();
+    frame::encode(&mut msg, Kind::Message, 0, b"after");
+    sys::send(primary.as_raw_fd(), &msg).unwrap();
+    for id in 1..=3u64 {
+        match w.try_next_event().unwrap() {
+            Some(WorkerEvent::Connection(c)) => assert_eq!(c.id, id),
+            other => panic!("expected connection {id}, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        w.try_next_event().unwrap(),
+        Some(WorkerEvent::Message(b"after".to_vec()))
+    );
+    assert_eq!(w.try_next_event().unwrap(), None);
+}
+
+/// Queues a connection frame for `id` with a descriptor of its own, as the primary does.
+fn send_connection(primary: &OwnedFd, id: u64) {
+    let (mine, _theirs) = sys::socketpair().unwrap();
+    let mut body = id.to_le_bytes().to_vec();
+    body.push(0);
+    frame::put_str(&mut body, "http");
+    frame::put_str(&mut body, "127.0.0.1:5000");
+    let mut wire = Vec::new();
+    frame::encode(&mut wire, Kind::Connection, frame::FLAG_FD, &body);
+    sys::send_with_fds(primary.as_raw_fd(), &wire, &[mine.as_raw_fd()], false).unwrap();
+}
+
+/// The connections of one batch are acknowledged in one write, made before the batch is
+/// returned. The link is a packet socket here, so that each write is one packet.
+#[test]
+fn a_batch_of_connections_is_acknowledged_in_one_write_before_it_is_seen() {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for two descriptors.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(rc, 0);
+    // SAFETY: both were just created and are owned by nobody else.
+    let (primary, worker) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    sys::send(primary.as_raw_fd(), &frame::primary_hello(1024, 4, 2)).unwrap();
+    let w = Worker::handshake(worker, 4).unwrap().unwrap();
+    for id in 1..=3u64 {
+        send_connection(&primary, id);
+    }
+    let mut out = Vec::new();
+    assert_eq!(
+        w.next_events(Some(Duration::ZERO), 16, &mut out).unwrap(),
+        3
+    );
+    let ids: Vec<u64> = out
+        .iter()
+        .map(|ev| match ev {
+            WorkerEvent::Connection(c) => c.id,
+            other => panic!("expected a connection, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, [1, 2, 3]);
+    // Packets now waiting at the primary's end: the hello, then one with every ack.
+    let mut packets = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: buf is valid for its length.
+        let n = unsafe {
+            libc::recv(
+                primary.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n <= 0 {
+            break;
+        }
+        packets.push(buf[..n as usize].to_vec());
+    }
+    assert_eq!(packets.len(), 2, "hello and one write of acks");
+    let mut d = Decoder::new(1024);
+    d.spare(4096)[..packets[1].len()].copy_from_slice(&packets[1]);
+    d.commit(packets[1].len());
+    let mut acked = Vec::new();
+    while let Some(f) = d.next_frame().unwrap() {
+        assert_eq!(f.kind, Kind::ConnectionAck);
+        acked.push(u64::from_le_bytes(f.body.try_into().unwrap()));
+    }
+    assert_eq!(acked, [1, 2, 3]);
+}
+
+#[test]
+fn worker_learns_that_the_primary_is_gone() {
+    let (primary, w) = linked();
+    w.set_exit_on_primary_loss(false);
+    let mut msg = Vec::new();
+    frame::encode(&mut msg, Kind::Message, 0, b"last words");
+    sys::send(primary.as_raw_fd(), &msg).unwrap();
+    drop(primary);
+    let first = w.next_event(Some(Duration::from_secs(1))).unwrap();
+    assert_eq!(first, Some(WorkerEvent::Message(b"last words".to_vec())));
+    assert_eq!(
+        w.next_event(Some(Duration::from_secs(1))).unwrap(),
+        Some(WorkerEvent::PrimaryGone)
+    );
+}
+
+#[test]
+fn worker_refuses_to_send_more_than_the_limit() {
+    let (_primary, w) = linked();
+    let e = w.send(&[0; 1025]).unwrap_err();
+    assert!(matches!(
+        e,
+        Error::MessageTooLarge {
+            size: 1025,
+            limit: 1024
+        }
+    ));
+}
+
+/// Sends `bytes` with `count` copies of `fd` attached, in one sendmsg.
+fn send_many_fds(to: &OwnedFd, bytes: &[u8], fd: RawFd, count: usize) {
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut _,
+        iov_len: bytes.len(),
+    };
+    let data = (4 * count) as u32;
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space_len = unsafe { libc::CMSG_SPACE(data) } as usize;
+    let mut space = vec![0u64; space_len.div_ceil(8)];
+    // SAFETY: the control message is built inside `space`, aligned and as large as
+    // CMSG_SPACE asks for `count` descriptors.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = space.as_mut_ptr().cast();
+        msg.msg_controllen = space_len as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(data) as _;
+        let fds = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+        for i in 0..count {
+            std::ptr::write_unaligned(fds.add(i), fd);
+        }
+        libc::sendmsg(to.as_raw_fd(), &msg, 0)
+    };
+    assert_eq!(n, bytes.len() as isize);
+}
+
+/// The primary never sends more descriptors at once than a worker has room for; if one
+/// did, the descriptors the kernel cut off are lost and the link cannot be followed.
+#[test]
+fn descriptors_overflowing_the_control_buffer_are_a_protocol_error_and_all_are_closed() {
+    let (primary, w) = linked();
+    let (probe, _keep) = sys::socketpair().unwrap();
+    let mut wire = Vec::new();
+    frame::encode(&mut wire, Kind::Message, 0, b"lost");
+    send_many_fds(&primary, &wire, probe.as_raw_fd(), sys::FDS_PER_RECV + 40);
+    let e = w.try_next_event().unwrap_err().to_string();
+    assert!(
+        e.starts_with("protocol error: ") && e.contains("MSG_CTRUNC"),
+        "{e}"
+    );
+    assert!(
+        w.rx.lock().unwrap().fds.is_empty(),
+        "arrived descriptors are closed"
+    );
+    // The stream cannot be followed any more: later calls fail the same way.
+    sys::send(primary.as_raw_fd(), &wire).unwrap();
+    let again = w.try_next_event().unwrap_err().to_string();
+    assert_eq!(again, e);
+}
+
+#[test]
+fn a_message_from_the_primary_over_max_message_is_a_protocol_error_from_its_header() {
+    let (primary, w) = linked();
+    // Only the header: the worker refuses the frame without waiting for its body.
+    sys::send(
+        primary.as_raw_fd(),
+        &[1, 4, 0, 0, Kind::Message as u8, 0, 0, 0],
+    )
+    .unwrap();
+    let e = w
+        .next_event(Some(Duration::from_secs(5)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("Message frame of 1025 bytes exceeds the limit of 1024 bytes"),
+        "{e}"
+    );
+}
+
+#[test]
+fn primary_hello_for_another_worker_is_refused() {
+    let (primary, worker) = sys::socketpair().unwrap();
+    sys::send(primary.as_raw_fd(), &frame::primary_hello(1024, 9, 1)).unwrap();
+    let e = Worker::handshake(worker, 4).err().unwrap().to_string();
+    assert!(e.contains("worker 9") && e.contains("says 4"), "{e}");
+}
