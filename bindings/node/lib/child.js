@@ -298,31 +298,23 @@ class WorkerSelf extends EventEmitter {
 /**
  * Follows the connections of an HTTP/1 server (http or https) so that a drain can end each
  * one cleanly (see drainKeepAlive). Other servers are left alone: only HTTP says how a
- * connection announces its end.
+ * connection announces its end. Serving costs one set entry and one listener per connection
+ * and nothing per request: what a drain needs to know of a connection (its response in
+ * progress, its bytes) it reads from the socket when the drain begins.
  */
 function trackKeepAlive(server) {
   if (server[kDrain] || !('keepAliveTimeout' in server)) return;
   const state = { sockets: new Set(), draining: false, timer: null };
   server[kDrain] = state;
   server.on(server instanceof tls.Server ? 'secureConnection' : 'connection', (socket) => {
-    socket[kDrain] = { res: null, since: Date.now(), bytes: 0 };
+    socket[kDrain] = state;
     state.sockets.add(socket);
-    socket.once('close', () => state.sockets.delete(socket));
+    socket.on('close', forgetSocket);
   });
-  // First of the 'request' listeners: the application's may answer at once, and a response
-  // of a draining server must say `Connection: close` before its head is written.
-  server.prependListener('request', (req, res) => {
-    if (state.draining) res.shouldKeepAlive = false;
-    const mark = req.socket && req.socket[kDrain];
-    if (!mark) return;
-    mark.res = res;
-    res.once('close', () => {
-      if (mark.res !== res) return;
-      mark.res = null;
-      mark.since = Date.now();
-      mark.bytes = req.socket.bytesRead;
-    });
-  });
+}
+
+function forgetSocket() {
+  this[kDrain].sockets.delete(this);
 }
 
 /**
@@ -337,25 +329,33 @@ function drainKeepAlive(server) {
   if (!state || state.draining) return;
   state.draining = true;
   server.closeIdleConnections = () => {};
+  // First of the 'request' listeners: the application's may answer at once, and the head of
+  // the response must say `Connection: close` before it is written.
+  server.prependListener('request', (req, res) => { res.shouldKeepAlive = false; });
+  const marks = new Map();
+  const now = Date.now();
   for (const socket of state.sockets) {
-    const { res } = socket[kDrain];
+    // The response a connection is writing now (Node's own record of it).
+    const res = socket._httpMessage;
     if (res && !res.headersSent) res.shouldKeepAlive = false;
+    marks.set(socket, { since: now, bytes: socket.bytesRead });
   }
   const check = () => {
-    const now = Date.now();
-    for (const socket of state.sockets) {
-      const mark = socket[kDrain];
-      if (mark.res) continue;
-      if (socket.bytesRead !== mark.bytes) {
-        // Bytes of a request whose head is not complete yet: busy, not idle.
+    const at = Date.now();
+    for (const [socket, mark] of marks) {
+      if (!state.sockets.has(socket)) {
+        marks.delete(socket);
+      } else if (socket._httpMessage || socket.bytesRead !== mark.bytes) {
+        // A response in progress, or bytes of a request: busy, not idle.
         mark.bytes = socket.bytesRead;
-        mark.since = now;
-      } else if (now - mark.since >= IDLE_GRACE_MS) {
+        mark.since = at;
+      } else if (at - mark.since >= IDLE_GRACE_MS) {
+        marks.delete(socket);
         state.sockets.delete(socket);
         socket.end(() => socket.destroy());
       }
     }
-    if (state.sockets.size === 0) clearInterval(state.timer);
+    if (marks.size === 0) clearInterval(state.timer);
   };
   state.timer = setInterval(check, IDLE_CHECK_MS);
   state.timer.unref();
