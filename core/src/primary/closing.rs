@@ -11,7 +11,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 
-use super::{Primary, Waiting};
+use super::Primary;
 use crate::sys::listen::{self, Dispatch};
 
 impl Primary {
@@ -49,16 +49,7 @@ impl Primary {
     fn accept_queued(&mut self, index: usize, fd: RawFd) {
         let now = self.clock.now();
         while let Ok(Some((fd, peer))) = listen::accept(fd) {
-            let id = self.next_conn_id;
-            self.next_conn_id += 1;
-            self.waiting.push_back(Waiting {
-                id,
-                fd,
-                listener: index,
-                peer,
-                since: now,
-                handed: now,
-            });
+            self.queue_accepted(index, fd, peer, now);
         }
     }
 

@@ -117,6 +117,26 @@ impl Primary {
         self.steer_groups(may_accept);
     }
 
+    /// An accepted connection joins the queue of those waiting for a worker.
+    pub(super) fn queue_accepted(
+        &mut self,
+        index: usize,
+        fd: OwnedFd,
+        peer: crate::sys::listen::Peer,
+        now: Instant,
+    ) {
+        let id = self.next_conn_id;
+        self.next_conn_id += 1;
+        self.waiting.push_back(Waiting {
+            id,
+            fd,
+            listener: index,
+            peer,
+            since: now,
+            handed: now,
+        });
+    }
+
     pub(super) fn accept_ready(&mut self, index: usize) {
         if let Some(fd) = self.listeners[index].fd.as_ref().map(|f| f.as_raw_fd()) {
             self.accept_from(index, fd);
@@ -133,18 +153,7 @@ impl Primary {
             }
             let l = &mut self.listeners[index];
             match listen::accept(fd) {
-                Ok(Some((fd, peer))) => {
-                    let id = self.next_conn_id;
-                    self.next_conn_id += 1;
-                    self.waiting.push_back(Waiting {
-                        id,
-                        fd,
-                        listener: index,
-                        peer,
-                        since: now,
-                        handed: now,
-                    });
-                }
+                Ok(Some((fd, peer))) => self.queue_accepted(index, fd, peer, now),
                 Ok(None) => break,
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS/ENOMEM: the connection stays in the backlog; try
