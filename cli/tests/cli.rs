@@ -530,26 +530,9 @@ fn http_get_body(addr: &str) -> String {
 
 #[test]
 fn listen_flag_has_the_primary_dispatch_connections_to_every_worker() {
-    let worker = hello_worker_binary();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_port_addr();
     let listen = format!("{addr}=http");
-    let mut c = Cluster::start(&[
-        "run",
-        "-w",
-        "2",
-        "--ready",
-        "explicit",
-        "--listen",
-        &listen,
-        "--",
-        worker.to_str().unwrap(),
-    ]);
-    c.wait_for_count(": ready", 2);
+    let mut c = two_hello_workers(&listen);
     let mut bodies: Vec<String> = (0..6).map(|_| http_get_body(&addr)).collect();
     bodies.sort();
     bodies.dedup();
@@ -651,6 +634,24 @@ fn output_that_a_full_stdout_cannot_take_is_reported_as_dropped_and_sigterm_stil
     assert_eq!(status.code(), Some(0), "log:\n{}", c.log_text());
 }
 
+/// `rcluster run` with two hello-workers behind `listen`, once both are ready.
+fn two_hello_workers(listen: &str) -> Cluster {
+    let worker = hello_worker_binary();
+    let c = Cluster::start(&[
+        "run",
+        "-w",
+        "2",
+        "--ready",
+        "explicit",
+        "--listen",
+        listen,
+        "--",
+        worker.to_str().unwrap(),
+    ]);
+    c.wait_for_count(": ready", 2);
+    c
+}
+
 fn free_port_addr() -> String {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -749,20 +750,8 @@ fn one_request(addr: &std::net::SocketAddr) -> Result<bool, String> {
 #[test]
 fn sigterm_under_constant_load_fails_no_accepted_connection() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    let worker = hello_worker_binary();
     let addr = free_port_addr();
-    let mut c = Cluster::start(&[
-        "run",
-        "-w",
-        "2",
-        "--ready",
-        "explicit",
-        "--listen",
-        &addr,
-        "--",
-        worker.to_str().unwrap(),
-    ]);
-    c.wait_for_count(": ready", 2);
+    let mut c = two_hello_workers(&addr);
     let sa: std::net::SocketAddr = addr.parse().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
@@ -896,25 +885,9 @@ fn a_worker_flooding_messages_gets_a_short_log_bounded_memory_and_sigterm_acts_a
 
 #[test]
 fn listen_on_a_host_name_binds_what_it_resolves_to_and_answers_there() {
-    let worker = hello_worker_binary();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port_addr().rsplit(':').next().unwrap().to_string();
     let listen = format!("localhost:{port}=http");
-    let mut c = Cluster::start(&[
-        "run",
-        "-w",
-        "2",
-        "--ready",
-        "explicit",
-        "--listen",
-        &listen,
-        "--",
-        worker.to_str().unwrap(),
-    ]);
-    c.wait_for_count(": ready", 2);
+    let mut c = two_hello_workers(&listen);
     // localhost is 127.0.0.1 on every Linux resolver (and ::1 too on some, also bound then).
     assert!(http_get_body(&format!("127.0.0.1:{port}")).contains("Hello from worker"));
     c.signal(libc::SIGTERM);
