@@ -87,7 +87,7 @@ impl EventLog {
             }
             Event::Online { id, pid } => format!("worker {id} pid {pid}: online"),
             Event::Ready { id, pid } => format!("worker {id} pid {pid}: ready"),
-            Event::Message { id, pid, data } => {
+            Event::Message { id, pid, data, .. } => {
                 format!("worker {id} pid {pid}: message: {}", excerpt(data))
             }
             Event::Exit { id, info, .. } => {
@@ -263,6 +263,7 @@ mod tests {
             id: 0,
             pid: 1,
             data: b"x".to_vec(),
+            content: rcluster_core::ContentType::Raw,
         };
         for _ in 0..1000 {
             log.print(&msg);

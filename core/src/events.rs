@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::policy::ExitReason;
 use crate::sys;
+use crate::wire::content::ContentType;
 
 /// A worker's lifecycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,8 +63,14 @@ pub enum Event {
     Online { id: u32, pid: u32 },
     /// The worker is ready for work.
     Ready { id: u32, pid: u32 },
-    /// A user message from a worker.
-    Message { id: u32, pid: u32, data: Vec<u8> },
+    /// A user message from a worker, with its content type (`Raw` from a worker that does
+    /// not set one).
+    Message {
+        id: u32,
+        pid: u32,
+        data: Vec<u8>,
+        content: ContentType,
+    },
     /// A worker process ended and was reaped.
     Exit {
         id: u32,
@@ -389,6 +396,7 @@ mod tests {
             id: 0,
             pid: 1,
             data: vec![b'x'; len],
+            content: ContentType::Raw,
         }
     }
 

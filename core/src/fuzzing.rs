@@ -11,6 +11,7 @@
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use crate::primary::reader::{Incoming, ReadEnd, Reader};
+use crate::wire::content::ContentType;
 use crate::wire::frame::{self, Decoder, Kind, FLAG_FD, MAX_CONTROL_BODY};
 
 /// The pid the primary-side reader expects in the worker's hello.
@@ -81,7 +82,8 @@ pub fn decoder(data: &[u8]) {
             };
             assert!(f.body.len() <= limit, "{:?} body over its limit", f.kind);
             again.clear();
-            let flags = if f.has_fd { FLAG_FD } else { 0 };
+            // Only a message has a content type; any other kind's is `Raw`, which is 0.
+            let flags = (if f.has_fd { FLAG_FD } else { 0 }) | f.content.flags();
             frame::encode(&mut again, f.kind, flags, f.body);
             assert_eq!(
                 again,
@@ -113,7 +115,7 @@ pub fn primary_reader(data: &[u8]) {
     for read in s.reads() {
         let end = r.feed(read, fds.take().into_iter().flatten(), &mut out);
         for m in out.drain(..) {
-            if let Incoming::Message(data) = m {
+            if let Incoming::Message(data, _) = m {
                 assert!(data.len() <= s.max_message, "message over the limit");
             }
         }
@@ -150,6 +152,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         frame::encode(&mut w, Kind::Ready, 0, b"");
         frame::encode(&mut w, Kind::Heartbeat, 0, b"");
         frame::encode(&mut w, Kind::Message, 0, b"hello");
+        frame::encode(&mut w, Kind::Message, ContentType::Json.flags(), b"{}");
         frame::encode(&mut w, Kind::ConnectionAck, 0, &7u64.to_le_bytes());
         frame::encode(&mut w, Kind::ConnectionClosed, 0, &7u64.to_le_bytes());
         let mut listen = 1u32.to_le_bytes().to_vec();
@@ -165,6 +168,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
     let from_primary = {
         let mut p = frame::primary_hello(1024, 0, 1);
         frame::encode(&mut p, Kind::Message, 0, b"hello");
+        frame::encode(&mut p, Kind::Message, ContentType::Text.flags(), b"hi");
         let mut conn = 9u64.to_le_bytes().to_vec();
         conn.push(1);
         frame::put_str(&mut conn, "web");
@@ -334,9 +338,10 @@ mod tests {
         let mut r = Reader::new(WORKER_PID as libc::pid_t, 1 << 20);
         let mut out = Vec::new();
         assert!(r.feed(&s[0][2..], [], &mut out).is_none());
-        // Hello, Ready, Message, Ack, Closed, Listen, Unlisten, Disconnect (not the heartbeat).
-        assert_eq!(out.len(), 8);
+        // Hello, Ready, two Messages, Ack, Closed, Listen, Unlisten, Disconnect (not the
+        // heartbeat).
+        assert_eq!(out.len(), 9);
         let events = crate::worker::decode_stream([&s[4][2..]], spare_fds(2)).unwrap();
-        assert_eq!(events, 5);
+        assert_eq!(events, 6);
     }
 }

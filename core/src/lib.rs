@@ -23,6 +23,7 @@ mod sys;
 mod wire;
 mod worker;
 
+pub use wire::content::ContentType;
 pub use wire::frame;
 
 pub use config::{

@@ -46,7 +46,7 @@ fn fail(why: &str) -> ! {
 fn next_message(worker: &Worker) -> Vec<u8> {
     loop {
         match worker.next_event(None) {
-            Ok(Some(WorkerEvent::Message(m))) => return m,
+            Ok(Some(WorkerEvent::Message { data, .. })) => return data,
             Ok(Some(WorkerEvent::Disconnect | WorkerEvent::PrimaryGone)) => std::process::exit(0),
             Ok(Some(WorkerEvent::Connection(_))) => {}
             Ok(None) => {}

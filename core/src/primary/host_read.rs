@@ -139,10 +139,11 @@ impl HostRead {
             let mut rest = Vec::new();
             for m in incoming {
                 match m {
-                    Incoming::Message(data) => out.push(Event::Message {
+                    Incoming::Message(data, content) => out.push(Event::Message {
                         id: link.id,
                         pid: reader.pid as u32,
                         data,
+                        content,
                     }),
                     other => rest.push(other),
                 }
@@ -177,6 +178,7 @@ mod tests {
     use crate::events::message_cost;
     use crate::primary::link::Limits;
     use crate::sys;
+    use crate::wire::content::ContentType;
     use crate::wire::frame::{self, Kind};
     use std::os::fd::AsRawFd;
 
@@ -214,6 +216,7 @@ mod tests {
                     id: 3,
                     pid: 4242,
                     data,
+                    content: ContentType::Raw,
                 }) => assert_eq!(data, want),
                 other => panic!("expected message {want:?}, got {other:?}"),
             }

@@ -142,7 +142,7 @@ impl Primary {
         let routine = incoming.iter().all(|m| {
             matches!(
                 m,
-                Incoming::Message(_) | Incoming::Ack(_) | Incoming::Closed(_)
+                Incoming::Message(..) | Incoming::Ack(_) | Incoming::Closed(_)
             )
         });
         if !routine || !matches!(end, ReadEnd::Drained) {
@@ -167,10 +167,11 @@ impl Primary {
                     }
                 }
                 Incoming::Ready => self.mark_ready(key),
-                Incoming::Message(data) => self.out.push(Event::Message {
+                Incoming::Message(data, content) => self.out.push(Event::Message {
                     id: slot,
                     pid,
                     data,
+                    content,
                 }),
                 Incoming::Disconnect => self.worker_disconnected(key),
                 Incoming::Closed(id) => self.connection_closed(key, id),

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::primary::reader::Reader;
 use crate::sys;
+use crate::wire::content::ContentType;
 use crate::wire::frame::{self, Kind};
 
 const COALESCE: Duration = Duration::from_micros(20);
@@ -171,19 +172,32 @@ impl Link {
     }
 
     /// Queues a user message (or writes it at once when the line is idle).
-    pub fn send_message(self: &Arc<Self>, waker: &Waker, body: &[u8]) -> Result<()> {
+    pub fn send_message(
+        self: &Arc<Self>,
+        waker: &Waker,
+        content: ContentType,
+        body: &[u8],
+    ) -> Result<()> {
         if body.len() > self.max_message {
             return Err(Error::MessageTooLarge {
                 size: body.len(),
                 limit: self.max_message,
             });
         }
-        self.send_frame(waker, Kind::Message, body, None)
+        let size = frame::HEADER_LEN + body.len();
+        self.enqueue(waker, size, None, |buf| {
+            frame::encode(buf, Kind::Message, content.flags(), body)
+        })
     }
 
     /// Queues several user messages in order, under one lock and with at most one write or
     /// wake-up: all of them, or none when they do not fit in the queue.
-    pub fn send_messages(self: &Arc<Self>, waker: &Waker, bodies: &[&[u8]]) -> Result<()> {
+    pub fn send_messages(
+        self: &Arc<Self>,
+        waker: &Waker,
+        content: ContentType,
+        bodies: &[&[u8]],
+    ) -> Result<()> {
         if let Some(big) = bodies.iter().find(|b| b.len() > self.max_message) {
             return Err(Error::MessageTooLarge {
                 size: big.len(),
@@ -193,7 +207,7 @@ impl Link {
         let size = bodies.iter().map(|b| frame::HEADER_LEN + b.len()).sum();
         self.enqueue(waker, size, None, |buf| {
             for body in bodies {
-                frame::encode(buf, Kind::Message, 0, body);
+                frame::encode(buf, Kind::Message, content.flags(), body);
             }
         })
     }

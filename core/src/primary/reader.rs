@@ -14,13 +14,14 @@ use crate::events::message_cost;
 use crate::sys;
 use crate::sys::listen::Dispatch;
 use crate::wire::body;
+use crate::wire::content::ContentType;
 use crate::wire::frame::{self, Decoder, Frame, Kind};
 
 /// What one frame from a worker means to the loop.
 pub enum Incoming {
     Hello,
     Ready,
-    Message(Vec<u8>),
+    Message(Vec<u8>, ContentType),
     Disconnect,
     /// The worker has connection `id` (the primary may close its copy).
     Ack(u64),
@@ -201,7 +202,7 @@ impl Reader {
                 Kind::Message => {
                     self.messages += 1;
                     *room = room.saturating_sub(message_cost(frame.body.len()));
-                    Incoming::Message(frame.body.to_vec())
+                    Incoming::Message(frame.body.to_vec(), frame.content)
                 }
                 _ => match control(&frame) {
                     Ok(msg) => msg,
@@ -294,7 +295,7 @@ mod tests {
         sys::set_nonblocking(primary.as_raw_fd(), true).unwrap();
         let mut wire = frame::worker_hello(4242);
         frame::encode(&mut wire, Kind::Message, 0, b"a");
-        frame::encode(&mut wire, Kind::Message, 0, b"b");
+        frame::encode(&mut wire, Kind::Message, ContentType::Json.flags(), b"b");
         frame::encode(&mut wire, Kind::Ready, 0, b"");
         sys::send_blocking(worker.as_raw_fd(), &wire).unwrap();
         let mut reader = Reader::new(4242, 1 << 16);
@@ -302,14 +303,19 @@ mod tests {
         // Room for one message: "a" fits, "b" and the Ready behind it wait.
         let end = reader.read(primary.as_raw_fd(), &mut out, 1);
         assert!(matches!(end, ReadEnd::Paused));
-        assert!(matches!(&out[..], [Incoming::Hello, Incoming::Message(a)] if a == b"a"));
+        assert!(
+            matches!(&out[..], [Incoming::Hello, Incoming::Message(a, ContentType::Raw)] if a == b"a")
+        );
         out.clear();
         let end = reader.read(primary.as_raw_fd(), &mut out, 0);
         assert!(matches!(end, ReadEnd::Paused));
         assert!(out.is_empty(), "no room: nothing is decoded");
         let end = reader.read(primary.as_raw_fd(), &mut out, usize::MAX);
         assert!(matches!(end, ReadEnd::Drained));
-        assert!(matches!(&out[..], [Incoming::Message(b), Incoming::Ready] if b == b"b"));
+        assert!(matches!(
+            &out[..],
+            [Incoming::Message(b, ContentType::Json), Incoming::Ready] if b == b"b"
+        ));
     }
 
     /// Reads what `frames` become at the primary, after the worker's hello.

@@ -19,6 +19,7 @@ use crate::primary::signals::SignalState;
 use crate::primary::{steered, Bound, Primary};
 use crate::sys;
 use crate::sys::listen::{self, ListenAddr};
+use crate::wire::content::ContentType;
 
 /// A running cluster of workers. Dropping it stops the cluster (with `kill_timeout`).
 pub struct Supervisor {
@@ -106,9 +107,17 @@ impl Supervisor {
         rx.recv().map_err(|_| Error::Stopped)
     }
 
-    /// Sends a user message to worker `id`. Fails at once with `MessageTooLarge`, `QueueFull`
-    /// (the worker is not reading; retry later) or `NoSuchWorker`.
+    /// Sends a user message (`raw`) to worker `id`. Fails at once with `MessageTooLarge`,
+    /// `QueueFull` (the worker is not reading; retry later) or `NoSuchWorker`.
     pub fn send(&self, id: u32, data: &[u8]) -> Result<()> {
+        self.send_as(id, ContentType::Raw, data)
+    }
+
+    /// Sends a user message of content type `content` to worker `id` (see [`send`]); the
+    /// limit counts `data` only.
+    ///
+    /// [`send`]: Supervisor::send
+    pub fn send_as(&self, id: u32, content: ContentType, data: &[u8]) -> Result<()> {
         if data.len() > self.shared.max_message {
             return Err(Error::MessageTooLarge {
                 size: data.len(),
@@ -117,7 +126,7 @@ impl Supervisor {
         }
         let link = self.shared.routes.read().unwrap().get(&id).cloned();
         match link {
-            Some(c) => c.send_message(&self.shared.waker, data),
+            Some(c) => c.send_message(&self.shared.waker, content, data),
             None if self.shared.stopped.load(Ordering::Acquire) => Err(Error::Stopped),
             None => Err(Error::NoSuchWorker(id)),
         }
@@ -132,17 +141,33 @@ impl Supervisor {
     /// most one write or wake-up of the loop for all of them. All are queued, or none (when one
     /// is too large or they do not fit in the queue).
     pub fn send_many(&self, id: u32, messages: &[&[u8]]) -> Result<()> {
+        self.send_many_as(id, ContentType::Raw, messages)
+    }
+
+    /// Sends several user messages of content type `content` to worker `id` as one batch
+    /// (see [`send_many`]).
+    ///
+    /// [`send_many`]: Supervisor::send_many
+    pub fn send_many_as(&self, id: u32, content: ContentType, messages: &[&[u8]]) -> Result<()> {
         let link = self.shared.routes.read().unwrap().get(&id).cloned();
         match link {
-            Some(c) => c.send_messages(&self.shared.waker, messages),
+            Some(c) => c.send_messages(&self.shared.waker, content, messages),
             None if self.shared.stopped.load(Ordering::Acquire) => Err(Error::Stopped),
             None => Err(Error::NoSuchWorker(id)),
         }
     }
 
-    /// Sends a user message to every live worker; returns how many it was queued for.
+    /// Sends a user message (`raw`) to every live worker; returns how many it was queued for.
     /// Workers whose queue is full are skipped (they are not reading).
     pub fn broadcast(&self, data: &[u8]) -> Result<usize> {
+        self.broadcast_as(ContentType::Raw, data)
+    }
+
+    /// Sends a user message of content type `content` to every live worker (see
+    /// [`broadcast`]).
+    ///
+    /// [`broadcast`]: Supervisor::broadcast
+    pub fn broadcast_as(&self, content: ContentType, data: &[u8]) -> Result<usize> {
         if data.len() > self.shared.max_message {
             return Err(Error::MessageTooLarge {
                 size: data.len(),
@@ -159,7 +184,7 @@ impl Supervisor {
             .collect();
         Ok(links
             .iter()
-            .filter(|c| c.send_message(&self.shared.waker, data).is_ok())
+            .filter(|c| c.send_message(&self.shared.waker, content, data).is_ok())
             .count())
     }
 

@@ -2,9 +2,11 @@
 //!
 //! A frame is an 8-byte header — body length (u32 LE), kind (u8), flags (u8), two reserved
 //! zero bytes — followed by the body. Flag bit 0 says one file descriptor travels with the frame
-//! (SCM_RIGHTS, sent with the frame's first byte).
+//! (SCM_RIGHTS, sent with the frame's first byte). Bits 1–3 of a `Message` frame's flags are
+//! its content type (`content`); every other bit is zero.
 
 use crate::error::{Error, Result};
+use crate::wire::content::{ContentType, CONTENT_MASK};
 
 pub const HEADER_LEN: usize = 8;
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -115,6 +117,8 @@ pub fn parse_hello(body: &[u8]) -> Result<Vec<u32>> {
 pub struct Frame<'a> {
     pub kind: Kind,
     pub has_fd: bool,
+    /// What a `Message` body is; `Raw` for every other kind.
+    pub content: ContentType,
     pub body: &'a [u8],
 }
 
@@ -226,11 +230,21 @@ impl Decoder {
         let (kind_byte, flags) = (avail[4], avail[5]);
         let kind = Kind::from_u8(kind_byte)
             .ok_or_else(|| Error::Protocol(format!("unknown frame kind {kind_byte}")))?;
-        if avail[6] != 0 || avail[7] != 0 || flags & !FLAG_FD != 0 {
+        let allowed = if kind == Kind::Message {
+            FLAG_FD | CONTENT_MASK
+        } else {
+            FLAG_FD
+        };
+        if avail[6] != 0 || avail[7] != 0 || flags & !allowed != 0 {
             return Err(Error::Protocol(format!(
                 "reserved header bits set in a {kind:?} frame"
             )));
         }
+        let content = if kind == Kind::Message {
+            ContentType::from_flags(flags)?
+        } else {
+            ContentType::Raw
+        };
         let has_fd = flags & FLAG_FD != 0;
         if has_fd && !kind.takes_fd() {
             return Err(Error::Protocol(format!(
@@ -255,6 +269,7 @@ impl Decoder {
         Ok(Some(Frame {
             kind,
             has_fd,
+            content,
             body: &self.buf[body_start..body_start + len],
         }))
     }
@@ -332,6 +347,46 @@ mod tests {
         let mut d = Decoder::new(10);
         feed(&mut d, &[0, 0, 0, 0, Kind::Ready as u8, FLAG_FD, 0, 0]);
         assert!(d.next_frame().is_err());
+    }
+
+    #[test]
+    fn message_frames_carry_their_content_type_and_other_kinds_none() {
+        let mut wire = Vec::new();
+        encode(&mut wire, Kind::Message, ContentType::Json.flags(), b"J{}");
+        encode(&mut wire, Kind::Message, 0, b"J{}");
+        let mut d = Decoder::new(10);
+        feed(&mut d, &wire);
+        let f = d.next_frame().unwrap().unwrap();
+        assert_eq!((f.content, f.body), (ContentType::Json, &b"J{}"[..]));
+        let f = d.next_frame().unwrap().unwrap();
+        assert_eq!((f.content, f.body), (ContentType::Raw, &b"J{}"[..]));
+
+        let mut d = Decoder::new(10);
+        feed(
+            &mut d,
+            &[
+                0,
+                0,
+                0,
+                0,
+                Kind::Ready as u8,
+                ContentType::Text.flags(),
+                0,
+                0,
+            ],
+        );
+        assert!(d.next_frame().unwrap_err().to_string().contains("reserved"));
+    }
+
+    #[test]
+    fn message_of_an_unknown_content_type_is_a_protocol_error_naming_it() {
+        let mut d = Decoder::new(10);
+        feed(&mut d, &[0, 0, 0, 0, Kind::Message as u8, 6 << 1, 0, 0]);
+        let err = d.next_frame().unwrap_err().to_string();
+        assert!(err.contains("unknown message content type 6"), "{err}");
+        let mut d = Decoder::new(10);
+        feed(&mut d, &[0, 0, 0, 0, Kind::Message as u8, 0x10, 0, 0]);
+        assert!(d.next_frame().unwrap_err().to_string().contains("reserved"));
     }
 
     #[test]

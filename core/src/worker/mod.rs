@@ -20,13 +20,14 @@ use crate::error::{Error, Result};
 use crate::sys;
 use crate::sys::listen::Dispatch;
 use crate::wire::body;
+use crate::wire::content::ContentType;
 use crate::wire::frame::{self, Kind};
 
 /// Something the primary told this worker.
 #[derive(Debug, PartialEq, Eq)]
 pub enum WorkerEvent {
-    /// A user message.
-    Message(Vec<u8>),
+    /// A user message, with its content type (`Raw` from a primary that does not set one).
+    Message { data: Vec<u8>, content: ContentType },
     /// The primary asks this worker to finish its work and exit.
     Disconnect,
     /// The primary is gone (returned only when exiting on primary loss is turned off).
@@ -124,27 +125,42 @@ impl Worker {
         self.write_frame(Kind::Heartbeat, &[])
     }
 
-    /// Sends a user message to the primary. Blocks while the socket is full.
+    /// Sends a user message (`raw`) to the primary. Blocks while the socket is full.
     pub fn send(&self, data: &[u8]) -> Result<()> {
+        self.send_as(ContentType::Raw, data)
+    }
+
+    /// Sends a user message of content type `content` to the primary; the limit counts
+    /// `data` only. Blocks while the socket is full.
+    pub fn send_as(&self, content: ContentType, data: &[u8]) -> Result<()> {
         if data.len() > self.max_message {
             return Err(Error::MessageTooLarge {
                 size: data.len(),
                 limit: self.max_message,
             });
         }
-        self.write_frame(Kind::Message, data)
+        self.write_frames(std::iter::once((Kind::Message, content.flags(), data)))
     }
 
     /// Sends several user messages to the primary, in order, with one write. Blocks while the
     /// socket is full. None is sent when one of them is too large.
     pub fn send_many(&self, messages: &[&[u8]]) -> Result<()> {
+        self.send_many_as(ContentType::Raw, messages)
+    }
+
+    /// Sends several user messages of content type `content` to the primary, in order, with
+    /// one write (see [`send_many`]).
+    ///
+    /// [`send_many`]: Worker::send_many
+    pub fn send_many_as(&self, content: ContentType, messages: &[&[u8]]) -> Result<()> {
         if let Some(big) = messages.iter().find(|m| m.len() > self.max_message) {
             return Err(Error::MessageTooLarge {
                 size: big.len(),
                 limit: self.max_message,
             });
         }
-        self.write_frames(messages.iter().map(|m| (Kind::Message, *m)))
+        let flags = content.flags();
+        self.write_frames(messages.iter().map(|m| (Kind::Message, flags, *m)))
     }
 
     /// Tells the primary that connection `id` is closed, making room for another.
@@ -169,15 +185,18 @@ impl Worker {
     }
 
     fn write_frame(&self, kind: Kind, body: &[u8]) -> Result<()> {
-        self.write_frames(std::iter::once((kind, body)))
+        self.write_frames(std::iter::once((kind, 0, body)))
     }
 
     /// Writes frames with one system call (more only while the socket is full).
-    fn write_frames<B: AsRef<[u8]>>(&self, frames: impl Iterator<Item = (Kind, B)>) -> Result<()> {
+    fn write_frames<B: AsRef<[u8]>>(
+        &self,
+        frames: impl Iterator<Item = (Kind, u8, B)>,
+    ) -> Result<()> {
         let mut buf = self.tx.lock().unwrap();
         buf.clear();
-        for (kind, body) in frames {
-            frame::encode(&mut buf, kind, 0, body.as_ref());
+        for (kind, flags, body) in frames {
+            frame::encode(&mut buf, kind, flags, body.as_ref());
         }
         let mut off = 0;
         while off < buf.len() {
@@ -283,7 +302,7 @@ impl Worker {
         }
         self.write_frames(
             ids.iter()
-                .map(|&id| (Kind::ConnectionAck, body::conn_id(id))),
+                .map(|&id| (Kind::ConnectionAck, 0, body::conn_id(id))),
         )
     }
 

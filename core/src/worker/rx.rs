@@ -137,7 +137,10 @@ fn decode_one(rx: &mut Rx) -> Result<Option<Raw>> {
             .ok_or_else(|| Error::Protocol(format!("{:?} frame without its descriptor", f.kind)))
     };
     Ok(Some(match f.kind {
-        Kind::Message => Raw::Decoded(Decoded::Event(WorkerEvent::Message(f.body.to_vec()))),
+        Kind::Message => Raw::Decoded(Decoded::Event(WorkerEvent::Message {
+            data: f.body.to_vec(),
+            content: f.content,
+        })),
         Kind::Disconnect => Raw::Decoded(Decoded::Event(WorkerEvent::Disconnect)),
         Kind::Connection => {
             let fd = fd()?;
@@ -202,9 +205,9 @@ pub(crate) fn decode_stream<'a>(
         }
         while let Some(raw) = decode_one(&mut rx)? {
             events += 1;
-            if let Raw::Decoded(Decoded::Event(WorkerEvent::Message(m))) = raw {
+            if let Raw::Decoded(Decoded::Event(WorkerEvent::Message { data, .. })) = raw {
                 assert!(
-                    m.len() <= rx.decoder.max_message(),
+                    data.len() <= rx.decoder.max_message(),
                     "message over the limit"
                 );
             }

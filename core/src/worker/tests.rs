@@ -35,7 +35,7 @@ fn connections_queued_behind_each_other_are_all_taken_without_waiting() {
         send_connection(&primary, id);
     }
     let mut msg = Vec::new();
-    frame::encode(&mut msg, Kind::Message, 0, b"after");
+    frame::encode(&mut msg, Kind::Message, ContentType::Text.flags(), b"after");
     sys::send(primary.as_raw_fd(), &msg).unwrap();
     for id in 1..=3u64 {
         match w.try_next_event().unwrap() {
@@ -45,7 +45,10 @@ fn connections_queued_behind_each_other_are_all_taken_without_waiting() {
     }
     assert_eq!(
         w.try_next_event().unwrap(),
-        Some(WorkerEvent::Message(b"after".to_vec()))
+        Some(WorkerEvent::Message {
+            data: b"after".to_vec(),
+            content: ContentType::Text
+        })
     );
     assert_eq!(w.try_next_event().unwrap(), None);
 }
@@ -136,7 +139,13 @@ fn worker_learns_that_the_primary_is_gone() {
     sys::send(primary.as_raw_fd(), &msg).unwrap();
     drop(primary);
     let first = w.next_event(Some(Duration::from_secs(1))).unwrap();
-    assert_eq!(first, Some(WorkerEvent::Message(b"last words".to_vec())));
+    assert_eq!(
+        first,
+        Some(WorkerEvent::Message {
+            data: b"last words".to_vec(),
+            content: ContentType::Raw
+        })
+    );
     assert_eq!(
         w.next_event(Some(Duration::from_secs(1))).unwrap(),
         Some(WorkerEvent::PrimaryGone)

@@ -170,8 +170,8 @@ fn serve(w: &Arc<Worker>, delay: Duration) {
                 let w = Arc::clone(w);
                 std::thread::spawn(move || answer(&w, c, delay));
             }
-            Some(WorkerEvent::Message(m)) if m.starts_with(b"!") => command(w, &m),
-            Some(WorkerEvent::Message(m)) => w.send(&m).unwrap(),
+            Some(WorkerEvent::Message { data: m, .. }) if m.starts_with(b"!") => command(w, &m),
+            Some(WorkerEvent::Message { data, content }) => w.send_as(content, &data).unwrap(),
             Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => std::process::exit(0),
             None => {}
         }
@@ -193,8 +193,8 @@ fn drain(w: &Arc<Worker>, delay: Duration) {
                     PENDING.fetch_sub(1, Ordering::SeqCst);
                 });
             }
-            Some(WorkerEvent::Message(m)) if m.starts_with(b"!") => command(w, &m),
-            Some(WorkerEvent::Message(m)) => w.send(&m).unwrap(),
+            Some(WorkerEvent::Message { data: m, .. }) if m.starts_with(b"!") => command(w, &m),
+            Some(WorkerEvent::Message { data, content }) => w.send_as(content, &data).unwrap(),
             Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => {
                 // Every connection handed before the disconnect came before it on the socket,
                 // so PENDING already counts them all.
@@ -216,8 +216,8 @@ fn report(w: &Arc<Worker>, delay: Duration) {
                 let w = Arc::clone(w);
                 std::thread::spawn(move || answer(&w, c, delay));
             }
-            Some(WorkerEvent::Message(m)) if m.starts_with(b"!") => command(w, &m),
-            Some(WorkerEvent::Message(m)) => w.send(&m).unwrap(),
+            Some(WorkerEvent::Message { data: m, .. }) if m.starts_with(b"!") => command(w, &m),
+            Some(WorkerEvent::Message { data, content }) => w.send_as(content, &data).unwrap(),
             Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => std::process::exit(0),
             None => {}
         }
@@ -315,8 +315,8 @@ fn listen_and_drain(w: &Arc<Worker>, own: std::os::fd::OwnedFd, name: &str) {
                     PENDING.fetch_sub(1, Ordering::SeqCst);
                 });
             }
-            Some(WorkerEvent::Message(m)) if m.starts_with(b"!") => command(w, &m),
-            Some(WorkerEvent::Message(m)) => w.send(&m).unwrap(),
+            Some(WorkerEvent::Message { data: m, .. }) if m.starts_with(b"!") => command(w, &m),
+            Some(WorkerEvent::Message { data, content }) => w.send_as(content, &data).unwrap(),
             Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => {
                 let listener = std::net::TcpListener::from(own);
                 let _ = listener.set_nonblocking(true);
@@ -503,10 +503,10 @@ fn count(w: &Worker) {
     let mut n: u64 = 0;
     loop {
         match w.next_event(None).unwrap() {
-            Some(WorkerEvent::Message(m)) if m == b"end" => {
+            Some(WorkerEvent::Message { data, .. }) if data == b"end" => {
                 w.send(n.to_string().as_bytes()).unwrap()
             }
-            Some(WorkerEvent::Message(_)) => n += 1,
+            Some(WorkerEvent::Message { .. }) => n += 1,
             Some(_) => std::process::exit(0),
             None => {}
         }

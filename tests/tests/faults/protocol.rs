@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use rcluster_core::frame::{self, Kind, FLAG_FD, MAX_CONTROL_BODY};
 use rcluster_core::{
-    Config, Dispatch, Error, Event, ExitInfo, ExitReason, ListenAddr, Listener, RestartMode,
-    Supervisor, WorkerState,
+    Config, ContentType, Dispatch, Error, Event, ExitInfo, ExitReason, ListenAddr, Listener,
+    RestartMode, Supervisor, WorkerState,
 };
 use rcluster_tests::*;
 
@@ -146,8 +146,18 @@ fn every_malformed_frame_from_a_worker_ends_only_that_worker_naming_the_cause() 
         ),
         (
             "a flag bit that is not defined",
-            raw(1, Kind::Message as u8, 0x02, [0, 0], b"x"),
+            raw(1, Kind::Message as u8, 0x10, [0, 0], b"x"),
             "reserved header bits set in a Message frame".into(),
+        ),
+        (
+            "a content type on a frame that is not a message",
+            raw(0, Kind::Ready as u8, ContentType::Text.flags(), [0, 0], &[]),
+            "reserved header bits set in a Ready frame".into(),
+        ),
+        (
+            "a message of a content type this version does not know",
+            raw(1, Kind::Message as u8, 5 << 1, [0, 0], b"x"),
+            "unknown message content type 5".into(),
         ),
         (
             "a reserved header byte that is not zero",
@@ -425,6 +435,49 @@ fn a_host_message_over_max_message_is_refused_with_message_too_large_and_sends_n
     );
     cluster_still_serves(&sup, &addr, 0);
     sup.stop(Duration::from_secs(5)).unwrap();
+}
+
+/// A raw message that looks like a tagged one stays raw, and every type comes back as it went.
+#[test]
+fn every_content_type_reaches_a_worker_and_comes_back_with_its_bytes_and_its_type() {
+    let sup = Supervisor::start(config(&["echo"])).unwrap();
+    wait_ready(&sup, 2);
+    for content in ContentType::ALL {
+        for body in [&b"J{\"a\":1}"[..], b"V\xff\x0f", b"C", b""] {
+            sup.send_as(0, content, body).unwrap();
+            let got = wait_for(&sup, WAIT, |e| matches!(e, Event::Message { id: 0, .. }));
+            assert_eq!(
+                got,
+                Event::Message {
+                    id: 0,
+                    pid: got_pid(&got),
+                    data: body.to_vec(),
+                    content
+                },
+                "{content} {body:?}"
+            );
+        }
+    }
+    // The limit counts the body alone, whatever the type.
+    let full = vec![b'a'; MAX_MESSAGE];
+    sup.send_as(0, ContentType::Json, &full).unwrap();
+    wait_for(
+        &sup,
+        WAIT,
+        |e| matches!(e, Event::Message { id: 0, data, content: ContentType::Json, .. } if *data == full),
+    );
+    assert!(matches!(
+        sup.send_as(0, ContentType::Text, &vec![b'a'; MAX_MESSAGE + 1]),
+        Err(Error::MessageTooLarge { .. })
+    ));
+    sup.stop(Duration::from_secs(5)).unwrap();
+}
+
+fn got_pid(e: &Event) -> u32 {
+    match e {
+        Event::Message { pid, .. } => *pid,
+        _ => unreachable!(),
+    }
 }
 
 /// The second call must not wrap the same descriptor in a second owner: dropping that owner
