@@ -384,6 +384,13 @@ typedef uint32_t rcluster_output;
 typedef uint32_t rcluster_dispatch;
 
 /**
+ * What a user message's bytes are (one of the `RCLUSTER_CONTENT_*` values), as the frame
+ * header carries it, so that a primary or worker of another language decodes it as meant
+ * (docs/protocol.md, "Content types"). The library never looks at the bytes.
+ */
+typedef uint32_t rcluster_content_type;
+
+/**
  * Something that happened in the cluster. Read-only; `data` and `text` belong to the event
  * and stay valid until `rcluster_event_free`.
  */
@@ -454,6 +461,12 @@ typedef struct {
    * OUTPUT_DROPPED: the number of bytes dropped.
    */
   uint64_t bytes;
+  /**
+   * MESSAGE: what the bytes are (`RCLUSTER_CONTENT_*`; RAW from a worker that sets no
+   * type). Last, so that programs built against an older header read the fields before it
+   * where they were.
+   */
+  rcluster_content_type content_type;
 } rcluster_event;
 
 /**
@@ -527,6 +540,12 @@ typedef struct {
    * CONNECTION: the client's address ("IP:port", or "unix"); NULL otherwise.
    */
   const char *peer;
+  /**
+   * MESSAGE: what the bytes are (`RCLUSTER_CONTENT_*`; RAW from a primary that sets no
+   * type). Last, so that programs built against an older header read the fields before it
+   * where they were.
+   */
+  rcluster_content_type content_type;
 } rcluster_worker_event;
 
 /**
@@ -588,6 +607,32 @@ typedef struct {
  * Every line a worker writes is prefixed with `[id] ` by the primary.
  */
 #define RCLUSTER_OUTPUT_PREFIX 1
+
+/**
+ * Opaque bytes: what `rcluster_*_send` sends, and what a peer that sets no type sends.
+ */
+#define RCLUSTER_CONTENT_RAW 0
+
+/**
+ * UTF-8 text (a Python `str`, a Node string).
+ */
+#define RCLUSTER_CONTENT_TEXT 1
+
+/**
+ * UTF-8 JSON text, one value (Node's default serialization, Python's `send_json`).
+ */
+#define RCLUSTER_CONTENT_JSON 2
+
+/**
+ * Node's `v8.serialize` format (Node's `serialization: 'advanced'`).
+ */
+#define RCLUSTER_CONTENT_V8 3
+
+/**
+ * A binding's own bookkeeping (Node's cluster control messages): a C program passes these on
+ * untouched or ignores them.
+ */
+#define RCLUSTER_CONTENT_BINDING 4
 
 #ifdef __cplusplus
 extern "C" {
@@ -951,6 +996,20 @@ rcluster_result rcluster_supervisor_send(const rcluster_supervisor *sup,
                                          size_t len);
 
 /**
+ * Like `rcluster_supervisor_send`, with the message's content type (`RCLUSTER_CONTENT_*`),
+ * which the worker reads with the message. `INVALID_ARGUMENT` for a number that is no type;
+ * `max_message` counts the `len` bytes only.
+ *
+ * # Safety
+ * `sup` is NULL or a live supervisor; `data` is NULL or points to `len` readable bytes.
+ */
+rcluster_result rcluster_supervisor_send_as(const rcluster_supervisor *sup,
+                                            uint32_t worker_id,
+                                            rcluster_content_type content_type,
+                                            const uint8_t *data,
+                                            size_t len);
+
+/**
  * Sends a user message to every live worker; `*out_count` (optional: may be NULL) receives
  * how many it was queued for (workers whose queue is full are skipped).
  *
@@ -962,6 +1021,20 @@ rcluster_result rcluster_supervisor_broadcast(const rcluster_supervisor *sup,
                                               const uint8_t *data,
                                               size_t len,
                                               size_t *out_count);
+
+/**
+ * Like `rcluster_supervisor_broadcast`, with the message's content type
+ * (`RCLUSTER_CONTENT_*`). `INVALID_ARGUMENT` for a number that is no type.
+ *
+ * # Safety
+ * `sup` is NULL or a live supervisor; `data` is NULL or points to `len` readable bytes;
+ * `out_count` is NULL or writable.
+ */
+rcluster_result rcluster_supervisor_broadcast_as(const rcluster_supervisor *sup,
+                                                 rcluster_content_type content_type,
+                                                 const uint8_t *data,
+                                                 size_t len,
+                                                 size_t *out_count);
 
 /**
  * Waits up to `timeout_ms` milliseconds (negative: forever) for the next event. On success
@@ -1141,6 +1214,19 @@ rcluster_result rcluster_worker_heartbeat(const rcluster_worker *w);
  * `w` is NULL or a live worker; `data` is NULL or points to `len` readable bytes.
  */
 rcluster_result rcluster_worker_send(const rcluster_worker *w, const uint8_t *data, size_t len);
+
+/**
+ * Like `rcluster_worker_send`, with the message's content type (`RCLUSTER_CONTENT_*`), which
+ * the primary reads with the message. `INVALID_ARGUMENT` for a number that is no type;
+ * `max_message` counts the `len` bytes only.
+ *
+ * # Safety
+ * `w` is NULL or a live worker; `data` is NULL or points to `len` readable bytes.
+ */
+rcluster_result rcluster_worker_send_as(const rcluster_worker *w,
+                                        rcluster_content_type content_type,
+                                        const uint8_t *data,
+                                        size_t len);
 
 /**
  * Tells the primary that connection `connection_id` is closed, making room for another

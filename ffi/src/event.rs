@@ -11,6 +11,7 @@ use std::ffi::{c_char, CString};
 use rcluster_core::{Event, ExitInfo, ExitReason, WorkerInfo, WorkerState};
 
 use crate::args::{self, handle};
+use crate::modes::{rcluster_content_type, RCLUSTER_CONTENT_RAW};
 use crate::result::{guard, guard_void, rcluster_result, Fail};
 
 /// What an `rcluster_event` reports. Fields that do not apply to a kind are 0 / NULL.
@@ -140,6 +141,10 @@ pub struct rcluster_event {
     pub lines: u64,
     /// OUTPUT_DROPPED: the number of bytes dropped.
     pub bytes: u64,
+    /// MESSAGE: what the bytes are (`RCLUSTER_CONTENT_*`; RAW from a worker that sets no
+    /// type). Last, so that programs built against an older header read the fields before it
+    /// where they were.
+    pub content_type: rcluster_content_type,
 }
 
 /// The allocation behind an `rcluster_event*`: the view first, so the two pointers are equal.
@@ -189,6 +194,7 @@ fn blank(kind: rcluster_event_kind) -> rcluster_event {
         workers: 0,
         lines: 0,
         bytes: 0,
+        content_type: RCLUSTER_CONTENT_RAW,
     }
 }
 
@@ -214,8 +220,14 @@ pub(crate) fn into_c(ev: Event) -> *mut rcluster_event {
         } => (v.kind, v.worker_id, v.pid, v.generation) = (K::Spawned, id, pid, generation),
         Event::Online { id, pid } => (v.kind, v.worker_id, v.pid) = (K::Online, id, pid),
         Event::Ready { id, pid } => (v.kind, v.worker_id, v.pid) = (K::Ready, id, pid),
-        Event::Message { id, pid, data } => {
+        Event::Message {
+            id,
+            pid,
+            data,
+            content,
+        } => {
             (v.kind, v.worker_id, v.pid) = (K::Message, id, pid);
+            v.content_type = content as rcluster_content_type;
             o.data = data;
         }
         Event::Exit {

@@ -2,7 +2,7 @@
 //! Rust enums, because a C caller can pass any number, and an out-of-range value in a Rust
 //! enum would be undefined behaviour; here it is a checked `RCLUSTER_RESULT_INVALID_ARGUMENT`.
 
-use rcluster_core::Dispatch;
+use rcluster_core::{ContentType, Dispatch};
 
 use crate::result::Fail;
 
@@ -45,6 +45,30 @@ pub type rcluster_output = u32;
 pub const RCLUSTER_OUTPUT_INHERIT: rcluster_output = 0;
 /// Every line a worker writes is prefixed with `[id] ` by the primary.
 pub const RCLUSTER_OUTPUT_PREFIX: rcluster_output = 1;
+
+/// What a user message's bytes are (one of the `RCLUSTER_CONTENT_*` values), as the frame
+/// header carries it, so that a primary or worker of another language decodes it as meant
+/// (docs/protocol.md, "Content types"). The library never looks at the bytes.
+#[allow(non_camel_case_types)]
+pub type rcluster_content_type = u32;
+/// Opaque bytes: what `rcluster_*_send` sends, and what a peer that sets no type sends.
+pub const RCLUSTER_CONTENT_RAW: rcluster_content_type = 0;
+/// UTF-8 text (a Python `str`, a Node string).
+pub const RCLUSTER_CONTENT_TEXT: rcluster_content_type = 1;
+/// UTF-8 JSON text, one value (Node's default serialization, Python's `send_json`).
+pub const RCLUSTER_CONTENT_JSON: rcluster_content_type = 2;
+/// Node's `v8.serialize` format (Node's `serialization: 'advanced'`).
+pub const RCLUSTER_CONTENT_V8: rcluster_content_type = 3;
+/// A binding's own bookkeeping (Node's cluster control messages): a C program passes these on
+/// untouched or ignores them.
+pub const RCLUSTER_CONTENT_BINDING: rcluster_content_type = 4;
+
+pub(crate) fn content_from(t: rcluster_content_type) -> Result<ContentType, Fail> {
+    u8::try_from(t)
+        .ok()
+        .and_then(|n| ContentType::from_u8(n).ok())
+        .ok_or_else(|| Fail::range("content_type", t, "must be one of RCLUSTER_CONTENT_*"))
+}
 
 pub(crate) fn dispatch_from(d: rcluster_dispatch) -> Result<Dispatch, Fail> {
     u8::try_from(d)

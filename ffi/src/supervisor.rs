@@ -13,6 +13,7 @@ use rcluster_core::{Event, ListenAddr, Supervisor};
 use crate::args::{self, handle};
 use crate::config::rcluster_config;
 use crate::event::{self, rcluster_event, rcluster_snapshot};
+use crate::modes::{content_from, rcluster_content_type};
 use crate::result::{guard, guard_void, rcluster_result, Fail, Res};
 
 /// A running cluster (opaque). Made by `rcluster_supervisor_start`, released by
@@ -185,6 +186,30 @@ pub unsafe extern "C" fn rcluster_supervisor_send(
     })
 }
 
+/// Like `rcluster_supervisor_send`, with the message's content type (`RCLUSTER_CONTENT_*`),
+/// which the worker reads with the message. `INVALID_ARGUMENT` for a number that is no type;
+/// `max_message` counts the `len` bytes only.
+///
+/// # Safety
+/// `sup` is NULL or a live supervisor; `data` is NULL or points to `len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rcluster_supervisor_send_as(
+    sup: *const rcluster_supervisor,
+    worker_id: u32,
+    content_type: rcluster_content_type,
+    data: *const u8,
+    len: usize,
+) -> rcluster_result {
+    guard("rcluster_supervisor_send_as", || {
+        let s = sup_ref(sup)?;
+        let content = content_from(content_type)?;
+        // SAFETY: the caller promises `data` is readable for `len` bytes during the call (NULL
+        // only with `len` 0).
+        let data = unsafe { args::buffer(data, len, "data") }?;
+        Ok(s.sup.send_as(worker_id, content, data)?)
+    })
+}
+
 /// Sends a user message to every live worker; `*out_count` (optional: may be NULL) receives
 /// how many it was queued for (workers whose queue is full are skipped).
 ///
@@ -204,6 +229,36 @@ pub unsafe extern "C" fn rcluster_supervisor_broadcast(
         // only with `len` 0).
         let data = unsafe { args::buffer(data, len, "data") }?;
         let n = s.sup.broadcast(data)?;
+        if !out_count.is_null() {
+            // SAFETY: `out_count` is non-null (checked above) and the caller promises it points to
+            // writable memory for one value.
+            unsafe { args::put(out_count, n) };
+        }
+        Ok(())
+    })
+}
+
+/// Like `rcluster_supervisor_broadcast`, with the message's content type
+/// (`RCLUSTER_CONTENT_*`). `INVALID_ARGUMENT` for a number that is no type.
+///
+/// # Safety
+/// `sup` is NULL or a live supervisor; `data` is NULL or points to `len` readable bytes;
+/// `out_count` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn rcluster_supervisor_broadcast_as(
+    sup: *const rcluster_supervisor,
+    content_type: rcluster_content_type,
+    data: *const u8,
+    len: usize,
+    out_count: *mut usize,
+) -> rcluster_result {
+    guard("rcluster_supervisor_broadcast_as", || {
+        let s = sup_ref(sup)?;
+        let content = content_from(content_type)?;
+        // SAFETY: the caller promises `data` is readable for `len` bytes during the call (NULL
+        // only with `len` 0).
+        let data = unsafe { args::buffer(data, len, "data") }?;
+        let n = s.sup.broadcast_as(content, data)?;
         if !out_count.is_null() {
             // SAFETY: `out_count` is non-null (checked above) and the caller promises it points to
             // writable memory for one value.

@@ -7,6 +7,7 @@ use rcluster_core::{Worker, WorkerEvent};
 
 use crate::args::{self, handle};
 use crate::event::c_text;
+use crate::modes::{content_from, rcluster_content_type, RCLUSTER_CONTENT_RAW};
 use crate::result::{guard, guard_void, rcluster_result, Fail, Res};
 
 /// This process's link to its primary (opaque). Made by `rcluster_worker_from_env`, released
@@ -54,6 +55,10 @@ pub struct rcluster_worker_event {
     pub listener: *const c_char,
     /// CONNECTION: the client's address ("IP:port", or "unix"); NULL otherwise.
     pub peer: *const c_char,
+    /// MESSAGE: what the bytes are (`RCLUSTER_CONTENT_*`; RAW from a primary that sets no
+    /// type). Last, so that programs built against an older header read the fields before it
+    /// where they were.
+    pub content_type: rcluster_content_type,
 }
 
 #[repr(C)]
@@ -75,15 +80,17 @@ fn into_c(ev: WorkerEvent) -> *mut rcluster_worker_event {
             fd: -1,
             listener: std::ptr::null(),
             peer: std::ptr::null(),
+            content_type: RCLUSTER_CONTENT_RAW,
         },
         data: Vec::new(),
         listener: None,
         peer: None,
     });
     match ev {
-        WorkerEvent::Message(m) => {
+        WorkerEvent::Message { data, content } => {
             o.view.kind = K::Message;
-            o.data = m;
+            o.view.content_type = content as rcluster_content_type;
+            o.data = data;
         }
         WorkerEvent::Disconnect => o.view.kind = K::Disconnect,
         WorkerEvent::PrimaryGone => o.view.kind = K::PrimaryGone,
@@ -219,6 +226,29 @@ pub unsafe extern "C" fn rcluster_worker_send(
         // only with `len` 0).
         let data = unsafe { args::buffer(data, len, "data") }?;
         Ok(w.send(data)?)
+    })
+}
+
+/// Like `rcluster_worker_send`, with the message's content type (`RCLUSTER_CONTENT_*`), which
+/// the primary reads with the message. `INVALID_ARGUMENT` for a number that is no type;
+/// `max_message` counts the `len` bytes only.
+///
+/// # Safety
+/// `w` is NULL or a live worker; `data` is NULL or points to `len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rcluster_worker_send_as(
+    w: *const rcluster_worker,
+    content_type: rcluster_content_type,
+    data: *const u8,
+    len: usize,
+) -> rcluster_result {
+    guard("rcluster_worker_send_as", || {
+        let w = worker_ref(w)?;
+        let content = content_from(content_type)?;
+        // SAFETY: the caller promises `data` is readable for `len` bytes during the call (NULL
+        // only with `len` 0).
+        let data = unsafe { args::buffer(data, len, "data") }?;
+        Ok(w.send_as(content, data)?)
     })
 }
 

@@ -180,6 +180,9 @@ static int supervisor_functions_reject_null_pointers(void) {
     NUL_ARG(rcluster_supervisor_send(s, 0, NULL, 1), "data");
     NUL_ARG(rcluster_supervisor_broadcast(NULL, &b, 1, NULL), "sup");
     NUL_ARG(rcluster_supervisor_broadcast(s, NULL, 1, NULL), "data");
+    NUL_ARG(rcluster_supervisor_send_as(NULL, 0, RCLUSTER_CONTENT_JSON, &b, 1), "sup");
+    NUL_ARG(rcluster_supervisor_send_as(s, 0, RCLUSTER_CONTENT_JSON, NULL, 1), "data");
+    NUL_ARG(rcluster_supervisor_broadcast_as(NULL, RCLUSTER_CONTENT_TEXT, &b, 1, NULL), "sup");
     NUL_ARG(rcluster_supervisor_next_event(NULL, 0, NULL), "sup");
     NUL_ARG(rcluster_supervisor_next_event(s, 0, NULL), "out");
     NUL_ARG(rcluster_supervisor_try_next_event(NULL, NULL), "sup");
@@ -218,6 +221,11 @@ static int supervisor_functions_reject_null_pointers(void) {
     EXPECT(rcluster_supervisor_broadcast(s, big, sizeof big, NULL), RCLUSTER_RESULT_MESSAGE_TOO_LARGE,
            "limit");
     CHECK_RC(rcluster_supervisor_broadcast(s, NULL, 0, NULL)); /* an empty message is a message */
+    EXPECT(rcluster_supervisor_send_as(s, 0, 5, &b, 1), RCLUSTER_RESULT_INVALID_ARGUMENT, "content_type");
+    EXPECT(rcluster_supervisor_broadcast_as(s, 1u << 31, &b, 1, NULL), RCLUSTER_RESULT_INVALID_ARGUMENT,
+           "content_type");
+    EXPECT(rcluster_supervisor_send_as(s, 0, RCLUSTER_CONTENT_TEXT, big, sizeof big),
+           RCLUSTER_RESULT_MESSAGE_TOO_LARGE, "16777217");
 
     NUL_ARG(rcluster_signals_new(NULL), "out");
     NUL_ARG(rcluster_signals_fd(NULL, NULL), "sigs");
@@ -236,6 +244,7 @@ static int supervisor_functions_reject_null_pointers(void) {
     NUL_ARG(rcluster_worker_ready(NULL), "w");
     NUL_ARG(rcluster_worker_heartbeat(NULL), "w");
     NUL_ARG(rcluster_worker_send(NULL, &b, 1), "w");
+    NUL_ARG(rcluster_worker_send_as(NULL, RCLUSTER_CONTENT_RAW, &b, 1), "w");
     NUL_ARG(rcluster_worker_connection_closed(NULL, 1), "w");
     NUL_ARG(rcluster_worker_set_exit_on_primary_loss(NULL, false), "w");
     NUL_ARG(rcluster_worker_fd(NULL, NULL), "w");
