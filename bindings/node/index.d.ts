@@ -128,10 +128,18 @@ declare namespace rcluster {
     lastExit: { code: number | null; signal: NodeJS.Signals | null; reason: ExitEvent['reason'] } | null;
   }
 
+  /**
+   * The content type a message travels with (docs/protocol.md): without it, `serialization`
+   * decides ('json', or 'v8' for 'advanced'). 'raw' takes a Buffer, a typed array or a string;
+   * 'text' a string. A primary or worker in another language reads the type with the message;
+   * a Node receiver gets a Buffer (raw), a string (text) or the decoded value (json, v8).
+   */
+  interface SendOptions { contentType?: 'raw' | 'text' | 'json' | 'v8' }
+
   /** A running cluster (rcluster's own API): `rcluster.start(options)` or `new rcluster.Cluster(options)`. */
   interface Cluster extends EventEmitter {
-    send(id: number, message: unknown): true;
-    broadcast(message: unknown): number;
+    send(id: number, message: unknown, options?: SendOptions): true;
+    broadcast(message: unknown, options?: SendOptions): number;
     workers(): WorkerSnapshot[];
     snapshot(): WorkerSnapshot[];
     /** The addresses the primary bound (a port 0 resolved); `listeners()` is EventEmitter's. */
@@ -169,7 +177,7 @@ declare namespace rcluster {
     state: string;
     exitedAfterDisconnect: boolean | undefined;
     send(message: unknown, callback?: (error: Error | null) => void): boolean;
-    send(message: unknown, handle: undefined, options?: object, callback?: (error: Error | null) => void): boolean;
+    send(message: unknown, handle: undefined, options?: SendOptions, callback?: (error: Error | null) => void): boolean;
     ready(): void;
     serve<S extends Server>(server: S, options?: { listener?: string }): S;
     disconnect(): this;
@@ -196,7 +204,7 @@ declare namespace rcluster {
     state: string;
     exitedAfterDisconnect: boolean | undefined;
     send(message: unknown, callback?: (error: Error | null) => void): boolean;
-    send(message: unknown, handle: undefined, options?: object, callback?: (error: Error | null) => void): boolean;
+    send(message: unknown, handle: undefined, options?: SendOptions, callback?: (error: Error | null) => void): boolean;
     disconnect(): this;
     kill(signal?: NodeJS.Signals): void;
     destroy(signal?: NodeJS.Signals): void;

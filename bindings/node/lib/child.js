@@ -60,13 +60,14 @@ class WorkerSelf extends EventEmitter {
       throw err;
     }
     try {
-      if (this._serialization === 'json') {
+      const contentType = codec.contentTypeOf(options);
+      if (contentType === undefined && this._serialization === 'json') {
         this._outbox.push(codec.jsonText(message), callback);
         return true;
       }
       this._outbox.flush();
-      const [tag, data] = codec.encode(message, this._serialization);
-      this._link.send(tag, data);
+      const [type, data] = codec.encode(message, this._serialization, contentType);
+      this._link.send(type, data);
     } catch (e) {
       if (callback) { process.nextTick(callback, e); return false; }
       throw e;
@@ -78,7 +79,7 @@ class WorkerSelf extends EventEmitter {
   _control(obj) {
     if (!this._connected) return;
     this._outbox.flush();
-    this._link.send(codec.CONTROL_TAG, JSON.stringify(obj));
+    this._link.send(codec.CONTENT.binding, JSON.stringify(obj));
   }
 
   /** Tells the primary this worker is ready for work (readyOn: 'explicit'). */
@@ -214,8 +215,10 @@ class WorkerSelf extends EventEmitter {
     if (Buffer.isBuffer(item)) return this._message(v8.deserialize(item));
     switch (item.type) {
       case 'connection': return this._connection(item);
-      case 'control': return this._onControl(JSON.parse(item.data));
-      case 'raw': return this._message(item.data);
+      case 'binding': return this._onControl(codec.bindingMessage(item.data) || {});
+      case 'raw': // a Buffer
+      case 'text': // a string
+        return this._message(item.data);
       case 'disconnect': return this._leave();
       case 'more': return undefined;
       case 'gone':
@@ -503,8 +506,8 @@ function attach() {
       if (left <= 0) break;
       const item = link.nextEvent(left);
       if (item === null || item === undefined) break;
-      if (item.type === 'control') {
-        const c = JSON.parse(item.data);
+      if (item.type === 'binding') {
+        const c = codec.bindingMessage(item.data) || {};
         if (c.act === 'init') {
           Object.assign(process.env, c.env);
           break;

@@ -68,13 +68,14 @@ class Worker extends EventEmitter {
     callback = [handle, options, callback].find((a) => typeof a === 'function');
     try {
       if (!this.isConnected()) throw rclusterError('ERR_IPC_CHANNEL_CLOSED', 'Channel closed');
-      if (this._hub.settings.serialization === 'json') {
+      const contentType = codec.contentTypeOf(options);
+      if (contentType === undefined && this._hub.settings.serialization === 'json') {
         this._outbox.push(codec.jsonText(message), callback);
         return true;
       }
       this._outbox.flush();
-      const [tag, data] = codec.encode(message, this._hub.settings.serialization);
-      this._hub._native.send(this._slot, tag, data);
+      const [type, data] = codec.encode(message, this._hub.settings.serialization, contentType);
+      this._hub._native.send(this._slot, type, data);
     } catch (e) {
       if (callback) { process.nextTick(callback, e); return false; }
       throw e;
@@ -89,7 +90,7 @@ class Worker extends EventEmitter {
       this.state = 'disconnecting';
       try {
         this._outbox.flush();
-        this._hub._native.send(this._slot, codec.CONTROL_TAG, JSON.stringify({ act: 'disconnect' }));
+        this._hub._native.send(this._slot, codec.CONTENT.binding, JSON.stringify({ act: 'disconnect' }));
       } catch { /* it is exiting already */ }
     }
     return this;
@@ -212,7 +213,7 @@ class Hub {
     const vars = {};
     for (const [k, v] of Object.entries(env || {})) vars[k] = String(v);
     try {
-      this._native.send(slot, codec.CONTROL_TAG, JSON.stringify({ act: 'init', env: vars }));
+      this._native.send(slot, codec.CONTENT.binding, JSON.stringify({ act: 'init', env: vars }));
     } catch { /* it died at once: its exit event follows */ }
     this._native.setRef(true);
     if (this._backlog.length) setImmediate(() => this._pump());
@@ -255,7 +256,7 @@ class Hub {
         cluster.emit('online', worker);
         break;
       case 'message':
-        if (ev.encoding === 'control') return this._control(worker, JSON.parse(ev.data));
+        if (ev.encoding === 'binding') return this._control(worker, codec.bindingMessage(ev.data) || {});
         {
           const message = codec.decodeEvent(ev);
           worker.emit('message', message, undefined);

@@ -1,12 +1,12 @@
 'use strict';
-// Message encodings. Every message carries a tag byte (added by the native layer) so that the
-// receiving side decodes it correctly whatever its own `serialization` setting is.
+// Message content types. The type of every message travels in its frame header (see
+// docs/protocol.md, "Content types"), so that the receiving side, whatever its language or
+// its own `serialization` setting, decodes it as it was meant; the body is the message alone.
 const v8 = require('v8');
 const { invalidOption } = require('./errors');
 
-const JSON_TAG = 0x4a; // 'J'
-const V8_TAG = 0x56; // 'V'
-const CONTROL_TAG = 0x43; // 'C'
+/** The protocol's content type numbers (what the native send functions take). */
+const CONTENT = Object.freeze({ raw: 0, text: 1, json: 2, v8: 3, binding: 4 });
 
 function checkSerialization(value, name) {
   if (value === undefined || value === 'json' || value === 'advanced') return value || 'json';
@@ -22,18 +22,59 @@ function jsonText(message) {
   return text;
 }
 
-/** [tag, data] for the native send functions. */
-function encode(message, serialization) {
-  if (serialization === 'advanced') return [V8_TAG, v8.serialize(message)];
-  return [JSON_TAG, jsonText(message)];
+/** The bytes of a `raw` message: a Buffer, any ArrayBuffer view, or a string (its UTF-8). */
+function rawBytes(message) {
+  if (Buffer.isBuffer(message) || typeof message === 'string') return message;
+  if (ArrayBuffer.isView(message)) return Buffer.from(message.buffer, message.byteOffset, message.byteLength);
+  throw invalidOption('message', message, "cannot be sent as contentType 'raw' (a Buffer, a typed array or a string)");
 }
 
-/** Decodes a message event of the primary side ({ encoding, data }). */
+/**
+ * [content type number, data] for the native send functions. Without `contentType` (the
+ * `cluster` way) the setting decides: JSON, or v8 for 'advanced'. `contentType` ('raw',
+ * 'text', 'json', 'v8') chooses for one message, e.g. for a peer written in another language.
+ */
+function encode(message, serialization, contentType) {
+  switch (contentType === undefined ? (serialization === 'advanced' ? 'v8' : 'json') : contentType) {
+    case 'json': return [CONTENT.json, jsonText(message)];
+    case 'v8': return [CONTENT.v8, v8.serialize(message)];
+    case 'raw': return [CONTENT.raw, rawBytes(message)];
+    case 'text':
+      if (typeof message !== 'string') throw invalidOption('message', message, "must be a string for contentType 'text'");
+      return [CONTENT.text, message];
+    default:
+      throw invalidOption('options.contentType', contentType, "expected 'raw', 'text', 'json' or 'v8'");
+  }
+}
+
+/** The content type an options object of `send` asks for (undefined: the setting's). */
+function contentTypeOf(options) {
+  return options !== null && typeof options === 'object' ? options.contentType : undefined;
+}
+
+/**
+ * Decodes a user message ({ encoding: its content type, data }): raw → Buffer, text → string,
+ * json → the parsed value, v8 → the deserialized value. `binding` messages are not user
+ * messages: callers handle them (`bindingMessage`) before.
+ */
 function decodeEvent(ev) {
   switch (ev.encoding) {
     case 'json': return JSON.parse(ev.data);
     case 'v8': return v8.deserialize(ev.data);
-    default: return ev.data; // raw bytes from a worker that does not use this binding
+    default: return ev.data; // raw: a Buffer; text: a string
+  }
+}
+
+/**
+ * The object of a `binding` message (Node's bookkeeping: JSON with an `act`), or null for one
+ * this binding cannot read: another binding's, which is ignored, as the protocol says.
+ */
+function bindingMessage(data) {
+  try {
+    const c = JSON.parse(data);
+    return c !== null && typeof c === 'object' && typeof c.act === 'string' ? c : null;
+  } catch {
+    return null;
   }
 }
 
@@ -80,6 +121,6 @@ function takeEvents(items, onRun, onEvent) {
 }
 
 module.exports = {
-  JSON_TAG, V8_TAG, CONTROL_TAG, BATCH, jsonText, encode, decodeEvent, moreWaiting, pump,
+  CONTENT, BATCH, jsonText, encode, contentTypeOf, decodeEvent, bindingMessage, moreWaiting, pump,
   eachJson, takeEvents, checkSerialization,
 };

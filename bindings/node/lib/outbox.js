@@ -2,7 +2,7 @@
 // JSON messages sent in one turn of the event loop leave together: one native call and one
 // write (or one wake-up of the supervisor) for the lot, instead of one each. The texts travel
 // joined by newlines, which JSON.stringify never writes. Whatever else goes to the same peer
-// (a control message, `ready`, `disconnect`) flushes the box first, so order holds.
+// (a binding message, `ready`, `disconnect`) flushes the box first, so order holds.
 const { rclusterError } = require('./errors');
 
 // A full box is sent at once, so that a long synchronous loop of sends neither holds an
@@ -12,7 +12,7 @@ const MAX_BATCH = 512;
 class Outbox {
   /**
    * @param write   (joined) => void: sends the texts; throws a native error when it cannot.
-   * @param limit   the largest message in bytes, its tag byte included.
+   * @param limit   the largest message in bytes.
    * @param onError (err) => void: a batch flushed after the sending call returned failed
    *                for messages that had no callback.
    */
@@ -33,11 +33,11 @@ class Outbox {
    * could not be sent (the messages of that batch are then lost, as the error says). */
   push(text, callback) {
     // UTF-8 takes at most 3 bytes per UTF-16 unit: measure only texts that may be too large.
-    if (text.length * 3 + 1 > this._limit) {
+    if (text.length * 3 > this._limit) {
       const size = Buffer.byteLength(text);
-      if (size + 1 > this._limit) {
+      if (size > this._limit) {
         throw rclusterError('ERR_RCLUSTER_MESSAGE_TOO_LARGE',
-          `message too large: ${size} bytes, the limit is ${this._limit - 1} bytes`);
+          `message too large: ${size} bytes, the limit is ${this._limit} bytes`);
       }
     }
     this._texts.push(text);

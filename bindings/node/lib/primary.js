@@ -95,9 +95,9 @@ class Cluster extends EventEmitter {
   }
 
   _message(ev, who) {
-    if (ev.encoding === 'control') {
-      const c = JSON.parse(ev.data);
-      if (c.act === 'listening') this.emit('listening', { ...who, address: c.address });
+    if (ev.encoding === 'binding') {
+      const c = codec.bindingMessage(ev.data);
+      if (c && c.act === 'listening') this.emit('listening', { ...who, address: c.address });
       return;
     }
     this.emit('message', codec.decodeEvent(ev), who);
@@ -112,17 +112,21 @@ class Cluster extends EventEmitter {
     else waiter.reject(rclusterError('ERR_RCLUSTER_RELOAD_FAILED', `reload to generation ${ev.generation} failed: ${ev.reason}`));
   }
 
-  /** Sends a message to worker `id`. Throws ERR_RCLUSTER_QUEUE_FULL when it is not reading. */
-  send(id, message) {
-    const [tag, data] = codec.encode(message, this._serialization);
-    wrapNative(() => this._native.send(id, tag, data));
+  /**
+   * Sends a message to worker `id`; `options.contentType` ('raw', 'text', 'json', 'v8') sets
+   * its content type instead of `serialization`. Throws ERR_RCLUSTER_QUEUE_FULL when it is not
+   * reading.
+   */
+  send(id, message, options) {
+    const [type, data] = codec.encode(message, this._serialization, codec.contentTypeOf(options));
+    wrapNative(() => this._native.send(id, type, data));
     return true;
   }
 
-  /** Sends a message to every live worker; returns how many got it. */
-  broadcast(message) {
-    const [tag, data] = codec.encode(message, this._serialization);
-    return wrapNative(() => this._native.broadcast(tag, data));
+  /** Sends a message to every live worker (`options` as for send); returns how many got it. */
+  broadcast(message, options) {
+    const [type, data] = codec.encode(message, this._serialization, codec.contentTypeOf(options));
+    return wrapNative(() => this._native.broadcast(type, data));
   }
 
   /** Every worker process (and every slot with none running), as of now. */

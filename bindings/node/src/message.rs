@@ -1,84 +1,62 @@
-//! How the binding frames user messages: one tag byte, then the body. The core carries opaque
-//! bytes; the tag tells the receiving side how to decode them, whatever its own setting.
+//! User messages between the binding and the core: the content type travels in the frame
+//! header (`rcluster_core::ContentType`), the body is the message alone. JS names the type
+//! with its number (`lib/codec.js`), which costs no string per message.
 
 use napi::bindgen_prelude::*;
+use rcluster_core::ContentType;
 
-/// JSON text (the default, like `cluster`).
-pub const JSON: u8 = b'J';
-/// `v8.serialize` output (`serialization: 'advanced'`).
-pub const V8: u8 = b'V';
-/// A message of the binding itself (JSON text): init, listening, disconnect bookkeeping.
-pub const CONTROL: u8 = b'C';
+use crate::error::invalid;
 
-/// Message bytes with their tag in front, ready for the core.
-pub fn encode(tag: u8, data: &Either<String, Buffer>) -> Vec<u8> {
-    let body: &[u8] = match data {
-        Either::A(s) => s.as_bytes(),
-        Either::B(b) => b,
-    };
-    let mut out = Vec::with_capacity(body.len() + 1);
-    out.push(tag);
-    out.extend_from_slice(body);
-    out
+/// The type numbered `n` (a `codec.CONTENT` value), or the error that names it.
+pub fn content(n: u32) -> napi::Result<ContentType, &'static str> {
+    u8::try_from(n)
+        .ok()
+        .and_then(|n| ContentType::from_u8(n).ok())
+        .ok_or_else(|| invalid(format!("content type {n} is not one of 0..=4")))
 }
 
-/// Message bytes with their tag in front, or the error that refuses them: a message of more
-/// than `max_message` bytes with its tag. Both sides count the same way, and the error names
-/// sizes without the tag byte, which the caller never sees.
-pub fn encode_within(
-    tag: u8,
-    data: &Either<String, Buffer>,
-    max_message: usize,
-) -> std::result::Result<Vec<u8>, rcluster_core::Error> {
-    let bytes = encode(tag, data);
-    if bytes.len() > max_message {
-        return Err(rcluster_core::Error::MessageTooLarge {
-            size: bytes.len() - 1,
-            limit: max_message - 1,
-        });
+/// The body of a message as JS gave it.
+pub fn bytes(data: &Either<String, Buffer>) -> &[u8] {
+    match data {
+        Either::A(s) => s.as_bytes(),
+        Either::B(b) => b,
     }
-    Ok(bytes)
 }
 
 /// How many events the watchers hand their callbacks at most (the JS side's `codec.BATCH`).
 pub const BATCH: usize = 4096;
 
-/// Appends the text of a JSON-tagged message to `run`, a run of JSON texts joined by
-/// newlines (which JSON never contains unescaped), so that JS gets one string for the run.
-/// False, and nothing appended, for a message of another encoding.
-pub fn push_json(run: &mut String, data: &[u8]) -> bool {
-    if data.first() != Some(&JSON) {
+/// Appends the text of a JSON message to `run`, a run of JSON texts joined by newlines (which
+/// JSON never contains unescaped), so that JS gets one string for the run. False, and nothing
+/// appended, for a message of another type.
+pub fn push_json(run: &mut String, content: ContentType, data: &[u8]) -> bool {
+    if content != ContentType::Json {
         return false;
     }
     if !run.is_empty() {
         run.push('\n');
     }
-    run.push_str(&String::from_utf8_lossy(&data[1..]));
+    run.push_str(&String::from_utf8_lossy(data));
     true
 }
 
-/// Calls `send` with the JSON texts in `joined` (joined by newlines, which JSON.stringify
-/// never writes), each tagged as a message of its own.
-pub fn with_json_batch<T>(joined: &str, send: impl FnOnce(&[&[u8]]) -> T) -> T {
-    let mut buf = Vec::with_capacity(joined.len() + 64);
-    let mut spans = Vec::new();
-    for text in joined.split('\n') {
-        let start = buf.len();
-        buf.push(JSON);
-        buf.extend_from_slice(text.as_bytes());
-        spans.push(start..buf.len());
-    }
-    let parts: Vec<&[u8]> = spans.into_iter().map(|r| &buf[r]).collect();
-    send(&parts)
+/// The JSON texts in `joined` (joined by newlines, which JSON.stringify never writes), each a
+/// message of its own.
+pub fn json_batch(joined: &str) -> Vec<&[u8]> {
+    joined.split('\n').map(str::as_bytes).collect()
 }
 
-/// The encoding name and the decoded body of a tagged message.
-pub fn decode(data: Vec<u8>) -> (&'static str, Either<String, Buffer>) {
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    match data.first() {
-        Some(&JSON) => ("json", Either::A(text(&data[1..]))),
-        Some(&CONTROL) => ("control", Either::A(text(&data[1..]))),
-        Some(&V8) => ("v8", Either::B(Buffer::from(data[1..].to_vec()))),
-        _ => ("raw", Either::B(Buffer::from(data))),
-    }
+/// The type's name and the body as JS takes it: a string for the types that are text
+/// (`text`, `json`, `binding`; invalid UTF-8 replaced), a Buffer for `raw` and `v8`.
+pub fn decode(content: ContentType, data: Vec<u8>) -> (&'static str, Either<String, Buffer>) {
+    let body = match content {
+        ContentType::Raw | ContentType::V8 => Either::B(Buffer::from(data)),
+        ContentType::Text | ContentType::Json | ContentType::Binding => {
+            Either::A(match String::from_utf8(data) {
+                Ok(s) => s,
+                Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            })
+        }
+    };
+    (content.as_str(), body)
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 use napi::bindgen_prelude::*;
 use napi::sys;
 use napi_derive::napi;
-use rcluster_core::{Config, Dispatch, Event, ListenAddr, Listener, SignalAction, Supervisor};
+use rcluster_core::{
+    Config, ContentType, Dispatch, Event, ListenAddr, Listener, SignalAction, Supervisor,
+};
 
 use crate::error::{from_napi, invalid, to_js};
 use crate::message;
@@ -223,8 +225,13 @@ fn to_event(ev: Event) -> NativeEvent {
             pid: Some(pid),
             ..event(&kind)
         },
-        Event::Message { id, pid, data } => {
-            let (encoding, data) = message::decode(data);
+        Event::Message {
+            id,
+            pid,
+            data,
+            content,
+        } => {
+            let (encoding, data) = message::decode(content, data);
             NativeEvent {
                 id: Some(id),
                 pid: Some(pid),
@@ -332,11 +339,17 @@ fn drain(sup: &Supervisor, max: usize) -> Vec<Item> {
             break;
         };
         taken += 1;
-        if let Event::Message { id, pid, data } = &ev {
+        if let Event::Message {
+            id,
+            pid,
+            data,
+            content,
+        } = &ev
+        {
             if run != Some((*id, *pid)) {
                 end_run(&mut out, &mut run, &mut texts);
             }
-            if message::push_json(&mut texts, data) {
+            if message::push_json(&mut texts, *content, data) {
                 run = Some((*id, *pid));
                 continue;
             }
@@ -413,20 +426,21 @@ impl NativeSupervisor {
         })
     }
 
-    /// Sends a tagged message to worker `id` (tag: a byte of `lib/codec.js`).
+    /// Sends a message of content type `content` (a `codec.CONTENT` number) to worker `id`.
     #[napi]
     pub fn send(
         &self,
         id: u32,
-        tag: u32,
+        content: u32,
         data: Either<String, Buffer>,
     ) -> napi::Result<(), &'static str> {
-        let bytes =
-            message::encode_within(tag as u8, &data, self.inner.max_message()).map_err(to_js)?;
-        self.inner.send(id, &bytes).map_err(to_js)
+        let content = message::content(content)?;
+        self.inner
+            .send_as(id, content, message::bytes(&data))
+            .map_err(to_js)
     }
 
-    /// The largest message in bytes, its tag byte included.
+    /// The largest message body in bytes.
     #[napi(getter)]
     pub fn max_message(&self) -> f64 {
         self.inner.max_message() as f64
@@ -435,20 +449,22 @@ impl NativeSupervisor {
     /// Sends JSON messages to worker `id` in one batch: their texts joined by newlines.
     #[napi]
     pub fn send_json(&self, id: u32, joined: String) -> napi::Result<(), &'static str> {
-        message::with_json_batch(&joined, |parts| self.inner.send_many(id, parts)).map_err(to_js)
+        self.inner
+            .send_many_as(id, ContentType::Json, &message::json_batch(&joined))
+            .map_err(to_js)
     }
 
-    /// Sends a tagged message to every live worker; returns how many it was queued for.
+    /// Sends a message of content type `content` to every live worker; returns how many it
+    /// was queued for.
     #[napi]
     pub fn broadcast(
         &self,
-        tag: u32,
+        content: u32,
         data: Either<String, Buffer>,
     ) -> napi::Result<u32, &'static str> {
-        let bytes =
-            message::encode_within(tag as u8, &data, self.inner.max_message()).map_err(to_js)?;
+        let content = message::content(content)?;
         self.inner
-            .broadcast(&bytes)
+            .broadcast_as(content, message::bytes(&data))
             .map(|n| n as u32)
             .map_err(to_js)
     }

@@ -7,13 +7,14 @@ use std::time::Duration;
 use napi::bindgen_prelude::*;
 use napi::sys;
 use napi_derive::napi;
-use rcluster_core::{Dispatch, Worker, WorkerEvent};
+use rcluster_core::{ContentType, Dispatch, Worker, WorkerEvent};
 
 use crate::error::{from_napi, to_js};
 use crate::message;
 use crate::watch::WatchSlot;
 
-/// A non-message event: `connection`, `control`, `raw`, `disconnect` or `gone`.
+/// A non-message event (`connection`, `disconnect`, `gone`) or a message that is neither JSON
+/// nor v8 (`raw`, `text`, `binding`).
 #[napi(object)]
 pub struct NativeWorkerEvent {
     #[napi(js_name = "type")]
@@ -54,12 +55,12 @@ fn give_away(fd: OwnedFd) -> i32 {
 }
 
 /// A JSON message is returned as a plain string and a v8 one as a Buffer (the common cases,
-/// kept cheap); everything else as an object.
+/// kept cheap); everything else as an object whose `type` is its kind (or content type).
 type Item = Either3<String, Buffer, NativeWorkerEvent>;
 
 fn to_item(ev: WorkerEvent) -> Item {
     match ev {
-        WorkerEvent::Message(data) => match message::decode(data) {
+        WorkerEvent::Message { data, content } => match message::decode(content, data) {
             ("json", Either::A(s)) => Either3::A(s),
             ("v8", Either::B(b)) => Either3::B(b),
             (kind, data) => Either3::C(NativeWorkerEvent {
@@ -91,8 +92,8 @@ fn drain(worker: &Worker, max: usize) -> napi::Result<Vec<Item>, &'static str> {
     let mut out = Vec::new();
     let mut json = String::new();
     for ev in events {
-        if let WorkerEvent::Message(data) = &ev {
-            if message::push_json(&mut json, data) {
+        if let WorkerEvent::Message { data, content } = &ev {
+            if message::push_json(&mut json, *content, data) {
                 continue;
             }
         }
@@ -163,18 +164,26 @@ impl NativeWorker {
             .map(|d| d.as_millis() as f64)
     }
 
-    /// Sends a tagged message to the primary; blocks only while the socket is full.
+    /// Sends a message of content type `content` (a `codec.CONTENT` number) to the primary;
+    /// blocks only while the socket is full.
     #[napi]
-    pub fn send(&self, tag: u32, data: Either<String, Buffer>) -> napi::Result<(), &'static str> {
-        let bytes =
-            message::encode_within(tag as u8, &data, self.inner.max_message()).map_err(to_js)?;
-        self.inner.send(&bytes).map_err(to_js)
+    pub fn send(
+        &self,
+        content: u32,
+        data: Either<String, Buffer>,
+    ) -> napi::Result<(), &'static str> {
+        let content = message::content(content)?;
+        self.inner
+            .send_as(content, message::bytes(&data))
+            .map_err(to_js)
     }
 
     /// Sends JSON messages in one write: their texts joined by newlines.
     #[napi]
     pub fn send_json(&self, joined: String) -> napi::Result<(), &'static str> {
-        message::with_json_batch(&joined, |parts| self.inner.send_many(parts)).map_err(to_js)
+        self.inner
+            .send_many_as(ContentType::Json, &message::json_batch(&joined))
+            .map_err(to_js)
     }
 
     #[napi]

@@ -57,6 +57,7 @@ if (rcluster.isPrimary) {
   cluster.on('stop', () => console.log('stopped'));
 
   const sent: number = cluster.broadcast('all');
+  cluster.send(0, 'text', { contentType: 'text' });
   const workers: rcluster.WorkerSnapshot[] = cluster.workers();
   const snap = cluster.snapshot();
   const first = snap[0];
@@ -104,6 +105,7 @@ if (rcluster.isPrimary) {
     me.on('message', (m) => me.send({ echo: m }));
     me.on('disconnect', () => undefined);
     me.send('up', (err) => console.log(err));
+    me.send(Buffer.from('raw bytes'), undefined, { contentType: 'raw' });
     me.ready();
     console.log(me.id, me.generation, me.process.pid, me.state, me.isConnected(), me.isDead());
     me.disconnect();
