@@ -10,7 +10,8 @@ With several comma-separated modes, worker N runs mode N modulo their count, so 
 cluster can mix well-behaved and misbehaving workers.
 
 Modes:
-  echo         send READY, echo every message back, exit 0 on DISCONNECT or EOF
+  echo         send READY, echo every message back with its content type, exit 0 on
+               DISCONNECT or EOF
   bad-version  send a HELLO with version 99, then wait to be killed
   no-hello     send READY as the first frame, then wait to be killed
   big          send READY, one message of exactly max_message bytes, then a message whose
@@ -36,6 +37,10 @@ PRIMARY_HELLO = struct.Struct("<HHIII")  # version, reserved, max_message, worke
 WORKER_HELLO = struct.Struct("<HHI")  # version, reserved, pid
 MAX_CONTROL_BODY = 4096
 FLAG_FD = 0x01
+# Bits 1-3 of a MESSAGE frame's flags: its content type (0 raw, 1 text, 2 json, 3 v8,
+# 4 binding; 5-7 unknown, a protocol error).
+CONTENT_MASK = 0x0E
+CONTENT_TYPES = range(0, 5)
 
 HELLO, READY, HEARTBEAT, MESSAGE, DISCONNECT, CONNECTION, CONNECTION_ACK, CONNECTION_CLOSED = range(1, 9)
 KNOWN_KINDS = range(1, 9)
@@ -83,7 +88,7 @@ class Link:
         return True
 
     def read_frame(self, timeout=None):
-        """(kind, fd or None, body) of the next frame; None on EOF or timeout."""
+        """(kind, fd or None, body, content type) of the next frame; None on EOF or timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if len(self.buf) >= HEADER.size:
@@ -91,8 +96,12 @@ class Link:
                 # Validate from the header alone, so an oversized body is never buffered.
                 if kind not in KNOWN_KINDS:
                     raise ProtocolError(f"unknown frame kind {kind}")
-                if reserved != 0 or flags & ~FLAG_FD:
+                allowed = FLAG_FD | (CONTENT_MASK if kind == MESSAGE else 0)
+                if reserved != 0 or flags & ~allowed:
                     raise ProtocolError(f"reserved header bits set in a kind {kind} frame")
+                content = (flags & CONTENT_MASK) >> 1
+                if content not in CONTENT_TYPES:
+                    raise ProtocolError(f"unknown message content type {content}")
                 if flags & FLAG_FD and kind != CONNECTION:
                     raise ProtocolError(f"a kind {kind} frame may not carry a descriptor")
                 limit = self.max_message if kind == MESSAGE else MAX_CONTROL_BODY
@@ -107,16 +116,17 @@ class Link:
                         fd = self.fds.pop(0)
                     body = bytes(self.buf[HEADER.size : HEADER.size + length])
                     del self.buf[: HEADER.size + length]
-                    return kind, fd, body
+                    return kind, fd, body, content
             if self.eof:
                 return None
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not self._fill(left) and left is not None:
                 return None
 
-    def write_frame(self, kind, body=b"", length=None):
-        """Sends one frame; `length` overrides the header's length (to misbehave on purpose)."""
-        header = HEADER.pack(len(body) if length is None else length, kind, 0, 0)
+    def write_frame(self, kind, body=b"", length=None, content=0):
+        """Sends one frame (a MESSAGE of content type `content`); `length` overrides the
+        header's length (to misbehave on purpose)."""
+        header = HEADER.pack(len(body) if length is None else length, kind, content << 1, 0)
         self.sock.sendall(header + body)
 
 
@@ -158,7 +168,7 @@ def handshake(link, worker_id, generation, version=VERSION):
     frame = link.read_frame(HELLO_WAIT)
     if frame is None:
         raise ProtocolError("no hello from the primary")
-    kind, _, body = frame
+    kind, _, body, _ = frame
     if kind != HELLO:
         raise ProtocolError(f"first frame from the primary is kind {kind}, expected HELLO")
     if len(body) != PRIMARY_HELLO.size:
@@ -203,9 +213,9 @@ def echo(link):
             if term_at is not None and time.monotonic() - term_at > TERM_GRACE:
                 fail(5, "SIGTERM without a DISCONNECT frame")
             continue
-        kind, _, body = frame
+        kind, _, body, content = frame
         if kind == MESSAGE:
-            link.write_frame(MESSAGE, body)
+            link.write_frame(MESSAGE, body, content=content)
         elif kind == DISCONNECT:
             sys.exit(0)
         else:

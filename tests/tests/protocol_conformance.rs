@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rcluster_core::frame;
 use rcluster_core::{
-    Config, Event, ExitInfo, ExitReason, ReadyOn, RestartMode, Supervisor, WorkerState,
+    Config, ContentType, Event, ExitInfo, ExitReason, ReadyOn, RestartMode, Supervisor, WorkerState,
 };
 use rcluster_tests::wait_for;
 
@@ -136,6 +136,24 @@ fn messages_of_every_size_echo_back_in_order() {
             "expected {} bytes, got {} bytes",
             m.len(),
             got.len()
+        );
+    }
+    sup.stop(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn a_worker_written_from_the_document_echoes_every_content_type_with_its_type() {
+    let Some(c) = python_config("echo") else {
+        return;
+    };
+    let sup = Supervisor::start(c).unwrap();
+    wait_ready(&sup);
+    for content in ContentType::ALL {
+        sup.send_as(0, content, b"J{}").unwrap();
+        let got = wait_for(&sup, WAIT, |e| matches!(e, Event::Message { .. }));
+        assert!(
+            matches!(&got, Event::Message { data, content: c, .. } if data == b"J{}" && *c == content),
+            "{content}: {got:?}"
         );
     }
     sup.stop(Duration::from_secs(5)).unwrap();
