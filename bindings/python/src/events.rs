@@ -17,6 +17,8 @@ pub struct PyEvent {
     pub generation: Option<u32>,
     /// The payload of a `message` (bytes).
     pub data: Option<Py<PyBytes>>,
+    /// The content type of a `message`: `raw`, `text`, `json`, `v8` or `binding`.
+    pub content_type: Option<&'static str>,
     pub code: Option<i32>,
     pub signal: Option<i32>,
     /// Exit reason (`crashed`, `requested`, …) or why a reload failed.
@@ -45,6 +47,7 @@ impl PyEvent {
             pid: None,
             generation: None,
             data: None,
+            content_type: None,
             code: None,
             signal: None,
             reason: None,
@@ -83,10 +86,16 @@ impl PyEvent {
                 pid: Some(pid),
                 ..PyEvent::of(kind)
             },
-            Event::Message { id, pid, data } => PyEvent {
+            Event::Message {
+                id,
+                pid,
+                data,
+                content,
+            } => PyEvent {
                 id: Some(id),
                 pid: Some(pid),
                 data: Some(PyBytes::new(py, &data).unbind()),
+                content_type: Some(content.as_str()),
                 ..PyEvent::of(kind)
             },
             Event::Exit {
@@ -200,6 +209,7 @@ impl PyEvent {
                 .as_ref()
                 .map(|d| d.bind(py).repr().map(|r| r.to_string()).unwrap_or_default()),
         );
+        put("content_type", self.content_type.map(|v| format!("{v:?}")));
         put("code", self.code.map(|v| v.to_string()));
         put("signal", self.signal.map(|v| v.to_string()));
         put("reason", self.reason.as_ref().map(|v| format!("{v:?}")));

@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 mod config;
 mod errors;
 mod events;
+mod message;
 mod supervisor;
 mod wait;
 mod worker;

@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::pybacked::PyBackedBytes;
 use rcluster_core::{SignalAction, Supervisor};
 
 use crate::config::{seconds, ConfigArgs};
 use crate::errors::IntoPyResult;
 use crate::events::{PyEvent, PyWorkerInfo};
+use crate::message;
 use crate::wait::sliced;
 
 /// A running cluster (the native half of `rcluster.Supervisor`). Started by the constructor.
@@ -76,14 +76,19 @@ impl PySupervisor {
     }
 
     /// Sends `data` to worker `id` (never blocks; `QueueFullError` when the worker does not
-    /// read). No GIL release: the call only appends to a queue.
-    fn send(&self, id: u32, data: PyBackedBytes) -> PyResult<()> {
-        self.core.send(id, &data).py()
+    /// read): bytes as `raw`, a str as `text`, unless `content_type` names the type. No GIL
+    /// release: the call only appends to a queue.
+    #[pyo3(signature = (id, data, content_type=None))]
+    fn send(&self, id: u32, data: &Bound<'_, PyAny>, content_type: Option<&str>) -> PyResult<()> {
+        let (body, content) = message::typed(data, content_type)?;
+        self.core.send_as(id, content, body.as_bytes()).py()
     }
 
-    /// Sends `data` to every live worker; returns how many it was queued for.
-    fn broadcast(&self, data: PyBackedBytes) -> PyResult<usize> {
-        self.core.broadcast(&data).py()
+    /// Sends `data` (as `send` does) to every live worker; returns how many it was queued for.
+    #[pyo3(signature = (data, content_type=None))]
+    fn broadcast(&self, data: &Bound<'_, PyAny>, content_type: Option<&str>) -> PyResult<usize> {
+        let (body, content) = message::typed(data, content_type)?;
+        self.core.broadcast_as(content, body.as_bytes()).py()
     }
 
     /// A snapshot of every worker process and empty slot.

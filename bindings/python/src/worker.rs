@@ -1,17 +1,18 @@
 //! The worker side: this process's link to its primary, wrapping the core `Worker`.
 //!
 //! Events come out as small tuples `(kind, payload)` in batches: a message stream costs one
-//! GIL release per batch rather than per message.
+//! GIL release per batch rather than per message. A message's payload is `(bytes, type)`, its
+//! body and the name of its content type.
 
 use std::os::fd::IntoRawFd;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyTuple};
 use rcluster_core::{Worker, WorkerEvent};
 
 use crate::errors::IntoPyResult;
+use crate::message;
 use crate::wait::sliced;
 
 /// The native half of `rcluster.Worker`.
@@ -28,7 +29,9 @@ const PRIMARY_GONE: &str = "primary_gone";
 
 fn to_tuple(py: Python<'_>, ev: WorkerEvent) -> PyResult<Bound<'_, PyTuple>> {
     match ev {
-        WorkerEvent::Message(m) => (MESSAGE, PyBytes::new(py, &m)).into_pyobject(py),
+        WorkerEvent::Message { data, content } => {
+            (MESSAGE, (PyBytes::new(py, &data), content.as_str())).into_pyobject(py)
+        }
         WorkerEvent::Connection(c) => {
             // Ownership of the descriptor passes to Python (a socket.socket built from it).
             let fd = c.fd.into_raw_fd();
@@ -89,9 +92,18 @@ impl PyWorker {
         py.allow_threads(|| self.core.heartbeat()).py()
     }
 
-    /// Sends a message to the primary; blocks (GIL released) while the socket is full.
-    fn send(&self, py: Python<'_>, data: PyBackedBytes) -> PyResult<()> {
-        py.allow_threads(|| self.core.send(&data)).py()
+    /// Sends a message to the primary: bytes as `raw`, a str as `text`, unless
+    /// `content_type` names the type; blocks (GIL released) while the socket is full.
+    #[pyo3(signature = (data, content_type=None))]
+    fn send(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        content_type: Option<&str>,
+    ) -> PyResult<()> {
+        let (body, content) = message::typed(data, content_type)?;
+        py.allow_threads(|| self.core.send_as(content, body.as_bytes()))
+            .py()
     }
 
     fn disconnect(&self, py: Python<'_>) -> PyResult<()> {

@@ -98,7 +98,7 @@ def test_messages_over_the_limit_and_unknown_workers():
         with pytest.raises(rcluster.NoSuchWorkerError, match="7"):
             sup.send(7, b"x")
         with pytest.raises(TypeError):
-            sup.send(0, "text is not bytes")
+            sup.send(0, 42)  # bytes, or a str (sent as text), only
     with pytest.raises(rcluster.StoppedError):
         sup.reload()
 

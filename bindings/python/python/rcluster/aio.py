@@ -65,10 +65,11 @@ class _Link:
                 self._leave(gone=True)
                 return
             if kind == "message":
+                data = payload[0]  # (bytes, content type)
                 for cb in self.on_message:
-                    call_reporting(cb, payload, what="on_message")
+                    call_reporting(cb, data, what="on_message")
                 for q in self.queues:
-                    q.put_nowait(payload)
+                    q.put_nowait(data)
             elif kind == "connection":
                 self._route(Connection._adopt(*payload))
             else:

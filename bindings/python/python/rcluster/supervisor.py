@@ -339,20 +339,25 @@ class Supervisor:
 
     # -- messages ----------------------------------------------------------------------------
 
-    def send(self, id: int, data: bytes) -> None:
-        """Sends ``data`` to worker ``id``; never blocks. QueueFullError when the worker does
-        not read, NoSuchWorkerError when no live worker has the id."""
-        self._require().send(id, data)
+    def send(self, id: int, data: bytes | str, content_type: str | None = None) -> None:
+        """Sends ``data`` to worker ``id``; never blocks. Bytes go as ``raw``, a str as
+        ``text`` (UTF-8), unless ``content_type`` (``"raw"``, ``"text"``, ``"json"``,
+        ``"v8"``, ``"binding"``) says what the bytes are; the worker reads the type with the
+        message, whatever its language. QueueFullError when the worker does not read,
+        NoSuchWorkerError when no live worker has the id."""
+        self._require().send(id, data, content_type)
 
-    def broadcast(self, data: bytes) -> int:
-        """Sends ``data`` to every live worker; returns how many it was queued for."""
-        return self._require().broadcast(data)
+    def broadcast(self, data: bytes | str, content_type: str | None = None) -> int:
+        """Sends ``data`` (as :meth:`send` does) to every live worker; returns how many it
+        was queued for."""
+        return self._require().broadcast(data, content_type)
 
     def send_json(self, id: int, obj: Any) -> None:
-        self.send(id, _json_encode(obj).encode())
+        """Sends ``obj`` as JSON (content type ``json``)."""
+        self.send(id, _json_encode(obj).encode(), "json")
 
     def broadcast_json(self, obj: Any) -> int:
-        return self.broadcast(_json_encode(obj).encode())
+        return self.broadcast(_json_encode(obj).encode(), "json")
 
     def send_pickle(self, id: int, obj: Any) -> None:
         """Pickles ``obj`` and sends it; the receiver must trust this primary."""

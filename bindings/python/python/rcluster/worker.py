@@ -36,12 +36,19 @@ HEARTBEAT_INTERVAL = 1.0
 
 
 class Message:
-    """A message from the primary: ``data`` (bytes)."""
+    """A message from the primary: ``data`` (bytes) and ``content_type``, what the primary
+    said the bytes are: ``"raw"``, ``"text"`` (UTF-8), ``"json"``, ``"v8"`` (Node's
+    ``v8.serialize``) or ``"binding"`` (another binding's bookkeeping, to ignore)."""
 
-    __slots__ = ("data",)
+    __slots__ = ("data", "content_type")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, content_type: str = "raw") -> None:
         self.data = data
+        self.content_type = content_type
+
+    def text(self) -> str:
+        """The payload as text (UTF-8; invalid bytes replaced)."""
+        return self.data.decode("utf-8", "replace")
 
     def json(self) -> Any:
         return json.loads(self.data)
@@ -51,7 +58,7 @@ class Message:
         return pickle.loads(self.data)
 
     def __repr__(self) -> str:
-        return f"Message({self.data!r})"
+        return f"Message({self.data!r}, {self.content_type!r})"
 
 
 class Disconnect:
@@ -157,12 +164,15 @@ class Worker:
         self._native.heartbeat()
         self._last_beat = time.monotonic()
 
-    def send(self, data: bytes) -> None:
-        """Sends ``data`` to the primary (blocks, GIL released, while the socket is full)."""
-        self._native.send(data)
+    def send(self, data: bytes | str, content_type: str | None = None) -> None:
+        """Sends ``data`` to the primary (blocks, GIL released, while the socket is full):
+        bytes as ``raw``, a str as ``text`` (UTF-8), unless ``content_type`` (``"raw"``,
+        ``"text"``, ``"json"``, ``"v8"``, ``"binding"``) says what the bytes are."""
+        self._native.send(data, content_type)
 
     def send_json(self, obj: Any) -> None:
-        self._native.send(_json_encode(obj).encode())
+        """Sends ``obj`` as JSON (content type ``json``)."""
+        self._native.send(_json_encode(obj).encode(), "json")
 
     def send_pickle(self, obj: Any) -> None:
         self._native.send(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
@@ -179,7 +189,7 @@ class Worker:
 
     def _convert(self, kind: str, payload: Any) -> Message | Connection | Disconnect:
         if kind == "message":
-            return Message(payload)
+            return Message(*payload)
         if kind == "connection":
             sock = Connection._adopt(*payload)
             sock._rc_on_close = self._closed_hook
@@ -233,7 +243,7 @@ class Worker:
             self._beat_if_due()
             for kind, payload in native.next_events(self.heartbeat_interval):
                 if kind == "message":
-                    yield payload
+                    yield payload[0]
                     continue
                 ev = self._convert(kind, payload)
                 if isinstance(ev, Disconnect):

@@ -24,6 +24,27 @@ def echo() -> None:
             w.send(b"echo:" + m)
 
 
+#: v8.serialize({x: 1}) as Node 18+ writes it.
+V8_X1 = bytes.fromhex("ff0f6f22017849027b01")
+
+
+def typed_echo() -> None:
+    """Sends one message of each content type (raw ones that start like the tags Node once put
+    in its messages), then raw ``done``; then echoes every message with its type and bytes."""
+    w = rcluster.worker()
+    w.send(b'J{"a":1}')
+    w.send(b"V\xff\x0f")
+    w.send(b'C{"act":"listening"}')
+    w.send("h\u00e9llo \u2713")
+    w.send_json({"n": [1, 2]})
+    w.send(V8_X1, "v8")
+    w.send(b'{"act":"not-known-to-anyone"}', "binding")
+    w.send(b"done")
+    for ev in w.events():
+        if isinstance(ev, rcluster.Message):
+            w.send(ev.data, ev.content_type)
+
+
 def count() -> None:
     """Counts messages until `end`, then answers the count (for the stream benchmark)."""
     w = rcluster.worker()
@@ -172,6 +193,7 @@ if __name__ == "__main__":
     else:
         {
             "echo": echo,
+            "typed-echo": typed_echo,
             "count": count,
             "blocking-http": blocking_http,
             "blocking-keepalive": blocking_keepalive,
