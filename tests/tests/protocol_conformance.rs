@@ -91,6 +91,14 @@ fn the_byte_examples_in_the_protocol_document_match_the_encoder() {
     let mut message = Vec::new();
     frame::encode(&mut message, frame::Kind::Message, 0, b"ping");
     assert_eq!(message, [4, 0, 0, 0, 4, 0, 0, 0, 0x70, 0x69, 0x6e, 0x67]);
+    let mut json = Vec::new();
+    frame::encode(
+        &mut json,
+        frame::Kind::Message,
+        ContentType::Json.flags(),
+        b"{}",
+    );
+    assert_eq!(json, [2, 0, 0, 0, 4, 4, 0, 0, 0x7b, 0x7d]);
     let mut ready = Vec::new();
     frame::encode(&mut ready, frame::Kind::Ready, 0, b"");
     assert_eq!(ready, [0, 0, 0, 0, 2, 0, 0, 0]);
