@@ -54,6 +54,14 @@ def test_a_python_worker_and_primary_keep_every_type_and_every_byte():
         assert sup.wait_for("message").content_type == "json"
 
 
+def test_messages_skips_the_bookkeeping_of_other_bindings():
+    with rcluster.Supervisor(worker_argv("echo"), workers=1, **fast()) as sup:
+        sup.wait_for("message")
+        sup.send(0, b'{"act":"init"}', content_type="binding")
+        sup.send(0, b"after")
+        assert sup.wait_for("message").data == b"echo:after"
+
+
 def test_an_unknown_content_type_is_refused_naming_it():
     with rcluster.Supervisor(worker_argv("echo"), workers=1, **fast()) as sup:
         sup.wait_for("message")

@@ -65,7 +65,9 @@ class _Link:
                 self._leave(gone=True)
                 return
             if kind == "message":
-                data = payload[0]  # (bytes, content type)
+                data, content_type = payload
+                if content_type == "binding":  # another binding's bookkeeping
+                    continue
                 for cb in self.on_message:
                     call_reporting(cb, data, what="on_message")
                 for q in self.queues:

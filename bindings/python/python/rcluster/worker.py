@@ -236,14 +236,16 @@ class Worker:
                     return
 
     def messages(self) -> Iterator[bytes]:
-        """The payload of every message until the primary says disconnect. For workers that
-        take no connections: one that arrives here is closed (and logged)."""
+        """The payload of every user message until the primary says disconnect (``binding``
+        messages, another binding's bookkeeping, are skipped). For workers that take no
+        connections: one that arrives here is closed (and logged)."""
         native = self._native
         while True:
             self._beat_if_due()
             for kind, payload in native.next_events(self.heartbeat_interval):
                 if kind == "message":
-                    yield payload[0]
+                    if payload[1] != "binding":
+                        yield payload[0]
                     continue
                 ev = self._convert(kind, payload)
                 if isinstance(ev, Disconnect):
@@ -353,7 +355,7 @@ def serve(
                     if isinstance(ev, Connection):
                         start(ev)
                     elif isinstance(ev, Message):
-                        if on_message is not None:
+                        if on_message is not None and ev.content_type != "binding":
                             call_reporting(on_message, ev.data, what="on_message")
                     else:
                         leaving = True
