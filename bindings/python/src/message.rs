@@ -3,6 +3,7 @@
 
 use pyo3::prelude::*;
 use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
+use pyo3::types::PyString;
 use rcluster_core::ContentType;
 
 use crate::errors::IntoPyResult;
@@ -26,9 +27,11 @@ impl Body {
 /// given (`raw`, `text`, `json`, `v8`, `binding`; the core's `ConfigError` names any other),
 /// else `text` for a str and `raw` for bytes.
 pub fn typed(data: &Bound<'_, PyAny>, content_type: Option<&str>) -> PyResult<(Body, ContentType)> {
-    let (body, default) = match data.extract::<PyBackedStr>() {
-        Ok(s) => (Body::Text(s), ContentType::Text),
-        Err(_) => (Body::Bytes(data.extract()?), ContentType::Raw),
+    // A type check first: a failed `extract` would build an error for every bytes message.
+    let (body, default) = if data.is_instance_of::<PyString>() {
+        (Body::Text(data.extract()?), ContentType::Text)
+    } else {
+        (Body::Bytes(data.extract()?), ContentType::Raw)
     };
     let content = match content_type {
         Some(name) => name.parse().py()?,
