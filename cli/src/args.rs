@@ -98,11 +98,11 @@ pub struct RunArgs {
     pub ack_timeout: Option<Duration>,
 
     /// First delay before restarting a failed worker; 0 restarts at once [default: 100ms]
-    #[arg(long, value_name = "DUR", value_parser = parse_delay)]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub backoff_initial: Option<Duration>,
 
     /// Longest delay before a restart; 0 restarts at once [default: 10s]
-    #[arg(long, value_name = "DUR", value_parser = parse_delay)]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub backoff_max: Option<Duration>,
 
     /// A worker up this long has its backoff reset [default: 5s]
@@ -288,8 +288,11 @@ pub fn flag_for(field: &str) -> Option<&'static str> {
         "heartbeat_timeout" => "--heartbeat-timeout",
         "ack_timeout" => "--ack-timeout",
         "max_message" | "send_queue_limit" => "--max-message",
+        "restart.backoff_initial" => "--backoff-initial",
         "restart.backoff_max" => "--backoff-max / --backoff-initial",
+        "restart.min_uptime" => "--min-uptime",
         "restart.window" => "--restart-window",
+        "restart.no_restart_codes" => "--no-restart-code",
         "listeners.name" | "listeners.addr" | "listen" => "--listen",
         "max_inflight" => "--max-inflight",
         "max_surge" => "--max-surge",
@@ -319,18 +322,9 @@ fn set<T>(field: &mut T, value: Option<T>) {
     }
 }
 
-/// A timeout or a window: [`parse_delay`], and more than zero (the core refuses zero, and
-/// would report it as `0ns`; said here in the terms of the flag).
+/// `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds (fractions allowed). Which values
+/// an option takes (more than 0, at most a year) is the core's rule, reported naming the flag.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = parse_delay(s)?;
-    if d.is_zero() {
-        return Err("must be more than 0 (e.g. 1ms, 500ms, 5s)".into());
-    }
-    Ok(d)
-}
-
-/// `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds (fractions allowed); 0 allowed.
-pub fn parse_delay(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -355,8 +349,8 @@ pub fn parse_delay(s: &str) -> Result<Duration, String> {
 
 fn parse_env(s: &str) -> Result<(OsString, OsString), String> {
     match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.into(), v.into())),
-        _ => Err("expected NAME=VALUE".into()),
+        Some((k, v)) => Ok((k.into(), v.into())),
+        None => Err("expected NAME=VALUE".into()),
     }
 }
 
@@ -381,9 +375,12 @@ mod tests {
     }
 
     #[test]
-    fn env_needs_a_name_and_an_equals_sign() {
+    fn env_needs_an_equals_sign_and_the_core_a_name() {
         assert_eq!(parse_env("A=b=c"), Ok(("A".into(), "b=c".into())));
         assert!(parse_env("A").is_err());
-        assert!(parse_env("=x").is_err());
+        let mut c = Config::new(["/bin/true"]);
+        c.env.push(parse_env("=x").unwrap());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("env") && e.contains("name"), "{e}");
     }
 }

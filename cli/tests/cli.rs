@@ -935,3 +935,25 @@ fn dispatch_without_listen_exits_2_instead_of_being_ignored() {
         "{err}"
     );
 }
+
+#[test]
+fn no_restart_code_outside_an_exit_status_exits_2_naming_the_flag() {
+    let out = rcluster_output(&["run", "--no-restart-code", "256", "--", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--no-restart-code") && err.contains("256") && err.contains("0..=255"),
+        "{err}"
+    );
+}
+
+#[test]
+fn min_uptime_longer_than_a_year_exits_2_naming_the_flag() {
+    let out = rcluster_output(&["run", "--min-uptime", "9000h", "--", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--min-uptime") && err.contains("at most a year"),
+        "{err}"
+    );
+}

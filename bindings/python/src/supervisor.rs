@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use rcluster_core::{SignalAction, Supervisor};
 
-use crate::config::{seconds, ConfigArgs};
+use crate::config::{wait_seconds, ConfigArgs};
 use crate::errors::IntoPyResult;
 use crate::events::{PyEvent, PyWorkerInfo};
 use crate::wait::sliced;
@@ -94,7 +94,9 @@ impl PySupervisor {
             .collect()
     }
 
-    fn scale(&self, py: Python<'_>, workers: usize) -> PyResult<()> {
+    fn scale(&self, py: Python<'_>, workers: i64) -> PyResult<()> {
+        // A negative count is refused by the core's rule for `workers`, as in the config.
+        let workers = rcluster_core::Config::count("workers", i128::from(workers)).py()?;
         py.allow_threads(|| self.core.scale(workers)).py()
     }
 
@@ -112,7 +114,7 @@ impl PySupervisor {
     #[pyo3(signature = (timeout=None))]
     fn stop(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
         let timeout = match timeout {
-            Some(t) => seconds("timeout", t)?,
+            Some(t) => wait_seconds("timeout", t)?,
             None => self.kill_timeout,
         };
         py.allow_threads(|| self.core.stop(timeout)).py()

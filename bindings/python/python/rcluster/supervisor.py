@@ -400,7 +400,7 @@ def _fs(name: str, value: object) -> bytes:
 
 def _config(**o: Any) -> dict[str, Any]:
     """The options as the plain dict the native constructor takes; types are checked here,
-    values by the core (whose errors name the field)."""
+    values (ranges, rules between options) only by the core, whose errors name the field."""
     argv = o["argv"]
     if argv is None:
         argv = default_argv()
@@ -408,8 +408,6 @@ def _config(**o: Any) -> dict[str, Any]:
         raise TypeError("argv must be a list of arguments, not a single string")
     c: dict[str, Any] = {"argv": [_fs("argv[]", a) for a in argv]}
     c["workers"] = check_int("workers", o["workers"])
-    if c["workers"] is not None and c["workers"] < 0:
-        raise ConfigError(f"invalid config: workers = {c['workers']}: must be 1..=4096")
     env = dict(o["env"] or {})
     if not isinstance(o["env"] or {}, Mapping):
         raise TypeError("env must be a mapping of names to values")
@@ -421,8 +419,8 @@ def _config(**o: Any) -> dict[str, Any]:
     c["heartbeat_timeout"] = hb
     for name in ("ready_timeout", "kill_timeout", "queue_timeout"):
         c[name] = check_seconds(name, o[name], optional=True)
-    # 0 tells the native side to turn the bound off.
-    c["ack_timeout"] = check_seconds("ack_timeout", o["ack_timeout"], optional=True) or 0.0
+    # None (always passed) turns the bound off; 0 is the core's to refuse.
+    c["ack_timeout"] = check_seconds("ack_timeout", o["ack_timeout"], optional=True)
     for name in (
         "max_message",
         "send_queue_limit",
@@ -432,10 +430,8 @@ def _config(**o: Any) -> dict[str, Any]:
         "queue_limit",
         "max_surge",
     ):
-        v = check_int(name, o[name], optional=True)
-        if v is not None and v < 0:
-            raise ConfigError(f"invalid config: {name} = {v}: must not be negative")
-        c[name] = v
+        # Ranges (negative numbers included) are the core's, whose errors name the field.
+        c[name] = check_int(name, o[name], optional=True)
     restart = o["restart"]
     if isinstance(restart, str):
         restart = RestartPolicy(mode=restart)
