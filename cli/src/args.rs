@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rcluster_core::{
-    resolve_listen, Config, Dispatch, ListenAddr, Listener, Output, ReadyOn, RestartMode,
+    default_listener_name, resolve_listen, Config, Dispatch, ListenAddr, Listener, Output, ReadyOn,
+    RestartMode,
 };
 
 const ABOUT: &str = "Run any program as a supervised cluster of pre-forked workers.";
@@ -21,7 +22,7 @@ one line per lifecycle event on stderr.";
 const AFTER_HELP: &str = "\
 Examples:
   rcluster run -- sleep 300
-      one worker per CPU running `sleep 300`, restarted whenever it exits
+      one worker per usable CPU running `sleep 300`, restarted whenever it exits
   rcluster run -w 4 --restart on-failure --max-restarts 3 -- ./server --port 8080
       four workers; a crash is retried at most 3 times per minute, a clean exit is final
 
@@ -67,7 +68,8 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Number of workers [default: number of CPUs]
+    /// Number of workers [default: one per CPU rcluster may use: its CPU affinity, bounded by
+    /// its cgroup's CPU quota]
     #[arg(short = 'w', long = "workers", value_name = "N")]
     pub workers: Option<usize>,
 
@@ -213,9 +215,7 @@ impl RunArgs {
     /// The core configuration; anything not given keeps the default of `Config::new`.
     pub fn to_config(&self) -> Config {
         let mut c = Config::new(self.cmd.iter().cloned());
-        c.workers = self
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        set(&mut c.workers, self.workers);
         c.ready_on = match self.ready {
             Ready::Spawn => ReadyOn::Spawn,
             Ready::Hello => ReadyOn::Hello,
@@ -258,7 +258,7 @@ impl RunArgs {
         // NAME for the first, NAME-2, NAME-3, ... for the others.
         c.listeners = Vec::new();
         for (i, (addrs, name)) in self.listen.iter().enumerate() {
-            let name = name.clone().unwrap_or_else(|| format!("listen{i}"));
+            let name = name.clone().unwrap_or_else(|| default_listener_name(i));
             for (k, addr) in addrs.iter().enumerate() {
                 let name = if k == 0 {
                     name.clone()

@@ -25,6 +25,20 @@ pub const DEFAULT_MAX_MESSAGE: usize = 16 << 20;
 /// Default `event_queue_limit`, in bytes: tens of thousands of small messages.
 pub const DEFAULT_EVENT_QUEUE_LIMIT: usize = 4 << 20;
 
+/// The number of workers of a cluster whose host gives no count (every host: the command line,
+/// C, Node, Python, and `Config::new`): one per CPU this process may use — its affinity mask
+/// (`taskset`, a cpuset), bounded by the CPU quota of its cgroup v2 (`cpu.max`, rounded up) —
+/// as PM2's `-i max` and most pre-forked servers' advice; at least 1, at most `MAX_WORKERS`.
+pub fn default_workers() -> usize {
+    crate::sys::cpus::usable().clamp(1, MAX_WORKERS)
+}
+
+/// The name of a listener its host gave no name: `listen0`, `listen1`, ... by its place among
+/// the listeners (the command line's, C's, Node's and Python's default alike).
+pub fn default_listener_name(index: usize) -> String {
+    format!("listen{index}")
+}
+
 /// When a worker counts as ready (eligible for work; ends `ready_timeout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadyOn {
@@ -149,7 +163,7 @@ impl Default for RestartPolicy {
 /// and hand it to [`crate::Supervisor::start`], which validates it first.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Number of worker slots, 1..=4096.
+    /// Number of worker slots, 1..=4096 (default: [`default_workers`], one per usable CPU).
     pub workers: usize,
     /// Program and arguments; run directly (no shell).
     pub argv: Vec<OsString>,
@@ -211,7 +225,7 @@ impl Config {
         S: Into<OsString>,
     {
         Config {
-            workers: 1,
+            workers: default_workers(),
             argv: argv.into_iter().map(Into::into).collect(),
             env: Vec::new(),
             cwd: None,

@@ -34,6 +34,18 @@ fn set(
     })
 }
 
+/// The number of workers a configuration starts with: the CPUs of this process's affinity
+/// mask, bounded by its cgroup v2 CPU quota (rounded up); at least 1. The command line, Node
+/// and Python use the same default.
+#[no_mangle]
+pub extern "C" fn rcluster_default_workers() -> usize {
+    let mut n = 1;
+    guard_void("rcluster_default_workers", || {
+        n = rcluster_core::default_workers();
+    });
+    n
+}
+
 /// Runs a setter on a copy of the config and keeps the copy only if the core's rules hold for
 /// it. Every config starts valid and each setter keeps it so, so a broken rule is one of the
 /// values this setter was given: `names` maps the core's field to the argument that set it.
@@ -43,10 +55,22 @@ fn set_checked(
     names: &[(&str, &str)],
     f: impl FnOnce(&mut Config) -> Result<(), Fail>,
 ) -> rcluster_result {
+    set_checked_as(func, cfg, names, rcluster_result::InvalidArgument, f)
+}
+
+/// As [`set_checked`], reporting a broken rule with `code` (listeners have always been
+/// refused with `RCLUSTER_RESULT_CONFIG`, as their addresses are).
+fn set_checked_as(
+    func: &str,
+    cfg: *mut rcluster_config,
+    names: &[(&str, &str)],
+    code: rcluster_result,
+    f: impl FnOnce(&mut Config) -> Result<(), Fail>,
+) -> rcluster_result {
     set(func, cfg, |c| {
         let mut copy = c.clone();
         f(&mut copy)?;
-        copy.check_values().map_err(|e| argument(e, names))?;
+        copy.check_values().map_err(|e| argument(e, names, code))?;
         *c = copy;
         Ok(())
     })
@@ -58,7 +82,7 @@ fn millis(ms: u64) -> Duration {
 }
 
 /// A core config error as a bad argument of the setter, named as C wrote it.
-fn argument(e: Error, names: &[(&str, &str)]) -> Fail {
+fn argument(e: Error, names: &[(&str, &str)], code: rcluster_result) -> Fail {
     let Error::Config {
         field,
         value,
@@ -71,10 +95,11 @@ fn argument(e: Error, names: &[(&str, &str)]) -> Fail {
         Some((_, arg)) if arg != field => format!("argument `{arg}` ({field} = {value}): {reason}"),
         _ => format!("argument `{field}` = {value}: {reason}"),
     };
-    Fail::new(rcluster_result::InvalidArgument, msg)
+    Fail::new(code, msg)
 }
 
-/// Makes a configuration with the defaults: 1 worker, ready on hello, restart always with
+/// Makes a configuration with the defaults: one worker per CPU this process may use (its
+/// affinity mask, bounded by its cgroup's CPU quota; see `rcluster_default_workers`), ready on hello, restart always with
 /// backoff 100 ms x2 up to 10 s, at most 10 restarts per 60 s, kill timeout 10 s,
 /// ready timeout 30 s, messages up to 16 MiB, no listeners. The program must still be set
 /// with `rcluster_config_set_argv`. On success `*out` is a new config; free it with
@@ -109,7 +134,7 @@ pub unsafe extern "C" fn rcluster_config_free(cfg: *mut rcluster_config) {
     })
 }
 
-/// Sets the number of worker slots, 1..=4096.
+/// Sets the number of worker slots, 1..=4096 (default: `rcluster_default_workers()`).
 ///
 /// # Safety
 /// `cfg` is NULL or a live config.
@@ -413,9 +438,11 @@ pub unsafe extern "C" fn rcluster_config_set_output(
 }
 
 /// Adds a listener the primary binds before anything starts. `name` (1..=255 bytes of UTF-8,
-/// no ':') travels with each connection; `addr` is `127.0.0.1:8080`, `[::1]:8080`, `:8080`
-/// (every IPv4 address) or `unix:/path/to.sock`; port 0 lets the system choose (read it back
-/// with `rcluster_supervisor_listener`). `dispatch` is one of `RCLUSTER_DISPATCH_*`.
+/// no ':') travels with each connection; NULL gives the default name by the listener's place,
+/// `listen0`, `listen1`, ... (as the command line, Node and Python name theirs). `addr` is
+/// `127.0.0.1:8080`, `[::1]:8080`, `:8080` (every IPv4 address) or `unix:/path/to.sock`; port
+/// 0 lets the system choose (read it back with `rcluster_supervisor_listener`). `dispatch` is
+/// one of `RCLUSTER_DISPATCH_*`.
 ///
 /// # Safety
 /// `cfg` is NULL or a live config; `name` and `addr` are NULL or NUL-terminated strings.
@@ -426,22 +453,20 @@ pub unsafe extern "C" fn rcluster_config_add_listener(
     addr: *const c_char,
     dispatch: rcluster_dispatch,
 ) -> rcluster_result {
-    set("rcluster_config_add_listener", cfg, |c| {
-        // SAFETY: the caller promises NUL-terminated strings (NULL is refused) that live through
-        // the call.
-        let (name, addr) = unsafe { (args::utf8(name, "name")?, args::utf8(addr, "addr")?) };
+    let names = [("listeners.name", "name"), ("listeners.addr", "addr")];
+    let code = rcluster_result::Config;
+    set_checked_as("rcluster_config_add_listener", cfg, &names, code, |c| {
+        // SAFETY: the caller promises NUL-terminated strings (NULL is refused, but for the
+        // name) that live through the call.
+        let addr = unsafe { args::utf8(addr, "addr")? };
+        let name = match name.is_null() {
+            true => rcluster_core::default_listener_name(c.listeners.len()),
+            // SAFETY: as above.
+            false => unsafe { args::utf8(name, "name")? }.to_owned(),
+        };
         let dispatch = dispatch_from(dispatch)?;
         let addr = addr.parse()?;
-        let mut check = Config::new(["/"]);
-        check.listeners = c.listeners.clone();
-        check.listeners.push(Listener::new(name, addr, dispatch));
-        // The core's listener rules (names, duplicates), applied now so the error points here.
-        if let Err(e @ rcluster_core::Error::Config { field, .. }) = check.validate() {
-            if field.starts_with("listeners") {
-                return Err(e.into());
-            }
-        }
-        c.listeners = check.listeners;
+        c.listeners.push(Listener::new(name, addr, dispatch));
         Ok(())
     })
 }

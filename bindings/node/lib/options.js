@@ -73,7 +73,8 @@ function listeners(opts) {
   const list = [];
   if (opts.listen !== undefined) {
     const addrs = Array.isArray(opts.listen) ? opts.listen : [opts.listen];
-    addrs.forEach((a, i) => list.push({ name: `listener${i}`, address: a }));
+    // Unnamed listeners get the core's default name (listen0, listen1, ... by place).
+    addrs.forEach((a) => list.push({ name: undefined, address: a }));
   }
   if (opts.listeners !== undefined) {
     if (!Array.isArray(opts.listeners)) {
@@ -84,7 +85,7 @@ function listeners(opts) {
         throw invalidOption(`options.listeners[${i}]`, l, 'must be an object { address, name?, dispatch? }');
       }
       rejectUnknown(l, KNOWN.listener, `options.listeners[${i}].`);
-      list.push({ name: l.name === undefined ? `listener${list.length}` : l.name, address: l.address, dispatch: l.dispatch, share: l.share });
+      list.push({ name: l.name, address: l.address, dispatch: l.dispatch, share: l.share });
     });
   }
   const dispatch = oneOf(opts, 'dispatch', DISPATCH) || 'rr';
@@ -97,7 +98,7 @@ function listeners(opts) {
       throw invalidOption(`options.listeners[${i}].address`, l.address,
         "expected 'HOST:PORT', '[IPv6]:PORT', ':PORT', 'unix:/path' or a port number");
     }
-    if (typeof l.name !== 'string') {
+    if (l.name !== undefined && typeof l.name !== 'string') {
       throw invalidOption(`options.listeners[${i}].name`, l.name, 'must be a string');
     }
     const d = l.dispatch === undefined ? dispatch : l.dispatch;
@@ -152,7 +153,8 @@ function normalize(opts = {}, extraEnv = {}) {
     throw invalidOption('options', opts, 'must be an object');
   }
   rejectUnknown(opts, KNOWN.options, 'options.');
-  const workers = opts.workers === undefined ? 1 : int(opts, 'workers');
+  // No count: the core's default, one worker per CPU this process may use.
+  const workers = int(opts, 'workers');
   const exec = opts.exec === undefined ? process.argv[1] : opts.exec;
   if (typeof exec !== 'string' || exec === '') throw invalidOption('options.exec', exec, 'must be a path to a script');
   const execArgv = strings(opts.execArgv === undefined ? process.execArgv : opts.execArgv, 'options.execArgv');

@@ -52,7 +52,8 @@ pub struct NativeOptions {
 
 #[napi(object)]
 pub struct NativeListener {
-    pub name: String,
+    /// None: the core's default name for its place (`listen0`, ...).
+    pub name: Option<String>,
     pub address: String,
     pub dispatch: String,
     pub share: bool,
@@ -94,6 +95,13 @@ pub struct NativeWorkerInfo {
     pub last_exit_code: Option<i32>,
     pub last_exit_signal: Option<i32>,
     pub last_exit_reason: Option<String>,
+}
+
+/// The number of workers a cluster started with no `workers` option runs: one per CPU this
+/// process may use (affinity mask and cgroup quota), decided by the core.
+#[napi]
+pub fn default_workers() -> u32 {
+    rcluster_core::default_workers() as u32
 }
 
 /// A wait in milliseconds (not an option): a negative one waits not at all.
@@ -182,10 +190,13 @@ fn build_config(o: NativeOptions) -> napi::Result<Config, &'static str> {
     if let Some(out) = o.output.as_deref() {
         c.output = out.parse().map_err(option_error)?;
     }
-    for l in o.listeners {
+    for (i, l) in o.listeners.into_iter().enumerate() {
         let addr: ListenAddr = l.address.parse().map_err(to_js)?;
         let dispatch: Dispatch = l.dispatch.parse().map_err(to_js)?;
-        let mut listener = Listener::new(l.name, addr, dispatch);
+        let name = l
+            .name
+            .unwrap_or_else(|| rcluster_core::default_listener_name(i));
+        let mut listener = Listener::new(name, addr, dispatch);
         listener.share = l.share;
         c.listeners.push(listener);
     }

@@ -69,6 +69,9 @@ pub struct RestartArgs {
     pub no_restart_codes: Option<Vec<i64>>,
 }
 
+/// (name, address, dispatch, share) of a listener; no name: the core's default.
+pub type ListenerArgs = (Option<String>, String, String, bool);
+
 /// Everything `Supervisor(...)` accepts, already in plain types (the Python half normalises).
 #[derive(FromPyObject)]
 #[pyo3(from_item_all)]
@@ -98,9 +101,9 @@ pub struct ConfigArgs {
     pub event_queue_limit: Option<i64>,
     #[pyo3(default)]
     pub output: Option<String>,
-    /// (name, address, dispatch, share) of each listener.
+    /// (name, address, dispatch, share) of each listener; no name: the core's default.
     #[pyo3(default)]
-    pub listeners: Option<Vec<(String, String, String, bool)>>,
+    pub listeners: Option<Vec<ListenerArgs>>,
     #[pyo3(default)]
     pub max_inflight: Option<i64>,
     #[pyo3(default)]
@@ -153,7 +156,10 @@ impl ConfigArgs {
         if let Some(o) = &self.output {
             c.output = o.parse().map_err(to_py)?;
         }
-        for (name, addr, dispatch, share) in self.listeners.unwrap_or_default() {
+        for (i, (name, addr, dispatch, share)) in
+            self.listeners.unwrap_or_default().into_iter().enumerate()
+        {
+            let name = name.unwrap_or_else(|| rcluster_core::default_listener_name(i));
             let addr: ListenAddr = addr.parse().py()?;
             let dispatch: Dispatch = dispatch.parse().py()?;
             let mut listener = Listener::new(name, addr, dispatch);

@@ -6,6 +6,7 @@ MAX_WORKERS: int
 DEFAULT_MAX_MESSAGE: int
 
 def open_fd_count() -> int: ...
+def default_workers() -> int: ...
 
 class Event:
     """Something that happened in the cluster; attributes that do not apply are None."""

@@ -134,7 +134,8 @@ class Supervisor:
 
     - ``argv``: the worker command, run directly (no shell). Default: re-run this program
       (:func:`default_argv`), whose workers see :func:`rcluster.is_worker` true.
-    - ``workers``: number of worker processes, 1..4096 (default 1).
+    - ``workers``: number of worker processes, 1..4096 (default: one per CPU this process
+      may use, :func:`rcluster.default_workers`, as the ``rcluster`` command, C and Node).
     - ``listen``: sockets the primary binds, as address strings or :class:`Listener`:
       ``"127.0.0.1:8080"``, ``"[::1]:8080"``, ``"localhost:8080"`` (a host name, resolved
       once at start, to one address), ``":8080"`` (every IPv4 interface), ``"unix:/path"``.
@@ -186,7 +187,7 @@ class Supervisor:
         self,
         argv: Sequence[str | bytes | os.PathLike[str]] | None = None,
         *,
-        workers: int = 1,
+        workers: int | None = None,
         listen: Iterable[str | Listener] = (),
         dispatch: str = "rr",
         restart: str | RestartPolicy = "always",
@@ -407,7 +408,7 @@ def _config(**o: Any) -> dict[str, Any]:
     elif isinstance(argv, str | bytes):
         raise TypeError("argv must be a list of arguments, not a single string")
     c: dict[str, Any] = {"argv": [_fs("argv[]", a) for a in argv]}
-    c["workers"] = check_int("workers", o["workers"])
+    c["workers"] = check_int("workers", o["workers"], optional=True)
     env = dict(o["env"] or {})
     if not isinstance(o["env"] or {}, Mapping):
         raise TypeError("env must be a mapping of names to values")
@@ -446,14 +447,15 @@ def _config(**o: Any) -> dict[str, Any]:
     return c
 
 
-def _listener(i: int, item: object, dispatch: str | None) -> tuple[str, str, str, bool]:
+def _listener(i: int, item: object, dispatch: str | None) -> tuple[str | None, str, str, bool]:
     if isinstance(item, str):
         item = Listener(item)
     if not isinstance(item, Listener):
         raise TypeError(f"listen[{i}] must be an address string or a Listener, not {item!r}")
     check_str(f"listen[{i}].addr", item.addr)
     return (
-        check_str(f"listen[{i}].name", item.name, optional=True) or f"listen{i}",
+        # None: the core's default name (listen0, listen1, ... by place).
+        check_str(f"listen[{i}].name", item.name, optional=True),
         item.addr,
         check_str(f"listen[{i}].dispatch", item.dispatch, optional=True) or dispatch or "rr",
         _check_bool(f"listen[{i}].share", item.share),
