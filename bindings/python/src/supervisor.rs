@@ -100,6 +100,12 @@ impl PySupervisor {
         py.allow_threads(|| self.core.scale(workers)).py()
     }
 
+    /// The core's kill: the signal reaches the worker while it is unreaped (its pid cannot
+    /// have been reused) and its exit is reported with reason `requested`.
+    fn kill(&self, py: Python<'_>, id: u32, signal: i32) -> PyResult<()> {
+        py.allow_threads(|| self.core.kill(id, signal)).py()
+    }
+
     fn restart_worker(&self, py: Python<'_>, id: u32) -> PyResult<()> {
         py.allow_threads(|| self.core.restart_worker(id)).py()
     }

@@ -374,6 +374,15 @@ class Supervisor:
         """Changes the number of worker slots; removed workers are stopped gracefully."""
         self._require().scale(check_int("workers", workers))
 
+    def kill(self, worker_id: int, signal: int = signal.SIGTERM) -> None:
+        """Sends ``signal`` (default SIGTERM) to worker ``worker_id``, as ``os.kill`` would,
+        but through the supervisor: the signal reaches the worker while it is unreaped, so a
+        reused pid is never hit, and the exit it causes is reported with reason
+        ``requested`` (not ``crashed``); the restart policy then applies as to any exit.
+        NoSuchWorkerError when no live worker has the id; no SIGKILL follows (see
+        :meth:`restart_worker` and :meth:`stop` for that)."""
+        self._require().kill(check_int("worker_id", worker_id), check_int("signal", signal))
+
     def restart_worker(self, id: int) -> None:
         """Stops worker ``id`` gracefully and starts it again."""
         self._require().restart_worker(check_int("id", id))
