@@ -59,6 +59,7 @@ declare namespace rcluster {
     killTimeout?: number;
     restart?: RestartOptions['mode'] | RestartOptions;
     maxMessage?: number;
+    /** Default 64 MiB, or four maxMessage when that is larger. */
     sendQueueLimit?: number;
     /**
      * Most bytes of worker messages waiting for this process to take them (default 4 MiB);

@@ -241,9 +241,7 @@ impl RunArgs {
             .no_restart_codes
             .clone_from(&self.no_restart_codes);
         if let Some(m) = self.max_message {
-            c.max_message = m;
-            // The queue must hold at least one largest message; keep the default headroom.
-            c.send_queue_limit = c.send_queue_limit.max(m.saturating_mul(4));
+            c.set_max_message(m);
         }
         set(&mut c.event_queue_limit, self.event_queue_limit);
         c.env.clone_from(&self.env);

@@ -249,6 +249,14 @@ impl Config {
         }
     }
 
+    /// Sets `max_message`, and raises `send_queue_limit` to four such messages when it was
+    /// below (the default's headroom: 64 MiB for 16 MiB), so that a larger limit alone is
+    /// enough in every host. A host given a `send_queue_limit` too sets it afterwards.
+    pub fn set_max_message(&mut self, bytes: usize) {
+        self.max_message = bytes;
+        self.send_queue_limit = self.send_queue_limit.max(bytes.saturating_mul(4));
+    }
+
     /// The checks `validate` makes of `max_message` and `send_queue_limit`, for a binding that
     /// refuses bad values when they are set: the error names the field.
     pub fn check_message_limits(max_message: usize, send_queue_limit: usize) -> Result<()> {
@@ -525,6 +533,19 @@ mod tests {
         c.event_queue_limit = 100;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("event_queue_limit") && e.contains("100"), "{e}");
+    }
+
+    #[test]
+    fn a_larger_max_message_raises_the_queue_unless_it_is_set_after() {
+        let mut c = Config::new(["/bin/true"]);
+        c.set_max_message(100 << 20);
+        assert_eq!(c.send_queue_limit, 400 << 20);
+        c.validate().unwrap();
+        c.set_max_message(1024);
+        assert_eq!(c.send_queue_limit, 400 << 20, "never lowered");
+        c.set_max_message(100 << 20);
+        c.send_queue_limit = 64 << 20;
+        assert!(c.validate().is_err());
     }
 
     #[test]

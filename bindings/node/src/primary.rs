@@ -178,7 +178,9 @@ fn build_config(o: NativeOptions) -> napi::Result<Config, &'static str> {
             .map(|code| count("restart.no_restart_codes", Some(code)).map(Option::unwrap))
             .collect::<napi::Result<_, _>>()?;
     }
-    set(&mut c.max_message, count("max_message", o.max_message)?);
+    if let Some(m) = count("max_message", o.max_message)? {
+        c.set_max_message(m);
+    }
     set(
         &mut c.send_queue_limit,
         count("send_queue_limit", o.send_queue_limit)?,

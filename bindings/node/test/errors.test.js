@@ -47,6 +47,13 @@ test('ranges are the core\'s and name the option as JS spells it', () => {
   throwsCode(() => rcluster.start({ ...base, ackTimeout: 0 }), 'ERR_RCLUSTER_INVALID_OPTION', 'options.ackTimeout', 'more than 0');
 });
 
+test('a maxMessage above the default queue raises the queue, as in every host', async () => {
+  const c = rcluster.start({ ...base, workers: 1, maxMessage: 100 * 2 ** 20 });
+  await c.stop();
+  throwsCode(() => rcluster.start({ ...base, maxMessage: 100 * 2 ** 20, sendQueueLimit: 64 * 2 ** 20 }),
+    'ERR_RCLUSTER_INVALID_OPTION', 'options.sendQueueLimit', 'largest message');
+});
+
 test('a zero backoff restarts at once, as the core allows', async () => {
   const c = rcluster.start({ ...base, restart: { backoffInitial: 0, backoffMax: 0 } });
   await c.stop();

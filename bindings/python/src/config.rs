@@ -142,7 +142,9 @@ impl ConfigArgs {
         if let Some(r) = self.restart {
             apply_restart(&mut c, r)?;
         }
-        opt_count("max_message", self.max_message, &mut c.max_message)?;
+        if let Some(m) = self.max_message {
+            c.set_max_message(count("max_message", m)?);
+        }
         opt_count(
             "send_queue_limit",
             self.send_queue_limit,

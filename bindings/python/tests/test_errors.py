@@ -160,3 +160,12 @@ def test_help_explains_every_option_of_the_supervisor():
     missing = [n for n in params if n != "self" and f"``{n}``" not in doc]
     assert not missing, f"options without a word in help(rcluster.Supervisor): {missing}"
     assert "docs/operations.md" not in doc
+
+
+def test_a_max_message_above_the_default_queue_raises_the_queue_as_the_cli_does():
+    # The queue towards a worker follows max_message unless it is given: the core's rule.
+    sup = start(workers=1, max_message=100 << 20)
+    sup.stop()
+    with pytest.raises(rcluster.ConfigError, match="largest message") as e:
+        start(workers=1, max_message=100 << 20, send_queue_limit=64 << 20)
+    assert e.value.field == "send_queue_limit"

@@ -157,7 +157,7 @@ class Supervisor:
     - ``kill_timeout``: grace between SIGTERM and SIGKILL when stopping a worker (10 s).
     - ``max_message``: largest message in bytes, either direction (16 MiB).
     - ``send_queue_limit``: most bytes queued towards one worker before :meth:`send` raises
-      (64 MiB).
+      (64 MiB, or four ``max_message`` when that is larger).
     - ``event_queue_limit``: most bytes of worker messages waiting for this process to take
       them (4 MiB); beyond, workers that send are not read until it catches up (their
       ``send`` blocks), so memory stays bounded whatever a worker sends.
