@@ -645,7 +645,15 @@ extern "C" {
 const char *rcluster_version(void);
 
 /**
- * Makes a configuration with the defaults: 1 worker, ready on hello, restart always with
+ * The number of workers a configuration starts with: the CPUs of this process's affinity
+ * mask, bounded by its cgroup v2 CPU quota (rounded up); at least 1. The command line, Node
+ * and Python use the same default.
+ */
+size_t rcluster_default_workers(void);
+
+/**
+ * Makes a configuration with the defaults: one worker per CPU this process may use (its
+ * affinity mask, bounded by its cgroup's CPU quota; see `rcluster_default_workers`), ready on hello, restart always with
  * backoff 100 ms x2 up to 10 s, at most 10 restarts per 60 s, kill timeout 10 s,
  * ready timeout 30 s, messages up to 16 MiB, no listeners. The program must still be set
  * with `rcluster_config_set_argv`. On success `*out` is a new config; free it with
@@ -665,7 +673,7 @@ rcluster_result rcluster_config_new(rcluster_config **out);
 void rcluster_config_free(rcluster_config *cfg);
 
 /**
- * Sets the number of worker slots, 1..=4096.
+ * Sets the number of worker slots, 1..=4096 (default: `rcluster_default_workers()`).
  *
  * # Safety
  * `cfg` is NULL or a live config.
@@ -805,9 +813,11 @@ rcluster_result rcluster_config_set_output(rcluster_config *cfg, rcluster_output
 
 /**
  * Adds a listener the primary binds before anything starts. `name` (1..=255 bytes of UTF-8,
- * no ':') travels with each connection; `addr` is `127.0.0.1:8080`, `[::1]:8080`, `:8080`
- * (every IPv4 address) or `unix:/path/to.sock`; port 0 lets the system choose (read it back
- * with `rcluster_supervisor_listener`). `dispatch` is one of `RCLUSTER_DISPATCH_*`.
+ * no ':') travels with each connection; NULL gives the default name by the listener's place,
+ * `listen0`, `listen1`, ... (as the command line, Node and Python name theirs). `addr` is
+ * `127.0.0.1:8080`, `[::1]:8080`, `:8080` (every IPv4 address) or `unix:/path/to.sock`; port
+ * 0 lets the system choose (read it back with `rcluster_supervisor_listener`). `dispatch` is
+ * one of `RCLUSTER_DISPATCH_*`.
  *
  * # Safety
  * `cfg` is NULL or a live config; `name` and `addr` are NULL or NUL-terminated strings.

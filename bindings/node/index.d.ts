@@ -15,6 +15,7 @@ declare namespace rcluster {
      * 127.0.0.1.
      */
     address: string | number;
+    /** Default: 'listen0', 'listen1', ... by its place among the listeners. */
     name?: string;
     dispatch?: Dispatch;
     /**
@@ -40,6 +41,7 @@ declare namespace rcluster {
 
   /** Options of start(); every duration is in milliseconds. */
   interface StartOptions {
+    /** 1..4096; default: one per CPU this process may use (see `defaultWorkers()`). */
     workers?: number;
     /** Script the workers run (default: this script, process.argv[1]). */
     exec?: string;
@@ -57,6 +59,7 @@ declare namespace rcluster {
     killTimeout?: number;
     restart?: RestartOptions['mode'] | RestartOptions;
     maxMessage?: number;
+    /** Default 64 MiB, or four maxMessage when that is larger. */
     sendQueueLimit?: number;
     /**
      * Most bytes of worker messages waiting for this process to take them (default 4 MiB);
@@ -233,6 +236,9 @@ declare namespace rcluster {
 
   interface Rcluster extends EventEmitter {
     start(options?: StartOptions): Cluster;
+    /** The number of workers start() runs when given none: the CPUs of this process's
+     * affinity mask, bounded by its cgroup's CPU quota (rounded up); at least 1. */
+    defaultWorkers(): number;
     Cluster: ClusterConstructor;
     readonly isPrimary: boolean;
     readonly isMaster: boolean;

@@ -42,5 +42,7 @@ rcluster.start = (options) => {
   return start(options);
 };
 rcluster.Cluster = require('./lib/primary').Cluster;
+/** The number of workers start() runs when given none: one per CPU this process may use. */
+rcluster.defaultWorkers = () => require('./lib/native').defaultWorkers();
 
 module.exports = rcluster;

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rcluster_core::{
-    resolve_listen, Config, Dispatch, ListenAddr, Listener, Output, ReadyOn, RestartMode,
+    default_listener_name, resolve_listen, Config, Dispatch, ListenAddr, Listener, Output, ReadyOn,
+    RestartMode,
 };
 
 const ABOUT: &str = "Run any program as a supervised cluster of pre-forked workers.";
@@ -21,7 +22,7 @@ one line per lifecycle event on stderr.";
 const AFTER_HELP: &str = "\
 Examples:
   rcluster run -- sleep 300
-      one worker per CPU running `sleep 300`, restarted whenever it exits
+      one worker per usable CPU running `sleep 300`, restarted whenever it exits
   rcluster run -w 4 --restart on-failure --max-restarts 3 -- ./server --port 8080
       four workers; a crash is retried at most 3 times per minute, a clean exit is final
 
@@ -67,7 +68,8 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Number of workers [default: number of CPUs]
+    /// Number of workers [default: one per CPU rcluster may use: its CPU affinity, bounded by
+    /// its cgroup's CPU quota]
     #[arg(short = 'w', long = "workers", value_name = "N")]
     pub workers: Option<usize>,
 
@@ -98,11 +100,11 @@ pub struct RunArgs {
     pub ack_timeout: Option<Duration>,
 
     /// First delay before restarting a failed worker; 0 restarts at once [default: 100ms]
-    #[arg(long, value_name = "DUR", value_parser = parse_delay)]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub backoff_initial: Option<Duration>,
 
     /// Longest delay before a restart; 0 restarts at once [default: 10s]
-    #[arg(long, value_name = "DUR", value_parser = parse_delay)]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub backoff_max: Option<Duration>,
 
     /// A worker up this long has its backoff reset [default: 5s]
@@ -213,9 +215,7 @@ impl RunArgs {
     /// The core configuration; anything not given keeps the default of `Config::new`.
     pub fn to_config(&self) -> Config {
         let mut c = Config::new(self.cmd.iter().cloned());
-        c.workers = self
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        set(&mut c.workers, self.workers);
         c.ready_on = match self.ready {
             Ready::Spawn => ReadyOn::Spawn,
             Ready::Hello => ReadyOn::Hello,
@@ -241,9 +241,7 @@ impl RunArgs {
             .no_restart_codes
             .clone_from(&self.no_restart_codes);
         if let Some(m) = self.max_message {
-            c.max_message = m;
-            // The queue must hold at least one largest message; keep the default headroom.
-            c.send_queue_limit = c.send_queue_limit.max(m.saturating_mul(4));
+            c.set_max_message(m);
         }
         set(&mut c.event_queue_limit, self.event_queue_limit);
         c.env.clone_from(&self.env);
@@ -258,7 +256,7 @@ impl RunArgs {
         // NAME for the first, NAME-2, NAME-3, ... for the others.
         c.listeners = Vec::new();
         for (i, (addrs, name)) in self.listen.iter().enumerate() {
-            let name = name.clone().unwrap_or_else(|| format!("listen{i}"));
+            let name = name.clone().unwrap_or_else(|| default_listener_name(i));
             for (k, addr) in addrs.iter().enumerate() {
                 let name = if k == 0 {
                     name.clone()
@@ -288,8 +286,11 @@ pub fn flag_for(field: &str) -> Option<&'static str> {
         "heartbeat_timeout" => "--heartbeat-timeout",
         "ack_timeout" => "--ack-timeout",
         "max_message" | "send_queue_limit" => "--max-message",
+        "restart.backoff_initial" => "--backoff-initial",
         "restart.backoff_max" => "--backoff-max / --backoff-initial",
+        "restart.min_uptime" => "--min-uptime",
         "restart.window" => "--restart-window",
+        "restart.no_restart_codes" => "--no-restart-code",
         "listeners.name" | "listeners.addr" | "listen" => "--listen",
         "max_inflight" => "--max-inflight",
         "max_surge" => "--max-surge",
@@ -319,18 +320,9 @@ fn set<T>(field: &mut T, value: Option<T>) {
     }
 }
 
-/// A timeout or a window: [`parse_delay`], and more than zero (the core refuses zero, and
-/// would report it as `0ns`; said here in the terms of the flag).
+/// `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds (fractions allowed). Which values
+/// an option takes (more than 0, at most a year) is the core's rule, reported naming the flag.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = parse_delay(s)?;
-    if d.is_zero() {
-        return Err("must be more than 0 (e.g. 1ms, 500ms, 5s)".into());
-    }
-    Ok(d)
-}
-
-/// `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds (fractions allowed); 0 allowed.
-pub fn parse_delay(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -355,8 +347,8 @@ pub fn parse_delay(s: &str) -> Result<Duration, String> {
 
 fn parse_env(s: &str) -> Result<(OsString, OsString), String> {
     match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.into(), v.into())),
-        _ => Err("expected NAME=VALUE".into()),
+        Some((k, v)) => Ok((k.into(), v.into())),
+        None => Err("expected NAME=VALUE".into()),
     }
 }
 
@@ -381,9 +373,12 @@ mod tests {
     }
 
     #[test]
-    fn env_needs_a_name_and_an_equals_sign() {
+    fn env_needs_an_equals_sign_and_the_core_a_name() {
         assert_eq!(parse_env("A=b=c"), Ok(("A".into(), "b=c".into())));
         assert!(parse_env("A").is_err());
-        assert!(parse_env("=x").is_err());
+        let mut c = Config::new(["/bin/true"]);
+        c.env.push(parse_env("=x").unwrap());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("env") && e.contains("name"), "{e}");
     }
 }

@@ -145,8 +145,9 @@ fn run_to_end(args: &[&str], limit: Duration) -> (ExitStatus, String) {
     (status, c.log_text())
 }
 
+/// The workers `rcluster run` starts without `-w`: the core's default.
 fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    rcluster_core::default_workers()
 }
 
 fn stops_with_exit_0_on(sig: i32) {
@@ -933,5 +934,61 @@ fn dispatch_without_listen_exits_2_instead_of_being_ignored() {
     assert!(
         err.contains("--dispatch") && err.contains("--listen"),
         "{err}"
+    );
+}
+
+#[test]
+fn no_restart_code_outside_an_exit_status_exits_2_naming_the_flag() {
+    let out = rcluster_output(&["run", "--no-restart-code", "256", "--", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--no-restart-code") && err.contains("256") && err.contains("0..=255"),
+        "{err}"
+    );
+}
+
+#[test]
+fn min_uptime_longer_than_a_year_exits_2_naming_the_flag() {
+    let out = rcluster_output(&["run", "--min-uptime", "9000h", "--", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--min-uptime") && err.contains("at most a year"),
+        "{err}"
+    );
+}
+
+#[test]
+fn without_w_one_worker_runs_per_cpu_of_the_affinity_mask() {
+    // Under `taskset -c 0` only one CPU is usable, however many the machine has.
+    let mut child = Command::new("taskset")
+        .args([
+            "-c",
+            "0",
+            RCLUSTER,
+            "run",
+            "--restart",
+            "never",
+            "--",
+            "true",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn taskset (util-linux)");
+    let stderr = read_all_in_background(child.stderr.take().unwrap());
+    let mut c = Cluster {
+        child,
+        log: Arc::default(),
+    };
+    let status = c.wait_exit(Duration::from_secs(15));
+    let log = String::from_utf8_lossy(&stderr.join().unwrap()).into_owned();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(log.matches(": spawned").count(), 1, "{log}");
+    assert!(
+        log.contains("worker 0 ") && !log.contains("worker 1 "),
+        "{log}"
     );
 }

@@ -13,18 +13,31 @@ use crate::error::{Error, Result};
 use crate::sys::listen::Listener;
 use crate::wire::frame;
 
-/// Most workers one supervisor runs.
-pub const MAX_WORKERS: usize = 4096;
+mod limits;
+
+use limits::{check_count, check_duration, Unit};
+pub use limits::{MAX_DURATION, MAX_MAX_MESSAGE, MAX_WORKERS, MIN_EVENT_QUEUE_LIMIT};
+
 // The sentinel (in `sys`, below this module) sizes its table for four groups per slot.
 const _: () = assert!(crate::sys::sentinel::CAPACITY == 4 * MAX_WORKERS);
 /// Default largest user message, in bytes (either direction).
 pub const DEFAULT_MAX_MESSAGE: usize = 16 << 20;
-/// Largest `max_message` that may be configured.
-pub const MAX_MAX_MESSAGE: usize = 1 << 30;
 /// Default `event_queue_limit`, in bytes: tens of thousands of small messages.
 pub const DEFAULT_EVENT_QUEUE_LIMIT: usize = 4 << 20;
-/// Smallest `event_queue_limit` that may be configured.
-pub const MIN_EVENT_QUEUE_LIMIT: usize = 4096;
+
+/// The number of workers of a cluster whose host gives no count (every host: the command line,
+/// C, Node, Python, and `Config::new`): one per CPU this process may use — its affinity mask
+/// (`taskset`, a cpuset), bounded by the CPU quota of its cgroup v2 (`cpu.max`, rounded up) —
+/// as PM2's `-i max` and most pre-forked servers' advice; at least 1, at most `MAX_WORKERS`.
+pub fn default_workers() -> usize {
+    crate::sys::cpus::usable().clamp(1, MAX_WORKERS)
+}
+
+/// The name of a listener its host gave no name: `listen0`, `listen1`, ... by its place among
+/// the listeners (the command line's, C's, Node's and Python's default alike).
+pub fn default_listener_name(index: usize) -> String {
+    format!("listen{index}")
+}
 
 /// When a worker counts as ready (eligible for work; ends `ready_timeout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,7 +163,7 @@ impl Default for RestartPolicy {
 /// and hand it to [`crate::Supervisor::start`], which validates it first.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Number of worker slots, 1..=4096.
+    /// Number of worker slots, 1..=4096 (default: [`default_workers`], one per usable CPU).
     pub workers: usize,
     /// Program and arguments; run directly (no shell).
     pub argv: Vec<OsString>,
@@ -212,7 +225,7 @@ impl Config {
         S: Into<OsString>,
     {
         Config {
-            workers: 1,
+            workers: default_workers(),
             argv: argv.into_iter().map(Into::into).collect(),
             env: Vec::new(),
             cwd: None,
@@ -236,16 +249,19 @@ impl Config {
         }
     }
 
+    /// Sets `max_message`, and raises `send_queue_limit` to four such messages when it was
+    /// below (the default's headroom: 64 MiB for 16 MiB), so that a larger limit alone is
+    /// enough in every host. A host given a `send_queue_limit` too sets it afterwards.
+    pub fn set_max_message(&mut self, bytes: usize) {
+        self.max_message = bytes;
+        self.send_queue_limit = self.send_queue_limit.max(bytes.saturating_mul(4));
+    }
+
     /// The checks `validate` makes of `max_message` and `send_queue_limit`, for a binding that
     /// refuses bad values when they are set: the error names the field.
     pub fn check_message_limits(max_message: usize, send_queue_limit: usize) -> Result<()> {
-        if max_message == 0 || max_message > MAX_MAX_MESSAGE {
-            return Err(Error::config(
-                "max_message",
-                max_message,
-                format!("must be 1..={MAX_MAX_MESSAGE}"),
-            ));
-        }
+        check_count("max_message", max_message as u64)?;
+        check_count("send_queue_limit", send_queue_limit as u64)?;
         if send_queue_limit < max_message + frame::HEADER_LEN {
             return Err(Error::config(
                 "send_queue_limit",
@@ -259,32 +275,52 @@ impl Config {
         Ok(())
     }
 
+    /// A host's integer for the integer field `field` (named as in `Config`, `restart.`
+    /// before a field of the restart policy), refused with the field's rule when it is out of
+    /// range, negative included: for bindings whose numbers are signed or floating.
+    pub fn count<T: TryFrom<i128>>(field: &'static str, value: i128) -> Result<T> {
+        limits::count(field, value)
+    }
+
+    /// A host's number of seconds for the duration field `field`, refused with the field's
+    /// rule when it is negative, not a number, zero where zero means nothing, or over a year.
+    pub fn seconds(field: &'static str, secs: f64) -> Result<Duration> {
+        limits::duration(field, secs, Unit::Seconds)
+    }
+
+    /// As [`Config::seconds`], for a host that counts in milliseconds.
+    pub fn millis(field: &'static str, ms: f64) -> Result<Duration> {
+        limits::duration(field, ms, Unit::Millis)
+    }
+
     /// Checks every field; returns the program path the workers will exec.
     pub fn validate(&self) -> Result<PathBuf> {
-        if self.workers == 0 || self.workers > MAX_WORKERS {
-            return Err(Error::config(
-                "workers",
-                self.workers,
-                format!("must be 1..={MAX_WORKERS}"),
-            ));
+        self.check_values()?;
+        if let Some(cwd) = &self.cwd {
+            if !cwd.is_dir() {
+                return Err(Error::config("cwd", cwd, "is not a directory"));
+            }
         }
-        validate_duration("ready_timeout", self.ready_timeout)?;
-        validate_duration("kill_timeout", self.kill_timeout)?;
+        self.resolve_program()
+    }
+
+    /// Checks every rule that depends on the values alone (ranges, and fields that must agree
+    /// with each other), not on the file system: what `validate` checks but the program and
+    /// the working directory. A binding that refuses a bad value where it is set (the C
+    /// library's setters) applies it to a copy and calls this.
+    pub fn check_values(&self) -> Result<()> {
+        check_count("workers", self.workers as u64)?;
+        check_duration("ready_timeout", self.ready_timeout)?;
+        check_duration("kill_timeout", self.kill_timeout)?;
         if let Some(hb) = self.heartbeat_timeout {
-            validate_duration("heartbeat_timeout", hb)?;
+            check_duration("heartbeat_timeout", hb)?;
         }
         if let Some(t) = self.ack_timeout {
-            validate_duration("ack_timeout", t)?;
+            check_duration("ack_timeout", t)?;
         }
         self.validate_restart()?;
         Config::check_message_limits(self.max_message, self.send_queue_limit)?;
-        if self.event_queue_limit < MIN_EVENT_QUEUE_LIMIT {
-            return Err(Error::config(
-                "event_queue_limit",
-                self.event_queue_limit,
-                format!("must be at least {MIN_EVENT_QUEUE_LIMIT} bytes"),
-            ));
-        }
+        check_count("event_queue_limit", self.event_queue_limit as u64)?;
         for (k, v) in &self.env {
             if k.is_empty() || k.as_bytes().contains(&b'=') || k.as_bytes().contains(&0) {
                 return Err(Error::config(
@@ -298,12 +334,7 @@ impl Config {
             }
         }
         self.validate_listeners()?;
-        if let Some(cwd) = &self.cwd {
-            if !cwd.is_dir() {
-                return Err(Error::config("cwd", cwd, "is not a directory"));
-            }
-        }
-        self.resolve_program()
+        self.validate_dispatch()
     }
 
     fn validate_listeners(&self) -> Result<()> {
@@ -334,36 +365,17 @@ impl Config {
                 ));
             }
         }
-        if self.max_inflight == Some(0) {
-            return Err(Error::config(
-                "max_inflight",
-                0,
-                "must be at least 1 (or unset)",
-            ));
-        }
-        if self.handoff_window == 0 || self.handoff_window > 65536 {
-            return Err(Error::config(
-                "handoff_window",
-                self.handoff_window,
-                "must be 1..=65536",
-            ));
-        }
-        if self.queue_limit == 0 {
-            return Err(Error::config(
-                "queue_limit",
-                self.queue_limit,
-                "must be at least 1",
-            ));
-        }
-        validate_duration("queue_timeout", self.queue_timeout)?;
-        if self.max_surge == 0 || self.max_surge > MAX_WORKERS {
-            return Err(Error::config(
-                "max_surge",
-                self.max_surge,
-                format!("must be 1..={MAX_WORKERS}"),
-            ));
-        }
         Ok(())
+    }
+
+    fn validate_dispatch(&self) -> Result<()> {
+        if let Some(n) = self.max_inflight {
+            check_count("max_inflight", n as u64)?;
+        }
+        check_count("handoff_window", self.handoff_window as u64)?;
+        check_count("queue_limit", self.queue_limit as u64)?;
+        check_duration("queue_timeout", self.queue_timeout)?;
+        check_count("max_surge", self.max_surge as u64)
     }
 
     fn validate_restart(&self) -> Result<()> {
@@ -389,8 +401,12 @@ impl Config {
                 "must be >= restart.backoff_initial",
             ));
         }
-        if r.window.is_zero() {
-            return Err(Error::config("restart.window", r.window, "must be > 0"));
+        check_duration("restart.backoff_initial", r.backoff_initial)?;
+        check_duration("restart.backoff_max", r.backoff_max)?;
+        check_duration("restart.min_uptime", r.min_uptime)?;
+        check_duration("restart.window", r.window)?;
+        for &code in &r.no_restart_codes {
+            check_count("restart.no_restart_codes", code)?;
         }
         Ok(())
     }
@@ -436,16 +452,6 @@ impl Config {
         own.map(|(_, v)| v.clone())
             .or_else(|| std::env::var_os("PATH"))
     }
-}
-
-fn validate_duration(field: &'static str, d: Duration) -> Result<()> {
-    if d.is_zero() {
-        return Err(Error::config(field, d, "must be > 0"));
-    }
-    if d > Duration::from_secs(365 * 24 * 3600) {
-        return Err(Error::config(field, d, "must be at most a year"));
-    }
-    Ok(())
 }
 
 fn check_executable(path: &Path) -> Result<()> {
@@ -527,6 +533,19 @@ mod tests {
         c.event_queue_limit = 100;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("event_queue_limit") && e.contains("100"), "{e}");
+    }
+
+    #[test]
+    fn a_larger_max_message_raises_the_queue_unless_it_is_set_after() {
+        let mut c = Config::new(["/bin/true"]);
+        c.set_max_message(100 << 20);
+        assert_eq!(c.send_queue_limit, 400 << 20);
+        c.validate().unwrap();
+        c.set_max_message(1024);
+        assert_eq!(c.send_queue_limit, 400 << 20, "never lowered");
+        c.set_max_message(100 << 20);
+        c.send_queue_limit = 64 << 20;
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -27,8 +27,9 @@ pub use wire::content::ContentType;
 pub use wire::frame;
 
 pub use config::{
-    Config, Output, ReadyOn, RestartMode, RestartPolicy, DEFAULT_EVENT_QUEUE_LIMIT,
-    DEFAULT_MAX_MESSAGE, MAX_WORKERS, MIN_EVENT_QUEUE_LIMIT,
+    default_listener_name, default_workers, Config, Output, ReadyOn, RestartMode, RestartPolicy,
+    DEFAULT_EVENT_QUEUE_LIMIT, DEFAULT_MAX_MESSAGE, MAX_DURATION, MAX_MAX_MESSAGE, MAX_WORKERS,
+    MIN_EVENT_QUEUE_LIMIT,
 };
 pub use error::{Error, Result};
 pub use events::{Event, ExitInfo, WorkerInfo, WorkerState};

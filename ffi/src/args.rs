@@ -68,7 +68,8 @@ pub unsafe fn buffer<'a>(data: *const u8, len: usize, name: &str) -> Res<&'a [u8
     Ok(std::slice::from_raw_parts(data, len))
 }
 
-/// A duration given in milliseconds; 0 is refused unless `zero_ok`.
+/// A duration argument of a call (not an option: the config setters leave theirs to the
+/// core's rules), in milliseconds; 0 is refused unless `zero_ok`.
 pub fn millis(ms: u64, name: &str, zero_ok: bool) -> Res<Duration> {
     if (ms == 0 && !zero_ok) || ms > MAX_MS {
         let low = if zero_ok { 0 } else { 1 };

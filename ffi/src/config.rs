@@ -1,13 +1,16 @@
 //! `rcluster_config`: what a supervisor starts, built one setter at a time.
 //!
-//! Setters check what they can see alone (NULL, ranges, UTF-8, address syntax) so that the
-//! error points at the call that was wrong; `rcluster_supervisor_start` checks the whole.
+//! Setters check what C hands in (NULL, UTF-8, enumeration values, address syntax) and apply
+//! the core's rules to the values at once (`Config::check_values`, on a copy that is kept only
+//! if they hold), so that the error points at the call that was wrong and names its argument;
+//! `rcluster_supervisor_start` checks the program and directory too.
 
 use std::ffi::c_char;
+use std::time::Duration;
 
-use rcluster_core::{Config, Listener, Output, ReadyOn, RestartMode, MAX_WORKERS};
+use rcluster_core::{Config, Error, Listener, Output, ReadyOn, RestartMode};
 
-use crate::args::{self, handle_mut, millis};
+use crate::args::{self, handle_mut};
 use crate::modes::*;
 use crate::result::{guard, guard_void, rcluster_result, Fail};
 
@@ -31,7 +34,72 @@ fn set(
     })
 }
 
-/// Makes a configuration with the defaults: 1 worker, ready on hello, restart always with
+/// The number of workers a configuration starts with: the CPUs of this process's affinity
+/// mask, bounded by its cgroup v2 CPU quota (rounded up); at least 1. The command line, Node
+/// and Python use the same default.
+#[no_mangle]
+pub extern "C" fn rcluster_default_workers() -> usize {
+    let mut n = 1;
+    guard_void("rcluster_default_workers", || {
+        n = rcluster_core::default_workers();
+    });
+    n
+}
+
+/// Runs a setter on a copy of the config and keeps the copy only if the core's rules hold for
+/// it. Every config starts valid and each setter keeps it so, so a broken rule is one of the
+/// values this setter was given: `names` maps the core's field to the argument that set it.
+fn set_checked(
+    func: &str,
+    cfg: *mut rcluster_config,
+    names: &[(&str, &str)],
+    f: impl FnOnce(&mut Config) -> Result<(), Fail>,
+) -> rcluster_result {
+    set_checked_as(func, cfg, names, rcluster_result::InvalidArgument, f)
+}
+
+/// As [`set_checked`], reporting a broken rule with `code` (listeners have always been
+/// refused with `RCLUSTER_RESULT_CONFIG`, as their addresses are).
+fn set_checked_as(
+    func: &str,
+    cfg: *mut rcluster_config,
+    names: &[(&str, &str)],
+    code: rcluster_result,
+    f: impl FnOnce(&mut Config) -> Result<(), Fail>,
+) -> rcluster_result {
+    set(func, cfg, |c| {
+        let mut copy = c.clone();
+        f(&mut copy)?;
+        copy.check_values().map_err(|e| argument(e, names, code))?;
+        *c = copy;
+        Ok(())
+    })
+}
+
+/// An option's duration as C gives it; which durations an option takes is the core's rule.
+fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+/// A core config error as a bad argument of the setter, named as C wrote it.
+fn argument(e: Error, names: &[(&str, &str)], code: rcluster_result) -> Fail {
+    let Error::Config {
+        field,
+        value,
+        reason,
+    } = &e
+    else {
+        return e.into();
+    };
+    let msg = match names.iter().find(|(f, _)| f == field) {
+        Some((_, arg)) if arg != field => format!("argument `{arg}` ({field} = {value}): {reason}"),
+        _ => format!("argument `{field}` = {value}: {reason}"),
+    };
+    Fail::new(code, msg)
+}
+
+/// Makes a configuration with the defaults: one worker per CPU this process may use (its
+/// affinity mask, bounded by its cgroup's CPU quota; see `rcluster_default_workers`), ready on hello, restart always with
 /// backoff 100 ms x2 up to 10 s, at most 10 restarts per 60 s, kill timeout 10 s,
 /// ready timeout 30 s, messages up to 16 MiB, no listeners. The program must still be set
 /// with `rcluster_config_set_argv`. On success `*out` is a new config; free it with
@@ -66,7 +134,7 @@ pub unsafe extern "C" fn rcluster_config_free(cfg: *mut rcluster_config) {
     })
 }
 
-/// Sets the number of worker slots, 1..=4096.
+/// Sets the number of worker slots, 1..=4096 (default: `rcluster_default_workers()`).
 ///
 /// # Safety
 /// `cfg` is NULL or a live config.
@@ -75,14 +143,7 @@ pub unsafe extern "C" fn rcluster_config_set_workers(
     cfg: *mut rcluster_config,
     workers: usize,
 ) -> rcluster_result {
-    set("rcluster_config_set_workers", cfg, |c| {
-        if workers == 0 || workers > MAX_WORKERS {
-            return Err(Fail::range(
-                "workers",
-                workers,
-                &format!("must be 1..={MAX_WORKERS}"),
-            ));
-        }
+    set_checked("rcluster_config_set_workers", cfg, &[], |c| {
         c.workers = workers;
         Ok(())
     })
@@ -136,17 +197,10 @@ pub unsafe extern "C" fn rcluster_config_add_env(
     name: *const c_char,
     value: *const c_char,
 ) -> rcluster_result {
-    set("rcluster_config_add_env", cfg, |c| {
+    set_checked("rcluster_config_add_env", cfg, &[("env", "name")], |c| {
         // SAFETY: the caller promises NUL-terminated strings (NULL is refused) that live through
         // the call.
         let (k, v) = unsafe { (args::bytes(name, "name")?, args::bytes(value, "value")?) };
-        if k.is_empty() || k.as_encoded_bytes().contains(&b'=') {
-            return Err(Fail::range(
-                "name",
-                format!("{k:?}"),
-                "a variable name must be non-empty and without '='",
-            ));
-        }
         c.env.push((k.to_owned(), v.to_owned()));
         Ok(())
     })
@@ -211,13 +265,16 @@ pub unsafe extern "C" fn rcluster_config_set_timeouts(
     heartbeat_ms: u64,
     kill_ms: u64,
 ) -> rcluster_result {
-    set("rcluster_config_set_timeouts", cfg, |c| {
-        let ready = millis(ready_ms, "ready_ms", false)?;
-        let heartbeat = millis(heartbeat_ms, "heartbeat_ms", true)?;
-        let kill = millis(kill_ms, "kill_ms", false)?;
-        c.ready_timeout = ready;
-        c.heartbeat_timeout = (!heartbeat.is_zero()).then_some(heartbeat);
-        c.kill_timeout = kill;
+    let names = [
+        ("ready_timeout", "ready_ms"),
+        ("heartbeat_timeout", "heartbeat_ms"),
+        ("kill_timeout", "kill_ms"),
+    ];
+    set_checked("rcluster_config_set_timeouts", cfg, &names, |c| {
+        c.ready_timeout = millis(ready_ms);
+        // 0 is how C says "no heartbeat check".
+        c.heartbeat_timeout = (heartbeat_ms > 0).then(|| millis(heartbeat_ms));
+        c.kill_timeout = millis(kill_ms);
         Ok(())
     })
 }
@@ -265,26 +322,18 @@ pub unsafe extern "C" fn rcluster_config_set_backoff(
     jitter: f64,
     min_uptime_ms: u64,
 ) -> rcluster_result {
-    set("rcluster_config_set_backoff", cfg, |c| {
-        let initial = millis(initial_ms, "initial_ms", true)?;
-        let max = millis(max_ms, "max_ms", true)?;
-        let min_uptime = millis(min_uptime_ms, "min_uptime_ms", true)?;
-        if !(multiplier.is_finite() && multiplier >= 1.0) {
-            return Err(Fail::range(
-                "multiplier",
-                multiplier,
-                "must be a number >= 1",
-            ));
-        }
-        if !(jitter.is_finite() && (0.0..=1.0).contains(&jitter)) {
-            return Err(Fail::range("jitter", jitter, "must be between 0 and 1"));
-        }
-        if max < initial {
-            return Err(Fail::range("max_ms", max_ms, "must be >= initial_ms"));
-        }
+    let names = [
+        ("restart.backoff_initial", "initial_ms"),
+        ("restart.backoff_multiplier", "multiplier"),
+        ("restart.backoff_max", "max_ms"),
+        ("restart.jitter", "jitter"),
+        ("restart.min_uptime", "min_uptime_ms"),
+    ];
+    set_checked("rcluster_config_set_backoff", cfg, &names, |c| {
         let r = &mut c.restart;
-        (r.backoff_initial, r.backoff_multiplier, r.backoff_max) = (initial, multiplier, max);
-        (r.jitter, r.min_uptime) = (jitter, min_uptime);
+        (r.backoff_initial, r.backoff_multiplier) = (millis(initial_ms), multiplier);
+        (r.backoff_max, r.jitter) = (millis(max_ms), jitter);
+        r.min_uptime = millis(min_uptime_ms);
         Ok(())
     })
 }
@@ -301,8 +350,9 @@ pub unsafe extern "C" fn rcluster_config_set_restart_limit(
     max_restarts: u32,
     window_ms: u64,
 ) -> rcluster_result {
-    set("rcluster_config_set_restart_limit", cfg, |c| {
-        c.restart.window = millis(window_ms, "window_ms", false)?;
+    let names = [("restart.window", "window_ms")];
+    set_checked("rcluster_config_set_restart_limit", cfg, &names, |c| {
+        c.restart.window = millis(window_ms);
         c.restart.max_restarts = max_restarts;
         Ok(())
     })
@@ -317,10 +367,8 @@ pub unsafe extern "C" fn rcluster_config_add_no_restart_code(
     cfg: *mut rcluster_config,
     code: i32,
 ) -> rcluster_result {
-    set("rcluster_config_add_no_restart_code", cfg, |c| {
-        if !(0..=255).contains(&code) {
-            return Err(Fail::range("code", code, "an exit code is 0..=255"));
-        }
+    let names = [("restart.no_restart_codes", "code")];
+    set_checked("rcluster_config_add_no_restart_code", cfg, &names, |c| {
         c.restart.no_restart_codes.push(code);
         Ok(())
     })
@@ -339,11 +387,7 @@ pub unsafe extern "C" fn rcluster_config_set_message_limits(
     max_message: usize,
     send_queue_limit: usize,
 ) -> rcluster_result {
-    set("rcluster_config_set_message_limits", cfg, |c| {
-        // The core's own check, so that the two cannot disagree; refused here as a bad
-        // argument, as every setter refuses one.
-        Config::check_message_limits(max_message, send_queue_limit)
-            .map_err(|e| Fail::new(rcluster_result::InvalidArgument, e.to_string()))?;
+    set_checked("rcluster_config_set_message_limits", cfg, &[], |c| {
         (c.max_message, c.send_queue_limit) = (max_message, send_queue_limit);
         Ok(())
     })
@@ -361,14 +405,8 @@ pub unsafe extern "C" fn rcluster_config_set_event_queue_limit(
     cfg: *mut rcluster_config,
     limit: usize,
 ) -> rcluster_result {
-    set("rcluster_config_set_event_queue_limit", cfg, |c| {
-        if limit < rcluster_core::MIN_EVENT_QUEUE_LIMIT {
-            return Err(Fail::range(
-                "event_queue_limit",
-                limit,
-                "must be at least 4096 bytes",
-            ));
-        }
+    let names = [("event_queue_limit", "limit")];
+    set_checked("rcluster_config_set_event_queue_limit", cfg, &names, |c| {
         c.event_queue_limit = limit;
         Ok(())
     })
@@ -400,9 +438,11 @@ pub unsafe extern "C" fn rcluster_config_set_output(
 }
 
 /// Adds a listener the primary binds before anything starts. `name` (1..=255 bytes of UTF-8,
-/// no ':') travels with each connection; `addr` is `127.0.0.1:8080`, `[::1]:8080`, `:8080`
-/// (every IPv4 address) or `unix:/path/to.sock`; port 0 lets the system choose (read it back
-/// with `rcluster_supervisor_listener`). `dispatch` is one of `RCLUSTER_DISPATCH_*`.
+/// no ':') travels with each connection; NULL gives the default name by the listener's place,
+/// `listen0`, `listen1`, ... (as the command line, Node and Python name theirs). `addr` is
+/// `127.0.0.1:8080`, `[::1]:8080`, `:8080` (every IPv4 address) or `unix:/path/to.sock`; port
+/// 0 lets the system choose (read it back with `rcluster_supervisor_listener`). `dispatch` is
+/// one of `RCLUSTER_DISPATCH_*`.
 ///
 /// # Safety
 /// `cfg` is NULL or a live config; `name` and `addr` are NULL or NUL-terminated strings.
@@ -413,22 +453,20 @@ pub unsafe extern "C" fn rcluster_config_add_listener(
     addr: *const c_char,
     dispatch: rcluster_dispatch,
 ) -> rcluster_result {
-    set("rcluster_config_add_listener", cfg, |c| {
-        // SAFETY: the caller promises NUL-terminated strings (NULL is refused) that live through
-        // the call.
-        let (name, addr) = unsafe { (args::utf8(name, "name")?, args::utf8(addr, "addr")?) };
+    let names = [("listeners.name", "name"), ("listeners.addr", "addr")];
+    let code = rcluster_result::Config;
+    set_checked_as("rcluster_config_add_listener", cfg, &names, code, |c| {
+        // SAFETY: the caller promises NUL-terminated strings (NULL is refused, but for the
+        // name) that live through the call.
+        let addr = unsafe { args::utf8(addr, "addr")? };
+        let name = match name.is_null() {
+            true => rcluster_core::default_listener_name(c.listeners.len()),
+            // SAFETY: as above.
+            false => unsafe { args::utf8(name, "name")? }.to_owned(),
+        };
         let dispatch = dispatch_from(dispatch)?;
         let addr = addr.parse()?;
-        let mut check = Config::new(["/"]);
-        check.listeners = c.listeners.clone();
-        check.listeners.push(Listener::new(name, addr, dispatch));
-        // The core's listener rules (names, duplicates), applied now so the error points here.
-        if let Err(e @ rcluster_core::Error::Config { field, .. }) = check.validate() {
-            if field.starts_with("listeners") {
-                return Err(e.into());
-            }
-        }
-        c.listeners = check.listeners;
+        c.listeners.push(Listener::new(name, addr, dispatch));
         Ok(())
     })
 }
@@ -449,18 +487,9 @@ pub unsafe extern "C" fn rcluster_config_set_dispatch_limits(
     queue_limit: usize,
     queue_timeout_ms: u64,
 ) -> rcluster_result {
-    set("rcluster_config_set_dispatch_limits", cfg, |c| {
-        if handoff_window == 0 || handoff_window > 65536 {
-            return Err(Fail::range(
-                "handoff_window",
-                handoff_window,
-                "must be 1..=65536",
-            ));
-        }
-        if queue_limit == 0 {
-            return Err(Fail::range("queue_limit", 0, "must be at least 1"));
-        }
-        c.queue_timeout = millis(queue_timeout_ms, "queue_timeout_ms", false)?;
+    let names = [("queue_timeout", "queue_timeout_ms")];
+    set_checked("rcluster_config_set_dispatch_limits", cfg, &names, |c| {
+        c.queue_timeout = millis(queue_timeout_ms);
         c.max_inflight = (max_inflight > 0).then_some(max_inflight);
         (c.handoff_window, c.queue_limit) = (handoff_window, queue_limit);
         Ok(())
@@ -477,14 +506,7 @@ pub unsafe extern "C" fn rcluster_config_set_max_surge(
     cfg: *mut rcluster_config,
     max_surge: usize,
 ) -> rcluster_result {
-    set("rcluster_config_set_max_surge", cfg, |c| {
-        if max_surge == 0 || max_surge > MAX_WORKERS {
-            return Err(Fail::range(
-                "max_surge",
-                max_surge,
-                &format!("must be 1..={MAX_WORKERS}"),
-            ));
-        }
+    set_checked("rcluster_config_set_max_surge", cfg, &[], |c| {
         c.max_surge = max_surge;
         Ok(())
     })
@@ -511,6 +533,29 @@ mod tests {
                 rcluster_config_set_message_limits(cfg, 64, 64 + header - 1),
                 rcluster_result::InvalidArgument
             );
+            rcluster_config_free(cfg);
+        }
+    }
+
+    /// A setter whose values break a core rule changes nothing, and its message names the
+    /// C argument next to the core's field.
+    #[test]
+    fn refused_setter_changes_nothing_and_names_its_argument() {
+        let mut cfg = std::ptr::null_mut();
+        // SAFETY: `cfg` is a live local for the new handle; it is freed below.
+        unsafe {
+            assert_eq!(rcluster_config_new(&mut cfg), rcluster_result::Ok);
+            let rc = rcluster_config_set_backoff(cfg, 5, 1.0, 7, 0.0, 400 * 86_400_000);
+            assert_eq!(rc, rcluster_result::InvalidArgument);
+            let msg = std::ffi::CStr::from_ptr(crate::result::rcluster_last_error());
+            let msg = msg.to_str().unwrap();
+            assert!(
+                msg.contains("`min_uptime_ms` (restart.min_uptime = ") && msg.contains("a year"),
+                "{msg}"
+            );
+            let kept = &(*cfg).inner.restart;
+            assert_eq!(kept.backoff_initial, Duration::from_millis(100));
+            assert_eq!(kept.backoff_max, Duration::from_secs(10));
             rcluster_config_free(cfg);
         }
     }

@@ -70,7 +70,6 @@ static int config_functions_reject_null_pointers(void) {
     NUL_ARG(rcluster_config_add_env(cfg, NULL, "B"), "name");
     NUL_ARG(rcluster_config_add_env(cfg, "A", NULL), "value");
     NUL_ARG(rcluster_config_set_cwd(cfg, NULL), "dir");
-    NUL_ARG(rcluster_config_add_listener(cfg, NULL, ":0", RCLUSTER_DISPATCH_ROUND_ROBIN), "name");
     NUL_ARG(rcluster_config_add_listener(cfg, "web", NULL, RCLUSTER_DISPATCH_ROUND_ROBIN), "addr");
     NUL_ARG(rcluster_supervisor_start(NULL, NULL), "cfg");
     NUL_ARG(rcluster_supervisor_start(cfg, NULL), "out");
@@ -170,9 +169,13 @@ static int supervisor_functions_reject_null_pointers(void) {
     CHECK_RC(rcluster_config_set_argv(cfg, argv, 2));
     CHECK_RC(rcluster_config_set_ready_on(cfg, RCLUSTER_READY_ON_SPAWN));
     CHECK_RC(rcluster_config_add_listener(cfg, "web", "127.0.0.1:0", RCLUSTER_DISPATCH_ROUND_ROBIN));
+    /* No name: the core's default for the second listener. */
+    CHECK_RC(rcluster_config_add_listener(cfg, NULL, "127.0.0.2:0", RCLUSTER_DISPATCH_ROUND_ROBIN));
     rcluster_supervisor *s = NULL;
     CHECK_RC(rcluster_supervisor_start(cfg, &s));
     rcluster_config_free(cfg);
+    const char *named = NULL;
+    CHECK_RC(rcluster_supervisor_listener(s, "listen1", &named, NULL));
 
     const uint8_t b = 'x';
     NUL_ARG(rcluster_supervisor_stop(NULL, 0), "sup");

@@ -740,6 +740,7 @@ fn address_in_use_fails_start_naming_it_with_nothing_started() {
         "-c".to_string(),
         format!("touch '{}'; sleep 5", marker.display()),
     ]);
+    cfg.workers = 1;
     cfg.ready_on = ReadyOn::Spawn;
     cfg.kill_timeout = Duration::from_secs(1);
     // The first listener binds fine; the second cannot: the first must be undone too.

@@ -552,6 +552,7 @@ fn workers_inherit_stdout_even_when_the_host_marked_it_close_on_exec() {
         // SAFETY: changes only this process's FD_CLOEXEC flag on its stdout.
         unsafe { libc::fcntl(1, libc::F_SETFD, libc::FD_CLOEXEC) };
         let mut cfg = Config::new(["sh", "-c", "echo worker-wrote-this"]);
+        cfg.workers = 1;
         cfg.ready_on = ReadyOn::Spawn;
         cfg.restart.mode = rcluster_core::RestartMode::Never;
         let sup = Supervisor::start(cfg).unwrap();

@@ -38,6 +38,7 @@ fn python_config(mode: &str) -> Option<Config> {
     }
     let argv: Vec<OsString> = vec!["python3".into(), script().into(), mode.into()];
     let mut c = Config::new(argv);
+    c.workers = 1;
     c.ready_on = ReadyOn::Explicit;
     c.ready_timeout = Duration::from_secs(10);
     c.kill_timeout = Duration::from_secs(3);

@@ -53,6 +53,7 @@ fn backoff_grows_and_resets_after_min_uptime() {
     let counter = dir.to_string_lossy().into_owned();
     let script = format!("n=$(cat {counter} 2>/dev/null || echo 0); echo $((n+1)) > {counter}; [ $n -eq 3 ] && sleep 0.6; exit 1");
     let mut cfg = rcluster_core::Config::new(["sh", "-c", &script]);
+    cfg.workers = 1;
     cfg.ready_on = ReadyOn::Spawn;
     cfg.restart.backoff_initial = Duration::from_millis(20);
     cfg.restart.backoff_max = Duration::from_secs(5);

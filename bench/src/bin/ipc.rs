@@ -33,8 +33,9 @@ fn arg(i: usize, default: usize) -> usize {
 
 fn start(mode: &str) -> Supervisor {
     let worker = worker_path();
-    let sup = Supervisor::start(Config::new([worker.as_os_str(), mode.as_ref()]))
-        .expect("starting the supervisor");
+    let mut cfg = Config::new([worker.as_os_str(), mode.as_ref()]);
+    cfg.workers = 1;
+    let sup = Supervisor::start(cfg).expect("starting the supervisor");
     wait_ready(&sup, 0, Duration::from_secs(10));
     sup
 }

@@ -25,6 +25,7 @@ const SETTLE: Duration = Duration::from_millis(2);
 fn config(restarts: usize) -> Config {
     let worker = worker_path();
     let mut cfg = Config::new([worker.as_os_str(), "restart".as_ref()]);
+    cfg.workers = 1;
     cfg.restart.mode = RestartMode::Always;
     cfg.restart.backoff_initial = Duration::ZERO;
     cfg.restart.backoff_max = Duration::ZERO;

@@ -1,30 +1,29 @@
 'use strict';
 // Checks and normalises the options of rcluster.start() into what the native layer takes.
-// Types are checked here, so that a mistake is reported with the JS option name; value
-// ranges are checked once more by the core.
+// Only types are checked here (a string where a number belongs), naming the JS option;
+// ranges and rules between options are the core's, whose errors the native layer reports
+// with the JS option name too (send_queue_limit → options.sendQueueLimit).
 const path = require('path');
 const { invalidOption } = require('./errors');
 const { checkSerialization } = require('./codec');
 
 const DISPATCH = ['rr', 'round-robin', 'least-conn', 'least-connections', 'sticky', 'shared'];
 
-function int(opts, name, min, max, prefix = 'options.') {
+function int(opts, name, prefix = 'options.') {
   const v = opts[name];
   if (v === undefined) return undefined;
-  if (!Number.isInteger(v) || v < min || v > max) {
-    throw invalidOption(prefix + name, v, `must be an integer ${min}..${max}`);
-  }
+  if (!Number.isInteger(v)) throw invalidOption(prefix + name, v, 'must be an integer');
   return v;
 }
 
-function ms(opts, name, prefix = 'options.') {
+function num(opts, name, prefix = 'options.', what = 'a number') {
   const v = opts[name];
   if (v === undefined) return undefined;
-  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
-    throw invalidOption(prefix + name, v, 'must be a positive number of milliseconds');
-  }
+  if (typeof v !== 'number') throw invalidOption(prefix + name, v, `must be ${what}`);
   return v;
 }
+
+const ms = (opts, name, prefix = 'options.') => num(opts, name, prefix, 'a number of milliseconds');
 
 function bool(opts, name, prefix = 'options.') {
   const v = opts[name];
@@ -74,7 +73,8 @@ function listeners(opts) {
   const list = [];
   if (opts.listen !== undefined) {
     const addrs = Array.isArray(opts.listen) ? opts.listen : [opts.listen];
-    addrs.forEach((a, i) => list.push({ name: `listener${i}`, address: a }));
+    // Unnamed listeners get the core's default name (listen0, listen1, ... by place).
+    addrs.forEach((a) => list.push({ name: undefined, address: a }));
   }
   if (opts.listeners !== undefined) {
     if (!Array.isArray(opts.listeners)) {
@@ -85,7 +85,7 @@ function listeners(opts) {
         throw invalidOption(`options.listeners[${i}]`, l, 'must be an object { address, name?, dispatch? }');
       }
       rejectUnknown(l, KNOWN.listener, `options.listeners[${i}].`);
-      list.push({ name: l.name === undefined ? `listener${list.length}` : l.name, address: l.address, dispatch: l.dispatch, share: l.share });
+      list.push({ name: l.name, address: l.address, dispatch: l.dispatch, share: l.share });
     });
   }
   const dispatch = oneOf(opts, 'dispatch', DISPATCH) || 'rr';
@@ -98,7 +98,7 @@ function listeners(opts) {
       throw invalidOption(`options.listeners[${i}].address`, l.address,
         "expected 'HOST:PORT', '[IPv6]:PORT', ':PORT', 'unix:/path' or a port number");
     }
-    if (typeof l.name !== 'string') {
+    if (l.name !== undefined && typeof l.name !== 'string') {
       throw invalidOption(`options.listeners[${i}].name`, l.name, 'must be a string');
     }
     const d = l.dispatch === undefined ? dispatch : l.dispatch;
@@ -121,14 +121,6 @@ function restart(opts) {
   }
   const p = 'options.restart.';
   rejectUnknown(r, KNOWN.restart, p);
-  const mult = r.backoffMultiplier;
-  if (mult !== undefined && (typeof mult !== 'number' || !(mult >= 1))) {
-    throw invalidOption(p + 'backoffMultiplier', mult, 'must be a number >= 1');
-  }
-  const jitter = r.jitter;
-  if (jitter !== undefined && (typeof jitter !== 'number' || !(jitter >= 0 && jitter <= 1))) {
-    throw invalidOption(p + 'jitter', jitter, 'must be a number between 0 and 1');
-  }
   const codes = r.noRestartCodes;
   if (codes !== undefined && (!Array.isArray(codes) || codes.some((c) => !Number.isInteger(c)))) {
     throw invalidOption(p + 'noRestartCodes', codes, 'must be an array of integer exit codes');
@@ -136,11 +128,11 @@ function restart(opts) {
   return {
     restart: oneOf(r, 'mode', ['always', 'on-failure', 'never'], p),
     backoffInitial: ms(r, 'backoffInitial', p),
-    backoffMultiplier: mult,
+    backoffMultiplier: num(r, 'backoffMultiplier', p),
     backoffMax: ms(r, 'backoffMax', p),
-    jitter,
+    jitter: num(r, 'jitter', p),
     minUptime: ms(r, 'minUptime', p),
-    maxRestarts: int(r, 'maxRestarts', 0, 2 ** 31, p),
+    maxRestarts: int(r, 'maxRestarts', p),
     window: ms(r, 'window', p),
     noRestartCodes: codes,
   };
@@ -161,7 +153,8 @@ function normalize(opts = {}, extraEnv = {}) {
     throw invalidOption('options', opts, 'must be an object');
   }
   rejectUnknown(opts, KNOWN.options, 'options.');
-  const workers = opts.workers === undefined ? 1 : int(opts, 'workers', 1, 4096);
+  // No count: the core's default, one worker per CPU this process may use.
+  const workers = int(opts, 'workers');
   const exec = opts.exec === undefined ? process.argv[1] : opts.exec;
   if (typeof exec !== 'string' || exec === '') throw invalidOption('options.exec', exec, 'must be a path to a script');
   const execArgv = strings(opts.execArgv === undefined ? process.execArgv : opts.execArgv, 'options.execArgv');
@@ -184,19 +177,20 @@ function normalize(opts = {}, extraEnv = {}) {
     heartbeatTimeout,
     killTimeout: ms(opts, 'killTimeout'),
     ...restart(opts),
-    maxMessage: int(opts, 'maxMessage', 1, 2 ** 30),
-    sendQueueLimit: int(opts, 'sendQueueLimit', 1, Number.MAX_SAFE_INTEGER),
-    eventQueueLimit: int(opts, 'eventQueueLimit', 1, Number.MAX_SAFE_INTEGER),
+    maxMessage: int(opts, 'maxMessage'),
+    sendQueueLimit: int(opts, 'sendQueueLimit'),
+    eventQueueLimit: int(opts, 'eventQueueLimit'),
     output: oneOf(opts, 'output', ['inherit', 'prefix']),
     listeners: listeners(opts),
-    maxInflight: int(opts, 'maxInflight', 1, 2 ** 31),
-    handoffWindow: int(opts, 'handoffWindow', 1, 65536),
+    maxInflight: int(opts, 'maxInflight'),
+    handoffWindow: int(opts, 'handoffWindow'),
     kernelRoundRobin: bool(opts, 'kernelRoundRobin'),
-    queueLimit: int(opts, 'queueLimit', 1, 2 ** 31),
+    queueLimit: int(opts, 'queueLimit'),
     queueTimeout: ms(opts, 'queueTimeout'),
-    maxSurge: int(opts, 'maxSurge', 1, 4096),
+    maxSurge: int(opts, 'maxSurge'),
     // null turns the bound off; unset keeps the core's default.
-    ackTimeout: opts.ackTimeout === null ? 0 : ms(opts, 'ackTimeout'),
+    ackTimeout: opts.ackTimeout === null ? undefined : ms(opts, 'ackTimeout'),
+    noAckTimeout: opts.ackTimeout === null,
   };
   if (opts.program !== undefined && opts.exec === undefined) {
     // A non-Node program: run it with `args` alone.

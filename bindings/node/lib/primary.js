@@ -161,8 +161,9 @@ class Cluster extends EventEmitter {
   }
 
   scale(workers) {
-    if (!Number.isInteger(workers) || workers < 1 || workers > 4096) {
-      throw rclusterError('ERR_RCLUSTER_INVALID_OPTION', `invalid option workers = ${workers}: must be an integer 1..4096`);
+    // The range is the core's; only a number can reach it.
+    if (!Number.isInteger(workers)) {
+      throw rclusterError('ERR_RCLUSTER_INVALID_OPTION', `invalid option workers = ${workers}: must be an integer`);
     }
     wrapNative(() => this._native.scale(workers));
   }

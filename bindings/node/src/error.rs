@@ -24,6 +24,43 @@ pub fn to_js(e: CoreError) -> napi::Error<&'static str> {
     napi::Error::new(code_of(&e), e.to_string())
 }
 
+/// A core error about the options of `start()`: a config error names the option as JS spells
+/// it (`send_queue_limit` → `options.sendQueueLimit`), in the form of `invalidOption` in
+/// `lib/errors.js`.
+pub fn option_error(e: CoreError) -> napi::Error<&'static str> {
+    match &e {
+        CoreError::Config {
+            field,
+            value,
+            reason,
+        } => invalid(format!(
+            "invalid option {} = {value}: {reason}",
+            js_option(field)
+        )),
+        _ => to_js(e),
+    }
+}
+
+/// `restart.backoff_initial` → `options.restart.backoffInitial`.
+fn js_option(field: &str) -> String {
+    let mut out = String::from("options");
+    for part in field.split('.') {
+        out.push('.');
+        let mut upper = false;
+        for ch in part.chars() {
+            match ch {
+                '_' => upper = true,
+                c if upper => {
+                    out.extend(c.to_uppercase());
+                    upper = false;
+                }
+                c => out.push(c),
+            }
+        }
+    }
+    out
+}
+
 pub fn invalid(message: String) -> napi::Error<&'static str> {
     napi::Error::new("ERR_RCLUSTER_INVALID_OPTION", message)
 }

@@ -10,7 +10,7 @@ use rcluster_core::{
     Config, ContentType, Dispatch, Event, ListenAddr, Listener, SignalAction, Supervisor,
 };
 
-use crate::error::{from_napi, invalid, to_js};
+use crate::error::{from_napi, invalid, option_error, to_js};
 use crate::message;
 use crate::watch::WatchSlot;
 
@@ -18,7 +18,7 @@ use crate::watch::WatchSlot;
 /// the core's defaults.
 #[napi(object)]
 pub struct NativeOptions {
-    pub workers: u32,
+    pub workers: Option<f64>,
     pub argv: Vec<String>,
     pub env: Vec<Vec<String>>,
     pub cwd: Option<String>,
@@ -32,27 +32,30 @@ pub struct NativeOptions {
     pub backoff_max: Option<f64>,
     pub jitter: Option<f64>,
     pub min_uptime: Option<f64>,
-    pub max_restarts: Option<u32>,
+    pub max_restarts: Option<f64>,
     pub window: Option<f64>,
-    pub no_restart_codes: Option<Vec<i32>>,
+    pub no_restart_codes: Option<Vec<f64>>,
     pub max_message: Option<f64>,
     pub send_queue_limit: Option<f64>,
     pub event_queue_limit: Option<f64>,
     pub output: Option<String>,
     pub listeners: Vec<NativeListener>,
-    pub max_inflight: Option<u32>,
-    pub handoff_window: Option<u32>,
+    pub max_inflight: Option<f64>,
+    pub handoff_window: Option<f64>,
     pub kernel_round_robin: Option<bool>,
-    pub queue_limit: Option<u32>,
+    pub queue_limit: Option<f64>,
     pub queue_timeout: Option<f64>,
-    pub max_surge: Option<u32>,
-    /// Milliseconds; 0 turns the bound off.
+    pub max_surge: Option<f64>,
+    /// Milliseconds.
     pub ack_timeout: Option<f64>,
+    /// True: no bound on unacknowledged handoffs (`ackTimeout: null`).
+    pub no_ack_timeout: Option<bool>,
 }
 
 #[napi(object)]
 pub struct NativeListener {
-    pub name: String,
+    /// None: the core's default name for its place (`listen0`, ...).
+    pub name: Option<String>,
     pub address: String,
     pub dispatch: String,
     pub share: bool,
@@ -96,13 +99,39 @@ pub struct NativeWorkerInfo {
     pub last_exit_reason: Option<String>,
 }
 
-fn ms(v: f64) -> Duration {
+/// The number of workers a cluster started with no `workers` option runs: one per CPU this
+/// process may use (affinity mask and cgroup quota), decided by the core.
+#[napi]
+pub fn default_workers() -> u32 {
+    rcluster_core::default_workers() as u32
+}
+
+/// A wait in milliseconds (not an option): a negative one waits not at all.
+fn wait_ms(v: f64) -> Duration {
     Duration::from_secs_f64(v.max(0.0) / 1000.0)
+}
+
+/// A JS number of milliseconds for a duration field; the core's rule decides what it takes.
+fn ms(field: &'static str, v: Option<f64>) -> napi::Result<Option<Duration>, &'static str> {
+    v.map(|v| Config::millis(field, v))
+        .transpose()
+        .map_err(option_error)
+}
+
+/// A JS integer (options.js checked that it is one) for an integer field; the core's rule
+/// decides its range, negative numbers included.
+fn count<T: TryFrom<i128>>(
+    field: &'static str,
+    v: Option<f64>,
+) -> napi::Result<Option<T>, &'static str> {
+    v.map(|v| Config::count(field, v as i128))
+        .transpose()
+        .map_err(option_error)
 }
 
 fn build_config(o: NativeOptions) -> napi::Result<Config, &'static str> {
     let mut c = Config::new(o.argv);
-    c.workers = o.workers as usize;
+    set(&mut c.workers, count("workers", o.workers)?);
     for pair in o.env {
         let [k, v] = <[String; 2]>::try_from(pair).map_err(|p| {
             invalid(format!(
@@ -113,59 +142,77 @@ fn build_config(o: NativeOptions) -> napi::Result<Config, &'static str> {
     }
     c.cwd = o.cwd.map(Into::into);
     if let Some(r) = o.ready_on.as_deref() {
-        c.ready_on = r
-            .parse()
-            .map_err(|e| invalid(format!("options.readyOn: {e}")))?;
+        c.ready_on = r.parse().map_err(option_error)?;
     }
-    set(&mut c.ready_timeout, o.ready_timeout.map(ms));
-    c.heartbeat_timeout = o.heartbeat_timeout.map(ms);
-    set(&mut c.kill_timeout, o.kill_timeout.map(ms));
-    match o.ack_timeout {
-        Some(0.0) => c.ack_timeout = None,
-        Some(t) => c.ack_timeout = Some(ms(t)),
-        None => {}
+    set(&mut c.ready_timeout, ms("ready_timeout", o.ready_timeout)?);
+    c.heartbeat_timeout = ms("heartbeat_timeout", o.heartbeat_timeout)?;
+    set(&mut c.kill_timeout, ms("kill_timeout", o.kill_timeout)?);
+    set(
+        &mut c.ack_timeout,
+        ms("ack_timeout", o.ack_timeout)?.map(Some),
+    );
+    if o.no_ack_timeout == Some(true) {
+        c.ack_timeout = None;
     }
     if let Some(m) = o.restart.as_deref() {
-        c.restart.mode = m
-            .parse()
-            .map_err(|e| invalid(format!("options.restart.mode: {e}")))?;
+        c.restart.mode = m.parse().map_err(option_error)?;
     }
     let r = &mut c.restart;
-    set(&mut r.backoff_initial, o.backoff_initial.map(ms));
+    set(
+        &mut r.backoff_initial,
+        ms("restart.backoff_initial", o.backoff_initial)?,
+    );
     set(&mut r.backoff_multiplier, o.backoff_multiplier);
-    set(&mut r.backoff_max, o.backoff_max.map(ms));
+    set(
+        &mut r.backoff_max,
+        ms("restart.backoff_max", o.backoff_max)?,
+    );
     set(&mut r.jitter, o.jitter);
-    set(&mut r.min_uptime, o.min_uptime.map(ms));
-    set(&mut r.max_restarts, o.max_restarts);
-    set(&mut r.window, o.window.map(ms));
-    set(&mut r.no_restart_codes, o.no_restart_codes);
-    set(&mut c.max_message, o.max_message.map(|v| v as usize));
+    set(&mut r.min_uptime, ms("restart.min_uptime", o.min_uptime)?);
+    set(
+        &mut r.max_restarts,
+        count("restart.max_restarts", o.max_restarts)?,
+    );
+    set(&mut r.window, ms("restart.window", o.window)?);
+    if let Some(codes) = o.no_restart_codes {
+        r.no_restart_codes = codes
+            .into_iter()
+            .map(|code| count("restart.no_restart_codes", Some(code)).map(Option::unwrap))
+            .collect::<napi::Result<_, _>>()?;
+    }
+    if let Some(m) = count("max_message", o.max_message)? {
+        c.set_max_message(m);
+    }
     set(
         &mut c.send_queue_limit,
-        o.send_queue_limit.map(|v| v as usize),
+        count("send_queue_limit", o.send_queue_limit)?,
     );
     set(
         &mut c.event_queue_limit,
-        o.event_queue_limit.map(|v| v as usize),
+        count("event_queue_limit", o.event_queue_limit)?,
     );
     if let Some(out) = o.output.as_deref() {
-        c.output = out
-            .parse()
-            .map_err(|e| invalid(format!("options.output: {e}")))?;
+        c.output = out.parse().map_err(option_error)?;
     }
-    for l in o.listeners {
+    for (i, l) in o.listeners.into_iter().enumerate() {
         let addr: ListenAddr = l.address.parse().map_err(to_js)?;
         let dispatch: Dispatch = l.dispatch.parse().map_err(to_js)?;
-        let mut listener = Listener::new(l.name, addr, dispatch);
+        let name = l
+            .name
+            .unwrap_or_else(|| rcluster_core::default_listener_name(i));
+        let mut listener = Listener::new(name, addr, dispatch);
         listener.share = l.share;
         c.listeners.push(listener);
     }
-    c.max_inflight = o.max_inflight.map(|v| v as usize);
-    set(&mut c.handoff_window, o.handoff_window.map(|v| v as usize));
+    c.max_inflight = count("max_inflight", o.max_inflight)?;
+    set(
+        &mut c.handoff_window,
+        count("handoff_window", o.handoff_window)?,
+    );
     set(&mut c.kernel_round_robin, o.kernel_round_robin);
-    set(&mut c.queue_limit, o.queue_limit.map(|v| v as usize));
-    set(&mut c.queue_timeout, o.queue_timeout.map(ms));
-    set(&mut c.max_surge, o.max_surge.map(|v| v as usize));
+    set(&mut c.queue_limit, count("queue_limit", o.queue_limit)?);
+    set(&mut c.queue_timeout, ms("queue_timeout", o.queue_timeout)?);
+    set(&mut c.max_surge, count("max_surge", o.max_surge)?);
     Ok(c)
 }
 
@@ -419,7 +466,7 @@ impl NativeSupervisor {
     #[napi(constructor)]
     pub fn new(options: NativeOptions) -> napi::Result<Self, &'static str> {
         let config = build_config(options)?;
-        let inner = Supervisor::start(config).map_err(to_js)?;
+        let inner = Supervisor::start(config).map_err(option_error)?;
         Ok(NativeSupervisor {
             inner: Arc::new(inner),
             watcher: WatchSlot::default(),
@@ -489,8 +536,9 @@ impl NativeSupervisor {
     }
 
     #[napi]
-    pub fn scale(&self, workers: u32) -> napi::Result<(), &'static str> {
-        self.inner.scale(workers as usize).map_err(to_js)
+    pub fn scale(&self, workers: f64) -> napi::Result<(), &'static str> {
+        let workers = Config::count("workers", workers as i128).map_err(to_js)?;
+        self.inner.scale(workers).map_err(to_js)
     }
 
     /// Adds `delta` worker slots (removes them if negative) within 1..=4096, counted by the
@@ -534,7 +582,7 @@ impl NativeSupervisor {
     pub fn stop(&self, timeout_ms: f64) -> AsyncTask<StopTask> {
         AsyncTask::new(StopTask {
             sup: Arc::clone(&self.inner),
-            timeout: ms(timeout_ms),
+            timeout: wait_ms(timeout_ms),
         })
     }
 
@@ -542,7 +590,9 @@ impl NativeSupervisor {
     /// short, synchronous waits of `cluster.fork()` (the spawn takes a millisecond or two).
     #[napi]
     pub fn next_event(&self, timeout_ms: f64) -> Option<NativeEvent> {
-        self.inner.next_event(Some(ms(timeout_ms))).map(to_event)
+        self.inner
+            .next_event(Some(wait_ms(timeout_ms)))
+            .map(to_event)
     }
 
     /// Every waiting event, up to `max` (then a last item of type `more`); see [`Item`].

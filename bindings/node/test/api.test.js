@@ -33,12 +33,30 @@ test('start → spawn, online, ready; send/message round trip; workers(); stop r
   assert.deepStrictEqual(exits, ['shutdown', 'shutdown']);
 });
 
+test('a cluster given no worker count runs the core\'s default, one per usable CPU', async () => {
+  const n = rcluster.defaultWorkers();
+  assert.ok(Number.isInteger(n) && n >= 1 && n <= os.availableParallelism(), `${n}`);
+  const c = rcluster.start({ exec: WORKER, args: [], execArgv: [] });
+  let ready = 0;
+  await once(c, 'ready', () => ++ready === n);
+  assert.strictEqual(c.workers().length, n);
+  await c.stop({ timeout: 5000 });
+});
+
+test('unnamed listeners get the core\'s default names, by place', async () => {
+  const sock = path.join(os.tmpdir(), `rcluster-names-${process.pid}.sock`);
+  const c = rcluster.start({ workers: 1, program: '/bin/sleep', args: ['30'], readyOn: 'spawn',
+    listeners: [{ address: 0 }, { address: `unix:${sock}`, name: 'api' }] });
+  assert.deepStrictEqual(c.listenerAddresses.map((l) => l.name), ['listen0', 'api']);
+  await c.stop({ timeout: 5000 });
+});
+
 test('listeners with round-robin dispatch feed worker.serve(http.Server)', async () => {
   const port = await freePort();
   const c = rcluster.start({ workers: 2, exec: WORKER, args: [], execArgv: [], listen: `127.0.0.1:${port}` });
   let ready = 0;
   await once(c, 'ready', () => ++ready === 2);
-  assert.deepStrictEqual(c.listenerAddresses, [{ name: 'listener0', address: `127.0.0.1:${port}` }]);
+  assert.deepStrictEqual(c.listenerAddresses, [{ name: 'listen0', address: `127.0.0.1:${port}` }]);
   // EventEmitter's listeners() still works: the addresses do not shadow it.
   const onExit = () => {};
   c.on('exit', onExit);

@@ -32,8 +32,31 @@ test('unknown enum values are named', () => {
 
 test('bad durations and restart numbers are named', () => {
   throwsCode(() => rcluster.start({ ...base, killTimeout: -5 }), 'ERR_RCLUSTER_INVALID_OPTION', 'killTimeout', '-5');
-  throwsCode(() => rcluster.start({ ...base, eventQueueLimit: 100 }), 'ERR_RCLUSTER_INVALID_OPTION', 'event_queue_limit', '100');
+  throwsCode(() => rcluster.start({ ...base, eventQueueLimit: 100 }), 'ERR_RCLUSTER_INVALID_OPTION', 'options.eventQueueLimit', '100');
   throwsCode(() => rcluster.start({ ...base, restart: { backoffMultiplier: 0.5 } }), 'ERR_RCLUSTER_INVALID_OPTION', 'backoffMultiplier', '0.5');
+});
+
+test('ranges are the core\'s and name the option as JS spells it', () => {
+  throwsCode(() => rcluster.start({ ...base, sendQueueLimit: 10 }), 'ERR_RCLUSTER_INVALID_OPTION',
+    'options.sendQueueLimit = 10', 'largest message');
+  throwsCode(() => rcluster.start({ ...base, restart: { noRestartCodes: [256] } }), 'ERR_RCLUSTER_INVALID_OPTION',
+    'options.restart.noRestartCodes = 256', '0..=255');
+  throwsCode(() => rcluster.start({ ...base, workers: -2 }), 'ERR_RCLUSTER_INVALID_OPTION', 'options.workers = -2', '1..=4096');
+  throwsCode(() => rcluster.start({ ...base, restart: { minUptime: 400 * 86400000 } }), 'ERR_RCLUSTER_INVALID_OPTION',
+    'options.restart.minUptime', 'at most a year');
+  throwsCode(() => rcluster.start({ ...base, ackTimeout: 0 }), 'ERR_RCLUSTER_INVALID_OPTION', 'options.ackTimeout', 'more than 0');
+});
+
+test('a maxMessage above the default queue raises the queue, as in every host', async () => {
+  const c = rcluster.start({ ...base, workers: 1, maxMessage: 100 * 2 ** 20 });
+  await c.stop();
+  throwsCode(() => rcluster.start({ ...base, maxMessage: 100 * 2 ** 20, sendQueueLimit: 64 * 2 ** 20 }),
+    'ERR_RCLUSTER_INVALID_OPTION', 'options.sendQueueLimit', 'largest message');
+});
+
+test('a zero backoff restarts at once, as the core allows', async () => {
+  const c = rcluster.start({ ...base, restart: { backoffInitial: 0, backoffMax: 0 } });
+  await c.stop();
 });
 
 test('a misspelt option is refused with its name instead of being ignored', () => {

@@ -1,7 +1,8 @@
 //! Keyword arguments → core `Config`. Only conversion happens here: every value is checked by
-//! `Config::validate` in the core, whose errors name the field; mode names are parsed by the
-//! core too. What the core cannot see (a negative number of seconds) is rejected here, naming
-//! the field too.
+//! the core, whose errors name the field; mode names are parsed by the core too. A Python
+//! number the field's type cannot hold (a negative count, a negative number of seconds) goes
+//! through the core's conversions (`Config::count`, `Config::seconds`), which refuse it with
+//! the field's own rule.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
@@ -15,15 +16,32 @@ use rcluster_core::{Config, Dispatch, ListenAddr, Listener};
 
 use crate::errors::{config_error, IntoPyResult};
 
-/// Seconds (a Python float) as a Duration; the field is named when the value is not one.
-pub fn seconds(field: &str, s: f64) -> PyResult<Duration> {
+/// Seconds (a Python float) for a wait or a stop, not an option: any duration a float gives.
+pub fn wait_seconds(field: &str, s: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(s)
         .map_err(|_| config_error(field, s, "must be a finite, non-negative number of seconds"))
 }
 
-fn opt_seconds(field: &str, s: Option<f64>, into: &mut Duration) -> PyResult<()> {
+/// Seconds (a Python float) as the duration of the option `field`, by the field's rule.
+fn seconds(field: &'static str, s: f64) -> PyResult<Duration> {
+    Config::seconds(field, s).py()
+}
+
+fn opt_seconds(field: &'static str, s: Option<f64>, into: &mut Duration) -> PyResult<()> {
     if let Some(s) = s {
         *into = seconds(field, s)?;
+    }
+    Ok(())
+}
+
+/// A Python int as the integer of `field`, by the field's rule (negative ones included).
+fn count<T: TryFrom<i128>>(field: &'static str, v: i64) -> PyResult<T> {
+    Config::count(field, i128::from(v)).py()
+}
+
+fn opt_count<T: TryFrom<i128>>(field: &'static str, v: Option<i64>, into: &mut T) -> PyResult<()> {
+    if let Some(v) = v {
+        *into = count(field, v)?;
     }
     Ok(())
 }
@@ -44,12 +62,15 @@ pub struct RestartArgs {
     #[pyo3(default)]
     pub min_uptime: Option<f64>,
     #[pyo3(default)]
-    pub max_restarts: Option<u32>,
+    pub max_restarts: Option<i64>,
     #[pyo3(default)]
     pub window: Option<f64>,
     #[pyo3(default)]
-    pub no_restart_codes: Option<Vec<i32>>,
+    pub no_restart_codes: Option<Vec<i64>>,
 }
+
+/// (name, address, dispatch, share) of a listener; no name: the core's default.
+pub type ListenerArgs = (Option<String>, String, String, bool);
 
 /// Everything `Supervisor(...)` accepts, already in plain types (the Python half normalises).
 #[derive(FromPyObject)]
@@ -57,7 +78,7 @@ pub struct RestartArgs {
 pub struct ConfigArgs {
     pub argv: Vec<Vec<u8>>,
     #[pyo3(default)]
-    pub workers: Option<usize>,
+    pub workers: Option<i64>,
     #[pyo3(default)]
     pub env: Option<Vec<(Vec<u8>, Vec<u8>)>>,
     #[pyo3(default)]
@@ -73,27 +94,27 @@ pub struct ConfigArgs {
     #[pyo3(default)]
     pub restart: Option<RestartArgs>,
     #[pyo3(default)]
-    pub max_message: Option<usize>,
+    pub max_message: Option<i64>,
     #[pyo3(default)]
-    pub send_queue_limit: Option<usize>,
+    pub send_queue_limit: Option<i64>,
     #[pyo3(default)]
-    pub event_queue_limit: Option<usize>,
+    pub event_queue_limit: Option<i64>,
     #[pyo3(default)]
     pub output: Option<String>,
-    /// (name, address, dispatch, share) of each listener.
+    /// (name, address, dispatch, share) of each listener; no name: the core's default.
     #[pyo3(default)]
-    pub listeners: Option<Vec<(String, String, String, bool)>>,
+    pub listeners: Option<Vec<ListenerArgs>>,
     #[pyo3(default)]
-    pub max_inflight: Option<usize>,
+    pub max_inflight: Option<i64>,
     #[pyo3(default)]
-    pub handoff_window: Option<usize>,
+    pub handoff_window: Option<i64>,
     #[pyo3(default)]
-    pub queue_limit: Option<usize>,
+    pub queue_limit: Option<i64>,
     #[pyo3(default)]
     pub queue_timeout: Option<f64>,
     #[pyo3(default)]
-    pub max_surge: Option<usize>,
-    /// Seconds; 0 turns the bound off.
+    pub max_surge: Option<i64>,
+    /// Seconds; None turns the bound off (the Python half always passes it).
     #[pyo3(default)]
     pub ack_timeout: Option<f64>,
 }
@@ -105,9 +126,7 @@ fn os(b: Vec<u8>) -> OsString {
 impl ConfigArgs {
     pub fn into_config(self) -> PyResult<Config> {
         let mut c = Config::new(self.argv.into_iter().map(os));
-        if let Some(n) = self.workers {
-            c.workers = n;
-        }
+        opt_count("workers", self.workers, &mut c.workers)?;
         if let Some(env) = self.env {
             c.env = env.into_iter().map(|(k, v)| (os(k), os(v))).collect();
         }
@@ -124,40 +143,43 @@ impl ConfigArgs {
             apply_restart(&mut c, r)?;
         }
         if let Some(m) = self.max_message {
-            c.max_message = m;
+            c.set_max_message(count("max_message", m)?);
         }
-        if let Some(m) = self.send_queue_limit {
-            c.send_queue_limit = m;
-        }
-        if let Some(m) = self.event_queue_limit {
-            c.event_queue_limit = m;
-        }
+        opt_count(
+            "send_queue_limit",
+            self.send_queue_limit,
+            &mut c.send_queue_limit,
+        )?;
+        opt_count(
+            "event_queue_limit",
+            self.event_queue_limit,
+            &mut c.event_queue_limit,
+        )?;
         if let Some(o) = &self.output {
             c.output = o.parse().map_err(to_py)?;
         }
-        for (name, addr, dispatch, share) in self.listeners.unwrap_or_default() {
+        for (i, (name, addr, dispatch, share)) in
+            self.listeners.unwrap_or_default().into_iter().enumerate()
+        {
+            let name = name.unwrap_or_else(|| rcluster_core::default_listener_name(i));
             let addr: ListenAddr = addr.parse().py()?;
             let dispatch: Dispatch = dispatch.parse().py()?;
             let mut listener = Listener::new(name, addr, dispatch);
             listener.share = share;
             c.listeners.push(listener);
         }
-        match self.ack_timeout {
-            Some(0.0) => c.ack_timeout = None,
-            Some(t) => c.ack_timeout = Some(seconds("ack_timeout", t)?),
-            None => {}
-        }
-        c.max_inflight = self.max_inflight;
-        if let Some(w) = self.handoff_window {
-            c.handoff_window = w;
-        }
-        if let Some(q) = self.queue_limit {
-            c.queue_limit = q;
-        }
+        c.ack_timeout = match self.ack_timeout {
+            Some(t) => Some(seconds("ack_timeout", t)?),
+            None => None,
+        };
+        c.max_inflight = match self.max_inflight {
+            Some(n) => Some(count("max_inflight", n)?),
+            None => None,
+        };
+        opt_count("handoff_window", self.handoff_window, &mut c.handoff_window)?;
+        opt_count("queue_limit", self.queue_limit, &mut c.queue_limit)?;
         opt_seconds("queue_timeout", self.queue_timeout, &mut c.queue_timeout)?;
-        if let Some(s) = self.max_surge {
-            c.max_surge = s;
-        }
+        opt_count("max_surge", self.max_surge, &mut c.max_surge)?;
         Ok(c)
     }
 }
@@ -178,12 +200,13 @@ fn apply_restart(c: &mut Config, r: RestartArgs) -> PyResult<()> {
         p.jitter = j;
     }
     opt_seconds("restart.min_uptime", r.min_uptime, &mut p.min_uptime)?;
-    if let Some(m) = r.max_restarts {
-        p.max_restarts = m;
-    }
+    opt_count("restart.max_restarts", r.max_restarts, &mut p.max_restarts)?;
     opt_seconds("restart.window", r.window, &mut p.window)?;
     if let Some(codes) = r.no_restart_codes {
-        p.no_restart_codes = codes;
+        p.no_restart_codes = codes
+            .into_iter()
+            .map(|c| count("restart.no_restart_codes", c))
+            .collect::<PyResult<_>>()?;
     }
     Ok(())
 }

@@ -24,6 +24,7 @@ fn _rcluster(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MAX_WORKERS", rcluster_core::MAX_WORKERS)?;
     m.add("DEFAULT_MAX_MESSAGE", rcluster_core::DEFAULT_MAX_MESSAGE)?;
     m.add_function(wrap_pyfunction!(open_fd_count, m)?)?;
+    m.add_function(wrap_pyfunction!(default_workers, m)?)?;
     Ok(())
 }
 
@@ -31,4 +32,11 @@ fn _rcluster(m: &Bound<'_, PyModule>) -> PyResult<()> {
 #[pyfunction]
 fn open_fd_count() -> usize {
     rcluster_core::open_fd_count()
+}
+
+/// The number of workers a supervisor given no count runs: one per CPU this process may use
+/// (its affinity mask, bounded by its cgroup's CPU quota), decided by the core.
+#[pyfunction]
+fn default_workers() -> usize {
+    rcluster_core::default_workers()
 }

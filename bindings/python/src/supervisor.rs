@@ -5,7 +5,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use rcluster_core::{SignalAction, Supervisor};
 
-use crate::config::{seconds, ConfigArgs};
+use crate::config::{wait_seconds, ConfigArgs};
 use crate::errors::IntoPyResult;
 use crate::events::{PyEvent, PyWorkerInfo};
 use crate::message;
@@ -99,8 +99,16 @@ impl PySupervisor {
             .collect()
     }
 
-    fn scale(&self, py: Python<'_>, workers: usize) -> PyResult<()> {
+    fn scale(&self, py: Python<'_>, workers: i64) -> PyResult<()> {
+        // A negative count is refused by the core's rule for `workers`, as in the config.
+        let workers = rcluster_core::Config::count("workers", i128::from(workers)).py()?;
         py.allow_threads(|| self.core.scale(workers)).py()
+    }
+
+    /// The core's kill: the signal reaches the worker while it is unreaped (its pid cannot
+    /// have been reused) and its exit is reported with reason `requested`.
+    fn kill(&self, py: Python<'_>, id: u32, signal: i32) -> PyResult<()> {
+        py.allow_threads(|| self.core.kill(id, signal)).py()
     }
 
     fn restart_worker(&self, py: Python<'_>, id: u32) -> PyResult<()> {
@@ -117,7 +125,7 @@ impl PySupervisor {
     #[pyo3(signature = (timeout=None))]
     fn stop(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
         let timeout = match timeout {
-            Some(t) => seconds("timeout", t)?,
+            Some(t) => wait_seconds("timeout", t)?,
             None => self.kill_timeout,
         };
         py.allow_threads(|| self.core.stop(timeout)).py()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
-use crate::config::seconds;
+use crate::config::wait_seconds;
 
 /// Longest time spent in native code before pending signals are looked at.
 const SLICE: Duration = Duration::from_millis(100);
@@ -28,7 +28,7 @@ where
     D: Fn() -> bool,
 {
     let deadline = match timeout {
-        Some(t) => Some(Instant::now() + seconds("timeout", t)?),
+        Some(t) => Some(Instant::now() + wait_seconds("timeout", t)?),
         None => None,
     };
     loop {

@@ -44,6 +44,32 @@ def test_bad_values_name_the_field():
             start(**kw)
 
 
+def test_ranges_are_the_cores_and_name_the_field():
+    # The same bad values as the CLI, C and Node tests, with the core's words.
+    Policy = rcluster.RestartPolicy
+    for kw, field, words in [
+        (dict(workers=-2), "workers", "1..=4096"),
+        (dict(send_queue_limit=10), "send_queue_limit", "largest message"),
+        (dict(restart=Policy(no_restart_codes=[256])), "restart.no_restart_codes", "0..=255"),
+        (dict(restart=Policy(min_uptime=400 * 86400.0)), "restart.min_uptime", "a year"),
+        (dict(ack_timeout=0), "ack_timeout", "more than 0"),
+        (dict(max_surge=-1), "max_surge", "1..=4096"),
+    ]:
+        with pytest.raises(rcluster.ConfigError, match=words) as e:
+            start(**kw)
+        assert e.value.field == field, (kw, e.value)
+
+
+def test_scale_to_a_negative_count_is_the_cores_error_naming_workers():
+    sup = start(workers=1)
+    try:
+        with pytest.raises(rcluster.ConfigError, match="1..=4096") as e:
+            sup.scale(-1)
+        assert e.value.field == "workers"
+    finally:
+        sup.stop()
+
+
 def test_missing_program_is_reported_before_anything_starts():
     with pytest.raises(rcluster.ConfigError, match="no-such-program-xyz"):
         rcluster.Supervisor(["no-such-program-xyz"]).start()
@@ -134,3 +160,12 @@ def test_help_explains_every_option_of_the_supervisor():
     missing = [n for n in params if n != "self" and f"``{n}``" not in doc]
     assert not missing, f"options without a word in help(rcluster.Supervisor): {missing}"
     assert "docs/operations.md" not in doc
+
+
+def test_a_max_message_above_the_default_queue_raises_the_queue_as_the_cli_does():
+    # The queue towards a worker follows max_message unless it is given: the core's rule.
+    sup = start(workers=1, max_message=100 << 20)
+    sup.stop()
+    with pytest.raises(rcluster.ConfigError, match="largest message") as e:
+        start(workers=1, max_message=100 << 20, send_queue_limit=64 << 20)
+    assert e.value.field == "send_queue_limit"

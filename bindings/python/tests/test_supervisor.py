@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 
 import pytest
@@ -125,3 +127,33 @@ def test_a_burst_of_messages_reaches_the_worker_whole(mode, prefix):
         assert sup.wait_for("message", timeout=10).data == prefix + b"nap"
         got = [sup.wait_for("message", timeout=10).data for _ in range(3000)]
         assert got == [prefix + b"m%d" % i for i in range(3000)]
+
+
+def test_no_worker_count_runs_the_cores_default_one_per_usable_cpu():
+    n = rcluster.default_workers()
+    assert 1 <= n <= (len(os.sched_getaffinity(0)))
+    with rcluster.Supervisor(worker_argv("echo"), **fast()) as sup:
+        assert sorted(sup.wait_for("message").id for _ in range(n)) == list(range(n))
+        assert len(sup.workers()) == n
+
+
+def test_unnamed_listeners_get_the_cores_default_names_by_place():
+    listen = ["127.0.0.1:0", rcluster.Listener("127.0.0.2:0", name="api"), "127.0.0.3:0"]
+    with rcluster.Supervisor(worker_argv("echo"), workers=1, listen=listen, **fast()) as sup:
+        assert list(sup.listeners) == ["listen0", "api", "listen2"]
+
+
+def test_kill_sends_the_signal_and_the_exit_is_reported_as_requested():
+    with rcluster.Supervisor(worker_argv("echo"), workers=1, **fast()) as sup:
+        pid = sup.wait_for("message").pid
+        sup.kill(0)  # SIGTERM by default
+        ex = sup.wait_for("exit")
+        assert (ex.id, ex.pid, ex.signal, ex.reason) == (0, pid, signal.SIGTERM, "requested")
+        pid2 = sup.wait_for("message").pid
+        sup.kill(0, signal.SIGKILL)
+        ex = sup.wait_for("exit")
+        assert (ex.pid, ex.signal, ex.reason) == (pid2, signal.SIGKILL, "requested")
+        with pytest.raises(rcluster.NoSuchWorkerError):
+            sup.kill(5)
+        with pytest.raises(rcluster.ConfigError, match="signal"):
+            sup.kill(0, 0)

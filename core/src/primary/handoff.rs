@@ -201,6 +201,19 @@ impl Primary {
         let timeout = self.cfg.queue_timeout;
         self.waiting
             .retain(|w| now.duration_since(w.since) < timeout);
+        let mut kept = self.hand_out(now);
+        kept.append(&mut self.waiting);
+        self.waiting = kept;
+        // Connections left waiting need the loop's timer for `queue_timeout`; the oldest one
+        // is at the front, except for sticky ones kept back, so take the minimum.
+        self.queue_deadline = self.waiting.iter().map(|w| w.since + timeout).min();
+        self.arm_listeners(now);
+    }
+
+    /// One pass over the waiting connections: each goes to the worker its listener's dispatch
+    /// chooses, until none has room. Returns the ones kept back (sticky connections whose slot
+    /// is full, in order); those after the pass stopped stay in `waiting`.
+    fn hand_out(&mut self, now: Instant) -> VecDeque<Waiting> {
         // Workers whose queue refused a connection in this pass (full, or closing).
         let mut refused: Vec<u64> = Vec::new();
         let mut kept = VecDeque::new();
@@ -244,12 +257,7 @@ impl Primary {
                 p.ahead = p.ahead.saturating_add_signed(change);
             }
         }
-        kept.append(&mut self.waiting);
-        self.waiting = kept;
-        // Connections left waiting need the loop's timer for `queue_timeout`; the oldest one
-        // is at the front, except for sticky ones kept back, so take the minimum.
-        self.queue_deadline = self.waiting.iter().map(|w| w.since + timeout).min();
-        self.arm_listeners(now);
+        kept
     }
 
     /// Sends one connection to worker `key`, keeping the primary's copy until it is

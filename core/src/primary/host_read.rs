@@ -128,47 +128,56 @@ impl HostRead {
             let Some(link) = self.links.lock().unwrap().get(&key).cloned() else {
                 continue;
             };
-            // When the loop is reading it right now, this waits (briefly) for it: what the loop
-            // read is in the queue by then, for the caller to take.
-            let mut reader = link.reader.lock().unwrap();
-            let (frames, messages) = (reader.frames, reader.messages);
-            let mut incoming = Vec::new();
-            let end = reader.read(link.raw(), &mut incoming, events.room());
-            emptied &= reader.emptied;
-            let mut out = Vec::new();
-            let mut rest = Vec::new();
-            for m in incoming {
-                match m {
-                    Incoming::Message(data, content) => out.push(Event::Message {
-                        id: link.id,
-                        pid: reader.pid as u32,
-                        data,
-                        content,
-                    }),
-                    other => rest.push(other),
-                }
-            }
-            queued |= !out.is_empty();
-            events.push_for_self(&mut out);
-            // Heartbeats show up only as frames that were not messages.
-            let others = reader.frames - frames > reader.messages - messages;
-            let done = !matches!(end, ReadEnd::Drained);
-            if others || !rest.is_empty() || done {
-                if done {
-                    // End of file or a broken frame stays "readable", and so does a worker
-                    // paused for room: stop watching it here; the loop takes it over.
-                    self.remove(&link);
-                }
-                self.forwarded.lock().unwrap().push(Forwarded {
-                    key: link.key,
-                    incoming: rest,
-                    end,
-                });
-                waker.wake();
-            }
+            let (queued_here, emptied_here) = self.read_link(&link, events, waker);
+            queued |= queued_here;
+            emptied &= emptied_here;
         }
         self.emptied.store(emptied && queued, Ordering::Release);
         queued
+    }
+
+    /// Reads one worker's socket: its messages go to `events`, everything else to the loop.
+    /// Returns whether it queued a message and whether the read emptied the socket.
+    fn read_link(&self, link: &Arc<Link>, events: &EventQueue, waker: &Waker) -> (bool, bool) {
+        // When the loop is reading it right now, this waits (briefly) for it: what the loop
+        // read is in the queue by then, for the caller to take.
+        let mut reader = link.reader.lock().unwrap();
+        let (frames, messages) = (reader.frames, reader.messages);
+        let mut incoming = Vec::new();
+        let end = reader.read(link.raw(), &mut incoming, events.room());
+        let emptied = reader.emptied;
+        let mut out = Vec::new();
+        let mut rest = Vec::new();
+        for m in incoming {
+            match m {
+                Incoming::Message(data, content) => out.push(Event::Message {
+                    id: link.id,
+                    pid: reader.pid as u32,
+                    data,
+                    content,
+                }),
+                other => rest.push(other),
+            }
+        }
+        let queued = !out.is_empty();
+        events.push_for_self(&mut out);
+        // Heartbeats show up only as frames that were not messages.
+        let others = reader.frames - frames > reader.messages - messages;
+        let done = !matches!(end, ReadEnd::Drained);
+        if others || !rest.is_empty() || done {
+            if done {
+                // End of file or a broken frame stays "readable", and so does a worker
+                // paused for room: stop watching it here; the loop takes it over.
+                self.remove(link);
+            }
+            self.forwarded.lock().unwrap().push(Forwarded {
+                key: link.key,
+                incoming: rest,
+                end,
+            });
+            waker.wake();
+        }
+        (queued, emptied)
     }
 }
 

@@ -149,45 +149,58 @@ impl Primary {
             self.changed = true;
         }
         for msg in incoming {
-            match msg {
-                Incoming::Hello => {
-                    if let Some(p) = self.procs.get_mut(&key) {
-                        p.hello = true;
-                        if p.state == WorkerState::Starting {
-                            p.state = WorkerState::Online;
-                        }
-                    }
-                    match self.cfg.ready_on {
-                        ReadyOn::Spawn => {}
-                        ReadyOn::Hello => {
-                            self.out.push(Event::Online { id: slot, pid });
-                            self.mark_ready(key);
-                        }
-                        ReadyOn::Explicit => self.out.push(Event::Online { id: slot, pid }),
-                    }
-                }
-                Incoming::Ready => self.mark_ready(key),
-                Incoming::Message(data, content) => self.out.push(Event::Message {
-                    id: slot,
-                    pid,
-                    data,
-                    content,
-                }),
-                Incoming::Disconnect => self.worker_disconnected(key),
-                Incoming::Closed(id) => self.connection_closed(key, id),
-                Incoming::Listen {
-                    request,
-                    dispatch,
-                    addr,
-                } => self.worker_listen(key, request, dispatch, addr),
-                Incoming::Unlisten(name) => self.worker_unlisten(key, &name),
-                Incoming::Ack(id) => {
-                    if let Err(detail) = self.connection_acked(key, id) {
-                        return self.protocol_violation(key, detail);
-                    }
-                }
+            if let Err(detail) = self.act_on_frame(key, slot, pid, msg) {
+                return self.protocol_violation(key, detail);
             }
         }
+        self.act_on_end(key, end);
+    }
+
+    /// Acts on one frame of worker `key` (slot `slot`, process `pid`); an error is a breach
+    /// of the protocol, after which nothing more of the worker is read.
+    fn act_on_frame(&mut self, key: u64, slot: u32, pid: u32, msg: Incoming) -> Result<(), String> {
+        match msg {
+            Incoming::Hello => self.worker_hello(key, slot, pid),
+            Incoming::Ready => self.mark_ready(key),
+            Incoming::Message(data, content) => self.out.push(Event::Message {
+                id: slot,
+                pid,
+                data,
+                content,
+            }),
+            Incoming::Disconnect => self.worker_disconnected(key),
+            Incoming::Closed(id) => self.connection_closed(key, id),
+            Incoming::Listen {
+                request,
+                dispatch,
+                addr,
+            } => self.worker_listen(key, request, dispatch, addr),
+            Incoming::Unlisten(name) => self.worker_unlisten(key, &name),
+            Incoming::Ack(id) => self.connection_acked(key, id)?,
+        }
+        Ok(())
+    }
+
+    /// The worker's library said hello: online, and ready too if `ready_on` is `hello`.
+    fn worker_hello(&mut self, key: u64, slot: u32, pid: u32) {
+        if let Some(p) = self.procs.get_mut(&key) {
+            p.hello = true;
+            if p.state == WorkerState::Starting {
+                p.state = WorkerState::Online;
+            }
+        }
+        match self.cfg.ready_on {
+            ReadyOn::Spawn => {}
+            ReadyOn::Hello => {
+                self.out.push(Event::Online { id: slot, pid });
+                self.mark_ready(key);
+            }
+            ReadyOn::Explicit => self.out.push(Event::Online { id: slot, pid }),
+        }
+    }
+
+    /// How the read of worker `key` ended: all read, paused for the host, or the link is over.
+    fn act_on_end(&mut self, key: u64, end: ReadEnd) {
         match end {
             ReadEnd::Drained => {}
             ReadEnd::Paused => self.pause_worker(key),

@@ -537,6 +537,7 @@ mod tests {
     fn worker_forked_by_a_spawn_that_fails_after_the_fork_is_killed_and_reaped() {
         let marker = format!("{}.{}", 1000 + std::process::id() % 1000, 4321);
         let mut cfg = Config::new(["sleep", marker.as_str()]);
+        cfg.workers = 1;
         cfg.ready_on = ReadyOn::Spawn;
         cfg.env.push((FAIL_AFTER_FORK.into(), "1".into()));
         cfg.restart.backoff_initial = Duration::from_secs(60);

@@ -49,21 +49,7 @@ impl FromStr for ListenAddr {
 pub fn resolve_listen(s: &str) -> Result<Vec<ListenAddr>> {
     const EXPECTED: &str = "expected HOST:PORT, [IPv6]:PORT, :PORT or unix:/path";
     if let Some(path) = s.strip_prefix("unix:") {
-        if path.is_empty() {
-            return Err(Error::config(
-                "listen",
-                s,
-                "a Unix socket needs a path after 'unix:'",
-            ));
-        }
-        if path.len() >= 108 {
-            return Err(Error::config(
-                "listen",
-                s,
-                "a Unix socket path must be shorter than 108 bytes",
-            ));
-        }
-        return Ok(vec![ListenAddr::Unix(PathBuf::from(path))]);
+        return unix_addr(s, path).map(|a| vec![a]);
     }
     let full = if s.starts_with(':') {
         format!("0.0.0.0{s}")
@@ -88,6 +74,31 @@ pub fn resolve_listen(s: &str) -> Result<Vec<ListenAddr>> {
     if !is_name {
         return Err(Error::config("listen", s, EXPECTED));
     }
+    resolve_host(s, host, port)
+}
+
+/// `unix:PATH` (`s`, for errors) as an address: a path that fits `sockaddr_un`.
+fn unix_addr(s: &str, path: &str) -> Result<ListenAddr> {
+    if path.is_empty() {
+        return Err(Error::config(
+            "listen",
+            s,
+            "a Unix socket needs a path after 'unix:'",
+        ));
+    }
+    if path.len() >= 108 {
+        return Err(Error::config(
+            "listen",
+            s,
+            "a Unix socket path must be shorter than 108 bytes",
+        ));
+    }
+    Ok(ListenAddr::Unix(PathBuf::from(path)))
+}
+
+/// The distinct addresses the system resolver gives for `host` (of `s`, for errors), in its
+/// order, each with `port`; never empty.
+fn resolve_host(s: &str, host: &str, port: u16) -> Result<Vec<ListenAddr>> {
     let resolved = std::net::ToSocketAddrs::to_socket_addrs(&(host, port)).map_err(|e| {
         Error::config(
             "listen",

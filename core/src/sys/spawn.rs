@@ -162,19 +162,8 @@ pub fn spawn<'a>(exec: &'a Exec, req: Request) -> io::Result<Forked<'a>> {
     let mut listen_pid_var = *b"LISTEN_PID=\0\0\0\0\0\0\0\0\0\0\0\0";
     let pid_ptr = pid_var.as_mut_ptr();
     let listen_pid_ptr = listen_pid_var.as_mut_ptr();
-    let mut envp: Vec<*const libc::c_char> = exec
-        .env
-        .iter()
-        .chain(&env_strings)
-        .map(|c| c.as_ptr())
-        .collect();
-    envp.push(pid_ptr.cast_const().cast());
-    if !req.shared.is_empty() {
-        envp.push(listen_pid_ptr.cast_const().cast());
-    }
-    envp.push(std::ptr::null());
-    let mut argv: Vec<*const libc::c_char> = exec.argv.iter().map(|c| c.as_ptr()).collect();
-    argv.push(std::ptr::null());
+    let listen_pid = (!req.shared.is_empty()).then_some(listen_pid_ptr.cast_const());
+    let (argv, envp) = exec_arrays(exec, &env_strings, pid_ptr.cast_const(), listen_pid);
 
     let (err_r, err_w) = sys::pipe()?;
     let moves = fd_moves(&req, ipc_fd);
@@ -214,6 +203,28 @@ pub fn spawn<'a>(exec: &'a Exec, req: Request) -> io::Result<Forked<'a>> {
     drop(err_w);
     drop(req);
     exec_result(&err_r, forked)
+}
+
+/// The NULL-terminated `argv` and `envp` arrays of `execve`, made before fork (the child may
+/// not allocate): the program's, then rcluster's variables, then the two the child completes
+/// with its pid (`LISTEN_PID` only for a worker that inherits listeners). They point into
+/// `exec`, `env` and the pid buffers, which must outlive them.
+fn exec_arrays(
+    exec: &Exec,
+    env: &[CString],
+    pid_var: *const u8,
+    listen_pid_var: Option<*const u8>,
+) -> (Vec<*const libc::c_char>, Vec<*const libc::c_char>) {
+    let mut envp: Vec<*const libc::c_char> =
+        exec.env.iter().chain(env).map(|c| c.as_ptr()).collect();
+    envp.push(pid_var.cast());
+    if let Some(p) = listen_pid_var {
+        envp.push(p.cast());
+    }
+    envp.push(std::ptr::null());
+    let mut argv: Vec<*const libc::c_char> = exec.argv.iter().map(|c| c.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    (argv, envp)
 }
 
 /// The variables rcluster sets for a worker, apart from the pids the child writes itself.

@@ -73,16 +73,8 @@ impl Worker {
             if let Some(detail) = &rx.broken {
                 return Err(Error::Protocol(detail.clone()));
             }
-            if let Some(raw) = decode_one(rx)? {
-                let (c, report) = match raw {
-                    Raw::Decoded(d) => return Ok(Some(d)),
-                    Raw::Connection(c, report) => (c, report),
-                };
-                if report {
-                    self.report_close.lock().unwrap().insert(c.id);
-                }
-                acks.push(c.id);
-                return Ok(Some(Decoded::Event(WorkerEvent::Connection(c))));
+            if let Some(d) = self.take_decoded(rx, acks)? {
+                return Ok(Some(d));
             }
             if rx.gone {
                 return Ok(None);
@@ -97,33 +89,52 @@ impl Worker {
             {
                 return Ok(None);
             }
-            let Rx { decoder, fds, .. } = rx;
-            let spare = decoder.spare(64 * 1024);
-            let want = spare.len();
-            let fds_before = fds.len();
-            match sys::recv_with_fds(self.fd.as_raw_fd(), spare, fds, false) {
-                Ok(0) => rx.gone = true,
-                Ok(n) => {
-                    rx.decoder.commit(n);
-                    // A read that brought a descriptor stops at the end of the bytes it came
-                    // with, whatever follows: short, but not proof that the socket is empty.
-                    rx.emptied = n < want && rx.fds.len() == fds_before;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if left == Some(Duration::ZERO) {
-                        return Ok(None);
-                    }
-                }
-                // Descriptors were lost (MSG_CTRUNC), and the bytes of that read with them: the
-                // stream cannot be followed any more. Close every descriptor that waits, and
-                // fail every later read the same way.
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    rx.fds.clear();
-                    rx.broken = Some(e.to_string());
-                }
-                Err(_) => rx.gone = true,
+            if !self.receive(rx, left == Some(Duration::ZERO)) {
+                return Ok(None);
             }
         }
+    }
+
+    /// The next frame already read, if one is whole; a connection's id goes to `acks`.
+    fn take_decoded(&self, rx: &mut Rx, acks: &mut Vec<u64>) -> Result<Option<Decoded>> {
+        let (c, report) = match decode_one(rx)? {
+            None => return Ok(None),
+            Some(Raw::Decoded(d)) => return Ok(Some(d)),
+            Some(Raw::Connection(c, report)) => (c, report),
+        };
+        if report {
+            self.report_close.lock().unwrap().insert(c.id);
+        }
+        acks.push(c.id);
+        Ok(Some(Decoded::Event(WorkerEvent::Connection(c))))
+    }
+
+    /// Reads once from the link into `rx`; false when nothing was there and `no_wait` says
+    /// not to look again.
+    fn receive(&self, rx: &mut Rx, no_wait: bool) -> bool {
+        let Rx { decoder, fds, .. } = rx;
+        let spare = decoder.spare(64 * 1024);
+        let want = spare.len();
+        let fds_before = fds.len();
+        match sys::recv_with_fds(self.fd.as_raw_fd(), spare, fds, false) {
+            Ok(0) => rx.gone = true,
+            Ok(n) => {
+                rx.decoder.commit(n);
+                // A read that brought a descriptor stops at the end of the bytes it came
+                // with, whatever follows: short, but not proof that the socket is empty.
+                rx.emptied = n < want && rx.fds.len() == fds_before;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return !no_wait,
+            // Descriptors were lost (MSG_CTRUNC), and the bytes of that read with them: the
+            // stream cannot be followed any more. Close every descriptor that waits, and
+            // fail every later read the same way.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                rx.fds.clear();
+                rx.broken = Some(e.to_string());
+            }
+            Err(_) => rx.gone = true,
+        }
+        true
     }
 }
 

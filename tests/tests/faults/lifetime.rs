@@ -225,6 +225,7 @@ fn failing_spawn_leaves_no_zombie_and_no_descriptor() {
     std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let fds_before = rcluster_core::open_fd_count();
     let mut cfg = Config::new([&prog]);
+    cfg.workers = 1;
     cfg.ready_on = ReadyOn::Spawn;
     cfg.restart.backoff_initial = Duration::from_millis(10);
     cfg.restart.backoff_max = Duration::from_millis(10);

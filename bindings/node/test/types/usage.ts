@@ -39,6 +39,8 @@ if (rcluster.isPrimary) {
   const cluster: rcluster.Cluster = rcluster.start(options);
   const other = new rcluster.Cluster({ workers: 1, program: '/bin/true', restart: 'never' });
   void other;
+  const defaultCount: number = rcluster.defaultWorkers();
+  void defaultCount;
 
   cluster.on('spawn', (w) => console.log(w.id, w.pid, w.generation));
   cluster.on('online', (w) => console.log(w.id));
@@ -100,7 +102,7 @@ if (rcluster.isPrimary) {
 } else {
   const me = rcluster.worker;
   if (me) {
-    const server = me.serve(http.createServer((req, res) => res.end('hi\n')), { listener: 'listener0' });
+    const server = me.serve(http.createServer((req, res) => res.end('hi\n')), { listener: 'listen0' });
     server.on('close', () => undefined);
     me.on('message', (m) => me.send({ echo: m }));
     me.on('disconnect', () => undefined);

@@ -16,7 +16,7 @@ subclasses of :class:`rcluster.Error`. Linux only.
 """
 
 from . import aio
-from ._rcluster import DEFAULT_MAX_MESSAGE, MAX_WORKERS
+from ._rcluster import DEFAULT_MAX_MESSAGE, MAX_WORKERS, default_workers
 from .errors import (
     BindError,
     ConfigError,
@@ -56,6 +56,7 @@ __all__ = [
     "aio",
     "DEFAULT_MAX_MESSAGE",
     "MAX_WORKERS",
+    "default_workers",
     "BindError",
     "ConfigError",
     "Error",

@@ -134,7 +134,8 @@ class Supervisor:
 
     - ``argv``: the worker command, run directly (no shell). Default: re-run this program
       (:func:`default_argv`), whose workers see :func:`rcluster.is_worker` true.
-    - ``workers``: number of worker processes, 1..4096 (default 1).
+    - ``workers``: number of worker processes, 1..4096 (default: one per CPU this process
+      may use, :func:`rcluster.default_workers`, as the ``rcluster`` command, C and Node).
     - ``listen``: sockets the primary binds, as address strings or :class:`Listener`:
       ``"127.0.0.1:8080"``, ``"[::1]:8080"``, ``"localhost:8080"`` (a host name, resolved
       once at start, to one address), ``":8080"`` (every IPv4 interface), ``"unix:/path"``.
@@ -156,7 +157,7 @@ class Supervisor:
     - ``kill_timeout``: grace between SIGTERM and SIGKILL when stopping a worker (10 s).
     - ``max_message``: largest message in bytes, either direction (16 MiB).
     - ``send_queue_limit``: most bytes queued towards one worker before :meth:`send` raises
-      (64 MiB).
+      (64 MiB, or four ``max_message`` when that is larger).
     - ``event_queue_limit``: most bytes of worker messages waiting for this process to take
       them (4 MiB); beyond, workers that send are not read until it catches up (their
       ``send`` blocks), so memory stays bounded whatever a worker sends.
@@ -186,7 +187,7 @@ class Supervisor:
         self,
         argv: Sequence[str | bytes | os.PathLike[str]] | None = None,
         *,
-        workers: int = 1,
+        workers: int | None = None,
         listen: Iterable[str | Listener] = (),
         dispatch: str = "rr",
         restart: str | RestartPolicy = "always",
@@ -378,6 +379,15 @@ class Supervisor:
         """Changes the number of worker slots; removed workers are stopped gracefully."""
         self._require().scale(check_int("workers", workers))
 
+    def kill(self, worker_id: int, signal: int = signal.SIGTERM) -> None:
+        """Sends ``signal`` (default SIGTERM) to worker ``worker_id``, as ``os.kill`` would,
+        but through the supervisor: the signal reaches the worker while it is unreaped, so a
+        reused pid is never hit, and the exit it causes is reported with reason
+        ``requested`` (not ``crashed``); the restart policy then applies as to any exit.
+        NoSuchWorkerError when no live worker has the id; no SIGKILL follows (see
+        :meth:`restart_worker` and :meth:`stop` for that)."""
+        self._require().kill(check_int("worker_id", worker_id), check_int("signal", signal))
+
     def restart_worker(self, id: int) -> None:
         """Stops worker ``id`` gracefully and starts it again."""
         self._require().restart_worker(check_int("id", id))
@@ -405,16 +415,14 @@ def _fs(name: str, value: object) -> bytes:
 
 def _config(**o: Any) -> dict[str, Any]:
     """The options as the plain dict the native constructor takes; types are checked here,
-    values by the core (whose errors name the field)."""
+    values (ranges, rules between options) only by the core, whose errors name the field."""
     argv = o["argv"]
     if argv is None:
         argv = default_argv()
     elif isinstance(argv, str | bytes):
         raise TypeError("argv must be a list of arguments, not a single string")
     c: dict[str, Any] = {"argv": [_fs("argv[]", a) for a in argv]}
-    c["workers"] = check_int("workers", o["workers"])
-    if c["workers"] is not None and c["workers"] < 0:
-        raise ConfigError(f"invalid config: workers = {c['workers']}: must be 1..=4096")
+    c["workers"] = check_int("workers", o["workers"], optional=True)
     env = dict(o["env"] or {})
     if not isinstance(o["env"] or {}, Mapping):
         raise TypeError("env must be a mapping of names to values")
@@ -426,8 +434,8 @@ def _config(**o: Any) -> dict[str, Any]:
     c["heartbeat_timeout"] = hb
     for name in ("ready_timeout", "kill_timeout", "queue_timeout"):
         c[name] = check_seconds(name, o[name], optional=True)
-    # 0 tells the native side to turn the bound off.
-    c["ack_timeout"] = check_seconds("ack_timeout", o["ack_timeout"], optional=True) or 0.0
+    # None (always passed) turns the bound off; 0 is the core's to refuse.
+    c["ack_timeout"] = check_seconds("ack_timeout", o["ack_timeout"], optional=True)
     for name in (
         "max_message",
         "send_queue_limit",
@@ -437,10 +445,8 @@ def _config(**o: Any) -> dict[str, Any]:
         "queue_limit",
         "max_surge",
     ):
-        v = check_int(name, o[name], optional=True)
-        if v is not None and v < 0:
-            raise ConfigError(f"invalid config: {name} = {v}: must not be negative")
-        c[name] = v
+        # Ranges (negative numbers included) are the core's, whose errors name the field.
+        c[name] = check_int(name, o[name], optional=True)
     restart = o["restart"]
     if isinstance(restart, str):
         restart = RestartPolicy(mode=restart)
@@ -455,14 +461,15 @@ def _config(**o: Any) -> dict[str, Any]:
     return c
 
 
-def _listener(i: int, item: object, dispatch: str | None) -> tuple[str, str, str, bool]:
+def _listener(i: int, item: object, dispatch: str | None) -> tuple[str | None, str, str, bool]:
     if isinstance(item, str):
         item = Listener(item)
     if not isinstance(item, Listener):
         raise TypeError(f"listen[{i}] must be an address string or a Listener, not {item!r}")
     check_str(f"listen[{i}].addr", item.addr)
     return (
-        check_str(f"listen[{i}].name", item.name, optional=True) or f"listen{i}",
+        # None: the core's default name (listen0, listen1, ... by place).
+        check_str(f"listen[{i}].name", item.name, optional=True),
         item.addr,
         check_str(f"listen[{i}].dispatch", item.dispatch, optional=True) or dispatch or "rr",
         _check_bool(f"listen[{i}].share", item.share),

@@ -67,45 +67,7 @@ impl Sentinel {
             groups: groups.as_mut_ptr(),
         });
         let stack = Stack::new()?;
-        // No signal may reach a handler of the host in the sentinel before it has ignored
-        // them all: blocked here, the mask is inherited, and the sentinel unblocks them.
-        // SAFETY: sigset manipulation on local variables; the mask is restored below.
-        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: sigfillset and pthread_sigmask write only the local sets `all` and `old`.
-        unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        }
-        let mut pid = -1;
-        if raw::SHARED_MEMORY && !under_valgrind() {
-            // SAFETY: the child runs `entry` on its own stack and touches only `setup`,
-            // `groups` and that stack, all kept alive until it is reaped (see `Drop`).
-            pid = unsafe {
-                libc::clone(
-                    entry,
-                    stack.top(),
-                    libc::CLONE_VM | libc::SIGCHLD,
-                    (&*setup as *const Setup).cast_mut().cast(),
-                )
-            };
-        }
-        if pid < 0 {
-            // SAFETY: fork in a multi-threaded process; the child runs only `setup.run()`,
-            // which makes raw system calls on memory prepared above and never returns.
-            pid = unsafe { libc::fork() };
-            if pid == 0 {
-                // SAFETY: this is the forked child, which runs only `setup.run()`: raw
-                // system calls on memory prepared before the fork, and it never returns.
-                unsafe { setup.run() }
-            }
-        }
-        let err = io::Error::last_os_error();
-        // SAFETY: restores the mask saved above.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-        if pid < 0 {
-            return Err(err);
-        }
+        let pid = launch(&setup, &stack)?;
         drop(rx);
         Ok(Sentinel {
             pid,
@@ -230,6 +192,52 @@ unsafe impl Send for Setup {}
 // SAFETY: plain settings read by the sentinel; the pointers stay valid while it runs and
 // nobody writes through them meanwhile.
 unsafe impl Sync for Setup {}
+
+/// Starts the sentinel process running `setup` (on `stack` when it shares this memory, or in
+/// a forked copy where it cannot) with every signal blocked, and returns its pid. `setup`, the
+/// memory it points to and `stack` must live until the sentinel is reaped.
+fn launch(setup: &Setup, stack: &Stack) -> io::Result<libc::pid_t> {
+    // No signal may reach a handler of the host in the sentinel before it has ignored
+    // them all: blocked here, the mask is inherited, and the sentinel unblocks them.
+    // SAFETY: sigset manipulation on local variables; the mask is restored below.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigfillset and pthread_sigmask write only the local sets `all` and `old`.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
+    let mut pid = -1;
+    if raw::SHARED_MEMORY && !under_valgrind() {
+        // SAFETY: the child runs `entry` on its own stack and touches only `setup`,
+        // `groups` and that stack, all kept alive until it is reaped (see `Drop`).
+        pid = unsafe {
+            libc::clone(
+                entry,
+                stack.top(),
+                libc::CLONE_VM | libc::SIGCHLD,
+                (setup as *const Setup).cast_mut().cast(),
+            )
+        };
+    }
+    if pid < 0 {
+        // SAFETY: fork in a multi-threaded process; the child runs only `setup.run()`,
+        // which makes raw system calls on memory prepared above and never returns.
+        pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: this is the forked child, which runs only `setup.run()`: raw
+            // system calls on memory prepared before the fork, and it never returns.
+            unsafe { setup.run() }
+        }
+    }
+    let err = io::Error::last_os_error();
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    if pid < 0 {
+        return Err(err);
+    }
+    Ok(pid)
+}
 
 extern "C" fn entry(setup: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `setup` is the Box that `Sentinel` keeps alive until the sentinel is reaped.
