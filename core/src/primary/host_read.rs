@@ -148,6 +148,9 @@ impl HostRead {
                 }
             }
             queued |= !out.is_empty();
+            if !out.is_empty() {
+                link.heard_from();
+            }
             events.push_for_self(&mut out);
             // Heartbeats show up only as frames that were not messages.
             let others = reader.frames - frames > reader.messages - messages;

@@ -55,6 +55,9 @@ impl Primary {
         let end = reader.read(link.raw(), &mut incoming, room);
         let seen = reader.frames != frames;
         let sent_messages = reader.messages != messages;
+        if sent_messages {
+            link.heard_from();
+        }
         let quiet = reader
             .last_message
             .is_none_or(|t| t.elapsed() >= HOST_READ_IDLE);
