@@ -110,7 +110,7 @@ class WorkerSelf extends EventEmitter {
   _acceptTurns(server, name) {
     let listening;
     try {
-      listening = this._link.listen(name, 'rr');
+      listening = this._link.listen(name, 'rr', true);
       setImmediate(() => this._pump()); // what came in meanwhile waits in memory
     } catch {
       return; // the primary hands over this listener's connections, as without turns
@@ -135,6 +135,7 @@ class WorkerSelf extends EventEmitter {
     });
     inner.on('error', (err) => server.emit('error', err));
     inner.listen({ fd: listening.fd });
+    countAccepts(this, inner, listening);
     unlistenOnClose(this, inner, listening.name);
     this._turns.push(inner);
   }
@@ -424,7 +425,7 @@ function patchListen(worker, dispatch) {
     const text = addressText(address, port, addressType);
     let listening;
     try {
-      listening = worker._link.listen(text, dispatch);
+      listening = worker._link.listen(text, dispatch, true);
       // Frames that came in while listen() waited for its answer (connections of this very
       // listener, among others) are kept in memory: no readable descriptor announces them.
       setImmediate(() => worker._pump());
@@ -441,6 +442,7 @@ function patchListen(worker, dispatch) {
       // handle's close, not the server's 'close', which waits for the open connections):
       // until then, the kernel keeps giving this worker its turns.
       original.call(this, null, null, addressType, backlog, listening.fd, flags);
+      countAccepts(worker, this, listening);
       worker._servers.set(listening.name, this);
       unlistenOnClose(worker, this, listening.name);
     } else {
@@ -454,6 +456,26 @@ function patchListen(worker, dispatch) {
       : { address: listening.address.replace(/^unix:/, ''), port: -1, addressType: -1 };
     worker._control({ act: 'listening', address: info });
     return undefined;
+  };
+}
+
+/**
+ * For a listener the kernel turns: takes one off this worker's count for each connection
+ * accepted from its socket, which tells the kernel how many wait there (the worker's JS is
+ * busy while they do) and lets it give the next ones to a less busy worker. Counted where
+ * libuv hands over an accepted connection, before the server looks at it: a connection the
+ * server refuses (maxConnections) was taken from the queue all the same, and the connections
+ * the primary hands over (which never waited in this socket) do not pass here.
+ */
+function countAccepts(worker, server, listening) {
+  const handle = server._handle;
+  if (typeof listening.counter !== 'number' || !handle || typeof handle.onconnection !== 'function') return;
+  const link = worker._link;
+  const counter = listening.counter;
+  const onconnection = handle.onconnection;
+  handle.onconnection = function countedConnection(err, clientHandle) {
+    if (!err) link.accepted(counter);
+    return onconnection.call(this, err, clientHandle);
   };
 }
 

@@ -46,7 +46,7 @@ function oneOf(opts, name, values, prefix = 'options.') {
 const KNOWN = {
   options: ['workers', 'exec', 'args', 'execArgv', 'program', 'env', 'cwd', 'readyOn', 'readyTimeout',
     'heartbeatTimeout', 'killTimeout', 'restart', 'maxMessage', 'sendQueueLimit', 'output', 'listen',
-    'listeners', 'dispatch', 'maxInflight', 'handoffWindow', 'kernelRoundRobin', 'queueLimit',
+    'listeners', 'dispatch', 'maxInflight', 'handoffWindow', 'kernelRoundRobin', 'strictTurns', 'queueLimit',
     'queueTimeout', 'maxSurge', 'serialization', 'handleSignals', 'eventQueueLimit', 'ackTimeout'],
   restart: ['mode', 'backoffInitial', 'backoffMultiplier', 'backoffMax', 'jitter', 'minUptime',
     'maxRestarts', 'window', 'noRestartCodes'],
@@ -192,6 +192,7 @@ function normalize(opts = {}, extraEnv = {}) {
     maxInflight: int(opts, 'maxInflight', 1, 2 ** 31),
     handoffWindow: int(opts, 'handoffWindow', 1, 65536),
     kernelRoundRobin: bool(opts, 'kernelRoundRobin'),
+    strictTurns: bool(opts, 'strictTurns'),
     queueLimit: int(opts, 'queueLimit', 1, 2 ** 31),
     queueTimeout: ms(opts, 'queueTimeout'),
     maxSurge: int(opts, 'maxSurge', 1, 4096),

@@ -41,6 +41,7 @@ pub struct NativeOptions {
     pub max_inflight: Option<u32>,
     pub handoff_window: Option<u32>,
     pub kernel_round_robin: Option<bool>,
+    pub strict_turns: Option<bool>,
     pub queue_limit: Option<u32>,
     pub queue_timeout: Option<f64>,
     pub max_surge: Option<u32>,
@@ -161,6 +162,7 @@ fn build_config(o: NativeOptions) -> napi::Result<Config, &'static str> {
     c.max_inflight = o.max_inflight.map(|v| v as usize);
     set(&mut c.handoff_window, o.handoff_window.map(|v| v as usize));
     set(&mut c.kernel_round_robin, o.kernel_round_robin);
+    set(&mut c.strict_turns, o.strict_turns);
     set(&mut c.queue_limit, o.queue_limit.map(|v| v as usize));
     set(&mut c.queue_timeout, o.queue_timeout.map(ms));
     set(&mut c.max_surge, o.max_surge.map(|v| v as usize));

@@ -1,5 +1,6 @@
 //! The worker side: this process's link to its primary, and the watcher of that link.
 
+use std::cell::RefCell;
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use napi::bindgen_prelude::*;
 use napi::sys;
 use napi_derive::napi;
-use rcluster_core::{Dispatch, Worker, WorkerEvent};
+use rcluster_core::{AcceptCounter, Dispatch, Worker, WorkerEvent};
 
 use crate::error::{from_napi, to_js};
 use crate::message;
@@ -33,6 +34,9 @@ pub struct NativeListening {
     /// In `shared` mode, or for a round-robin listener the kernel turns, the listening socket
     /// to accept on.
     pub fd: Option<i32>,
+    /// For a listener the kernel turns, asked for with `counts`: the number to pass to
+    /// `accepted` once per connection accepted from `fd`.
+    pub counter: Option<u32>,
 }
 
 fn simple(kind: &str) -> NativeWorkerEvent {
@@ -122,6 +126,8 @@ fn drain(worker: &Worker, max: usize) -> napi::Result<Vec<Item>, &'static str> {
 pub struct NativeWorker {
     inner: Rc<Worker>,
     watcher: WatchSlot,
+    /// The accept counters of listeners the kernel turns (see `listen`), by number.
+    counters: RefCell<Vec<AcceptCounter>>,
 }
 
 /// Connects to the primary when this process is an rcluster worker; null otherwise.
@@ -135,6 +141,7 @@ pub fn attach_worker() -> napi::Result<Option<NativeWorker>, &'static str> {
     Ok(Some(NativeWorker {
         inner: Rc::new(inner),
         watcher: WatchSlot::default(),
+        counters: RefCell::new(Vec::new()),
     }))
 }
 
@@ -199,20 +206,42 @@ impl NativeWorker {
 
     /// Asks the primary for a listener on `address`. Blocks the JS thread for one round trip
     /// to the primary's loop thread (which binds), as Node's own `server.listen()` blocks in
-    /// bind(2); events that arrive meanwhile are kept for `drain`.
+    /// bind(2); events that arrive meanwhile are kept for `drain`. With `counts`, this worker
+    /// promises to call `accepted(counter)` for each connection it accepts from the socket of
+    /// a listener the kernel turns, and the kernel passes it over while it is busier than the
+    /// next.
     #[napi]
     pub fn listen(
         &self,
         address: String,
         dispatch: String,
+        counts: Option<bool>,
     ) -> napi::Result<NativeListening, &'static str> {
         let dispatch: Dispatch = dispatch.parse().map_err(to_js)?;
-        let l = self.inner.listen(&address, dispatch).map_err(to_js)?;
+        let l = match counts {
+            Some(true) => self.inner.listen_counting(&address, dispatch),
+            _ => self.inner.listen(&address, dispatch),
+        }
+        .map_err(to_js)?;
+        let counter = l.counter.map(|c| {
+            let mut counters = self.counters.borrow_mut();
+            counters.push(c);
+            counters.len() as u32 - 1
+        });
         Ok(NativeListening {
             name: l.name,
             address: l.addr,
             fd: l.fd.map(give_away),
+            counter,
         })
+    }
+
+    /// A connection was accepted from the socket of the listener `counter` came with.
+    #[napi]
+    pub fn accepted(&self, counter: u32) {
+        if let Some(c) = self.counters.borrow().get(counter as usize) {
+            c.accepted();
+        }
     }
 
     /// Tells the primary this worker closed its server on listener `name`.

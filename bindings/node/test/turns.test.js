@@ -9,13 +9,13 @@ const root = process.getuid() === 0;
 const why = 'loading the kernel round-robin program needs CAP_BPF (root)';
 
 /** Runs fixtures/turns.js and `script(send, port)` once it is READY; resolves its result. */
-async function withTurns(script) {
+async function withTurns(script, args = []) {
   const port = await freePort();
   const lines = [];
   const waiters = [];
   let result;
   let failed;
-  const run = runFixture('turns.js', 'rcluster', [port], {
+  const run = runFixture('turns.js', 'rcluster', [port, ...args], {
     stdin: 'pipe',
     onLine: async (line, child) => {
       lines.push(line);
@@ -43,6 +43,33 @@ test('rcluster: connections take turns over the workers, one after the other', {
     return by;
   });
   for (let i = 1; i < result.length; i++) assert.notStrictEqual(result[i], result[i - 1], `${result} ${out}`);
+});
+
+/**
+ * Worker 1's event loop is busy for 1.5 s; meanwhile 8 clients connect, 30 ms apart. Resolves
+ * the worker that answered each.
+ */
+async function whileWorkerOneIsBusy(send, port) {
+  await send('busy 1', 'BUSY 1');
+  await new Promise((resolve) => setTimeout(resolve, 200)); // its loop is busy now
+  const pending = [];
+  for (let i = 0; i < 8; i++) {
+    pending.push(get(port));
+    await new Promise((resolve) => setTimeout(resolve, 30));
+  }
+  return Promise.all(pending);
+}
+
+test('rcluster: a connection whose turn falls on a busy worker goes to the idle one', { skip: !root && why }, async () => {
+  const { result, out } = await withTurns(whileWorkerOneIsBusy);
+  // The first one whose turn falls on worker 1 waits in its socket; from then on worker 1 is
+  // busier than worker 2, whose socket is empty, and is passed over.
+  assert.ok(result.filter((w) => w === '1').length <= 1, `answered by ${result} ${out}`);
+});
+
+test('rcluster: in strict turns a busy worker gets its turns all the same', { skip: !root && why }, async () => {
+  const { result, out } = await withTurns(whileWorkerOneIsBusy, ['strict']);
+  assert.strictEqual(result.filter((w) => w === '1').length, 4, `answered by ${result} ${out}`);
 });
 
 test('rcluster: requests waiting for a blocked worker that is killed are served by the other', { skip: !root && why }, async () => {

@@ -181,7 +181,8 @@ impl Primary {
                     request,
                     dispatch,
                     addr,
-                } => self.worker_listen(key, request, dispatch, addr),
+                    counts,
+                } => self.worker_listen(key, request, dispatch, addr, counts),
                 Incoming::Unlisten(name) => self.worker_unlisten(key, &name),
                 Incoming::Ack(id) => {
                     if let Err(detail) = self.connection_acked(key, id) {
