@@ -204,7 +204,8 @@ impl Primary {
         // Workers whose queue refused a connection in this pass (full, or closing).
         let mut refused: Vec<u64> = Vec::new();
         let mut kept = VecDeque::new();
-        let mut pass = dispatch::Pass::new(self.waiting.len(), self.desired, self.cpus);
+        let mut pass = dispatch::Pass::new(self.waiting.len(), self.desired, self.cpus)
+            .strict_turns(self.cfg.strict_turns);
         while let Some(w) = self.waiting.pop_front() {
             let mode = self.listeners[w.listener].dispatch;
             let subscribers = self.listeners[w.listener].subscribers.as_ref();
