@@ -460,12 +460,14 @@ function patchListen(worker, dispatch) {
 }
 
 /**
- * For a listener the kernel turns: takes one off this worker's count for each connection
- * accepted from its socket, which tells the kernel how many wait there (the worker's JS is
- * busy while they do) and lets it give the next ones to a less busy worker. Counted where
- * libuv hands over an accepted connection, before the server looks at it: a connection the
- * server refuses (maxConnections) was taken from the queue all the same, and the connections
- * the primary hands over (which never waited in this socket) do not pass here.
+ * For a listener the kernel turns: takes one off this worker's count when a connection
+ * accepted from its socket closes. The kernel adds one per connection it gives the socket, so
+ * the count is the connections this worker has in hand or waiting for it, and the kernel
+ * gives the next one to a worker with fewer. (At accept would count the accept queue only,
+ * which Node empties at once whatever its JS has in hand.) The close is that of the accepted
+ * handle, which every way out passes: the socket's destroy, and a refusal (maxConnections)
+ * before any socket exists. The connections the primary hands over (which were never counted)
+ * do not pass here.
  */
 function countAccepts(worker, server, listening) {
   const handle = server._handle;
@@ -474,7 +476,17 @@ function countAccepts(worker, server, listening) {
   const counter = listening.counter;
   const onconnection = handle.onconnection;
   handle.onconnection = function countedConnection(err, clientHandle) {
-    if (!err) link.accepted(counter);
+    if (!err && clientHandle) {
+      const close = clientHandle.close;
+      let open = true;
+      clientHandle.close = function closeCounted(...args) {
+        if (open) {
+          open = false;
+          link.turnDone(counter);
+        }
+        return close.apply(this, args);
+      };
+    }
     return onconnection.call(this, err, clientHandle);
   };
 }

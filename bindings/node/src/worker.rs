@@ -8,7 +8,7 @@ use std::time::Duration;
 use napi::bindgen_prelude::*;
 use napi::sys;
 use napi_derive::napi;
-use rcluster_core::{AcceptCounter, Dispatch, Worker, WorkerEvent};
+use rcluster_core::{Dispatch, TurnCounter, Worker, WorkerEvent};
 
 use crate::error::{from_napi, to_js};
 use crate::message;
@@ -127,7 +127,7 @@ pub struct NativeWorker {
     inner: Rc<Worker>,
     watcher: WatchSlot,
     /// The accept counters of listeners the kernel turns (see `listen`), by number.
-    counters: RefCell<Vec<AcceptCounter>>,
+    counters: RefCell<Vec<TurnCounter>>,
 }
 
 /// Connects to the primary when this process is an rcluster worker; null otherwise.
@@ -207,9 +207,9 @@ impl NativeWorker {
     /// Asks the primary for a listener on `address`. Blocks the JS thread for one round trip
     /// to the primary's loop thread (which binds), as Node's own `server.listen()` blocks in
     /// bind(2); events that arrive meanwhile are kept for `drain`. With `counts`, this worker
-    /// promises to call `accepted(counter)` for each connection it accepts from the socket of
-    /// a listener the kernel turns, and the kernel passes it over while it is busier than the
-    /// next.
+    /// promises to call `turnDone(counter)` when it closes each connection it accepted from
+    /// the socket of a listener the kernel turns, and the kernel passes it over while it has
+    /// more connections in hand than the next.
     #[napi]
     pub fn listen(
         &self,
@@ -236,11 +236,11 @@ impl NativeWorker {
         })
     }
 
-    /// A connection was accepted from the socket of the listener `counter` came with.
+    /// A connection from the socket of the listener `counter` came with is closed.
     #[napi]
-    pub fn accepted(&self, counter: u32) {
+    pub fn turn_done(&self, counter: u32) {
         if let Some(c) = self.counters.borrow().get(counter as usize) {
-            c.accepted();
+            c.done();
         }
     }
 

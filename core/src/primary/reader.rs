@@ -31,7 +31,7 @@ pub enum Incoming {
         request: u32,
         dispatch: Dispatch,
         addr: String,
-        /// It takes one off its count in the kernel's turns per connection it accepts.
+        /// It takes one off its count in the kernel's turns per connection it is done with.
         counts: bool,
     },
     /// The worker stopped listening on the listener of this name (`server.close()`).
@@ -270,7 +270,7 @@ fn control(frame: &Frame<'_>) -> Result<Incoming, String> {
                 request,
                 dispatch,
                 addr,
-                counts: flags & body::LISTEN_COUNTS_ACCEPTS != 0,
+                counts: flags & body::LISTEN_COUNTS != 0,
             })
             .ok_or_else(malformed),
         other => Err(format!("unexpected {other:?} frame from a worker")),

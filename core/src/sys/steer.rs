@@ -117,7 +117,7 @@ const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
 /// The value of the state map: the turn counter, how many sockets take turns, and for each
 /// turn the entry of the member whose socket it is (see [`TRACKED`]).
 const STATE_SIZE: u32 = 16 + 4 * MAX_SOCKETS;
-/// In a turn's entry: the member's worker counts its accepts, so the program may compare its
+/// In a turn's entry: the member's worker counts its connections, so the program may compare its
 /// count with the next turn's. Below it, the member's index in the count array.
 pub const TRACKED: u32 = 1 << 31;
 /// The value of the count map (its only element): one i64 per member, by member index.
@@ -177,9 +177,9 @@ impl Asm {
 /// pass                      // and if even that failed, the kernel's hash picks
 /// ```
 ///
-/// A member's count is how many connections were given to its socket and not yet accepted:
-/// its accept queue, as long as its worker is busy elsewhere. Comparing two neighbours in the
-/// turn passes over a busy worker for an idle one, and keeps the turns when all are idle (ties
+/// A member's count is how many connections were given to its socket and its worker is not
+/// done with yet (see [`TurnCounter`]): its load. Comparing two neighbours in the turn passes
+/// over a busy worker for a less busy one, and keeps the turns when the loads are even (ties
 /// go to the turn's), so the shares stay even. Members whose worker does not count keep plain
 /// turns: their count would only grow.
 ///
@@ -443,7 +443,7 @@ impl Steer {
     }
 
     /// Member `member` starts anew (a worker is given its socket): nothing is counted against
-    /// it. What waits in its socket, left by the last worker, the new worker accepts and takes
+    /// it. What waits in its socket, left by the last worker, the new worker takes and counts
     /// off: its count is below zero for that while, and it is preferred until it is even.
     pub fn reset(&self, member: u32) {
         if let Some(c) = self.counts.get(member) {
@@ -459,7 +459,7 @@ impl Steer {
             .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
-    /// A copy of the count map, for a worker that counts its accepts (see [`AcceptCounter`]).
+    /// A copy of the count map, for a worker that counts its connections (see [`TurnCounter`]).
     pub fn counts_fd(&self) -> io::Result<OwnedFd> {
         self.counts.fd.try_clone()
     }
@@ -514,38 +514,40 @@ impl Drop for Counts {
 }
 
 /// A worker's side of the counting: the count map its primary sent, and its member's index.
-/// Taking off one per connection accepted from its socket tells the program how many wait
-/// there (see `program`).
-pub struct AcceptCounter {
+/// The program adds one per connection it gives the member's socket; the worker takes one off
+/// when it is done with such a connection: when it closes it (the count is then the
+/// connections it has in hand or waiting, its load), or when it accepts it (the count is then
+/// its accept queue). See `program`.
+pub struct TurnCounter {
     counts: Counts,
     member: u32,
 }
 
-impl std::fmt::Debug for AcceptCounter {
+impl std::fmt::Debug for TurnCounter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AcceptCounter")
+        f.debug_struct("TurnCounter")
             .field("member", &self.member)
             .finish()
     }
 }
 
-impl AcceptCounter {
+impl TurnCounter {
     /// Maps the count map `fd` (from the primary) for member `member`.
-    pub fn new(fd: OwnedFd, member: u32) -> io::Result<AcceptCounter> {
+    pub fn new(fd: OwnedFd, member: u32) -> io::Result<TurnCounter> {
         if member >= MAX_SOCKETS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("member {member} is past the last of {MAX_SOCKETS}"),
             ));
         }
-        Ok(AcceptCounter {
+        Ok(TurnCounter {
             counts: Counts::map(fd)?,
             member,
         })
     }
 
-    /// One connection was accepted from the member's socket.
-    pub fn accepted(&self) {
+    /// One connection from the member's socket is done with (closed, or accepted).
+    pub fn done(&self) {
         if let Some(c) = self.counts.get(self.member) {
             c.fetch_sub(1, Ordering::Relaxed);
         }
@@ -687,15 +689,15 @@ mod tests {
     }
 
     #[test]
-    fn an_accept_counter_takes_one_off_its_members_count() {
+    fn a_turn_counter_takes_one_off_its_members_count() {
         let Some(steer) = steer() else { return };
         busy(&steer, 5, 3);
-        let counter = AcceptCounter::new(steer.counts_fd().unwrap(), 5).unwrap();
-        counter.accepted();
+        let counter = TurnCounter::new(steer.counts_fd().unwrap(), 5).unwrap();
+        counter.done();
         assert_eq!((steer.count(5), steer.count(4)), (2, 0));
         steer.reset(5);
         assert_eq!(steer.count(5), 0);
-        assert!(AcceptCounter::new(steer.counts_fd().unwrap(), MAX_SOCKETS).is_err());
+        assert!(TurnCounter::new(steer.counts_fd().unwrap(), MAX_SOCKETS).is_err());
     }
 
     #[test]

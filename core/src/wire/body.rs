@@ -78,8 +78,8 @@ pub fn parse_listen(mut body: &[u8]) -> Option<(u32, Dispatch, String)> {
 }
 
 /// In a Listen body's optional flags byte: the worker takes one off its member's count in the
-/// kernel's turns for each connection it accepts from its own socket (protocol §5.7).
-pub const LISTEN_COUNTS_ACCEPTS: u8 = 1;
+/// kernel's turns for each connection from its own socket it is done with (protocol §5.7).
+pub const LISTEN_COUNTS: u8 = 1;
 
 /// Listen body with its optional flags byte (left out when 0, as a worker that knows no flags
 /// sends it).
@@ -99,7 +99,7 @@ pub fn parse_listen_with_flags(mut body: &[u8]) -> Option<(u32, Dispatch, String
     let addr = take_str(&mut body)?;
     let flags = match body {
         [] => 0,
-        [f] if f & !LISTEN_COUNTS_ACCEPTS == 0 => *f,
+        [f] if f & !LISTEN_COUNTS == 0 => *f,
         _ => return None,
     };
     Some((request, dispatch, addr, flags))
@@ -188,7 +188,7 @@ mod tests {
             parse_listen_with_flags(&plain),
             Some((3, Dispatch::RoundRobin, ":80".into(), 0))
         );
-        let counted = listen_with_flags(3, Dispatch::RoundRobin, ":80", LISTEN_COUNTS_ACCEPTS);
+        let counted = listen_with_flags(3, Dispatch::RoundRobin, ":80", LISTEN_COUNTS);
         assert_eq!(
             parse_listen_with_flags(&counted),
             Some((3, Dispatch::RoundRobin, ":80".into(), 1))

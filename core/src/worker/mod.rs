@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::sys::listen::Dispatch;
-pub use crate::sys::steer::AcceptCounter;
+pub use crate::sys::steer::TurnCounter;
 use crate::wire::body;
 use crate::wire::frame::{self, Kind};
 
@@ -69,8 +69,9 @@ pub struct Listening {
     /// In `shared` mode: the listening socket itself, to accept from.
     pub fd: Option<OwnedFd>,
     /// For a listener the kernel turns, asked for with [`Worker::listen_counting`]: call
-    /// [`AcceptCounter::accepted`] once per connection accepted from `fd`.
-    pub counter: Option<AcceptCounter>,
+    /// [`TurnCounter::done`] once per connection accepted from `fd`, when it is closed (or
+    /// when it is accepted, to count only the accept queue).
+    pub counter: Option<TurnCounter>,
 }
 
 /// This process's link to its primary. `Send + Sync`; reads and writes may happen on
@@ -263,7 +264,7 @@ impl Worker {
                     Some(Decoded::Event(ev)) => ev,
                     Some(
                         Decoded::ListenResult { request, .. }
-                        | Decoded::AcceptCounter { request, .. },
+                        | Decoded::TurnCounter { request, .. },
                     ) => {
                         return Err(Error::Protocol(format!(
                             "answer to listen request {request}, which nobody is waiting for"
@@ -303,11 +304,11 @@ impl Worker {
     }
 
     /// As [`Worker::listen`], for a worker that accepts from its own socket of a listener the
-    /// kernel turns and says so once per connection ([`Listening::counter`]): the kernel then
-    /// passes over this worker when connections wait in its socket and the next worker's has
-    /// fewer. A worker that asks so and does not count gets fewer and fewer connections.
+    /// kernel turns and says when it is done with each connection ([`Listening::counter`]):
+    /// the kernel then passes over this worker when it has more connections in hand than the
+    /// next worker. A worker that asks so and does not count gets fewer and fewer connections.
     pub fn listen_counting(&self, addr: &str, dispatch: Dispatch) -> Result<Listening> {
-        self.listen_with_flags(addr, dispatch, body::LISTEN_COUNTS_ACCEPTS)
+        self.listen_with_flags(addr, dispatch, body::LISTEN_COUNTS)
     }
 
     fn listen_with_flags(&self, addr: &str, dispatch: Dispatch, flags: u8) -> Result<Listening> {
@@ -324,7 +325,7 @@ impl Worker {
             self.ack(&acks)?;
             match decoded {
                 Some(Decoded::Event(ev)) => rx.pending.push_back(ev),
-                Some(Decoded::AcceptCounter {
+                Some(Decoded::TurnCounter {
                     request: r,
                     counter: c,
                 }) if r == request => {
@@ -340,7 +341,7 @@ impl Worker {
                 }
                 Some(
                     Decoded::ListenResult { request: r, .. }
-                    | Decoded::AcceptCounter { request: r, .. },
+                    | Decoded::TurnCounter { request: r, .. },
                 ) => {
                     return Err(Error::Protocol(format!(
                         "answer to listen request {r}, expected {request}"

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::{Connection, Listening, Worker, WorkerEvent};
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::sys::steer::AcceptCounter;
+use crate::sys::steer::TurnCounter;
 use crate::wire::body;
 use crate::wire::frame::{self, Decoder, Kind};
 
@@ -52,9 +52,9 @@ pub(super) enum Decoded {
         result: std::result::Result<Listening, String>,
     },
     /// The count map of the kernel's turns, before the answer to listen request `request`.
-    AcceptCounter {
+    TurnCounter {
         request: u32,
-        counter: AcceptCounter,
+        counter: TurnCounter,
     },
 }
 
@@ -226,9 +226,9 @@ fn parse_listen_result(body: &[u8], fd: Option<OwnedFd>) -> Result<Decoded> {
         let fd = fd.ok_or_else(|| {
             Error::Protocol("ListenResult frame with a count map but no descriptor".into())
         })?;
-        let counter = AcceptCounter::new(fd, member)
+        let counter = TurnCounter::new(fd, member)
             .map_err(|e| Error::Protocol(format!("mapping the count map of a listener: {e}")))?;
-        return Ok(Decoded::AcceptCounter { request, counter });
+        return Ok(Decoded::TurnCounter { request, counter });
     }
     let (request, result) = body::parse_listen_result(body)
         .ok_or_else(|| Error::Protocol("malformed ListenResult frame".into()))?;
