@@ -120,8 +120,18 @@ const STATE_SIZE: u32 = 16 + 4 * MAX_SOCKETS;
 /// In a turn's entry: the member's worker counts its connections, so the program may compare its
 /// count with the next turn's. Below it, the member's index in the count array.
 pub const TRACKED: u32 = 1 << 31;
-/// The value of the count map (its only element): one i64 per member, by member index.
-const COUNTS_SIZE: u32 = 8 * MAX_SOCKETS;
+/// The value of the count map (its only element): one i64 per member, by member index (the
+/// load its worker counts down), then one u64 per member (how many connections the program
+/// gave it, which only the program and the primary touch).
+const COUNTS_SIZE: u32 = 16 * MAX_SOCKETS;
+/// Where the second half of the count map's value begins.
+const GIVEN: i16 = 8 * MAX_SOCKETS as i16;
+/// How many connections a member may have been given beyond the turn's member before it is
+/// no longer preferred to it for being less busy. A bound on how far the shares drift apart
+/// when one worker is slower for long: past it the turns are strict between those two until
+/// the other catches up, so over N connections the shares differ by this at most, whatever
+/// the workers' speeds (1% of 50,000, for two workers).
+pub const MAX_LEAD: i32 = 256;
 
 /// A tiny assembler: instructions, and jumps to labels resolved at the end.
 struct Asm {
@@ -170,8 +180,10 @@ impl Asm {
 ///     j = (i + 1) % state.n                         // and the next one
 ///     a, b = state.entry[i], state.entry[j]
 ///     if a is tracked:
-///         if b is tracked and counts[b] < counts[a]: i, a = j, b
-///         counts[a] += 1                            // its worker takes 1 off when it accepts
+///         if b is tracked and counts[b] < counts[a] and given[b] - given[a] < MAX_LEAD:
+///             i, a = j, b
+///         counts[a] += 1                            // its worker takes 1 off when done
+///         given[a] += 1
 ///     if select(socks[i]) succeeds: pass
 /// select(socks[FALLBACK])   // none taking turns, or slot i empty while the array is rewritten
 /// pass                      // and if even that failed, the kernel's hash picks
@@ -180,7 +192,8 @@ impl Asm {
 /// A member's count is how many connections were given to its socket and its worker is not
 /// done with yet (see [`TurnCounter`]): its load. Comparing two neighbours in the turn passes
 /// over a busy worker for a less busy one, and keeps the turns when the loads are even (ties
-/// go to the turn's), so the shares stay even. Members whose worker does not count keep plain
+/// go to the turn's), so the shares stay even; a worker that is slower for long would take
+/// fewer and fewer, which `MAX_LEAD` bounds. Members whose worker does not count keep plain
 /// turns: their count would only grow.
 ///
 /// Without the fallback slot the kernel's hash would pick among every socket of the group,
@@ -204,6 +217,8 @@ fn program(state: RawFd, counts: RawFd, socks: RawFd) -> Vec<Insn> {
     const JGE_K: u8 = 0x35; // if dst >= imm (unsigned): jump
     const JLT_X: u8 = 0xad; // if dst < src (unsigned): jump
     const JSGE_X: u8 = 0x7d; // if dst >= src (signed): jump
+    const JSGE_K: u8 = 0x75; // if dst >= imm (signed): jump
+    const SUB64_X: u8 = 0x1f; // dst -= src
     const CALL: u8 = 0x85;
     const EXIT: u8 = 0x95;
     const MAP_LOOKUP_ELEM: i32 = 1;
@@ -269,11 +284,16 @@ fn program(state: RawFd, counts: RawFd, socks: RawFd) -> Vec<Insn> {
         .op(LDX_DW, 1, 3, 0, 0)
         .op(LDX_DW, 2, 4, 0, 0)
         .jump(JSGE_X, 2, 1, 0, "count") // ties: the turn's
+        .op(LDX_DW, 1, 3, GIVEN, 0)
+        .op(LDX_DW, 2, 4, GIVEN, 0)
+        .op(SUB64_X, 2, 1, 0, 0) // r2 = given[b] - given[a]
+        .jump(JSGE_K, 2, 0, MAX_LEAD, "count") // b is far enough ahead
         .op(MOV64_X, 8, 9, 0, 0)
         .op(MOV64_X, 3, 4, 0, 0)
         .label("count")
         .op(MOV64_K, 1, 0, 0, 1)
         .op(ATOMIC_DW, 3, 1, 0, 0) // counts[chosen] += 1
+        .op(ATOMIC_DW, 3, 1, GIVEN, 0) // given[chosen] += 1
         .label("select")
         .op(STX_W, 10, 8, -8, 0)
         .op(MOV64_X, 1, 6, 0, 0)
@@ -445,9 +465,20 @@ impl Steer {
     /// Member `member` starts anew (a worker is given its socket): nothing is counted against
     /// it. What waits in its socket, left by the last worker, the new worker takes and counts
     /// off: its count is below zero for that while, and it is preferred until it is even.
+    ///
+    /// Its share starts level with the member furthest ahead, so that no other member is held
+    /// to strict turns with it for a lead it took over a worker gone since (see `MAX_LEAD`).
     pub fn reset(&self, member: u32) {
         if let Some(c) = self.counts.get(member) {
             c.store(0, Ordering::Relaxed);
+        }
+        let most = (0..MAX_SOCKETS)
+            .filter_map(|m| self.counts.given(m))
+            .map(|g| g.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
+        if let Some(g) = self.counts.given(member) {
+            g.store(most, Ordering::Relaxed);
         }
     }
 
@@ -503,6 +534,12 @@ impl Counts {
         // SAFETY: in bounds (checked), aligned (page-aligned base, 8-byte elements), and the
         // mapping lives as long as `self`.
         (member < MAX_SOCKETS).then(|| unsafe { &*self.base.add(member as usize) })
+    }
+
+    /// How many connections the program gave member `member` (the second half).
+    fn given(&self, member: u32) -> Option<&AtomicI64> {
+        // SAFETY: as in `get`, MAX_SOCKETS elements further (COUNTS_SIZE holds both halves).
+        (member < MAX_SOCKETS).then(|| unsafe { &*self.base.add((MAX_SOCKETS + member) as usize) })
     }
 }
 
@@ -639,6 +676,41 @@ mod tests {
         busy(&steer, 7, 0);
         let _c = connect(port, 10);
         assert_eq!([pending(&fallback), pending(&a), pending(&b)], [0, 5, 5]);
+    }
+
+    #[test]
+    fn a_less_busy_worker_that_took_too_many_ahead_waits_for_its_turn() {
+        let Some(mut steer) = steer() else { return };
+        let (fallback, port) = listener(0);
+        let (a, _) = listener(port);
+        let (b, _) = listener(port);
+        steer.attach(fallback.as_raw_fd()).unwrap();
+        steer
+            .set(&[(a.as_raw_fd(), TRACKED), (b.as_raw_fd(), 1 | TRACKED)])
+            .unwrap();
+        busy(&steer, 0, 50);
+        let given = |m| steer.counts.given(m).unwrap();
+        given(0).store(1000, Ordering::Relaxed);
+        given(1).store(1000 + i64::from(MAX_LEAD), Ordering::Relaxed);
+        let _c = connect(port, 10);
+        // b is idle and a busy, but b is MAX_LEAD ahead: strict turns.
+        assert_eq!([pending(&fallback), pending(&a), pending(&b)], [0, 5, 5]);
+        assert_eq!(
+            given(1).load(Ordering::Relaxed) - given(0).load(Ordering::Relaxed),
+            256
+        );
+
+        // One short of it: b takes one out of turn, and then waits again.
+        given(1).store(given(0).load(Ordering::Relaxed) + 255, Ordering::Relaxed);
+        let _c = connect(port, 3);
+        assert_eq!([pending(&fallback), pending(&a), pending(&b)], [0, 1, 2]);
+
+        // A member given to a new worker starts level with the one furthest ahead.
+        steer.reset(0);
+        assert_eq!(
+            (steer.count(0), given(0).load(Ordering::Relaxed)),
+            (0, given(1).load(Ordering::Relaxed))
+        );
     }
 
     #[test]
