@@ -84,6 +84,8 @@ declare -A port_of
 serve() {
     local name=$1 port=$2 policy=$3 i
     shift 3
+    # Emptied first: the READY of this name's last run must not pass for this one's.
+    : >"$tmp/$name.log"
     (cd "$anchors" && exec setsid node "$@" node_cluster_hello.js "$port" 2 "$policy" "${ITERS:-0}") >"$tmp/$name.log" 2>&1 &
     pids+=($!)
     port_of[$name]=$port

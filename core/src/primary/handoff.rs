@@ -385,7 +385,7 @@ impl Primary {
         };
         // The count map first, in an answer of its own: a frame carries one descriptor.
         if let Some((map, member)) = counter {
-            let body = body::accept_counter(request, member);
+            let body = body::turn_counter(request, member);
             let _ = p.link.send_frame(
                 &self.shared.waker,
                 Kind::ListenResult,

@@ -34,7 +34,7 @@ struct Member {
     worker: Option<u64>,
     /// In the primary's epoll set (no worker listens on it).
     armed: bool,
-    /// Its worker takes one off the member's count per connection it accepts from it.
+    /// Its worker takes one off the member's count per connection from it it is done with.
     counts: bool,
 }
 
@@ -100,7 +100,7 @@ pub(crate) fn bind(
 impl Primary {
     /// Gives worker `key` a socket of listener `index`'s group (the one it has, a free one, or
     /// a new one) and returns a copy of it to send, with, for a worker that `counts` its
-    /// accepts, the count map and its member's index in it.
+    /// connections, the count map and its member's index in it.
     pub(super) fn join_group(
         &mut self,
         index: usize,
@@ -150,7 +150,7 @@ impl Primary {
             false => None,
         };
         // What the last worker left in the socket is not this one's: it starts even (and
-        // below zero while it accepts those, which only makes it preferred).
+        // below zero while it serves those, which only makes it preferred).
         g.steer.reset(at as u32);
         let m = &mut g.members[at];
         m.worker = Some(key);

@@ -111,7 +111,7 @@ const STATUS_COUNTER: u8 = 2;
 
 /// ListenResult body of status 2: u32 request id, u8 2, u32 the member's index in the count
 /// map the frame carries.
-pub fn accept_counter(request: u32, member: u32) -> Vec<u8> {
+pub fn turn_counter(request: u32, member: u32) -> Vec<u8> {
     let mut body = request.to_le_bytes().to_vec();
     body.push(STATUS_COUNTER);
     body.extend_from_slice(&member.to_le_bytes());
@@ -120,7 +120,7 @@ pub fn accept_counter(request: u32, member: u32) -> Vec<u8> {
 
 /// Reads a ListenResult body of status 2: the request id and the member's index. None for
 /// any other status.
-pub fn parse_accept_counter(mut body: &[u8]) -> Option<(u32, u32)> {
+pub fn parse_turn_counter(mut body: &[u8]) -> Option<(u32, u32)> {
     let request = u32::from_le_bytes(take_bytes::<4>(&mut body)?);
     let [STATUS_COUNTER] = take_bytes::<1>(&mut body)? else {
         return None;
@@ -197,9 +197,9 @@ mod tests {
         let mut unknown = plain.clone();
         unknown.push(2);
         assert_eq!(parse_listen_with_flags(&unknown), None);
-        assert_eq!(parse_accept_counter(&accept_counter(9, 17)), Some((9, 17)));
+        assert_eq!(parse_turn_counter(&turn_counter(9, 17)), Some((9, 17)));
         assert_eq!(
-            parse_accept_counter(&listen_result(9, Ok(("web", "[::1]:80")))),
+            parse_turn_counter(&listen_result(9, Ok(("web", "[::1]:80")))),
             None
         );
     }

@@ -222,7 +222,7 @@ pub(crate) fn decode_stream<'a>(
 
 /// A ListenResult frame as the worker's answer to `listen`, or the count map before it.
 fn parse_listen_result(body: &[u8], fd: Option<OwnedFd>) -> Result<Decoded> {
-    if let Some((request, member)) = body::parse_accept_counter(body) {
+    if let Some((request, member)) = body::parse_turn_counter(body) {
         let fd = fd.ok_or_else(|| {
             Error::Protocol("ListenResult frame with a count map but no descriptor".into())
         })?;
