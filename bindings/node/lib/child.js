@@ -471,9 +471,8 @@ function patchListen(worker, dispatch) {
  */
 function countAccepts(worker, server, listening) {
   const handle = server._handle;
-  if (typeof listening.counter !== 'number' || !handle || typeof handle.onconnection !== 'function') return;
-  const link = worker._link;
-  const counter = listening.counter;
+  const counter = listening.counter ? worker._link.takeTurnCounter() : null;
+  if (!counter || !handle || typeof handle.onconnection !== 'function') return;
   const onconnection = handle.onconnection;
   handle.onconnection = function countedConnection(err, clientHandle) {
     if (!err && clientHandle) {
@@ -482,7 +481,7 @@ function countAccepts(worker, server, listening) {
       clientHandle.close = function closeCounted(...args) {
         if (open) {
           open = false;
-          link.turnDone(counter);
+          counter.done();
         }
         return close.apply(this, args);
       };

@@ -34,9 +34,24 @@ pub struct NativeListening {
     /// In `shared` mode, or for a round-robin listener the kernel turns, the listening socket
     /// to accept on.
     pub fd: Option<i32>,
-    /// For a listener the kernel turns, asked for with `counts`: the number to pass to
-    /// `accepted` once per connection accepted from `fd`.
-    pub counter: Option<u32>,
+    /// For a listener the kernel turns, asked for with `counts`: a counter waits in
+    /// `takeTurnCounter()`.
+    pub counter: bool,
+}
+
+/// The count of this worker's socket in the kernel's turns: `done()` once per connection
+/// accepted from it, when the connection closes. Held by the JS that counts, and freed with it.
+#[napi]
+pub struct NativeTurnCounter {
+    inner: TurnCounter,
+}
+
+#[napi]
+impl NativeTurnCounter {
+    #[napi]
+    pub fn done(&self) {
+        self.inner.done();
+    }
 }
 
 fn simple(kind: &str) -> NativeWorkerEvent {
@@ -126,8 +141,8 @@ fn drain(worker: &Worker, max: usize) -> napi::Result<Vec<Item>, &'static str> {
 pub struct NativeWorker {
     inner: Rc<Worker>,
     watcher: WatchSlot,
-    /// The accept counters of listeners the kernel turns (see `listen`), by number.
-    counters: RefCell<Vec<TurnCounter>>,
+    /// The counter of the last listen answer that had one, until JS takes it.
+    counter: RefCell<Option<TurnCounter>>,
 }
 
 /// Connects to the primary when this process is an rcluster worker; null otherwise.
@@ -141,7 +156,7 @@ pub fn attach_worker() -> napi::Result<Option<NativeWorker>, &'static str> {
     Ok(Some(NativeWorker {
         inner: Rc::new(inner),
         watcher: WatchSlot::default(),
-        counters: RefCell::new(Vec::new()),
+        counter: RefCell::new(None),
     }))
 }
 
@@ -207,9 +222,9 @@ impl NativeWorker {
     /// Asks the primary for a listener on `address`. Blocks the JS thread for one round trip
     /// to the primary's loop thread (which binds), as Node's own `server.listen()` blocks in
     /// bind(2); events that arrive meanwhile are kept for `drain`. With `counts`, this worker
-    /// promises to call `turnDone(counter)` when it closes each connection it accepted from
-    /// the socket of a listener the kernel turns, and the kernel passes it over while it has
-    /// more connections in hand than the next.
+    /// promises to call `done()` on the counter (`takeTurnCounter()`, right after) when it
+    /// closes each connection it accepted from the socket of a listener the kernel turns, and
+    /// the kernel passes it over while it has more connections in hand than the next.
     #[napi]
     pub fn listen(
         &self,
@@ -223,11 +238,9 @@ impl NativeWorker {
             _ => self.inner.listen(&address, dispatch),
         }
         .map_err(to_js)?;
-        let counter = l.counter.map(|c| {
-            let mut counters = self.counters.borrow_mut();
-            counters.push(c);
-            counters.len() as u32 - 1
-        });
+        let counter = l.counter.is_some();
+        // Kept for the next call only: one listen's counter at most waits here.
+        *self.counter.borrow_mut() = l.counter;
         Ok(NativeListening {
             name: l.name,
             address: l.addr,
@@ -236,12 +249,13 @@ impl NativeWorker {
         })
     }
 
-    /// A connection from the socket of the listener `counter` came with is closed.
+    /// The counter of the last `listen` answer that came with one (null if none, or taken).
     #[napi]
-    pub fn turn_done(&self, counter: u32) {
-        if let Some(c) = self.counters.borrow().get(counter as usize) {
-            c.done();
-        }
+    pub fn take_turn_counter(&self) -> Option<NativeTurnCounter> {
+        self.counter
+            .borrow_mut()
+            .take()
+            .map(|inner| NativeTurnCounter { inner })
     }
 
     /// Tells the primary this worker closed its server on listener `name`.
