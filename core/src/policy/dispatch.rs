@@ -169,7 +169,7 @@ impl Pass {
             };
             // A worker ahead that was passed over for being busier has given back one of the
             // connections it took ahead, as if passed over for being ahead.
-            for s in skipped {
+            for s in skipped.into_iter().flatten() {
                 let in_pass = self.ahead.entry(s.key).or_default();
                 if i64::from(s.ahead) + i64::from(*in_pass) > 0 {
                     *in_pass -= 1;
@@ -214,17 +214,18 @@ const LOOKAHEAD: usize = 4;
 /// (it has not read its last handoffs yet) is passed over rather than given a longer queue,
 /// as the kernel passes over a process that is not waiting in `accept`. With `strict`, the
 /// next with room, whatever it is doing. Also returns the workers with room that came before
-/// the chosen one in turn (passed over for being busier).
+/// the chosen one in turn (passed over for being busier). No allocation: this runs per
+/// connection.
 fn round_robin(
     workers: &dyn Workers,
     cursor: u64,
     fits: &Fits,
     strict: bool,
-) -> (Option<Candidate>, Vec<Candidate>) {
+) -> (Option<Candidate>, Passed) {
     let after = (Bound::Excluded(cursor), Bound::Unbounded);
     let before = (Bound::Unbounded, Bound::Included(cursor));
-    let (mut seen, mut fitting) = (0, Vec::new());
-    let idle = |f: &Vec<Candidate>| f.last().is_some_and(|c: &Candidate| c.unacked == 0);
+    let (mut seen, mut fitting, mut n): (usize, Passed, usize) = (0, [None; LOOKAHEAD], 0);
+    let mut last_idle = false;
     for keys in [after, before] {
         if strict {
             break;
@@ -232,20 +233,22 @@ fn round_robin(
         workers.visit(keys, &mut |c| {
             seen += 1;
             if fits(c) {
-                fitting.push(*c);
+                fitting[n] = Some(*c);
+                n += 1;
+                last_idle = c.unacked == 0;
             }
-            idle(&fitting) || seen >= LOOKAHEAD
+            last_idle || seen >= LOOKAHEAD
         });
-        if idle(&fitting) || seen >= LOOKAHEAD {
+        if last_idle || seen >= LOOKAHEAD {
             break;
         }
     }
     // The first of those with the fewest waiting.
-    let least = (0..fitting.len()).min_by_key(|&i| (fitting[i].unacked, i));
+    let least = (0..n).min_by_key(|&i| (fitting[i].map_or(0, |c| c.unacked), i));
     if let Some(i) = least {
         let chosen = fitting[i];
-        fitting.truncate(i);
-        return (Some(chosen), fitting);
+        fitting[i..].fill(None);
+        return (chosen, fitting);
     }
     let first_fit = |keys: Keys| {
         let mut found = None;
@@ -257,8 +260,14 @@ fn round_robin(
         });
         found
     };
-    (first_fit(after).or_else(|| first_fit(before)), Vec::new())
+    (
+        first_fit(after).or_else(|| first_fit(before)),
+        [None; LOOKAHEAD],
+    )
 }
+
+/// The workers with room round-robin looked at before the one it chose.
+type Passed = [Option<Candidate>; LOOKAHEAD];
 
 const ALL: Keys = (Bound::Unbounded, Bound::Unbounded);
 
