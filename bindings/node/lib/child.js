@@ -135,7 +135,7 @@ class WorkerSelf extends EventEmitter {
     });
     inner.on('error', (err) => server.emit('error', err));
     inner.listen({ fd: listening.fd });
-    countAccepts(this, inner, listening);
+    countConnections(this, inner, listening);
     unlistenOnClose(this, inner, listening.name);
     this._turns.push(inner);
   }
@@ -442,7 +442,7 @@ function patchListen(worker, dispatch) {
       // handle's close, not the server's 'close', which waits for the open connections):
       // until then, the kernel keeps giving this worker its turns.
       original.call(this, null, null, addressType, backlog, listening.fd, flags);
-      countAccepts(worker, this, listening);
+      countConnections(worker, this, listening);
       worker._servers.set(listening.name, this);
       unlistenOnClose(worker, this, listening.name);
     } else {
@@ -469,7 +469,7 @@ function patchListen(worker, dispatch) {
  * before any socket exists. The connections the primary hands over (which were never counted)
  * do not pass here.
  */
-function countAccepts(worker, server, listening) {
+function countConnections(worker, server, listening) {
   const handle = server._handle;
   const counter = listening.counter ? worker._link.takeTurnCounter() : null;
   if (!counter || !handle || typeof handle.onconnection !== 'function') return;
