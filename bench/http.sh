@@ -12,8 +12,10 @@
 # on this noisy 2-core machine that keeps slow phases from landing on one server only, and no
 # server is measured beside another that sat idle or just ran (which on 2 CPUs measured
 # slower: see RESULTS.md). Throughput is the median round, primary CPU per connection the
-# lowest (the least disturbed); every round is printed too. Body counting (spread) is a
-# separate pass, so that the Lua callback does not slow the throughput runs.
+# lowest (the least disturbed); every round is printed too. Every throughput figure has its
+# latency beside it (p50, p99, p99.9 from wrk's histogram, printed by a done() callback that
+# costs nothing per request; the median round of each). Body counting (spread) is a separate
+# pass, so that the Lua callback per response does not slow the throughput runs.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -158,9 +160,18 @@ function done(summary, latency, requests)
 end
 EOF
 
+# Latency percentiles at the end of a run, in microseconds (no per-request cost).
+cat >"$tmp/lat.lua" <<'EOF'
+function done(summary, latency, requests)
+  io.write(string.format("latency-us: p50 %d p99 %d p99.9 %d\n",
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
+EOF
+
 # wrkrun NAME MODE TAG [extra wrk args]: one bounded wrk run; MODE is close or keep.
-# Sets REQS, RATE, ERRS, PRIMARY / WORKERS (CPU ticks of the primary and of its children)
-# and SWITCHES (context switches of the primary).
+# Sets REQS, RATE, ERRS, PRIMARY / WORKERS (CPU ticks of the primary and of its children),
+# SWITCHES (context switches of the primary) and LAT ("p50 p99 p99.9" in ms, or "- - -"
+# with extra args, which bring their own script).
 wrkrun() {
     local name=$1 mode=$2 tag=$3 pid=${pid_of[$1]} out="$tmp/$1.$2.$3.wrk" p0 c0 s0
     shift 3
@@ -169,6 +180,7 @@ wrkrun() {
     p0=$(ticks "$pid")
     c0=$(child_ticks "$pid")
     s0=$(switches "$pid")
+    (($# == 0)) && set -- -s "$tmp/lat.lua"
     timeout 60 wrk -t1 -c"$conns" -d"$duration" "${hdr[@]}" "$@" \
         "http://127.0.0.1:${port_of[$name]}/" >"$out" 2>&1 || true
     SWITCHES=$(($(switches "$pid") - s0))
@@ -180,6 +192,8 @@ wrkrun() {
         /Non-2xx/ { print "non-2xx " $NF; exit }' "$out")
     REQS=${REQS:-0}
     RATE=${RATE:-0}
+    LAT=$(awk '/^latency-us:/ { printf "%.2f %.2f %.2f", $3 / 1000, $5 / 1000, $7 / 1000; exit }' "$out")
+    LAT=${LAT:-- - -}
 }
 
 us_per() { # us_per TICKS REQUESTS: CPU microseconds per request
@@ -232,11 +246,11 @@ halt() {
     for i in "${!servers[@]}"; do [[ ${servers[i]} == "$pid" ]] && unset 'servers[i]'; done
 }
 
-declare -A rate_of all_rates cost_primary cost_workers all_costs
+declare -A rate_of all_rates cost_primary cost_workers all_costs all_lats
 for ((r = 1; r <= rounds; r++)); do
     echo "== http: round $r (load $(cut -d' ' -f1 /proc/loadavg)); per request:"
     echo "   CPU us of the primary and of all its workers together, context switches of the primary"
-    printf '   %-9s %-6s %9s %8s %11s %11s %9s  %s\n' server mode req/s requests "primary us" "workers us" "switches" errors
+    printf '   %-9s %-6s %9s %8s %11s %11s %9s  %-20s %s\n' server mode req/s requests "primary us" "workers us" "switches" "p50/p99/p99.9 ms" errors
     # Every other round goes backwards, so that no server always runs first or last, when
     # other work on the machine tends to arrive.
     order=("${names[@]}")
@@ -251,8 +265,9 @@ for ((r = 1; r <= rounds; r++)); do
             cp=$(us_per "$PRIMARY" "$REQS")
             cw=$(us_per "$WORKERS" "$REQS")
             sw=$(awk -v s="$SWITCHES" -v n="$REQS" 'BEGIN { if (n > 0) printf "%.2f", s / n; else print "-" }')
-            printf '   %-9s %-6s %9s %8s %11s %11s %9s  %s\n' "$n" "$mode" "$RATE" "$REQS" "$cp" "$cw" "$sw" "${ERRS:-}"
+            printf '   %-9s %-6s %9s %8s %11s %11s %9s  %-20s %s\n' "$n" "$mode" "$RATE" "$REQS" "$cp" "$cw" "$sw" "${LAT// //}" "${ERRS:-}"
             k="$n.$mode"
+            all_lats[$k]+="$LAT "
             all_costs[$k]+="$cp "
             all_rates[$k]+="$RATE "
             if [[ $cp != - ]] && awk -v a="$cp" -v b="${cost_primary[$k]:-inf}" 'BEGIN { exit !(b == "inf" || a < b) }'; then
@@ -266,13 +281,21 @@ done
 
 # Throughput of each server and mode: the median round (one round on this machine can be
 # off by a fifth either way, and the best round picks the luckiest outlier).
-median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
+median() { tr ' ' '\n' <<<"$1" | { grep -v '^$' || true; } | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
 for k in "${!all_rates[@]}"; do rate_of[$k]=$(median "${all_rates[$k]}"); done
+# The median round of each latency figure: "p50 p99 p99.9" (ms) per server and mode.
+declare -A lat_of
+for k in "${!all_lats[@]}"; do
+    lat_of[$k]=""
+    for col in 1 2 3; do
+        lat_of[$k]+="$(median "$(awk -v c="$col" '{ for (i = c; i <= NF; i += 3) if ($i != "-") printf "%s ", $i }' <<<"${all_lats[$k]}")") "
+    done
+done
+p99() { awk '{ print $2 }' <<<"${lat_of[$1]:-}"; }
 
 echo "== http: spread pass (bodies counted with a Lua callback; throughput of this pass not used)"
 declare -A spread
 for n in "${names[@]}"; do
-    [[ $n == node_none ]] && continue
     launch "$n"
     for mode in close keep; do
         # Keep-alive spread is reported for the 2-worker round-robin only: connections are
@@ -314,6 +337,13 @@ row "keep-alive req/s, rcluster rr" "${rate_of[rr2.keep]:--}"
 row "keep-alive req/s, rcluster shared" "${rate_of[shared2.keep]:--}"
 row "   rr / shared, keep-alive" "${rr_sh_keep}x" ">= 0.9x" "$(verdict "$rr_sh_keep" '>=' 0.9)"
 row "spread max/min, rr, new conn" "${spread[rr2.close]:--}" "<= 1.05" "$(verdict "${spread[rr2.close]:--}" '<=' 1.05)"
+for k in rr2.close shared2.close rr2.keep shared2.keep "rr$many.close"; do
+    read -r -a v <<<"${lat_of[$k]:-}"
+    row "latency ms p50/p99/p99.9, ${k%.*} ${k#*.}" "${v[0]:--}/${v[1]:--}/${v[2]:--}"
+done
+rr_sh_p99=$(ratio "$(p99 rr2.close)" "$(p99 shared2.close)")
+row "   rr p99 / shared p99, new conn" "${rr_sh_p99}x" "<= 1.0x" "$(verdict "$rr_sh_p99" '<=' 1.0)"
+row "   (at rr / shared req/s, new conn)" "${rr_sh_close}x" ">= 0.95x" "$(verdict "$rr_sh_close" '>=' 0.95)"
 row "spread max/min, rr, keep-alive" "${spread[rr2.keep]:--}" "(info)"
 row "spread max/min, rr, $many workers, new conn" "${spread[rr$many.close]:--}" "(info)"
 row "spread max/min, shared, new conn" "${spread[shared2.close]:--}" "(info)"
@@ -331,7 +361,12 @@ if [[ -n ${rate_of[node_rr.close]:-} ]]; then
     row "new conn req/s, Node rr / none" "${rate_of[node_rr.close]:--} / ${rate_of[node_none.close]:--}"
     row "keep-alive req/s, Node rr / none" "${rate_of[node_rr.keep]:--} / ${rate_of[node_none.keep]:--}"
     row "Node rr primary CPU us/conn" "${cost_primary[node_rr.close]:--}"
-    row "spread max/min, Node rr, new conn" "${spread[node_rr.close]:--}"
+    row "spread max/min, Node rr / none, new conn" "${spread[node_rr.close]:--} / ${spread[node_none.close]:--}"
+    for k in node_rr.close node_none.close node_rr.keep node_none.keep; do
+        read -r -a v <<<"${lat_of[$k]:-}"
+        row "latency ms p50/p99/p99.9, ${k%.*} ${k#*.}" "${v[0]:--}/${v[1]:--}/${v[2]:--}"
+    done
+    row "   rcluster rr p99 / Node none p99, new conn" "$(ratio "$(p99 rr2.close)" "$(p99 node_none.close)")x"
     row "   rcluster rr / Node rr, new conn" "$(ratio "${rate_of[rr2.close]:-}" "${rate_of[node_rr.close]:-}")x"
     row "   rcluster rr / Node none, new conn" "$(ratio "${rate_of[rr2.close]:-}" "${rate_of[node_none.close]:-}")x"
     row "   rcluster rr / Node rr, keep-alive" "$(ratio "${rate_of[rr2.keep]:-}" "${rate_of[node_rr.keep]:-}")x"

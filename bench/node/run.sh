@@ -4,7 +4,15 @@
 # unchanged under rcluster (bench/node/with_rcluster.js answers require('cluster')).
 # rcluster's round-robin runs twice: turned by the kernel (the default where the primary may
 # load the BPF program: root) and with the primary accepting (kernelRoundRobin: false).
-# Environment: DURATION (5s), CONNS (50), ROUNDS (3).
+# Every HTTP figure has its latency beside it (p50, p99, p99.9 from wrk's own histogram).
+# Then the tail section, the workload of the tail-latency targets: the anchor doing WORK loop
+# iterations per request (node_cluster_hello.js's fourth argument), a new connection per
+# request, at each of TAIL_CONNS connections: req/s, latency and the spread over the workers
+# (max/min of the requests each answered, counted from the bodies), for Node none and rr and
+# rcluster's rr (busy-aware turns, the default), rr in strict turns (strictTurns) and rr with
+# the primary accepting.
+# Environment: DURATION (5s), CONNS (50), ROUNDS (3), WORK (20000), TAIL_CONNS ("50 200"),
+# TAIL_ONLY (unset; 1: the tail section alone).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -13,6 +21,9 @@ wrap="$repo/bench/node/with_rcluster.js"
 duration=${DURATION:-5s}
 conns=${CONNS:-50}
 rounds=${ROUNDS:-3}
+work=${WORK:-20000}
+tail_conns=${TAIL_CONNS:-50 200}
+tail_only=${TAIL_ONLY:-}
 
 command -v node >/dev/null || { echo "node/run.sh: node is not installed" >&2; exit 1; }
 if ! command -v wrk >/dev/null; then
@@ -33,12 +44,49 @@ trap cleanup EXIT
 
 echo "== node: machine: $(nproc) CPUs, kernel $(uname -r), node $(node --version), $(date -u '+%Y-%m-%d %H:%M UTC'), load $(cut -d' ' -f1-3 /proc/loadavg)"
 
+# wrk scripts. lat.lua prints the latency percentiles at the end (no per-request cost);
+# count.lua also counts the answers per worker (the pid in the anchor's body), a Lua call per
+# response, so it is used only where the spread is reported (the tail section, for all alike).
+cat >"$tmp/lat.lua" <<'LUA'
+function done(summary, latency, requests)
+  io.write(string.format("latency-us: p50 %d p99 %d p99.9 %d\n",
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
+LUA
+cat >"$tmp/count.lua" <<'LUA'
+counts = {}
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function response(status, headers, body)
+  local id = body and body:match("%d+") or "none"
+  counts[id] = (counts[id] or 0) + 1
+end
+function done(summary, latency, requests)
+  io.write(string.format("latency-us: p50 %d p99 %d p99.9 %d\n",
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+  local lo, hi, list = math.huge, 0, ""
+  for _, t in ipairs(threads) do
+    for id, n in pairs(t:get("counts")) do
+      list = list .. " " .. n
+      if n < lo then lo = n end
+      if n > hi then hi = n end
+    end
+  end
+  io.write(string.format("spread: max/min %.3f (%s )\n", hi / lo, list))
+end
+LUA
+# lat OUT: "p50 p99 p99.9" in ms from a wrk output with lat.lua's or count.lua's line.
+lat() { awk '/^latency-us:/ { printf "%.2f %.2f %.2f", $3 / 1000, $5 / 1000, $7 / 1000 }' <<<"$1"; }
+
 # serve NAME PORT POLICY [wrapper]: starts the anchor HTTP cluster (2 workers), waits for READY.
+# ITERS (environment, 0 unless set) is the anchor's loop iterations per request.
 declare -A port_of
 serve() {
     local name=$1 port=$2 policy=$3 i
     shift 3
-    (cd "$anchors" && exec setsid node "$@" node_cluster_hello.js "$port" 2 "$policy") >"$tmp/$name.log" 2>&1 &
+    # Emptied first: the READY of this name's last run must not pass for this one's.
+    : >"$tmp/$name.log"
+    (cd "$anchors" && exec setsid node "$@" node_cluster_hello.js "$port" 2 "$policy" "${ITERS:-0}") >"$tmp/$name.log" 2>&1 &
     pids+=($!)
     port_of[$name]=$port
     for ((i = 0; i < 300; i++)); do
@@ -53,7 +101,7 @@ serve() {
 # 2-CPU machine a cluster that had sat idle beside another one under load measured slower
 # for a while, an effect of the clusters together rather than of either (bench/RESULTS.md).
 port=$((21000 + RANDOM % 5000))
-names=(node_rr node_none rcluster_rr rcluster_rr_primary rcluster_shared)
+names=(node_rr node_none rcluster_rr rcluster_rr_primary rcluster_shared rcluster_rr_strict)
 # start_one NAME: serves the anchor as NAME on a port of its own.
 start_one() {
     local k
@@ -63,6 +111,7 @@ start_one() {
         node_none) serve "$1" $((port + k)) none ;;
         rcluster_rr) serve "$1" $((port + k)) rr "$wrap" ;;
         rcluster_rr_primary) RCLUSTER_KERNEL_RR=0 serve "$1" $((port + k)) rr "$wrap" ;;
+        rcluster_rr_strict) RCLUSTER_STRICT_TURNS=1 serve "$1" $((port + k)) rr "$wrap" ;;
         rcluster_shared) serve "$1" $((port + k)) none "$wrap" ;;
     esac
 }
@@ -74,24 +123,66 @@ stop_one() {
     wait "$p" 2>/dev/null || true
     unset 'pids[-1]'
 }
-declare -A all_rates rate_of
+declare -A all_rates rate_of all_lats
+median() { printf '%s\n' "$@" | { grep -v '^$' || true; } | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
+# med_lat KEY: the median of each latency figure over the rounds, "p50 p99 p99.9" (ms).
+med_lat() {
+    local col out=""
+    for col in 1 2 3; do
+        # shellcheck disable=SC2046
+        out+="$(median $(awk -v c="$col" '{ for (i = c; i <= NF; i += 3) print $i }' <<<"${all_lats[$1]:-}")) "
+    done
+    echo "$out"
+}
 for ((r = 1; r <= rounds; r++)); do
+    [[ -n $tail_only ]] && break
     order=("${names[@]}")
     if ((r % 2 == 0)); then
         order=()
         for ((i = ${#names[@]} - 1; i >= 0; i--)); do order+=("${names[i]}"); done
     fi
     for n in "${order[@]}"; do
+        [[ $n == rcluster_rr_strict ]] && continue # in the tail section only
         start_one "$n"
         timeout 30 wrk -t1 -c"$conns" -d1s -H 'Connection: close' "http://127.0.0.1:${port_of[$n]}/" >/dev/null 2>&1 || true
         for mode in close keep; do
             hdr=()
             [[ $mode == close ]] && hdr=(-H 'Connection: close')
-            out=$(timeout 60 wrk -t1 -c"$conns" -d"$duration" "${hdr[@]}" "http://127.0.0.1:${port_of[$n]}/" 2>&1 || true)
+            out=$(timeout 60 wrk -t1 -c"$conns" -d"$duration" -s "$tmp/lat.lua" "${hdr[@]}" "http://127.0.0.1:${port_of[$n]}/" 2>&1 || true)
             rate=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
             errs=$(awk '/Socket errors:|Non-2xx/ { print }' <<<"$out")
-            printf '   round %d %-19s %-6s %8s req/s %s\n' "$r" "$n" "$mode" "${rate:-0}" "$errs"
+            read -r p50 p99 p999 <<<"$(lat "$out")"
+            printf '   round %d %-19s %-6s %8s req/s  p50 %6s p99 %6s p99.9 %6s ms %s\n' "$r" "$n" "$mode" "${rate:-0}" "${p50:--}" "${p99:--}" "${p999:--}" "$errs"
             all_rates[$n.$mode]+="${rate:-0} "
+            all_lats[$n.$mode]+="${p50:-} ${p99:-} ${p999:-} "
+        done
+        stop_one
+    done
+done
+
+# The tail section: the anchor with WORK iterations per request, new connection per request.
+tail_names=(node_none node_rr rcluster_rr rcluster_rr_strict rcluster_rr_primary)
+declare -A spreads
+echo "== node: tail: node_cluster_hello.js PORT 2 POLICY $work; wrk -t1 -c{$tail_conns} -d$duration, new connection per request; $rounds rounds"
+for ((r = 1; r <= rounds; r++)); do
+    order=("${tail_names[@]}")
+    if ((r % 2 == 0)); then
+        order=()
+        for ((i = ${#tail_names[@]} - 1; i >= 0; i--)); do order+=("${tail_names[i]}"); done
+    fi
+    for n in "${order[@]}"; do
+        ITERS=$work start_one "$n"
+        timeout 30 wrk -t1 -c50 -d1s -H 'Connection: close' "http://127.0.0.1:${port_of[$n]}/" >/dev/null 2>&1 || true
+        for c in $tail_conns; do
+            out=$(timeout 60 wrk -t1 -c"$c" -d"$duration" -s "$tmp/count.lua" -H 'Connection: close' "http://127.0.0.1:${port_of[$n]}/" 2>&1 || true)
+            rate=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
+            errs=$(awk '/Socket errors:|Non-2xx/ { print }' <<<"$out")
+            read -r p50 p99 p999 <<<"$(lat "$out")"
+            spread=$(awk '/^spread:/ { print $3; exit }' <<<"$out")
+            printf '   round %d %-19s -c%-4s %8s req/s  p50 %6s p99 %6s p99.9 %6s ms  spread %s %s\n' "$r" "$n" "$c" "${rate:-0}" "${p50:--}" "${p99:--}" "${p999:--}" "${spread:--}" "$errs"
+            all_rates[$n.tail$c]+="${rate:-0} "
+            all_lats[$n.tail$c]+="${p50:-} ${p99:-} ${p999:-} "
+            spreads[$n.tail$c]+="${spread:-} "
         done
         stop_one
     done
@@ -99,10 +190,12 @@ done
 
 # The IPC anchor runs ROUNDS times each, alternating; the summary takes the median run of
 # each figure (one run on this machine can be off by a third either way).
-echo "== node: IPC (node_ipc.js 200000 20000), $rounds runs each, alternating"
+rounds_ipc=$rounds
+[[ -n $tail_only ]] && rounds_ipc=0
+echo "== node: IPC (node_ipc.js 200000 20000), $rounds_ipc runs each, alternating"
 declare -a n_rates r_rates n_p50s r_p50s
 field() { awk -v k="$2" '{ for (i = 1; i <= NF; i++) if ($i == k) { print $(i + 1); exit } }' <<<"$1"; }
-for ((r = 1; r <= rounds; r++)); do
+for ((r = 1; r <= rounds_ipc; r++)); do
     ipc_node=$(cd "$anchors" && timeout 120 node node_ipc.js 200000 20000 || true)
     ipc_rc=$(cd "$anchors" && timeout 120 node "$wrap" node_ipc.js 200000 20000 || true)
     echo "   run $r cluster:  $(tr '\n' ' ' <<<"$ipc_node")"
@@ -112,15 +205,19 @@ for ((r = 1; r <= rounds; r++)); do
     n_p50s+=("$(field "$(grep rtt <<<"$ipc_node")" p50)")
     r_p50s+=("$(field "$(grep rtt <<<"$ipc_rc")" p50)")
 done
-median() { printf '%s\n' "$@" | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
 # HTTP throughput: the median round of each cluster and mode, as for the IPC figures.
 for k in "${!all_rates[@]}"; do read -r -a v <<<"${all_rates[$k]}"; rate_of[$k]=$(median "${v[@]}"); done
 echo "== node: memory of the primary (bench/node/rss.js)"
-rss_node=$(timeout 30 node "$repo/bench/node/rss.js" cluster || true)
-rss_rc=$(timeout 30 node "$repo/bench/node/rss.js" rcluster || true)
+rss_node=""
+rss_rc=""
+if [[ -z $tail_only ]]; then
+    rss_node=$(timeout 30 node "$repo/bench/node/rss.js" cluster || true)
+    rss_rc=$(timeout 30 node "$repo/bench/node/rss.js" rcluster || true)
+fi
 echo "   $rss_node"
 echo "   $rss_rc"
 
+declare -A p99_of spread_of
 ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.3f", a / b; else print "-" }'; }
 verdict() { [[ $1 == - ]] && { echo n/a; return; }; awk -v v="$1" -v l="$3" "BEGIN { print ((v $2 l) ? \"met\" : \"MISSED\") }"; }
 n_rate=$(median "${n_rates[@]}")
@@ -137,6 +234,16 @@ echo
 echo "== node summary (2 workers, median of $rounds rounds, anchors from this same run)"
 row() { printf '%-46s %12s %10s %s\n' "$@"; }
 row figure value target verdict
+latrow() { # latrow LABEL KEY: "p50 / p99 / p99.9" (ms) of KEY's median rounds
+    local v
+    read -r -a v <<<"$(med_lat "$2")"
+    row "$1" "${v[0]:--} / ${v[1]:--} / ${v[2]:--}"
+}
+if [[ -z $tail_only ]]; then
+for n in node_rr node_none rcluster_rr rcluster_rr_primary rcluster_shared; do
+    latrow "$n ms p50/p99/p99.9, new conn" "$n.close"
+    latrow "$n ms p50/p99/p99.9, keep-alive" "$n.keep"
+done
 row "new conn req/s: Node rr / Node none" "${rate_of[node_rr.close]:-} / ${rate_of[node_none.close]:-}"
 row "rcluster rr is turned by" "$([[ $(id -u) == 0 ]] && echo 'the kernel (root)' || echo 'the primary (not root)')"
 row "new conn req/s: rcluster rr / shared" "${rate_of[rcluster_rr.close]:-} / ${rate_of[rcluster_shared.close]:-}"
@@ -150,3 +257,26 @@ row "IPC stream msg/s (median run): Node / rcluster" "$n_rate / $r_rate"
 row "   rcluster / Node, stream" "${ipc}x" ">= 5x" "$(verdict "$ipc" '>=' 5)"
 row "IPC RTT p50 us (median run): Node / rcluster" "$n_p50 / $r_p50"
 row "   rcluster / Node, RTT p50" "${p50}x" "<= 1.0x" "$(verdict "$p50" '<=' 1.0)"
+fi
+echo
+echo "== node tail summary ($work iterations per request, new connection per request, median of $rounds rounds)"
+row "server, connections" "req/s" "p50/p99/p99.9 ms" "spread max/min"
+for c in $tail_conns; do
+    for n in "${tail_names[@]}"; do
+        k=$n.tail$c
+        read -r -a v <<<"$(med_lat "$k")"
+        read -r -a sp <<<"${spreads[$k]:-}"
+        rate_of[$k]=$(median "${all_rates[$k]:-}")
+        p99_of[$k]=${v[1]:-}
+        spread_of[$k]=$(median "${sp[@]}")
+        row "$n -c$c" "${rate_of[$k]:--}" "${v[0]:--}/${v[1]:--}/${v[2]:--}" "${spread_of[$k]:--}"
+    done
+    pr=$(ratio "${p99_of[rcluster_rr.tail$c]:-}" "${p99_of[node_none.tail$c]:-}")
+    tput=$(ratio "${rate_of[rcluster_rr.tail$c]:-}" "${rate_of[node_none.tail$c]:-}")
+    sp=${spread_of[rcluster_rr.tail$c]:--}
+    row "   -c$c rcluster rr p99 / Node none p99" "${pr}x" "<= 1.0x" "$(verdict "$pr" '<=' 1.0)"
+    row "   -c$c rcluster rr req/s / Node none" "${tput}x" ">= 1.0x" "$(verdict "$tput" '>=' 1.0)"
+    row "   -c$c rcluster rr spread max/min" "$sp" "<= 1.05" "$(verdict "$sp" '<=' 1.05)"
+    row "   -c$c rr strict turns p99 / Node none" "$(ratio "${p99_of[rcluster_rr_strict.tail$c]:-}" "${p99_of[node_none.tail$c]:-}")x" "(reported)"
+    row "   -c$c rr primary accepting p99 / Node none" "$(ratio "${p99_of[rcluster_rr_primary.tail$c]:-}" "${p99_of[node_none.tail$c]:-}")x" "(reported)"
+done

@@ -15,6 +15,8 @@ process.argv.splice(1, 2, program); // the program sees its usual argv
 // Workers must re-run this wrapper, not the bare program: rcluster forks process.argv[1].
 const cluster = require(rcluster);
 // RCLUSTER_KERNEL_RR=0: round-robin by the primary's own accept, not by the kernel's turns.
+// RCLUSTER_STRICT_TURNS=1: round-robin in strict turns, blind to how busy a worker is.
 const kernel = process.env.RCLUSTER_KERNEL_RR === '0' ? { kernelRoundRobin: false } : {};
+if (process.env.RCLUSTER_STRICT_TURNS === '1') kernel.strictTurns = true;
 if (cluster.isPrimary) cluster.setupPrimary({ exec: __filename, args: [program, ...process.argv.slice(2)], ...kernel });
 require(program);

@@ -86,6 +86,13 @@ declare namespace rcluster {
      * connection. Default true; false: the primary accepts every connection and hands it over.
      */
     kernelRoundRobin?: boolean;
+    /**
+     * Round-robin in strict turns. Default false: a connection whose turn falls on a busy
+     * worker goes to the next one if that one is less busy (in the kernel's turns: fewer
+     * connections waiting in its socket), and the shares stay even over time. true: every
+     * connection goes to the worker whose turn it is.
+     */
+    strictTurns?: boolean;
     queueLimit?: number;
     queueTimeout?: number;
     maxSurge?: number;
@@ -232,6 +239,8 @@ declare namespace rcluster {
     killTimeout?: number;
     /** rcluster extension: see `StartOptions.kernelRoundRobin`. */
     kernelRoundRobin?: boolean;
+    /** rcluster extension: see `StartOptions.strictTurns`. */
+    strictTurns?: boolean;
   }
 
   interface Rcluster extends EventEmitter {

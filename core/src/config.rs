@@ -209,6 +209,12 @@ pub struct Config {
     /// from a socket of its own and the primary does nothing per connection. Off: the primary
     /// accepts every connection and hands it over.
     pub kernel_round_robin: bool,
+    /// Round-robin in strict turns. Off (the default): a connection whose turn falls on a
+    /// busy worker goes to the next one if that one is less busy (the kernel's turns compare
+    /// how many connections wait in each worker's socket, the primary prefers a worker that
+    /// has taken its last handoff), and the shares stay even over time. On: every connection
+    /// goes to the worker whose turn it is.
+    pub strict_turns: bool,
     /// Most connections waiting in the primary for a worker; more are closed at once.
     pub queue_limit: usize,
     /// A connection waiting longer than this in the primary is closed.
@@ -243,6 +249,7 @@ impl Config {
             max_inflight: None,
             handoff_window: 64,
             kernel_round_robin: true,
+            strict_turns: false,
             queue_limit: 4096,
             queue_timeout: Duration::from_secs(10),
             max_surge: 1,

@@ -37,7 +37,7 @@ pub use policy::{Clock, Decision, ExitReason, History, Jitter, SystemClock, XorS
 pub use primary::signals::{signal_name, SignalAction, EXIT_AFTER_SIGNAL_STOP, HANDLED_SIGNALS};
 pub use primary::supervisor::Supervisor;
 pub use sys::listen::{resolve_listen, Dispatch, ListenAddr, Listener};
-pub use worker::{Connection, Listening, Worker, WorkerEvent};
+pub use worker::{Connection, Listening, TurnCounter, Worker, WorkerEvent};
 
 /// Number of open descriptors of this process, for leak checks in tests and benchmarks.
 pub fn open_fd_count() -> usize {

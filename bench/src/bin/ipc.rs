@@ -212,10 +212,11 @@ fn read_full(fd: libc::c_int, buf: &mut [u8]) -> bool {
 fn print_quantiles(label: &str, lat: &mut [f64]) {
     lat.sort_by(f64::total_cmp);
     println!(
-        "{label}: p50 {:.1} us p90 {:.1} us p99 {:.1} us ({} round trips)",
+        "{label}: p50 {:.1} us p90 {:.1} us p99 {:.1} us p99.9 {:.1} us ({} round trips)",
         quantile(lat, 0.5),
         quantile(lat, 0.9),
         quantile(lat, 0.99),
+        quantile(lat, 0.999),
         lat.len()
     );
 }

@@ -111,7 +111,7 @@ class WorkerSelf extends EventEmitter {
   _acceptTurns(server, name) {
     let listening;
     try {
-      listening = this._link.listen(name, 'rr');
+      listening = this._link.listen(name, 'rr', true);
       setImmediate(() => this._pump()); // what came in meanwhile waits in memory
     } catch {
       return; // the primary hands over this listener's connections, as without turns
@@ -136,6 +136,7 @@ class WorkerSelf extends EventEmitter {
     });
     inner.on('error', (err) => server.emit('error', err));
     inner.listen({ fd: listening.fd });
+    countConnections(this, inner, listening);
     unlistenOnClose(this, inner, listening.name);
     this._turns.push(inner);
   }
@@ -427,7 +428,7 @@ function patchListen(worker, dispatch) {
     const text = addressText(address, port, addressType);
     let listening;
     try {
-      listening = worker._link.listen(text, dispatch);
+      listening = worker._link.listen(text, dispatch, true);
       // Frames that came in while listen() waited for its answer (connections of this very
       // listener, among others) are kept in memory: no readable descriptor announces them.
       setImmediate(() => worker._pump());
@@ -444,6 +445,7 @@ function patchListen(worker, dispatch) {
       // handle's close, not the server's 'close', which waits for the open connections):
       // until then, the kernel keeps giving this worker its turns.
       original.call(this, null, null, addressType, backlog, listening.fd, flags);
+      countConnections(worker, this, listening);
       worker._servers.set(listening.name, this);
       unlistenOnClose(worker, this, listening.name);
     } else {
@@ -457,6 +459,37 @@ function patchListen(worker, dispatch) {
       : { address: listening.address.replace(/^unix:/, ''), port: -1, addressType: -1 };
     worker._control({ act: 'listening', address: info });
     return undefined;
+  };
+}
+
+/**
+ * For a listener the kernel turns: takes one off this worker's count when a connection
+ * accepted from its socket closes. The kernel adds one per connection it gives the socket, so
+ * the count is the connections this worker has in hand or waiting for it, and the kernel
+ * gives the next one to a worker with fewer. (At accept would count the accept queue only,
+ * which Node empties at once whatever its JS has in hand.) The close is that of the accepted
+ * handle, which every way out passes: the socket's destroy, and a refusal (maxConnections)
+ * before any socket exists. The connections the primary hands over (which were never counted)
+ * do not pass here.
+ */
+function countConnections(worker, server, listening) {
+  const handle = server._handle;
+  const counter = listening.counter ? worker._link.takeTurnCounter() : null;
+  if (!counter || !handle || typeof handle.onconnection !== 'function') return;
+  const onconnection = handle.onconnection;
+  handle.onconnection = function countedConnection(err, clientHandle) {
+    if (!err && clientHandle) {
+      const close = clientHandle.close;
+      let open = true;
+      clientHandle.close = function closeCounted(...args) {
+        if (open) {
+          open = false;
+          counter.done();
+        }
+        return close.apply(this, args);
+      };
+    }
+    return onconnection.call(this, err, clientHandle);
   };
 }
 

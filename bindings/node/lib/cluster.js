@@ -155,6 +155,9 @@ class Hub {
     if (s.kernelRoundRobin !== undefined && typeof s.kernelRoundRobin !== 'boolean') {
       throw invalidOption('settings.kernelRoundRobin', s.kernelRoundRobin, 'must be true or false');
     }
+    if (s.strictTurns !== undefined && typeof s.strictTurns !== 'boolean') {
+      throw invalidOption('settings.strictTurns', s.strictTurns, 'must be true or false');
+    }
     this.settings = s;
     process.nextTick(() => this._emitter.emit('setup', s));
   }
@@ -178,6 +181,7 @@ class Hub {
     if (s.heartbeatTimeout !== undefined) opts.heartbeatTimeout = s.heartbeatTimeout;
     if (s.killTimeout !== undefined) opts.killTimeout = s.killTimeout;
     if (s.kernelRoundRobin !== undefined) opts.kernelRoundRobin = s.kernelRoundRobin;
+    if (s.strictTurns !== undefined) opts.strictTurns = s.strictTurns;
     this._native = new native.NativeSupervisor(opts);
     this._native.watch((items) => this._pump(items));
   }

@@ -45,7 +45,7 @@ function oneOf(opts, name, values, prefix = 'options.') {
 const KNOWN = {
   options: ['workers', 'exec', 'args', 'execArgv', 'program', 'env', 'cwd', 'readyOn', 'readyTimeout',
     'heartbeatTimeout', 'killTimeout', 'restart', 'maxMessage', 'sendQueueLimit', 'output', 'listen',
-    'listeners', 'dispatch', 'maxInflight', 'handoffWindow', 'kernelRoundRobin', 'queueLimit',
+    'listeners', 'dispatch', 'maxInflight', 'handoffWindow', 'kernelRoundRobin', 'strictTurns', 'queueLimit',
     'queueTimeout', 'maxSurge', 'serialization', 'handleSignals', 'eventQueueLimit', 'ackTimeout'],
   restart: ['mode', 'backoffInitial', 'backoffMultiplier', 'backoffMax', 'jitter', 'minUptime',
     'maxRestarts', 'window', 'noRestartCodes'],
@@ -185,6 +185,7 @@ function normalize(opts = {}, extraEnv = {}) {
     maxInflight: int(opts, 'maxInflight'),
     handoffWindow: int(opts, 'handoffWindow'),
     kernelRoundRobin: bool(opts, 'kernelRoundRobin'),
+    strictTurns: bool(opts, 'strictTurns'),
     queueLimit: int(opts, 'queueLimit'),
     queueTimeout: ms(opts, 'queueTimeout'),
     maxSurge: int(opts, 'maxSurge'),

@@ -43,6 +43,7 @@ pub struct NativeOptions {
     pub max_inflight: Option<f64>,
     pub handoff_window: Option<f64>,
     pub kernel_round_robin: Option<bool>,
+    pub strict_turns: Option<bool>,
     pub queue_limit: Option<f64>,
     pub queue_timeout: Option<f64>,
     pub max_surge: Option<f64>,
@@ -210,6 +211,7 @@ fn build_config(o: NativeOptions) -> napi::Result<Config, &'static str> {
         count("handoff_window", o.handoff_window)?,
     );
     set(&mut c.kernel_round_robin, o.kernel_round_robin);
+    set(&mut c.strict_turns, o.strict_turns);
     set(&mut c.queue_limit, count("queue_limit", o.queue_limit)?);
     set(&mut c.queue_timeout, ms("queue_timeout", o.queue_timeout)?);
     set(&mut c.max_surge, count("max_surge", o.max_surge)?);

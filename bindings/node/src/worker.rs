@@ -1,5 +1,6 @@
 //! The worker side: this process's link to its primary, and the watcher of that link.
 
+use std::cell::RefCell;
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use napi::bindgen_prelude::*;
 use napi::sys;
 use napi_derive::napi;
-use rcluster_core::{ContentType, Dispatch, Worker, WorkerEvent};
+use rcluster_core::{ContentType, Dispatch, TurnCounter, Worker, WorkerEvent};
 
 use crate::error::{from_napi, to_js};
 use crate::message;
@@ -34,6 +35,24 @@ pub struct NativeListening {
     /// In `shared` mode, or for a round-robin listener the kernel turns, the listening socket
     /// to accept on.
     pub fd: Option<i32>,
+    /// For a listener the kernel turns, asked for with `counts`: a counter waits in
+    /// `takeTurnCounter()`.
+    pub counter: bool,
+}
+
+/// The count of this worker's socket in the kernel's turns: `done()` once per connection
+/// accepted from it, when the connection closes. Held by the JS that counts, and freed with it.
+#[napi]
+pub struct NativeTurnCounter {
+    inner: TurnCounter,
+}
+
+#[napi]
+impl NativeTurnCounter {
+    #[napi]
+    pub fn done(&self) {
+        self.inner.done();
+    }
 }
 
 fn simple(kind: &str) -> NativeWorkerEvent {
@@ -123,6 +142,8 @@ fn drain(worker: &Worker, max: usize) -> napi::Result<Vec<Item>, &'static str> {
 pub struct NativeWorker {
     inner: Rc<Worker>,
     watcher: WatchSlot,
+    /// The counter of the last listen answer that had one, until JS takes it.
+    counter: RefCell<Option<TurnCounter>>,
 }
 
 /// Connects to the primary when this process is an rcluster worker; null otherwise.
@@ -136,6 +157,7 @@ pub fn attach_worker() -> napi::Result<Option<NativeWorker>, &'static str> {
     Ok(Some(NativeWorker {
         inner: Rc::new(inner),
         watcher: WatchSlot::default(),
+        counter: RefCell::new(None),
     }))
 }
 
@@ -208,20 +230,41 @@ impl NativeWorker {
 
     /// Asks the primary for a listener on `address`. Blocks the JS thread for one round trip
     /// to the primary's loop thread (which binds), as Node's own `server.listen()` blocks in
-    /// bind(2); events that arrive meanwhile are kept for `drain`.
+    /// bind(2); events that arrive meanwhile are kept for `drain`. With `counts`, this worker
+    /// promises to call `done()` on the counter (`takeTurnCounter()`, right after) when it
+    /// closes each connection it accepted from the socket of a listener the kernel turns, and
+    /// the kernel passes it over while it has more connections in hand than the next.
     #[napi]
     pub fn listen(
         &self,
         address: String,
         dispatch: String,
+        counts: Option<bool>,
     ) -> napi::Result<NativeListening, &'static str> {
         let dispatch: Dispatch = dispatch.parse().map_err(to_js)?;
-        let l = self.inner.listen(&address, dispatch).map_err(to_js)?;
+        let l = match counts {
+            Some(true) => self.inner.listen_counting(&address, dispatch),
+            _ => self.inner.listen(&address, dispatch),
+        }
+        .map_err(to_js)?;
+        let counter = l.counter.is_some();
+        // Kept for the next call only: one listen's counter at most waits here.
+        *self.counter.borrow_mut() = l.counter;
         Ok(NativeListening {
             name: l.name,
             address: l.addr,
             fd: l.fd.map(give_away),
+            counter,
         })
+    }
+
+    /// The counter of the last `listen` answer that came with one (null if none, or taken).
+    #[napi]
+    pub fn take_turn_counter(&self) -> Option<NativeTurnCounter> {
+        self.counter
+            .borrow_mut()
+            .take()
+            .map(|inner| NativeTurnCounter { inner })
     }
 
     /// Tells the primary this worker closed its server on listener `name`.

@@ -67,6 +67,11 @@ test('a misspelt option is refused with its name instead of being ignored', () =
     'ERR_RCLUSTER_INVALID_OPTION', 'options.listeners[0].dispach');
 });
 
+test('a non-boolean strictTurns is named', () => {
+  throwsCode(() => rcluster.start({ ...base, strictTurns: 'yes' }), 'ERR_RCLUSTER_INVALID_OPTION', 'strictTurns', 'yes');
+  throwsCode(() => rcluster.setupPrimary({ strictTurns: 1 }), 'ERR_RCLUSTER_INVALID_OPTION', 'settings.strictTurns', '1');
+});
+
 test('a non-boolean kernelRoundRobin is named', () => {
   throwsCode(() => rcluster.start({ ...base, kernelRoundRobin: 'yes' }), 'ERR_RCLUSTER_INVALID_OPTION', 'kernelRoundRobin', 'yes');
   throwsCode(() => rcluster.setupPrimary({ kernelRoundRobin: 1 }), 'ERR_RCLUSTER_INVALID_OPTION', 'settings.kernelRoundRobin', '1');

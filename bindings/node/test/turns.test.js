@@ -9,13 +9,13 @@ const root = process.getuid() === 0;
 const why = 'loading the kernel round-robin program needs CAP_BPF (root)';
 
 /** Runs fixtures/turns.js and `script(send, port)` once it is READY; resolves its result. */
-async function withTurns(script) {
+async function withTurns(script, args = []) {
   const port = await freePort();
   const lines = [];
   const waiters = [];
   let result;
   let failed;
-  const run = runFixture('turns.js', 'rcluster', [port], {
+  const run = runFixture('turns.js', 'rcluster', [port, ...args], {
     stdin: 'pipe',
     onLine: async (line, child) => {
       lines.push(line);
@@ -36,13 +36,55 @@ async function withTurns(script) {
   return { result, out };
 }
 
-test('rcluster: connections take turns over the workers, one after the other', { skip: !root && why }, async () => {
+test('rcluster: in strict turns connections go to the workers one after the other', { skip: !root && why }, async () => {
   const { result, out } = await withTurns(async (send, port) => {
     const by = [];
     for (let i = 0; i < 12; i++) by.push(await get(port));
     return by;
-  });
+  }, ['strict']);
   for (let i = 1; i < result.length; i++) assert.notStrictEqual(result[i], result[i - 1], `${result} ${out}`);
+});
+
+test('rcluster: connections one at a time are shared by both workers', { skip: !root && why }, async () => {
+  const { result, out } = await withTurns(async (send, port) => {
+    const by = [];
+    for (let i = 0; i < 20; i++) by.push(await get(port));
+    return by;
+  });
+  // Not strictly one after the other: a worker may close the last connection just after the
+  // client has its answer and connects again, and then looks busier than the other.
+  const one = result.filter((w) => w === '1').length;
+  assert.ok(one >= 5 && one <= 15, `answered by ${result} ${out}`);
+});
+
+/**
+ * Worker 1's event loop is busy for 3 s; meanwhile 8 clients connect one after the other, each
+ * 50 ms after the last has its answer or 250 ms have passed (an answer from worker 1 waits
+ * until it is no longer busy). Resolves the worker that answered each.
+ */
+async function whileWorkerOneIsBusy(send, port) {
+  await send('busy 1', 'SPINNING 1');
+  const pending = [];
+  for (let i = 0; i < 8; i++) {
+    const answer = get(port);
+    pending.push(answer);
+    await Promise.race([answer, new Promise((resolve) => setTimeout(resolve, 250))]);
+    // Worker 2 closes its end just after the answer (and counts it done then).
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return Promise.all(pending);
+}
+
+test('rcluster: a connection whose turn falls on a busy worker goes to the idle one', { skip: !root && why }, async () => {
+  const { result, out } = await withTurns(whileWorkerOneIsBusy);
+  // The first one whose turn falls on worker 1 waits in its socket; from then on worker 1 has
+  // one in hand and worker 2, which answered its last, none: worker 1 is passed over.
+  assert.ok(result.filter((w) => w === '1').length <= 1, `answered by ${result} ${out}`);
+});
+
+test('rcluster: in strict turns a busy worker gets its turns all the same', { skip: !root && why }, async () => {
+  const { result, out } = await withTurns(whileWorkerOneIsBusy, ['strict']);
+  assert.strictEqual(result.filter((w) => w === '1').length, 4, `answered by ${result} ${out}`);
 });
 
 test('rcluster: requests waiting for a blocked worker that is killed are served by the other', { skip: !root && why }, async () => {
@@ -75,7 +117,7 @@ test("rcluster API: a listener of the configuration takes turns too, and a kille
   const port = await freePort();
   const c = rcluster.start({
     workers: 2, exec: path.join(__dirname, 'fixtures', 'api_worker.js'), args: [], execArgv: [],
-    listen: `127.0.0.1:${port}`, restart: 'never',
+    listen: `127.0.0.1:${port}`, restart: 'never', strictTurns: true,
   });
   try {
     let ready = 0;

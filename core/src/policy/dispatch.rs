@@ -101,6 +101,8 @@ pub struct Pass {
     /// How far each worker got ahead in this pass: +1 per connection taken ahead of its
     /// turn, -1 per time it was passed over. Added to `Candidate::ahead` after the pass.
     pub ahead: HashMap<u64, i32>,
+    /// Round-robin in strict turns: no worker is passed over for being busy.
+    strict: bool,
 }
 
 impl Pass {
@@ -115,7 +117,15 @@ impl Pass {
             current: None,
             offered: None,
             ahead: HashMap::new(),
+            strict: false,
         }
+    }
+
+    /// Round-robin in strict turns (`Config::strict_turns`): the next worker with room takes
+    /// the connection even when a later one is idle and it is not.
+    pub fn strict_turns(mut self, strict: bool) -> Pass {
+        self.strict = strict;
+        self
     }
 
     /// Chooses a worker for the next connection of the pass. `cursor` is the key last chosen
@@ -154,9 +164,17 @@ impl Pass {
         let mut cursor = cursor;
         let mut passed_over = 0;
         while key.is_none() {
-            let Some(c) = round_robin(workers, cursor, fits) else {
+            let (Some(c), skipped) = round_robin(workers, cursor, fits, self.strict) else {
                 return Choice::Wait;
             };
+            // A worker ahead that was passed over for being busier has given back one of the
+            // connections it took ahead, as if passed over for being ahead.
+            for s in skipped.into_iter().flatten() {
+                let in_pass = self.ahead.entry(s.key).or_default();
+                if i64::from(s.ahead) + i64::from(*in_pass) > 0 {
+                    *in_pass -= 1;
+                }
+            }
             let in_pass = self.ahead.get(&c.key).copied().unwrap_or(0);
             if passed_over == MAX_PASS_OVERS || i64::from(c.ahead) + i64::from(in_pass) <= 0 {
                 key = Some(c.key);
@@ -191,27 +209,46 @@ impl Pass {
 const LOOKAHEAD: usize = 4;
 
 /// The next worker after the cursor, wrapping around. Among the next `LOOKAHEAD` it prefers
-/// one that has taken every connection it was handed: a worker whose event loop is busy
-/// elsewhere (it has not read its last handoff yet) is passed over rather than given a queue,
-/// as the kernel passes over a process that is not waiting in `accept`.
-fn round_robin(workers: &dyn Workers, cursor: u64, fits: &Fits) -> Option<Candidate> {
+/// one that has taken every connection it was handed, and when none has, the one with the
+/// fewest waiting (the first of them in turn): a worker whose event loop is busy elsewhere
+/// (it has not read its last handoffs yet) is passed over rather than given a longer queue,
+/// as the kernel passes over a process that is not waiting in `accept`. With `strict`, the
+/// next with room, whatever it is doing. Also returns the workers with room that came before
+/// the chosen one in turn (passed over for being busier). No allocation: this runs per
+/// connection.
+fn round_robin(
+    workers: &dyn Workers,
+    cursor: u64,
+    fits: &Fits,
+    strict: bool,
+) -> (Option<Candidate>, Passed) {
     let after = (Bound::Excluded(cursor), Bound::Unbounded);
     let before = (Bound::Unbounded, Bound::Included(cursor));
-    let (mut seen, mut idle) = (0, None);
+    let (mut seen, mut fitting, mut n): (usize, Passed, usize) = (0, [None; LOOKAHEAD], 0);
+    let mut last_idle = false;
     for keys in [after, before] {
-        workers.visit(keys, &mut |c| {
-            seen += 1;
-            if fits(c) && c.unacked == 0 {
-                idle = Some(*c);
-            }
-            idle.is_some() || seen >= LOOKAHEAD
-        });
-        if idle.is_some() {
-            return idle;
-        }
-        if seen >= LOOKAHEAD {
+        if strict {
             break;
         }
+        workers.visit(keys, &mut |c| {
+            seen += 1;
+            if fits(c) {
+                fitting[n] = Some(*c);
+                n += 1;
+                last_idle = c.unacked == 0;
+            }
+            last_idle || seen >= LOOKAHEAD
+        });
+        if last_idle || seen >= LOOKAHEAD {
+            break;
+        }
+    }
+    // The first of those with the fewest waiting.
+    let least = (0..n).min_by_key(|&i| (fitting[i].map_or(0, |c| c.unacked), i));
+    if let Some(i) = least {
+        let chosen = fitting[i];
+        fitting[i..].fill(None);
+        return (chosen, fitting);
     }
     let first_fit = |keys: Keys| {
         let mut found = None;
@@ -223,8 +260,14 @@ fn round_robin(workers: &dyn Workers, cursor: u64, fits: &Fits) -> Option<Candid
         });
         found
     };
-    first_fit(after).or_else(|| first_fit(before))
+    (
+        first_fit(after).or_else(|| first_fit(before)),
+        [None; LOOKAHEAD],
+    )
 }
+
+/// The workers with room round-robin looked at before the one it chose.
+type Passed = [Option<Candidate>; LOOKAHEAD];
 
 const ALL: Keys = (Bound::Unbounded, Bound::Unbounded);
 
@@ -398,8 +441,8 @@ mod tests {
             choose(Dispatch::RoundRobin, &c, 1, None, &s, &all),
             Choice::Worker(3)
         );
-        // Every worker has one waiting: plain round-robin.
-        let c = [busy(1, 1), busy(2, 2), busy(3, 1)];
+        // Every worker has as many waiting: plain round-robin.
+        let c = [busy(1, 1), busy(2, 1), busy(3, 1)];
         assert_eq!(
             choose(Dispatch::RoundRobin, &c, 1, None, &s, &all),
             Choice::Worker(2)
@@ -411,6 +454,68 @@ mod tests {
             choose(Dispatch::RoundRobin, &c, 1, None, &s, &all),
             Choice::Worker(2)
         );
+    }
+
+    #[test]
+    fn round_robin_gives_a_connection_to_the_worker_with_the_fewest_waiting_when_none_is_idle() {
+        let busy = |key, unacked| Candidate {
+            unacked,
+            ..cand(key, 0, 0, true)
+        };
+        let s = Slots(4, vec![]);
+        let all = |_| true;
+        // 2 is next but has 3 waiting; 4 has 1, 3 has 2: 4 (the fewest, within the look-ahead).
+        let c = [busy(1, 1), busy(2, 3), busy(3, 2), busy(4, 1)];
+        assert_eq!(
+            choose(Dispatch::RoundRobin, &c, 1, None, &s, &all),
+            Choice::Worker(4)
+        );
+        // Ties go to the first in turn: 3 and 1 both have 1 waiting after 2.
+        let c = [busy(1, 1), busy(2, 3), busy(3, 1), busy(4, 2)];
+        assert_eq!(
+            choose(Dispatch::RoundRobin, &c, 1, None, &s, &all),
+            Choice::Worker(3)
+        );
+    }
+
+    #[test]
+    fn passing_over_busy_workers_keeps_the_shares_even_when_each_is_busy_as_often() {
+        let (mut w, mut cursor) = (workers(3), 0);
+        let mut count = [0usize; 3];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..6000 {
+            // Each connection finds one worker, drawn at random, with connections waiting.
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            for (i, c) in w.iter_mut().enumerate() {
+                (c.unacked, c.has_room) = (usize::from(i as u64 == seed % 3) * 2, true);
+            }
+            for key in pass(&mut w, &mut cursor, 1, 2) {
+                count[key as usize - 1] += 1;
+            }
+        }
+        let (lo, hi) = (count.iter().min().unwrap(), count.iter().max().unwrap());
+        assert!(*hi as f64 / *lo as f64 <= 1.05, "{count:?}");
+    }
+
+    #[test]
+    fn in_strict_turns_a_busy_worker_takes_its_turn() {
+        let busy = |key, unacked| Candidate {
+            unacked,
+            ..cand(key, 0, 0, true)
+        };
+        let s = Slots(3, vec![]);
+        let c = [busy(1, 0), busy(2, 5), busy(3, 0)];
+        let choice = Pass::new(1, 3, 1).strict_turns(true).choose(
+            Dispatch::RoundRobin,
+            &c,
+            1,
+            None,
+            &s,
+            &|_| true,
+        );
+        assert_eq!(choice, Choice::Worker(2));
     }
 
     /// Hands `count` connections accepted together as the primary does: the chosen worker

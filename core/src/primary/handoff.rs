@@ -217,7 +217,8 @@ impl Primary {
         // Workers whose queue refused a connection in this pass (full, or closing).
         let mut refused: Vec<u64> = Vec::new();
         let mut kept = VecDeque::new();
-        let mut pass = dispatch::Pass::new(self.waiting.len(), self.desired, self.cpus);
+        let mut pass = dispatch::Pass::new(self.waiting.len(), self.desired, self.cpus)
+            .strict_turns(self.cfg.strict_turns);
         while let Some(w) = self.waiting.pop_front() {
             let mode = self.listeners[w.listener].dispatch;
             let subscribers = self.listeners[w.listener].subscribers.as_ref();
@@ -365,16 +366,21 @@ impl Primary {
         request: u32,
         dispatch: Dispatch,
         addr: String,
+        counts: bool,
     ) {
         if !self.procs.contains_key(&key) {
             return;
         }
         let result = self.find_or_bind(key, dispatch, &addr);
         // A listener turned by the kernel: this worker's own socket of its group.
+        let mut counter = None;
         let result = result.and_then(|i| match self.listeners[i].group {
             Some(_) => self
-                .join_group(i, key)
-                .map(|fd| (i, Some(fd)))
+                .join_group(i, key, counts)
+                .map(|(fd, map)| {
+                    counter = map;
+                    (i, Some(fd))
+                })
                 .inspect_err(|_| {
                     if let Some(subs) = &mut self.listeners[i].subscribers {
                         subs.remove(&key);
@@ -385,6 +391,16 @@ impl Primary {
         let Some(p) = self.procs.get(&key) else {
             return;
         };
+        // The count map first, in an answer of its own: a frame carries one descriptor.
+        if let Some((map, member)) = counter {
+            let body = body::turn_counter(request, member);
+            let _ = p.link.send_frame(
+                &self.shared.waker,
+                Kind::ListenResult,
+                &body,
+                Some(PassFd::Owned(map)),
+            );
+        }
         let (body, fd) = match result {
             Ok((i, member)) => {
                 let l = &self.listeners[i];

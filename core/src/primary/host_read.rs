@@ -160,6 +160,9 @@ impl HostRead {
             }
         }
         let queued = !out.is_empty();
+        if queued {
+            link.heard_from();
+        }
         events.push_for_self(&mut out);
         // Heartbeats show up only as frames that were not messages.
         let others = reader.frames - frames > reader.messages - messages;

@@ -55,6 +55,9 @@ impl Primary {
         let end = reader.read(link.raw(), &mut incoming, room);
         let seen = reader.frames != frames;
         let sent_messages = reader.messages != messages;
+        if sent_messages {
+            link.heard_from();
+        }
         let quiet = reader
             .last_message
             .is_none_or(|t| t.elapsed() >= HOST_READ_IDLE);
@@ -174,7 +177,8 @@ impl Primary {
                 request,
                 dispatch,
                 addr,
-            } => self.worker_listen(key, request, dispatch, addr),
+                counts,
+            } => self.worker_listen(key, request, dispatch, addr, counts),
             Incoming::Unlisten(name) => self.worker_unlisten(key, &name),
             Incoming::Ack(id) => self.connection_acked(key, id)?,
         }

@@ -32,6 +32,8 @@ pub enum Incoming {
         request: u32,
         dispatch: Dispatch,
         addr: String,
+        /// It takes one off its count in the kernel's turns per connection it is done with.
+        counts: bool,
     },
     /// The worker stopped listening on the listener of this name (`server.close()`).
     Unlisten(String),
@@ -264,11 +266,12 @@ fn control(frame: &Frame<'_>) -> Result<Incoming, String> {
         Kind::Unlisten if !frame.has_fd => body::parse_unlisten(frame.body)
             .map(Incoming::Unlisten)
             .ok_or_else(malformed),
-        Kind::Listen if !frame.has_fd => body::parse_listen(frame.body)
-            .map(|(request, dispatch, addr)| Incoming::Listen {
+        Kind::Listen if !frame.has_fd => body::parse_listen_with_flags(frame.body)
+            .map(|(request, dispatch, addr, flags)| Incoming::Listen {
                 request,
                 dispatch,
                 addr,
+                counts: flags & body::LISTEN_COUNTS != 0,
             })
             .ok_or_else(malformed),
         other => Err(format!("unexpected {other:?} frame from a worker")),

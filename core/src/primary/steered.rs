@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::events::{Event, WorkerState};
 use crate::sys;
 use crate::sys::listen::{self, Dispatch, ListenAddr};
-use crate::sys::steer::Steer;
+use crate::sys::steer::{self, Steer};
 
 /// Member sockets' tokens in the epoll set: this bit, the listener's index << 24 and the
 /// member's index.
@@ -20,8 +20,8 @@ pub(super) const STEERED: u64 = 1 << 61;
 pub struct Group {
     steer: Steer,
     members: Vec<Member>,
-    /// The sockets taking turns now, in order.
-    turn: Vec<RawFd>,
+    /// The sockets taking turns now, in order, with their entries (see `Steer::set`).
+    turn: Vec<(RawFd, u32)>,
 }
 
 /// One socket of the group. It outlives its worker: a worker that dies (or stops listening)
@@ -34,6 +34,8 @@ struct Member {
     worker: Option<u64>,
     /// In the primary's epoll set (no worker listens on it).
     armed: bool,
+    /// Its worker takes one off the member's count per connection from it it is done with.
+    counts: bool,
 }
 
 impl Group {
@@ -97,8 +99,14 @@ pub(crate) fn bind(
 
 impl Primary {
     /// Gives worker `key` a socket of listener `index`'s group (the one it has, a free one, or
-    /// a new one) and returns a copy of it to send.
-    pub(super) fn join_group(&mut self, index: usize, key: u64) -> Result<OwnedFd, String> {
+    /// a new one) and returns a copy of it to send, with, for a worker that `counts` its
+    /// connections, the count map and its member's index in it.
+    pub(super) fn join_group(
+        &mut self,
+        index: usize,
+        key: u64,
+        counts: bool,
+    ) -> Result<(OwnedFd, Option<(OwnedFd, u32)>), String> {
         let l = &mut self.listeners[index];
         let addr = l.addr.clone();
         let g = l.group.as_mut().expect("a kernel round-robin listener");
@@ -117,24 +125,43 @@ impl Primary {
                         fd,
                         worker: None,
                         armed: false,
+                        counts: false,
                     });
                     g.members.len() - 1
                 }
             },
         };
+        if at >= steer::MAX_SOCKETS as usize {
+            return Err(format!(
+                "more than {} workers listening on {addr}",
+                steer::MAX_SOCKETS
+            ));
+        }
         let copy = g.members[at]
             .fd
             .try_clone()
             .map_err(|e| format!("duplicating a listening socket: {e}"))?;
+        let map = match counts {
+            true => Some(
+                g.steer
+                    .counts_fd()
+                    .map_err(|e| format!("duplicating the count map: {e}"))?,
+            ),
+            false => None,
+        };
+        // What the last worker left in the socket is not this one's: it starts even (and
+        // below zero while it serves those, which only makes it preferred).
+        g.steer.reset(at as u32);
         let m = &mut g.members[at];
         m.worker = Some(key);
+        m.counts = map.is_some();
         // From now on the worker accepts on it (perhaps blocking, on the shared file): the
         // primary stops at once, not at the next reconcile.
         if std::mem::take(&mut m.armed) {
             self.epoll.delete(m.fd.as_raw_fd());
         }
         self.changed = true;
-        Ok(copy)
+        Ok((copy, map.map(|fd| (fd, at as u32))))
     }
 
     /// Worker `key` no longer listens on listener `index` (or on any, with None): its sockets
@@ -175,11 +202,14 @@ impl Primary {
             };
             // Paused after EMFILE: the primary's watch of the group's sockets pauses too.
             let may_accept = may_accept && l.paused_until.is_none();
-            let mut serving: Vec<(u64, RawFd)> = Vec::new();
+            let mut serving: Vec<(u64, (RawFd, u32))> = Vec::new();
             let mut arm: Vec<bool> = Vec::with_capacity(g.members.len());
-            for m in &g.members {
+            for (j, m) in g.members.iter().enumerate() {
                 if self.serves(m.worker) {
-                    serving.push((m.worker.unwrap_or_default(), m.fd.as_raw_fd()));
+                    // Strict turns: no member is compared with the next.
+                    let tracked = m.counts && !self.cfg.strict_turns;
+                    let entry = j as u32 | if tracked { steer::TRACKED } else { 0 };
+                    serving.push((m.worker.unwrap_or_default(), (m.fd.as_raw_fd(), entry)));
                 }
                 // Only a socket no worker listens on: a starting or draining worker accepts
                 // from its own (and the fallback slot keeps new connections off it meanwhile).
@@ -187,7 +217,7 @@ impl Primary {
             }
             // In the order of the workers' keys: the order they started in.
             serving.sort_unstable();
-            let turn: Vec<RawFd> = serving.into_iter().map(|(_, fd)| fd).collect();
+            let turn: Vec<(RawFd, u32)> = serving.into_iter().map(|(_, t)| t).collect();
             let g = self.listeners[i].group.as_mut().unwrap();
             if turn != g.turn {
                 if let Err(e) = g.steer.set(&turn) {

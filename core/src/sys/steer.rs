@@ -6,11 +6,16 @@
 //! The primary keeps every socket of the group, so a worker that dies leaves its queue behind,
 //! not lost: the primary takes the socket out of the turn and accepts what waits in it itself.
 //!
+//! The turns look at how busy each worker is: a worker may count the connections it has in
+//! hand in a map it shares with the program (`counts`), which then gives a connection to the
+//! next socket rather than the turn's when the next one's worker has fewer (`program`).
+//!
 //! Loading the program needs `CAP_BPF` and `CAP_NET_ADMIN` (root, usually). Without them,
 //! [`Steer::new`] fails and round-robin listeners are served by the primary's own accept loop.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
 
 // bpf(2) commands, map and program types, from <linux/bpf.h>.
 const BPF_MAP_CREATE: libc::c_long = 0;
@@ -21,6 +26,8 @@ const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_REUSEPORT_SOCKARRAY: u32 = 20;
 const BPF_PROG_TYPE_SK_REUSEPORT: u32 = 21;
 const BPF_PSEUDO_MAP_FD: u8 = 1;
+/// A map whose values can be mapped into memory (the count map, shared with the workers).
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// `SO_ATTACH_REUSEPORT_EBPF` from <asm-generic/socket.h>.
 const SO_ATTACH_REUSEPORT_EBPF: libc::c_int = 52;
 /// The most sockets taking turns.
@@ -73,12 +80,13 @@ impl Attr {
     }
 }
 
-fn create_map(kind: u32, key: u32, value: u32, entries: u32) -> io::Result<OwnedFd> {
+fn create_map(kind: u32, key: u32, value: u32, entries: u32, flags: u32) -> io::Result<OwnedFd> {
     Attr::new()
         .u32(0, kind)
         .u32(4, key)
         .u32(8, value)
         .u32(12, entries)
+        .u32(16, flags)
         .call_fd(BPF_MAP_CREATE)
 }
 
@@ -91,97 +99,39 @@ fn update(map: RawFd, key: &u32, value: *const u8) -> io::Result<()> {
         .map(drop)
 }
 
-/// One instruction: opcode, registers (destination in the low nibble), offset, immediate.
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct Insn {
-    code: u8,
-    regs: u8,
-    off: i16,
-    imm: i32,
-}
+/// The value of the state map: the turn counter, how many sockets take turns, and for each
+/// turn the entry of the member whose socket it is (see [`TRACKED`]).
+const STATE_SIZE: u32 = 16 + 4 * MAX_SOCKETS;
+/// In a turn's entry: the member's worker counts its connections, so the program may compare its
+/// count with the next turn's. Below it, the member's index in the count array.
+pub const TRACKED: u32 = 1 << 31;
+/// The value of the count map (its only element): one i64 per member, by member index (the
+/// load its worker counts down), then one u64 per member (how many connections the program
+/// gave it, which only the program and the primary touch).
+const COUNTS_SIZE: u32 = 16 * MAX_SOCKETS;
+/// Where the second half of the count map's value begins.
+const GIVEN: i16 = 8 * MAX_SOCKETS as i16;
+/// How many connections a member may have been given beyond the turn's member before it is
+/// no longer preferred to it for being less busy. A bound on how far the shares drift apart
+/// when one worker is slower for long: past it the turns are strict between those two until
+/// the other catches up, so over N connections the shares differ by this at most, whatever
+/// the workers' speeds (1% of 50,000, for two workers).
+pub const MAX_LEAD: i32 = 256;
 
-const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
-    Insn {
-        code,
-        regs: (src << 4) | dst,
-        off,
-        imm,
-    }
-}
+mod counts;
+mod program;
+#[cfg(test)]
+mod tests;
 
-/// The value of the state map: the turn counter and how many sockets take turns.
-const STATE_SIZE: u32 = 16;
-
-/// The program, for state map `state` and socket array `socks`:
-///
-/// ```text
-/// state = lookup(state_map, 0)
-/// if state and state.n > 0:
-///     i = fetch_add(state.turn, 1) % state.n
-///     if select(socks[i]) succeeds: pass
-/// select(socks[FALLBACK])   // none taking turns, or slot i empty while the array is rewritten
-/// pass                      // and if even that failed, the kernel's hash picks
-/// ```
-///
-/// Without the fallback slot the kernel's hash would pick among every socket of the group,
-/// including those of workers that do not serve.
-fn program(state: RawFd, socks: RawFd) -> [Insn; 32] {
-    const MOV64_X: u8 = 0xbf; // dst = src
-    const MOV64_K: u8 = 0xb7; // dst = imm
-    const ADD64_K: u8 = 0x07; // dst += imm
-    const MOD64_X: u8 = 0x9f; // dst %= src
-    const ST_W: u8 = 0x62; // *(u32 *)(dst + off) = imm
-    const STX_W: u8 = 0x63; // *(u32 *)(dst + off) = src
-    const LDX_W: u8 = 0x61; // dst = *(u32 *)(src + off)
-    const LD_DW: u8 = 0x18; // dst = imm64 (two instructions)
-    const FETCH_ADD_DW: u8 = 0xdb; // with imm BPF_ADD | BPF_FETCH: src = fetch_add(dst + off, src)
-    const JEQ_K: u8 = 0x15; // if dst == imm: skip off
-    const CALL: u8 = 0x85;
-    const EXIT: u8 = 0x95;
-    const MAP_LOOKUP_ELEM: i32 = 1;
-    const SK_SELECT_REUSEPORT: i32 = 82;
-    const SK_PASS: i32 = 1;
-    [
-        insn(MOV64_X, 6, 1, 0, 0),                   // 0: r6 = ctx
-        insn(ST_W, 10, 0, -4, 0),                    // 1: key 0 on the stack
-        insn(MOV64_X, 2, 10, 0, 0),                  // 2
-        insn(ADD64_K, 2, 0, 0, -4),                  // 3: r2 = &key
-        insn(LD_DW, 1, BPF_PSEUDO_MAP_FD, 0, state), // 4: r1 = state map
-        insn(0, 0, 0, 0, 0),                         // 5
-        insn(CALL, 0, 0, 0, MAP_LOOKUP_ELEM),        // 6: r0 = &state or null
-        insn(JEQ_K, 0, 0, 14, 0),                    // 7: null: to 22
-        insn(LDX_W, 2, 0, 8, 0),                     // 8: r2 = n
-        insn(JEQ_K, 2, 0, 12, 0),                    // 9: none: to 22
-        insn(MOV64_K, 1, 0, 0, 1),                   // 10
-        insn(FETCH_ADD_DW, 0, 1, 0, 1),              // 11: r1 = turn++
-        insn(MOD64_X, 1, 2, 0, 0),                   // 12: r1 %= n
-        insn(STX_W, 10, 1, -8, 0),                   // 13: index on the stack
-        insn(MOV64_X, 1, 6, 0, 0),                   // 14: r1 = ctx
-        insn(LD_DW, 2, BPF_PSEUDO_MAP_FD, 0, socks), // 15: r2 = socket array
-        insn(0, 0, 0, 0, 0),                         // 16
-        insn(MOV64_X, 3, 10, 0, 0),                  // 17
-        insn(ADD64_K, 3, 0, 0, -8),                  // 18: r3 = &index
-        insn(MOV64_K, 4, 0, 0, 0),                   // 19: flags 0
-        insn(CALL, 0, 0, 0, SK_SELECT_REUSEPORT),    // 20
-        insn(JEQ_K, 0, 0, 8, 0),                     // 21: selected: to 30
-        insn(ST_W, 10, 0, -8, FALLBACK as i32),      // 22: the fallback slot
-        insn(MOV64_X, 1, 6, 0, 0),                   // 23: r1 = ctx
-        insn(LD_DW, 2, BPF_PSEUDO_MAP_FD, 0, socks), // 24: r2 = socket array
-        insn(0, 0, 0, 0, 0),                         // 25
-        insn(MOV64_X, 3, 10, 0, 0),                  // 26
-        insn(ADD64_K, 3, 0, 0, -8),                  // 27: r3 = &slot
-        insn(MOV64_K, 4, 0, 0, 0),                   // 28: flags 0
-        insn(CALL, 0, 0, 0, SK_SELECT_REUSEPORT),    // 29
-        insn(MOV64_K, 0, 0, 0, SK_PASS),             // 30
-        insn(EXIT, 0, 0, 0, 0),                      // 31
-    ]
-}
+use counts::Counts;
+pub use counts::TurnCounter;
+use program::program;
 
 /// The program and maps of one group.
 pub struct Steer {
     prog: OwnedFd,
     state: OwnedFd,
+    counts: Counts,
     socks: OwnedFd,
     /// How many sockets take turns now (slots 0..len of the array).
     len: u32,
@@ -191,11 +141,18 @@ impl Steer {
     /// Loads the program. Fails without the privileges for it (EPERM), or on a kernel without
     /// BPF or reuseport socket arrays; the caller then accepts in the primary.
     pub fn new() -> io::Result<Steer> {
-        let state = create_map(BPF_MAP_TYPE_ARRAY, 4, STATE_SIZE, 1)?;
-        let socks = create_map(BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 4, 8, FALLBACK + 1)?;
-        let insns = program(state.as_raw_fd(), socks.as_raw_fd());
+        let state = create_map(BPF_MAP_TYPE_ARRAY, 4, STATE_SIZE, 1, 0)?;
+        let counts = Counts::map(create_map(
+            BPF_MAP_TYPE_ARRAY,
+            4,
+            COUNTS_SIZE,
+            1,
+            BPF_F_MMAPABLE,
+        )?)?;
+        let socks = create_map(BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 4, 8, FALLBACK + 1, 0)?;
+        let insns = program(state.as_raw_fd(), counts.fd.as_raw_fd(), socks.as_raw_fd());
         let license = b"Dual MIT/GPL\0";
-        let mut log = vec![0u8; 4096];
+        let mut log = vec![0u8; 65536];
         // Without a log, its buffer must be left out too.
         let load = |log_level: u32, log: &mut [u8]| {
             Attr::new()
@@ -232,6 +189,7 @@ impl Steer {
         Ok(Steer {
             prog,
             state,
+            counts,
             socks,
             len: 0,
         })
@@ -263,19 +221,26 @@ impl Steer {
         Ok(())
     }
 
-    /// Makes `fds` (listening sockets of the group) take turns, in this order, from the next
-    /// connection on. With none, the kernel's hash picks among all sockets of the group.
+    /// Makes `turns` (listening sockets of the group, each with its member's entry: its index
+    /// in the count array, with [`TRACKED`] when its worker counts its accepts) take turns, in
+    /// this order, from the next connection on. With none, the fallback socket takes all.
     ///
     /// A socket can hold one slot of the array only, so the array is emptied and written
     /// anew. Meanwhile, for a few microseconds, the fallback socket takes what comes.
-    pub fn set(&mut self, fds: &[RawFd]) -> io::Result<()> {
-        if fds.len() > MAX_SOCKETS as usize {
+    pub fn set(&mut self, turns: &[(RawFd, u32)]) -> io::Result<()> {
+        if turns.len() > MAX_SOCKETS as usize {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("more than {MAX_SOCKETS} sockets to take turns"),
             ));
         }
-        self.set_count(0)?;
+        if let Some(&(_, e)) = turns.iter().find(|t| t.1 & !TRACKED >= MAX_SOCKETS) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("member {} is past the last of {MAX_SOCKETS}", e & !TRACKED),
+            ));
+        }
+        self.set_state(&[])?;
         for i in 0..self.len {
             // An empty slot (its socket closed since) is no error here.
             let _ = Attr::new()
@@ -284,7 +249,7 @@ impl Steer {
                 .call(BPF_MAP_DELETE_ELEM);
         }
         self.len = 0;
-        for (i, &fd) in fds.iter().enumerate() {
+        for (i, &(fd, _)) in turns.iter().enumerate() {
             let value = fd as u64;
             update(
                 self.socks.as_raw_fd(),
@@ -293,85 +258,50 @@ impl Steer {
             )?;
             self.len = i as u32 + 1;
         }
-        self.set_count(self.len)
+        let entries: Vec<u32> = turns.iter().map(|t| t.1).collect();
+        self.set_state(&entries)
     }
 
-    fn set_count(&self, n: u32) -> io::Result<()> {
-        let mut value = [0u8; STATE_SIZE as usize];
-        value[8..12].copy_from_slice(&n.to_ne_bytes());
+    fn set_state(&self, entries: &[u32]) -> io::Result<()> {
+        let mut value = vec![0u8; STATE_SIZE as usize];
         // The turn counter starts again at 0: the next connection goes to the first socket.
+        value[8..12].copy_from_slice(&(entries.len() as u32).to_ne_bytes());
+        for (i, e) in entries.iter().enumerate() {
+            value[16 + 4 * i..20 + 4 * i].copy_from_slice(&e.to_ne_bytes());
+        }
         update(self.state.as_raw_fd(), &0, value.as_ptr())
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::{SocketAddr, TcpStream};
-
-    /// A listening `SO_REUSEPORT` socket on 127.0.0.1:`port` (0: any), and its port.
-    fn listener(port: u16) -> (OwnedFd, u16) {
-        let sa: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let fd = crate::sys::listen::bind_reuseport(&sa).unwrap();
-        let port = match crate::sys::listen::local_addr(
-            fd.as_raw_fd(),
-            &crate::sys::listen::ListenAddr::Tcp(sa),
-        ) {
-            crate::sys::listen::ListenAddr::Tcp(a) => a.port(),
-            _ => unreachable!(),
-        };
-        (fd, port)
-    }
-
-    fn pending(fd: &OwnedFd) -> usize {
-        let mut n = 0;
-        while crate::sys::listen::accept(fd.as_raw_fd())
-            .unwrap()
-            .is_some()
-        {
-            n += 1;
+    /// Member `member` starts anew (a worker is given its socket): nothing is counted against
+    /// it. What waits in its socket, left by the last worker, the new worker takes and counts
+    /// off: its count is below zero for that while, and it is preferred until it is even.
+    ///
+    /// Its share starts level with the member furthest ahead, so that no other member is held
+    /// to strict turns with it for a lead it took over a worker gone since (see `MAX_LEAD`).
+    pub fn reset(&self, member: u32) {
+        if let Some(c) = self.counts.get(member) {
+            c.store(0, Ordering::Relaxed);
         }
-        n
+        let most = (0..MAX_SOCKETS)
+            .filter_map(|m| self.counts.given(m))
+            .map(|g| g.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
+        if let Some(g) = self.counts.given(member) {
+            g.store(most, Ordering::Relaxed);
+        }
     }
 
-    #[test]
-    fn connections_take_turns_over_the_sockets_in_the_array() {
-        let mut steer = match Steer::new() {
-            Ok(s) => s,
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                eprintln!("skipped: loading a BPF program needs CAP_BPF ({e})");
-                return;
-            }
-            Err(e) => panic!("loading the program: {e}"),
-        };
-        let (fallback, port) = listener(0);
-        let (a, _) = listener(port);
-        let (b, _) = listener(port);
-        let (c, _) = listener(port);
-        steer.attach(fallback.as_raw_fd()).unwrap();
-        let mut clients = Vec::new();
-        let mut connect = |n: usize| {
-            for _ in 0..n {
-                clients.push(TcpStream::connect(("127.0.0.1", port)).unwrap());
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        };
-        let counts = || [pending(&fallback), pending(&a), pending(&b), pending(&c)];
+    /// Member `member`'s count: connections given to its socket and not taken off yet.
+    #[cfg(test)]
+    pub fn count(&self, member: u32) -> i64 {
+        self.counts
+            .get(member)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
 
-        steer
-            .set(&[a.as_raw_fd(), b.as_raw_fd(), c.as_raw_fd()])
-            .unwrap();
-        connect(30);
-        assert_eq!(counts(), [0, 10, 10, 10]);
-
-        // Two of three: the second socket gets nothing from now on.
-        steer.set(&[c.as_raw_fd(), a.as_raw_fd()]).unwrap();
-        connect(20);
-        assert_eq!(counts(), [0, 10, 0, 10]);
-
-        // None taking turns: everything goes to the fallback socket, none to the others.
-        steer.set(&[]).unwrap();
-        connect(12);
-        assert_eq!(counts(), [12, 0, 0, 0]);
+    /// A copy of the count map, for a worker that counts its connections (see [`TurnCounter`]).
+    pub fn counts_fd(&self) -> io::Result<OwnedFd> {
+        self.counts.fd.try_clone()
     }
 }

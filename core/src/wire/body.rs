@@ -69,11 +69,64 @@ pub fn listen(request: u32, dispatch: Dispatch, addr: &str) -> Vec<u8> {
 }
 
 /// Reads a Listen body: request id, dispatch mode, address text; nothing may follow.
+#[cfg(test)]
 pub fn parse_listen(mut body: &[u8]) -> Option<(u32, Dispatch, String)> {
     let request = u32::from_le_bytes(take_bytes::<4>(&mut body)?);
     let dispatch = Dispatch::from_u8(take_bytes::<1>(&mut body)?[0])?;
     let addr = take_str(&mut body)?;
     body.is_empty().then_some((request, dispatch, addr))
+}
+
+/// In a Listen body's optional flags byte: the worker takes one off its member's count in the
+/// kernel's turns for each connection from its own socket it is done with (protocol §5.7).
+pub const LISTEN_COUNTS: u8 = 1;
+
+/// Listen body with its optional flags byte (left out when 0, as a worker that knows no flags
+/// sends it).
+pub fn listen_with_flags(request: u32, dispatch: Dispatch, addr: &str, flags: u8) -> Vec<u8> {
+    let mut body = listen(request, dispatch, addr);
+    if flags != 0 {
+        body.push(flags);
+    }
+    body
+}
+
+/// Reads a Listen body: request id, dispatch mode, address text, and the flags byte (0 when
+/// left out); unknown flags and anything after them do not parse.
+pub fn parse_listen_with_flags(mut body: &[u8]) -> Option<(u32, Dispatch, String, u8)> {
+    let request = u32::from_le_bytes(take_bytes::<4>(&mut body)?);
+    let dispatch = Dispatch::from_u8(take_bytes::<1>(&mut body)?[0])?;
+    let addr = take_str(&mut body)?;
+    let flags = match body {
+        [] => 0,
+        [f] if f & !LISTEN_COUNTS == 0 => *f,
+        _ => return None,
+    };
+    Some((request, dispatch, addr, flags))
+}
+
+/// The status of a ListenResult that carries the count map of the kernel's turns, before
+/// the answer itself (protocol §5.7).
+const STATUS_COUNTER: u8 = 2;
+
+/// ListenResult body of status 2: u32 request id, u8 2, u32 the member's index in the count
+/// map the frame carries.
+pub fn turn_counter(request: u32, member: u32) -> Vec<u8> {
+    let mut body = request.to_le_bytes().to_vec();
+    body.push(STATUS_COUNTER);
+    body.extend_from_slice(&member.to_le_bytes());
+    body
+}
+
+/// Reads a ListenResult body of status 2: the request id and the member's index. None for
+/// any other status.
+pub fn parse_turn_counter(mut body: &[u8]) -> Option<(u32, u32)> {
+    let request = u32::from_le_bytes(take_bytes::<4>(&mut body)?);
+    let [STATUS_COUNTER] = take_bytes::<1>(&mut body)? else {
+        return None;
+    };
+    let member = u32::from_le_bytes(take_bytes::<4>(&mut body)?);
+    Some((request, member))
 }
 
 /// ListenResult body (primary to worker): u32 request id, then u8 status 0 with the
@@ -126,6 +179,30 @@ pub fn parse_unlisten(mut body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listen_body_may_end_with_flags_and_a_listen_result_may_carry_a_counter() {
+        let plain = listen_with_flags(3, Dispatch::RoundRobin, ":80", 0);
+        assert_eq!(plain, listen(3, Dispatch::RoundRobin, ":80"));
+        assert_eq!(
+            parse_listen_with_flags(&plain),
+            Some((3, Dispatch::RoundRobin, ":80".into(), 0))
+        );
+        let counted = listen_with_flags(3, Dispatch::RoundRobin, ":80", LISTEN_COUNTS);
+        assert_eq!(
+            parse_listen_with_flags(&counted),
+            Some((3, Dispatch::RoundRobin, ":80".into(), 1))
+        );
+        assert_eq!(parse_listen(&counted), None);
+        let mut unknown = plain.clone();
+        unknown.push(2);
+        assert_eq!(parse_listen_with_flags(&unknown), None);
+        assert_eq!(parse_turn_counter(&turn_counter(9, 17)), Some((9, 17)));
+        assert_eq!(
+            parse_turn_counter(&listen_result(9, Ok(("web", "[::1]:80")))),
+            None
+        );
+    }
 
     #[test]
     fn every_body_decodes_to_what_was_encoded() {

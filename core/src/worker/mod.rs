@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::sys::listen::Dispatch;
+pub use crate::sys::steer::TurnCounter;
 use crate::wire::body;
 use crate::wire::content::ContentType;
 use crate::wire::frame::{self, Kind};
@@ -68,6 +69,10 @@ pub struct Listening {
     pub addr: String,
     /// In `shared` mode: the listening socket itself, to accept from.
     pub fd: Option<OwnedFd>,
+    /// For a listener the kernel turns, asked for with [`Worker::listen_counting`]: call
+    /// [`TurnCounter::done`] once per connection accepted from `fd`, when it is closed (or
+    /// when it is accepted, to count only the accept queue).
+    pub counter: Option<TurnCounter>,
 }
 
 /// This process's link to its primary. `Send + Sync`; reads and writes may happen on
@@ -276,7 +281,10 @@ impl Worker {
                 Some(ev) => ev,
                 None => match self.read_frame(rx, wait, acks)? {
                     Some(Decoded::Event(ev)) => ev,
-                    Some(Decoded::ListenResult { request, .. }) => {
+                    Some(
+                        Decoded::ListenResult { request, .. }
+                        | Decoded::TurnCounter { request, .. },
+                    ) => {
                         return Err(Error::Protocol(format!(
                             "answer to listen request {request}, which nobody is waiting for"
                         )))
@@ -311,10 +319,24 @@ impl Worker {
     /// and dispatches its connections to every worker that asked. Blocks until the answer;
     /// events that arrive meanwhile are kept for `next_event`.
     pub fn listen(&self, addr: &str, dispatch: Dispatch) -> Result<Listening> {
+        self.listen_with_flags(addr, dispatch, 0)
+    }
+
+    /// As [`Worker::listen`], for a worker that accepts from its own socket of a listener the
+    /// kernel turns and says when it is done with each connection ([`Listening::counter`]):
+    /// the kernel then passes over this worker when it has more connections in hand than the
+    /// next worker. A worker that asks so and does not count gets fewer and fewer connections.
+    pub fn listen_counting(&self, addr: &str, dispatch: Dispatch) -> Result<Listening> {
+        self.listen_with_flags(addr, dispatch, body::LISTEN_COUNTS)
+    }
+
+    fn listen_with_flags(&self, addr: &str, dispatch: Dispatch, flags: u8) -> Result<Listening> {
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let mut rx = self.rx.lock().unwrap();
-        self.write_frame(Kind::Listen, &body::listen(request, dispatch, addr))?;
+        let frame = body::listen_with_flags(request, dispatch, addr, flags);
+        self.write_frame(Kind::Listen, &frame)?;
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut counter = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let mut acks = Vec::new();
@@ -322,13 +344,24 @@ impl Worker {
             self.ack(&acks)?;
             match decoded {
                 Some(Decoded::Event(ev)) => rx.pending.push_back(ev),
-                Some(Decoded::ListenResult { request: r, result }) if r == request => {
-                    return result.map_err(|e| Error::Bind {
-                        addr: addr.to_string(),
-                        source: std::io::Error::other(e),
-                    });
+                Some(Decoded::TurnCounter {
+                    request: r,
+                    counter: c,
+                }) if r == request => {
+                    counter = Some(c);
                 }
-                Some(Decoded::ListenResult { request: r, .. }) => {
+                Some(Decoded::ListenResult { request: r, result }) if r == request => {
+                    return result
+                        .map(|l| Listening { counter, ..l })
+                        .map_err(|e| Error::Bind {
+                            addr: addr.to_string(),
+                            source: std::io::Error::other(e),
+                        });
+                }
+                Some(
+                    Decoded::ListenResult { request: r, .. }
+                    | Decoded::TurnCounter { request: r, .. },
+                ) => {
                     return Err(Error::Protocol(format!(
                         "answer to listen request {r}, expected {request}"
                     )));

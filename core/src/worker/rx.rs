@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::{Connection, Listening, Worker, WorkerEvent};
 use crate::error::{Error, Result};
 use crate::sys;
+use crate::sys::steer::TurnCounter;
 use crate::wire::body;
 use crate::wire::frame::{self, Decoder, Kind};
 
@@ -49,6 +50,11 @@ pub(super) enum Decoded {
     ListenResult {
         request: u32,
         result: std::result::Result<Listening, String>,
+    },
+    /// The count map of the kernel's turns, before the answer to listen request `request`.
+    TurnCounter {
+        request: u32,
+        counter: TurnCounter,
     },
 }
 
@@ -228,10 +234,23 @@ pub(crate) fn decode_stream<'a>(
     Ok(events)
 }
 
-/// A ListenResult frame as the worker's answer to `listen`.
+/// A ListenResult frame as the worker's answer to `listen`, or the count map before it.
 fn parse_listen_result(body: &[u8], fd: Option<OwnedFd>) -> Result<Decoded> {
+    if let Some((request, member)) = body::parse_turn_counter(body) {
+        let fd = fd.ok_or_else(|| {
+            Error::Protocol("ListenResult frame with a count map but no descriptor".into())
+        })?;
+        let counter = TurnCounter::new(fd, member)
+            .map_err(|e| Error::Protocol(format!("mapping the count map of a listener: {e}")))?;
+        return Ok(Decoded::TurnCounter { request, counter });
+    }
     let (request, result) = body::parse_listen_result(body)
         .ok_or_else(|| Error::Protocol("malformed ListenResult frame".into()))?;
-    let result = result.map(|(name, addr)| Listening { name, addr, fd });
+    let result = result.map(|(name, addr)| Listening {
+        name,
+        addr,
+        fd,
+        counter: None,
+    });
     Ok(Decoded::ListenResult { request, result })
 }

@@ -246,3 +246,68 @@ fn primary_hello_for_another_worker_is_refused() {
     let e = Worker::handshake(worker, 4).err().unwrap().to_string();
     assert!(e.contains("worker 9") && e.contains("says 4"), "{e}");
 }
+
+/// A worker that asks to count its connections gets the count map in an answer of status 2
+/// before the answer itself, and takes one off its member's count per connection done.
+#[test]
+fn a_worker_that_counts_gets_the_count_map_with_its_listen_answer() {
+    let (primary, w) = linked();
+    let asking = std::thread::spawn(move || {
+        let l = w.listen_counting("127.0.0.1:0", Dispatch::RoundRobin);
+        (w, l)
+    });
+    // The LISTEN frame (after the worker's hello), with its flags byte.
+    let mut d = Decoder::new(1024);
+    let mut fds = VecDeque::new();
+    let request = loop {
+        let n = sys::recv_with_fds(primary.as_raw_fd(), d.spare(4096), &mut fds, true).unwrap();
+        d.commit(n);
+        let mut found = None;
+        while let Some(f) = d.next_frame().unwrap() {
+            if f.kind == Kind::Listen {
+                let (request, _, addr, flags) = body::parse_listen_with_flags(f.body).unwrap();
+                assert_eq!((addr.as_str(), flags), ("127.0.0.1:0", body::LISTEN_COUNTS));
+                found = Some(request);
+            }
+        }
+        if let Some(r) = found {
+            break r;
+        }
+    };
+    // A stand-in for the BPF map: memory of the same size, shared the same way.
+    // SAFETY: a new descriptor, owned here.
+    let map = unsafe {
+        let fd = libc::memfd_create(c"counts".as_ptr(), libc::MFD_CLOEXEC);
+        assert!(fd >= 0);
+        OwnedFd::from_raw_fd(fd)
+    };
+    assert_eq!(
+        // SAFETY: resizes the memfd this test owns.
+        unsafe { libc::ftruncate(map.as_raw_fd(), 16384) },
+        0
+    );
+    let mut wire = Vec::new();
+    frame::encode(
+        &mut wire,
+        Kind::ListenResult,
+        frame::FLAG_FD,
+        &body::turn_counter(request, 3),
+    );
+    sys::send_with_fds(primary.as_raw_fd(), &wire, &[map.as_raw_fd()], false).unwrap();
+    let mut wire = Vec::new();
+    let answer = body::listen_result(request, Ok(("web", "127.0.0.1:5000")));
+    frame::encode(&mut wire, Kind::ListenResult, 0, &answer);
+    sys::send(primary.as_raw_fd(), &wire).unwrap();
+
+    let (_w, listening) = asking.join().unwrap();
+    let listening = listening.unwrap();
+    assert_eq!(listening.name, "web");
+    let counter = listening.counter.expect("the count map");
+    assert_eq!(counter.member(), 3);
+    counter.done();
+    counter.done();
+    let mut count = [0u8; 8];
+    // SAFETY: reads 8 bytes into a buffer of 8.
+    let n = unsafe { libc::pread(map.as_raw_fd(), count.as_mut_ptr().cast(), 8, 3 * 8) };
+    assert_eq!((n, i64::from_ne_bytes(count)), (8, -2));
+}

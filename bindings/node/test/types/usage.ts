@@ -30,6 +30,7 @@ if (rcluster.isPrimary) {
     maxInflight: 64,
     handoffWindow: 16,
     kernelRoundRobin: false,
+    strictTurns: true,
     queueLimit: 1024,
     queueTimeout: 5_000,
     maxSurge: 1,

@@ -1,0 +1,209 @@
+use super::*;
+use std::net::{SocketAddr, TcpStream};
+
+/// A listening `SO_REUSEPORT` socket on 127.0.0.1:`port` (0: any), and its port.
+fn listener(port: u16) -> (OwnedFd, u16) {
+    let sa: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let fd = crate::sys::listen::bind_reuseport(&sa).unwrap();
+    let port = match crate::sys::listen::local_addr(
+        fd.as_raw_fd(),
+        &crate::sys::listen::ListenAddr::Tcp(sa),
+    ) {
+        crate::sys::listen::ListenAddr::Tcp(a) => a.port(),
+        _ => unreachable!(),
+    };
+    (fd, port)
+}
+
+fn pending(fd: &OwnedFd) -> usize {
+    let mut n = 0;
+    while crate::sys::listen::accept(fd.as_raw_fd())
+        .unwrap()
+        .is_some()
+    {
+        n += 1;
+    }
+    n
+}
+
+fn steer() -> Option<Steer> {
+    match Steer::new() {
+        Ok(s) => Some(s),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            eprintln!("skipped: loading a BPF program needs CAP_BPF ({e})");
+            None
+        }
+        Err(e) => panic!("loading the program: {e}"),
+    }
+}
+
+fn connect(port: u16, n: usize) -> Vec<TcpStream> {
+    let clients = (0..n)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    clients
+}
+
+/// A worker that counts its accepts has been given `n` connections it has not taken.
+fn busy(steer: &Steer, member: u32, n: i64) {
+    steer
+        .counts
+        .get(member)
+        .unwrap()
+        .store(n, Ordering::Relaxed);
+}
+
+#[test]
+fn a_busy_worker_is_passed_over_for_the_next_until_the_counts_are_even() {
+    let Some(mut steer) = steer() else { return };
+    let (fallback, port) = listener(0);
+    let (a, _) = listener(port);
+    let (b, _) = listener(port);
+    steer.attach(fallback.as_raw_fd()).unwrap();
+    steer
+        .set(&[(a.as_raw_fd(), 3 | TRACKED), (b.as_raw_fd(), 7 | TRACKED)])
+        .unwrap();
+    busy(&steer, 3, 5);
+    let _c = connect(port, 10);
+    // b takes every connection until it has as many waiting as a (5 + 1: ties go to the
+    // turn's), then they alternate.
+    assert_eq!([pending(&fallback), pending(&a), pending(&b)], [0, 2, 8]);
+    assert_eq!((steer.count(3), steer.count(7)), (7, 8));
+
+    // The worker took them all: both even again, strict turns.
+    busy(&steer, 3, 0);
+    busy(&steer, 7, 0);
+    let _c = connect(port, 10);
+    assert_eq!([pending(&fallback), pending(&a), pending(&b)], [0, 5, 5]);
+}
+
+#[test]
+fn a_less_busy_worker_that_took_too_many_ahead_waits_for_its_turn() {
+    let Some(mut steer) = steer() else { return };
+    let (fallback, port) = listener(0);
+    let (a, _) = listener(port);
+    let (b, _) = listener(port);
+    steer.attach(fallback.as_raw_fd()).unwrap();
+    steer
+        .set(&[(a.as_raw_fd(), TRACKED), (b.as_raw_fd(), 1 | TRACKED)])
+        .unwrap();
+    busy(&steer, 0, 50);
+    let given = |m| steer.counts.given(m).unwrap();
+    given(0).store(1000, Ordering::Relaxed);
+    given(1).store(1000 + i64::from(MAX_LEAD), Ordering::Relaxed);
+    let _c = connect(port, 10);
+    // b is idle and a busy, but b is MAX_LEAD ahead: strict turns.
+    assert_eq!([pending(&fallback), pending(&a), pending(&b)], [0, 5, 5]);
+    assert_eq!(
+        given(1).load(Ordering::Relaxed) - given(0).load(Ordering::Relaxed),
+        256
+    );
+
+    // One short of it: b takes one out of turn, and then waits again.
+    given(1).store(given(0).load(Ordering::Relaxed) + 255, Ordering::Relaxed);
+    let _c = connect(port, 3);
+    assert_eq!([pending(&fallback), pending(&a), pending(&b)], [0, 1, 2]);
+
+    // A member given to a new worker starts level with the one furthest ahead.
+    steer.reset(0);
+    assert_eq!(
+        (steer.count(0), given(0).load(Ordering::Relaxed)),
+        (0, given(1).load(Ordering::Relaxed))
+    );
+}
+
+#[test]
+fn turns_stay_even_over_workers_that_count_when_none_is_busier() {
+    let Some(mut steer) = steer() else { return };
+    let (fallback, port) = listener(0);
+    let socks = [listener(port).0, listener(port).0, listener(port).0];
+    steer.attach(fallback.as_raw_fd()).unwrap();
+    let turns: Vec<(RawFd, u32)> = (0..3)
+        .map(|i| (socks[i].as_raw_fd(), i as u32 | TRACKED))
+        .collect();
+    steer.set(&turns).unwrap();
+    // Nobody accepts: every count grows, by the same in each round.
+    let _c = connect(port, 30);
+    let got: Vec<usize> = socks.iter().map(pending).collect();
+    assert_eq!((pending(&fallback), got), (0, vec![10, 10, 10]));
+    assert_eq!((0..3).map(|m| steer.count(m)).collect::<Vec<_>>(), [10; 3]);
+}
+
+#[test]
+fn a_worker_that_does_not_count_keeps_strict_turns() {
+    let Some(mut steer) = steer() else { return };
+    let (fallback, port) = listener(0);
+    let (a, _) = listener(port);
+    let (b, _) = listener(port);
+    let (c, _) = listener(port);
+    steer.attach(fallback.as_raw_fd()).unwrap();
+    // a does not count; b counts and looks busy; c counts and is idle.
+    steer
+        .set(&[
+            (a.as_raw_fd(), 0),
+            (b.as_raw_fd(), 1 | TRACKED),
+            (c.as_raw_fd(), 2 | TRACKED),
+        ])
+        .unwrap();
+    busy(&steer, 1, 100);
+    let _c = connect(port, 12);
+    // a keeps every third connection; b's go to c; c's turn is c's (a, after it, does
+    // not count, so no comparison).
+    assert_eq!(
+        [pending(&fallback), pending(&a), pending(&b), pending(&c)],
+        [0, 4, 0, 8]
+    );
+    assert_eq!(
+        (steer.count(0), steer.count(1), steer.count(2)),
+        (0, 100, 8)
+    );
+}
+
+#[test]
+fn a_turn_counter_takes_one_off_its_members_count() {
+    let Some(steer) = steer() else { return };
+    busy(&steer, 5, 3);
+    let counter = TurnCounter::new(steer.counts_fd().unwrap(), 5).unwrap();
+    counter.done();
+    assert_eq!((steer.count(5), steer.count(4)), (2, 0));
+    steer.reset(5);
+    assert_eq!(steer.count(5), 0);
+    assert!(TurnCounter::new(steer.counts_fd().unwrap(), MAX_SOCKETS).is_err());
+}
+
+#[test]
+fn connections_take_turns_over_the_sockets_in_the_array() {
+    let Some(mut steer) = steer() else { return };
+    let (fallback, port) = listener(0);
+    let (a, _) = listener(port);
+    let (b, _) = listener(port);
+    let (c, _) = listener(port);
+    steer.attach(fallback.as_raw_fd()).unwrap();
+    let mut clients = Vec::new();
+    let mut connect = |n: usize| {
+        for _ in 0..n {
+            clients.push(TcpStream::connect(("127.0.0.1", port)).unwrap());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let counts = || [pending(&fallback), pending(&a), pending(&b), pending(&c)];
+
+    steer
+        .set(&[(a.as_raw_fd(), 0), (b.as_raw_fd(), 1), (c.as_raw_fd(), 2)])
+        .unwrap();
+    connect(30);
+    assert_eq!(counts(), [0, 10, 10, 10]);
+
+    // Two of three: the second socket gets nothing from now on.
+    steer
+        .set(&[(c.as_raw_fd(), 2), (a.as_raw_fd(), 0)])
+        .unwrap();
+    connect(20);
+    assert_eq!(counts(), [0, 10, 0, 10]);
+
+    // None taking turns: everything goes to the fallback socket, none to the others.
+    steer.set(&[]).unwrap();
+    connect(12);
+    assert_eq!(counts(), [12, 0, 0, 0]);
+}
