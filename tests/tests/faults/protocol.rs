@@ -132,7 +132,8 @@ fn every_malformed_frame_from_a_worker_ends_only_that_worker_naming_the_cause() 
     let mut listen_trailing = 1u32.to_le_bytes().to_vec();
     listen_trailing.push(0);
     frame::put_str(&mut listen_trailing, "127.0.0.1:0");
-    listen_trailing.push(0);
+    // After the address comes at most one flags byte, with only the flags the protocol defines.
+    listen_trailing.extend_from_slice(&[0, 0]);
     let cases: Vec<(&str, Vec<u8>, String)> = vec![
         (
             "unknown kind",
@@ -218,7 +219,7 @@ fn every_malformed_frame_from_a_worker_ends_only_that_worker_naming_the_cause() 
             "acknowledgement of connection 77, which was not handed to this worker".into(),
         ),
         (
-            "a Listen with a byte after the address",
+            "a Listen with two bytes after the address",
             framed(Kind::Listen, &listen_trailing),
             format!("malformed Listen frame of {} bytes", listen_trailing.len()),
         ),
