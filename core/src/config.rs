@@ -202,6 +202,9 @@ pub struct Config {
     pub queue_timeout: Duration,
     /// During a reload, most workers started beyond `workers` at once.
     pub max_surge: usize,
+    /// The cluster's name: its control socket is `NAME.sock` and `rcluster ls` shows it.
+    /// None: the base name of the program (`argv[0]`).
+    pub name: Option<String>,
 }
 
 impl Config {
@@ -233,7 +236,20 @@ impl Config {
             queue_limit: 4096,
             queue_timeout: Duration::from_secs(10),
             max_surge: 1,
+            name: None,
         }
+    }
+
+    /// `name`, or the base name of the program when it is not set.
+    pub fn resolved_name(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        let prog = self.argv.first().map(Path::new);
+        let base = prog
+            .and_then(|p| p.file_name())
+            .map(|b| b.to_string_lossy());
+        base.map_or_else(|| "rcluster".into(), |b| b.into_owned())
     }
 
     /// The checks `validate` makes of `max_message` and `send_queue_limit`, for a binding that

@@ -200,6 +200,7 @@ impl Primary {
                 active: HashSet::new(),
                 ahead: 0,
                 kill_requested: false,
+                connections_total: 0,
             },
         );
         self.out.push(Event::Spawned {
@@ -482,6 +483,10 @@ impl Primary {
             Decision::Restart { delay, attempt } => {
                 s.start_at = Some(now + delay);
                 s.restarts += 1;
+                *s.counters
+                    .restarts_by_reason
+                    .entry(info.reason.as_str())
+                    .or_default() += 1;
                 if info.reason != ExitReason::Requested {
                     self.out.push(Event::Restarting {
                         id: slot,

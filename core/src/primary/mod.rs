@@ -14,6 +14,7 @@ pub(crate) mod reader;
 mod reload;
 pub(crate) mod shared;
 pub(crate) mod signals;
+pub(crate) mod status;
 pub(crate) mod steered;
 pub(crate) mod supervisor;
 #[cfg(test)]
@@ -59,6 +60,7 @@ struct Slot {
     gave_up: bool,
     restarts: u32,
     last_exit: Option<ExitInfo>,
+    counters: status::SlotCounters,
 }
 
 impl Slot {
@@ -70,6 +72,7 @@ impl Slot {
             gave_up: false,
             restarts: 0,
             last_exit: None,
+            counters: status::SlotCounters::default(),
         }
     }
 }
@@ -119,6 +122,9 @@ pub(crate) struct Primary {
     paused: Vec<u64>,
     /// A reload asked for while one runs: it starts when that one ends (see `reload`).
     reload_queued: bool,
+    /// The cluster's name (`Config::name`, or the program's base name).
+    name: String,
+    started_at: Instant,
 }
 
 impl Primary {
@@ -210,6 +216,8 @@ impl Primary {
             ack_check: None,
             paused: Vec::new(),
             reload_queued: false,
+            name: cfg.resolved_name(),
+            started_at: now,
             cfg,
         })
     }
@@ -381,6 +389,7 @@ impl Primary {
             self.changed = true;
             match cmd {
                 Command::Snapshot(tx) => drop(tx.send(self.snapshot())),
+                Command::Status(tx) => drop(tx.send(self.status())),
                 Command::Scale(n, tx) => drop(tx.send(self.scale(n))),
                 Command::ScaleBy(d, tx) => drop(tx.send(self.scale_by(d))),
                 Command::Restart(id, tx) => drop(tx.send(self.restart(id))),

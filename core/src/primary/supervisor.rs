@@ -168,6 +168,11 @@ impl Supervisor {
         self.ask(Command::Snapshot)
     }
 
+    /// The cluster's status (the object of `rcluster status --json`), as of now.
+    pub fn status(&self) -> Result<crate::primary::status::Status> {
+        self.ask(Command::Status)
+    }
+
     /// Changes the number of worker slots; removed workers are stopped gracefully.
     pub fn scale(&self, workers: usize) -> Result<()> {
         if workers == 0 || workers > MAX_WORKERS {
