@@ -109,6 +109,31 @@ impl std::str::FromStr for Output {
     }
 }
 
+/// Whether the cluster listens on a control socket (`docs/control.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlMode {
+    /// No control socket.
+    Off,
+    /// A control socket if it can be made; if not, the cluster runs anyway and says so once
+    /// (an `Event::Warning`).
+    On,
+    /// A control socket, or `start` fails.
+    Required,
+}
+
+impl std::str::FromStr for ControlMode {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<ControlMode> {
+        Ok(match s {
+            "off" => ControlMode::Off,
+            "on" => ControlMode::On,
+            "required" => ControlMode::Required,
+            _ => return Err(Error::config("control", s, "expected off, on or required")),
+        })
+    }
+}
+
 /// The restart policy: which exits restart, how fast, and when to give up.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RestartPolicy {
@@ -205,6 +230,10 @@ pub struct Config {
     /// The cluster's name: its control socket is `NAME.sock` and `rcluster ls` shows it.
     /// None: the base name of the program (`argv[0]`).
     pub name: Option<String>,
+    /// The control socket: `$XDG_RUNTIME_DIR/rcluster/NAME.sock` (else `/run/rcluster` for
+    /// root, else `~/.rcluster`). A live cluster of the same name fails `start` when `name`
+    /// is set; an unnamed one then takes `NAME-PID`.
+    pub control: ControlMode,
 }
 
 impl Config {
@@ -237,6 +266,7 @@ impl Config {
             queue_timeout: Duration::from_secs(10),
             max_surge: 1,
             name: None,
+            control: ControlMode::Off,
         }
     }
 

@@ -26,7 +26,7 @@ mod worker;
 pub use wire::frame;
 
 pub use config::{
-    Config, Output, ReadyOn, RestartMode, RestartPolicy, DEFAULT_EVENT_QUEUE_LIMIT,
+    Config, ControlMode, Output, ReadyOn, RestartMode, RestartPolicy, DEFAULT_EVENT_QUEUE_LIMIT,
     DEFAULT_MAX_MESSAGE, MAX_WORKERS, MIN_EVENT_QUEUE_LIMIT,
 };
 pub use error::{Error, Result};

@@ -69,7 +69,7 @@ impl Primary {
 
     pub(super) fn try_spawn(&mut self, slot: u32, generation: u32) -> Result<u64> {
         let (parent, child) = self.open_link(slot, generation)?;
-        let (pipes, [stdout, stderr]) = self.output_pipes(slot)?;
+        let (mut pipes, [stdout, stderr]) = self.output_pipes(slot)?;
         let shared = Primary::shared_listeners(&self.listeners);
         let req = spawn::Request {
             shared: &shared,
@@ -80,6 +80,10 @@ impl Primary {
             stderr,
         };
         let (pid, pidfd) = self.workers.spawn(req)?;
+        for p in pipes.iter_mut().flatten() {
+            p.pid = pid as u32;
+            p.tap = self.control.as_ref().and_then(|c| c.logs.clone());
+        }
         let key = self.next_key;
         self.next_key += 1;
         let link = Arc::new(Link::new(

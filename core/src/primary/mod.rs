@@ -3,6 +3,7 @@
 //! toward what is wanted (`manage_workers`), gunicorn-arbiter style.
 
 mod closing;
+pub(crate) mod control;
 mod handoff;
 pub(crate) mod host_read;
 mod ipc;
@@ -125,6 +126,8 @@ pub(crate) struct Primary {
     /// The cluster's name (`Config::name`, or the program's base name).
     name: String,
     started_at: Instant,
+    /// The control socket and its clients (`docs/control.md`), when it listens.
+    control: Option<control::Control>,
 }
 
 impl Primary {
@@ -218,6 +221,7 @@ impl Primary {
             reload_queued: false,
             name: cfg.resolved_name(),
             started_at: now,
+            control: None,
             cfg,
         })
     }
@@ -246,6 +250,7 @@ impl Primary {
             if self.changed || queue_due || deadline.is_some_and(|d| now >= d) {
                 deadline = self.reconcile(now);
             }
+            self.control_tick();
             self.shared.events.push_all(&mut self.out);
             if self.stop_deadline.is_some() && self.procs.is_empty() {
                 break;
@@ -320,6 +325,8 @@ impl Primary {
             self.member_ready(token);
         } else if token & LISTENER != 0 {
             self.accept_ready((token & !LISTENER) as usize);
+        } else if token & control::CONTROL != 0 {
+            self.control_ready(token & !control::CONTROL, flags);
         } else {
             self.handle_io(token >> 2, token & 3, flags);
         }
@@ -635,6 +642,8 @@ impl Primary {
         self.shared.waker.take(&mut Vec::new());
         let pending = refuse_commands(&self.shared);
         drop(pending); // Dropping the reply senders tells waiting callers the supervisor stopped.
+        self.control_tick();
+        self.close_control();
         self.shared.events.push_all(&mut self.out);
         self.shared.events.close();
     }

@@ -31,6 +31,9 @@ pub struct Status {
     /// The supervisor is stopping.
     #[serde(default)]
     pub stopping: bool,
+    /// The control socket's path, when it listens.
+    #[serde(default)]
+    pub control: Option<String>,
     /// Every worker process, and every slot that has none running (state `exited`).
     pub workers: Vec<WorkerStatus>,
 }
@@ -146,6 +149,7 @@ impl Primary {
             listeners: self.listener_status(),
             reloading: self.reload.is_some(),
             stopping: self.stop_deadline.is_some(),
+            control: self.control.as_ref().map(|c| c.path_string()),
             workers,
         }
     }

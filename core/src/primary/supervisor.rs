@@ -41,6 +41,8 @@ impl Supervisor {
             )
         })?;
         let program = config.validate()?;
+        // Claimed before listeners are bound: a name in use fails `start` with nothing bound.
+        let (control, control_warning) = crate::primary::control::Control::open(&config)?;
         // Bound before anything starts: an address in use fails `start` with nothing running.
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut refused = None;
@@ -73,7 +75,8 @@ impl Supervisor {
             done: (Mutex::new(false), Condvar::new()),
         });
         let kill_timeout = config.kill_timeout;
-        let primary = Primary::new(config, &program, Arc::clone(&shared), listeners, refused)?;
+        let mut primary = Primary::new(config, &program, Arc::clone(&shared), listeners, refused)?;
+        primary.set_control(control, control_warning);
         let thread = std::thread::Builder::new()
             .name("rcluster".into())
             .spawn(move || primary.run())
