@@ -63,7 +63,7 @@ pub struct Cli {
 pub enum Command {
     /// Start workers running CMD and supervise them until stopped
     #[command(after_help = RUN_AFTER_HELP)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List the running clusters of this user (their control sockets)
     Ls,
     /// Show a running cluster's workers (a table; --json: the status object)
