@@ -15,6 +15,7 @@ pub(crate) mod reader;
 mod reload;
 pub(crate) mod shared;
 pub(crate) mod signals;
+mod stats;
 pub(crate) mod status;
 pub(crate) mod steered;
 pub(crate) mod supervisor;

@@ -37,6 +37,8 @@ const MAX_REQUEST: usize = 64 * 1024;
 const REPLY_LIMIT: usize = 8 << 20;
 /// Most bytes waiting for a client that streams events or logs; past it, it is dropped.
 const STREAM_LIMIT: usize = 1 << 20;
+/// Refused clients are reported at most this often.
+const REFUSAL_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Bytes read from one client per wake-up.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -52,6 +54,9 @@ pub(crate) struct Control {
     /// Log lines before this one went to the followers.
     log_sent: u64,
     uid: u32,
+    /// Refused clients not reported yet, and when the last report was.
+    refused: u64,
+    refused_said: Option<std::time::Instant>,
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -151,6 +156,8 @@ impl Control {
                 next_id: 1,
                 logs,
                 log_sent: 0,
+                refused: 0,
+                refused_said: None,
                 // SAFETY: geteuid has no preconditions.
                 uid: unsafe { libc::geteuid() },
             }),
@@ -247,9 +254,7 @@ impl Primary {
                 continue;
             }
             if let Some(why) = refusal(c.uid, &stream) {
-                self.out.push(Event::Warning {
-                    detail: format!("control socket: {why}"),
-                });
+                self.report_refusal(c, &why);
                 let _ =
                     (&stream).write(format!("{}\n", json!({"ok": false, "error": why})).as_bytes());
                 continue;
@@ -285,6 +290,28 @@ impl Primary {
             let hello = c.hello();
             self.send_client(c, id, &hello);
         }
+    }
+
+    /// Reports a refused client as a warning event, at most once a second (with how many
+    /// were refused meanwhile): lifecycle events are never held back, so a stream of
+    /// refused connections must not become a stream of events.
+    fn report_refusal(&mut self, c: &mut Control, why: &str) {
+        let now = self.clock.now();
+        c.refused += 1;
+        if c.refused_said
+            .is_some_and(|t| now.duration_since(t) < REFUSAL_REPORT_EVERY)
+        {
+            return;
+        }
+        let more = match c.refused {
+            1 => String::new(),
+            n => format!(" ({} more refused since the last report)", n - 1),
+        };
+        self.out.push(Event::Warning {
+            detail: format!("control socket: {why}{more}"),
+        });
+        c.refused = 0;
+        c.refused_said = Some(now);
     }
 
     fn read_client(&mut self, c: &mut Control, id: u64) {
@@ -442,10 +469,10 @@ impl Primary {
                 self.stream_event(&mut c, v, end.as_ref());
             }
         }
+        // Without followers, lines are not looked at here: the first follower catches up
+        // through `forward_logs` when it asks.
         if c.clients.values().any(|cl| cl.mode == Mode::Follow) {
             self.forward_logs(&mut c);
-        } else if let Some(tap) = &c.logs {
-            c.log_sent = tap.lock().unwrap().next_seq();
         }
         self.control = Some(c);
     }
