@@ -62,7 +62,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Start workers running CMD and supervise them until stopped
-    #[command(after_help = RUN_AFTER_HELP)]
+    #[command(after_help = RUN_AFTER_HELP, args_override_self = true)]
     Run(Box<RunArgs>),
     /// List the running clusters of this user (their control sockets)
     Ls,
@@ -222,6 +222,12 @@ pub struct RunArgs {
     /// The control socket: on (if it can be made), off, or required (fail without it)
     #[arg(long, value_enum, default_value_t = Control::On, value_name = "WHEN")]
     pub control: Control,
+
+    /// Read flags from a TOML file: each key is a long flag (`workers = 4`, `kill-timeout =
+    /// "5s"`, `listen = [":8080"]`, `env = { K = "v" }`, `cmd = ["./server", "--port", "8080"]`);
+    /// flags given on the command line win
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// The program to run and its arguments (put them after --)
     #[arg(value_name = "CMD", required = true, num_args = 1.., trailing_var_arg = true)]

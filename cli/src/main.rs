@@ -5,6 +5,7 @@
 
 mod args;
 mod client;
+mod config_file;
 mod log;
 mod run;
 mod signals;
@@ -19,7 +20,14 @@ use args::{Cli, Command};
 const EXIT_USAGE: i32 = 2;
 
 fn main() {
-    let cli = Cli::parse();
+    let args = match config_file::expand(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("rcluster: error: {msg}");
+            std::process::exit(EXIT_USAGE);
+        }
+    };
+    let cli = Cli::parse_from(args);
     let outcome = match cli.command {
         Command::Run(run) => start(&run),
         verb => control(verb).map_err(|msg| (verbs::EXIT_REFUSED, msg)),

@@ -558,3 +558,41 @@ fn an_unnamed_cluster_of_a_program_that_runs_already_is_named_with_its_pid() {
     }
     assert!(ls.contains("sleep ") && ls.contains(&other), "{ls}");
 }
+
+#[test]
+fn run_config_file_sets_every_flag_by_key_and_a_bad_key_exits_2_naming_its_line() {
+    let rt = Runtime::new("config");
+    let file = rt.0.join("app.toml");
+    std::fs::write(
+        &file,
+        "# the web cluster\nname = \"fromfile\"\nworkers = 3\nkill_timeout = \"2s\"\ncmd = [\"sleep\", \"300\"]\n",
+    )
+    .unwrap();
+    let mut child = rt
+        .cmd(&["run", "--config", file.to_str().unwrap(), "-w", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !rt.sock("fromfile").exists() {
+        assert!(Instant::now() < deadline, "no socket named by the file");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The command line's -w 2 wins over the file's workers = 3.
+    let st = wait_ready(&rt, "fromfile", 2);
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    assert_eq!(st["workers_desired"], 2);
+
+    std::fs::write(
+        &file,
+        "workers = 2\nmax_surge = \"lots\"\ncmd = [\"sleep\", \"1\"]\n",
+    )
+    .unwrap();
+    let o = rt.verb(&["run", "--config", file.to_str().unwrap()]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(t.contains("app.toml:2: key `max_surge`"), "{t}");
+}
