@@ -364,7 +364,9 @@ impl Primary {
             Request::Status => {
                 let mut st = self.status();
                 st.control = Some(c.path_string());
-                json!({"ok": true, "status": st})
+                // Written straight from the struct: no tree of values for a large status.
+                let line = format!("{{\"ok\":true,\"status\":{}}}", st.to_json());
+                return self.send_line(c, id, line);
             }
             Request::Reload => match self.start_reload() {
                 Ok(generation) => {
@@ -534,6 +536,11 @@ impl Primary {
     /// Queues one JSON line for client `id` and writes what it can. A client past its
     /// limit is dropped (said once, as a warning).
     fn send_client(&mut self, c: &mut Control, id: u64, v: &Value) {
+        self.send_line(c, id, v.to_string());
+    }
+
+    /// `send_client` for a line of JSON already made (without its newline).
+    fn send_line(&mut self, c: &mut Control, id: u64, mut line: String) {
         let Some(cl) = c.clients.get_mut(&id) else {
             return;
         };
@@ -542,7 +549,6 @@ impl Primary {
         } else {
             STREAM_LIMIT
         };
-        let mut line = v.to_string();
         line.push('\n');
         if cl.out.len() - cl.off + line.len() > limit {
             self.out.push(Event::Warning {
