@@ -596,3 +596,43 @@ fn run_config_file_sets_every_flag_by_key_and_a_bad_key_exits_2_naming_its_line(
     assert_eq!(o.status.code(), Some(2), "{t}");
     assert!(t.contains("app.toml:2: key `max_surge`"), "{t}");
 }
+
+#[test]
+fn monit_in_a_terminal_scales_on_plus_and_quits_on_q_and_refuses_a_pipe() {
+    let rt = Runtime::new("monit");
+    let _c = rt.start("monit", &["-w", "1", "--", "sleep", "300"]);
+    wait_ready(&rt, "monit", 1);
+    let o = rt.verb(&["monit", "monit"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("needs a terminal"), "{}", text(&o));
+    if Command::new("script").arg("--version").output().is_err() {
+        println!("skipped the terminal part: no `script` (util-linux) to make one");
+        return;
+    }
+    // `script` runs monit on a pseudo-terminal and passes it what is written to its stdin.
+    let mut child = Command::new("script")
+        // A pseudo-terminal made from a pipe has no size: give it one to draw in.
+        .args([
+            "-qfec",
+            &format!("stty cols 120 rows 30; {RCLUSTER} monit monit"),
+            "/dev/null",
+        ])
+        .env("XDG_RUNTIME_DIR", &rt.0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut keys = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    keys.write_all(b"+").unwrap();
+    wait_ready(&rt, "monit", 2);
+    keys.write_all(b"q").unwrap();
+    let o = wait_output(child, WAIT);
+    assert!(o.status.success(), "monit quits on q with status 0");
+    let screen = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        screen.contains("SLOT") && screen.contains("ready"),
+        "{screen}"
+    );
+}
