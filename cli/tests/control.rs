@@ -47,10 +47,10 @@ impl Runtime {
         wait_output(child, WAIT)
     }
 
-    /// Starts `rcluster run ARGS` and waits until its control socket answers.
-    fn start(&self, name: &str, args: &[&str]) -> Cluster {
+    /// Starts `rcluster ARGS` with its log collected (no wait).
+    fn start_no_socket(&self, args: &[&str]) -> Cluster {
         let mut child = self
-            .cmd(&[&["run", "--name", name][..], args].concat())
+            .cmd(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -62,7 +62,12 @@ impl Runtime {
                 sink.lock().unwrap().push(line);
             }
         });
-        let c = Cluster { child, log };
+        Cluster { child, log }
+    }
+
+    /// Starts `rcluster run ARGS` and waits until its control socket answers.
+    fn start(&self, name: &str, args: &[&str]) -> Cluster {
+        let c = self.start_no_socket(&[&["run", "--name", name][..], args].concat());
         let deadline = Instant::now() + WAIT;
         while UnixStream::connect(self.sock(name)).is_err() {
             assert!(
@@ -634,5 +639,37 @@ fn monit_in_a_terminal_scales_on_plus_and_quits_on_q_and_refuses_a_pipe() {
     assert!(
         screen.contains("SLOT") && screen.contains("ready"),
         "{screen}"
+    );
+}
+
+#[test]
+fn without_a_usable_socket_folder_the_cluster_runs_and_says_so_once_unless_control_is_required() {
+    let rt = Runtime::new("nofolder");
+    // A file where the socket folder should be: the folder cannot be made.
+    std::fs::write(rt.0.join("rcluster"), b"not a folder").unwrap();
+    let c = rt.start_no_socket(&["run", "-w", "1", "--", "sleep", "300"]);
+    c.wait_log("ready");
+    c.wait_log("no control socket");
+    assert_eq!(
+        c.log().matches("no control socket").count(),
+        1,
+        "{}",
+        c.log()
+    );
+    let o = rt.verb(&[
+        "run",
+        "--control",
+        "required",
+        "-w",
+        "1",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("control socket") && t.contains("rcluster"),
+        "{t}"
     );
 }
