@@ -178,3 +178,35 @@ fn logs_keep_the_last_lines_of_each_worker_with_slot_pid_and_stream() {
     sup.stop(Duration::from_secs(5)).unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn pipelined_requests_are_all_answered_in_order_a_few_per_turn() {
+    let (sup, sock, dir) = cluster("pipelined", 1);
+    let mut c = Conn::open(&sock);
+    c.line();
+    let mut burst = Vec::new();
+    for i in 0..100 {
+        // Alternating, so that the order of the replies shows.
+        if i % 2 == 0 {
+            burst.extend_from_slice(b"{\"cmd\":\"status\"}\n");
+        } else {
+            burst.extend_from_slice(b"{\"cmd\":\"restart\",\"slot\":9}\n");
+        }
+    }
+    c.w.write_all(&burst).unwrap();
+    // Another client is served meanwhile.
+    let mut other = Conn::open(&sock);
+    other.line();
+    assert_eq!(other.ask(br#"{"cmd":"status"}"#)["ok"], true);
+    for i in 0..100 {
+        let v = c.line();
+        if i % 2 == 0 {
+            assert_eq!(v["ok"], true, "reply {i}: {v}");
+            assert!(v.get("status").is_some(), "reply {i}: {v}");
+        } else {
+            assert_eq!(v["ok"], false, "reply {i}: {v}");
+        }
+    }
+    sup.stop(Duration::from_secs(5)).unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}

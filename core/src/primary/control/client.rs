@@ -7,7 +7,9 @@ use std::os::unix::net::UnixStream;
 
 use serde_json::{json, Value};
 
-use super::{Control, CONTROL, MAX_REQUEST, READ_CHUNK, REPLY_LIMIT, STREAM_LIMIT};
+use super::{
+    Control, CONTROL, MAX_REQUEST, READ_CHUNK, REPLY_LIMIT, REQUESTS_PER_TURN, STREAM_LIMIT,
+};
 use crate::events::Event;
 use crate::primary::Primary;
 
@@ -40,6 +42,11 @@ impl Primary {
         let Some(cl) = c.clients.get_mut(&id) else {
             return;
         };
+        // Requests read already come first; meanwhile the socket is not read, so what is
+        // held for a client that sends faster than it is served stays one read's worth.
+        if has_request(cl) {
+            return self.serve_requests(c, id);
+        }
         let n = match (&cl.stream).read(&mut buf) {
             Ok(0) => return drop_client(c, id),
             Ok(n) => n,
@@ -52,17 +59,9 @@ impl Primary {
             return;
         }
         cl.inbuf.extend_from_slice(&buf[..n]);
-        while let Some(nl) = c
-            .clients
-            .get(&id)
-            .filter(|cl| cl.mode == Mode::Idle && !cl.closing)
-            .and_then(|cl| cl.inbuf.iter().position(|&b| b == b'\n'))
-        {
-            let line: Vec<u8> = c.clients.get_mut(&id).unwrap().inbuf.drain(..=nl).collect();
-            self.control_request(c, id, &line[..nl]);
-        }
+        self.serve_requests(c, id);
         if let Some(cl) = c.clients.get_mut(&id) {
-            if cl.inbuf.len() > MAX_REQUEST {
+            if !has_request(cl) && cl.inbuf.len() > MAX_REQUEST {
                 cl.inbuf = Vec::new();
                 let why = format!("request longer than {MAX_REQUEST} bytes");
                 self.send_client(c, id, &json!({"ok": false, "error": why}));
@@ -71,6 +70,25 @@ impl Primary {
                 }
                 self.flush_client(c, id);
             }
+        }
+    }
+
+    /// Serves up to `REQUESTS_PER_TURN` of the requests client `id` has sent; if more wait,
+    /// the loop comes back for them next turn (`control_tick`) instead of serving a flood of
+    /// pipelined requests in one go.
+    pub(super) fn serve_requests(&mut self, c: &mut Control, id: u64) {
+        for _ in 0..REQUESTS_PER_TURN {
+            let Some(cl) = c.clients.get_mut(&id).filter(|cl| has_request(cl)) else {
+                return;
+            };
+            let nl = cl.inbuf.iter().position(|&b| b == b'\n').unwrap_or(0);
+            let line: Vec<u8> = cl.inbuf.drain(..=nl).collect();
+            self.control_request(c, id, &line[..nl]);
+        }
+        if c.clients.get(&id).is_some_and(has_request) {
+            c.backlog = true;
+            // The loop must not sleep while requests wait in a buffer.
+            self.changed = true;
         }
     }
 
@@ -141,6 +159,12 @@ impl Primary {
             }
         }
     }
+}
+
+/// A whole request waits in the client's buffer and the client may ask (it is not
+/// streaming, nor being closed).
+fn has_request(cl: &Client) -> bool {
+    cl.mode == Mode::Idle && !cl.closing && cl.inbuf.contains(&b'\n')
 }
 
 pub(super) fn set_mode(c: &mut Control, id: u64, mode: Mode) {

@@ -41,6 +41,8 @@ const REPLY_LIMIT: usize = 8 << 20;
 const STREAM_LIMIT: usize = 1 << 20;
 /// Refused clients are reported at most this often.
 const REFUSAL_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Requests of one client served per turn of the loop.
+const REQUESTS_PER_TURN: usize = 8;
 /// Bytes read from one client per wake-up.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -59,6 +61,8 @@ pub(crate) struct Control {
     /// Refused clients not reported yet, and when the last report was.
     refused: u64,
     refused_said: Option<std::time::Instant>,
+    /// Some client has requests waiting in its buffer (see `serve_requests`).
+    backlog: bool,
 }
 
 impl Control {
@@ -137,6 +141,7 @@ impl Control {
                 log_sent: 0,
                 refused: 0,
                 refused_said: None,
+                backlog: false,
                 // SAFETY: geteuid has no preconditions.
                 uid: unsafe { libc::geteuid() },
             }),

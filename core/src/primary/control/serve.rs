@@ -107,6 +107,12 @@ impl Primary {
         let Some(mut c) = self.control.take() else {
             return;
         };
+        if std::mem::take(&mut c.backlog) {
+            let ids: Vec<u64> = c.clients.keys().copied().collect();
+            for id in ids {
+                self.serve_requests(&mut c, id);
+            }
+        }
         if c.clients
             .values()
             .any(|cl| matches!(cl.mode, Mode::Events | Mode::Reload(_)))
