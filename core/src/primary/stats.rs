@@ -49,7 +49,7 @@ impl Primary {
             listeners: self.listener_status(),
             reloading: self.reload.is_some(),
             stopping: self.stop_deadline.is_some(),
-            control: self.control.as_ref().map(|c| c.path_string()),
+            control: self.control_path.clone(),
             workers,
         }
     }

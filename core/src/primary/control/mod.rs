@@ -203,6 +203,7 @@ impl Primary {
             return;
         }
         self.name.clone_from(&c.name);
+        self.control_path = Some(c.path_string());
         self.control = Some(c);
     }
 

@@ -20,8 +20,7 @@ impl Primary {
         };
         let reply = match req {
             Request::Status => {
-                let mut st = self.status();
-                st.control = Some(c.path_string());
+                let st = self.status();
                 // Written straight from the struct: no tree of values for a large status.
                 let line = format!("{{\"ok\":true,\"status\":{}}}", st.to_json());
                 return self.send_line(c, id, line);
