@@ -108,6 +108,12 @@ impl Control {
                 sock.display()
             )
         };
+        // Two clusters claiming at once must not both take a stale socket over (the second
+        // would remove the first one's fresh socket): claims in the folder take turns.
+        let _turn = match path::lock_dir(&dir) {
+            Ok(lock) => lock,
+            Err(e) => return unavailable(format!("{}: {e}", dir.display())),
+        };
         let listener = loop {
             let pid = match path::probe(&sock) {
                 Found::Live(pid) => pid,
