@@ -210,3 +210,43 @@ fn pipelined_requests_are_all_answered_in_order_a_few_per_turn() {
     sup.stop(Duration::from_secs(5)).unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn unnamed_clusters_of_one_program_in_one_process_take_name_pid_then_name_pid_2() {
+    let dir = std::env::temp_dir().join(format!("rcluster-proto-unnamed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // SAFETY: set before any thread of this test reads the environment.
+    unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+    let start = || {
+        let mut cfg = worker_config(1, &["echo"]);
+        cfg.control = ControlMode::Required;
+        Supervisor::start(cfg).unwrap()
+    };
+    let sups = [start(), start(), start()];
+    let names: Vec<String> = sups.iter().map(|s| s.status().unwrap().name).collect();
+    let pid = std::process::id();
+    assert_eq!(
+        names,
+        [
+            "rcluster-test-worker".to_string(),
+            format!("rcluster-test-worker-{pid}"),
+            format!("rcluster-test-worker-{pid}-2"),
+        ]
+    );
+    for (s, n) in sups.iter().zip(&names) {
+        assert!(dir.join("rcluster").join(format!("{n}.sock")).exists());
+        s.stop(Duration::from_secs(5)).unwrap();
+    }
+    // A name given explicitly is never changed: a live one is an error naming it.
+    let first = start();
+    let mut cfg = worker_config(1, &["echo"]);
+    cfg.control = ControlMode::On;
+    cfg.name = Some("rcluster-test-worker".into());
+    let e = Supervisor::start(cfg).err().unwrap().to_string();
+    assert!(
+        e.contains("name") && e.contains("live cluster") && e.contains(&format!("pid {pid}")),
+        "{e}"
+    );
+    first.stop(Duration::from_secs(5)).unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}

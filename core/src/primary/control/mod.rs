@@ -41,6 +41,8 @@ const REPLY_LIMIT: usize = 8 << 20;
 const STREAM_LIMIT: usize = 1 << 20;
 /// Refused clients are reported at most this often.
 const REFUSAL_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Names an unnamed cluster tries after its base name (NAME-PID, NAME-PID-2, ...).
+const MAX_FALLBACKS: usize = 16;
 /// Requests of one client served per turn of the loop.
 const REQUESTS_PER_TURN: usize = 8;
 /// Bytes read from one client per wake-up.
@@ -114,6 +116,8 @@ impl Control {
             Ok(lock) => lock,
             Err(e) => return unavailable(format!("{}: {e}", dir.display())),
         };
+        let base = name.clone();
+        let mut tries = 0;
         let listener = loop {
             let pid = match path::probe(&sock) {
                 Found::Live(pid) => pid,
@@ -124,13 +128,16 @@ impl Control {
                 },
             };
             // An unnamed cluster of a program that already runs under its base name takes
-            // the name NAME-PID: running a program twice is no mistake, naming two clusters
-            // alike is.
-            let fallback = format!("{name}-{}", std::process::id());
-            if explicit || name == fallback {
+            // the name NAME-PID (then NAME-PID-2, ... for more in one process): running a
+            // program twice is no mistake, naming two clusters alike is.
+            tries += 1;
+            if explicit || tries > MAX_FALLBACKS {
                 return Err(Error::config("name", &name, conflict(pid, &sock)));
             }
-            name = fallback;
+            name = match tries {
+                1 => format!("{base}-{}", std::process::id()),
+                n => format!("{base}-{}-{n}", std::process::id()),
+            };
             sock = dir.join(format!("{name}.sock"));
         };
         let logs = (cfg.output == crate::config::Output::Prefix)
