@@ -96,7 +96,7 @@ impl Control {
                 )),
             ))
         };
-        let Some(dir) = path::control_dir() else {
+        let Some(dir) = cfg.control_dir.clone().or_else(path::control_dir) else {
             return unavailable("neither XDG_RUNTIME_DIR nor HOME is set".into());
         };
         if let Err(e) = path::prepare_dir(&dir) {
