@@ -122,6 +122,31 @@ impl std::str::FromStr for Output {
     }
 }
 
+/// Whether the cluster listens on a control socket (`docs/control.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlMode {
+    /// No control socket.
+    Off,
+    /// A control socket if it can be made; if not, the cluster runs anyway and says so once
+    /// (an `Event::Warning`).
+    On,
+    /// A control socket, or `start` fails.
+    Required,
+}
+
+impl std::str::FromStr for ControlMode {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<ControlMode> {
+        Ok(match s {
+            "off" => ControlMode::Off,
+            "on" => ControlMode::On,
+            "required" => ControlMode::Required,
+            _ => return Err(Error::config("control", s, "expected off, on or required")),
+        })
+    }
+}
+
 /// The restart policy: which exits restart, how fast, and when to give up.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RestartPolicy {
@@ -221,6 +246,16 @@ pub struct Config {
     pub queue_timeout: Duration,
     /// During a reload, most workers started beyond `workers` at once.
     pub max_surge: usize,
+    /// The cluster's name: its control socket is `NAME.sock` and `rcluster ls` shows it.
+    /// None: the base name of the program (`argv[0]`).
+    pub name: Option<String>,
+    /// The control socket: `$XDG_RUNTIME_DIR/rcluster/NAME.sock` (else `/run/rcluster` for
+    /// root, else `~/.rcluster`). A live cluster of the same name fails `start` when `name`
+    /// is set; an unnamed one then takes `NAME-PID`.
+    pub control: ControlMode,
+    /// The folder of the control socket, instead of the one the rules above choose (for a
+    /// host that keeps its sockets elsewhere, and for tests).
+    pub control_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -253,6 +288,9 @@ impl Config {
             queue_limit: 4096,
             queue_timeout: Duration::from_secs(10),
             max_surge: 1,
+            name: None,
+            control: ControlMode::Off,
+            control_dir: None,
         }
     }
 
@@ -262,6 +300,18 @@ impl Config {
     pub fn set_max_message(&mut self, bytes: usize) {
         self.max_message = bytes;
         self.send_queue_limit = self.send_queue_limit.max(bytes.saturating_mul(4));
+    }
+
+    /// `name`, or the base name of the program when it is not set.
+    pub fn resolved_name(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        let prog = self.argv.first().map(Path::new);
+        let base = prog
+            .and_then(|p| p.file_name())
+            .map(|b| b.to_string_lossy());
+        base.map_or_else(|| "rcluster".into(), |b| b.into_owned())
     }
 
     /// The checks `validate` makes of `max_message` and `send_queue_limit`, for a binding that

@@ -27,14 +27,15 @@ pub use wire::content::ContentType;
 pub use wire::frame;
 
 pub use config::{
-    default_listener_name, default_workers, Config, Output, ReadyOn, RestartMode, RestartPolicy,
-    DEFAULT_EVENT_QUEUE_LIMIT, DEFAULT_MAX_MESSAGE, MAX_DURATION, MAX_MAX_MESSAGE, MAX_WORKERS,
-    MIN_EVENT_QUEUE_LIMIT,
+    default_listener_name, default_workers, Config, ControlMode, Output, ReadyOn, RestartMode,
+    RestartPolicy, DEFAULT_EVENT_QUEUE_LIMIT, DEFAULT_MAX_MESSAGE, MAX_DURATION, MAX_MAX_MESSAGE,
+    MAX_WORKERS, MIN_EVENT_QUEUE_LIMIT,
 };
 pub use error::{Error, Result};
 pub use events::{Event, ExitInfo, WorkerInfo, WorkerState};
 pub use policy::{Clock, Decision, ExitReason, History, Jitter, SystemClock, XorShift};
 pub use primary::signals::{signal_name, SignalAction, EXIT_AFTER_SIGNAL_STOP, HANDLED_SIGNALS};
+pub use primary::status::{LastExit, ListenerStatus, Status, WorkerStatus};
 pub use primary::supervisor::Supervisor;
 pub use sys::listen::{resolve_listen, Dispatch, ListenAddr, Listener};
 pub use worker::{Connection, Listening, TurnCounter, Worker, WorkerEvent};

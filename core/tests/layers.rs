@@ -113,6 +113,10 @@ const PRIMARY_PARTS: &[(&str, u32)] = &[
     ("reader", 0),
     ("workers", 0),
     ("output/pipe", 0),
+    ("status", 0),
+    ("control/logs", 0),
+    ("control/path", 0),
+    ("control/request", 1),
     ("link", 1),
     ("host_read", 2),
     ("process", 2),
@@ -125,6 +129,11 @@ const PRIMARY_PARTS: &[(&str, u32)] = &[
     ("output", 4),
     ("reload", 4),
     ("steered", 4),
+    ("stats", 4),
+    ("control", 4),
+    ("control/mod", 4),
+    ("control/client", 4),
+    ("control/serve", 4),
     ("tests", 6),
     ("supervisor", 5),
     ("signals", 5),
@@ -149,6 +158,8 @@ fn primary_targets(text: &str, own: &str) -> Vec<String> {
     let resolve = |first: String, rest: &str| -> String {
         if first == "output" && rest.starts_with("::pipe") {
             "output/pipe".to_string()
+        } else if first == "control" && rest.starts_with("::logs") {
+            "control/logs".to_string()
         } else if part_rank(&first).is_some() {
             first
         } else {

@@ -62,6 +62,9 @@ class Cluster extends EventEmitter {
   /** Handles `items` (what the watcher took, if any), then whatever waits still. */
   _pump(items) {
     codec.pump(items, this._take, (max) => this._native.drain(max));
+    // A stop begun outside this program (`rcluster stop NAME` on the control socket) is
+    // settled here as one begun by stop(): the watcher goes, 'stop' is emitted.
+    if (!this._stopping && this._native.isStopped()) this.stop().catch(() => {});
   }
 
   _dispatch(ev) {
@@ -142,6 +145,16 @@ class Cluster extends EventEmitter {
 
   snapshot() {
     return this.workers();
+  }
+
+  /**
+   * The status object of `rcluster status --json` (docs/control.md): a Promise, read off the
+   * JS thread.
+   */
+  stats() {
+    return this._native.statusJson().then(JSON.parse, (e) => {
+      throw rclusterError('ERR_RCLUSTER_STOPPED', e.message);
+    });
   }
 
   /**

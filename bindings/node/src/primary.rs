@@ -51,6 +51,10 @@ pub struct NativeOptions {
     pub ack_timeout: Option<f64>,
     /// True: no bound on unacknowledged handoffs (`ackTimeout: null`).
     pub no_ack_timeout: Option<bool>,
+    /// The cluster's name (its control socket is NAME.sock).
+    pub name: Option<String>,
+    /// `off`, `on` or `required`.
+    pub control: Option<String>,
 }
 
 #[napi(object)]
@@ -215,6 +219,12 @@ fn build_config(o: NativeOptions) -> napi::Result<Config, &'static str> {
     set(&mut c.queue_limit, count("queue_limit", o.queue_limit)?);
     set(&mut c.queue_timeout, ms("queue_timeout", o.queue_timeout)?);
     set(&mut c.max_surge, count("max_surge", o.max_surge)?);
+    c.name = o.name;
+    if let Some(mode) = o.control {
+        c.control = mode
+            .parse()
+            .map_err(|e| invalid(format!("options.control: {e}")))?;
+    }
     Ok(c)
 }
 
@@ -588,6 +598,14 @@ impl NativeSupervisor {
         })
     }
 
+    /// The status object as JSON, read off the JS thread.
+    #[napi]
+    pub fn status_json(&self) -> AsyncTask<StatusTask> {
+        AsyncTask::new(StatusTask {
+            sup: Arc::clone(&self.inner),
+        })
+    }
+
     /// Waits up to `timeout_ms` for the next event, blocking the JS thread: only for the
     /// short, synchronous waits of `cluster.fork()` (the spawn takes a millisecond or two).
     #[napi]
@@ -646,6 +664,26 @@ impl NativeSupervisor {
             .iter()
             .map(|(name, addr)| vec![name.clone(), addr.to_string()])
             .collect()
+    }
+}
+
+pub struct StatusTask {
+    sup: Arc<Supervisor>,
+}
+
+impl Task for StatusTask {
+    type Output = String;
+    type JsValue = String;
+
+    fn compute(&mut self) -> Result<String> {
+        self.sup
+            .status()
+            .map(|s| s.to_json())
+            .map_err(|e| Error::new(Status::GenericFailure, e.to_string()))
+    }
+
+    fn resolve(&mut self, _env: Env, output: String) -> Result<String> {
+        Ok(output)
     }
 }
 

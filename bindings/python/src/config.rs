@@ -117,6 +117,12 @@ pub struct ConfigArgs {
     /// Seconds; None turns the bound off (the Python half always passes it).
     #[pyo3(default)]
     pub ack_timeout: Option<f64>,
+    /// The cluster's name (its control socket is NAME.sock).
+    #[pyo3(default)]
+    pub name: Option<String>,
+    /// `off`, `on` or `required`.
+    #[pyo3(default)]
+    pub control: Option<String>,
 }
 
 fn os(b: Vec<u8>) -> OsString {
@@ -180,6 +186,10 @@ impl ConfigArgs {
         opt_count("queue_limit", self.queue_limit, &mut c.queue_limit)?;
         opt_seconds("queue_timeout", self.queue_timeout, &mut c.queue_timeout)?;
         opt_count("max_surge", self.max_surge, &mut c.max_surge)?;
+        c.name = self.name;
+        if let Some(mode) = &self.control {
+            c.control = mode.parse().map_err(to_py)?;
+        }
         Ok(c)
     }
 }

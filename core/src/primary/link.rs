@@ -179,6 +179,12 @@ impl Link {
         self.heard.store(true, Ordering::Relaxed);
     }
 
+    /// Bytes queued towards the worker and not yet written (for the status).
+    pub fn queued_bytes(&self) -> usize {
+        let q = self.queue.lock().unwrap();
+        q.buf.len() + q.in_flight
+    }
+
     pub fn raw(&self) -> RawFd {
         self.fd.as_raw_fd()
     }

@@ -3,6 +3,7 @@
 //! toward what is wanted (`manage_workers`), gunicorn-arbiter style.
 
 mod closing;
+pub(crate) mod control;
 mod handoff;
 pub(crate) mod host_read;
 mod ipc;
@@ -14,6 +15,8 @@ pub(crate) mod reader;
 mod reload;
 pub(crate) mod shared;
 pub(crate) mod signals;
+mod stats;
+pub(crate) mod status;
 pub(crate) mod steered;
 pub(crate) mod supervisor;
 #[cfg(test)]
@@ -59,6 +62,7 @@ struct Slot {
     gave_up: bool,
     restarts: u32,
     last_exit: Option<ExitInfo>,
+    counters: status::SlotCounters,
 }
 
 impl Slot {
@@ -70,6 +74,7 @@ impl Slot {
             gave_up: false,
             restarts: 0,
             last_exit: None,
+            counters: status::SlotCounters::default(),
         }
     }
 }
@@ -119,6 +124,13 @@ pub(crate) struct Primary {
     paused: Vec<u64>,
     /// A reload asked for while one runs: it starts when that one ends (see `reload`).
     reload_queued: bool,
+    /// The cluster's name (`Config::name`, or the program's base name).
+    name: String,
+    started_at: Instant,
+    /// The control socket and its clients (`docs/control.md`), when it listens.
+    control: Option<control::Control>,
+    /// Its path, for the status (`control` is taken out while a request is served).
+    control_path: Option<String>,
 }
 
 impl Primary {
@@ -210,6 +222,10 @@ impl Primary {
             ack_check: None,
             paused: Vec::new(),
             reload_queued: false,
+            name: cfg.resolved_name(),
+            started_at: now,
+            control: None,
+            control_path: None,
             cfg,
         })
     }
@@ -238,6 +254,7 @@ impl Primary {
             if self.changed || queue_due || deadline.is_some_and(|d| now >= d) {
                 deadline = self.reconcile(now);
             }
+            self.control_tick();
             self.shared.events.push_all(&mut self.out);
             if self.stop_deadline.is_some() && self.procs.is_empty() {
                 break;
@@ -312,6 +329,8 @@ impl Primary {
             self.member_ready(token);
         } else if token & LISTENER != 0 {
             self.accept_ready((token & !LISTENER) as usize);
+        } else if token & control::CONTROL != 0 {
+            self.control_ready(token & !control::CONTROL, flags);
         } else {
             self.handle_io(token >> 2, token & 3, flags);
         }
@@ -381,6 +400,7 @@ impl Primary {
             self.changed = true;
             match cmd {
                 Command::Snapshot(tx) => drop(tx.send(self.snapshot())),
+                Command::Status(tx) => drop(tx.send(self.status())),
                 Command::Scale(n, tx) => drop(tx.send(self.scale(n))),
                 Command::ScaleBy(d, tx) => drop(tx.send(self.scale_by(d))),
                 Command::Restart(id, tx) => drop(tx.send(self.restart(id))),
@@ -626,6 +646,8 @@ impl Primary {
         self.shared.waker.take(&mut Vec::new());
         let pending = refuse_commands(&self.shared);
         drop(pending); // Dropping the reply senders tells waiting callers the supervisor stopped.
+        self.control_tick();
+        self.close_control();
         self.shared.events.push_all(&mut self.out);
         self.shared.events.close();
     }

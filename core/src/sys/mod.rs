@@ -7,6 +7,7 @@
 
 pub mod cpus;
 pub mod listen;
+pub mod procstat;
 pub mod sentinel;
 pub mod spawn;
 pub mod steer;
