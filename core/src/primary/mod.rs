@@ -8,6 +8,7 @@ pub(crate) mod host_read;
 mod ipc;
 mod lifecycle;
 pub(crate) mod link;
+pub(crate) mod metrics;
 pub(crate) mod output;
 pub(crate) mod process;
 pub(crate) mod reader;
@@ -119,6 +120,8 @@ pub(crate) struct Primary {
     paused: Vec<u64>,
     /// A reload asked for while one runs: it starts when that one ends (see `reload`).
     reload_queued: bool,
+    /// Being seen from outside: service manager notifications, health and metrics.
+    ops: metrics::Ops,
 }
 
 impl Primary {
@@ -153,14 +156,18 @@ impl Primary {
             exec,
             program: cfg.argv[0].to_string_lossy().into_owned(),
         });
-        Primary::with(
+        let mut primary = Primary::with(
             cfg,
             shared,
             listeners,
             no_kernel_turns,
             workers,
             Box::new(SystemClock),
-        )
+        )?;
+        let (ops, warning) = metrics::Ops::from_env(primary.clock.now());
+        primary.ops = ops;
+        primary.out.extend(warning);
+        Ok(primary)
     }
 
     /// A loop over `workers` and `clock`: the real ones (`new`), or fakes in unit tests.
@@ -210,6 +217,7 @@ impl Primary {
             ack_check: None,
             paused: Vec::new(),
             reload_queued: false,
+            ops: metrics::Ops::default(),
             cfg,
         })
     }
@@ -238,7 +246,7 @@ impl Primary {
             if self.changed || queue_due || deadline.is_some_and(|d| now >= d) {
                 deadline = self.reconcile(now);
             }
-            self.shared.events.push_all(&mut self.out);
+            self.emit();
             if self.stop_deadline.is_some() && self.procs.is_empty() {
                 break;
             }
@@ -286,6 +294,7 @@ impl Primary {
             self.host_tick,
             self.ack_check,
             self.outputs.report_at,
+            self.ops.next_at(),
         ]
         .into_iter()
         .flatten()
@@ -335,6 +344,7 @@ impl Primary {
         if !self.gathering.is_empty() {
             self.flush_gathered(Instant::now());
         }
+        self.ops_timers(self.clock.now());
     }
 
     /// Writes the gathered messages of every link whose gathering time is over.

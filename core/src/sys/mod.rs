@@ -6,6 +6,7 @@
 //! (`sentinel`). Nothing here knows about workers' states or policy.
 
 pub mod listen;
+pub mod notify;
 pub mod sentinel;
 pub mod spawn;
 pub mod steer;

@@ -38,6 +38,10 @@ const OWN_VARS: &[&str] = &[
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
+    // The service manager's: notifications and the watchdog are the primary's to send.
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
 ];
 
 fn cstring(bytes: &[u8]) -> CString {
