@@ -195,7 +195,8 @@ pub enum Ready {
 impl RunArgs {
     /// Combinations of flags that parse but make no sense: an error naming the flags.
     pub fn check(&self) -> Result<(), String> {
-        if self.listen.is_empty() {
+        // Under socket activation the passed sockets are listeners too.
+        if self.listen.is_empty() && std::env::var_os("LISTEN_FDS").is_none() {
             for (given, flag) in [
                 (self.dispatch.is_some(), "--dispatch"),
                 (self.share, "--share"),

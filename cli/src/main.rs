@@ -9,7 +9,7 @@ mod run;
 mod signals;
 
 use clap::Parser;
-use rcluster_core::{Error, Supervisor};
+use rcluster_core::{Dispatch, Error, Supervisor};
 
 use args::{Cli, Command};
 
@@ -30,7 +30,12 @@ fn main() {
 
 fn start(args: &args::RunArgs) -> Result<i32, (i32, String)> {
     args.check().map_err(|msg| (EXIT_USAGE, msg))?;
-    let config = args.to_config();
+    let mut config = args.to_config();
+    // Sockets passed by a service manager (systemd's socket activation) are used instead of
+    // binding: matched to --listen by name, then by address; the others are added.
+    config
+        .use_inherited_listeners(args.dispatch.unwrap_or(Dispatch::RoundRobin))
+        .map_err(|e| (EXIT_USAGE, e.to_string()))?;
     // Before Supervisor::start: its thread must inherit the blocked mask, or a signal could be
     // delivered there and kill the process instead of reaching the signalfd.
     let sigfd = signals::SignalFd::install().map_err(|e| {

@@ -45,11 +45,16 @@ impl Supervisor {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut refused = None;
         for l in &config.listeners {
+            if let Some(fd) = l.fd {
+                listeners.push(Bound::inherited(l, fd)?);
+                continue;
+            }
             let turns = steered::wanted(&config, l.dispatch, &l.addr);
             let (fd, group) = steered::bind(&l.addr, l.dispatch, turns, l.share, &mut refused)
                 .inspect_err(|_| {
                     listeners
                         .iter()
+                        .filter(|b| !b.inherited)
                         .for_each(|b: &Bound| listen::unlink_unix(&b.addr))
                 })?;
             let addr = listen::local_addr(std::os::fd::AsRawFd::as_raw_fd(&fd), &l.addr);

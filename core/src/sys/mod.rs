@@ -5,6 +5,7 @@
 //! the kernel (`steer`, the kernel's turns) and end worker groups when the primary dies
 //! (`sentinel`). Nothing here knows about workers' states or policy.
 
+pub mod activation;
 pub mod listen;
 pub mod notify;
 pub mod sentinel;
