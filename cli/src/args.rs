@@ -173,6 +173,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub max_surge: Option<usize>,
 
+    /// Adopt orphaned descendants (PR_SET_CHILD_SUBREAPER) and reap them, as rcluster does
+    /// by itself when it runs as PID 1 (a container's init); the workers stay the
+    /// supervisor's
+    #[arg(long)]
+    pub subreaper: bool,
+
     /// The program to run and its arguments (put them after --)
     #[arg(value_name = "CMD", required = true, num_args = 1.., trailing_var_arg = true)]
     pub cmd: Vec<OsString>,

@@ -38,7 +38,18 @@ fn start(args: &args::RunArgs) -> Result<i32, (i32, String)> {
         .map_err(|e| (EXIT_USAGE, e.to_string()))?;
     // Before Supervisor::start: its thread must inherit the blocked mask, or a signal could be
     // delivered there and kill the process instead of reaching the signalfd.
-    let sigfd = signals::SignalFd::install().map_err(|e| {
+    // As PID 1 (a container) or a subreaper, orphaned descendants become this process's
+    // children; it reaps them on SIGCHLD, never the core's own (`reap_orphans`).
+    let reaper = args.subreaper || std::process::id() == 1;
+    if args.subreaper {
+        // SAFETY: plain prctl on this process.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err((run::EXIT_FAILED, format!("--subreaper: {e}")));
+        }
+    }
+    let extra: &[i32] = if reaper { &[libc::SIGCHLD] } else { &[] };
+    let sigfd = signals::SignalFd::install(extra).map_err(|e| {
         (
             run::EXIT_FAILED,
             format!("cannot set up signal handling: {e}"),
@@ -53,5 +64,5 @@ fn start(args: &args::RunArgs) -> Result<i32, (i32, String)> {
         Error::Bind { .. } => (EXIT_USAGE, format!("{e} (set by --listen)")),
         e => (run::EXIT_FAILED, e.to_string()),
     })?;
-    Ok(run::Runner::new(sup, sigfd).run())
+    Ok(run::Runner::new(sup, sigfd, reaper).run())
 }

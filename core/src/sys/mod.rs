@@ -6,6 +6,7 @@
 //! (`sentinel`). Nothing here knows about workers' states or policy.
 
 pub mod activation;
+pub mod children;
 pub mod listen;
 pub mod notify;
 pub mod sentinel;
@@ -282,6 +283,7 @@ pub fn try_reap(pidfd: RawFd) -> io::Result<Option<WaitStatus>> {
     if pid == 0 {
         return Ok(None);
     }
+    children::forget(pid);
     Ok(Some(match info.si_code {
         libc::CLD_EXITED => WaitStatus {
             code: Some(status),
@@ -472,8 +474,10 @@ pub fn wait_reap(pidfd: RawFd) -> io::Result<()> {
     retry(|| {
         // SAFETY: `info` is a live local siginfo_t for waitid to fill; the pidfd is the caller's.
         cvt(unsafe { libc::waitid(libc::P_PIDFD, pidfd as libc::id_t, &mut info, libc::WEXITED) })
-    })
-    .map(drop)
+    })?;
+    // SAFETY: si_pid is valid for SIGCHLD-style siginfo filled by waitid.
+    children::forget(unsafe { info.si_pid() });
+    Ok(())
 }
 
 /// Reaps an exited group leader and the rest of its group: the group is killed first, while
