@@ -173,6 +173,20 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub max_surge: Option<usize>,
 
+    /// Serve /metrics (Prometheus), /healthz and /readyz over HTTP on ADDR (127.0.0.1:9100,
+    /// :9100, unix:/path), from rcluster's own loop
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics)]
+    pub metrics: Option<ListenAddr>,
+
+    /// Fewest ready workers for /readyz to answer 200 [default: 1]
+    #[arg(long, value_name = "N")]
+    pub ready_min: Option<usize>,
+
+    /// On SIGTERM/SIGINT, fail /readyz at once and keep serving this long before stopping,
+    /// so that a load balancer stops sending first [default: 0s]
+    #[arg(long, value_name = "DUR", value_parser = parse_delay)]
+    pub drain_delay: Option<Duration>,
+
     /// Adopt orphaned descendants (PR_SET_CHILD_SUBREAPER) and reap them, as rcluster does
     /// by itself when it runs as PID 1 (a container's init); the workers stay the
     /// supervisor's
@@ -279,6 +293,9 @@ impl RunArgs {
         }
         c.max_inflight = self.max_inflight;
         set(&mut c.max_surge, self.max_surge);
+        c.metrics.clone_from(&self.metrics);
+        set(&mut c.ready_min, self.ready_min);
+        set(&mut c.drain_delay, self.drain_delay);
         c
     }
 }
@@ -301,6 +318,8 @@ pub fn flag_for(field: &str) -> Option<&'static str> {
         "max_inflight" => "--max-inflight",
         "max_surge" => "--max-surge",
         "event_queue_limit" => "--event-queue-limit",
+        "ready_min" => "--ready-min",
+        "drain_delay" => "--drain-delay",
         _ => return None,
     })
 }
@@ -314,6 +333,10 @@ fn parse_listen(s: &str) -> Result<(Vec<ListenAddr>, Option<String>), String> {
     };
     let addrs = resolve_listen(addr).map_err(|e| e.to_string())?;
     Ok((addrs, name))
+}
+
+fn parse_metrics(s: &str) -> Result<ListenAddr, String> {
+    s.parse::<ListenAddr>().map_err(|e| e.to_string())
 }
 
 fn parse_dispatch(s: &str) -> Result<Dispatch, String> {

@@ -61,8 +61,18 @@ fn start(args: &args::RunArgs) -> Result<i32, (i32, String)> {
             None => (EXIT_USAGE, e.to_string()),
         },
         // A listen address that cannot be used is a usage problem too: nothing was started.
+        Error::Bind { ref addr, .. }
+            if args
+                .metrics
+                .as_ref()
+                .is_some_and(|m| m.to_string() == *addr) =>
+        {
+            (EXIT_USAGE, format!("{e} (set by --metrics)"))
+        }
         Error::Bind { .. } => (EXIT_USAGE, format!("{e} (set by --listen)")),
         e => (run::EXIT_FAILED, e.to_string()),
     })?;
-    Ok(run::Runner::new(sup, sigfd, reaper).run())
+    let mut runner = run::Runner::new(sup, sigfd, reaper);
+    runner.drain_delay = args.drain_delay;
+    Ok(runner.run())
 }

@@ -25,6 +25,8 @@ pub struct Runner {
     gave_up: bool,
     /// Reaps adopted orphans on SIGCHLD (PID 1, `--subreaper`).
     reaper: bool,
+    /// `--drain-delay`, for the log.
+    pub drain_delay: Option<std::time::Duration>,
 }
 
 impl Runner {
@@ -36,6 +38,7 @@ impl Runner {
             failed: HashMap::new(),
             gave_up: false,
             reaper,
+            drain_delay: None,
         }
     }
 
@@ -87,7 +90,11 @@ impl Runner {
         let name = signal_name(sig);
         let note = match self.sup.on_signal(sig) {
             Ok(SignalAction::Stop { kill_timeout }) => format!(
-                "{name}: stopping (kill timeout {}; send again to kill now)",
+                "{name}: stopping{} (kill timeout {}; send again to kill now)",
+                match self.drain_delay {
+                    Some(d) if !d.is_zero() => format!(" after draining {}", crate::log::human(d)),
+                    _ => String::new(),
+                },
                 crate::log::human(kill_timeout)
             ),
             Ok(SignalAction::Kill) => format!("{name} again: killing the workers now"),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::sys::activation::{self, Inherited};
-use crate::sys::listen::{Dispatch, Listener};
+use crate::sys::listen::{Dispatch, ListenAddr, Listener};
 use crate::wire::frame;
 
 /// Most workers one supervisor runs.
@@ -203,6 +203,15 @@ pub struct Config {
     pub queue_timeout: Duration,
     /// During a reload, most workers started beyond `workers` at once.
     pub max_surge: usize,
+    /// Serve `/metrics` (Prometheus text), `/healthz` and `/readyz` over HTTP on this address,
+    /// from the supervisor's loop. None (the default): no HTTP server.
+    pub metrics: Option<ListenAddr>,
+    /// Fewest ready workers for `/readyz` to answer 200.
+    pub ready_min: usize,
+    /// On a stop signal (`Supervisor::on_signal`), `/readyz` fails at once and the cluster
+    /// keeps serving this long before it stops, so that a load balancer takes it out of
+    /// rotation first. Zero (the default): stop at once.
+    pub drain_delay: Duration,
 }
 
 impl Config {
@@ -234,6 +243,9 @@ impl Config {
             queue_limit: 4096,
             queue_timeout: Duration::from_secs(10),
             max_surge: 1,
+            metrics: None,
+            ready_min: 1,
+            drain_delay: Duration::ZERO,
         }
     }
 
@@ -357,6 +369,20 @@ impl Config {
             ));
         }
         validate_duration("queue_timeout", self.queue_timeout)?;
+        if self.ready_min == 0 || self.ready_min > MAX_WORKERS {
+            return Err(Error::config(
+                "ready_min",
+                self.ready_min,
+                format!("must be 1..={MAX_WORKERS}"),
+            ));
+        }
+        if self.drain_delay > Duration::from_secs(3600) {
+            return Err(Error::config(
+                "drain_delay",
+                self.drain_delay,
+                "must be at most an hour",
+            ));
+        }
         if self.max_surge == 0 || self.max_surge > MAX_WORKERS {
             return Err(Error::config(
                 "max_surge",

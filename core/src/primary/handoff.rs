@@ -298,6 +298,7 @@ impl Primary {
         ) {
             Ok(()) => {
                 w.handed = now;
+                self.ops.dispatched(w.listener, p.slot);
                 p.unacked.insert(w.id, w);
                 if let Some(bound) = self.cfg.ack_timeout {
                     self.ack_check.get_or_insert(now + bound);

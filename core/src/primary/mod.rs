@@ -167,6 +167,7 @@ impl Primary {
         let (ops, warning) = metrics::Ops::from_env(primary.clock.now());
         primary.ops = ops;
         primary.out.extend(warning);
+        primary.start_metrics()?;
         Ok(primary)
     }
 
@@ -321,6 +322,8 @@ impl Primary {
             self.member_ready(token);
         } else if token & LISTENER != 0 {
             self.accept_ready((token & !LISTENER) as usize);
+        } else if token & metrics::OPS != 0 {
+            self.ops_ready(token, flags);
         } else {
             self.handle_io(token >> 2, token & 3, flags);
         }
@@ -397,6 +400,7 @@ impl Primary {
                 Command::Kill(id, sig, tx) => drop(tx.send(self.kill(id, sig))),
                 Command::Reload(tx) => drop(tx.send(self.start_reload())),
                 Command::Stop(timeout) => self.begin_stop(timeout),
+                Command::Drain(timeout) => self.begin_drain(timeout),
             }
         }
     }
@@ -630,6 +634,7 @@ impl Primary {
 
     /// Last act of the loop: everything reaped by now; close what is left and tell the host.
     fn shutdown(&mut self) {
+        self.close_metrics();
         self.close_listeners();
         self.close_output();
         self.shared.routes.write().unwrap().clear();

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -26,6 +26,10 @@ pub struct Supervisor {
     thread: Mutex<Option<JoinHandle<()>>>,
     kill_timeout: Duration,
     signals: SignalState,
+    /// `Config::drain_delay`: a stop signal first drains this long.
+    drain_delay: Duration,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`Config::metrics`).
+    metrics: Option<ListenAddr>,
 }
 
 impl Supervisor {
@@ -76,9 +80,11 @@ impl Supervisor {
                 .map(|b| (b.name.clone(), b.addr.clone()))
                 .collect(),
             done: (Mutex::new(false), Condvar::new()),
+            messages_out: AtomicU64::new(0),
         });
-        let kill_timeout = config.kill_timeout;
+        let (kill_timeout, drain_delay) = (config.kill_timeout, config.drain_delay);
         let primary = Primary::new(config, &program, Arc::clone(&shared), listeners, refused)?;
+        let metrics = primary.metrics_addr();
         let thread = std::thread::Builder::new()
             .name("rcluster".into())
             .spawn(move || primary.run())
@@ -88,6 +94,8 @@ impl Supervisor {
             thread: Mutex::new(Some(thread)),
             kill_timeout,
             signals: SignalState::default(),
+            drain_delay,
+            metrics,
         })
     }
 
@@ -122,7 +130,9 @@ impl Supervisor {
         }
         let link = self.shared.routes.read().unwrap().get(&id).cloned();
         match link {
-            Some(c) => c.send_message(&self.shared.waker, data),
+            Some(c) => c
+                .send_message(&self.shared.waker, data)
+                .inspect(|()| self.sent(1)),
             None if self.shared.stopped.load(Ordering::Acquire) => Err(Error::Stopped),
             None => Err(Error::NoSuchWorker(id)),
         }
@@ -139,7 +149,9 @@ impl Supervisor {
     pub fn send_many(&self, id: u32, messages: &[&[u8]]) -> Result<()> {
         let link = self.shared.routes.read().unwrap().get(&id).cloned();
         match link {
-            Some(c) => c.send_messages(&self.shared.waker, messages),
+            Some(c) => c
+                .send_messages(&self.shared.waker, messages)
+                .inspect(|()| self.sent(messages.len())),
             None if self.shared.stopped.load(Ordering::Acquire) => Err(Error::Stopped),
             None => Err(Error::NoSuchWorker(id)),
         }
@@ -162,10 +174,19 @@ impl Supervisor {
             .values()
             .cloned()
             .collect();
-        Ok(links
+        let n = links
             .iter()
             .filter(|c| c.send_message(&self.shared.waker, data).is_ok())
-            .count())
+            .count();
+        self.sent(n);
+        Ok(n)
+    }
+
+    /// Counts messages queued to workers.
+    fn sent(&self, n: usize) {
+        self.shared
+            .messages_out
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Every worker process (and every slot that has none running), as of now.
@@ -320,6 +341,30 @@ impl Supervisor {
                 .push_back(Command::Stop(timeout));
             self.shared.waker.wake();
         }
+    }
+
+    /// The stop a stop signal begins (`on_signal`): after `Config::drain_delay`, during which
+    /// `/readyz` fails and everything else goes on, so that a load balancer stops sending
+    /// before the listeners close; without a delay, `begin_stop`.
+    pub(crate) fn begin_drain(&self, timeout: Duration) {
+        if self.drain_delay.is_zero() {
+            return self.begin_stop(timeout);
+        }
+        self.signals.note_stop();
+        if !self.shared.stopped.load(Ordering::Acquire) {
+            self.shared
+                .cmds
+                .lock()
+                .unwrap()
+                .push_back(Command::Drain(timeout));
+            self.shared.waker.wake();
+        }
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, with the port the system chose
+    /// for port 0; None without `Config::metrics`.
+    pub fn metrics_addr(&self) -> Option<&ListenAddr> {
+        self.metrics.as_ref()
     }
 
     /// The grace a stopping worker gets before SIGKILL (`Config::kill_timeout`); `Drop` and
