@@ -384,6 +384,11 @@ typedef uint32_t rcluster_output;
 typedef uint32_t rcluster_dispatch;
 
 /**
+ * Whether a supervisor listens on a control socket (one of the `RCLUSTER_CONTROL_*` values).
+ */
+typedef uint32_t rcluster_control;
+
+/**
  * Something that happened in the cluster. Read-only; `data` and `text` belong to the event
  * and stay valid until `rcluster_event_free`.
  */
@@ -528,6 +533,22 @@ typedef struct {
    */
   const char *peer;
 } rcluster_worker_event;
+
+/**
+ * No control socket. The default.
+ */
+#define RCLUSTER_CONTROL_OFF 0
+
+/**
+ * A control socket if it can be made; otherwise the cluster runs without one and says so in
+ * a WARNING event.
+ */
+#define RCLUSTER_CONTROL_ON 1
+
+/**
+ * A control socket, or `rcluster_supervisor_start` fails.
+ */
+#define RCLUSTER_CONTROL_REQUIRED 2
 
 /**
  * As soon as the program has been exec'd: for programs that know nothing of rcluster.
@@ -796,6 +817,43 @@ rcluster_result rcluster_config_set_dispatch_limits(rcluster_config *cfg,
  * `cfg` is NULL or a live config.
  */
 rcluster_result rcluster_config_set_max_surge(rcluster_config *cfg, size_t max_surge);
+
+/**
+ * Sets the cluster's name: `rcluster status NAME` and the other verbs find it by it (1 to 64
+ * characters of A-Z a-z 0-9 . _ -, not starting with '.'). Default: the program's base name.
+ * A live cluster of the same name makes `rcluster_supervisor_start` fail.
+ *
+ * # Safety
+ * `cfg` is NULL or a live config; `name` is NULL or a NUL-terminated string.
+ */
+rcluster_result rcluster_config_set_name(rcluster_config *cfg, const char *name);
+
+/**
+ * Sets whether the supervisor listens on its control socket: `RCLUSTER_CONTROL_OFF`
+ * (default), `_ON` or `_REQUIRED`.
+ *
+ * # Safety
+ * `cfg` is NULL or a live config.
+ */
+rcluster_result rcluster_config_set_control(rcluster_config *cfg, rcluster_control control);
+
+/**
+ * The cluster's status object as JSON (the key names of `docs/control.md`: name, pid,
+ * generation, workers with pid, state, cpu_s, rss_bytes, restarts, ...). On success `*out` is
+ * a NUL-terminated string to release with `rcluster_string_free`.
+ *
+ * # Safety
+ * `sup` is NULL or a live supervisor; `out` is NULL or writable.
+ */
+rcluster_result rcluster_supervisor_status_json(const rcluster_supervisor *sup, char **out);
+
+/**
+ * Releases a string this library returned (`rcluster_supervisor_status_json`). NULL is fine.
+ *
+ * # Safety
+ * `s` is NULL or a string from this library, not freed before.
+ */
+void rcluster_string_free(char *s);
 
 /**
  * Releases an event from `rcluster_supervisor_next_event` / `_try_next_event`. NULL is

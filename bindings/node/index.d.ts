@@ -86,6 +86,10 @@ declare namespace rcluster {
     queueLimit?: number;
     queueTimeout?: number;
     maxSurge?: number;
+    /** The cluster's name for `rcluster status NAME` and the other verbs (default: the script's base name). */
+    name?: string;
+    /** Listen on the control socket (docs/control.md): true, false (default) or 'required'. */
+    control?: boolean | 'required';
     serialization?: Serialization;
     /**
      * Default true: for each of SIGINT, SIGTERM, SIGHUP, SIGTTIN and SIGTTOU that the program
@@ -128,12 +132,44 @@ declare namespace rcluster {
     lastExit: { code: number | null; signal: NodeJS.Signals | null; reason: ExitEvent['reason'] } | null;
   }
 
+  /** The status object of `rcluster status --json` (docs/control.md); more keys may come. */
+  interface ClusterStatus {
+    name: string;
+    pid: number;
+    version: string;
+    uptime_s: number;
+    generation: number;
+    workers_desired: number;
+    listeners: Array<{ name: string; address: string; dispatch: string; queue_length: number }>;
+    reloading: boolean;
+    stopping: boolean;
+    control: string | null;
+    workers: Array<{
+      slot: number;
+      pid: number;
+      generation: number;
+      state: WorkerSnapshot['state'];
+      uptime_s: number;
+      restarts: number;
+      restarts_by_reason: Record<string, number>;
+      last_exit: { pid: number; code: number | null; signal: number | null; reason: string } | null;
+      cpu_s: number;
+      rss_bytes: number;
+      connections_active: number;
+      connections_total: number;
+      heartbeat_age_s: number | null;
+      queue_bytes: number;
+    }>;
+  }
+
   /** A running cluster (rcluster's own API): `rcluster.start(options)` or `new rcluster.Cluster(options)`. */
   interface Cluster extends EventEmitter {
     send(id: number, message: unknown): true;
     broadcast(message: unknown): number;
     workers(): WorkerSnapshot[];
     snapshot(): WorkerSnapshot[];
+    /** The status object, read off the JS thread. */
+    stats(): Promise<ClusterStatus>;
     /** The addresses the primary bound (a port 0 resolved); `listeners()` is EventEmitter's. */
     readonly listenerAddresses: Array<{ name: string; address: string }>;
     reload(): Promise<{ generation: number }>;

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rcluster_core::{
-    resolve_listen, Config, Dispatch, ListenAddr, Listener, Output, ReadyOn, RestartMode,
+    resolve_listen, Config, ControlMode, Dispatch, ListenAddr, Listener, Output, ReadyOn,
+    RestartMode,
 };
 
 const ABOUT: &str = "Run any program as a supervised cluster of pre-forked workers.";
@@ -61,8 +62,48 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Start workers running CMD and supervise them until stopped
-    #[command(after_help = RUN_AFTER_HELP)]
-    Run(RunArgs),
+    #[command(after_help = RUN_AFTER_HELP, args_override_self = true)]
+    Run(Box<RunArgs>),
+    /// List the running clusters of this user (their control sockets)
+    Ls,
+    /// Show a running cluster's workers (a table; --json: the status object)
+    Status {
+        /// The cluster's name (or the path of its control socket)
+        name: String,
+        /// Print the status object as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace every worker of a running cluster, one by one (exit status 1 if it rolled back)
+    Reload { name: String },
+    /// Set the number of workers: N, +K or -K
+    Scale {
+        name: String,
+        #[arg(allow_hyphen_values = true, value_name = "N|+K|-K")]
+        workers: String,
+    },
+    /// Restart the worker of slot SLOT gracefully
+    Restart { name: String, slot: u32 },
+    /// Send a signal (TERM, USR2, 15, ...) to the worker of slot SLOT
+    Signal {
+        name: String,
+        slot: u32,
+        signal: String,
+    },
+    /// Stop a running cluster gracefully; returns once it has stopped
+    Stop { name: String },
+    /// Print the last lines of every worker's output (kept when the cluster reads it)
+    Logs {
+        name: String,
+        /// Keep printing new lines
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Lines of history per worker
+        #[arg(short = 'n', long = "lines", default_value_t = 20)]
+        lines: usize,
+    },
+    /// Print the lifecycle events of a running cluster as they happen (JSON lines)
+    Events { name: String },
 }
 
 #[derive(Args, Debug)]
@@ -192,6 +233,20 @@ pub struct RunArgs {
     /// supervisor's
     #[arg(long)]
     pub subreaper: bool,
+    /// The cluster's name: `rcluster status NAME` and the others find it by it [default: the
+    /// program's base name, or NAME-PID when a cluster of that name runs already]
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// The control socket: on (if it can be made), off, or required (fail without it)
+    #[arg(long, value_enum, default_value_t = Control::On, value_name = "WHEN")]
+    pub control: Control,
+
+    /// Read flags from a TOML file: each key is a long flag (`workers = 4`, `kill-timeout =
+    /// "5s"`, `listen = [":8080"]`, `env = { K = "v" }`, `cmd = ["./server", "--port", "8080"]`);
+    /// flags given on the command line win
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// The program to run and its arguments (put them after --)
     #[arg(value_name = "CMD", required = true, num_args = 1.., trailing_var_arg = true)]
@@ -203,6 +258,13 @@ pub enum Restart {
     Always,
     OnFailure,
     Never,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum Control {
+    On,
+    Off,
+    Required,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -291,6 +353,12 @@ impl RunArgs {
                 c.listeners.push(l);
             }
         }
+        c.name.clone_from(&self.name);
+        c.control = match self.control {
+            Control::On => ControlMode::On,
+            Control::Off => ControlMode::Off,
+            Control::Required => ControlMode::Required,
+        };
         c.max_inflight = self.max_inflight;
         set(&mut c.max_surge, self.max_surge);
         c.metrics.clone_from(&self.metrics);
@@ -320,6 +388,7 @@ pub fn flag_for(field: &str) -> Option<&'static str> {
         "event_queue_limit" => "--event-queue-limit",
         "ready_min" => "--ready-min",
         "drain_delay" => "--drain-delay",
+        "name" => "--name",
         _ => return None,
     })
 }

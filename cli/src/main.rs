@@ -4,9 +4,12 @@
 //! `rcluster-core`.
 
 mod args;
+mod client;
+mod config_file;
 mod log;
 mod run;
 mod signals;
+mod verbs;
 
 use clap::Parser;
 use rcluster_core::{Dispatch, Error, Supervisor};
@@ -17,15 +20,57 @@ use args::{Cli, Command};
 const EXIT_USAGE: i32 = 2;
 
 fn main() {
-    let cli = Cli::parse();
-    let Command::Run(run) = cli.command;
-    std::process::exit(match start(&run) {
+    let args = match config_file::expand(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("rcluster: error: {msg}");
+            std::process::exit(EXIT_USAGE);
+        }
+    };
+    let cli = Cli::parse_from(args);
+    let outcome = match cli.command {
+        Command::Run(run) => start(&run),
+        verb => control(verb).map_err(|msg| (verbs::EXIT_REFUSED, msg)),
+    };
+    std::process::exit(match outcome {
         Ok(code) => code,
         Err((code, msg)) => {
             eprintln!("rcluster: error: {msg}");
             code
         }
     });
+}
+
+/// A verb for a running cluster, through its control socket.
+fn control(verb: Command) -> verbs::Outcome {
+    use serde_json::json;
+    match verb {
+        Command::Run(_) => unreachable!("handled by start"),
+        Command::Ls => verbs::ls(),
+        Command::Status { name, json } => verbs::status(&name, json),
+        Command::Reload { name } => verbs::reload(&name),
+        Command::Scale { name, workers } => {
+            let req = json!({"cmd": "scale", "workers": workers});
+            verbs::simple(&name, req, |r| {
+                format!("{} -> {} workers", r["before"], r["workers"])
+            })
+        }
+        Command::Restart { name, slot } => {
+            let req = json!({"cmd": "restart", "slot": slot});
+            verbs::simple(&name, req, |_| format!("restarting slot {slot}"))
+        }
+        Command::Signal { name, slot, signal } => {
+            let req = json!({"cmd": "signal", "slot": slot, "signal": signal});
+            verbs::simple(&name, req, |_| format!("sent {signal} to slot {slot}"))
+        }
+        Command::Stop { name } => verbs::stop(&name),
+        Command::Logs {
+            name,
+            follow,
+            lines,
+        } => verbs::logs(&name, lines, follow),
+        Command::Events { name } => verbs::events(&name),
+    }
 }
 
 fn start(args: &args::RunArgs) -> Result<i32, (i32, String)> {

@@ -62,6 +62,25 @@ impl Primary {
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
+    /// Waits until every thread of the primary is stopped (state T): a stop signal takes
+    /// effect asynchronously.
+    fn wait_all_threads_stopped(&self) {
+        let pid = self.child.id();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let states: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+                .filter_map(|s| Some(s.rsplit_once(')')?.1.split_whitespace().next()?.to_string()))
+                .collect();
+            if states.iter().all(|s| s == "T") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not stopped: {states:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn wait_exit(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + WAIT;
         loop {
@@ -291,6 +310,7 @@ fn healthz_goes_unanswered_while_the_loop_is_stopped_and_answers_again_after() {
     assert_eq!(get(&metrics, "/healthz", WAIT).unwrap().0, 200);
     // The kernel still accepts the connection (the socket's queue), but nobody answers.
     p.signal(libc::SIGSTOP);
+    p.wait_all_threads_stopped();
     let stuck = get(&metrics, "/healthz", Duration::from_millis(500));
     p.signal(libc::SIGCONT);
     assert!(stuck.is_err(), "answered while stopped: {stuck:?}");

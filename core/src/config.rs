@@ -110,6 +110,31 @@ impl std::str::FromStr for Output {
     }
 }
 
+/// Whether the cluster listens on a control socket (`docs/control.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlMode {
+    /// No control socket.
+    Off,
+    /// A control socket if it can be made; if not, the cluster runs anyway and says so once
+    /// (an `Event::Warning`).
+    On,
+    /// A control socket, or `start` fails.
+    Required,
+}
+
+impl std::str::FromStr for ControlMode {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<ControlMode> {
+        Ok(match s {
+            "off" => ControlMode::Off,
+            "on" => ControlMode::On,
+            "required" => ControlMode::Required,
+            _ => return Err(Error::config("control", s, "expected off, on or required")),
+        })
+    }
+}
+
 /// The restart policy: which exits restart, how fast, and when to give up.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RestartPolicy {
@@ -212,6 +237,13 @@ pub struct Config {
     /// keeps serving this long before it stops, so that a load balancer takes it out of
     /// rotation first. Zero (the default): stop at once.
     pub drain_delay: Duration,
+    /// The cluster's name: its control socket is `NAME.sock` and `rcluster ls` shows it.
+    /// None: the base name of the program (`argv[0]`).
+    pub name: Option<String>,
+    /// The control socket: `$XDG_RUNTIME_DIR/rcluster/NAME.sock` (else `/run/rcluster` for
+    /// root, else `~/.rcluster`). A live cluster of the same name fails `start` when `name`
+    /// is set; an unnamed one then takes `NAME-PID`.
+    pub control: ControlMode,
 }
 
 impl Config {
@@ -246,7 +278,21 @@ impl Config {
             metrics: None,
             ready_min: 1,
             drain_delay: Duration::ZERO,
+            name: None,
+            control: ControlMode::Off,
         }
+    }
+
+    /// `name`, or the base name of the program when it is not set.
+    pub fn resolved_name(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        let prog = self.argv.first().map(Path::new);
+        let base = prog
+            .and_then(|p| p.file_name())
+            .map(|b| b.to_string_lossy());
+        base.map_or_else(|| "rcluster".into(), |b| b.into_owned())
     }
 
     /// The checks `validate` makes of `max_message` and `send_queue_limit`, for a binding that

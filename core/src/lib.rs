@@ -26,13 +26,14 @@ mod worker;
 pub use wire::frame;
 
 pub use config::{
-    Config, Output, ReadyOn, RestartMode, RestartPolicy, DEFAULT_EVENT_QUEUE_LIMIT,
+    Config, ControlMode, Output, ReadyOn, RestartMode, RestartPolicy, DEFAULT_EVENT_QUEUE_LIMIT,
     DEFAULT_MAX_MESSAGE, MAX_WORKERS, MIN_EVENT_QUEUE_LIMIT,
 };
 pub use error::{Error, Result};
 pub use events::{Event, ExitInfo, WorkerInfo, WorkerState};
 pub use policy::{Clock, Decision, ExitReason, History, Jitter, SystemClock, XorShift};
 pub use primary::signals::{signal_name, SignalAction, EXIT_AFTER_SIGNAL_STOP, HANDLED_SIGNALS};
+pub use primary::status::{LastExit, ListenerStatus, Status, WorkerStatus};
 pub use primary::supervisor::Supervisor;
 pub use sys::listen::{resolve_listen, Dispatch, ListenAddr, Listener};
 pub use worker::{Connection, Listening, Worker, WorkerEvent};

@@ -116,6 +116,10 @@ const PRIMARY_PARTS: &[(&str, u32)] = &[
     ("metrics/systemd", 0),
     ("metrics/http", 0),
     ("metrics/process", 0),
+    ("status", 0),
+    ("control/logs", 0),
+    ("control/path", 0),
+    ("control/request", 1),
     ("link", 1),
     ("host_read", 2),
     ("process", 2),
@@ -130,6 +134,9 @@ const PRIMARY_PARTS: &[(&str, u32)] = &[
     ("output", 4),
     ("reload", 4),
     ("steered", 4),
+    ("stats", 4),
+    ("control", 4),
+    ("control/mod", 4),
     ("tests", 6),
     ("supervisor", 5),
     ("signals", 5),
@@ -154,6 +161,8 @@ fn primary_targets(text: &str, own: &str) -> Vec<String> {
     let resolve = |first: String, rest: &str| -> String {
         if first == "output" && rest.starts_with("::pipe") {
             "output/pipe".to_string()
+        } else if first == "control" && rest.starts_with("::logs") {
+            "control/logs".to_string()
         } else if part_rank(&first).is_some() {
             first
         } else {

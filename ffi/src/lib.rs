@@ -14,6 +14,7 @@
 
 mod args;
 mod config;
+mod control;
 mod event;
 mod modes;
 mod result;

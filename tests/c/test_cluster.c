@@ -106,6 +106,35 @@ static int snapshot_lists_every_worker_ready(void) {
     return 0;
 }
 
+static int status_json_names_every_worker_with_its_usage(void) {
+    char *json = NULL;
+    CHECK_RC(rcluster_supervisor_status_json(sup, &json));
+    char want[64];
+    snprintf(want, sizeof want, "\"workers_desired\":%d", WORKERS);
+    int ok = strstr(json, want) && strstr(json, "\"state\":\"ready\"") &&
+             strstr(json, "\"rss_bytes\":") && strstr(json, "\"listeners\":[{");
+    if (!ok) fprintf(stderr, "  status: %s\n", json);
+    rcluster_string_free(json);
+    rcluster_string_free(NULL);
+    CHECK(ok, "the status object has every worker ready");
+    CHECK(rcluster_supervisor_status_json(sup, NULL) == RCLUSTER_RESULT_NULL_ARGUMENT, "NULL out");
+    return 0;
+}
+
+static int control_settings_are_checked_when_set(void) {
+    rcluster_config *cfg = base_config(1);
+    CHECK(cfg, "config");
+    CHECK_RC(rcluster_config_set_name(cfg, "c-cluster"));
+    CHECK_RC(rcluster_config_set_control(cfg, RCLUSTER_CONTROL_ON));
+    rcluster_result bad = rcluster_config_set_control(cfg, 7);
+    int named = strstr(rcluster_last_error(), "control") != NULL;
+    rcluster_result null_name = rcluster_config_set_name(cfg, NULL);
+    rcluster_config_free(cfg);
+    CHECK(bad == RCLUSTER_RESULT_INVALID_ARGUMENT && named, "control 7: %u", bad);
+    CHECK(null_name == RCLUSTER_RESULT_NULL_ARGUMENT, "NULL name: %u", null_name);
+    return 0;
+}
+
 static int crashed_worker_is_restarted_and_serves_again(void) {
     rcluster_worker_info before;
     CHECK(worker_info(1, &before) == 0, "worker 1 in the snapshot");
@@ -376,6 +405,7 @@ int main(int argc, char **argv) {
     if (sup) {
         RUN(requests_are_served_round_robin_by_every_worker);
         RUN(snapshot_lists_every_worker_ready);
+        RUN(status_json_names_every_worker_with_its_usage);
         RUN(crashed_worker_is_restarted_and_serves_again);
         RUN(message_to_one_worker_is_answered_by_it);
         RUN(broadcast_reaches_every_worker);
@@ -388,6 +418,7 @@ int main(int argc, char **argv) {
         rcluster_supervisor_free(sup);
     }
     RUN(address_in_use_fails_start_naming_the_address);
+    RUN(control_settings_are_checked_when_set);
     RUN(callback_receives_events_on_a_library_thread);
     RUN(signal_helper_maps_sigttin_to_scale_up);
     return finish("test_cluster");

@@ -47,7 +47,8 @@ const KNOWN = {
   options: ['workers', 'exec', 'args', 'execArgv', 'program', 'env', 'cwd', 'readyOn', 'readyTimeout',
     'heartbeatTimeout', 'killTimeout', 'restart', 'maxMessage', 'sendQueueLimit', 'output', 'listen',
     'listeners', 'dispatch', 'maxInflight', 'handoffWindow', 'kernelRoundRobin', 'queueLimit',
-    'queueTimeout', 'maxSurge', 'serialization', 'handleSignals', 'eventQueueLimit', 'ackTimeout'],
+    'queueTimeout', 'maxSurge', 'serialization', 'handleSignals', 'eventQueueLimit', 'ackTimeout',
+    'name', 'control'],
   restart: ['mode', 'backoffInitial', 'backoffMultiplier', 'backoffMax', 'jitter', 'minUptime',
     'maxRestarts', 'window', 'noRestartCodes'],
   listener: ['address', 'name', 'dispatch', 'share'],
@@ -198,6 +199,7 @@ function normalize(opts = {}, extraEnv = {}) {
     // null turns the bound off; unset keeps the core's default.
     ackTimeout: opts.ackTimeout === null ? 0 : ms(opts, 'ackTimeout'),
   };
+  Object.assign(native, control(opts, exec));
   if (opts.program !== undefined && opts.exec === undefined) {
     // A non-Node program: run it with `args` alone.
     native.argv = [program, ...args];
@@ -205,6 +207,26 @@ function normalize(opts = {}, extraEnv = {}) {
   for (const k of Object.keys(native)) if (native[k] === undefined) delete native[k];
   const handleSignals = bool(opts, 'handleSignals') ?? true;
   return { native, serialization, handleSignals };
+}
+
+/**
+ * The control socket options: `name` (default: the script's base name, without .js) and
+ * `control` (true, false or 'required'; default false).
+ */
+function control(opts, exec) {
+  if (opts.name !== undefined && (typeof opts.name !== 'string' || opts.name === '')) {
+    throw invalidOption('options.name', opts.name, 'must be a non-empty string');
+  }
+  const c = opts.control;
+  if (c !== undefined && c !== true && c !== false && c !== 'required') {
+    throw invalidOption('options.control', c, "must be true, false or 'required'");
+  }
+  const script = opts.program !== undefined && opts.exec === undefined
+    ? undefined : path.basename(exec).replace(/\.[cm]?js$/, '');
+  return {
+    name: opts.name ?? script,
+    control: c === undefined ? undefined : c === true ? 'on' : c === false ? 'off' : 'required',
+  };
 }
 
 module.exports = { normalize, rejectUnknown };

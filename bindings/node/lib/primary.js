@@ -141,6 +141,16 @@ class Cluster extends EventEmitter {
   }
 
   /**
+   * The status object of `rcluster status --json` (docs/control.md): a Promise, read off the
+   * JS thread.
+   */
+  stats() {
+    return this._native.statusJson().then(JSON.parse, (e) => {
+      throw rclusterError('ERR_RCLUSTER_STOPPED', e.message);
+    });
+  }
+
+  /**
    * Addresses bound by the primary: [{ name, address }] (a port 0 resolved). Not named
    * `listeners`: that is EventEmitter's listeners(eventName), which must keep working.
    */

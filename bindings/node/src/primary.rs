@@ -46,6 +46,10 @@ pub struct NativeOptions {
     pub max_surge: Option<u32>,
     /// Milliseconds; 0 turns the bound off.
     pub ack_timeout: Option<f64>,
+    /// The cluster's name (its control socket is NAME.sock).
+    pub name: Option<String>,
+    /// `off`, `on` or `required`.
+    pub control: Option<String>,
 }
 
 #[napi(object)]
@@ -164,6 +168,12 @@ fn build_config(o: NativeOptions) -> napi::Result<Config, &'static str> {
     set(&mut c.queue_limit, o.queue_limit.map(|v| v as usize));
     set(&mut c.queue_timeout, o.queue_timeout.map(ms));
     set(&mut c.max_surge, o.max_surge.map(|v| v as usize));
+    c.name = o.name;
+    if let Some(mode) = o.control {
+        c.control = mode
+            .parse()
+            .map_err(|e| invalid(format!("options.control: {e}")))?;
+    }
     Ok(c)
 }
 
@@ -522,6 +532,14 @@ impl NativeSupervisor {
         })
     }
 
+    /// The status object as JSON, read off the JS thread.
+    #[napi]
+    pub fn status_json(&self) -> AsyncTask<StatusTask> {
+        AsyncTask::new(StatusTask {
+            sup: Arc::clone(&self.inner),
+        })
+    }
+
     /// Waits up to `timeout_ms` for the next event, blocking the JS thread: only for the
     /// short, synchronous waits of `cluster.fork()` (the spawn takes a millisecond or two).
     #[napi]
@@ -578,6 +596,26 @@ impl NativeSupervisor {
             .iter()
             .map(|(name, addr)| vec![name.clone(), addr.to_string()])
             .collect()
+    }
+}
+
+pub struct StatusTask {
+    sup: Arc<Supervisor>,
+}
+
+impl Task for StatusTask {
+    type Output = String;
+    type JsValue = String;
+
+    fn compute(&mut self) -> Result<String> {
+        self.sup
+            .status()
+            .map(|s| s.to_json())
+            .map_err(|e| Error::new(Status::GenericFailure, e.to_string()))
+    }
+
+    fn resolve(&mut self, _env: Env, output: String) -> Result<String> {
+        Ok(output)
     }
 }
 

@@ -96,6 +96,12 @@ pub struct ConfigArgs {
     /// Seconds; 0 turns the bound off.
     #[pyo3(default)]
     pub ack_timeout: Option<f64>,
+    /// The cluster's name (its control socket is NAME.sock).
+    #[pyo3(default)]
+    pub name: Option<String>,
+    /// `off`, `on` or `required`.
+    #[pyo3(default)]
+    pub control: Option<String>,
 }
 
 fn os(b: Vec<u8>) -> OsString {
@@ -157,6 +163,10 @@ impl ConfigArgs {
         opt_seconds("queue_timeout", self.queue_timeout, &mut c.queue_timeout)?;
         if let Some(s) = self.max_surge {
             c.max_surge = s;
+        }
+        c.name = self.name;
+        if let Some(mode) = &self.control {
+            c.control = mode.parse().map_err(to_py)?;
         }
         Ok(c)
     }

@@ -103,6 +103,11 @@ impl PySupervisor {
     }
 
     /// Starts a rolling reload; returns the new generation.
+    fn status_json(&self, py: Python<'_>) -> PyResult<String> {
+        py.allow_threads(|| self.core.status().map(|s| s.to_json()))
+            .py()
+    }
+
     fn reload(&self, py: Python<'_>) -> PyResult<u32> {
         py.allow_threads(|| self.core.reload()).py()
     }

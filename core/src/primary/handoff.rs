@@ -352,6 +352,7 @@ impl Primary {
                 "acknowledgement of connection {id}, which was not handed to this worker"
             ));
         };
+        p.connections_total += 1;
         // Counted until reported closed only where the worker was asked to report it.
         if self.cfg.max_inflight.is_some()
             || self.listeners[w.listener].dispatch == Dispatch::LeastConnections

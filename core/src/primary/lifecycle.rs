@@ -69,7 +69,7 @@ impl Primary {
 
     pub(super) fn try_spawn(&mut self, slot: u32, generation: u32) -> Result<u64> {
         let (parent, child) = self.open_link(slot, generation)?;
-        let (pipes, [stdout, stderr]) = self.output_pipes(slot)?;
+        let (mut pipes, [stdout, stderr]) = self.output_pipes(slot)?;
         let shared = Primary::shared_listeners(&self.listeners);
         let req = spawn::Request {
             shared: &shared,
@@ -80,6 +80,10 @@ impl Primary {
             stderr,
         };
         let (pid, pidfd) = self.workers.spawn(req)?;
+        for p in pipes.iter_mut().flatten() {
+            p.pid = pid as u32;
+            p.tap = self.control.as_ref().and_then(|c| c.logs.clone());
+        }
         let key = self.next_key;
         self.next_key += 1;
         let link = Arc::new(Link::new(
@@ -200,6 +204,7 @@ impl Primary {
                 active: HashSet::new(),
                 ahead: 0,
                 kill_requested: false,
+                connections_total: 0,
             },
         );
         self.out.push(Event::Spawned {
@@ -482,6 +487,10 @@ impl Primary {
             Decision::Restart { delay, attempt } => {
                 s.start_at = Some(now + delay);
                 s.restarts += 1;
+                *s.counters
+                    .restarts_by_reason
+                    .entry(info.reason.as_str())
+                    .or_default() += 1;
                 if info.reason != ExitReason::Requested {
                     self.out.push(Event::Restarting {
                         id: slot,

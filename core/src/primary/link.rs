@@ -166,6 +166,12 @@ impl Link {
         }
     }
 
+    /// Bytes queued towards the worker and not yet written (for the status).
+    pub fn queued_bytes(&self) -> usize {
+        let q = self.queue.lock().unwrap();
+        q.buf.len() + q.in_flight
+    }
+
     pub fn raw(&self) -> RawFd {
         self.fd.as_raw_fd()
     }

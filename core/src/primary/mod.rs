@@ -3,6 +3,7 @@
 //! toward what is wanted (`manage_workers`), gunicorn-arbiter style.
 
 mod closing;
+pub(crate) mod control;
 mod handoff;
 pub(crate) mod host_read;
 mod ipc;
@@ -15,6 +16,8 @@ pub(crate) mod reader;
 mod reload;
 pub(crate) mod shared;
 pub(crate) mod signals;
+mod stats;
+pub(crate) mod status;
 pub(crate) mod steered;
 pub(crate) mod supervisor;
 #[cfg(test)]
@@ -60,6 +63,7 @@ struct Slot {
     gave_up: bool,
     restarts: u32,
     last_exit: Option<ExitInfo>,
+    counters: status::SlotCounters,
 }
 
 impl Slot {
@@ -71,6 +75,7 @@ impl Slot {
             gave_up: false,
             restarts: 0,
             last_exit: None,
+            counters: status::SlotCounters::default(),
         }
     }
 }
@@ -122,6 +127,11 @@ pub(crate) struct Primary {
     reload_queued: bool,
     /// Being seen from outside: service manager notifications, health and metrics.
     ops: metrics::Ops,
+    /// The cluster's name (`Config::name`, or the program's base name).
+    name: String,
+    started_at: Instant,
+    /// The control socket and its clients (`docs/control.md`), when it listens.
+    control: Option<control::Control>,
 }
 
 impl Primary {
@@ -219,6 +229,9 @@ impl Primary {
             paused: Vec::new(),
             reload_queued: false,
             ops: metrics::Ops::default(),
+            name: cfg.resolved_name(),
+            started_at: now,
+            control: None,
             cfg,
         })
     }
@@ -247,6 +260,7 @@ impl Primary {
             if self.changed || queue_due || deadline.is_some_and(|d| now >= d) {
                 deadline = self.reconcile(now);
             }
+            self.control_tick();
             self.emit();
             if self.stop_deadline.is_some() && self.procs.is_empty() {
                 break;
@@ -322,6 +336,8 @@ impl Primary {
             self.member_ready(token);
         } else if token & LISTENER != 0 {
             self.accept_ready((token & !LISTENER) as usize);
+        } else if token & control::CONTROL != 0 {
+            self.control_ready(token & !control::CONTROL, flags);
         } else if token & metrics::OPS != 0 {
             self.ops_ready(token, flags);
         } else {
@@ -394,6 +410,7 @@ impl Primary {
             self.changed = true;
             match cmd {
                 Command::Snapshot(tx) => drop(tx.send(self.snapshot())),
+                Command::Status(tx) => drop(tx.send(self.status())),
                 Command::Scale(n, tx) => drop(tx.send(self.scale(n))),
                 Command::ScaleBy(d, tx) => drop(tx.send(self.scale_by(d))),
                 Command::Restart(id, tx) => drop(tx.send(self.restart(id))),
@@ -641,6 +658,8 @@ impl Primary {
         self.shared.waker.take(&mut Vec::new());
         let pending = refuse_commands(&self.shared);
         drop(pending); // Dropping the reply senders tells waiting callers the supervisor stopped.
+        self.control_tick();
+        self.close_control();
         self.shared.events.push_all(&mut self.out);
         self.shared.events.close();
     }

@@ -62,6 +62,8 @@ pub struct Process {
     pub ahead: u32,
     /// The host sent it a signal (`Supervisor::kill`): an exit of its own is `Requested`.
     pub kill_requested: bool,
+    /// Connections it acknowledged, in all (for the status).
+    pub connections_total: u64,
 }
 
 impl Process {

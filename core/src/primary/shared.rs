@@ -16,6 +16,7 @@ use crate::sys::listen::ListenAddr;
 /// What a host thread asks of the loop.
 pub(crate) enum Command {
     Snapshot(SyncSender<Vec<WorkerInfo>>),
+    Status(SyncSender<crate::primary::status::Status>),
     Scale(usize, SyncSender<Result<()>>),
     /// Scale by a step within 1..=MAX_WORKERS; the reply is the count before and after.
     ScaleBy(isize, SyncSender<Result<(usize, usize)>>),

@@ -45,6 +45,8 @@ impl Supervisor {
             )
         })?;
         let program = config.validate()?;
+        // Claimed before listeners are bound: a name in use fails `start` with nothing bound.
+        let (control, control_warning) = crate::primary::control::Control::open(&config)?;
         // Bound before anything starts: an address in use fails `start` with nothing running.
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut refused = None;
@@ -83,7 +85,8 @@ impl Supervisor {
             messages_out: AtomicU64::new(0),
         });
         let (kill_timeout, drain_delay) = (config.kill_timeout, config.drain_delay);
-        let primary = Primary::new(config, &program, Arc::clone(&shared), listeners, refused)?;
+        let mut primary = Primary::new(config, &program, Arc::clone(&shared), listeners, refused)?;
+        primary.set_control(control, control_warning);
         let metrics = primary.metrics_addr();
         let thread = std::thread::Builder::new()
             .name("rcluster".into())
@@ -192,6 +195,11 @@ impl Supervisor {
     /// Every worker process (and every slot that has none running), as of now.
     pub fn snapshot(&self) -> Result<Vec<WorkerInfo>> {
         self.ask(Command::Snapshot)
+    }
+
+    /// The cluster's status (the object of `rcluster status --json`), as of now.
+    pub fn status(&self) -> Result<crate::primary::status::Status> {
+        self.ask(Command::Status)
     }
 
     /// Changes the number of worker slots; removed workers are stopped gracefully.

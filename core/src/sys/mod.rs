@@ -9,6 +9,7 @@ pub mod activation;
 pub mod children;
 pub mod listen;
 pub mod notify;
+pub mod procstat;
 pub mod sentinel;
 pub mod spawn;
 pub mod steer;

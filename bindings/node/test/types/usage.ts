@@ -67,6 +67,10 @@ if (rcluster.isPrimary) {
   console.log(sent, workers.length, addresses, exitListeners.length);
   cluster.scale(2);
   cluster.restart(0);
+  void cluster.stats().then((st: rcluster.ClusterStatus) => {
+    const w = st.workers[0];
+    if (w) console.log(st.name, st.generation, w.rss_bytes, w.restarts_by_reason['crashed'], w.last_exit?.reason);
+  });
   void (async () => {
     const { generation } = await cluster.reload();
     console.log(generation);

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import logging
 import os
 import pickle
@@ -174,6 +175,11 @@ class Supervisor:
       is taken for hung: killed (reason ``heartbeat``) and its connections given to other
       workers (5 s; None turns it off).
 
+    ``name`` and ``control``: the cluster's control socket (``docs/control.md``), through which
+    ``rcluster status NAME``, ``rcluster reload NAME`` and the other verbs act on it from a
+    shell. ``control``: False (default), True (listen if the socket can be made) or
+    ``"required"``. ``name`` defaults to the script's base name.
+
     ``handle_signals`` (default True): while the cluster runs, SIGINT and SIGTERM stop it
     gracefully (a second one kills the workers now), SIGHUP reloads, SIGTTIN/SIGTTOU add or
     remove a worker — for each of these signals whose handler is the default, when started
@@ -207,6 +213,8 @@ class Supervisor:
         max_surge: int | None = None,
         ack_timeout: float | None = 5.0,
         handle_signals: bool = True,
+        name: str | None = None,
+        control: bool | str = False,
     ) -> None:
         self._config = _config(**locals())
         if not isinstance(handle_signals, bool):
@@ -364,6 +372,11 @@ class Supervisor:
         """A snapshot of every worker process and empty slot."""
         return self._require().workers()
 
+    def stats(self) -> dict[str, Any]:
+        """The status object of ``rcluster status --json`` (``docs/control.md``): name, pid,
+        generation, and every worker with its state, CPU seconds, RSS, restarts, ..."""
+        return json.loads(self._require().status_json())
+
     def reload(self) -> int:
         """Starts a rolling reload (new workers ready before old ones drain); returns the new
         generation. Progress comes as ``reload_*`` events."""
@@ -447,7 +460,25 @@ def _config(**o: Any) -> dict[str, Any]:
     if isinstance(listen, str | Listener):
         listen = [listen]
     c["listeners"] = [_listener(i, item, dispatch) for i, item in enumerate(listen)]
+    c.update(_control(o["name"], o["control"], o["argv"] is None))
     return c
+
+
+def _control(name: object, control: object, rerun: bool) -> dict[str, Any]:
+    """The control socket options; an unnamed cluster that re-runs this program is named
+    after the script, not the interpreter."""
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ConfigError(f"invalid config: name = {name!r}: must be a non-empty string")
+    if control not in (True, False, "required"):
+        raise ConfigError(
+            f"invalid config: control = {control!r}: must be True, False or 'required'"
+        )
+    if name is None and rerun and sys.argv and sys.argv[0]:
+        base = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+        name = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "._-") else "_" for ch in base)
+        name = name.lstrip(".")[:64] or None
+    mode = "required" if control == "required" else "on" if control else "off"
+    return {"name": name, "control": mode}
 
 
 def _listener(i: int, item: object, dispatch: str | None) -> tuple[str, str, str, bool]:

@@ -21,7 +21,7 @@ use http::{Answer, Route, Server};
 use systemd::{Systemd, Turn};
 
 /// Epoll tokens of the HTTP server: this bit, plus 0 for its listener and 1.. for clients.
-pub(super) const OPS: u64 = 1 << 60;
+pub(super) const OPS: u64 = 1 << 59;
 
 /// The loop's state for being seen from outside.
 #[derive(Default)]

@@ -29,7 +29,7 @@ fn label(v: &str) -> String {
 }
 
 impl Primary {
-    pub(super) fn render_metrics(&mut self) -> String {
+    pub(crate) fn render_metrics(&mut self) -> String {
         let mut out = String::with_capacity(4096 + 256 * self.procs.len());
         self.render_workers(&mut out);
         self.render_traffic(&mut out);
@@ -80,14 +80,12 @@ impl Primary {
 
     /// CPU and memory of each slot's processes (two while a reload replaces the slot's).
     fn render_usage(&self, out: &mut String) {
-        let units = Units::read();
-        let mut buf = Vec::with_capacity(512);
         let mut by_slot: BTreeMap<u32, (f64, u64)> = BTreeMap::new();
         for p in self.procs.values() {
-            if let Some(u) = process::usage(p.pid, &units, &mut buf) {
+            if let Some((cpu_s, rss)) = crate::sys::procstat::usage(p.pid) {
                 let e = by_slot.entry(p.slot).or_default();
-                e.0 += u.cpu_s;
-                e.1 += u.rss_bytes;
+                e.0 += cpu_s;
+                e.1 += rss;
             }
         }
         family(

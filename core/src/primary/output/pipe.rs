@@ -29,6 +29,10 @@ pub struct PrefixPipe {
     id: u32,
     prefix: Vec<u8>,
     partial: Vec<u8>,
+    /// Where the control server keeps the last lines of each worker (`logs`), if it runs.
+    pub tap: Option<crate::primary::control::logs::Tap>,
+    /// The worker's pid, for the lines of the tap (set once it is known).
+    pub pid: u32,
 }
 
 impl PrefixPipe {
@@ -39,6 +43,8 @@ impl PrefixPipe {
             id,
             prefix: format!("[{id}] ").into_bytes(),
             partial: Vec::new(),
+            tap: None,
+            pid: 0,
         }
     }
 
@@ -61,6 +67,7 @@ impl PrefixPipe {
         let mut out = Vec::with_capacity(data.len() + 64);
         let mut lines = 0;
         while let Some(nl) = data.iter().position(|&b| b == b'\n') {
+            self.tap_line(&data[..nl]);
             out.extend_from_slice(&self.prefix);
             out.append(&mut self.partial);
             out.extend_from_slice(&data[..=nl]);
@@ -69,6 +76,7 @@ impl PrefixPipe {
         }
         self.partial.extend_from_slice(data);
         if self.partial.len() >= MAX_LINE {
+            self.tap_line(&[]);
             out.extend_from_slice(&self.prefix);
             out.append(&mut self.partial);
             out.push(b'\n');
@@ -79,9 +87,23 @@ impl PrefixPipe {
         }
     }
 
+    /// Keeps a whole line (what is in `partial`, then `rest`) in the tap, if there is one.
+    fn tap_line(&self, rest: &[u8]) {
+        if let Some(tap) = &self.tap {
+            let line = if self.partial.is_empty() {
+                std::borrow::Cow::Borrowed(rest)
+            } else {
+                std::borrow::Cow::Owned([&self.partial[..], rest].concat())
+            };
+            let stream = self.target as u8;
+            tap.lock().unwrap().push(self.id, self.pid, stream, &line);
+        }
+    }
+
     /// Passes on a last line without newline, if any.
     pub fn finish(&mut self, sink: &Sink) {
         if !self.partial.is_empty() {
+            self.tap_line(&[]);
             let mut out = self.prefix.clone();
             out.append(&mut self.partial);
             out.push(b'\n');

@@ -1,0 +1,168 @@
+//! Where a cluster's control socket lives, and claiming it: a live cluster of the same name
+//! is a conflict, a socket nobody accepts on (its primary was killed) is taken over.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+/// Longest cluster name.
+pub const MAX_NAME: usize = 64;
+/// `sun_path` holds 108 bytes with the terminating NUL.
+const MAX_PATH: usize = 107;
+
+/// The folder of the control sockets of this user: `$XDG_RUNTIME_DIR/rcluster`, else
+/// `/run/rcluster` for root, else `~/.rcluster`.
+pub fn control_dir() -> Option<PathBuf> {
+    if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| Path::new(d).is_absolute()) {
+        return Some(Path::new(&xdg).join("rcluster"));
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return Some(PathBuf::from("/run/rcluster"));
+    }
+    let home = std::env::var_os("HOME").filter(|d| Path::new(d).is_absolute())?;
+    Some(Path::new(&home).join(".rcluster"))
+}
+
+/// Why `name` cannot name a cluster, if it cannot: it becomes a file name.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > MAX_NAME || name.starts_with('.') || !name.chars().all(ok) {
+        return Err(format!(
+            "must be 1..={MAX_NAME} characters of A-Z a-z 0-9 . _ -, not starting with '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// A default name made fit for a file name (a program may be called anything).
+pub fn sanitize(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(MAX_NAME)
+        .collect();
+    if s.is_empty() || s.starts_with('.') {
+        s.insert(0, '_');
+        s.truncate(MAX_NAME);
+    }
+    s
+}
+
+/// Makes `dir` (mode 0700) or checks the one that is there: it must be ours and private,
+/// since whoever can write in it can put a socket of their own in a cluster's place.
+pub fn prepare_dir(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} is not a directory owned by uid {me}", dir.display()),
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// What is found at a socket path.
+pub enum Found {
+    Nothing,
+    /// A socket file nobody accepts on.
+    Stale,
+    /// A live cluster; its pid when the kernel says.
+    Live(Option<u32>),
+}
+
+pub fn probe(path: &Path) -> Found {
+    if std::fs::symlink_metadata(path).is_err() {
+        return Found::Nothing;
+    }
+    match UnixStream::connect(path) {
+        Ok(s) => Found::Live(peer_cred(s.as_raw_fd()).map(|c| c.pid as u32)),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Found::Stale,
+        // ENOENT: gone meanwhile; EAGAIN: a full backlog is a live listener.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Found::Nothing,
+        Err(_) => Found::Live(None),
+    }
+}
+
+/// Binds the socket at `path` (0600), taking over a stale one; Err(Some(pid)) style
+/// conflicts are reported by the caller through `probe`.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if path.as_os_str().len() > MAX_PATH {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is longer than a Unix socket path may be ({MAX_PATH} bytes)",
+                path.display()
+            ),
+        ));
+    }
+    if let Found::Stale = probe(path) {
+        std::fs::remove_file(path)?;
+    }
+    // std creates the socket with SOCK_CLOEXEC. The folder is 0700, so nobody else can
+    // connect in the moment before the chmod.
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// The identity of a socket file, to remove it at the end only if it is still ours.
+pub fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// The pid, uid and gid of the process at the other end of a Unix socket.
+pub fn peer_cred(fd: std::os::fd::RawFd) -> Option<libc::ucred> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(cred)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_are_not_plain_file_names_are_refused() {
+        assert!(check_name("web-1.api_v2").is_ok());
+        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+        assert_eq!(sanitize("my server"), "my_server");
+        assert_eq!(sanitize(".x"), "_.x");
+    }
+}
