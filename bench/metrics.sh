@@ -48,6 +48,7 @@ start() {
     local i
     app_port=$(free_port)
     metrics_port=$(free_port)
+    : >"$tmp/log"
     setsid "$bin/rcluster" run -w "$1" --ready explicit --listen "127.0.0.1:$app_port" \
         --metrics "127.0.0.1:$metrics_port" -- "$bin/hello-worker" >"$tmp/log" 2>&1 &
     pid=$!
@@ -66,15 +67,20 @@ stop() {
     timeout 30 tail --pid="$pid" -f /dev/null
 }
 
-echo "== /metrics scrape latency, $many workers, $scrapes scrapes (curl time_total, ms)"
+echo "== /metrics scrape latency, $many workers, $scrapes scrapes (curl time_total, then the loop's own time)"
 start "$many"
 for ((i = 0; i < 20; i++)); do curl -s -o /dev/null "http://127.0.0.1:$metrics_port/metrics"; done
 for ((i = 0; i < scrapes; i++)); do
     curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$metrics_port/metrics"
 done | sort -n >"$tmp/lat"
+awk -v n="$scrapes" '{ v[NR] = $1 * 1000 } END {
+    printf "client (curl time_total): p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  max %.3f ms\n", v[int(n*0.5)], v[int(n*0.9)], v[int(n*0.99)], v[n] }' "$tmp/lat"
+for ((i = 0; i < scrapes; i++)); do
+    curl -s "http://127.0.0.1:$metrics_port/metrics" | awk '/^rcluster_scrape_duration_seconds / { print $2 }'
+done | sort -g >"$tmp/own"
 curl -s "http://127.0.0.1:$metrics_port/metrics" >"$tmp/body"
 awk -v n="$scrapes" '{ v[NR] = $1 * 1000 } END {
-    printf "p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  max %.3f ms\n", v[int(n*0.5)], v[int(n*0.9)], v[int(n*0.99)], v[n] }' "$tmp/lat"
+    printf "in the primary (rcluster_scrape_duration_seconds): p50 %.3f ms  p90 %.3f ms  p99 %.3f ms\n", v[int(n*0.5)], v[int(n*0.9)], v[int(n*0.99)] }' "$tmp/own"
 echo "body: $(wc -c <"$tmp/body") bytes, $(grep -vc '^#' "$tmp/body") samples"
 stop
 

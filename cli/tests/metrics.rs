@@ -459,3 +459,20 @@ fn sigterm_with_drain_delay_fails_readyz_first_keeps_serving_and_fails_no_accept
     assert_eq!(status.code(), Some(0), "{status}");
     assert!(served.load(Ordering::Relaxed) > 0);
 }
+
+#[test]
+fn metrics_address_in_use_exits_2_naming_it_and_the_flag() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(RCLUSTER)
+        .args(["run", "-w", "1", "--metrics", &addr, "--", "sleep", "300"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&addr) && stderr.contains("--metrics"),
+        "{stderr}"
+    );
+}

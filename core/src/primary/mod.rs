@@ -177,7 +177,11 @@ impl Primary {
         let (ops, warning) = metrics::Ops::from_env(primary.clock.now());
         primary.ops = ops;
         primary.out.extend(warning);
-        primary.start_metrics()?;
+        if let Err(e) = primary.start_metrics() {
+            // Nothing runs yet: let go of the listeners as a failed bind of one of them does.
+            primary.close_listeners();
+            return Err(e);
+        }
         Ok(primary)
     }
 

@@ -30,15 +30,27 @@ fn label(v: &str) -> String {
 
 impl Primary {
     pub(crate) fn render_metrics(&mut self) -> String {
+        let started = std::time::Instant::now();
         let mut out = String::with_capacity(4096 + 256 * self.procs.len());
         self.render_workers(&mut out);
         self.render_traffic(&mut out);
         self.render_reloads(&mut out);
         render_process(&mut out);
+        family(
+            &mut out,
+            "rcluster_scrape_duration_seconds",
+            "gauge",
+            "How long the loop took to build this answer (the /proc reads included).",
+        );
+        let _ = writeln!(
+            out,
+            "rcluster_scrape_duration_seconds {}",
+            started.elapsed().as_secs_f64()
+        );
         out
     }
 
-    fn render_workers(&self, out: &mut String) {
+    fn render_workers(&mut self, out: &mut String) {
         family(out, "rcluster_build_info", "gauge", "Version of rcluster.");
         let _ = writeln!(
             out,
@@ -79,15 +91,22 @@ impl Primary {
     }
 
     /// CPU and memory of each slot's processes (two while a reload replaces the slot's).
-    fn render_usage(&self, out: &mut String) {
+    fn render_usage(&mut self, out: &mut String) {
+        // One read of `/proc/PID/stat` per worker (it has both figures): a scrape of many
+        // workers is mostly these reads.
+        let units = Units::get();
+        let mut buf = Vec::with_capacity(512);
         let mut by_slot: BTreeMap<u32, (f64, u64)> = BTreeMap::new();
+        let files = &mut self.ops.stat_files;
         for p in self.procs.values() {
-            if let Some((cpu_s, rss)) = crate::sys::procstat::usage(p.pid) {
+            if let Some(u) = files.usage(p.pid, units, &mut buf) {
                 let e = by_slot.entry(p.slot).or_default();
-                e.0 += cpu_s;
-                e.1 += rss;
+                e.0 += u.cpu_s;
+                e.1 += u.rss_bytes;
             }
         }
+        let procs = &self.procs;
+        files.keep_only(|pid| procs.values().any(|p| p.pid == pid));
         family(
             out,
             "rcluster_worker_cpu_seconds_total",
@@ -207,8 +226,8 @@ impl Primary {
 
 /// The standard `process_*` metrics of the primary.
 fn render_process(out: &mut String) {
-    let units = Units::read();
-    let Some(u) = process::usage(0, &units, &mut Vec::with_capacity(512)) else {
+    let units = Units::get();
+    let Some(u) = process::usage(0, units, &mut Vec::with_capacity(512)) else {
         return;
     };
     let fds = crate::sys::open_fd_count();
