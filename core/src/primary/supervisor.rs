@@ -185,11 +185,14 @@ impl Supervisor {
         Ok(n)
     }
 
-    /// Counts messages queued to workers.
+    /// Counts messages queued to workers, for `/metrics` (only when it is served: the count
+    /// is a shared counter on the hot path of every sending thread).
     fn sent(&self, n: usize) {
-        self.shared
-            .messages_out
-            .fetch_add(n as u64, Ordering::Relaxed);
+        if self.metrics.is_some() {
+            self.shared
+                .messages_out
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
 
     /// Every worker process (and every slot that has none running), as of now.

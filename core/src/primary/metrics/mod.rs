@@ -118,6 +118,10 @@ impl Primary {
     }
 
     fn count_events(&mut self) {
+        // Only a scrape reads the counters: without the server, messages pass untouched.
+        if self.ops.http.is_none() {
+            return;
+        }
         let c = &mut self.ops.counters;
         for ev in &self.out {
             match ev {
