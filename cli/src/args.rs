@@ -104,6 +104,8 @@ pub enum Command {
     },
     /// Print the lifecycle events of a running cluster as they happen (JSON lines)
     Events { name: String },
+    /// A live view of a running cluster's workers (q quits, +/- scale, r reloads)
+    Monit { name: String },
 }
 
 #[derive(Args, Debug)]

@@ -7,6 +7,7 @@ mod args;
 mod client;
 mod config_file;
 mod log;
+mod monit;
 mod run;
 mod signals;
 mod verbs;
@@ -70,6 +71,7 @@ fn control(verb: Command) -> verbs::Outcome {
             lines,
         } => verbs::logs(&name, lines, follow),
         Command::Events { name } => verbs::events(&name),
+        Command::Monit { name } => monit::monit(&name),
     }
 }
 

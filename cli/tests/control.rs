@@ -47,10 +47,10 @@ impl Runtime {
         wait_output(child, WAIT)
     }
 
-    /// Starts `rcluster run ARGS` and waits until its control socket answers.
-    fn start(&self, name: &str, args: &[&str]) -> Cluster {
+    /// Starts `rcluster ARGS` with its log collected (no wait).
+    fn start_no_socket(&self, args: &[&str]) -> Cluster {
         let mut child = self
-            .cmd(&[&["run", "--name", name][..], args].concat())
+            .cmd(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -62,7 +62,12 @@ impl Runtime {
                 sink.lock().unwrap().push(line);
             }
         });
-        let c = Cluster { child, log };
+        Cluster { child, log }
+    }
+
+    /// Starts `rcluster run ARGS` and waits until its control socket answers.
+    fn start(&self, name: &str, args: &[&str]) -> Cluster {
+        let c = self.start_no_socket(&[&["run", "--name", name][..], args].concat());
         let deadline = Instant::now() + WAIT;
         while UnixStream::connect(self.sock(name)).is_err() {
             assert!(
@@ -595,4 +600,76 @@ fn run_config_file_sets_every_flag_by_key_and_a_bad_key_exits_2_naming_its_line(
     let t = text(&o);
     assert_eq!(o.status.code(), Some(2), "{t}");
     assert!(t.contains("app.toml:2: key `max_surge`"), "{t}");
+}
+
+#[test]
+fn monit_in_a_terminal_scales_on_plus_and_quits_on_q_and_refuses_a_pipe() {
+    let rt = Runtime::new("monit");
+    let _c = rt.start("monit", &["-w", "1", "--", "sleep", "300"]);
+    wait_ready(&rt, "monit", 1);
+    let o = rt.verb(&["monit", "monit"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("needs a terminal"), "{}", text(&o));
+    if Command::new("script").arg("--version").output().is_err() {
+        println!("skipped the terminal part: no `script` (util-linux) to make one");
+        return;
+    }
+    // `script` runs monit on a pseudo-terminal and passes it what is written to its stdin.
+    let mut child = Command::new("script")
+        // A pseudo-terminal made from a pipe has no size: give it one to draw in.
+        .args([
+            "-qfec",
+            &format!("stty cols 120 rows 30; {RCLUSTER} monit monit"),
+            "/dev/null",
+        ])
+        .env("XDG_RUNTIME_DIR", &rt.0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut keys = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    keys.write_all(b"+").unwrap();
+    wait_ready(&rt, "monit", 2);
+    keys.write_all(b"q").unwrap();
+    let o = wait_output(child, WAIT);
+    assert!(o.status.success(), "monit quits on q with status 0");
+    let screen = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        screen.contains("SLOT") && screen.contains("ready"),
+        "{screen}"
+    );
+}
+
+#[test]
+fn without_a_usable_socket_folder_the_cluster_runs_and_says_so_once_unless_control_is_required() {
+    let rt = Runtime::new("nofolder");
+    // A file where the socket folder should be: the folder cannot be made.
+    std::fs::write(rt.0.join("rcluster"), b"not a folder").unwrap();
+    let c = rt.start_no_socket(&["run", "-w", "1", "--", "sleep", "300"]);
+    c.wait_log("ready");
+    c.wait_log("no control socket");
+    assert_eq!(
+        c.log().matches("no control socket").count(),
+        1,
+        "{}",
+        c.log()
+    );
+    let o = rt.verb(&[
+        "run",
+        "--control",
+        "required",
+        "-w",
+        "1",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("control socket") && t.contains("rcluster"),
+        "{t}"
+    );
 }

@@ -137,6 +137,8 @@ const PRIMARY_PARTS: &[(&str, u32)] = &[
     ("stats", 4),
     ("control", 4),
     ("control/mod", 4),
+    ("control/client", 4),
+    ("control/serve", 4),
     ("tests", 6),
     ("supervisor", 5),
     ("signals", 5),

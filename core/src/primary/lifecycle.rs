@@ -205,6 +205,7 @@ impl Primary {
                 ahead: 0,
                 kill_requested: false,
                 connections_total: 0,
+                stat: std::cell::OnceCell::new(),
             },
         );
         self.out.push(Event::Spawned {

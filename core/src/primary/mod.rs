@@ -132,6 +132,8 @@ pub(crate) struct Primary {
     started_at: Instant,
     /// The control socket and its clients (`docs/control.md`), when it listens.
     control: Option<control::Control>,
+    /// Its path, for the status (`control` is taken out while a request is served).
+    control_path: Option<String>,
 }
 
 impl Primary {
@@ -236,6 +238,7 @@ impl Primary {
             name: cfg.resolved_name(),
             started_at: now,
             control: None,
+            control_path: None,
             cfg,
         })
     }

@@ -64,6 +64,8 @@ pub struct Process {
     pub kill_requested: bool,
     /// Connections it acknowledged, in all (for the status).
     pub connections_total: u64,
+    /// Its `/proc/PID/stat`, opened by the first status that reads it.
+    pub stat: std::cell::OnceCell<Option<crate::sys::procstat::StatFile>>,
 }
 
 impl Process {

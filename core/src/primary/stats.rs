@@ -17,7 +17,9 @@ impl Primary {
             .procs
             .values()
             .map(|p| {
-                let (cpu_s, rss_bytes) = procstat::usage(p.pid).unwrap_or((0.0, 0));
+                let stat = p.stat.get_or_init(|| procstat::StatFile::open(p.pid));
+                let usage = stat.as_ref().and_then(procstat::StatFile::usage);
+                let (cpu_s, rss_bytes) = usage.unwrap_or((0.0, 0));
                 let mut w = self.slot_status(p.slot, p.generation);
                 w.pid = p.pid as u32;
                 w.state = p.state.as_str().into();
@@ -47,7 +49,7 @@ impl Primary {
             listeners: self.listener_status(),
             reloading: self.reload.is_some(),
             stopping: self.stop_deadline.is_some(),
-            control: self.control.as_ref().map(|c| c.path_string()),
+            control: self.control_path.clone(),
             workers,
         }
     }

@@ -5,12 +5,14 @@
 //! a request, and what waits to be written to each (a client that does not read its stream
 //! is dropped past `STREAM_LIMIT`). Writes never block the loop.
 
+mod client;
 pub(crate) mod logs;
 pub(crate) mod path;
 mod request;
+mod serve;
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -22,8 +24,8 @@ use crate::config::{Config, ControlMode};
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::primary::Primary;
+use client::{Client, Mode};
 use path::Found;
-use request::{Request, Scale};
 
 /// Epoll tokens of the control socket (`CONTROL`) and its clients (`CONTROL | id`).
 pub(crate) const CONTROL: u64 = 1 << 60;
@@ -39,6 +41,8 @@ const REPLY_LIMIT: usize = 8 << 20;
 const STREAM_LIMIT: usize = 1 << 20;
 /// Refused clients are reported at most this often.
 const REFUSAL_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Requests of one client served per turn of the loop.
+const REQUESTS_PER_TURN: usize = 8;
 /// Bytes read from one client per wake-up.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -57,29 +61,8 @@ pub(crate) struct Control {
     /// Refused clients not reported yet, and when the last report was.
     refused: u64,
     refused_said: Option<std::time::Instant>,
-}
-
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Mode {
-    /// Waits for a request.
-    Idle,
-    /// Streams lifecycle events.
-    Events,
-    /// Streams a reload's progress until it ends.
-    Reload(u32),
-    /// Streams new log lines.
-    Follow,
-}
-
-struct Client {
-    stream: UnixStream,
-    inbuf: Vec<u8>,
-    out: Vec<u8>,
-    off: usize,
-    mode: Mode,
-    polling_out: bool,
-    /// Closed once what is queued is written.
-    closing: bool,
+    /// Some client has requests waiting in its buffer (see `serve_requests`).
+    backlog: bool,
 }
 
 impl Control {
@@ -158,6 +141,7 @@ impl Control {
                 log_sent: 0,
                 refused: 0,
                 refused_said: None,
+                backlog: false,
                 // SAFETY: geteuid has no preconditions.
                 uid: unsafe { libc::geteuid() },
             }),
@@ -219,6 +203,7 @@ impl Primary {
             return;
         }
         self.name.clone_from(&c.name);
+        self.control_path = Some(c.path_string());
         self.control = Some(c);
     }
 
@@ -314,287 +299,6 @@ impl Primary {
         c.refused_said = Some(now);
     }
 
-    fn read_client(&mut self, c: &mut Control, id: u64) {
-        let mut buf = [0u8; READ_CHUNK];
-        let Some(cl) = c.clients.get_mut(&id) else {
-            return;
-        };
-        let n = match (&cl.stream).read(&mut buf) {
-            Ok(0) => return drop_client(c, id),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
-            Err(_) => return drop_client(c, id),
-        };
-        if cl.mode != Mode::Idle || cl.closing {
-            // A streaming client has asked for what it gets; more input is ignored.
-            return;
-        }
-        cl.inbuf.extend_from_slice(&buf[..n]);
-        while let Some(nl) = c
-            .clients
-            .get(&id)
-            .filter(|cl| cl.mode == Mode::Idle && !cl.closing)
-            .and_then(|cl| cl.inbuf.iter().position(|&b| b == b'\n'))
-        {
-            let line: Vec<u8> = c.clients.get_mut(&id).unwrap().inbuf.drain(..=nl).collect();
-            self.control_request(c, id, &line[..nl]);
-        }
-        if let Some(cl) = c.clients.get_mut(&id) {
-            if cl.inbuf.len() > MAX_REQUEST {
-                cl.inbuf = Vec::new();
-                let why = format!("request longer than {MAX_REQUEST} bytes");
-                self.send_client(c, id, &json!({"ok": false, "error": why}));
-                if let Some(cl) = c.clients.get_mut(&id) {
-                    cl.closing = true;
-                }
-                self.flush_client(c, id);
-            }
-        }
-    }
-
-    fn control_request(&mut self, c: &mut Control, id: u64, line: &[u8]) {
-        // A request may change what is wanted: the loop reconciles after it.
-        self.changed = true;
-        let req = match request::parse(line) {
-            Ok(r) => r,
-            Err(why) => return self.send_client(c, id, &json!({"ok": false, "error": why})),
-        };
-        let reply = match req {
-            Request::Status => {
-                let mut st = self.status();
-                st.control = Some(c.path_string());
-                json!({"ok": true, "status": st})
-            }
-            Request::Reload => match self.start_reload() {
-                Ok(generation) => {
-                    set_mode(c, id, Mode::Reload(generation));
-                    json!({"ok": true, "generation": generation})
-                }
-                Err(e) => json!({"ok": false, "error": e.to_string()}),
-            },
-            Request::Scale(s) => {
-                let reply = self.control_scale(s);
-                if let Some(tap) = &c.logs {
-                    tap.lock().unwrap().retain_slots(self.desired);
-                }
-                reply
-            }
-            Request::Restart(slot) => result(self.restart(slot), json!({"slot": slot})),
-            Request::Signal(slot, sig) => {
-                let r = if (1..=64).contains(&sig) {
-                    self.kill(slot, sig)
-                } else {
-                    Err(Error::config(
-                        "signal",
-                        sig,
-                        "must be a signal number from 1 to 64",
-                    ))
-                };
-                result(r, json!({"slot": slot, "signal": sig}))
-            }
-            Request::Stop => {
-                self.begin_stop(self.cfg.kill_timeout);
-                json!({"ok": true, "stopping": true})
-            }
-            Request::Events => {
-                set_mode(c, id, Mode::Events);
-                json!({"ok": true, "streaming": "events"})
-            }
-            Request::Logs { lines, follow } => return self.control_logs(c, id, lines, follow),
-        };
-        self.send_client(c, id, &reply);
-    }
-
-    fn control_scale(&mut self, s: Scale) -> Value {
-        let before = self.desired;
-        let r = match s {
-            Scale::To(n) if n == 0 || n > crate::config::MAX_WORKERS => Err(Error::config(
-                "workers",
-                n,
-                format!("must be 1..={}", crate::config::MAX_WORKERS),
-            )),
-            Scale::To(n) => self.scale(n),
-            Scale::By(d) => self.scale_by(d).map(|_| ()),
-        };
-        result(r, json!({"before": before, "workers": self.desired}))
-    }
-
-    fn control_logs(&mut self, c: &mut Control, id: u64, lines: usize, follow: bool) {
-        let Some(tap) = c.logs.clone() else {
-            let why = "worker output is not kept: the cluster does not read it \
-                       (start it with output = prefix, `rcluster run --prefix-output`)";
-            return self.send_client(c, id, &json!({"ok": false, "error": why}));
-        };
-        // Lines that came this turn go to the followers first, so that the history below
-        // and the stream after it neither repeat nor miss one.
-        self.forward_logs(c);
-        let history = tap.lock().unwrap().history(lines);
-        self.send_client(c, id, &json!({"ok": true, "follow": follow}));
-        for l in &history {
-            self.send_client(c, id, &request::line_json(l));
-        }
-        if follow {
-            set_mode(c, id, Mode::Follow);
-        } else {
-            self.send_client(c, id, &json!({"ok": true, "end": true}));
-        }
-    }
-
-    /// Called every turn, before the events go to the host: passes them (and new log lines)
-    /// to the clients that stream.
-    pub(super) fn control_tick(&mut self) {
-        let Some(mut c) = self.control.take() else {
-            return;
-        };
-        if c.clients
-            .values()
-            .any(|cl| matches!(cl.mode, Mode::Events | Mode::Reload(_)))
-        {
-            let events: Vec<(Value, Option<ReloadEnd>)> = self
-                .out
-                .iter()
-                .filter_map(|ev| {
-                    let end = match ev {
-                        Event::ReloadDone { generation } => Some((*generation, None)),
-                        Event::ReloadFailed { generation, reason } => {
-                            Some((*generation, Some(reason.clone())))
-                        }
-                        _ => None,
-                    };
-                    request::event_json(ev).map(|v| (v, end))
-                })
-                .collect();
-            for (v, end) in &events {
-                self.stream_event(&mut c, v, end.as_ref());
-            }
-        }
-        // Without followers, lines are not looked at here: the first follower catches up
-        // through `forward_logs` when it asks.
-        if c.clients.values().any(|cl| cl.mode == Mode::Follow) {
-            self.forward_logs(&mut c);
-        }
-        self.control = Some(c);
-    }
-
-    fn stream_event(&mut self, c: &mut Control, v: &Value, end: Option<&ReloadEnd>) {
-        let ids: Vec<(u64, Mode)> = c
-            .clients
-            .iter()
-            .filter(|(_, cl)| matches!(cl.mode, Mode::Events | Mode::Reload(_)))
-            .map(|(id, cl)| (*id, cl.mode))
-            .collect();
-        for (id, mode) in ids {
-            self.send_client(c, id, v);
-            let Mode::Reload(g) = mode else { continue };
-            let Some((generation, failed)) = end.filter(|(generation, _)| *generation == g) else {
-                continue;
-            };
-            let outcome = match failed {
-                None => {
-                    json!({"ok": true, "done": true, "outcome": "done", "generation": generation})
-                }
-                Some(reason) => json!({
-                    "ok": false, "done": true, "outcome": "rolled_back",
-                    "generation": generation, "error": reason,
-                }),
-            };
-            self.send_client(c, id, &outcome);
-            set_mode(c, id, Mode::Idle);
-        }
-    }
-
-    fn forward_logs(&mut self, c: &mut Control) {
-        let Some(tap) = c.logs.clone() else { return };
-        let (lines, lost, next) = {
-            let ring = tap.lock().unwrap();
-            if ring.next_seq() == c.log_sent {
-                return;
-            }
-            let (lines, lost) = ring.since(c.log_sent);
-            (lines, lost, ring.next_seq())
-        };
-        c.log_sent = next;
-        let ids: Vec<u64> = c
-            .clients
-            .iter()
-            .filter(|(_, cl)| cl.mode == Mode::Follow)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            if lost > 0 {
-                self.send_client(c, id, &json!({"lost": lost}));
-            }
-            for l in &lines {
-                self.send_client(c, id, &request::line_json(l));
-            }
-        }
-    }
-
-    /// Queues one JSON line for client `id` and writes what it can. A client past its
-    /// limit is dropped (said once, as a warning).
-    fn send_client(&mut self, c: &mut Control, id: u64, v: &Value) {
-        let Some(cl) = c.clients.get_mut(&id) else {
-            return;
-        };
-        let limit = if cl.mode == Mode::Idle {
-            REPLY_LIMIT
-        } else {
-            STREAM_LIMIT
-        };
-        let mut line = v.to_string();
-        line.push('\n');
-        if cl.out.len() - cl.off + line.len() > limit {
-            self.out.push(Event::Warning {
-                detail: format!(
-                    "control socket: dropped a client that does not read ({limit} bytes waited for it)"
-                ),
-            });
-            return drop_client(c, id);
-        }
-        cl.out.extend_from_slice(line.as_bytes());
-        self.flush_client(c, id);
-    }
-
-    fn flush_client(&mut self, c: &mut Control, id: u64) {
-        let Some(cl) = c.clients.get_mut(&id) else {
-            return;
-        };
-        while cl.off < cl.out.len() {
-            match (&cl.stream).write(&cl.out[cl.off..]) {
-                Ok(0) => return drop_client(c, id),
-                Ok(n) => cl.off += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => return drop_client(c, id),
-            }
-        }
-        if cl.off == cl.out.len() {
-            cl.out.clear();
-            cl.off = 0;
-            if cl.closing {
-                return drop_client(c, id);
-            }
-        } else if cl.off > (64 << 10) && cl.off * 2 > cl.out.len() {
-            cl.out.drain(..cl.off);
-            cl.off = 0;
-        }
-        let want_out = !cl.out.is_empty();
-        if want_out != cl.polling_out {
-            let mut flags = libc::EPOLLIN as u32;
-            if want_out {
-                flags |= libc::EPOLLOUT as u32;
-            }
-            if self
-                .epoll
-                .modify(cl.stream.as_raw_fd(), flags, CONTROL | id)
-                .is_ok()
-            {
-                cl.polling_out = want_out;
-            }
-        }
-    }
-
     /// Last act of a stopping loop: tells the streaming clients, closes the socket.
     pub(super) fn close_control(&mut self) {
         let Some(mut c) = self.control.take() else {
@@ -606,30 +310,6 @@ impl Primary {
             self.send_client(&mut c, id, &json!({"ok": true, "stopped": true}));
         }
         drop(c);
-    }
-}
-
-/// A reload ended: its generation, and why it failed if it did.
-type ReloadEnd = (u32, Option<String>);
-
-fn set_mode(c: &mut Control, id: u64, mode: Mode) {
-    if let Some(cl) = c.clients.get_mut(&id) {
-        cl.mode = mode;
-    }
-}
-
-fn drop_client(c: &mut Control, id: u64) {
-    // Closing the descriptor takes it out of the epoll set.
-    c.clients.remove(&id);
-}
-
-fn result(r: Result<()>, mut ok: Value) -> Value {
-    match r {
-        Ok(()) => {
-            ok["ok"] = Value::Bool(true);
-            ok
-        }
-        Err(e) => json!({"ok": false, "error": e.to_string()}),
     }
 }
 
