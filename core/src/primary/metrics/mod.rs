@@ -31,8 +31,6 @@ pub(crate) struct Ops {
     counters: Counters,
     /// A stop signal came with `drain_delay`: when the stop begins, and its kill timeout.
     drain: Option<(Instant, Duration)>,
-    /// The workers' `/proc/PID/stat`, open between scrapes.
-    stat_files: process::StatFiles,
 }
 
 /// What the metrics count, as the loop sees it happen.
@@ -280,6 +278,5 @@ impl Primary {
         if let Some(mut http) = self.ops.http.take() {
             http.close_all(&self.epoll);
         }
-        self.ops.stat_files = process::StatFiles::default();
     }
 }

@@ -1,5 +1,5 @@
-//! CPU time and memory of a process, from `/proc/PID/stat`, for the `process_*` metrics of
-//! the primary and the per-worker ones.
+//! CPU time, memory and start time of the primary, from `/proc/self/stat`, for the
+//! `process_*` metrics (the workers' figures come from `sys::procstat`).
 
 use std::io::Read;
 
@@ -50,37 +50,6 @@ impl Units {
             page: if page > 0 { page as u64 } else { 4096 },
             boot_time,
         }
-    }
-}
-
-/// `/proc/PID/stat` of the workers, kept open between scrapes: a read at offset 0 is then one
-/// system call per worker instead of three (open, read, close), which is most of a scrape of
-/// many workers. A file of a process that is gone fails to read and is opened again.
-#[derive(Default)]
-pub struct StatFiles {
-    files: std::collections::HashMap<i32, std::fs::File>,
-}
-
-impl StatFiles {
-    /// The usage of worker `pid`; None when it is gone.
-    pub fn usage(&mut self, pid: i32, units: &Units, buf: &mut Vec<u8>) -> Option<Usage> {
-        use std::os::unix::fs::FileExt;
-        buf.resize(1024, 0);
-        if let Some(f) = self.files.get(&pid) {
-            if let Ok(n) = f.read_at(buf, 0) {
-                return parse(&buf[..n], units);
-            }
-        }
-        // std opens it CLOEXEC.
-        let f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
-        let n = f.read_at(buf, 0).ok()?;
-        self.files.insert(pid, f);
-        parse(&buf[..n], units)
-    }
-
-    /// Closes the files of processes not in `live`.
-    pub fn keep_only(&mut self, live: impl Fn(i32) -> bool) {
-        self.files.retain(|&pid, _| live(pid));
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use super::process::{self, Units};
 use super::Primary;
 use crate::events::WorkerState;
+use crate::sys::procstat::StatFile;
 
 const STATES: [WorkerState; 4] = [
     WorkerState::Starting,
@@ -91,22 +92,18 @@ impl Primary {
     }
 
     /// CPU and memory of each slot's processes (two while a reload replaces the slot's).
-    fn render_usage(&mut self, out: &mut String) {
-        // One read of `/proc/PID/stat` per worker (it has both figures): a scrape of many
-        // workers is mostly these reads.
-        let units = Units::get();
-        let mut buf = Vec::with_capacity(512);
+    fn render_usage(&self, out: &mut String) {
+        // One pread of the worker's `/proc/PID/stat`, kept open with its record (the status
+        // reads the same file): a scrape of many workers is mostly these reads.
         let mut by_slot: BTreeMap<u32, (f64, u64)> = BTreeMap::new();
-        let files = &mut self.ops.stat_files;
         for p in self.procs.values() {
-            if let Some(u) = files.usage(p.pid, units, &mut buf) {
+            let stat = p.stat.get_or_init(|| StatFile::open(p.pid));
+            if let Some((cpu_s, rss)) = stat.as_ref().and_then(StatFile::usage) {
                 let e = by_slot.entry(p.slot).or_default();
-                e.0 += u.cpu_s;
-                e.1 += u.rss_bytes;
+                e.0 += cpu_s;
+                e.1 += rss;
             }
         }
-        let procs = &self.procs;
-        files.keep_only(|pid| procs.values().any(|p| p.pid == pid));
         family(
             out,
             "rcluster_worker_cpu_seconds_total",
