@@ -159,6 +159,47 @@ fn connection_made_while_the_primary_is_down_is_served_after_it_restarts() {
 }
 
 #[test]
+fn passed_unix_socket_outlives_a_stop_and_the_next_primary_serves_on_it() {
+    let dir = std::env::temp_dir().join(format!("rcluster-activation-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("web.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    // SAFETY: plain syscall; the copy is closed below.
+    let passed = unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    assert!(passed >= 10);
+    let listen = format!("unix:{}=web", path.display());
+    let ask = |path: &Path| {
+        let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        s
+    };
+    let read = |mut s: std::os::unix::net::UnixStream| {
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+
+    let mut first = Primary::spawn(activated(passed, &listen));
+    first.wait_ready(2);
+    assert!(read(ask(&path)).starts_with("HTTP/1.1 200"));
+    first.stop();
+    assert!(path.exists(), "the stop removed the passed socket's file");
+    let waiting = ask(&path);
+    let mut second = Primary::spawn(activated(passed, &listen));
+    second.wait_ready(2);
+    let body = read(waiting);
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    second.stop();
+    // SAFETY: `passed` is ours and no longer used.
+    unsafe { libc::close(passed) };
+    drop(listener);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn rcluster_under_systemd_socket_activate_serves_on_the_socket_it_was_given() {
     let Ok(tool) = which("systemd-socket-activate") else {
         eprintln!("systemd-socket-activate is not installed (apt package systemd): not run");

@@ -76,3 +76,46 @@ fn rcluster_run_notifies_ready_reloading_ready_stopping_and_the_watchdog_in_orde
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn workers_do_not_inherit_notify_socket_or_the_watchdog_variables() {
+    let out = std::env::temp_dir().join(format!("rcluster-notify-env-{}", std::process::id()));
+    let _ = std::fs::remove_file(&out);
+    let script = format!(
+        "printf '%s|%s|%s' \"${{NOTIFY_SOCKET-unset}}\" \"${{WATCHDOG_USEC-unset}}\" \
+         \"${{WATCHDOG_PID-unset}}\" > {}.tmp && mv {0}.tmp {0}; exec sleep 300",
+        out.display()
+    );
+    let mut child = Command::new(RCLUSTER)
+        .args([
+            "run",
+            "-w",
+            "1",
+            "--kill-timeout",
+            "2s",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .env("NOTIFY_SOCKET", "@rcluster-nobody-listens")
+        .env("WATCHDOG_USEC", "1000000")
+        .env("WATCHDOG_PID", "1")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        if let Ok(text) = std::fs::read_to_string(&out) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "the worker wrote nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&out);
+    assert_eq!(seen, "unset|unset|unset");
+}
