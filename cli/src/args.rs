@@ -28,7 +28,8 @@ Examples:
 
 Signals (send them to the rcluster process):
   SIGINT, SIGTERM  stop gracefully: SIGTERM to every worker, SIGKILL after --kill-timeout;
-                   a second SIGINT/SIGTERM kills the workers at once
+                   a second SIGINT/SIGTERM kills the workers at once; with --drain-delay,
+                   /readyz fails first and the stop begins after the delay
   SIGHUP           rolling reload: start a new worker, wait until it is ready, stop an old one;
                    a SIGHUP during a reload starts another reload once that one has ended
   SIGTTIN          one worker more
@@ -48,6 +49,8 @@ Examples:
   rcluster run -- sleep 300
   rcluster run -w 4 --listen :8080 --dispatch shared -- ./server-with-socket-activation
   rcluster run -w 2 --ready explicit --listen 127.0.0.1:8080 -- ./hello-worker
+  rcluster run --listen :8080=web --metrics :9100 --drain-delay 5s -- ./hello-worker
+      probes and Prometheus metrics on :9100; under systemd, a passed socket named web is used
 
 Signals: SIGINT/SIGTERM stop (twice: kill now), SIGHUP reloads, SIGTTIN/SIGTTOU scale by one.
 Exit status: 0 after a requested stop, 1 when the cluster went down with failures, 2 on bad usage.";
