@@ -79,8 +79,8 @@ impl Primary {
             out,
             "rcluster_worker_restarts_total",
             "counter",
-            "Worker exits by slot and reason, each followed by a new worker or a given-up slot \
-             (a stop's own exits are not counted).",
+            "Worker exits by slot and reason (a reload's, a restart's and a scale-down's are \
+             requested); a stop's own exits are not counted.",
         );
         for ((slot, reason), n) in &self.ops.counters.restarts {
             let _ = writeln!(
