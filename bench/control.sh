@@ -28,31 +28,17 @@ fi
 export XDG_RUNTIME_DIR=$work/run
 mkdir -p "$XDG_RUNTIME_DIR"
 
-echo "machine: $(nproc) CPUs, $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "machine: $(nproc) CPUs, $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
-# p50/p90 of running a command CALLS times, and of the socket round trip alone (connect,
-# hello, status, reply), in milliseconds.
-time_cmd() { # time_cmd LABEL N CMD...
-    python3 - "$@" <<'PY'
-import subprocess, sys, time
-label, n, cmd = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-t = []
-for _ in range(n):
-    s = time.perf_counter()
-    subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True, timeout=30)
-    t.append((time.perf_counter() - s) * 1000)
-t.sort()
-print(f"{label}: p50 {t[len(t)//2]:.2f} ms, p90 {t[len(t)*9//10]:.2f} ms ({n} runs)")
-PY
-}
-
-time_socket() { # time_socket LABEL N SOCKET
-    python3 - "$@" <<'PY'
-import json, socket, sys, time
-label, n, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-t = []
-for _ in range(n):
-    s = time.perf_counter()
+# p10/p50/p90 in milliseconds of each measurement, taken in turns (one of each, CALLS
+# times), so that the load of a shared machine weighs on all of them alike. A measurement is
+# a command (run to its end) or "sock:PATH" (connect, hello, status, reply: the round trip
+# alone, in this process).
+measure() { # measure LABEL=CMD ... (CMD split on spaces)
+    python3 - "$calls" "$@" <<'PY'
+import json, socket, subprocess, sys, time
+n, items = int(sys.argv[1]), [a.split("=", 1) for a in sys.argv[2:]]
+def sock(path):
     c = socket.socket(socket.AF_UNIX)
     c.connect(path)
     f = c.makefile("rwb")
@@ -60,10 +46,20 @@ for _ in range(n):
     f.write(b'{"cmd":"status"}\n'); f.flush()
     st = json.loads(f.readline())
     c.close()
-    t.append((time.perf_counter() - s) * 1000)
-assert st["ok"], st
-t.sort()
-print(f"{label}: p50 {t[len(t)//2]:.3f} ms, p90 {t[len(t)*9//10]:.3f} ms ({n} runs, {len(json.dumps(st))} B reply)")
+    assert st["ok"], st
+t = {label: [] for label, _ in items}
+for _ in range(n):
+    for label, what in items:
+        s = time.perf_counter()
+        if what.startswith("sock:"):
+            sock(what[5:])
+        else:
+            subprocess.run(what.split(" "), stdout=subprocess.DEVNULL, check=True, timeout=30)
+        t[label].append((time.perf_counter() - s) * 1000)
+for label, v in t.items():
+    v.sort()
+    p = lambda q: v[min(len(v) - 1, int(len(v) * q))]
+    print(f"{label}: p10 {p(0.1):.2f} ms, p50 {p(0.5):.2f} ms, p90 {p(0.9):.2f} ms ({n} runs)")
 PY
 }
 
@@ -79,16 +75,17 @@ wait_ready() { # wait_ready NAME N
     return 1
 }
 
-# The floor of any command measured this way: starting a process that does nothing.
-time_cmd "floor: /bin/true (command)" "$calls" /bin/true
-time_cmd "floor: rcluster --version (command)" "$calls" "$RCLUSTER" --version
 for w in 2 64; do
     "$RCLUSTER" run --name "bench$w" -w "$w" -- sleep 300 2>/dev/null &
     pids+=($!)
     wait_ready "bench$w" "$w"
-    time_cmd "rcluster status --json, $w workers (command)" "$calls" "$RCLUSTER" status "bench$w" --json
-    time_socket "status over the socket, $w workers (round trip alone)" "$calls" "$XDG_RUNTIME_DIR/rcluster/bench$w.sock"
 done
+sockets=$XDG_RUNTIME_DIR/rcluster
+measure "floor: /bin/true=/bin/true" "floor: rcluster --version=$RCLUSTER --version" \
+    "rcluster status --json, 2 workers=$RCLUSTER status bench2 --json" \
+    "rcluster status --json, 64 workers=$RCLUSTER status bench64 --json" \
+    "socket round trip alone, 2 workers=sock:$sockets/bench2.sock" \
+    "socket round trip alone, 64 workers=sock:$sockets/bench64.sock"
 
 "$RCLUSTER" run --name bench16 -w 16 -- sleep 300 2>/dev/null &
 p16=$!
@@ -108,7 +105,7 @@ echo 'setInterval(() => {}, 1 << 30);' >"$work/idle.js"
 for w in 2 16; do
     timeout 60 "$pm2" start "$work/idle.js" -i "$w" --name "idle$w" >/dev/null
     sleep 2
-    time_cmd "pm2 jlist, $w processes (command)" "$pm2_calls" "$pm2" jlist
+    calls=$pm2_calls measure "pm2 jlist, $w processes=$pm2 jlist"
     daemon=$(cat "$PM2_HOME/pm2.pid")
     echo "PM2 daemon RSS, $w processes: $(awk '/VmRSS/ {print $2, $3}' /proc/$daemon/status)"
     timeout 60 "$pm2" delete "idle$w" >/dev/null

@@ -26,6 +26,11 @@ Examples:
   rcluster run -w 4 --restart on-failure --max-restarts 3 -- ./server --port 8080
       four workers; a crash is retried at most 3 times per minute, a clean exit is final
 
+A running cluster, by its name (--name; default: the program's base name), from any shell of
+the same user, through its control socket (docs/control.md):
+  rcluster ls;  rcluster status web [--json];  rcluster reload web;  rcluster scale web +1
+  rcluster logs web -f (with --prefix-output);  rcluster monit web;  rcluster stop web
+
 Signals (send them to the rcluster process):
   SIGINT, SIGTERM  stop gracefully: SIGTERM to every worker, SIGKILL after --kill-timeout;
                    a second SIGINT/SIGTERM kills the workers at once; with --drain-delay,

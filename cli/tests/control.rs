@@ -673,3 +673,52 @@ fn without_a_usable_socket_folder_the_cluster_runs_and_says_so_once_unless_contr
         "{t}"
     );
 }
+
+#[test]
+fn unnamed_clusters_started_at_once_over_a_stale_socket_each_get_a_live_one() {
+    let rt = Runtime::new("race");
+    let dir = rt.0.join("rcluster");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // A socket file nothing accepts on, as a killed primary leaves.
+    drop(std::os::unix::net::UnixListener::bind(dir.join("sleep.sock")).unwrap());
+    let mut children: Vec<Child> = (0..4)
+        .map(|_| {
+            rt.cmd(&["run", "-w", "1", "--", "sleep", "300"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    let mut answered = Vec::new();
+    while answered.len() < 4 && Instant::now() < deadline {
+        answered = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| {
+                let p = e.ok()?.path();
+                (p.extension()? == "sock").then_some(p)
+            })
+            .filter_map(|p| {
+                let o = rt.verb(&["status", p.to_str().unwrap(), "--json"]);
+                let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+                v["pid"].as_u64()
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for c in &mut children {
+        // SAFETY: kill has no memory effects.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().unwrap();
+    }
+    answered.sort();
+    answered.dedup();
+    let mut want: Vec<u64> = children.iter().map(|c| c.id() as u64).collect();
+    want.sort();
+    assert_eq!(
+        answered, want,
+        "each cluster answers on a socket of its own"
+    );
+}

@@ -244,6 +244,9 @@ pub struct Config {
     /// root, else `~/.rcluster`). A live cluster of the same name fails `start` when `name`
     /// is set; an unnamed one then takes `NAME-PID`.
     pub control: ControlMode,
+    /// The folder of the control socket, instead of the one the rules above choose (for a
+    /// host that keeps its sockets elsewhere, and for tests).
+    pub control_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -280,6 +283,7 @@ impl Config {
             drain_delay: Duration::ZERO,
             name: None,
             control: ControlMode::Off,
+            control_dir: None,
         }
     }
 

@@ -38,16 +38,15 @@ impl Conn {
     }
 }
 
-/// A cluster of `echo` test workers with its socket in a folder of its own (the process's
-/// environment: nextest runs each test in a process of its own).
+/// A cluster of `echo` test workers with its socket in a folder of its own
+/// (`Config::control_dir`).
 fn cluster(tag: &str, workers: usize) -> (Supervisor, PathBuf, PathBuf) {
     let dir = std::env::temp_dir().join(format!("rcluster-proto-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    // SAFETY: set before any thread of this test reads the environment.
-    unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
     let mut cfg = worker_config(workers, &["echo"]);
     cfg.name = Some(tag.into());
     cfg.control = ControlMode::Required;
+    cfg.control_dir = Some(dir.join("rcluster"));
     cfg.output = Output::Prefix;
     let sup = Supervisor::start(cfg).unwrap();
     wait_ready(&sup, workers);
@@ -128,8 +127,6 @@ fn hello_then_one_reply_per_request_and_errors_that_name_what_was_wrong() {
 fn logs_keep_the_last_lines_of_each_worker_with_slot_pid_and_stream() {
     let dir = std::env::temp_dir().join(format!("rcluster-proto-logs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    // SAFETY: set before any thread of this test reads the environment.
-    unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
     let script = "for i in 1 2 3 4 5 6; do echo out $RCLUSTER_WORKER_ID $i; done; \
                   echo err $RCLUSTER_WORKER_ID >&2; exec sleep 300";
     let mut cfg = rcluster_core::Config::new(["sh", "-c", script]);
@@ -137,6 +134,7 @@ fn logs_keep_the_last_lines_of_each_worker_with_slot_pid_and_stream() {
     cfg.ready_on = rcluster_core::ReadyOn::Spawn;
     cfg.name = Some("logs".into());
     cfg.control = ControlMode::Required;
+    cfg.control_dir = Some(dir.join("rcluster"));
     cfg.output = Output::Prefix;
     let sup = Supervisor::start(cfg).unwrap();
     let sock = dir.join("rcluster").join("logs.sock");
@@ -208,5 +206,45 @@ fn pipelined_requests_are_all_answered_in_order_a_few_per_turn() {
         }
     }
     sup.stop(Duration::from_secs(5)).unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn unnamed_clusters_of_one_program_in_one_process_take_name_pid_then_name_pid_2() {
+    let dir = std::env::temp_dir().join(format!("rcluster-proto-unnamed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let start = || {
+        let mut cfg = worker_config(1, &["echo"]);
+        cfg.control = ControlMode::Required;
+        cfg.control_dir = Some(dir.join("rcluster"));
+        Supervisor::start(cfg).unwrap()
+    };
+    let sups = [start(), start(), start()];
+    let names: Vec<String> = sups.iter().map(|s| s.status().unwrap().name).collect();
+    let pid = std::process::id();
+    assert_eq!(
+        names,
+        [
+            "rcluster-test-worker".to_string(),
+            format!("rcluster-test-worker-{pid}"),
+            format!("rcluster-test-worker-{pid}-2"),
+        ]
+    );
+    for (s, n) in sups.iter().zip(&names) {
+        assert!(dir.join("rcluster").join(format!("{n}.sock")).exists());
+        s.stop(Duration::from_secs(5)).unwrap();
+    }
+    // A name given explicitly is never changed: a live one is an error naming it.
+    let first = start();
+    let mut cfg = worker_config(1, &["echo"]);
+    cfg.control = ControlMode::On;
+    cfg.control_dir = Some(dir.join("rcluster"));
+    cfg.name = Some("rcluster-test-worker".into());
+    let e = Supervisor::start(cfg).err().unwrap().to_string();
+    assert!(
+        e.contains("name") && e.contains("live cluster") && e.contains(&format!("pid {pid}")),
+        "{e}"
+    );
+    first.stop(Duration::from_secs(5)).unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }

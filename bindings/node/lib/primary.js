@@ -62,6 +62,9 @@ class Cluster extends EventEmitter {
   /** Handles `items` (what the watcher took, if any), then whatever waits still. */
   _pump(items) {
     codec.pump(items, this._take, (max) => this._native.drain(max));
+    // A stop begun outside this program (`rcluster stop NAME` on the control socket) is
+    // settled here as one begun by stop(): the watcher goes, 'stop' is emitted.
+    if (!this._stopping && this._native.isStopped()) this.stop().catch(() => {});
   }
 
   _dispatch(ev) {

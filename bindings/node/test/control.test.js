@@ -68,6 +68,30 @@ test('an embedded primary answers stats(), appears in rcluster ls and obeys rclu
   await assert.rejects(c.stats(), { code: 'ERR_RCLUSTER_STOPPED' });
 });
 
+test('rcluster stop NAME stops an embedded primary: its workers exit and it emits stop', async () => {
+  const bin = rclusterBin();
+  const runtime = fs.mkdtempSync(path.join(os.tmpdir(), 'rcluster-node-ctl-'));
+  const saved = process.env.XDG_RUNTIME_DIR;
+  process.env.XDG_RUNTIME_DIR = runtime;
+  const name = `node-stop-${process.pid}`;
+  const c = rcluster.start({ workers: 1, exec: WORKER, args: [], execArgv: [], name, control: 'required' });
+  try {
+    await once(c, 'ready');
+    const exits = [];
+    c.on('exit', (e) => exits.push(e.reason));
+    const stopped = once(c, 'stop');
+    const r = await run(bin, ['stop', name], { ...process.env, XDG_RUNTIME_DIR: runtime });
+    assert.strictEqual(r.code, 0, r.out);
+    await stopped;
+    assert.deepStrictEqual(exits, ['shutdown']);
+  } finally {
+    await c.stop({ timeout: 5000 });
+    if (saved === undefined) delete process.env.XDG_RUNTIME_DIR;
+    else process.env.XDG_RUNTIME_DIR = saved;
+    fs.rmSync(runtime, { recursive: true, force: true });
+  }
+});
+
 test('options.control and options.name are checked', () => {
   assert.throws(() => rcluster.start({ exec: WORKER, control: 'yes' }), { code: 'ERR_RCLUSTER_INVALID_OPTION' });
   assert.throws(() => rcluster.start({ exec: WORKER, name: '' }), { code: 'ERR_RCLUSTER_INVALID_OPTION' });

@@ -61,3 +61,17 @@ def test_control_and_name_are_checked():
         rcluster.Supervisor(worker_argv("echo"), control="yes")
     with pytest.raises(rcluster.ConfigError, match="name"):
         rcluster.Supervisor(worker_argv("echo"), name="")
+
+
+def test_rcluster_stop_ends_the_event_loop_of_an_embedded_primary(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    name = f"py-stop-{os.getpid()}"
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path)}
+    with rcluster.Supervisor(
+        worker_argv("echo"), workers=1, name=name, control="required", **fast()
+    ) as sup:
+        sup.wait_for("ready")
+        stop = subprocess.Popen([rcluster_bin(), "stop", name], env=env, stdout=subprocess.PIPE)
+        kinds = [ev.kind for ev in sup.events()]  # ends once the cluster has stopped
+        assert stop.wait(timeout=30) == 0
+        assert "exit" in kinds and sup.stopped

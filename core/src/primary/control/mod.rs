@@ -41,6 +41,8 @@ const REPLY_LIMIT: usize = 8 << 20;
 const STREAM_LIMIT: usize = 1 << 20;
 /// Refused clients are reported at most this often.
 const REFUSAL_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Names an unnamed cluster tries after its base name (NAME-PID, NAME-PID-2, ...).
+const MAX_FALLBACKS: usize = 16;
 /// Requests of one client served per turn of the loop.
 const REQUESTS_PER_TURN: usize = 8;
 /// Bytes read from one client per wake-up.
@@ -94,7 +96,7 @@ impl Control {
                 )),
             ))
         };
-        let Some(dir) = path::control_dir() else {
+        let Some(dir) = cfg.control_dir.clone().or_else(path::control_dir) else {
             return unavailable("neither XDG_RUNTIME_DIR nor HOME is set".into());
         };
         if let Err(e) = path::prepare_dir(&dir) {
@@ -108,6 +110,14 @@ impl Control {
                 sock.display()
             )
         };
+        // Two clusters claiming at once must not both take a stale socket over (the second
+        // would remove the first one's fresh socket): claims in the folder take turns.
+        let _turn = match path::lock_dir(&dir) {
+            Ok(lock) => lock,
+            Err(e) => return unavailable(format!("{}: {e}", dir.display())),
+        };
+        let base = name.clone();
+        let mut tries = 0;
         let listener = loop {
             let pid = match path::probe(&sock) {
                 Found::Live(pid) => pid,
@@ -118,13 +128,16 @@ impl Control {
                 },
             };
             // An unnamed cluster of a program that already runs under its base name takes
-            // the name NAME-PID: running a program twice is no mistake, naming two clusters
-            // alike is.
-            let fallback = format!("{name}-{}", std::process::id());
-            if explicit || name == fallback {
+            // the name NAME-PID (then NAME-PID-2, ... for more in one process): running a
+            // program twice is no mistake, naming two clusters alike is.
+            tries += 1;
+            if explicit || tries > MAX_FALLBACKS {
                 return Err(Error::config("name", &name, conflict(pid, &sock)));
             }
-            name = fallback;
+            name = match tries {
+                1 => format!("{base}-{}", std::process::id()),
+                n => format!("{base}-{}-{n}", std::process::id()),
+            };
             sock = dir.join(format!("{name}.sock"));
         };
         let logs = (cfg.output == crate::config::Output::Prefix)
