@@ -33,7 +33,8 @@ the same user, through its control socket (docs/control.md):
 
 Signals (send them to the rcluster process):
   SIGINT, SIGTERM  stop gracefully: SIGTERM to every worker, SIGKILL after --kill-timeout;
-                   a second SIGINT/SIGTERM kills the workers at once
+                   a second SIGINT/SIGTERM kills the workers at once; with --drain-delay,
+                   /readyz fails first and the stop begins after the delay
   SIGHUP           rolling reload: start a new worker, wait until it is ready, stop an old one;
                    a SIGHUP during a reload starts another reload once that one has ended
   SIGTTIN          one worker more
@@ -53,6 +54,8 @@ Examples:
   rcluster run -- sleep 300
   rcluster run -w 4 --listen :8080 --dispatch shared -- ./server-with-socket-activation
   rcluster run -w 2 --ready explicit --listen 127.0.0.1:8080 -- ./hello-worker
+  rcluster run --listen :8080=web --metrics :9100 --drain-delay 5s -- ./hello-worker
+      probes and Prometheus metrics on :9100; under systemd, a passed socket named web is used
 
 Signals: SIGINT/SIGTERM stop (twice: kill now), SIGHUP reloads, SIGTTIN/SIGTTOU scale by one.
 Exit status: 0 after a requested stop, 1 when the cluster went down with failures, 2 on bad usage.";
@@ -222,6 +225,25 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub max_surge: Option<usize>,
 
+    /// Serve /metrics (Prometheus), /healthz and /readyz over HTTP on ADDR (127.0.0.1:9100,
+    /// :9100, unix:/path), from rcluster's own loop
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics)]
+    pub metrics: Option<ListenAddr>,
+
+    /// Fewest ready workers for /readyz to answer 200 [default: 1]
+    #[arg(long, value_name = "N")]
+    pub ready_min: Option<usize>,
+
+    /// On SIGTERM/SIGINT, fail /readyz at once and keep serving this long before stopping,
+    /// so that a load balancer stops sending first [default: 0s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub drain_delay: Option<Duration>,
+
+    /// Adopt orphaned descendants (PR_SET_CHILD_SUBREAPER) and reap them, as rcluster does
+    /// by itself when it runs as PID 1 (a container's init); the workers stay the
+    /// supervisor's
+    #[arg(long)]
+    pub subreaper: bool,
     /// The cluster's name: `rcluster status NAME` and the others find it by it [default: the
     /// program's base name, or NAME-PID when a cluster of that name runs already]
     #[arg(long, value_name = "NAME")]
@@ -266,7 +288,8 @@ pub enum Ready {
 impl RunArgs {
     /// Combinations of flags that parse but make no sense: an error naming the flags.
     pub fn check(&self) -> Result<(), String> {
-        if self.listen.is_empty() {
+        // Under socket activation the passed sockets are listeners too.
+        if self.listen.is_empty() && std::env::var_os("LISTEN_FDS").is_none() {
             for (given, flag) in [
                 (self.dispatch.is_some(), "--dispatch"),
                 (self.share, "--share"),
@@ -345,6 +368,9 @@ impl RunArgs {
         };
         c.max_inflight = self.max_inflight;
         set(&mut c.max_surge, self.max_surge);
+        c.metrics.clone_from(&self.metrics);
+        set(&mut c.ready_min, self.ready_min);
+        set(&mut c.drain_delay, self.drain_delay);
         c
     }
 }
@@ -370,6 +396,8 @@ pub fn flag_for(field: &str) -> Option<&'static str> {
         "max_inflight" => "--max-inflight",
         "max_surge" => "--max-surge",
         "event_queue_limit" => "--event-queue-limit",
+        "ready_min" => "--ready-min",
+        "drain_delay" => "--drain-delay",
         "name" => "--name",
         _ => return None,
     })
@@ -384,6 +412,10 @@ fn parse_listen(s: &str) -> Result<(Vec<ListenAddr>, Option<String>), String> {
     };
     let addrs = resolve_listen(addr).map_err(|e| e.to_string())?;
     Ok((addrs, name))
+}
+
+fn parse_metrics(s: &str) -> Result<ListenAddr, String> {
+    s.parse::<ListenAddr>().map_err(|e| e.to_string())
 }
 
 fn parse_dispatch(s: &str) -> Result<Dispatch, String> {

@@ -54,6 +54,10 @@ const KEYS: &[(&str, Kind)] = &[
     ("max-surge", Kind::Count),
     ("name", Kind::Text),
     ("control", Kind::Control),
+    ("metrics", Kind::Text),
+    ("ready-min", Kind::Count),
+    ("drain-delay", Kind::Delay),
+    ("subreaper", Kind::Flag),
     ("cmd", Kind::Command),
 ];
 
@@ -254,6 +258,29 @@ mod tests {
             "{joined}"
         );
         assert!(joined.ends_with("-w 5 -- sleep 300"), "{joined}");
+    }
+
+    #[test]
+    fn metrics_drain_delay_ready_min_and_subreaper_are_keys_too() {
+        let f = file("metrics = \"127.0.0.1:9100\"\ndrain-delay = \"5s\"\nready_min = 2\nsubreaper = true\ncmd = [\"sleep\", \"1\"]\n");
+        let args: Vec<OsString> = ["rcluster", "run", "--config", &f]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let joined: Vec<String> = expand(args)
+            .unwrap()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = joined.join(" ");
+        for want in [
+            "--metrics 127.0.0.1:9100",
+            "--drain-delay 5s",
+            "--ready-min 2",
+            "--subreaper",
+        ] {
+            assert!(joined.contains(want), "{want} not in {joined}");
+        }
     }
 
     #[test]

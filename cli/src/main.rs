@@ -13,7 +13,7 @@ mod signals;
 mod verbs;
 
 use clap::Parser;
-use rcluster_core::{Error, Supervisor};
+use rcluster_core::{Dispatch, Error, Supervisor};
 
 use args::{Cli, Command};
 
@@ -77,10 +77,26 @@ fn control(verb: Command) -> verbs::Outcome {
 
 fn start(args: &args::RunArgs) -> Result<i32, (i32, String)> {
     args.check().map_err(|msg| (EXIT_USAGE, msg))?;
-    let config = args.to_config();
+    let mut config = args.to_config();
+    // Sockets passed by a service manager (systemd's socket activation) are used instead of
+    // binding: matched to --listen by name, then by address; the others are added.
+    config
+        .use_inherited_listeners(args.dispatch.unwrap_or(Dispatch::RoundRobin))
+        .map_err(|e| (EXIT_USAGE, e.to_string()))?;
     // Before Supervisor::start: its thread must inherit the blocked mask, or a signal could be
     // delivered there and kill the process instead of reaching the signalfd.
-    let sigfd = signals::SignalFd::install().map_err(|e| {
+    // As PID 1 (a container) or a subreaper, orphaned descendants become this process's
+    // children; it reaps them on SIGCHLD, never the core's own (`reap_orphans`).
+    let reaper = args.subreaper || std::process::id() == 1;
+    if args.subreaper {
+        // SAFETY: plain prctl on this process.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err((run::EXIT_FAILED, format!("--subreaper: {e}")));
+        }
+    }
+    let extra: &[i32] = if reaper { &[libc::SIGCHLD] } else { &[] };
+    let sigfd = signals::SignalFd::install(extra).map_err(|e| {
         (
             run::EXIT_FAILED,
             format!("cannot set up signal handling: {e}"),
@@ -92,8 +108,18 @@ fn start(args: &args::RunArgs) -> Result<i32, (i32, String)> {
             None => (EXIT_USAGE, e.to_string()),
         },
         // A listen address that cannot be used is a usage problem too: nothing was started.
+        Error::Bind { ref addr, .. }
+            if args
+                .metrics
+                .as_ref()
+                .is_some_and(|m| m.to_string() == *addr) =>
+        {
+            (EXIT_USAGE, format!("{e} (set by --metrics)"))
+        }
         Error::Bind { .. } => (EXIT_USAGE, format!("{e} (set by --listen)")),
         e => (run::EXIT_FAILED, e.to_string()),
     })?;
-    Ok(run::Runner::new(sup, sigfd).run())
+    let mut runner = run::Runner::new(sup, sigfd, reaper);
+    runner.drain_delay = args.drain_delay;
+    Ok(runner.run())
 }

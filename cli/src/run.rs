@@ -23,16 +23,22 @@ pub struct Runner {
     /// Whether the latest exit of each slot was a failure.
     failed: HashMap<u32, bool>,
     gave_up: bool,
+    /// Reaps adopted orphans on SIGCHLD (PID 1, `--subreaper`).
+    reaper: bool,
+    /// `--drain-delay`, for the log.
+    pub drain_delay: Option<std::time::Duration>,
 }
 
 impl Runner {
-    pub fn new(sup: Supervisor, sigfd: SignalFd) -> Runner {
+    pub fn new(sup: Supervisor, sigfd: SignalFd, reaper: bool) -> Runner {
         Runner {
             sup,
             sigfd,
             log: EventLog::default(),
             failed: HashMap::new(),
             gave_up: false,
+            reaper,
+            drain_delay: None,
         }
     }
 
@@ -78,10 +84,17 @@ impl Runner {
     }
 
     fn on_signal(&mut self, sig: i32) {
+        if sig == libc::SIGCHLD {
+            return self.reap_orphans();
+        }
         let name = signal_name(sig);
         let note = match self.sup.on_signal(sig) {
             Ok(SignalAction::Stop { kill_timeout }) => format!(
-                "{name}: stopping (kill timeout {}; send again to kill now)",
+                "{name}: stopping{} (kill timeout {}; send again to kill now)",
+                match self.drain_delay {
+                    Some(d) if !d.is_zero() => format!(" after draining {}", crate::log::human(d)),
+                    _ => String::new(),
+                },
                 crate::log::human(kill_timeout)
             ),
             Ok(SignalAction::Kill) => format!("{name} again: killing the workers now"),
@@ -113,11 +126,21 @@ impl Runner {
         }
     }
 
+    fn reap_orphans(&mut self) {
+        if let Err(e) = rcluster_core::reap_orphans() {
+            self.log
+                .note(&format!("reaping orphaned processes failed: {e}"));
+        }
+    }
+
     fn finish(mut self) -> i32 {
         // Returns at once when the loop has ended; otherwise (poll failed) it stops it first.
         let _ = self.sup.stop(self.sup.kill_timeout());
         while let Some(ev) = self.sup.try_next_event() {
             self.on_event(ev);
+        }
+        if self.reaper {
+            self.reap_orphans();
         }
         self.log.flush();
         if self.sup.stop_signal().is_some() {

@@ -14,13 +14,14 @@ impl SignalFd {
     /// Blocks the handled signals in this thread and opens a signalfd for them. Must run before
     /// any other thread is started: threads inherit the mask, and a signal that is unblocked in
     /// some thread would be delivered there with its default action instead.
-    pub fn install() -> io::Result<SignalFd> {
+    /// `extra` are signals the command handles itself (SIGCHLD when it adopts orphans).
+    pub fn install(extra: &[i32]) -> io::Result<SignalFd> {
         // SAFETY: sigset_t is plain data; it is initialised by sigemptyset before any other use.
         let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
         // SAFETY: `set` is a valid sigset_t; the signal numbers are valid.
         unsafe {
             libc::sigemptyset(&mut set);
-            for sig in HANDLED {
+            for &sig in HANDLED.iter().chain(extra) {
                 libc::sigaddset(&mut set, sig);
             }
         }

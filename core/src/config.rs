@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::sys::listen::Listener;
+use crate::sys::activation::{self, Inherited};
+use crate::sys::listen::{Dispatch, ListenAddr, Listener};
 use crate::wire::frame;
 
 mod limits;
@@ -246,6 +247,15 @@ pub struct Config {
     pub queue_timeout: Duration,
     /// During a reload, most workers started beyond `workers` at once.
     pub max_surge: usize,
+    /// Serve `/metrics` (Prometheus text), `/healthz` and `/readyz` over HTTP on this address,
+    /// from the supervisor's loop. None (the default): no HTTP server.
+    pub metrics: Option<ListenAddr>,
+    /// Fewest ready workers for `/readyz` to answer 200.
+    pub ready_min: usize,
+    /// On a stop signal (`Supervisor::on_signal`), `/readyz` fails at once and the cluster
+    /// keeps serving this long before it stops, so that a load balancer takes it out of
+    /// rotation first. Zero (the default): stop at once.
+    pub drain_delay: Duration,
     /// The cluster's name: its control socket is `NAME.sock` and `rcluster ls` shows it.
     /// None: the base name of the program (`argv[0]`).
     pub name: Option<String>,
@@ -288,6 +298,9 @@ impl Config {
             queue_limit: 4096,
             queue_timeout: Duration::from_secs(10),
             max_surge: 1,
+            metrics: None,
+            ready_min: 1,
+            drain_delay: Duration::ZERO,
             name: None,
             control: ControlMode::Off,
             control_dir: None,
@@ -432,6 +445,8 @@ impl Config {
         check_count("handoff_window", self.handoff_window as u64)?;
         check_count("queue_limit", self.queue_limit as u64)?;
         check_duration("queue_timeout", self.queue_timeout)?;
+        check_count("ready_min", self.ready_min as u64)?;
+        check_duration("drain_delay", self.drain_delay)?;
         check_count("max_surge", self.max_surge as u64)
     }
 
@@ -504,10 +519,55 @@ impl Config {
         Err(Error::config("argv", prog, "program not found in PATH"))
     }
 
+    /// Uses the listening sockets a service manager passed to this process (systemd's socket
+    /// activation: `LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES`) instead of binding: each
+    /// goes to the listener of its name (`FileDescriptorName=`), else to the listener of its
+    /// address, else becomes a listener of its own (its name, or `listenN`) with `dispatch`.
+    /// The sockets are taken the first time this is called in a process; returns how many
+    /// were used. The CLI calls it; an embedding host calls it before `Supervisor::start`.
+    pub fn use_inherited_listeners(&mut self, dispatch: Dispatch) -> Result<usize> {
+        let inherited = activation::take_inherited()
+            .map_err(|e| Error::config("listeners", "LISTEN_FDS", e.to_string()))?;
+        let n = inherited.len();
+        adopt(&mut self.listeners, inherited, dispatch);
+        Ok(n)
+    }
+
     fn path_var(&self) -> Option<OsString> {
         let own = self.env.iter().rev().find(|(k, _)| k == OsStr::new("PATH"));
         own.map(|(_, v)| v.clone())
             .or_else(|| std::env::var_os("PATH"))
+    }
+}
+
+/// Gives each inherited socket to the listener of its name, else of its address, else to a
+/// new listener.
+fn adopt(listeners: &mut Vec<Listener>, inherited: Vec<Inherited>, dispatch: Dispatch) {
+    for (i, sock) in inherited.into_iter().enumerate() {
+        let by_name = sock.name.as_ref().and_then(|n| {
+            listeners
+                .iter()
+                .position(|l| &l.name == n && l.fd.is_none())
+        });
+        let by_addr = || {
+            listeners
+                .iter()
+                .position(|l| l.addr == sock.addr && l.fd.is_none())
+        };
+        if let Some(at) = by_name.or_else(by_addr) {
+            let l = &mut listeners[at];
+            l.addr = sock.addr;
+            l.fd = Some(sock.fd);
+            continue;
+        }
+        let mut name = sock.name.unwrap_or_else(|| format!("listen{i}"));
+        // Two sockets of one systemd unit without names share the unit's name.
+        if listeners.iter().any(|l| l.name == name) {
+            name = format!("{name}-{}", i + 1);
+        }
+        let mut l = Listener::new(name, sock.addr, dispatch);
+        l.fd = Some(sock.fd);
+        listeners.push(l);
     }
 }
 
@@ -603,6 +663,40 @@ mod tests {
         c.set_max_message(100 << 20);
         c.send_queue_limit = 64 << 20;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn inherited_sockets_go_to_the_listener_of_their_name_then_of_their_address() {
+        use crate::sys::listen::ListenAddr;
+        let tcp = |s: &str| ListenAddr::Tcp(s.parse().unwrap());
+        let mut ls = vec![
+            Listener::new("web", tcp("127.0.0.1:80"), Dispatch::RoundRobin),
+            Listener::new("api", tcp("127.0.0.1:81"), Dispatch::Shared),
+        ];
+        let passed = vec![
+            Inherited {
+                name: Some("web".into()),
+                addr: tcp("0.0.0.0:8080"),
+                fd: 3,
+            },
+            Inherited {
+                name: None,
+                addr: tcp("127.0.0.1:81"),
+                fd: 4,
+            },
+            Inherited {
+                name: Some("web".into()),
+                addr: tcp("127.0.0.1:9090"),
+                fd: 5,
+            },
+        ];
+        adopt(&mut ls, passed, Dispatch::Sticky);
+        assert_eq!((ls[0].fd, &ls[0].addr), (Some(3), &tcp("0.0.0.0:8080")));
+        assert_eq!(ls[1].fd, Some(4));
+        assert_eq!(ls[1].dispatch, Dispatch::Shared);
+        assert_eq!(ls.len(), 3);
+        assert_eq!((ls[2].name.as_str(), ls[2].fd), ("web-3", Some(5)));
+        assert_eq!(ls[2].dispatch, Dispatch::Sticky);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! of an exit even while a flood fills the queue.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -187,6 +187,8 @@ pub struct EventQueue {
     /// A reader paused for want of room: the take that brings the queue down to half of
     /// `limit` reports it (`take_room_made`) so that the loop is woken to read again.
     wants_room: AtomicBool,
+    /// User messages ever queued.
+    messages: AtomicU64,
 }
 
 struct Inner {
@@ -215,6 +217,7 @@ impl EventQueue {
             limit,
             cost: AtomicUsize::new(0),
             wants_room: AtomicBool::new(false),
+            messages: AtomicU64::new(0),
         })
     }
 
@@ -246,10 +249,20 @@ impl EventQueue {
     }
 
     fn add_cost(&self, batch: &[Event]) {
-        let c: usize = batch.iter().map(cost).sum();
+        let (mut c, mut messages) = (0, 0);
+        for k in batch.iter().map(cost).filter(|&k| k > 0) {
+            c += k;
+            messages += 1;
+        }
         if c > 0 {
             self.cost.fetch_add(c, Ordering::SeqCst);
+            self.messages.fetch_add(messages, Ordering::Relaxed);
         }
+    }
+
+    /// User messages queued for the host since the start (`rcluster_ipc_messages_total`).
+    pub fn messages_queued(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed)
     }
 
     /// Called under the lock with an event just taken from the queue.

@@ -40,6 +40,16 @@ pub use primary::supervisor::Supervisor;
 pub use sys::listen::{resolve_listen, Dispatch, ListenAddr, Listener};
 pub use worker::{Connection, Listening, TurnCounter, Worker, WorkerEvent};
 
+/// Reaps every exited child of this process that no supervisor of it started, and returns how
+/// many: the orphans a process adopts as PID 1 of a container or as a subreaper
+/// (`PR_SET_CHILD_SUBREAPER`). The workers and helpers of every supervisor are left to it,
+/// even one forked while this runs. The core never calls it itself: a host that adopts
+/// orphans calls it when SIGCHLD arrives (the `rcluster` command does, as PID 1 or with
+/// `--subreaper`).
+pub fn reap_orphans() -> std::io::Result<usize> {
+    sys::children::reap_orphans().map(|r| r.len())
+}
+
 /// Number of open descriptors of this process, for leak checks in tests and benchmarks.
 pub fn open_fd_count() -> usize {
     sys::open_fd_count()

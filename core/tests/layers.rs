@@ -113,6 +113,9 @@ const PRIMARY_PARTS: &[(&str, u32)] = &[
     ("reader", 0),
     ("workers", 0),
     ("output/pipe", 0),
+    ("metrics/systemd", 0),
+    ("metrics/http", 0),
+    ("metrics/process", 0),
     ("status", 0),
     ("control/logs", 0),
     ("control/path", 0),
@@ -126,6 +129,8 @@ const PRIMARY_PARTS: &[(&str, u32)] = &[
     ("handoff", 4),
     ("ipc", 4),
     ("lifecycle", 4),
+    ("metrics", 4),
+    ("metrics/render", 4),
     ("output", 4),
     ("reload", 4),
     ("steered", 4),
@@ -214,7 +219,11 @@ fn primary_violations(files: &[(String, String)]) -> Vec<String> {
             continue;
         };
         let part = part.trim_end_matches(".rs");
-        let part = if part == "output/mod" { "output" } else { part };
+        let part = match part {
+            "output/mod" => "output",
+            "metrics/mod" => "metrics",
+            part => part,
+        };
         let Some(own) = part_rank(part) else {
             found.push(format!("{path}: `{part}` has no rank in PRIMARY_PARTS"));
             continue;

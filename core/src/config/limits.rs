@@ -27,6 +27,7 @@ const COUNTS: &[(&str, u64, u64)] = &[
     ("handoff_window", 1, 65536),
     ("queue_limit", 1, u64::MAX),
     ("max_surge", 1, MAX_WORKERS as u64),
+    ("ready_min", 1, MAX_WORKERS as u64),
     ("restart.max_restarts", 0, u32::MAX as u64),
     // An exit status is one byte: a code outside it could never match.
     ("restart.no_restart_codes", 0, 255),
@@ -37,6 +38,8 @@ const DELAYS: &[&str] = &[
     "restart.backoff_initial",
     "restart.backoff_max",
     "restart.min_uptime",
+    // No delay: stop at once, as without it.
+    "drain_delay",
 ];
 
 /// What a field accepts, in words, for its error.

@@ -34,7 +34,8 @@ impl Primary {
     }
 
     fn refuse_new(&mut self) {
-        for l in &self.listeners {
+        // A passed socket keeps taking connections for the next primary (see `Bound`).
+        for l in self.listeners.iter().filter(|l| !l.inherited) {
             let fds = l.fd.iter().map(|f| f.as_raw_fd());
             for fd in fds.chain(l.group.iter().flat_map(|g| g.member_fds())) {
                 // Only fails on a kernel without socket filters; the stop then goes on as
@@ -73,6 +74,9 @@ impl Primary {
                 self.epoll.delete(fd.as_raw_fd());
             }
             if l.dispatch == Dispatch::Shared {
+                l.fd = None;
+            } else if l.inherited {
+                // Its queue is the next primary's: only this copy goes.
                 l.fd = None;
             } else if let Some(fd) = &l.fd {
                 let _ = listen::stop_listening(fd.as_raw_fd());

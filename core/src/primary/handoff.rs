@@ -41,6 +41,10 @@ pub struct Bound {
     requested: Option<String>,
     /// Round-robin turned by the kernel: the sockets of the workers.
     pub group: Option<Group>,
+    /// Passed to the process by a service manager, which keeps it listening for the next
+    /// primary: a stop neither refuses connections on it nor ends its listening nor removes
+    /// its file.
+    pub inherited: bool,
 }
 
 impl Bound {
@@ -55,7 +59,25 @@ impl Bound {
             subscribers: None,
             requested: None,
             group: None,
+            inherited: false,
         }
+    }
+
+    /// A listener over a duplicate of a passed socket (`Listener::fd`).
+    pub fn inherited(
+        l: &crate::sys::listen::Listener,
+        fd: std::os::fd::RawFd,
+    ) -> crate::error::Result<Bound> {
+        let nonblocking = l.dispatch != Dispatch::Shared;
+        let own = crate::sys::activation::duplicate(fd, nonblocking).map_err(|e| {
+            crate::error::Error::Bind {
+                addr: format!("{} (passed descriptor {fd})", l.addr),
+                source: e,
+            }
+        })?;
+        let mut b = Bound::new(l.name.clone(), l.addr.clone(), own, l.dispatch);
+        b.inherited = true;
+        Ok(b)
     }
 }
 
@@ -285,6 +307,7 @@ impl Primary {
         ) {
             Ok(()) => {
                 w.handed = now;
+                self.ops.dispatched(w.listener, p.slot);
                 p.unacked.insert(w.id, w);
                 if let Some(bound) = self.cfg.ack_timeout {
                     self.ack_check.get_or_insert(now + bound);
@@ -529,7 +552,9 @@ impl Primary {
             if let (true, Some(fd)) = (l.armed, &l.fd) {
                 self.epoll.delete(fd.as_raw_fd());
             }
-            listen::unlink_unix(&l.addr);
+            if !l.inherited {
+                listen::unlink_unix(&l.addr);
+            }
         }
     }
 }

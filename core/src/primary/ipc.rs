@@ -64,7 +64,7 @@ impl Primary {
         self.act_on(key, incoming, end, seen);
         // Delivered while the reader is held: a host thread reading the next messages of this
         // worker cannot overtake these.
-        self.shared.events.push_all(&mut self.out);
+        self.emit();
         drop(reader);
         let Some(p) = self.procs.get(&key) else {
             return;

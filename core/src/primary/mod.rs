@@ -9,6 +9,7 @@ pub(crate) mod host_read;
 mod ipc;
 mod lifecycle;
 pub(crate) mod link;
+pub(crate) mod metrics;
 pub(crate) mod output;
 pub(crate) mod process;
 pub(crate) mod reader;
@@ -124,6 +125,8 @@ pub(crate) struct Primary {
     paused: Vec<u64>,
     /// A reload asked for while one runs: it starts when that one ends (see `reload`).
     reload_queued: bool,
+    /// Being seen from outside: service manager notifications, health and metrics.
+    ops: metrics::Ops,
     /// The cluster's name (`Config::name`, or the program's base name).
     name: String,
     started_at: Instant,
@@ -165,14 +168,23 @@ impl Primary {
             exec,
             program: cfg.argv[0].to_string_lossy().into_owned(),
         });
-        Primary::with(
+        let mut primary = Primary::with(
             cfg,
             shared,
             listeners,
             no_kernel_turns,
             workers,
             Box::new(SystemClock),
-        )
+        )?;
+        let (ops, warning) = metrics::Ops::from_env(primary.clock.now());
+        primary.ops = ops;
+        primary.out.extend(warning);
+        if let Err(e) = primary.start_metrics() {
+            // Nothing runs yet: let go of the listeners as a failed bind of one of them does.
+            primary.close_listeners();
+            return Err(e);
+        }
+        Ok(primary)
     }
 
     /// A loop over `workers` and `clock`: the real ones (`new`), or fakes in unit tests.
@@ -222,6 +234,7 @@ impl Primary {
             ack_check: None,
             paused: Vec::new(),
             reload_queued: false,
+            ops: metrics::Ops::default(),
             name: cfg.resolved_name(),
             started_at: now,
             control: None,
@@ -255,7 +268,7 @@ impl Primary {
                 deadline = self.reconcile(now);
             }
             self.control_tick();
-            self.shared.events.push_all(&mut self.out);
+            self.emit();
             if self.stop_deadline.is_some() && self.procs.is_empty() {
                 break;
             }
@@ -303,6 +316,7 @@ impl Primary {
             self.host_tick,
             self.ack_check,
             self.outputs.report_at,
+            self.ops.next_at(),
         ]
         .into_iter()
         .flatten()
@@ -331,6 +345,8 @@ impl Primary {
             self.accept_ready((token & !LISTENER) as usize);
         } else if token & control::CONTROL != 0 {
             self.control_ready(token & !control::CONTROL, flags);
+        } else if token & metrics::OPS != 0 {
+            self.ops_ready(token, flags);
         } else {
             self.handle_io(token >> 2, token & 3, flags);
         }
@@ -354,6 +370,7 @@ impl Primary {
         if !self.gathering.is_empty() {
             self.flush_gathered(Instant::now());
         }
+        self.ops_timers(self.clock.now());
     }
 
     /// Writes the gathered messages of every link whose gathering time is over.
@@ -407,6 +424,7 @@ impl Primary {
                 Command::Kill(id, sig, tx) => drop(tx.send(self.kill(id, sig))),
                 Command::Reload(tx) => drop(tx.send(self.start_reload())),
                 Command::Stop(timeout) => self.begin_stop(timeout),
+                Command::Drain(timeout) => self.begin_drain(timeout),
             }
         }
     }
@@ -640,6 +658,7 @@ impl Primary {
 
     /// Last act of the loop: everything reaped by now; close what is left and tell the host.
     fn shutdown(&mut self) {
+        self.close_metrics();
         self.close_listeners();
         self.close_output();
         self.shared.routes.write().unwrap().clear();

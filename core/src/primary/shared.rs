@@ -2,7 +2,7 @@
 //! waker, the routes of messages, the event queue, the host's reading.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
@@ -25,6 +25,8 @@ pub(crate) enum Command {
     Kill(u32, i32, SyncSender<Result<()>>),
     Reload(SyncSender<Result<u32>>),
     Stop(Duration),
+    /// A stop after `Config::drain_delay`, during which `/readyz` fails (a stop signal).
+    Drain(Duration),
 }
 
 /// State shared by the handle (host threads) and the loop thread.
@@ -42,4 +44,6 @@ pub(crate) struct Shared {
     pub bound: Vec<(String, ListenAddr)>,
     /// Set (and signalled) when the loop has ended, for `stop` callers that do not join it.
     pub done: (Mutex<bool>, Condvar),
+    /// User messages the host queued to workers (`rcluster_ipc_messages_total`).
+    pub messages_out: AtomicU64,
 }

@@ -115,7 +115,7 @@ impl Supervisor {
         if !state.stopping.swap(true, Ordering::AcqRel) {
             state.stopped_by.store(signo, Ordering::Release);
             let kill_timeout = self.kill_timeout();
-            self.begin_stop(kill_timeout);
+            self.begin_drain(kill_timeout);
             return SignalAction::Stop { kill_timeout };
         }
         // A stop is under way (asked for by an earlier signal or through the API): bring the

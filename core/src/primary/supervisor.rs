@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -27,6 +27,10 @@ pub struct Supervisor {
     thread: Mutex<Option<JoinHandle<()>>>,
     kill_timeout: Duration,
     signals: SignalState,
+    /// `Config::drain_delay`: a stop signal first drains this long.
+    drain_delay: Duration,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`Config::metrics`).
+    metrics: Option<ListenAddr>,
 }
 
 impl Supervisor {
@@ -48,11 +52,16 @@ impl Supervisor {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut refused = None;
         for l in &config.listeners {
+            if let Some(fd) = l.fd {
+                listeners.push(Bound::inherited(l, fd)?);
+                continue;
+            }
             let turns = steered::wanted(&config, l.dispatch, &l.addr);
             let (fd, group) = steered::bind(&l.addr, l.dispatch, turns, l.share, &mut refused)
                 .inspect_err(|_| {
                     listeners
                         .iter()
+                        .filter(|b| !b.inherited)
                         .for_each(|b: &Bound| listen::unlink_unix(&b.addr))
                 })?;
             let addr = listen::local_addr(std::os::fd::AsRawFd::as_raw_fd(&fd), &l.addr);
@@ -74,10 +83,12 @@ impl Supervisor {
                 .map(|b| (b.name.clone(), b.addr.clone()))
                 .collect(),
             done: (Mutex::new(false), Condvar::new()),
+            messages_out: AtomicU64::new(0),
         });
-        let kill_timeout = config.kill_timeout;
+        let (kill_timeout, drain_delay) = (config.kill_timeout, config.drain_delay);
         let mut primary = Primary::new(config, &program, Arc::clone(&shared), listeners, refused)?;
         primary.set_control(control, control_warning);
+        let metrics = primary.metrics_addr();
         let thread = std::thread::Builder::new()
             .name("rcluster".into())
             .spawn(move || primary.run())
@@ -87,6 +98,8 @@ impl Supervisor {
             thread: Mutex::new(Some(thread)),
             kill_timeout,
             signals: SignalState::default(),
+            drain_delay,
+            metrics,
         })
     }
 
@@ -129,7 +142,9 @@ impl Supervisor {
         }
         let link = self.shared.routes.read().unwrap().get(&id).cloned();
         match link {
-            Some(c) => c.send_message(&self.shared.waker, content, data),
+            Some(c) => c
+                .send_message(&self.shared.waker, content, data)
+                .inspect(|()| self.sent(1)),
             None if self.shared.stopped.load(Ordering::Acquire) => Err(Error::Stopped),
             None => Err(Error::NoSuchWorker(id)),
         }
@@ -154,7 +169,9 @@ impl Supervisor {
     pub fn send_many_as(&self, id: u32, content: ContentType, messages: &[&[u8]]) -> Result<()> {
         let link = self.shared.routes.read().unwrap().get(&id).cloned();
         match link {
-            Some(c) => c.send_messages(&self.shared.waker, content, messages),
+            Some(c) => c
+                .send_messages(&self.shared.waker, content, messages)
+                .inspect(|()| self.sent(messages.len())),
             None if self.shared.stopped.load(Ordering::Acquire) => Err(Error::Stopped),
             None => Err(Error::NoSuchWorker(id)),
         }
@@ -185,10 +202,22 @@ impl Supervisor {
             .values()
             .cloned()
             .collect();
-        Ok(links
+        let n = links
             .iter()
             .filter(|c| c.send_message(&self.shared.waker, content, data).is_ok())
-            .count())
+            .count();
+        self.sent(n);
+        Ok(n)
+    }
+
+    /// Counts messages queued to workers, for `/metrics` (only when it is served: the count
+    /// is a shared counter on the hot path of every sending thread).
+    fn sent(&self, n: usize) {
+        if self.metrics.is_some() {
+            self.shared
+                .messages_out
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
 
     /// Every worker process (and every slot that has none running), as of now.
@@ -348,6 +377,30 @@ impl Supervisor {
                 .push_back(Command::Stop(timeout));
             self.shared.waker.wake();
         }
+    }
+
+    /// The stop a stop signal begins (`on_signal`): after `Config::drain_delay`, during which
+    /// `/readyz` fails and everything else goes on, so that a load balancer stops sending
+    /// before the listeners close; without a delay, `begin_stop`.
+    pub(crate) fn begin_drain(&self, timeout: Duration) {
+        if self.drain_delay.is_zero() {
+            return self.begin_stop(timeout);
+        }
+        self.signals.note_stop();
+        if !self.shared.stopped.load(Ordering::Acquire) {
+            self.shared
+                .cmds
+                .lock()
+                .unwrap()
+                .push_back(Command::Drain(timeout));
+            self.shared.waker.wake();
+        }
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, with the port the system chose
+    /// for port 0; None without `Config::metrics`.
+    pub fn metrics_addr(&self) -> Option<&ListenAddr> {
+        self.metrics.as_ref()
     }
 
     /// The grace a stopping worker gets before SIGKILL (`Config::kill_timeout`); `Drop` and

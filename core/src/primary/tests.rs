@@ -135,6 +135,7 @@ impl Loop {
             stopped: AtomicBool::new(false),
             bound: Vec::new(),
             done: (Mutex::new(false), Condvar::new()),
+            messages_out: std::sync::atomic::AtomicU64::new(0),
         });
         let clock = TestClock(Arc::new(Mutex::new(Instant::now())));
         let workers = Box::new(fake.clone());

@@ -200,6 +200,11 @@ pub struct Listener {
     /// listens on the address, so that a second cluster cannot silently take the traffic.
     /// A shared listener is never turned by the kernel (see `Config::kernel_round_robin`).
     pub share: bool,
+    /// An open listening socket to use instead of binding `addr`: one passed to this process
+    /// by a service manager (see `Config::use_inherited_listeners`). The supervisor works on
+    /// a duplicate and leaves the socket itself listening when it stops, so that clients
+    /// wait in its queue for the next primary.
+    pub fd: Option<RawFd>,
 }
 
 impl Listener {
@@ -209,6 +214,7 @@ impl Listener {
             addr,
             dispatch,
             share: false,
+            fd: None,
         }
     }
 }

@@ -5,8 +5,11 @@
 //! the kernel (`steer`, the kernel's turns) and end worker groups when the primary dies
 //! (`sentinel`). Nothing here knows about workers' states or policy.
 
+pub mod activation;
+pub mod children;
 pub mod cpus;
 pub mod listen;
+pub mod notify;
 pub mod procstat;
 pub mod sentinel;
 pub mod spawn;
@@ -282,6 +285,7 @@ pub fn try_reap(pidfd: RawFd) -> io::Result<Option<WaitStatus>> {
     if pid == 0 {
         return Ok(None);
     }
+    children::forget(pid);
     Ok(Some(match info.si_code {
         libc::CLD_EXITED => WaitStatus {
             code: Some(status),
@@ -472,8 +476,10 @@ pub fn wait_reap(pidfd: RawFd) -> io::Result<()> {
     retry(|| {
         // SAFETY: `info` is a live local siginfo_t for waitid to fill; the pidfd is the caller's.
         cvt(unsafe { libc::waitid(libc::P_PIDFD, pidfd as libc::id_t, &mut info, libc::WEXITED) })
-    })
-    .map(drop)
+    })?;
+    // SAFETY: si_pid is valid for SIGCHLD-style siginfo filled by waitid.
+    children::forget(unsafe { info.si_pid() });
+    Ok(())
 }
 
 /// Reaps an exited group leader and the rest of its group: the group is killed first, while

@@ -38,6 +38,10 @@ const OWN_VARS: &[&str] = &[
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
+    // The service manager's: notifications and the watchdog are the primary's to send.
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
 ];
 
 fn cstring(bytes: &[u8]) -> CString {
@@ -149,6 +153,7 @@ pub fn abandon(pid: libc::pid_t, sentinel: &Sentinel) {
     sentinel.remove(pid);
     // SAFETY: waits for this one child only (never -1); it was just killed.
     unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    super::children::forget(pid);
 }
 
 /// Forks and execs one worker. Returns it once `execve` has succeeded.
@@ -183,15 +188,17 @@ pub fn spawn<'a>(exec: &'a Exec, req: Request) -> io::Result<Forked<'a>> {
         cgroup_procs: exec.sentinel.cgroup_procs(),
     };
 
+    let forking = super::children::Forking::start();
     // SAFETY: fork in a multi-threaded process; the child runs only `child.run()`, which makes
     // async-signal-safe calls on memory prepared above and never returns.
     let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
     if pid == 0 {
         // SAFETY: see above.
         unsafe { child.run() }
+    }
+    forking.done(pid);
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
     }
     // Known to the sentinel before it can have children of its own.
     let forked = Forked::new(pid, &exec.sentinel);

@@ -114,8 +114,11 @@ impl Drop for Sentinel {
         drop(self.tx.take());
         match &self.pidfd {
             Some(fd) => drop(sys::wait_reap(fd.as_raw_fd())),
-            // SAFETY: waits for this one child only (never -1).
-            None => drop(unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) }),
+            None => {
+                // SAFETY: waits for this one child only (never -1).
+                unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) };
+                crate::sys::children::forget(self.pid);
+            }
         }
     }
 }
@@ -208,6 +211,7 @@ fn launch(setup: &Setup, stack: &Stack) -> io::Result<libc::pid_t> {
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
     }
     let mut pid = -1;
+    let forking = crate::sys::children::Forking::start();
     if raw::SHARED_MEMORY && !under_valgrind() {
         // SAFETY: the child runs `entry` on its own stack and touches only `setup`,
         // `groups` and that stack, all kept alive until it is reaped (see `Drop`).
@@ -231,6 +235,7 @@ fn launch(setup: &Setup, stack: &Stack) -> io::Result<libc::pid_t> {
         }
     }
     let err = io::Error::last_os_error();
+    forking.done(pid);
     // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
     if pid < 0 {

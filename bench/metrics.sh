@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# What `--metrics` costs: (1) /metrics scrape latency with 64 workers, measured by the client
+# on loopback with a new connection per scrape (an upper bound of the primary's own time);
+# (2) HTTP throughput of 2 hello-workers (wrk, new connection per request) while /metrics is
+# scraped once a second, against the same server unscraped, alternating, ROUNDS times.
+#
+# Usage: bench/metrics.sh
+# Environment: SCRAPES (300), MANY (64), DURATION (10s), CONNS (50), ROUNDS (3), SKIP_BUILD.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bin="${CARGO_TARGET_DIR:-$repo/target}/release"
+scrapes=${SCRAPES:-300}
+many=${MANY:-64}
+duration=${DURATION:-10s}
+conns=${CONNS:-50}
+rounds=${ROUNDS:-3}
+
+for tool in wrk curl; do
+    command -v "$tool" >/dev/null || { echo "metrics.sh: needs $tool" >&2; exit 1; }
+done
+if [[ -z ${SKIP_BUILD:-} ]]; then
+    (cd "$repo" && cargo build --release -p rcluster -p rcluster-examples)
+fi
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+    local p
+    for p in "${pids[@]}"; do
+        kill -TERM "$p" 2>/dev/null || true
+        timeout 20 tail --pid="$p" -f /dev/null 2>/dev/null || kill -KILL -- "-$p" 2>/dev/null || true
+    done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+free_port() {
+    local p
+    while :; do
+        p=$((20000 + RANDOM % 12000))
+        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+    done
+}
+
+# start WORKERS: an rcluster of hello-workers with --metrics; sets $app_port $metrics_port $pid.
+start() {
+    local i
+    app_port=$(free_port)
+    metrics_port=$(free_port)
+    : >"$tmp/log"
+    setsid "$bin/rcluster" run -w "$1" --ready explicit --listen "127.0.0.1:$app_port" \
+        --metrics "127.0.0.1:$metrics_port" -- "$bin/hello-worker" >"$tmp/log" 2>&1 &
+    pid=$!
+    pids+=("$pid")
+    for ((i = 0; i < 600; i++)); do
+        (($(grep -c ': ready$' "$tmp/log" || true) >= $1)) && return 0
+        sleep 0.1
+    done
+    echo "metrics.sh: not ready; log:" >&2
+    tail "$tmp/log" >&2
+    exit 1
+}
+
+stop() {
+    kill -TERM "$pid"
+    timeout 30 tail --pid="$pid" -f /dev/null
+}
+
+echo "== /metrics scrape latency, $many workers, $scrapes scrapes (curl time_total, then the loop's own time)"
+start "$many"
+for ((i = 0; i < 20; i++)); do curl -s -o /dev/null "http://127.0.0.1:$metrics_port/metrics"; done
+for ((i = 0; i < scrapes; i++)); do
+    curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$metrics_port/metrics"
+done | sort -n >"$tmp/lat"
+awk -v n="$scrapes" '{ v[NR] = $1 * 1000 } END {
+    printf "client (curl time_total): p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  max %.3f ms\n", v[int(n*0.5)], v[int(n*0.9)], v[int(n*0.99)], v[n] }' "$tmp/lat"
+for ((i = 0; i < scrapes; i++)); do
+    curl -s "http://127.0.0.1:$metrics_port/metrics" | awk '/^rcluster_scrape_duration_seconds / { print $2 }'
+done | sort -g >"$tmp/own"
+curl -s "http://127.0.0.1:$metrics_port/metrics" >"$tmp/body"
+awk -v n="$scrapes" '{ v[NR] = $1 * 1000 } END {
+    printf "in the primary (rcluster_scrape_duration_seconds): p50 %.3f ms  p90 %.3f ms  p99 %.3f ms\n", v[int(n*0.5)], v[int(n*0.9)], v[int(n*0.99)] }' "$tmp/own"
+echo "body: $(wc -c <"$tmp/body") bytes, $(grep -vc '^#' "$tmp/body") samples"
+stop
+
+echo "== HTTP throughput, 2 workers, new connection per request, $duration x $rounds rounds"
+start 2
+for ((i = 0; i < rounds; i++)); do
+    for mode in plain scraped; do
+        scraper=
+        if [[ $mode == scraped ]]; then
+            (while :; do curl -s -o /dev/null "http://127.0.0.1:$metrics_port/metrics"; sleep 1; done) &
+            scraper=$!
+        fi
+        rps=$(wrk -t1 -c"$conns" -d"$duration" -H 'Connection: close' \
+            "http://127.0.0.1:$app_port/" | awk '/Requests\/sec/ { print $2 }')
+        [[ -n $scraper ]] && { kill "$scraper"; wait "$scraper" 2>/dev/null || true; }
+        echo "round $i $mode $rps"
+        echo "$mode $rps" >>"$tmp/rps"
+    done
+done
+stop
+for mode in plain scraped; do
+    awk -v m="$mode" '$1 == m { print $2 }' "$tmp/rps" | sort -n | awk -v m="$mode" '
+        { v[NR] = $1 } END { printf "%s median %.0f req/s\n", m, v[int((NR + 1) / 2)] }'
+done | tee "$tmp/med"
+awk '{ m[$1] = $3 } END { printf "scraped / plain = %.3f\n", m["scraped"] / m["plain"] }' "$tmp/med"
