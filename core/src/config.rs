@@ -234,6 +234,18 @@ pub struct Config {
     /// root, else `~/.rcluster`). A live cluster of the same name fails `start` when `name`
     /// is set; an unnamed one then takes `NAME-PID`.
     pub control: ControlMode,
+    /// A worker whose resident memory (RSS, read from `/proc` once a second) exceeds this
+    /// many bytes is replaced the way a reload replaces it (exit reason `memory`). None: no
+    /// limit.
+    pub max_memory: Option<u64>,
+    /// A worker that has been handed this many connections (plus its share of
+    /// `max_requests_jitter`) is replaced the way a reload replaces it (exit reason
+    /// `max_requests`). Counts what the primary hands over; see `docs/operations.md`.
+    /// None: no limit.
+    pub max_requests: Option<u64>,
+    /// Each worker's own limit is `max_requests + randint(0, max_requests_jitter)`, so that
+    /// workers started together are not all replaced together.
+    pub max_requests_jitter: u64,
 }
 
 impl Config {
@@ -267,6 +279,9 @@ impl Config {
             max_surge: 1,
             name: None,
             control: ControlMode::Off,
+            max_memory: None,
+            max_requests: None,
+            max_requests_jitter: 0,
         }
     }
 
@@ -344,6 +359,7 @@ impl Config {
             }
         }
         self.validate_listeners()?;
+        self.validate_recycling()?;
         if let Some(cwd) = &self.cwd {
             if !cwd.is_dir() {
                 return Err(Error::config("cwd", cwd, "is not a directory"));
@@ -410,6 +426,40 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    fn validate_recycling(&self) -> Result<()> {
+        if self.max_memory == Some(0) {
+            return Err(Error::config(
+                "max_memory",
+                0,
+                "must be at least 1 byte (or unset)",
+            ));
+        }
+        if self.max_requests == Some(0) {
+            return Err(Error::config(
+                "max_requests",
+                0,
+                "must be at least 1 (or unset)",
+            ));
+        }
+        if self.max_requests_jitter > 0 && self.max_requests.is_none() {
+            return Err(Error::config(
+                "max_requests_jitter",
+                self.max_requests_jitter,
+                "has no effect without max_requests",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The recycling limits, as the loop applies them.
+    pub(crate) fn recycle_limits(&self) -> crate::policy::recycle::Limits {
+        crate::policy::recycle::Limits {
+            max_memory: self.max_memory,
+            max_requests: self.max_requests,
+            max_requests_jitter: self.max_requests_jitter,
+        }
     }
 
     fn validate_restart(&self) -> Result<()> {
@@ -573,6 +623,25 @@ mod tests {
         c.event_queue_limit = 100;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("event_queue_limit") && e.contains("100"), "{e}");
+    }
+
+    #[test]
+    fn zero_recycling_limits_are_rejected_naming_the_field() {
+        let mut c = Config::new(["/bin/true"]);
+        c.max_memory = Some(0);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("max_memory"), "{e}");
+        let mut c = Config::new(["/bin/true"]);
+        c.max_requests = Some(0);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("max_requests = 0"), "{e}");
+        let mut c = Config::new(["/bin/true"]);
+        c.max_requests_jitter = 5;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("max_requests_jitter") && e.contains('5'), "{e}");
+        c.max_requests = Some(100);
+        c.max_memory = Some(64 << 20);
+        c.validate().unwrap();
     }
 
     #[test]

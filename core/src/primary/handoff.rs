@@ -336,6 +336,7 @@ impl Primary {
         {
             p.active.insert(id);
         }
+        self.count_request(key);
         Ok(())
     }
 

@@ -12,6 +12,7 @@ pub(crate) mod link;
 pub(crate) mod output;
 pub(crate) mod process;
 pub(crate) mod reader;
+mod recycle;
 mod reload;
 pub(crate) mod shared;
 pub(crate) mod signals;
@@ -128,6 +129,10 @@ pub(crate) struct Primary {
     started_at: Instant,
     /// The control socket and its clients (`docs/control.md`), when it listens.
     control: Option<control::Control>,
+    /// Workers due for replacement (`max_memory`, `max_requests`), and when memory is next read.
+    recycle: crate::policy::recycle::Queue,
+    /// The slot being recycled, if one is (see `recycle`).
+    recycling: Option<recycle::Step>,
 }
 
 impl Primary {
@@ -222,6 +227,8 @@ impl Primary {
             name: cfg.resolved_name(),
             started_at: now,
             control: None,
+            recycle: Default::default(),
+            recycling: None,
             cfg,
         })
     }
@@ -279,6 +286,7 @@ impl Primary {
     fn reconcile(&mut self, now: Instant) -> Option<Instant> {
         self.changed = false;
         self.manage_workers(now);
+        self.manage_recycling(now);
         self.murder_workers(now);
         self.arm_listeners(now);
         self.distribute();
@@ -629,6 +637,9 @@ impl Primary {
                 if let Some(t) = s.start_at {
                     consider(t);
                 }
+            }
+            if let Some(t) = self.recycle.next_check() {
+                consider(t);
             }
         }
         next

@@ -64,6 +64,8 @@ pub struct Process {
     pub kill_requested: bool,
     /// Connections it acknowledged, in all (for the status).
     pub connections_total: u64,
+    /// Connections after which it is recycled (`max_requests` plus its jitter), if any.
+    pub request_limit: Option<u64>,
 }
 
 impl Process {

@@ -1,7 +1,8 @@
 //! CPU time and resident memory of a process, from `/proc/PID/stat` and `/proc/PID/statm`.
 //!
-//! Read on demand (a status request), never on a timer: a cluster nobody looks at pays
-//! nothing. Two small reads per worker, no allocation beyond the read buffer.
+//! Read on demand (a status request): a cluster nobody looks at pays nothing. Two small reads
+//! per worker, no allocation beyond the read buffer. With `max_memory` set, the loop also
+//! reads `statm` alone once a second per worker (`rss`).
 
 use std::io::Read;
 use std::sync::OnceLock;
@@ -17,6 +18,14 @@ pub fn usage(pid: libc::pid_t) -> Option<(f64, u64)> {
     let statm = read_small(&format!("/proc/{pid}/statm"), &mut buf)?;
     let pages = resident_pages(statm)?;
     Some((cpu, pages * page_size()))
+}
+
+/// Resident bytes of `pid` alone (one read of `statm`), for the loop's periodic memory check
+/// (`max_memory`); None when the process is gone.
+pub fn rss(pid: libc::pid_t) -> Option<u64> {
+    let mut buf = [0u8; 256];
+    let statm = read_small(&format!("/proc/{pid}/statm"), &mut buf)?;
+    Some(resident_pages(statm)? * page_size())
 }
 
 fn read_small<'a>(path: &str, buf: &'a mut [u8]) -> Option<&'a str> {
@@ -88,5 +97,11 @@ mod tests {
         let (cpu, rss) = usage(std::process::id() as libc::pid_t).unwrap();
         assert!(cpu >= 0.0);
         assert!(rss > 100 * 1024, "{rss}");
+        let alone = rss_of_self();
+        assert!(alone > 100 * 1024, "{alone}");
+    }
+
+    fn rss_of_self() -> u64 {
+        rss(std::process::id() as libc::pid_t).unwrap()
     }
 }

@@ -1,0 +1,143 @@
+//! Recycling in the loop: a worker over `max_memory`, or past its `max_requests`, is replaced
+//! the way a reload replaces one slot. A new worker of the slot's generation starts beside it;
+//! once the new one is ready (and routed), the old one is asked to stop and drains. One slot at
+//! a time: the next worker in the queue waits until the old worker of the step under way has
+//! exited, so recycling never takes more than one worker's capacity away.
+//!
+//! A reload replaces every worker anyway: while one runs, no new step starts, and the workers
+//! it replaced leave the queue (`recycle::Queue::pop` skips those that are no longer live).
+//! A step already under way when a reload starts finishes on its own.
+
+use crate::events::{Event, WorkerState};
+use crate::policy::recycle::served_enough;
+use crate::policy::ExitReason;
+use crate::sys::procstat;
+
+use super::Primary;
+use std::time::Instant;
+
+/// The slot being recycled.
+pub(super) struct Step {
+    slot: u32,
+    /// The worker being replaced.
+    old: u64,
+    /// Its replacement; None once the old worker was asked to stop.
+    new: Option<u64>,
+    reason: ExitReason,
+}
+
+impl Primary {
+    /// Queues worker `key` for replacement, once.
+    fn queue_recycle(&mut self, key: u64, reason: ExitReason) {
+        if self.recycle.push(key, reason) {
+            self.changed = true;
+        }
+    }
+
+    /// A connection handed to worker `key` was acknowledged: queues it once it has served
+    /// its share (`max_requests` and its jitter).
+    pub(super) fn count_request(&mut self, key: u64) {
+        let Some(p) = self.procs.get(&key) else {
+            return;
+        };
+        if p.is_live() && served_enough(p.connections_total, p.request_limit) {
+            self.queue_recycle(key, ExitReason::MaxRequests);
+        }
+    }
+
+    /// Once a period, reads the resident memory of every ready worker and queues those over
+    /// `max_memory`.
+    fn check_memory(&mut self, now: Instant) {
+        let limits = self.cfg.recycle_limits();
+        if !self.recycle.memory_check_due(&limits, now) {
+            return;
+        }
+        let over: Vec<u64> = self
+            .procs
+            .iter()
+            .filter(|(k, p)| {
+                p.is_live() && p.state == WorkerState::Ready && !self.recycle.contains(**k)
+            })
+            .filter(|(_, p)| procstat::rss(p.pid).is_some_and(|rss| limits.over_memory(rss)))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in over {
+            self.queue_recycle(key, ExitReason::Memory);
+        }
+    }
+
+    /// Moves the step under way on, or starts the next one.
+    pub(super) fn manage_recycling(&mut self, now: Instant) {
+        if self.stop_deadline.is_some() {
+            self.recycle.clear();
+            self.recycling = None;
+            return;
+        }
+        self.check_memory(now);
+        if let Some(step) = self.recycling.take() {
+            self.recycling = self.advance_recycle(step);
+            if self.recycling.is_some() {
+                return;
+            }
+        }
+        if self.reload.is_none() {
+            self.begin_recycle();
+        }
+    }
+
+    fn begin_recycle(&mut self) {
+        let (procs, desired) = (&self.procs, self.desired);
+        let next = self.recycle.pop(|k| {
+            procs
+                .get(&k)
+                .is_some_and(|p| p.is_live() && (p.slot as usize) < desired)
+        });
+        let Some((old, reason)) = next else { return };
+        let (slot, pid) = (self.procs[&old].slot, self.procs[&old].pid);
+        self.out.push(Event::Recycling {
+            id: slot,
+            pid: pid as u32,
+            reason,
+        });
+        let generation = self.slots[slot as usize].generation;
+        let new = self.spawn_worker(slot, generation);
+        if new.is_none() {
+            // No replacement (the spawn failed and said why): the worker is past its limit
+            // all the same; it stops, and the slot restarts as after any requested stop.
+            self.stop_worker(old, reason, true);
+        }
+        self.recycling = Some(Step {
+            slot,
+            old,
+            new,
+            reason,
+        });
+    }
+
+    /// The step once it moved as far as it can; None when it is over (the old worker exited).
+    fn advance_recycle(&mut self, mut step: Step) -> Option<Step> {
+        if let Some(new) = step.new {
+            match self.procs.get(&new) {
+                Some(p) if p.state == WorkerState::Ready => {
+                    self.stop_worker(step.old, step.reason, true);
+                    step.new = None;
+                }
+                // A reload (or a scale down) took the slot over: it replaces the old worker.
+                Some(p) if !p.is_live() => step.new = None,
+                Some(_) => return Some(step),
+                None => {
+                    self.out.push(Event::Warning {
+                        detail: format!(
+                            "the replacement of worker {} (recycled for {}) exited before it \
+                             was ready; the worker is stopped and its slot restarted",
+                            step.slot, step.reason
+                        ),
+                    });
+                    self.stop_worker(step.old, step.reason, true);
+                    step.new = None;
+                }
+            }
+        }
+        self.procs.contains_key(&step.old).then_some(step)
+    }
+}
