@@ -26,6 +26,21 @@ function ms(opts, name, prefix = 'options.') {
   return v;
 }
 
+const UNITS = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 };
+
+/** A size in bytes: an integer, or a string with a unit as the CLI takes it ('512M'). */
+function bytes(opts, name, prefix = 'options.') {
+  const v = opts[name];
+  if (v === undefined) return undefined;
+  if (Number.isSafeInteger(v) && v >= 1) return v;
+  const m = typeof v === 'string' ? /^([0-9]+)([KMG]?)B?$/i.exec(v.trim()) : null;
+  const n = m ? Number(m[1]) * UNITS[m[2].toUpperCase()] : NaN;
+  if (!(Number.isSafeInteger(n) && n >= 1)) {
+    throw invalidOption(prefix + name, v, "must be a number of bytes >= 1, or a size such as '512M' (K, M, G)");
+  }
+  return n;
+}
+
 function bool(opts, name, prefix = 'options.') {
   const v = opts[name];
   if (v !== undefined && typeof v !== 'boolean') throw invalidOption(prefix + name, v, 'must be true or false');
@@ -48,7 +63,7 @@ const KNOWN = {
     'heartbeatTimeout', 'killTimeout', 'restart', 'maxMessage', 'sendQueueLimit', 'output', 'listen',
     'listeners', 'dispatch', 'maxInflight', 'handoffWindow', 'kernelRoundRobin', 'queueLimit',
     'queueTimeout', 'maxSurge', 'serialization', 'handleSignals', 'eventQueueLimit', 'ackTimeout',
-    'name', 'control'],
+    'name', 'control', 'maxMemory', 'maxRequests', 'maxRequestsJitter'],
   restart: ['mode', 'backoffInitial', 'backoffMultiplier', 'backoffMax', 'jitter', 'minUptime',
     'maxRestarts', 'window', 'noRestartCodes'],
   listener: ['address', 'name', 'dispatch', 'share'],
@@ -198,6 +213,9 @@ function normalize(opts = {}, extraEnv = {}) {
     maxSurge: int(opts, 'maxSurge', 1, 4096),
     // null turns the bound off; unset keeps the core's default.
     ackTimeout: opts.ackTimeout === null ? 0 : ms(opts, 'ackTimeout'),
+    maxMemory: bytes(opts, 'maxMemory'),
+    maxRequests: int(opts, 'maxRequests', 1, Number.MAX_SAFE_INTEGER),
+    maxRequestsJitter: int(opts, 'maxRequestsJitter', 0, Number.MAX_SAFE_INTEGER),
   };
   Object.assign(native, control(opts, exec));
   if (opts.program !== undefined && opts.exec === undefined) {

@@ -50,6 +50,11 @@ pub struct NativeOptions {
     pub name: Option<String>,
     /// `off`, `on` or `required`.
     pub control: Option<String>,
+    /// Bytes of resident memory over which a worker is recycled.
+    pub max_memory: Option<f64>,
+    /// Connections after which a worker is recycled.
+    pub max_requests: Option<f64>,
+    pub max_requests_jitter: Option<f64>,
 }
 
 #[napi(object)]
@@ -168,6 +173,12 @@ fn build_config(o: NativeOptions) -> napi::Result<Config, &'static str> {
     set(&mut c.queue_limit, o.queue_limit.map(|v| v as usize));
     set(&mut c.queue_timeout, o.queue_timeout.map(ms));
     set(&mut c.max_surge, o.max_surge.map(|v| v as usize));
+    c.max_memory = o.max_memory.map(|v| v as u64);
+    c.max_requests = o.max_requests.map(|v| v as u64);
+    set(
+        &mut c.max_requests_jitter,
+        o.max_requests_jitter.map(|v| v as u64),
+    );
     c.name = o.name;
     if let Some(mode) = o.control {
         c.control = mode
@@ -314,6 +325,12 @@ fn to_event(ev: Event) -> NativeEvent {
         },
         Event::Warning { detail } => NativeEvent {
             error: Some(detail),
+            ..event(&kind)
+        },
+        Event::Recycling { id, pid, reason } => NativeEvent {
+            id: Some(id),
+            pid: Some(pid),
+            reason: Some(reason.as_str().to_string()),
             ..event(&kind)
         },
     }

@@ -96,6 +96,12 @@ pub struct ConfigArgs {
     /// Seconds; 0 turns the bound off.
     #[pyo3(default)]
     pub ack_timeout: Option<f64>,
+    #[pyo3(default)]
+    pub max_memory: Option<u64>,
+    #[pyo3(default)]
+    pub max_requests: Option<u64>,
+    #[pyo3(default)]
+    pub max_requests_jitter: Option<u64>,
 }
 
 fn os(b: Vec<u8>) -> OsString {
@@ -157,6 +163,11 @@ impl ConfigArgs {
         opt_seconds("queue_timeout", self.queue_timeout, &mut c.queue_timeout)?;
         if let Some(s) = self.max_surge {
             c.max_surge = s;
+        }
+        c.max_memory = self.max_memory;
+        c.max_requests = self.max_requests;
+        if let Some(j) = self.max_requests_jitter {
+            c.max_requests_jitter = j;
         }
         Ok(c)
     }

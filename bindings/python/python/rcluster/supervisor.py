@@ -173,6 +173,13 @@ class Supervisor:
     - ``ack_timeout``: a worker that leaves a connection handed to it unacknowledged this long
       is taken for hung: killed (reason ``heartbeat``) and its connections given to other
       workers (5 s; None turns it off).
+    - ``max_memory``: a worker whose resident memory exceeds this many bytes is replaced the
+      way :meth:`reload` replaces it (the new one ready first; exit reason ``memory``)
+      (default None: no limit).
+    - ``max_requests``: a worker handed this many connections, plus a random
+      ``0..max_requests_jitter`` of its own, is replaced the same way (exit reason
+      ``max_requests``; default None). Connections the kernel gives workers directly are not
+      counted (see the operations guide, "Recycling").
 
     ``handle_signals`` (default True): while the cluster runs, SIGINT and SIGTERM stop it
     gracefully (a second one kills the workers now), SIGHUP reloads, SIGTTIN/SIGTTOU add or
@@ -206,6 +213,9 @@ class Supervisor:
         queue_timeout: float | None = None,
         max_surge: int | None = None,
         ack_timeout: float | None = 5.0,
+        max_memory: int | None = None,
+        max_requests: int | None = None,
+        max_requests_jitter: int | None = None,
         handle_signals: bool = True,
     ) -> None:
         self._config = _config(**locals())
@@ -431,6 +441,9 @@ def _config(**o: Any) -> dict[str, Any]:
         "handoff_window",
         "queue_limit",
         "max_surge",
+        "max_memory",
+        "max_requests",
+        "max_requests_jitter",
     ):
         v = check_int(name, o[name], optional=True)
         if v is not None and v < 0:
