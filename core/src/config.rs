@@ -453,15 +453,6 @@ impl Config {
         Ok(())
     }
 
-    /// The recycling limits, as the loop applies them.
-    pub(crate) fn recycle_limits(&self) -> crate::policy::recycle::Limits {
-        crate::policy::recycle::Limits {
-            max_memory: self.max_memory,
-            max_requests: self.max_requests,
-            max_requests_jitter: self.max_requests_jitter,
-        }
-    }
-
     fn validate_restart(&self) -> Result<()> {
         let r = &self.restart;
         if !(r.backoff_multiplier.is_finite() && r.backoff_multiplier >= 1.0) {

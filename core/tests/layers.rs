@@ -122,6 +122,7 @@ const PRIMARY_PARTS: &[(&str, u32)] = &[
     ("handoff", 4),
     ("ipc", 4),
     ("lifecycle", 4),
+    ("recycle", 4),
     ("output", 4),
     ("reload", 4),
     ("steered", 4),

@@ -180,10 +180,7 @@ impl Primary {
         let now = self.clock.now();
         let ready_deadline =
             (self.cfg.ready_on != ReadyOn::Spawn).then(|| now + self.cfg.ready_timeout);
-        let request_limit = self
-            .cfg
-            .recycle_limits()
-            .request_limit(self.jitter.as_mut());
+        let request_limit = super::recycle::limits(&self.cfg).request_limit(self.jitter.as_mut());
         self.procs.insert(
             key,
             Process {

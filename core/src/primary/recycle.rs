@@ -8,8 +8,9 @@
 //! it replaced leave the queue (`recycle::Queue::pop` skips those that are no longer live).
 //! A step already under way when a reload starts finishes on its own.
 
+use crate::config::Config;
 use crate::events::{Event, WorkerState};
-use crate::policy::recycle::served_enough;
+use crate::policy::recycle::{served_enough, Limits};
 use crate::policy::ExitReason;
 use crate::sys::procstat;
 
@@ -26,9 +27,18 @@ pub(super) struct Step {
     reason: ExitReason,
 }
 
+/// The recycling limits of `cfg`, as the policy takes them.
+pub(super) fn limits(cfg: &Config) -> Limits {
+    Limits {
+        max_memory: cfg.max_memory,
+        max_requests: cfg.max_requests,
+        max_requests_jitter: cfg.max_requests_jitter,
+    }
+}
+
 impl Primary {
     /// Queues worker `key` for replacement, once.
-    fn queue_recycle(&mut self, key: u64, reason: ExitReason) {
+    pub(super) fn queue_recycle(&mut self, key: u64, reason: ExitReason) {
         if self.recycle.push(key, reason) {
             self.changed = true;
         }
@@ -48,7 +58,7 @@ impl Primary {
     /// Once a period, reads the resident memory of every ready worker and queues those over
     /// `max_memory`.
     fn check_memory(&mut self, now: Instant) {
-        let limits = self.cfg.recycle_limits();
+        let limits = limits(&self.cfg);
         if !self.recycle.memory_check_due(&limits, now) {
             return;
         }
