@@ -28,6 +28,9 @@ fn config(workers: usize, args: &[&str]) -> Config {
     // Ready when the worker says so, after its hello: a replacement takes connections only
     // once it really serves.
     cfg.ready_on = ReadyOn::Explicit;
+    // A replacement that misses its ready timeout on a loaded machine would end a step
+    // early (and the test would say so, not time out): give it room.
+    cfg.ready_timeout = Duration::from_secs(20);
     cfg
 }
 
