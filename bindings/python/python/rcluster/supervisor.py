@@ -176,10 +176,11 @@ class Supervisor:
     - ``max_memory``: a worker whose resident memory exceeds this many bytes is replaced the
       way :meth:`reload` replaces it (the new one ready first; exit reason ``memory``)
       (default None: no limit).
-    - ``max_requests``: a worker handed this many connections, plus a random
-      ``0..max_requests_jitter`` of its own, is replaced the same way (exit reason
-      ``max_requests``; default None). Connections the kernel gives workers directly are not
-      counted (see the operations guide, "Recycling").
+    - ``max_requests``: a worker handed this many connections, plus a random share of
+      ``max_requests_jitter`` (0 to that many, drawn per worker, so that workers started
+      together are not replaced together), is replaced the same way (exit reason
+      ``max_requests``; default None). Connections workers accept themselves (shared mode)
+      are not counted (see the operations guide, "Recycling").
 
     ``handle_signals`` (default True): while the cluster runs, SIGINT and SIGTERM stop it
     gracefully (a second one kills the workers now), SIGHUP reloads, SIGTTIN/SIGTTOU add or
