@@ -31,6 +31,9 @@ fn config(workers: usize, args: &[&str]) -> Config {
     // A replacement that misses its ready timeout on a loaded machine would end a step
     // early (and the test would say so, not time out): give it room.
     cfg.ready_timeout = Duration::from_secs(20);
+    // Likewise a worker starved for seconds must not be taken for hung: that is another
+    // test's subject, and it would fail requests here.
+    cfg.ack_timeout = Some(Duration::from_secs(30));
     cfg
 }
 
