@@ -287,3 +287,24 @@ fn worker_under_its_limits_is_never_recycled() {
         "{seen:#?}"
     );
 }
+
+#[test]
+fn max_requests_with_a_listener_the_workers_accept_on_themselves_warns_that_it_is_not_counted() {
+    let mut cfg = worker_config(1, &["echo"]);
+    cfg.listeners = vec![Listener::new(
+        "direct",
+        "127.0.0.1:0".parse().unwrap(),
+        Dispatch::Shared,
+    )];
+    cfg.max_requests = Some(100);
+    let sup = Supervisor::start(cfg).unwrap();
+    let ev = wait_for(&sup, WAIT, |e| matches!(e, Event::Warning { .. }));
+    sup.stop(WAIT).unwrap();
+    let Event::Warning { detail } = ev else {
+        unreachable!()
+    };
+    assert!(
+        detail.contains("max_requests") && detail.contains("direct"),
+        "{detail}"
+    );
+}

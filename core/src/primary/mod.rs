@@ -245,6 +245,7 @@ impl Primary {
         // slice, and finds a batch. On an idle CPU it runs at once, as before. Workers are
         // put back under the normal policy.
         self.workers.on_loop_thread();
+        self.warn_uncounted();
         let mut ready = Vec::with_capacity(256);
         let mut dirty = Vec::new();
         let mut deadline = None;

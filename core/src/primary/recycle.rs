@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::events::{Event, WorkerState};
 use crate::policy::recycle::{served_enough, Limits};
 use crate::policy::ExitReason;
+use crate::sys::listen::Dispatch;
 use crate::sys::procstat;
 
 use super::Primary;
@@ -41,6 +42,30 @@ impl Primary {
     pub(super) fn queue_recycle(&mut self, key: u64, reason: ExitReason) {
         if self.recycle.push(key, reason) {
             self.changed = true;
+        }
+    }
+
+    /// Says once, at start, which configured listeners `max_requests` cannot count: their
+    /// connections are accepted by the workers themselves and never pass the primary.
+    pub(super) fn warn_uncounted(&mut self) {
+        if self.cfg.max_requests.is_none() {
+            return;
+        }
+        let names: Vec<&str> = self
+            .listeners
+            .iter()
+            .filter(|l| l.dispatch == Dispatch::Shared || l.group.is_some())
+            .map(|l| l.name.as_str())
+            .collect();
+        if !names.is_empty() {
+            self.out.push(Event::Warning {
+                detail: format!(
+                    "max_requests counts the connections the primary hands to workers; those \
+                     of listener {} are accepted by the workers themselves (shared, or \
+                     round-robin turned by the kernel) and are not counted",
+                    names.join(", ")
+                ),
+            });
         }
     }
 
