@@ -286,6 +286,27 @@ fn worker_under_its_limits_is_never_recycled() {
         !seen.iter().any(|e| matches!(e, Event::Recycling { .. })),
         "{seen:#?}"
     );
+    // The primary hands every connection over: nothing to warn about.
+    assert!(
+        !seen.iter().any(|e| matches!(e, Event::Warning { .. })),
+        "{seen:#?}"
+    );
+}
+
+#[test]
+fn max_requests_with_a_worker_that_asks_for_its_own_socket_warns_that_it_is_not_counted() {
+    let mut cfg = worker_config(1, &["listen", "127.0.0.1:0", "shared"]);
+    cfg.max_requests = Some(100);
+    let sup = Supervisor::start(cfg).unwrap();
+    let ev = wait_for(&sup, WAIT, |e| matches!(e, Event::Warning { .. }));
+    sup.stop(WAIT).unwrap();
+    let Event::Warning { detail } = ev else {
+        unreachable!()
+    };
+    assert!(
+        detail.contains("max_requests") && detail.contains("not counted"),
+        "{detail}"
+    );
 }
 
 #[test]

@@ -58,6 +58,8 @@ pub fn served_enough(served: u64, limit: Option<u64>) -> bool {
 pub struct Queue {
     due: VecDeque<(u64, ExitReason)>,
     next_memory_check: Option<Instant>,
+    /// The warning that some connections are not counted was given.
+    uncounted_said: bool,
 }
 
 impl Queue {
@@ -84,6 +86,11 @@ impl Queue {
 
     pub fn contains(&self, key: u64) -> bool {
         self.due.iter().any(|(k, _)| *k == key)
+    }
+
+    /// True the first time only: whether to say that some connections are not counted.
+    pub fn first_uncounted(&mut self) -> bool {
+        !std::mem::replace(&mut self.uncounted_said, true)
     }
 
     /// Forgets every waiting worker (the supervisor is stopping).

@@ -45,28 +45,32 @@ impl Primary {
         }
     }
 
-    /// Says once, at start, which configured listeners `max_requests` cannot count: their
-    /// connections are accepted by the workers themselves and never pass the primary.
+    /// Says once, at start, when a configured listener is shared: every worker accepts its
+    /// connections itself, so they never pass the primary and `max_requests` cannot count them.
     pub(super) fn warn_uncounted(&mut self) {
-        if self.cfg.max_requests.is_none() {
+        let shared: Vec<usize> = (0..self.listeners.len())
+            .filter(|&i| self.listeners[i].dispatch == Dispatch::Shared)
+            .collect();
+        if let Some(&first) = shared.first() {
+            self.warn_uncounted_once(first);
+        }
+    }
+
+    /// Says, once in the cluster's life, that connections of listener `index` are accepted by
+    /// workers themselves (shared, or a worker's own socket of a listener the kernel turns)
+    /// and so are not counted by `max_requests`.
+    pub(super) fn warn_uncounted_once(&mut self, index: usize) {
+        if self.cfg.max_requests.is_none() || !self.recycle.first_uncounted() {
             return;
         }
-        let names: Vec<&str> = self
-            .listeners
-            .iter()
-            .filter(|l| l.dispatch == Dispatch::Shared || l.group.is_some())
-            .map(|l| l.name.as_str())
-            .collect();
-        if !names.is_empty() {
-            self.out.push(Event::Warning {
-                detail: format!(
-                    "max_requests counts the connections the primary hands to workers; those \
-                     of listener {} are accepted by the workers themselves (shared, or \
-                     round-robin turned by the kernel) and are not counted",
-                    names.join(", ")
-                ),
-            });
-        }
+        self.out.push(Event::Warning {
+            detail: format!(
+                "max_requests counts the connections the primary hands to workers; those of \
+                 listener {} are accepted by the workers themselves (shared, or round-robin \
+                 turned by the kernel) and are not counted",
+                self.listeners[index].name
+            ),
+        });
     }
 
     /// A connection handed to worker `key` was acknowledged: queues it once it has served
