@@ -38,8 +38,11 @@ pub(super) fn limits(cfg: &Config) -> Limits {
 }
 
 impl Primary {
-    /// Queues worker `key` for replacement, once.
+    /// Queues worker `key` for replacement, once (not again while its step is under way).
     pub(super) fn queue_recycle(&mut self, key: u64, reason: ExitReason) {
+        if self.recycling.as_ref().is_some_and(|s| s.old == key) {
+            return;
+        }
         if self.recycle.push(key, reason) {
             self.changed = true;
         }

@@ -520,3 +520,24 @@ fn a_recycled_worker_whose_replacement_cannot_start_is_stopped_and_its_slot_rest
     l.wait(Duration::from_secs(2));
     assert_eq!(l.live(), [(0, 1)], "{:?}", l.starts());
 }
+
+#[test]
+fn a_worker_whose_recycling_is_under_way_is_not_queued_again() {
+    let mut cfg = config(1, ReadyOn::Hello);
+    cfg.ready_timeout = Duration::from_secs(60);
+    let mut l = Loop::start(cfg);
+    let old = *l.p.procs.keys().next().unwrap();
+    l.p.mark_ready(old);
+    l.turn();
+    l.p.queue_recycle(old, ExitReason::MaxRequests);
+    l.turn();
+    assert_eq!(recyclings(&l), [(0, ExitReason::MaxRequests)]);
+    // The replacement is not ready yet: the old worker still serves, and reaches its limit
+    // again with every connection it acknowledges.
+    assert_eq!(l.p.procs.len(), 2);
+    l.p.queue_recycle(old, ExitReason::MaxRequests);
+    assert!(
+        !l.p.recycle.contains(old),
+        "queued again while being replaced"
+    );
+}
