@@ -193,6 +193,12 @@ enum rcluster_event_kind
    * Something went wrong that the supervisor carries on from: `text` says what.
    */
   RCLUSTER_EVENT_KIND_WARNING = 17,
+  /**
+   * A worker reached a recycling limit (max_memory, max_requests) and is being replaced:
+   * `worker_id`, `pid` (the worker replaced), `exit_reason` (`MEMORY` or
+   * `MAX_REQUESTS`, the reason its exit will carry).
+   */
+  RCLUSTER_EVENT_KIND_RECYCLING = 18,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -235,7 +241,7 @@ enum rcluster_exit_reason
    */
   RCLUSTER_EXIT_REASON_HEARTBEAT = 5,
   /**
-   * Over its memory limit (reserved).
+   * Over its memory limit (max_memory): replaced by a new worker.
    */
   RCLUSTER_EXIT_REASON_MEMORY = 6,
   /**
@@ -250,6 +256,10 @@ enum rcluster_exit_reason
    * Exited on its own with a code listed in no_restart_codes: a requested end.
    */
   RCLUSTER_EXIT_REASON_NO_RESTART = 9,
+  /**
+   * Served its max_requests (plus jitter): replaced by a new worker.
+   */
+  RCLUSTER_EXIT_REASON_MAX_REQUESTS = 10,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -872,6 +882,21 @@ rcluster_result rcluster_config_set_dispatch_limits(rcluster_config *cfg,
  * `cfg` is NULL or a live config.
  */
 rcluster_result rcluster_config_set_max_surge(rcluster_config *cfg, size_t max_surge);
+
+/**
+ * Sets the recycling limits: a worker whose resident memory exceeds `max_memory` bytes, or
+ * that was handed `max_requests` connections plus a random 0..=`max_requests_jitter` of its
+ * own, is replaced the way a reload replaces it (its replacement ready first), with exit
+ * reason `RCLUSTER_EXIT_REASON_MEMORY` or `RCLUSTER_EXIT_REASON_MAX_REQUESTS`. 0 turns a
+ * limit off (the default); a jitter without `max_requests` is refused.
+ *
+ * # Safety
+ * `cfg` is NULL or a live config.
+ */
+rcluster_result rcluster_config_set_recycling(rcluster_config *cfg,
+                                              uint64_t max_memory,
+                                              uint64_t max_requests,
+                                              uint64_t max_requests_jitter);
 
 /**
  * Sets the cluster's name: `rcluster status NAME` and the other verbs find it by it (1 to 64

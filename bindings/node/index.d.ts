@@ -96,6 +96,18 @@ declare namespace rcluster {
     queueLimit?: number;
     queueTimeout?: number;
     maxSurge?: number;
+    /**
+     * A worker whose resident memory exceeds this is replaced like a reload replaces it (the
+     * new one ready first; exit reason 'memory'): bytes, or a size such as '512M' (K, M, G).
+     */
+    maxMemory?: number | string;
+    /**
+     * A worker handed this many connections (plus a random 0..maxRequestsJitter of its own)
+     * is replaced like a reload replaces it (exit reason 'max_requests'). Connections the
+     * kernel gives to workers directly are not counted (docs/operations.md, "Recycling").
+     */
+    maxRequests?: number;
+    maxRequestsJitter?: number;
     /** The cluster's name for `rcluster status NAME` and the other verbs (default: the script's base name). */
     name?: string;
     /** Listen on the control socket (docs/control.md): true, false (default) or 'required'. */
@@ -130,7 +142,7 @@ declare namespace rcluster {
     generation: number;
     code: number | null;
     signal: NodeJS.Signals | null;
-    reason: 'crashed' | 'exited' | 'requested' | 'ready_timeout' | 'heartbeat' | 'memory' | 'protocol_error' | 'shutdown' | 'no_restart';
+    reason: 'crashed' | 'exited' | 'requested' | 'ready_timeout' | 'heartbeat' | 'memory' | 'protocol_error' | 'shutdown' | 'no_restart' | 'max_requests';
   }
   interface WorkerSnapshot {
     id: number;
@@ -206,6 +218,8 @@ declare namespace rcluster {
     on(event: 'scaled', listener: (e: { workers: number }) => void): this;
     on(event: 'output-dropped', listener: (e: { id: number; lines: number; bytes: number }) => void): this;
     on(event: 'warning', listener: (e: { error: string }) => void): this;
+    /** A worker reached maxMemory or maxRequests: its replacement is starting; it drains once that one is ready. */
+    on(event: 'recycling', listener: (e: WorkerRef & { reason: 'memory' | 'max_requests' }) => void): this;
     on(event: 'signal', listener: (e: SignalEvent) => void): this;
     on(event: 'all-down' | 'stop', listener: () => void): this;
     on(event: string, listener: (...args: any[]) => void): this;

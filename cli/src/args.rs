@@ -239,11 +239,34 @@ pub struct RunArgs {
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub drain_delay: Option<Duration>,
 
+    /// Round-robin in exact turns: without it, a connection whose turn falls on a worker busier
+    /// than the next goes to the next
+    #[arg(long)]
+    pub strict_turns: bool,
+
     /// Adopt orphaned descendants (PR_SET_CHILD_SUBREAPER) and reap them, as rcluster does
     /// by itself when it runs as PID 1 (a container's init); the workers stay the
     /// supervisor's
     #[arg(long)]
     pub subreaper: bool,
+
+    /// Replace a worker whose resident memory exceeds SIZE (512M, 2G, 65536K, or bytes) the
+    /// way a reload replaces it: its replacement is ready before it drains (exit reason
+    /// memory). Checked once a second
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
+
+    /// Replace a worker once the primary has handed it N connections (plus
+    /// --max-requests-jitter), the way a reload replaces it (exit reason max_requests).
+    /// Connections workers accept themselves (--dispatch shared) are not counted
+    #[arg(long, value_name = "N")]
+    pub max_requests: Option<u64>,
+
+    /// Add a random 0..=N to each worker's --max-requests, so that workers started together
+    /// are not replaced together [default: 0]
+    #[arg(long, value_name = "N")]
+    pub max_requests_jitter: Option<u64>,
+
     /// The cluster's name: `rcluster status NAME` and the others find it by it [default: the
     /// program's base name, or NAME-PID when a cluster of that name runs already]
     #[arg(long, value_name = "NAME")]
@@ -369,8 +392,12 @@ impl RunArgs {
         c.max_inflight = self.max_inflight;
         set(&mut c.max_surge, self.max_surge);
         c.metrics.clone_from(&self.metrics);
+        c.strict_turns = self.strict_turns;
         set(&mut c.ready_min, self.ready_min);
         set(&mut c.drain_delay, self.drain_delay);
+        c.max_memory = self.max_memory;
+        c.max_requests = self.max_requests;
+        set(&mut c.max_requests_jitter, self.max_requests_jitter);
         c
     }
 }
@@ -395,6 +422,9 @@ pub fn flag_for(field: &str) -> Option<&'static str> {
         "listeners.name" | "listeners.addr" | "listen" => "--listen",
         "max_inflight" => "--max-inflight",
         "max_surge" => "--max-surge",
+        "max_memory" => "--max-memory",
+        "max_requests" => "--max-requests",
+        "max_requests_jitter" => "--max-requests-jitter",
         "event_queue_limit" => "--event-queue-limit",
         "ready_min" => "--ready-min",
         "drain_delay" => "--drain-delay",
@@ -453,6 +483,29 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(n * scale).map_err(|_| "duration is out of range".to_string())
 }
 
+/// A size in bytes: a number with an optional unit K, M or G (powers of 1024; a trailing B
+/// and lower case are accepted: 512M, 512mb, 2G, 65536).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    const HOW: &str = "expected a size such as 512M, 2G, 65536K or a number of bytes";
+    let t = s.trim().to_ascii_uppercase();
+    let t = t.strip_suffix('B').unwrap_or(&t);
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => return Err(HOW.into()),
+    };
+    let n: u64 = num.parse().map_err(|_| HOW)?;
+    let bytes = n.checked_mul(1 << shift).ok_or("size is out of range")?;
+    if bytes == 0 {
+        return Err("must be more than 0".into());
+    }
+    Ok(bytes)
+}
+
 fn parse_env(s: &str) -> Result<(OsString, OsString), String> {
     match s.split_once('=') {
         Some((k, v)) => Ok((k.into(), v.into())),
@@ -471,6 +524,26 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn sizes_take_k_m_g_units_and_bare_bytes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("64KB"), Ok(64 << 10));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        for bad in [
+            "",
+            "0",
+            "0M",
+            "M",
+            "5T",
+            "1.5G",
+            "-1",
+            "99999999999999999999G",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -58,6 +58,10 @@ const KEYS: &[(&str, Kind)] = &[
     ("ready-min", Kind::Count),
     ("drain-delay", Kind::Delay),
     ("subreaper", Kind::Flag),
+    ("max-memory", Kind::Text),
+    ("max-requests", Kind::Count),
+    ("max-requests-jitter", Kind::Count),
+    ("strict-turns", Kind::Flag),
     ("cmd", Kind::Command),
 ];
 
@@ -233,6 +237,28 @@ mod tests {
         ));
         std::fs::write(&path, text).unwrap();
         path.to_string_lossy().into_owned()
+    }
+
+    /// Every flag of `rcluster run` can be set from the file, and every key is a flag.
+    #[test]
+    fn every_run_flag_has_a_key_and_every_key_a_flag() {
+        use clap::CommandFactory;
+        let cli = crate::args::Cli::command();
+        let run = cli.find_subcommand("run").unwrap();
+        let flags: Vec<String> = run
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .filter(|f| f != "config" && f != "help")
+            .collect();
+        for f in &flags {
+            assert!(KEYS.iter().any(|(k, _)| k == f), "--{f} has no key");
+        }
+        for (k, kind) in KEYS {
+            assert!(
+                matches!(kind, Kind::Command) || flags.iter().any(|f| f == k),
+                "key {k} is no flag"
+            );
+        }
     }
 
     #[test]

@@ -137,6 +137,9 @@ impl EventLog {
                 )
             }
             Event::Warning { detail } => format!("rcluster: warning: {detail}"),
+            Event::Recycling { id, pid, reason } => {
+                format!("worker {id} pid {pid}: recycling ({reason}): starting its replacement")
+            }
         }
     }
 

@@ -992,3 +992,53 @@ fn without_w_one_worker_runs_per_cpu_of_the_affinity_mask() {
         "{log}"
     );
 }
+
+#[test]
+fn bad_max_memory_exits_2_naming_the_flag_and_the_value() {
+    let out = rcluster_output(&["run", "--max-memory", "5X", "--", "sleep", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--max-memory") && err.contains("5X"), "{err}");
+}
+
+#[test]
+fn max_requests_jitter_without_max_requests_exits_2_naming_the_flag() {
+    let out = rcluster_output(&["run", "--max-requests-jitter", "5", "--", "sleep", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--max-requests-jitter"), "{err}");
+}
+
+#[test]
+fn max_requests_replaces_workers_after_their_connections_and_every_request_is_answered() {
+    let addr = free_port_addr();
+    let worker = hello_worker_binary();
+    let mut c = Cluster::start(&[
+        "run",
+        "-w",
+        "2",
+        "--ready",
+        "explicit",
+        "--listen",
+        &addr,
+        "--max-requests",
+        "3",
+        "--max-requests-jitter",
+        "1",
+        "--",
+        worker.to_str().unwrap(),
+    ]);
+    c.wait_for_count(": ready", 2);
+    for _ in 0..16 {
+        assert!(http_get_body(&addr).contains("Hello from worker"));
+    }
+    c.wait_for_count("recycling (max_requests)", 2);
+    c.wait_for_count("reason max_requests", 2);
+    c.signal(libc::SIGTERM);
+    assert_eq!(
+        c.wait_exit(Duration::from_secs(15)).code(),
+        Some(0),
+        "log:\n{}",
+        c.log_text()
+    );
+}

@@ -266,6 +266,18 @@ pub struct Config {
     /// The folder of the control socket, instead of the one the rules above choose (for a
     /// host that keeps its sockets elsewhere, and for tests).
     pub control_dir: Option<PathBuf>,
+    /// A worker whose resident memory (RSS, read from `/proc` once a second) exceeds this
+    /// many bytes is replaced the way a reload replaces it (exit reason `memory`). None: no
+    /// limit.
+    pub max_memory: Option<u64>,
+    /// A worker that has been handed this many connections (plus its share of
+    /// `max_requests_jitter`) is replaced the way a reload replaces it (exit reason
+    /// `max_requests`). Counts what the primary hands over; see `docs/operations.md`.
+    /// None: no limit.
+    pub max_requests: Option<u64>,
+    /// Each worker's own limit is `max_requests + randint(0, max_requests_jitter)`, so that
+    /// workers started together are not all replaced together.
+    pub max_requests_jitter: u64,
 }
 
 impl Config {
@@ -304,6 +316,9 @@ impl Config {
             name: None,
             control: ControlMode::Off,
             control_dir: None,
+            max_memory: None,
+            max_requests: None,
+            max_requests_jitter: 0,
         }
     }
 
@@ -404,6 +419,7 @@ impl Config {
             }
         }
         self.validate_listeners()?;
+        self.validate_recycling()?;
         self.validate_dispatch()
     }
 
@@ -448,6 +464,24 @@ impl Config {
         check_count("ready_min", self.ready_min as u64)?;
         check_duration("drain_delay", self.drain_delay)?;
         check_count("max_surge", self.max_surge as u64)
+    }
+
+    fn validate_recycling(&self) -> Result<()> {
+        if let Some(n) = self.max_memory {
+            check_count("max_memory", n)?;
+        }
+        if let Some(n) = self.max_requests {
+            check_count("max_requests", n)?;
+        }
+        check_count("max_requests_jitter", self.max_requests_jitter)?;
+        if self.max_requests_jitter > 0 && self.max_requests.is_none() {
+            return Err(Error::config(
+                "max_requests_jitter",
+                self.max_requests_jitter,
+                "has no effect without max_requests",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_restart(&self) -> Result<()> {
@@ -697,6 +731,25 @@ mod tests {
         assert_eq!(ls.len(), 3);
         assert_eq!((ls[2].name.as_str(), ls[2].fd), ("web-3", Some(5)));
         assert_eq!(ls[2].dispatch, Dispatch::Sticky);
+    }
+
+    #[test]
+    fn zero_recycling_limits_are_rejected_naming_the_field() {
+        let mut c = Config::new(["/bin/true"]);
+        c.max_memory = Some(0);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("max_memory"), "{e}");
+        let mut c = Config::new(["/bin/true"]);
+        c.max_requests = Some(0);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("max_requests = 0"), "{e}");
+        let mut c = Config::new(["/bin/true"]);
+        c.max_requests_jitter = 5;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("max_requests_jitter") && e.contains('5'), "{e}");
+        c.max_requests = Some(100);
+        c.max_memory = Some(64 << 20);
+        c.validate().unwrap();
     }
 
     #[test]

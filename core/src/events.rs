@@ -111,6 +111,14 @@ pub enum Event {
     OutputDropped { id: u32, lines: u64, bytes: u64 },
     /// Something went wrong that the supervisor carries on from; `detail` says what.
     Warning { detail: String },
+    /// Worker `pid` of slot `id` reached a recycling limit (`reason`: `memory` for
+    /// `max_memory`, `max_requests`): a replacement is starting, and the worker will be asked
+    /// to stop once the replacement is ready. Its exit carries the same reason.
+    Recycling {
+        id: u32,
+        pid: u32,
+        reason: ExitReason,
+    },
 }
 
 impl Event {
@@ -134,6 +142,7 @@ impl Event {
             Event::AcceptPaused { .. } => "accept_paused",
             Event::OutputDropped { .. } => "output_dropped",
             Event::Warning { .. } => "warning",
+            Event::Recycling { .. } => "recycling",
         }
     }
 }

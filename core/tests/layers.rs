@@ -131,6 +131,7 @@ const PRIMARY_PARTS: &[(&str, u32)] = &[
     ("lifecycle", 4),
     ("metrics", 4),
     ("metrics/render", 4),
+    ("recycle", 4),
     ("output", 4),
     ("reload", 4),
     ("steered", 4),

@@ -512,6 +512,36 @@ pub unsafe extern "C" fn rcluster_config_set_max_surge(
     })
 }
 
+/// Sets the recycling limits: a worker whose resident memory exceeds `max_memory` bytes, or
+/// that was handed `max_requests` connections plus a random 0..=`max_requests_jitter` of its
+/// own, is replaced the way a reload replaces it (its replacement ready first), with exit
+/// reason `RCLUSTER_EXIT_REASON_MEMORY` or `RCLUSTER_EXIT_REASON_MAX_REQUESTS`. 0 turns a
+/// limit off (the default); a jitter without `max_requests` is refused.
+///
+/// # Safety
+/// `cfg` is NULL or a live config.
+#[no_mangle]
+pub unsafe extern "C" fn rcluster_config_set_recycling(
+    cfg: *mut rcluster_config,
+    max_memory: u64,
+    max_requests: u64,
+    max_requests_jitter: u64,
+) -> rcluster_result {
+    set("rcluster_config_set_recycling", cfg, |c| {
+        if max_requests == 0 && max_requests_jitter > 0 {
+            return Err(Fail::range(
+                "max_requests_jitter",
+                max_requests_jitter,
+                "has no effect without max_requests",
+            ));
+        }
+        c.max_memory = (max_memory > 0).then_some(max_memory);
+        c.max_requests = (max_requests > 0).then_some(max_requests);
+        c.max_requests_jitter = max_requests_jitter;
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -57,6 +57,10 @@ pub enum rcluster_event_kind {
     OutputDropped = 16,
     /// Something went wrong that the supervisor carries on from: `text` says what.
     Warning = 17,
+    /// A worker reached a recycling limit (max_memory, max_requests) and is being replaced:
+    /// `worker_id`, `pid` (the worker replaced), `exit_reason` (`MEMORY` or
+    /// `MAX_REQUESTS`, the reason its exit will carry).
+    Recycling = 18,
 }
 
 /// Why a worker exited (`rcluster_event.exit_reason`, `rcluster_worker_info.last_exit_reason`).
@@ -76,7 +80,7 @@ pub enum rcluster_exit_reason {
     ReadyTimeout = 4,
     /// Silent longer than the heartbeat timeout.
     Heartbeat = 5,
-    /// Over its memory limit (reserved).
+    /// Over its memory limit (max_memory): replaced by a new worker.
     Memory = 6,
     /// Sent a malformed or oversized frame.
     ProtocolError = 7,
@@ -84,6 +88,8 @@ pub enum rcluster_exit_reason {
     Shutdown = 8,
     /// Exited on its own with a code listed in no_restart_codes: a requested end.
     NoRestart = 9,
+    /// Served its max_requests (plus jitter): replaced by a new worker.
+    MaxRequests = 10,
 }
 
 /// A worker's lifecycle state in a snapshot.
@@ -167,6 +173,7 @@ pub(crate) fn exit_reason(r: ExitReason) -> rcluster_exit_reason {
         ExitReason::ProtocolError => rcluster_exit_reason::ProtocolError,
         ExitReason::Shutdown => rcluster_exit_reason::Shutdown,
         ExitReason::NoRestart => rcluster_exit_reason::NoRestart,
+        ExitReason::MaxRequests => rcluster_exit_reason::MaxRequests,
     }
 }
 
@@ -278,6 +285,10 @@ pub(crate) fn into_c(ev: Event) -> *mut rcluster_event {
             v.kind = K::Warning;
             o.text = Some(c_text(&detail));
         }
+        Event::Recycling { id, pid, reason } => {
+            (v.kind, v.worker_id, v.pid) = (K::Recycling, id, pid);
+            v.exit_reason = exit_reason(reason);
+        }
     }
     // The pointers are taken last: the Vec and CStrings keep their heap buffers when the Box
     // is turned into a raw pointer, so they stay valid until `rcluster_event_free`.
@@ -318,6 +329,7 @@ pub extern "C" fn rcluster_exit_reason_text(reason: u32) -> *const c_char {
         7 => c"protocol_error",
         8 => c"shutdown",
         9 => c"no_restart",
+        10 => c"max_requests",
         0 => c"none",
         _ => c"unknown",
     };

@@ -29,6 +29,8 @@ static int result_codes_have_texts_and_unknown_codes_too(void) {
         CHECK(strcmp(rcluster_result_text(c), "unknown result code") != 0, "code %u", c);
     CHECK(strcmp(rcluster_result_text(4242), "unknown result code") == 0, "4242");
     CHECK(strcmp(rcluster_exit_reason_text(RCLUSTER_EXIT_REASON_CRASHED), "crashed") == 0, "reason");
+    CHECK(strcmp(rcluster_exit_reason_text(RCLUSTER_EXIT_REASON_MAX_REQUESTS), "max_requests") == 0,
+          "reason max_requests");
     CHECK(strcmp(rcluster_exit_reason_text(999), "unknown") == 0, "reason 999");
     return 0;
 }
@@ -62,6 +64,7 @@ static int config_functions_reject_null_pointers(void) {
     NUL_ARG(rcluster_config_add_listener(NULL, "web", ":0", RCLUSTER_DISPATCH_ROUND_ROBIN), "cfg");
     NUL_ARG(rcluster_config_set_dispatch_limits(NULL, 0, 1, 1, 1), "cfg");
     NUL_ARG(rcluster_config_set_max_surge(NULL, 1), "cfg");
+    NUL_ARG(rcluster_config_set_recycling(NULL, 0, 0, 0), "cfg");
 
     rcluster_config *cfg = NULL;
     CHECK_RC(rcluster_config_new(&cfg));
@@ -112,6 +115,9 @@ static int config_functions_reject_out_of_range_numbers(void) {
     EXPECT(rcluster_config_set_dispatch_limits(cfg, 0, 1, 1, 0), RCLUSTER_RESULT_INVALID_ARGUMENT,
            "queue_timeout_ms");
     EXPECT(rcluster_config_set_max_surge(cfg, 0), RCLUSTER_RESULT_INVALID_ARGUMENT, "max_surge");
+    EXPECT(rcluster_config_set_recycling(cfg, 0, 0, 5), RCLUSTER_RESULT_INVALID_ARGUMENT,
+           "max_requests_jitter");
+    CHECK_RC(rcluster_config_set_recycling(cfg, 512u << 20, 1000, 50));
     rcluster_config_free(cfg);
     return 0;
 }

@@ -25,6 +25,21 @@ function num(opts, name, prefix = 'options.', what = 'a number') {
 
 const ms = (opts, name, prefix = 'options.') => num(opts, name, prefix, 'a number of milliseconds');
 
+const UNITS = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 };
+
+/** A size in bytes: an integer, or a string with a unit as the CLI takes it ('512M'). */
+function bytes(opts, name, prefix = 'options.') {
+  const v = opts[name];
+  if (v === undefined) return undefined;
+  if (Number.isSafeInteger(v) && v >= 1) return v;
+  const m = typeof v === 'string' ? /^([0-9]+)([KMG]?)B?$/i.exec(v.trim()) : null;
+  const n = m ? Number(m[1]) * UNITS[m[2].toUpperCase()] : NaN;
+  if (!(Number.isSafeInteger(n) && n >= 1)) {
+    throw invalidOption(prefix + name, v, "must be a number of bytes >= 1, or a size such as '512M' (K, M, G)");
+  }
+  return n;
+}
+
 function bool(opts, name, prefix = 'options.') {
   const v = opts[name];
   if (v !== undefined && typeof v !== 'boolean') throw invalidOption(prefix + name, v, 'must be true or false');
@@ -47,7 +62,7 @@ const KNOWN = {
     'heartbeatTimeout', 'killTimeout', 'restart', 'maxMessage', 'sendQueueLimit', 'output', 'listen',
     'listeners', 'dispatch', 'maxInflight', 'handoffWindow', 'kernelRoundRobin', 'strictTurns', 'queueLimit',
     'queueTimeout', 'maxSurge', 'serialization', 'handleSignals', 'eventQueueLimit', 'ackTimeout',
-    'name', 'control'],
+    'name', 'control', 'maxMemory', 'maxRequests', 'maxRequestsJitter'],
   restart: ['mode', 'backoffInitial', 'backoffMultiplier', 'backoffMax', 'jitter', 'minUptime',
     'maxRestarts', 'window', 'noRestartCodes'],
   listener: ['address', 'name', 'dispatch', 'share'],
@@ -193,6 +208,9 @@ function normalize(opts = {}, extraEnv = {}) {
     // null turns the bound off; unset keeps the core's default.
     ackTimeout: opts.ackTimeout === null ? undefined : ms(opts, 'ackTimeout'),
     noAckTimeout: opts.ackTimeout === null,
+    maxMemory: bytes(opts, 'maxMemory'),
+    maxRequests: int(opts, 'maxRequests'),
+    maxRequestsJitter: int(opts, 'maxRequestsJitter'),
   };
   Object.assign(native, control(opts, exec));
   if (opts.program !== undefined && opts.exec === undefined) {

@@ -90,6 +90,7 @@ class Cluster extends EventEmitter {
       case 'accept-paused': return this.emit('accept-paused', { listener: ev.listener, error: ev.error });
       case 'output-dropped': return this.emit('output-dropped', { id: ev.id, lines: ev.lines, bytes: ev.bytes });
       case 'warning': return this.emit('warning', { error: ev.error });
+      case 'recycling': return this.emit('recycling', { ...who, reason: ev.reason });
       case 'reload-started': return this.emit('reload', { phase: 'started', generation: ev.generation });
       case 'reload-done': return this._reloadEnded(ev, 'done');
       case 'reload-failed': return this._reloadEnded(ev, 'failed');

@@ -55,6 +55,11 @@ pub struct NativeOptions {
     pub name: Option<String>,
     /// `off`, `on` or `required`.
     pub control: Option<String>,
+    /// Bytes of resident memory over which a worker is recycled.
+    pub max_memory: Option<f64>,
+    /// Connections after which a worker is recycled.
+    pub max_requests: Option<f64>,
+    pub max_requests_jitter: Option<f64>,
 }
 
 #[napi(object)]
@@ -219,6 +224,12 @@ fn build_config(o: NativeOptions) -> napi::Result<Config, &'static str> {
     set(&mut c.queue_limit, count("queue_limit", o.queue_limit)?);
     set(&mut c.queue_timeout, ms("queue_timeout", o.queue_timeout)?);
     set(&mut c.max_surge, count("max_surge", o.max_surge)?);
+    c.max_memory = count("max_memory", o.max_memory)?;
+    c.max_requests = count("max_requests", o.max_requests)?;
+    set(
+        &mut c.max_requests_jitter,
+        count("max_requests_jitter", o.max_requests_jitter)?,
+    );
     c.name = o.name;
     if let Some(mode) = o.control {
         c.control = mode
@@ -370,6 +381,12 @@ fn to_event(ev: Event) -> NativeEvent {
         },
         Event::Warning { detail } => NativeEvent {
             error: Some(detail),
+            ..event(&kind)
+        },
+        Event::Recycling { id, pid, reason } => NativeEvent {
+            id: Some(id),
+            pid: Some(pid),
+            reason: Some(reason.as_str().to_string()),
             ..event(&kind)
         },
     }

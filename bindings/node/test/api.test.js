@@ -114,6 +114,33 @@ test('a TCP and a Unix-socket listener side by side each serve many connections'
   }
 });
 
+test('maxRequests recycles each worker after its connections, replacement first, and every request is answered', async () => {
+  const port = await freePort();
+  const c = rcluster.start({
+    workers: 2, exec: WORKER, args: [], execArgv: [], listen: `127.0.0.1:${port}`,
+    // The primary hands connections over (the kernel's turns are not counted).
+    kernelRoundRobin: false,
+    maxRequests: 3, maxRequestsJitter: 1, maxMemory: '1G',
+  });
+  let ready = 0;
+  await once(c, 'ready', () => ++ready === 2);
+  const recycling = [];
+  c.on('recycling', (e) => recycling.push(e));
+  let recycled = 0;
+  const twoRecycled = once(c, 'exit', (e) => e.reason === 'max_requests' && ++recycled === 2, 20000);
+  try {
+    for (let i = 0; i < 16; i++) assert.match(await get(port), /^\d+ 1$/);
+    await twoRecycled;
+    assert.ok(recycling.length >= 2, JSON.stringify(recycling));
+    assert.ok(recycling.every((e) => e.reason === 'max_requests' && e.pid > 0), JSON.stringify(recycling));
+    const stats = await c.stats();
+    const byReason = stats.workers.reduce((n, w) => n + (w.restarts_by_reason.max_requests || 0), 0);
+    assert.ok(byReason >= 2, JSON.stringify(stats.workers));
+  } finally {
+    await c.stop();
+  }
+});
+
 test('a crashed worker is restarted by policy; scale(n) and reload() work', async () => {
   const c = rcluster.start({
     workers: 1, exec: WORKER, args: [], execArgv: [],

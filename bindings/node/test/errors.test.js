@@ -59,6 +59,13 @@ test('a zero backoff restarts at once, as the core allows', async () => {
   await c.stop();
 });
 
+test('bad recycling limits are named', () => {
+  throwsCode(() => rcluster.start({ ...base, maxMemory: '5X' }), 'ERR_RCLUSTER_INVALID_OPTION', 'maxMemory', '5X');
+  throwsCode(() => rcluster.start({ ...base, maxMemory: 0 }), 'ERR_RCLUSTER_INVALID_OPTION', 'maxMemory', '0');
+  throwsCode(() => rcluster.start({ ...base, maxRequests: 0 }), 'ERR_RCLUSTER_INVALID_OPTION', 'maxRequests', '0');
+  throwsCode(() => rcluster.start({ ...base, maxRequestsJitter: 5 }), 'ERR_RCLUSTER_INVALID_OPTION', 'max_requests_jitter', '5');
+});
+
 test('a misspelt option is refused with its name instead of being ignored', () => {
   throwsCode(() => rcluster.start({ ...base, dispach: 'rr' }), 'ERR_RCLUSTER_INVALID_OPTION', 'options.dispach', 'unknown option');
   throwsCode(() => rcluster.start({ ...base, restart: { mode: 'always', maxRestart: 3 } }),

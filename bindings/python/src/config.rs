@@ -123,6 +123,12 @@ pub struct ConfigArgs {
     /// `off`, `on` or `required`.
     #[pyo3(default)]
     pub control: Option<String>,
+    #[pyo3(default)]
+    pub max_memory: Option<u64>,
+    #[pyo3(default)]
+    pub max_requests: Option<u64>,
+    #[pyo3(default)]
+    pub max_requests_jitter: Option<u64>,
 }
 
 fn os(b: Vec<u8>) -> OsString {
@@ -189,6 +195,11 @@ impl ConfigArgs {
         c.name = self.name;
         if let Some(mode) = &self.control {
             c.control = mode.parse().map_err(to_py)?;
+        }
+        c.max_memory = self.max_memory;
+        c.max_requests = self.max_requests;
+        if let Some(j) = self.max_requests_jitter {
+            c.max_requests_jitter = j;
         }
         Ok(c)
     }

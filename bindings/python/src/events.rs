@@ -171,6 +171,12 @@ impl PyEvent {
                 error: Some(detail),
                 ..PyEvent::of(kind)
             },
+            Event::Recycling { id, pid, reason } => PyEvent {
+                id: Some(id),
+                pid: Some(pid),
+                reason: Some(reason.as_str().to_string()),
+                ..PyEvent::of(kind)
+            },
             // A kind added to the core later still reaches Python, without details.
             #[allow(unreachable_patterns)]
             _ => PyEvent::of(kind),

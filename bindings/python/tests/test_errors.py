@@ -39,6 +39,10 @@ def test_bad_values_name_the_field():
         (dict(kill_timeout=-1), "kill_timeout"),
         (dict(restart=rcluster.RestartPolicy(jitter=2.0)), "restart.jitter"),
         (dict(event_queue_limit=100), "event_queue_limit"),
+        (dict(max_memory=0), "max_memory"),
+        (dict(max_memory=-1), "max_memory"),
+        (dict(max_requests=0), "max_requests"),
+        (dict(max_requests_jitter=5), "max_requests_jitter"),
     ]:
         with pytest.raises(rcluster.ConfigError, match=field.replace(".", r"\.")):
             start(**kw)

@@ -125,6 +125,20 @@ def test_reload_under_load_fails_no_request(wait_ready):
         assert {w.generation for w in sup.workers() if w.state == "ready"} == {2}
 
 
+def test_max_requests_recycles_a_worker_after_its_connections_and_no_request_fails(wait_ready):
+    limits = dict(max_requests=3, max_requests_jitter=1, max_memory=1 << 30)
+    with serve_cluster(hello_argv(), **limits) as sup:
+        wait_ready(sup, 2)
+        bodies = [http_get(sup.address()) for _ in range(16)]
+        recycling = sup.wait_for("recycling", timeout=20)
+        assert recycling.reason == "max_requests" and recycling.pid > 0
+        ready = sup.wait_for("ready", timeout=20)
+        assert ready.id == recycling.id and ready.pid != recycling.pid
+        exit = sup.wait_for("exit", timeout=20)
+        assert (exit.reason, exit.pid) == ("max_requests", recycling.pid)
+    assert all(b.startswith("Hello from worker ") for b in bodies), bodies
+
+
 @pytest.mark.parametrize("dispatch", ["rr"])
 def test_a_hung_asyncio_loop_is_detected_by_heartbeat(dispatch):
     with rcluster.Supervisor(

@@ -28,6 +28,9 @@ const COUNTS: &[(&str, u64, u64)] = &[
     ("queue_limit", 1, u64::MAX),
     ("max_surge", 1, MAX_WORKERS as u64),
     ("ready_min", 1, MAX_WORKERS as u64),
+    ("max_memory", 1, u64::MAX),
+    ("max_requests", 1, u64::MAX),
+    ("max_requests_jitter", 0, u64::MAX),
     ("restart.max_restarts", 0, u32::MAX as u64),
     // An exit status is one byte: a code outside it could never match.
     ("restart.no_restart_codes", 0, 255),

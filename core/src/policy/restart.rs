@@ -27,6 +27,8 @@ pub enum ExitReason {
     /// It exited on its own with a code listed in `no_restart_codes`: it asked not to be
     /// restarted (e.g. it cannot boot). A requested end, not a failure.
     NoRestart,
+    /// Replaced after serving `max_requests` connections (plus its jitter). Not a failure.
+    MaxRequests,
 }
 
 impl ExitReason {
@@ -41,6 +43,7 @@ impl ExitReason {
             ExitReason::ProtocolError => "protocol_error",
             ExitReason::Shutdown => "shutdown",
             ExitReason::NoRestart => "no_restart",
+            ExitReason::MaxRequests => "max_requests",
         }
     }
 

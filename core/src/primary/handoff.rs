@@ -368,6 +368,7 @@ impl Primary {
         {
             p.active.insert(id);
         }
+        self.count_request(key);
         Ok(())
     }
 
@@ -412,6 +413,12 @@ impl Primary {
                 }),
             None => Ok((i, None)),
         });
+        if let Ok((i, _)) = &result {
+            if self.listeners[*i].group.is_some() || self.listeners[*i].dispatch == Dispatch::Shared
+            {
+                self.warn_uncounted_once(*i);
+            }
+        }
         let Some(p) = self.procs.get(&key) else {
             return;
         };

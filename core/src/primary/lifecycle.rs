@@ -180,6 +180,7 @@ impl Primary {
         let now = self.clock.now();
         let ready_deadline =
             (self.cfg.ready_on != ReadyOn::Spawn).then(|| now + self.cfg.ready_timeout);
+        let request_limit = super::recycle::limits(&self.cfg).request_limit(self.jitter.as_mut());
         self.procs.insert(
             key,
             Process {
@@ -206,6 +207,7 @@ impl Primary {
                 kill_requested: false,
                 connections_total: 0,
                 stat: std::cell::OnceCell::new(),
+                request_limit,
             },
         );
         self.out.push(Event::Spawned {
@@ -375,6 +377,15 @@ impl Primary {
             self.after_exit(p.slot, info, uptime);
         } else if let Some(s) = self.slots.get_mut(p.slot as usize) {
             s.last_exit = Some(info);
+            if matches!(reason, ExitReason::Memory | ExitReason::MaxRequests) {
+                // Recycled: its replacement already runs, so no restart follows the exit,
+                // but the slot did restart, for this reason.
+                s.restarts += 1;
+                *s.counters
+                    .restarts_by_reason
+                    .entry(reason.as_str())
+                    .or_default() += 1;
+            }
         }
     }
 
@@ -469,7 +480,13 @@ impl Primary {
         let now = self.clock.now();
         let s = &mut self.slots[slot as usize];
         s.last_exit = Some(info);
-        let decision = if info.reason == ExitReason::Requested {
+        // A recycled worker whose replacement could not start is restarted like one stopped
+        // on request: it did nothing wrong, and what comes next goes through the policy.
+        let requested = matches!(
+            info.reason,
+            ExitReason::Requested | ExitReason::MaxRequests | ExitReason::Memory
+        );
+        let decision = if requested {
             Decision::Restart {
                 delay: Duration::ZERO,
                 attempt: 0,
@@ -492,7 +509,7 @@ impl Primary {
                     .restarts_by_reason
                     .entry(info.reason.as_str())
                     .or_default() += 1;
-                if info.reason != ExitReason::Requested {
+                if !requested {
                     self.out.push(Event::Restarting {
                         id: slot,
                         delay,

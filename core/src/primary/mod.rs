@@ -13,6 +13,7 @@ pub(crate) mod metrics;
 pub(crate) mod output;
 pub(crate) mod process;
 pub(crate) mod reader;
+mod recycle;
 mod reload;
 pub(crate) mod shared;
 pub(crate) mod signals;
@@ -134,6 +135,10 @@ pub(crate) struct Primary {
     control: Option<control::Control>,
     /// Its path, for the status (`control` is taken out while a request is served).
     control_path: Option<String>,
+    /// Workers due for replacement (`max_memory`, `max_requests`), and when memory is next read.
+    recycle: crate::policy::recycle::Queue,
+    /// The slot being recycled, if one is (see `recycle`).
+    recycling: Option<recycle::Step>,
 }
 
 impl Primary {
@@ -239,6 +244,8 @@ impl Primary {
             started_at: now,
             control: None,
             control_path: None,
+            recycle: Default::default(),
+            recycling: None,
             cfg,
         })
     }
@@ -255,6 +262,7 @@ impl Primary {
         // slice, and finds a batch. On an idle CPU it runs at once, as before. Workers are
         // put back under the normal policy.
         self.workers.on_loop_thread();
+        self.warn_uncounted();
         let mut ready = Vec::with_capacity(256);
         let mut dirty = Vec::new();
         let mut deadline = None;
@@ -296,6 +304,7 @@ impl Primary {
     fn reconcile(&mut self, now: Instant) -> Option<Instant> {
         self.changed = false;
         self.manage_workers(now);
+        self.manage_recycling(now);
         self.murder_workers(now);
         self.arm_listeners(now);
         self.distribute();
@@ -651,6 +660,9 @@ impl Primary {
                 if let Some(t) = s.start_at {
                     consider(t);
                 }
+            }
+            if let Some(t) = self.recycle.next_check() {
+                consider(t);
             }
         }
         next

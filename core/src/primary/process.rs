@@ -66,6 +66,8 @@ pub struct Process {
     pub connections_total: u64,
     /// Its `/proc/PID/stat`, opened by the first status that reads it.
     pub stat: std::cell::OnceCell<Option<crate::sys::procstat::StatFile>>,
+    /// Connections after which it is recycled (`max_requests` plus its jitter), if any.
+    pub request_limit: Option<u64>,
 }
 
 impl Process {

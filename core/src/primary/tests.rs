@@ -429,3 +429,116 @@ fn a_worker_that_crashes_during_a_stop_is_not_started_again() {
         [(0, ExitReason::Shutdown), (1, ExitReason::Shutdown)]
     );
 }
+
+/// (slot, reason) of each `Recycling` event, in order.
+fn recyclings(l: &Loop) -> Vec<(u32, ExitReason)> {
+    l.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Recycling { id, reason, .. } => Some((*id, *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn key_of(l: &Loop, slot: u32) -> u64 {
+    let live =
+        l.p.procs
+            .iter()
+            .find(|(_, p)| p.slot == slot && p.is_live());
+    *live.expect("a live worker in the slot").0
+}
+
+#[test]
+fn recycling_replaces_one_slot_at_a_time_and_the_next_waits_until_the_old_worker_has_exited() {
+    let mut cfg = config(3, ReadyOn::Spawn);
+    cfg.kill_timeout = Duration::from_secs(1);
+    let mut l = Loop::start(cfg);
+    // Old workers take until kill_timeout to go: a step lasts that long.
+    l.fake.0.lock().unwrap().ignore_term = true;
+    for (slot, reason) in [(2, ExitReason::Memory), (0, ExitReason::MaxRequests)] {
+        let key = key_of(&l, slot);
+        l.p.queue_recycle(key, reason);
+    }
+    l.turn();
+    assert_eq!(recyclings(&l), [(2, ExitReason::Memory)]);
+    assert_eq!(l.p.procs.len(), 4, "one replacement beside the three");
+    let mut most = 0;
+    for _ in 0..400 {
+        *l.clock.0.lock().unwrap() += Duration::from_millis(10);
+        l.turn();
+        most = most.max(l.p.procs.len());
+    }
+    assert_eq!(most, 4, "never two replacements at once");
+    assert_eq!(
+        recyclings(&l),
+        [(2, ExitReason::Memory), (0, ExitReason::MaxRequests)]
+    );
+    assert_eq!(
+        l.exits(),
+        [(2, ExitReason::Memory), (0, ExitReason::MaxRequests)]
+    );
+    assert_eq!(l.live(), [(0, 1), (1, 1), (2, 1)]);
+    let counted = &l.p.slots[2].counters.restarts_by_reason;
+    assert_eq!(counted.get("memory"), Some(&1), "{counted:?}");
+    assert_eq!(l.p.slots[0].restarts, 1);
+}
+
+#[test]
+fn recycling_waits_for_a_reload_which_replaces_the_queued_workers_itself() {
+    let mut l = Loop::start(config(2, ReadyOn::Spawn));
+    l.p.start_reload().unwrap();
+    for slot in [0, 1] {
+        let key = key_of(&l, slot);
+        l.p.queue_recycle(key, ExitReason::Memory);
+    }
+    l.turn();
+    l.wait(Duration::from_millis(100));
+    assert_eq!(l.reloads(), ["started 2", "done 2"]);
+    assert_eq!(l.live(), [(0, 2), (1, 2)]);
+    assert_eq!(
+        recyclings(&l),
+        [],
+        "the reload replaced them: nothing left to recycle"
+    );
+    assert!(
+        l.exits().iter().all(|(_, r)| *r == ExitReason::Requested),
+        "{:?}",
+        l.exits()
+    );
+}
+
+#[test]
+fn a_recycled_worker_whose_replacement_cannot_start_is_stopped_and_its_slot_restarted() {
+    let mut l = Loop::start(config(1, ReadyOn::Spawn));
+    l.fake.0.lock().unwrap().refuse_spawn = true;
+    let key = key_of(&l, 0);
+    l.p.queue_recycle(key, ExitReason::Memory);
+    l.turn();
+    assert_eq!(recyclings(&l), [(0, ExitReason::Memory)]);
+    assert_eq!(l.exits(), [(0, ExitReason::Memory)]);
+    l.fake.0.lock().unwrap().refuse_spawn = false;
+    l.wait(Duration::from_secs(2));
+    assert_eq!(l.live(), [(0, 1)], "{:?}", l.starts());
+}
+
+#[test]
+fn a_worker_whose_recycling_is_under_way_is_not_queued_again() {
+    let mut cfg = config(1, ReadyOn::Hello);
+    cfg.ready_timeout = Duration::from_secs(60);
+    let mut l = Loop::start(cfg);
+    let old = *l.p.procs.keys().next().unwrap();
+    l.p.mark_ready(old);
+    l.turn();
+    l.p.queue_recycle(old, ExitReason::MaxRequests);
+    l.turn();
+    assert_eq!(recyclings(&l), [(0, ExitReason::MaxRequests)]);
+    // The replacement is not ready yet: the old worker still serves, and reaches its limit
+    // again with every connection it acknowledges.
+    assert_eq!(l.p.procs.len(), 2);
+    l.p.queue_recycle(old, ExitReason::MaxRequests);
+    assert!(
+        !l.p.recycle.contains(old),
+        "queued again while being replaced"
+    );
+}

@@ -1,9 +1,9 @@
 //! CPU time and resident memory of a process, from `/proc/PID/stat`.
 //!
-//! Read on demand (a status request), never on a timer: a cluster nobody looks at pays
-//! nothing. The file is opened once per process and read again from offset 0 each time
-//! (procfs makes it anew on every read), so a status of many workers costs one `pread` each,
-//! not a path lookup, an open and a close.
+//! Read on demand (a status request; with `max_memory`, the loop's check once a second): a
+//! cluster nobody looks at pays nothing. The file is opened once per process and read again
+//! from offset 0 each time (procfs makes it anew on every read), so a status of many workers
+//! costs one `pread` each, not a path lookup, an open and a close.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;

@@ -22,6 +22,8 @@
 //!   at once); then the connection is closed and reported closed
 //! - `drain MS`: like `serve MS`, but on disconnect it finishes the connections it holds before
 //!   exiting, as a real server drains (plain `serve` exits at once)
+//! - `leak KB MS`: like `drain MS`, and every connection leaves KB kilobytes allocated and
+//!   written (resident) for the life of the worker: memory that grows with load
 //! - `report MS`: like `serve MS`, and sends the message "conn PEER" for every connection it
 //!   gets, right after the (automatic) acknowledgement
 //! - `crash-on-connection ID`: the worker with slot ID reads its IPC socket raw and exits with
@@ -61,6 +63,8 @@ use rcluster_core::{Connection, Worker, WorkerEvent};
 
 static OPEN: AtomicUsize = AtomicUsize::new(0);
 static MAX_OPEN: AtomicUsize = AtomicUsize::new(0);
+/// Kilobytes each connection leaves allocated (`leak` mode).
+static LEAK_KB: AtomicUsize = AtomicUsize::new(0);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -133,6 +137,10 @@ fn main() {
             echo(&w)
         }
         "drain" => drain(&w, Duration::from_millis(num(1))),
+        "leak" => {
+            LEAK_KB.store(num(1) as usize, Ordering::SeqCst);
+            drain(&w, Duration::from_millis(num(2)))
+        }
         "report" => report(&w, Duration::from_millis(num(1))),
         "crash-on-connection" if u64::from(w.id()) == num(1) => crash_on_connection(&w),
         "deaf-slot" if u64::from(w.id()) == num(1) => sleep_forever(),
@@ -345,6 +353,11 @@ fn listen_and_drain(w: &Arc<Worker>, own: std::os::fd::OwnedFd, name: &str) {
 fn answer(w: &Worker, c: Connection, delay: Duration) {
     let open = OPEN.fetch_add(1, Ordering::SeqCst) + 1;
     MAX_OPEN.fetch_max(open, Ordering::SeqCst);
+    let leak = LEAK_KB.load(Ordering::SeqCst);
+    if leak > 0 {
+        // Written, so that the pages are resident, and never freed.
+        std::mem::forget(vec![1u8; leak * 1024]);
+    }
     let mut stream = std::net::TcpStream::from(c.fd);
     let mut request = Vec::new();
     let mut buf = [0u8; 1024];

@@ -34,6 +34,9 @@ if (rcluster.isPrimary) {
     queueLimit: 1024,
     queueTimeout: 5_000,
     maxSurge: 1,
+    maxMemory: '512M',
+    maxRequests: 10_000,
+    maxRequestsJitter: 500,
     serialization: 'advanced',
     handleSignals: true,
   };
@@ -56,6 +59,7 @@ if (rcluster.isPrimary) {
   cluster.on('scaled', (e) => console.log(e.workers));
   cluster.on('output-dropped', (e) => console.log(e.lines, e.bytes));
   cluster.on('warning', (e) => console.log(e.error));
+  cluster.on('recycling', (e) => console.log(e.id, e.pid, e.reason));
   cluster.on('signal', (e: rcluster.SignalEvent) => console.log(e.signal, e.action, e.killTimeout));
   cluster.on('stop', () => console.log('stopped'));
 

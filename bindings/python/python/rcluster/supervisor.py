@@ -175,6 +175,14 @@ class Supervisor:
     - ``ack_timeout``: a worker that leaves a connection handed to it unacknowledged this long
       is taken for hung: killed (reason ``heartbeat``) and its connections given to other
       workers (5 s; None turns it off).
+    - ``max_memory``: a worker whose resident memory exceeds this many bytes is replaced the
+      way :meth:`reload` replaces it (the new one ready first; exit reason ``memory``)
+      (default None: no limit).
+    - ``max_requests``: a worker handed this many connections, plus a random share of
+      ``max_requests_jitter`` (0 to that many, drawn per worker, so that workers started
+      together are not replaced together), is replaced the same way (exit reason
+      ``max_requests``; default None). Connections workers accept themselves (shared mode)
+      are not counted (see the operations guide, "Recycling").
 
     ``name`` and ``control``: the cluster's control socket (``docs/control.md``), through which
     ``rcluster status NAME``, ``rcluster reload NAME`` and the other verbs act on it from a
@@ -213,6 +221,9 @@ class Supervisor:
         queue_timeout: float | None = None,
         max_surge: int | None = None,
         ack_timeout: float | None = 5.0,
+        max_memory: int | None = None,
+        max_requests: int | None = None,
+        max_requests_jitter: int | None = None,
         handle_signals: bool = True,
         name: str | None = None,
         control: bool | str = False,
@@ -457,6 +468,9 @@ def _config(**o: Any) -> dict[str, Any]:
         "handoff_window",
         "queue_limit",
         "max_surge",
+        "max_memory",
+        "max_requests",
+        "max_requests_jitter",
     ):
         # Ranges (negative numbers included) are the core's, whose errors name the field.
         c[name] = check_int(name, o[name], optional=True)

@@ -180,6 +180,9 @@ pub fn event_json(ev: &Event) -> Option<Value> {
             json!({"slot": id, "lines": lines, "bytes": bytes})
         }
         Event::Warning { detail } => json!({"detail": detail}),
+        Event::Recycling { id, pid, reason } => {
+            json!({"slot": id, "pid": pid, "reason": reason.as_str()})
+        }
         Event::AllDown => json!({}),
     };
     v["event"] = Value::from(ev.kind());
