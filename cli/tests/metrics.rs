@@ -426,8 +426,15 @@ fn sigterm_with_drain_delay_fails_readyz_first_keeps_serving_and_fails_no_accept
     std::thread::sleep(Duration::from_millis(300));
     p.signal(libc::SIGTERM);
     let signalled = Instant::now();
-    // /readyz fails at once, while requests are still served.
-    let (status, body) = get(&metrics, "/readyz", WAIT).unwrap();
+    // /readyz fails at once (as soon as the signal is taken: asked again until then), while
+    // requests are still served.
+    let (status, body) = loop {
+        let (status, body) = get(&metrics, "/readyz", WAIT).unwrap();
+        if status == 503 || signalled.elapsed() > Duration::from_millis(900) {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     assert_eq!(status, 503, "{body}");
     assert!(
         signalled.elapsed() < Duration::from_millis(900),
