@@ -137,6 +137,9 @@ impl EventLog {
                 )
             }
             Event::Warning { detail } => format!("rcluster: warning: {detail}"),
+            Event::TaskDone { id, .. } => {
+                format!("{}: sent a task answer, but no pool runs", self.who(*id))
+            }
         }
     }
 

@@ -64,6 +64,9 @@ pub enum Event {
     Ready { id: u32, pid: u32 },
     /// A user message from a worker.
     Message { id: u32, pid: u32, data: Vec<u8> },
+    /// A pool worker answered a task: `data` is the TaskDone body (see `pool`, which reads
+    /// these; a supervisor whose workers run no tasks never sees one).
+    TaskDone { id: u32, pid: u32, data: Vec<u8> },
     /// A worker process ended and was reaped.
     Exit {
         id: u32,
@@ -114,6 +117,7 @@ impl Event {
             Event::Online { .. } => "online",
             Event::Ready { .. } => "ready",
             Event::Message { .. } => "message",
+            Event::TaskDone { .. } => "task_done",
             Event::Exit { .. } => "exit",
             Event::SpawnFailed { .. } => "spawn_failed",
             Event::Restarting { .. } => "restarting",

@@ -10,7 +10,7 @@
 
 // Layers, lowest first; a module may use only the ones above it in this list (checked by
 // `tests/layers.rs`): `error`; `sys`; `wire`; `config`; `policy`; `events`; `primary` and
-// `worker` (which do not use each other); `fuzzing`.
+// `worker` (which do not use each other); `pool` and `fuzzing`.
 mod config;
 mod error;
 mod events;
@@ -18,6 +18,7 @@ mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 mod policy;
+pub mod pool;
 mod primary;
 mod sys;
 mod wire;
@@ -35,7 +36,7 @@ pub use policy::{Clock, Decision, ExitReason, History, Jitter, SystemClock, XorS
 pub use primary::signals::{signal_name, SignalAction, EXIT_AFTER_SIGNAL_STOP, HANDLED_SIGNALS};
 pub use primary::supervisor::Supervisor;
 pub use sys::listen::{resolve_listen, Dispatch, ListenAddr, Listener};
-pub use worker::{Connection, Listening, Worker, WorkerEvent};
+pub use worker::{Answer, Connection, Listening, Task, Worker, WorkerEvent};
 
 /// Number of open descriptors of this process, for leak checks in tests and benchmarks.
 pub fn open_fd_count() -> usize {

@@ -87,6 +87,12 @@ fn into_c(ev: WorkerEvent) -> *mut rcluster_worker_event {
         }
         WorkerEvent::Disconnect => o.view.kind = K::Disconnect,
         WorkerEvent::PrimaryGone => o.view.kind = K::PrimaryGone,
+        // Pools are not in the C API yet, so no primary sends a C worker a task; should one
+        // come, its payload reads as a message.
+        WorkerEvent::Task(t) => {
+            o.view.kind = K::Message;
+            o.data = t.payload;
+        }
         WorkerEvent::Connection(c) => {
             o.view.kind = K::Connection;
             o.view.connection_id = c.id;

@@ -306,6 +306,12 @@ fn to_event(ev: Event) -> NativeEvent {
             error: Some(detail),
             ..event(&kind)
         },
+        // Only pools read task answers; a cluster's host hears who sent one.
+        Event::TaskDone { id, pid, .. } => NativeEvent {
+            id: Some(id),
+            pid: Some(pid),
+            ..event(&kind)
+        },
     }
 }
 

@@ -76,6 +76,8 @@ fn to_item(ev: WorkerEvent) -> Item {
         }),
         WorkerEvent::Disconnect => Either3::C(simple("disconnect")),
         WorkerEvent::PrimaryGone => Either3::C(simple("gone")),
+        // Tasks are read by the pool runtime (`takeTasks`), never by a cluster worker.
+        WorkerEvent::Task(_) => Either3::C(simple("task")),
     }
 }
 

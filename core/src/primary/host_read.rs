@@ -144,6 +144,11 @@ impl HostRead {
                         pid: reader.pid as u32,
                         data,
                     }),
+                    Incoming::TaskDone(data) => out.push(Event::TaskDone {
+                        id: link.id,
+                        pid: reader.pid as u32,
+                        data,
+                    }),
                     other => rest.push(other),
                 }
             }

@@ -142,7 +142,10 @@ impl Primary {
         let routine = incoming.iter().all(|m| {
             matches!(
                 m,
-                Incoming::Message(_) | Incoming::Ack(_) | Incoming::Closed(_)
+                Incoming::Message(_)
+                    | Incoming::TaskDone(_)
+                    | Incoming::Ack(_)
+                    | Incoming::Closed(_)
             )
         });
         if !routine || !matches!(end, ReadEnd::Drained) {
@@ -168,6 +171,11 @@ impl Primary {
                 }
                 Incoming::Ready => self.mark_ready(key),
                 Incoming::Message(data) => self.out.push(Event::Message {
+                    id: slot,
+                    pid,
+                    data,
+                }),
+                Incoming::TaskDone(data) => self.out.push(Event::TaskDone {
                     id: slot,
                     pid,
                     data,

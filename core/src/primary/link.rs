@@ -115,6 +115,7 @@ pub struct Link {
     pub id: u32,
     /// The loop's key for the worker process at the other end.
     pub key: u64,
+    pid: libc::pid_t,
     fd: OwnedFd,
     limit: usize,
     max_message: usize,
@@ -151,6 +152,7 @@ impl Link {
             reader: Mutex::new(Reader::new(pid, max_message)),
             id,
             key,
+            pid,
             fd,
             limit,
             max_message,
@@ -196,6 +198,27 @@ impl Link {
                 frame::encode(buf, Kind::Message, 0, body);
             }
         })
+    }
+
+    /// Queues frames of one kind whose bodies are already encoded (a pool's tasks), under one
+    /// lock and with at most one write or wake-up: all of them, or none when they do not fit.
+    pub fn send_bodies(
+        self: &Arc<Self>,
+        waker: &Waker,
+        kind: Kind,
+        bodies: &[Vec<u8>],
+    ) -> Result<()> {
+        let size = bodies.iter().map(|b| frame::HEADER_LEN + b.len()).sum();
+        self.enqueue(waker, size, None, |buf| {
+            for body in bodies {
+                frame::encode(buf, kind, 0, body);
+            }
+        })
+    }
+
+    /// The pid of the worker process at the other end.
+    pub fn pid(&self) -> libc::pid_t {
+        self.pid
     }
 
     /// Queues any frame, optionally with a descriptor attached.

@@ -4,3 +4,4 @@
 
 pub mod body;
 pub mod frame;
+pub mod task;

@@ -139,6 +139,17 @@ fn decode_one(rx: &mut Rx) -> Result<Option<Raw>> {
     Ok(Some(match f.kind {
         Kind::Message => Raw::Decoded(Decoded::Event(WorkerEvent::Message(f.body.to_vec()))),
         Kind::Disconnect => Raw::Decoded(Decoded::Event(WorkerEvent::Disconnect)),
+        Kind::Task => {
+            let t = crate::wire::task::parse_task(f.body).ok_or_else(|| {
+                Error::Protocol(format!("malformed Task frame of {} bytes", f.body.len()))
+            })?;
+            Raw::Decoded(Decoded::Event(WorkerEvent::Task(super::Task {
+                id: t.id,
+                name: t.name.to_string(),
+                content: t.content,
+                payload: t.payload.to_vec(),
+            })))
+        }
         Kind::Connection => {
             let fd = fd()?;
             let c = body::parse_connection(f.body).ok_or_else(|| {

@@ -172,6 +172,8 @@ fn serve(w: &Arc<Worker>, delay: Duration) {
             }
             Some(WorkerEvent::Message(m)) if m.starts_with(b"!") => command(w, &m),
             Some(WorkerEvent::Message(m)) => w.send(&m).unwrap(),
+            // Tasks come from pools only (see `rcluster-test-pool-worker`).
+            Some(WorkerEvent::Task(_)) => {}
             Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => std::process::exit(0),
             None => {}
         }
@@ -195,6 +197,8 @@ fn drain(w: &Arc<Worker>, delay: Duration) {
             }
             Some(WorkerEvent::Message(m)) if m.starts_with(b"!") => command(w, &m),
             Some(WorkerEvent::Message(m)) => w.send(&m).unwrap(),
+            // Tasks come from pools only (see `rcluster-test-pool-worker`).
+            Some(WorkerEvent::Task(_)) => {}
             Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => {
                 // Every connection handed before the disconnect came before it on the socket,
                 // so PENDING already counts them all.
@@ -218,6 +222,8 @@ fn report(w: &Arc<Worker>, delay: Duration) {
             }
             Some(WorkerEvent::Message(m)) if m.starts_with(b"!") => command(w, &m),
             Some(WorkerEvent::Message(m)) => w.send(&m).unwrap(),
+            // Tasks come from pools only (see `rcluster-test-pool-worker`).
+            Some(WorkerEvent::Task(_)) => {}
             Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => std::process::exit(0),
             None => {}
         }
@@ -317,6 +323,8 @@ fn listen_and_drain(w: &Arc<Worker>, own: std::os::fd::OwnedFd, name: &str) {
             }
             Some(WorkerEvent::Message(m)) if m.starts_with(b"!") => command(w, &m),
             Some(WorkerEvent::Message(m)) => w.send(&m).unwrap(),
+            // Tasks come from pools only (see `rcluster-test-pool-worker`).
+            Some(WorkerEvent::Task(_)) => {}
             Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => {
                 let listener = std::net::TcpListener::from(own);
                 let _ = listener.set_nonblocking(true);

@@ -1,0 +1,517 @@
+//! The scheduler: one thread that gives queued tasks to workers, reads their answers and
+//! their exits from the supervisor's events, and enforces deadlines and cancellations.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::shared::{Pending, Shared};
+use super::types::{Outcome, PoolConfig, TaskError, Value};
+use crate::error::Error;
+use crate::events::{Event, ExitInfo};
+use crate::primary::supervisor::Supervisor;
+use crate::wire::task;
+
+/// Tasks taken from the queue in one turn at most, so that answers are read in between.
+const BATCH: usize = 4096;
+
+/// One worker slot as the scheduler sees it.
+#[derive(Default)]
+struct Slot {
+    /// The process it runs now (0: none yet).
+    pid: u32,
+    /// Said it is ready, and may be given tasks.
+    ready: bool,
+    /// Gets no more tasks: it is being killed or recycled.
+    ending: bool,
+    /// Replaced once its last task is answered (`max_tasks_per_worker`).
+    recycle: bool,
+    /// Why the pool killed it, for the other tasks that die with it.
+    kill_cause: Option<String>,
+    /// Tasks given to it and not answered.
+    tasks: Vec<u64>,
+    /// Tasks it has answered.
+    answered: u64,
+}
+
+impl Slot {
+    fn takes(&self, conc: usize) -> bool {
+        self.ready && !self.ending && self.tasks.len() < conc
+    }
+}
+
+/// A task given to a worker.
+struct Running {
+    slot: u32,
+    queued_at: Instant,
+    started: Instant,
+    deadline: Option<Instant>,
+    /// Kept for a second run when the task is idempotent.
+    again: Option<Pending>,
+}
+
+pub(super) struct Sched {
+    sup: Supervisor,
+    shared: Arc<Shared>,
+    slots: Vec<Slot>,
+    running: HashMap<u64, Running>,
+    conc: usize,
+    timeout: Option<Duration>,
+    max_tasks: Option<u64>,
+    /// Why the last worker that could not start could not.
+    boot_error: Option<String>,
+    /// Outcomes of this turn, handed over under one lock.
+    done: Vec<Outcome>,
+    /// Idempotent tasks to queue again, first.
+    again: Vec<Pending>,
+}
+
+impl Sched {
+    pub fn new(sup: Supervisor, shared: Arc<Shared>, cfg: &PoolConfig) -> Sched {
+        Sched {
+            sup,
+            shared,
+            slots: (0..cfg.cluster.workers).map(|_| Slot::default()).collect(),
+            running: HashMap::new(),
+            conc: cfg.concurrent_tasks_per_worker,
+            timeout: cfg.task_timeout,
+            max_tasks: cfg.max_tasks_per_worker,
+            boot_error: None,
+            done: Vec::new(),
+            again: Vec::new(),
+        }
+    }
+
+    pub fn run(mut self) {
+        // Asking for the descriptor makes this thread read the workers that answer, too: an
+        // answer then costs one wake-up (this thread's), not two.
+        let events = self.sup.event_fd();
+        let mut stop_at = None;
+        loop {
+            self.shared.wake.take();
+            while let Some(ev) = self.sup.try_next_event() {
+                self.on_event(ev);
+            }
+            let now = Instant::now();
+            self.take_cancels();
+            self.expire(now);
+            let closing = self.shared.inner.lock().unwrap().closing;
+            if let Some(c) = closing {
+                if c.cancel_queued {
+                    self.fail_queued(TaskError::Shutdown);
+                }
+                let idle = self.running.is_empty() && self.queue_empty();
+                if idle || now >= c.deadline {
+                    stop_at = Some(c.deadline);
+                }
+            }
+            if stop_at.is_none() {
+                self.dispatch(now);
+            }
+            self.publish();
+            if stop_at.is_some() {
+                break;
+            }
+            let wait = self.next_deadline(closing.map(|c| c.deadline));
+            poll_two(events, self.shared.wake.raw(), wait);
+        }
+        self.shut_down();
+    }
+
+    fn queue_empty(&self) -> bool {
+        self.shared.inner.lock().unwrap().queue.is_empty() && self.again.is_empty()
+    }
+
+    /// Stops the workers, fails what never ended, and marks the pool ended.
+    fn shut_down(&mut self) {
+        let _ = self.sup.stop(self.sup.kill_timeout());
+        // Answers that came before the workers ended still count.
+        while let Some(ev) = self.sup.try_next_event() {
+            if let Event::TaskDone { id, pid, data } = ev {
+                self.on_answer(id, pid, &data);
+            }
+        }
+        self.fail_queued(TaskError::Shutdown);
+        let now = Instant::now();
+        for (id, r) in std::mem::take(&mut self.running) {
+            let (wait, run) = (r.started - r.queued_at, now - r.started);
+            self.done
+                .push(Outcome::failed(id, TaskError::Shutdown, wait, run));
+        }
+        self.publish();
+        self.shared.ended.store(true, Ordering::Release);
+        self.shared.outcome_ready();
+        self.shared.room.notify_all();
+    }
+
+    // ---- what the supervisor says ----
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Spawned { id, pid, .. } => {
+                if let Some(s) = self.slots.get_mut(id as usize) {
+                    *s = Slot {
+                        pid,
+                        ..Slot::default()
+                    };
+                }
+            }
+            Event::Ready { id, pid } => {
+                if let Some(s) = self.slots.get_mut(id as usize).filter(|s| s.pid == pid) {
+                    s.ready = true;
+                }
+            }
+            Event::TaskDone { id, pid, data } => self.on_answer(id, pid, &data),
+            Event::Exit { id, info, .. } => self.on_exit(id, info),
+            Event::AllDown => self.all_down(),
+            _ => {}
+        }
+    }
+
+    fn on_answer(&mut self, slot: u32, pid: u32, data: &[u8]) {
+        // The reader checked that it parses.
+        let Some(d) = task::parse_task_done(data) else {
+            return;
+        };
+        if d.id == task::BOOT_FAILURE {
+            let why = String::from_utf8_lossy(d.payload);
+            self.boot_error = Some(format!("worker {slot} (pid {pid}) cannot start: {why}"));
+            return;
+        }
+        // An answer to a task that already failed (timed out, cancelled) is dropped.
+        let Some(r) = self.running.remove(&d.id) else {
+            return;
+        };
+        let now = Instant::now();
+        let result = if d.ok {
+            Ok(Value {
+                content: d.content,
+                payload: d.payload.to_vec(),
+            })
+        } else {
+            Err(TaskError::Failed {
+                content: d.content,
+                payload: d.payload.to_vec(),
+            })
+        };
+        self.done.push(Outcome {
+            id: d.id,
+            result,
+            wait: r.started - r.queued_at,
+            run: now - r.started,
+        });
+        self.task_left(r.slot, d.id, true);
+    }
+
+    /// Task `id` no longer runs on `slot`; `answered`: the worker answered it. A worker that
+    /// reached `max_tasks_per_worker` is replaced once its last task is answered.
+    fn task_left(&mut self, slot: u32, id: u64, answered: bool) {
+        let Some(s) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
+        s.tasks.retain(|&t| t != id);
+        if !answered {
+            return;
+        }
+        s.answered += 1;
+        if self.max_tasks.is_some_and(|m| s.answered >= m) && !s.ending {
+            s.ending = true;
+            s.recycle = true;
+        }
+        if s.recycle && s.ready && s.tasks.is_empty() {
+            s.ready = false;
+            self.shared.inner.lock().unwrap().stats.recycled += 1;
+            let _ = self.sup.restart_worker(slot);
+        }
+    }
+
+    fn on_exit(&mut self, slot: u32, info: ExitInfo) {
+        let Some(s) = self
+            .slots
+            .get_mut(slot as usize)
+            .filter(|s| s.pid == info.pid)
+        else {
+            return;
+        };
+        let was_ready = s.ready || s.answered > 0;
+        let cause = s.kill_cause.take();
+        let tasks = std::mem::take(&mut s.tasks);
+        *s = Slot::default();
+        if !was_ready && self.boot_error.is_none() {
+            let how = match (info.signal, info.code) {
+                (Some(sig), _) => {
+                    format!(
+                        "killed by signal {} ({sig})",
+                        super::types::signal_name(sig)
+                    )
+                }
+                (None, Some(c)) => format!("exit code {c}"),
+                _ => "an unknown status".into(),
+            };
+            self.boot_error = Some(format!(
+                "worker {slot} (pid {}) ended before it was ready ({how})",
+                info.pid
+            ));
+        }
+        let now = Instant::now();
+        for id in tasks {
+            let Some(r) = self.running.remove(&id) else {
+                continue;
+            };
+            if let Some(p) = r.again {
+                self.again.push(p);
+                self.shared.inner.lock().unwrap().stats.retried += 1;
+                continue;
+            }
+            let e = TaskError::Crashed {
+                worker: slot,
+                pid: info.pid,
+                code: info.code,
+                signal: info.signal,
+                cause: cause.clone(),
+            };
+            let (wait, run) = (r.started - r.queued_at, now - r.started);
+            self.done.push(Outcome::failed(id, e, wait, run));
+        }
+    }
+
+    /// Every worker stopped for good: no queued task can run, and none will be taken.
+    fn all_down(&mut self) {
+        let why = self
+            .boot_error
+            .clone()
+            .unwrap_or_else(|| "every worker stopped and none is restarted".into());
+        self.shared.inner.lock().unwrap().broken = Some(why.clone());
+        self.shared.room.notify_all();
+        self.fail_queued(TaskError::NoWorkers(why));
+    }
+
+    // ---- what the host asks ----
+
+    fn take_cancels(&mut self) {
+        let ids = std::mem::take(&mut self.shared.inner.lock().unwrap().cancels);
+        for id in ids {
+            if let Some(at) = self.again.iter().position(|p| p.id == id) {
+                let p = self.again.remove(at);
+                let wait = p.queued_at.elapsed();
+                self.done.push(Outcome::failed(
+                    id,
+                    TaskError::Cancelled,
+                    wait,
+                    Duration::ZERO,
+                ));
+                continue;
+            }
+            if self.running.contains_key(&id) {
+                self.end_running(id, TaskError::Cancelled, "a task on it was cancelled");
+            }
+        }
+    }
+
+    /// Fails running task `id` with `e` and kills its worker (the only way to stop it); the
+    /// worker gets no task from now on, and is replaced.
+    fn end_running(&mut self, id: u64, e: TaskError, cause: &str) {
+        let Some(r) = self.running.remove(&id) else {
+            return;
+        };
+        let now = Instant::now();
+        self.done.push(Outcome::failed(
+            id,
+            e,
+            r.started - r.queued_at,
+            now - r.started,
+        ));
+        let slot = r.slot;
+        self.task_left(slot, id, false);
+        let s = &mut self.slots[slot as usize];
+        s.ready = false;
+        s.ending = true;
+        s.recycle = false;
+        s.kill_cause = Some(format!("killed by the pool: {cause}"));
+        // Sent by the loop while that process is unreaped, so the signal reaches it.
+        let _ = self.sup.kill(slot, libc::SIGKILL);
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let late: Vec<(u64, Duration)> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.deadline.is_some_and(|d| now >= d))
+            .map(|(&id, r)| (id, r.deadline.unwrap_or(now) - r.started))
+            .collect();
+        for (id, after) in late {
+            self.end_running(id, TaskError::Timeout { after }, "a task on it timed out");
+        }
+    }
+
+    fn fail_queued(&mut self, e: TaskError) {
+        let now = Instant::now();
+        let mut inner = self.shared.inner.lock().unwrap();
+        let queued: Vec<Pending> = self.again.drain(..).chain(inner.queue.drain(..)).collect();
+        drop(inner);
+        for p in queued {
+            self.done.push(Outcome::failed(
+                p.id,
+                e.clone(),
+                now - p.queued_at,
+                Duration::ZERO,
+            ));
+        }
+        self.shared.room.notify_all();
+    }
+
+    // ---- giving out tasks ----
+
+    /// Gives queued tasks to the least busy ready workers, each worker's share in one write.
+    fn dispatch(&mut self, now: Instant) {
+        let room = self.capacity();
+        if room == 0 {
+            return;
+        }
+        let unread = self.shared.inner.lock().unwrap().outcomes.len() + self.done.len();
+        if unread >= self.shared.outcome_limit {
+            self.shared.held.store(true, Ordering::Release);
+            return;
+        }
+        let want = room.min(BATCH).min(self.shared.outcome_limit - unread);
+        let mut tasks: Vec<Pending> = Vec::with_capacity(want.min(1024));
+        // Tasks to run again come first: they were queued before anything still queued.
+        while tasks.len() < want {
+            let Some(p) = self.again.pop() else { break };
+            tasks.push(p);
+        }
+        if tasks.len() < want {
+            let mut inner = self.shared.inner.lock().unwrap();
+            let n = (want - tasks.len()).min(inner.queue.len());
+            tasks.extend(inner.queue.drain(..n));
+            drop(inner);
+            if n > 0 {
+                self.shared.room.notify_all();
+            }
+        }
+        if tasks.is_empty() {
+            return;
+        }
+        let mut batches: Vec<(u32, Vec<Pending>)> = Vec::new();
+        let mut load: Vec<usize> = self.slots.iter().map(|s| s.tasks.len()).collect();
+        for p in tasks {
+            let pick = (0..self.slots.len())
+                .filter(|&i| self.slots[i].ready && !self.slots[i].ending && load[i] < self.conc)
+                .min_by_key(|&i| load[i])
+                .expect("capacity counted a worker with room");
+            load[pick] += 1;
+            match batches.iter_mut().find(|(s, _)| *s == pick as u32) {
+                Some((_, b)) => b.push(p),
+                None => batches.push((pick as u32, vec![p])),
+            }
+        }
+        for (slot, batch) in batches {
+            self.send(slot, batch, now);
+        }
+    }
+
+    /// How many more tasks the ready workers take.
+    fn capacity(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.takes(self.conc))
+            .map(|s| self.conc - s.tasks.len())
+            .sum()
+    }
+
+    fn send(&mut self, slot: u32, batch: Vec<Pending>, now: Instant) {
+        let pid = self.slots[slot as usize].pid;
+        let bodies: Vec<Vec<u8>> = batch
+            .iter()
+            .map(|p| {
+                let mut b = Vec::with_capacity(10 + p.options.name.len() + p.payload.len());
+                task::task(&mut b, p.id, p.options.content, &p.options.name, &p.payload);
+                b
+            })
+            .collect();
+        match self.sup.send_tasks(slot, pid, &bodies) {
+            Ok(()) => {
+                for p in batch {
+                    let deadline = p.options.timeout.or(self.timeout).map(|t| now + t);
+                    self.slots[slot as usize].tasks.push(p.id);
+                    let id = p.id;
+                    let queued_at = p.queued_at;
+                    let again = p.options.idempotent.then_some(p);
+                    self.running.insert(
+                        id,
+                        Running {
+                            slot,
+                            queued_at,
+                            started: now,
+                            deadline,
+                            again,
+                        },
+                    );
+                }
+            }
+            Err(e) => {
+                // That process is gone (its exit event is on its way) or not reading: the
+                // tasks go back to the front of the queue, in order.
+                if matches!(e, Error::NoSuchWorker(_) | Error::Stopped) {
+                    self.slots[slot as usize].ready = false;
+                }
+                let mut inner = self.shared.inner.lock().unwrap();
+                for p in batch.into_iter().rev() {
+                    inner.queue.push_front(p);
+                }
+            }
+        }
+    }
+
+    // ---- handing over ----
+
+    /// Hands this turn's outcomes to the host, and the counts of the moment.
+    fn publish(&mut self) {
+        let ready = self.slots.iter().filter(|s| s.ready).count();
+        let mut inner = self.shared.inner.lock().unwrap();
+        inner.stats.running = self.running.len();
+        inner.stats.workers_ready = ready;
+        if self.done.is_empty() {
+            return;
+        }
+        for o in self.done.drain(..) {
+            inner.finish(o);
+        }
+        drop(inner);
+        self.shared.outcome_ready();
+    }
+
+    /// How long to sleep: until the first task deadline or the stop's deadline.
+    fn next_deadline(&self, stop: Option<Instant>) -> Option<Duration> {
+        let next = self
+            .running
+            .values()
+            .filter_map(|r| r.deadline)
+            .chain(stop)
+            .min()?;
+        Some(next.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// Waits until either descriptor is readable or `timeout` passes.
+fn poll_two(a: i32, b: i32, timeout: Option<Duration>) {
+    let mut fds = [
+        libc::pollfd {
+            fd: a,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: b,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // Rounded up, so that a deadline is never woken for a millisecond early and spun on.
+    let ms = timeout.map_or(-1, |t| {
+        t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+    });
+    // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
+    unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+}
