@@ -42,5 +42,7 @@ rcluster.start = (options) => {
   return start(options);
 };
 rcluster.Cluster = require('./lib/primary').Cluster;
+/** A pool of worker processes that run the functions of one file (see index.d.ts). */
+rcluster.Pool = require('./lib/pool').Pool;
 
 module.exports = rcluster;

@@ -209,7 +209,10 @@ impl Link {
         bodies: &[Vec<u8>],
     ) -> Result<()> {
         let size = bodies.iter().map(|b| frame::HEADER_LEN + b.len()).sum();
-        self.enqueue(waker, size, None, |buf| {
+        // A pool's scheduler batches tasks itself: its batch is written at once when nothing
+        // waits in the queue, never left to gather (that would add the gathering time to
+        // every round trip of a task).
+        self.enqueue_as(waker, size, None, true, |buf| {
             for body in bodies {
                 frame::encode(buf, kind, 0, body);
             }
@@ -244,6 +247,19 @@ impl Link {
         fd: Option<PassFd>,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<()> {
+        self.enqueue_as(waker, size, fd, false, encode)
+    }
+
+    /// `enqueue`; `eager`: written at once whenever the queue is empty, however recent the
+    /// last send.
+    fn enqueue_as(
+        self: &Arc<Self>,
+        waker: &Waker,
+        size: usize,
+        fd: Option<PassFd>,
+        eager: bool,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<()> {
         let mut q = self.queue.lock().unwrap();
         if q.closed {
             return Err(Error::NoSuchWorker(self.id));
@@ -255,7 +271,9 @@ impl Link {
             });
         }
         let now = Instant::now();
-        let idle = !q.scheduled && q.buf.is_empty() && now.duration_since(q.last_send) >= COALESCE;
+        let idle = !q.scheduled
+            && q.buf.is_empty()
+            && (eager || now.duration_since(q.last_send) >= COALESCE);
         q.last_send = now;
         let start = q.buf.len();
         encode(&mut q.buf);
