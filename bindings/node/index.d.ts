@@ -256,6 +256,11 @@ declare namespace rcluster {
     signal?: AbortSignal;
     /** This task's timeout in milliseconds, instead of `taskTimeout`. */
     timeout?: number;
+    /**
+     * The task may run twice: when its worker dies under it because of another task (with
+     * `concurrentTasksPerWorker` above 1), it runs again on another worker instead of failing.
+     */
+    idempotent?: boolean;
   }
 
   interface PoolStats {

@@ -332,3 +332,26 @@ fn idempotent_tasks_on_a_worker_that_crashed_run_again_and_others_fail_as_crashe
         got[&plain].result
     );
 }
+
+#[test]
+fn an_idempotent_task_that_crashes_every_worker_it_runs_on_fails_after_its_second_try() {
+    let pool = Pool::start(config(2)).unwrap();
+    let id = pool
+        .submit(
+            b"9".to_vec(),
+            TaskOptions {
+                name: "exit".into(),
+                idempotent: true,
+                ..TaskOptions::default()
+            },
+        )
+        .unwrap();
+    let got = collect(&pool, 1, LONG);
+    assert!(
+        matches!(got[&id].result, Err(TaskError::Crashed { code: Some(9), .. })),
+        "{:?}",
+        got[&id].result
+    );
+    let s = pool.stats();
+    assert_eq!((s.retried, s.failed_crashed), (1, 1));
+}

@@ -146,7 +146,7 @@ class Pool {
    * AbortError when `signal` aborts.
    */
   run(data, options = {}) {
-    const { name = '', signal, timeout } = options || {};
+    const { name = '', signal, timeout, idempotent = false } = options || {};
     if (this._destroyed) {
       return Promise.reject(rclusterError('ERR_POOL_DESTROYED', 'the pool was destroyed'));
     }
@@ -167,7 +167,7 @@ class Pool {
       return Promise.reject(err);
     }
     return new Promise((resolve, reject) => {
-      const task = { resolve, reject, signal, onAbort: null, payload, name, timeoutMs, id: 0 };
+      const task = { resolve, reject, signal, onAbort: null, payload, name, timeoutMs, idempotent: !!idempotent, id: 0 };
       if (signal) {
         task.onAbort = () => this._abort(task);
         signal.addEventListener('abort', task.onAbort, { once: true });
@@ -183,7 +183,7 @@ class Pool {
   /** Hands `task` to the core; false when its queue is full and the task waits for room. */
   _submit(task) {
     try {
-      task.id = this._native.submit(task.payload, task.name, CONTENT_V8, task.timeoutMs);
+      task.id = this._native.submit(task.payload, task.name, CONTENT_V8, task.timeoutMs, task.idempotent);
     } catch (err) {
       if (err.code === 'ERR_QUEUE_FULL' && this._wait) {
         if (!this._waiting.includes(task)) this._waiting.push(task);

@@ -165,12 +165,13 @@ impl NativePool {
         name: String,
         content: u32,
         timeout_ms: f64,
+        idempotent: bool,
     ) -> napi::Result<f64, &'static str> {
         let options = TaskOptions {
             name,
             content: content as u8,
             timeout: (timeout_ms > 0.0).then(|| ms(timeout_ms)),
-            idempotent: false,
+            idempotent,
         };
         self.inner
             .submit(payload.to_vec(), options)

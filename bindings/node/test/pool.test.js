@@ -85,6 +85,16 @@ for (const [name, arg, check] of [
   }));
 }
 
+test('with several tasks per worker, idempotent tasks held by a crashing worker run again', () => withPool({ concurrentTasksPerWorker: 8 }, async (pool) => {
+  const others = [];
+  for (let i = 0; i < 500; i++) others.push(pool.run(i, { name: 'echo', idempotent: true }));
+  const crash = rejection(pool.run(3, { name: 'exit' }));
+  for (let i = 500; i < 1000; i++) others.push(pool.run(i, { name: 'echo', idempotent: true }));
+  assert.strictEqual((await crash).code, 'ERR_WORKER_CRASHED');
+  assert.deepStrictEqual(await Promise.all(others), Array.from({ length: 1000 }, (_, i) => i));
+  assert.strictEqual(pool.stats().failedCrashed, 1);
+}));
+
 test('a runaway task with a 200 ms timeout is rejected within 250 ms; the others are unaffected', () => withPool({}, async (pool) => {
   await Promise.all([pool.run(20, { name: 'sleep' }), pool.run(20, { name: 'sleep' })]);
   const started = process.hrtime.bigint();

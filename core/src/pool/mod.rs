@@ -104,6 +104,7 @@ impl Pool {
             payload,
             options,
             queued_at: Instant::now(),
+            tries: 0,
         });
         drop(inner);
         // The scheduler looks at the whole queue whenever it wakes: one wake-up for a burst.

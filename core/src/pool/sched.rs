@@ -259,7 +259,7 @@ impl Sched {
             let Some(r) = self.running.remove(&id) else {
                 continue;
             };
-            if let Some(p) = r.again {
+            if let Some(p) = r.again.filter(|p| p.tries < 2) {
                 self.again.push(p);
                 self.shared.inner.lock().unwrap().stats.retried += 1;
                 continue;
@@ -377,10 +377,8 @@ impl Sched {
         let want = room.min(BATCH).min(self.shared.outcome_limit - unread);
         let mut tasks: Vec<Pending> = Vec::with_capacity(want.min(1024));
         // Tasks to run again come first: they were queued before anything still queued.
-        while tasks.len() < want {
-            let Some(p) = self.again.pop() else { break };
-            tasks.push(p);
-        }
+        let n = want.min(self.again.len());
+        tasks.extend(self.again.drain(..n));
         if tasks.len() < want {
             let mut inner = self.shared.inner.lock().unwrap();
             let n = (want - tasks.len()).min(inner.queue.len());
@@ -432,7 +430,8 @@ impl Sched {
             .collect();
         match self.sup.send_tasks(slot, pid, &bodies) {
             Ok(()) => {
-                for p in batch {
+                for mut p in batch {
+                    p.tries += 1;
                     let deadline = p.options.timeout.or(self.timeout).map(|t| now + t);
                     self.slots[slot as usize].tasks.push(p.id);
                     let id = p.id;

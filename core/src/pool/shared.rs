@@ -17,6 +17,9 @@ pub(super) struct Pending {
     pub payload: Vec<u8>,
     pub options: TaskOptions,
     pub queued_at: Instant,
+    /// Times it was given to a worker: an idempotent task runs twice at most, so that a task
+    /// that itself crashes its worker cannot go round the workers forever.
+    pub tries: u32,
 }
 
 /// A stop that was asked for.

@@ -122,7 +122,7 @@ async function usePool(): Promise<void> {
     maxTasksPerWorker: 100,
   });
   const ac = new AbortController();
-  const n: number = await pool.run<number>(21, { name: 'double', signal: ac.signal, timeout: 500 });
+  const n: number = await pool.run<number>(21, { name: 'double', signal: ac.signal, timeout: 500, idempotent: true });
   const s: rcluster.PoolStats = pool.stats();
   console.log(n, s.completed, s.failedCrashed, s.waitMax, pool.queueSize);
   try {
