@@ -355,3 +355,38 @@ fn an_idempotent_task_that_crashes_every_worker_it_runs_on_fails_after_its_secon
     let s = pool.stats();
     assert_eq!((s.retried, s.failed_crashed), (1, 1));
 }
+
+/// Not a test of behaviour: tiny-task throughput and idle latency of a Rust pool, printed
+/// (`cargo nextest run -p rcluster-tests -E 'test(pool_figures)' --no-capture --run-ignored all`).
+#[test]
+#[ignore]
+fn pool_figures() {
+    for conc in [1, 32] {
+        let mut c = config(2);
+        c.concurrent_tasks_per_worker = conc;
+        let pool = Pool::start(c).unwrap();
+        for _ in 0..2 {
+            submit(&pool, "echo", "w");
+        }
+        collect(&pool, 2, LONG);
+        let n = 50_000;
+        let t = Instant::now();
+        for _ in 0..n {
+            submit(&pool, "echo", "x");
+        }
+        collect(&pool, n, LONG);
+        let rate = n as f64 / t.elapsed().as_secs_f64();
+        let mut lat = Vec::new();
+        for _ in 0..2000 {
+            let t = Instant::now();
+            submit(&pool, "echo", "x");
+            collect(&pool, 1, LONG);
+            lat.push(t.elapsed().as_micros());
+        }
+        lat.sort();
+        println!(
+            "conc {conc}: {rate:.0} tasks/s; idle p50 {} us p99 {} us",
+            lat[1000], lat[1980]
+        );
+    }
+}

@@ -159,6 +159,9 @@ load().then((mod) => {
     // A batch that stopped short leaves more waiting in memory, where the descriptor does
     // not tell: take them at once.
     while (onItems(fns, items)) items = link.drain(4096);
+    // The answers of the synchronous tasks of this batch, in one write now; those of
+    // asynchronous ones go after the turn in which they settle.
+    flush();
   });
 }).catch((err) => {
   const why = err && err.stack ? err.stack : String(err);
