@@ -348,7 +348,10 @@ fn an_idempotent_task_that_crashes_every_worker_it_runs_on_fails_after_its_secon
         .unwrap();
     let got = collect(&pool, 1, LONG);
     assert!(
-        matches!(got[&id].result, Err(TaskError::Crashed { code: Some(9), .. })),
+        matches!(
+            got[&id].result,
+            Err(TaskError::Crashed { code: Some(9), .. })
+        ),
         "{:?}",
         got[&id].result
     );
