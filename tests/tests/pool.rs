@@ -240,11 +240,41 @@ fn a_worker_is_replaced_after_max_tasks_per_worker_and_no_task_fails() {
     for id in &ids {
         *per_pid.entry(value(&got[id])).or_default() += 1;
     }
-    assert!(per_pid.len() >= 10, "{per_pid:?}");
-    assert!(per_pid.values().all(|&n| n <= 10), "{per_pid:?}");
+    // One worker is replaced at a time; the other runs tasks past its limit meanwhile (how
+    // many depends on how fast the replacement starts). The first replaced ran exactly 10.
+    assert!(per_pid.len() >= 2, "{per_pid:?}");
+    assert!(per_pid.values().any(|&n| n == 10), "{per_pid:?}");
     let s = pool.stats();
     assert_eq!((s.completed, s.failed()), (100, 0));
-    assert!(s.recycled >= 9, "{s:?}");
+    assert!(s.recycled >= 1, "{s:?}");
+}
+
+#[test]
+fn workers_reaching_max_tasks_together_are_recycled_one_at_a_time_so_tasks_never_wait_for_a_start()
+{
+    let mut c = config(2);
+    c.max_tasks_per_worker = Some(5);
+    c.cluster
+        .env
+        .push(("POOL_WORKER_START_MS".into(), "400".into()));
+    let pool = Pool::start(c).unwrap();
+    // Both workers up (a start takes 400 ms), then 40 quick tasks: each worker reaches its
+    // limit after a handful. Were both replaced at once, tasks would wait 400 ms for a start.
+    let warm: Vec<u64> = (0..2).map(|_| submit(&pool, "sleep", "50")).collect();
+    collect(&pool, warm.len(), LONG);
+    let before = pool.stats();
+    let t = Instant::now();
+    let ids: Vec<u64> = (0..40).map(|_| submit(&pool, "pid", "")).collect();
+    let got = collect(&pool, ids.len(), LONG);
+    assert!(got.values().all(|o| o.result.is_ok()));
+    let waited = got.values().map(|o| o.wait).max().unwrap();
+    assert!(
+        waited < Duration::from_millis(300),
+        "a task waited {waited:?} (all 40 took {:?}); {:?}",
+        t.elapsed(),
+        pool.stats()
+    );
+    assert!(pool.stats().recycled > before.recycled);
 }
 
 #[test]

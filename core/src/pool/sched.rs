@@ -65,6 +65,11 @@ pub(super) struct Sched {
     done: Vec<Outcome>,
     /// Idempotent tasks to queue again, first.
     again: Vec<Pending>,
+    /// The slot being replaced after `max_tasks_per_worker`, until its new worker is ready.
+    /// One at a time: workers given the same share of tasks reach the limit together, and
+    /// replacing them together would leave none to run tasks. The others keep running tasks
+    /// past the limit meanwhile, and are replaced in turn.
+    recycling: Option<u32>,
 }
 
 impl Sched {
@@ -80,6 +85,7 @@ impl Sched {
             boot_error: None,
             done: Vec::new(),
             again: Vec::new(),
+            recycling: None,
         }
     }
 
@@ -160,8 +166,13 @@ impl Sched {
             Event::Ready { id, pid } => {
                 if let Some(s) = self.slots.get_mut(id as usize).filter(|s| s.pid == pid) {
                     s.ready = true;
+                    if self.recycling == Some(id) {
+                        self.recycling = None;
+                    }
                 }
             }
+            // That slot stays down: it is no longer being replaced.
+            Event::GaveUp { id, .. } if self.recycling == Some(id) => self.recycling = None,
             Event::TaskDone { id, pid, data } => self.on_answer(id, pid, &data),
             Event::Exit { id, info, .. } => self.on_exit(id, info),
             Event::AllDown => self.all_down(),
@@ -215,9 +226,11 @@ impl Sched {
             return;
         }
         s.answered += 1;
-        if self.max_tasks.is_some_and(|m| s.answered >= m) && !s.ending {
+        let due = self.max_tasks.is_some_and(|m| s.answered >= m) && !s.ending;
+        if due && self.recycling.is_none_or(|r| r == slot) {
             s.ending = true;
             s.recycle = true;
+            self.recycling = Some(slot);
         }
         if s.recycle && s.ready && s.tasks.is_empty() {
             s.ready = false;
@@ -278,6 +291,7 @@ impl Sched {
 
     /// Every worker stopped for good: no queued task can run, and none will be taken.
     fn all_down(&mut self) {
+        self.recycling = None;
         let why = self
             .boot_error
             .clone()

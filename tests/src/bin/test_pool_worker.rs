@@ -12,7 +12,7 @@
 //! write for a batch), except after a task that took time, whose answer goes out at once.
 //! With the environment variable `POOL_WORKER_BOOT=fail` it cannot start: it says why and
 //! exits with `BOOT_FAILED_EXIT`; with `POOL_WORKER_BOOT=crash` it exits with code 1 before
-//! it is ready.
+//! it is ready. `POOL_WORKER_START_MS=N` makes it wait N ms before it says ready.
 
 use std::time::Duration;
 
@@ -32,6 +32,10 @@ fn main() {
         }
         Ok("crash") => std::process::exit(1),
         _ => {}
+    }
+    // A worker that takes long to start (loading a large module).
+    if let Ok(ms) = std::env::var("POOL_WORKER_START_MS") {
+        std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
     }
     w.ready().unwrap();
     let mut events = Vec::new();
