@@ -140,7 +140,6 @@ fn a_runaway_task_with_a_200ms_timeout_fails_within_250ms_and_the_others_are_una
     let warm: Vec<u64> = (0..4).map(|_| submit(&pool, "sleep", "20")).collect();
     collect(&pool, warm.len(), LONG);
     let runaway = submit(&pool, "spin", "");
-    let started = Instant::now();
     let others: Vec<u64> = (0..50)
         .map(|i| submit(&pool, "echo", &i.to_string()))
         .collect();
@@ -157,7 +156,6 @@ fn a_runaway_task_with_a_200ms_timeout_fails_within_250ms_and_the_others_are_una
         "rejected {:?} after its start",
         o.run
     );
-    assert!(started.elapsed() < Duration::from_secs(5));
     for id in others {
         assert!(got[&id].result.is_ok(), "{:?}", got[&id].result);
     }
@@ -318,6 +316,28 @@ fn a_worker_that_cannot_load_its_tasks_fails_them_with_its_reason_and_is_not_res
         Err(Error::PoolBroken(why)) => assert!(why.contains("SyntaxError"), "{why}"),
         other => panic!("expected PoolBroken, got {other:?}"),
     }
+}
+
+#[test]
+fn workers_that_crash_before_they_are_ready_end_the_pool_after_the_restart_limit_naming_the_exit() {
+    let mut c = config(1);
+    c.cluster
+        .env
+        .push(("POOL_WORKER_BOOT".into(), "crash".into()));
+    c.cluster.restart.max_restarts = 2;
+    let pool = Pool::start(c).unwrap();
+    let id = submit(&pool, "echo", "x");
+    let got = collect(&pool, 1, LONG);
+    match &got[&id].result {
+        Err(TaskError::NoWorkers(why)) => {
+            assert!(why.contains("before it was ready (exit code 1)"), "{why}")
+        }
+        other => panic!("expected NoWorkers, got {other:?}"),
+    }
+    assert!(matches!(
+        pool.submit(Vec::new(), TaskOptions::default()),
+        Err(Error::PoolBroken(_))
+    ));
 }
 
 #[test]

@@ -49,9 +49,17 @@ impl Pool {
         let shared = Arc::new(Shared::new(&config)?);
         let sup = Supervisor::start(config.cluster.clone())?;
         let sched = Sched::new(sup, Arc::clone(&shared), &config);
+        let on_panic = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("rcluster-pool".into())
-            .spawn(move || sched.run())
+            .spawn(move || {
+                // A bug in the scheduler must not leave the host waiting for outcomes forever:
+                // the pool ends, and says why (its supervisor, dropped with it, stops).
+                let run = std::panic::AssertUnwindSafe(move || sched.run());
+                if std::panic::catch_unwind(run).is_err() {
+                    on_panic.end_after_panic();
+                }
+            })
             .map_err(|e| Error::io("spawning the pool thread", e))?;
         Ok(Pool {
             shared,

@@ -147,6 +147,16 @@ impl Shared {
         self.wake.wake();
     }
 
+    /// The scheduler panicked: nothing more will end, so the pool ends now.
+    pub fn end_after_panic(&self) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.broken = Some("the pool's scheduler failed (a bug in rcluster)".into());
+        drop(inner);
+        self.ended.store(true, Ordering::Release);
+        self.outcome_ready();
+        self.room.notify_all();
+    }
+
     pub fn take_outcomes(&self, max: usize, out: &mut Vec<Outcome>) -> usize {
         let mut inner = self.inner.lock().unwrap();
         let n = inner.outcomes.len().min(max);
