@@ -132,8 +132,11 @@ class Pool {
     this._wait = options.whenFull === 'wait';
     this._native = new native.NativePool(opts);
     this._tasks = new Map(); // id -> { resolve, reject, signal, onAbort }
-    // Tasks waiting for room in the core's queue (whenFull: 'wait'), oldest first.
+    // Tasks not yet in the core's queue, oldest first: those of this tick, and with
+    // whenFull: 'wait' those waiting for room.
     this._waiting = [];
+    this._head = 0;
+    this._admitBound = () => this._admit();
     this._destroyed = false;
     this._native.watch((items) => this._take(items));
     this._native.setRef(false);
@@ -172,36 +175,17 @@ class Pool {
         task.onAbort = () => this._abort(task);
         signal.addEventListener('abort', task.onAbort, { once: true });
       }
-      if (this._waiting.length > 0) {
-        this._waiting.push(task);
-        return;
+      // Tasks of one tick go to the core together (one call, one lock, one wake-up).
+      this._waiting.push(task);
+      if (this._waiting.length - this._head === 1) {
+        if (this._tasks.size === 0) this._native.setRef(true);
+        queueMicrotask(this._admitBound);
       }
-      this._submit(task);
     });
   }
 
-  /** Hands `task` to the core; false when its queue is full and the task waits for room. */
-  _submit(task) {
-    try {
-      task.id = this._native.submit(task.payload, task.name, CONTENT_V8, task.timeoutMs, task.idempotent);
-    } catch (err) {
-      if (err.code === 'ERR_QUEUE_FULL' && this._wait) {
-        if (!this._waiting.includes(task)) this._waiting.push(task);
-        if (this._tasks.size === 0) this._native.setRef(true);
-        return false;
-      }
-      this._forget(task);
-      task.reject(err);
-      return true;
-    }
-    task.payload = null;
-    if (this._tasks.size === 0) this._native.setRef(true);
-    this._tasks.set(task.id, task);
-    return true;
-  }
-
   _abort(task) {
-    const at = this._waiting.indexOf(task);
+    const at = this._waiting.indexOf(task, this._head);
     if (at >= 0) {
       this._waiting.splice(at, 1);
       task.reject(abortError(task.signal.reason));
@@ -214,20 +198,72 @@ class Pool {
     if (task.signal) task.signal.removeEventListener('abort', task.onAbort);
   }
 
-  /** Tasks waiting for room go to the core while it takes them. */
+  /**
+   * Hands the tasks waiting on the JS side to the core, as many as its queue takes; when it is
+   * full, the rest wait for room (whenFull: 'wait', retried as tasks end) or are rejected.
+   */
   _admit() {
-    while (this._waiting.length > 0) {
-      const task = this._waiting[0];
-      if (!this._submit(task)) return;
-      this._waiting.shift();
+    const waiting = this._waiting;
+    while (this._head < waiting.length) {
+      // In slices, so that a long wait for room costs little per attempt.
+      const batch = waiting.slice(this._head, this._head + 4096);
+      let ids;
+      try {
+        ids = this._native.submitMany(batch.map((t) => t.payload), batch.map((t) => t.name),
+          batch.map((t) => t.timeoutMs), batch.map((t) => t.idempotent), CONTENT_V8);
+      } catch (err) {
+        this._rejectWaiting(err);
+        break;
+      }
+      for (let i = 0; i < ids.length; i++) {
+        const task = batch[i];
+        task.id = ids[i];
+        task.payload = null;
+        this._tasks.set(task.id, task);
+      }
+      this._head += ids.length;
+      if (ids.length < batch.length) {
+        if (!this._wait) this._rejectWaiting(rclusterError('ERR_QUEUE_FULL', "the pool's task queue is full (maxQueue)"));
+        break;
+      }
+    }
+    if (this._head === this._waiting.length) {
+      this._waiting = [];
+      this._head = 0;
+    } else if (this._head > 4096 && this._head * 2 > this._waiting.length) {
+      this._waiting = this._waiting.slice(this._head);
+      this._head = 0;
+    }
+    this._idle();
+  }
+
+  _rejectWaiting(err) {
+    const rest = this._waiting.slice(this._head);
+    this._waiting = [];
+    this._head = 0;
+    for (const task of rest) {
+      this._forget(task);
+      task.reject(err);
     }
   }
 
+  /** The pool keeps the process alive only while tasks are pending. */
+  _idle() {
+    if (this._tasks.size === 0 && this._waiting.length === this._head) this._native.setRef(false);
+  }
+
   _take(items) {
-    for (let i = 0; i + 2 < items.length; i += 3) {
+    const all = items[0];
+    let from = 0;
+    for (let i = 1; i + 2 < items.length; i += 3) {
       const id = items[i];
       const status = items[i + 1];
-      const data = items[i + 2];
+      const extra = items[i + 2];
+      let data = extra;
+      if (status < 2) {
+        data = all.subarray(from, extra);
+        from = extra;
+      }
       const task = this._tasks.get(id);
       if (task === undefined) continue;
       this._tasks.delete(id);
@@ -247,8 +283,8 @@ class Pool {
         task.reject(failure(data, task));
       }
     }
-    if (this._waiting.length > 0) this._admit();
-    if (this._tasks.size === 0 && this._waiting.length === 0) this._native.setRef(false);
+    if (this._waiting.length > this._head) this._admit();
+    else this._idle();
   }
 
   /** Counters: queued, running, completed, failed (and by reason), wait and run times (ms). */
@@ -258,7 +294,7 @@ class Pool {
 
   /** Tasks waiting in the queue. */
   get queueSize() {
-    return this._native.stats().queued;
+    return this._native.stats().queued + this._waiting.length - this._head;
   }
 
   /**
@@ -268,10 +304,7 @@ class Pool {
   async destroy() {
     if (this._destroyed) return;
     this._destroyed = true;
-    for (const task of this._waiting.splice(0)) {
-      this._forget(task);
-      task.reject(rclusterError('ERR_POOL_DESTROYED', 'the pool was destroyed before the task ran'));
-    }
+    this._rejectWaiting(rclusterError('ERR_POOL_DESTROYED', 'the pool was destroyed before the task ran'));
     await this._native.stop(true, 0);
     this._take(this._native.drain());
     this._native.unwatch();

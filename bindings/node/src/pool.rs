@@ -76,20 +76,25 @@ fn build(o: NativePoolOptions) -> napi::Result<PoolConfig, &'static str> {
     Ok(c)
 }
 
-/// An outcome as three items of a flat array: the task id, a status (0 value, 1 error the
-/// task raised, 2 failure of the pool) and the payload (a Buffer) or the failure.
+/// Outcomes as a flat array: first one Buffer holding every payload of the batch end to end
+/// (one allocation for the JS side, not one per task), then three items per outcome: the task
+/// id, a status (0 value, 1 error the task raised, 2 failure of the pool), and for 0 and 1 the
+/// offset where its payload ends in the Buffer (it starts where the previous one ended), for 2
+/// the failure.
 type Item = Either3<f64, Buffer, NativeTaskFailure>;
 
-fn push(out: &mut Vec<Item>, o: Outcome) {
+fn push(out: &mut Vec<Item>, all: &mut Vec<u8>, o: Outcome) {
     out.push(Either3::A(o.id as f64));
     match o.result {
         Ok(v) => {
+            all.extend_from_slice(&v.payload);
             out.push(Either3::A(0.0));
-            out.push(Either3::B(v.payload.into()));
+            out.push(Either3::A(all.len() as f64));
         }
         Err(TaskError::Failed { payload, .. }) => {
+            all.extend_from_slice(&payload);
             out.push(Either3::A(1.0));
-            out.push(Either3::B(payload.into()));
+            out.push(Either3::A(all.len() as f64));
         }
         Err(e) => {
             let (exit_code, signal) = match &e {
@@ -110,10 +115,13 @@ fn push(out: &mut Vec<Item>, o: Outcome) {
 fn drain(pool: &Pool) -> Vec<Item> {
     let mut outcomes = Vec::new();
     pool.take_outcomes(BATCH, &mut outcomes);
-    let mut out = Vec::with_capacity(outcomes.len() * 3);
+    let mut out = Vec::with_capacity(1 + outcomes.len() * 3);
+    out.push(Either3::A(0.0)); // replaced by the Buffer below
+    let mut all = Vec::new();
     for o in outcomes {
-        push(&mut out, o);
+        push(&mut out, &mut all, o);
     }
+    out[0] = Either3::B(all.into());
     out
 }
 
@@ -177,6 +185,35 @@ impl NativePool {
             .submit(payload.to_vec(), options)
             .map(|id| id as f64)
             .map_err(to_js)
+    }
+
+    /// Queues tasks in order, as many as the queue has room for; returns their ids (fewer
+    /// than given when the queue filled up). All arrays have the same length; a timeout of 0
+    /// means the pool's.
+    #[napi]
+    pub fn submit_many(
+        &self,
+        payloads: Vec<Buffer>,
+        names: Vec<String>,
+        timeouts_ms: Vec<f64>,
+        idempotent: Vec<bool>,
+        content: u32,
+    ) -> napi::Result<Vec<f64>, &'static str> {
+        let tasks = payloads
+            .into_iter()
+            .zip(names)
+            .zip(timeouts_ms.into_iter().zip(idempotent))
+            .map(|((payload, name), (timeout_ms, idempotent))| {
+                let options = TaskOptions {
+                    name,
+                    content: content as u8,
+                    timeout: (timeout_ms > 0.0).then(|| ms(timeout_ms)),
+                    idempotent,
+                };
+                (payload.to_vec(), options)
+            });
+        let ids = self.inner.submit_batch(tasks).map_err(to_js)?;
+        Ok(ids.into_iter().map(|id| id as f64).collect())
     }
 
     /// Cancels task `id` (see `Pool::cancel`): true when it was still queued.

@@ -80,6 +80,52 @@ impl Pool {
         self.push(payload, options, false)
     }
 
+    /// Queues as many of `tasks` as the queue has room for, in order, under one lock and with
+    /// one wake-up of the scheduler; returns their ids (fewer than `tasks` when the queue
+    /// filled up: the rest were not queued). Never waits for room. Fails, queuing none, when
+    /// the pool is stopped or broken, or a name is too long.
+    pub fn submit_batch(
+        &self,
+        tasks: impl IntoIterator<Item = (Vec<u8>, TaskOptions)>,
+    ) -> Result<Vec<u64>> {
+        let tasks: Vec<(Vec<u8>, TaskOptions)> = tasks.into_iter().collect();
+        if let Some((_, o)) = tasks.iter().find(|(_, o)| o.name.len() > MAX_NAME) {
+            return Err(Error::config(
+                "name",
+                &o.name,
+                format!("a task name has at most {MAX_NAME} bytes"),
+            ));
+        }
+        let s = &*self.shared;
+        let mut inner = s.inner.lock().unwrap();
+        if let Some(why) = &inner.broken {
+            return Err(Error::PoolBroken(why.clone()));
+        }
+        if inner.closing.is_some() {
+            return Err(Error::Stopped);
+        }
+        let room = s.max_queue.saturating_sub(inner.queue.len());
+        let was_empty = inner.queue.is_empty();
+        let now = Instant::now();
+        let mut ids = Vec::with_capacity(tasks.len().min(room));
+        for (payload, options) in tasks.into_iter().take(room) {
+            let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+            inner.queue.push_back(Pending {
+                id,
+                payload,
+                options,
+                queued_at: now,
+                tries: 0,
+            });
+            ids.push(id);
+        }
+        drop(inner);
+        if was_empty && !ids.is_empty() {
+            s.wake.wake();
+        }
+        Ok(ids)
+    }
+
     fn push(&self, payload: Vec<u8>, options: TaskOptions, wait: bool) -> Result<u64> {
         if options.name.len() > MAX_NAME {
             return Err(Error::config(
