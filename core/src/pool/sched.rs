@@ -23,6 +23,8 @@ struct Slot {
     pid: u32,
     /// Said it is ready, and may be given tasks.
     ready: bool,
+    /// Said it was ready once (it started; what ends it later is no start-up failure).
+    started: bool,
     /// Gets no more tasks: it is being killed or recycled.
     ending: bool,
     /// Replaced once its last task is answered (`max_tasks_per_worker`).
@@ -166,6 +168,9 @@ impl Sched {
             Event::Ready { id, pid } => {
                 if let Some(s) = self.slots.get_mut(id as usize).filter(|s| s.pid == pid) {
                     s.ready = true;
+                    s.started = true;
+                    // A worker could start: an older start-up failure is no longer the news.
+                    self.boot_error = None;
                     if self.recycling == Some(id) {
                         self.recycling = None;
                     }
@@ -190,7 +195,12 @@ impl Sched {
             self.boot_error = Some(format!("worker {slot} (pid {pid}) cannot start: {why}"));
             return;
         }
-        // An answer to a task that already failed (timed out, cancelled) is dropped.
+        // An answer to a task that already failed (timed out, cancelled) is dropped, and so is
+        // one from a process the task was not given to.
+        let given = self.slots.get(slot as usize).is_some_and(|s| s.pid == pid);
+        if !given || self.running.get(&d.id).is_none_or(|r| r.slot != slot) {
+            return;
+        }
         let Some(r) = self.running.remove(&d.id) else {
             return;
         };
@@ -247,7 +257,7 @@ impl Sched {
         else {
             return;
         };
-        let was_ready = s.ready || s.answered > 0;
+        let was_ready = s.started;
         let cause = s.kill_cause.take();
         let tasks = std::mem::take(&mut s.tasks);
         *s = Slot::default();
