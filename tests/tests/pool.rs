@@ -232,19 +232,18 @@ fn a_worker_is_replaced_after_max_tasks_per_worker_and_no_task_fails() {
     let mut c = config(2);
     c.max_tasks_per_worker = Some(10);
     let pool = Pool::start(c).unwrap();
-    let ids: Vec<u64> = (0..100).map(|_| submit(&pool, "pid", "")).collect();
-    let got = collect(&pool, 100, LONG);
-    let mut per_pid: HashMap<String, usize> = HashMap::new();
-    for id in &ids {
-        *per_pid.entry(value(&got[id])).or_default() += 1;
-    }
-    // One worker is replaced at a time; the other runs tasks past its limit meanwhile (how
-    // many depends on how fast the replacement starts). The first replaced ran exactly 10.
-    assert!(per_pid.len() >= 2, "{per_pid:?}");
-    assert!(per_pid.values().any(|&n| n == 10), "{per_pid:?}");
+    // 100 tasks of 5 ms on 2 workers: time enough for replacements to start and take over.
+    let ids: Vec<u64> = (0..100).map(|_| submit(&pool, "sleep", "5")).collect();
+    let got = collect(&pool, ids.len(), LONG);
+    assert!(got.values().all(|o| o.result.is_ok()));
+    let pids: Vec<u64> = (0..20).map(|_| submit(&pool, "pid", "")).collect();
+    let got = collect(&pool, pids.len(), LONG);
     let s = pool.stats();
-    assert_eq!((s.completed, s.failed()), (100, 0));
-    assert!(s.recycled >= 1, "{s:?}");
+    assert_eq!((s.completed, s.failed()), (120, 0));
+    assert!(s.recycled >= 2, "{s:?}");
+    // Still two workers (a spare only stands in while one is replaced).
+    let distinct: std::collections::HashSet<String> = got.values().map(value).collect();
+    assert!(distinct.len() <= 3, "{distinct:?}");
 }
 
 #[test]
@@ -272,7 +271,45 @@ fn workers_reaching_max_tasks_together_are_recycled_one_at_a_time_so_tasks_never
         t.elapsed(),
         pool.stats()
     );
-    assert!(pool.stats().recycled > before.recycled);
+    // The replacements happen meanwhile or after, with no task waiting for them.
+    let deadline = Instant::now() + LONG;
+    while pool.stats().recycled == before.recycled && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        pool.stats().recycled > before.recycled,
+        "{:?}",
+        pool.stats()
+    );
+}
+
+#[test]
+fn a_single_worker_is_replaced_after_max_tasks_by_one_started_beforehand_so_no_task_waits() {
+    let mut c = config(1);
+    c.max_tasks_per_worker = Some(5);
+    c.cluster
+        .env
+        .push(("POOL_WORKER_START_MS".into(), "400".into()));
+    let pool = Pool::start(c).unwrap();
+    submit(&pool, "pid", "");
+    collect(&pool, 1, LONG);
+    // 24 tasks of 30 ms: the worker reaches its limit early on, and a start takes 400 ms.
+    // Were it replaced only after it retired, the tasks would stop for that start.
+    let ids: Vec<u64> = (0..24).map(|_| submit(&pool, "sleep", "30")).collect();
+    let mut last = Instant::now();
+    let mut longest_gap = Duration::ZERO;
+    for _ in &ids {
+        let o = pool.next_outcome(Some(LONG)).expect("an outcome");
+        assert!(o.result.is_ok(), "{:?}", o.result);
+        longest_gap = longest_gap.max(last.elapsed());
+        last = Instant::now();
+    }
+    let s = pool.stats();
+    assert!(s.recycled >= 1, "{s:?}");
+    assert!(
+        longest_gap < Duration::from_millis(300),
+        "tasks stopped for {longest_gap:?}; {s:?}"
+    );
 }
 
 #[test]

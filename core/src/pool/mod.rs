@@ -9,6 +9,7 @@
 //! carries on. Worker side: [`crate::Worker`] yields [`crate::WorkerEvent::Task`] and answers
 //! with [`crate::Worker::answer`].
 
+mod recycle;
 mod sched;
 mod shared;
 mod types;

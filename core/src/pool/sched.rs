@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::recycle::Recycle;
 use super::shared::{Pending, Shared};
 use super::types::{Outcome, PoolConfig, TaskError, Value};
 use crate::error::Error;
@@ -18,23 +19,23 @@ const BATCH: usize = 4096;
 
 /// One worker slot as the scheduler sees it.
 #[derive(Default)]
-struct Slot {
+pub(super) struct Slot {
     /// The process it runs now (0: none yet).
     pid: u32,
     /// Said it is ready, and may be given tasks.
-    ready: bool,
+    pub(super) ready: bool,
     /// Said it was ready once (it started; what ends it later is no start-up failure).
     started: bool,
     /// Gets no more tasks: it is being killed or recycled.
-    ending: bool,
-    /// Replaced once its last task is answered (`max_tasks_per_worker`).
-    recycle: bool,
+    pub(super) ending: bool,
+    /// Restarted once its last task is answered (`max_tasks_per_worker`).
+    pub(super) recycle: bool,
     /// Why the pool killed it, for the other tasks that die with it.
     kill_cause: Option<String>,
     /// Tasks given to it and not answered.
-    tasks: Vec<u64>,
+    pub(super) tasks: Vec<u64>,
     /// Tasks it has answered.
-    answered: u64,
+    pub(super) answered: u64,
 }
 
 impl Slot {
@@ -54,24 +55,21 @@ struct Running {
 }
 
 pub(super) struct Sched {
-    sup: Supervisor,
-    shared: Arc<Shared>,
-    slots: Vec<Slot>,
+    pub(super) sup: Supervisor,
+    pub(super) shared: Arc<Shared>,
+    pub(super) slots: Vec<Slot>,
     running: HashMap<u64, Running>,
     conc: usize,
     timeout: Option<Duration>,
-    max_tasks: Option<u64>,
+    pub(super) max_tasks: Option<u64>,
     /// Why the last worker that could not start could not.
     boot_error: Option<String>,
     /// Outcomes of this turn, handed over under one lock.
     done: Vec<Outcome>,
     /// Idempotent tasks to queue again, first.
     again: Vec<Pending>,
-    /// The slot being replaced after `max_tasks_per_worker`, until its new worker is ready.
-    /// One at a time: workers given the same share of tasks reach the limit together, and
-    /// replacing them together would leave none to run tasks. The others keep running tasks
-    /// past the limit meanwhile, and are replaced in turn.
-    recycling: Option<u32>,
+    /// Where the replacement of a worker after `max_tasks_per_worker` stands (see `recycle`).
+    pub(super) recycle: Recycle,
 }
 
 impl Sched {
@@ -87,7 +85,7 @@ impl Sched {
             boot_error: None,
             done: Vec::new(),
             again: Vec::new(),
-            recycling: None,
+            recycle: Recycle::Idle,
         }
     }
 
@@ -171,13 +169,10 @@ impl Sched {
                     s.started = true;
                     // A worker could start: an older start-up failure is no longer the news.
                     self.boot_error = None;
-                    if self.recycling == Some(id) {
-                        self.recycling = None;
-                    }
+                    self.recycle_on_ready(id);
                 }
             }
-            // That slot stays down: it is no longer being replaced.
-            Event::GaveUp { id, .. } if self.recycling == Some(id) => self.recycling = None,
+            Event::GaveUp { id, .. } => self.recycle_gave_up(id),
             Event::TaskDone { id, pid, data } => self.on_answer(id, pid, &data),
             Event::Exit { id, info, .. } => self.on_exit(id, info),
             Event::AllDown => self.all_down(),
@@ -225,27 +220,18 @@ impl Sched {
         self.task_left(r.slot, d.id, true);
     }
 
-    /// Task `id` no longer runs on `slot`; `answered`: the worker answered it. A worker that
-    /// reached `max_tasks_per_worker` is replaced once its last task is answered.
+    /// Task `id` no longer runs on `slot`; `answered`: the worker answered it (a worker that
+    /// reached `max_tasks_per_worker` is then replaced, see `recycle`).
     fn task_left(&mut self, slot: u32, id: u64, answered: bool) {
         let Some(s) = self.slots.get_mut(slot as usize) else {
             return;
         };
         s.tasks.retain(|&t| t != id);
-        if !answered {
-            return;
-        }
-        s.answered += 1;
-        let due = self.max_tasks.is_some_and(|m| s.answered >= m) && !s.ending;
-        if due && self.recycling.is_none_or(|r| r == slot) {
-            s.ending = true;
-            s.recycle = true;
-            self.recycling = Some(slot);
-        }
-        if s.recycle && s.ready && s.tasks.is_empty() {
-            s.ready = false;
-            self.shared.inner.lock().unwrap().stats.recycled += 1;
-            let _ = self.sup.restart_worker(slot);
+        if answered {
+            s.answered += 1;
+            self.recycle_after_answer(slot);
+        } else {
+            self.step_recycle();
         }
     }
 
@@ -301,7 +287,7 @@ impl Sched {
 
     /// Every worker stopped for good: no queued task can run, and none will be taken.
     fn all_down(&mut self) {
-        self.recycling = None;
+        self.recycle = Recycle::Idle;
         let why = self
             .boot_error
             .clone()
