@@ -9,6 +9,7 @@
 //! carries on. Worker side: [`crate::Worker`] yields [`crate::WorkerEvent::Task`] and answers
 //! with [`crate::Worker::answer`].
 
+mod dispatch;
 mod recycle;
 mod sched;
 mod shared;
