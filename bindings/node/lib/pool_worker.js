@@ -9,6 +9,8 @@ const path = require('path');
 const { pathToFileURL } = require('url');
 const native = require('./native');
 
+const CONTENT_RAW = 0;
+const CONTENT_JSON = 1;
 const CONTENT_V8 = 2;
 const BOOT_FAILED_EXIT = 3;
 
@@ -107,7 +109,7 @@ function run(fns, item) {
   }
   let data;
   try {
-    data = item.content === CONTENT_V8 ? v8.deserialize(item.data) : item.data;
+    data = decode(item);
   } catch (err) {
     answer(id, false, errorPayload(err));
     return;
@@ -123,6 +125,20 @@ function run(fns, item) {
     result.then((v) => settle(id, v), (err) => answer(id, false, errorPayload(err)));
   } else {
     settle(id, result);
+  }
+}
+
+/** A task's payload as its content type says (docs/protocol.md 5.8). */
+function decode(item) {
+  switch (item.content) {
+    case CONTENT_V8: return v8.deserialize(item.data);
+    case CONTENT_JSON: return JSON.parse(item.data.toString('utf8'));
+    case CONTENT_RAW: return item.data;
+    default: {
+      const e = new TypeError(`a task payload of content type ${item.content} cannot be read by a Node worker`);
+      e.code = 'ERR_TASK_CONTENT_TYPE';
+      throw e;
+    }
   }
 }
 
