@@ -570,6 +570,11 @@ typedef struct {
    * A worker that answered this many tasks is replaced (0: never).
    */
   uint64_t max_tasks_per_worker;
+  /**
+   * A worker whose resident memory is above this many bytes after a task is replaced
+   * (0: no limit).
+   */
+  uint64_t max_worker_memory;
 } rcluster_pool_options;
 
 /**

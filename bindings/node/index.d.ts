@@ -238,8 +238,10 @@ declare namespace rcluster {
     whenFull?: 'reject' | 'wait';
     /** A task running longer is rejected with ERR_TASK_TIMEOUT and its worker replaced. */
     taskTimeout?: number;
-    /** A worker that has run this many tasks is replaced. */
+    /** A worker that has run this many tasks is replaced (by one started beforehand). */
     maxTasksPerWorker?: number;
+    /** A worker whose resident memory is above this many MiB after a task is replaced. */
+    maxWorkerMemoryMb?: number;
     env?: Record<string, string | number | boolean>;
     execArgv?: string[];
     cwd?: string;

@@ -35,6 +35,9 @@ pub struct rcluster_pool_options {
     pub task_timeout_ms: u64,
     /// A worker that answered this many tasks is replaced (0: never).
     pub max_tasks_per_worker: u64,
+    /// A worker whose resident memory is above this many bytes after a task is replaced
+    /// (0: no limit).
+    pub max_worker_memory: u64,
 }
 
 /// How a task ended.
@@ -226,6 +229,9 @@ pub unsafe extern "C" fn rcluster_pool_start(
         }
         if o.max_tasks_per_worker != 0 {
             c.max_tasks_per_worker = Some(o.max_tasks_per_worker);
+        }
+        if o.max_worker_memory != 0 {
+            c.max_worker_memory = Some(o.max_worker_memory);
         }
         let inner = Pool::start(c)?;
         // SAFETY: `out` is non-null (checked above) and the caller promises it points to writable

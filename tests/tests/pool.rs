@@ -313,6 +313,29 @@ fn a_single_worker_is_replaced_after_max_tasks_by_one_started_beforehand_so_no_t
 }
 
 #[test]
+fn a_worker_above_max_worker_memory_after_a_task_is_replaced_and_no_task_fails() {
+    let mut c = config(1);
+    c.max_worker_memory = Some(64 << 20);
+    let pool = Pool::start(c).unwrap();
+    let before = submit(&pool, "pid", "");
+    let pid1 = value(&collect(&pool, 1, LONG)[&before]);
+    let grow = submit(&pool, "grow", "100");
+    assert_eq!(value(&collect(&pool, 1, LONG)[&grow]), "grown");
+    // The tasks after it run on its replacement once that is ready; none fails.
+    let deadline = Instant::now() + LONG;
+    let mut pid2 = pid1.clone();
+    while pid2 == pid1 && Instant::now() < deadline {
+        let id = submit(&pool, "pid", "");
+        pid2 = value(&collect(&pool, 1, LONG)[&id]);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_ne!(pid1, pid2, "the worker above the limit was not replaced");
+    let s = pool.stats();
+    assert_eq!(s.failed(), 0);
+    assert!(s.recycled >= 1, "{s:?}");
+}
+
+#[test]
 fn stopping_with_tasks_queued_fails_them_with_shutdown_and_refuses_new_ones() {
     let pool = Pool::start(config(1)).unwrap();
     let running = submit(&pool, "sleep", "200");

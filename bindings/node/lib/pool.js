@@ -12,7 +12,7 @@ const { rclusterError, invalidOption } = require('./errors');
 const CONTENT_V8 = 2;
 const RUNTIME = path.join(__dirname, 'pool_worker.js');
 const KNOWN = ['filename', 'workers', 'minThreads', 'maxThreads', 'concurrentTasksPerWorker', 'maxQueue',
-  'whenFull', 'taskTimeout', 'maxTasksPerWorker', 'env', 'execArgv', 'cwd', 'killTimeout', 'maxMessage'];
+  'whenFull', 'taskTimeout', 'maxTasksPerWorker', 'maxWorkerMemoryMb', 'env', 'execArgv', 'cwd', 'killTimeout', 'maxMessage'];
 
 function count(opts, name, min, max, fallback) {
   const v = opts[name];
@@ -71,6 +71,8 @@ function nativeOptions(opts) {
     whenFull: 'reject',
     taskTimeout: millis(opts.taskTimeout, 'options.taskTimeout'),
     maxTasksPerWorker: count(opts, 'maxTasksPerWorker', 1, Number.MAX_SAFE_INTEGER, undefined),
+    maxWorkerMemory: opts.maxWorkerMemoryMb === undefined ? undefined
+      : count(opts, 'maxWorkerMemoryMb', 1, 2 ** 32, undefined) * 1024 * 1024,
     killTimeout: millis(opts.killTimeout, 'options.killTimeout'),
     maxMessage: count(opts, 'maxMessage', 1, 2 ** 30, undefined),
   };

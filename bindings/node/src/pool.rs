@@ -27,6 +27,8 @@ pub struct NativePoolOptions {
     pub when_full: Option<String>,
     pub task_timeout: Option<f64>,
     pub max_tasks_per_worker: Option<f64>,
+    /// Bytes.
+    pub max_worker_memory: Option<f64>,
     pub kill_timeout: Option<f64>,
     pub max_message: Option<f64>,
 }
@@ -73,6 +75,7 @@ fn build(o: NativePoolOptions) -> napi::Result<PoolConfig, &'static str> {
     };
     c.task_timeout = o.task_timeout.map(ms);
     c.max_tasks_per_worker = o.max_tasks_per_worker.map(|n| n as u64);
+    c.max_worker_memory = o.max_worker_memory.map(|n| n as u64);
     Ok(c)
 }
 

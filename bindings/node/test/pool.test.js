@@ -163,6 +163,20 @@ test('workers are replaced after maxTasksPerWorker without a failed task', () =>
   assert.ok(s.recycled >= 1, JSON.stringify(s));
 }));
 
+test('a worker above maxWorkerMemoryMb after a task is replaced, without a failed task', () => withPool({ workers: 1, maxWorkerMemoryMb: 64 }, async (pool) => {
+  const before = await pool.run(null, { name: 'pid' });
+  assert.strictEqual(await pool.run(100, { name: 'grow' }), 1);
+  let after = before;
+  for (let i = 0; i < 500 && after === before; i++) {
+    after = await pool.run(null, { name: 'pid' });
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  assert.notStrictEqual(after, before, 'the worker above the limit was not replaced');
+  const s = pool.stats();
+  assert.strictEqual(s.failed, 0);
+  assert.ok(s.recycled >= 1);
+}));
+
 test('destroy rejects queued tasks with ERR_POOL_DESTROYED and later runs too', async () => {
   const pool = new Pool({ filename: TASKS, workers: 1 });
   const queued = Array.from({ length: 20 }, () => rejection(pool.run(200, { name: 'sleep' })));

@@ -1,11 +1,16 @@
-//! Replacing workers after `max_tasks_per_worker`, one at a time, with the replacement started
+//! Replacing workers after `max_tasks_per_worker` (or above `max_worker_memory`), one at a time, with the replacement started
 //! before the old worker retires: an extra slot (the spare) is added, the old worker keeps
 //! running tasks until the spare is ready, then retires and restarts while the spare runs
 //! tasks, and the spare goes once the old slot's new worker is ready. No task waits for a
 //! start, and no two workers are replaced together (workers given equal shares of tasks reach
 //! the limit together).
 
+use std::time::{Duration, Instant};
+
 use super::sched::{Sched, Slot};
+
+/// How often one worker's memory is looked at, at most.
+const MEMORY_EVERY: Duration = Duration::from_millis(100);
 
 /// Where the replacement of one worker stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,10 +38,12 @@ impl Sched {
     /// `slot` answered a task: when it reached its limit and no worker is being replaced,
     /// its replacement begins.
     pub(super) fn recycle_after_answer(&mut self, slot: u32) {
-        let Some(s) = self.slots.get(slot as usize) else {
+        let Some(s) = self.slots.get_mut(slot as usize) else {
             return;
         };
-        let due = self.max_tasks.is_some_and(|m| s.answered >= m) && !s.ending;
+        let due = !s.ending
+            && (self.max_tasks.is_some_and(|m| s.answered >= m)
+                || self.max_memory.is_some_and(|m| over_memory(s, m)));
         if due && self.recycle == Recycle::Idle {
             self.recycle = match self.sup.scale_by(1) {
                 Ok((before, after)) if after == before + 1 => {
@@ -140,4 +147,24 @@ impl Sched {
             self.slots.truncate(spare as usize);
         }
     }
+}
+
+/// Whether the worker of `s` uses more than `limit` bytes of resident memory, looked at most
+/// every `MEMORY_EVERY` (reading /proc costs a few microseconds, an answer may come every one).
+fn over_memory(s: &mut Slot, limit: u64) -> bool {
+    let now = Instant::now();
+    if s.memory_checked.is_some_and(|t| now - t < MEMORY_EVERY) {
+        return false;
+    }
+    s.memory_checked = Some(now);
+    resident_bytes(s.pid).is_some_and(|rss| rss > limit)
+}
+
+/// Resident memory of process `pid` in bytes (the second field of /proc/PID/statm, in pages).
+fn resident_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
 }

@@ -32,6 +32,8 @@ pub(super) struct Slot {
     pub(super) tasks: Vec<u64>,
     /// Tasks it has answered.
     pub(super) answered: u64,
+    /// When its memory was last looked at (`max_worker_memory`).
+    pub(super) memory_checked: Option<Instant>,
 }
 
 impl Slot {
@@ -58,6 +60,7 @@ pub(super) struct Sched {
     pub(super) conc: usize,
     pub(super) timeout: Option<Duration>,
     pub(super) max_tasks: Option<u64>,
+    pub(super) max_memory: Option<u64>,
     /// Why the last worker that could not start could not.
     boot_error: Option<String>,
     /// Outcomes of this turn, handed over under one lock.
@@ -78,6 +81,7 @@ impl Sched {
             conc: cfg.concurrent_tasks_per_worker,
             timeout: cfg.task_timeout,
             max_tasks: cfg.max_tasks_per_worker,
+            max_memory: cfg.max_worker_memory,
             boot_error: None,
             done: Vec::new(),
             again: Vec::new(),

@@ -34,6 +34,10 @@ pub struct PoolConfig {
     /// A worker that has answered this many tasks gets no more and is replaced once its last
     /// one is answered. None: workers are kept.
     pub max_tasks_per_worker: Option<u64>,
+    /// A worker whose resident memory is above this many bytes after it answered a task is
+    /// replaced as after `max_tasks_per_worker` (looked at after an answer, at most every
+    /// 100 ms per worker). None: no limit.
+    pub max_worker_memory: Option<u64>,
 }
 
 impl PoolConfig {
@@ -59,6 +63,7 @@ impl PoolConfig {
             when_full: WhenFull::Reject,
             task_timeout: None,
             max_tasks_per_worker: None,
+            max_worker_memory: None,
         }
     }
 
@@ -82,6 +87,13 @@ impl PoolConfig {
                 "max_tasks_per_worker",
                 0,
                 "must be at least 1 (or unset)",
+            ));
+        }
+        if self.max_worker_memory == Some(0) {
+            return Err(Error::config(
+                "max_worker_memory",
+                0,
+                "must be at least 1 byte (or unset)",
             ));
         }
         if self.task_timeout == Some(Duration::ZERO) {

@@ -7,6 +7,7 @@
 //! - `exit`: exits with the payload's code
 //! - `signal`: kills itself with the payload's signal number
 //! - `fail`: answers with the payload as an error
+//! - `grow`: keeps the payload's number of MiB of memory for good (a leak), answers "grown"
 //!
 //! Tasks that wait in the socket are taken together and their answers written together (one
 //! write for a batch), except after a task that took time, whose answer goes out at once.
@@ -97,6 +98,12 @@ fn run(t: &Task) -> (u64, bool, Vec<u8>) {
             std::process::exit(99)
         }
         "fail" => (t.id, false, t.payload.clone()),
+        "grow" => {
+            // Memory the worker keeps (a leak): the payload's MiB, touched so that it counts.
+            let block = vec![1u8; (number(t) as usize) << 20];
+            std::mem::forget(block);
+            (t.id, true, b"grown".to_vec())
+        }
         other => (t.id, false, format!("no task named {other}").into_bytes()),
     }
 }

@@ -120,6 +120,7 @@ async function usePool(): Promise<void> {
     whenFull: 'wait',
     taskTimeout: 1000,
     maxTasksPerWorker: 100,
+    maxWorkerMemoryMb: 512,
   });
   const ac = new AbortController();
   const n: number = await pool.run<number>(21, { name: 'double', signal: ac.signal, timeout: 500, idempotent: true });
