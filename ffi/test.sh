@@ -49,7 +49,8 @@ step "compile (gcc -Wall -Wextra -Werror; shared via pkg-config, static via pkg-
 cflags=(-std=c11 -g -O1 -Wall -Wextra -Werror -Itests/c $(pkg-config --cflags librcluster))
 shared_libs=($(pkg-config --libs librcluster) -Wl,-rpath,"$lib")
 static_libs=("$lib/librcluster.a" $(pkg-config --static --libs-only-l librcluster | sed 's/-lrcluster//'))
-programs=(examples/c/worker.c examples/c/primary.c tests/c/test_cluster.c tests/c/test_bad_input.c)
+programs=(examples/c/worker.c examples/c/primary.c examples/c/pool.c tests/c/test_cluster.c
+    tests/c/test_bad_input.c)
 for kind in shared static; do
     for src in "${programs[@]}"; do
         name=$(basename "$src" .c)
@@ -204,6 +205,26 @@ if sigterm_load_test; then
     ok "example primary on SIGTERM under load: every accepted connection answered, new ones refused"
 else
     not_ok "example primary on SIGTERM under load: every accepted connection answered, new ones refused"
+fi
+
+step "example pool: 1,000 tasks and one that crashes its worker"
+# The example checks itself: every task but the crashing one succeeds, that one fails naming
+# SIGABRT, and the pool carries on (exit 0). Built both ways, and with AddressSanitizer.
+for kind in shared static; do
+    if timeout 120 "$out/$kind/pool" 2 >"$out/logs/pool-$kind.log" 2>&1; then
+        ok "example pool ($kind): exactly the crashing task fails, naming SIGABRT"
+    else
+        not_ok "example pool ($kind): exactly the crashing task fails, naming SIGABRT"
+        cat "$out/logs/pool-$kind.log"
+    fi
+done
+if gcc "${cflags[@]}" -fsanitize=address -fno-omit-frame-pointer -o "$out/asan-pool" examples/c/pool.c \
+        "${shared_libs[@]}" -lpthread &&
+    ASAN_OPTIONS=detect_leaks=1:exitcode=1 timeout 120 "$out/asan-pool" 2 >"$out/logs/pool-asan.log" 2>&1; then
+    ok "example pool under AddressSanitizer (primary and workers)"
+else
+    not_ok "example pool under AddressSanitizer (primary and workers)"
+    cat "$out/logs/pool-asan.log"
 fi
 
 step "memory checks: valgrind memcheck and AddressSanitizer"

@@ -307,6 +307,51 @@ typedef uint32_t rcluster_worker_state;
 #endif // __cplusplus
 
 /**
+ * How a task ended.
+ */
+enum rcluster_outcome_status
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * The task's value: `data`, `len`, `content`.
+   */
+  RCLUSTER_OUTCOME_STATUS_VALUE = 0,
+  /**
+   * The task raised an error: `data`, `len`, `content` are the error as the worker sent it.
+   */
+  RCLUSTER_OUTCOME_STATUS_ERROR = 1,
+  /**
+   * Its worker ended under it: `exit_code` or `signal`; `message` says which.
+   */
+  RCLUSTER_OUTCOME_STATUS_CRASHED = 2,
+  /**
+   * It ran longer than its timeout; its worker was killed and replaced.
+   */
+  RCLUSTER_OUTCOME_STATUS_TIMEOUT = 3,
+  /**
+   * It was cancelled (`rcluster_pool_cancel`).
+   */
+  RCLUSTER_OUTCOME_STATUS_CANCELLED = 4,
+  /**
+   * The pool stopped before it ended.
+   */
+  RCLUSTER_OUTCOME_STATUS_SHUTDOWN = 5,
+  /**
+   * No worker can run tasks (every one stopped for good); `message` says why.
+   */
+  RCLUSTER_OUTCOME_STATUS_NO_WORKERS = 6,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum rcluster_outcome_status rcluster_outcome_status;
+#else
+typedef uint32_t rcluster_outcome_status;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * What an `rcluster_worker_event` reports.
  */
 enum rcluster_worker_event_kind
@@ -332,6 +377,11 @@ enum rcluster_worker_event_kind
    * by default the process exits with status 0 instead).
    */
   RCLUSTER_WORKER_EVENT_KIND_PRIMARY_GONE = 4,
+  /**
+   * A task of a pool: `task_id`, `name`, `content_type`, and its payload in `data`, `len`.
+   * Answer it with `rcluster_worker_answer`.
+   */
+  RCLUSTER_WORKER_EVENT_KIND_TASK = 5,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -347,6 +397,12 @@ typedef uint32_t rcluster_worker_event_kind;
  * supervisors from it (each takes a copy).
  */
 typedef struct rcluster_config rcluster_config;
+
+/**
+ * A running pool (opaque). Made by `rcluster_pool_start`, released by `rcluster_pool_free`.
+ * Thread-safe: every function may be called from any thread.
+ */
+typedef struct rcluster_pool rcluster_pool;
 
 /**
  * The signal helper (opaque). Made by `rcluster_signals_new`, released by
@@ -516,6 +572,101 @@ typedef struct {
 } rcluster_worker_info;
 
 /**
+ * A pool's own settings; a zero field keeps the default.
+ */
+typedef struct {
+  /**
+   * Tasks one worker holds at once (default 1). More lets small tasks travel in batches,
+   * but a worker that crashes takes the tasks it holds with it.
+   */
+  uint32_t concurrent_tasks_per_worker;
+  /**
+   * Most tasks waiting in the queue (default 100000).
+   */
+  uint64_t max_queue;
+  /**
+   * When the queue is full: false, `rcluster_pool_submit` fails with `QUEUE_FULL`; true, it
+   * blocks until there is room.
+   */
+  bool wait_when_full;
+  /**
+   * A task running longer fails with `TIMEOUT` and its worker is killed and replaced
+   * (0: no limit).
+   */
+  uint64_t task_timeout_ms;
+  /**
+   * A worker that answered this many tasks is replaced (0: never).
+   */
+  uint64_t max_tasks_per_worker;
+  /**
+   * A worker whose resident memory is above this many bytes after a task is replaced
+   * (0: no limit).
+   */
+  uint64_t max_worker_memory;
+} rcluster_pool_options;
+
+/**
+ * One task's end. Read-only; `data` and `message` belong to it and stay valid until
+ * `rcluster_outcome_free`.
+ */
+typedef struct {
+  /**
+   * The id `rcluster_pool_submit` returned.
+   */
+  uint64_t id;
+  rcluster_outcome_status status;
+  /**
+   * VALUE and ERROR: the payload's content type (an `RCLUSTER_CONTENT_*` number), its
+   * bytes and length; NULL and 0 otherwise.
+   */
+  uint8_t content;
+  const uint8_t *data;
+  size_t len;
+  /**
+   * CRASHED: the worker's exit code, or -1 when a signal ended it.
+   */
+  int exit_code;
+  /**
+   * CRASHED: the signal that ended the worker, or 0.
+   */
+  int signal;
+  /**
+   * Every status but VALUE: what happened, as text; NULL for VALUE.
+   */
+  const char *message;
+  /**
+   * Microseconds in the queue, and running (0 when it never ran).
+   */
+  uint64_t wait_us;
+  uint64_t run_us;
+} rcluster_outcome;
+
+/**
+ * A pool's counters (see `rcluster_pool_stats`).
+ */
+typedef struct {
+  uint64_t queued;
+  uint64_t running;
+  uint64_t completed;
+  uint64_t failed_error;
+  uint64_t failed_crashed;
+  uint64_t failed_timeout;
+  uint64_t failed_cancelled;
+  uint64_t failed_shutdown;
+  uint64_t failed_no_workers;
+  uint64_t retried;
+  uint64_t recycled;
+  uint64_t workers_ready;
+  /**
+   * Microseconds.
+   */
+  uint64_t wait_total_us;
+  uint64_t wait_max_us;
+  uint64_t run_total_us;
+  uint64_t run_max_us;
+} rcluster_pool_counters;
+
+/**
  * A function that receives every event when set with `rcluster_supervisor_set_callback`.
  * `ev` is valid only during the call (the library frees it afterwards; do not free it).
  */
@@ -561,6 +712,14 @@ typedef struct {
    * where they were.
    */
   rcluster_content_type content_type;
+  /**
+   * TASK: the id to answer with; 0 otherwise.
+   */
+  uint64_t task_id;
+  /**
+   * TASK: the function to run ("" for the default); NULL otherwise.
+   */
+  const char *name;
 } rcluster_worker_event;
 
 /**
@@ -664,6 +823,11 @@ typedef struct {
  * untouched or ignores them.
  */
 #define RCLUSTER_CONTENT_BINDING 4
+
+/**
+ * Python's pickle (a Python pool's tasks and results).
+ */
+#define RCLUSTER_CONTENT_PICKLE 5
 
 #ifdef __cplusplus
 extern "C" {
@@ -974,6 +1138,119 @@ rcluster_result rcluster_snapshot_get(const rcluster_snapshot *snap,
  * `snap` is NULL or a snapshot from `rcluster_supervisor_snapshot` not yet freed.
  */
 void rcluster_snapshot_free(rcluster_snapshot *snap);
+
+/**
+ * Starts a pool of the workers `cfg` describes (its `workers`, command, environment and
+ * restart policy), with `opts` (NULL: every default). Workers must say ready
+ * (`rcluster_worker_ready`) once they can run tasks; one that cannot should call
+ * `rcluster_worker_boot_failed` and exit with code 3, which the pool does not restart.
+ * `cfg` is copied. Errors: `CONFIG`, `SPAWN`, `IO`.
+ *
+ * # Safety
+ * `cfg` is NULL or a live config; `opts` is NULL or readable; `out` is NULL or writable.
+ */
+rcluster_result rcluster_pool_start(const rcluster_config *cfg,
+                                    const rcluster_pool_options *opts,
+                                    rcluster_pool **out);
+
+/**
+ * Queues a task: `name` (NULL or "": the worker's default function), the payload `data` of
+ * `len` bytes with content type `content`, its own timeout (`timeout_ms`, 0: the pool's),
+ * and whether it may run twice (`idempotent`). On success `*out_id` is its id (never 0).
+ * `QUEUE_FULL` when the queue is full (unless the pool waits for room), `STOPPED` after
+ * `rcluster_pool_stop`, or when no worker can run tasks any more (`rcluster_last_error`
+ * says why).
+ *
+ * # Safety
+ * `pool` is NULL or a live pool; `name` is NULL or a NUL-terminated string; `data` is
+ * readable for `len` bytes (or NULL with `len` 0); `out_id` is NULL or writable.
+ */
+rcluster_result rcluster_pool_submit(const rcluster_pool *pool,
+                                     const char *name,
+                                     uint8_t content,
+                                     const uint8_t *data,
+                                     size_t len,
+                                     uint64_t timeout_ms,
+                                     bool idempotent,
+                                     uint64_t *out_id);
+
+/**
+ * Cancels task `id`: a queued task ends at once with status `CANCELLED`; a running one too,
+ * and its worker is killed and replaced. An id that has ended already is ignored.
+ *
+ * # Safety
+ * `pool` is NULL or a live pool.
+ */
+rcluster_result rcluster_pool_cancel(const rcluster_pool *pool, uint64_t id);
+
+/**
+ * A descriptor that is readable while outcomes may be waiting (the completion fd): wait on
+ * it (poll, epoll), then call `rcluster_pool_try_next_outcome` until it returns `TIMEOUT`.
+ * -1 when `pool` is NULL. Owned by the pool; do not close it.
+ *
+ * # Safety
+ * `pool` is NULL or a live pool.
+ */
+int rcluster_pool_outcome_fd(const rcluster_pool *pool);
+
+/**
+ * Waits up to `timeout_ms` milliseconds (negative: forever) for the next task to end. On
+ * success `*out` is its outcome, to release with `rcluster_outcome_free`. `TIMEOUT` when none
+ * ended in time; `STOPPED` once the pool has stopped and every outcome was taken.
+ *
+ * # Safety
+ * `pool` is NULL or a live pool; `out` is NULL or writable.
+ */
+rcluster_result rcluster_pool_next_outcome(const rcluster_pool *pool,
+                                           int64_t timeout_ms,
+                                           rcluster_outcome **out);
+
+/**
+ * The next outcome if one is waiting (`TIMEOUT` if none), without blocking.
+ *
+ * # Safety
+ * `pool` is NULL or a live pool; `out` is NULL or writable.
+ */
+rcluster_result rcluster_pool_try_next_outcome(const rcluster_pool *pool, rcluster_outcome **out);
+
+/**
+ * Releases an outcome. NULL is allowed and does nothing.
+ *
+ * # Safety
+ * `o` is NULL or an outcome from this library not yet freed.
+ */
+void rcluster_outcome_free(rcluster_outcome *o);
+
+/**
+ * The pool's counters as of now, into `*out`.
+ *
+ * # Safety
+ * `pool` is NULL or a live pool; `out` is NULL or writable.
+ */
+rcluster_result rcluster_pool_stats(const rcluster_pool *pool, rcluster_pool_counters *out);
+
+/**
+ * Stops the pool: no more tasks; queued ones end with `SHUTDOWN` when `cancel_queued`, or
+ * run; what runs gets `timeout_ms` to finish; then the workers are stopped, and tasks still
+ * unanswered end with `SHUTDOWN`. Returns once every worker is reaped; outcomes stay
+ * readable until `STOPPED`.
+ *
+ * # Safety
+ * `pool` is NULL or a live pool.
+ */
+rcluster_result rcluster_pool_stop(const rcluster_pool *pool,
+                                   bool cancel_queued,
+                                   uint64_t timeout_ms);
+
+/**
+ * Stops the pool (queued tasks cancelled, the cluster's kill timeout for the rest) if it
+ * runs, and releases it. NULL is allowed and does nothing.
+ *
+ * # Safety
+ * `pool` is NULL or a pool from `rcluster_pool_start` not yet freed, not in use by another
+ * thread.
+ */
+void rcluster_pool_free(rcluster_pool *pool);
 
 /**
  * The fixed English text of a result code; never NULL, and valid for the life of the program.
@@ -1289,6 +1566,31 @@ rcluster_result rcluster_worker_identity(const rcluster_worker *w,
  * `w` is NULL or a live worker.
  */
 rcluster_result rcluster_worker_ready(const rcluster_worker *w);
+
+/**
+ * Answers task `task_id` (from an event of kind `TASK`): `ok` true, `data` is its value;
+ * false, the error it raised; `content` says how it is encoded. Blocks while the socket is
+ * full. `MESSAGE_TOO_LARGE` over the primary's limit.
+ *
+ * # Safety
+ * `w` is NULL or a live worker; `data` is readable for `len` bytes (or NULL with `len` 0).
+ */
+rcluster_result rcluster_worker_answer(const rcluster_worker *w,
+                                       uint64_t task_id,
+                                       bool ok,
+                                       uint8_t content,
+                                       const uint8_t *data,
+                                       size_t len);
+
+/**
+ * Tells a pool this worker cannot run tasks (what it needs failed to load), with `why`;
+ * then exit with status 3, which a pool does not restart. Its waiting tasks end with status
+ * `NO_WORKERS` and this text once no worker is left.
+ *
+ * # Safety
+ * `w` is NULL or a live worker; `why` is NULL or a NUL-terminated string.
+ */
+rcluster_result rcluster_worker_boot_failed(const rcluster_worker *w, const char *why);
 
 /**
  * A sign of life; call it from the worker's event loop more often than the primary's

@@ -292,12 +292,100 @@ declare namespace rcluster {
     strictTurns?: boolean;
   }
 
+  /** Options of `new rcluster.Pool(...)`. Durations in milliseconds. */
+  interface PoolOptions {
+    /** The task file: exports a function, or named functions (picked by `run`'s `name`), sync or async. */
+    filename: string | URL;
+    /** Worker processes (default: the number of CPUs). `maxThreads` is accepted as an alias. */
+    workers?: number;
+    maxThreads?: number;
+    /** Tasks one worker holds at once (default 1). More lets small tasks travel in batches. */
+    concurrentTasksPerWorker?: number;
+    /** Most tasks waiting for a worker (default: unbounded in practice, 2^31). */
+    maxQueue?: number;
+    /** When the queue is full: reject with ERR_QUEUE_FULL (default), or wait for room. */
+    whenFull?: 'reject' | 'wait';
+    /** A task running longer is rejected with ERR_TASK_TIMEOUT and its worker replaced. */
+    taskTimeout?: number;
+    /** A worker that has run this many tasks is replaced (by one started beforehand). */
+    maxTasksPerWorker?: number;
+    /** A worker whose resident memory is above this many MiB after a task is replaced. */
+    maxWorkerMemoryMb?: number;
+    env?: Record<string, string | number | boolean>;
+    execArgv?: string[];
+    cwd?: string;
+    /** Grace of a worker that is stopped before SIGKILL (default 10000). */
+    killTimeout?: number;
+    /** Largest task payload or result in bytes (default 16 MiB). */
+    maxMessage?: number;
+  }
+
+  interface RunOptions {
+    /** A named export of the task file (default: the exported function). */
+    name?: string;
+    /** Aborting it rejects the task with an AbortError; a running task's worker is replaced. */
+    signal?: AbortSignal;
+    /** This task's timeout in milliseconds, instead of `taskTimeout`. */
+    timeout?: number;
+    /**
+     * The task may run twice: when its worker dies under it because of another task (with
+     * `concurrentTasksPerWorker` above 1), it runs again on another worker instead of failing.
+     */
+    idempotent?: boolean;
+  }
+
+  interface PoolStats {
+    queued: number;
+    running: number;
+    completed: number;
+    failed: number;
+    failedError: number;
+    failedCrashed: number;
+    failedTimeout: number;
+    failedCancelled: number;
+    failedShutdown: number;
+    failedNoWorkers: number;
+    retried: number;
+    recycled: number;
+    workersReady: number;
+    /** Milliseconds. */
+    waitTotal: number;
+    waitMax: number;
+    runTotal: number;
+    runMax: number;
+  }
+
+  /**
+   * A pool of worker processes. Rejections carry a `code`: ERR_WORKER_CRASHED (with
+   * `exitCode` or `signal`), ERR_TASK_TIMEOUT, ERR_QUEUE_FULL, ERR_POOL_DESTROYED,
+   * ERR_WORKER_INIT_FAILED, ERR_TASK_DATA_NOT_SERIALIZABLE, ERR_TASK_RESULT_NOT_SERIALIZABLE;
+   * an aborted signal gives an `AbortError`; an error thrown by the task arrives as an Error
+   * with its message, name, stack and code.
+   */
+  interface Pool {
+    run<T = any>(data?: unknown, options?: RunOptions): Promise<T>;
+    stats(): PoolStats;
+    readonly queueSize: number;
+    destroy(): Promise<void>;
+  }
+
+  interface PoolConstructor {
+    new (options: PoolOptions): Pool;
+  }
+
+  interface PoolError extends Error {
+    code: string;
+    exitCode?: number;
+    signal?: NodeJS.Signals | number;
+  }
+
   interface Rcluster extends EventEmitter {
     start(options?: StartOptions): Cluster;
     /** The number of workers start() runs when given none: the CPUs of this process's
      * affinity mask, bounded by its cgroup's CPU quota (rounded up); at least 1. */
     defaultWorkers(): number;
     Cluster: ClusterConstructor;
+    Pool: PoolConstructor;
     readonly isPrimary: boolean;
     readonly isMaster: boolean;
     readonly isWorker: boolean;

@@ -44,5 +44,7 @@ rcluster.start = (options) => {
 rcluster.Cluster = require('./lib/primary').Cluster;
 /** The number of workers start() runs when given none: one per CPU this process may use. */
 rcluster.defaultWorkers = () => require('./lib/native').defaultWorkers();
+/** A pool of worker processes that run the functions of one file (see index.d.ts). */
+rcluster.Pool = require('./lib/pool').Pool;
 
 module.exports = rcluster;

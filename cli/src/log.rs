@@ -140,6 +140,9 @@ impl EventLog {
             Event::Recycling { id, pid, reason } => {
                 format!("worker {id} pid {pid}: recycling ({reason}): starting its replacement")
             }
+            Event::TaskDone { id, .. } => {
+                format!("{}: sent a task answer, but no pool runs", self.who(*id))
+            }
         }
     }
 

@@ -30,6 +30,10 @@ pub enum Error {
     NotAWorker(String),
     /// An operating-system call failed; `op` says which.
     Io { op: &'static str, source: io::Error },
+    /// A pool's queue holds `max_queue` tasks; the task was not queued.
+    TaskQueueFull { limit: usize },
+    /// No worker of the pool can run tasks any more; the text says why.
+    PoolBroken(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -72,6 +76,10 @@ impl fmt::Display for Error {
             Error::Protocol(detail) => write!(f, "protocol error: {detail}"),
             Error::NotAWorker(detail) => write!(f, "not an rcluster worker: {detail}"),
             Error::Io { op, source } => write!(f, "{op} failed: {source}"),
+            Error::TaskQueueFull { limit } => {
+                write!(f, "the pool's task queue is full ({limit} tasks, max_queue)")
+            }
+            Error::PoolBroken(why) => write!(f, "the pool cannot run tasks: {why}"),
         }
     }
 }

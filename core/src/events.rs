@@ -71,6 +71,9 @@ pub enum Event {
         data: Vec<u8>,
         content: ContentType,
     },
+    /// A pool worker answered a task: `data` is the TaskDone body (see `pool`, which reads
+    /// these; a supervisor whose workers run no tasks never sees one).
+    TaskDone { id: u32, pid: u32, data: Vec<u8> },
     /// A worker process ended and was reaped.
     Exit {
         id: u32,
@@ -129,6 +132,7 @@ impl Event {
             Event::Online { .. } => "online",
             Event::Ready { .. } => "ready",
             Event::Message { .. } => "message",
+            Event::TaskDone { .. } => "task_done",
             Event::Exit { .. } => "exit",
             Event::SpawnFailed { .. } => "spawn_failed",
             Event::Restarting { .. } => "restarting",

@@ -10,7 +10,7 @@
 
 // Layers, lowest first; a module may use only the ones above it in this list (checked by
 // `tests/layers.rs`): `error`; `sys`; `wire`; `config`; `policy`; `events`; `primary` and
-// `worker` (which do not use each other); `fuzzing`.
+// `worker` (which do not use each other); `pool` and `fuzzing`.
 mod config;
 mod error;
 mod events;
@@ -18,6 +18,7 @@ mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 mod policy;
+pub mod pool;
 mod primary;
 mod sys;
 mod wire;
@@ -38,7 +39,7 @@ pub use primary::signals::{signal_name, SignalAction, EXIT_AFTER_SIGNAL_STOP, HA
 pub use primary::status::{LastExit, ListenerStatus, Status, WorkerStatus};
 pub use primary::supervisor::Supervisor;
 pub use sys::listen::{resolve_listen, Dispatch, ListenAddr, Listener};
-pub use worker::{Connection, Listening, TurnCounter, Worker, WorkerEvent};
+pub use worker::{Answer, Connection, Listening, Task, TurnCounter, Worker, WorkerEvent};
 
 /// Reaps every exited child of this process that no supervisor of it started, and returns how
 /// many: the orphans a process adopts as PID 1 of a container or as a subreaper

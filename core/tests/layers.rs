@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("primary", 6),
     ("worker", 6),
     ("fuzzing", 7),
+    ("pool", 7),
 ];
 
 fn rank(module: &str) -> Option<u32> {

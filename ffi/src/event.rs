@@ -289,6 +289,14 @@ pub(crate) fn into_c(ev: Event) -> *mut rcluster_event {
             (v.kind, v.worker_id, v.pid) = (K::Recycling, id, pid);
             v.exit_reason = exit_reason(reason);
         }
+        // Pools are not in the C API yet: a task answer only comes from a worker that
+        // should not send one.
+        Event::TaskDone { id, .. } => {
+            v.kind = K::Warning;
+            o.text = Some(c_text(&format!(
+                "worker {id} sent a task answer, but no pool runs"
+            )));
+        }
     }
     // The pointers are taken last: the Vec and CStrings keep their heap buffers when the Box
     // is turned into a raw pointer, so they stay valid until `rcluster_event_free`.

@@ -62,6 +62,8 @@ pub const RCLUSTER_CONTENT_V8: rcluster_content_type = 3;
 /// A binding's own bookkeeping (Node's cluster control messages): a C program passes these on
 /// untouched or ignores them.
 pub const RCLUSTER_CONTENT_BINDING: rcluster_content_type = 4;
+/// Python's pickle (a Python pool's tasks and results).
+pub const RCLUSTER_CONTENT_PICKLE: rcluster_content_type = 5;
 
 pub(crate) fn content_from(t: rcluster_content_type) -> Result<ContentType, Fail> {
     u8::try_from(t)

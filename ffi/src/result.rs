@@ -146,6 +146,8 @@ impl From<Error> for Fail {
             Error::Protocol(_) => rcluster_result::Protocol,
             Error::NotAWorker(_) => rcluster_result::NotAWorker,
             Error::Io { .. } => rcluster_result::Io,
+            Error::TaskQueueFull { .. } => rcluster_result::QueueFull,
+            Error::PoolBroken(_) => rcluster_result::Stopped,
         };
         Fail::new(code, e.to_string())
     }

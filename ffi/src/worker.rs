@@ -3,7 +3,7 @@
 use std::ffi::{c_char, c_int, CString};
 use std::os::fd::IntoRawFd;
 
-use rcluster_core::{Worker, WorkerEvent};
+use rcluster_core::{Answer, Worker, WorkerEvent};
 
 use crate::args::{self, handle};
 use crate::event::c_text;
@@ -32,6 +32,9 @@ pub enum rcluster_worker_event_kind {
     /// The primary is gone (only after `rcluster_worker_set_exit_on_primary_loss(w, false)`;
     /// by default the process exits with status 0 instead).
     PrimaryGone = 4,
+    /// A task of a pool: `task_id`, `name`, `content_type`, and its payload in `data`, `len`.
+    /// Answer it with `rcluster_worker_answer`.
+    Task = 5,
 }
 
 /// Something the primary told this worker. Read-only; `data`, `listener` and `peer` belong to
@@ -59,6 +62,10 @@ pub struct rcluster_worker_event {
     /// type). Last, so that programs built against an older header read the fields before it
     /// where they were.
     pub content_type: rcluster_content_type,
+    /// TASK: the id to answer with; 0 otherwise.
+    pub task_id: u64,
+    /// TASK: the function to run ("" for the default); NULL otherwise.
+    pub name: *const c_char,
 }
 
 #[repr(C)]
@@ -67,6 +74,7 @@ struct Owned {
     data: Vec<u8>,
     listener: Option<CString>,
     peer: Option<CString>,
+    name: Option<CString>,
 }
 
 fn into_c(ev: WorkerEvent) -> *mut rcluster_worker_event {
@@ -81,10 +89,13 @@ fn into_c(ev: WorkerEvent) -> *mut rcluster_worker_event {
             listener: std::ptr::null(),
             peer: std::ptr::null(),
             content_type: RCLUSTER_CONTENT_RAW,
+            task_id: 0,
+            name: std::ptr::null(),
         },
         data: Vec::new(),
         listener: None,
         peer: None,
+        name: None,
     });
     match ev {
         WorkerEvent::Message { data, content } => {
@@ -94,6 +105,13 @@ fn into_c(ev: WorkerEvent) -> *mut rcluster_worker_event {
         }
         WorkerEvent::Disconnect => o.view.kind = K::Disconnect,
         WorkerEvent::PrimaryGone => o.view.kind = K::PrimaryGone,
+        WorkerEvent::Task(t) => {
+            o.view.kind = K::Task;
+            o.view.task_id = t.id;
+            o.view.content_type = rcluster_content_type::from(t.content);
+            o.name = Some(c_text(&t.name));
+            o.data = t.payload;
+        }
         WorkerEvent::Connection(c) => {
             o.view.kind = K::Connection;
             o.view.connection_id = c.id;
@@ -104,7 +122,8 @@ fn into_c(ev: WorkerEvent) -> *mut rcluster_worker_event {
         }
     }
     // As for supervisor events: the heap buffers do not move with the Box.
-    if o.view.kind == K::Message {
+    o.view.name = o.name.as_ref().map_or(std::ptr::null(), |t| t.as_ptr());
+    if matches!(o.view.kind, K::Message | K::Task) {
         o.view.data = o.data.as_ptr();
         o.view.len = o.data.len();
     }
@@ -195,6 +214,53 @@ pub unsafe extern "C" fn rcluster_worker_identity(
 #[no_mangle]
 pub unsafe extern "C" fn rcluster_worker_ready(w: *const rcluster_worker) -> rcluster_result {
     guard("rcluster_worker_ready", || Ok(worker_ref(w)?.ready()?))
+}
+
+/// Answers task `task_id` (from an event of kind `TASK`): `ok` true, `data` is its value;
+/// false, the error it raised; `content` says how it is encoded. Blocks while the socket is
+/// full. `MESSAGE_TOO_LARGE` over the primary's limit.
+///
+/// # Safety
+/// `w` is NULL or a live worker; `data` is readable for `len` bytes (or NULL with `len` 0).
+#[no_mangle]
+pub unsafe extern "C" fn rcluster_worker_answer(
+    w: *const rcluster_worker,
+    task_id: u64,
+    ok: bool,
+    content: u8,
+    data: *const u8,
+    len: usize,
+) -> rcluster_result {
+    guard("rcluster_worker_answer", || {
+        let w = worker_ref(w)?;
+        // SAFETY: the caller promises `data` is readable for `len` bytes.
+        let payload = unsafe { args::buffer(data, len, "data") }?;
+        Ok(w.answer(&Answer {
+            id: task_id,
+            ok,
+            content,
+            payload,
+        })?)
+    })
+}
+
+/// Tells a pool this worker cannot run tasks (what it needs failed to load), with `why`;
+/// then exit with status 3, which a pool does not restart. Its waiting tasks end with status
+/// `NO_WORKERS` and this text once no worker is left.
+///
+/// # Safety
+/// `w` is NULL or a live worker; `why` is NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn rcluster_worker_boot_failed(
+    w: *const rcluster_worker,
+    why: *const c_char,
+) -> rcluster_result {
+    guard("rcluster_worker_boot_failed", || {
+        let w = worker_ref(w)?;
+        // SAFETY: the caller promises a NUL-terminated string.
+        let why = unsafe { args::utf8(why, "why") }?;
+        Ok(w.boot_failed(why)?)
+    })
 }
 
 /// A sign of life; call it from the worker's event loop more often than the primary's

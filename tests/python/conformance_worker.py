@@ -38,9 +38,9 @@ WORKER_HELLO = struct.Struct("<HHI")  # version, reserved, pid
 MAX_CONTROL_BODY = 4096
 FLAG_FD = 0x01
 # Bits 1-3 of a MESSAGE frame's flags: its content type (0 raw, 1 text, 2 json, 3 v8,
-# 4 binding; 5-7 unknown, a protocol error).
+# 4 binding, 5 pickle; 6-7 unknown, a protocol error).
 CONTENT_MASK = 0x0E
-CONTENT_TYPES = range(0, 5)
+CONTENT_TYPES = range(0, 6)
 
 HELLO, READY, HEARTBEAT, MESSAGE, DISCONNECT, CONNECTION, CONNECTION_ACK, CONNECTION_CLOSED = range(1, 9)
 KNOWN_KINDS = range(1, 9)

@@ -6,7 +6,7 @@ const v8 = require('v8');
 const { invalidOption } = require('./errors');
 
 /** The protocol's content type numbers (what the native send functions take). */
-const CONTENT = Object.freeze({ raw: 0, text: 1, json: 2, v8: 3, binding: 4 });
+const CONTENT = Object.freeze({ raw: 0, text: 1, json: 2, v8: 3, binding: 4, pickle: 5 });
 
 function checkSerialization(value, name) {
   if (value === undefined || value === 'json' || value === 'advanced') return value || 'json';

@@ -17,6 +17,8 @@ pub fn code_of(e: &CoreError) -> &'static str {
         CoreError::Protocol(_) => "ERR_RCLUSTER_PROTOCOL",
         CoreError::NotAWorker(_) => "ERR_RCLUSTER_NOT_A_WORKER",
         CoreError::Io { .. } => "ERR_RCLUSTER_IO",
+        CoreError::TaskQueueFull { .. } => "ERR_QUEUE_FULL",
+        CoreError::PoolBroken(_) => "ERR_RCLUSTER_POOL_BROKEN",
     }
 }
 

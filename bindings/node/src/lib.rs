@@ -6,6 +6,7 @@
 
 mod error;
 mod message;
+mod pool;
 mod primary;
 mod watch;
 mod worker;

@@ -47,10 +47,10 @@ pub fn json_batch(joined: &str) -> Vec<&[u8]> {
 }
 
 /// The type's name and the body as JS takes it: a string for the types that are text
-/// (`text`, `json`, `binding`; invalid UTF-8 replaced), a Buffer for `raw` and `v8`.
+/// (`text`, `json`, `binding`; invalid UTF-8 replaced), a Buffer for `raw`, `v8` and `pickle`.
 pub fn decode(content: ContentType, data: Vec<u8>) -> (&'static str, Either<String, Buffer>) {
     let body = match content {
-        ContentType::Raw | ContentType::V8 => Either::B(Buffer::from(data)),
+        ContentType::Raw | ContentType::V8 | ContentType::Pickle => Either::B(Buffer::from(data)),
         ContentType::Text | ContentType::Json | ContentType::Binding => {
             Either::A(match String::from_utf8(data) {
                 Ok(s) => s,

@@ -389,6 +389,12 @@ fn to_event(ev: Event) -> NativeEvent {
             reason: Some(reason.as_str().to_string()),
             ..event(&kind)
         },
+        // Only pools read task answers; a cluster's host hears who sent one.
+        Event::TaskDone { id, pid, .. } => NativeEvent {
+            id: Some(id),
+            pid: Some(pid),
+            ..event(&kind)
+        },
     }
 }
 

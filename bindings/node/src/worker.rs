@@ -8,7 +8,7 @@ use std::time::Duration;
 use napi::bindgen_prelude::*;
 use napi::sys;
 use napi_derive::napi;
-use rcluster_core::{ContentType, Dispatch, TurnCounter, Worker, WorkerEvent};
+use rcluster_core::{Answer, ContentType, Dispatch, TurnCounter, Worker, WorkerEvent};
 
 use crate::error::{from_napi, to_js};
 use crate::message;
@@ -26,6 +26,9 @@ pub struct NativeWorkerEvent {
     pub listener: Option<String>,
     pub peer: Option<String>,
     pub data: Option<Either<String, Buffer>>,
+    /// `task`: the function's name ("" for the default) and the payload's content type.
+    pub name: Option<String>,
+    pub content: Option<u32>,
 }
 
 #[napi(object)]
@@ -63,6 +66,8 @@ fn simple(kind: &str) -> NativeWorkerEvent {
         listener: None,
         peer: None,
         data: None,
+        name: None,
+        content: None,
     }
 }
 
@@ -96,6 +101,14 @@ fn to_item(ev: WorkerEvent) -> Item {
         }),
         WorkerEvent::Disconnect => Either3::C(simple("disconnect")),
         WorkerEvent::PrimaryGone => Either3::C(simple("gone")),
+        // Only a pool's worker runtime (`lib/pool_worker.js`) gets tasks.
+        WorkerEvent::Task(t) => Either3::C(NativeWorkerEvent {
+            id: Some(t.id as f64),
+            data: Some(Either::B(t.payload.into())),
+            name: Some(t.name),
+            content: Some(t.content as u32),
+            ..simple("task")
+        }),
     }
 }
 
@@ -206,6 +219,37 @@ impl NativeWorker {
         self.inner
             .send_many_as(ContentType::Json, &message::json_batch(&joined))
             .map_err(to_js)
+    }
+
+    /// Answers tasks of a pool, all in one write: `ok[i]` says whether `payloads[i]` is the
+    /// value of task `ids[i]` or the error it raised; every payload has content type
+    /// `content`.
+    #[napi]
+    pub fn answer_many(
+        &self,
+        ids: Vec<f64>,
+        ok: Vec<bool>,
+        payloads: Vec<Buffer>,
+        content: u32,
+    ) -> napi::Result<(), &'static str> {
+        let answers: Vec<Answer<'_>> = ids
+            .iter()
+            .zip(&ok)
+            .zip(&payloads)
+            .map(|((&id, &ok), p)| Answer {
+                id: id as u64,
+                ok,
+                content: content as u8,
+                payload: p,
+            })
+            .collect();
+        self.inner.answer_many(&answers).map_err(to_js)
+    }
+
+    /// Tells a pool this worker cannot run tasks (its task file failed to load), and why.
+    #[napi]
+    pub fn boot_failed(&self, why: String) -> napi::Result<(), &'static str> {
+        self.inner.boot_failed(&why).map_err(to_js)
     }
 
     #[napi]

@@ -65,8 +65,8 @@ def test_messages_skips_the_bookkeeping_of_other_bindings():
 def test_an_unknown_content_type_is_refused_naming_it():
     with rcluster.Supervisor(worker_argv("echo"), workers=1, **fast()) as sup:
         sup.wait_for("message")
-        with pytest.raises(rcluster.ConfigError, match="content_type.*pickle"):
-            sup.send(0, b"x", content_type="pickle")
+        with pytest.raises(rcluster.ConfigError, match="content_type.*yaml"):
+            sup.send(0, b"x", content_type="yaml")
 
 
 def test_a_python_worker_and_a_node_primary_understand_each_other():

@@ -156,6 +156,11 @@ impl HostRead {
                     data,
                     content,
                 }),
+                Incoming::TaskDone(data) => out.push(Event::TaskDone {
+                    id: link.id,
+                    pid: reader.pid as u32,
+                    data,
+                }),
                 other => rest.push(other),
             }
         }

@@ -145,7 +145,10 @@ impl Primary {
         let routine = incoming.iter().all(|m| {
             matches!(
                 m,
-                Incoming::Message(..) | Incoming::Ack(_) | Incoming::Closed(_)
+                Incoming::Message(..)
+                    | Incoming::TaskDone(_)
+                    | Incoming::Ack(_)
+                    | Incoming::Closed(_)
             )
         });
         if !routine || !matches!(end, ReadEnd::Drained) {
@@ -170,6 +173,11 @@ impl Primary {
                 pid,
                 data,
                 content,
+            }),
+            Incoming::TaskDone(data) => self.out.push(Event::TaskDone {
+                id: slot,
+                pid,
+                data,
             }),
             Incoming::Disconnect => self.worker_disconnected(key),
             Incoming::Closed(id) => self.connection_closed(key, id),

@@ -120,6 +120,7 @@ pub struct Link {
     pub id: u32,
     /// The loop's key for the worker process at the other end.
     pub key: u64,
+    pid: libc::pid_t,
     fd: OwnedFd,
     limit: usize,
     max_message: usize,
@@ -158,6 +159,7 @@ impl Link {
             reader: Mutex::new(Reader::new(pid, max_message)),
             id,
             key,
+            pid,
             fd,
             limit,
             max_message,
@@ -230,6 +232,30 @@ impl Link {
         })
     }
 
+    /// Queues frames of one kind whose bodies are already encoded (a pool's tasks), under one
+    /// lock and with at most one write or wake-up: all of them, or none when they do not fit.
+    pub fn send_bodies(
+        self: &Arc<Self>,
+        waker: &Waker,
+        kind: Kind,
+        bodies: &[Vec<u8>],
+    ) -> Result<()> {
+        let size = bodies.iter().map(|b| frame::HEADER_LEN + b.len()).sum();
+        // A pool's scheduler batches tasks itself: its batch is written at once when nothing
+        // waits in the queue, never left to gather (that would add the gathering time to
+        // every round trip of a task).
+        self.enqueue_as(waker, size, None, true, |buf| {
+            for body in bodies {
+                frame::encode(buf, kind, 0, body);
+            }
+        })
+    }
+
+    /// The pid of the worker process at the other end.
+    pub fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+
     /// Queues any frame, optionally with a descriptor attached.
     pub fn send_frame(
         self: &Arc<Self>,
@@ -253,6 +279,19 @@ impl Link {
         fd: Option<PassFd>,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<()> {
+        self.enqueue_as(waker, size, fd, false, encode)
+    }
+
+    /// `enqueue`; `eager`: written at once whenever the queue is empty, however recent the
+    /// last send.
+    fn enqueue_as(
+        self: &Arc<Self>,
+        waker: &Waker,
+        size: usize,
+        fd: Option<PassFd>,
+        eager: bool,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<()> {
         let mut q = self.queue.lock().unwrap();
         if q.closed {
             return Err(Error::NoSuchWorker(self.id));
@@ -267,7 +306,7 @@ impl Link {
         let answer = self.heard.swap(false, Ordering::Relaxed);
         let idle = !q.scheduled
             && q.buf.is_empty()
-            && (answer || now.duration_since(q.last_send) >= COALESCE);
+            && (eager || answer || now.duration_since(q.last_send) >= COALESCE);
         q.last_send = now;
         let start = q.buf.len();
         encode(&mut q.buf);

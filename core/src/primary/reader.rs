@@ -37,6 +37,8 @@ pub enum Incoming {
     },
     /// The worker stopped listening on the listener of this name (`server.close()`).
     Unlisten(String),
+    /// A pool worker's answer to a task (the TaskDone body, checked to parse).
+    TaskDone(Vec<u8>),
 }
 
 /// Reading stopped because of this.
@@ -205,6 +207,17 @@ impl Reader {
                     self.messages += 1;
                     *room = room.saturating_sub(message_cost(frame.body.len()));
                     Incoming::Message(frame.body.to_vec(), frame.content)
+                }
+                Kind::TaskDone if !frame.has_fd => {
+                    if crate::wire::task::parse_task_done(frame.body).is_none() {
+                        return Some(ReadEnd::Violation(format!(
+                            "malformed TaskDone frame of {} bytes",
+                            frame.body.len()
+                        )));
+                    }
+                    self.messages += 1;
+                    *room = room.saturating_sub(message_cost(frame.body.len()));
+                    Incoming::TaskDone(frame.body.to_vec())
                 }
                 _ => match control(&frame) {
                     Ok(msg) => msg,

@@ -177,6 +177,22 @@ impl Supervisor {
         }
     }
 
+    /// Sends encoded task bodies (`wire::task`) as Task frames to worker `id`, in one batch,
+    /// if its process is still `pid`: a pool never gives a task to the process that replaced
+    /// the one it chose. Fails with `NoSuchWorker` when that process is gone, `QueueFull` when
+    /// they do not fit in its queue (none is sent then).
+    #[doc(hidden)]
+    pub fn send_tasks(&self, id: u32, pid: u32, bodies: &[Vec<u8>]) -> Result<()> {
+        let link = self.shared.routes.read().unwrap().get(&id).cloned();
+        match link {
+            Some(c) if c.pid() as u32 == pid => {
+                c.send_bodies(&self.shared.waker, crate::wire::frame::Kind::Task, bodies)
+            }
+            _ if self.shared.stopped.load(Ordering::Acquire) => Err(Error::Stopped),
+            _ => Err(Error::NoSuchWorker(id)),
+        }
+    }
+
     /// Sends a user message (`raw`) to every live worker; returns how many it was queued for.
     /// Workers whose queue is full are skipped (they are not reading).
     pub fn broadcast(&self, data: &[u8]) -> Result<usize> {

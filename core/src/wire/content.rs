@@ -30,19 +30,22 @@ pub enum ContentType {
     /// A binding's own bookkeeping (Node's `cluster` control messages: a JSON object with an
     /// `act` field); a receiver that does not know the message ignores it.
     Binding = 4,
+    /// Python's pickle (what a Python pool sends its tasks and results as).
+    Pickle = 5,
 }
 
 impl ContentType {
     /// Every type, in the order of its number.
-    pub const ALL: [ContentType; 5] = [
+    pub const ALL: [ContentType; 6] = [
         ContentType::Raw,
         ContentType::Text,
         ContentType::Json,
         ContentType::V8,
         ContentType::Binding,
+        ContentType::Pickle,
     ];
 
-    /// The type numbered `n`; an error naming `n` for a number no type has (5..=7 are free
+    /// The type numbered `n`; an error naming `n` for a number no type has (6 and 7 are free
     /// for later versions, which a receiver of today cannot decode).
     pub fn from_u8(n: u8) -> Result<ContentType> {
         ContentType::ALL
@@ -61,7 +64,7 @@ impl ContentType {
         (self as u8) << CONTENT_SHIFT
     }
 
-    /// The name bindings use: `raw`, `text`, `json`, `v8` or `binding`.
+    /// The name bindings use: `raw`, `text`, `json`, `v8`, `binding` or `pickle`.
     pub fn as_str(self) -> &'static str {
         match self {
             ContentType::Raw => "raw",
@@ -69,6 +72,7 @@ impl ContentType {
             ContentType::Json => "json",
             ContentType::V8 => "v8",
             ContentType::Binding => "binding",
+            ContentType::Pickle => "pickle",
         }
     }
 }
@@ -87,7 +91,11 @@ impl FromStr for ContentType {
             .into_iter()
             .find(|t| t.as_str() == s)
             .ok_or_else(|| {
-                Error::config("content_type", s, "expected raw, text, json, v8 or binding")
+                Error::config(
+                    "content_type",
+                    s,
+                    "expected raw, text, json, v8, binding or pickle",
+                )
             })
     }
 }
@@ -108,10 +116,10 @@ mod tests {
 
     #[test]
     fn numbers_without_a_type_are_refused_by_number() {
-        for n in 5..=7u8 {
+        for n in 6..=7u8 {
             let err = ContentType::from_flags(n << 1).unwrap_err().to_string();
             assert!(err.contains(&format!("content type {n}")), "{err}");
         }
-        assert!("pickle".parse::<ContentType>().is_err());
+        assert!("yaml".parse::<ContentType>().is_err());
     }
 }

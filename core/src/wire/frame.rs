@@ -29,6 +29,10 @@ pub enum Kind {
     Listen = 9,
     ListenResult = 10,
     Unlisten = 11,
+    /// A task for a pool worker (primary to worker; body in `wire::task`).
+    Task = 12,
+    /// A pool worker's answer to a task (worker to primary; body in `wire::task`).
+    TaskDone = 13,
 }
 
 impl Kind {
@@ -45,12 +49,20 @@ impl Kind {
             9 => Kind::Listen,
             10 => Kind::ListenResult,
             11 => Kind::Unlisten,
+            12 => Kind::Task,
+            13 => Kind::TaskDone,
             _ => return None,
         })
     }
 
     fn takes_fd(self) -> bool {
         matches!(self, Kind::Connection | Kind::ListenResult)
+    }
+
+    /// Kinds that carry user bytes, held to the message limit (plus a task's own fields)
+    /// rather than to `MAX_CONTROL_BODY`, and counted against the host's event queue.
+    pub fn is_bulk(self) -> bool {
+        matches!(self, Kind::Message | Kind::Task | Kind::TaskDone)
     }
 }
 
@@ -186,7 +198,8 @@ impl Decoder {
 
     /// Whether the next frame is a user message, once its header has arrived.
     pub fn next_is_message(&self) -> bool {
-        self.end - self.start >= HEADER_LEN && self.buf[self.start + 4] == Kind::Message as u8
+        self.end - self.start >= HEADER_LEN
+            && Kind::from_u8(self.buf[self.start + 4]).is_some_and(Kind::is_bulk)
     }
 
     /// Gives memory back after a large message has passed.
@@ -253,6 +266,8 @@ impl Decoder {
         }
         let limit = if kind == Kind::Message {
             self.max_message
+        } else if kind.is_bulk() {
+            self.max_message + crate::wire::task::OVERHEAD
         } else {
             MAX_CONTROL_BODY
         };

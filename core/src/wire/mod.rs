@@ -5,3 +5,4 @@
 pub mod body;
 pub mod content;
 pub mod frame;
+pub mod task;

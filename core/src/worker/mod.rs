@@ -35,6 +35,30 @@ pub enum WorkerEvent {
     PrimaryGone,
     /// A client connection the primary accepted for this worker (already acknowledged).
     Connection(Connection),
+    /// A task from a pool: answer it with [`Worker::answer`] (or `answer_many`).
+    Task(Task),
+}
+
+/// A task a pool gave this worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    /// Names the task in the answer; never 0.
+    pub id: u64,
+    /// Which function to run, as the submitter named it ("" when it named none).
+    pub name: String,
+    /// How the payload is encoded (`pool::CONTENT_*`).
+    pub content: u8,
+    pub payload: Vec<u8>,
+}
+
+/// A worker's answer to a task: its value (`ok`) or the error it raised, encoded as `content`
+/// says.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer<'a> {
+    pub id: u64,
+    pub ok: bool,
+    pub content: u8,
+    pub payload: &'a [u8],
 }
 
 /// A connection handed over by the primary. The socket is in blocking mode, as `accept(2)`
@@ -166,6 +190,41 @@ impl Worker {
         }
         let flags = content.flags();
         self.write_frames(messages.iter().map(|m| (Kind::Message, flags, *m)))
+    }
+
+    /// Answers a task (see [`Task`]). Blocks while the socket is full.
+    pub fn answer(&self, answer: &Answer<'_>) -> Result<()> {
+        self.answer_many(std::slice::from_ref(answer))
+    }
+
+    /// Answers several tasks with one write: a batch of small tasks costs the primary one
+    /// read. None is sent when one answer is larger than the message limit.
+    pub fn answer_many(&self, answers: &[Answer<'_>]) -> Result<()> {
+        if let Some(big) = answers.iter().find(|a| a.payload.len() > self.max_message) {
+            return Err(Error::MessageTooLarge {
+                size: big.payload.len(),
+                limit: self.max_message,
+            });
+        }
+        let bodies: Vec<Vec<u8>> = answers
+            .iter()
+            .map(|a| {
+                let mut b = Vec::with_capacity(10 + a.payload.len());
+                crate::wire::task::task_done(&mut b, a.id, a.ok, a.content, a.payload);
+                b
+            })
+            .collect();
+        self.write_frames(bodies.iter().map(|b| (Kind::TaskDone, 0, b)))
+    }
+
+    /// Tells the primary this worker cannot run tasks (its task code failed to load), with
+    /// why: the pool fails its waiting tasks with that text rather than restarting the worker
+    /// in a loop. Exit afterwards, with a code in `no_restart_codes`.
+    pub fn boot_failed(&self, why: &str) -> Result<()> {
+        let mut b = Vec::new();
+        let why = &why.as_bytes()[..why.len().min(self.max_message)];
+        crate::wire::task::task_done(&mut b, crate::wire::task::BOOT_FAILURE, false, 0, why);
+        self.write_frame(Kind::TaskDone, &b)
     }
 
     /// Tells the primary that connection `id` is closed, making room for another.

@@ -159,6 +159,17 @@ fn decode_one(rx: &mut Rx) -> Result<Option<Raw>> {
             content: f.content,
         })),
         Kind::Disconnect => Raw::Decoded(Decoded::Event(WorkerEvent::Disconnect)),
+        Kind::Task => {
+            let t = crate::wire::task::parse_task(f.body).ok_or_else(|| {
+                Error::Protocol(format!("malformed Task frame of {} bytes", f.body.len()))
+            })?;
+            Raw::Decoded(Decoded::Event(WorkerEvent::Task(super::Task {
+                id: t.id,
+                name: t.name.to_string(),
+                content: t.content,
+                payload: t.payload.to_vec(),
+            })))
+        }
         Kind::Connection => {
             let fd = fd()?;
             let c = body::parse_connection(f.body).ok_or_else(|| {

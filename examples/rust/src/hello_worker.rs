@@ -242,7 +242,8 @@ fn watch_primary(w: &Arc<Worker>, open: &Arc<Open>, body: &Arc<str>) -> ! {
         for ev in batch.drain(..) {
             match ev {
                 WorkerEvent::Connection(c) => take(w, open, c, body),
-                WorkerEvent::Message { .. } => {}
+                // Tasks come from pools only (see `pool.rs`).
+                WorkerEvent::Message { .. } | WorkerEvent::Task(_) => {}
                 WorkerEvent::Disconnect => drain(open),
                 WorkerEvent::PrimaryGone => std::process::exit(0),
             }

@@ -180,6 +180,8 @@ fn serve(w: &Arc<Worker>, delay: Duration) {
             }
             Some(WorkerEvent::Message { data: m, .. }) if m.starts_with(b"!") => command(w, &m),
             Some(WorkerEvent::Message { data, content }) => w.send_as(content, &data).unwrap(),
+            // Tasks come from pools only (see `rcluster-test-pool-worker`).
+            Some(WorkerEvent::Task(_)) => {}
             Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => std::process::exit(0),
             None => {}
         }
@@ -203,6 +205,8 @@ fn drain(w: &Arc<Worker>, delay: Duration) {
             }
             Some(WorkerEvent::Message { data: m, .. }) if m.starts_with(b"!") => command(w, &m),
             Some(WorkerEvent::Message { data, content }) => w.send_as(content, &data).unwrap(),
+            // Tasks come from pools only (see `rcluster-test-pool-worker`).
+            Some(WorkerEvent::Task(_)) => {}
             Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => {
                 // Every connection handed before the disconnect came before it on the socket,
                 // so PENDING already counts them all.
@@ -226,6 +230,8 @@ fn report(w: &Arc<Worker>, delay: Duration) {
             }
             Some(WorkerEvent::Message { data: m, .. }) if m.starts_with(b"!") => command(w, &m),
             Some(WorkerEvent::Message { data, content }) => w.send_as(content, &data).unwrap(),
+            // Tasks come from pools only (see `rcluster-test-pool-worker`).
+            Some(WorkerEvent::Task(_)) => {}
             Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => std::process::exit(0),
             None => {}
         }
@@ -325,6 +331,8 @@ fn listen_and_drain(w: &Arc<Worker>, own: std::os::fd::OwnedFd, name: &str) {
             }
             Some(WorkerEvent::Message { data: m, .. }) if m.starts_with(b"!") => command(w, &m),
             Some(WorkerEvent::Message { data, content }) => w.send_as(content, &data).unwrap(),
+            // Tasks come from pools only (see `rcluster-test-pool-worker`).
+            Some(WorkerEvent::Task(_)) => {}
             Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => {
                 let listener = std::net::TcpListener::from(own);
                 let _ = listener.set_nonblocking(true);

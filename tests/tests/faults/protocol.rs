@@ -157,8 +157,8 @@ fn every_malformed_frame_from_a_worker_ends_only_that_worker_naming_the_cause() 
         ),
         (
             "a message of a content type this version does not know",
-            raw(1, Kind::Message as u8, 5 << 1, [0, 0], b"x"),
-            "unknown message content type 5".into(),
+            raw(1, Kind::Message as u8, 6 << 1, [0, 0], b"x"),
+            "unknown message content type 6".into(),
         ),
         (
             "a reserved header byte that is not zero",

@@ -123,3 +123,28 @@ if (rcluster.isPrimary) {
     me.kill();
   }
 }
+
+async function usePool(): Promise<void> {
+  const pool = new rcluster.Pool({
+    filename: __dirname + '/tasks.js',
+    workers: 2,
+    concurrentTasksPerWorker: 1,
+    maxQueue: 1000,
+    whenFull: 'wait',
+    taskTimeout: 1000,
+    maxTasksPerWorker: 100,
+    maxWorkerMemoryMb: 512,
+  });
+  const ac = new AbortController();
+  const n: number = await pool.run<number>(21, { name: 'double', signal: ac.signal, timeout: 500, idempotent: true });
+  const s: rcluster.PoolStats = pool.stats();
+  console.log(n, s.completed, s.failedCrashed, s.waitMax, pool.queueSize);
+  try {
+    await pool.run({ a: 1 });
+  } catch (e) {
+    const err = e as rcluster.PoolError;
+    console.log(err.code, err.exitCode, err.signal);
+  }
+  await pool.destroy();
+}
+void usePool;

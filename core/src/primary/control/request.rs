@@ -135,7 +135,7 @@ fn signal(v: Option<&Value>) -> Result<i32, String> {
 /// host's business, and a flood would fill every stream).
 pub fn event_json(ev: &Event) -> Option<Value> {
     let mut v = match ev {
-        Event::Message { .. } => return None,
+        Event::Message { .. } | Event::TaskDone { .. } => return None,
         Event::Spawned {
             id,
             pid,

@@ -1,0 +1,424 @@
+//! The scheduler: one thread that gives queued tasks to workers, reads their answers and
+//! their exits from the supervisor's events, and enforces deadlines and cancellations.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::recycle::Recycle;
+use super::shared::{Pending, Shared};
+use super::types::{Outcome, PoolConfig, TaskError, Value};
+use crate::events::{Event, ExitInfo};
+use crate::primary::supervisor::Supervisor;
+use crate::wire::task;
+
+/// One worker slot as the scheduler sees it.
+#[derive(Default)]
+pub(super) struct Slot {
+    /// The process it runs now (0: none yet).
+    pub(super) pid: u32,
+    /// Said it is ready, and may be given tasks.
+    pub(super) ready: bool,
+    /// Said it was ready once (it started; what ends it later is no start-up failure).
+    started: bool,
+    /// Gets no more tasks: it is being killed or recycled.
+    pub(super) ending: bool,
+    /// Restarted once its last task is answered (`max_tasks_per_worker`).
+    pub(super) recycle: bool,
+    /// Why the pool killed it, for the other tasks that die with it.
+    kill_cause: Option<String>,
+    /// Tasks given to it and not answered.
+    pub(super) tasks: Vec<u64>,
+    /// Tasks it has answered.
+    pub(super) answered: u64,
+    /// When its memory was last looked at (`max_worker_memory`).
+    pub(super) memory_checked: Option<Instant>,
+}
+
+impl Slot {
+    pub(super) fn takes(&self, conc: usize) -> bool {
+        self.ready && !self.ending && self.tasks.len() < conc
+    }
+}
+
+/// A task given to a worker.
+pub(super) struct Running {
+    pub(super) slot: u32,
+    pub(super) queued_at: Instant,
+    pub(super) started: Instant,
+    pub(super) deadline: Option<Instant>,
+    /// Kept for a second run when the task is idempotent.
+    pub(super) again: Option<Pending>,
+}
+
+pub(super) struct Sched {
+    pub(super) sup: Supervisor,
+    pub(super) shared: Arc<Shared>,
+    pub(super) slots: Vec<Slot>,
+    pub(super) running: HashMap<u64, Running>,
+    pub(super) conc: usize,
+    pub(super) timeout: Option<Duration>,
+    pub(super) max_tasks: Option<u64>,
+    pub(super) max_memory: Option<u64>,
+    /// Why the last worker that could not start could not.
+    boot_error: Option<String>,
+    /// Outcomes of this turn, handed over under one lock.
+    pub(super) done: Vec<Outcome>,
+    /// Idempotent tasks to queue again, first.
+    pub(super) again: Vec<Pending>,
+    /// Where the replacement of a worker after `max_tasks_per_worker` stands (see `recycle`).
+    pub(super) recycle: Recycle,
+}
+
+impl Sched {
+    pub fn new(sup: Supervisor, shared: Arc<Shared>, cfg: &PoolConfig) -> Sched {
+        Sched {
+            sup,
+            shared,
+            slots: (0..cfg.cluster.workers).map(|_| Slot::default()).collect(),
+            running: HashMap::new(),
+            conc: cfg.concurrent_tasks_per_worker,
+            timeout: cfg.task_timeout,
+            max_tasks: cfg.max_tasks_per_worker,
+            max_memory: cfg.max_worker_memory,
+            boot_error: None,
+            done: Vec::new(),
+            again: Vec::new(),
+            recycle: Recycle::Idle,
+        }
+    }
+
+    pub fn run(mut self) {
+        // Asking for the descriptor makes this thread read the workers that answer, too: an
+        // answer then costs one wake-up (this thread's), not two.
+        let events = self.sup.event_fd();
+        let mut stop_at = None;
+        loop {
+            self.shared.wake.take();
+            while let Some(ev) = self.sup.try_next_event() {
+                self.on_event(ev);
+            }
+            let now = Instant::now();
+            self.take_cancels();
+            self.expire(now);
+            let closing = self.shared.inner.lock().unwrap().closing;
+            if let Some(c) = closing {
+                if c.cancel_queued {
+                    self.fail_queued(TaskError::Shutdown);
+                }
+                let idle = self.running.is_empty() && self.queue_empty();
+                if idle || now >= c.deadline {
+                    stop_at = Some(c.deadline);
+                }
+            }
+            if stop_at.is_none() {
+                self.dispatch(now);
+            }
+            self.publish();
+            if stop_at.is_some() {
+                break;
+            }
+            let wait = self.next_deadline(closing.map(|c| c.deadline));
+            poll_two(events, self.shared.wake.raw(), wait);
+        }
+        self.shut_down();
+    }
+
+    fn queue_empty(&self) -> bool {
+        self.shared.inner.lock().unwrap().queue.is_empty() && self.again.is_empty()
+    }
+
+    /// Stops the workers, fails what never ended, and marks the pool ended.
+    fn shut_down(&mut self) {
+        let _ = self.sup.stop(self.sup.kill_timeout());
+        // Answers that came before the workers ended still count.
+        while let Some(ev) = self.sup.try_next_event() {
+            if let Event::TaskDone { id, pid, data } = ev {
+                self.on_answer(id, pid, &data);
+            }
+        }
+        self.fail_queued(TaskError::Shutdown);
+        let now = Instant::now();
+        for (id, r) in std::mem::take(&mut self.running) {
+            let (wait, run) = (r.started - r.queued_at, now - r.started);
+            self.done
+                .push(Outcome::failed(id, TaskError::Shutdown, wait, run));
+        }
+        self.publish();
+        self.shared.ended.store(true, Ordering::Release);
+        self.shared.outcome_ready();
+        self.shared.room.notify_all();
+    }
+
+    // ---- what the supervisor says ----
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Spawned { id, pid, .. } => {
+                if let Some(s) = self.slots.get_mut(id as usize) {
+                    *s = Slot {
+                        pid,
+                        ..Slot::default()
+                    };
+                }
+            }
+            Event::Ready { id, pid } => {
+                if let Some(s) = self.slots.get_mut(id as usize).filter(|s| s.pid == pid) {
+                    s.ready = true;
+                    s.started = true;
+                    // A worker could start: an older start-up failure is no longer the news.
+                    self.boot_error = None;
+                    self.recycle_on_ready(id);
+                }
+            }
+            Event::GaveUp { id, .. } => self.recycle_gave_up(id),
+            Event::TaskDone { id, pid, data } => self.on_answer(id, pid, &data),
+            Event::Exit { id, info, .. } => self.on_exit(id, info),
+            Event::AllDown => self.all_down(),
+            _ => {}
+        }
+    }
+
+    fn on_answer(&mut self, slot: u32, pid: u32, data: &[u8]) {
+        // The reader checked that it parses.
+        let Some(d) = task::parse_task_done(data) else {
+            return;
+        };
+        if d.id == task::BOOT_FAILURE {
+            let why = String::from_utf8_lossy(d.payload);
+            self.boot_error = Some(format!("worker {slot} (pid {pid}) cannot start: {why}"));
+            return;
+        }
+        // An answer to a task that already failed (timed out, cancelled) is dropped, and so is
+        // one from a process the task was not given to.
+        let given = self.slots.get(slot as usize).is_some_and(|s| s.pid == pid);
+        if !given || self.running.get(&d.id).is_none_or(|r| r.slot != slot) {
+            return;
+        }
+        let Some(r) = self.running.remove(&d.id) else {
+            return;
+        };
+        let now = Instant::now();
+        let result = if d.ok {
+            Ok(Value {
+                content: d.content,
+                payload: d.payload.to_vec(),
+            })
+        } else {
+            Err(TaskError::Failed {
+                content: d.content,
+                payload: d.payload.to_vec(),
+            })
+        };
+        self.done.push(Outcome {
+            id: d.id,
+            result,
+            wait: r.started - r.queued_at,
+            run: now - r.started,
+        });
+        self.task_left(r.slot, d.id, true);
+    }
+
+    /// Task `id` no longer runs on `slot`; `answered`: the worker answered it (a worker that
+    /// reached `max_tasks_per_worker` is then replaced, see `recycle`).
+    fn task_left(&mut self, slot: u32, id: u64, answered: bool) {
+        let Some(s) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
+        s.tasks.retain(|&t| t != id);
+        if answered {
+            s.answered += 1;
+            self.recycle_after_answer(slot);
+        } else {
+            self.step_recycle();
+        }
+    }
+
+    fn on_exit(&mut self, slot: u32, info: ExitInfo) {
+        let Some(s) = self
+            .slots
+            .get_mut(slot as usize)
+            .filter(|s| s.pid == info.pid)
+        else {
+            return;
+        };
+        let was_ready = s.started;
+        let cause = s.kill_cause.take();
+        let tasks = std::mem::take(&mut s.tasks);
+        *s = Slot::default();
+        if !was_ready && self.boot_error.is_none() {
+            let how = match (info.signal, info.code) {
+                (Some(sig), _) => {
+                    format!(
+                        "killed by signal {} ({sig})",
+                        super::types::signal_name(sig)
+                    )
+                }
+                (None, Some(c)) => format!("exit code {c}"),
+                _ => "an unknown status".into(),
+            };
+            self.boot_error = Some(format!(
+                "worker {slot} (pid {}) ended before it was ready ({how})",
+                info.pid
+            ));
+        }
+        let now = Instant::now();
+        for id in tasks {
+            let Some(r) = self.running.remove(&id) else {
+                continue;
+            };
+            if let Some(p) = r.again.filter(|p| p.tries < 2) {
+                self.again.push(p);
+                self.shared.inner.lock().unwrap().stats.retried += 1;
+                continue;
+            }
+            let e = TaskError::Crashed {
+                worker: slot,
+                pid: info.pid,
+                code: info.code,
+                signal: info.signal,
+                cause: cause.clone(),
+            };
+            let (wait, run) = (r.started - r.queued_at, now - r.started);
+            self.done.push(Outcome::failed(id, e, wait, run));
+        }
+    }
+
+    /// Every worker stopped for good: no queued task can run, and none will be taken.
+    fn all_down(&mut self) {
+        self.recycle = Recycle::Idle;
+        let why = self
+            .boot_error
+            .clone()
+            .unwrap_or_else(|| "every worker stopped and none is restarted".into());
+        self.shared.inner.lock().unwrap().broken = Some(why.clone());
+        self.shared.room.notify_all();
+        self.fail_queued(TaskError::NoWorkers(why));
+    }
+
+    // ---- what the host asks ----
+
+    fn take_cancels(&mut self) {
+        let ids = std::mem::take(&mut self.shared.inner.lock().unwrap().cancels);
+        for id in ids {
+            if let Some(at) = self.again.iter().position(|p| p.id == id) {
+                let p = self.again.remove(at);
+                let wait = p.queued_at.elapsed();
+                self.done.push(Outcome::failed(
+                    id,
+                    TaskError::Cancelled,
+                    wait,
+                    Duration::ZERO,
+                ));
+                continue;
+            }
+            if self.running.contains_key(&id) {
+                self.end_running(id, TaskError::Cancelled, "a task on it was cancelled");
+            }
+        }
+    }
+
+    /// Fails running task `id` with `e` and kills its worker (the only way to stop it); the
+    /// worker gets no task from now on, and is replaced.
+    fn end_running(&mut self, id: u64, e: TaskError, cause: &str) {
+        let Some(r) = self.running.remove(&id) else {
+            return;
+        };
+        let now = Instant::now();
+        self.done.push(Outcome::failed(
+            id,
+            e,
+            r.started - r.queued_at,
+            now - r.started,
+        ));
+        let slot = r.slot;
+        self.task_left(slot, id, false);
+        let s = &mut self.slots[slot as usize];
+        s.ready = false;
+        s.ending = true;
+        s.recycle = false;
+        s.kill_cause = Some(format!("killed by the pool: {cause}"));
+        // Sent by the loop while that process is unreaped, so the signal reaches it.
+        let _ = self.sup.kill(slot, libc::SIGKILL);
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let late: Vec<(u64, Duration)> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.deadline.is_some_and(|d| now >= d))
+            .map(|(&id, r)| (id, r.deadline.unwrap_or(now) - r.started))
+            .collect();
+        for (id, after) in late {
+            self.end_running(id, TaskError::Timeout { after }, "a task on it timed out");
+        }
+    }
+
+    fn fail_queued(&mut self, e: TaskError) {
+        let now = Instant::now();
+        let mut inner = self.shared.inner.lock().unwrap();
+        let queued: Vec<Pending> = self.again.drain(..).chain(inner.queue.drain(..)).collect();
+        drop(inner);
+        for p in queued {
+            self.done.push(Outcome::failed(
+                p.id,
+                e.clone(),
+                now - p.queued_at,
+                Duration::ZERO,
+            ));
+        }
+        self.shared.room.notify_all();
+    }
+
+    // ---- handing over ----
+
+    /// Hands this turn's outcomes to the host, and the counts of the moment.
+    fn publish(&mut self) {
+        let ready = self.slots.iter().filter(|s| s.ready).count();
+        let mut inner = self.shared.inner.lock().unwrap();
+        inner.stats.running = self.running.len();
+        inner.stats.workers_ready = ready;
+        if self.done.is_empty() {
+            return;
+        }
+        for o in self.done.drain(..) {
+            inner.finish(o);
+        }
+        drop(inner);
+        self.shared.outcome_ready();
+    }
+
+    /// How long to sleep: until the first task deadline or the stop's deadline.
+    fn next_deadline(&self, stop: Option<Instant>) -> Option<Duration> {
+        let next = self
+            .running
+            .values()
+            .filter_map(|r| r.deadline)
+            .chain(stop)
+            .min()?;
+        Some(next.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// Waits until either descriptor is readable or `timeout` passes.
+fn poll_two(a: i32, b: i32, timeout: Option<Duration>) {
+    let mut fds = [
+        libc::pollfd {
+            fd: a,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: b,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // Rounded up, so that a deadline is never woken for a millisecond early and spun on.
+    let ms = timeout.map_or(-1, |t| {
+        t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+    });
+    // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
+    unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+}

@@ -1,0 +1,309 @@
+//! What a pool is configured with and what it reports.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::time::Duration;
+
+use crate::config::{Config, ReadyOn};
+use crate::error::{Error, Result};
+
+/// What `submit` does when the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Fail with `Error::TaskQueueFull` at once.
+    Reject,
+    /// Block the submitting thread until a task leaves the queue.
+    Wait,
+}
+
+/// A pool's settings. `cluster` is the supervisor's configuration (the worker command, its
+/// environment, the restart policy, `workers`); the rest is the pool's own.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub cluster: Config,
+    /// Tasks one worker holds at once (they queue in the worker; it runs them in turn unless it
+    /// is asynchronous). More than 1 lets small tasks travel in batches.
+    pub concurrent_tasks_per_worker: usize,
+    /// Most tasks waiting in the queue (not counting those given to workers).
+    pub max_queue: usize,
+    pub when_full: WhenFull,
+    /// A task that runs longer than this (from when it was given to its worker) fails with
+    /// `TaskError::Timeout`, and its worker is killed and replaced. None: no limit. A task's
+    /// own `TaskOptions::timeout` wins.
+    pub task_timeout: Option<Duration>,
+    /// A worker that has answered this many tasks gets no more and is replaced once its last
+    /// one is answered. None: workers are kept.
+    pub max_tasks_per_worker: Option<u64>,
+    /// A worker whose resident memory is above this many bytes after it answered a task is
+    /// replaced as after `max_tasks_per_worker` (looked at after an answer, at most every
+    /// 100 ms per worker). None: no limit.
+    pub max_worker_memory: Option<u64>,
+}
+
+impl PoolConfig {
+    /// A pool of `argv` workers with defaults: one worker, one task per worker at a time, a
+    /// queue of 100,000 that rejects when full, no timeout, no recycling. Workers say when
+    /// they are ready (after their task code loaded), and a worker that exits with
+    /// `BOOT_FAILED_EXIT` is not restarted.
+    pub fn new<I, S>(argv: I) -> PoolConfig
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        let mut cluster = Config::new(argv);
+        cluster.ready_on = ReadyOn::Explicit;
+        cluster
+            .restart
+            .no_restart_codes
+            .push(super::BOOT_FAILED_EXIT);
+        PoolConfig {
+            cluster,
+            concurrent_tasks_per_worker: 1,
+            max_queue: 100_000,
+            when_full: WhenFull::Reject,
+            task_timeout: None,
+            max_tasks_per_worker: None,
+            max_worker_memory: None,
+        }
+    }
+
+    pub(super) fn validate(&self) -> Result<()> {
+        if !(1..=4096).contains(&self.concurrent_tasks_per_worker) {
+            return Err(Error::config(
+                "concurrent_tasks_per_worker",
+                self.concurrent_tasks_per_worker,
+                "must be 1..=4096",
+            ));
+        }
+        if self.max_queue == 0 {
+            return Err(Error::config(
+                "max_queue",
+                self.max_queue,
+                "must be at least 1",
+            ));
+        }
+        if self.max_tasks_per_worker == Some(0) {
+            return Err(Error::config(
+                "max_tasks_per_worker",
+                0,
+                "must be at least 1 (or unset)",
+            ));
+        }
+        if self.max_worker_memory == Some(0) {
+            return Err(Error::config(
+                "max_worker_memory",
+                0,
+                "must be at least 1 byte (or unset)",
+            ));
+        }
+        if self.task_timeout == Some(Duration::ZERO) {
+            return Err(Error::config(
+                "task_timeout",
+                Duration::ZERO,
+                "must be more than zero (or unset)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How one task is to be run.
+#[derive(Debug, Clone, Default)]
+pub struct TaskOptions {
+    /// The function to run ("" for the worker's default), at most `MAX_NAME` bytes.
+    pub name: String,
+    /// How the payload is encoded (`CONTENT_*`); the core passes it on.
+    pub content: u8,
+    /// This task's own timeout, instead of the pool's `task_timeout`.
+    pub timeout: Option<Duration>,
+    /// The task may run twice: when its worker dies under it because of another task (a crash,
+    /// a timeout, a cancel), it is queued again (first) instead of failing.
+    pub idempotent: bool,
+}
+
+/// A task's value, encoded as `content` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Value {
+    pub content: u8,
+    pub payload: Vec<u8>,
+}
+
+/// Why a task failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskError {
+    /// The task raised an error; `payload` is the error as the worker encoded it.
+    Failed { content: u8, payload: Vec<u8> },
+    /// The task's worker ended while it ran: exit `code` or `signal`. `cause` says why when the
+    /// pool killed it for another task (a timeout or a cancel).
+    Crashed {
+        worker: u32,
+        pid: u32,
+        code: Option<i32>,
+        signal: Option<i32>,
+        cause: Option<String>,
+    },
+    /// The task ran longer than its timeout; its worker was killed and replaced.
+    Timeout { after: Duration },
+    /// The task was cancelled (queued: it never ran; running: its worker was killed).
+    Cancelled,
+    /// The pool stopped before the task ended.
+    Shutdown,
+    /// No worker can run tasks: every one stopped for good (`detail` says why, e.g. the
+    /// task code of the worker failed to load).
+    NoWorkers(String),
+}
+
+impl TaskError {
+    /// A short, stable name of the reason, the same in every binding and in `PoolStats`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TaskError::Failed { .. } => "error",
+            TaskError::Crashed { .. } => "crashed",
+            TaskError::Timeout { .. } => "timeout",
+            TaskError::Cancelled => "cancelled",
+            TaskError::Shutdown => "shutdown",
+            TaskError::NoWorkers(_) => "no_workers",
+        }
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskError::Failed { payload, .. } => write!(
+                f,
+                "the task raised an error ({} bytes of error payload)",
+                payload.len()
+            ),
+            TaskError::Crashed {
+                worker,
+                pid,
+                code,
+                signal,
+                cause,
+            } => {
+                write!(
+                    f,
+                    "worker {worker} (pid {pid}) ended while running the task: "
+                )?;
+                match (signal, code) {
+                    (Some(s), _) => write!(f, "killed by signal {} ({s})", signal_name(*s))?,
+                    (None, Some(c)) => write!(f, "exit code {c}")?,
+                    (None, None) => write!(f, "unknown status")?,
+                }
+                match cause {
+                    Some(c) => write!(f, " ({c})"),
+                    None => Ok(()),
+                }
+            }
+            TaskError::Timeout { after } => {
+                write!(f, "the task timed out after {} ms", after.as_millis())
+            }
+            TaskError::Cancelled => write!(f, "the task was cancelled"),
+            TaskError::Shutdown => write!(f, "the pool stopped before the task ended"),
+            TaskError::NoWorkers(d) => write!(f, "no worker can run tasks: {d}"),
+        }
+    }
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub id: u64,
+    pub result: std::result::Result<Value, TaskError>,
+    /// Time in the queue.
+    pub wait: Duration,
+    /// Time from when a worker was given it to its answer (zero if it never ran).
+    pub run: Duration,
+}
+
+impl Outcome {
+    pub(super) fn failed(id: u64, e: TaskError, wait: Duration, run: Duration) -> Outcome {
+        Outcome {
+            id,
+            result: Err(e),
+            wait,
+            run,
+        }
+    }
+}
+
+/// A pool's counters, as of one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Tasks waiting in the queue.
+    pub queued: usize,
+    /// Tasks given to a worker and not answered yet.
+    pub running: usize,
+    /// Tasks answered with a value.
+    pub completed: u64,
+    /// Tasks failed, by reason (`TaskError::reason`): error, crashed, timeout, cancelled,
+    /// shutdown, no_workers.
+    pub failed_error: u64,
+    pub failed_crashed: u64,
+    pub failed_timeout: u64,
+    pub failed_cancelled: u64,
+    pub failed_shutdown: u64,
+    pub failed_no_workers: u64,
+    /// Tasks run again after their worker died under them (idempotent ones).
+    pub retried: u64,
+    /// Workers replaced after `max_tasks_per_worker`.
+    pub recycled: u64,
+    /// Workers ready for tasks now.
+    pub workers_ready: usize,
+    /// Total and longest time tasks spent in the queue, and running (tasks that ran).
+    pub wait_total: Duration,
+    pub wait_max: Duration,
+    pub run_total: Duration,
+    pub run_max: Duration,
+}
+
+impl PoolStats {
+    /// Tasks failed for any reason.
+    pub fn failed(&self) -> u64 {
+        self.failed_error
+            + self.failed_crashed
+            + self.failed_timeout
+            + self.failed_cancelled
+            + self.failed_shutdown
+            + self.failed_no_workers
+    }
+
+    pub(super) fn count(&mut self, o: &Outcome) {
+        self.wait_total += o.wait;
+        self.wait_max = self.wait_max.max(o.wait);
+        self.run_total += o.run;
+        self.run_max = self.run_max.max(o.run);
+        let n = match &o.result {
+            Ok(_) => &mut self.completed,
+            Err(TaskError::Failed { .. }) => &mut self.failed_error,
+            Err(TaskError::Crashed { .. }) => &mut self.failed_crashed,
+            Err(TaskError::Timeout { .. }) => &mut self.failed_timeout,
+            Err(TaskError::Cancelled) => &mut self.failed_cancelled,
+            Err(TaskError::Shutdown) => &mut self.failed_shutdown,
+            Err(TaskError::NoWorkers(_)) => &mut self.failed_no_workers,
+        };
+        *n += 1;
+    }
+}
+
+/// The name of a signal that ends processes, for messages ("SIGSEGV").
+pub fn signal_name(signo: i32) -> &'static str {
+    match signo {
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGXCPU => "SIGXCPU",
+        _ => "signal",
+    }
+}

@@ -1,0 +1,128 @@
+//! A pool worker for the end-to-end tests: each task's name says what to do with its payload.
+//!
+//! - `echo` (or no name): answers with the payload
+//! - `pid`: answers with this process's pid (decimal text)
+//! - `sleep`: sleeps the payload's milliseconds (decimal text), answers "slept"
+//! - `spin`: loops forever (a runaway task)
+//! - `exit`: exits with the payload's code
+//! - `signal`: kills itself with the payload's signal number
+//! - `fail`: answers with the payload as an error
+//! - `grow`: keeps the payload's number of MiB of memory for good (a leak), answers "grown"
+//!
+//! Tasks that wait in the socket are taken together and their answers written together (one
+//! write for a batch), except after a task that took time, whose answer goes out at once.
+//! With the environment variable `POOL_WORKER_BOOT=fail` it cannot start: it says why and
+//! exits with `BOOT_FAILED_EXIT`; with `POOL_WORKER_BOOT=crash` it exits with code 1 before
+//! it is ready. `POOL_WORKER_START_MS=N` makes it wait N ms before it says ready.
+
+use std::time::Duration;
+
+use rcluster_core::pool::BOOT_FAILED_EXIT;
+use rcluster_core::{Answer, Task, Worker, WorkerEvent};
+
+fn main() {
+    let w = match Worker::from_env() {
+        Ok(Some(w)) => w,
+        _ => std::process::exit(2),
+    };
+    match std::env::var("POOL_WORKER_BOOT").as_deref() {
+        Ok("fail") => {
+            w.boot_failed("tasks.js: SyntaxError: Unexpected token")
+                .unwrap();
+            std::process::exit(BOOT_FAILED_EXIT);
+        }
+        Ok("crash") => std::process::exit(1),
+        _ => {}
+    }
+    // A worker that takes long to start (loading a large module).
+    if let Ok(ms) = std::env::var("POOL_WORKER_START_MS") {
+        std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+    }
+    w.ready().unwrap();
+    let mut events = Vec::new();
+    let mut answers: Vec<(u64, bool, Vec<u8>)> = Vec::new();
+    loop {
+        events.clear();
+        if w.next_events(None, 256, &mut events).is_err() {
+            std::process::exit(0);
+        }
+        for ev in events.drain(..) {
+            match ev {
+                WorkerEvent::Task(t) => {
+                    let quick = matches!(t.name.as_str(), "" | "echo" | "pid" | "fail");
+                    answers.push(run(&t));
+                    if !quick {
+                        flush(&w, &mut answers);
+                    }
+                }
+                WorkerEvent::Disconnect | WorkerEvent::PrimaryGone => {
+                    flush(&w, &mut answers);
+                    std::process::exit(0);
+                }
+                _ => {}
+            }
+        }
+        flush(&w, &mut answers);
+    }
+}
+
+fn number(t: &Task) -> u64 {
+    String::from_utf8_lossy(&t.payload)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+fn run(t: &Task) -> (u64, bool, Vec<u8>) {
+    match t.name.as_str() {
+        "" | "echo" => (t.id, true, t.payload.clone()),
+        "pid" => (t.id, true, std::process::id().to_string().into_bytes()),
+        "sleep" => {
+            std::thread::sleep(Duration::from_millis(number(t)));
+            (t.id, true, b"slept".to_vec())
+        }
+        "spin" => loop {
+            std::hint::spin_loop();
+        },
+        "exit" => std::process::exit(number(t) as i32),
+        "signal" => {
+            let sig = number(t) as i32;
+            // The Rust runtime handles SIGSEGV itself (stack overflows): back to the default
+            // action first, as in a C program that faults.
+            // SAFETY: resetting a disposition and raising a signal in this process only.
+            unsafe {
+                libc::signal(sig, libc::SIG_DFL);
+                libc::raise(sig);
+            }
+            std::thread::sleep(Duration::from_secs(10));
+            std::process::exit(99)
+        }
+        "fail" => (t.id, false, t.payload.clone()),
+        "grow" => {
+            // Memory the worker keeps (a leak): the payload's MiB, touched so that it counts.
+            let block = vec![1u8; (number(t) as usize) << 20];
+            std::mem::forget(block);
+            (t.id, true, b"grown".to_vec())
+        }
+        other => (t.id, false, format!("no task named {other}").into_bytes()),
+    }
+}
+
+fn flush(w: &Worker, answers: &mut Vec<(u64, bool, Vec<u8>)>) {
+    if answers.is_empty() {
+        return;
+    }
+    let list: Vec<Answer<'_>> = answers
+        .iter()
+        .map(|(id, ok, p)| Answer {
+            id: *id,
+            ok: *ok,
+            content: 0,
+            payload: p,
+        })
+        .collect();
+    if w.answer_many(&list).is_err() {
+        std::process::exit(0);
+    }
+    answers.clear();
+}
