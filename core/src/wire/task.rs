@@ -117,14 +117,14 @@ mod tests {
         let t = parse_task(&b).unwrap();
         assert_eq!(
             (t.id, t.content, t.name, t.payload),
-            (7, 2, "sort", &b"\x01\x02"[..])
+            (7, CONTENT_V8, "sort", &b"\x01\x02"[..])
         );
         let mut d = Vec::new();
         task_done(&mut d, 9, false, CONTENT_JSON, b"{}");
         let r = parse_task_done(&d).unwrap();
         assert_eq!(
             (r.id, r.ok, r.content, r.payload),
-            (9, false, 1, &b"{}"[..])
+            (9, false, CONTENT_JSON, &b"{}"[..])
         );
     }
 
