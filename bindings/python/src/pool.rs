@@ -38,7 +38,12 @@ fn build(cluster: ConfigArgs, args: PoolArgs) -> PyResult<PoolConfig> {
     // What `PoolConfig::new` does to its own cluster: a pool worker says when its task code is
     // loaded, and one that cannot load it is not restarted in a loop.
     c.cluster.ready_on = ReadyOn::Explicit;
-    if !c.cluster.restart.no_restart_codes.contains(&BOOT_FAILED_EXIT) {
+    if !c
+        .cluster
+        .restart
+        .no_restart_codes
+        .contains(&BOOT_FAILED_EXIT)
+    {
         c.cluster.restart.no_restart_codes.push(BOOT_FAILED_EXIT);
     }
     if let Some(n) = args.concurrent_tasks_per_worker {

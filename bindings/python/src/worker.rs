@@ -102,7 +102,11 @@ impl PyWorker {
 
     /// Answers pool tasks with one write: `(id, ok, payload)` each, pickled (`ok` false: the
     /// payload is the error the task raised). Blocks (GIL released) while the socket is full.
-    fn answer_many(&self, py: Python<'_>, answers: Vec<(u64, bool, PyBackedBytes)>) -> PyResult<()> {
+    fn answer_many(
+        &self,
+        py: Python<'_>,
+        answers: Vec<(u64, bool, PyBackedBytes)>,
+    ) -> PyResult<()> {
         let list: Vec<Answer<'_>> = answers
             .iter()
             .map(|(id, ok, payload)| Answer {

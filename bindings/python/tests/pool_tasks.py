@@ -16,6 +16,10 @@ def set_env(name: str, value: str) -> None:
     os.environ[name] = value
 
 
+def getenv(name: str):
+    return os.environ.get(name)
+
+
 def echo(x):
     return x
 

@@ -25,7 +25,6 @@ from rcluster._pool_env import MAIN_NAME as ENV_MAIN_NAME
 from rcluster._pool_env import MAIN_PATH as ENV_MAIN_PATH
 from rcluster._pool_env import PATH as ENV_PATH
 
-
 #: Tasks taken from the link per read at most.
 BATCH = 256
 

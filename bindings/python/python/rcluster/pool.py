@@ -328,9 +328,7 @@ class Pool(Executor):
         if restart is not None and not isinstance(restart, RestartPolicy):
             raise TypeError(f"restart must be a RestartPolicy, not {type(restart).__name__}")
         pool_env = dict(env or {})
-        pool_env[_pool_env.PATH] = base64.b64encode(
-            pickle.dumps(list(sys.path), _PICKLE)
-        ).decode()
+        pool_env[_pool_env.PATH] = base64.b64encode(pickle.dumps(list(sys.path), _PICKLE)).decode()
         pool_env.update(_main_env())
         if initializer is not None:
             try:
@@ -415,7 +413,9 @@ class Pool(Executor):
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
         results = super().map(
-            partial(_process_chunk, fn), _chunks(zip(*iterables), chunksize), timeout=timeout
+            partial(_process_chunk, fn),
+            _chunks(zip(*iterables, strict=False), chunksize),
+            timeout=timeout,
         )
         return _chain(results)
 
