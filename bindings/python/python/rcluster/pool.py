@@ -16,6 +16,7 @@ import pickle
 import signal as _signal
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future
@@ -35,6 +36,11 @@ from .errors import (
 from .supervisor import RestartPolicy
 
 _PICKLE = pickle.HIGHEST_PROTOCOL
+
+#: The delivering thread lingers (seconds) after a wake-up that brought fewer outcomes than
+#: this while more tasks are in flight, to take them in one batch.
+_LINGER_BELOW = 64
+_LINGER = 0.001
 
 
 class _RemoteTraceback(Exception):
@@ -201,6 +207,15 @@ class _State:
             batch = self.native.next_outcomes(None)
             if batch is None:
                 break
+            if len(batch) < _LINGER_BELOW and len(self.futures) > len(batch):
+                # More tasks are in flight: give the submitting threads the GIL for a moment
+                # and take what came meanwhile in the same pass. Waking for every outcome of a
+                # burst would hand the GIL back and forth per task, which costs more than the
+                # tasks themselves; a lone task (nothing else in flight) is delivered at once.
+                time.sleep(_LINGER)
+                more = self.native.next_outcomes(0)
+                if more:
+                    batch += more
             settle = []
             with self.lock:
                 for tid, status, detail in batch:
