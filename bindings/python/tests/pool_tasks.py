@@ -58,6 +58,13 @@ def spin(seconds: float) -> str:
     return "spun"
 
 
+def spin_marked(path: str, seconds: float) -> str:
+    """Spins after writing when it started (CLOCK_MONOTONIC, the same in every process)."""
+    with open(path, "w") as f:
+        f.write(repr(time.monotonic()))
+    return spin(seconds)
+
+
 def unpicklable_result():
     return threading.Lock()
 

@@ -16,6 +16,7 @@ import os
 import pickle
 import runpy
 import sys
+import time
 import traceback
 import types
 from typing import Any
@@ -24,9 +25,12 @@ from rcluster._pool_env import INIT as ENV_INIT
 from rcluster._pool_env import MAIN_NAME as ENV_MAIN_NAME
 from rcluster._pool_env import MAIN_PATH as ENV_MAIN_PATH
 from rcluster._pool_env import PATH as ENV_PATH
+from rcluster._rcluster import CONTENT_PICKLE
 
 #: Tasks taken from the link per read at most.
 BATCH = 256
+#: A task that ran longer than this (seconds) has its answer sent at once.
+FLUSH_AFTER = 0.002
 
 
 def _fixup_main() -> None:
@@ -99,15 +103,31 @@ def _run(payload: bytes) -> tuple[bool, bytes]:
         return False, pickle.dumps((err, ""), pickle.HIGHEST_PROTOCOL)
 
 
+def _wrong_content(content: int) -> bytes:
+    err = TypeError(f"a Python pool worker reads pickled tasks only, not content type {content}")
+    return pickle.dumps((err, ""), pickle.HIGHEST_PROTOCOL)
+
+
 def _serve(w: Any) -> None:
     while True:
         batch = w.next_events(None, BATCH)
         answers = []
+        since = time.monotonic()
         for kind, item in batch:
             if kind == "task":
-                tid, _content, payload = item
-                ok, data = _run(payload)
+                tid, content, payload = item
+                if content == CONTENT_PICKLE:
+                    ok, data = _run(payload)
+                else:
+                    ok, data = False, _wrong_content(content)
                 answers.append((tid, ok, data))
+                # Answers wait for the rest of the batch only while tasks are quick: the
+                # answer of a task that took long goes at once, as do those before it.
+                now = time.monotonic()
+                if now - since > FLUSH_AFTER:
+                    w.answer_many(answers)
+                    answers = []
+                since = now
             elif kind in ("disconnect", "primary_gone"):
                 if answers:
                     w.answer_many(answers)

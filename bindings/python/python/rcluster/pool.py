@@ -280,7 +280,8 @@ class Pool(Executor):
     replaced and the pool stays usable. An exception raised by a task is raised again by
     ``Future.result()`` with its type, and the worker's traceback text as ``__cause__`` (and
     ``remote_traceback``). ``Future.cancel()`` works on a running task too: its worker is
-    killed and replaced, and the future ends cancelled.
+    killed and replaced, and the future ends cancelled. (So a future stays pending until its
+    task ends: ``Future.running()`` is never true.)
 
     Options:
 
