@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import subprocess
@@ -345,3 +346,27 @@ def test_tasks_given_to_workers_in_batches_all_get_their_results():
         futures = [pool.submit(t.add, i, 1) for i in range(3000)]
         assert [f.result(SLOW) for f in futures] == list(range(1, 3001))
         assert pool.stats()["failed"] == 0
+
+
+def test_shutdown_leaves_no_worker_process_and_no_descriptor_behind():
+    before = rcluster._rcluster.open_fd_count()
+    with rcluster.Pool(2) as pool:
+        pids = set(pool.map(t.pid, range(20)))
+    assert pids and not any(_alive(p) for p in pids)
+    # The core pool's own descriptors (its wake-up and outcome eventfds) go with the object.
+    del pool
+    gc.collect()
+    assert rcluster._rcluster.open_fd_count() == before
+
+
+def test_invalid_options_fail_with_config_errors_naming_the_option():
+    with pytest.raises(rcluster.ConfigError, match="workers"):
+        rcluster.Pool(0)
+    with pytest.raises(rcluster.ConfigError, match="when_full"):
+        rcluster.Pool(1, when_full="drop")
+    with pytest.raises(rcluster.ConfigError, match="task_timeout"):
+        rcluster.Pool(1, task_timeout=-1.0)
+    with pytest.raises(rcluster.ConfigError, match="max_queue"):
+        rcluster.Pool(1, max_queue=0)
+    with pytest.raises(ValueError, match="chunksize"), rcluster.Pool(1) as pool:
+        pool.map(t.echo, [1], chunksize=0)
