@@ -370,3 +370,16 @@ def test_invalid_options_fail_with_config_errors_naming_the_option():
         rcluster.Pool(1, max_queue=0)
     with pytest.raises(ValueError, match="chunksize"), rcluster.Pool(1) as pool:
         pool.map(t.echo, [1], chunksize=0)
+
+
+def test_pool_collected_without_shutdown_finishes_its_tasks_and_stops_its_workers():
+    pool = rcluster.Pool(1)
+    worker = pool.submit(t.pid).result(SLOW)
+    last = pool.submit(t.sleep_then, 0.2, "done")
+    del pool
+    gc.collect()
+    assert last.result(SLOW) == "done"
+    deadline = time.monotonic() + SLOW
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _alive(worker)

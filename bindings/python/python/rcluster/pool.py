@@ -247,6 +247,12 @@ def _shutdown_all() -> None:
             pass
 
 
+def _stop_in_background(native: Any, cancel_queued: bool) -> None:
+    threading.Thread(
+        target=native.stop, args=(cancel_queued, None), name="rcluster-pool-stop", daemon=True
+    ).start()
+
+
 def _main_env() -> dict[str, str]:
     """How a worker finds the primary's main module (see ``rcluster._pool_worker``)."""
     main = sys.modules.get("__main__")
@@ -379,6 +385,10 @@ class Pool(Executor):
         )
         self._thread.start()
         _live.add(self)
+        # A pool collected without shutdown() still ends: its queued tasks run (their futures
+        # may be held elsewhere), then its workers stop.
+        finalizer = weakref.finalize(self, _stop_in_background, self._native, False)
+        finalizer.atexit = False  # at exit, _shutdown_all does it, waiting
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedules ``fn(*args, **kwargs)`` in a worker; returns its Future. Raises
@@ -446,12 +456,7 @@ class Pool(Executor):
             self._native.stop(cancel_futures, None)
             self._thread.join()
         else:
-            threading.Thread(
-                target=self._native.stop,
-                args=(cancel_futures, None),
-                name="rcluster-pool-stop",
-                daemon=True,
-            ).start()
+            _stop_in_background(self._native, cancel_futures)
 
     def stats(self) -> dict[str, Any]:
         """Counters of the pool: ``queued``, ``running``, ``completed``, ``failed`` and
