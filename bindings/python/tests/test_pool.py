@@ -383,3 +383,31 @@ def test_pool_collected_without_shutdown_finishes_its_tasks_and_stops_its_worker
     while _alive(worker) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not _alive(worker)
+
+
+UNGUARDED_SCRIPT = """
+import rcluster
+
+def square(x):
+    return x * x
+
+pool = rcluster.Pool(2)
+try:
+    pool.submit(square, 3).result(30)
+except rcluster.PoolBrokenError as e:
+    print("broken:", repr(str(e)), flush=True)
+pool.shutdown()
+"""
+
+
+def test_pool_created_at_import_time_of_the_main_script_fails_clearly_instead_of_multiplying(
+    tmp_path,
+):
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert "broken:" in out.stdout, out.stdout + out.stderr
+    assert "if __name__ ==" in out.stdout

@@ -56,7 +56,13 @@ def _boot() -> None:
     path = os.environ.get(ENV_PATH)
     if path:
         sys.path[:] = pickle.loads(base64.b64decode(path))
-    _fixup_main()
+    from rcluster import pool
+
+    pool._booting_worker = True
+    try:
+        _fixup_main()
+    finally:
+        pool._booting_worker = False
     init = os.environ.get(ENV_INIT)
     if init:
         fn, args = pickle.loads(base64.b64decode(init))

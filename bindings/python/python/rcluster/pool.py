@@ -235,6 +235,9 @@ class _State:
 
 _live: weakref.WeakSet[Pool] = weakref.WeakSet()
 
+#: True while this process is a pool worker loading the primary's main script.
+_booting_worker = False
+
 
 @atexit.register
 def _shutdown_all() -> None:
@@ -337,6 +340,14 @@ class Pool(Executor):
         max_message: int | None = None,
         restart: RestartPolicy | None = None,
     ) -> None:
+        if _booting_worker:
+            # The main script, imported by a pool worker, creates a pool at import time: each
+            # worker would start workers of its own, without end.
+            raise RuntimeError(
+                "rcluster.Pool was created while a pool worker imported the main script: "
+                'create pools under `if __name__ == "__main__":` (workers import the main '
+                "script as __mp_main__ to find its functions)"
+            )
         if workers is None:
             workers = os.cpu_count() or 1
         check_int("workers", workers)
