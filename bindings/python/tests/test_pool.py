@@ -411,3 +411,34 @@ def test_pool_created_at_import_time_of_the_main_script_fails_clearly_instead_of
     assert out.returncode == 0, out.stderr
     assert "broken:" in out.stdout, out.stdout + out.stderr
     assert "if __name__ ==" in out.stdout
+
+
+EXIT_SCRIPT = """
+import threading
+import rcluster
+
+def echo(x):
+    return x
+
+def run():
+    done = threading.Semaphore(0)
+    with rcluster.Pool(2) as pool:
+        for i in range(2000):
+            pool.submit(echo, i).add_done_callback(lambda _f: done.release())
+        for _ in range(2000):
+            done.acquire()
+
+if __name__ == "__main__":
+    run()
+    print("ran", flush=True)
+"""
+
+
+def test_program_that_ends_right_after_a_pool_was_shut_down_and_collected_exits_cleanly(tmp_path):
+    script = tmp_path / "exit_script.py"
+    script.write_text(EXIT_SCRIPT)
+    for _ in range(3):
+        out = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+        )
+        assert (out.returncode, out.stdout, out.stderr) == (0, "ran\n", "")

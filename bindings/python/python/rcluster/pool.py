@@ -239,7 +239,6 @@ _live: weakref.WeakSet[Pool] = weakref.WeakSet()
 _booting_worker = False
 
 
-@atexit.register
 def _shutdown_all() -> None:
     # As ProcessPoolExecutor does: a program that ends without shutting its pool down still
     # waits for the tasks it submitted, and leaves no workers behind.
@@ -250,9 +249,20 @@ def _shutdown_all() -> None:
             pass
 
 
+# Run before the interpreter joins its threads (atexit runs after): the results thread and a
+# stopping thread are not daemons, so that none is cut off inside a native call while the
+# interpreter finalizes (the thread would be ended with a forced unwind through Rust frames,
+# which aborts the process). ProcessPoolExecutor registers the same way.
+_register = getattr(threading, "_register_atexit", None)
+if _register is not None:
+    _register(_shutdown_all)
+else:  # pragma: no cover - every supported CPython has it
+    atexit.register(_shutdown_all)
+
+
 def _stop_in_background(native: Any, cancel_queued: bool) -> None:
     threading.Thread(
-        target=native.stop, args=(cancel_queued, None), name="rcluster-pool-stop", daemon=True
+        target=native.stop, args=(cancel_queued, None), name="rcluster-pool-stop"
     ).start()
 
 
@@ -391,15 +401,13 @@ class Pool(Executor):
         self._state = _State(self._native)
         self._shutdown_lock = threading.Lock()
         self._shut = False
-        self._thread = threading.Thread(
-            target=self._state.deliver, name="rcluster-pool-results", daemon=True
-        )
+        self._thread = threading.Thread(target=self._state.deliver, name="rcluster-pool-results")
         self._thread.start()
         _live.add(self)
         # A pool collected without shutdown() still ends: its queued tasks run (their futures
         # may be held elsewhere), then its workers stop.
-        finalizer = weakref.finalize(self, _stop_in_background, self._native, False)
-        finalizer.atexit = False  # at exit, _shutdown_all does it, waiting
+        self._finalizer = weakref.finalize(self, _stop_in_background, self._native, False)
+        self._finalizer.atexit = False  # at exit, _shutdown_all does it, waiting
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedules ``fn(*args, **kwargs)`` in a worker; returns its Future. Raises
@@ -463,6 +471,7 @@ class Pool(Executor):
         with self._shutdown_lock:
             self._shut = True
         _live.discard(self)
+        self._finalizer.detach()
         if wait:
             self._native.stop(cancel_futures, None)
             self._thread.join()
