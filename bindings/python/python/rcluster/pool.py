@@ -24,7 +24,7 @@ from functools import partial
 from typing import Any
 
 from . import _pool_env, _rcluster
-from ._util import check_int, check_seconds, check_str
+from ._util import check_int, check_seconds, check_str, logger
 from .errors import (
     ConfigError,
     PoolBrokenError,
@@ -181,6 +181,14 @@ def _settle(fut: _TaskFuture, status: str, detail: Any) -> None:
         fut.set_exception(exc)
 
 
+def _settle_reporting(fut: _TaskFuture, status: str, detail: Any) -> None:
+    # Whatever goes wrong with one future must not end the thread that settles all of them.
+    try:
+        _settle(fut, status, detail)
+    except Exception:
+        logger.exception("rcluster: settling the future of a pool task failed")
+
+
 class _State:
     """What the delivering thread shares with the pool (not the pool itself, so that a pool
     nobody holds can be collected)."""
@@ -225,7 +233,7 @@ class _State:
                     else:
                         settle.append((fut, status, detail))
             for fut, status, detail in settle:
-                _settle(fut, status, detail)
+                _settle_reporting(fut, status, detail)
         with self.lock:
             left = list(self.futures.values())
             self.futures.clear()
