@@ -349,6 +349,7 @@ def test_tasks_given_to_workers_in_batches_all_get_their_results():
 
 
 def test_shutdown_leaves_no_worker_process_and_no_descriptor_behind():
+    gc.collect()  # pools of earlier tests, still referenced by cycles, close theirs first
     before = rcluster._rcluster.open_fd_count()
     with rcluster.Pool(2) as pool:
         pids = set(pool.map(t.pid, range(20)))
