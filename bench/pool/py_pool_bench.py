@@ -11,6 +11,8 @@ workers each:
   (``submit``) and multiprocessing.Pool (``apply_async``, fork);
 - CPU-bound tasks: the same work on ``--workers`` workers and on 1, the speed-up (best of 3);
 - one task on an idle pool, submit to result: p50 and p99 latency;
+- one task calling ``os._exit`` among 40: how many futures fail, and whether the pool is
+  usable after;
 - memory: ``--memory`` tasks submitted through ``max_queue=1000`` (``when_full="wait"``), the
   primary's RSS sampled along the way (it should stay flat).
 """
@@ -36,6 +38,31 @@ def burn(n):
     for i in range(n):
         s += i * i
     return s
+
+
+def die(_):
+    import os
+
+    os._exit(3)
+
+
+def crash(make, w: int) -> tuple[int, int, bool]:
+    """One task calls os._exit among 40 others: (futures failed, futures, usable after)."""
+    with make(w) as ex:
+        futs = [ex.submit(burn, 200_000) for _ in range(20)]
+        bad = ex.submit(die, 0)
+        futs += [ex.submit(echo, i) for i in range(20)]
+        failed = 0
+        for f in [*futs, bad]:
+            try:
+                f.result(60)
+            except Exception:  # noqa: BLE001 - any failure of the task counts
+                failed += 1
+        try:
+            usable = ex.submit(echo, 1).result(60) == 1
+        except Exception:  # noqa: BLE001 - any failure means unusable
+            usable = False
+        return failed, len(futs) + 1, usable
 
 
 def rss_kib() -> int:
@@ -173,6 +200,14 @@ def main() -> None:
     print(f"== one task on an idle pool, {a.latency} times (microseconds)")
     for name, (p50, p99) in latencies(w, a.latency).items():
         print(f"{name:22} p50 {p50:8.0f}  p99 {p99:8.0f}")
+
+    print("== one task calls os._exit among 40 others")
+    for name, make in (
+        ("rcluster.Pool", rcluster.Pool),
+        ("ProcessPoolExecutor", cf.ProcessPoolExecutor),
+    ):
+        failed, total, usable = crash(make, w)
+        print(f"{name:22} {failed} of {total} futures failed; usable after: {usable}")
 
     print(f"== memory: {a.memory} tasks through max_queue=1000 (primary RSS, KiB)")
     samples = memory(w, a.memory)
