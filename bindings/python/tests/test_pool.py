@@ -24,6 +24,7 @@ def test_results_arrive_for_every_task_in_submission_order_with_map_and_out_of_o
     with rcluster.Pool(2) as pool:
         assert list(pool.map(t.add, range(100), range(100))) == [2 * i for i in range(100)]
         assert list(pool.map(t.echo, range(1000), chunksize=64)) == list(range(1000))
+        wait_ready(pool, 2)  # the fast task must not wait for the slow one's worker
         slow = pool.submit(t.sleep_then, 1.0, "slow")
         fast = pool.submit(t.sleep_then, 0.0, "fast")
         done = []
