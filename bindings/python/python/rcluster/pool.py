@@ -317,7 +317,8 @@ class Pool(Executor):
       workers do not count.
     - ``when_full``: what ``submit`` does when ``max_queue`` tasks wait: ``"reject"``
       (default) raises :class:`~rcluster.QueueFullError`; ``"wait"`` blocks the submitting
-      thread until there is room.
+      thread until there is room. (Done callbacks run on the pool's results thread: one that
+      waits there for room would stop the results that make room.)
     - ``task_timeout``: seconds a task may run, from when a worker takes it (default: no
       limit). A task that runs longer fails with :class:`~rcluster.TaskTimeoutError`; its
       worker is killed and replaced. :meth:`run` sets it per task.
@@ -460,7 +461,10 @@ class Pool(Executor):
     ) -> Iterator[Any]:
         """As :meth:`concurrent.futures.Executor.map`: results in the order of the inputs.
         ``chunksize`` > 1 sends that many calls as one task (fewer, larger messages: faster
-        for many small calls). ``timeout`` bounds the wait for all results, in seconds."""
+        for many small calls). ``timeout`` bounds the wait for all results, in seconds.
+        Every task is submitted before the first result is returned, as in the base class:
+        with more tasks than ``max_queue``, use ``when_full="wait"`` or a larger
+        ``chunksize``, or a full queue raises :class:`~rcluster.QueueFullError`."""
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1")
         if chunksize == 1:
