@@ -318,7 +318,7 @@ class Pool(Executor):
     - ``when_full``: what ``submit`` does when ``max_queue`` tasks wait: ``"reject"``
       (default) raises :class:`~rcluster.QueueFullError`; ``"wait"`` blocks the submitting
       thread until there is room. (Done callbacks run on the pool's results thread: one that
-      waits there for room would stop the results that make room.)
+      waits there for room holds back every other result meanwhile.)
     - ``task_timeout``: seconds a task may run, from when a worker takes it (default: no
       limit). A task that runs longer fails with :class:`~rcluster.TaskTimeoutError`; its
       worker is killed and replaced. :meth:`run` sets it per task.
