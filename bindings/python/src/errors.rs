@@ -44,6 +44,14 @@ fn build(py: Python<'_>, e: &Error) -> PyResult<PyErr> {
             attrs.set_item("limit", limit)?;
             "QueueFullError"
         }
+        Error::TaskQueueFull { limit } => {
+            attrs.set_item("limit", limit)?;
+            "QueueFullError"
+        }
+        Error::PoolBroken(why) => {
+            attrs.set_item("why", why)?;
+            "PoolBrokenError"
+        }
         Error::NoSuchWorker(id) => {
             attrs.set_item("worker", id)?;
             "NoSuchWorkerError"

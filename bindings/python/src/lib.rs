@@ -10,6 +10,7 @@ mod config;
 mod errors;
 mod events;
 mod message;
+mod pool;
 mod supervisor;
 mod wait;
 mod worker;
@@ -21,6 +22,9 @@ fn _rcluster(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<events::PyEvent>()?;
     m.add_class::<events::PyWorkerInfo>()?;
     m.add_class::<events::PyExitInfo>()?;
+    m.add_class::<pool::PyPool>()?;
+    m.add("CONTENT_PICKLE", rcluster_core::pool::CONTENT_PICKLE)?;
+    m.add("BOOT_FAILED_EXIT", rcluster_core::pool::BOOT_FAILED_EXIT)?;
     m.add("MAX_WORKERS", rcluster_core::MAX_WORKERS)?;
     m.add("DEFAULT_MAX_MESSAGE", rcluster_core::DEFAULT_MAX_MESSAGE)?;
     m.add_function(wrap_pyfunction!(open_fd_count, m)?)?;

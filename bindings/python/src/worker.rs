@@ -8,8 +8,10 @@ use std::os::fd::IntoRawFd;
 use std::time::Duration;
 
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyTuple};
-use rcluster_core::{Worker, WorkerEvent};
+use rcluster_core::pool::CONTENT_PICKLE;
+use rcluster_core::{Answer, Worker, WorkerEvent};
 
 use crate::errors::IntoPyResult;
 use crate::message;
@@ -26,6 +28,7 @@ const MESSAGE: &str = "message";
 const CONNECTION: &str = "connection";
 const DISCONNECT: &str = "disconnect";
 const PRIMARY_GONE: &str = "primary_gone";
+const TASK: &str = "task";
 
 fn to_tuple(py: Python<'_>, ev: WorkerEvent) -> PyResult<Bound<'_, PyTuple>> {
     match ev {
@@ -39,6 +42,10 @@ fn to_tuple(py: Python<'_>, ev: WorkerEvent) -> PyResult<Bound<'_, PyTuple>> {
         }
         WorkerEvent::Disconnect => (DISCONNECT, py.None()).into_pyobject(py),
         WorkerEvent::PrimaryGone => (PRIMARY_GONE, py.None()).into_pyobject(py),
+        // A pool task: (id, content type, payload); the name is not used by Python pools.
+        WorkerEvent::Task(t) => {
+            (TASK, (t.id, t.content, PyBytes::new(py, &t.payload))).into_pyobject(py)
+        }
         #[allow(unreachable_patterns)]
         _ => ("unknown", py.None()).into_pyobject(py),
     }
@@ -104,6 +111,31 @@ impl PyWorker {
         let (body, content) = message::typed(data, content_type)?;
         py.allow_threads(|| self.core.send_as(content, body.as_bytes()))
             .py()
+    }
+
+    /// Answers pool tasks with one write: `(id, ok, payload)` each, pickled (`ok` false: the
+    /// payload is the error the task raised). Blocks (GIL released) while the socket is full.
+    fn answer_many(
+        &self,
+        py: Python<'_>,
+        answers: Vec<(u64, bool, PyBackedBytes)>,
+    ) -> PyResult<()> {
+        let list: Vec<Answer<'_>> = answers
+            .iter()
+            .map(|(id, ok, payload)| Answer {
+                id: *id,
+                ok: *ok,
+                content: CONTENT_PICKLE,
+                payload,
+            })
+            .collect();
+        py.allow_threads(|| self.core.answer_many(&list)).py()
+    }
+
+    /// Tells a pool this worker cannot run tasks (its code failed to load), with why; exit
+    /// afterwards with `BOOT_FAILED_EXIT` so that it is not restarted in a loop.
+    fn boot_failed(&self, py: Python<'_>, why: &str) -> PyResult<()> {
+        py.allow_threads(|| self.core.boot_failed(why)).py()
     }
 
     fn disconnect(&self, py: Python<'_>) -> PyResult<()> {

@@ -11,6 +11,9 @@ Worker side (the same program, re-run by the primary)::
     if rcluster.is_worker():
         asyncio.run(rcluster.aio.serve(MyProtocol))
 
+Task pools: ``with rcluster.Pool(workers=4) as pool: pool.submit(fn, x).result()`` (a
+``concurrent.futures.Executor`` whose workers are supervised processes).
+
 Messages are bytes (``send_json`` / ``send_pickle`` are explicit choices); errors are
 subclasses of :class:`rcluster.Error`. Linux only.
 """
@@ -25,11 +28,16 @@ from .errors import (
     MessageTooLargeError,
     NoSuchWorkerError,
     NotAWorkerError,
+    PoolBrokenError,
     ProtocolError,
     QueueFullError,
+    SerializationError,
     SpawnError,
     StoppedError,
+    TaskTimeoutError,
+    WorkerCrashedError,
 )
+from .pool import Pool
 from .supervisor import (
     Event,
     ExitInfo,
@@ -68,6 +76,11 @@ __all__ = [
     "QueueFullError",
     "SpawnError",
     "StoppedError",
+    "WorkerCrashedError",
+    "TaskTimeoutError",
+    "PoolBrokenError",
+    "SerializationError",
+    "Pool",
     "Event",
     "ExitInfo",
     "Listener",

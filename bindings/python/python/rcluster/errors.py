@@ -39,10 +39,44 @@ class MessageTooLargeError(Error, ValueError):
 
 
 class QueueFullError(Error):
-    """The outgoing queue of a worker is full: it is not reading. Retry later."""
+    """A queue is full: the outgoing queue of a worker that is not reading (``worker``), or
+    the task queue of a :class:`rcluster.Pool` (``max_queue`` tasks wait; ``worker`` is None).
+    ``limit`` is the queue's bound. Retry later."""
 
     worker: int | None = None
     limit: int | None = None
+
+
+class WorkerCrashedError(Error):
+    """The worker process running a pool task ended while running it. ``exit_code`` or
+    ``signal`` (a number; ``signal_name`` such as ``"SIGSEGV"``) says how; the message says
+    which worker, and why when the pool killed it for another task. The pool replaced it."""
+
+    exit_code: int | None = None
+    signal: int | None = None
+    signal_name: str | None = None
+
+
+class TaskTimeoutError(Error, TimeoutError):
+    """A pool task ran longer than its timeout (from when a worker took it); its worker was
+    killed and replaced. ``timeout`` is the limit in seconds."""
+
+    timeout: float | None = None
+
+
+class PoolBrokenError(Error):
+    """No worker of a pool can run tasks: every one stopped for good. ``why`` says why, with
+    the worker's traceback when its code failed to load (a worker that cannot load is not
+    restarted in a loop)."""
+
+    why: str | None = None
+
+
+class SerializationError(Error, TypeError):
+    """A task's function, arguments, result or exception could not be pickled; the message
+    names the value's type and where it was (``type_name``)."""
+
+    type_name: str | None = None
 
 
 class NoSuchWorkerError(Error, LookupError):
@@ -76,6 +110,10 @@ __all__ = [
     "SpawnError",
     "MessageTooLargeError",
     "QueueFullError",
+    "WorkerCrashedError",
+    "TaskTimeoutError",
+    "PoolBrokenError",
+    "SerializationError",
     "NoSuchWorkerError",
     "StoppedError",
     "ProtocolError",
