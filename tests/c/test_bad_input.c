@@ -230,7 +230,7 @@ static int supervisor_functions_reject_null_pointers(void) {
     EXPECT(rcluster_supervisor_broadcast(s, big, sizeof big, NULL), RCLUSTER_RESULT_MESSAGE_TOO_LARGE,
            "limit");
     CHECK_RC(rcluster_supervisor_broadcast(s, NULL, 0, NULL)); /* an empty message is a message */
-    EXPECT(rcluster_supervisor_send_as(s, 0, 5, &b, 1), RCLUSTER_RESULT_INVALID_ARGUMENT, "content_type");
+    EXPECT(rcluster_supervisor_send_as(s, 0, 6, &b, 1), RCLUSTER_RESULT_INVALID_ARGUMENT, "content_type");
     EXPECT(rcluster_supervisor_broadcast_as(s, 1u << 31, &b, 1, NULL), RCLUSTER_RESULT_INVALID_ARGUMENT,
            "content_type");
     EXPECT(rcluster_supervisor_send_as(s, 0, RCLUSTER_CONTENT_TEXT, big, sizeof big),

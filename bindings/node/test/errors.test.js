@@ -63,7 +63,7 @@ test('bad recycling limits are named', () => {
   throwsCode(() => rcluster.start({ ...base, maxMemory: '5X' }), 'ERR_RCLUSTER_INVALID_OPTION', 'maxMemory', '5X');
   throwsCode(() => rcluster.start({ ...base, maxMemory: 0 }), 'ERR_RCLUSTER_INVALID_OPTION', 'maxMemory', '0');
   throwsCode(() => rcluster.start({ ...base, maxRequests: 0 }), 'ERR_RCLUSTER_INVALID_OPTION', 'maxRequests', '0');
-  throwsCode(() => rcluster.start({ ...base, maxRequestsJitter: 5 }), 'ERR_RCLUSTER_INVALID_OPTION', 'max_requests_jitter', '5');
+  throwsCode(() => rcluster.start({ ...base, maxRequestsJitter: 5 }), 'ERR_RCLUSTER_INVALID_OPTION', 'maxRequestsJitter', '5');
 });
 
 test('a misspelt option is refused with its name instead of being ignored', () => {

@@ -23,7 +23,7 @@ pub fn wait_seconds(field: &str, s: f64) -> PyResult<Duration> {
 }
 
 /// Seconds (a Python float) as the duration of the option `field`, by the field's rule.
-pub(crate) fn seconds(field: &'static str, s: f64) -> PyResult<Duration> {
+fn seconds(field: &'static str, s: f64) -> PyResult<Duration> {
     Config::seconds(field, s).py()
 }
 

@@ -13,7 +13,7 @@ use rcluster_core::pool::{
 };
 use rcluster_core::ReadyOn;
 
-use crate::config::{seconds, ConfigArgs};
+use crate::config::{wait_seconds as seconds, ConfigArgs};
 use crate::errors::{config_error, IntoPyResult};
 
 /// The pool's own settings, beside the cluster's (`ConfigArgs`).

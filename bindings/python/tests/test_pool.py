@@ -164,22 +164,19 @@ def test_full_queue_with_when_full_wait_blocks_the_submitter_until_there_is_room
 
 
 def test_workers_are_recycled_after_max_tasks_per_worker_and_no_task_fails():
+    # A worker past its limit keeps running tasks until its replacement (a spare worker,
+    # started first) is ready, then retires: the limit is where replacing begins.
     with rcluster.Pool(2, max_tasks_per_worker=5) as pool:
         pool.submit(t.echo, None).result(SLOW)
-        pids = list(pool.map(t.pid, range(60)))
-        per_worker = {p: pids.count(p) for p in set(pids)}
-        assert max(per_worker.values()) <= 5, per_worker
-        assert len(per_worker) >= 12
+        pids = []
+        deadline = time.monotonic() + SLOW
+        while pool.stats()["recycled"] < 2 and time.monotonic() < deadline:
+            pids += pool.map(t.pid, range(20))
+        assert len(set(pids)) >= 3, pids
         stats = pool.stats()
-        assert stats["recycled"] >= 11 and stats["failed"] == 0
+        assert stats["recycled"] >= 2 and stats["failed"] == 0, stats
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="the core starts a recycled worker's replacement only once the old one has "
-    "answered its last task, so tasks wait for a Python start-up when every worker retires "
-    "at about the same time",
-)
 def test_recycling_makes_no_task_wait_for_a_replacement():
     with rcluster.Pool(2, max_tasks_per_worker=5) as pool:
         pool.submit(t.echo, None).result(SLOW)

@@ -322,9 +322,9 @@ class Pool(Executor):
     - ``task_timeout``: seconds a task may run, from when a worker takes it (default: no
       limit). A task that runs longer fails with :class:`~rcluster.TaskTimeoutError`; its
       worker is killed and replaced. :meth:`run` sets it per task.
-    - ``max_tasks_per_worker``: a worker that has run this many tasks is replaced (its
-      replacement starts when its last task is answered, and no task waits for it while the
-      other workers are ready). Default: workers are kept.
+    - ``max_tasks_per_worker``: a worker that has run this many tasks is replaced: a spare
+      worker starts first, the old one keeps running tasks until the spare is ready, then
+      retires, so no task waits for a start-up. Default: workers are kept.
     - ``concurrent_tasks_per_worker``: tasks given to one worker at once (default 1). A
       worker runs them in turn; more than 1 lets tiny tasks travel in batches (faster), but a
       task's timeout then counts from when its worker was given it, and a crash or a cancel
