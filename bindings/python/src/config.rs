@@ -124,11 +124,11 @@ pub struct ConfigArgs {
     #[pyo3(default)]
     pub control: Option<String>,
     #[pyo3(default)]
-    pub max_memory: Option<u64>,
+    pub max_memory: Option<i64>,
     #[pyo3(default)]
-    pub max_requests: Option<u64>,
+    pub max_requests: Option<i64>,
     #[pyo3(default)]
-    pub max_requests_jitter: Option<u64>,
+    pub max_requests_jitter: Option<i64>,
 }
 
 fn os(b: Vec<u8>) -> OsString {
@@ -196,11 +196,19 @@ impl ConfigArgs {
         if let Some(mode) = &self.control {
             c.control = mode.parse().map_err(to_py)?;
         }
-        c.max_memory = self.max_memory;
-        c.max_requests = self.max_requests;
-        if let Some(j) = self.max_requests_jitter {
-            c.max_requests_jitter = j;
-        }
+        c.max_memory = self
+            .max_memory
+            .map(|v| count("max_memory", v))
+            .transpose()?;
+        c.max_requests = self
+            .max_requests
+            .map(|v| count("max_requests", v))
+            .transpose()?;
+        opt_count(
+            "max_requests_jitter",
+            self.max_requests_jitter,
+            &mut c.max_requests_jitter,
+        )?;
         Ok(c)
     }
 }
