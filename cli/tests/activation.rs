@@ -2,88 +2,18 @@
 //! (`LISTEN_FDS`) are used instead of binding, so clients wait in the kernel while the
 //! primary restarts.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const RCLUSTER: &str = env!("CARGO_BIN_EXE_rcluster");
-const WAIT: Duration = Duration::from_secs(15);
+mod common;
+use common::{hello_worker_binary, Primary, RCLUSTER, WAIT};
 
 /// A running primary whose stderr is collected; dropping it kills it.
-struct Primary {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Primary {
-    fn spawn(mut cmd: Command) -> Primary {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn rcluster");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (stderr, sink) = (child.stderr.take().unwrap(), Arc::clone(&log));
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Primary { child, log }
-    }
-
-    fn wait_ready(&mut self, n: usize) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let ready = self
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|l| l.contains(": ready"))
-                .count();
-            if ready >= n {
-                return;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "rcluster exited ({status}); log:\n{}",
-                    self.log.lock().unwrap().join("\n")
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not ready: {:?}",
-                self.log.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        // SAFETY: kill has no memory effects.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + WAIT;
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "rcluster did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Primary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `rcluster run` with `fd` passed as descriptor 3, named `web`, the way systemd passes a
 /// socket: `LISTEN_PID` is set by the shell that then becomes rcluster.
 fn activated(fd: i32, listen: &str) -> Command {
@@ -242,28 +172,4 @@ fn which(name: &str) -> Result<PathBuf, ()> {
         .map(|d| d.join(name))
         .find(|p| p.exists())
         .ok_or(())
-}
-
-/// hello-worker lives in another package, so `cargo test -p rcluster` does not build it; build
-/// it into the same target directory when it is missing.
-fn hello_worker_binary() -> PathBuf {
-    let profile_dir = Path::new(RCLUSTER).parent().expect("binary directory");
-    let path = profile_dir.join("hello-worker");
-    if path.exists() {
-        return path;
-    }
-    let target_dir = profile_dir.parent().expect("target directory");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-p", "rcluster-examples", "--bin", "hello-worker"])
-        .env("CARGO_TARGET_DIR", target_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .expect("run cargo build");
-    assert!(
-        status.success() && path.exists(),
-        "building hello-worker failed"
-    );
-    path
 }

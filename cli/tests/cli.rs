@@ -2,12 +2,13 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const RCLUSTER: &str = env!("CARGO_BIN_EXE_rcluster");
+mod common;
+use common::{hello_worker_binary, RCLUSTER};
 const STEP: Duration = Duration::from_millis(20);
 const EVENT_WAIT: Duration = Duration::from_secs(10);
 
@@ -437,46 +438,6 @@ fn hello_worker_under_rcluster_answers_http_200_on_loopback() {
         "log:\n{}",
         c.log_text()
     );
-}
-
-/// hello-worker lives in another package, so `cargo test -p rcluster` does not build it; build
-/// it into the same target directory when it is missing.
-fn hello_worker_binary() -> PathBuf {
-    let profile_dir = Path::new(RCLUSTER).parent().expect("binary directory");
-    let path = profile_dir.join("hello-worker");
-    if path.exists() {
-        return path;
-    }
-    let target_dir = profile_dir.parent().expect("target directory");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", "rcluster-examples", "--bin", "hello-worker"])
-        .env("CARGO_TARGET_DIR", target_dir);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("run cargo build");
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("building hello-worker took longer than 10 minutes");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(
-        status.success() && path.exists(),
-        "`cargo build -p rcluster-examples` failed ({status}); cannot test hello-worker"
-    );
-    path
 }
 
 #[test]

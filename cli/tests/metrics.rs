@@ -2,103 +2,16 @@
 //! supervisor's loop, and `--drain-delay` on SIGTERM.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const RCLUSTER: &str = env!("CARGO_BIN_EXE_rcluster");
-const WAIT: Duration = Duration::from_secs(15);
-
-struct Primary {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Primary {
-    fn start(args: &[&str]) -> Primary {
-        let mut child = Command::new(RCLUSTER)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn rcluster");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (stderr, sink) = (child.stderr.take().unwrap(), Arc::clone(&log));
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Primary { child, log }
-    }
-
-    fn wait_log(&self, needle: &str, n: usize) {
-        let deadline = Instant::now() + WAIT;
-        while self
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-            < n
-        {
-            assert!(
-                Instant::now() < deadline,
-                "no {n} × {needle:?}; log:\n{}",
-                self.log.lock().unwrap().join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill has no memory effects.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-
-    /// Waits until every thread of the primary is stopped (state T): a stop signal takes
-    /// effect asynchronously.
-    fn wait_all_threads_stopped(&self) {
-        let pid = self.child.id();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let states: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-                .unwrap()
-                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
-                .filter_map(|s| Some(s.rsplit_once(')')?.1.split_whitespace().next()?.to_string()))
-                .collect();
-            if states.iter().all(|s| s == "T") {
-                return;
-            }
-            assert!(Instant::now() < deadline, "not stopped: {states:?}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "rcluster did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Primary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::{hello_worker_binary, Primary, RCLUSTER, WAIT};
 
 fn free_addr() -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -127,26 +40,6 @@ fn get(addr: &str, path: &str, limit: Duration) -> std::io::Result<(u16, String)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("no status: {head:?}")))?;
     Ok((status, body.to_string()))
-}
-
-fn hello_worker_binary() -> PathBuf {
-    let profile_dir = Path::new(RCLUSTER).parent().expect("binary directory");
-    let path = profile_dir.join("hello-worker");
-    if path.exists() {
-        return path;
-    }
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["build", "-p", "rcluster-examples", "--bin", "hello-worker"])
-        .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .expect("run cargo build");
-    assert!(
-        status.success() && path.exists(),
-        "building hello-worker failed"
-    );
-    path
 }
 
 /// A private virtual environment with `prometheus_client` from PyPI, made once in the
@@ -225,7 +118,7 @@ for fam in text_string_to_metric_families(sys.stdin.read()):
 fn metrics_of_a_running_cluster_parse_with_the_prometheus_client_parser() {
     let (listen, metrics) = (free_addr(), free_addr());
     let worker = hello_worker_binary();
-    let p = Primary::start(&[
+    let mut p = Primary::start(&[
         "run",
         "-w",
         "2",
@@ -296,7 +189,7 @@ fn metrics_of_a_running_cluster_parse_with_the_prometheus_client_parser() {
 #[test]
 fn healthz_goes_unanswered_while_the_loop_is_stopped_and_answers_again_after() {
     let metrics = free_addr();
-    let p = Primary::start(&[
+    let mut p = Primary::start(&[
         "run",
         "-w",
         "1",
@@ -320,7 +213,7 @@ fn healthz_goes_unanswered_while_the_loop_is_stopped_and_answers_again_after() {
 #[test]
 fn slow_http_clients_beyond_the_limit_do_not_stop_healthz_from_being_answered() {
     let metrics = free_addr();
-    let p = Primary::start(&[
+    let mut p = Primary::start(&[
         "run",
         "-w",
         "1",
