@@ -503,3 +503,36 @@ fn pool_figures() {
         );
     }
 }
+
+/// A worker that answers a task it was not given (the next one, which another worker runs)
+/// changes nothing: that task gets its own answer, the liar's own task times out alone, and the
+/// pool goes on.
+#[test]
+fn a_worker_answering_a_task_it_was_not_given_is_ignored_and_only_its_own_task_fails() {
+    let pool = Pool::start(config(2)).unwrap();
+    let forger = pool
+        .submit(
+            Vec::new(),
+            TaskOptions {
+                timeout: Some(Duration::from_millis(300)),
+                ..named("forge")
+            },
+        )
+        .unwrap();
+    let honest: Vec<u64> = (0..200)
+        .map(|i| submit(&pool, "echo", &format!("value {i}")))
+        .collect();
+    assert_eq!(honest[0], forger + 1, "the forged answer names a real task");
+    let got = collect(&pool, 201, LONG);
+    for (i, id) in honest.iter().enumerate() {
+        assert_eq!(value(&got[id]), format!("value {i}"), "task {id}");
+    }
+    assert!(
+        matches!(got[&forger].result, Err(TaskError::Timeout { .. })),
+        "{:?}",
+        got[&forger].result.as_ref().err()
+    );
+    let after = submit(&pool, "echo", "after");
+    assert_eq!(value(&collect(&pool, 1, LONG)[&after]), "after");
+    pool.stop(true, Duration::from_secs(5)).unwrap();
+}

@@ -98,6 +98,9 @@ fn run(t: &Task) -> (u64, bool, Vec<u8>) {
             std::process::exit(99)
         }
         "fail" => (t.id, false, t.payload.clone()),
+        // A lying worker: answers the task numbered one more than its own (given to someone
+        // else, or to nobody yet) and never its own.
+        "forge" => (t.id + 1, true, b"forged".to_vec()),
         "grow" => {
             // Memory the worker keeps (a leak): the payload's MiB, touched so that it counts.
             let block = vec![1u8; (number(t) as usize) << 20];
