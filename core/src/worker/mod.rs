@@ -288,9 +288,16 @@ impl Worker {
 
     /// Waits up to `timeout` (forever if None) for the next event.
     pub fn next_event(&self, timeout: Option<Duration>) -> Result<Option<WorkerEvent>> {
-        let mut out = Vec::with_capacity(1);
-        self.next_events(timeout, 1, &mut out)?;
-        Ok(out.pop())
+        // The path of every message when events are taken one by one: no allocation but the
+        // message's own (an empty `acks` allocates nothing).
+        let mut rx = self.rx.lock().unwrap();
+        if let Some(e) = rx.failed.take() {
+            return Err(e);
+        }
+        let mut acks = Vec::new();
+        let ev = self.take_event(&mut rx, timeout, &mut acks);
+        self.ack(&acks)?;
+        ev
     }
 
     /// Waits up to `first` (forever if None) for an event, then takes every other one that
@@ -336,23 +343,10 @@ impl Worker {
     ) -> Result<()> {
         let mut wait = first;
         for _ in 0..max {
-            let ev = match rx.pending.pop_front() {
-                Some(ev) => ev,
-                None => match self.read_frame(rx, wait, acks)? {
-                    Some(Decoded::Event(ev)) => ev,
-                    Some(
-                        Decoded::ListenResult { request, .. }
-                        | Decoded::TurnCounter { request, .. },
-                    ) => {
-                        return Err(Error::Protocol(format!(
-                            "answer to listen request {request}, which nobody is waiting for"
-                        )))
-                    }
-                    None if rx.gone => self.primary_gone(),
-                    None => return Ok(()),
-                },
+            let Some(ev) = self.take_event(rx, wait, acks)? else {
+                break;
             };
-            let gone = ev == WorkerEvent::PrimaryGone;
+            let gone = matches!(ev, WorkerEvent::PrimaryGone);
             out.push(ev);
             if gone {
                 break;
@@ -360,6 +354,28 @@ impl Worker {
             wait = Some(Duration::ZERO);
         }
         Ok(())
+    }
+
+    /// One event: a kept one, else the next frame, waiting up to `wait` (forever if None).
+    fn take_event(
+        &self,
+        rx: &mut Rx,
+        wait: Option<Duration>,
+        acks: &mut Vec<u64>,
+    ) -> Result<Option<WorkerEvent>> {
+        if let Some(ev) = rx.pending.pop_front() {
+            return Ok(Some(ev));
+        }
+        match self.read_frame(rx, wait, acks)? {
+            Some(Decoded::Event(ev)) => Ok(Some(ev)),
+            Some(Decoded::ListenResult { request, .. } | Decoded::TurnCounter { request, .. }) => {
+                Err(Error::Protocol(format!(
+                    "answer to listen request {request}, which nobody is waiting for"
+                )))
+            }
+            None if rx.gone => Ok(Some(self.primary_gone())),
+            None => Ok(None),
+        }
     }
 
     /// Acknowledges connections, all in one write.
@@ -407,15 +423,15 @@ impl Worker {
                     request: r,
                     counter: c,
                 }) if r == request => {
-                    counter = Some(c);
+                    counter = Some(*c);
                 }
                 Some(Decoded::ListenResult { request: r, result }) if r == request => {
-                    return result
-                        .map(|l| Listening { counter, ..l })
-                        .map_err(|e| Error::Bind {
+                    return (*result).map(|l| Listening { counter, ..l }).map_err(|e| {
+                        Error::Bind {
                             addr: addr.to_string(),
                             source: std::io::Error::other(e),
-                        });
+                        }
+                    });
                 }
                 Some(
                     Decoded::ListenResult { request: r, .. }

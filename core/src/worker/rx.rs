@@ -44,17 +44,19 @@ impl Rx {
     }
 }
 
-/// What one frame from the primary is, to the application.
+/// What one frame from the primary is, to the application. The rare answers are boxed: a
+/// `Decoded` is moved several times for every message, and a larger one made the message
+/// stream measurably slower.
 pub(super) enum Decoded {
     Event(WorkerEvent),
     ListenResult {
         request: u32,
-        result: std::result::Result<Listening, String>,
+        result: Box<std::result::Result<Listening, String>>,
     },
     /// The count map of the kernel's turns, before the answer to listen request `request`.
     TurnCounter {
         request: u32,
-        counter: TurnCounter,
+        counter: Box<TurnCounter>,
     },
 }
 
@@ -253,7 +255,10 @@ fn parse_listen_result(body: &[u8], fd: Option<OwnedFd>) -> Result<Decoded> {
         })?;
         let counter = TurnCounter::new(fd, member)
             .map_err(|e| Error::Protocol(format!("mapping the count map of a listener: {e}")))?;
-        return Ok(Decoded::TurnCounter { request, counter });
+        return Ok(Decoded::TurnCounter {
+            request,
+            counter: Box::new(counter),
+        });
     }
     let (request, result) = body::parse_listen_result(body)
         .ok_or_else(|| Error::Protocol("malformed ListenResult frame".into()))?;
@@ -263,5 +268,8 @@ fn parse_listen_result(body: &[u8], fd: Option<OwnedFd>) -> Result<Decoded> {
         fd,
         counter: None,
     });
-    Ok(Decoded::ListenResult { request, result })
+    Ok(Decoded::ListenResult {
+        request,
+        result: Box::new(result),
+    })
 }
