@@ -4,7 +4,8 @@
 # unchanged under rcluster (bench/node/with_rcluster.js answers require('cluster')).
 # rcluster's round-robin runs twice: turned by the kernel (the default where the primary may
 # load the BPF program: root) and with the primary accepting (kernelRoundRobin: false).
-# Every HTTP figure has its latency beside it (p50, p99, p99.9 from wrk's own histogram).
+# Every HTTP figure has its latency beside it (p50, p99, p99.9 from wrk's own histogram), and
+# the IPC round trip its p50 and p99 beside those of Node's own process.send.
 # Then the tail section, the workload of the tail-latency targets: the anchor doing WORK loop
 # iterations per request (node_cluster_hello.js's fourth argument), a new connection per
 # request, at each of TAIL_CONNS connections: req/s, latency and the spread over the workers
@@ -193,7 +194,7 @@ done
 rounds_ipc=$rounds
 [[ -n $tail_only ]] && rounds_ipc=0
 echo "== node: IPC (node_ipc.js 200000 20000), $rounds_ipc runs each, alternating"
-declare -a n_rates r_rates n_p50s r_p50s
+declare -a n_rates r_rates n_p50s r_p50s n_p99s r_p99s
 field() { awk -v k="$2" '{ for (i = 1; i <= NF; i++) if ($i == k) { print $(i + 1); exit } }' <<<"$1"; }
 for ((r = 1; r <= rounds_ipc; r++)); do
     ipc_node=$(cd "$anchors" && timeout 120 node node_ipc.js 200000 20000 || true)
@@ -204,6 +205,8 @@ for ((r = 1; r <= rounds_ipc; r++)); do
     r_rates+=("$(grep -o '= [0-9]* msg/s' <<<"$ipc_rc" | awk '{ print $2 }')")
     n_p50s+=("$(field "$(grep rtt <<<"$ipc_node")" p50)")
     r_p50s+=("$(field "$(grep rtt <<<"$ipc_rc")" p50)")
+    n_p99s+=("$(field "$(grep rtt <<<"$ipc_node")" p99)")
+    r_p99s+=("$(field "$(grep rtt <<<"$ipc_rc")" p99)")
 done
 # HTTP throughput: the median round of each cluster and mode, as for the IPC figures.
 for k in "${!all_rates[@]}"; do read -r -a v <<<"${all_rates[$k]}"; rate_of[$k]=$(median "${v[@]}"); done
@@ -224,11 +227,14 @@ n_rate=$(median "${n_rates[@]}")
 r_rate=$(median "${r_rates[@]}")
 n_p50=$(median "${n_p50s[@]}")
 r_p50=$(median "${r_p50s[@]}")
+n_p99=$(median "${n_p99s[@]}")
+r_p99=$(median "${r_p99s[@]}")
 rr_rr=$(ratio "${rate_of[rcluster_rr.close]:-}" "${rate_of[node_rr.close]:-}")
 rr_none=$(ratio "${rate_of[rcluster_rr.close]:-}" "${rate_of[node_none.close]:-}")
 keep=$(ratio "${rate_of[rcluster_rr.keep]:-}" "${rate_of[node_rr.keep]:-}")
 ipc=$(ratio "$r_rate" "$n_rate")
 p50=$(ratio "$r_p50" "$n_p50")
+p99=$(ratio "$r_p99" "$n_p99")
 
 echo
 echo "== node summary (2 workers, median of $rounds rounds, anchors from this same run)"
@@ -257,6 +263,8 @@ row "IPC stream msg/s (median run): Node / rcluster" "$n_rate / $r_rate"
 row "   rcluster / Node, stream" "${ipc}x" ">= 5x" "$(verdict "$ipc" '>=' 5)"
 row "IPC RTT p50 us (median run): Node / rcluster" "$n_p50 / $r_p50"
 row "   rcluster / Node, RTT p50" "${p50}x" "<= 1.0x" "$(verdict "$p50" '<=' 1.0)"
+row "IPC RTT p99 us (median run): Node / rcluster" "$n_p99 / $r_p99"
+row "   rcluster / Node, RTT p99" "${p99}x" "<= 1.0x" "$(verdict "$p99" '<=' 1.0)"
 fi
 echo
 echo "== node tail summary ($work iterations per request, new connection per request, median of $rounds rounds)"

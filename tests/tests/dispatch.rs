@@ -836,3 +836,47 @@ fn scale_down_drains_removed_workers_and_sends_new_connections_to_the_rest() {
         ]
     );
 }
+
+/// 200 clients at once, each making three requests on new connections, against two workers
+/// that serve one connection at a time on the thread that reads their link (as a Node worker
+/// does): more connections than the workers' handoff windows hold wait in the primary, and
+/// each must be handed over as soon as a worker acknowledges an earlier one, not left until
+/// some other client happens to connect (or `queue_timeout` closes it).
+#[test]
+fn connections_beyond_the_handoff_windows_move_on_when_workers_acknowledge() {
+    let (sup, addr) = cluster(config(2, &["inline", "500"], Dispatch::RoundRobin));
+    let to = tcp(&addr);
+    let clients: Vec<JoinHandle<Vec<Result<Duration, String>>>> = (0..200)
+        .map(|_| {
+            std::thread::spawn(move || {
+                (0..3)
+                    .map(|_| {
+                        let t = Instant::now();
+                        match request_with_port(to).1 {
+                            Ok(_) => Ok(t.elapsed()),
+                            Err(e) => Err(format!("{e} after {:?}", t.elapsed())),
+                        }
+                    })
+                    .collect()
+            })
+        })
+        .collect();
+    let outcomes: Vec<_> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    sup.stop(WAIT).unwrap();
+    let failed: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 600 failed: {failed:?}",
+        failed.len()
+    );
+    let slowest = outcomes.iter().flatten().max().unwrap();
+    // 600 requests of 0.5 ms on two workers: a third of a second of work. A connection left
+    // in the queue waits for the next connect or for `queue_timeout` (10 s).
+    assert!(
+        *slowest < Duration::from_secs(3),
+        "a request took {slowest:?}"
+    );
+}

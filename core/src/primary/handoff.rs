@@ -372,6 +372,16 @@ impl Primary {
         Ok(())
     }
 
+    /// A worker acknowledged connections (one read's worth): it has room in its handoff window
+    /// again, so connections that waited for room go now. Nothing else would hand them over
+    /// when every client is waiting for an answer: no new connection arrives to wake the
+    /// accept path, and they would sit in the queue until `queue_timeout` closed them.
+    pub(super) fn acknowledged(&mut self) {
+        if !self.waiting.is_empty() {
+            self.distribute();
+        }
+    }
+
     /// The worker closed a connection: room for the next one.
     pub(super) fn connection_closed(&mut self, key: u64, id: u64) {
         if let Some(p) = self.procs.get_mut(&key) {

@@ -154,10 +154,14 @@ impl Primary {
         if !routine || !matches!(end, ReadEnd::Drained) {
             self.changed = true;
         }
+        let acked = incoming.iter().any(|m| matches!(m, Incoming::Ack(_)));
         for msg in incoming {
             if let Err(detail) = self.act_on_frame(key, slot, pid, msg) {
                 return self.protocol_violation(key, detail);
             }
+        }
+        if acked {
+            self.acknowledged();
         }
         self.act_on_end(key, end);
     }

@@ -20,6 +20,9 @@
 //! - `serve MS`: like echo; every connection gets, after MS milliseconds, a one-line HTTP
 //!   response whose body is "ID PID MAXCONC LISTENER" (MAXCONC: most connections it ever held
 //!   at once); then the connection is closed and reported closed
+//! - `inline US`: like `serve`, but every connection is served on the one thread that reads
+//!   the IPC socket, taking US microseconds of work each: a single-threaded server (a Node
+//!   worker), which reads its next handoffs only once it has served the connections before
 //! - `drain MS`: like `serve MS`, but on disconnect it finishes the connections it holds before
 //!   exiting, as a real server drains (plain `serve` exits at once)
 //! - `leak KB MS`: like `drain MS`, and every connection leaves KB kilobytes allocated and
@@ -109,6 +112,7 @@ fn main() {
             flood(&w, Duration::from_millis(num(1)))
         }
         "serve" => serve(&w, Duration::from_millis(num(1))),
+        "inline" => inline(&w, Duration::from_micros(num(1))),
         "listen" => {
             let mode: rcluster_core::Dispatch = args[2].parse().unwrap();
             let stalled = args.get(3).is_some_and(|s| s.parse() == Ok(w.id()));
@@ -181,6 +185,19 @@ fn serve(w: &Arc<Worker>, delay: Duration) {
             Some(WorkerEvent::Message { data: m, .. }) if m.starts_with(b"!") => command(w, &m),
             Some(WorkerEvent::Message { data, content }) => w.send_as(content, &data).unwrap(),
             // Tasks come from pools only (see `rcluster-test-pool-worker`).
+            Some(WorkerEvent::Task(_)) => {}
+            Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => std::process::exit(0),
+            None => {}
+        }
+    }
+}
+
+fn inline(w: &Arc<Worker>, work: Duration) {
+    loop {
+        match w.next_event(None).unwrap() {
+            Some(WorkerEvent::Connection(c)) => answer(w, c, work),
+            Some(WorkerEvent::Message { data: m, .. }) if m.starts_with(b"!") => command(w, &m),
+            Some(WorkerEvent::Message { data, content }) => w.send_as(content, &data).unwrap(),
             Some(WorkerEvent::Task(_)) => {}
             Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => std::process::exit(0),
             None => {}
