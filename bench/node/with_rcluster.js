@@ -18,5 +18,8 @@ const cluster = require(rcluster);
 // RCLUSTER_STRICT_TURNS=1: round-robin in strict turns, blind to how busy a worker is.
 const kernel = process.env.RCLUSTER_KERNEL_RR === '0' ? { kernelRoundRobin: false } : {};
 if (process.env.RCLUSTER_STRICT_TURNS === '1') kernel.strictTurns = true;
+// RCLUSTER_MAX_INFLIGHT=N: with the primary accepting, at most N open connections per worker;
+// the rest wait in the primary's one queue and go to the first worker that closes one.
+if (process.env.RCLUSTER_MAX_INFLIGHT) kernel.maxInflight = Number(process.env.RCLUSTER_MAX_INFLIGHT);
 if (cluster.isPrimary) cluster.setupPrimary({ exec: __filename, args: [program, ...process.argv.slice(2)], ...kernel });
 require(program);
