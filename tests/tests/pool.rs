@@ -170,8 +170,9 @@ fn cancelling_a_queued_task_removes_it_and_cancelling_a_running_one_replaces_its
     let running = submit(&pool, "spin", "");
     let queued = submit(&pool, "echo", "never");
     let next = submit(&pool, "pid", "");
-    // The queued one goes at once, without touching the worker.
-    assert!(pool.cancel(queued));
+    // The queued one goes at once (from the queue, or from the worker it waits in behind the
+    // spin task), without touching the worker.
+    pool.cancel(queued);
     let got = collect(&pool, 1, LONG);
     assert!(matches!(got[&queued].result, Err(TaskError::Cancelled)));
     // Give the spin task time to reach the worker, then cancel it there.
@@ -191,11 +192,10 @@ fn a_full_queue_rejects_a_task_or_makes_the_submitter_wait_for_room() {
     c.max_queue = 2;
     let pool = Pool::start(c).unwrap();
     let busy = submit(&pool, "sleep", "300");
-    // The sleeping task may still be queued until the worker is ready: wait for it to run.
-    let deadline = Instant::now() + LONG;
-    while pool.stats().running == 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // The sleeping task may still be queued until the worker is ready, and the worker holds
+    // one task more, sent ahead: wait until both are in it.
+    let ahead = submit(&pool, "echo", "ahead");
+    wait_running(&pool, 2);
     submit(&pool, "echo", "a");
     submit(&pool, "echo", "b");
     match pool.submit(b"c".to_vec(), named("echo")) {
@@ -210,10 +210,8 @@ fn a_full_queue_rejects_a_task_or_makes_the_submitter_wait_for_room() {
     let pool = Pool::start(c).unwrap();
     let t0 = Instant::now();
     submit(&pool, "sleep", "300");
-    let deadline = Instant::now() + LONG;
-    while pool.stats().running == 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    submit(&pool, "echo", "ahead");
+    wait_running(&pool, 2);
     submit(&pool, "echo", "a");
     // Waits until the sleep ends and "a" leaves the queue.
     let last = submit(&pool, "echo", "b");
@@ -222,9 +220,18 @@ fn a_full_queue_rejects_a_task_or_makes_the_submitter_wait_for_room() {
         "{:?}",
         t0.elapsed()
     );
-    let got = collect(&pool, 3, LONG);
+    let got = collect(&pool, 4, LONG);
     assert_eq!(value(&got[&last]), "b");
-    let _ = busy;
+    let _ = (busy, ahead);
+}
+
+/// Waits until `n` tasks are in workers (running, or sent ahead).
+fn wait_running(pool: &Pool, n: usize) {
+    let deadline = Instant::now() + LONG;
+    while pool.stats().running < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(pool.stats().running, n);
 }
 
 #[test]
@@ -519,6 +526,9 @@ fn a_worker_answering_a_task_it_was_not_given_is_ignored_and_only_its_own_task_f
             },
         )
         .unwrap();
+    // The forger has its task before the next is submitted, so that the task it names is
+    // not one sent ahead to itself.
+    std::thread::sleep(Duration::from_millis(200));
     let honest: Vec<u64> = (0..200)
         .map(|i| submit(&pool, "echo", &format!("value {i}")))
         .collect();
@@ -535,4 +545,150 @@ fn a_worker_answering_a_task_it_was_not_given_is_ignored_and_only_its_own_task_f
     let after = submit(&pool, "echo", "after");
     assert_eq!(value(&collect(&pool, 1, LONG)[&after]), "after");
     pool.stop(true, Duration::from_secs(5)).unwrap();
+}
+
+/// Quick tasks first, so that the pool sends several tasks ahead to each worker.
+fn warm_up(pool: &Pool) {
+    let ids: Vec<u64> = (0..200).map(|_| submit(pool, "echo", "w")).collect();
+    collect(pool, ids.len(), LONG);
+}
+
+#[test]
+fn a_crash_with_tasks_waiting_in_the_worker_fails_only_the_running_task_and_the_others_run_elsewhere(
+) {
+    let pool = Pool::start(config(1)).unwrap();
+    warm_up(&pool);
+    // One submit for all, so that they reach the worker in one batch, behind the exit.
+    let mut tasks = vec![
+        (b"200".to_vec(), named("sleep")),
+        (b"7".to_vec(), named("exit")),
+    ];
+    tasks.extend((0..20).map(|i| (format!("v{i}").into_bytes(), named("echo"))));
+    let ids = pool.submit_batch(tasks).unwrap();
+    let got = collect(&pool, ids.len(), LONG);
+    assert_eq!(value(&got[&ids[0]]), "slept");
+    assert!(
+        matches!(
+            got[&ids[1]].result,
+            Err(TaskError::Crashed {
+                code: Some(7),
+                signal: None,
+                ..
+            })
+        ),
+        "{:?}",
+        got[&ids[1]].result
+    );
+    for (i, id) in ids[2..].iter().enumerate() {
+        assert_eq!(value(&got[id]), format!("v{i}"));
+    }
+    let s = pool.stats();
+    assert_eq!((s.failed(), s.failed_crashed, s.retried), (1, 1, 0));
+    assert!(
+        s.requeued >= 1,
+        "no task waited in the crashed worker: {s:?}"
+    );
+}
+
+#[test]
+fn a_timeout_of_a_running_task_does_not_fail_the_tasks_waiting_behind_it_in_its_worker() {
+    let pool = Pool::start(config(1)).unwrap();
+    warm_up(&pool);
+    let mut tasks = vec![(
+        Vec::new(),
+        TaskOptions {
+            timeout: Some(Duration::from_millis(300)),
+            ..named("spin")
+        },
+    )];
+    tasks.extend((0..20).map(|i| (format!("v{i}").into_bytes(), named("echo"))));
+    let ids = pool.submit_batch(tasks).unwrap();
+    let got = collect(&pool, ids.len(), LONG);
+    assert!(
+        matches!(got[&ids[0]].result, Err(TaskError::Timeout { .. })),
+        "{:?}",
+        got[&ids[0]].result
+    );
+    for (i, id) in ids[1..].iter().enumerate() {
+        assert_eq!(value(&got[id]), format!("v{i}"));
+    }
+    let s = pool.stats();
+    assert_eq!((s.failed(), s.failed_timeout), (1, 1));
+    assert!(s.requeued >= 1, "no task waited behind the runaway: {s:?}");
+}
+
+#[test]
+fn a_task_waiting_in_its_worker_has_its_timeout_counted_from_its_start_not_from_when_it_was_sent() {
+    let mut c = config(1);
+    c.task_timeout = Some(Duration::from_millis(700));
+    let pool = Pool::start(c).unwrap();
+    warm_up(&pool);
+    // Sent together; each runs 400 ms, the second from when the first is answered, so
+    // neither reaches 700 ms of its own, though the second ends 800 ms after it was sent.
+    let ids = pool
+        .submit_batch([
+            (b"400".to_vec(), named("sleep")),
+            (b"400".to_vec(), named("sleep")),
+        ])
+        .unwrap();
+    let got = collect(&pool, 2, LONG);
+    for id in &ids {
+        assert_eq!(value(&got[id]), "slept");
+    }
+    assert!(
+        got[&ids[1]].wait >= Duration::from_millis(350),
+        "the second task waited {:?} before it started",
+        got[&ids[1]].wait
+    );
+}
+
+#[test]
+fn cancelling_a_task_waiting_in_its_worker_leaves_the_worker_alive() {
+    let pool = Pool::start(config(1)).unwrap();
+    warm_up(&pool);
+    let first = submit(&pool, "pid", "");
+    let pid = value(&collect(&pool, 1, LONG)[&first]);
+    let ids = pool
+        .submit_batch([
+            (b"400".to_vec(), named("sleep")),
+            (b"x".to_vec(), named("echo")),
+            (Vec::new(), named("pid")),
+        ])
+        .unwrap();
+    // The sleep runs; the echo waits behind it in the worker (or still in the queue).
+    std::thread::sleep(Duration::from_millis(150));
+    pool.cancel(ids[1]);
+    let got = collect(&pool, 3, LONG);
+    assert!(
+        matches!(got[&ids[1]].result, Err(TaskError::Cancelled)),
+        "{:?}",
+        got[&ids[1]].result
+    );
+    assert_eq!(value(&got[&ids[0]]), "slept");
+    assert_eq!(
+        value(&got[&ids[2]]),
+        pid,
+        "the same worker answers the next task"
+    );
+    let s = pool.stats();
+    assert_eq!(
+        (s.failed(), s.failed_cancelled, s.failed_crashed),
+        (1, 1, 0)
+    );
+}
+
+#[test]
+fn recycling_after_max_tasks_with_tasks_sent_ahead_fails_none_and_moves_none() {
+    let mut c = config(1);
+    c.max_tasks_per_worker = Some(5);
+    let pool = Pool::start(c).unwrap();
+    // Tasks of some length, so that replacements are ready while tasks remain.
+    let ids: Vec<u64> = (0..40).map(|_| submit(&pool, "sleep", "20")).collect();
+    let got = collect(&pool, ids.len(), LONG);
+    for id in &ids {
+        assert_eq!(value(&got[id]), "slept");
+    }
+    let s = pool.stats();
+    assert_eq!((s.completed, s.failed(), s.requeued), (40, 0, 0));
+    assert!(s.recycled >= 1, "{s:?}");
 }

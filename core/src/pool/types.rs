@@ -21,13 +21,13 @@ pub enum WhenFull {
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub cluster: Config,
-    /// Tasks one worker holds at once (they queue in the worker; it runs them in turn unless it
-    /// is asynchronous). More than 1 lets small tasks travel in batches.
+    /// Tasks one worker runs at once. A worker also holds a few more, sent ahead, that it
+    /// starts as soon as one of these is answered (see `docs/protocol.md` 5.8).
     pub concurrent_tasks_per_worker: usize,
     /// Most tasks waiting in the queue (not counting those given to workers).
     pub max_queue: usize,
     pub when_full: WhenFull,
-    /// A task that runs longer than this (from when it was given to its worker) fails with
+    /// A task that runs longer than this (from when its worker started it) fails with
     /// `TaskError::Timeout`, and its worker is killed and replaced. None: no limit. A task's
     /// own `TaskOptions::timeout` wins.
     pub task_timeout: Option<Duration>,
@@ -211,9 +211,9 @@ impl fmt::Display for TaskError {
 pub struct Outcome {
     pub id: u64,
     pub result: std::result::Result<Value, TaskError>,
-    /// Time in the queue.
+    /// Time until its worker started it: in the queue, and waiting in the worker.
     pub wait: Duration,
-    /// Time from when a worker was given it to its answer (zero if it never ran).
+    /// Time from when its worker started it to its answer (zero if it never ran).
     pub run: Duration,
 }
 
@@ -233,7 +233,8 @@ impl Outcome {
 pub struct PoolStats {
     /// Tasks waiting in the queue.
     pub queued: usize,
-    /// Tasks given to a worker and not answered yet.
+    /// Tasks given to a worker and not answered yet (running, or sent ahead and waiting in
+    /// the worker).
     pub running: usize,
     /// Tasks answered with a value.
     pub completed: u64,
@@ -247,6 +248,9 @@ pub struct PoolStats {
     pub failed_no_workers: u64,
     /// Tasks run again after their worker died under them (idempotent ones).
     pub retried: u64,
+    /// Tasks that waited in a worker (sent ahead of its running ones) that ended before they
+    /// started, and were given to another: not attempts, and not failures.
+    pub requeued: u64,
     /// Workers replaced after `max_tasks_per_worker`.
     pub recycled: u64,
     /// Workers ready for tasks now.
