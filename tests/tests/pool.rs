@@ -692,3 +692,31 @@ fn recycling_after_max_tasks_with_tasks_sent_ahead_fails_none_and_moves_none() {
     assert_eq!((s.completed, s.failed(), s.requeued), (40, 0, 0));
     assert!(s.recycled >= 1, "{s:?}");
 }
+
+#[test]
+fn with_no_tasks_sent_ahead_a_cancelled_task_behind_a_running_one_never_runs() {
+    let mut c = config(1);
+    c.max_tasks_ahead = 0;
+    let pool = Pool::start(c).unwrap();
+    warm_up(&pool);
+    let first = submit(&pool, "pid", "");
+    let pid = value(&collect(&pool, 1, LONG)[&first]);
+    let ids = pool
+        .submit_batch([
+            (b"300".to_vec(), named("sleep")),
+            // Would end the worker if it ran.
+            (b"9".to_vec(), named("exit")),
+            (Vec::new(), named("pid")),
+        ])
+        .unwrap();
+    wait_running(&pool, 1);
+    assert!(
+        pool.cancel(ids[1]),
+        "the task was still in the pool's queue"
+    );
+    let got = collect(&pool, 3, LONG);
+    assert!(matches!(got[&ids[1]].result, Err(TaskError::Cancelled)));
+    assert_eq!(value(&got[&ids[2]]), pid);
+    let s = pool.stats();
+    assert_eq!((s.failed_cancelled, s.failed_crashed), (1, 0));
+}

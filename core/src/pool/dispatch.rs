@@ -6,7 +6,7 @@
 //! round trip through the primary. It still runs at most `conc` at once, in the order they
 //! were sent (`sched::begin_next`); one that waited in a worker that ended runs elsewhere.
 //! How many wait ahead follows how long tasks run: about `AHEAD_FOR` of work, at least one,
-//! at most `MAX_AHEAD`, so that short tasks travel in batches and long ones do not wait
+//! at most `max_tasks_ahead`, so that short tasks travel in batches and long ones do not wait
 //! behind each other in one worker while another is idle.
 
 use std::sync::atomic::Ordering;
@@ -19,8 +19,6 @@ use crate::wire::task;
 
 /// Tasks taken from the queue in one turn at most, so that answers are read in between.
 const BATCH: usize = 4096;
-/// Most tasks sent ahead to one worker.
-const MAX_AHEAD: usize = 32;
 /// About this much work (by the recent average run time) is sent ahead to one worker.
 const AHEAD_FOR: Duration = Duration::from_millis(1);
 
@@ -86,11 +84,10 @@ impl Sched {
     fn limit(&self, slot: usize) -> usize {
         let mut ahead = match self.avg_run {
             None => 1,
-            Some(avg) => {
-                let n = AHEAD_FOR.as_nanos() / avg.as_nanos().max(1);
-                (n as usize).clamp(1, MAX_AHEAD)
-            }
-        };
+            Some(avg) => (AHEAD_FOR.as_nanos() / avg.as_nanos().max(1)) as usize,
+        }
+        .clamp(1, self.max_ahead.max(1))
+        .min(self.max_ahead);
         if let Some(max) = self.max_tasks {
             let given = self.slots[slot].answered + self.conc as u64;
             ahead = ahead.min(max.saturating_sub(given) as usize);

@@ -83,6 +83,8 @@ pub(super) struct Sched {
     pub(super) recycle: Recycle,
     /// How long tasks run, on average lately (how many to send ahead, see `dispatch`).
     pub(super) avg_run: Option<Duration>,
+    /// `max_tasks_ahead`.
+    pub(super) max_ahead: usize,
 }
 
 impl Sched {
@@ -101,6 +103,7 @@ impl Sched {
             again: Vec::new(),
             recycle: Recycle::Idle,
             avg_run: None,
+            max_ahead: cfg.max_tasks_ahead,
         }
     }
 
