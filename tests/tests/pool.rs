@@ -720,3 +720,44 @@ fn with_no_tasks_sent_ahead_a_cancelled_task_behind_a_running_one_never_runs() {
     let s = pool.stats();
     assert_eq!((s.failed_cancelled, s.failed_crashed), (1, 0));
 }
+
+#[test]
+fn the_control_socket_status_of_a_pool_carries_its_task_counters() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = std::env::temp_dir().join(format!("rcluster-pool-status-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut c = config(1);
+    c.cluster.name = Some("tasks".into());
+    c.cluster.control = rcluster_core::ControlMode::Required;
+    c.cluster.control_dir = Some(dir.join("rcluster"));
+    let pool = Pool::start(c).unwrap();
+    let ids: Vec<u64> = (0..10)
+        .map(|i| submit(&pool, "echo", &i.to_string()))
+        .collect();
+    let failed = submit(&pool, "fail", "no");
+    collect(&pool, ids.len() + 1, LONG);
+    let _ = failed;
+
+    let s =
+        std::os::unix::net::UnixStream::connect(dir.join("rcluster").join("tasks.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap(); // hello
+    w.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    let st: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let p = &st["status"]["pool"];
+    assert_eq!(p["completed"], 10, "{st}");
+    assert_eq!(p["failed"], 1, "{st}");
+    assert_eq!(p["failed_by_reason"]["error"], 1, "{st}");
+    assert_eq!(
+        (p["queued"].clone(), p["running"].clone()),
+        (0.into(), 0.into())
+    );
+    assert_eq!(p["workers_ready"], 1, "{st}");
+    pool.stop(false, Duration::from_secs(5)).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

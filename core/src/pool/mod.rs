@@ -60,6 +60,8 @@ impl Pool {
         let kill_timeout = config.cluster.kill_timeout;
         let shared = Arc::new(Shared::new(&config)?);
         let sup = Supervisor::start(config.cluster.clone())?;
+        let counters = Arc::clone(&shared);
+        sup.set_pool_status(Box::new(move || counters.stats().into()));
         let sched = Sched::new(sup, Arc::clone(&shared), &config);
         let on_panic = Arc::clone(&shared);
         let thread = std::thread::Builder::new()

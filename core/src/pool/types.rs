@@ -305,6 +305,35 @@ impl PoolStats {
     }
 }
 
+impl From<PoolStats> for crate::primary::status::PoolStatus {
+    fn from(s: PoolStats) -> Self {
+        let failed = s.failed();
+        let reasons = [
+            ("error", s.failed_error),
+            ("crashed", s.failed_crashed),
+            ("timeout", s.failed_timeout),
+            ("cancelled", s.failed_cancelled),
+            ("shutdown", s.failed_shutdown),
+            ("no_workers", s.failed_no_workers),
+        ];
+        crate::primary::status::PoolStatus {
+            queued: s.queued,
+            running: s.running,
+            completed: s.completed,
+            failed,
+            failed_by_reason: reasons.iter().map(|&(k, n)| (k.to_string(), n)).collect(),
+            retried: s.retried,
+            requeued: s.requeued,
+            recycled: s.recycled,
+            workers_ready: s.workers_ready,
+            wait_total_s: s.wait_total.as_secs_f64(),
+            wait_max_s: s.wait_max.as_secs_f64(),
+            run_total_s: s.run_total.as_secs_f64(),
+            run_max_s: s.run_max.as_secs_f64(),
+        }
+    }
+}
+
 /// The name of a signal that ends processes, for messages ("SIGSEGV").
 pub fn signal_name(signo: i32) -> &'static str {
     match signo {
