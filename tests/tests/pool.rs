@@ -772,3 +772,40 @@ fn the_control_socket_status_of_a_pool_carries_its_task_counters() {
     pool.stop(false, Duration::from_secs(5)).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_cancelled_task_that_its_worker_runs_all_the_same_is_still_ended_at_its_timeout() {
+    let pool = Pool::start(config(1)).unwrap();
+    warm_up(&pool);
+    let ids = pool
+        .submit_batch([
+            (b"300".to_vec(), named("sleep")),
+            (
+                Vec::new(),
+                TaskOptions {
+                    timeout: Some(Duration::from_millis(300)),
+                    ..named("spin")
+                },
+            ),
+            (b"after".to_vec(), named("echo")),
+        ])
+        .unwrap();
+    // The spin waits in the worker behind the sleep; this worker cannot be told of the
+    // cancel, so it runs the spin next.
+    wait_running(&pool, 3);
+    pool.cancel(ids[1]);
+    let got = collect(&pool, 3, LONG);
+    assert_eq!(value(&got[&ids[0]]), "slept");
+    assert!(matches!(got[&ids[1]].result, Err(TaskError::Cancelled)));
+    assert_eq!(value(&got[&ids[2]]), "after");
+    let s = pool.stats();
+    assert_eq!(
+        (
+            s.failed(),
+            s.failed_cancelled,
+            s.failed_timeout,
+            s.failed_crashed
+        ),
+        (1, 1, 0, 0)
+    );
+}

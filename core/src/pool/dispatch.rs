@@ -119,6 +119,7 @@ impl Sched {
             Ok(()) => {
                 for p in batch {
                     self.slots[slot as usize].tasks.push(p.id);
+                    let timeout = p.options.timeout.or(self.timeout);
                     self.running.insert(
                         p.id,
                         Running {
@@ -126,6 +127,7 @@ impl Sched {
                             queued_at: p.queued_at,
                             started: now,
                             begun: false,
+                            timeout,
                             deadline: None,
                             cancelled: false,
                             again: Some(p),

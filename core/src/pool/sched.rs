@@ -54,6 +54,8 @@ pub(super) struct Running {
     pub(super) started: Instant,
     /// It started: it is one of the first `conc` unanswered tasks of its worker.
     pub(super) begun: bool,
+    /// Its timeout (its own, or the pool's).
+    pub(super) timeout: Option<Duration>,
     /// Measured from its start; None until then.
     pub(super) deadline: Option<Instant>,
     /// The host cancelled it while it was prefetched: it already failed, and its answer (the
@@ -283,13 +285,12 @@ impl Sched {
             }
             r.begun = true;
             r.started = now;
-            if r.cancelled {
-                continue;
-            }
+            // A cancelled task that its worker runs all the same keeps its deadline: a runaway
+            // one would hold its worker for good.
+            r.deadline = r.timeout.map(|t| now + t);
             let mut again = r.again.take();
             if let Some(p) = again.as_mut() {
                 p.tries += 1;
-                r.deadline = p.options.timeout.or(self.timeout).map(|t| now + t);
             }
             r.again = again.filter(|p| p.options.idempotent);
         }
@@ -452,12 +453,15 @@ impl Sched {
             return;
         };
         let now = Instant::now();
-        self.done.push(Outcome::failed(
-            id,
-            e,
-            r.started - r.queued_at,
-            now - r.started,
-        ));
+        // A cancelled task failed when it was cancelled.
+        if !r.cancelled {
+            self.done.push(Outcome::failed(
+                id,
+                e,
+                r.started - r.queued_at,
+                now - r.started,
+            ));
+        }
         let slot = r.slot;
         self.task_left(slot, id, false);
         let s = &mut self.slots[slot as usize];
