@@ -299,8 +299,20 @@ declare namespace rcluster {
     /** Worker processes (default: the number of CPUs). `maxThreads` is accepted as an alias. */
     workers?: number;
     maxThreads?: number;
-    /** Tasks one worker holds at once (default 1). More lets small tasks travel in batches. */
+    /**
+     * Tasks one worker runs at once (default 1); more lets async tasks overlap. A worker also
+     * holds up to `maxTasksAhead` more, sent ahead so that it starts the next one without
+     * waiting for the primary: they have not started, so a crash, timeout or abort of a running
+     * task does not touch them (they run on another worker).
+     */
     concurrentTasksPerWorker?: number;
+    /**
+     * Most tasks sent to a worker ahead of those it runs (default 32; fewer when tasks take
+     * long; 0: none). Aborting a task that waits in a worker rejects it at once without
+     * replacing the worker, but the worker may still run it (its result is dropped): use 0
+     * where an aborted task must never run.
+     */
+    maxTasksAhead?: number;
     /** Most tasks waiting for a worker (default: unbounded in practice, 2^31). */
     maxQueue?: number;
     /** When the queue is full: reject with ERR_QUEUE_FULL (default), or wait for room. */
@@ -346,6 +358,8 @@ declare namespace rcluster {
     failedShutdown: number;
     failedNoWorkers: number;
     retried: number;
+    /** Tasks that waited in a worker that ended, run on another (not attempts, not failures). */
+    requeued: number;
     recycled: number;
     workersReady: number;
     /** Milliseconds. */

@@ -36,7 +36,7 @@ pub use error::{Error, Result};
 pub use events::{Event, ExitInfo, WorkerInfo, WorkerState};
 pub use policy::{Clock, Decision, ExitReason, History, Jitter, SystemClock, XorShift};
 pub use primary::signals::{signal_name, SignalAction, EXIT_AFTER_SIGNAL_STOP, HANDLED_SIGNALS};
-pub use primary::status::{LastExit, ListenerStatus, Status, WorkerStatus};
+pub use primary::status::{LastExit, ListenerStatus, PoolStatus, Status, WorkerStatus};
 pub use primary::supervisor::Supervisor;
 pub use sys::listen::{resolve_listen, Dispatch, ListenAddr, Listener};
 pub use worker::{Answer, Connection, Listening, Task, TurnCounter, Worker, WorkerEvent};

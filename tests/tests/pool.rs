@@ -170,8 +170,9 @@ fn cancelling_a_queued_task_removes_it_and_cancelling_a_running_one_replaces_its
     let running = submit(&pool, "spin", "");
     let queued = submit(&pool, "echo", "never");
     let next = submit(&pool, "pid", "");
-    // The queued one goes at once, without touching the worker.
-    assert!(pool.cancel(queued));
+    // The queued one goes at once (from the queue, or from the worker it waits in behind the
+    // spin task), without touching the worker.
+    pool.cancel(queued);
     let got = collect(&pool, 1, LONG);
     assert!(matches!(got[&queued].result, Err(TaskError::Cancelled)));
     // Give the spin task time to reach the worker, then cancel it there.
@@ -191,11 +192,10 @@ fn a_full_queue_rejects_a_task_or_makes_the_submitter_wait_for_room() {
     c.max_queue = 2;
     let pool = Pool::start(c).unwrap();
     let busy = submit(&pool, "sleep", "300");
-    // The sleeping task may still be queued until the worker is ready: wait for it to run.
-    let deadline = Instant::now() + LONG;
-    while pool.stats().running == 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // The sleeping task may still be queued until the worker is ready, and the worker holds
+    // one task more, sent ahead: wait until both are in it.
+    let ahead = submit(&pool, "echo", "ahead");
+    wait_running(&pool, 2);
     submit(&pool, "echo", "a");
     submit(&pool, "echo", "b");
     match pool.submit(b"c".to_vec(), named("echo")) {
@@ -210,10 +210,8 @@ fn a_full_queue_rejects_a_task_or_makes_the_submitter_wait_for_room() {
     let pool = Pool::start(c).unwrap();
     let t0 = Instant::now();
     submit(&pool, "sleep", "300");
-    let deadline = Instant::now() + LONG;
-    while pool.stats().running == 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    submit(&pool, "echo", "ahead");
+    wait_running(&pool, 2);
     submit(&pool, "echo", "a");
     // Waits until the sleep ends and "a" leaves the queue.
     let last = submit(&pool, "echo", "b");
@@ -222,9 +220,18 @@ fn a_full_queue_rejects_a_task_or_makes_the_submitter_wait_for_room() {
         "{:?}",
         t0.elapsed()
     );
-    let got = collect(&pool, 3, LONG);
+    let got = collect(&pool, 4, LONG);
     assert_eq!(value(&got[&last]), "b");
-    let _ = busy;
+    let _ = (busy, ahead);
+}
+
+/// Waits until `n` tasks are in workers (running, or sent ahead).
+fn wait_running(pool: &Pool, n: usize) {
+    let deadline = Instant::now() + LONG;
+    while pool.stats().running < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(pool.stats().running, n);
 }
 
 #[test]
@@ -236,10 +243,21 @@ fn a_worker_is_replaced_after_max_tasks_per_worker_and_no_task_fails() {
     let ids: Vec<u64> = (0..100).map(|_| submit(&pool, "sleep", "5")).collect();
     let got = collect(&pool, ids.len(), LONG);
     assert!(got.values().all(|o| o.result.is_ok()));
-    let pids: Vec<u64> = (0..20).map(|_| submit(&pool, "pid", "")).collect();
-    let got = collect(&pool, pids.len(), LONG);
+    // A replacement advances as tasks are answered: on a loaded machine the first may still be
+    // under way when those tasks are done, so tasks go on (in rounds of 20) until two are.
+    let mut total = 100;
+    let deadline = Instant::now() + LONG;
+    let got = loop {
+        let pids: Vec<u64> = (0..20).map(|_| submit(&pool, "pid", "")).collect();
+        let got = collect(&pool, pids.len(), LONG);
+        total += 20;
+        if pool.stats().recycled >= 2 || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let s = pool.stats();
-    assert_eq!((s.completed, s.failed()), (120, 0));
+    assert_eq!((s.completed, s.failed()), (total, 0));
     assert!(s.recycled >= 2, "{s:?}");
     // Still two workers (a spare only stands in while one is replaced).
     let distinct: std::collections::HashSet<String> = got.values().map(value).collect();
@@ -519,6 +537,9 @@ fn a_worker_answering_a_task_it_was_not_given_is_ignored_and_only_its_own_task_f
             },
         )
         .unwrap();
+    // The forger has its task before the next is submitted, so that the task it names is
+    // not one sent ahead to itself.
+    std::thread::sleep(Duration::from_millis(200));
     let honest: Vec<u64> = (0..200)
         .map(|i| submit(&pool, "echo", &format!("value {i}")))
         .collect();
@@ -535,4 +556,256 @@ fn a_worker_answering_a_task_it_was_not_given_is_ignored_and_only_its_own_task_f
     let after = submit(&pool, "echo", "after");
     assert_eq!(value(&collect(&pool, 1, LONG)[&after]), "after");
     pool.stop(true, Duration::from_secs(5)).unwrap();
+}
+
+/// Quick tasks first, so that the pool sends several tasks ahead to each worker.
+fn warm_up(pool: &Pool) {
+    let ids: Vec<u64> = (0..200).map(|_| submit(pool, "echo", "w")).collect();
+    collect(pool, ids.len(), LONG);
+}
+
+#[test]
+fn a_crash_with_tasks_waiting_in_the_worker_fails_only_the_running_task_and_the_others_run_elsewhere(
+) {
+    let pool = Pool::start(config(1)).unwrap();
+    warm_up(&pool);
+    // One submit for all, so that they reach the worker in one batch, behind the exit.
+    let mut tasks = vec![
+        (b"200".to_vec(), named("sleep")),
+        (b"7".to_vec(), named("exit")),
+    ];
+    tasks.extend((0..20).map(|i| (format!("v{i}").into_bytes(), named("echo"))));
+    let ids = pool.submit_batch(tasks).unwrap();
+    let got = collect(&pool, ids.len(), LONG);
+    assert_eq!(value(&got[&ids[0]]), "slept");
+    assert!(
+        matches!(
+            got[&ids[1]].result,
+            Err(TaskError::Crashed {
+                code: Some(7),
+                signal: None,
+                ..
+            })
+        ),
+        "{:?}",
+        got[&ids[1]].result
+    );
+    for (i, id) in ids[2..].iter().enumerate() {
+        assert_eq!(value(&got[id]), format!("v{i}"));
+    }
+    let s = pool.stats();
+    assert_eq!((s.failed(), s.failed_crashed, s.retried), (1, 1, 0));
+    assert!(
+        s.requeued >= 1,
+        "no task waited in the crashed worker: {s:?}"
+    );
+}
+
+#[test]
+fn a_timeout_of_a_running_task_does_not_fail_the_tasks_waiting_behind_it_in_its_worker() {
+    let pool = Pool::start(config(1)).unwrap();
+    warm_up(&pool);
+    let mut tasks = vec![(
+        Vec::new(),
+        TaskOptions {
+            timeout: Some(Duration::from_millis(300)),
+            ..named("spin")
+        },
+    )];
+    tasks.extend((0..20).map(|i| (format!("v{i}").into_bytes(), named("echo"))));
+    let ids = pool.submit_batch(tasks).unwrap();
+    let got = collect(&pool, ids.len(), LONG);
+    assert!(
+        matches!(got[&ids[0]].result, Err(TaskError::Timeout { .. })),
+        "{:?}",
+        got[&ids[0]].result
+    );
+    for (i, id) in ids[1..].iter().enumerate() {
+        assert_eq!(value(&got[id]), format!("v{i}"));
+    }
+    let s = pool.stats();
+    assert_eq!((s.failed(), s.failed_timeout), (1, 1));
+    assert!(s.requeued >= 1, "no task waited behind the runaway: {s:?}");
+}
+
+#[test]
+fn a_task_waiting_in_its_worker_has_its_timeout_counted_from_its_start_not_from_when_it_was_sent() {
+    let mut c = config(1);
+    c.task_timeout = Some(Duration::from_millis(700));
+    let pool = Pool::start(c).unwrap();
+    warm_up(&pool);
+    // Sent together; each runs 400 ms, the second from when the first is answered, so
+    // neither reaches 700 ms of its own, though the second ends 800 ms after it was sent.
+    let ids = pool
+        .submit_batch([
+            (b"400".to_vec(), named("sleep")),
+            (b"400".to_vec(), named("sleep")),
+        ])
+        .unwrap();
+    let got = collect(&pool, 2, LONG);
+    for id in &ids {
+        assert_eq!(value(&got[id]), "slept");
+    }
+    assert!(
+        got[&ids[1]].wait >= Duration::from_millis(350),
+        "the second task waited {:?} before it started",
+        got[&ids[1]].wait
+    );
+}
+
+#[test]
+fn cancelling_a_task_waiting_in_its_worker_leaves_the_worker_alive() {
+    let pool = Pool::start(config(1)).unwrap();
+    warm_up(&pool);
+    let first = submit(&pool, "pid", "");
+    let pid = value(&collect(&pool, 1, LONG)[&first]);
+    let ids = pool
+        .submit_batch([
+            (b"400".to_vec(), named("sleep")),
+            (b"x".to_vec(), named("echo")),
+            (Vec::new(), named("pid")),
+        ])
+        .unwrap();
+    // The sleep runs; the echo waits behind it in the worker (or still in the queue).
+    std::thread::sleep(Duration::from_millis(150));
+    pool.cancel(ids[1]);
+    let got = collect(&pool, 3, LONG);
+    assert!(
+        matches!(got[&ids[1]].result, Err(TaskError::Cancelled)),
+        "{:?}",
+        got[&ids[1]].result
+    );
+    assert_eq!(value(&got[&ids[0]]), "slept");
+    assert_eq!(
+        value(&got[&ids[2]]),
+        pid,
+        "the same worker answers the next task"
+    );
+    let s = pool.stats();
+    assert_eq!(
+        (s.failed(), s.failed_cancelled, s.failed_crashed),
+        (1, 1, 0)
+    );
+}
+
+#[test]
+fn recycling_after_max_tasks_with_tasks_sent_ahead_fails_none_and_moves_none() {
+    let mut c = config(1);
+    c.max_tasks_per_worker = Some(5);
+    let pool = Pool::start(c).unwrap();
+    // Tasks of some length, so that replacements are ready while tasks remain.
+    let ids: Vec<u64> = (0..40).map(|_| submit(&pool, "sleep", "20")).collect();
+    let got = collect(&pool, ids.len(), LONG);
+    for id in &ids {
+        assert_eq!(value(&got[id]), "slept");
+    }
+    let s = pool.stats();
+    assert_eq!((s.completed, s.failed(), s.requeued), (40, 0, 0));
+    assert!(s.recycled >= 1, "{s:?}");
+}
+
+#[test]
+fn with_no_tasks_sent_ahead_a_cancelled_task_behind_a_running_one_never_runs() {
+    let mut c = config(1);
+    c.max_tasks_ahead = 0;
+    let pool = Pool::start(c).unwrap();
+    warm_up(&pool);
+    let first = submit(&pool, "pid", "");
+    let pid = value(&collect(&pool, 1, LONG)[&first]);
+    let ids = pool
+        .submit_batch([
+            (b"300".to_vec(), named("sleep")),
+            // Would end the worker if it ran.
+            (b"9".to_vec(), named("exit")),
+            (Vec::new(), named("pid")),
+        ])
+        .unwrap();
+    wait_running(&pool, 1);
+    assert!(
+        pool.cancel(ids[1]),
+        "the task was still in the pool's queue"
+    );
+    let got = collect(&pool, 3, LONG);
+    assert!(matches!(got[&ids[1]].result, Err(TaskError::Cancelled)));
+    assert_eq!(value(&got[&ids[2]]), pid);
+    let s = pool.stats();
+    assert_eq!((s.failed_cancelled, s.failed_crashed), (1, 0));
+}
+
+#[test]
+fn the_control_socket_status_of_a_pool_carries_its_task_counters() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = std::env::temp_dir().join(format!("rcluster-pool-status-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut c = config(1);
+    c.cluster.name = Some("tasks".into());
+    c.cluster.control = rcluster_core::ControlMode::Required;
+    c.cluster.control_dir = Some(dir.join("rcluster"));
+    let pool = Pool::start(c).unwrap();
+    let ids: Vec<u64> = (0..10)
+        .map(|i| submit(&pool, "echo", &i.to_string()))
+        .collect();
+    let failed = submit(&pool, "fail", "no");
+    collect(&pool, ids.len() + 1, LONG);
+    let _ = failed;
+
+    let s =
+        std::os::unix::net::UnixStream::connect(dir.join("rcluster").join("tasks.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap(); // hello
+    w.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    let st: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let p = &st["status"]["pool"];
+    assert_eq!(p["completed"], 10, "{st}");
+    assert_eq!(p["failed"], 1, "{st}");
+    assert_eq!(p["failed_by_reason"]["error"], 1, "{st}");
+    assert_eq!(
+        (p["queued"].clone(), p["running"].clone()),
+        (0.into(), 0.into())
+    );
+    assert_eq!(p["workers_ready"], 1, "{st}");
+    pool.stop(false, Duration::from_secs(5)).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_cancelled_task_that_its_worker_runs_all_the_same_is_still_ended_at_its_timeout() {
+    let pool = Pool::start(config(1)).unwrap();
+    warm_up(&pool);
+    let ids = pool
+        .submit_batch([
+            (b"300".to_vec(), named("sleep")),
+            (
+                Vec::new(),
+                TaskOptions {
+                    timeout: Some(Duration::from_millis(300)),
+                    ..named("spin")
+                },
+            ),
+            (b"after".to_vec(), named("echo")),
+        ])
+        .unwrap();
+    // The spin waits in the worker behind the sleep; this worker cannot be told of the
+    // cancel, so it runs the spin next.
+    wait_running(&pool, 3);
+    pool.cancel(ids[1]);
+    let got = collect(&pool, 3, LONG);
+    assert_eq!(value(&got[&ids[0]]), "slept");
+    assert!(matches!(got[&ids[1]].result, Err(TaskError::Cancelled)));
+    assert_eq!(value(&got[&ids[2]]), "after");
+    let s = pool.stats();
+    assert_eq!(
+        (
+            s.failed(),
+            s.failed_cancelled,
+            s.failed_timeout,
+            s.failed_crashed
+        ),
+        (1, 1, 0, 0)
+    );
 }

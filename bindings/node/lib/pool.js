@@ -11,7 +11,7 @@ const { rclusterError, invalidOption } = require('./errors');
 
 const { CONTENT } = require('./codec');
 const RUNTIME = path.join(__dirname, 'pool_worker.js');
-const KNOWN = ['filename', 'workers', 'minThreads', 'maxThreads', 'concurrentTasksPerWorker', 'maxQueue',
+const KNOWN = ['filename', 'workers', 'minThreads', 'maxThreads', 'concurrentTasksPerWorker', 'maxTasksAhead', 'maxQueue',
   'whenFull', 'taskTimeout', 'maxTasksPerWorker', 'maxWorkerMemoryMb', 'env', 'execArgv', 'cwd', 'killTimeout', 'maxMessage'];
 
 function count(opts, name, min, max, fallback) {
@@ -64,6 +64,7 @@ function nativeOptions(opts) {
     env,
     cwd: opts.cwd,
     concurrentTasksPerWorker: count(opts, 'concurrentTasksPerWorker', 1, 4096, 1),
+    maxTasksAhead: count(opts, 'maxTasksAhead', 0, 4096, undefined),
     // "Infinity" is bounded all the same: by a number of tasks no program holds in memory.
     maxQueue: maxQueue === Infinity ? 2 ** 31 : maxQueue,
     // "wait" is the JS side's: a submitter waits for room in a promise, never blocking the

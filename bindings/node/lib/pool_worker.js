@@ -1,7 +1,11 @@
 'use strict';
 // The program a pool's workers run: `node pool_worker.js`, with the task file in
 // RCLUSTER_POOL_FILENAME. It loads the file (a function, or named functions, sync or async),
-// says ready, and runs every task the primary sends, answering with v8.serialize'd values.
+// says ready, and runs the tasks the primary sends, answering with v8.serialize'd values.
+// It runs at most RCLUSTER_TASK_CONCURRENCY at once, in the order they came; the others wait
+// here (the primary sends a few ahead, so that the next one starts without a round trip).
+// An answer held counts as a running task until it is written: the primary starts the
+// deadline of a task that waited here when the answer before it arrives (docs/protocol.md 5.8).
 // A file that fails to load is reported to the primary, and the worker exits with code 3,
 // which the pool does not restart.
 const v8 = require('v8');
@@ -20,6 +24,8 @@ if (!link) {
 delete process.env.RCLUSTER_IPC_FD;
 
 const filename = process.env.RCLUSTER_POOL_FILENAME;
+// A primary that does not say lets every task run at once.
+const CONCURRENCY = +process.env.RCLUSTER_TASK_CONCURRENCY || Infinity;
 
 async function load() {
   try {
@@ -54,10 +60,9 @@ function errorPayload(err) {
 let ids = [];
 let oks = [];
 let payloads = [];
-let flushing = false;
+let scheduled = false;
 
 function flush() {
-  flushing = false;
   if (ids.length === 0) return;
   const [i, o, p] = [ids, oks, payloads];
   ids = [];
@@ -70,14 +75,41 @@ function flush() {
   }
 }
 
+/** Tasks that came and did not start yet, in order, and how many run now. */
+const waiting = [];
+let running = 0;
+let fns = null;
+
 function answer(id, ok, payload) {
+  running--;
   ids.push(id);
   oks.push(ok);
   payloads.push(payload);
-  // Answers of the tasks of one batch go out together, after the batch.
-  if (!flushing) {
-    flushing = true;
-    setImmediate(flush);
+  // Answers of the tasks that settle in one turn go out together, after the turn; then the
+  // tasks waiting for their room start.
+  if (!scheduled) {
+    scheduled = true;
+    setImmediate(turn);
+  }
+}
+
+function turn() {
+  scheduled = false;
+  flush();
+  pump();
+  flush();
+}
+
+/**
+ * Starts waiting tasks while fewer than CONCURRENCY run. An answer not yet written counts as
+ * a running task to the primary, so the answers held go out first when they would make
+ * CONCURRENCY.
+ */
+function pump() {
+  while (running < CONCURRENCY && waiting.length > 0) {
+    if (running + ids.length >= CONCURRENCY) flush();
+    running++;
+    run(fns, waiting.shift());
   }
 }
 
@@ -149,10 +181,10 @@ function functions(mod) {
   return { main, named: all };
 }
 
-function onItems(fns, items) {
+function onItems(items) {
   for (const item of items) {
     if (typeof item !== 'object' || item === null || Buffer.isBuffer(item)) continue;
-    if (item.type === 'task') run(fns, item);
+    if (item.type === 'task') waiting.push(item);
     else if (item.type === 'disconnect' || item.type === 'gone') {
       // Tasks that reached this worker before the disconnect were in this batch or earlier.
       flush();
@@ -163,7 +195,7 @@ function onItems(fns, items) {
 }
 
 load().then((mod) => {
-  const fns = functions(mod);
+  fns = functions(mod);
   if (!fns.main && Object.keys(fns.named).length === 0) {
     throw new TypeError(`${path.basename(filename)} exports no function`);
   }
@@ -171,9 +203,10 @@ load().then((mod) => {
   link.watch((items) => {
     // A batch that stopped short leaves more waiting in memory, where the descriptor does
     // not tell: take them at once.
-    while (onItems(fns, items)) items = link.drain(4096);
-    // The answers of the synchronous tasks of this batch, in one write now; those of
-    // asynchronous ones go after the turn in which they settle.
+    while (onItems(items)) items = link.drain(4096);
+    pump();
+    // The answer of the last synchronous task, now; those of asynchronous ones go after the
+    // turn in which they settle.
     flush();
   });
 }).catch((err) => {

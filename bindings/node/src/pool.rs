@@ -22,6 +22,7 @@ pub struct NativePoolOptions {
     pub env: Vec<Vec<String>>,
     pub cwd: Option<String>,
     pub concurrent_tasks_per_worker: u32,
+    pub max_tasks_ahead: Option<u32>,
     pub max_queue: f64,
     /// "reject" or "wait".
     pub when_full: Option<String>,
@@ -63,6 +64,9 @@ fn build(o: NativePoolOptions) -> napi::Result<PoolConfig, &'static str> {
         c.cluster.max_message = m as usize;
     }
     c.concurrent_tasks_per_worker = o.concurrent_tasks_per_worker as usize;
+    if let Some(n) = o.max_tasks_ahead {
+        c.max_tasks_ahead = n as usize;
+    }
     c.max_queue = o.max_queue as usize;
     c.when_full = match o.when_full.as_deref() {
         None | Some("reject") => WhenFull::Reject,
@@ -141,6 +145,7 @@ pub struct NativePoolStats {
     pub failed_shutdown: f64,
     pub failed_no_workers: f64,
     pub retried: f64,
+    pub requeued: f64,
     pub recycled: f64,
     pub workers_ready: f64,
     /// Milliseconds.
@@ -241,6 +246,7 @@ impl NativePool {
             failed_shutdown: s.failed_shutdown as f64,
             failed_no_workers: s.failed_no_workers as f64,
             retried: s.retried as f64,
+            requeued: s.requeued as f64,
             recycled: s.recycled as f64,
             workers_ready: s.workers_ready as f64,
             wait_total: msf(s.wait_total),

@@ -136,6 +136,38 @@ test('an AbortSignal cancels a queued task and a running one; the next task runs
   assert.strictEqual((await rejection(pool.run(1, { signal: pre.signal }))).name, 'AbortError');
 }));
 
+test('aborting a task that waits in its worker behind a running one leaves that worker alive', () => withPool({ workers: 1 }, async (pool) => {
+  const pid = await pool.run(null, { name: 'pid' });
+  const ahead = new AbortController();
+  const slow = pool.run(300, { name: 'sleep' });
+  const waiting = rejection(pool.run(1, { name: 'echo', signal: ahead.signal }));
+  // The sleep runs; the echo is sent ahead to the same worker.
+  const deadline = Date.now() + 10000;
+  while (pool.stats().running < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  assert.strictEqual(pool.stats().running, 2);
+  ahead.abort();
+  assert.strictEqual((await waiting).name, 'AbortError');
+  assert.strictEqual(await slow, 300);
+  assert.strictEqual(await pool.run(null, { name: 'pid' }), pid, 'the same worker answers the next task');
+  const s = pool.stats();
+  assert.deepStrictEqual([s.failedCrashed, s.failedCancelled], [0, 1]);
+}));
+
+test('a crash fails only the running task; the tasks sent ahead to that worker run on another', () => withPool({ workers: 1 }, async (pool) => {
+  await Promise.all(Array.from({ length: 200 }, (_, i) => pool.run(i, { name: 'echo' })));
+  const slow = pool.run(200, { name: 'sleep' });
+  const crash = rejection(pool.run(7, { name: 'exit' }));
+  const rest = Array.from({ length: 20 }, (_, i) => pool.run(i, { name: 'echo' }));
+  assert.strictEqual(await slow, 200);
+  const err = await crash;
+  assert.strictEqual(err.code, 'ERR_WORKER_CRASHED');
+  assert.strictEqual(err.exitCode, 7);
+  assert.deepStrictEqual(await Promise.all(rest), Array.from({ length: 20 }, (_, i) => i));
+  const s = pool.stats();
+  assert.strictEqual(s.failed, 1);
+  assert.ok(s.requeued >= 1, `no task waited in the crashed worker: ${JSON.stringify(s)}`);
+}));
+
 test('maxQueue rejects with ERR_QUEUE_FULL, or waits for room with whenFull: wait', async () => {
   await withPool({ workers: 1, maxQueue: 2 }, async (pool) => {
     const busy = pool.run(300, { name: 'sleep' });

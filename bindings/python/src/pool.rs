@@ -22,6 +22,8 @@ use crate::errors::{config_error, IntoPyResult};
 pub struct PoolArgs {
     #[pyo3(default)]
     pub concurrent_tasks_per_worker: Option<usize>,
+    #[pyo3(default)]
+    pub max_tasks_ahead: Option<usize>,
     pub max_queue: usize,
     /// "reject" or "wait".
     #[pyo3(default)]
@@ -48,6 +50,9 @@ fn build(cluster: ConfigArgs, args: PoolArgs) -> PyResult<PoolConfig> {
     }
     if let Some(n) = args.concurrent_tasks_per_worker {
         c.concurrent_tasks_per_worker = n;
+    }
+    if let Some(n) = args.max_tasks_ahead {
+        c.max_tasks_ahead = n;
     }
     c.max_queue = args.max_queue;
     c.when_full = match args.when_full.as_deref() {
@@ -202,6 +207,7 @@ impl PyPool {
         d.set_item("failed_shutdown", s.failed_shutdown)?;
         d.set_item("failed_no_workers", s.failed_no_workers)?;
         d.set_item("retried", s.retried)?;
+        d.set_item("requeued", s.requeued)?;
         d.set_item("recycled", s.recycled)?;
         d.set_item("workers_ready", s.workers_ready)?;
         d.set_item("wait_total", s.wait_total.as_secs_f64())?;

@@ -105,13 +105,37 @@ def test_per_task_timeout_given_to_run_replaces_the_pool_timeout():
 def test_cancel_of_a_queued_task_ends_it_cancelled_and_it_never_runs():
     with rcluster.Pool(1) as pool:
         first = pool.submit(t.sleep_then, 0.5, "first")
+        # The worker holds one task sent ahead of the running one: this one, so that the
+        # next stays in the pool's queue.
+        ahead = pool.submit(t.echo, "ahead")
+        deadline = time.monotonic() + SLOW
+        while pool.stats()["running"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
         queued = pool.submit(t.exit_process, 9)  # would crash the worker if it ran
         assert queued.cancel()
         assert queued.cancelled()
         with pytest.raises(CancelledError):
             queued.result(SLOW)
         assert first.result(SLOW) == "first"
+        assert ahead.result(SLOW) == "ahead"
         assert pool.submit(t.echo, 1).result(SLOW) == 1
+        stats = pool.stats()
+        assert (stats["failed_crashed"], stats["failed_cancelled"]) == (0, 1)
+
+
+def test_cancel_of_a_task_waiting_in_its_worker_leaves_the_worker_alive():
+    with rcluster.Pool(1) as pool:
+        worker = pool.submit(t.pid).result(SLOW)
+        first = pool.submit(t.sleep_then, 0.5, "first")
+        waiting = pool.submit(t.echo, "sent ahead")
+        deadline = time.monotonic() + SLOW
+        while pool.stats()["running"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert waiting.cancel()
+        with pytest.raises(CancelledError):
+            waiting.result(SLOW)
+        assert first.result(SLOW) == "first"
+        assert pool.submit(t.pid).result(SLOW) == worker
         stats = pool.stats()
         assert (stats["failed_crashed"], stats["failed_cancelled"]) == (0, 1)
 
@@ -143,14 +167,17 @@ def _alive(pid: int) -> bool:
 def test_full_queue_rejects_with_queue_full_error():
     with rcluster.Pool(1, max_queue=3) as pool:
         pool.submit(t.sleep_then, 0.5, None)
+        # The worker also holds one task sent ahead of the running one: both in it first.
+        ahead = pool.submit(t.echo, "ahead")
         deadline = time.monotonic() + SLOW
-        while pool.stats()["running"] == 0 and time.monotonic() < deadline:
+        while pool.stats()["running"] < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         queued = [pool.submit(t.echo, i) for i in range(3)]
         with pytest.raises(rcluster.QueueFullError) as info:
             pool.submit(t.echo, "no room")
         assert info.value.limit == 3
         assert [f.result(SLOW) for f in queued] == [0, 1, 2]
+        assert ahead.result(SLOW) == "ahead"
 
 
 def test_full_queue_with_when_full_wait_blocks_the_submitter_until_there_is_room():

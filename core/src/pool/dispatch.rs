@@ -1,8 +1,16 @@
 //! Giving queued tasks to workers: the least busy ready worker first, each worker's share of
 //! a turn in one write.
+//!
+//! A worker gets more than the `conc` tasks it runs at once: a few more wait in it
+//! (prefetched), so that when it answers one it starts the next at once instead of waiting a
+//! round trip through the primary. It still runs at most `conc` at once, in the order they
+//! were sent (`sched::begin_next`); one that waited in a worker that ended runs elsewhere.
+//! How many wait ahead follows how long tasks run: about `AHEAD_FOR` of work, at least one,
+//! at most `max_tasks_ahead`, so that short tasks travel in batches and long ones do not wait
+//! behind each other in one worker while another is idle.
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::sched::{Running, Sched};
 use super::shared::Pending;
@@ -11,6 +19,8 @@ use crate::wire::task;
 
 /// Tasks taken from the queue in one turn at most, so that answers are read in between.
 const BATCH: usize = 4096;
+/// About this much work (by the recent average run time) is sent ahead to one worker.
+const AHEAD_FOR: Duration = Duration::from_millis(1);
 
 impl Sched {
     /// Gives queued tasks to the least busy ready workers, each worker's share in one write.
@@ -43,9 +53,11 @@ impl Sched {
         }
         let mut batches: Vec<(u32, Vec<Pending>)> = Vec::new();
         let mut load: Vec<usize> = self.slots.iter().map(|s| s.tasks.len()).collect();
+        let limit: Vec<usize> = (0..self.slots.len()).map(|i| self.limit(i)).collect();
+        let open: Vec<bool> = (0..self.slots.len()).map(|i| self.refills(i)).collect();
         for p in tasks {
             let pick = (0..self.slots.len())
-                .filter(|&i| self.slots[i].ready && !self.slots[i].ending && load[i] < self.conc)
+                .filter(|&i| open[i] && load[i] < limit[i])
                 .min_by_key(|&i| load[i])
                 .expect("capacity counted a worker with room");
             load[pick] += 1;
@@ -61,11 +73,36 @@ impl Sched {
 
     /// How many more tasks the ready workers take.
     fn capacity(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| s.takes(self.conc))
-            .map(|s| self.conc - s.tasks.len())
+        (0..self.slots.len())
+            .filter(|&i| self.refills(i))
+            .map(|i| self.limit(i).saturating_sub(self.slots[i].tasks.len()))
             .sum()
+    }
+
+    /// Whether worker `slot` is given tasks now: it is open, and half or fewer of the tasks it
+    /// may hold ahead are left in it. Topping a worker up in halves rather than after every
+    /// answer sends its tasks in fewer, larger writes, and wakes it less often.
+    fn refills(&self, slot: usize) -> bool {
+        let s = &self.slots[slot];
+        let ahead = self.limit(slot) - self.conc;
+        s.open() && s.tasks.len().saturating_sub(self.conc) <= ahead / 2
+    }
+
+    /// Most tasks worker `slot` holds at once: the `conc` it runs and those sent ahead. A
+    /// worker that will reach `max_tasks_per_worker` gets none ahead beyond its limit: those
+    /// would wait in a worker that is about to be replaced.
+    fn limit(&self, slot: usize) -> usize {
+        let mut ahead = match self.avg_run {
+            None => 1,
+            Some(avg) => (AHEAD_FOR.as_nanos() / avg.as_nanos().max(1)) as usize,
+        }
+        .clamp(1, self.max_ahead.max(1))
+        .min(self.max_ahead);
+        if let Some(max) = self.max_tasks {
+            let given = self.slots[slot].answered + self.conc as u64;
+            ahead = ahead.min(max.saturating_sub(given) as usize);
+        }
+        self.conc + ahead
     }
 
     fn send(&mut self, slot: u32, batch: Vec<Pending>, now: Instant) {
@@ -80,24 +117,24 @@ impl Sched {
             .collect();
         match self.sup.send_tasks(slot, pid, &bodies) {
             Ok(()) => {
-                for mut p in batch {
-                    p.tries += 1;
-                    let deadline = p.options.timeout.or(self.timeout).map(|t| now + t);
+                for p in batch {
                     self.slots[slot as usize].tasks.push(p.id);
-                    let id = p.id;
-                    let queued_at = p.queued_at;
-                    let again = p.options.idempotent.then_some(p);
+                    let timeout = p.options.timeout.or(self.timeout);
                     self.running.insert(
-                        id,
+                        p.id,
                         Running {
                             slot,
-                            queued_at,
+                            queued_at: p.queued_at,
                             started: now,
-                            deadline,
-                            again,
+                            begun: false,
+                            timeout,
+                            deadline: None,
+                            cancelled: false,
+                            again: Some(p),
                         },
                     );
                 }
+                self.begin_next(slot, now);
             }
             Err(e) => {
                 // That process is gone (its exit event is on its way) or not reading: the

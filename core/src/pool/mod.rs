@@ -35,6 +35,10 @@ pub use types::{
 /// in the pool's `no_restart_codes`, so such a worker is not restarted in a loop.
 pub const BOOT_FAILED_EXIT: i32 = 3;
 
+/// The environment variable that tells a pool's workers how many tasks they may run at once
+/// (`concurrent_tasks_per_worker`); tasks beyond that wait in the worker, in order.
+pub const TASK_CONCURRENCY_ENV: &str = "RCLUSTER_TASK_CONCURRENCY";
+
 /// A running pool. `Send + Sync`: submit from any thread.
 pub struct Pool {
     shared: Arc<Shared>,
@@ -45,11 +49,19 @@ pub struct Pool {
 impl Pool {
     /// Validates `config`, starts the workers and the scheduler. Tasks may be submitted at
     /// once; they wait in the queue until a worker is ready.
-    pub fn start(config: PoolConfig) -> Result<Pool> {
+    pub fn start(mut config: PoolConfig) -> Result<Pool> {
         config.validate()?;
+        // Workers hold tasks sent ahead of those they run: this says how many they may run at
+        // once (`docs/protocol.md` 5.8).
+        config.cluster.env.push((
+            TASK_CONCURRENCY_ENV.into(),
+            config.concurrent_tasks_per_worker.to_string().into(),
+        ));
         let kill_timeout = config.cluster.kill_timeout;
         let shared = Arc::new(Shared::new(&config)?);
         let sup = Supervisor::start(config.cluster.clone())?;
+        let counters = Arc::clone(&shared);
+        sup.set_pool_status(Box::new(move || counters.stats().into()));
         let sched = Sched::new(sup, Arc::clone(&shared), &config);
         let on_panic = Arc::clone(&shared);
         let thread = std::thread::Builder::new()

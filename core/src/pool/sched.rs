@@ -28,7 +28,9 @@ pub(super) struct Slot {
     pub(super) recycle: bool,
     /// Why the pool killed it, for the other tasks that die with it.
     kill_cause: Option<String>,
-    /// Tasks given to it and not answered.
+    /// Tasks given to it and not answered, in the order they were sent: the worker starts
+    /// them in that order, so the first ones are running and the rest wait in the worker
+    /// (prefetched, see `dispatch`).
     pub(super) tasks: Vec<u64>,
     /// Tasks it has answered.
     pub(super) answered: u64,
@@ -37,18 +39,30 @@ pub(super) struct Slot {
 }
 
 impl Slot {
-    pub(super) fn takes(&self, conc: usize) -> bool {
-        self.ready && !self.ending && self.tasks.len() < conc
+    /// Whether it may be given tasks now (while it holds fewer than its `limit`).
+    pub(super) fn open(&self) -> bool {
+        self.ready && !self.ending
     }
 }
 
-/// A task given to a worker.
+/// A task given to a worker: running there, or waiting in the worker behind the running ones
+/// (prefetched) until the answer of one of those arrives.
 pub(super) struct Running {
     pub(super) slot: u32,
     pub(super) queued_at: Instant,
+    /// When it was given (prefetched), then when it started.
     pub(super) started: Instant,
+    /// It started: it is one of the first `conc` unanswered tasks of its worker.
+    pub(super) begun: bool,
+    /// Its timeout (its own, or the pool's).
+    pub(super) timeout: Option<Duration>,
+    /// Measured from its start; None until then.
     pub(super) deadline: Option<Instant>,
-    /// Kept for a second run when the task is idempotent.
+    /// The host cancelled it while it was prefetched: it already failed, and its answer (the
+    /// worker may run it after all) is dropped.
+    pub(super) cancelled: bool,
+    /// Kept to queue it again: until it starts (a prefetched task whose worker ends goes back
+    /// to the queue), and for a second run when the task is idempotent.
     pub(super) again: Option<Pending>,
 }
 
@@ -69,6 +83,10 @@ pub(super) struct Sched {
     pub(super) again: Vec<Pending>,
     /// Where the replacement of a worker after `max_tasks_per_worker` stands (see `recycle`).
     pub(super) recycle: Recycle,
+    /// How long tasks run, on average lately (how many to send ahead, see `dispatch`).
+    pub(super) avg_run: Option<Duration>,
+    /// `max_tasks_ahead`.
+    pub(super) max_ahead: usize,
 }
 
 impl Sched {
@@ -86,6 +104,8 @@ impl Sched {
             done: Vec::new(),
             again: Vec::new(),
             recycle: Recycle::Idle,
+            avg_run: None,
+            max_ahead: cfg.max_tasks_ahead,
         }
     }
 
@@ -106,8 +126,18 @@ impl Sched {
             if let Some(c) = closing {
                 if c.cancel_queued {
                     self.fail_queued(TaskError::Shutdown);
+                    let waiting: Vec<u64> = self
+                        .running
+                        .iter()
+                        .filter(|(_, r)| !r.begun)
+                        .map(|(&id, _)| id)
+                        .collect();
+                    for id in waiting {
+                        self.fail_waiting(id, TaskError::Shutdown);
+                    }
                 }
-                let idle = self.running.is_empty() && self.queue_empty();
+                // Tasks that failed while they waited in a worker are not waited for.
+                let idle = self.running.values().all(|r| r.cancelled) && self.queue_empty();
                 if idle || now >= c.deadline {
                     stop_at = Some(c.deadline);
                 }
@@ -141,6 +171,9 @@ impl Sched {
         self.fail_queued(TaskError::Shutdown);
         let now = Instant::now();
         for (id, r) in std::mem::take(&mut self.running) {
+            if r.cancelled {
+                continue;
+            }
             let (wait, run) = (r.started - r.queued_at, now - r.started);
             self.done
                 .push(Outcome::failed(id, TaskError::Shutdown, wait, run));
@@ -200,6 +233,15 @@ impl Sched {
             return;
         };
         let now = Instant::now();
+        if r.cancelled {
+            // Failed when it was cancelled; the worker ran it (or skipped it) all the same.
+            self.task_left(r.slot, d.id, true);
+            self.begin_next(slot, now);
+            return;
+        }
+        if r.begun {
+            self.learn_run(now - r.started);
+        }
         let result = if d.ok {
             Ok(Value {
                 content: d.content,
@@ -218,6 +260,48 @@ impl Sched {
             run: now - r.started,
         });
         self.task_left(r.slot, d.id, true);
+        self.begin_next(slot, now);
+    }
+
+    /// The worker of `slot` starts its next prefetched tasks as running ones are answered
+    /// (in the order they were sent, at most `conc` at once): their deadlines start now.
+    /// An answer is written before its worker starts the next task (`docs/protocol.md` 5.8),
+    /// so a deadline starts no earlier than its task does.
+    pub(super) fn begin_next(&mut self, slot: u32, now: Instant) {
+        let Some(s) = self.slots.get(slot as usize) else {
+            return;
+        };
+        let mut begun = 0;
+        for id in &s.tasks {
+            if begun >= self.conc {
+                break;
+            }
+            let Some(r) = self.running.get_mut(id) else {
+                continue;
+            };
+            begun += 1;
+            if r.begun {
+                continue;
+            }
+            r.begun = true;
+            r.started = now;
+            // A cancelled task that its worker runs all the same keeps its deadline: a runaway
+            // one would hold its worker for good.
+            r.deadline = r.timeout.map(|t| now + t);
+            let mut again = r.again.take();
+            if let Some(p) = again.as_mut() {
+                p.tries += 1;
+            }
+            r.again = again.filter(|p| p.options.idempotent);
+        }
+    }
+
+    /// Counts one more task's run time into the average (the last few dozen weigh most).
+    fn learn_run(&mut self, run: Duration) {
+        self.avg_run = Some(match self.avg_run {
+            None => run,
+            Some(avg) => (avg * 7 + run) / 8,
+        });
     }
 
     /// Task `id` no longer runs on `slot`; `answered`: the worker answered it (a worker that
@@ -264,12 +348,25 @@ impl Sched {
             ));
         }
         let now = Instant::now();
+        // Both go back first, in the order they were sent: the idempotent tasks it ran, then
+        // those that waited in it.
+        let mut retry = Vec::new();
+        let mut waited = Vec::new();
         for id in tasks {
             let Some(r) = self.running.remove(&id) else {
                 continue;
             };
+            if r.cancelled {
+                continue;
+            }
+            if !r.begun {
+                // It waited in the worker and never ran: not an attempt; it runs elsewhere,
+                // before anything still queued.
+                waited.extend(r.again);
+                continue;
+            }
             if let Some(p) = r.again.filter(|p| p.tries < 2) {
-                self.again.push(p);
+                retry.push(p);
                 self.shared.inner.lock().unwrap().stats.retried += 1;
                 continue;
             }
@@ -283,6 +380,11 @@ impl Sched {
             let (wait, run) = (r.started - r.queued_at, now - r.started);
             self.done.push(Outcome::failed(id, e, wait, run));
         }
+        if !waited.is_empty() {
+            self.shared.inner.lock().unwrap().stats.requeued += waited.len() as u64;
+        }
+        retry.extend(waited);
+        self.again.splice(0..0, retry);
     }
 
     /// Every worker stopped for good: no queued task can run, and none will be taken.
@@ -313,10 +415,35 @@ impl Sched {
                 ));
                 continue;
             }
-            if self.running.contains_key(&id) {
+            let Some(r) = self.running.get_mut(&id) else {
+                continue;
+            };
+            if r.cancelled {
+                continue;
+            }
+            if r.begun {
                 self.end_running(id, TaskError::Cancelled, "a task on it was cancelled");
+            } else {
+                self.fail_waiting(id, TaskError::Cancelled);
             }
         }
+    }
+
+    /// Fails task `id`, which waits in its worker (sent ahead) and does not run yet, with `e`;
+    /// its worker is not killed. The task stays in its worker's list until answered: the
+    /// worker may still run it (it starts its tasks in order, and the order must stay known).
+    fn fail_waiting(&mut self, id: u64, e: TaskError) {
+        let Some(r) = self
+            .running
+            .get_mut(&id)
+            .filter(|r| !r.begun && !r.cancelled)
+        else {
+            return;
+        };
+        r.cancelled = true;
+        r.again = None;
+        let wait = r.started - r.queued_at;
+        self.done.push(Outcome::failed(id, e, wait, Duration::ZERO));
     }
 
     /// Fails running task `id` with `e` and kills its worker (the only way to stop it); the
@@ -326,12 +453,15 @@ impl Sched {
             return;
         };
         let now = Instant::now();
-        self.done.push(Outcome::failed(
-            id,
-            e,
-            r.started - r.queued_at,
-            now - r.started,
-        ));
+        // A cancelled task failed when it was cancelled.
+        if !r.cancelled {
+            self.done.push(Outcome::failed(
+                id,
+                e,
+                r.started - r.queued_at,
+                now - r.started,
+            ));
+        }
         let slot = r.slot;
         self.task_left(slot, id, false);
         let s = &mut self.slots[slot as usize];

@@ -21,13 +21,19 @@ pub enum WhenFull {
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub cluster: Config,
-    /// Tasks one worker holds at once (they queue in the worker; it runs them in turn unless it
-    /// is asynchronous). More than 1 lets small tasks travel in batches.
+    /// Tasks one worker runs at once. A worker also holds a few more, sent ahead, that it
+    /// starts as soon as one of these is answered (see `docs/protocol.md` 5.8).
     pub concurrent_tasks_per_worker: usize,
+    /// Most tasks sent to one worker ahead of the ones it runs, so that it starts the next one
+    /// without waiting a round trip (fewer when tasks take long: about 1 ms of work). 0: none,
+    /// every task waits in the pool until a worker has room. A task cancelled while it waits
+    /// in a worker fails at once and the worker is not killed, but the worker may still run
+    /// it (its answer is then dropped): set 0 where a cancelled task must never run.
+    pub max_tasks_ahead: usize,
     /// Most tasks waiting in the queue (not counting those given to workers).
     pub max_queue: usize,
     pub when_full: WhenFull,
-    /// A task that runs longer than this (from when it was given to its worker) fails with
+    /// A task that runs longer than this (from when its worker started it) fails with
     /// `TaskError::Timeout`, and its worker is killed and replaced. None: no limit. A task's
     /// own `TaskOptions::timeout` wins.
     pub task_timeout: Option<Duration>,
@@ -42,7 +48,7 @@ pub struct PoolConfig {
 
 impl PoolConfig {
     /// A pool of `argv` workers with defaults: one worker, one task per worker at a time, a
-    /// queue of 100,000 that rejects when full, no timeout, no recycling. Workers say when
+    /// queue of 100,000 that rejects when full, up to 32 tasks sent ahead to a worker, no timeout, no recycling. Workers say when
     /// they are ready (after their task code loaded), and a worker that exits with
     /// `BOOT_FAILED_EXIT` is not restarted.
     pub fn new<I, S>(argv: I) -> PoolConfig
@@ -59,6 +65,7 @@ impl PoolConfig {
         PoolConfig {
             cluster,
             concurrent_tasks_per_worker: 1,
+            max_tasks_ahead: 32,
             max_queue: 100_000,
             when_full: WhenFull::Reject,
             task_timeout: None,
@@ -73,6 +80,13 @@ impl PoolConfig {
                 "concurrent_tasks_per_worker",
                 self.concurrent_tasks_per_worker,
                 "must be 1..=4096",
+            ));
+        }
+        if self.max_tasks_ahead > 4096 {
+            return Err(Error::config(
+                "max_tasks_ahead",
+                self.max_tasks_ahead,
+                "must be 0..=4096",
             ));
         }
         if self.max_queue == 0 {
@@ -211,9 +225,9 @@ impl fmt::Display for TaskError {
 pub struct Outcome {
     pub id: u64,
     pub result: std::result::Result<Value, TaskError>,
-    /// Time in the queue.
+    /// Time until its worker started it: in the queue, and waiting in the worker.
     pub wait: Duration,
-    /// Time from when a worker was given it to its answer (zero if it never ran).
+    /// Time from when its worker started it to its answer (zero if it never ran).
     pub run: Duration,
 }
 
@@ -233,7 +247,8 @@ impl Outcome {
 pub struct PoolStats {
     /// Tasks waiting in the queue.
     pub queued: usize,
-    /// Tasks given to a worker and not answered yet.
+    /// Tasks given to a worker and not answered yet (running, or sent ahead and waiting in
+    /// the worker).
     pub running: usize,
     /// Tasks answered with a value.
     pub completed: u64,
@@ -247,6 +262,9 @@ pub struct PoolStats {
     pub failed_no_workers: u64,
     /// Tasks run again after their worker died under them (idempotent ones).
     pub retried: u64,
+    /// Tasks that waited in a worker (sent ahead of its running ones) that ended before they
+    /// started, and were given to another: not attempts, and not failures.
+    pub requeued: u64,
     /// Workers replaced after `max_tasks_per_worker`.
     pub recycled: u64,
     /// Workers ready for tasks now.
@@ -284,6 +302,35 @@ impl PoolStats {
             Err(TaskError::NoWorkers(_)) => &mut self.failed_no_workers,
         };
         *n += 1;
+    }
+}
+
+impl From<PoolStats> for crate::primary::status::PoolStatus {
+    fn from(s: PoolStats) -> Self {
+        let failed = s.failed();
+        let reasons = [
+            ("error", s.failed_error),
+            ("crashed", s.failed_crashed),
+            ("timeout", s.failed_timeout),
+            ("cancelled", s.failed_cancelled),
+            ("shutdown", s.failed_shutdown),
+            ("no_workers", s.failed_no_workers),
+        ];
+        crate::primary::status::PoolStatus {
+            queued: s.queued,
+            running: s.running,
+            completed: s.completed,
+            failed,
+            failed_by_reason: reasons.iter().map(|&(k, n)| (k.to_string(), n)).collect(),
+            retried: s.retried,
+            requeued: s.requeued,
+            recycled: s.recycled,
+            workers_ready: s.workers_ready,
+            wait_total_s: s.wait_total.as_secs_f64(),
+            wait_max_s: s.wait_max.as_secs_f64(),
+            run_total_s: s.run_total.as_secs_f64(),
+            run_max_s: s.run_max.as_secs_f64(),
+        }
     }
 }
 

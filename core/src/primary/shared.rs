@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc::SyncSender;
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use crate::error::Result;
@@ -46,4 +46,9 @@ pub(crate) struct Shared {
     pub done: (Mutex<bool>, Condvar),
     /// User messages the host queued to workers (`rcluster_ipc_messages_total`).
     pub messages_out: AtomicU64,
+    /// A pool's counters for the status object, when a pool runs these workers.
+    pub pool_status: OnceLock<PoolCounters>,
 }
+
+/// Reads a pool's counters (called by the loop; takes the pool's lock briefly).
+pub(crate) type PoolCounters = Box<dyn Fn() -> crate::primary::status::PoolStatus + Send + Sync>;

@@ -51,6 +51,7 @@ impl Primary {
             stopping: self.stop_deadline.is_some(),
             control: self.control_path.clone(),
             workers,
+            pool: self.shared.pool_status.get().map(|counters| counters()),
         }
     }
 

@@ -31,6 +31,30 @@ pub struct Status {
     pub control: Option<String>,
     /// Every worker process, and every slot that has none running (state `exited`).
     pub workers: Vec<WorkerStatus>,
+    /// The task counters, when this supervisor runs a pool's workers (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolStatus>,
+}
+
+/// A pool's counters in the status object (`rcluster_core::pool::PoolStats`, times in seconds).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// Tasks waiting in the queue.
+    pub queued: usize,
+    /// Tasks given to a worker and not answered yet (running, or sent ahead).
+    pub running: usize,
+    pub completed: u64,
+    pub failed: u64,
+    /// Failed tasks by reason: error, crashed, timeout, cancelled, shutdown, no_workers.
+    pub failed_by_reason: BTreeMap<String, u64>,
+    pub retried: u64,
+    pub requeued: u64,
+    pub recycled: u64,
+    pub workers_ready: usize,
+    pub wait_total_s: f64,
+    pub wait_max_s: f64,
+    pub run_total_s: f64,
+    pub run_max_s: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

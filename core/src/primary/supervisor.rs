@@ -84,6 +84,7 @@ impl Supervisor {
                 .collect(),
             done: (Mutex::new(false), Condvar::new()),
             messages_out: AtomicU64::new(0),
+            pool_status: std::sync::OnceLock::new(),
         });
         let (kill_timeout, drain_delay) = (config.kill_timeout, config.drain_delay);
         let mut primary = Primary::new(config, &program, Arc::clone(&shared), listeners, refused)?;
@@ -239,6 +240,12 @@ impl Supervisor {
     /// Every worker process (and every slot that has none running), as of now.
     pub fn snapshot(&self) -> Result<Vec<WorkerInfo>> {
         self.ask(Command::Snapshot)
+    }
+
+    /// Makes the status object carry a pool's counters, read by `counters` (once per
+    /// supervisor: a later call changes nothing).
+    pub(crate) fn set_pool_status(&self, counters: crate::primary::shared::PoolCounters) {
+        let _ = self.shared.pool_status.set(counters);
     }
 
     /// The cluster's status (the object of `rcluster status --json`), as of now.

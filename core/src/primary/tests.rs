@@ -136,6 +136,7 @@ impl Loop {
             bound: Vec::new(),
             done: (Mutex::new(false), Condvar::new()),
             messages_out: std::sync::atomic::AtomicU64::new(0),
+            pool_status: std::sync::OnceLock::new(),
         });
         let clock = TestClock(Arc::new(Mutex::new(Instant::now())));
         let workers = Box::new(fake.clone());

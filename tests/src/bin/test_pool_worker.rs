@@ -9,8 +9,10 @@
 //! - `fail`: answers with the payload as an error
 //! - `grow`: keeps the payload's number of MiB of memory for good (a leak), answers "grown"
 //!
-//! Tasks that wait in the socket are taken together and their answers written together (one
-//! write for a batch), except after a task that took time, whose answer goes out at once.
+//! Tasks that wait in the socket are taken together and run in turn, one at a time; the
+//! answers of quick tasks are written together (one write for a batch), and every answer held
+//! is written before a task that may take time starts, as the protocol asks (the primary
+//! starts a task's deadline when the answer before it arrives).
 //! With the environment variable `POOL_WORKER_BOOT=fail` it cannot start: it says why and
 //! exits with `BOOT_FAILED_EXIT`; with `POOL_WORKER_BOOT=crash` it exits with code 1 before
 //! it is ready. `POOL_WORKER_START_MS=N` makes it wait N ms before it says ready.
@@ -50,6 +52,9 @@ fn main() {
             match ev {
                 WorkerEvent::Task(t) => {
                     let quick = matches!(t.name.as_str(), "" | "echo" | "pid" | "fail");
+                    if !quick {
+                        flush(&w, &mut answers);
+                    }
                     answers.push(run(&t));
                     if !quick {
                         flush(&w, &mut answers);

@@ -4,6 +4,10 @@ It loads what the primary's tasks need (its ``sys.path``, its main script under 
 ``__mp_main__`` so that the script's ``if __name__ == "__main__":`` block does not run again,
 as multiprocessing's "spawn" does; the pool's initializer), says it is ready, then takes the
 tasks waiting on its link in batches, runs them in turn and answers each batch with one write.
+The primary sends a few tasks ahead of the ones it counts as running
+(``RCLUSTER_TASK_CONCURRENCY``), and starts the deadline of such a task when the answer
+before it arrives: so an answer held counts as a running task, and the answers held are
+written before a task starts when they make that many (docs/protocol.md 5.8).
 When loading fails it tells the primary why, with the traceback, and exits with
 ``BOOT_FAILED_EXIT``: the pool then fails its tasks with that text instead of restarting the
 worker in a loop.
@@ -115,12 +119,17 @@ def _wrong_content(content: int) -> bytes:
 
 
 def _serve(w: Any) -> None:
+    # A primary that does not say counts every task it sent as running.
+    concurrency = int(os.environ.get("RCLUSTER_TASK_CONCURRENCY") or 0) or sys.maxsize
     while True:
         batch = w.next_events(None, BATCH)
         answers = []
         since = time.monotonic()
         for kind, item in batch:
             if kind == "task":
+                if len(answers) >= concurrency:
+                    w.answer_many(answers)
+                    answers = []
                 tid, content, payload = item
                 if content == CONTENT_PICKLE:
                     ok, data = _run(payload)

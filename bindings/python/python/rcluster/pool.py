@@ -319,16 +319,24 @@ class Pool(Executor):
       (default) raises :class:`~rcluster.QueueFullError`; ``"wait"`` blocks the submitting
       thread until there is room. (Done callbacks run on the pool's results thread: one that
       waits there for room holds back every other result meanwhile.)
-    - ``task_timeout``: seconds a task may run, from when a worker takes it (default: no
+    - ``task_timeout``: seconds a task may run, from when a worker starts it (default: no
       limit). A task that runs longer fails with :class:`~rcluster.TaskTimeoutError`; its
       worker is killed and replaced. :meth:`run` sets it per task.
     - ``max_tasks_per_worker``: a worker that has run this many tasks is replaced: a spare
       worker starts first, the old one keeps running tasks until the spare is ready, then
       retires, so no task waits for a start-up. Default: workers are kept.
-    - ``concurrent_tasks_per_worker``: tasks given to one worker at once (default 1). A
-      worker runs them in turn; more than 1 lets tiny tasks travel in batches (faster), but a
-      task's timeout then counts from when its worker was given it, and a crash or a cancel
-      of one task ends the others given to the same worker (they fail as crashed).
+    - ``concurrent_tasks_per_worker``: tasks counted as running on one worker at once
+      (default 1). A worker also holds up to ``max_tasks_ahead`` more, sent ahead so that it
+      starts the next one without waiting for the primary; those have not started: a crash,
+      a timeout or a cancel of the running task does not touch them (they run on another
+      worker). A Python worker runs its tasks in turn, so more than 1 only lets answers
+      travel in batches, and then a task's timeout counts from when it was counted as
+      running, and a crash or a cancel of one task ends the others counted as running on the
+      same worker (they fail as crashed).
+    - ``max_tasks_ahead``: most tasks sent to a worker ahead of those it runs (default 32;
+      fewer when tasks take long; 0: none). Cancelling a task that waits in a worker ends
+      its future at once without killing the worker, but the worker may still run it (its
+      result is dropped): use 0 where a cancelled task must never run.
     - ``initializer`` / ``initargs``: called in each worker once it has loaded, before it
       takes tasks (pickled). If it raises, the worker reports the traceback and is not
       restarted: the pool's tasks fail with :class:`~rcluster.PoolBrokenError`.
@@ -350,6 +358,7 @@ class Pool(Executor):
         task_timeout: float | None = None,
         max_tasks_per_worker: int | None = None,
         concurrent_tasks_per_worker: int = 1,
+        max_tasks_ahead: int = 32,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple = (),
         env: Mapping[str, str] | None = None,
@@ -375,6 +384,7 @@ class Pool(Executor):
         check_seconds("task_timeout", task_timeout, optional=True)
         check_int("max_tasks_per_worker", max_tasks_per_worker, optional=True)
         check_int("concurrent_tasks_per_worker", concurrent_tasks_per_worker)
+        check_int("max_tasks_ahead", max_tasks_ahead)
         if max_queue < 1:
             raise ConfigError(f"invalid config: max_queue = {max_queue}: must be at least 1")
         if restart is not None and not isinstance(restart, RestartPolicy):
@@ -400,6 +410,7 @@ class Pool(Executor):
             cluster["restart"] = restart._as_dict()
         options = {
             "concurrent_tasks_per_worker": concurrent_tasks_per_worker,
+            "max_tasks_ahead": max_tasks_ahead,
             "max_queue": max_queue,
             "when_full": when_full,
             "task_timeout": None if task_timeout is None else float(task_timeout),
@@ -493,6 +504,7 @@ class Pool(Executor):
     def stats(self) -> dict[str, Any]:
         """Counters of the pool: ``queued``, ``running``, ``completed``, ``failed`` and
         ``failed_<reason>`` (error, crashed, timeout, cancelled, shutdown, no_workers),
+        ``retried``, ``requeued`` (tasks that waited in a worker that ended, run on another),
         ``recycled``, ``workers_ready``, and wait / run times in seconds (``wait_total``,
         ``wait_max``, ``run_total``, ``run_max``)."""
         return self._native.stats()
