@@ -72,8 +72,13 @@ pub enum Command {
     /// Start workers running CMD and supervise them until stopped
     #[command(after_help = RUN_AFTER_HELP, args_override_self = true)]
     Run(Box<RunArgs>),
-    /// List the running clusters of this user (their control sockets)
-    Ls,
+    /// List the running clusters of this user (their control sockets); a socket left by a
+    /// killed primary (nothing accepts on it) is removed and not listed
+    Ls {
+        /// List stale sockets too, marked stale, with what was done about them
+        #[arg(short = 'a', long)]
+        all: bool,
+    },
     /// Show a running cluster's workers (a table; --json: the status object)
     Status {
         /// The cluster's name (or the path of its control socket)

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{hello_worker_binary, Primary, RCLUSTER, WAIT};
+use common::{hello_worker_binary, Primary, RuntimeDir, RCLUSTER, WAIT};
 
 fn free_addr() -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -364,7 +364,9 @@ fn sigterm_with_drain_delay_fails_readyz_first_keeps_serving_and_fails_no_accept
 fn metrics_address_in_use_exits_2_naming_it_and_the_flag() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
+    let runtime = RuntimeDir::new();
     let out = Command::new(RCLUSTER)
+        .env("XDG_RUNTIME_DIR", &runtime.0)
         .args(["run", "-w", "1", "--metrics", &addr, "--", "sleep", "300"])
         .stdin(Stdio::null())
         .output()
