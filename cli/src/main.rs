@@ -72,6 +72,7 @@ fn control(verb: Command) -> verbs::Outcome {
         } => verbs::logs(&name, lines, follow),
         Command::Events { name } => verbs::events(&name),
         Command::Monit { name } => monit::monit(&name),
+        Command::Metrics { name } => verbs::metrics(&name),
     }
 }
 

@@ -1,5 +1,5 @@
 //! The verbs that act on a running cluster through its control socket: `ls`, `status`,
-//! `reload`, `scale`, `restart`, `signal`, `stop`, `logs`, `events`. Printing only; the
+//! `reload`, `scale`, `restart`, `signal`, `stop`, `logs`, `events`, `metrics`. Printing only; the
 //! cluster decides.
 
 use std::io::{IsTerminal, Write};
@@ -317,6 +317,19 @@ pub fn events(name: &str) -> Outcome {
         }
         let _ = out.flush();
     }
+    Ok(0)
+}
+
+/// Prints the cluster's metrics as Prometheus text, as `/metrics` serves them.
+pub fn metrics(name: &str) -> Outcome {
+    let mut c = Client::connect(name)?;
+    let reply = c.ask(&json!({"cmd": "metrics"}))?;
+    let text = reply["metrics"]
+        .as_str()
+        .ok_or("the cluster's reply has no \"metrics\" text")?;
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`| head`) ends the output, not the program with a panic.
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
     Ok(0)
 }
 

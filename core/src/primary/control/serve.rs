@@ -61,6 +61,8 @@ impl Primary {
                 json!({"ok": true, "streaming": "events"})
             }
             Request::Logs { lines, follow } => return self.control_logs(c, id, lines, follow),
+            // The text of `/metrics`, whether or not the HTTP server runs.
+            Request::Metrics => json!({"ok": true, "metrics": self.render_metrics()}),
         };
         self.send_client(c, id, &reply);
     }

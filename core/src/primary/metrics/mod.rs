@@ -31,6 +31,9 @@ pub(crate) struct Ops {
     counters: Counters,
     /// A stop signal came with `drain_delay`: when the stop begins, and its kill timeout.
     drain: Option<(Instant, Duration)>,
+    /// Something can read the counters (the HTTP server, or the control socket's `metrics`
+    /// verb): without a reader, messages and connections pass uncounted.
+    counting: bool,
 }
 
 /// What the metrics count, as the loop sees it happen.
@@ -69,9 +72,14 @@ impl Ops {
         [sd, http, drain].into_iter().flatten().min()
     }
 
+    /// The counters have a reader from now on (`/metrics` or the control socket).
+    pub fn count(&mut self) {
+        self.counting = true;
+    }
+
     /// A connection from listener `listener` was handed to worker slot `slot`.
     pub fn dispatched(&mut self, listener: usize, slot: u32) {
-        if self.http.is_some() {
+        if self.counting {
             *self
                 .counters
                 .dispatched
@@ -86,6 +94,7 @@ impl Primary {
     pub(super) fn start_metrics(&mut self) -> Result<()> {
         if let Some(addr) = self.cfg.metrics.clone() {
             self.ops.http = Some(Server::bind(&addr, &self.epoll, OPS)?);
+            self.ops.count();
         }
         Ok(())
     }
@@ -116,8 +125,8 @@ impl Primary {
     }
 
     fn count_events(&mut self) {
-        // Only a scrape reads the counters: without the server, messages pass untouched.
-        if self.ops.http.is_none() {
+        // Only a scrape reads the counters: without a reader, events pass uncounted.
+        if !self.ops.counting {
             return;
         }
         let c = &mut self.ops.counters;
