@@ -103,8 +103,9 @@ declare namespace rcluster {
     maxMemory?: number | string;
     /**
      * A worker handed this many connections (plus a random 0..maxRequestsJitter of its own)
-     * is replaced like a reload replaces it (exit reason 'max_requests'). Connections the
-     * kernel gives to workers directly are not counted (docs/operations.md, "Recycling").
+     * is replaced like a reload replaces it (exit reason 'max_requests'). Connections of a
+     * 'shared' listener, which workers accept themselves, are not counted; those the kernel's
+     * turns give are (docs/operations.md, "Recycling").
      */
     maxRequests?: number;
     maxRequestsJitter?: number;

@@ -20,6 +20,7 @@ impl Primary {
         };
         let reply = match req {
             Request::Status => {
+                self.harvest_turns();
                 let st = self.status();
                 // Written straight from the struct: no tree of values for a large status.
                 let line = format!("{{\"ok\":true,\"status\":{}}}", st.to_json());

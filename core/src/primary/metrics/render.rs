@@ -32,6 +32,7 @@ fn label(v: &str) -> String {
 impl Primary {
     pub(crate) fn render_metrics(&mut self) -> String {
         let started = std::time::Instant::now();
+        self.harvest_turns();
         let mut out = String::with_capacity(4096 + 256 * self.procs.len());
         self.render_workers(&mut out);
         self.render_traffic(&mut out);
