@@ -72,3 +72,41 @@ test('a bad metrics, readyMin or drainDelay is refused with the core error namin
       (e) => e.code === 'ERR_RCLUSTER_INVALID_OPTION' && named.test(e.message), JSON.stringify(opts));
   }
 });
+
+const root = process.getuid() === 0;
+
+test('connections the kernel turns give Node workers count in stats() while open and after', { skip: !root && 'the kernel turns need CAP_BPF (root)' }, async () => {
+  const port = await freePort();
+  const c = rcluster.start({ workers: 2, exec: WORKER, args: [], execArgv: [], listen: `127.0.0.1:${port}` });
+  const open = [];
+  try {
+    let ready = 0;
+    await once(c, 'ready', () => ++ready === 2);
+    // Kept-alive connections, each with one answered request: in hand in a worker.
+    for (let i = 0; i < 6; i++) {
+      const s = net.connect(port, '127.0.0.1');
+      open.push(s);
+      await new Promise((resolve, reject) => {
+        s.once('error', reject);
+        s.once('data', () => resolve());
+        s.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+      });
+    }
+    const sum = (st, key) => st.workers.reduce((n, w) => n + w[key], 0);
+    const st = await c.stats();
+    assert.strictEqual(sum(st, 'connections_total'), 6, JSON.stringify(st.workers));
+    assert.strictEqual(sum(st, 'connections_active'), 6, JSON.stringify(st.workers));
+    for (const s of open.splice(0)) s.destroy();
+    // The workers take one off as each closes (bounded wait).
+    let after = await c.stats();
+    for (let i = 0; i < 50 && sum(after, 'connections_active') > 0; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      after = await c.stats();
+    }
+    assert.strictEqual(sum(after, 'connections_active'), 0, JSON.stringify(after.workers));
+    assert.strictEqual(sum(after, 'connections_total'), 6, JSON.stringify(after.workers));
+  } finally {
+    for (const s of open) s.destroy();
+    await c.stop({ timeout: 5000 });
+  }
+});

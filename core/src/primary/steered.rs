@@ -218,6 +218,22 @@ impl Primary {
         got
     }
 
+    /// The connections the kernel's turns gave worker `key`'s own sockets that it has not
+    /// closed yet (in hand, or waiting in its accept queue), for a worker that counts them
+    /// (see `steer`); 0 for one that does not.
+    pub(super) fn turns_in_hand(&self, key: u64) -> u64 {
+        let groups = self.listeners.iter().filter_map(|l| l.group.as_ref());
+        groups
+            .flat_map(|g| {
+                g.members
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| m.worker == Some(key) && m.counts)
+                    .map(|(at, _)| g.steer.count(at as u32).max(0) as u64)
+            })
+            .sum()
+    }
+
     /// A worker that takes its turns: ready, not stopping, still linked.
     fn serves(&self, key: Option<u64>) -> bool {
         key.and_then(|k| self.procs.get(&k)).is_some_and(|p| {

@@ -304,7 +304,6 @@ impl Steer {
     }
 
     /// Member `member`'s count: connections given to its socket and not taken off yet.
-    #[cfg(test)]
     pub fn count(&self, member: u32) -> i64 {
         self.counts
             .get(member)
