@@ -1063,6 +1063,31 @@ rcluster_result rcluster_config_set_recycling(rcluster_config *cfg,
                                               uint64_t max_requests_jitter);
 
 /**
+ * Serves `/metrics` (Prometheus text), `/healthz` and `/readyz` over HTTP on `addr`
+ * (`127.0.0.1:9100`, `[::1]:9100`, `:9100` or `unix:/path`) from the supervisor's loop
+ * (docs/operations.md); NULL turns it off (the default). A bad address is refused with
+ * `RCLUSTER_RESULT_CONFIG` naming `metrics`; one that cannot be bound fails
+ * `rcluster_supervisor_start` with `RCLUSTER_RESULT_BIND`.
+ *
+ * # Safety
+ * `cfg` is NULL or a live config; `addr` is NULL or a NUL-terminated string.
+ */
+rcluster_result rcluster_config_set_metrics(rcluster_config *cfg, const char *addr);
+
+/**
+ * Sets readiness over HTTP: `ready_min`, the fewest ready workers for `/readyz` to answer
+ * 200 (1..=4096; default 1), and `drain_delay_ms`, how long `/readyz` fails before the stop
+ * a stop signal begins (`rcluster_signals_handle`) so that a load balancer takes the
+ * cluster out of rotation first (0, the default: stop at once; at most a year).
+ *
+ * # Safety
+ * `cfg` is NULL or a live config.
+ */
+rcluster_result rcluster_config_set_readiness(rcluster_config *cfg,
+                                              size_t ready_min,
+                                              uint64_t drain_delay_ms);
+
+/**
  * Sets the cluster's name: `rcluster status NAME` and the other verbs find it by it (1 to 64
  * characters of A-Z a-z 0-9 . _ -, not starting with '.'). Default: the program's base name.
  * A live cluster of the same name makes `rcluster_supervisor_start` fail.

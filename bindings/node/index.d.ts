@@ -103,11 +103,25 @@ declare namespace rcluster {
     maxMemory?: number | string;
     /**
      * A worker handed this many connections (plus a random 0..maxRequestsJitter of its own)
-     * is replaced like a reload replaces it (exit reason 'max_requests'). Connections the
-     * kernel gives to workers directly are not counted (docs/operations.md, "Recycling").
+     * is replaced like a reload replaces it (exit reason 'max_requests'). Connections of a
+     * 'shared' listener, which workers accept themselves, are not counted; those the kernel's
+     * turns give are (docs/operations.md, "Recycling").
      */
     maxRequests?: number;
     maxRequestsJitter?: number;
+    /**
+     * Serve `/metrics` (Prometheus text), `/healthz` and `/readyz` over HTTP on this address,
+     * from the supervisor's loop (docs/operations.md): '127.0.0.1:9100', ':9100',
+     * 'unix:/path', or a port number of 127.0.0.1. Default: no HTTP server.
+     */
+    metrics?: string | number;
+    /**
+     * Milliseconds during which `/readyz` fails before a stop signal's graceful stop begins,
+     * so that a load balancer takes the cluster out of rotation first (default 0).
+     */
+    drainDelay?: number;
+    /** Fewest ready workers for `/readyz` to answer 200 (default 1). */
+    readyMin?: number;
     /** The cluster's name for `rcluster status NAME` and the other verbs (default: the script's base name). */
     name?: string;
     /** Listen on the control socket (docs/control.md): true, false (default) or 'required'. */

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Python package from source into a private virtual environment and runs its
 # pytest suite, after ruff. Needs python3 (3.10+) and a Rust toolchain; fetches maturin,
-# pytest, ruff and aiohttp (for one test) from PyPI. Works unattended (CI=true, no stdin).
+# pytest, ruff, aiohttp and prometheus_client (for one test each) from PyPI. Works unattended
+# (CI=true, no stdin).
 # Exit status: pytest's (5, "no tests", is a failure too).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -20,7 +21,7 @@ if [[ ! -x $venv/bin/python ]]; then
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 "$venv/bin/python" -m pip install --quiet --upgrade "maturin>=1.5,<2" pytest pytest-timeout \
-    "ruff>=0.17,<0.18" "aiohttp>=3.9,<4" </dev/null
+    "ruff>=0.17,<0.18" "aiohttp>=3.9,<4" "prometheus_client>=0.17,<1" </dev/null
 
 echo "== ruff"
 "$venv/bin/ruff" check "$here"

@@ -29,7 +29,8 @@ Examples:
 A running cluster, by its name (--name; default: the program's base name), from any shell of
 the same user, through its control socket (docs/control.md):
   rcluster ls;  rcluster status web [--json];  rcluster reload web;  rcluster scale web +1
-  rcluster logs web -f (with --prefix-output);  rcluster monit web;  rcluster stop web
+  rcluster logs web -f (with --prefix-output);  rcluster monit web;  rcluster metrics web
+  rcluster stop web
 
 Signals (send them to the rcluster process):
   SIGINT, SIGTERM  stop gracefully: SIGTERM to every worker, SIGKILL after --kill-timeout;
@@ -72,8 +73,13 @@ pub enum Command {
     /// Start workers running CMD and supervise them until stopped
     #[command(after_help = RUN_AFTER_HELP, args_override_self = true)]
     Run(Box<RunArgs>),
-    /// List the running clusters of this user (their control sockets)
-    Ls,
+    /// List the running clusters of this user (their control sockets); a socket left by a
+    /// killed primary (nothing accepts on it) is removed and not listed
+    Ls {
+        /// List stale sockets too, marked stale, with what was done about them
+        #[arg(short = 'a', long)]
+        all: bool,
+    },
     /// Show a running cluster's workers (a table; --json: the status object)
     Status {
         /// The cluster's name (or the path of its control socket)
@@ -114,6 +120,9 @@ pub enum Command {
     Events { name: String },
     /// A live view of a running cluster's workers (q quits, +/- scale, r reloads)
     Monit { name: String },
+    /// Print a running cluster's metrics in the Prometheus text format (what /metrics
+    /// serves; --metrics need not be on)
+    Metrics { name: String },
 }
 
 #[derive(Args, Debug)]

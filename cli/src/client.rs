@@ -15,15 +15,7 @@ const REPLY_WAIT: Duration = Duration::from_secs(10);
 
 /// The folder of this user's control sockets (the rule the core uses).
 pub fn control_dir() -> Option<PathBuf> {
-    if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| Path::new(d).is_absolute()) {
-        return Some(Path::new(&xdg).join("rcluster"));
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return Some(PathBuf::from("/run/rcluster"));
-    }
-    let home = std::env::var_os("HOME").filter(|d| Path::new(d).is_absolute())?;
-    Some(Path::new(&home).join(".rcluster"))
+    rcluster_core::control_dir()
 }
 
 /// The socket of cluster `name` (a path when it holds a '/').
@@ -49,18 +41,12 @@ impl Client {
     }
 
     pub fn connect_path(path: &Path) -> Result<Client, String> {
-        let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                format!("no cluster runs there ({} does not exist)", path.display())
-            }
-            std::io::ErrorKind::ConnectionRefused => {
-                format!(
-                    "no cluster runs there any more ({} is stale)",
-                    path.display()
-                )
-            }
-            _ => format!("cannot connect to {}: {e}", path.display()),
-        })?;
+        let stream = UnixStream::connect(path).map_err(|e| refused(path, &e))?;
+        Client::handshake(stream)
+    }
+
+    /// Reads the hello of a cluster connected to.
+    pub fn handshake(stream: UnixStream) -> Result<Client, String> {
         stream
             .set_read_timeout(Some(REPLY_WAIT))
             .map_err(|e| e.to_string())?;
@@ -121,6 +107,21 @@ impl Client {
         } else {
             Err(error_of(&reply))
         }
+    }
+}
+
+/// Why connecting to the socket at `path` failed, in words.
+pub fn refused(path: &Path, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            format!("no cluster runs there ({} does not exist)", path.display())
+        }
+        std::io::ErrorKind::ConnectionRefused => format!(
+            "not running: its control socket {} is stale (nothing accepts on it: its primary \
+             was killed; `rcluster ls` removes it)",
+            path.display()
+        ),
+        _ => format!("cannot connect to {}: {e}", path.display()),
     }
 }
 

@@ -47,7 +47,7 @@ fn control(verb: Command) -> verbs::Outcome {
     use serde_json::json;
     match verb {
         Command::Run(_) => unreachable!("handled by start"),
-        Command::Ls => verbs::ls(),
+        Command::Ls { all } => verbs::ls(all),
         Command::Status { name, json } => verbs::status(&name, json),
         Command::Reload { name } => verbs::reload(&name),
         Command::Scale { name, workers } => {
@@ -72,6 +72,7 @@ fn control(verb: Command) -> verbs::Outcome {
         } => verbs::logs(&name, lines, follow),
         Command::Events { name } => verbs::events(&name),
         Command::Monit { name } => monit::monit(&name),
+        Command::Metrics { name } => verbs::metrics(&name),
     }
 }
 

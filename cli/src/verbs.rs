@@ -1,5 +1,5 @@
 //! The verbs that act on a running cluster through its control socket: `ls`, `status`,
-//! `reload`, `scale`, `restart`, `signal`, `stop`, `logs`, `events`. Printing only; the
+//! `reload`, `scale`, `restart`, `signal`, `stop`, `logs`, `events`, `metrics`. Printing only; the
 //! cluster decides.
 
 use std::io::{IsTerminal, Write};
@@ -14,7 +14,10 @@ pub const EXIT_REFUSED: i32 = 1;
 
 pub type Outcome = Result<i32, String>;
 
-pub fn ls() -> Outcome {
+/// Lists the clusters whose sockets are in this user's folder. A socket nothing accepts on
+/// (its primary was killed) is removed on the way, when it is ours to remove, and not listed;
+/// `all` lists it too, marked stale, with what was done about it.
+pub fn ls(all: bool) -> Outcome {
     let dir = client::control_dir().ok_or("neither XDG_RUNTIME_DIR nor HOME is set")?;
     let mut socks: Vec<_> = match std::fs::read_dir(&dir) {
         Ok(rd) => rd
@@ -37,28 +40,81 @@ pub fn ls() -> Outcome {
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let line = match Client::connect_path(&path).and_then(|mut c| status_of(&mut c)) {
-            Ok(st) => format!(
-                "{:<24} {:>8} {:>9} {:>5} {:>8}  {}",
-                st.name,
-                st.pid,
-                format!("{}/{}", ready_count(&st), st.workers_desired),
-                st.generation,
-                human_secs(st.uptime_s),
-                path.display()
-            ),
-            Err(why) => format!(
-                "{name:<24} {:>8} {:>9} {:>5} {:>8}  {} ({why})",
-                "-",
-                "-",
-                "-",
-                "-",
-                path.display()
-            ),
+        let why = match ls_one(&path) {
+            Listed::Live(st) => {
+                let _ = writeln!(
+                    out,
+                    "{:<24} {:>8} {:>9} {:>5} {:>8}  {}",
+                    st.name,
+                    st.pid,
+                    format!("{}/{}", ready_count(&st), st.workers_desired),
+                    st.generation,
+                    human_secs(st.uptime_s),
+                    path.display()
+                );
+                continue;
+            }
+            Listed::Gone => continue,
+            Listed::Stale(_) if !all => continue,
+            Listed::Stale(why) | Listed::Failed(why) => why,
         };
-        let _ = writeln!(out, "{line}");
+        let _ = writeln!(
+            out,
+            "{name:<24} {:>8} {:>9} {:>5} {:>8}  {} ({why})",
+            "-",
+            "-",
+            "-",
+            "-",
+            path.display()
+        );
     }
     Ok(0)
+}
+
+/// What `ls` found at one socket.
+enum Listed {
+    Live(Box<Status>),
+    /// Removed meanwhile (its cluster stopped).
+    Gone,
+    /// Nothing accepts on it; what was done about it.
+    Stale(String),
+    /// Something accepts on it but did not answer as a cluster should.
+    Failed(String),
+}
+
+fn ls_one(path: &std::path::Path) -> Listed {
+    use rcluster_core::SocketKept;
+    // Twice at most: a socket found stale may turn out live under the folder's lock (a
+    // cluster was between its bind and its listen).
+    for _ in 0..2 {
+        let stream = match std::os::unix::net::UnixStream::connect(path) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Listed::Gone,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return match rcluster_core::remove_stale_socket(path) {
+                    Ok(Ok(())) => Listed::Stale("stale: nothing accepted on it; removed".into()),
+                    Ok(Err(SocketKept::Live)) => continue,
+                    Ok(Err(SocketKept::NotOurs(why))) => {
+                        Listed::Stale(format!("stale: nothing accepts on it; kept: {why}"))
+                    }
+                    Ok(Err(SocketKept::Busy)) => Listed::Stale(
+                        "stale: nothing accepts on it; kept: a cluster is claiming a socket \
+                         in the folder"
+                            .into(),
+                    ),
+                    Err(e) => Listed::Stale(format!(
+                        "stale: nothing accepts on it; cannot remove it: {e}"
+                    )),
+                };
+            }
+            Err(e) => return Listed::Failed(format!("cannot connect: {e}")),
+        };
+        return match Client::handshake(stream).and_then(|mut c| status_of(&mut c)) {
+            Ok(st) => Listed::Live(Box::new(st)),
+            Err(why) => Listed::Failed(why),
+        };
+    }
+    Listed::Failed("it refused connections, then accepted them, then refused them".into())
 }
 
 fn ready_count(st: &Status) -> usize {
@@ -261,6 +317,19 @@ pub fn events(name: &str) -> Outcome {
         }
         let _ = out.flush();
     }
+    Ok(0)
+}
+
+/// Prints the cluster's metrics as Prometheus text, as `/metrics` serves them.
+pub fn metrics(name: &str) -> Outcome {
+    let mut c = Client::connect(name)?;
+    let reply = c.ask(&json!({"cmd": "metrics"}))?;
+    let text = reply["metrics"]
+        .as_str()
+        .ok_or("the cluster's reply has no \"metrics\" text")?;
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`| head`) ends the output, not the program with a panic.
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
     Ok(0)
 }
 

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{hello_worker_binary, Primary, RCLUSTER, WAIT};
+use common::{hello_worker_binary, Primary, RuntimeDir, RCLUSTER, WAIT};
 
 /// A running primary whose stderr is collected; dropping it kills it.
 /// `rcluster run` with `fd` passed as descriptor 3, named `web`, the way systemd passes a
@@ -142,8 +142,14 @@ fn rcluster_under_systemd_socket_activate_serves_on_the_socket_it_was_given() {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let worker = hello_worker_binary();
+    // The tool passes its program a few variables only (PATH, HOME, ...): the runtime folder
+    // goes by -E, or a killed rcluster would leave its socket in the real one.
+    let runtime = RuntimeDir::new();
     let mut cmd = Command::new(tool);
-    cmd.args(["-l", &addr, "--fdname=web", RCLUSTER, "run", "-w", "1"])
+    cmd.env("XDG_RUNTIME_DIR", &runtime.0)
+        .arg("-E")
+        .arg(format!("XDG_RUNTIME_DIR={}", runtime.0.display()))
+        .args(["-l", &addr, "--fdname=web", RCLUSTER, "run", "-w", "1"])
         .args(["--ready", "explicit", "--", worker.to_str().unwrap()]);
     let mut p = Primary::spawn(cmd);
     // The tool starts its program when the first client connects; that client is served.

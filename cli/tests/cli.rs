@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{hello_worker_binary, RCLUSTER};
+use common::{hello_worker_binary, RuntimeDir, RCLUSTER};
 const STEP: Duration = Duration::from_millis(20);
 const EVENT_WAIT: Duration = Duration::from_secs(10);
 
@@ -17,11 +17,15 @@ const EVENT_WAIT: Duration = Duration::from_secs(10);
 struct Cluster {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
+    /// The primary's control socket lives there (dropped after the primary is killed).
+    _runtime: RuntimeDir,
 }
 
 impl Cluster {
     fn start(args: &[&str]) -> Cluster {
+        let runtime = RuntimeDir::new();
         let mut child = Command::new(RCLUSTER)
+            .env("XDG_RUNTIME_DIR", &runtime.0)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -35,7 +39,11 @@ impl Cluster {
                 sink.lock().unwrap().push(line);
             }
         });
-        Cluster { child, log }
+        Cluster {
+            child,
+            log,
+            _runtime: runtime,
+        }
     }
 
     fn pid(&self) -> i32 {
@@ -377,7 +385,9 @@ fn bad_duration_exits_2_naming_the_flag_and_the_value() {
 }
 
 fn rcluster_output(args: &[&str]) -> Output {
+    let runtime = RuntimeDir::new();
     let mut child = Command::new(RCLUSTER)
+        .env("XDG_RUNTIME_DIR", &runtime.0)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -389,6 +399,7 @@ fn rcluster_output(args: &[&str]) -> Output {
     let mut c = Cluster {
         child,
         log: Arc::default(),
+        _runtime: runtime,
     };
     let status = c.wait_exit(Duration::from_secs(10));
     Output {
@@ -569,7 +580,9 @@ fn worker_leaving_a_setsid_grandchild_on_its_output_is_reported_restarted_and_si
 
 #[test]
 fn output_that_a_full_stdout_cannot_take_is_reported_as_dropped_and_sigterm_still_stops() {
+    let runtime = RuntimeDir::new();
     let mut child = Command::new(RCLUSTER)
+        .env("XDG_RUNTIME_DIR", &runtime.0)
         .args(["run", "-w", "1", "--prefix-output", "--", "sh", "-c"])
         .arg("yes 'a line nobody reads' | head -n 100000; exec sleep 30")
         .stdin(Stdio::null())
@@ -586,7 +599,11 @@ fn output_that_a_full_stdout_cannot_take_is_reported_as_dropped_and_sigterm_stil
             sink.lock().unwrap().push(line);
         }
     });
-    let mut c = Cluster { child, log };
+    let mut c = Cluster {
+        child,
+        log,
+        _runtime: runtime,
+    };
     c.wait_for("output dropped", |log| {
         log.iter()
             .any(|l| l.contains("worker 0 pid ") && l.contains("output dropped: "))
@@ -923,7 +940,9 @@ fn min_uptime_longer_than_a_year_exits_2_naming_the_flag() {
 #[test]
 fn without_w_one_worker_runs_per_cpu_of_the_affinity_mask() {
     // Under `taskset -c 0` only one CPU is usable, however many the machine has.
+    let runtime = RuntimeDir::new();
     let mut child = Command::new("taskset")
+        .env("XDG_RUNTIME_DIR", &runtime.0)
         .args([
             "-c",
             "0",
@@ -943,6 +962,7 @@ fn without_w_one_worker_runs_per_cpu_of_the_affinity_mask() {
     let mut c = Cluster {
         child,
         log: Arc::default(),
+        _runtime: runtime,
     };
     let status = c.wait_exit(Duration::from_secs(15));
     let log = String::from_utf8_lossy(&stderr.join().unwrap()).into_owned();

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{hello_worker_binary, Primary, RCLUSTER, WAIT};
+use common::{hello_worker_binary, Primary, RuntimeDir, RCLUSTER, WAIT};
 
 fn free_addr() -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -184,6 +184,58 @@ fn metrics_of_a_running_cluster_parse_with_the_prometheus_client_parser() {
     let (status, _) = get(&metrics, "/readyz", WAIT).unwrap();
     assert_eq!(status, 200);
     assert_eq!(get(&metrics, "/nothing", WAIT).unwrap().0, 404);
+}
+
+#[test]
+fn metrics_verb_prints_the_prometheus_text_of_a_cluster_without_the_http_server() {
+    let listen = free_addr();
+    let worker = hello_worker_binary();
+    let mut p = Primary::start(&[
+        "run",
+        "--name",
+        "counted",
+        "-w",
+        "2",
+        "--ready",
+        "explicit",
+        "--listen",
+        &format!("{listen}=web"),
+        "--",
+        worker.to_str().unwrap(),
+    ]);
+    p.wait_log(": ready", 2);
+    for _ in 0..7 {
+        assert_eq!(get(&listen, "/", WAIT).unwrap().0, 200);
+    }
+    let out = Command::new(RCLUSTER)
+        .args(["metrics", "counted"])
+        .env("XDG_RUNTIME_DIR", &p.runtime.0)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same lines as /metrics: a family's HELP and TYPE, then `name{labels} value`.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        assert!(
+            series.starts_with("rcluster_") || series.starts_with("process_"),
+            "{line}"
+        );
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+    }
+    let (samples, _) = parse_with_prometheus_client(&text);
+    assert_eq!(samples["rcluster_workers{state=ready}"], 2.0, "{text}");
+    let dispatched: f64 = samples
+        .iter()
+        .filter(|(k, _)| k.starts_with("rcluster_connections_dispatched_total{listener=web,"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(dispatched, 7.0, "counted without --metrics:\n{text}");
 }
 
 #[test]
@@ -364,7 +416,9 @@ fn sigterm_with_drain_delay_fails_readyz_first_keeps_serving_and_fails_no_accept
 fn metrics_address_in_use_exits_2_naming_it_and_the_flag() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
+    let runtime = RuntimeDir::new();
     let out = Command::new(RCLUSTER)
+        .env("XDG_RUNTIME_DIR", &runtime.0)
         .args(["run", "-w", "1", "--metrics", &addr, "--", "sleep", "300"])
         .stdin(Stdio::null())
         .output()

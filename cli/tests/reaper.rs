@@ -4,7 +4,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const RCLUSTER: &str = env!("CARGO_BIN_EXE_rcluster");
+mod common;
+use common::{RuntimeDir, RCLUSTER};
 const WAIT: Duration = Duration::from_secs(15);
 /// A worker that leaves an orphan: the inner shell starts `sleep 1.25` and exits at once, so
 /// the sleep is adopted by the nearest subreaper, and exits a little later.
@@ -83,7 +84,9 @@ fn children_of(pid: u32) -> Vec<u32> {
 
 #[test]
 fn rcluster_with_subreaper_reaps_the_orphan_a_worker_leaves() {
+    let runtime = RuntimeDir::new();
     let child = Command::new(RCLUSTER)
+        .env("XDG_RUNTIME_DIR", &runtime.0)
         .args([
             "run",
             "-w",
@@ -123,7 +126,9 @@ fn rcluster_as_pid_1_of_a_new_pid_namespace_reaps_orphans_and_leaves_no_zombie()
         eprintln!("unshare --pid is not permitted here: not run");
         return;
     }
+    let runtime = RuntimeDir::new();
     let child = Command::new("unshare")
+        .env("XDG_RUNTIME_DIR", &runtime.0)
         .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
         .args([RCLUSTER, "run", "-w", "2", "--kill-timeout", "2s", "--"])
         .args(["sh", "-c", ORPHANING_WORKER])

@@ -5,7 +5,8 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const RCLUSTER: &str = env!("CARGO_BIN_EXE_rcluster");
+mod common;
+use common::{RuntimeDir, RCLUSTER};
 
 /// Receives notifications into `got` until one has the line `key` (after index `from`);
 /// returns its index. Panics with everything received after 10 s.
@@ -36,7 +37,9 @@ fn rcluster_run_notifies_ready_reloading_ready_stopping_and_the_watchdog_in_orde
     let rx = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(&name).unwrap()).unwrap();
     rx.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
+    let runtime = RuntimeDir::new();
     let mut child = Command::new(RCLUSTER)
+        .env("XDG_RUNTIME_DIR", &runtime.0)
         .args([
             "run",
             "-w",
@@ -86,7 +89,9 @@ fn workers_do_not_inherit_notify_socket_or_the_watchdog_variables() {
          \"${{WATCHDOG_PID-unset}}\" > {}.tmp && mv {0}.tmp {0}; exec sleep 300",
         out.display()
     );
+    let runtime = RuntimeDir::new();
     let mut child = Command::new(RCLUSTER)
+        .env("XDG_RUNTIME_DIR", &runtime.0)
         .args([
             "run",
             "-w",

@@ -378,6 +378,20 @@ impl Config {
         limits::duration(field, ms, Unit::Millis)
     }
 
+    /// A host's address for the address field `field` (`metrics`): the forms of
+    /// [`ListenAddr`] (`127.0.0.1:9100`, `[::1]:9100`, `:9100`, `unix:/path`), refused naming
+    /// `field`.
+    pub fn address(field: &'static str, s: &str) -> Result<ListenAddr> {
+        s.parse::<ListenAddr>().map_err(|e| match e {
+            Error::Config { value, reason, .. } => Error::Config {
+                field,
+                value,
+                reason,
+            },
+            e => e,
+        })
+    }
+
     /// Checks every field; returns the program path the workers will exec.
     pub fn validate(&self) -> Result<PathBuf> {
         self.check_values()?;

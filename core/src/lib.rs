@@ -35,6 +35,7 @@ pub use config::{
 pub use error::{Error, Result};
 pub use events::{Event, ExitInfo, WorkerInfo, WorkerState};
 pub use policy::{Clock, Decision, ExitReason, History, Jitter, SystemClock, XorShift};
+pub use primary::control::path::{control_dir, remove_stale_socket, SocketKept};
 pub use primary::signals::{signal_name, SignalAction, EXIT_AFTER_SIGNAL_STOP, HANDLED_SIGNALS};
 pub use primary::status::{LastExit, ListenerStatus, PoolStatus, Status, WorkerStatus};
 pub use primary::supervisor::Supervisor;

@@ -542,6 +542,56 @@ pub unsafe extern "C" fn rcluster_config_set_recycling(
     })
 }
 
+/// Serves `/metrics` (Prometheus text), `/healthz` and `/readyz` over HTTP on `addr`
+/// (`127.0.0.1:9100`, `[::1]:9100`, `:9100` or `unix:/path`) from the supervisor's loop
+/// (docs/operations.md); NULL turns it off (the default). A bad address is refused with
+/// `RCLUSTER_RESULT_CONFIG` naming `metrics`; one that cannot be bound fails
+/// `rcluster_supervisor_start` with `RCLUSTER_RESULT_BIND`.
+///
+/// # Safety
+/// `cfg` is NULL or a live config; `addr` is NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn rcluster_config_set_metrics(
+    cfg: *mut rcluster_config,
+    addr: *const c_char,
+) -> rcluster_result {
+    let code = rcluster_result::Config;
+    set_checked_as("rcluster_config_set_metrics", cfg, &[], code, |c| {
+        c.metrics = match addr.is_null() {
+            true => None,
+            // SAFETY: the caller promises a NUL-terminated string that lives through the call.
+            false => Some(Config::address("metrics", unsafe {
+                args::utf8(addr, "addr")?
+            })?),
+        };
+        Ok(())
+    })
+}
+
+/// Sets readiness over HTTP: `ready_min`, the fewest ready workers for `/readyz` to answer
+/// 200 (1..=4096; default 1), and `drain_delay_ms`, how long `/readyz` fails before the stop
+/// a stop signal begins (`rcluster_signals_handle`) so that a load balancer takes the
+/// cluster out of rotation first (0, the default: stop at once; at most a year).
+///
+/// # Safety
+/// `cfg` is NULL or a live config.
+#[no_mangle]
+pub unsafe extern "C" fn rcluster_config_set_readiness(
+    cfg: *mut rcluster_config,
+    ready_min: usize,
+    drain_delay_ms: u64,
+) -> rcluster_result {
+    let names = [
+        ("ready_min", "ready_min"),
+        ("drain_delay", "drain_delay_ms"),
+    ];
+    set_checked("rcluster_config_set_readiness", cfg, &names, |c| {
+        c.ready_min = ready_min;
+        c.drain_delay = millis(drain_delay_ms);
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -320,6 +320,87 @@ static int address_in_use_fails_start_naming_the_address(void) {
     return 0;
 }
 
+/* One HTTP GET of `path` on 127.0.0.1:port; the response goes to `out`. Returns the status
+ * code, or -1. */
+static int http_status(uint16_t p, const char *path, char *out, size_t cap) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct timeval tv = {20, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(p)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    char req[256];
+    int len = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", path);
+    size_t got = 0;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && write(fd, req, (size_t)len) == len) {
+        for (int i = 0; i < 1000 && got < cap - 1; i++) {
+            ssize_t n = read(fd, out + got, cap - 1 - got);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) break;
+            got += (size_t)n;
+        }
+    }
+    out[got] = '\0';
+    close(fd);
+    return strncmp(out, "HTTP/1.1 ", 9) == 0 ? atoi(out + 9) : -1;
+}
+
+static int metrics_and_readiness_serve_metrics_and_readyz_over_http(void) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof sa;
+    CHECK(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+              getsockname(fd, (struct sockaddr *)&sa, &len) == 0, "find a free port");
+    close(fd);
+    uint16_t mport = ntohs(sa.sin_port);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%u", mport);
+    rcluster_config *cfg = base_config(1);
+    CHECK(cfg, "config");
+    CHECK_RC(rcluster_config_set_metrics(cfg, addr));
+    CHECK_RC(rcluster_config_set_readiness(cfg, 2, 100));
+    rcluster_supervisor *s = NULL;
+    rcluster_result rc = rcluster_supervisor_start(cfg, &s);
+    rcluster_config_free(cfg);
+    CHECK(rc == RCLUSTER_RESULT_OK, "start: %s", rcluster_result_text(rc));
+    static char buf[1 << 16];
+    int ok = wait_ready(s, 1, WAIT_S) == 1;
+    int metrics = ok ? http_status(mport, "/metrics", buf, sizeof buf) : -1;
+    int has_ready = strstr(buf, "\nrcluster_workers{state=\"ready\"} 1\n") != NULL;
+    int healthz = http_status(mport, "/healthz", buf, sizeof buf);
+    /* ready_min 2, one worker ready: not ready yet. */
+    int before = http_status(mport, "/readyz", buf, sizeof buf);
+    int scaled = rcluster_supervisor_scale(s, 2) == RCLUSTER_RESULT_OK && wait_ready(s, 1, WAIT_S) == 1;
+    int after = http_status(mport, "/readyz", buf, sizeof buf);
+    rcluster_supervisor_stop(s, 5000);
+    rcluster_supervisor_free(s);
+    CHECK(ok, "worker not ready");
+    CHECK(metrics == 200 && has_ready, "/metrics: %d", metrics);
+    CHECK(healthz == 200, "/healthz: %d", healthz);
+    CHECK(before == 503, "/readyz with 1 of ready_min 2: %d", before);
+    CHECK(scaled && after == 200, "/readyz with 2 ready: %d", after);
+    return 0;
+}
+
+static int bad_metrics_and_readiness_values_are_refused_naming_them(void) {
+    rcluster_config *cfg = base_config(1);
+    CHECK(cfg, "config");
+    rcluster_result bad_addr = rcluster_config_set_metrics(cfg, "nowhere");
+    int addr_named = strstr(rcluster_last_error(), "metrics") != NULL;
+    rcluster_result bad_min = rcluster_config_set_readiness(cfg, 0, 0);
+    int min_named = strstr(rcluster_last_error(), "ready_min") != NULL;
+    rcluster_result bad_delay = rcluster_config_set_readiness(cfg, 1, UINT64_MAX);
+    int delay_named = strstr(rcluster_last_error(), "drain_delay_ms") != NULL;
+    rcluster_result off = rcluster_config_set_metrics(cfg, NULL);
+    rcluster_config_free(cfg);
+    CHECK(bad_addr == RCLUSTER_RESULT_CONFIG && addr_named, "metrics \"nowhere\": %u", bad_addr);
+    CHECK(bad_min == RCLUSTER_RESULT_INVALID_ARGUMENT && min_named, "ready_min 0: %u", bad_min);
+    CHECK(bad_delay == RCLUSTER_RESULT_INVALID_ARGUMENT && delay_named, "drain_delay_ms: %u", bad_delay);
+    CHECK(off == RCLUSTER_RESULT_OK, "metrics NULL: %u", off);
+    return 0;
+}
+
 struct seen {
     pthread_mutex_t lock;
     int ready;
@@ -419,6 +500,8 @@ int main(int argc, char **argv) {
     }
     RUN(address_in_use_fails_start_naming_the_address);
     RUN(control_settings_are_checked_when_set);
+    RUN(metrics_and_readiness_serve_metrics_and_readyz_over_http);
+    RUN(bad_metrics_and_readiness_values_are_refused_naming_them);
     RUN(callback_receives_events_on_a_library_thread);
     RUN(signal_helper_maps_sigttin_to_scale_up);
     return finish("test_cluster");

@@ -31,6 +31,35 @@ pub fn bin_path(name: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// A runtime folder (`XDG_RUNTIME_DIR`) of its own for an `rcluster run` a test starts,
+/// removed when dropped: a primary the test kills leaves its control socket there, never in
+/// the user's real folder (`/run/rcluster`, `~/.rcluster`).
+pub struct RuntimeDir(pub std::path::PathBuf);
+
+impl RuntimeDir {
+    pub fn new() -> RuntimeDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("rcluster-rt-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("make a runtime folder");
+        RuntimeDir(dir)
+    }
+}
+
+impl Default for RuntimeDir {
+    fn default() -> Self {
+        RuntimeDir::new()
+    }
+}
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A config running the test worker with `args`, with short timeouts fit for tests.
 pub fn worker_config(workers: usize, args: &[&str]) -> Config {
     let mut argv = vec![test_worker()];

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rcluster_tests::bin_path;
+use rcluster_tests::{bin_path, RuntimeDir};
 
 const CLIENTS: usize = 50;
 const RELOADS: u32 = 3;
@@ -196,7 +196,9 @@ fn keep_alive_clients_of_the_rust_hello_worker_in_shared_mode_see_no_error_acros
 fn hello_worker_under_keep_alive_load_across_reloads(dispatch: &str) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
+    let runtime = RuntimeDir::new();
     let mut child = Command::new(bin_path("rcluster"))
+        .env("XDG_RUNTIME_DIR", &runtime.0)
         .args([
             "run",
             "-w",

@@ -155,7 +155,9 @@ fn children_of_workers_die_within_a_second_of_a_sigkilled_cli_primary() {
     let mark = procs::new_mark("cli");
     let worker = format!("{} echo", test_worker());
     let script = procs::worker_with_children(&worker);
+    let runtime = RuntimeDir::new();
     let mut primary = Command::new(bin_path("rcluster"))
+        .env("XDG_RUNTIME_DIR", &runtime.0)
         .args(["run", "-w", "2", "--", "sh", "-c", &script])
         .env(MARK_VAR, &mark)
         .stderr(Stdio::piped())

@@ -40,6 +40,17 @@ function bytes(opts, name, prefix = 'options.') {
   return n;
 }
 
+/** An address as the core takes it ('127.0.0.1:9100', ':9100', 'unix:/path'), or a port of 127.0.0.1. */
+function address(opts, name, prefix = 'options.') {
+  const v = opts[name];
+  if (v === undefined) return undefined;
+  if (Number.isInteger(v) && v >= 0 && v < 65536) return `127.0.0.1:${v}`;
+  if (typeof v !== 'string') {
+    throw invalidOption(prefix + name, v, "must be an address ('127.0.0.1:9100', ':9100', 'unix:/path') or a port number");
+  }
+  return v;
+}
+
 function bool(opts, name, prefix = 'options.') {
   const v = opts[name];
   if (v !== undefined && typeof v !== 'boolean') throw invalidOption(prefix + name, v, 'must be true or false');
@@ -62,7 +73,7 @@ const KNOWN = {
     'heartbeatTimeout', 'killTimeout', 'restart', 'maxMessage', 'sendQueueLimit', 'output', 'listen',
     'listeners', 'dispatch', 'maxInflight', 'handoffWindow', 'kernelRoundRobin', 'strictTurns', 'queueLimit',
     'queueTimeout', 'maxSurge', 'serialization', 'handleSignals', 'eventQueueLimit', 'ackTimeout',
-    'name', 'control', 'maxMemory', 'maxRequests', 'maxRequestsJitter'],
+    'name', 'control', 'maxMemory', 'maxRequests', 'maxRequestsJitter', 'metrics', 'drainDelay', 'readyMin'],
   restart: ['mode', 'backoffInitial', 'backoffMultiplier', 'backoffMax', 'jitter', 'minUptime',
     'maxRestarts', 'window', 'noRestartCodes'],
   listener: ['address', 'name', 'dispatch', 'share'],
@@ -211,6 +222,9 @@ function normalize(opts = {}, extraEnv = {}) {
     maxMemory: bytes(opts, 'maxMemory'),
     maxRequests: int(opts, 'maxRequests'),
     maxRequestsJitter: int(opts, 'maxRequestsJitter'),
+    metrics: address(opts, 'metrics'),
+    drainDelay: ms(opts, 'drainDelay'),
+    readyMin: int(opts, 'readyMin'),
   };
   Object.assign(native, control(opts, exec));
   if (opts.program !== undefined && opts.exec === undefined) {

@@ -60,6 +60,12 @@ pub struct NativeOptions {
     /// Connections after which a worker is recycled.
     pub max_requests: Option<f64>,
     pub max_requests_jitter: Option<f64>,
+    /// The address of `/metrics`, `/healthz` and `/readyz`.
+    pub metrics: Option<String>,
+    /// Milliseconds `/readyz` fails before a stop signal's stop begins.
+    pub drain_delay: Option<f64>,
+    /// Fewest ready workers for `/readyz` to answer 200.
+    pub ready_min: Option<f64>,
 }
 
 #[napi(object)]
@@ -230,6 +236,11 @@ fn build_config(o: NativeOptions) -> napi::Result<Config, &'static str> {
         &mut c.max_requests_jitter,
         count("max_requests_jitter", o.max_requests_jitter)?,
     );
+    if let Some(addr) = o.metrics.as_deref() {
+        c.metrics = Some(Config::address("metrics", addr).map_err(option_error)?);
+    }
+    set(&mut c.drain_delay, ms("drain_delay", o.drain_delay)?);
+    set(&mut c.ready_min, count("ready_min", o.ready_min)?);
     c.name = o.name;
     if let Some(mode) = o.control {
         c.control = mode

@@ -118,7 +118,7 @@ test('maxRequests recycles each worker after its connections, replacement first,
   const port = await freePort();
   const c = rcluster.start({
     workers: 2, exec: WORKER, args: [], execArgv: [], listen: `127.0.0.1:${port}`,
-    // The primary hands connections over (the kernel's turns are not counted).
+    // The primary hands connections over: counted at once (the kernel's turns every 100 ms).
     kernelRoundRobin: false,
     maxRequests: 3, maxRequestsJitter: 1, maxMemory: '1G',
   });

@@ -129,6 +129,14 @@ pub struct ConfigArgs {
     pub max_requests: Option<i64>,
     #[pyo3(default)]
     pub max_requests_jitter: Option<i64>,
+    /// The address of `/metrics`, `/healthz` and `/readyz`.
+    #[pyo3(default)]
+    pub metrics: Option<String>,
+    /// Seconds.
+    #[pyo3(default)]
+    pub drain_delay: Option<f64>,
+    #[pyo3(default)]
+    pub ready_min: Option<i64>,
 }
 
 fn os(b: Vec<u8>) -> OsString {
@@ -209,6 +217,11 @@ impl ConfigArgs {
             self.max_requests_jitter,
             &mut c.max_requests_jitter,
         )?;
+        if let Some(addr) = &self.metrics {
+            c.metrics = Some(Config::address("metrics", addr).py()?);
+        }
+        opt_seconds("drain_delay", self.drain_delay, &mut c.drain_delay)?;
+        opt_count("ready_min", self.ready_min, &mut c.ready_min)?;
         Ok(c)
     }
 }

@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,10 +52,61 @@ pub fn hello_worker_binary() -> PathBuf {
     path
 }
 
+/// A runtime folder (`XDG_RUNTIME_DIR`) of its own for what a test starts, removed when
+/// dropped. A primary a test kills leaves its control socket behind: it must be left here,
+/// never in the user's real folder (`/run/rcluster`, `~/.rcluster`), where `rcluster ls`
+/// would find it.
+pub struct RuntimeDir(pub PathBuf);
+
+impl RuntimeDir {
+    pub fn new() -> RuntimeDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("rcluster-rt-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("make a runtime folder");
+        RuntimeDir(dir)
+    }
+
+    /// The control socket of cluster `name` started with this folder.
+    pub fn sock(&self, name: &str) -> PathBuf {
+        self.0.join("rcluster").join(format!("{name}.sock"))
+    }
+
+    /// Gives `cmd` this folder, unless the test gave it one already.
+    pub fn apply(&self, cmd: &mut Command) {
+        if !cmd.get_envs().any(|(k, _)| k == "XDG_RUNTIME_DIR") {
+            cmd.env("XDG_RUNTIME_DIR", &self.0);
+        }
+    }
+}
+
+impl Default for RuntimeDir {
+    fn default() -> Self {
+        RuntimeDir::new()
+    }
+}
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `rcluster` with a runtime folder of its own (keep the folder while the command runs).
+pub fn rcluster_command() -> (Command, RuntimeDir) {
+    let rt = RuntimeDir::new();
+    let mut cmd = Command::new(RCLUSTER);
+    rt.apply(&mut cmd);
+    (cmd, rt)
+}
+
 /// A running `rcluster`, killed when dropped.
 pub struct Primary {
     pub child: Child,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Dropped after the child is killed (fields drop after `Drop::drop`).
+    pub runtime: RuntimeDir,
 }
 
 impl Primary {
@@ -67,6 +119,8 @@ impl Primary {
 
     /// `cmd` (an `rcluster` command line, maybe behind a wrapper), stdin and stdout null.
     pub fn spawn(mut cmd: Command) -> Primary {
+        let runtime = RuntimeDir::new();
+        runtime.apply(&mut cmd);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -80,7 +134,11 @@ impl Primary {
                 sink.lock().unwrap().push(line);
             }
         });
-        Primary { child, log }
+        Primary {
+            child,
+            log,
+            runtime,
+        }
     }
 
     fn count(&self, needle: &str) -> usize {

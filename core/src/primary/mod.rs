@@ -426,7 +426,10 @@ impl Primary {
             self.changed = true;
             match cmd {
                 Command::Snapshot(tx) => drop(tx.send(self.snapshot())),
-                Command::Status(tx) => drop(tx.send(self.status())),
+                Command::Status(tx) => {
+                    self.harvest_turns();
+                    drop(tx.send(self.status()))
+                }
                 Command::Scale(n, tx) => drop(tx.send(self.scale(n))),
                 Command::ScaleBy(d, tx) => drop(tx.send(self.scale_by(d))),
                 Command::Restart(id, tx) => drop(tx.send(self.restart(id))),

@@ -60,17 +60,28 @@ impl Primary {
     }
 
     /// Says, once in the cluster's life, that connections of listener `index` are accepted by
-    /// workers themselves (shared, or a worker's own socket of a listener the kernel turns)
-    /// and so are not counted by `max_requests`.
+    /// workers themselves from a shared socket and so are not counted by `max_requests`. For a
+    /// worker's own socket of a listener the kernel turns, the turns count them instead: they
+    /// are looked at periodically from then on.
     pub(super) fn warn_uncounted_once(&mut self, index: usize) {
-        if self.cfg.max_requests.is_none() || !self.recycle.first_uncounted() {
+        if self.cfg.max_requests.is_none() {
+            return;
+        }
+        if self.listeners[index].group.is_some() {
+            // The kernel's turns count what they give each worker's socket: looked at
+            // periodically from now on.
+            let now = self.clock.now();
+            self.ops.harvest_turns_from(now);
+            return;
+        }
+        if !self.recycle.first_uncounted() {
             return;
         }
         self.out.push(Event::Warning {
             detail: format!(
-                "max_requests counts the connections the primary hands to workers; those of \
-                 listener {} are accepted by the workers themselves (shared, or round-robin \
-                 turned by the kernel) and are not counted",
+                "max_requests counts the connections the primary hands to workers and those \
+                 the kernel's turns give them; those of listener {} are accepted by the \
+                 workers themselves from a shared socket (dispatch shared) and are not counted",
                 self.listeners[index].name
             ),
         });

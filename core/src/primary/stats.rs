@@ -15,8 +15,8 @@ impl Primary {
         let now = self.clock.now();
         let mut workers: Vec<WorkerStatus> = self
             .procs
-            .values()
-            .map(|p| {
+            .iter()
+            .map(|(&key, p)| {
                 let stat = p.stat.get_or_init(|| procstat::StatFile::open(p.pid));
                 let usage = stat.as_ref().and_then(procstat::StatFile::usage);
                 let (cpu_s, rss_bytes) = usage.unwrap_or((0.0, 0));
@@ -26,7 +26,7 @@ impl Primary {
                 w.uptime_s = secs(now, p.spawned_at);
                 w.cpu_s = cpu_s;
                 w.rss_bytes = rss_bytes;
-                w.connections_active = p.active.len() as u64;
+                w.connections_active = p.active.len() as u64 + self.turns_in_hand(key);
                 w.connections_total = p.connections_total;
                 w.heartbeat_age_s = Some(secs(now, p.last_seen));
                 w.queue_bytes = p.link.queued_bytes() as u64;

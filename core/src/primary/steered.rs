@@ -36,6 +36,9 @@ struct Member {
     armed: bool,
     /// Its worker takes one off the member's count per connection from it it is done with.
     counts: bool,
+    /// What the program had placed in its socket (`Steer::placed`) when last looked at: what
+    /// it placed since goes to the worker's count (`harvest_turns`).
+    placed_seen: u64,
 }
 
 impl Group {
@@ -126,6 +129,7 @@ impl Primary {
                         worker: None,
                         armed: false,
                         counts: false,
+                        placed_seen: 0,
                     });
                     g.members.len() - 1
                 }
@@ -152,7 +156,10 @@ impl Primary {
         // What the last worker left in the socket is not this one's: it starts even (and
         // below zero while it serves those, which only makes it preferred).
         g.steer.reset(at as u32);
+        let placed = g.steer.placed(at as u32);
         let m = &mut g.members[at];
+        // What the socket took before is the last worker's (harvested when it left).
+        m.placed_seen = placed;
         m.worker = Some(key);
         m.counts = map.is_some();
         // From now on the worker accepts on it (perhaps blocking, on the shared file): the
@@ -167,6 +174,8 @@ impl Primary {
     /// Worker `key` no longer listens on listener `index` (or on any, with None): its sockets
     /// leave the rotation, and the primary serves what comes to them.
     pub(super) fn leave_groups(&mut self, key: u64, index: Option<usize>) {
+        // What the kernel gave the worker's sockets until now is the worker's.
+        self.harvest_turns();
         for (i, l) in self.listeners.iter_mut().enumerate() {
             if index.is_some_and(|x| x != i) {
                 continue;
@@ -180,6 +189,49 @@ impl Primary {
                 }
             }
         }
+    }
+
+    /// Adds the connections the kernel's turns gave each worker's own sockets since the last
+    /// look to its `connections_total` and to the dispatched counters (the worker accepts
+    /// them itself: they never pass the primary). Returns the workers that got any, for
+    /// `max_requests`. A few atomic reads per member; no system call.
+    pub(super) fn harvest_turns(&mut self) -> Vec<u64> {
+        let mut got = Vec::new();
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            let Some(g) = l.group.as_mut() else { continue };
+            for (at, m) in g.members.iter_mut().enumerate() {
+                let placed = g.steer.placed(at as u32);
+                let new = placed.saturating_sub(m.placed_seen);
+                m.placed_seen = placed;
+                let Some(p) = m
+                    .worker
+                    .filter(|_| new > 0)
+                    .and_then(|k| self.procs.get_mut(&k))
+                else {
+                    continue;
+                };
+                p.connections_total += new;
+                self.ops.dispatched_n(i, p.slot, new);
+                got.extend(m.worker);
+            }
+        }
+        got
+    }
+
+    /// The connections the kernel's turns gave worker `key`'s own sockets that it has not
+    /// closed yet (in hand, or waiting in its accept queue), for a worker that counts them
+    /// (see `steer`); 0 for one that does not.
+    pub(super) fn turns_in_hand(&self, key: u64) -> u64 {
+        let groups = self.listeners.iter().filter_map(|l| l.group.as_ref());
+        groups
+            .flat_map(|g| {
+                g.members
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| m.worker == Some(key) && m.counts)
+                    .map(|(at, _)| g.steer.count(at as u32).max(0) as u64)
+            })
+            .sum()
     }
 
     /// A worker that takes its turns: ready, not stopping, still linked.

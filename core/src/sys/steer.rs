@@ -107,10 +107,13 @@ const STATE_SIZE: u32 = 16 + 4 * MAX_SOCKETS;
 pub const TRACKED: u32 = 1 << 31;
 /// The value of the count map (its only element): one i64 per member, by member index (the
 /// load its worker counts down), then one u64 per member (how many connections the program
-/// gave it, which only the program and the primary touch).
-const COUNTS_SIZE: u32 = 16 * MAX_SOCKETS;
-/// Where the second half of the count map's value begins.
+/// gave it, which only the program and the primary touch), then one u64 per member (how many
+/// connections its socket was given in all, tracked or not, which only the program writes).
+const COUNTS_SIZE: u32 = 24 * MAX_SOCKETS;
+/// Where the second part of the count map's value begins.
 const GIVEN: i16 = 8 * MAX_SOCKETS as i16;
+/// Where the third part of the count map's value begins.
+const PLACED: i16 = 16 * MAX_SOCKETS as i16;
 /// How many connections a member may have been given beyond the turn's member before it is
 /// no longer preferred to it for being less busy. A bound on how far the shares drift apart
 /// when one worker is slower for long: past it the turns are strict between those two until
@@ -292,8 +295,15 @@ impl Steer {
         }
     }
 
+    /// How many connections the program has given member `member`'s socket in all, since the
+    /// group was made (whichever workers had it): the primary takes differences.
+    pub fn placed(&self, member: u32) -> u64 {
+        self.counts
+            .placed(member)
+            .map_or(0, |c| c.load(Ordering::Relaxed) as u64)
+    }
+
     /// Member `member`'s count: connections given to its socket and not taken off yet.
-    #[cfg(test)]
     pub fn count(&self, member: u32) -> i64 {
         self.counts
             .get(member)

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rcluster_core::{Event, SignalAction, Supervisor};
-use rcluster_tests::{bin_path, http_exchange, test_worker, wait_for, wait_ready, worker_config};
+use rcluster_tests::{
+    bin_path, http_exchange, test_worker, wait_for, wait_ready, worker_config, RuntimeDir,
+};
 
 const SIGTERM: i32 = libc::SIGTERM;
 
@@ -272,8 +274,10 @@ fn rcluster_run_on_sigterm_under_load_exits_0_with_no_accepted_request_failed() 
         .unwrap()
         .port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let runtime = RuntimeDir::new();
     let mut primary = Primary(
         Command::new(rcluster_binary())
+            .env("XDG_RUNTIME_DIR", &runtime.0)
             .args(["run", "-w", "2", "--listen", &addr.to_string()])
             .args(["--ready", "explicit", "--kill-timeout", "10s", "--"])
             .args([test_worker().as_str(), "drain", "100"])

@@ -37,6 +37,9 @@ if (rcluster.isPrimary) {
     maxMemory: '512M',
     maxRequests: 10_000,
     maxRequestsJitter: 500,
+    metrics: '127.0.0.1:9100',
+    drainDelay: 5_000,
+    readyMin: 1,
     serialization: 'advanced',
     handleSignals: true,
   };

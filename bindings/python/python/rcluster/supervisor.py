@@ -189,6 +189,13 @@ class Supervisor:
     shell. ``control``: False (default), True (listen if the socket can be made) or
     ``"required"``. ``name`` defaults to the script's base name.
 
+    ``metrics``: serve ``/metrics`` (Prometheus text), ``/healthz`` and ``/readyz`` over HTTP
+    on this address (``"127.0.0.1:9100"``, ``":9100"``, ``"unix:/path"``), from the
+    supervisor's loop (default None: no HTTP server). ``ready_min``: fewest ready workers for
+    ``/readyz`` to answer 200 (default 1). ``drain_delay``: seconds during which ``/readyz``
+    fails before the graceful stop a signal begins (with ``handle_signals``), so that a load
+    balancer takes the cluster out of rotation first (default 0).
+
     ``handle_signals`` (default True): while the cluster runs, SIGINT and SIGTERM stop it
     gracefully (a second one kills the workers now), SIGHUP reloads, SIGTTIN/SIGTTOU add or
     remove a worker — for each of these signals whose handler is the default, when started
@@ -227,6 +234,9 @@ class Supervisor:
         handle_signals: bool = True,
         name: str | None = None,
         control: bool | str = False,
+        metrics: str | None = None,
+        drain_delay: float | None = None,
+        ready_min: int | None = None,
     ) -> None:
         self._config = _config(**locals())
         if not isinstance(handle_signals, bool):
@@ -456,7 +466,8 @@ def _config(**o: Any) -> dict[str, Any]:
     c["ready_on"] = check_str("ready_on", o["ready_on"], optional=True)
     c["output"] = check_str("output", o["output"], optional=True)
     c["heartbeat_timeout"] = hb
-    for name in ("ready_timeout", "kill_timeout", "queue_timeout"):
+    c["metrics"] = check_str("metrics", o["metrics"], optional=True)
+    for name in ("ready_timeout", "kill_timeout", "queue_timeout", "drain_delay"):
         c[name] = check_seconds(name, o[name], optional=True)
     # None (always passed) turns the bound off; 0 is the core's to refuse.
     c["ack_timeout"] = check_seconds("ack_timeout", o["ack_timeout"], optional=True)
@@ -471,6 +482,7 @@ def _config(**o: Any) -> dict[str, Any]:
         "max_memory",
         "max_requests",
         "max_requests_jitter",
+        "ready_min",
     ):
         # Ranges (negative numbers included) are the core's, whose errors name the field.
         c[name] = check_int(name, o[name], optional=True)

@@ -216,6 +216,8 @@ impl Primary {
             return;
         }
         self.name.clone_from(&c.name);
+        // The `metrics` verb reads the counters `/metrics` reads.
+        self.ops.count();
         self.control_path = Some(c.path_string());
         self.control = Some(c);
     }

@@ -79,16 +79,20 @@ pub fn prepare_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Holds the folder's lock file (`.lock`, mode 0600) locked until dropped.
-pub fn lock_dir(dir: &Path) -> io::Result<std::fs::File> {
+fn open_lock(dir: &Path) -> io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     // std opens with O_CLOEXEC.
-    let f = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
-        .open(dir.join(".lock"))?;
+        .open(dir.join(".lock"))
+}
+
+/// Holds the folder's lock file (`.lock`, mode 0600) locked until dropped.
+pub fn lock_dir(dir: &Path) -> io::Result<std::fs::File> {
+    let f = open_lock(dir)?;
     loop {
         // SAFETY: flock on a descriptor this function owns; it blocks only while another
         // cluster is between its probe and its bind, a few system calls.
@@ -99,6 +103,83 @@ pub fn lock_dir(dir: &Path) -> io::Result<std::fs::File> {
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
+    }
+}
+
+/// Takes the folder's lock (see `lock_dir`) without waiting more than about `patience`:
+/// None when a claim holds it that long (something is wrong with that claim, and whoever
+/// asks must not hang on it).
+fn try_lock_dir(dir: &Path, patience: std::time::Duration) -> io::Result<Option<std::fs::File>> {
+    let f = open_lock(dir)?;
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(f));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => {}
+            io::ErrorKind::WouldBlock if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            io::ErrorKind::WouldBlock => return Ok(None),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Why a stale control socket was not removed by `remove_stale_socket`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketKept {
+    /// Something accepts on it (again): a live cluster.
+    Live,
+    /// Not a socket file, or not this user's: not ours to remove.
+    NotOurs(String),
+    /// A cluster is claiming a socket in the folder right now (it holds the lock).
+    Busy,
+}
+
+/// Removes the control socket at `path` if it is stale (nothing accepts on it: its primary
+/// was killed) and ours to remove: a socket file of this user, checked again while holding
+/// the lock that claims take (`DIR/.lock`), so that a cluster between its bind and its
+/// listen, whose fresh socket refuses connections for a moment, is never mistaken for a
+/// dead one. Ok(()) when it was removed (or was gone already).
+pub fn remove_stale_socket(path: &Path) -> io::Result<std::result::Result<(), SocketKept>> {
+    let Some(dir) = path.parent() else {
+        return Ok(Err(SocketKept::NotOurs("it has no folder".into())));
+    };
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Ok(())),
+        Err(e) => return Err(e),
+    };
+    use std::os::unix::fs::FileTypeExt;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !meta.file_type().is_socket() {
+        return Ok(Err(SocketKept::NotOurs("it is not a socket".into())));
+    }
+    if meta.uid() != me {
+        return Ok(Err(SocketKept::NotOurs(format!(
+            "it belongs to uid {}, not {me}",
+            meta.uid()
+        ))));
+    }
+    let Some(_turn) = try_lock_dir(dir, std::time::Duration::from_millis(500))? else {
+        return Ok(Err(SocketKept::Busy));
+    };
+    match probe(path) {
+        Found::Nothing => Ok(Ok(())),
+        Found::Live(_) => Ok(Err(SocketKept::Live)),
+        // The same file as checked above, not one a new cluster has put there since.
+        Found::Stale if identity(path) == Some((meta.dev(), meta.ino())) => {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(Ok(())),
+            }
+        }
+        Found::Stale => Ok(Err(SocketKept::Busy)),
     }
 }
 

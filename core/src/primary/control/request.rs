@@ -21,6 +21,8 @@ pub enum Request {
         lines: usize,
         follow: bool,
     },
+    /// The Prometheus text of `/metrics`.
+    Metrics,
 }
 
 #[derive(Debug, PartialEq)]
@@ -46,6 +48,7 @@ pub fn parse(line: &[u8]) -> Result<Request, String> {
         "signal" => Request::Signal(slot(&v)?, signal(v.get("signal"))?),
         "stop" => Request::Stop,
         "events" => Request::Events,
+        "metrics" => Request::Metrics,
         "logs" => Request::Logs {
             lines: match v.get("lines") {
                 None | Some(Value::Null) => 20,
@@ -59,7 +62,7 @@ pub fn parse(line: &[u8]) -> Result<Request, String> {
         other => {
             return Err(format!(
                 "unknown cmd {other:?}: expected status, reload, scale, restart, signal, stop, \
-                 events or logs"
+                 events, logs or metrics"
             ))
         }
     })
@@ -206,6 +209,7 @@ mod tests {
     #[test]
     fn requests_parse_and_bad_ones_name_the_field() {
         assert_eq!(parse(br#"{"cmd":"status"}"#), Ok(Request::Status));
+        assert_eq!(parse(br#"{"cmd":"metrics"}"#), Ok(Request::Metrics));
         assert_eq!(
             parse(br#"{"cmd":"scale","workers":"+2"}"#),
             Ok(Request::Scale(Scale::By(2)))

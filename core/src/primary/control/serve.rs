@@ -20,6 +20,7 @@ impl Primary {
         };
         let reply = match req {
             Request::Status => {
+                self.harvest_turns();
                 let st = self.status();
                 // Written straight from the struct: no tree of values for a large status.
                 let line = format!("{{\"ok\":true,\"status\":{}}}", st.to_json());
@@ -61,6 +62,8 @@ impl Primary {
                 json!({"ok": true, "streaming": "events"})
             }
             Request::Logs { lines, follow } => return self.control_logs(c, id, lines, follow),
+            // The text of `/metrics`, whether or not the HTTP server runs.
+            Request::Metrics => json!({"ok": true, "metrics": self.render_metrics()}),
         };
         self.send_client(c, id, &reply);
     }

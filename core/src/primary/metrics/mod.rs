@@ -31,7 +31,16 @@ pub(crate) struct Ops {
     counters: Counters,
     /// A stop signal came with `drain_delay`: when the stop begins, and its kill timeout.
     drain: Option<(Instant, Duration)>,
+    /// When the kernel's turns are next looked at (see `harvest_turns_from`).
+    harvest_at: Option<Instant>,
+    /// Something can read the counters (the HTTP server, or the control socket's `metrics`
+    /// verb): without a reader, messages and connections pass uncounted.
+    counting: bool,
 }
+
+/// How often the connections the kernel's turns give workers are added up for
+/// `max_requests`: a worker may overshoot its limit by what it accepts in this time.
+const TURNS_PERIOD: Duration = Duration::from_millis(100);
 
 /// What the metrics count, as the loop sees it happen.
 #[derive(Default)]
@@ -66,18 +75,38 @@ impl Ops {
         let sd = self.systemd.as_ref().and_then(Systemd::next_at);
         let http = self.http.as_ref().and_then(Server::next_deadline);
         let drain = self.drain.map(|(at, _)| at);
-        [sd, http, drain].into_iter().flatten().min()
+        [sd, http, drain, self.harvest_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The counters have a reader from now on (`/metrics` or the control socket).
+    pub fn count(&mut self) {
+        self.counting = true;
     }
 
     /// A connection from listener `listener` was handed to worker slot `slot`.
     pub fn dispatched(&mut self, listener: usize, slot: u32) {
-        if self.http.is_some() {
+        self.dispatched_n(listener, slot, 1);
+    }
+
+    /// `n` connections from listener `listener` went to worker slot `slot` (handed by the
+    /// primary, or placed in the worker's own socket by the kernel's turns).
+    pub fn dispatched_n(&mut self, listener: usize, slot: u32, n: u64) {
+        if self.counting {
             *self
                 .counters
                 .dispatched
                 .entry((listener, slot))
-                .or_default() += 1;
+                .or_default() += n;
         }
+    }
+
+    /// From now on the kernel's turns are looked at every `TURNS_PERIOD` (for
+    /// `max_requests`: connections workers accept themselves reach no other part of the loop).
+    pub fn harvest_turns_from(&mut self, now: Instant) {
+        self.harvest_at.get_or_insert(now + TURNS_PERIOD);
     }
 }
 
@@ -86,6 +115,7 @@ impl Primary {
     pub(super) fn start_metrics(&mut self) -> Result<()> {
         if let Some(addr) = self.cfg.metrics.clone() {
             self.ops.http = Some(Server::bind(&addr, &self.epoll, OPS)?);
+            self.ops.count();
         }
         Ok(())
     }
@@ -116,8 +146,8 @@ impl Primary {
     }
 
     fn count_events(&mut self) {
-        // Only a scrape reads the counters: without the server, messages pass untouched.
-        if self.ops.http.is_none() {
+        // Only a scrape reads the counters: without a reader, events pass uncounted.
+        if !self.ops.counting {
             return;
         }
         let c = &mut self.ops.counters;
@@ -180,6 +210,12 @@ impl Primary {
         if let Some(http) = self.ops.http.as_mut() {
             if http.next_deadline().is_some_and(|d| now >= d) {
                 http.expire(&self.epoll, now);
+            }
+        }
+        if self.ops.harvest_at.is_some_and(|at| now >= at) {
+            self.ops.harvest_at = Some(now + TURNS_PERIOD);
+            for key in self.harvest_turns() {
+                self.count_request(key);
             }
         }
         if let Some((at, timeout)) = self.ops.drain {

@@ -32,6 +32,7 @@ fn label(v: &str) -> String {
 impl Primary {
     pub(crate) fn render_metrics(&mut self) -> String {
         let started = std::time::Instant::now();
+        self.harvest_turns();
         let mut out = String::with_capacity(4096 + 256 * self.procs.len());
         self.render_workers(&mut out);
         self.render_traffic(&mut out);
@@ -151,11 +152,13 @@ impl Primary {
             "rcluster_connections_active",
             "gauge",
             "Connections a worker holds: handed and not yet acknowledged, and, where the \
-             primary learns of closes (least-connections, max_inflight), not yet closed.",
+             primary learns of closes (least-connections, max_inflight), not yet closed; for \
+             a worker that counts the kernel's turns, those not yet closed.",
         );
         let mut active: BTreeMap<u32, usize> = BTreeMap::new();
-        for p in self.procs.values() {
-            *active.entry(p.slot).or_default() += p.unacked.len() + p.active.len();
+        for (&key, p) in &self.procs {
+            *active.entry(p.slot).or_default() +=
+                p.unacked.len() + p.active.len() + self.turns_in_hand(key) as usize;
         }
         for (slot, n) in active {
             let _ = writeln!(out, "rcluster_connections_active{{slot=\"{slot}\"}} {n}");

@@ -46,6 +46,13 @@ impl Counts {
         (member < MAX_SOCKETS).then(|| unsafe { &*self.base.add(member as usize) })
     }
 
+    /// How many connections member `member`'s socket was given in all (the third part).
+    pub(super) fn placed(&self, member: u32) -> Option<&AtomicI64> {
+        // SAFETY: as in `get`, 2 × MAX_SOCKETS elements further (COUNTS_SIZE holds all three).
+        (member < MAX_SOCKETS)
+            .then(|| unsafe { &*self.base.add((2 * MAX_SOCKETS + member) as usize) })
+    }
+
     /// How many connections the program gave member `member` (the second half).
     pub(super) fn given(&self, member: u32) -> Option<&AtomicI64> {
         // SAFETY: as in `get`, MAX_SOCKETS elements further (COUNTS_SIZE holds both halves).

@@ -2,7 +2,7 @@
 
 use std::os::fd::RawFd;
 
-use super::{BPF_PSEUDO_MAP_FD, FALLBACK, GIVEN, MAX_LEAD, MAX_SOCKETS};
+use super::{BPF_PSEUDO_MAP_FD, FALLBACK, GIVEN, MAX_LEAD, MAX_SOCKETS, PLACED};
 
 /// One instruction: opcode, registers (destination in the low nibble), offset, immediate.
 #[derive(Clone, Copy)]
@@ -74,7 +74,9 @@ impl Asm {
 ///             i, a = j, b
 ///         counts[a] += 1                            // its worker takes 1 off when done
 ///         given[a] += 1
-///     if select(socks[i]) succeeds: pass
+///     if select(socks[i]) succeeds:
+///         placed[entry[i]] += 1                     // every member, tracked or not
+///         pass
 /// select(socks[FALLBACK])   // none taking turns, or slot i empty while the array is rewritten
 /// pass                      // and if even that failed, the kernel's hash picks
 /// ```
@@ -85,6 +87,10 @@ impl Asm {
 /// go to the turn's), so the shares stay even; a worker that is slower for long would take
 /// fewer and fewer, which `MAX_LEAD` bounds. Members whose worker does not count keep plain
 /// turns: their count would only grow.
+///
+/// `placed` counts the connections each member's socket was given, whoever its worker is and
+/// whether it counts: the primary reads it to know how many connections a worker that accepts
+/// itself took (the status, the metrics, `max_requests`).
 ///
 /// Without the fallback slot the kernel's hash would pick among every socket of the group,
 /// including those of workers that do not serve.
@@ -104,6 +110,8 @@ pub(super) fn program(state: RawFd, counts: RawFd, socks: RawFd) -> Vec<Insn> {
     const ATOMIC_DW: u8 = 0xdb; // imm BPF_ADD: *(u64 *)(dst + off) += src, atomically
     const FETCH: i32 = 0x01; // with BPF_ADD (0): src = fetch_add(dst + off, src)
     const JEQ_K: u8 = 0x15; // if dst == imm: jump
+    const JNE_K: u8 = 0x55; // if dst != imm: jump
+    const JA: u8 = 0x05; // jump
     const JGE_K: u8 = 0x35; // if dst >= imm (unsigned): jump
     const JLT_X: u8 = 0xad; // if dst < src (unsigned): jump
     const JSGE_X: u8 = 0x7d; // if dst >= src (signed): jump
@@ -180,6 +188,8 @@ pub(super) fn program(state: RawFd, counts: RawFd, socks: RawFd) -> Vec<Insn> {
         .jump(JSGE_K, 2, 0, MAX_LEAD, "count") // b is far enough ahead
         .op(MOV64_X, 8, 9, 0, 0)
         .op(MOV64_X, 3, 4, 0, 0)
+        .op(LDX_W, 1, 10, -16, 0) // the chosen entry is the next one's
+        .op(STX_W, 10, 1, -12, 0)
         .label("count")
         .op(MOV64_K, 1, 0, 0, 1)
         .op(ATOMIC_DW, 3, 1, 0, 0) // counts[chosen] += 1
@@ -192,7 +202,19 @@ pub(super) fn program(state: RawFd, counts: RawFd, socks: RawFd) -> Vec<Insn> {
         .op(ADD64_K, 3, 0, 0, -8)
         .op(MOV64_K, 4, 0, 0, 0)
         .op(CALL, 0, 0, 0, SK_SELECT_REUSEPORT)
+        .jump(JNE_K, 0, 0, 0, "fallback")
+        .op(MOV64_X, 2, 10, 0, 0) // placed[chosen entry] += 1
+        .op(ADD64_K, 2, 0, 0, -4)
+        .map(1, counts)
+        .op(CALL, 0, 0, 0, MAP_LOOKUP_ELEM)
         .jump(JEQ_K, 0, 0, 0, "pass")
+        .op(LDX_W, 1, 10, -12, 0)
+        .op(AND64_K, 1, 0, 0, MEMBERS - 1)
+        .op(LSH64_K, 1, 0, 0, 3)
+        .op(ADD64_X, 0, 1, 0, 0)
+        .op(MOV64_K, 1, 0, 0, 1)
+        .op(ATOMIC_DW, 0, 1, PLACED, 0)
+        .jump(JA, 0, 0, 0, "pass")
         .label("fallback")
         .op(ST_W, 10, 0, -8, FALLBACK as i32)
         .op(MOV64_X, 1, 6, 0, 0)

@@ -207,3 +207,26 @@ fn connections_take_turns_over_the_sockets_in_the_array() {
     connect(12);
     assert_eq!(counts(), [12, 0, 0, 0]);
 }
+
+#[test]
+fn placed_counts_every_connection_a_member_socket_was_given_tracked_or_not() {
+    let Some(mut steer) = steer() else { return };
+    let (fallback, port) = listener(0);
+    let (a, _) = listener(port);
+    let (b, _) = listener(port);
+    steer.attach(fallback.as_raw_fd()).unwrap();
+    // a's worker counts (and is busy: b is preferred until even); b's worker does not.
+    steer
+        .set(&[(a.as_raw_fd(), 2 | TRACKED), (b.as_raw_fd(), 5)])
+        .unwrap();
+    busy(&steer, 2, 3);
+    let _c = connect(port, 9);
+    let (na, nb) = (pending(&a), pending(&b));
+    assert_eq!((na + nb, pending(&fallback)), (9, 0));
+    assert_eq!((steer.placed(2), steer.placed(5)), (na as u64, nb as u64));
+    // With no socket taking turns, the fallback takes them, and nothing is placed.
+    steer.set(&[]).unwrap();
+    let _c = connect(port, 3);
+    assert_eq!(pending(&fallback), 3);
+    assert_eq!(steer.placed(2) + steer.placed(5), 9);
+}
