@@ -19,6 +19,9 @@ const INIT_TIMEOUT_MS = 10000;
 // see the connection fail instead of an answer with `Connection: close`.
 const IDLE_GRACE_MS = 500;
 const IDLE_CHECK_MS = 50;
+// Event-loop turns a stopping worker waits for its listening socket to empty (see
+// closeWhenEmptied).
+const MAX_EMPTYING_TURNS = 1000;
 const kDrain = Symbol('rcluster.drain');
 
 class WorkerSelf extends EventEmitter {
@@ -173,7 +176,7 @@ class WorkerSelf extends EventEmitter {
     process.connected = false;
     const servers = new Set([...this._servers.values(), ...this._served, ...this._turns]);
     for (const s of servers) drainKeepAlive(s);
-    for (const s of servers) if (s.listening) s.close();
+    for (const s of servers) if (s.listening) closeWhenEmptied(s);
     for (const ev of this._early) closeFd(ev.fd);
     this._early = [];
     // Nothing of rcluster keeps the process alive now; stop reading once what is queued
@@ -368,6 +371,28 @@ function drainKeepAlive(server) {
 // The `type` argument of TCP and Pipe handles for a connected socket (their constants
 // SOCKET, both 0).
 const HANDLE_SOCKET = 0;
+
+/**
+ * Closes a server once its own listening socket (the kernel's turns, `shared`) has no
+ * connection waiting in it. The kernel accepted those for their clients, and closing the
+ * socket would reset them; at a stop the primary has already made the socket refuse new ones,
+ * so the event loop's accepts empty it within a few turns. Bounded: a socket that keeps
+ * filling (no refusal, an old kernel) is closed after MAX_EMPTYING_TURNS turns anyway.
+ */
+function closeWhenEmptied(server) {
+  const fd = server._handle && server._handle.fd;
+  if (typeof fd !== 'number' || fd < 0) {
+    server.close();
+    return;
+  }
+  let turns = 0;
+  const step = () => {
+    if (!server.listening) return;
+    if (turns++ < MAX_EMPTYING_TURNS && native.listenerHasQueued(fd)) setImmediate(step);
+    else server.close();
+  };
+  step();
+}
 
 function closeFd(fd) {
   try { fs.closeSync(fd); } catch { /* already closed */ }

@@ -159,6 +159,22 @@ pub struct NativeWorker {
     counter: RefCell<Option<TurnCounter>>,
 }
 
+/// Whether the listening socket `fd` has connections waiting to be accepted (looked at without
+/// waiting). A worker that stops keeps its listener open until this is false: closing a
+/// listening socket resets the connections still queued in it, which the kernel had already
+/// accepted for the clients.
+#[napi]
+pub fn listener_has_queued(fd: i32) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call; a zero timeout never blocks.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n == 1 && pfd.revents & libc::POLLIN != 0
+}
+
 /// Connects to the primary when this process is an rcluster worker; null otherwise.
 #[napi]
 pub fn attach_worker() -> napi::Result<Option<NativeWorker>, &'static str> {

@@ -139,3 +139,33 @@ test("rcluster API: a listener of the configuration takes turns too, and a kille
     await c.stop();
   }
 });
+
+test('rcluster API: at a stop, connections waiting in a busy worker\'s own socket are served, not reset', { skip: !root && why }, async () => {
+  const rcluster = require('..');
+  const path = require('path');
+  const { once } = require('./helpers');
+  const port = await freePort();
+  const c = rcluster.start({
+    workers: 1, exec: path.join(__dirname, 'fixtures', 'api_worker.js'), args: [], execArgv: [],
+    listen: `127.0.0.1:${port}`, restart: 'never',
+  });
+  let stopped;
+  try {
+    await once(c, 'ready');
+    await new Promise((resolve) => setTimeout(resolve, 300)); // serve() asks for its socket
+    assert.strictEqual(await get(port), '0 1');
+    c.send(0, { cmd: 'block', ms: 1500 });
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    // Something for the worker's link before the clients come: when its loop runs again it
+    // reads the link (and the stop) before it looks at its listening socket.
+    c.send(0, { cmd: 'echo', data: 1 });
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    // These wait in the worker's socket: the kernel accepted them, the worker's loop is stuck.
+    const pending = Array.from({ length: 4 }, () => get(port).catch((e) => `failed: ${e.code || e.message}`));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    stopped = c.stop();
+    assert.deepStrictEqual(await Promise.all(pending), ['0 1', '0 1', '0 1', '0 1']);
+  } finally {
+    await (stopped || c.stop());
+  }
+});

@@ -151,3 +151,31 @@ def test_a_hung_asyncio_loop_is_detected_by_heartbeat(dispatch):
         sup.send(0, b"hang")
         ex = sup.wait_for("exit", timeout=10)
         assert ex.reason == "heartbeat"
+
+
+def test_at_a_stop_connections_waiting_in_the_shared_socket_are_served_not_reset(wait_ready):
+    # The worker's loop is stuck in on_message ("nap", 0.3 s) while clients connect: the kernel
+    # queues them in the shared socket. The stop comes before the loop runs again; closing the
+    # socket with them still queued would reset them.
+    with serve_cluster(worker_argv("blocking-http"), workers=1, dispatch="shared") as sup:
+        wait_ready(sup, 1)
+        addr = sup.address()
+        assert http_get(addr) == "blocking worker 0\n"
+        sup.send(0, b"nap")
+        time.sleep(0.1)
+        results: list[str] = []
+
+        def client() -> None:
+            try:
+                results.append(http_get(addr))
+            except OSError as e:
+                results.append(f"failed: {e!r}")
+
+        clients = [threading.Thread(target=client) for _ in range(4)]
+        for t in clients:
+            t.start()
+        time.sleep(0.1)
+        sup.stop(10)
+        for t in clients:
+            t.join(10)
+    assert results == ["blocking worker 0\n"] * 4

@@ -303,6 +303,10 @@ def inherited_listeners() -> list[tuple[str, socket.socket]]:
     return out
 
 
+# Most connections a leaving worker takes from its own listening socket before closing it.
+_MAX_QUEUED_ACCEPTS = 65536
+
+
 def serve(
     handler: Callable[[socket.socket], Any],
     *,
@@ -363,6 +367,17 @@ def serve(
     finally:
         sel.close()
         for _, lsock in listeners:
+            # The kernel accepted what is queued for its clients, and closing the socket would
+            # reset it; by now the primary keeps new connections out (bounded all the same).
+            for _ in range(_MAX_QUEUED_ACCEPTS):
+                try:
+                    sock, _ = lsock.accept()
+                except (InterruptedError, ConnectionAbortedError):
+                    continue
+                except OSError:  # BlockingIOError: nothing left
+                    break
+                sock.setblocking(True)
+                start(sock)
             lsock.close()
         concurrent.futures.wait(list(running), timeout=drain_timeout)
         pool.shutdown(wait=False, cancel_futures=True)
