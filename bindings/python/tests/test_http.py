@@ -153,14 +153,20 @@ def test_a_hung_asyncio_loop_is_detected_by_heartbeat(dispatch):
         assert ex.reason == "heartbeat"
 
 
-def test_at_a_stop_connections_waiting_in_the_shared_socket_are_served_not_reset(wait_ready):
+@pytest.mark.parametrize(
+    ("mode", "answer"),
+    [("blocking-http", "blocking worker 0\n"), ("streams-http", "streams worker 0\n")],
+)
+def test_at_a_stop_connections_waiting_in_the_shared_socket_are_served_not_reset(
+    wait_ready, mode, answer
+):
     # The worker's loop is stuck in on_message ("nap", 0.3 s) while clients connect: the kernel
     # queues them in the shared socket. The stop comes before the loop runs again; closing the
     # socket with them still queued would reset them.
-    with serve_cluster(worker_argv("blocking-http"), workers=1, dispatch="shared") as sup:
+    with serve_cluster(worker_argv(mode), workers=1, dispatch="shared") as sup:
         wait_ready(sup, 1)
         addr = sup.address()
-        assert http_get(addr) == "blocking worker 0\n"
+        assert http_get(addr) == answer
         sup.send(0, b"nap")
         time.sleep(0.1)
         results: list[str] = []
@@ -178,4 +184,4 @@ def test_at_a_stop_connections_waiting_in_the_shared_socket_are_served_not_reset
         sup.stop(10)
         for t in clients:
             t.join(10)
-    assert results == ["blocking worker 0\n"] * 4
+    assert results == [answer] * 4

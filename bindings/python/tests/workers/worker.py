@@ -131,7 +131,7 @@ def blocking_keepalive() -> None:
 
 
 async def streams_http() -> None:
-    """rcluster.aio.start_server with streams."""
+    """rcluster.aio.start_server with streams; the message `nap` blocks the loop for 0.3 s."""
     w = rcluster.worker()
 
     async def handle(reader, writer):
@@ -144,7 +144,11 @@ async def streams_http() -> None:
         await writer.drain()
         writer.close()
 
-    server = await rcluster.aio.start_server(handle)
+    def on_message(m):
+        if m == b"nap":  # blocks the loop for 0.3 s: clients queue in the socket meanwhile
+            time.sleep(0.3)
+
+    server = await rcluster.aio.start_server(handle, on_message=on_message)
     await server.serve_forever()
 
 
