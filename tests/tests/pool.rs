@@ -774,38 +774,32 @@ fn the_control_socket_status_of_a_pool_carries_its_task_counters() {
 }
 
 #[test]
-fn a_cancelled_task_that_its_worker_runs_all_the_same_is_still_ended_at_its_timeout() {
+fn a_task_sent_ahead_and_cancelled_never_runs_and_its_worker_stays() {
     let pool = Pool::start(config(1)).unwrap();
     warm_up(&pool);
+    let first = submit(&pool, "pid", "");
+    let pid = value(&collect(&pool, 1, LONG)[&first]);
+    let mark = std::env::temp_dir().join(format!("rcluster-cancelled-{}", std::process::id()));
+    let _ = std::fs::remove_file(&mark);
     let ids = pool
         .submit_batch([
-            (b"300".to_vec(), named("sleep")),
-            (
-                Vec::new(),
-                TaskOptions {
-                    timeout: Some(Duration::from_millis(300)),
-                    ..named("spin")
-                },
-            ),
-            (b"after".to_vec(), named("echo")),
+            (b"400".to_vec(), named("sleep")),
+            // Would leave a file behind if it ran.
+            (mark.to_str().unwrap().into(), named("touch")),
+            (Vec::new(), named("pid")),
         ])
         .unwrap();
-    // The spin waits in the worker behind the sleep; this worker cannot be told of the
-    // cancel, so it runs the spin next.
+    // The touch waits in the worker behind the sleep.
     wait_running(&pool, 3);
-    pool.cancel(ids[1]);
+    assert!(!pool.cancel(ids[1]), "the task was still in the pool's queue");
     let got = collect(&pool, 3, LONG);
     assert_eq!(value(&got[&ids[0]]), "slept");
     assert!(matches!(got[&ids[1]].result, Err(TaskError::Cancelled)));
-    assert_eq!(value(&got[&ids[2]]), "after");
+    assert_eq!(value(&got[&ids[2]]), pid);
+    assert!(!mark.exists(), "the cancelled task ran");
     let s = pool.stats();
     assert_eq!(
-        (
-            s.failed(),
-            s.failed_cancelled,
-            s.failed_timeout,
-            s.failed_crashed
-        ),
+        (s.failed(), s.failed_cancelled, s.running, s.requeued),
         (1, 1, 0, 0)
     );
 }

@@ -36,7 +36,15 @@ pub(super) struct Slot {
     pub(super) answered: u64,
     /// When its memory was last looked at (`max_worker_memory`).
     pub(super) memory_checked: Option<Instant>,
+    /// Tasks that waited in it and were cancelled with a `TaskCancel` frame, the latest
+    /// `DROPPED_KEPT`: it drops them and never answers, unless it had started one before the
+    /// frame arrived (see `late_answer`).
+    dropped: Vec<u64>,
 }
+
+/// How many cancelled tasks a worker was told to drop are remembered, to recognise the answer
+/// of one it had started all the same.
+const DROPPED_KEPT: usize = 64;
 
 impl Slot {
     /// Whether it may be given tasks now (while it holds fewer than its `limit`).
@@ -227,6 +235,9 @@ impl Sched {
         // one from a process the task was not given to.
         let given = self.slots.get(slot as usize).is_some_and(|s| s.pid == pid);
         if !given || self.running.get(&d.id).is_none_or(|r| r.slot != slot) {
+            if given {
+                self.late_answer(slot, d.id, Instant::now());
+            }
             return;
         }
         let Some(r) = self.running.remove(&d.id) else {
@@ -430,8 +441,10 @@ impl Sched {
     }
 
     /// Fails task `id`, which waits in its worker (sent ahead) and does not run yet, with `e`;
-    /// its worker is not killed. The task stays in its worker's list until answered: the
-    /// worker may still run it (it starts its tasks in order, and the order must stay known).
+    /// its worker is not killed but told with a `TaskCancel` frame, and drops the task
+    /// without answering (`docs/protocol.md` 5.8). When the frame cannot be queued, the task
+    /// stays in its worker's list until answered: the worker may still run it (it starts its
+    /// tasks in order, and the order must stay known).
     fn fail_waiting(&mut self, id: u64, e: TaskError) {
         let Some(r) = self
             .running
@@ -440,10 +453,50 @@ impl Sched {
         else {
             return;
         };
-        r.cancelled = true;
-        r.again = None;
         let wait = r.started - r.queued_at;
         self.done.push(Outcome::failed(id, e, wait, Duration::ZERO));
+        let slot = r.slot;
+        let pid = self.slots[slot as usize].pid;
+        if self.sup.send_task_cancel(slot, pid, id).is_err() {
+            r.cancelled = true;
+            r.again = None;
+            return;
+        }
+        self.running.remove(&id);
+        let dropped = &mut self.slots[slot as usize].dropped;
+        if dropped.len() == DROPPED_KEPT {
+            dropped.remove(0);
+        }
+        dropped.push(id);
+        self.task_left(slot, id, false);
+    }
+
+    /// Worker `slot` answered task `id`, which it no longer holds for the pool. When that is a
+    /// cancelled task it was told to drop, it had started it before the `TaskCancel` frame
+    /// arrived: that task held one of its `conc` places until now, so the last task counted as
+    /// running there in truth waited until now, and its clock starts now.
+    fn late_answer(&mut self, slot: u32, id: u64, now: Instant) {
+        let Some(s) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
+        let Some(at) = s.dropped.iter().position(|&d| d == id) else {
+            return;
+        };
+        s.dropped.remove(at);
+        let begun: Vec<u64> = s
+            .tasks
+            .iter()
+            .filter(|t| self.running.get(t).is_some_and(|r| r.begun))
+            .take(self.conc)
+            .copied()
+            .collect();
+        if begun.len() < self.conc {
+            return;
+        }
+        if let Some(r) = begun.last().and_then(|t| self.running.get_mut(t)) {
+            r.started = now;
+            r.deadline = r.timeout.map(|t| now + t);
+        }
     }
 
     /// Fails running task `id` with `e` and kills its worker (the only way to stop it); the
