@@ -791,7 +791,10 @@ fn a_task_sent_ahead_and_cancelled_never_runs_and_its_worker_stays() {
         .unwrap();
     // The touch waits in the worker behind the sleep.
     wait_running(&pool, 3);
-    assert!(!pool.cancel(ids[1]), "the task was still in the pool's queue");
+    assert!(
+        !pool.cancel(ids[1]),
+        "the task was still in the pool's queue"
+    );
     let got = collect(&pool, 3, LONG);
     assert_eq!(value(&got[&ids[0]]), "slept");
     assert!(matches!(got[&ids[1]].result, Err(TaskError::Cancelled)));

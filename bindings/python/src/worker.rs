@@ -177,11 +177,7 @@ impl PyWorker {
     /// up to `max` events as `next_events(0, max)` does: a pool worker calls it before it
     /// starts a task that waited, so that a cancel that arrived meanwhile is seen.
     #[pyo3(signature = (max=256))]
-    fn poll_events<'py>(
-        &self,
-        py: Python<'py>,
-        max: usize,
-    ) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+    fn poll_events<'py>(&self, py: Python<'py>, max: usize) -> PyResult<Vec<Bound<'py, PyTuple>>> {
         let max = max.max(1);
         let batch = py.allow_threads(|| {
             let mut out = Vec::new();

@@ -344,7 +344,10 @@ fn a_worker_reading_tasks_one_by_one_never_sees_a_task_whose_cancel_arrived_firs
     for id in 1..=3 {
         send_task(&primary, id);
     }
-    assert_eq!(task_id(w.next_event(Some(Duration::from_secs(5))).unwrap()), 1);
+    assert_eq!(
+        task_id(w.next_event(Some(Duration::from_secs(5))).unwrap()),
+        1
+    );
     // Task 2 waits in the library (read with task 1) when its cancel arrives.
     send_cancel(&primary, 2);
     std::thread::sleep(Duration::from_millis(5));
