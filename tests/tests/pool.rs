@@ -806,3 +806,41 @@ fn a_task_sent_ahead_and_cancelled_never_runs_and_its_worker_stays() {
         (1, 1, 0, 0)
     );
 }
+
+#[test]
+fn a_cancelled_task_its_worker_had_started_delays_the_clock_of_the_task_behind_it_until_its_answer()
+{
+    let mut c = config(1);
+    c.cluster
+        .env
+        .push(("POOL_WORKER_IGNORE_CANCELS".into(), "1".into()));
+    let pool = Pool::start(c).unwrap();
+    warm_up(&pool);
+    let ids = pool
+        .submit_batch([
+            (b"300".to_vec(), named("sleep")),
+            // Cancelled while it waits; this worker runs it all the same (300 ms to 700 ms).
+            (b"400".to_vec(), named("sleep")),
+            // Runs from 700 ms to 900 ms: within its timeout counted from its true start, not
+            // from the first task's answer (300 ms, which would end it at 800 ms).
+            (
+                b"200".to_vec(),
+                TaskOptions {
+                    timeout: Some(Duration::from_millis(500)),
+                    ..named("sleep")
+                },
+            ),
+        ])
+        .unwrap();
+    wait_running(&pool, 3);
+    pool.cancel(ids[1]);
+    let got = collect(&pool, 3, LONG);
+    assert_eq!(value(&got[&ids[0]]), "slept");
+    assert!(matches!(got[&ids[1]].result, Err(TaskError::Cancelled)));
+    assert_eq!(value(&got[&ids[2]]), "slept");
+    let s = pool.stats();
+    assert_eq!(
+        (s.failed(), s.failed_cancelled, s.failed_timeout, s.running),
+        (1, 1, 0, 0)
+    );
+}

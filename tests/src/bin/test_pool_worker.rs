@@ -18,6 +18,8 @@
 //! With the environment variable `POOL_WORKER_BOOT=fail` it cannot start: it says why and
 //! exits with `BOOT_FAILED_EXIT`; with `POOL_WORKER_BOOT=crash` it exits with code 1 before
 //! it is ready. `POOL_WORKER_START_MS=N` makes it wait N ms before it says ready.
+//! `POOL_WORKER_IGNORE_CANCELS=1` makes it run the tasks it holds even when they are
+//! cancelled.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -44,6 +46,9 @@ fn main() {
     if let Ok(ms) = std::env::var("POOL_WORKER_START_MS") {
         std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
     }
+    // A worker that runs the tasks it holds even when the pool cancels them (as one does
+    // that started a task just before its cancel arrived).
+    let ignore_cancels = std::env::var_os("POOL_WORKER_IGNORE_CANCELS").is_some();
     w.ready().unwrap();
     let mut held: VecDeque<WorkerEvent> = VecDeque::new();
     let mut answers: Vec<(u64, bool, Vec<u8>)> = Vec::new();
@@ -68,7 +73,7 @@ fn main() {
                         flush(&w, &mut answers);
                     }
                 }
-                WorkerEvent::TaskCancelled(id) => drop_task(&mut held, id),
+                WorkerEvent::TaskCancelled(id) if !ignore_cancels => drop_task(&mut held, id),
                 WorkerEvent::Disconnect | WorkerEvent::PrimaryGone => {
                     flush(&w, &mut answers);
                     std::process::exit(0);
@@ -82,7 +87,9 @@ fn main() {
                 }
                 for ev in events.drain(..) {
                     match ev {
-                        WorkerEvent::TaskCancelled(id) => drop_task(&mut held, id),
+                        WorkerEvent::TaskCancelled(id) if !ignore_cancels => {
+                            drop_task(&mut held, id)
+                        }
                         ev => held.push_back(ev),
                     }
                 }
