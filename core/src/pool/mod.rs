@@ -9,7 +9,9 @@
 //! carries on. Worker side: [`crate::Worker`] yields [`crate::WorkerEvent::Task`] and answers
 //! with [`crate::Worker::answer`].
 
+mod answers;
 mod dispatch;
+mod ending;
 mod recycle;
 mod sched;
 mod shared;
