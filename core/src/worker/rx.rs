@@ -153,8 +153,10 @@ impl Worker {
 /// A task taken from the socket longer ago than this is handed out only after the socket was
 /// read again, so that a `TaskCancel` frame that arrived meanwhile drops it.
 const LOOK_AFTER: Duration = Duration::from_millis(1);
-/// Events kept ahead of the application at most: beyond, no more is read ahead.
-const AHEAD_LIMIT: usize = 4096;
+/// Events kept ahead of the application at most: beyond, the socket is not read ahead (what
+/// stays in it holds the primary back), so memory stays bounded whatever it sends. A pool
+/// sends a worker at most `max_tasks_ahead` tasks beyond those it runs.
+const AHEAD_LIMIT: usize = 256;
 
 impl Worker {
     /// Takes every whole frame already read into `rx.pending`, applying cancels to the tasks
