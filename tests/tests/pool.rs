@@ -844,3 +844,25 @@ fn a_cancelled_task_its_worker_had_started_delays_the_clock_of_the_task_behind_i
         (1, 1, 0, 0)
     );
 }
+
+#[test]
+fn stopping_with_cancel_queued_fails_the_tasks_waiting_in_a_worker_and_they_never_run() {
+    let pool = Pool::start(config(1)).unwrap();
+    warm_up(&pool);
+    let mark = std::env::temp_dir().join(format!("rcluster-stopped-{}", std::process::id()));
+    let _ = std::fs::remove_file(&mark);
+    let ids = pool
+        .submit_batch([
+            (b"300".to_vec(), named("sleep")),
+            (mark.to_str().unwrap().into(), named("touch")),
+        ])
+        .unwrap();
+    wait_running(&pool, 2);
+    pool.stop(true, Duration::from_secs(5)).unwrap();
+    let got = collect(&pool, 2, LONG);
+    assert_eq!(value(&got[&ids[0]]), "slept");
+    assert!(matches!(got[&ids[1]].result, Err(TaskError::Shutdown)));
+    // The worker would have started it right after the sleep, before it was stopped.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!mark.exists(), "a task that failed with shutdown ran");
+}
