@@ -26,6 +26,11 @@
 
 
 /**
+ * `rcluster_pool_options.max_tasks_ahead`: no task is sent ahead.
+ */
+#define RCLUSTER_NO_TASKS_AHEAD UINT32_MAX
+
+/**
  * What a call did. Codes are stable: a code keeps its number and meaning forever, and new
  * codes get new numbers. `RCLUSTER_RESULT_OK` is 0, so `if (rc) ...` tests for failure.
  */
@@ -382,6 +387,14 @@ enum rcluster_worker_event_kind
    * Answer it with `rcluster_worker_answer`.
    */
   RCLUSTER_WORKER_EVENT_KIND_TASK = 5,
+  /**
+   * The pool cancelled task `task_id`, which this worker took earlier (an event of kind
+   * `TASK`) and which waited here: drop it if it has not started, and never answer it
+   * then; ignore this when it has started or was answered. A worker that runs each task
+   * as soon as it takes it may ignore it: the library never hands out a task whose cancel
+   * arrived before it was taken.
+   */
+  RCLUSTER_WORKER_EVENT_KIND_TASK_CANCELLED = 6,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -603,6 +616,14 @@ typedef struct {
    * (0: no limit).
    */
   uint64_t max_worker_memory;
+  /**
+   * Most tasks sent to a worker ahead of those it runs, so that it starts the next one
+   * without waiting for the primary (0: the default, 32; `RCLUSTER_NO_TASKS_AHEAD`: none,
+   * every task waits in the pool until a worker has room to run it). A task cancelled
+   * while it waits in a worker is dropped there (`RCLUSTER_WORKER_EVENT_KIND_TASK_CANCELLED`
+   * for a worker that holds tasks itself).
+   */
+  uint32_t max_tasks_ahead;
 } rcluster_pool_options;
 
 /**
@@ -664,6 +685,11 @@ typedef struct {
   uint64_t wait_max_us;
   uint64_t run_total_us;
   uint64_t run_max_us;
+  /**
+   * Tasks that waited in a worker that ended, and were given to another (not an attempt:
+   * they had not started). Last, so that the fields before it keep their places.
+   */
+  uint64_t requeued;
 } rcluster_pool_counters;
 
 /**
@@ -713,7 +739,7 @@ typedef struct {
    */
   rcluster_content_type content_type;
   /**
-   * TASK: the id to answer with; 0 otherwise.
+   * TASK: the id to answer with; TASK_CANCELLED: the task to drop; 0 otherwise.
    */
   uint64_t task_id;
   /**

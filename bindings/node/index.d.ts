@@ -323,8 +323,9 @@ declare namespace rcluster {
     /**
      * Most tasks sent to a worker ahead of those it runs (default 32; fewer when tasks take
      * long; 0: none). Aborting a task that waits in a worker rejects it at once without
-     * replacing the worker, but the worker may still run it (its result is dropped): use 0
-     * where an aborted task must never run.
+     * replacing the worker, which is told and drops it; only a worker that started it just
+     * before it was told runs it (its result is dropped): use 0 where an aborted task must
+     * never run even then.
      */
     maxTasksAhead?: number;
     /** Most tasks waiting for a worker (default: unbounded in practice, 2^31). */

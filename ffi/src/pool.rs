@@ -38,7 +38,16 @@ pub struct rcluster_pool_options {
     /// A worker whose resident memory is above this many bytes after a task is replaced
     /// (0: no limit).
     pub max_worker_memory: u64,
+    /// Most tasks sent to a worker ahead of those it runs, so that it starts the next one
+    /// without waiting for the primary (0: the default, 32; `RCLUSTER_NO_TASKS_AHEAD`: none,
+    /// every task waits in the pool until a worker has room to run it). A task cancelled
+    /// while it waits in a worker is dropped there (`RCLUSTER_WORKER_EVENT_KIND_TASK_CANCELLED`
+    /// for a worker that holds tasks itself).
+    pub max_tasks_ahead: u32,
 }
+
+/// `rcluster_pool_options.max_tasks_ahead`: no task is sent ahead.
+pub const RCLUSTER_NO_TASKS_AHEAD: u32 = u32::MAX;
 
 /// How a task ended.
 #[allow(non_camel_case_types)]
@@ -112,6 +121,9 @@ pub struct rcluster_pool_counters {
     pub wait_max_us: u64,
     pub run_total_us: u64,
     pub run_max_us: u64,
+    /// Tasks that waited in a worker that ended, and were given to another (not an attempt:
+    /// they had not started). Last, so that the fields before it keep their places.
+    pub requeued: u64,
 }
 
 fn pool_ref<'a>(p: *const rcluster_pool) -> Res<&'a Pool> {
@@ -232,6 +244,11 @@ pub unsafe extern "C" fn rcluster_pool_start(
         }
         if o.max_worker_memory != 0 {
             c.max_worker_memory = Some(o.max_worker_memory);
+        }
+        match o.max_tasks_ahead {
+            0 => {}
+            RCLUSTER_NO_TASKS_AHEAD => c.max_tasks_ahead = 0,
+            n => c.max_tasks_ahead = n as usize,
         }
         let inner = Pool::start(c)?;
         // SAFETY: `out` is non-null (checked above) and the caller promises it points to writable
@@ -413,6 +430,7 @@ pub unsafe extern "C" fn rcluster_pool_stats(
             retried: s.retried,
             recycled: s.recycled,
             workers_ready: s.workers_ready as u64,
+            requeued: s.requeued,
             wait_total_us: micros(s.wait_total),
             wait_max_us: micros(s.wait_max),
             run_total_us: micros(s.run_total),

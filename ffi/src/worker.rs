@@ -35,6 +35,12 @@ pub enum rcluster_worker_event_kind {
     /// A task of a pool: `task_id`, `name`, `content_type`, and its payload in `data`, `len`.
     /// Answer it with `rcluster_worker_answer`.
     Task = 5,
+    /// The pool cancelled task `task_id`, which this worker took earlier (an event of kind
+    /// `TASK`) and which waited here: drop it if it has not started, and never answer it
+    /// then; ignore this when it has started or was answered. A worker that runs each task
+    /// as soon as it takes it may ignore it: the library never hands out a task whose cancel
+    /// arrived before it was taken.
+    TaskCancelled = 6,
 }
 
 /// Something the primary told this worker. Read-only; `data`, `listener` and `peer` belong to
@@ -62,7 +68,7 @@ pub struct rcluster_worker_event {
     /// type). Last, so that programs built against an older header read the fields before it
     /// where they were.
     pub content_type: rcluster_content_type,
-    /// TASK: the id to answer with; 0 otherwise.
+    /// TASK: the id to answer with; TASK_CANCELLED: the task to drop; 0 otherwise.
     pub task_id: u64,
     /// TASK: the function to run ("" for the default); NULL otherwise.
     pub name: *const c_char,
@@ -111,6 +117,10 @@ fn into_c(ev: WorkerEvent) -> *mut rcluster_worker_event {
             o.view.content_type = rcluster_content_type::from(t.content);
             o.name = Some(c_text(&t.name));
             o.data = t.payload;
+        }
+        WorkerEvent::TaskCancelled(id) => {
+            o.view.kind = K::TaskCancelled;
+            o.view.task_id = id;
         }
         WorkerEvent::Connection(c) => {
             o.view.kind = K::Connection;

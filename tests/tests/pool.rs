@@ -774,38 +774,95 @@ fn the_control_socket_status_of_a_pool_carries_its_task_counters() {
 }
 
 #[test]
-fn a_cancelled_task_that_its_worker_runs_all_the_same_is_still_ended_at_its_timeout() {
+fn a_task_sent_ahead_and_cancelled_never_runs_and_its_worker_stays() {
     let pool = Pool::start(config(1)).unwrap();
+    warm_up(&pool);
+    let first = submit(&pool, "pid", "");
+    let pid = value(&collect(&pool, 1, LONG)[&first]);
+    let mark = std::env::temp_dir().join(format!("rcluster-cancelled-{}", std::process::id()));
+    let _ = std::fs::remove_file(&mark);
+    let ids = pool
+        .submit_batch([
+            (b"400".to_vec(), named("sleep")),
+            // Would leave a file behind if it ran.
+            (mark.to_str().unwrap().into(), named("touch")),
+            (Vec::new(), named("pid")),
+        ])
+        .unwrap();
+    // The touch waits in the worker behind the sleep.
+    wait_running(&pool, 3);
+    assert!(
+        !pool.cancel(ids[1]),
+        "the task was still in the pool's queue"
+    );
+    let got = collect(&pool, 3, LONG);
+    assert_eq!(value(&got[&ids[0]]), "slept");
+    assert!(matches!(got[&ids[1]].result, Err(TaskError::Cancelled)));
+    assert_eq!(value(&got[&ids[2]]), pid);
+    assert!(!mark.exists(), "the cancelled task ran");
+    let s = pool.stats();
+    assert_eq!(
+        (s.failed(), s.failed_cancelled, s.running, s.requeued),
+        (1, 1, 0, 0)
+    );
+}
+
+#[test]
+fn a_cancelled_task_its_worker_had_started_delays_the_clock_of_the_task_behind_it_until_its_answer()
+{
+    let mut c = config(1);
+    c.cluster
+        .env
+        .push(("POOL_WORKER_IGNORE_CANCELS".into(), "1".into()));
+    let pool = Pool::start(c).unwrap();
     warm_up(&pool);
     let ids = pool
         .submit_batch([
             (b"300".to_vec(), named("sleep")),
+            // Cancelled while it waits; this worker runs it all the same (300 ms to 700 ms).
+            (b"400".to_vec(), named("sleep")),
+            // Runs from 700 ms to 900 ms: within its timeout counted from its true start, not
+            // from the first task's answer (300 ms, which would end it at 800 ms).
             (
-                Vec::new(),
+                b"200".to_vec(),
                 TaskOptions {
-                    timeout: Some(Duration::from_millis(300)),
-                    ..named("spin")
+                    timeout: Some(Duration::from_millis(500)),
+                    ..named("sleep")
                 },
             ),
-            (b"after".to_vec(), named("echo")),
         ])
         .unwrap();
-    // The spin waits in the worker behind the sleep; this worker cannot be told of the
-    // cancel, so it runs the spin next.
     wait_running(&pool, 3);
     pool.cancel(ids[1]);
     let got = collect(&pool, 3, LONG);
     assert_eq!(value(&got[&ids[0]]), "slept");
     assert!(matches!(got[&ids[1]].result, Err(TaskError::Cancelled)));
-    assert_eq!(value(&got[&ids[2]]), "after");
+    assert_eq!(value(&got[&ids[2]]), "slept");
     let s = pool.stats();
     assert_eq!(
-        (
-            s.failed(),
-            s.failed_cancelled,
-            s.failed_timeout,
-            s.failed_crashed
-        ),
+        (s.failed(), s.failed_cancelled, s.failed_timeout, s.running),
         (1, 1, 0, 0)
     );
+}
+
+#[test]
+fn stopping_with_cancel_queued_fails_the_tasks_waiting_in_a_worker_and_they_never_run() {
+    let pool = Pool::start(config(1)).unwrap();
+    warm_up(&pool);
+    let mark = std::env::temp_dir().join(format!("rcluster-stopped-{}", std::process::id()));
+    let _ = std::fs::remove_file(&mark);
+    let ids = pool
+        .submit_batch([
+            (b"300".to_vec(), named("sleep")),
+            (mark.to_str().unwrap().into(), named("touch")),
+        ])
+        .unwrap();
+    wait_running(&pool, 2);
+    pool.stop(true, Duration::from_secs(5)).unwrap();
+    let got = collect(&pool, 2, LONG);
+    assert_eq!(value(&got[&ids[0]]), "slept");
+    assert!(matches!(got[&ids[1]].result, Err(TaskError::Shutdown)));
+    // The worker would have started it right after the sleep, before it was stopped.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!mark.exists(), "a task that failed with shutdown ran");
 }

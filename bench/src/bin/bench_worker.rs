@@ -48,7 +48,9 @@ fn next_message(worker: &Worker) -> Vec<u8> {
         match worker.next_event(None) {
             Ok(Some(WorkerEvent::Message { data, .. })) => return data,
             Ok(Some(WorkerEvent::Disconnect | WorkerEvent::PrimaryGone)) => std::process::exit(0),
-            Ok(Some(WorkerEvent::Connection(_) | WorkerEvent::Task(_))) => {}
+            Ok(Some(
+                WorkerEvent::Connection(_) | WorkerEvent::Task(_) | WorkerEvent::TaskCancelled(_),
+            )) => {}
             Ok(None) => {}
             Err(e) => fail(&format!("receiving: {e}")),
         }

@@ -6,6 +6,7 @@
 // here (the primary sends a few ahead, so that the next one starts without a round trip).
 // An answer held counts as a running task until it is written: the primary starts the
 // deadline of a task that waited here when the answer before it arrives (docs/protocol.md 5.8).
+// A task cancelled while it waits here is dropped, never run nor answered.
 // A file that fails to load is reported to the primary, and the worker exits with code 3,
 // which the pool does not restart.
 const v8 = require('v8');
@@ -14,6 +15,9 @@ const { pathToFileURL } = require('url');
 const native = require('./native');
 const { CONTENT } = require('./codec');
 const BOOT_FAILED_EXIT = 3;
+// A task that waited here longer than this (ms) while others ran starts only after the link
+// was read again: a cancel of it that arrived meanwhile drops it (docs/protocol.md 5.8).
+const LOOK_AFTER_MS = 1;
 
 const link = native.attachWorker();
 if (!link) {
@@ -78,6 +82,8 @@ function flush() {
 /** Tasks that came and did not start yet, in order, and how many run now. */
 const waiting = [];
 let running = 0;
+/** When the link was last read (performance.now()). */
+let lookedAt = 0;
 let fns = null;
 
 function answer(id, ok, payload) {
@@ -107,10 +113,26 @@ function turn() {
  */
 function pump() {
   while (running < CONCURRENCY && waiting.length > 0) {
+    if (performance.now() - lookedAt >= LOOK_AFTER_MS) {
+      look();
+      if (waiting.length === 0) break;
+    }
     if (running + ids.length >= CONCURRENCY) flush();
     running++;
     run(fns, waiting.shift());
   }
+}
+
+/** Reads the link now and takes what came, cancels among it. */
+function look() {
+  let items;
+  try {
+    items = link.poll(4096);
+    while (onItems(items)) items = link.drain(4096);
+  } catch {
+    process.exit(0); // The primary is gone.
+  }
+  lookedAt = performance.now();
 }
 
 function settle(id, value) {
@@ -185,6 +207,12 @@ function onItems(items) {
   for (const item of items) {
     if (typeof item !== 'object' || item === null || Buffer.isBuffer(item)) continue;
     if (item.type === 'task') waiting.push(item);
+    else if (item.type === 'cancel') {
+      // Cancelled while it waited here: it never starts, and is never answered. One that
+      // started (or ended) is not waiting any more, and the cancel means nothing to it.
+      const at = waiting.findIndex((t) => t.id === item.id);
+      if (at >= 0) waiting.splice(at, 1);
+    }
     else if (item.type === 'disconnect' || item.type === 'gone') {
       // Tasks that reached this worker before the disconnect were in this batch or earlier.
       flush();
@@ -201,6 +229,7 @@ load().then((mod) => {
   }
   link.ready();
   link.watch((items) => {
+    lookedAt = performance.now();
     // A batch that stopped short leaves more waiting in memory, where the descriptor does
     // not tell: take them at once.
     while (onItems(items)) items = link.drain(4096);

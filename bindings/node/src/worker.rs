@@ -109,6 +109,11 @@ fn to_item(ev: WorkerEvent) -> Item {
             content: Some(t.content as u32),
             ..simple("task")
         }),
+        // A task taken earlier was cancelled: `lib/pool_worker.js` drops it if it waits.
+        WorkerEvent::TaskCancelled(id) => Either3::C(NativeWorkerEvent {
+            id: Some(id as f64),
+            ..simple("cancel")
+        }),
     }
 }
 
@@ -121,6 +126,18 @@ fn drain(worker: &Worker, max: usize) -> napi::Result<Vec<Item>, &'static str> {
     let taken = worker
         .next_events(Some(Duration::ZERO), max, &mut events)
         .map_err(to_js)?;
+    items(events, taken == max)
+}
+
+/// As `drain`, after reading the socket now (`Worker::poll_events`): for a pool worker about
+/// to start a task that waited, so that a cancel that arrived meanwhile is seen.
+fn poll(worker: &Worker, max: usize) -> napi::Result<Vec<Item>, &'static str> {
+    let mut events = Vec::new();
+    let taken = worker.poll_events(max, &mut events).map_err(to_js)?;
+    items(events, taken == max)
+}
+
+fn items(events: Vec<WorkerEvent>, short: bool) -> napi::Result<Vec<Item>, &'static str> {
     let mut out = Vec::new();
     let mut json = String::new();
     for ev in events {
@@ -143,7 +160,7 @@ fn drain(worker: &Worker, max: usize) -> napi::Result<Vec<Item>, &'static str> {
     if !json.is_empty() {
         out.push(Either3::A(json));
     }
-    if taken == max {
+    if short {
         // Stopped short: more may be waiting (in memory, where no descriptor tells).
         out.push(Either3::C(simple("more")));
     }
@@ -349,6 +366,12 @@ impl NativeWorker {
     #[napi(ts_return_type = "Array<string | Buffer | NativeWorkerEvent>")]
     pub fn drain(&self, max: u32) -> napi::Result<Vec<Item>, &'static str> {
         drain(&self.inner, max as usize)
+    }
+
+    /// As `drain`, after reading the socket now, even when the last read emptied it.
+    #[napi(ts_return_type = "Array<string | Buffer | NativeWorkerEvent>")]
+    pub fn poll(&self, max: u32) -> napi::Result<Vec<Item>, &'static str> {
+        poll(&self.inner, max as usize)
     }
 
     /// Calls `callback` on the JS thread with the waiting events (up to [`message::BATCH`], as

@@ -153,6 +153,28 @@ test('aborting a task that waits in its worker behind a running one leaves that 
   assert.deepStrictEqual([s.failedCrashed, s.failedCancelled], [0, 1]);
 }));
 
+for (const first of ['sleep', 'block']) {
+  test(`a task sent ahead and aborted behind a ${first} never runs and the same worker goes on`, () => withPool({ workers: 1 }, async (pool) => {
+    const fs = require('fs');
+    const os = require('os');
+    const mark = path.join(os.tmpdir(), `rcluster-node-cancelled-${process.pid}-${first}`);
+    fs.rmSync(mark, { force: true });
+    const pid = await pool.run(null, { name: 'pid' });
+    const ahead = new AbortController();
+    const slow = pool.run(400, { name: first });
+    const waiting = rejection(pool.run(mark, { name: 'touch', signal: ahead.signal }));
+    const deadline = Date.now() + 10000;
+    while (pool.stats().running < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    assert.strictEqual(pool.stats().running, 2);
+    ahead.abort();
+    assert.strictEqual((await waiting).name, 'AbortError');
+    assert.strictEqual(await slow, 400);
+    assert.strictEqual(await pool.run(null, { name: 'pid' }), pid, 'the same worker answers the next task');
+    assert.strictEqual(fs.existsSync(mark), false, 'the aborted task ran');
+    assert.strictEqual(pool.stats().running, 0);
+  }));
+}
+
 test('a crash fails only the running task; the tasks sent ahead to that worker run on another', () => withPool({ workers: 1 }, async (pool) => {
   await Promise.all(Array.from({ length: 200 }, (_, i) => pool.run(i, { name: 'echo' })));
   const slow = pool.run(200, { name: 'sleep' });

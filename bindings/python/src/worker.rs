@@ -29,6 +29,7 @@ const CONNECTION: &str = "connection";
 const DISCONNECT: &str = "disconnect";
 const PRIMARY_GONE: &str = "primary_gone";
 const TASK: &str = "task";
+const TASK_CANCELLED: &str = "cancel";
 
 fn to_tuple(py: Python<'_>, ev: WorkerEvent) -> PyResult<Bound<'_, PyTuple>> {
     match ev {
@@ -46,6 +47,8 @@ fn to_tuple(py: Python<'_>, ev: WorkerEvent) -> PyResult<Bound<'_, PyTuple>> {
         WorkerEvent::Task(t) => {
             (TASK, (t.id, t.content, PyBytes::new(py, &t.payload))).into_pyobject(py)
         }
+        // A task taken earlier was cancelled: the pool worker drops it if it waits.
+        WorkerEvent::TaskCancelled(id) => (TASK_CANCELLED, id).into_pyobject(py),
         #[allow(unreachable_patterns)]
         _ => ("unknown", py.None()).into_pyobject(py),
     }
@@ -168,6 +171,19 @@ impl PyWorker {
             .unwrap_or_default()
         };
         batch.into_iter().map(|ev| to_tuple(py, ev)).collect()
+    }
+
+    /// Reads the link now, without waiting (even when the last read emptied it), and returns
+    /// up to `max` events as `next_events(0, max)` does: a pool worker calls it before it
+    /// starts a task that waited, so that a cancel that arrived meanwhile is seen.
+    #[pyo3(signature = (max=256))]
+    fn poll_events<'py>(&self, py: Python<'py>, max: usize) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        let max = max.max(1);
+        let batch = py.allow_threads(|| {
+            let mut out = Vec::new();
+            self.core.poll_events(max, &mut out).map(|_| out)
+        });
+        batch.py()?.into_iter().map(|ev| to_tuple(py, ev)).collect()
     }
 }
 

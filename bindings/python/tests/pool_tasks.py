@@ -74,3 +74,10 @@ def raise_unpicklable():
         pass
 
     raise Local("a local exception class")
+
+
+def touch(path: str) -> str:
+    """Creates the file at ``path``: a side effect to look for."""
+    with open(path, "w"):
+        pass
+    return path

@@ -140,6 +140,29 @@ def test_cancel_of_a_task_waiting_in_its_worker_leaves_the_worker_alive():
         assert (stats["failed_crashed"], stats["failed_cancelled"]) == (0, 1)
 
 
+def test_a_task_sent_ahead_and_cancelled_never_runs_and_the_same_worker_goes_on(tmp_path):
+    mark = tmp_path / "ran"
+    with rcluster.Pool(1) as pool:
+        # Quick tasks first: the pool then sends several tasks ahead to a worker.
+        assert list(pool.map(t.echo, range(200))) == list(range(200))
+        worker = pool.submit(t.pid).result(SLOW)
+        first = pool.submit(t.sleep_then, 0.1, "first")
+        second = pool.submit(t.sleep_then, 0.4, "second")
+        waiting = pool.submit(t.touch, str(mark))
+        deadline = time.monotonic() + SLOW
+        while pool.stats()["running"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pool.stats()["running"] == 3
+        # The worker took the second task and the touch together once the first ended, and
+        # holds the touch while the second runs.
+        assert first.result(SLOW) == "first"
+        assert waiting.cancel()
+        assert second.result(SLOW) == "second"
+        assert pool.submit(t.pid).result(SLOW) == worker
+        assert not mark.exists(), "the cancelled task ran"
+        assert pool.stats()["running"] == 0
+
+
 def test_cancel_of_a_running_task_kills_its_worker_and_the_pool_carries_on():
     with rcluster.Pool(1, restart=rcluster.RestartPolicy(backoff_initial=0.02)) as pool:
         worker = pool.submit(t.pid).result(SLOW)

@@ -4,7 +4,7 @@
 //! A worker gets more than the `conc` tasks it runs at once: a few more wait in it
 //! (prefetched), so that when it answers one it starts the next at once instead of waiting a
 //! round trip through the primary. It still runs at most `conc` at once, in the order they
-//! were sent (`sched::begin_next`); one that waited in a worker that ended runs elsewhere.
+//! were sent (`answers::begin_next`); one that waited in a worker that ended runs elsewhere.
 //! How many wait ahead follows how long tasks run: about `AHEAD_FOR` of work, at least one,
 //! at most `max_tasks_ahead`, so that short tasks travel in batches and long ones do not wait
 //! behind each other in one worker while another is idle.

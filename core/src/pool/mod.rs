@@ -7,9 +7,12 @@
 //! its events. Workers are processes supervised by a [`Supervisor`] (restart policy, backoff),
 //! so a task that crashes its worker fails alone, with the exit code or signal, and the pool
 //! carries on. Worker side: [`crate::Worker`] yields [`crate::WorkerEvent::Task`] and answers
-//! with [`crate::Worker::answer`].
+//! with [`crate::Worker::answer`]; a worker that holds tasks before it starts them also
+//! follows [`crate::WorkerEvent::TaskCancelled`].
 
+mod answers;
 mod dispatch;
+mod ending;
 mod recycle;
 mod sched;
 mod shared;
@@ -182,9 +185,10 @@ impl Pool {
         Ok(id)
     }
 
-    /// Cancels task `id`: a queued task is removed and fails with `Cancelled` at once; a
-    /// running one fails with `Cancelled` and its worker is killed and replaced (other tasks
-    /// on that worker fail as crashed, or run again when idempotent). Returns false when the
+    /// Cancels task `id`: a queued task is removed and fails with `Cancelled` at once; one
+    /// that waits in a worker (sent ahead) fails with `Cancelled` at once and that worker is
+    /// told to drop it; a running one fails with `Cancelled` and its worker is killed and
+    /// replaced (other tasks on that worker fail as crashed, or run again when idempotent). Returns false when the
     /// task is not queued and may have finished (the scheduler then ignores the request).
     pub fn cancel(&self, id: u64) -> bool {
         let s = &*self.shared;

@@ -194,6 +194,24 @@ impl Supervisor {
         }
     }
 
+    /// Tells worker `id`, if its process is still `pid`, that task `task` (sent to it and
+    /// waiting there) is cancelled: the worker drops it unless it has started it. Fails as
+    /// `send_tasks` does.
+    #[doc(hidden)]
+    pub fn send_task_cancel(&self, id: u32, pid: u32, task: u64) -> Result<()> {
+        let body = crate::wire::task::task_cancel(task).to_vec();
+        let link = self.shared.routes.read().unwrap().get(&id).cloned();
+        match link {
+            Some(c) if c.pid() as u32 == pid => c.send_bodies(
+                &self.shared.waker,
+                crate::wire::frame::Kind::TaskCancel,
+                &[body],
+            ),
+            _ if self.shared.stopped.load(Ordering::Acquire) => Err(Error::Stopped),
+            _ => Err(Error::NoSuchWorker(id)),
+        }
+    }
+
     /// Sends a user message (`raw`) to every live worker; returns how many it was queued for.
     /// Workers whose queue is full are skipped (they are not reading).
     pub fn broadcast(&self, data: &[u8]) -> Result<usize> {

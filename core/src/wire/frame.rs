@@ -33,6 +33,9 @@ pub enum Kind {
     Task = 12,
     /// A pool worker's answer to a task (worker to primary; body in `wire::task`).
     TaskDone = 13,
+    /// The primary cancelled a task it sent that waits in the worker (primary to worker;
+    /// body: the task id, u64 LE).
+    TaskCancel = 14,
 }
 
 impl Kind {
@@ -51,6 +54,7 @@ impl Kind {
             11 => Kind::Unlisten,
             12 => Kind::Task,
             13 => Kind::TaskDone,
+            14 => Kind::TaskCancel,
             _ => return None,
         })
     }

@@ -3,6 +3,7 @@
 //!
 //! Task:     u64 task id, u8 content type, u8 name length, name (UTF-8), payload (the rest).
 //! TaskDone: u64 task id, u8 status (0 value, 1 error), u8 content type, payload (the rest).
+//! TaskCancel: u64 task id (a task sent ahead that the worker must drop if it has not started).
 //!
 //! The content type says how the payload is encoded, so that a worker of another language can
 //! tell it can read it; the core never looks inside. Task id 0 is never a task: a worker that
@@ -90,6 +91,16 @@ pub fn task_done(out: &mut Vec<u8>, id: u64, ok: bool, content: u8, payload: &[u
     out.extend_from_slice(payload);
 }
 
+/// A TaskCancel body.
+pub fn task_cancel(id: u64) -> [u8; 8] {
+    id.to_le_bytes()
+}
+
+/// Reads a TaskCancel body: exactly a task id.
+pub fn parse_task_cancel(body: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(body.try_into().ok()?))
+}
+
 /// Reads a TaskDone body; a status other than 0 and 1 does not parse.
 pub fn parse_task_done(body: &[u8]) -> Option<DoneRef<'_>> {
     let id = u64::from_le_bytes(body.get(..8)?.try_into().ok()?);
@@ -139,5 +150,8 @@ mod tests {
         let mut b = Vec::new();
         task(&mut b, 1, 0, &"é".repeat(200), b"");
         assert_eq!(parse_task(&b).unwrap().name.len(), 254);
+        assert_eq!(parse_task_cancel(&task_cancel(42)), Some(42));
+        assert_eq!(parse_task_cancel(&[0; 9]), None);
+        assert_eq!(parse_task_cancel(&[0; 7]), None);
     }
 }

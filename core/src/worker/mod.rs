@@ -37,6 +37,11 @@ pub enum WorkerEvent {
     Connection(Connection),
     /// A task from a pool: answer it with [`Worker::answer`] (or `answer_many`).
     Task(Task),
+    /// The pool cancelled a task this worker took earlier and that waited here: drop it if
+    /// it has not started, never answer it then; ignore this when it has started or was
+    /// answered. A task still held by this library when its cancel arrives is dropped here,
+    /// and neither event is seen (see [`Worker::poll_events`]).
+    TaskCancelled(u64),
 }
 
 /// A task a pool gave this worker.
@@ -290,10 +295,8 @@ impl Worker {
     pub fn next_event(&self, timeout: Option<Duration>) -> Result<Option<WorkerEvent>> {
         // The path of every message when events are taken one by one: no allocation but the
         // message's own (an empty `acks` allocates nothing).
+        // An error met earlier comes after the events read before it (`take_event`).
         let mut rx = self.rx.lock().unwrap();
-        if let Some(e) = rx.failed.take() {
-            return Err(e);
-        }
         let mut acks = Vec::new();
         let ev = self.take_event(&mut rx, timeout, &mut acks);
         self.ack(&acks)?;
@@ -311,12 +314,10 @@ impl Worker {
         out: &mut Vec<WorkerEvent>,
     ) -> Result<usize> {
         let mut rx = self.rx.lock().unwrap();
-        if let Some(e) = rx.failed.take() {
-            return Err(e);
-        }
         let start = out.len();
         let mut acks = Vec::new();
         let taken = self.take_events(&mut rx, first, max, out, &mut acks);
+        drop_cancelled(out, start);
         // Acknowledged before the application sees them: the primary keeps its copy until
         // then and gives the connection to another worker if this one dies first.
         if let Err(e) = self.ack(&acks) {
@@ -356,25 +357,64 @@ impl Worker {
         Ok(())
     }
 
+    /// Reads the socket now, without waiting (even when the last read emptied it), then
+    /// takes up to `max` events into `out`, as `next_events` with a zero wait does. A worker
+    /// that holds tasks it took, to start them in turn, calls this before it starts one that
+    /// waited while others ran: a [`WorkerEvent::TaskCancelled`] among the events names a
+    /// task it must drop. (One that reads tasks one at a time needs not: the library reads
+    /// ahead before it hands out a task, and drops a task whose cancel it finds.)
+    pub fn poll_events(&self, max: usize, out: &mut Vec<WorkerEvent>) -> Result<usize> {
+        {
+            let mut rx = self.rx.lock().unwrap();
+            let mut acks = Vec::new();
+            self.look_ahead(&mut rx, true, &mut acks);
+            self.ack(&acks)?;
+        }
+        self.next_events(Some(Duration::ZERO), max, out)
+    }
+
     /// One event: a kept one, else the next frame, waiting up to `wait` (forever if None).
+    /// Before a task is handed out, what arrived behind it is read: a cancel of it drops it.
     fn take_event(
         &self,
         rx: &mut Rx,
         wait: Option<Duration>,
         acks: &mut Vec<u64>,
     ) -> Result<Option<WorkerEvent>> {
-        if let Some(ev) = rx.pending.pop_front() {
-            return Ok(Some(ev));
-        }
-        match self.read_frame(rx, wait, acks)? {
-            Some(Decoded::Event(ev)) => Ok(Some(ev)),
-            Some(Decoded::ListenResult { request, .. } | Decoded::TurnCounter { request, .. }) => {
-                Err(Error::Protocol(format!(
-                    "answer to listen request {request}, which nobody is waiting for"
-                )))
+        let deadline = wait.map(|w| Instant::now() + w);
+        // Each turn but the last drops a cancelled task: as many turns as tasks arrive.
+        loop {
+            let ev = match rx.pending.pop_front() {
+                Some(ev) => ev,
+                None => {
+                    if let Some(e) = rx.failed.take() {
+                        return Err(e);
+                    }
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    match self.read_frame(rx, left, acks)? {
+                        Some(Decoded::Event(ev)) => ev,
+                        Some(
+                            Decoded::ListenResult { request, .. }
+                            | Decoded::TurnCounter { request, .. },
+                        ) => {
+                            return Err(Error::Protocol(format!(
+                                "answer to listen request {request}, which nobody is waiting for"
+                            )))
+                        }
+                        None if rx.gone => return Ok(Some(self.primary_gone())),
+                        None => return Ok(None),
+                    }
+                }
+            };
+            let WorkerEvent::Task(t) = ev else {
+                return Ok(Some(ev));
+            };
+            let id = t.id;
+            rx.pending.push_front(WorkerEvent::Task(t));
+            self.look_ahead(rx, false, acks);
+            if matches!(rx.pending.front(), Some(WorkerEvent::Task(t)) if t.id == id) {
+                return Ok(rx.pending.pop_front());
             }
-            None if rx.gone => Ok(Some(self.primary_gone())),
-            None => Ok(None),
         }
     }
 
@@ -462,4 +502,33 @@ impl Worker {
         }
         WorkerEvent::PrimaryGone
     }
+}
+
+/// Removes from `out[start..]` the tasks whose cancel came in the same batch, and those
+/// cancels: the application never sees a task cancelled before it took it.
+fn drop_cancelled(out: &mut Vec<WorkerEvent>, start: usize) {
+    let cancelled: Vec<u64> = out[start..]
+        .iter()
+        .filter_map(|e| match e {
+            WorkerEvent::TaskCancelled(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    if cancelled.is_empty() {
+        return;
+    }
+    let taken: Vec<u64> = out[start..]
+        .iter()
+        .filter_map(|e| match e {
+            WorkerEvent::Task(t) if cancelled.contains(&t.id) => Some(t.id),
+            _ => None,
+        })
+        .collect();
+    let mut i = start;
+    out.retain(|e| {
+        i += 1;
+        i <= start
+            || !matches!(e, WorkerEvent::Task(t) if taken.contains(&t.id))
+                && !matches!(e, WorkerEvent::TaskCancelled(id) if taken.contains(id))
+    });
 }

@@ -27,6 +27,8 @@ pub(super) struct Rx {
     pub(super) failed: Option<Error>,
     /// Why the link cannot be read any more (descriptors and bytes were lost).
     pub(super) broken: Option<String>,
+    /// When the socket was last read (see `look_ahead`).
+    pub(super) read_at: Instant,
 }
 
 impl Rx {
@@ -40,6 +42,7 @@ impl Rx {
             pending: VecDeque::new(),
             failed: None,
             broken: None,
+            read_at: Instant::now(),
         }
     }
 }
@@ -124,6 +127,7 @@ impl Worker {
         let spare = decoder.spare(64 * 1024);
         let want = spare.len();
         let fds_before = fds.len();
+        rx.read_at = Instant::now();
         match sys::recv_with_fds(self.fd.as_raw_fd(), spare, fds, false) {
             Ok(0) => rx.gone = true,
             Ok(n) => {
@@ -144,6 +148,62 @@ impl Worker {
         }
         true
     }
+}
+
+/// A task taken from the socket longer ago than this is handed out only after the socket was
+/// read again, so that a `TaskCancel` frame that arrived meanwhile drops it.
+const LOOK_AFTER: Duration = Duration::from_millis(1);
+/// Events kept ahead of the application at most: beyond, the socket is not read ahead (what
+/// stays in it holds the primary back), so memory stays bounded whatever it sends. A pool
+/// sends a worker at most `max_tasks_ahead` tasks beyond those it runs.
+const AHEAD_LIMIT: usize = 256;
+
+impl Worker {
+    /// Takes every whole frame already read into `rx.pending`, applying cancels to the tasks
+    /// there; when `read` (or the last read is older than `LOOK_AFTER`), reads the socket
+    /// once first, without waiting. An error stops it and waits in `rx.failed`, after the
+    /// events before it.
+    pub(super) fn look_ahead(&self, rx: &mut Rx, read: bool, acks: &mut Vec<u64>) {
+        self.absorb(rx, acks);
+        let stale = read || rx.read_at.elapsed() >= LOOK_AFTER;
+        if stale && rx.pending.len() < AHEAD_LIMIT && !rx.gone && rx.broken.is_none() {
+            self.receive(rx, true);
+            self.absorb(rx, acks);
+        }
+    }
+
+    fn absorb(&self, rx: &mut Rx, acks: &mut Vec<u64>) {
+        while rx.failed.is_none() && rx.pending.len() < AHEAD_LIMIT {
+            match self.take_decoded(rx, acks) {
+                Ok(None) => break,
+                Ok(Some(Decoded::Event(ev))) => keep(rx, ev),
+                Ok(Some(
+                    Decoded::ListenResult { request, .. } | Decoded::TurnCounter { request, .. },
+                )) => {
+                    rx.failed = Some(Error::Protocol(format!(
+                        "answer to listen request {request}, which nobody is waiting for"
+                    )));
+                }
+                Err(e) => rx.failed = Some(e),
+            }
+        }
+    }
+}
+
+/// Keeps `ev` for the application; a cancel of a task kept here removes that task instead
+/// (the application never sees either).
+fn keep(rx: &mut Rx, ev: WorkerEvent) {
+    if let WorkerEvent::TaskCancelled(id) = ev {
+        let at = rx
+            .pending
+            .iter()
+            .position(|e| matches!(e, WorkerEvent::Task(t) if t.id == id));
+        if let Some(at) = at {
+            rx.pending.remove(at);
+            return;
+        }
+    }
+    rx.pending.push_back(ev);
 }
 
 fn decode_one(rx: &mut Rx) -> Result<Option<Raw>> {
@@ -171,6 +231,15 @@ fn decode_one(rx: &mut Rx) -> Result<Option<Raw>> {
                 content: t.content,
                 payload: t.payload.to_vec(),
             })))
+        }
+        Kind::TaskCancel => {
+            let id = crate::wire::task::parse_task_cancel(f.body).ok_or_else(|| {
+                Error::Protocol(format!(
+                    "malformed TaskCancel frame of {} bytes",
+                    f.body.len()
+                ))
+            })?;
+            Raw::Decoded(Decoded::Event(WorkerEvent::TaskCancelled(id)))
         }
         Kind::Connection => {
             let fd = fd()?;

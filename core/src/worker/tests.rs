@@ -311,3 +311,80 @@ fn a_worker_that_counts_gets_the_count_map_with_its_listen_answer() {
     let n = unsafe { libc::pread(map.as_raw_fd(), count.as_mut_ptr().cast(), 8, 3 * 8) };
     assert_eq!((n, i64::from_ne_bytes(count)), (8, -2));
 }
+
+fn send_task(primary: &OwnedFd, id: u64) {
+    let mut body = Vec::new();
+    crate::wire::task::task(&mut body, id, 0, "", b"x");
+    let mut out = Vec::new();
+    frame::encode(&mut out, Kind::Task, 0, &body);
+    sys::send(primary.as_raw_fd(), &out).unwrap();
+}
+
+fn send_cancel(primary: &OwnedFd, id: u64) {
+    let mut out = Vec::new();
+    frame::encode(
+        &mut out,
+        Kind::TaskCancel,
+        0,
+        &crate::wire::task::task_cancel(id),
+    );
+    sys::send(primary.as_raw_fd(), &out).unwrap();
+}
+
+fn task_id(ev: Option<WorkerEvent>) -> u64 {
+    match ev {
+        Some(WorkerEvent::Task(t)) => t.id,
+        other => panic!("expected a task, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_worker_reading_tasks_one_by_one_never_sees_a_task_whose_cancel_arrived_first() {
+    let (primary, w) = linked();
+    for id in 1..=3 {
+        send_task(&primary, id);
+    }
+    assert_eq!(
+        task_id(w.next_event(Some(Duration::from_secs(5))).unwrap()),
+        1
+    );
+    // Task 2 waits in the library (read with task 1) when its cancel arrives.
+    send_cancel(&primary, 2);
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(task_id(w.try_next_event().unwrap()), 3);
+    // A cancel of a task already handed out is the application's to follow.
+    send_cancel(&primary, 1);
+    assert_eq!(
+        w.next_event(Some(Duration::from_secs(5))).unwrap(),
+        Some(WorkerEvent::TaskCancelled(1))
+    );
+    assert_eq!(w.try_next_event().unwrap(), None);
+}
+
+#[test]
+fn a_batch_holds_no_task_whose_cancel_came_with_it_and_poll_events_reads_cancels_at_once() {
+    let (primary, w) = linked();
+    for id in 1..=3 {
+        send_task(&primary, id);
+    }
+    send_cancel(&primary, 2);
+    let mut out = Vec::new();
+    w.next_events(Some(Duration::from_secs(5)), 16, &mut out)
+        .unwrap();
+    let ids: Vec<u64> = out.drain(..).map(|e| task_id(Some(e))).collect();
+    assert_eq!(ids, [1, 3]);
+    // Read at once, even right after a read that emptied the socket.
+    send_cancel(&primary, 3);
+    w.poll_events(16, &mut out).unwrap();
+    assert_eq!(out, [WorkerEvent::TaskCancelled(3)]);
+}
+
+#[test]
+fn a_malformed_task_cancel_is_a_protocol_error() {
+    let (primary, w) = linked();
+    let mut out = Vec::new();
+    frame::encode(&mut out, Kind::TaskCancel, 0, &[1, 2, 3]);
+    sys::send(primary.as_raw_fd(), &out).unwrap();
+    let e = w.next_event(Some(Duration::from_secs(5))).unwrap_err();
+    assert!(e.to_string().contains("malformed TaskCancel"), "{e}");
+}

@@ -243,7 +243,9 @@ fn watch_primary(w: &Arc<Worker>, open: &Arc<Open>, body: &Arc<str>) -> ! {
             match ev {
                 WorkerEvent::Connection(c) => take(w, open, c, body),
                 // Tasks come from pools only (see `pool.rs`).
-                WorkerEvent::Message { .. } | WorkerEvent::Task(_) => {}
+                WorkerEvent::Message { .. }
+                | WorkerEvent::Task(_)
+                | WorkerEvent::TaskCancelled(_) => {}
                 WorkerEvent::Disconnect => drain(open),
                 WorkerEvent::PrimaryGone => std::process::exit(0),
             }

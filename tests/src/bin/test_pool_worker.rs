@@ -7,17 +7,23 @@
 //! - `exit`: exits with the payload's code
 //! - `signal`: kills itself with the payload's signal number
 //! - `fail`: answers with the payload as an error
+//! - `touch`: creates the file named by the payload (a side effect to look for)
 //! - `grow`: keeps the payload's number of MiB of memory for good (a leak), answers "grown"
 //!
 //! Tasks that wait in the socket are taken together and run in turn, one at a time; the
 //! answers of quick tasks are written together (one write for a batch), and every answer held
 //! is written before a task that may take time starts, as the protocol asks (the primary
-//! starts a task's deadline when the answer before it arrives).
+//! starts a task's deadline when the answer before it arrives). A task held while others ran
+//! is dropped when the pool cancelled it meanwhile (`TaskCancelled`).
 //! With the environment variable `POOL_WORKER_BOOT=fail` it cannot start: it says why and
 //! exits with `BOOT_FAILED_EXIT`; with `POOL_WORKER_BOOT=crash` it exits with code 1 before
 //! it is ready. `POOL_WORKER_START_MS=N` makes it wait N ms before it says ready.
+//! `POOL_WORKER_IGNORE_CANCELS=1` makes it run the tasks it holds even when they are
+//! cancelled.
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::fs::File;
+use std::time::{Duration, Instant};
 
 use rcluster_core::pool::BOOT_FAILED_EXIT;
 use rcluster_core::{Answer, Task, Worker, WorkerEvent};
@@ -40,15 +46,22 @@ fn main() {
     if let Ok(ms) = std::env::var("POOL_WORKER_START_MS") {
         std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
     }
+    // A worker that runs the tasks it holds even when the pool cancels them (as one does
+    // that started a task just before its cancel arrived).
+    let ignore_cancels = std::env::var_os("POOL_WORKER_IGNORE_CANCELS").is_some();
     w.ready().unwrap();
-    let mut events = Vec::new();
+    let mut held: VecDeque<WorkerEvent> = VecDeque::new();
     let mut answers: Vec<(u64, bool, Vec<u8>)> = Vec::new();
+    let mut events = Vec::new();
     loop {
-        events.clear();
-        if w.next_events(None, 256, &mut events).is_err() {
-            std::process::exit(0);
+        if held.is_empty() {
+            if w.next_events(None, 256, &mut events).is_err() {
+                std::process::exit(0);
+            }
+            held.extend(events.drain(..));
         }
-        for ev in events.drain(..) {
+        let mut since = Instant::now();
+        while let Some(ev) = held.pop_front() {
             match ev {
                 WorkerEvent::Task(t) => {
                     let quick = matches!(t.name.as_str(), "" | "echo" | "pid" | "fail");
@@ -60,15 +73,36 @@ fn main() {
                         flush(&w, &mut answers);
                     }
                 }
+                WorkerEvent::TaskCancelled(id) if !ignore_cancels => drop_task(&mut held, id),
                 WorkerEvent::Disconnect | WorkerEvent::PrimaryGone => {
                     flush(&w, &mut answers);
                     std::process::exit(0);
                 }
                 _ => {}
             }
+            // The tasks held waited while this one ran: a cancel may have come for them.
+            if !held.is_empty() && since.elapsed() >= Duration::from_millis(1) {
+                if w.poll_events(256, &mut events).is_err() {
+                    std::process::exit(0);
+                }
+                for ev in events.drain(..) {
+                    match ev {
+                        WorkerEvent::TaskCancelled(id) if !ignore_cancels => {
+                            drop_task(&mut held, id)
+                        }
+                        ev => held.push_back(ev),
+                    }
+                }
+                since = Instant::now();
+            }
         }
         flush(&w, &mut answers);
     }
+}
+
+/// Drops task `id` if it is held and not started (a cancelled task never runs).
+fn drop_task(held: &mut VecDeque<WorkerEvent>, id: u64) {
+    held.retain(|e| !matches!(e, WorkerEvent::Task(t) if t.id == id));
 }
 
 fn number(t: &Task) -> u64 {
@@ -103,6 +137,11 @@ fn run(t: &Task) -> (u64, bool, Vec<u8>) {
             std::process::exit(99)
         }
         "fail" => (t.id, false, t.payload.clone()),
+        "touch" => {
+            let path = String::from_utf8_lossy(&t.payload).into_owned();
+            File::create(&path).unwrap();
+            (t.id, true, b"touched".to_vec())
+        }
         // A lying worker: answers the task numbered one more than its own (given to someone
         // else, or to nobody yet) and never its own.
         "forge" => (t.id + 1, true, b"forged".to_vec()),

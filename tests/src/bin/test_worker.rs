@@ -185,7 +185,7 @@ fn serve(w: &Arc<Worker>, delay: Duration) {
             Some(WorkerEvent::Message { data: m, .. }) if m.starts_with(b"!") => command(w, &m),
             Some(WorkerEvent::Message { data, content }) => w.send_as(content, &data).unwrap(),
             // Tasks come from pools only (see `rcluster-test-pool-worker`).
-            Some(WorkerEvent::Task(_)) => {}
+            Some(WorkerEvent::Task(_) | WorkerEvent::TaskCancelled(_)) => {}
             Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => std::process::exit(0),
             None => {}
         }
@@ -198,7 +198,7 @@ fn inline(w: &Arc<Worker>, work: Duration) {
             Some(WorkerEvent::Connection(c)) => answer(w, c, work),
             Some(WorkerEvent::Message { data: m, .. }) if m.starts_with(b"!") => command(w, &m),
             Some(WorkerEvent::Message { data, content }) => w.send_as(content, &data).unwrap(),
-            Some(WorkerEvent::Task(_)) => {}
+            Some(WorkerEvent::Task(_) | WorkerEvent::TaskCancelled(_)) => {}
             Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => std::process::exit(0),
             None => {}
         }
@@ -223,7 +223,7 @@ fn drain(w: &Arc<Worker>, delay: Duration) {
             Some(WorkerEvent::Message { data: m, .. }) if m.starts_with(b"!") => command(w, &m),
             Some(WorkerEvent::Message { data, content }) => w.send_as(content, &data).unwrap(),
             // Tasks come from pools only (see `rcluster-test-pool-worker`).
-            Some(WorkerEvent::Task(_)) => {}
+            Some(WorkerEvent::Task(_) | WorkerEvent::TaskCancelled(_)) => {}
             Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => {
                 // Every connection handed before the disconnect came before it on the socket,
                 // so PENDING already counts them all.
@@ -248,7 +248,7 @@ fn report(w: &Arc<Worker>, delay: Duration) {
             Some(WorkerEvent::Message { data: m, .. }) if m.starts_with(b"!") => command(w, &m),
             Some(WorkerEvent::Message { data, content }) => w.send_as(content, &data).unwrap(),
             // Tasks come from pools only (see `rcluster-test-pool-worker`).
-            Some(WorkerEvent::Task(_)) => {}
+            Some(WorkerEvent::Task(_) | WorkerEvent::TaskCancelled(_)) => {}
             Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => std::process::exit(0),
             None => {}
         }
@@ -349,7 +349,7 @@ fn listen_and_drain(w: &Arc<Worker>, own: std::os::fd::OwnedFd, name: &str) {
             Some(WorkerEvent::Message { data: m, .. }) if m.starts_with(b"!") => command(w, &m),
             Some(WorkerEvent::Message { data, content }) => w.send_as(content, &data).unwrap(),
             // Tasks come from pools only (see `rcluster-test-pool-worker`).
-            Some(WorkerEvent::Task(_)) => {}
+            Some(WorkerEvent::Task(_) | WorkerEvent::TaskCancelled(_)) => {}
             Some(WorkerEvent::Disconnect) | Some(WorkerEvent::PrimaryGone) => {
                 let listener = std::net::TcpListener::from(own);
                 let _ = listener.set_nonblocking(true);

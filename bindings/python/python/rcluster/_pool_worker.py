@@ -7,7 +7,8 @@ tasks waiting on its link in batches, runs them in turn and answers each batch w
 The primary sends a few tasks ahead of the ones it counts as running
 (``RCLUSTER_TASK_CONCURRENCY``), and starts the deadline of such a task when the answer
 before it arrives: so an answer held counts as a running task, and the answers held are
-written before a task starts when they make that many (docs/protocol.md 5.8).
+written before a task starts when they make that many (docs/protocol.md 5.8). A task the pool
+cancelled while it waited here is dropped, never run nor answered.
 When loading fails it tells the primary why, with the traceback, and exits with
 ``BOOT_FAILED_EXIT``: the pool then fails its tasks with that text instead of restarting the
 worker in a loop.
@@ -23,6 +24,7 @@ import sys
 import time
 import traceback
 import types
+from collections import deque
 from typing import Any
 
 from rcluster._pool_env import INIT as ENV_INIT
@@ -35,6 +37,9 @@ from rcluster._rcluster import CONTENT_PICKLE
 BATCH = 256
 #: A task that ran longer than this (seconds) has its answer sent at once.
 FLUSH_AFTER = 0.002
+#: A task held longer than this (seconds) while others ran starts only after the link was
+#: read again: a cancel of it that arrived meanwhile drops it (docs/protocol.md 5.8).
+LOOK_AFTER = 0.001
 
 
 def _fixup_main() -> None:
@@ -118,14 +123,24 @@ def _wrong_content(content: int) -> bytes:
     return pickle.dumps((err, ""), pickle.HIGHEST_PROTOCOL)
 
 
+def _drop(held: deque[tuple[str, Any]], tid: int) -> None:
+    """Drops task ``tid`` if it waits in ``held``: a cancelled task never runs."""
+    for i, (kind, item) in enumerate(held):
+        if kind == "task" and item[0] == tid:
+            del held[i]
+            return
+
+
 def _serve(w: Any) -> None:
     # A primary that does not say counts every task it sent as running.
     concurrency = int(os.environ.get("RCLUSTER_TASK_CONCURRENCY") or 0) or sys.maxsize
+    held: deque[tuple[str, Any]] = deque()
     while True:
-        batch = w.next_events(None, BATCH)
+        held.extend(w.next_events(None, BATCH))
         answers = []
-        since = time.monotonic()
-        for kind, item in batch:
+        since = looked = time.monotonic()
+        while held:
+            kind, item = held.popleft()
             if kind == "task":
                 if len(answers) >= concurrency:
                     w.answer_many(answers)
@@ -143,6 +158,16 @@ def _serve(w: Any) -> None:
                     w.answer_many(answers)
                     answers = []
                 since = now
+                # The tasks held waited while this one ran: a cancel may have come for them.
+                if held and now - looked >= LOOK_AFTER:
+                    for ev in w.poll_events(BATCH):
+                        if ev[0] == "cancel":
+                            _drop(held, ev[1])
+                        else:
+                            held.append(ev)
+                    looked = time.monotonic()
+            elif kind == "cancel":
+                _drop(held, item)
             elif kind in ("disconnect", "primary_gone"):
                 if answers:
                     w.answer_many(answers)

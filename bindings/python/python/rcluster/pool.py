@@ -335,8 +335,9 @@ class Pool(Executor):
       same worker (they fail as crashed).
     - ``max_tasks_ahead``: most tasks sent to a worker ahead of those it runs (default 32;
       fewer when tasks take long; 0: none). Cancelling a task that waits in a worker ends
-      its future at once without killing the worker, but the worker may still run it (its
-      result is dropped): use 0 where a cancelled task must never run.
+      its future at once without killing the worker, which is told and drops it; only a
+      worker that started it just before it was told runs it (its result is dropped): use 0
+      where a cancelled task must never run even then.
     - ``initializer`` / ``initargs``: called in each worker once it has loaded, before it
       takes tasks (pickled). If it raises, the worker reports the traceback and is not
       restarted: the pool's tasks fail with :class:`~rcluster.PoolBrokenError`.
