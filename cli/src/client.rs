@@ -87,15 +87,44 @@ impl Client {
 
     /// The next JSON line; None at end of stream.
     pub fn next(&mut self) -> Result<Option<Value>, String> {
+        match self.next_line()? {
+            None => Ok(None),
+            Some(line) => serde_json::from_str(&line)
+                .map(Some)
+                .map_err(|e| format!("the cluster sent a line that is not JSON: {e}")),
+        }
+    }
+
+    /// The next line as it came; None at end of stream.
+    fn next_line(&mut self) -> Result<Option<String>, String> {
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(0) => Ok(None),
-            Ok(_) => serde_json::from_str(&line)
-                .map(Some)
-                .map_err(|e| format!("the cluster sent a line that is not JSON: {e}")),
+            Ok(_) => Ok(Some(line)),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(None),
             Err(e) => Err(format!("reading the reply: {e}")),
         }
+    }
+
+    /// Sends `req` and returns the JSON text of its reply's `key`, as the cluster wrote it:
+    /// for a caller that only passes it on (`status --json` of many workers), no tree of
+    /// values is built and written out again.
+    pub fn ask_raw(&mut self, req: &Value, key: &str) -> Result<String, String> {
+        self.send(req)?;
+        let line = self
+            .next_line()?
+            .ok_or("the cluster closed the connection")?;
+        let not_json =
+            |e: serde_json::Error| format!("the cluster sent a line that is not JSON: {e}");
+        let reply: std::collections::HashMap<&str, &serde_json::value::RawValue> =
+            serde_json::from_str(&line).map_err(not_json)?;
+        if reply.get("ok").map(|v| v.get()) != Some("true") {
+            return Err(error_of(&serde_json::from_str(&line).map_err(not_json)?));
+        }
+        reply
+            .get(key)
+            .map(|v| v.get().to_string())
+            .ok_or_else(|| format!("the reply has no \"{key}\": {}", line.trim_end()))
     }
 
     /// Sends `req` and returns its reply, an error when it says `ok: false`.

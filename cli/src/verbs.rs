@@ -129,8 +129,13 @@ fn status_of(c: &mut Client) -> Result<Status, String> {
 pub fn status(name: &str, as_json: bool) -> Outcome {
     let mut c = Client::connect(name)?;
     if as_json {
-        let reply = c.ask(&json!({"cmd": "status"}))?;
-        println!("{}", reply["status"]);
+        let mut text = c.ask_raw(&json!({"cmd": "status"}), "status")?;
+        text.push('\n');
+        // One write: stdout's line buffer would cut a long line into 1 KiB writes.
+        std::io::stdout()
+            .lock()
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("writing the status: {e}"))?;
         return Ok(0);
     }
     let st = status_of(&mut c)?;
