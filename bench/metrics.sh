@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # What `--metrics` costs: (1) /metrics scrape latency with 64 workers, measured by the client
 # on loopback with a new connection per scrape (an upper bound of the primary's own time);
-# (2) HTTP throughput of 2 hello-workers (wrk, new connection per request) while /metrics is
-# scraped once a second, against the same server unscraped, alternating, ROUNDS times.
+# (2) HTTP throughput of 2 hello-workers (wrk, new connection per request), alternating ROUNDS
+# times: left alone (plain); /metrics scraped once a second and the status asked 10 times a
+# second over the control socket, as a monitoring agent does (observed); the same with the
+# status asked by running `rcluster status --json` 10 times a second (cli); and /bin/true run
+# 10 times a second (spawn), the cost of starting a process at all on this machine.
 #
 # Usage: bench/metrics.sh
 # Environment: SCRAPES (300), MANY (64), DURATION (10s), CONNS (50), ROUNDS (3), SKIP_BUILD.
@@ -24,6 +27,9 @@ if [[ -z ${SKIP_BUILD:-} ]]; then
 fi
 
 tmp=$(mktemp -d)
+# The clusters' control sockets live in the temporary folder, under a name of their own.
+export XDG_RUNTIME_DIR=$tmp/run
+mkdir -p "$XDG_RUNTIME_DIR"
 pids=()
 cleanup() {
     local p
@@ -49,7 +55,7 @@ start() {
     app_port=$(free_port)
     metrics_port=$(free_port)
     : >"$tmp/log"
-    setsid "$bin/rcluster" run -w "$1" --ready explicit --listen "127.0.0.1:$app_port" \
+    setsid "$bin/rcluster" run --name metricsbench -w "$1" --ready explicit --listen "127.0.0.1:$app_port" \
         --metrics "127.0.0.1:$metrics_port" -- "$bin/hello-worker" >"$tmp/log" 2>&1 &
     pid=$!
     pids+=("$pid")
@@ -61,6 +67,10 @@ start() {
     tail "$tmp/log" >&2
     exit 1
 }
+
+# The primary's CPU time so far (user + system), in clock ticks.
+primary_cpu() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat"; }
+ticks=$(getconf CLK_TCK)
 
 stop() {
     kill -TERM "$pid"
@@ -87,22 +97,56 @@ stop
 echo "== HTTP throughput, 2 workers, new connection per request, $duration x $rounds rounds"
 start 2
 for ((i = 0; i < rounds; i++)); do
-    for mode in plain scraped; do
-        scraper=
-        if [[ $mode == scraped ]]; then
+    for mode in plain observed cli spawn; do
+        helpers=()
+        if [[ $mode != plain && $mode != spawn ]]; then
             (while :; do curl -s -o /dev/null "http://127.0.0.1:$metrics_port/metrics"; sleep 1; done) &
-            scraper=$!
+            helpers+=($!)
         fi
+        case $mode in
+            observed)
+                python3 - "$XDG_RUNTIME_DIR/rcluster/metricsbench.sock" <<'PY' &
+import json, socket, sys, time
+end = time.monotonic() + 600  # bounded; killed when wrk is done
+while time.monotonic() < end:
+    c = socket.socket(socket.AF_UNIX)
+    c.connect(sys.argv[1])
+    f = c.makefile("rwb")
+    f.readline()
+    f.write(b'{"cmd":"status"}\n')
+    f.flush()
+    assert json.loads(f.readline())["ok"]
+    c.close()
+    time.sleep(0.1)
+PY
+                helpers+=($!) ;;
+            cli)
+                (while :; do "$bin/rcluster" status metricsbench --json >/dev/null; sleep 0.1; done) &
+                helpers+=($!) ;;
+            spawn)
+                (while :; do /bin/true; sleep 0.1; done) &
+                helpers+=($!) ;;
+        esac
+        cpu0=$(primary_cpu)
         rps=$(wrk -t1 -c"$conns" -d"$duration" -H 'Connection: close' \
             "http://127.0.0.1:$app_port/" | awk '/Requests\/sec/ { print $2 }')
-        [[ -n $scraper ]] && { kill "$scraper"; wait "$scraper" 2>/dev/null || true; }
+        cpu1=$(primary_cpu)
+        for p in "${helpers[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done
+        echo "$mode $(((cpu1 - cpu0) * 1000 / ticks))" >>"$tmp/cpu"
         echo "round $i $mode $rps"
         echo "$mode $rps" >>"$tmp/rps"
     done
 done
 stop
-for mode in plain scraped; do
+for mode in plain observed cli spawn; do
     awk -v m="$mode" '$1 == m { print $2 }' "$tmp/rps" | sort -n | awk -v m="$mode" '
         { v[NR] = $1 } END { printf "%s median %.0f req/s\n", m, v[int((NR + 1) / 2)] }'
 done | tee "$tmp/med"
-awk '{ m[$1] = $3 } END { printf "scraped / plain = %.3f\n", m["scraped"] / m["plain"] }' "$tmp/med"
+awk '{ m[$1] = $3 } END {
+    printf "observed / plain = %.3f (target >= 0.99: /metrics 1/s, status 10/s over the socket)\n", m["observed"] / m["plain"]
+    printf "cli / plain = %.3f (the same with rcluster status --json started 10/s)\n", m["cli"] / m["plain"]
+    printf "spawn / plain = %.3f (/bin/true started 10/s: what starting processes costs)\n", m["spawn"] / m["plain"] }' "$tmp/med"
+for mode in plain observed cli; do
+    awk -v m="$mode" '$1 == m { print $2 }' "$tmp/cpu" | sort -n | awk -v m="$mode" '
+        { v[NR] = $1 } END { printf "primary CPU per run, %s: median %d ms\n", m, v[int((NR + 1) / 2)] }'
+done
