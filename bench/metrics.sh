@@ -3,7 +3,7 @@
 # on loopback with a new connection per scrape (an upper bound of the primary's own time);
 # (2) HTTP throughput of 2 hello-workers (wrk, new connection per request), alternating ROUNDS
 # times: left alone (plain); the status asked 10 times a second over a control connection and
-# /metrics scraped once a second by one Python process, as a monitoring agent does (observed);
+# /metrics scraped once a second by one Python process, as a monitoring client does (observed);
 # `rcluster status --json` started 10 times a second and `curl` scraping once a second (cli);
 # and /bin/true started 10 times a second (spawn), what starting a process costs here at all.
 #
@@ -107,7 +107,7 @@ for ((i = 0; i < rounds; i++)); do
         fi
         case $mode in
             observed)
-                # One process, as a monitoring agent is: a status request 10 times a second
+                # One process, as a monitoring client is: a status request 10 times a second
                 # on a control connection it keeps, and a scrape of /metrics once a second.
                 python3 - "$XDG_RUNTIME_DIR/rcluster/metricsbench.sock" "$metrics_port" <<'PY' &
 import json, socket, sys, time
@@ -156,7 +156,7 @@ for mode in $modes; do
         { v[NR] = $1 } END { printf "%s median %.0f req/s\n", m, v[int((NR + 1) / 2)] }'
 done | tee "$tmp/med"
 awk '{ m[$1] = $3 } END {
-    if (m["observed"]) printf "observed / plain = %.3f (target >= 0.99: status 10/s and /metrics 1/s from one agent)\n", m["observed"] / m["plain"]
+    if (m["observed"]) printf "observed / plain = %.3f (target >= 0.99: status 10/s and /metrics 1/s from one client)\n", m["observed"] / m["plain"]
     if (m["cli"]) printf "cli / plain = %.3f (rcluster status --json and curl started 10/s and 1/s)\n", m["cli"] / m["plain"]
     if (m["spawn"]) printf "spawn / plain = %.3f (/bin/true started 10/s: what starting processes costs)\n", m["spawn"] / m["plain"] }' "$tmp/med"
 for mode in $modes; do
