@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,36 +14,25 @@ const EVENT_WAIT: Duration = Duration::from_secs(10);
 
 /// A running `rcluster` whose stderr is collected line by line. Dropping it kills the primary
 /// and every worker it reported, so a failed test leaves nothing behind.
-struct Cluster {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-    /// The primary's control socket lives there (dropped after the primary is killed).
-    _runtime: RuntimeDir,
+/// A running `rcluster` (see `common::Primary`); its workers are killed with it.
+struct Cluster(common::Primary);
+
+impl std::ops::Deref for Cluster {
+    type Target = common::Primary;
+    fn deref(&self) -> &common::Primary {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut common::Primary {
+        &mut self.0
+    }
 }
 
 impl Cluster {
     fn start(args: &[&str]) -> Cluster {
-        let runtime = RuntimeDir::new();
-        let mut child = Command::new(RCLUSTER)
-            .env("XDG_RUNTIME_DIR", &runtime.0)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn rcluster");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (stderr, sink) = (child.stderr.take().unwrap(), Arc::clone(&log));
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Cluster {
-            child,
-            log,
-            _runtime: runtime,
-        }
+        Cluster(common::Primary::start(args))
     }
 
     fn pid(&self) -> i32 {
@@ -396,11 +385,11 @@ fn rcluster_output(args: &[&str]) -> Output {
         .expect("spawn rcluster");
     let stdout = read_all_in_background(child.stdout.take().unwrap());
     let stderr = read_all_in_background(child.stderr.take().unwrap());
-    let mut c = Cluster {
+    let mut c = Cluster(common::Primary {
         child,
         log: Arc::default(),
-        _runtime: runtime,
-    };
+        runtime,
+    });
     let status = c.wait_exit(Duration::from_secs(10));
     Output {
         status,
@@ -599,11 +588,11 @@ fn output_that_a_full_stdout_cannot_take_is_reported_as_dropped_and_sigterm_stil
             sink.lock().unwrap().push(line);
         }
     });
-    let mut c = Cluster {
+    let mut c = Cluster(common::Primary {
         child,
         log,
-        _runtime: runtime,
-    };
+        runtime,
+    });
     c.wait_for("output dropped", |log| {
         log.iter()
             .any(|l| l.contains("worker 0 pid ") && l.contains("output dropped: "))
@@ -959,11 +948,11 @@ fn without_w_one_worker_runs_per_cpu_of_the_affinity_mask() {
         .spawn()
         .expect("spawn taskset (util-linux)");
     let stderr = read_all_in_background(child.stderr.take().unwrap());
-    let mut c = Cluster {
+    let mut c = Cluster(common::Primary {
         child,
         log: Arc::default(),
-        _runtime: runtime,
-    };
+        runtime,
+    });
     let status = c.wait_exit(Duration::from_secs(15));
     let log = String::from_utf8_lossy(&stderr.join().unwrap()).into_owned();
     assert_eq!(status.code(), Some(0), "{log}");
