@@ -10,8 +10,9 @@
 # iterations per request (node_cluster_hello.js's fourth argument), a new connection per
 # request, at each of TAIL_CONNS connections: req/s, latency and the spread over the workers
 # (max/min of the requests each answered, counted from the bodies), for Node none and rr and
-# rcluster's rr (busy-aware turns, the default), rr in strict turns (strictTurns) and rr with
-# the primary accepting.
+# rcluster's rr (busy-aware turns, the default), shared (SCHED_NONE: one socket, one
+# connection per turn, shares kept level), rr in strict turns (strictTurns) and rr with the
+# primary accepting.
 # Environment: DURATION (5s), CONNS (50), ROUNDS (3), WORK (20000), TAIL_CONNS ("50 200"),
 # TAIL_ONLY (unset; 1: the tail section alone).
 set -euo pipefail
@@ -162,7 +163,7 @@ for ((r = 1; r <= rounds; r++)); do
 done
 
 # The tail section: the anchor with WORK iterations per request, new connection per request.
-tail_names=(node_none node_rr rcluster_rr rcluster_rr_strict rcluster_rr_primary)
+tail_names=(node_none node_rr rcluster_rr rcluster_shared rcluster_rr_strict rcluster_rr_primary)
 declare -A spreads
 echo "== node: tail: node_cluster_hello.js PORT 2 POLICY $work; wrk -t1 -c{$tail_conns} -d$duration, new connection per request; $rounds rounds"
 for ((r = 1; r <= rounds; r++)); do
@@ -285,6 +286,14 @@ for c in $tail_conns; do
     row "   -c$c rcluster rr p99 / Node none p99" "${pr}x" "<= 1.0x" "$(verdict "$pr" '<=' 1.0)"
     row "   -c$c rcluster rr req/s / Node none" "${tput}x" ">= 1.0x" "$(verdict "$tput" '>=' 1.0)"
     row "   -c$c rcluster rr spread max/min" "$sp" "<= 1.05" "$(verdict "$sp" '<=' 1.05)"
+    for m in rcluster_shared; do
+        pr=$(ratio "${p99_of[$m.tail$c]:-}" "${p99_of[node_none.tail$c]:-}")
+        tput=$(ratio "${rate_of[$m.tail$c]:-}" "${rate_of[node_none.tail$c]:-}")
+        sp=${spread_of[$m.tail$c]:--}
+        row "   -c$c rcluster shared p99 / Node none p99" "${pr}x" "<= 1.0x" "$(verdict "$pr" '<=' 1.0)"
+        row "   -c$c rcluster shared req/s / Node none" "${tput}x" ">= 1.0x" "$(verdict "$tput" '>=' 1.0)"
+        row "   -c$c rcluster shared spread max/min" "$sp" "<= 1.05" "$(verdict "$sp" '<=' 1.05)"
+    done
     row "   -c$c rr strict turns p99 / Node none" "$(ratio "${p99_of[rcluster_rr_strict.tail$c]:-}" "${p99_of[node_none.tail$c]:-}")x" "(reported)"
     row "   -c$c rr primary accepting p99 / Node none" "$(ratio "${p99_of[rcluster_rr_primary.tail$c]:-}" "${p99_of[node_none.tail$c]:-}")x" "(reported)"
 done

@@ -104,3 +104,28 @@ fn max_requests_replaces_a_worker_the_kernel_turns_gave_that_many_connections() 
     };
     assert_eq!(recycled.1, ExitReason::MaxRequests);
 }
+
+#[test]
+fn connections_workers_take_from_a_shared_socket_are_counted_when_they_count_them() {
+    let cfg = worker_config(2, &["listen-counting", "127.0.0.1:0", "shared"]);
+    let sup = Supervisor::start(cfg).unwrap();
+    let mut addr = String::new();
+    for _ in 0..2 {
+        let ev = wait_for(&sup, Duration::from_secs(10), |e| {
+            matches!(e, Event::Message { .. })
+        });
+        let Event::Message { data, .. } = ev else {
+            unreachable!()
+        };
+        let text = String::from_utf8_lossy(&data).into_owned();
+        assert!(text.ends_with(" own-socket"), "{text}");
+        addr = text.split(' ').nth(2).unwrap().to_string();
+    }
+    for _ in 0..10 {
+        assert!(!get(&addr, "/").is_empty());
+    }
+    // Looked at when the status is made: each worker's tally in the share map.
+    let st = sup.status().unwrap();
+    let total: u64 = st.workers.iter().map(|w| w.connections_total).sum();
+    assert_eq!(total, 10, "{st:?}");
+}

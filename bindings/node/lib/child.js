@@ -5,6 +5,8 @@ const { EventEmitter } = require('events');
 const net = require('net');
 const tls = require('tls');
 const fs = require('fs');
+const os = require('os');
+const util = require('util');
 const v8 = require('v8');
 const native = require('./native');
 const codec = require('./codec');
@@ -23,6 +25,12 @@ const IDLE_CHECK_MS = 50;
 // closeWhenEmptied).
 const MAX_EMPTYING_TURNS = 1000;
 const kDrain = Symbol('rcluster.drain');
+// A worker that leaves the next connection of a shared socket to the others looks again after
+// this long (see AcceptHandle).
+const DEFER_MS = 1;
+// Accepting pauses this long after running out of descriptors, as the primary's does.
+const ACCEPT_PAUSE_MS = 100;
+const PAUSE_ON = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM']);
 
 class WorkerSelf extends EventEmitter {
   constructor(link, compat) {
@@ -277,6 +285,25 @@ class WorkerSelf extends EventEmitter {
     server.emit('connection', socket);
   }
 
+  /** A connection this worker accepted on `server`'s listening socket itself. */
+  _accepted(server, listener, fd) {
+    if (server.maxConnections != null && server._connections >= server.maxConnections) {
+      closeFd(fd);
+      return;
+    }
+    const socket = this._socket({ fd, listener }, {
+      readable: true,
+      writable: true,
+      allowHalfOpen: server.allowHalfOpen,
+      pauseOnCreate: server.pauseOnConnect,
+    });
+    if (server.noDelay) socket.setNoDelay(true);
+    server._connections++;
+    socket.server = server;
+    socket._server = server;
+    server.emit('connection', socket);
+  }
+
   /**
    * A net.Socket on a handed-over descriptor. `new net.Socket({ fd })` first asks what the
    * descriptor is (four system calls: isatty, fstat, getsockopt, getsockname) and then wraps
@@ -439,6 +466,77 @@ class PrimaryHandle {
 }
 
 /**
+ * The listening handle of a server on a socket all workers share (`shared`): one connection
+ * accepted per turn of the event loop, so that the next waits in the socket for whichever
+ * worker is free first, and with the listener's share map, the shares kept level (see
+ * NativeAcceptor). Node's own server would take every waiting connection at each turn.
+ */
+class AcceptHandle {
+  constructor(worker, server, listening, counter) {
+    this._worker = worker;
+    this._server = server;
+    this._name = listening.name;
+    this.fd = listening.fd;
+    this._acceptor = new native.NativeAcceptor(listening.fd, counter);
+    this._deferred = this._acceptor.deferred;
+    this._open = true;
+    this._timer = null;
+    this._onAccept = (fd) => this._accepted(fd);
+    const addr = parseAddress(listening.address);
+    if (addr) this.getsockname = (out) => { Object.assign(out, addr); return 0; };
+  }
+
+  listen() {
+    this._acceptor.watch(this._onAccept);
+    return 0;
+  }
+
+  _accepted(fd) {
+    if (fd >= 0) {
+      this._worker._accepted(this._server, this._name, fd);
+    } else if (fd === this._deferred) {
+      this._pause(DEFER_MS);
+    } else if (PAUSE_ON.has(util.getSystemErrorName(fd))) {
+      // Out of descriptors or memory: the connections wait in the socket (or for another
+      // worker) instead of the loop spinning on a socket it cannot take from.
+      this._pause(ACCEPT_PAUSE_MS);
+    } else if (fd !== -os.constants.errno.EAGAIN) {
+      const code = util.getSystemErrorName(fd);
+      const err = new Error(`accept ${code}: accepting on listener ${this._name} failed`);
+      Object.assign(err, { code, errno: fd, syscall: 'accept' });
+      this._pause(ACCEPT_PAUSE_MS);
+      this._server.emit('error', err);
+    }
+  }
+
+  _pause(ms) {
+    if (!this._open || this._timer) return;
+    this._acceptor.stop();
+    this._timer = setTimeout(() => {
+      this._timer = null;
+      if (this._open) this._acceptor.watch(this._onAccept);
+    }, ms);
+  }
+
+  close(callback) {
+    if (this._open) {
+      this._open = false;
+      clearTimeout(this._timer);
+      this._acceptor.stop();
+      const worker = this._worker;
+      if (worker._servers.get(this._name) === this._server) worker._servers.delete(this._name);
+      try { worker._link.unlisten(this._name); } catch { /* the primary is gone */ }
+      closeFd(this.fd);
+    }
+    if (typeof callback === 'function') process.nextTick(callback);
+  }
+
+  ref() { this._acceptor.setRef(true); }
+
+  unref() { this._acceptor.setRef(false); }
+}
+
+/**
  * Makes server.listen() in this worker ask the primary for the listener, as Node's cluster
  * does for its workers: net.Server calls _listen2 once the address is resolved, and uses a
  * handle that is already set.
@@ -462,13 +560,18 @@ function patchListen(worker, dispatch) {
       process.nextTick(() => this.emit('error', err));
       return undefined;
     }
-    if (typeof listening.fd === 'number') {
-      // `shared`, or round-robin turned by the kernel: the primary handed a listening socket
-      // (this worker's own, in the second case) and this worker accepts on it. In the second
-      // case the primary may still hand over a connection (one that waited in the socket of a
-      // worker that died), and it must hear at once when the server stops accepting (the
-      // handle's close, not the server's 'close', which waits for the open connections):
-      // until then, the kernel keeps giving this worker its turns.
+    if (typeof listening.fd === 'number' && dispatch === 'shared') {
+      // `shared`: this worker accepts on the socket every worker has, one connection a turn.
+      const counter = listening.counter ? worker._link.takeTurnCounter() : null;
+      this._handle = new AcceptHandle(worker, this, listening, counter);
+      worker._servers.set(listening.name, this);
+      original.call(this, address, port, addressType, backlog, fd, flags);
+    } else if (typeof listening.fd === 'number') {
+      // Round-robin turned by the kernel: the primary handed this worker's own listening
+      // socket and this worker accepts on it. The primary may still hand over a connection
+      // (one that waited in the socket of a worker that died), and it must hear at once when
+      // the server stops accepting (the handle's close, not the server's 'close', which waits
+      // for the open connections): until then, the kernel keeps giving this worker its turns.
       original.call(this, null, null, addressType, backlog, listening.fd, flags);
       countConnections(worker, this, listening);
       worker._servers.set(listening.name, this);

@@ -4,6 +4,7 @@
 // napi-derive registers exports only outside `cfg(test)`; a test build sees them as unused.
 #![cfg_attr(test, allow(dead_code))]
 
+mod accept;
 mod error;
 mod message;
 mod pool;

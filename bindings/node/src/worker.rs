@@ -47,7 +47,7 @@ pub struct NativeListening {
 /// accepted from it, when the connection closes. Held by the JS that counts, and freed with it.
 #[napi]
 pub struct NativeTurnCounter {
-    inner: TurnCounter,
+    pub(crate) inner: Rc<TurnCounter>,
 }
 
 #[napi]
@@ -341,7 +341,9 @@ impl NativeWorker {
         self.counter
             .borrow_mut()
             .take()
-            .map(|inner| NativeTurnCounter { inner })
+            .map(|inner| NativeTurnCounter {
+                inner: Rc::new(inner),
+            })
     }
 
     /// Tells the primary this worker closed its server on listener `name`.

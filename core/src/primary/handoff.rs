@@ -41,6 +41,8 @@ pub struct Bound {
     requested: Option<String>,
     /// Round-robin turned by the kernel: the sockets of the workers.
     pub group: Option<Group>,
+    /// `shared`, with workers that count what they take: their share map.
+    pub shares: Option<super::shares::Shares>,
     /// Passed to the process by a service manager, which keeps it listening for the next
     /// primary: a stop neither refuses connections on it nor ends its listening nor removes
     /// its file.
@@ -59,6 +61,7 @@ impl Bound {
             subscribers: None,
             requested: None,
             group: None,
+            shares: None,
             inherited: false,
         }
     }
@@ -421,6 +424,15 @@ impl Primary {
                         subs.remove(&key);
                     }
                 }),
+            // `shared`, for a worker that counts what it takes: a member of the share map.
+            None if counts && self.listeners[i].dispatch == Dispatch::Shared => {
+                match self.join_shares(i, key) {
+                    Ok(map) => counter = Some(map),
+                    // It accepts from the socket anyway, without keeping level.
+                    Err(e) => self.out.push(Event::Warning { detail: e }),
+                }
+                Ok((i, None))
+            }
             None => Ok((i, None)),
         });
         if let Ok((i, _)) = &result {

@@ -16,6 +16,7 @@ pub(crate) mod reader;
 mod recycle;
 mod reload;
 pub(crate) mod shared;
+pub(crate) mod shares;
 pub(crate) mod signals;
 mod stats;
 pub(crate) mod status;

@@ -61,15 +61,16 @@ impl Primary {
 
     /// Says, once in the cluster's life, that connections of listener `index` are accepted by
     /// workers themselves from a shared socket and so are not counted by `max_requests`. For a
-    /// worker's own socket of a listener the kernel turns, the turns count them instead: they
-    /// are looked at periodically from then on.
+    /// worker's own socket of a listener the kernel turns, the turns count them instead, and
+    /// for a shared socket whose workers count what they take, the share map: they are looked
+    /// at periodically from then on.
     pub(super) fn warn_uncounted_once(&mut self, index: usize) {
         if self.cfg.max_requests.is_none() {
             return;
         }
-        if self.listeners[index].group.is_some() {
-            // The kernel's turns count what they give each worker's socket: looked at
-            // periodically from now on.
+        if self.listeners[index].group.is_some() || self.listeners[index].shares.is_some() {
+            // The kernel's turns count what they give each worker's socket, and the share map
+            // what each worker takes: looked at periodically from now on.
             let now = self.clock.now();
             self.ops.harvest_turns_from(now);
             return;

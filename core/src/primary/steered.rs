@@ -172,8 +172,10 @@ impl Primary {
     }
 
     /// Worker `key` no longer listens on listener `index` (or on any, with None): its sockets
-    /// leave the rotation, and the primary serves what comes to them.
+    /// leave the rotation, and the primary serves what comes to them; it leaves the shares of a
+    /// `shared` listener too.
     pub(super) fn leave_groups(&mut self, key: u64, index: Option<usize>) {
+        self.leave_shares(key, index);
         // What the kernel gave the worker's sockets until now is the worker's.
         self.harvest_turns();
         for (i, l) in self.listeners.iter_mut().enumerate() {
@@ -193,10 +195,11 @@ impl Primary {
 
     /// Adds the connections the kernel's turns gave each worker's own sockets since the last
     /// look to its `connections_total` and to the dispatched counters (the worker accepts
-    /// them itself: they never pass the primary). Returns the workers that got any, for
-    /// `max_requests`. A few atomic reads per member; no system call.
+    /// them itself: they never pass the primary), and those workers took from a `shared`
+    /// socket (`harvest_shares`). Returns the workers that got any, for `max_requests`. A few
+    /// atomic reads per member; no system call.
     pub(super) fn harvest_turns(&mut self) -> Vec<u64> {
-        let mut got = Vec::new();
+        let mut got = self.harvest_shares();
         for (i, l) in self.listeners.iter_mut().enumerate() {
             let Some(g) = l.group.as_mut() else { continue };
             for (at, m) in g.members.iter_mut().enumerate() {

@@ -126,7 +126,7 @@ mod program;
 #[cfg(test)]
 mod tests;
 
-use counts::Counts;
+pub(crate) use counts::Counts;
 pub use counts::TurnCounter;
 use program::program;
 

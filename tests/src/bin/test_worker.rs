@@ -113,11 +113,20 @@ fn main() {
         }
         "serve" => serve(&w, Duration::from_millis(num(1))),
         "inline" => inline(&w, Duration::from_micros(num(1))),
-        "listen" => {
+        // `listen ADDR MODE [STALLED_ID]`; `listen-counting`: asks with `listen_counting`, and
+        // in `shared` mode counts each connection it takes in the share map.
+        "listen" | "listen-counting" => {
             let mode: rcluster_core::Dispatch = args[2].parse().unwrap();
             let stalled = args.get(3).is_some_and(|s| s.parse() == Ok(w.id()));
-            match w.listen(&args[1], mode) {
-                Ok(l) => {
+            let asked = match args[0].as_str() {
+                "listen" => w.listen(&args[1], mode),
+                _ => w.listen_counting(&args[1], mode),
+            };
+            match asked {
+                Ok(mut l) => {
+                    if let Some(c) = l.counter.take() {
+                        *SHARES.lock().unwrap() = Some(c);
+                    }
                     let own = if l.fd.is_some() { " own-socket" } else { "" };
                     w.send(format!("listening {} {}{own}", l.name, l.addr).as_bytes())
                         .unwrap();
@@ -313,9 +322,15 @@ fn accept_shared(w: &Arc<Worker>, fd: std::os::fd::OwnedFd, name: &str) {
             std::thread::sleep(Duration::from_millis(5));
             continue;
         };
+        if let Some(c) = &*SHARES.lock().unwrap() {
+            c.took();
+        }
         serve_own(w, stream, name, u64::MAX - n as u64);
     }
 }
+
+/// The share map of a `shared` listener asked for with `listen-counting`.
+static SHARES: std::sync::Mutex<Option<rcluster_core::TurnCounter>> = std::sync::Mutex::new(None);
 
 fn serve_own(w: &Arc<Worker>, stream: std::net::TcpStream, name: &str, id: u64) {
     let c = Connection {

@@ -1,4 +1,12 @@
 //! The count map of the kernel's turns in memory: the primary's view of it, and a worker's.
+//! And the share map of a `shared` listener, which has the same size and travels the same way
+//! (a descriptor and a member's index), but lives in a memfd: no program reads it.
+//!
+//! The share map, in i64 words: word 0 is how many members have ever been given out (the
+//! members are 0..that), then two words per member: how many connections its worker took
+//! from the shared socket, and 1 while a worker takes part (0 before and after). A worker
+//! that is [`TurnCounter::ahead`] of the member that took fewest lets the others take the
+//! next connections: the shares stay even while every worker takes from the one queue.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -7,8 +15,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use super::{COUNTS_SIZE, MAX_SOCKETS};
 
 /// The count map, mapped into this process's memory: one i64 per member.
-pub(super) struct Counts {
-    pub(super) fd: OwnedFd,
+pub(crate) struct Counts {
+    pub(crate) fd: OwnedFd,
     base: *mut AtomicI64,
 }
 
@@ -38,6 +46,66 @@ impl Counts {
             fd,
             base: base.cast(),
         })
+    }
+
+    /// A map of the same size in memory of this process's own (a memfd), which workers map
+    /// from a copy of its descriptor: the share map of a `shared` listener.
+    pub(crate) fn anonymous() -> io::Result<Counts> {
+        // SAFETY: a new descriptor, owned from here on.
+        let fd = unsafe { libc::memfd_create(c"rcluster-shares".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // SAFETY: resizes the memfd owned here (zero-filled).
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), COUNTS_SIZE as libc::off_t) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Counts::map(fd)
+    }
+
+    /// Word `i` of the mapping, as the share map reads it.
+    fn word(&self, i: u32) -> Option<&AtomicI64> {
+        // SAFETY: in bounds (checked against the mapping's size), aligned, and the mapping
+        // lives as long as `self`.
+        (i < COUNTS_SIZE / 8).then(|| unsafe { &*self.base.add(i as usize) })
+    }
+
+    /// How many share-map members have been given out.
+    pub(crate) fn share_members(&self) -> &AtomicI64 {
+        self.word(0).expect("word 0")
+    }
+
+    /// How many connections share-map member `member`'s workers took in all.
+    pub(crate) fn share_taken(&self, member: u32) -> Option<&AtomicI64> {
+        (member < MAX_SOCKETS)
+            .then(|| self.word(1 + 2 * member))
+            .flatten()
+    }
+
+    /// 1 while a worker takes part as share-map member `member`.
+    pub(crate) fn share_live(&self, member: u32) -> Option<&AtomicI64> {
+        (member < MAX_SOCKETS)
+            .then(|| self.word(2 + 2 * member))
+            .flatten()
+    }
+
+    /// The fewest connections taken by a live share-map member other than `but`; None when
+    /// there is no other.
+    pub(crate) fn share_least(&self, but: Option<u32>) -> Option<i64> {
+        let n = self
+            .share_members()
+            .load(Ordering::Relaxed)
+            .clamp(0, MAX_SOCKETS as i64) as u32;
+        (0..n)
+            .filter(|&m| Some(m) != but)
+            .filter(|&m| {
+                self.share_live(m)
+                    .is_some_and(|l| l.load(Ordering::Relaxed) == 1)
+            })
+            .filter_map(|m| self.share_taken(m).map(|t| t.load(Ordering::Relaxed)))
+            .min()
     }
 
     pub(super) fn get(&self, member: u32) -> Option<&AtomicI64> {
@@ -110,5 +178,24 @@ impl TurnCounter {
     /// The member's index in the count map.
     pub fn member(&self) -> u32 {
         self.member
+    }
+
+    /// For a share map: this worker took one connection from the shared socket.
+    pub fn took(&self) {
+        if let Some(t) = self.counts.share_taken(self.member) {
+            t.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// For a share map: whether this worker took `lead` or more connections beyond the live
+    /// member that took fewest (false when it is alone). A few atomic reads per member.
+    pub fn ahead(&self, lead: u32) -> bool {
+        let Some(mine) = self.counts.share_taken(self.member) else {
+            return false;
+        };
+        let mine = mine.load(Ordering::Relaxed);
+        self.counts
+            .share_least(Some(self.member))
+            .is_some_and(|least| mine >= least.saturating_add(lead as i64))
     }
 }

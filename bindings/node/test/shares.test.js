@@ -1,0 +1,57 @@
+'use strict';
+// `shared` (cluster.SCHED_NONE): both workers accept from one socket, one connection per turn
+// of their event loop, and a worker ahead of the other leaves it the next connections.
+const test = require('node:test');
+const assert = require('assert');
+const { runFixture, get, freePort } = require('./helpers');
+
+/**
+ * Runs fixtures/shares.js under `impl` and sends it `total` requests, `clients` at a time;
+ * resolves how many each worker answered.
+ */
+async function sharesOf(impl, { slow, total, clients }) {
+  const port = await freePort();
+  let result;
+  let failed;
+  const run = runFixture('shares.js', impl, [port, slow], {
+    stdin: 'pipe',
+    timeout: 30000,
+    onLine: async (line, child) => {
+      if (line !== 'READY') return;
+      try {
+        const by = {};
+        let sent = 0;
+        const client = async () => {
+          while (sent < total) {
+            sent++;
+            const id = await get(port);
+            by[id] = (by[id] || 0) + 1;
+          }
+        };
+        await Promise.all(Array.from({ length: clients }, client));
+        result = by;
+      } catch (e) { failed = e; }
+      child.stdin.end();
+    },
+  });
+  const { out } = await run;
+  if (failed) throw failed;
+  return { by: result, out };
+}
+
+test('rcluster: a slow worker keeps its share of a shared socket', async () => {
+  // Worker 2 takes 3 ms a request. Taking whatever waits, worker 1 answers most (Node's own
+  // cluster: about 200 of 240); keeping level, it leaves worker 2 a third or more.
+  const { by, out } = await sharesOf('rcluster', { slow: 3, total: 240, clients: 6 });
+  assert.strictEqual((by['1'] || 0) + (by['2'] || 0), 240, `${JSON.stringify(by)} ${out}`);
+  assert.ok((by['2'] || 0) >= 80, `worker 2 answered ${by['2'] || 0} of 240: ${JSON.stringify(by)}`);
+});
+
+test('rcluster: a worker stuck on a request does not hold up a shared socket', async () => {
+  // Worker 2 spends 2 s on each request: once it has one, worker 1 is far ahead of it, and
+  // still takes the rest (keeping level never leaves a connection waiting for long).
+  const started = Date.now();
+  const { by } = await sharesOf('rcluster', { slow: 2000, total: 60, clients: 4 });
+  assert.ok((by['1'] || 0) >= 56, `answered by ${JSON.stringify(by)}`);
+  assert.ok(Date.now() - started < 15000, `took ${Date.now() - started} ms`);
+});
