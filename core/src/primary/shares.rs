@@ -9,7 +9,7 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 
 use super::Primary;
-use crate::sys::steer::{Counts, MAX_SOCKETS};
+use crate::sys::steer::{now_ms, Counts, MAX_SOCKETS};
 
 /// The share map of one `shared` listener and who holds its members.
 pub struct Shares {
@@ -67,15 +67,16 @@ impl Primary {
         c.share_members()
             .fetch_max(s.members.len() as i64, Ordering::Relaxed);
         let taken = c.share_taken(member).expect("member below MAX_SOCKETS");
-        // Level with the live member that took fewest: neither ahead of the others (it would
-        // wait for them) nor behind (they would wait for it).
+        // Level with the active member that took fewest: neither ahead of the others (it
+        // would wait for them) nor behind (they would wait for it).
+        let now = now_ms();
         let start = c
-            .share_least(Some(member))
+            .share_least(Some(member), now)
             .unwrap_or_else(|| taken.load(Ordering::Relaxed));
         taken.store(start, Ordering::Relaxed);
-        c.share_live(member)
+        c.share_since(member)
             .expect("member below MAX_SOCKETS")
-            .store(1, Ordering::Relaxed);
+            .store(now, Ordering::Relaxed);
         let m = &mut s.members[at];
         m.worker = Some(key);
         m.seen = start;
@@ -94,8 +95,8 @@ impl Primary {
             for (at, m) in s.members.iter_mut().enumerate() {
                 if m.worker == Some(key) {
                     m.worker = None;
-                    if let Some(live) = s.counts.share_live(at as u32) {
-                        live.store(0, Ordering::Relaxed);
+                    if let Some(since) = s.counts.share_since(at as u32) {
+                        since.store(0, Ordering::Relaxed);
                     }
                 }
             }

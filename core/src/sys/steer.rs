@@ -127,7 +127,9 @@ mod program;
 mod tests;
 
 pub(crate) use counts::Counts;
-pub use counts::TurnCounter;
+#[cfg(test)]
+use counts::ACTIVE_MS;
+pub use counts::{now_ms, TurnCounter};
 use program::program;
 
 /// The program and maps of one group.

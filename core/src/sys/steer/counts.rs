@@ -2,11 +2,13 @@
 //! And the share map of a `shared` listener, which has the same size and travels the same way
 //! (a descriptor and a member's index), but lives in a memfd: no program reads it.
 //!
-//! The share map, in i64 words: word 0 is how many members have ever been given out (the
-//! members are 0..that), then two words per member: how many connections its worker took
-//! from the shared socket, and 1 while a worker takes part (0 before and after). A worker
-//! that is [`TurnCounter::ahead`] of the member that took fewest lets the others take the
-//! next connections: the shares stay even while every worker takes from the one queue.
+//! The share map, in i64 words: word 0 is how many members have been given out (the members
+//! are 0 up to it), then two words per member: how many connections its workers took from the
+//! shared socket, and when (milliseconds of `CLOCK_MONOTONIC`) its worker last took one or
+//! joined, 0 while no worker takes part as it. A worker [`TurnCounter::ahead`] of the member
+//! that took fewest leaves the others the next connections, so the shares stay even while
+//! every worker takes from the one queue. Only members that took one within [`ACTIVE_MS`]
+//! count: a worker stuck on a long request holds nobody back.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -84,16 +86,17 @@ impl Counts {
             .flatten()
     }
 
-    /// 1 while a worker takes part as share-map member `member`.
-    pub(crate) fn share_live(&self, member: u32) -> Option<&AtomicI64> {
+    /// When share-map member `member`'s worker last took a connection or joined (see
+    /// [`now_ms`]); 0 while no worker takes part as it.
+    pub(crate) fn share_since(&self, member: u32) -> Option<&AtomicI64> {
         (member < MAX_SOCKETS)
             .then(|| self.word(2 + 2 * member))
             .flatten()
     }
 
-    /// The fewest connections taken by a live share-map member other than `but`; None when
-    /// there is no other.
-    pub(crate) fn share_least(&self, but: Option<u32>) -> Option<i64> {
+    /// The fewest connections taken by a share-map member other than `but` whose worker took
+    /// one (or joined) within [`ACTIVE_MS`] of `now`; None when there is none.
+    pub(crate) fn share_least(&self, but: Option<u32>, now: i64) -> Option<i64> {
         let n = self
             .share_members()
             .load(Ordering::Relaxed)
@@ -101,8 +104,10 @@ impl Counts {
         (0..n)
             .filter(|&m| Some(m) != but)
             .filter(|&m| {
-                self.share_live(m)
-                    .is_some_and(|l| l.load(Ordering::Relaxed) == 1)
+                self.share_since(m).is_some_and(|t| {
+                    let t = t.load(Ordering::Relaxed);
+                    t != 0 && now.saturating_sub(t) <= ACTIVE_MS
+                })
             })
             .filter_map(|m| self.share_taken(m).map(|t| t.load(Ordering::Relaxed)))
             .min()
@@ -185,17 +190,43 @@ impl TurnCounter {
         if let Some(t) = self.counts.share_taken(self.member) {
             t.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some(t) = self.counts.share_since(self.member) {
+            t.store(now_ms(), Ordering::Relaxed);
+        }
     }
 
-    /// For a share map: whether this worker took `lead` or more connections beyond the live
-    /// member that took fewest (false when it is alone). A few atomic reads per member.
+    /// For a share map: whether this worker took `lead` or more connections beyond the
+    /// active member that took fewest (false when there is no other). A worker more than
+    /// `lead` behind the others (back from a long request, or from a stop of its loop) is
+    /// moved up to `lead` behind: it takes its share from now on, not every connection until
+    /// it has caught up. A few atomic reads per member.
     pub fn ahead(&self, lead: u32) -> bool {
-        let Some(mine) = self.counts.share_taken(self.member) else {
+        let Some(taken) = self.counts.share_taken(self.member) else {
             return false;
         };
-        let mine = mine.load(Ordering::Relaxed);
-        self.counts
-            .share_least(Some(self.member))
-            .is_some_and(|least| mine >= least.saturating_add(lead as i64))
+        let mine = taken.load(Ordering::Relaxed);
+        let Some(least) = self.counts.share_least(Some(self.member), now_ms()) else {
+            return false;
+        };
+        let lead = lead as i64;
+        if mine.saturating_add(lead) < least {
+            taken.fetch_max(least - lead, Ordering::Relaxed);
+        }
+        mine >= least.saturating_add(lead)
     }
+}
+
+/// How long after its last connection a member still counts for [`TurnCounter::ahead`].
+pub const ACTIVE_MS: i64 = 50;
+
+/// Milliseconds of `CLOCK_MONOTONIC` (the coarse clock: a few milliseconds' resolution, no
+/// system call), the same in every process of the machine; never 0.
+pub fn now_ms() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes one timespec; CLOCK_MONOTONIC_COARSE exists on every Linux we run on.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000).max(1)
 }

@@ -232,30 +232,39 @@ fn placed_counts_every_connection_a_member_socket_was_given_tracked_or_not() {
 }
 
 #[test]
-fn a_share_map_says_which_member_is_ahead_of_the_live_ones() {
+fn a_share_map_says_which_member_is_ahead_of_the_active_ones() {
     use std::sync::atomic::Ordering::Relaxed;
     let map = Counts::anonymous().unwrap();
     let member = |m: u32| TurnCounter::new(map.fd.try_clone().unwrap(), m).unwrap();
     let (a, b, c) = (member(0), member(1), member(2));
+    let join = |m: u32| map.share_since(m).unwrap().store(now_ms(), Relaxed);
     map.share_members().store(3, Relaxed);
     // Alone: never ahead, whatever it took.
-    map.share_live(0).unwrap().store(1, Relaxed);
+    join(0);
     for _ in 0..20 {
         a.took();
     }
     assert!(!a.ahead(16));
-    // Member 1 joins at 0: member 0 is 20 ahead of it.
-    map.share_live(1).unwrap().store(1, Relaxed);
-    assert!(a.ahead(16) && !a.ahead(21) && !b.ahead(1));
-    for _ in 0..5 {
-        b.took();
-    }
+    // Member 1 joins at 0: member 0 is 20 ahead of it. Member 1 is more than 16 behind, and
+    // looking moves it up to 16 behind.
+    join(1);
+    assert!(a.ahead(16) && !a.ahead(21));
+    assert!(!b.ahead(16));
+    assert_eq!(map.share_taken(1).unwrap().load(Relaxed), 4);
+    assert!(a.ahead(16) && !a.ahead(17));
+    b.took();
     assert!(!a.ahead(16) && a.ahead(15));
     // A member nobody holds is not waited for, whatever it took.
     assert_eq!(map.share_taken(2).unwrap().load(Relaxed), 0);
-    assert!(!c.ahead(1) && !b.ahead(1));
-    map.share_live(1).unwrap().store(0, Relaxed);
+    assert_eq!(map.share_least(Some(0), now_ms()), Some(5));
+    assert!(!c.ahead(1) && a.ahead(15));
+    // Nor one that took nothing for longer than ACTIVE_MS: its worker is stuck.
+    map.share_since(1)
+        .unwrap()
+        .store(now_ms() - ACTIVE_MS - 10, Relaxed);
     assert!(!a.ahead(1));
-    assert_eq!(map.share_least(None), Some(20));
+    assert_eq!(map.share_least(None, now_ms()), Some(20));
+    map.share_since(1).unwrap().store(0, Relaxed);
+    assert_eq!(map.share_least(Some(0), now_ms()), None);
     assert!(map.share_taken(MAX_SOCKETS).is_none());
 }
