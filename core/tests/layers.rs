@@ -136,6 +136,7 @@ const PRIMARY_PARTS: &[(&str, u32)] = &[
     ("output", 4),
     ("reload", 4),
     ("steered", 4),
+    ("shares", 4),
     ("stats", 4),
     ("control", 4),
     ("control/mod", 4),
