@@ -196,20 +196,26 @@ impl TurnCounter {
     }
 
     /// For a share map: whether this worker took `lead` or more connections beyond the
-    /// active member that took fewest (false when there is no other). A worker more than
-    /// `lead` behind the others (back from a long request, or from a stop of its loop) is
-    /// moved up to `lead` behind: it takes its share from now on, not every connection until
-    /// it has caught up. A few atomic reads per member.
+    /// active member that took fewest (false when there is no other). A worker that took
+    /// nothing for [`ACTIVE_MS`] (back from a long request, or from a stop of its loop) and
+    /// is more than `lead` behind the others is moved up to `lead` behind: it takes its share
+    /// from now on, not every connection until it has caught up. One that is merely slower
+    /// keeps its count, so that the others leave it its share. A few atomic reads per member.
     pub fn ahead(&self, lead: u32) -> bool {
         let Some(taken) = self.counts.share_taken(self.member) else {
             return false;
         };
+        let now = now_ms();
         let mine = taken.load(Ordering::Relaxed);
-        let Some(least) = self.counts.share_least(Some(self.member), now_ms()) else {
+        let Some(least) = self.counts.share_least(Some(self.member), now) else {
             return false;
         };
         let lead = lead as i64;
-        if mine.saturating_add(lead) < least {
+        let idle = self
+            .counts
+            .share_since(self.member)
+            .is_some_and(|t| now.saturating_sub(t.load(Ordering::Relaxed)) > ACTIVE_MS);
+        if idle && mine.saturating_add(lead) < least {
             taken.fetch_max(least - lead, Ordering::Relaxed);
         }
         mine >= least.saturating_add(lead)

@@ -245,12 +245,18 @@ fn a_share_map_says_which_member_is_ahead_of_the_active_ones() {
         a.took();
     }
     assert!(!a.ahead(16));
-    // Member 1 joins at 0: member 0 is 20 ahead of it. Member 1 is more than 16 behind, and
-    // looking moves it up to 16 behind.
+    // Member 1 joins at 0: member 0 is 20 ahead of it. Active (it just joined), member 1
+    // keeps its count however far behind: the others leave it its share.
     join(1);
     assert!(a.ahead(16) && !a.ahead(21));
     assert!(!b.ahead(16));
+    assert_eq!(map.share_taken(1).unwrap().load(Relaxed), 0);
+    // Idle for longer than ACTIVE_MS (stuck), it is moved up to 16 behind when it looks.
+    let idle = now_ms() - ACTIVE_MS - 10;
+    map.share_since(1).unwrap().store(idle, Relaxed);
+    assert!(!b.ahead(16));
     assert_eq!(map.share_taken(1).unwrap().load(Relaxed), 4);
+    join(1);
     assert!(a.ahead(16) && !a.ahead(17));
     b.took();
     assert!(!a.ahead(16) && a.ahead(15));
