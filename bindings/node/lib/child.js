@@ -40,6 +40,7 @@ class WorkerSelf extends EventEmitter {
     this._servers = new Map(); // listener name -> server (listeners asked for with listen())
     this._served = []; // servers given to serve(): they take the primary's own listeners
     this._turns = []; // servers accepting on this worker's own sockets of listeners the kernel turns
+    this._shared = []; // AcceptHandles of shared listeners of the configuration (see serve())
     this._early = [];
     this._handleClasses = new Map(); // listener name -> handle class of its connections
     this._connected = true;
@@ -112,6 +113,13 @@ class WorkerSelf extends EventEmitter {
     // that died or stopped.
     const turned = (process.env.RCLUSTER_TURNS || '').split(':').filter((n) => n !== '');
     for (const name of turned) if (listener === undefined || listener === name) this._acceptTurns(server, name);
+    // `shared` listeners of the configuration: the primary accepts none of their connections;
+    // every worker accepts from the socket itself (it inherited it as LISTEN_FDS, 3 on).
+    const inherited = process.env.LISTEN_PID === String(process.pid)
+      ? (process.env.LISTEN_FDNAMES || '').split(':') : [];
+    inherited.forEach((name, i) => {
+      if (name !== '' && (listener === undefined || listener === name)) this._acceptShared(server, name, 3 + i);
+    });
     const early = this._early;
     this._early = [];
     for (const ev of early) this._connection(ev);
@@ -152,6 +160,28 @@ class WorkerSelf extends EventEmitter {
     this._turns.push(inner);
   }
 
+  /**
+   * Accepts on the shared socket of listener `name` and feeds `server` from it, one connection
+   * per turn, keeping level with the other workers (see AcceptHandle). The socket is the one
+   * this worker inherited at `fd`, unless the primary answers a listen by name with a copy
+   * and the listener's share map.
+   */
+  _acceptShared(server, name, fd) {
+    let listening = { name, address: '', fd, counter: false };
+    try {
+      const asked = this._link.listen(name, 'shared', true);
+      setImmediate(() => this._pump()); // what came in meanwhile waits in memory
+      if (typeof asked.fd === 'number') {
+        closeFd(fd);
+        listening = asked;
+      }
+    } catch { /* an older primary: the inherited socket, without the share map */ }
+    const counter = listening.counter ? this._link.takeTurnCounter() : null;
+    const handle = new AcceptHandle(this, server, listening, counter);
+    handle.listen();
+    this._shared.push(handle);
+  }
+
   isConnected() {
     return this._connected;
   }
@@ -185,6 +215,7 @@ class WorkerSelf extends EventEmitter {
     const servers = new Set([...this._servers.values(), ...this._served, ...this._turns]);
     for (const s of servers) drainKeepAlive(s);
     for (const s of servers) if (s.listening) closeWhenEmptied(s);
+    for (const h of this._shared) closeWhenEmptied(h);
     for (const ev of this._early) closeFd(ev.fd);
     this._early = [];
     // Nothing of rcluster keeps the process alive now; stop reading once what is queued
@@ -407,14 +438,16 @@ const HANDLE_SOCKET = 0;
  * filling (no refusal, an old kernel) is closed after MAX_EMPTYING_TURNS turns anyway.
  */
 function closeWhenEmptied(server) {
-  const fd = server._handle && server._handle.fd;
+  // A listening server (its handle), or an AcceptHandle of a shared listener itself.
+  const fd = server._handle ? server._handle.fd : server.fd;
+  const listening = () => (server._handle ? server.listening : server._open);
   if (typeof fd !== 'number' || fd < 0) {
     server.close();
     return;
   }
   let turns = 0;
   const step = () => {
-    if (!server.listening) return;
+    if (!listening()) return;
     if (turns++ < MAX_EMPTYING_TURNS && native.listenerHasQueued(fd)) setImmediate(step);
     else server.close();
   };

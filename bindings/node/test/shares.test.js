@@ -55,3 +55,24 @@ test('rcluster: a worker stuck on a request does not hold up a shared socket', a
   assert.ok((by['1'] || 0) >= 56, `answered by ${JSON.stringify(by)}`);
   assert.ok(Date.now() - started < 15000, `took ${Date.now() - started} ms`);
 });
+
+test('rcluster API: a shared listener of start() is served by worker.serve(), and counted', async () => {
+  const rcluster = require('..');
+  const path = require('path');
+  const { once } = require('./helpers');
+  const port = await freePort();
+  const c = rcluster.start({
+    workers: 2, exec: path.join(__dirname, 'fixtures', 'api_worker.js'), args: [], execArgv: [],
+    listen: `127.0.0.1:${port}`, dispatch: 'shared', restart: 'never',
+  });
+  try {
+    await once(c, 'ready');
+    const answers = [];
+    for (let i = 0; i < 20; i++) answers.push(await get(port));
+    assert.ok(answers.every((a) => a === '0 1' || a === '1 1'), answers.join(', '));
+    const total = (await c.stats()).workers.reduce((n, w) => n + w.connections_total, 0);
+    assert.strictEqual(total, 20);
+  } finally {
+    await c.stop();
+  }
+});
