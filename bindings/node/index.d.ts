@@ -304,6 +304,10 @@ declare namespace rcluster {
     kernelRoundRobin?: boolean;
     /** rcluster extension: see `StartOptions.strictTurns`. */
     strictTurns?: boolean;
+    /** rcluster extensions: see `StartOptions.name`, `StartOptions.control` and `StartOptions.metrics`. */
+    name?: string;
+    control?: boolean | 'required';
+    metrics?: string | number;
   }
 
   /** Options of `new rcluster.Pool(...)`. Durations in milliseconds. */
@@ -428,6 +432,8 @@ declare namespace rcluster {
     setupPrimary(settings?: ClusterSettings): void;
     setupMaster(settings?: ClusterSettings): void;
     disconnect(callback?: () => void): void;
+    /** rcluster extension: the status object, as `Cluster.stats()` (after the first fork). */
+    stats(): Promise<ClusterStatus>;
     on(event: 'fork' | 'online' | 'disconnect', listener: (worker: Worker) => void): this;
     on(event: 'listening', listener: (worker: Worker, address: Address) => void): this;
     on(event: 'message', listener: (worker: Worker, message: any, handle: undefined) => void): this;

@@ -34,6 +34,7 @@ if (self) {
   rcluster.setupPrimary = (settings) => hub.setupPrimary(settings);
   rcluster.setupMaster = rcluster.setupPrimary;
   rcluster.disconnect = (callback) => hub.disconnect(callback);
+  rcluster.stats = () => hub.stats();
 }
 
 /** Starts a cluster with rcluster's own API (see index.d.ts). */

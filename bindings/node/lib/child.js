@@ -292,22 +292,8 @@ class WorkerSelf extends EventEmitter {
       else closeFd(ev.fd);
       return;
     }
-    // What net's own onconnection does for an accepted socket, so that server.close(),
-    // getConnections() and maxConnections keep working.
-    if (server.maxConnections != null && server._connections >= server.maxConnections) {
-      closeFd(ev.fd);
-      return;
-    }
-    const socket = this._socket(ev, {
-      readable: true,
-      writable: true,
-      allowHalfOpen: server.allowHalfOpen,
-      pauseOnCreate: server.pauseOnConnect,
-    });
-    if (server.noDelay) socket.setNoDelay(true);
-    server._connections++;
-    socket.server = server;
-    socket._server = server;
+    const socket = this._adopt(server, ev.listener, ev.fd);
+    if (!socket) return;
     const link = this._link;
     const id = ev.id;
     socket.once('close', () => {
@@ -318,9 +304,19 @@ class WorkerSelf extends EventEmitter {
 
   /** A connection this worker accepted on `server`'s listening socket itself. */
   _accepted(server, listener, fd) {
+    const socket = this._adopt(server, listener, fd);
+    if (socket) server.emit('connection', socket);
+  }
+
+  /**
+   * A socket of `server` on connection `fd` of `listener`, counted by the server as net's own
+   * onconnection does, so that server.close(), getConnections() and maxConnections keep
+   * working; null (and `fd` closed) when maxConnections refuses it.
+   */
+  _adopt(server, listener, fd) {
     if (server.maxConnections != null && server._connections >= server.maxConnections) {
       closeFd(fd);
-      return;
+      return null;
     }
     const socket = this._socket({ fd, listener }, {
       readable: true,
@@ -332,7 +328,7 @@ class WorkerSelf extends EventEmitter {
     server._connections++;
     socket.server = server;
     socket._server = server;
-    server.emit('connection', socket);
+    return socket;
   }
 
   /**

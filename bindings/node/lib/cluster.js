@@ -12,6 +12,7 @@ const codec = require('./codec');
 const { Outbox } = require('./outbox');
 const { signalName } = require('./signals');
 const { rclusterError, invalidOption } = require('./errors');
+const options = require('./options');
 
 const SCHED_NONE = 1;
 const SCHED_RR = 2;
@@ -158,6 +159,9 @@ class Hub {
     if (s.strictTurns !== undefined && typeof s.strictTurns !== 'boolean') {
       throw invalidOption('settings.strictTurns', s.strictTurns, 'must be true or false');
     }
+    // rcluster's own: the control socket (`rcluster status NAME` from a shell) and metrics.
+    options.control(s, s.exec, 'settings.');
+    options.address(s, 'metrics', 'settings.');
     this.settings = s;
     process.nextTick(() => this._emitter.emit('setup', s));
   }
@@ -182,8 +186,25 @@ class Hub {
     if (s.killTimeout !== undefined) opts.killTimeout = s.killTimeout;
     if (s.kernelRoundRobin !== undefined) opts.kernelRoundRobin = s.kernelRoundRobin;
     if (s.strictTurns !== undefined) opts.strictTurns = s.strictTurns;
+    Object.assign(opts, options.control(s, s.exec, 'settings.'));
+    if (opts.control === undefined) delete opts.control;
+    if (s.metrics !== undefined) opts.metrics = options.address(s, 'metrics', 'settings.');
     this._native = new native.NativeSupervisor(opts);
     this._native.watch((items) => this._pump(items));
+  }
+
+  /**
+   * The status object of `rcluster status --json` (docs/control.md), as `start()`'s
+   * `stats()`: a Promise, read off the JS thread. Before the first fork, the status of no
+   * cluster is an error.
+   */
+  stats() {
+    if (!this._native) {
+      return Promise.reject(rclusterError('ERR_RCLUSTER_STOPPED', 'no worker was forked yet: the cluster is not running'));
+    }
+    return this._native.statusJson().then(JSON.parse, (e) => {
+      throw rclusterError('ERR_RCLUSTER_STOPPED', e.message);
+    });
   }
 
   fork(env) {

@@ -240,13 +240,13 @@ function normalize(opts = {}, extraEnv = {}) {
  * The control socket options: `name` (default: the script's base name, without .js) and
  * `control` (true, false or 'required'; default false).
  */
-function control(opts, exec) {
+function control(opts, exec, prefix = 'options.') {
   if (opts.name !== undefined && (typeof opts.name !== 'string' || opts.name === '')) {
-    throw invalidOption('options.name', opts.name, 'must be a non-empty string');
+    throw invalidOption(`${prefix}name`, opts.name, 'must be a non-empty string');
   }
   const c = opts.control;
   if (c !== undefined && c !== true && c !== false && c !== 'required') {
-    throw invalidOption('options.control', c, "must be true, false or 'required'");
+    throw invalidOption(`${prefix}control`, c, "must be true, false or 'required'");
   }
   const script = opts.program !== undefined && opts.exec === undefined
     ? undefined : path.basename(exec).replace(/\.[cm]?js$/, '');
@@ -256,4 +256,4 @@ function control(opts, exec) {
   };
 }
 
-module.exports = { normalize, rejectUnknown };
+module.exports = { normalize, rejectUnknown, control, address };

@@ -6,7 +6,7 @@ const assert = require('assert');
 const fs = require('fs');
 const os = require('os');
 const path = require('path');
-const { execFile, spawnSync } = require('child_process');
+const { execFile, spawn, spawnSync } = require('child_process');
 const rcluster = require('..');
 const { once } = require('./helpers');
 
@@ -95,4 +95,40 @@ test('rcluster stop NAME stops an embedded primary: its workers exit and it emit
 test('options.control and options.name are checked', () => {
   assert.throws(() => rcluster.start({ exec: WORKER, control: 'yes' }), { code: 'ERR_RCLUSTER_INVALID_OPTION' });
   assert.throws(() => rcluster.start({ exec: WORKER, name: '' }), { code: 'ERR_RCLUSTER_INVALID_OPTION' });
+  // The cluster-compatible API's settings, named as such; nothing is changed by a refusal.
+  assert.throws(() => rcluster.setupPrimary({ control: 'yes' }), /settings\.control/);
+  assert.throws(() => rcluster.setupPrimary({ metrics: {} }), /settings\.metrics/);
+  assert.strictEqual(rcluster.settings.control, undefined);
+});
+
+test('a cluster of the cluster-compatible API, named in setupPrimary, answers stats() and rcluster status', async () => {
+  const bin = rclusterBin();
+  const runtime = fs.mkdtempSync(path.join(os.tmpdir(), 'rcluster-node-ctl-'));
+  const env = { ...process.env, XDG_RUNTIME_DIR: runtime };
+  const name = `node-compat-${process.pid}`;
+  const child = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'compat_named.js'), name], {
+    env, stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  let out = '';
+  const seen = (text) => new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no ${text} in ${out}`)), 15000);
+    const check = () => { if (out.includes(text)) { clearTimeout(timer); resolve(); } };
+    child.stdout.on('data', (d) => { out += d; check(); });
+    check();
+  });
+  try {
+    await seen('READY');
+    const st = await run(bin, ['status', name, '--json'], env);
+    assert.strictEqual(st.code, 0, st.out);
+    const status = JSON.parse(st.out);
+    assert.strictEqual(status.name, name);
+    assert.strictEqual(status.workers.length, 2);
+    child.stdin.write('stats\n');
+    await seen('STATS 2 ');
+    assert.match(out, new RegExp(`STATS 2 ${name}`));
+  } finally {
+    child.stdin.end();
+    await new Promise((resolve) => { if (child.exitCode !== null) resolve(); else child.on('exit', resolve); });
+    fs.rmSync(runtime, { recursive: true, force: true });
+  }
 });

@@ -8,6 +8,7 @@
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 
+use super::steered::credit;
 use super::Primary;
 use crate::sys::steer::{now_ms, Counts, MAX_SOCKETS};
 
@@ -117,16 +118,7 @@ impl Primary {
                 let taken = taken.load(Ordering::Relaxed);
                 let new = taken.saturating_sub(m.seen).max(0) as u64;
                 m.seen = taken;
-                let Some(p) = m
-                    .worker
-                    .filter(|_| new > 0)
-                    .and_then(|k| self.procs.get_mut(&k))
-                else {
-                    continue;
-                };
-                p.connections_total += new;
-                self.ops.dispatched_n(i, p.slot, new);
-                got.extend(m.worker);
+                credit(&mut self.procs, &mut self.ops, i, m.worker, new, &mut got);
             }
         }
         got

@@ -3,8 +3,11 @@
 //! no turn places, and the sockets no worker listens on any more (gone, or closed its server)
 //! served by the primary itself.
 
+use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
+use super::metrics::Ops;
+use super::process::Process;
 use super::Primary;
 use crate::config::Config;
 use crate::events::{Event, WorkerState};
@@ -206,16 +209,7 @@ impl Primary {
                 let placed = g.steer.placed(at as u32);
                 let new = placed.saturating_sub(m.placed_seen);
                 m.placed_seen = placed;
-                let Some(p) = m
-                    .worker
-                    .filter(|_| new > 0)
-                    .and_then(|k| self.procs.get_mut(&k))
-                else {
-                    continue;
-                };
-                p.connections_total += new;
-                self.ops.dispatched_n(i, p.slot, new);
-                got.extend(m.worker);
+                credit(&mut self.procs, &mut self.ops, i, m.worker, new, &mut got);
             }
         }
         got
@@ -371,4 +365,26 @@ impl Primary {
             }
         }
     }
+}
+
+/// Adds `new` connections of listener `index` that worker `key` took itself (from its own
+/// socket of the kernel's turns, or from a shared one) to its `connections_total` and to the
+/// dispatched counters, and notes it in `got` (for `max_requests`).
+pub(super) fn credit(
+    procs: &mut BTreeMap<u64, Process>,
+    ops: &mut Ops,
+    index: usize,
+    key: Option<u64>,
+    new: u64,
+    got: &mut Vec<u64>,
+) {
+    let Some((k, p)) = key
+        .filter(|_| new > 0)
+        .and_then(|k| procs.get_mut(&k).map(|p| (k, p)))
+    else {
+        return;
+    };
+    p.connections_total += new;
+    ops.dispatched_n(index, p.slot, new);
+    got.push(k);
 }

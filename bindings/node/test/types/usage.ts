@@ -91,6 +91,8 @@ if (rcluster.isPrimary) {
 
   // The `cluster`-compatible facade.
   rcluster.setupPrimary({ exec: 'worker.js', args: [], execArgv: [], silent: false, serialization: 'json' });
+  rcluster.setupPrimary({ name: 'web', control: true, metrics: 9100 });
+  void rcluster.stats().then((st: rcluster.ClusterStatus) => st.workers.length);
   rcluster.setupMaster({ killTimeout: 1_000, heartbeatTimeout: 1_000, kernelRoundRobin: true });
   rcluster.schedulingPolicy = rcluster.SCHED_RR;
   console.log(rcluster.isMaster, rcluster.isWorker, rcluster.settings.exec, rcluster.SCHED_NONE);
