@@ -76,3 +76,34 @@ test('rcluster API: a shared listener of start() is served by worker.serve(), an
     await c.stop();
   }
 });
+
+test('rcluster: a rolling restart of SCHED_NONE workers under load fails no request', async () => {
+  const port = await freePort();
+  const bodies = [];
+  let failures = 0;
+  let polling = true;
+  let pollers;
+  const run = runFixture('classic_rolling.js', 'rcluster', [port, 'none'], {
+    stdin: 'pipe',
+    timeout: 30000,
+    onLine: async (line, child) => {
+      if (line === 'READY') {
+        // Eight clients at once, so that connections wait in the socket as workers leave it.
+        pollers = Promise.all(Array.from({ length: 8 }, async () => {
+          while (polling) {
+            try { bodies.push(await get(port)); } catch (e) { failures++; console.error(`request failed: ${e.message}`); }
+          }
+        }));
+        child.stdin.write('reload\n');
+      } else if (line.startsWith('RELOADED')) {
+        polling = false;
+        pollers.then(() => child.stdin.end());
+      }
+    },
+  });
+  const { code, out } = await run;
+  assert.match(out, /RELOADED 3,4/);
+  assert.strictEqual(failures, 0, `${failures} of ${bodies.length + failures} requests failed`);
+  assert.ok(bodies.includes('3') && bodies.includes('4'), `served by ${[...new Set(bodies)]}`);
+  assert.strictEqual(code, 0, out);
+});
