@@ -129,3 +129,40 @@ fn connections_workers_take_from_a_shared_socket_are_counted_when_they_count_the
     let total: u64 = st.workers.iter().map(|w| w.connections_total).sum();
     assert_eq!(total, 10, "{st:?}");
 }
+
+#[test]
+fn a_worker_that_writes_nonsense_in_the_share_map_breaks_no_count_of_the_primary() {
+    // Worker 1 writes i64::MAX and 0 in turn as its count after every connection it takes:
+    // the primary's totals saturate instead of overflowing, and it keeps serving and answering.
+    let mut cfg = worker_config(2, &["listen-lying", "127.0.0.1:0", "shared"]);
+    cfg.metrics = Some("127.0.0.1:0".parse().unwrap());
+    let sup = Supervisor::start(cfg).unwrap();
+    let mut addr = String::new();
+    for _ in 0..2 {
+        let ev = wait_for(&sup, Duration::from_secs(10), |e| {
+            matches!(e, Event::Message { .. })
+        });
+        let Event::Message { data, .. } = ev else {
+            unreachable!()
+        };
+        addr = String::from_utf8_lossy(&data)
+            .split(' ')
+            .nth(2)
+            .unwrap()
+            .to_string();
+    }
+    let Some(ListenAddr::Tcp(metrics)) = sup.metrics_addr().cloned() else {
+        panic!("no metrics address")
+    };
+    for round in 0..12 {
+        for _ in 0..5 {
+            assert!(!get(&addr, "/").is_empty(), "round {round}");
+        }
+        // Each status and scrape harvests the map again.
+        let st = sup.status().unwrap();
+        assert_eq!(st.workers.len(), 2, "{st:?}");
+        assert!(get(&metrics.to_string(), "/metrics").contains("rcluster_workers"));
+    }
+    let st = sup.status().unwrap();
+    assert!(st.workers.iter().all(|w| w.state == "ready"), "{st:?}");
+}

@@ -26,7 +26,8 @@ impl Primary {
                 w.uptime_s = secs(now, p.spawned_at);
                 w.cpu_s = cpu_s;
                 w.rss_bytes = rss_bytes;
-                w.connections_active = p.active.len() as u64 + self.turns_in_hand(key);
+                w.connections_active =
+                    (p.active.len() as u64).saturating_add(self.turns_in_hand(key));
                 w.connections_total = p.connections_total;
                 w.heartbeat_age_s = Some(secs(now, p.last_seen));
                 w.queue_bytes = p.link.queued_bytes() as u64;

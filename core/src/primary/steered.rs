@@ -228,7 +228,8 @@ impl Primary {
                     .filter(|(_, m)| m.worker == Some(key) && m.counts)
                     .map(|(at, _)| g.steer.count(at as u32).max(0) as u64)
             })
-            .sum()
+            // Saturating: the counts live in memory the workers write, and a worker may lie.
+            .fold(0, u64::saturating_add)
     }
 
     /// A worker that takes its turns: ready, not stopping, still linked.
@@ -384,7 +385,8 @@ pub(super) fn credit(
     else {
         return;
     };
-    p.connections_total += new;
+    // Saturating: the counts live in memory the workers write, and a worker may lie.
+    p.connections_total = p.connections_total.saturating_add(new);
     ops.dispatched_n(index, p.slot, new);
     got.push(k);
 }

@@ -114,8 +114,12 @@ fn main() {
         "serve" => serve(&w, Duration::from_millis(num(1))),
         "inline" => inline(&w, Duration::from_micros(num(1))),
         // `listen ADDR MODE [STALLED_ID]`; `listen-counting`: asks with `listen_counting`, and
-        // in `shared` mode counts each connection it takes in the share map.
-        "listen" | "listen-counting" => {
+        // in `shared` mode counts each connection it takes in the share map; `listen-lying`:
+        // as that, and worker 1 then writes i64::MAX and 0 in turn as its count.
+        "listen" | "listen-counting" | "listen-lying" => {
+            if args[0] == "listen-lying" && w.id() == 1 {
+                LYING.store(true, Ordering::SeqCst);
+            }
             let mode: rcluster_core::Dispatch = args[2].parse().unwrap();
             let stalled = args.get(3).is_some_and(|s| s.parse() == Ok(w.id()));
             let asked = match args[0].as_str() {
@@ -324,9 +328,51 @@ fn accept_shared(w: &Arc<Worker>, fd: std::os::fd::OwnedFd, name: &str) {
         };
         if let Some(c) = &*SHARES.lock().unwrap() {
             c.took();
+            if LYING.load(Ordering::SeqCst) {
+                lie_in_share_map(c.member());
+            }
         }
         serve_own(w, stream, name, u64::MAX - n as u64);
     }
+}
+
+/// `listen-lying`: this worker writes nonsense into the share map.
+static LYING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes i64::MAX and 0 in turn as member `member`'s count, through a mapping of its own of
+/// the share map (found among this process's descriptors), as a worker that lies would: each
+/// jump up is a count the primary has not seen.
+fn lie_in_share_map(member: u32) {
+    static HIGH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let value = if HIGH.fetch_xor(true, Ordering::SeqCst) {
+        0
+    } else {
+        i64::MAX
+    };
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        if !target.to_string_lossy().contains("rcluster-shares") {
+            continue;
+        }
+        let fd: i32 = entry.file_name().to_string_lossy().parse().unwrap();
+        // SAFETY: maps the share map's first 24 KiB shared, writes one aligned word inside
+        // it, and unmaps it.
+        unsafe {
+            let base = libc::mmap(
+                std::ptr::null_mut(),
+                24576,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            assert_ne!(base, libc::MAP_FAILED);
+            *(base as *mut i64).add(1 + 2 * member as usize) = value;
+            libc::munmap(base, 24576);
+        }
+        return;
+    }
+    panic!("no share map among this process's descriptors");
 }
 
 /// The share map of a `shared` listener asked for with `listen-counting`.

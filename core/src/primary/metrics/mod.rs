@@ -95,11 +95,12 @@ impl Ops {
     /// primary, or placed in the worker's own socket by the kernel's turns).
     pub fn dispatched_n(&mut self, listener: usize, slot: u32, n: u64) {
         if self.counting {
-            *self
+            let c = self
                 .counters
                 .dispatched
                 .entry((listener, slot))
-                .or_default() += n;
+                .or_default();
+            *c = c.saturating_add(n);
         }
     }
 

@@ -157,8 +157,10 @@ impl Primary {
         );
         let mut active: BTreeMap<u32, usize> = BTreeMap::new();
         for (&key, p) in &self.procs {
-            *active.entry(p.slot).or_default() +=
-                p.unacked.len() + p.active.len() + self.turns_in_hand(key) as usize;
+            let n = active.entry(p.slot).or_default();
+            *n = n
+                .saturating_add(p.unacked.len() + p.active.len())
+                .saturating_add(self.turns_in_hand(key) as usize);
         }
         for (slot, n) in active {
             let _ = writeln!(out, "rcluster_connections_active{{slot=\"{slot}\"}} {n}");
