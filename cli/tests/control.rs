@@ -337,21 +337,28 @@ fn events_streams_lifecycle_events_as_json_lines() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(ev.stdout.take().unwrap()).lines();
-    // The stream is set up once the client has its answer; a restart then shows in it.
+    // Read on a thread of its own, so that waiting for a line is bounded: a restart made
+    // before the stream was set up shows in it never, and the next restart is asked for.
+    let lines = BufReader::new(ev.stdout.take().unwrap()).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let deadline = Instant::now() + WAIT;
-    let mut seen = Vec::new();
-    'outer: while Instant::now() < deadline {
+    let mut seen: Vec<String> = Vec::new();
+    let both =
+        |seen: &[String]| seen.iter().any(|e| e == "exit") && seen.iter().any(|e| e == "spawned");
+    while Instant::now() < deadline && !both(&seen) {
         assert!(rt.verb(&["restart", "events", "0"]).status.success());
-        // Bounded: a restart makes a handful of events.
-        for _ in 0..4 {
-            let Some(Ok(line)) = lines.next() else {
-                break 'outer;
-            };
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) {
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
             seen.push(v["event"].as_str().unwrap_or("").to_string());
-            if seen.iter().any(|e| e == "exit") && seen.iter().any(|e| e == "spawned") {
-                break 'outer;
+            if both(&seen) {
+                break;
             }
         }
     }
