@@ -40,6 +40,7 @@ pub use primary::signals::{signal_name, SignalAction, EXIT_AFTER_SIGNAL_STOP, HA
 pub use primary::status::{LastExit, ListenerStatus, PoolStatus, Status, WorkerStatus};
 pub use primary::supervisor::Supervisor;
 pub use sys::listen::{resolve_listen, Dispatch, ListenAddr, Listener};
+pub use worker::shared::{Accepted, SharedAcceptor};
 pub use worker::{Answer, Connection, Listening, Task, TurnCounter, Worker, WorkerEvent};
 
 /// Reaps every exited child of this process that no supervisor of it started, and returns how

@@ -105,13 +105,12 @@ fn max_requests_replaces_a_worker_the_kernel_turns_gave_that_many_connections() 
     assert_eq!(recycled.1, ExitReason::MaxRequests);
 }
 
-#[test]
-fn connections_workers_take_from_a_shared_socket_are_counted_when_they_count_them() {
-    let cfg = worker_config(2, &["listen-counting", "127.0.0.1:0", "shared"]);
-    let sup = Supervisor::start(cfg).unwrap();
+/// The address of the `shared` listener the `n` workers listen on, once each says it does
+/// (with the socket itself in hand).
+fn shared_address(sup: &Supervisor, n: usize) -> String {
     let mut addr = String::new();
-    for _ in 0..2 {
-        let ev = wait_for(&sup, Duration::from_secs(10), |e| {
+    for _ in 0..n {
+        let ev = wait_for(sup, Duration::from_secs(10), |e| {
             matches!(e, Event::Message { .. })
         });
         let Event::Message { data, .. } = ev else {
@@ -121,6 +120,14 @@ fn connections_workers_take_from_a_shared_socket_are_counted_when_they_count_the
         assert!(text.ends_with(" own-socket"), "{text}");
         addr = text.split(' ').nth(2).unwrap().to_string();
     }
+    addr
+}
+
+#[test]
+fn connections_workers_take_from_a_shared_socket_are_counted_when_they_count_them() {
+    let cfg = worker_config(2, &["listen-counting", "127.0.0.1:0", "shared"]);
+    let sup = Supervisor::start(cfg).unwrap();
+    let addr = shared_address(&sup, 2);
     for _ in 0..10 {
         assert!(!get(&addr, "/").is_empty());
     }
@@ -137,20 +144,7 @@ fn a_worker_that_writes_nonsense_in_the_share_map_breaks_no_count_of_the_primary
     let mut cfg = worker_config(2, &["listen-lying", "127.0.0.1:0", "shared"]);
     cfg.metrics = Some("127.0.0.1:0".parse().unwrap());
     let sup = Supervisor::start(cfg).unwrap();
-    let mut addr = String::new();
-    for _ in 0..2 {
-        let ev = wait_for(&sup, Duration::from_secs(10), |e| {
-            matches!(e, Event::Message { .. })
-        });
-        let Event::Message { data, .. } = ev else {
-            unreachable!()
-        };
-        addr = String::from_utf8_lossy(&data)
-            .split(' ')
-            .nth(2)
-            .unwrap()
-            .to_string();
-    }
+    let addr = shared_address(&sup, 2);
     let Some(ListenAddr::Tcp(metrics)) = sup.metrics_addr().cloned() else {
         panic!("no metrics address")
     };

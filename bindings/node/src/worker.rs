@@ -47,7 +47,7 @@ pub struct NativeListening {
 /// accepted from it, when the connection closes. Held by the JS that counts, and freed with it.
 #[napi]
 pub struct NativeTurnCounter {
-    pub(crate) inner: Rc<TurnCounter>,
+    pub(crate) inner: std::sync::Arc<TurnCounter>,
 }
 
 #[napi]
@@ -342,7 +342,7 @@ impl NativeWorker {
             .borrow_mut()
             .take()
             .map(|inner| NativeTurnCounter {
-                inner: Rc::new(inner),
+                inner: std::sync::Arc::new(inner),
             })
     }
 

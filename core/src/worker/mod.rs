@@ -5,6 +5,7 @@
 
 mod handshake;
 mod rx;
+pub mod shared;
 #[cfg(test)]
 mod tests;
 

@@ -1,0 +1,186 @@
+//! Accepting from a `shared` listening socket one connection at a time, keeping level with the
+//! other workers through the listener's share map (protocol §5.7).
+//!
+//! An event loop that takes every waiting connection at once (libuv's server does) serves
+//! them one after another: the last of a batch waits behind the others while another worker
+//! sits idle before an empty socket. Taking one per turn leaves the rest in the socket, where
+//! the first worker free takes the next. With the share map, a worker [`LEAD`] ahead of the
+//! least active other leaves it the next connection, unless [`LONG_QUEUE`] or more wait
+//! (nobody keeps up: everyone takes) or it already left [`MAX_DEFERRALS`] in a row (the others
+//! are not taking: a connection never waits for evenness for long).
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use crate::sys::steer::TurnCounter;
+
+/// Connections a worker may have taken beyond the one that took fewest before it lets the
+/// others take the next. Over a run of N connections the shares differ by about this much.
+pub const LEAD: u32 = 16;
+/// Connections waiting in the socket (a TCP listener's accept queue) from which every worker
+/// takes, ahead or not.
+pub const LONG_QUEUE: u32 = 16;
+/// Connections left to the others in a row after which a worker takes the next anyway.
+pub const MAX_DEFERRALS: u32 = 2;
+
+/// `TCP_LISTEN` of the kernel's TCP states (not in libc).
+const TCP_LISTEN: u8 = 10;
+
+/// What one look at the socket gave.
+#[derive(Debug)]
+pub enum Accepted {
+    /// A connection (non-blocking, close-on-exec).
+    Connection(OwnedFd),
+    /// Nothing waits (another worker took it first).
+    Empty,
+    /// This worker is ahead: it leaves the next connection to the others and looks again a
+    /// moment later (the caller waits, about a millisecond).
+    Deferred,
+    /// accept failed: EMFILE, ENFILE, ENOBUFS or ENOMEM mean the caller should pause.
+    Failed(io::Error),
+}
+
+/// A worker's acceptor of one `shared` listening socket, which the caller keeps open.
+#[derive(Debug)]
+pub struct SharedAcceptor {
+    fd: RawFd,
+    counter: Option<Arc<TurnCounter>>,
+    deferrals: AtomicU32,
+}
+
+impl SharedAcceptor {
+    /// Accepts on `fd`; with `counter` (the listener's share map), keeping level.
+    pub fn new(fd: RawFd, counter: Option<Arc<TurnCounter>>) -> SharedAcceptor {
+        SharedAcceptor {
+            fd,
+            counter,
+            deferrals: AtomicU32::new(0),
+        }
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Takes one connection, or says why not.
+    pub fn next(&self) -> Accepted {
+        if let Some(c) = &self.counter {
+            let deferred = self.deferrals.load(Ordering::Relaxed);
+            if deferred < MAX_DEFERRALS && c.ahead(LEAD) && queued(self.fd) < LONG_QUEUE {
+                self.deferrals.store(deferred + 1, Ordering::Relaxed);
+                return Accepted::Deferred;
+            }
+        }
+        self.deferrals.store(0, Ordering::Relaxed);
+        match accept_one(self.fd) {
+            Ok(Some(c)) => {
+                if let Some(counter) = &self.counter {
+                    counter.took();
+                }
+                Accepted::Connection(c)
+            }
+            Ok(None) => Accepted::Empty,
+            Err(e) => Accepted::Failed(e),
+        }
+    }
+}
+
+/// One accept; None when nothing waits.
+fn accept_one(fd: RawFd) -> io::Result<Option<OwnedFd>> {
+    loop {
+        // SAFETY: accept4 on a descriptor the caller keeps open; no address is asked for.
+        let c = unsafe {
+            libc::accept4(
+                fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if c >= 0 {
+            // SAFETY: a new descriptor, owned from here on.
+            return Ok(Some(unsafe { OwnedFd::from_raw_fd(c) }));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) => return Ok(None),
+            // A connection reset while it waited is gone; the next one may be there.
+            Some(libc::EINTR | libc::ECONNABORTED) => continue,
+            _ => return Err(e),
+        }
+    }
+}
+
+/// How many connections wait in TCP listener `fd`'s accept queue; 0 for another kind of
+/// socket (or when the kernel does not say).
+fn queued(fd: RawFd) -> u32 {
+    // SAFETY: a zeroed tcp_info and its length; the kernel writes at most that much.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        // For a listening socket the kernel reports its accept queue's length here.
+        if rc == 0 && info.tcpi_state == TCP_LISTEN {
+            info.tcpi_unacked
+        } else {
+            0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::steer::{now_ms, Counts};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn a_worker_ahead_leaves_connections_to_the_others_a_few_times_then_takes_one() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let map = Counts::anonymous().unwrap();
+        map.share_members()
+            .store(2, std::sync::atomic::Ordering::Relaxed);
+        for m in 0..2 {
+            map.share_since(m)
+                .unwrap()
+                .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+        }
+        let member = |m| Arc::new(TurnCounter::new(map.fd.try_clone().unwrap(), m).unwrap());
+        let a = SharedAcceptor::new(listener.as_raw_fd(), Some(member(0)));
+        assert!(matches!(a.next(), Accepted::Empty));
+        let _clients: Vec<TcpStream> = (0..LEAD + 2)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        // Level with member 1 up to LEAD: it takes.
+        for _ in 0..LEAD {
+            assert!(matches!(a.next(), Accepted::Connection(_)));
+        }
+        // Ahead by LEAD, with 2 waiting (fewer than LONG_QUEUE): it leaves the next one to
+        // the others MAX_DEFERRALS times, then takes it. (Member 1 took one just now: it is
+        // active, however slowly this test runs.)
+        map.share_since(1)
+            .unwrap()
+            .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+        for _ in 0..MAX_DEFERRALS {
+            assert!(matches!(a.next(), Accepted::Deferred));
+        }
+        assert!(matches!(a.next(), Accepted::Connection(_)));
+        assert!(matches!(a.next(), Accepted::Deferred));
+        // Without the share map, it just takes.
+        let plain = SharedAcceptor::new(listener.as_raw_fd(), None);
+        assert!(matches!(plain.next(), Accepted::Connection(_)));
+        assert!(matches!(plain.next(), Accepted::Empty));
+    }
+}
