@@ -175,11 +175,24 @@ fn a_crash_storm_of_thirty_seconds_leaks_no_zombie_no_descriptor_and_no_memory()
         fd_samples
     );
     assert!(exits >= 100, "only {exits} restarts in {STORM:?}");
-    // While running: the worker's IPC socket, pidfd, the epoll set and two eventfds, and the
-    // few descriptors of a spawn in progress.
+    // While running: the worker's IPC socket, pidfd, the epoll set and two eventfds, the
+    // few descriptors of a spawn in progress, and for a moment the output pipes of the worker
+    // that just exited, read to their end, beside those of the next (seen on a loaded run).
     assert!(
-        fd_samples.iter().all(|&n| n <= fds_before + 3 + 2 + 4),
+        fd_samples.iter().all(|&n| n <= fds_before + 3 + 2 + 4 + 2),
         "descriptors grew: before {fds_before}, samples {fd_samples:?}"
+    );
+    // And no growth over the storm: a descriptor lost per restart would be thousands.
+    let quarter = (fd_samples.len() / 4).max(1);
+    let first = fd_samples[..quarter].iter().max().copied().unwrap_or(0);
+    let last = fd_samples[fd_samples.len() - quarter..]
+        .iter()
+        .min()
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        last <= first,
+        "descriptors grew over the storm: {fd_samples:?}"
     );
     assert!(
         rss_end.saturating_sub(rss_warm) <= MB,
