@@ -6,6 +6,7 @@
 
 use pyo3::prelude::*;
 
+mod accept;
 mod config;
 mod errors;
 mod events;
@@ -23,6 +24,8 @@ fn _rcluster(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<events::PyWorkerInfo>()?;
     m.add_class::<events::PyExitInfo>()?;
     m.add_class::<pool::PyPool>()?;
+    m.add_class::<accept::PySharedAcceptor>()?;
+    m.add("ACCEPT_DEFERRED", accept::DEFERRED)?;
     m.add("CONTENT_PICKLE", rcluster_core::pool::CONTENT_PICKLE)?;
     m.add("BOOT_FAILED_EXIT", rcluster_core::pool::BOOT_FAILED_EXIT)?;
     m.add("MAX_WORKERS", rcluster_core::MAX_WORKERS)?;

@@ -20,7 +20,7 @@ use crate::wait::sliced;
 /// The native half of `rcluster.Worker`.
 #[pyclass(frozen, name = "NativeWorker", module = "rcluster._rcluster")]
 pub struct PyWorker {
-    core: Worker,
+    pub(crate) core: Worker,
 }
 
 /// Kinds of worker events, as the first item of each tuple.

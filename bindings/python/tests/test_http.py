@@ -185,3 +185,40 @@ def test_at_a_stop_connections_waiting_in_the_shared_socket_are_served_not_reset
         for t in clients:
             t.join(10)
     assert results == [answer] * 4
+
+
+def test_a_slow_worker_keeps_its_share_of_a_shared_socket(wait_ready):
+    # Worker 1 spends 3 ms on each request. Taking whatever waits at each readiness (asyncio's
+    # own servers take up to 100), worker 0 answers nearly all of them; accepting one per
+    # readiness and keeping level through the share map, worker 1 answers a third or more.
+    with serve_cluster(worker_argv("shares-http"), dispatch="shared") as sup:
+        wait_ready(sup, 2)
+        addr = sup.address()
+        total, clients = 240, 6
+        by: collections.Counter[str] = collections.Counter()
+        failed: list[str] = []
+        lock = threading.Lock()
+        sent = [0]
+
+        def client() -> None:
+            while True:
+                with lock:
+                    if sent[0] == total:
+                        return
+                    sent[0] += 1
+                try:
+                    body = http_get(addr)
+                except OSError as e:
+                    failed.append(repr(e))
+                    continue
+                with lock:
+                    by[body.strip()] += 1
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert failed == []
+    assert by["0"] + by["1"] == total, by
+    assert by["1"] >= 80, f"worker 1 answered {by['1']} of {total}: {dict(by)}"

@@ -2,10 +2,13 @@
 
 ``await rcluster.aio.serve(protocol_factory)`` runs any asyncio protocol server (for example
 ``aiohttp.web.Server``) as an rcluster worker: connections the primary dispatches are handed
-to ``loop.connect_accepted_socket``; in ``shared`` mode the inherited listening sockets are
-served with ``loop.create_server``. The worker's link is watched with ``loop.add_reader`` (no
-thread), and heartbeats are sent by the loop itself, so a loop that hangs stops them and the
-primary (with ``heartbeat_timeout``) replaces the worker.
+to ``loop.connect_accepted_socket``; in ``shared`` mode the worker accepts from the inherited
+listening sockets itself, one connection each time one is readable, keeping level with the
+other workers through the listener's share map (so that a slow worker still gets its share,
+and no connection waits behind others in a busy worker while another sits idle). The worker's
+link and the shared sockets are watched with ``loop.add_reader`` (no thread), and heartbeats
+are sent by the loop itself, so a loop that hangs stops them and the primary (with
+``heartbeat_timeout``) replaces the worker.
 
 When the worker drains (a reload, a scale-down, a stop), every open connection's protocol that
 has a ``close_when_idle()`` method is told so, once: an HTTP/1 protocol should then finish the
@@ -19,15 +22,24 @@ to finish on their own (``drain_timeout``).
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from . import _rcluster
 from ._util import call_reporting, logger
-from .worker import Connection, Worker, inherited_listeners, worker
+from .worker import _MAX_QUEUED_ACCEPTS, Connection, Worker, inherited_listeners, worker
 
 _DISCONNECT = object()
+
+# Seconds a worker that leaves the next connection of a shared socket to the others stops
+# watching it; and after a failed accept (EMFILE and the like: the connections wait in the
+# socket, or for another worker, instead of the loop spinning on a socket it cannot take from).
+_DEFER = 0.001
+_ACCEPT_PAUSE = 0.1
+_PAUSE_ON = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class _Link:
@@ -122,7 +134,7 @@ class WorkerServer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = asyncio.Event()
-        self._shared: list[asyncio.base_events.Server] = []
+        self._shared: list[_SharedSocket] = []
         # The protocols of open connections, told when the server drains (close_when_idle).
         self._protocols: weakref.WeakSet[asyncio.BaseProtocol] = weakref.WeakSet()
 
@@ -180,11 +192,16 @@ class WorkerServer:
         )
 
     async def _start_shared(self, socks: list[tuple[str, socket.socket]]) -> None:
+        link = self._link
         for name, sock in socks:
             if self._listener in (None, name):
-                self._shared.append(await self._link.loop.create_server(self._make, sock=sock))
+                self._shared.append(_SharedSocket(self, name, sock))
             else:
                 sock.close()
+        if self._shared:
+            # Asking the primary for the listeners read what else it sent meanwhile into
+            # memory, where no readable descriptor announces it.
+            link.loop.call_soon(link._readable)
 
     def close(self) -> None:
         """Stops taking new connections; the open ones carry on, and their protocols'
@@ -192,14 +209,24 @@ class WorkerServer:
         if self._closed.is_set():
             return
         self._closed.set()
-        for protocol in list(self._protocols):
+        told = list(self._protocols)
+        self._close_when_idle(told)
+        # Connections waiting in a shared socket were accepted by the kernel for their
+        # clients: closing the socket would reset them, so they are taken first.
+        for s in self._shared:
+            s.close()
+        late = [p for p in self._protocols if p not in told]
+        if late:  # told once their connection_made has run
+            self._link.loop.call_soon(self._close_when_idle, late)
+        if self in self._link.servers:
+            self._link.servers.remove(self)
+
+    @staticmethod
+    def _close_when_idle(protocols: list[asyncio.BaseProtocol]) -> None:
+        for protocol in protocols:
             hook = getattr(protocol, "close_when_idle", None)
             if callable(hook):
                 call_reporting(hook, what="close_when_idle")
-        for s in self._shared:
-            s.close()
-        if self in self._link.servers:
-            self._link.servers.remove(self)
 
     async def wait_closed(self) -> None:
         """Waits until the server is closed and its connections finished (``drain_timeout``
@@ -208,20 +235,10 @@ class WorkerServer:
         try:
             await asyncio.wait_for(self._finished(), self._drain_timeout)
         except asyncio.TimeoutError:
-            logger.warning(
-                "rcluster: %d connection(s) still open after drain", self._open + self._accepted()
-            )
+            logger.warning("rcluster: %d connection(s) still open after drain", self._open)
 
     async def _finished(self) -> None:
         await self._idle.wait()
-        while self._accepted():
-            await asyncio.sleep(0.05)
-
-    def _accepted(self) -> int:
-        """Open connections accepted from inherited sockets (``shared``). Their asyncio.Server
-        counts them (``_active_count``, in every CPython since 3.4), but its ``wait_closed()``
-        does not wait for them before 3.12."""
-        return sum(getattr(s, "_active_count", 0) for s in self._shared)
 
     async def serve_forever(self) -> None:
         """Serves until the primary asks this worker to leave, then drains and returns.
@@ -248,6 +265,78 @@ class WorkerServer:
     async def __aexit__(self, *exc: object) -> None:
         self.close()
         await self.wait_closed()
+
+
+class _SharedSocket:
+    """A ``shared`` listening socket, accepted from once each time it is readable (the
+    native SharedAcceptor decides whether this worker takes the connection now). Its
+    connections are the server's, as the ones the primary hands over."""
+
+    def __init__(self, server: WorkerServer, name: str, sock: socket.socket) -> None:
+        self._server, self._name = server, name
+        self._loop = server._link.loop
+        self._family, self._proto = sock.family, sock.proto
+        self._acceptor = _rcluster.SharedAcceptor(server._link.w._native, name, sock.detach())
+        self._fd = self._acceptor.fileno()
+        self._timer: asyncio.TimerHandle | None = None
+        self._open = True
+        self._loop.add_reader(self._fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            fd = self._acceptor.next()
+        except OSError as e:
+            if e.errno not in _PAUSE_ON:
+                self._loop.call_exception_handler(
+                    {
+                        "message": f"rcluster: accepting on listener {self._name!r} failed",
+                        "exception": e,
+                    }
+                )
+            self._pause(_ACCEPT_PAUSE)
+            return
+        if fd is None:  # another worker took it first
+            return
+        if fd == _rcluster.ACCEPT_DEFERRED:
+            self._pause(_DEFER)
+            return
+        self._serve(fd)
+
+    def _serve(self, fd: int) -> None:
+        sock = Connection(self._family, socket.SOCK_STREAM, self._proto, fileno=fd)
+        sock.listener = self._name
+        self._server._connection(sock)
+
+    def _pause(self, seconds: float) -> None:
+        if not self._open or self._timer is not None:
+            return
+        self._loop.remove_reader(self._fd)
+        self._timer = self._loop.call_later(seconds, self._resume)
+
+    def _resume(self) -> None:
+        self._timer = None
+        if self._open:
+            self._loop.add_reader(self._fd, self._readable)
+
+    def close(self) -> None:
+        """Takes what waits in the socket (bounded), then closes it."""
+        if not self._open:
+            return
+        self._open = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._loop.remove_reader(self._fd)
+        for _ in range(_MAX_QUEUED_ACCEPTS):
+            try:
+                fd = self._acceptor.next()
+            except OSError:
+                break
+            if fd is None:
+                break
+            if fd != _rcluster.ACCEPT_DEFERRED:  # a few in a row at most, then it takes
+                self._serve(fd)
+        self._acceptor.close()
 
 
 async def create_server(

@@ -101,8 +101,9 @@ class Connection(socket.socket):
 
     def _peername(self) -> tuple[str, int] | None:
         """The peer address as ``getpeername()`` gives it, from ``peer`` and without the
-        system call; None where the text does not carry all of it (IPv6 flow and scope)."""
-        if self.family != socket.AF_INET:
+        system call; None where the text does not carry all of it (IPv6 flow and scope) or
+        there is none (a connection this worker accepted from a shared socket)."""
+        if self.family != socket.AF_INET or not self.peer:
             return None
         host, _, port = self.peer.rpartition(":")
         return (host, int(port))

@@ -167,6 +167,31 @@ class SocketInfo(asyncio.Protocol):
         t.close()
 
 
+class Shares(asyncio.Protocol):
+    """Answers each request with its worker's id; worker 1 spends 3 ms on each (blocking its
+    loop, as a request that computes does)."""
+
+    slow = False
+    body = b""
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):  # the request fits in one read here
+        if self.slow:
+            time.sleep(0.003)
+        t = self.transport
+        t.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(self.body), self.body))
+        t.close()
+
+
+async def shares_http() -> None:
+    w = rcluster.worker()
+    Shares.slow = w.id == 1
+    Shares.body = f"{w.id}\n".encode()
+    await rcluster.aio.serve(Shares)
+
+
 async def socket_info() -> None:
     await rcluster.aio.serve(SocketInfo)
 
@@ -190,6 +215,7 @@ if __name__ == "__main__":
         "aio-echo": aio_echo,
         "streams-http": streams_http,
         "socket-info": socket_info,
+        "shares-http": shares_http,
         "aiohttp-http": aiohttp_http,
     }
     if mode in aio:

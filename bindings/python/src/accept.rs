@@ -1,0 +1,133 @@
+//! A worker's acceptor of a `shared` listening socket: the core's [`SharedAcceptor`], one
+//! connection per call, keeping level with the other workers through the listener's share map
+//! (protocol §5.7). `rcluster.aio` calls it once each time the socket is readable: taking
+//! every connection that waits at once would leave them queued behind each other in this
+//! worker while another sits idle.
+//!
+//! accept4 does not block (the socket is non-blocking), so the GIL is kept around it.
+
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+use rcluster_core::{Accepted, Dispatch, Listening, SharedAcceptor};
+
+use crate::worker::PyWorker;
+
+/// What `next()` returns when this worker leaves the next connection to the others: the
+/// caller stops watching the socket and looks again about a millisecond later.
+pub const DEFERRED: i32 = -1;
+
+struct Open {
+    acceptor: SharedAcceptor,
+    /// The socket `acceptor` accepts from, closed with it.
+    _socket: OwnedFd,
+}
+
+/// The native half of a shared listener's acceptor in `rcluster.aio`.
+#[pyclass(name = "SharedAcceptor", module = "rcluster._rcluster")]
+pub struct PySharedAcceptor {
+    worker: Py<PyWorker>,
+    name: String,
+    /// The primary knows this worker listens (it answered the listen by name).
+    listened: bool,
+    keeps_level: bool,
+    open: Option<Open>,
+}
+
+#[pymethods]
+impl PySharedAcceptor {
+    /// Accepts from the socket of `shared` listener `name` that this worker inherited at `fd`,
+    /// which it takes over. Asks the primary for the listener by name: its answer carries a
+    /// copy of the socket (`fd` is closed then) and the listener's share map. Without one (an
+    /// older primary), `fd` itself, taking whenever a connection waits.
+    #[new]
+    fn new(py: Python<'_>, worker: Py<PyWorker>, name: String, fd: i32) -> PyResult<Self> {
+        if fd < 0 {
+            return Err(PyValueError::new_err(format!(
+                "fd {fd} is not a descriptor"
+            )));
+        }
+        // SAFETY: the caller hands the descriptor over (socket.detach()); it is owned here.
+        let inherited = unsafe { OwnedFd::from_raw_fd(fd) };
+        let asked = {
+            let core = &worker.get().core;
+            py.allow_threads(|| core.listen_counting(&name, Dispatch::Shared))
+        };
+        let (socket, counter, listened) = match asked {
+            Ok(Listening {
+                fd: Some(copy),
+                counter,
+                ..
+            }) => (copy, counter.map(Arc::new), true),
+            Ok(_) => (inherited, None, true),
+            Err(_) => (inherited, None, false),
+        };
+        // Several workers wake for one connection: those that find it gone must not wait in
+        // accept. The flag is the socket's, for every process that holds it.
+        set_nonblocking(socket.as_raw_fd())?;
+        Ok(PySharedAcceptor {
+            worker,
+            name,
+            listened,
+            keeps_level: counter.is_some(),
+            open: Some(Open {
+                acceptor: SharedAcceptor::new(socket.as_raw_fd(), counter),
+                _socket: socket,
+            }),
+        })
+    }
+
+    /// The listening socket's descriptor to watch (-1 once closed).
+    fn fileno(&self) -> i32 {
+        self.open.as_ref().map_or(-1, |o| o.acceptor.fd())
+    }
+
+    /// True when it keeps level with the other workers (the primary gave the share map).
+    #[getter]
+    fn keeps_level(&self) -> bool {
+        self.keeps_level
+    }
+
+    /// One look at the socket: a connection's descriptor (the caller's from now on), None
+    /// when nothing waits, or `ACCEPT_DEFERRED`. OSError with accept's errno when it fails
+    /// (EMFILE, ENFILE, ENOBUFS, ENOMEM: the caller pauses before it looks again).
+    fn next(&self) -> PyResult<Option<i32>> {
+        let Some(open) = &self.open else {
+            return Err(PyOSError::new_err((libc::EBADF, "the acceptor is closed")));
+        };
+        match open.acceptor.next() {
+            Accepted::Connection(c) => Ok(Some(c.into_raw_fd())),
+            Accepted::Empty => Ok(None),
+            Accepted::Deferred => Ok(Some(DEFERRED)),
+            Accepted::Failed(e) => {
+                let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                // The text as OSError shows it, without Rust's " (os error N)".
+                let text = e.to_string();
+                let text = text.split(" (os error").next().unwrap_or_default();
+                Err(PyOSError::new_err((errno, format!("accept: {text}"))))
+            }
+        }
+    }
+
+    /// Closes the socket and tells the primary this worker no longer listens (which takes it
+    /// out of the share map). Idempotent.
+    fn close(&mut self, py: Python<'_>) {
+        if self.open.take().is_some() && self.listened {
+            let core = &self.worker.get().core;
+            // The primary may be gone already: nothing to tell then.
+            let _ = py.allow_threads(|| core.unlisten(&self.name));
+        }
+    }
+}
+
+fn set_nonblocking(fd: i32) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor owned by the caller.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
