@@ -50,7 +50,7 @@ cflags=(-std=c11 -g -O1 -Wall -Wextra -Werror -Itests/c $(pkg-config --cflags li
 shared_libs=($(pkg-config --libs librcluster) -Wl,-rpath,"$lib")
 static_libs=("$lib/librcluster.a" $(pkg-config --static --libs-only-l librcluster | sed 's/-lrcluster//'))
 programs=(examples/c/worker.c examples/c/primary.c examples/c/pool.c tests/c/test_cluster.c
-    tests/c/test_bad_input.c)
+    tests/c/test_bad_input.c tests/c/test_shared.c)
 for kind in shared static; do
     for src in "${programs[@]}"; do
         name=$(basename "$src" .c)
@@ -93,6 +93,7 @@ for kind in shared static; do
     step "C tests ($kind library)"
     run_suite "$kind-test_bad_input" "$out/$kind/test_bad_input"
     run_suite "$kind-test_cluster" "$out/$kind/test_cluster" -- "$out/$kind/worker"
+    run_suite "$kind-test_shared" "$out/$kind/test_shared"
 done
 
 step "example primary + worker against curl"

@@ -100,7 +100,8 @@ enum rcluster_result
    */
   RCLUSTER_RESULT_PANIC = 14,
   /**
-   * No event arrived within the timeout (or none is waiting, for `try_next_event`).
+   * No event arrived within the timeout (or none is waiting, for `try_next_event`; no
+   * connection waits, for `rcluster_acceptor_next`).
    * Not an error: `rcluster_last_error` is not changed.
    */
   RCLUSTER_RESULT_TIMEOUT = 15,
@@ -109,6 +110,11 @@ enum rcluster_result
    * events, or a second callback.
    */
   RCLUSTER_RESULT_INVALID_STATE = 16,
+  /**
+   * `rcluster_acceptor_next`: this worker leaves the next connection to the others; look
+   * again in about a millisecond. Not an error: `rcluster_last_error` is not changed.
+   */
+  RCLUSTER_RESULT_DEFERRED = 17,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -403,6 +409,12 @@ typedef enum rcluster_worker_event_kind rcluster_worker_event_kind;
 typedef uint32_t rcluster_worker_event_kind;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
+
+/**
+ * A worker's acceptor of one `shared` listening socket (opaque). Made by
+ * `rcluster_acceptor_new`, released by `rcluster_acceptor_free`. Use it from one thread.
+ */
+typedef struct rcluster_acceptor rcluster_acceptor;
 
 /**
  * A supervisor configuration (opaque). Made by `rcluster_config_new`, released by
@@ -864,6 +876,66 @@ extern "C" {
  * the `RCLUSTER_VERSION` macro of the header the program was compiled against. Never NULL.
  */
 const char *rcluster_version(void);
+
+/**
+ * Accepts from the socket of `shared` listener `listener` that this worker inherited at
+ * `inherited_fd` (3 + its place in `LISTEN_FDNAMES`; `LISTEN_FDS` says how many). It asks the
+ * primary for the listener by name (a round trip): the answer carries a copy of the socket
+ * and the listener's share map, with which `rcluster_acceptor_next` keeps this worker's share
+ * of the connections level with the other workers'. From a primary that gives none (an older
+ * one), it accepts from `inherited_fd` itself whenever a connection waits.
+ *
+ * On success `*out` is the acceptor, to release with `rcluster_acceptor_free`, and it owns
+ * `inherited_fd` (closed now or by the free: do not close it); watch
+ * `rcluster_acceptor_fd` instead. On failure `inherited_fd` stays the caller's.
+ * It makes the socket non-blocking (a flag of the socket, shared by every process that holds
+ * it). `INVALID_ARGUMENT` for a negative `inherited_fd`.
+ *
+ * # Safety
+ * `w` is NULL or a live worker; `listener` is NULL or a NUL-terminated string; `out` is NULL
+ * or writable.
+ */
+rcluster_result rcluster_acceptor_new(const rcluster_worker *w,
+                                      const char *listener,
+                                      int inherited_fd,
+                                      rcluster_acceptor **out);
+
+/**
+ * Takes one connection, or says why not; call it once each time the socket is readable.
+ * - `RCLUSTER_RESULT_OK`: `*out_fd` is a client connection (non-blocking, CLOEXEC), the
+ *   program's: close it when done (the primary holds no copy, and needs no report).
+ * - `RCLUSTER_RESULT_TIMEOUT`: nothing waits (another worker took it).
+ * - `RCLUSTER_RESULT_DEFERRED`: this worker is ahead of the others and leaves them the next
+ *   connection: stop watching the socket for about a millisecond, then look again.
+ * - `RCLUSTER_RESULT_IO`: accept failed; `errno` is set to its error, which the message names.
+ *   For EMFILE, ENFILE, ENOBUFS and ENOMEM stop watching for about 100 ms (the connections
+ *   wait in the socket, or for another worker) rather than spin on a socket you cannot take from.
+ *
+ * # Safety
+ * `a` is NULL or a live acceptor; `out_fd` is NULL or writable.
+ */
+rcluster_result rcluster_acceptor_next(const rcluster_acceptor *a, int *out_fd);
+
+/**
+ * The listening socket's descriptor, to watch for readability (poll, epoll) and call
+ * `rcluster_acceptor_next`. It belongs to the acceptor: do not accept from, read or close it.
+ *
+ * # Safety
+ * `a` is NULL or a live acceptor; `out_fd` is NULL or writable.
+ */
+rcluster_result rcluster_acceptor_fd(const rcluster_acceptor *a, int *out_fd);
+
+/**
+ * Closes the listening socket and releases the acceptor. NULL is allowed and does nothing.
+ * Connections still waiting in the socket are reset for their clients when no other process
+ * holds it: at a drain, take them first (`rcluster_acceptor_next` until it returns
+ * `RCLUSTER_RESULT_TIMEOUT`, taking after `RCLUSTER_RESULT_DEFERRED` too).
+ *
+ * # Safety
+ * `a` is NULL or an acceptor from `rcluster_acceptor_new` not yet freed, not in use by another
+ * thread.
+ */
+void rcluster_acceptor_free(rcluster_acceptor *a);
 
 /**
  * The number of workers a configuration starts with: the CPUs of this process's affinity

@@ -12,6 +12,7 @@
 // Every unsafe block says why it is sound (`cargo clippy -- -D warnings` enforces it).
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod accept;
 mod args;
 mod config;
 mod control;
@@ -25,6 +26,7 @@ mod worker;
 
 use std::ffi::c_char;
 
+pub use accept::*;
 pub use config::*;
 pub use event::*;
 pub use modes::*;

@@ -42,15 +42,19 @@ pub enum rcluster_result {
     Io = 13,
     /// rcluster hit an internal bug (a Rust panic); it was caught and nothing was changed.
     Panic = 14,
-    /// No event arrived within the timeout (or none is waiting, for `try_next_event`).
+    /// No event arrived within the timeout (or none is waiting, for `try_next_event`; no
+    /// connection waits, for `rcluster_acceptor_next`).
     /// Not an error: `rcluster_last_error` is not changed.
     Timeout = 15,
     /// The call is not allowed in this state, e.g. `next_event` while a callback takes the
     /// events, or a second callback.
     InvalidState = 16,
+    /// `rcluster_acceptor_next`: this worker leaves the next connection to the others; look
+    /// again in about a millisecond. Not an error: `rcluster_last_error` is not changed.
+    Deferred = 17,
 }
 
-const ALL: [rcluster_result; 17] = [
+const ALL: [rcluster_result; 18] = [
     rcluster_result::Ok,
     rcluster_result::NullArgument,
     rcluster_result::InvalidUtf8,
@@ -68,6 +72,7 @@ const ALL: [rcluster_result; 17] = [
     rcluster_result::Panic,
     rcluster_result::Timeout,
     rcluster_result::InvalidState,
+    rcluster_result::Deferred,
 ];
 
 impl rcluster_result {
@@ -91,6 +96,7 @@ impl rcluster_result {
             rcluster_result::Panic => c"internal error in rcluster (a bug; please report it)",
             rcluster_result::Timeout => c"no event within the timeout",
             rcluster_result::InvalidState => c"not allowed in the current state",
+            rcluster_result::Deferred => c"left to the other workers: look again in a moment",
         }
     }
 }
@@ -124,7 +130,7 @@ impl Fail {
         )
     }
 
-    /// A result that is not a failure (`Timeout`): no message is recorded.
+    /// A result that is not a failure (`Timeout`, `Deferred`): no message is recorded.
     pub fn quiet(code: rcluster_result) -> Fail {
         Fail {
             code,
@@ -176,7 +182,10 @@ pub fn guard(func: &str, f: impl FnOnce() -> Res) -> rcluster_result {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => rcluster_result::Ok,
         Ok(Err(fail)) => {
-            if fail.code != rcluster_result::Timeout {
+            if !matches!(
+                fail.code,
+                rcluster_result::Timeout | rcluster_result::Deferred
+            ) {
                 record(func, &fail.msg);
             }
             fail.code

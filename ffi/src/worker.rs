@@ -142,7 +142,7 @@ fn into_c(ev: WorkerEvent) -> *mut rcluster_worker_event {
     Box::into_raw(o).cast()
 }
 
-fn worker_ref<'a>(w: *const rcluster_worker) -> Res<&'a Worker> {
+pub(crate) fn worker_ref<'a>(w: *const rcluster_worker) -> Res<&'a Worker> {
     // SAFETY: every export documents that `w` is NULL or a live worker.
     Ok(&unsafe { handle(w, "w") }?.inner)
 }

@@ -25,7 +25,7 @@ static const char *self_path;
 
 static int result_codes_have_texts_and_unknown_codes_too(void) {
     CHECK(strcmp(rcluster_result_text(RCLUSTER_RESULT_OK), "ok") == 0, "ok");
-    for (uint32_t c = 1; c <= RCLUSTER_RESULT_INVALID_STATE; c++)
+    for (uint32_t c = 1; c <= RCLUSTER_RESULT_DEFERRED; c++)
         CHECK(strcmp(rcluster_result_text(c), "unknown result code") != 0, "code %u", c);
     CHECK(strcmp(rcluster_result_text(4242), "unknown result code") == 0, "4242");
     CHECK(strcmp(rcluster_exit_reason_text(RCLUSTER_EXIT_REASON_CRASHED), "crashed") == 0, "reason");
@@ -43,6 +43,17 @@ static int free_functions_accept_null(void) {
     rcluster_signals_free(NULL);
     rcluster_worker_free(NULL);
     rcluster_worker_event_free(NULL);
+    rcluster_acceptor_free(NULL);
+    return 0;
+}
+
+static int acceptor_functions_reject_null_pointers(void) {
+    rcluster_acceptor *a = NULL;
+    int fd = -1;
+    NUL_ARG(rcluster_acceptor_new(NULL, "web", 3, &a), "w");
+    NUL_ARG(rcluster_acceptor_next(NULL, &fd), "a");
+    NUL_ARG(rcluster_acceptor_fd(NULL, &fd), "a");
+    CHECK(a == NULL && fd == -1, "out-parameters untouched");
     return 0;
 }
 
@@ -289,6 +300,26 @@ static const char *worker_checks(rcluster_worker *w) {
         return "try_next_event with nothing waiting";
     if (rcluster_worker_identity(w, NULL, NULL) != RCLUSTER_RESULT_OK) return "identity with NULLs";
     if (rcluster_worker_connection_closed(w, 12345) != RCLUSTER_RESULT_OK) return "closed unknown id";
+
+    rcluster_acceptor *a = NULL;
+    W_EXPECT(rcluster_acceptor_new(w, NULL, 3, &a), RCLUSTER_RESULT_NULL_ARGUMENT, "`listener`");
+    W_EXPECT(rcluster_acceptor_new(w, "web", 3, NULL), RCLUSTER_RESULT_NULL_ARGUMENT, "`out`");
+    W_EXPECT(rcluster_acceptor_new(w, "web", -1, &a), RCLUSTER_RESULT_INVALID_ARGUMENT,
+             "`inherited_fd`");
+    if (a != NULL) return "acceptor_new wrote its out-parameter on failure";
+    /* A listener the primary does not know: the acceptor takes the socket as it is. */
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (s < 0 || bind(s, (struct sockaddr *)&sa, sizeof sa) || listen(s, 8)) return "a socket";
+    if (rcluster_acceptor_new(w, "nope", s, &a) != RCLUSTER_RESULT_OK) return "acceptor_new";
+    int fd = -1;
+    W_EXPECT(rcluster_acceptor_next(a, NULL), RCLUSTER_RESULT_NULL_ARGUMENT, "`out_fd`");
+    W_EXPECT(rcluster_acceptor_fd(a, NULL), RCLUSTER_RESULT_NULL_ARGUMENT, "`out_fd`");
+    if (rcluster_acceptor_next(a, &fd) != RCLUSTER_RESULT_TIMEOUT || fd != -1)
+        return "acceptor_next with nothing waiting";
+    if (rcluster_acceptor_fd(a, &fd) != RCLUSTER_RESULT_OK || fd != s) return "acceptor_fd";
+    rcluster_acceptor_free(a); /* closes s */
     return NULL;
 }
 
@@ -339,6 +370,7 @@ int main(int argc, char **argv) {
     RUN(listener_names_and_addresses_are_checked);
     RUN(start_rejects_a_bad_config_naming_the_field);
     RUN(supervisor_functions_reject_null_pointers);
+    RUN(acceptor_functions_reject_null_pointers);
     /* Under valgrind a primary cannot watch its children: valgrind 3.19 lacks pidfd_open
      * (syscall 434), so ffi/test.sh runs this one test outside valgrind only. */
     if (argc > 1 && strcmp(argv[1], "--no-children") == 0)
