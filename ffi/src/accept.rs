@@ -62,15 +62,14 @@ pub unsafe extern "C" fn rcluster_acceptor_new(
             }) => (Some(copy), counter.map(Arc::new)),
             _ => (None, None),
         };
-        // Several workers wake for one connection: those that find it gone must not wait in
-        // accept. The flag is the socket's, for every process that holds it.
         let fd = copy.as_ref().map_or(inherited_fd, |c| c.as_raw_fd());
-        set_nonblocking(fd).map_err(|e| Fail::new(rcluster_result::Io, format!("fcntl: {e}")))?;
+        let inner = SharedAcceptor::new(fd, counter)
+            .map_err(|e| Fail::new(rcluster_result::Io, format!("fcntl: {e}")))?;
         // SAFETY: the caller hands the descriptor over on success (documented above).
         let inherited = unsafe { OwnedFd::from_raw_fd(inherited_fd) };
         let socket = copy.unwrap_or(inherited);
         let a = rcluster_acceptor {
-            inner: SharedAcceptor::new(socket.as_raw_fd(), counter),
+            inner,
             _socket: socket,
         };
         // SAFETY: `out` is non-null (checked above) and the caller promises it points to writable
@@ -78,16 +77,6 @@ pub unsafe extern "C" fn rcluster_acceptor_new(
         unsafe { args::put(out, Box::into_raw(Box::new(a))) };
         Ok(())
     })
-}
-
-fn set_nonblocking(fd: c_int) -> std::io::Result<()> {
-    // SAFETY: fcntl on a descriptor the acceptor owns.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Takes one connection, or says why not; call it once each time the socket is readable.

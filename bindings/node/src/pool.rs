@@ -268,10 +268,12 @@ impl NativePool {
         let pool = Arc::clone(&self.inner);
         let produce = Box::new(move |env| {
             // SAFETY: called on the JS thread with its live env.
-            unsafe { Vec::to_napi_value(env, drain(&pool)) }.map_err(from_napi)
+            unsafe { Vec::to_napi_value(env, drain(&pool)) }
+                .map(Some)
+                .map_err(from_napi)
         });
         self.watcher
-            .start(&env, fd, callback, produce, "rcluster:pool")
+            .start(&env, fd, callback, produce, "rcluster:pool", false)
             .map_err(from_napi)
     }
 

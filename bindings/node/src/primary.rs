@@ -667,10 +667,12 @@ impl NativeSupervisor {
         let sup = Arc::clone(&self.inner);
         let produce = Box::new(move |env| {
             // SAFETY: called on the JS thread with its live env.
-            unsafe { Vec::to_napi_value(env, drain(&sup, message::BATCH)) }.map_err(from_napi)
+            unsafe { Vec::to_napi_value(env, drain(&sup, message::BATCH)) }
+                .map(Some)
+                .map_err(from_napi)
         });
         self.watcher
-            .start(&env, fd, callback, produce, "rcluster:primary")
+            .start(&env, fd, callback, produce, "rcluster:primary", false)
             .map_err(from_napi)
     }
 

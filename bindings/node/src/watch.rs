@@ -13,6 +13,7 @@ use std::ptr;
 use napi::bindgen_prelude::*;
 use napi::sys;
 
+const UV_CHECK: c_int = 2;
 const UV_POLL: c_int = 8;
 const UV_READABLE: c_int = 1;
 
@@ -28,11 +29,16 @@ extern "C" {
     fn uv_close(handle: *mut c_void, cb: extern "C" fn(*mut c_void));
     fn uv_ref(handle: *mut c_void);
     fn uv_unref(handle: *mut c_void);
+    fn uv_check_init(lp: *mut sys::uv_loop_s, handle: *mut c_void) -> c_int;
+    fn uv_check_start(handle: *mut c_void, cb: extern "C" fn(*mut c_void)) -> c_int;
+    fn uv_check_stop(handle: *mut c_void) -> c_int;
 }
 
 /// Makes the callback's one argument, on the JS thread, each time the descriptor is
 /// readable: the events waiting, so that taking them costs no call back into the addon.
-pub type Produce = Box<dyn FnMut(sys::napi_env) -> napi::Result<sys::napi_value, &'static str>>;
+/// None: nothing for JS this time (it is not called).
+pub type Produce =
+    Box<dyn FnMut(sys::napi_env) -> napi::Result<Option<sys::napi_value>, &'static str>>;
 
 /// What the poll callback needs; its address is the handle's `data` field.
 struct Target {
@@ -40,6 +46,8 @@ struct Target {
     callback: sys::napi_ref,
     context: sys::napi_async_context,
     produce: Produce,
+    /// With `at_check`: the check handle that calls back after the turn's other callbacks.
+    check: *mut c_void,
 }
 
 /// A started poll handle. Must be closed with [`Watcher::close`] on the JS thread.
@@ -71,13 +79,16 @@ fn uv_check(rc: c_int, what: &str) -> Result<()> {
 
 impl Watcher {
     /// Starts watching `fd`; `callback` is called with what `produce` makes whenever it is
-    /// readable (level-triggered: until the caller has drained it).
+    /// readable (level-triggered: until the caller has drained it), unless that is None.
+    /// `at_check`: in the check phase of the turn it became readable in (after the turn's
+    /// other I/O callbacks) rather than at once.
     pub fn start(
         env: &Env,
         fd: RawFd,
         callback: Function<'_, sys::napi_value, ()>,
         produce: Produce,
         name: &str,
+        at_check: bool,
     ) -> Result<Watcher> {
         let raw = env.raw();
         let mut callback_ref = ptr::null_mut();
@@ -118,15 +129,21 @@ impl Watcher {
             callback: callback_ref,
             context,
             produce,
+            check: ptr::null_mut(),
         }));
-        // SAFETY: zeroed memory of the size libuv asks for, 16-byte aligned through u128.
-        let words = unsafe { uv_handle_size(UV_POLL) }.div_ceil(16);
-        let handle = Box::into_raw(vec![0u128; words].into_boxed_slice()).cast::<c_void>();
+        let handle = alloc_handle(UV_POLL);
         let watcher = Watcher { handle };
         // SAFETY: `handle` is large enough; `data` is its first field and uv_poll_init keeps it.
         unsafe {
             uv_check(uv_poll_init(lp, handle, fd), "uv_poll_init")?;
             *(handle as *mut *mut Target) = target;
+            if at_check {
+                let check = alloc_handle(UV_CHECK);
+                uv_check(uv_check_init(lp, check), "uv_check_init")?;
+                *(check as *mut *mut Target) = target;
+                uv_unref(check);
+                (*target).check = check;
+            }
             uv_check(
                 uv_poll_start(handle, UV_READABLE, on_readable),
                 "uv_poll_start",
@@ -153,6 +170,11 @@ impl Watcher {
         // closes its own watcher), so nothing is freed here: `on_close` runs later, from
         // the loop, when no callback of this handle is on the stack.
         unsafe {
+            let check = (**(self.handle as *mut *mut Target)).check;
+            if !check.is_null() {
+                uv_check_stop(check);
+                uv_close(check, on_close_check);
+            }
             uv_poll_stop(self.handle);
             uv_close(self.handle, on_close);
         }
@@ -160,21 +182,60 @@ impl Watcher {
 }
 
 extern "C" fn on_close(handle: *mut c_void) {
-    // SAFETY: allocated in `start` with this length; libuv no longer uses it, and the
-    // Target is released on the JS thread (close callbacks run there).
+    // SAFETY: libuv no longer uses the handle, and the Target is released on the JS thread
+    // (close callbacks run there).
     unsafe {
         let target = Box::from_raw(*(handle as *mut *mut Target));
         sys::napi_delete_reference(target.env, target.callback);
         sys::napi_async_destroy(target.env, target.context);
-        let words = uv_handle_size(UV_POLL).div_ceil(16);
-        drop(Box::from_raw(ptr::slice_from_raw_parts_mut(
-            handle.cast::<u128>(),
-            words,
-        )));
+        free_handle(handle, UV_POLL);
     }
 }
 
+extern "C" fn on_close_check(handle: *mut c_void) {
+    // SAFETY: libuv no longer uses the handle; the Target is the poll handle's to release.
+    unsafe { free_handle(handle, UV_CHECK) };
+}
+
+/// Memory for a libuv handle of `kind`: zeroed, of the size libuv asks for, 16-byte aligned
+/// through u128.
+fn alloc_handle(kind: c_int) -> *mut c_void {
+    // SAFETY: uv_handle_size has no preconditions.
+    let words = unsafe { uv_handle_size(kind) }.div_ceil(16);
+    Box::into_raw(vec![0u128; words].into_boxed_slice()).cast::<c_void>()
+}
+
+/// Frees what [`alloc_handle`] gave for `kind`.
+///
+/// # Safety
+/// `handle` came from `alloc_handle(kind)` and libuv is done with it.
+unsafe fn free_handle(handle: *mut c_void, kind: c_int) {
+    let words = uv_handle_size(kind).div_ceil(16);
+    drop(Box::from_raw(ptr::slice_from_raw_parts_mut(
+        handle.cast::<u128>(),
+        words,
+    )));
+}
+
 extern "C" fn on_readable(handle: *mut c_void, _status: c_int, _events: c_int) {
+    // SAFETY: as in call_back.
+    unsafe {
+        let t = &mut **(handle as *mut *mut Target);
+        if !t.check.is_null() {
+            uv_check_start(t.check, on_check);
+            return;
+        }
+    }
+    call_back(handle);
+}
+
+extern "C" fn on_check(handle: *mut c_void) {
+    // SAFETY: the check handle's data is the live Target, as the poll handle's.
+    unsafe { uv_check_stop(handle) };
+    call_back(handle);
+}
+
+fn call_back(handle: *mut c_void) {
     // SAFETY: called by libuv on the JS thread while the handle is started; `data` points at
     // the live Target (freed only in on_close). libuv never calls back into a handle's
     // callback from within it, so this is the only reference to the Target meanwhile.
@@ -188,7 +249,8 @@ extern "C" fn on_readable(handle: *mut c_void, _status: c_int, _events: c_int) {
         let mut recv = ptr::null_mut();
         let mut result = ptr::null_mut();
         let status = match (t.produce)(t.env) {
-            Ok(arg) => {
+            Ok(None) => sys::Status::napi_ok,
+            Ok(Some(arg)) => {
                 sys::napi_get_reference_value(t.env, t.callback, &mut func);
                 // The receiver must be an object (make_callback converts it with ToObject).
                 sys::napi_get_global(t.env, &mut recv);
@@ -223,9 +285,10 @@ impl WatchSlot {
         callback: Function<'_, sys::napi_value, ()>,
         produce: Produce,
         name: &str,
+        at_check: bool,
     ) -> Result<()> {
         if self.0.is_none() {
-            self.0 = Some(Watcher::start(env, fd, callback, produce, name)?);
+            self.0 = Some(Watcher::start(env, fd, callback, produce, name, at_check)?);
         }
         Ok(())
     }

@@ -389,10 +389,12 @@ impl NativeWorker {
         let produce = Box::new(move |env| {
             let items = drain(&worker, message::BATCH)?;
             // SAFETY: called on the JS thread with its live env.
-            unsafe { Vec::to_napi_value(env, items) }.map_err(from_napi)
+            unsafe { Vec::to_napi_value(env, items) }
+                .map(Some)
+                .map_err(from_napi)
         });
         self.watcher
-            .start(&env, fd, callback, produce, "rcluster:worker")
+            .start(&env, fd, callback, produce, "rcluster:worker", false)
             .map_err(from_napi)
     }
 

@@ -102,6 +102,12 @@ test('rcluster: a rolling restart of SCHED_NONE workers under load fails no requ
         }));
         child.stdin.write('reload\n');
       } else if (line.startsWith('RELOADED')) {
+        // The new workers serve on: the clients go on until both have answered (5 s at most;
+        // on a loaded machine the last one may have taken nothing yet).
+        const until = Date.now() + 5000;
+        while (Date.now() < until && !(bodies.includes('3') && bodies.includes('4'))) {
+          await new Promise((r) => setTimeout(r, 20));
+        }
         polling = false;
         pollers.then(() => child.stdin.end());
       }

@@ -64,16 +64,14 @@ impl PySharedAcceptor {
             Ok(_) => (inherited, None, true),
             Err(_) => (inherited, None, false),
         };
-        // Several workers wake for one connection: those that find it gone must not wait in
-        // accept. The flag is the socket's, for every process that holds it.
-        set_nonblocking(socket.as_raw_fd())?;
+        let acceptor = SharedAcceptor::new(socket.as_raw_fd(), counter)?;
         Ok(PySharedAcceptor {
             worker,
             name,
             listened,
-            keeps_level: counter.is_some(),
+            keeps_level: acceptor.keeps_level(),
             open: Some(Open {
-                acceptor: SharedAcceptor::new(socket.as_raw_fd(), counter),
+                acceptor,
                 _socket: socket,
             }),
         })
@@ -120,14 +118,4 @@ impl PySharedAcceptor {
             let _ = py.allow_threads(|| core.unlisten(&self.name));
         }
     }
-}
-
-fn set_nonblocking(fd: i32) -> std::io::Result<()> {
-    // SAFETY: fcntl on a descriptor owned by the caller.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }

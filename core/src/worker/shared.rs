@@ -51,17 +51,25 @@ pub struct SharedAcceptor {
 }
 
 impl SharedAcceptor {
-    /// Accepts on `fd`; with `counter` (the listener's share map), keeping level.
-    pub fn new(fd: RawFd, counter: Option<Arc<TurnCounter>>) -> SharedAcceptor {
-        SharedAcceptor {
+    /// Accepts on `fd`; with `counter` (the listener's share map), keeping level. Makes the
+    /// socket non-blocking: several workers wake for one connection, and those that find it
+    /// gone must not wait in accept. (The flag is the socket's, for every process holding it.)
+    pub fn new(fd: RawFd, counter: Option<Arc<TurnCounter>>) -> io::Result<SharedAcceptor> {
+        crate::sys::set_nonblocking(fd, true)?;
+        Ok(SharedAcceptor {
             fd,
             counter,
             deferrals: AtomicU32::new(0),
-        }
+        })
     }
 
     pub fn fd(&self) -> RawFd {
         self.fd
+    }
+
+    /// Whether it keeps level with the other workers (it has the listener's share map).
+    pub fn keeps_level(&self) -> bool {
+        self.counter.is_some()
     }
 
     /// Takes one connection, or says why not.
@@ -146,7 +154,6 @@ mod tests {
     #[test]
     fn a_worker_ahead_leaves_connections_to_the_others_a_few_times_then_takes_one() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let map = Counts::anonymous().unwrap();
         map.share_members()
@@ -157,7 +164,7 @@ mod tests {
                 .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
         }
         let member = |m| Arc::new(TurnCounter::new(map.fd.try_clone().unwrap(), m).unwrap());
-        let a = SharedAcceptor::new(listener.as_raw_fd(), Some(member(0)));
+        let a = SharedAcceptor::new(listener.as_raw_fd(), Some(member(0))).unwrap();
         assert!(matches!(a.next(), Accepted::Empty));
         let _clients: Vec<TcpStream> = (0..LEAD + 2)
             .map(|_| TcpStream::connect(addr).unwrap())
@@ -179,7 +186,7 @@ mod tests {
         assert!(matches!(a.next(), Accepted::Connection(_)));
         assert!(matches!(a.next(), Accepted::Deferred));
         // Without the share map, it just takes.
-        let plain = SharedAcceptor::new(listener.as_raw_fd(), None);
+        let plain = SharedAcceptor::new(listener.as_raw_fd(), None).unwrap();
         assert!(matches!(plain.next(), Accepted::Connection(_)));
         assert!(matches!(plain.next(), Accepted::Empty));
     }
