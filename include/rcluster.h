@@ -887,9 +887,10 @@ const char *rcluster_version(void);
  *
  * On success `*out` is the acceptor, to release with `rcluster_acceptor_free`, and it owns
  * `inherited_fd` (closed now or by the free: do not close it); watch
- * `rcluster_acceptor_fd` instead. On failure `inherited_fd` stays the caller's.
- * It makes the socket non-blocking (a flag of the socket, shared by every process that holds
- * it). `INVALID_ARGUMENT` for a negative `inherited_fd`.
+ * `rcluster_acceptor_fd` instead. Refused arguments (`NULL_ARGUMENT`, `INVALID_UTF8`,
+ * `INVALID_ARGUMENT` for a negative `inherited_fd`) leave `inherited_fd` the caller's; an
+ * unusable socket (`IO`) is closed. It makes the socket non-blocking (a flag of the socket,
+ * shared by every process that holds it).
  *
  * # Safety
  * `w` is NULL or a live worker; `listener` is NULL or a NUL-terminated string; `out` is NULL

@@ -2,10 +2,9 @@
 //! call, keeping level with the other workers through the listener's share map (protocol §5.7).
 
 use std::ffi::{c_char, c_int};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
-use std::sync::Arc;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 
-use rcluster_core::{Accepted, Dispatch, Listening, SharedAcceptor};
+use rcluster_core::{Accepted, SharedAcceptor};
 
 use crate::args::{self, handle};
 use crate::result::{guard, guard_void, rcluster_result, Fail};
@@ -15,8 +14,6 @@ use crate::worker::{rcluster_worker, worker_ref};
 /// `rcluster_acceptor_new`, released by `rcluster_acceptor_free`. Use it from one thread.
 pub struct rcluster_acceptor {
     inner: SharedAcceptor,
-    /// The socket `inner` accepts from, closed with it.
-    _socket: OwnedFd,
 }
 
 /// Accepts from the socket of `shared` listener `listener` that this worker inherited at
@@ -28,9 +25,10 @@ pub struct rcluster_acceptor {
 ///
 /// On success `*out` is the acceptor, to release with `rcluster_acceptor_free`, and it owns
 /// `inherited_fd` (closed now or by the free: do not close it); watch
-/// `rcluster_acceptor_fd` instead. On failure `inherited_fd` stays the caller's.
-/// It makes the socket non-blocking (a flag of the socket, shared by every process that holds
-/// it). `INVALID_ARGUMENT` for a negative `inherited_fd`.
+/// `rcluster_acceptor_fd` instead. Refused arguments (`NULL_ARGUMENT`, `INVALID_UTF8`,
+/// `INVALID_ARGUMENT` for a negative `inherited_fd`) leave `inherited_fd` the caller's; an
+/// unusable socket (`IO`) is closed. It makes the socket non-blocking (a flag of the socket,
+/// shared by every process that holds it).
 ///
 /// # Safety
 /// `w` is NULL or a live worker; `listener` is NULL or a NUL-terminated string; `out` is NULL
@@ -54,24 +52,11 @@ pub unsafe extern "C" fn rcluster_acceptor_new(
                 "must be a descriptor (0 or more)",
             ));
         }
-        let (copy, counter) = match w.listen_counting(name, Dispatch::Shared) {
-            Ok(Listening {
-                fd: Some(copy),
-                counter,
-                ..
-            }) => (Some(copy), counter.map(Arc::new)),
-            _ => (None, None),
-        };
-        let fd = copy.as_ref().map_or(inherited_fd, |c| c.as_raw_fd());
-        let inner = SharedAcceptor::new(fd, counter)
-            .map_err(|e| Fail::new(rcluster_result::Io, format!("fcntl: {e}")))?;
-        // SAFETY: the caller hands the descriptor over on success (documented above).
+        // SAFETY: the caller hands the descriptor over once the arguments pass (above).
         let inherited = unsafe { OwnedFd::from_raw_fd(inherited_fd) };
-        let socket = copy.unwrap_or(inherited);
-        let a = rcluster_acceptor {
-            inner,
-            _socket: socket,
-        };
+        let inner = SharedAcceptor::of_listener(w, name, inherited)
+            .map_err(|e| Fail::new(rcluster_result::Io, format!("fcntl: {e}")))?;
+        let a = rcluster_acceptor { inner };
         // SAFETY: `out` is non-null (checked above) and the caller promises it points to writable
         // memory for one value.
         unsafe { args::put(out, Box::into_raw(Box::new(a))) };

@@ -106,6 +106,8 @@ impl rcluster_result {
 pub struct Fail {
     pub code: rcluster_result,
     pub msg: String,
+    /// Not a failure: `rcluster_last_error` is left alone.
+    quiet: bool,
 }
 
 impl Fail {
@@ -113,6 +115,7 @@ impl Fail {
         Fail {
             code,
             msg: msg.into(),
+            quiet: false,
         }
     }
 
@@ -135,6 +138,7 @@ impl Fail {
         Fail {
             code,
             msg: String::new(),
+            quiet: true,
         }
     }
 }
@@ -182,10 +186,7 @@ pub fn guard(func: &str, f: impl FnOnce() -> Res) -> rcluster_result {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => rcluster_result::Ok,
         Ok(Err(fail)) => {
-            if !matches!(
-                fail.code,
-                rcluster_result::Timeout | rcluster_result::Deferred
-            ) {
+            if !fail.quiet {
                 record(func, &fail.msg);
             }
             fail.code

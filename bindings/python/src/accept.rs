@@ -6,12 +6,11 @@
 //!
 //! accept4 does not block (the socket is non-blocking), so the GIL is kept around it.
 
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
-use std::sync::Arc;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
-use rcluster_core::{Accepted, Dispatch, Listening, SharedAcceptor};
+use rcluster_core::{Accepted, SharedAcceptor};
 
 use crate::worker::PyWorker;
 
@@ -19,29 +18,19 @@ use crate::worker::PyWorker;
 /// caller stops watching the socket and looks again about a millisecond later.
 pub const DEFERRED: i32 = -1;
 
-struct Open {
-    acceptor: SharedAcceptor,
-    /// The socket `acceptor` accepts from, closed with it.
-    _socket: OwnedFd,
-}
-
 /// The native half of a shared listener's acceptor in `rcluster.aio`.
 #[pyclass(name = "SharedAcceptor", module = "rcluster._rcluster")]
 pub struct PySharedAcceptor {
     worker: Py<PyWorker>,
     name: String,
-    /// The primary knows this worker listens (it answered the listen by name).
-    listened: bool,
-    keeps_level: bool,
-    open: Option<Open>,
+    /// None once closed.
+    open: Option<SharedAcceptor>,
 }
 
 #[pymethods]
 impl PySharedAcceptor {
     /// Accepts from the socket of `shared` listener `name` that this worker inherited at `fd`,
-    /// which it takes over. Asks the primary for the listener by name: its answer carries a
-    /// copy of the socket (`fd` is closed then) and the listener's share map. Without one (an
-    /// older primary), `fd` itself, taking whenever a connection waits.
+    /// which it takes over (see `SharedAcceptor::of_listener`).
     #[new]
     fn new(py: Python<'_>, worker: Py<PyWorker>, name: String, fd: i32) -> PyResult<Self> {
         if fd < 0 {
@@ -51,51 +40,36 @@ impl PySharedAcceptor {
         }
         // SAFETY: the caller hands the descriptor over (socket.detach()); it is owned here.
         let inherited = unsafe { OwnedFd::from_raw_fd(fd) };
-        let asked = {
+        let acceptor = {
             let core = &worker.get().core;
-            py.allow_threads(|| core.listen_counting(&name, Dispatch::Shared))
+            py.allow_threads(|| SharedAcceptor::of_listener(core, &name, inherited))?
         };
-        let (socket, counter, listened) = match asked {
-            Ok(Listening {
-                fd: Some(copy),
-                counter,
-                ..
-            }) => (copy, counter.map(Arc::new), true),
-            Ok(_) => (inherited, None, true),
-            Err(_) => (inherited, None, false),
-        };
-        let acceptor = SharedAcceptor::new(socket.as_raw_fd(), counter)?;
         Ok(PySharedAcceptor {
             worker,
             name,
-            listened,
-            keeps_level: acceptor.keeps_level(),
-            open: Some(Open {
-                acceptor,
-                _socket: socket,
-            }),
+            open: Some(acceptor),
         })
     }
 
     /// The listening socket's descriptor to watch (-1 once closed).
     fn fileno(&self) -> i32 {
-        self.open.as_ref().map_or(-1, |o| o.acceptor.fd())
+        self.open.as_ref().map_or(-1, |a| a.fd())
     }
 
     /// True when it keeps level with the other workers (the primary gave the share map).
     #[getter]
     fn keeps_level(&self) -> bool {
-        self.keeps_level
+        self.open.as_ref().is_some_and(|a| a.keeps_level())
     }
 
     /// One look at the socket: a connection's descriptor (the caller's from now on), None
     /// when nothing waits, or `ACCEPT_DEFERRED`. OSError with accept's errno when it fails
     /// (EMFILE, ENFILE, ENOBUFS, ENOMEM: the caller pauses before it looks again).
     fn next(&self) -> PyResult<Option<i32>> {
-        let Some(open) = &self.open else {
+        let Some(acceptor) = &self.open else {
             return Err(PyOSError::new_err((libc::EBADF, "the acceptor is closed")));
         };
-        match open.acceptor.next() {
+        match acceptor.next() {
             Accepted::Connection(c) => Ok(Some(c.into_raw_fd())),
             Accepted::Empty => Ok(None),
             Accepted::Deferred => Ok(Some(DEFERRED)),
@@ -112,7 +86,7 @@ impl PySharedAcceptor {
     /// Closes the socket and tells the primary this worker no longer listens (which takes it
     /// out of the share map). Idempotent.
     fn close(&mut self, py: Python<'_>) {
-        if self.open.take().is_some() && self.listened {
+        if self.open.take().is_some_and(|a| a.listened()) {
             let core = &self.worker.get().core;
             // The primary may be gone already: nothing to tell then.
             let _ = py.allow_threads(|| core.unlisten(&self.name));

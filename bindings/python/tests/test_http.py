@@ -222,3 +222,41 @@ def test_a_slow_worker_keeps_its_share_of_a_shared_socket(wait_ready):
     assert failed == []
     assert by["0"] + by["1"] == total, by
     assert by["1"] >= 80, f"worker 1 answered {by['1']} of {total}: {dict(by)}"
+
+
+def test_a_worker_out_of_descriptors_pauses_accepting_on_a_shared_socket_instead_of_spinning(
+    wait_ready,
+):
+    # Each worker may open 64 descriptors; 200 clients that connect and send nothing fill
+    # them. What cannot be accepted waits in the socket, the workers' loops stay idle (a pause
+    # of 100 ms after EMFILE, not a retry at every readiness), and once the clients leave the
+    # cluster serves again.
+    argv = ["bash", "-c", 'ulimit -n 64 && exec "$@"', "worker", *worker_argv("shares-http")]
+    with serve_cluster(argv, dispatch="shared") as sup:
+        pids = wait_ready(sup, 2)
+        addr = sup.address()
+
+        def ticks() -> list[int]:
+            out = []
+            for pid in pids:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                out.append(int(fields[11]) + int(fields[12]))
+            return out
+
+        idle = []
+        try:
+            for _ in range(200):
+                idle.append(socket.create_connection(addr, timeout=5))
+            time.sleep(1.0)
+            before = ticks()
+            time.sleep(1.0)
+            used = [t - b for t, b in zip(ticks(), before, strict=True)]
+            # Retrying accept on a full descriptor table spins at a whole CPU (100 ticks a
+            # second); paused, a worker wakes ten times a second.
+            assert all(t < 30 for t in used), f"CPU ticks in 1 s while full: {used}"
+        finally:
+            for s in idle:
+                s.close()
+        time.sleep(0.5)
+        assert http_get(addr).strip() in ("0", "1")

@@ -10,11 +10,13 @@
 //! are not taking: a connection never waits for evenness for long).
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use crate::sys::listen::Dispatch;
 use crate::sys::steer::TurnCounter;
+use crate::worker::{Listening, Worker};
 
 /// Connections a worker may have taken beyond the one that took fewest before it lets the
 /// others take the next. Over a run of N connections the shares differ by about this much.
@@ -42,12 +44,16 @@ pub enum Accepted {
     Failed(io::Error),
 }
 
-/// A worker's acceptor of one `shared` listening socket, which the caller keeps open.
+/// A worker's acceptor of one `shared` listening socket: one the caller keeps open
+/// ([`SharedAcceptor::new`]) or its own ([`SharedAcceptor::of_listener`]).
 #[derive(Debug)]
 pub struct SharedAcceptor {
     fd: RawFd,
+    /// The socket, when the acceptor owns it: kept to be closed with it.
+    _socket: Option<OwnedFd>,
     counter: Option<Arc<TurnCounter>>,
     deferrals: AtomicU32,
+    listened: bool,
 }
 
 impl SharedAcceptor {
@@ -58,9 +64,43 @@ impl SharedAcceptor {
         crate::sys::set_nonblocking(fd, true)?;
         Ok(SharedAcceptor {
             fd,
+            _socket: None,
             counter,
             deferrals: AtomicU32::new(0),
+            listened: false,
         })
+    }
+
+    /// Accepts from the socket of `shared` listener `name` that this worker inherited
+    /// (`inherited`, taken over). Asks the primary for the listener by name (a round trip):
+    /// its answer carries a copy of the socket (`inherited` is closed then) and the
+    /// listener's share map. From a primary that gives neither (an older one), it accepts
+    /// from `inherited` whenever a connection waits. The caller tells the primary when it no
+    /// longer listens ([`Worker::unlisten`]) if [`SharedAcceptor::listened`].
+    pub fn of_listener(
+        worker: &Worker,
+        name: &str,
+        inherited: OwnedFd,
+    ) -> io::Result<SharedAcceptor> {
+        let (socket, counter, listened) = match worker.listen_counting(name, Dispatch::Shared) {
+            Ok(Listening {
+                fd: Some(copy),
+                counter,
+                ..
+            }) => (copy, counter.map(Arc::new), true),
+            Ok(_) => (inherited, None, true),
+            Err(_) => (inherited, None, false),
+        };
+        let mut a = SharedAcceptor::new(socket.as_raw_fd(), counter)?;
+        a._socket = Some(socket);
+        a.listened = listened;
+        Ok(a)
+    }
+
+    /// Whether the primary knows this worker listens ([`SharedAcceptor::of_listener`] asked
+    /// it and it answered).
+    pub fn listened(&self) -> bool {
+        self.listened
     }
 
     pub fn fd(&self) -> RawFd {
