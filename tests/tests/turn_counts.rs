@@ -160,3 +160,53 @@ fn a_worker_that_writes_nonsense_in_the_share_map_breaks_no_count_of_the_primary
     let st = sup.status().unwrap();
     assert!(st.workers.iter().all(|w| w.state == "ready"), "{st:?}");
 }
+
+/// Descriptors of this process (the primary).
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[test]
+fn a_worker_that_asks_for_a_shared_listener_again_and_again_stays_one_member_and_leaks_nothing() {
+    // Each worker asks 300 times before it serves: each answer carries a copy of the socket
+    // and of the share map, which the primary must not keep, and the same member each time.
+    let baseline = {
+        let sup = Supervisor::start(worker_config(
+            2,
+            &["listen-counting", "127.0.0.1:0", "shared"],
+        ))
+        .unwrap();
+        shared_address(&sup, 2);
+        open_fds()
+    };
+    let cfg = worker_config(2, &["listen-repeat", "127.0.0.1:0", "shared"]);
+    let sup = Supervisor::start(cfg).unwrap();
+    // Each worker says which members it was given, then that it listens.
+    let (mut members, mut addr) = (Vec::new(), String::new());
+    while members.len() < 2 || addr.is_empty() {
+        let ev = wait_for(&sup, Duration::from_secs(20), |e| {
+            matches!(e, Event::Message { .. })
+        });
+        let Event::Message { data, .. } = ev else {
+            unreachable!()
+        };
+        let text = String::from_utf8_lossy(&data).into_owned();
+        match text.strip_prefix("members ") {
+            Some(m) => members.push(m.to_string()),
+            None => addr = text.split(' ').nth(2).unwrap().to_string(),
+        }
+    }
+    members.sort();
+    assert_eq!(members, ["{0}", "{1}"]);
+    assert!(
+        open_fds() <= baseline + 2,
+        "the primary holds {} descriptors, {baseline} with workers that ask once",
+        open_fds()
+    );
+    for _ in 0..10 {
+        assert!(!get(&addr, "/").is_empty());
+    }
+    let st = sup.status().unwrap();
+    let total: u64 = st.workers.iter().map(|w| w.connections_total).sum();
+    assert_eq!(total, 10, "{st:?}");
+}

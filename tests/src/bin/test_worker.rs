@@ -115,10 +115,21 @@ fn main() {
         "inline" => inline(&w, Duration::from_micros(num(1))),
         // `listen ADDR MODE [STALLED_ID]`; `listen-counting`: asks with `listen_counting`, and
         // in `shared` mode counts each connection it takes in the share map; `listen-lying`:
-        // as that, and worker 1 then writes i64::MAX and 0 in turn as its count.
-        "listen" | "listen-counting" | "listen-lying" => {
+        // as that, and worker 1 then writes i64::MAX and 0 in turn as its count;
+        // `listen-repeat`: as `listen-counting`, after asking REPEATED_LISTENS times first.
+        "listen" | "listen-counting" | "listen-lying" | "listen-repeat" => {
             if args[0] == "listen-lying" && w.id() == 1 {
                 LYING.store(true, Ordering::SeqCst);
+            }
+            if args[0] == "listen-repeat" {
+                // Asks again and again, as a worker in a loop would: it stays one member of
+                // the share map, whatever the primary has to answer.
+                let mode: rcluster_core::Dispatch = args[2].parse().unwrap();
+                let members: std::collections::BTreeSet<u32> = (0..REPEATED_LISTENS)
+                    .filter_map(|_| w.listen_counting(&args[1], mode).unwrap().counter)
+                    .map(|c| c.member())
+                    .collect();
+                w.send(format!("members {members:?}").as_bytes()).unwrap();
             }
             let mode: rcluster_core::Dispatch = args[2].parse().unwrap();
             let stalled = args.get(3).is_some_and(|s| s.parse() == Ok(w.id()));
@@ -335,6 +346,9 @@ fn accept_shared(w: &Arc<Worker>, fd: std::os::fd::OwnedFd, name: &str) {
         serve_own(w, stream, name, u64::MAX - n as u64);
     }
 }
+
+/// `listen-repeat`: how many times the worker asks for the listener before it serves.
+const REPEATED_LISTENS: usize = 300;
 
 /// `listen-lying`: this worker writes nonsense into the share map.
 static LYING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
