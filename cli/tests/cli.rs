@@ -490,6 +490,148 @@ fn http_get_body(addr: &str) -> String {
     reply.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
 }
 
+/// With the kernel's turns (loading their program needs root), a hello-worker behind
+/// `--listen` asks for its own socket of the turn and accepts from it (the primary hands it
+/// nothing), and counts the connections it has in hand, which the status reads.
+#[test]
+fn hello_workers_accept_their_own_turns_and_count_the_connections_in_hand() {
+    let addr = free_port_addr();
+    let mut c = two_hello_workers(&addr);
+    let pids = worker_pids(&c.log_text());
+    assert_eq!(pids.len(), 2, "log:\n{}", c.log_text());
+    let environ = std::fs::read(format!("/proc/{}/environ", pids[0])).unwrap_or_default();
+    if !String::from_utf8_lossy(&environ).contains("RCLUSTER_TURNS=") {
+        eprintln!("skipped: no kernel turns here (the primary could not load their program)");
+        return;
+    }
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let listening = listening_inodes(port);
+    for pid in &pids {
+        assert!(
+            socket_inodes(*pid).iter().any(|i| listening.contains(i)),
+            "worker pid {pid} holds no listening socket of port {port}"
+        );
+    }
+
+    // Four kept-alive connections, each answered once: four in hand, whoever has them.
+    let mut conns: Vec<TcpStream> = (0..4).map(|_| keep_alive_exchange(&addr)).collect();
+    let rt = &c.runtime;
+    wait_in_hand(rt, 4);
+    // A request more on each: still four.
+    for conn in &mut conns {
+        keep_alive_request(conn);
+    }
+    wait_in_hand(rt, 4);
+    drop(conns);
+    wait_in_hand(rt, 0);
+
+    c.signal(libc::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(15)).code(), Some(0));
+}
+
+/// The pids of the workers the log says are ready.
+fn worker_pids(log: &str) -> Vec<u32> {
+    log.lines()
+        .filter(|l| l.ends_with(": ready"))
+        .filter_map(|l| l.split(" pid ").nth(1)?.split(':').next()?.parse().ok())
+        .collect()
+}
+
+/// The inodes of the TCP sockets listening on `port` (IPv4).
+fn listening_inodes(port: u16) -> Vec<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            (local_port == port && f.get(3) == Some(&"0A")).then(|| f.get(9)?.parse().ok())?
+        })
+        .collect()
+}
+
+/// The inodes of the sockets process `pid` holds.
+fn socket_inodes(pid: u32) -> Vec<u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
+}
+
+/// A connection to `addr` that has been answered once and stays open.
+fn keep_alive_exchange(addr: &str) -> TcpStream {
+    let mut conn = TcpStream::connect(addr).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    keep_alive_request(&mut conn);
+    conn
+}
+
+/// One request on `conn`, and its whole answer (head and `Content-Length` body) read.
+fn keep_alive_request(conn: &mut TcpStream) {
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = conn.read(&mut buf).expect("read an answer");
+        assert!(
+            n > 0,
+            "closed before answering: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            continue;
+        };
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a Content-Length");
+        if body.len() >= len {
+            return;
+        }
+    }
+}
+
+/// Waits until the workers of cluster `hello-worker` have `n` connections in hand, by its
+/// status (panics with the last status after 5 s).
+fn wait_in_hand(rt: &RuntimeDir, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut cmd = Command::new(RCLUSTER);
+        cmd.args(["status", "hello-worker", "--json"])
+            .stdin(Stdio::null());
+        rt.apply(&mut cmd);
+        let out = cmd.output().unwrap();
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let active: u64 = st["workers"]
+            .as_array()
+            .map(|w| {
+                w.iter()
+                    .filter_map(|w| w["connections_active"].as_u64())
+                    .sum()
+            })
+            .unwrap_or(u64::MAX);
+        if active == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not {n} connections in hand: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn listen_flag_has_the_primary_dispatch_connections_to_every_worker() {
     let addr = free_port_addr();

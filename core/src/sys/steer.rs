@@ -118,8 +118,11 @@ const PLACED: i16 = 16 * MAX_SOCKETS as i16;
 /// no longer preferred to it for being less busy. A bound on how far the shares drift apart
 /// when one worker is slower for long: past it the turns are strict between those two until
 /// the other catches up, so over N connections the shares differ by this at most, whatever
-/// the workers' speeds (1% of 50,000, for two workers).
-pub const MAX_LEAD: i32 = 256;
+/// the workers' speeds. Small enough to hold on short runs of many workers too: 64 workers
+/// taking 13,000 connections a second get about 600 each in 3 s, and with 256 here one pair
+/// of neighbours drifted to 974 and 391 (bench/RESULTS.md). Passing over a busy worker needs
+/// no more room than this: the tail at two workers was the same with 32 as with 256.
+pub const MAX_LEAD: i32 = 32;
 
 mod counts;
 mod program;

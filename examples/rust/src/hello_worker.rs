@@ -5,6 +5,10 @@
 //!   accepts and hands each connection over IPC;
 //! - under rcluster in `shared` mode: it inherits the listening socket (`LISTEN_FDS`, the
 //!   systemd convention) and accepts itself;
+//! - under rcluster with a listener the kernel turns (`rr` where the primary may load the
+//!   turns' program, `RCLUSTER_TURNS`): it asks the primary for its own socket of the turn and
+//!   accepts itself, counting the connections it has in hand so that the kernel passes over it
+//!   while it is busier than the next worker;
 //! - alone, or given `--listen` itself: it binds that address with SO_REUSEPORT.
 //!
 //! Under rcluster it says ready, sends heartbeats, and on a disconnect request drains: the
@@ -19,10 +23,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rcluster_core::{Connection, Worker, WorkerEvent};
+use rcluster_core::{Connection, TurnCounter, Worker, WorkerEvent};
 
 mod listen;
-use listen::{bind_reuseport, inherited_listener};
+use listen::{bind_reuseport, inherited_listener, turned_listener};
 
 const USAGE: &str = "usage: hello-worker [--listen ADDR]   (default 127.0.0.1:8080)";
 /// Longest wait for in-flight requests after the primary asks this worker to leave.
@@ -46,6 +50,9 @@ struct Open {
     /// has stopped: a drain interrupts its blocking accept and waits for it (see `drain`).
     accepter: Mutex<Option<libc::pthread_t>>,
     accept_stopped: AtomicBool,
+    /// The listener whose turn socket this worker accepts from: the primary is told when it
+    /// stops, and accepts what still waits in that socket itself.
+    turned: Mutex<Option<String>>,
 }
 
 /// Busy: a request is being read or answered. Otherwise the connection waits for a next
@@ -61,6 +68,7 @@ impl Open {
             conns: Mutex::new(HashMap::new()),
             accepter: Mutex::new(None),
             accept_stopped: AtomicBool::new(false),
+            turned: Mutex::new(None),
         }
     }
 
@@ -92,14 +100,25 @@ fn main() {
     let worker = Worker::from_env()
         .unwrap_or_else(|e| fail(&e.to_string()))
         .map(Arc::new);
-    // Under rcluster without an inherited socket, connections are dispatched by the primary,
-    // which holds the address: binding it here too would fail.
-    let listener = match inherited_listener() {
+    // Under rcluster without an inherited socket or a turn of its own, connections are
+    // dispatched by the primary, which holds the address: binding it here too would fail.
+    let open = Arc::new(Open::new());
+    let listener = match (inherited_listener(), &worker) {
+        (Some(l), _) => Some(Own::shared(l)),
+        (None, Some(w)) => turned_listener(w).map(|t| {
+            *open.turned.lock().unwrap() = Some(t.name);
+            Own::turned(t.listener, t.counter)
+        }),
+        (None, None) => None,
+    };
+    let listener = match listener {
         Some(l) => Some(l),
         None if worker.is_some() && !explicit => None,
-        None => Some(
-            bind_reuseport(addr).unwrap_or_else(|e| fail(&format!("cannot listen on {addr}: {e}"))),
-        ),
+        None => {
+            Some(Own::shared(bind_reuseport(addr).unwrap_or_else(|e| {
+                fail(&format!("cannot listen on {addr}: {e}"))
+            })))
+        }
     };
     let id = worker.as_ref().map_or(0, |w| w.id());
     let body: Arc<str> = format!("Hello from worker {id} (pid {})\n", std::process::id()).into();
@@ -113,7 +132,6 @@ fn main() {
             }
         });
     }
-    let open = Arc::new(Open::new());
     match listener {
         Some(listener) => {
             if let Some(w) = worker {
@@ -126,43 +144,146 @@ fn main() {
     }
 }
 
-/// Accepts until the worker drains. The accept is blocking, and the listening socket may be
-/// shared with other workers (so it cannot be made non-blocking or shut down from here): a
-/// drain interrupts it with SIGUSR1, whose handler does nothing but make `accept` fail with
+/// The socket this worker accepts from itself.
+struct Own {
+    listener: TcpListener,
+    /// A turn socket's count of the connections in hand (one off as each closes); None for a
+    /// shared socket.
+    counter: Option<Arc<TurnCounter>>,
+}
+
+impl Own {
+    /// A socket every worker accepts from, with a blocking accept: the kernel wakes one waiting
+    /// worker per connection, the one that has waited longest.
+    fn shared(listener: TcpListener) -> Own {
+        Own {
+            listener,
+            counter: None,
+        }
+    }
+
+    /// This worker's own socket of a turn. The primary holds it too and accepts from it, non-
+    /// blocking, once this worker has gone: it stays non-blocking, and the loop waits in poll.
+    fn turned(listener: TcpListener, counter: Option<TurnCounter>) -> Own {
+        // The flag is the open socket's, shared with the primary, which wants it set too.
+        if let Err(e) = listener.set_nonblocking(true) {
+            fail(&format!("the turn's listening socket: {e}"));
+        }
+        Own {
+            listener,
+            counter: counter.map(Arc::new),
+        }
+    }
+
+    /// The next connection; None when interrupted (a drain) or when nothing waits after all.
+    /// From a turn socket it waits in poll first, unless `now` (then it only looks).
+    fn accept(&self, now: bool) -> Option<TcpStream> {
+        let fd = self.listener.as_raw_fd();
+        if self.counter.is_some() && !now {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one live pollfd.
+            if unsafe { libc::poll(&mut p, 1, -1) } < 0 {
+                return None;
+            }
+        }
+        // SAFETY: a listening socket we own; no address is asked for.
+        let c = unsafe {
+            libc::accept4(
+                fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if c >= 0 {
+            // SAFETY: a fresh descriptor from accept4, owned by nothing else.
+            return Some(unsafe { TcpStream::from_raw_fd(c) });
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EINTR | libc::EAGAIN | libc::ECONNABORTED) => {}
+            // Out of descriptors: back off.
+            _ if !now => std::thread::sleep(Duration::from_millis(10)),
+            _ => {}
+        }
+        None
+    }
+
+    /// Takes what still waits in a turn socket, at a drain. The primary has taken this worker
+    /// out of the turn before asking it to leave, and accepts from no socket while it stops:
+    /// a connection left here would be reset. The queue is looked at twice, a millisecond
+    /// apart, for a connection the kernel placed as the turn changed.
+    fn take_the_rest(&self, open: &Arc<Open>, body: &Arc<str>) {
+        if self.counter.is_none() {
+            return;
+        }
+        for _ in 0..2 {
+            // Bounded: at most what the accept queue holds, and a few interruptions.
+            for _ in 0..4096 {
+                match self.accept(true) {
+                    Some(stream) => self.serve_apart(stream, open, body),
+                    None if queued_here(&self.listener) => continue,
+                    None => break,
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Serves `stream` on its own thread; a turn socket's connection is counted until then.
+    fn serve_apart(&self, stream: TcpStream, open: &Arc<Open>, body: &Arc<str>) {
+        // Registered before the loop can see the drain: a drain that waits for this loop to
+        // stop then waits for this connection too.
+        let (key, idle) = open.add(&stream);
+        // Counted until it closes, not only while it waits to be accepted: a kept-alive
+        // connection is load too, and counting only the queue let one worker take most of
+        // a burst of new connections while the other was not running.
+        let (open, body, counter) = (Arc::clone(open), Arc::clone(body), self.counter.clone());
+        std::thread::spawn(move || {
+            serve(stream, &body, &open, &idle);
+            open.remove(key);
+            if let Some(c) = counter {
+                c.done();
+            }
+        });
+    }
+}
+
+/// Whether connections wait in listening socket `l`'s accept queue (the kernel says so for
+/// TCP in `tcpi_unacked`).
+fn queued_here(l: &TcpListener) -> bool {
+    // SAFETY: a zeroed tcp_info and its length; the kernel writes at most that much.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            l.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        rc == 0 && info.tcpi_unacked > 0
+    }
+}
+
+/// Accepts until the worker drains. The accept (or the poll before it) is blocking, and the
+/// listening socket may be shared with other processes (so it cannot be shut down from here):
+/// a drain interrupts it with SIGUSR1, whose handler does nothing but make the call fail with
 /// EINTR (std's accept would retry it).
-fn accept_loop(listener: TcpListener, open: &Arc<Open>, body: &Arc<str>) -> ! {
+fn accept_loop(own: Own, open: &Arc<Open>, body: &Arc<str>) -> ! {
     interrupt_on_sigusr1();
     // SAFETY: pthread_self has no preconditions.
     *open.accepter.lock().unwrap() = Some(unsafe { libc::pthread_self() });
     while !open.draining.load(Ordering::SeqCst) {
-        let flags = libc::SOCK_CLOEXEC;
-        // SAFETY: a listening socket we own; no address is asked for.
-        let fd = unsafe {
-            libc::accept4(
-                listener.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                flags,
-            )
-        };
-        if fd < 0 {
-            if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                // Out of descriptors or a connection reset before accept: back off.
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            continue;
+        if let Some(stream) = own.accept(false) {
+            own.serve_apart(stream, open, body);
         }
-        // SAFETY: a fresh descriptor from accept4, owned by nothing else.
-        let stream = unsafe { TcpStream::from_raw_fd(fd) };
-        // Registered before the loop can see the drain: a drain that waits for this loop to
-        // stop then waits for this connection too.
-        let (key, idle) = open.add(&stream);
-        let (open, body) = (Arc::clone(open), Arc::clone(body));
-        std::thread::spawn(move || {
-            serve(stream, &body, &open, &idle);
-            open.remove(key);
-        });
     }
+    own.take_the_rest(open, body);
     open.accept_stopped.store(true, Ordering::SeqCst);
     // The drain ends the process once the connections in hand are done.
     loop {
@@ -246,7 +367,7 @@ fn watch_primary(w: &Arc<Worker>, open: &Arc<Open>, body: &Arc<str>) -> ! {
                 WorkerEvent::Message { .. }
                 | WorkerEvent::Task(_)
                 | WorkerEvent::TaskCancelled(_) => {}
-                WorkerEvent::Disconnect => drain(open),
+                WorkerEvent::Disconnect => drain(w, open),
                 WorkerEvent::PrimaryGone => std::process::exit(0),
             }
         }
@@ -265,14 +386,18 @@ fn take(w: &Arc<Worker>, open: &Arc<Open>, c: Connection, body: &Arc<str>) {
     });
 }
 
-/// No new connections come after a disconnect request (and in `shared` mode this worker stops
+/// No new connections come after a disconnect request (and a worker that accepts itself stops
 /// accepting before it counts what is left). Every connection ends after its next
 /// answer (sent with `Connection: close`); one that stays without a request for
 /// `IDLE_GRACE` is closed; whatever is left at `DRAIN_MAX` is cut when the process exits.
-fn drain(open: &Open) -> ! {
+fn drain(w: &Worker, open: &Open) -> ! {
     open.draining.store(true, Ordering::SeqCst);
     let until = Instant::now() + DRAIN_MAX;
     stop_accepting(open, until);
+    // What still waits in this worker's turn socket is the primary's to hand to the others.
+    if let Some(name) = open.turned.lock().unwrap().take() {
+        let _ = w.unlisten(&name);
+    }
     let grace = IDLE_GRACE.as_millis() as u64;
     while Instant::now() < until {
         let conns = open.conns.lock().unwrap();

@@ -1,10 +1,12 @@
-//! The listening socket of a worker that accepts itself: inherited (socket activation) or
-//! bound here with SO_REUSEPORT.
+//! The listening socket of a worker that accepts itself: inherited (socket activation), its own
+//! socket of a listener the kernel turns, or bound here with SO_REUSEPORT.
 
 use std::io;
 use std::mem::size_of;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{FromRawFd, OwnedFd};
+
+use rcluster_core::{Dispatch, TurnCounter, Worker};
 
 /// Socket activation: fd 3 when `LISTEN_PID` names this process.
 pub fn inherited_listener() -> Option<TcpListener> {
@@ -22,6 +24,27 @@ pub fn inherited_listener() -> Option<TcpListener> {
     // The primary may share it in non-blocking mode; this server uses blocking accept.
     listener.set_nonblocking(false).ok()?;
     Some(listener)
+}
+
+/// This worker's own socket of a listener the kernel turns, from the primary.
+pub struct Turned {
+    pub name: String,
+    pub listener: TcpListener,
+    pub counter: Option<TurnCounter>,
+}
+
+/// Asks the primary for this worker's socket of the first listener the kernel turns
+/// (`RCLUSTER_TURNS`, names joined by ':'). None when there is none, or the primary gives no
+/// socket (it then hands over every connection itself).
+pub fn turned_listener(w: &Worker) -> Option<Turned> {
+    let turns = std::env::var("RCLUSTER_TURNS").ok()?;
+    let name = turns.split(':').find(|n| !n.is_empty())?.to_string();
+    let listening = w.listen_counting(&name, Dispatch::RoundRobin).ok()?;
+    Some(Turned {
+        name,
+        listener: TcpListener::from(listening.fd?),
+        counter: listening.counter,
+    })
 }
 
 pub fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {

@@ -97,11 +97,14 @@ fn a_less_busy_worker_that_took_too_many_ahead_waits_for_its_turn() {
     assert_eq!([pending(&fallback), pending(&a), pending(&b)], [0, 5, 5]);
     assert_eq!(
         given(1).load(Ordering::Relaxed) - given(0).load(Ordering::Relaxed),
-        256
+        i64::from(MAX_LEAD)
     );
 
     // One short of it: b takes one out of turn, and then waits again.
-    given(1).store(given(0).load(Ordering::Relaxed) + 255, Ordering::Relaxed);
+    given(1).store(
+        given(0).load(Ordering::Relaxed) + i64::from(MAX_LEAD) - 1,
+        Ordering::Relaxed,
+    );
     let _c = connect(port, 3);
     assert_eq!([pending(&fallback), pending(&a), pending(&b)], [0, 1, 2]);
 
