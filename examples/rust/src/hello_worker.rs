@@ -51,7 +51,7 @@ struct Open {
     accepter: Mutex<Option<libc::pthread_t>>,
     accept_stopped: AtomicBool,
     /// The listener whose turn socket this worker accepts from: the primary is told when it
-    /// stops, and accepts what still waits in that socket itself.
+    /// no longer does, and may give the socket to the next worker.
     turned: Mutex<Option<String>>,
 }
 
@@ -147,8 +147,10 @@ fn main() {
 /// The socket this worker accepts from itself.
 struct Own {
     listener: TcpListener,
-    /// A turn socket's count of the connections in hand (one off as each closes); None for a
-    /// shared socket.
+    /// Whether it is this worker's own socket of a turn (non-blocking, waited for in poll).
+    turn: bool,
+    /// A turn socket's count of the connections in hand (one off as each closes), when the
+    /// primary gave one.
     counter: Option<Arc<TurnCounter>>,
 }
 
@@ -158,6 +160,7 @@ impl Own {
     fn shared(listener: TcpListener) -> Own {
         Own {
             listener,
+            turn: false,
             counter: None,
         }
     }
@@ -171,6 +174,7 @@ impl Own {
         }
         Own {
             listener,
+            turn: true,
             counter: counter.map(Arc::new),
         }
     }
@@ -179,7 +183,7 @@ impl Own {
     /// From a turn socket it waits in poll first, unless `now` (then it only looks).
     fn accept(&self, now: bool) -> Option<TcpStream> {
         let fd = self.listener.as_raw_fd();
-        if self.counter.is_some() && !now {
+        if self.turn && !now {
             let mut p = libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -217,7 +221,7 @@ impl Own {
     /// a connection left here would be reset. The queue is looked at twice, a millisecond
     /// apart, for a connection the kernel placed as the turn changed.
     fn take_the_rest(&self, open: &Arc<Open>, body: &Arc<str>) {
-        if self.counter.is_none() {
+        if !self.turn {
             return;
         }
         for _ in 0..2 {
