@@ -180,40 +180,47 @@ impl Own {
     }
 
     /// The next connection; None when interrupted (a drain) or when nothing waits after all.
-    /// From a turn socket it waits in poll first, unless `now` (then it only looks).
+    /// From a turn socket it waits in poll when nothing waits, unless `now` (then it only
+    /// looks). Under load the queue is seldom empty: one accept per connection, no poll.
     fn accept(&self, now: bool) -> Option<TcpStream> {
         let fd = self.listener.as_raw_fd();
-        if self.turn && !now {
-            let mut p = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
+        let mut polled = now || !self.turn;
+        loop {
+            // SAFETY: a listening socket we own; no address is asked for.
+            let c = unsafe {
+                libc::accept4(
+                    fd,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC,
+                )
             };
-            // SAFETY: one live pollfd.
-            if unsafe { libc::poll(&mut p, 1, -1) } < 0 {
-                return None;
+            if c >= 0 {
+                // SAFETY: a fresh descriptor from accept4, owned by nothing else.
+                return Some(unsafe { TcpStream::from_raw_fd(c) });
+            }
+            match io::Error::last_os_error().raw_os_error() {
+                Some(libc::EAGAIN) if !polled => {
+                    polled = true;
+                    let mut p = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one live pollfd. Interrupted (a drain): back to the caller.
+                    if unsafe { libc::poll(&mut p, 1, -1) } < 0 {
+                        return None;
+                    }
+                }
+                Some(libc::EINTR | libc::EAGAIN | libc::ECONNABORTED) => return None,
+                // Out of descriptors: back off.
+                _ if !now => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    return None;
+                }
+                _ => return None,
             }
         }
-        // SAFETY: a listening socket we own; no address is asked for.
-        let c = unsafe {
-            libc::accept4(
-                fd,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_CLOEXEC,
-            )
-        };
-        if c >= 0 {
-            // SAFETY: a fresh descriptor from accept4, owned by nothing else.
-            return Some(unsafe { TcpStream::from_raw_fd(c) });
-        }
-        match io::Error::last_os_error().raw_os_error() {
-            Some(libc::EINTR | libc::EAGAIN | libc::ECONNABORTED) => {}
-            // Out of descriptors: back off.
-            _ if !now => std::thread::sleep(Duration::from_millis(10)),
-            _ => {}
-        }
-        None
     }
 
     /// Takes what still waits in a turn socket, at a drain. The primary has taken this worker
