@@ -117,6 +117,32 @@ fn a_less_busy_worker_that_took_too_many_ahead_waits_for_its_turn() {
 }
 
 #[test]
+fn a_worker_that_lies_about_its_count_gets_max_lead_more_and_no_more() {
+    let Some(mut steer) = steer() else { return };
+    let (fallback, port) = listener(0);
+    let (a, _) = listener(port);
+    let (b, _) = listener(port);
+    steer.attach(fallback.as_raw_fd()).unwrap();
+    steer
+        .set(&[(a.as_raw_fd(), TRACKED), (b.as_raw_fd(), 1 | TRACKED)])
+        .unwrap();
+    // b's worker writes a count far below anything real (it is the workers' memory): it
+    // looks less busy than a at every turn.
+    busy(&steer, 1, -1_000_000);
+    let n = 2 * MAX_LEAD as usize + 10;
+    let _c = connect(port, n);
+    let (got_a, got_b) = (pending(&a), pending(&b));
+    assert_eq!(pending(&fallback), 0);
+    assert_eq!(got_a + got_b, n);
+    // b takes every connection until it is MAX_LEAD ahead; then the turns are strict.
+    let lead = got_b as i64 - got_a as i64;
+    assert!(
+        (i64::from(MAX_LEAD) - 1..=i64::from(MAX_LEAD) + 1).contains(&lead),
+        "a got {got_a}, b {got_b}"
+    );
+}
+
+#[test]
 fn turns_stay_even_over_workers_that_count_when_none_is_busier() {
     let Some(mut steer) = steer() else { return };
     let (fallback, port) = listener(0);
