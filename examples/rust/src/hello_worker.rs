@@ -244,7 +244,8 @@ impl Own {
         }
     }
 
-    /// Serves `stream` on its own thread; a turn socket's connection is counted until then.
+    /// Serves `stream` on its own thread; a connection of a turn socket counts as in hand until
+    /// it closes.
     fn serve_apart(&self, stream: TcpStream, open: &Arc<Open>, body: &Arc<str>) {
         // Registered before the loop can see the drain: a drain that waits for this loop to
         // stop then waits for this connection too.
@@ -405,7 +406,9 @@ fn drain(w: &Worker, open: &Open) -> ! {
     open.draining.store(true, Ordering::SeqCst);
     let until = Instant::now() + DRAIN_MAX;
     stop_accepting(open, until);
-    // What still waits in this worker's turn socket is the primary's to hand to the others.
+    // The accept loop took what waited in this worker's turn socket before it stopped (the
+    // primary took this worker out of the turn first). The primary may give the socket to the
+    // next worker now.
     if let Some(name) = open.turned.lock().unwrap().take() {
         let _ = w.unlisten(&name);
     }
