@@ -182,14 +182,7 @@ pub struct NativeWorker {
 /// accepted for the clients.
 #[napi]
 pub fn listener_has_queued(fd: i32) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call; a zero timeout never blocks.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n == 1 && pfd.revents & libc::POLLIN != 0
+    rcluster_core::listener_has_queued(fd)
 }
 
 /// Connects to the primary when this process is an rcluster worker; null otherwise.

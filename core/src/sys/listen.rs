@@ -464,6 +464,21 @@ pub fn stop_listening(fd: RawFd) -> io::Result<()> {
     cvt(unsafe { libc::shutdown(fd, libc::SHUT_RD) }).map(drop)
 }
 
+/// Whether listening socket `fd` has connections waiting to be accepted (looked at without
+/// waiting). A worker that stops takes them before it closes or leaves its listener: closing a
+/// listening socket resets the connections still queued in it, which the kernel had already
+/// accepted for the clients.
+pub fn listener_has_queued(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call; a zero timeout never blocks.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n == 1 && pfd.revents & libc::POLLIN != 0
+}
+
 /// Removes a Unix socket file the primary created.
 pub fn unlink_unix(addr: &ListenAddr) {
     if let ListenAddr::Unix(path) = addr {

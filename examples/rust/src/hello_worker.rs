@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rcluster_core::{Connection, TurnCounter, Worker, WorkerEvent};
+use rcluster_core::{listener_has_queued, Connection, TurnCounter, Worker, WorkerEvent};
 
 mod listen;
 use listen::{bind_reuseport, inherited_listener, turned_listener};
@@ -236,7 +236,7 @@ impl Own {
             for _ in 0..4096 {
                 match self.accept(true) {
                     Some(stream) => self.serve_apart(stream, open, body),
-                    None if queued_here(&self.listener) => continue,
+                    None if listener_has_queued(self.listener.as_raw_fd()) => continue,
                     None => break,
                 }
             }
@@ -261,24 +261,6 @@ impl Own {
                 c.done();
             }
         });
-    }
-}
-
-/// Whether connections wait in listening socket `l`'s accept queue (the kernel says so for
-/// TCP in `tcpi_unacked`).
-fn queued_here(l: &TcpListener) -> bool {
-    // SAFETY: a zeroed tcp_info and its length; the kernel writes at most that much.
-    unsafe {
-        let mut info: libc::tcp_info = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        let rc = libc::getsockopt(
-            l.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        );
-        rc == 0 && info.tcpi_unacked > 0
     }
 }
 

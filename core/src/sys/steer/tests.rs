@@ -45,6 +45,23 @@ fn connect(port: u16, n: usize) -> Vec<TcpStream> {
     clients
 }
 
+/// A program with the fallback attached and turns over new sockets of one port, one per entry
+/// of `entries`: the program, the fallback, the turns' sockets and the port. None without
+/// CAP_BPF.
+fn turns(entries: &[u32]) -> Option<(Steer, OwnedFd, Vec<OwnedFd>, u16)> {
+    let mut steer = steer()?;
+    let (fallback, port) = listener(0);
+    let socks: Vec<OwnedFd> = entries.iter().map(|_| listener(port).0).collect();
+    steer.attach(fallback.as_raw_fd()).unwrap();
+    let turn: Vec<(RawFd, u32)> = socks
+        .iter()
+        .zip(entries)
+        .map(|(s, e)| (s.as_raw_fd(), *e))
+        .collect();
+    steer.set(&turn).unwrap();
+    Some((steer, fallback, socks, port))
+}
+
 /// A worker that counts its accepts has been given `n` connections it has not taken.
 fn busy(steer: &Steer, member: u32, n: i64) {
     steer
@@ -56,45 +73,41 @@ fn busy(steer: &Steer, member: u32, n: i64) {
 
 #[test]
 fn a_busy_worker_is_passed_over_for_the_next_until_the_counts_are_even() {
-    let Some(mut steer) = steer() else { return };
-    let (fallback, port) = listener(0);
-    let (a, _) = listener(port);
-    let (b, _) = listener(port);
-    steer.attach(fallback.as_raw_fd()).unwrap();
-    steer
-        .set(&[(a.as_raw_fd(), 3 | TRACKED), (b.as_raw_fd(), 7 | TRACKED)])
-        .unwrap();
+    let Some((steer, fallback, socks, port)) = turns(&[3 | TRACKED, 7 | TRACKED]) else {
+        return;
+    };
+    let [a, b] = socks.as_slice() else {
+        unreachable!()
+    };
     busy(&steer, 3, 5);
     let _c = connect(port, 10);
     // b takes every connection until it has as many waiting as a (5 + 1: ties go to the
     // turn's), then they alternate.
-    assert_eq!([pending(&fallback), pending(&a), pending(&b)], [0, 2, 8]);
+    assert_eq!([pending(&fallback), pending(a), pending(b)], [0, 2, 8]);
     assert_eq!((steer.count(3), steer.count(7)), (7, 8));
 
     // The worker took them all: both even again, strict turns.
     busy(&steer, 3, 0);
     busy(&steer, 7, 0);
     let _c = connect(port, 10);
-    assert_eq!([pending(&fallback), pending(&a), pending(&b)], [0, 5, 5]);
+    assert_eq!([pending(&fallback), pending(a), pending(b)], [0, 5, 5]);
 }
 
 #[test]
 fn a_less_busy_worker_that_took_too_many_ahead_waits_for_its_turn() {
-    let Some(mut steer) = steer() else { return };
-    let (fallback, port) = listener(0);
-    let (a, _) = listener(port);
-    let (b, _) = listener(port);
-    steer.attach(fallback.as_raw_fd()).unwrap();
-    steer
-        .set(&[(a.as_raw_fd(), TRACKED), (b.as_raw_fd(), 1 | TRACKED)])
-        .unwrap();
+    let Some((steer, fallback, socks, port)) = turns(&[TRACKED, 1 | TRACKED]) else {
+        return;
+    };
+    let [a, b] = socks.as_slice() else {
+        unreachable!()
+    };
     busy(&steer, 0, 50);
     let given = |m| steer.counts.given(m).unwrap();
     given(0).store(1000, Ordering::Relaxed);
     given(1).store(1000 + i64::from(MAX_LEAD), Ordering::Relaxed);
     let _c = connect(port, 10);
     // b is idle and a busy, but b is MAX_LEAD ahead: strict turns.
-    assert_eq!([pending(&fallback), pending(&a), pending(&b)], [0, 5, 5]);
+    assert_eq!([pending(&fallback), pending(a), pending(b)], [0, 5, 5]);
     assert_eq!(
         given(1).load(Ordering::Relaxed) - given(0).load(Ordering::Relaxed),
         i64::from(MAX_LEAD)
@@ -106,7 +119,7 @@ fn a_less_busy_worker_that_took_too_many_ahead_waits_for_its_turn() {
         Ordering::Relaxed,
     );
     let _c = connect(port, 3);
-    assert_eq!([pending(&fallback), pending(&a), pending(&b)], [0, 1, 2]);
+    assert_eq!([pending(&fallback), pending(a), pending(b)], [0, 1, 2]);
 
     // A member given to a new worker starts level with the one furthest ahead.
     steer.reset(0);
@@ -118,20 +131,18 @@ fn a_less_busy_worker_that_took_too_many_ahead_waits_for_its_turn() {
 
 #[test]
 fn a_worker_that_lies_about_its_count_gets_max_lead_more_and_no_more() {
-    let Some(mut steer) = steer() else { return };
-    let (fallback, port) = listener(0);
-    let (a, _) = listener(port);
-    let (b, _) = listener(port);
-    steer.attach(fallback.as_raw_fd()).unwrap();
-    steer
-        .set(&[(a.as_raw_fd(), TRACKED), (b.as_raw_fd(), 1 | TRACKED)])
-        .unwrap();
+    let Some((steer, fallback, socks, port)) = turns(&[TRACKED, 1 | TRACKED]) else {
+        return;
+    };
+    let [a, b] = socks.as_slice() else {
+        unreachable!()
+    };
     // b's worker writes a count far below anything real (it is the workers' memory): it
     // looks less busy than a at every turn.
     busy(&steer, 1, -1_000_000);
     let n = 2 * MAX_LEAD as usize + 10;
     let _c = connect(port, n);
-    let (got_a, got_b) = (pending(&a), pending(&b));
+    let (got_a, got_b) = (pending(a), pending(b));
     assert_eq!(pending(&fallback), 0);
     assert_eq!(got_a + got_b, n);
     // b takes every connection until it is MAX_LEAD ahead; then the turns are strict.
@@ -144,14 +155,9 @@ fn a_worker_that_lies_about_its_count_gets_max_lead_more_and_no_more() {
 
 #[test]
 fn turns_stay_even_over_workers_that_count_when_none_is_busier() {
-    let Some(mut steer) = steer() else { return };
-    let (fallback, port) = listener(0);
-    let socks = [listener(port).0, listener(port).0, listener(port).0];
-    steer.attach(fallback.as_raw_fd()).unwrap();
-    let turns: Vec<(RawFd, u32)> = (0..3)
-        .map(|i| (socks[i].as_raw_fd(), i as u32 | TRACKED))
-        .collect();
-    steer.set(&turns).unwrap();
+    let Some((steer, fallback, socks, port)) = turns(&[TRACKED, 1 | TRACKED, 2 | TRACKED]) else {
+        return;
+    };
     // Nobody accepts: every count grows, by the same in each round.
     let _c = connect(port, 30);
     let got: Vec<usize> = socks.iter().map(pending).collect();
@@ -161,26 +167,19 @@ fn turns_stay_even_over_workers_that_count_when_none_is_busier() {
 
 #[test]
 fn a_worker_that_does_not_count_keeps_strict_turns() {
-    let Some(mut steer) = steer() else { return };
-    let (fallback, port) = listener(0);
-    let (a, _) = listener(port);
-    let (b, _) = listener(port);
-    let (c, _) = listener(port);
-    steer.attach(fallback.as_raw_fd()).unwrap();
     // a does not count; b counts and looks busy; c counts and is idle.
-    steer
-        .set(&[
-            (a.as_raw_fd(), 0),
-            (b.as_raw_fd(), 1 | TRACKED),
-            (c.as_raw_fd(), 2 | TRACKED),
-        ])
-        .unwrap();
+    let Some((steer, fallback, socks, port)) = turns(&[0, 1 | TRACKED, 2 | TRACKED]) else {
+        return;
+    };
+    let [a, b, c] = socks.as_slice() else {
+        unreachable!()
+    };
     busy(&steer, 1, 100);
     let _c = connect(port, 12);
     // a keeps every third connection; b's go to c; c's turn is c's (a, after it, does
     // not count, so no comparison).
     assert_eq!(
-        [pending(&fallback), pending(&a), pending(&b), pending(&c)],
+        [pending(&fallback), pending(a), pending(b), pending(c)],
         [0, 4, 0, 8]
     );
     assert_eq!(
