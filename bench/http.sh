@@ -344,6 +344,17 @@ done
 rr_sh_p99=$(ratio "$(p99 rr2.close)" "$(p99 shared2.close)")
 row "   rr p99 / shared p99, new conn" "${rr_sh_p99}x" "<= 1.0x" "$(verdict "$rr_sh_p99" '<=' 1.0)"
 row "   (at rr / shared req/s, new conn)" "${rr_sh_close}x" ">= 0.95x" "$(verdict "$rr_sh_close" '>=' 0.95)"
+# The same two in pairs: every round runs rr2 and shared2 one right after the other, so each
+# round's ratio is taken and the median of those given (a slow phase of the machine then moves
+# both sides of a ratio alike).
+round_col() { awk -v c="$2" -v s="$3" '{ for (i = c; i <= NF; i += s) print $i }' <<<"$1"; }
+pair_median() { # pair_median LIST_A LIST_B FIRST STEP: median of the rounds' ratios a / b
+    median "$(paste -d' ' <(round_col "$1" "$3" "$4") <(round_col "$2" "$3" "$4") |
+        awk '$1 != "-" && $2 != "-" && $2 > 0 { printf "%.3f ", $1 / $2 }')"
+}
+pair_p99=$(pair_median "${all_lats[rr2.close]:-}" "${all_lats[shared2.close]:-}" 2 3)
+pair_rate=$(pair_median "${all_rates[rr2.close]:-}" "${all_rates[shared2.close]:-}" 1 1)
+row "   rr / shared, median of $rounds rounds' pairs" "p99 ${pair_p99:--}x, req/s ${pair_rate:--}x" "(info)"
 row "spread max/min, rr, keep-alive" "${spread[rr2.keep]:--}" "(info)"
 row "spread max/min, rr, $many workers, new conn" "${spread[rr$many.close]:--}" "(info)"
 row "spread max/min, shared, new conn" "${spread[shared2.close]:--}" "(info)"
