@@ -529,6 +529,59 @@ fn hello_workers_accept_their_own_turns_and_count_the_connections_in_hand() {
     assert_eq!(c.wait_exit(Duration::from_secs(15)).code(), Some(0));
 }
 
+/// A hello-worker that stops running (SIGSTOP) with connections the kernel's turns gave its
+/// own socket, and is then killed: every one of them is answered, by the other worker or the
+/// replacement, none reset.
+#[test]
+fn connections_waiting_in_a_killed_hello_workers_turn_socket_are_all_answered() {
+    let addr = free_port_addr();
+    let mut c = two_hello_workers(&addr);
+    let pids = worker_pids(&c.log_text());
+    let environ = std::fs::read(format!("/proc/{}/environ", pids[0])).unwrap_or_default();
+    if !String::from_utf8_lossy(&environ).contains("RCLUSTER_TURNS=") {
+        eprintln!("skipped: no kernel turns here (the primary could not load their program)");
+        return;
+    }
+    let stopped = pids[0] as i32;
+    // SAFETY: kill has no memory effects.
+    assert_eq!(unsafe { libc::kill(stopped, libc::SIGSTOP) }, 0);
+    // Requests sent, none read yet: whatever the turns gave the stopped worker waits there.
+    let mut conns: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut conn = TcpStream::connect(&addr).expect("connect");
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            conn.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            conn
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // The test means something only if the stopped worker was given some.
+    let st = hello_status(&c.runtime);
+    let waiting = st["workers"]
+        .as_array()
+        .and_then(|w| w.iter().find(|w| w["pid"].as_u64() == Some(pids[0] as u64)))
+        .and_then(|w| w["connections_active"].as_u64());
+    assert!(
+        waiting.is_some_and(|n| n >= 1),
+        "none waits for the stopped worker: {st}"
+    );
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(stopped, libc::SIGKILL) }, 0);
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let mut reply = String::new();
+        let read = conn.read_to_string(&mut reply);
+        assert!(
+            read.is_ok() && reply.starts_with("HTTP/1.1 200 OK\r\n"),
+            "connection {i}: {read:?} {reply:?}; log:\n{}",
+            c.log_text()
+        );
+    }
+    c.signal(libc::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(15)).code(), Some(0));
+}
+
 /// The pids of the workers the log says are ready.
 fn worker_pids(log: &str) -> Vec<u32> {
     log.lines()
@@ -602,17 +655,22 @@ fn keep_alive_request(conn: &mut TcpStream) {
     }
 }
 
+/// The status of cluster `hello-worker` (null when it does not answer).
+fn hello_status(rt: &RuntimeDir) -> serde_json::Value {
+    let mut cmd = Command::new(RCLUSTER);
+    cmd.args(["status", "hello-worker", "--json"])
+        .stdin(Stdio::null());
+    rt.apply(&mut cmd);
+    let out = cmd.output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
 /// Waits until the workers of cluster `hello-worker` have `n` connections in hand, by its
 /// status (panics with the last status after 5 s).
 fn wait_in_hand(rt: &RuntimeDir, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let mut cmd = Command::new(RCLUSTER);
-        cmd.args(["status", "hello-worker", "--json"])
-            .stdin(Stdio::null());
-        rt.apply(&mut cmd);
-        let out = cmd.output().unwrap();
-        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let st = hello_status(rt);
         let active: u64 = st["workers"]
             .as_array()
             .map(|w| {
