@@ -223,6 +223,33 @@ fn a_worker_that_stops_listening_gets_no_more_turns() {
     assert_eq!(by, vec!["1"; 10]);
 }
 
+/// A listener of the configuration serves every worker, but one that stops listening on it
+/// (its server closed) is handed none of its connections by the primary from then on: they
+/// would wait in a worker that has nothing to serve them with.
+#[test]
+fn a_worker_that_unlistens_a_configured_listener_is_handed_none_of_its_connections() {
+    let mut c = worker_config(2, &["listen", "web", "rr"]);
+    c.kernel_round_robin = false;
+    c.listeners.push(rcluster_core::Listener::new(
+        "web",
+        "127.0.0.1:0".parse().unwrap(),
+        rcluster_core::Dispatch::RoundRobin,
+    ));
+    let sup = Supervisor::start(c).unwrap();
+    let (name, addr, _) = address(&listening(&sup, 2));
+    let both: std::collections::BTreeSet<String> = (0..6)
+        .map(|_| get(&addr).split(' ').next().unwrap().to_string())
+        .collect();
+    assert_eq!(both.len(), 2, "{both:?}");
+    sup.send(0, format!("!unlisten {name}").as_bytes()).unwrap();
+    assert_eq!(listening(&sup, 1).remove(0), "unlistened");
+    sup.snapshot().unwrap(); // the UNLISTEN, read by the loop, came before
+    let by: Vec<String> = (0..10)
+        .map(|_| get(&addr).split(' ').next().unwrap().to_string())
+        .collect();
+    assert_eq!(by, vec!["1"; 10]);
+}
+
 /// A listener of the configuration: workers learn its name from RCLUSTER_TURNS, and one that
 /// asks for it by that name gets its own socket of the group and takes turns; the others are
 /// handed their connections by the primary as before.

@@ -37,6 +37,9 @@ pub struct Bound {
     /// The workers that asked for this listener at run time; None for a configured listener,
     /// which serves every worker.
     subscribers: Option<HashSet<u64>>,
+    /// Workers that stopped listening on this configured listener (`unlisten`, a server they
+    /// closed): the primary hands them none of its connections until they ask for it again.
+    unlistened: HashSet<u64>,
     /// The address as a worker asked for it (e.g. port 0), for matching later requests.
     requested: Option<String>,
     /// Round-robin turned by the kernel: the sockets of the workers.
@@ -59,6 +62,7 @@ impl Bound {
             armed: false,
             paused_until: None,
             subscribers: None,
+            unlistened: HashSet::new(),
             requested: None,
             group: None,
             shares: None,
@@ -246,9 +250,13 @@ impl Primary {
             .strict_turns(self.cfg.strict_turns);
         while let Some(w) = self.waiting.pop_front() {
             let mode = self.listeners[w.listener].dispatch;
-            let subscribers = self.listeners[w.listener].subscribers.as_ref();
+            let l = &self.listeners[w.listener];
             let allowed = |key: u64| {
-                subscribers.is_none_or(|subs| subs.contains(&key)) && !refused.contains(&key)
+                l.subscribers
+                    .as_ref()
+                    .is_none_or(|subs| subs.contains(&key))
+                    && !l.unlistened.contains(&key)
+                    && !refused.contains(&key)
             };
             let choice = pass.choose(
                 mode,
@@ -482,8 +490,13 @@ impl Primary {
         let Some(index) = self.listeners.iter().position(|l| l.name == name) else {
             return;
         };
-        if let Some(subs) = &mut self.listeners[index].subscribers {
-            subs.remove(&key);
+        match &mut self.listeners[index].subscribers {
+            Some(subs) => {
+                subs.remove(&key);
+            }
+            None => {
+                self.listeners[index].unlistened.insert(key);
+            }
         }
         self.leave_groups(key, Some(index));
         // At once, not at the next reconcile: whatever the worker sends after this frame (a
@@ -502,6 +515,7 @@ impl Primary {
             .iter()
             .position(|l| l.subscribers.is_none() && l.name == addr)
         {
+            self.listeners[i].unlistened.remove(&key);
             return Ok(i);
         }
         let parsed: ListenAddr = addr
@@ -528,9 +542,11 @@ impl Primary {
                 self.listeners.len() - 1
             }
         };
-        if let Some(subs) = &mut self.listeners[index].subscribers {
+        let l = &mut self.listeners[index];
+        if let Some(subs) = &mut l.subscribers {
             subs.insert(key);
         }
+        l.unlistened.remove(&key);
         Ok(index)
     }
 
@@ -541,6 +557,7 @@ impl Primary {
             if let Some(subs) = &mut l.subscribers {
                 subs.remove(&key);
             }
+            l.unlistened.remove(&key);
         }
         self.leave_groups(key, None);
         let mut back: Vec<Waiting> = p.unacked.drain().map(|(_, w)| w).collect();
