@@ -108,6 +108,7 @@ class WorkerSelf extends EventEmitter {
     if (listener !== undefined) this._servers.set(listener, server);
     else this._served.push(server);
     trackKeepAlive(server);
+    stopServingOnClose(this, server);
     // Listeners the kernel turns (RCLUSTER_TURNS): this worker asks for its own socket of
     // each and accepts on it natively; the primary hands over only what waited for a worker
     // that died or stopped.
@@ -157,27 +158,47 @@ class WorkerSelf extends EventEmitter {
     inner.listen({ fd: listening.fd });
     countConnections(this, inner, listening);
     unlistenOnClose(this, inner, listening.name);
+    inner._rclusterFeeds = server;
+    inner._rclusterName = listening.name;
     this._turns.push(inner);
   }
 
   /**
+   * `server` (served) closes: this worker stops taking connections for it. It leaves the
+   * shared sockets (the primary and the other workers keep them), and leaves the turns of
+   * its own sockets before it closes them once emptied: what waits in them was accepted by
+   * the kernel for clients, and is served.
+   */
+  _stopServing(server) {
+    for (const [name, s] of this._servers) if (s === server) this._servers.delete(name);
+    this._served = this._served.filter((s) => s !== server);
+    for (const h of this._shared) if (h._server === server) h.close();
+    this._shared = this._shared.filter((h) => h._server !== server);
+    for (const inner of this._turns) {
+      if (inner._rclusterFeeds !== server) continue;
+      try { this._link.unlisten(inner._rclusterName); } catch { /* the primary is gone */ }
+      closeWhenEmptied(inner);
+    }
+    this._turns = this._turns.filter((inner) => inner._rclusterFeeds !== server);
+  }
+
+  /**
    * Accepts on the shared socket of listener `name` and feeds `server` from it, one connection
-   * per turn, keeping level with the other workers (see AcceptHandle). The socket is the one
-   * this worker inherited at `fd`, unless the primary answers a listen by name with a copy
-   * and the listener's share map.
+   * per turn, keeping level with the other workers (see AcceptHandle). The core decides which
+   * socket: the primary's copy, with the listener's share map, or the one this worker
+   * inherited at `fd` (from an older primary).
    */
   _acceptShared(server, name, fd) {
-    let listening = { name, address: '', fd, counter: false };
+    let acceptor;
     try {
-      const asked = this._link.listen(name, 'shared', true);
+      acceptor = this._link.acceptShared(name, fd);
+    } catch (err) {
+      process.nextTick(() => server.emit('error', err));
+      return;
+    } finally {
       setImmediate(() => this._pump()); // what came in meanwhile waits in memory
-      if (typeof asked.fd === 'number') {
-        closeFd(fd);
-        listening = asked;
-      }
-    } catch { /* an older primary: the inherited socket, without the share map */ }
-    const counter = listening.counter ? this._link.takeTurnCounter() : null;
-    const handle = new AcceptHandle(this, server, listening, counter);
+    }
+    const handle = new AcceptHandle(this, server, name, acceptor, acceptor);
     handle.listen();
     this._shared.push(handle);
   }
@@ -501,16 +522,21 @@ class PrimaryHandle {
  * NativeAcceptor). Node's own server would take every waiting connection at each turn.
  */
 class AcceptHandle {
-  constructor(worker, server, listening, counter) {
+  /**
+   * `acceptor` (a NativeAcceptor) owns the socket. `listening`: the listener's `address` (or
+   * ""), and whether the primary knows this worker `listened` (it is told when it stops).
+   */
+  constructor(worker, server, name, acceptor, listening) {
     this._worker = worker;
     this._server = server;
-    this._name = listening.name;
-    this.fd = listening.fd;
-    this._acceptor = new native.NativeAcceptor(listening.fd, counter);
-    this._deferred = this._acceptor.deferred;
+    this._name = name;
+    this.fd = acceptor.fd;
+    this._acceptor = acceptor;
+    this._deferred = acceptor.deferred;
     this._open = true;
     this._timer = null;
     this._onAccept = (fd) => this._accepted(fd);
+    this._listened = listening.listened;
     const addr = parseAddress(listening.address);
     if (addr) this.getsockname = (out) => { Object.assign(out, addr); return 0; };
   }
@@ -551,11 +577,12 @@ class AcceptHandle {
     if (this._open) {
       this._open = false;
       clearTimeout(this._timer);
-      this._acceptor.stop();
       const worker = this._worker;
       if (worker._servers.get(this._name) === this._server) worker._servers.delete(this._name);
-      try { worker._link.unlisten(this._name); } catch { /* the primary is gone */ }
-      closeFd(this.fd);
+      if (this._listened) {
+        try { worker._link.unlisten(this._name); } catch { /* the primary is gone */ }
+      }
+      this._acceptor.close();
     }
     if (typeof callback === 'function') process.nextTick(callback);
   }
@@ -592,7 +619,9 @@ function patchListen(worker, dispatch) {
     if (typeof listening.fd === 'number' && dispatch === 'shared') {
       // `shared`: this worker accepts on the socket every worker has, one connection a turn.
       const counter = listening.counter ? worker._link.takeTurnCounter() : null;
-      this._handle = new AcceptHandle(worker, this, listening, counter);
+      const acceptor = new native.NativeAcceptor(listening.fd, counter);
+      this._handle = new AcceptHandle(worker, this, listening.name, acceptor,
+        { address: listening.address, listened: true });
       worker._servers.set(listening.name, this);
       original.call(this, address, port, addressType, backlog, fd, flags);
     } else if (typeof listening.fd === 'number') {
@@ -654,6 +683,20 @@ function countConnections(worker, server, listening) {
  * Tells the primary when `server` stops accepting on a socket it handed over: at the close of
  * the handle (server.close()), not at the server's 'close', which waits for its connections.
  */
+/**
+ * Makes `server.close()` of a served server (one that does not listen itself) stop this
+ * worker's share of the listeners that feed it, as closing a listening server does.
+ */
+function stopServingOnClose(worker, server) {
+  if (server._rclusterServed) return;
+  server._rclusterServed = true;
+  const close = server.close;
+  server.close = function closeServed(...args) {
+    worker._stopServing(server);
+    return close.apply(this, args);
+  };
+}
+
 function unlistenOnClose(worker, server, name) {
   const handle = server._handle;
   if (!handle || typeof handle.close !== 'function') return;

@@ -8,7 +8,7 @@
 //! behind that request (and behind a preemption of this worker, on a busy machine): p99 was
 //! 4–5 % higher in alternated runs (bench/RESULTS.md).
 
-use std::os::fd::IntoRawFd;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -36,24 +36,69 @@ fn as_number(a: Accepted) -> i32 {
 }
 
 /// A watcher of a shared listening socket that accepts one connection each time it is
-/// readable, keeping level with the other workers when given the listener's share map.
+/// readable, keeping level with the other workers when given the listener's share map. It owns
+/// the socket: `close()` stops it and closes the socket.
 #[napi]
 pub struct NativeAcceptor {
-    acceptor: Rc<SharedAcceptor>,
+    /// None once closed (the watcher's callback may hold the last reference a moment longer).
+    acceptor: Option<Rc<SharedAcceptor>>,
     watcher: WatchSlot,
+}
+
+impl NativeAcceptor {
+    pub(crate) fn of(acceptor: SharedAcceptor) -> NativeAcceptor {
+        NativeAcceptor {
+            acceptor: Some(Rc::new(acceptor)),
+            watcher: WatchSlot::default(),
+        }
+    }
+
+    fn open(&self) -> napi::Result<&Rc<SharedAcceptor>, &'static str> {
+        self.acceptor
+            .as_ref()
+            .ok_or_else(|| napi::Error::new("ERR_RCLUSTER_CLOSED", "the acceptor is closed"))
+    }
 }
 
 #[napi]
 impl NativeAcceptor {
-    /// Accepts on `fd`, which stays the caller's (it is not closed here).
+    /// Accepts on `fd` (a listen answer's socket), which it takes over: `close()` closes it.
     #[napi(constructor)]
-    pub fn new(fd: i32, counter: Option<&NativeTurnCounter>) -> napi::Result<Self> {
-        let acceptor = SharedAcceptor::new(fd, counter.map(|c| Arc::clone(&c.inner)))
-            .map_err(|e| napi::Error::from_reason(format!("shared listener fd {fd}: {e}")))?;
-        Ok(NativeAcceptor {
-            acceptor: Rc::new(acceptor),
-            watcher: WatchSlot::default(),
-        })
+    pub fn new(fd: i32, counter: Option<&NativeTurnCounter>) -> napi::Result<Self, &'static str> {
+        if fd < 0 {
+            return Err(napi::Error::new(
+                "ERR_RCLUSTER_FD",
+                format!("shared listener fd {fd}: must be a descriptor (0 or more)"),
+            ));
+        }
+        // SAFETY: the listen answer gave this descriptor away to JS, which hands it over here
+        // once, and closes it no more.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        let acceptor = SharedAcceptor::owning(socket, counter.map(|c| Arc::clone(&c.inner)))
+            .map_err(|e| {
+                napi::Error::new("ERR_RCLUSTER_FD", format!("shared listener fd {fd}: {e}"))
+            })?;
+        Ok(NativeAcceptor::of(acceptor))
+    }
+
+    /// The listening socket (-1 once closed).
+    #[napi(getter)]
+    pub fn fd(&self) -> i32 {
+        self.acceptor.as_ref().map_or(-1, |a| a.fd())
+    }
+
+    /// The address the primary said the listener is bound to ("" when it did not say).
+    #[napi(getter)]
+    pub fn address(&self) -> String {
+        self.acceptor
+            .as_ref()
+            .map_or(String::new(), |a| a.address().to_string())
+    }
+
+    /// Whether the primary knows this worker listens (tell it `unlisten` when done).
+    #[napi(getter)]
+    pub fn listened(&self) -> bool {
+        self.acceptor.as_ref().is_some_and(|a| a.listened())
     }
 
     /// What the callback gets when the next connection is left to the other workers.
@@ -70,7 +115,8 @@ impl NativeAcceptor {
         env: Env,
         callback: Function<'_, sys::napi_value, ()>,
     ) -> napi::Result<(), &'static str> {
-        let acceptor = Rc::clone(&self.acceptor);
+        let acceptor = Rc::clone(self.open()?);
+        let fd = acceptor.fd();
         let produce = Box::new(move |env| {
             // SAFETY: called on the JS thread with its live env.
             let a = acceptor.next();
@@ -82,14 +128,7 @@ impl NativeAcceptor {
                 .map_err(from_napi)
         });
         self.watcher
-            .start(
-                &env,
-                self.acceptor.fd(),
-                callback,
-                produce,
-                "rcluster:accept",
-                true,
-            )
+            .start(&env, fd, callback, produce, "rcluster:accept", true)
             .map_err(from_napi)
     }
 
@@ -102,5 +141,12 @@ impl NativeAcceptor {
     #[napi]
     pub fn stop(&mut self) {
         self.watcher.close();
+    }
+
+    /// Stops watching and closes the listening socket (once the watcher let go of it).
+    #[napi]
+    pub fn close(&mut self) {
+        self.watcher.close();
+        self.acceptor = None;
     }
 }

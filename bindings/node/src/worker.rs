@@ -1,15 +1,18 @@
 //! The worker side: this process's link to its primary, and the watcher of that link.
 
 use std::cell::RefCell;
-use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Duration;
 
 use napi::bindgen_prelude::*;
 use napi::sys;
 use napi_derive::napi;
-use rcluster_core::{Answer, ContentType, Dispatch, TurnCounter, Worker, WorkerEvent};
+use rcluster_core::{
+    Answer, ContentType, Dispatch, SharedAcceptor, TurnCounter, Worker, WorkerEvent,
+};
 
+use crate::accept::NativeAcceptor;
 use crate::error::{from_napi, to_js};
 use crate::message;
 use crate::watch::WatchSlot;
@@ -326,6 +329,31 @@ impl NativeWorker {
             fd: l.fd.map(give_away),
             counter,
         })
+    }
+
+    /// An acceptor of `shared` listener `name`, whose socket this process inherited at
+    /// `inherited_fd` (taken over): the core asks the primary for the listener (one round
+    /// trip, as `listen`), and accepts from the copy it answers with and keeps level through
+    /// the share map; from an older primary, from the inherited socket.
+    #[napi]
+    pub fn accept_shared(
+        &self,
+        name: String,
+        inherited_fd: i32,
+    ) -> napi::Result<NativeAcceptor, &'static str> {
+        if inherited_fd < 0 {
+            return Err(napi::Error::new(
+                "ERR_RCLUSTER_FD",
+                format!("listener {name}: inherited fd {inherited_fd} must be 0 or more"),
+            ));
+        }
+        // SAFETY: the listener's socket this process inherited; JS hands it over once.
+        let inherited = unsafe { OwnedFd::from_raw_fd(inherited_fd) };
+        SharedAcceptor::of_listener(&self.inner, &name, inherited)
+            .map(NativeAcceptor::of)
+            .map_err(|e| {
+                napi::Error::new("ERR_RCLUSTER_FD", format!("shared listener {name}: {e}"))
+            })
     }
 
     /// The counter of the last `listen` answer that came with one (null if none, or taken).

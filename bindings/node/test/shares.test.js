@@ -83,6 +83,52 @@ test('rcluster API: a shared listener of start() is served by worker.serve(), an
   }
 });
 
+/** The inode of the socket listening on 127.0.0.1:`port`, from /proc/net/tcp. */
+function listeningInode(port) {
+  const want = `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  for (const line of fs.readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f[1] === want && f[3] === '0A') return f[9];
+  }
+  return null;
+}
+
+/** How many descriptors of process `pid` refer to socket `inode`. */
+function descriptorsOf(pid, inode) {
+  const dir = `/proc/${pid}/fd`;
+  return fs.readdirSync(dir).filter((fd) => {
+    try { return fs.readlinkSync(`${dir}/${fd}`) === `socket:[${inode}]`; } catch { return false; }
+  }).length;
+}
+
+test('rcluster API: a worker holds one descriptor of a shared listener, and none once its server closed', async () => {
+  // Each worker inherits the listener and asks the primary for it by name; the answer's copy
+  // replaces the inherited descriptor, which must be closed, and closing the server closes the
+  // copy. A leak of either keeps the port open in the worker.
+  const rcluster = require('..');
+  const { once } = require('./helpers');
+  const port = await freePort();
+  const c = rcluster.start({
+    workers: 2, exec: path.join(__dirname, 'fixtures', 'api_worker.js'), args: [], execArgv: [],
+    listen: `127.0.0.1:${port}`, dispatch: 'shared', restart: 'never',
+  });
+  try {
+    await once(c, 'ready', (() => { let n = 0; return () => ++n === 2; })());
+    assert.ok(['0 1', '1 1'].includes(await get(port)));
+    const inode = listeningInode(port);
+    assert.ok(inode, `no socket listens on port ${port}`);
+    const pids = c.workers().map((w) => w.pid);
+    assert.deepStrictEqual(pids.map((p) => descriptorsOf(p, inode)), [1, 1]);
+    c.send(0, { cmd: 'close' });
+    await once(c, 'message', (m) => m.closed === 0);
+    assert.deepStrictEqual(pids.map((p) => descriptorsOf(p, inode)), [0, 1]);
+    // The other worker still serves, and alone.
+    for (let i = 0; i < 5; i++) assert.strictEqual(await get(port), '1 1');
+  } finally {
+    await c.stop();
+  }
+});
+
 test('rcluster: a rolling restart of SCHED_NONE workers under load fails no request', async () => {
   const port = await freePort();
   const bodies = [];

@@ -140,6 +140,38 @@ test("rcluster API: a listener of the configuration takes turns too, and a kille
   }
 });
 
+test('rcluster API: closing a served server leaves the turns, and what waits in its own socket is served', { skip: !root && why }, async () => {
+  const rcluster = require('..');
+  const path = require('path');
+  const { once } = require('./helpers');
+  const port = await freePort();
+  const c = rcluster.start({
+    workers: 2, exec: path.join(__dirname, 'fixtures', 'api_worker.js'), args: [], execArgv: [],
+    listen: `127.0.0.1:${port}`, restart: 'never', strictTurns: true,
+  });
+  try {
+    let ready = 0;
+    await once(c, 'ready', () => ++ready === 2);
+    await new Promise((resolve) => setTimeout(resolve, 300)); // serve() asks for its socket
+    // Worker 1 is stuck when its server is told to close: its turns keep filling its socket
+    // until it runs again.
+    c.send(1, { cmd: 'block', ms: 1000 });
+    c.send(1, { cmd: 'close' });
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const pending = Array.from({ length: 4 }, () => get(port).catch((e) => `failed: ${e.code || e.message}`));
+    await once(c, 'message', (m) => m.closed === 1);
+    // Those in worker 1's socket are taken by worker 1 as it empties it, or by the primary
+    // once worker 1 left the turns (and given to worker 0): either way, answered.
+    const answers = await Promise.all(pending);
+    assert.ok(answers.every((a) => a === '0 1' || a === '1 1'), answers.join(', '));
+    const after = [];
+    for (let i = 0; i < 6; i++) after.push((await get(port)).split(' ')[0]);
+    assert.deepStrictEqual(after, Array(6).fill('0'));
+  } finally {
+    await c.stop();
+  }
+});
+
 test('rcluster API: at a stop, connections waiting in a busy worker\'s own socket are served, not reset', { skip: !root && why }, async () => {
   const rcluster = require('..');
   const path = require('path');

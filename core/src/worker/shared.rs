@@ -45,7 +45,8 @@ pub enum Accepted {
 }
 
 /// A worker's acceptor of one `shared` listening socket: one the caller keeps open
-/// ([`SharedAcceptor::new`]) or its own ([`SharedAcceptor::of_listener`]).
+/// ([`SharedAcceptor::new`]) or its own ([`SharedAcceptor::owning`],
+/// [`SharedAcceptor::of_listener`]), closed with the acceptor.
 #[derive(Debug)]
 pub struct SharedAcceptor {
     fd: RawFd,
@@ -54,6 +55,8 @@ pub struct SharedAcceptor {
     counter: Option<Arc<TurnCounter>>,
     deferrals: AtomicU32,
     listened: bool,
+    /// The address the primary said the listener is bound to ("" when it was not asked).
+    address: String,
 }
 
 impl SharedAcceptor {
@@ -68,7 +71,18 @@ impl SharedAcceptor {
             counter,
             deferrals: AtomicU32::new(0),
             listened: false,
+            address: String::new(),
         })
+    }
+
+    /// Accepts on `socket`, which it closes when dropped; see [`SharedAcceptor::new`].
+    pub fn owning(
+        socket: OwnedFd,
+        counter: Option<Arc<TurnCounter>>,
+    ) -> io::Result<SharedAcceptor> {
+        let mut a = SharedAcceptor::new(socket.as_raw_fd(), counter)?;
+        a._socket = Some(socket);
+        Ok(a)
     }
 
     /// Accepts from the socket of `shared` listener `name` that this worker inherited
@@ -82,18 +96,20 @@ impl SharedAcceptor {
         name: &str,
         inherited: OwnedFd,
     ) -> io::Result<SharedAcceptor> {
-        let (socket, counter, listened) = match worker.listen_counting(name, Dispatch::Shared) {
-            Ok(Listening {
-                fd: Some(copy),
-                counter,
-                ..
-            }) => (copy, counter.map(Arc::new), true),
-            Ok(_) => (inherited, None, true),
-            Err(_) => (inherited, None, false),
-        };
-        let mut a = SharedAcceptor::new(socket.as_raw_fd(), counter)?;
-        a._socket = Some(socket);
+        let (socket, counter, listened, address) =
+            match worker.listen_counting(name, Dispatch::Shared) {
+                Ok(Listening {
+                    fd: Some(copy),
+                    counter,
+                    addr,
+                    ..
+                }) => (copy, counter.map(Arc::new), true, addr),
+                Ok(l) => (inherited, None, true, l.addr),
+                Err(_) => (inherited, None, false, String::new()),
+            };
+        let mut a = SharedAcceptor::owning(socket, counter)?;
         a.listened = listened;
+        a.address = address;
         Ok(a)
     }
 
@@ -101,6 +117,12 @@ impl SharedAcceptor {
     /// it and it answered).
     pub fn listened(&self) -> bool {
         self.listened
+    }
+
+    /// The address the listener is bound to, as the primary said ([`SharedAcceptor::of_listener`]);
+    /// "" when it did not say.
+    pub fn address(&self) -> &str {
+        &self.address
     }
 
     pub fn fd(&self) -> RawFd {
