@@ -42,6 +42,10 @@ class WorkerSelf extends EventEmitter {
     this._turns = []; // servers accepting on this worker's own sockets of listeners the kernel turns
     this._shared = []; // AcceptHandles of shared listeners of the configuration (see serve())
     this._early = [];
+    // Servers closed by the program, by listener name ('' for served ones without a name):
+    // connections the primary handed over before it read that they closed go to them.
+    this._closed = new Map();
+    this._handed = new Set(); // names of the listeners whose connections the primary handed over
     this._handleClasses = new Map(); // listener name -> handle class of its connections
     this._connected = true;
     this.id = compat ? link.id + 1 : link.id;
@@ -170,13 +174,27 @@ class WorkerSelf extends EventEmitter {
    * the kernel for clients, and is served.
    */
   _stopServing(server) {
-    for (const [name, s] of this._servers) if (s === server) this._servers.delete(name);
+    const names = new Set();
+    for (const [name, s] of this._servers) {
+      if (s === server) {
+        this._servers.delete(name);
+        this._closed.set(name, server);
+        names.add(name);
+      }
+    }
+    if (this._served[0] === server) {
+      for (const name of this._handed) if (!this._servers.has(name)) names.add(name);
+    }
+    if (this._served.includes(server)) this._closed.set('', server);
     this._served = this._served.filter((s) => s !== server);
+    // The primary hands this worker no more of their connections (those it hands over before
+    // it reads this find the closed server, and say it again: see _connection).
+    if (!this._served[0]) for (const name of names) this._unlisten(name);
     for (const h of this._shared) if (h._server === server) h.close();
     this._shared = this._shared.filter((h) => h._server !== server);
     for (const inner of this._turns) {
       if (inner._rclusterFeeds !== server) continue;
-      try { this._link.unlisten(inner._rclusterName); } catch { /* the primary is gone */ }
+      this._unlisten(inner._rclusterName);
       closeWhenEmptied(inner);
     }
     this._turns = this._turns.filter((inner) => inner._rclusterFeeds !== server);
@@ -306,8 +324,19 @@ class WorkerSelf extends EventEmitter {
     }
   }
 
+  _unlisten(name) {
+    try { this._link.unlisten(name); } catch { /* the primary is gone */ }
+  }
+
   _connection(ev) {
-    const server = this._servers.get(ev.listener) || this._served[0];
+    this._handed.add(ev.listener);
+    let server = this._servers.get(ev.listener) || this._served[0];
+    if (!server) {
+      // Handed over before the primary read that its server closed (or before it was told):
+      // a closed server answers what it is given, as it answers the connections it had.
+      server = this._closed.get(ev.listener) || this._closed.get('');
+      if (server) this._unlisten(ev.listener);
+    }
     if (!server) {
       if (this._early.length < MAX_EARLY && this._connected) this._early.push(ev);
       else closeFd(ev.fd);

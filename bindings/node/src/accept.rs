@@ -40,7 +40,7 @@ fn as_number(a: Accepted) -> i32 {
 /// the socket: `close()` stops it and closes the socket.
 #[napi]
 pub struct NativeAcceptor {
-    /// None once closed (the watcher's callback may hold the last reference a moment longer).
+    /// None once closed. The only strong reference: the watcher's callback holds a weak one.
     acceptor: Option<Rc<SharedAcceptor>>,
     watcher: WatchSlot,
 }
@@ -115,9 +115,13 @@ impl NativeAcceptor {
         env: Env,
         callback: Function<'_, sys::napi_value, ()>,
     ) -> napi::Result<(), &'static str> {
-        let acceptor = Rc::clone(self.open()?);
-        let fd = acceptor.fd();
+        // Weak: `close()` closes the socket at once, not when libuv frees the watcher.
+        let acceptor = Rc::downgrade(self.open()?);
+        let fd = self.fd();
         let produce = Box::new(move |env| {
+            let Some(acceptor) = acceptor.upgrade() else {
+                return Ok(None); // closed
+            };
             // SAFETY: called on the JS thread with its live env.
             let a = acceptor.next();
             if matches!(a, Accepted::Empty) {
@@ -143,7 +147,7 @@ impl NativeAcceptor {
         self.watcher.close();
     }
 
-    /// Stops watching and closes the listening socket (once the watcher let go of it).
+    /// Stops watching and closes the listening socket.
     #[napi]
     pub fn close(&mut self) {
         self.watcher.close();

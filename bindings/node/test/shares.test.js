@@ -129,6 +129,35 @@ test('rcluster API: a worker holds one descriptor of a shared listener, and none
   }
 });
 
+test('rcluster API: connections handed to a worker before it closed its server are answered, and then none come', async () => {
+  // The primary accepts and hands connections over. Worker 1 is stuck while its server is
+  // told to close and its turns are handed to it: they reach it after the close, before the
+  // primary has read that it closed.
+  const rcluster = require('..');
+  const { once } = require('./helpers');
+  const port = await freePort();
+  const c = rcluster.start({
+    workers: 2, exec: path.join(__dirname, 'fixtures', 'api_worker.js'), args: [], execArgv: [],
+    listen: `127.0.0.1:${port}`, kernelRoundRobin: false, strictTurns: true, restart: 'never',
+  });
+  try {
+    await once(c, 'ready', (() => { let n = 0; return () => ++n === 2; })());
+    c.send(1, { cmd: 'block', ms: 1000 });
+    c.send(1, { cmd: 'close' });
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const pending = Array.from({ length: 6 }, () => get(port).catch((e) => `failed: ${e.message}`));
+    await once(c, 'message', (m) => m.closed === 1);
+    const answers = await Promise.all(pending);
+    assert.ok(answers.every((a) => a === '0 1' || a === '1 1'), answers.join(', '));
+    assert.ok(answers.includes('1 1'), `none was handed to worker 1: ${answers.join(', ')}`);
+    const after = [];
+    for (let i = 0; i < 6; i++) after.push(await get(port));
+    assert.deepStrictEqual(after, Array(6).fill('0 1'));
+  } finally {
+    await c.stop();
+  }
+});
+
 test('rcluster: a rolling restart of SCHED_NONE workers under load fails no request', async () => {
   const port = await freePort();
   const bodies = [];
