@@ -576,7 +576,10 @@ class AcceptHandle {
   }
 
   _accepted(fd) {
-    if (fd >= 0) {
+    if (Array.isArray(fd)) {
+      // A long queue: several connections this turn (see NativeAcceptor).
+      for (const one of fd) this._worker._accepted(this._server, this._name, one);
+    } else if (fd >= 0) {
       this._worker._accepted(this._server, this._name, fd);
     } else if (fd === this._deferred) {
       this._pause(DEFER_MS);

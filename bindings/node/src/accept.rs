@@ -1,6 +1,6 @@
 //! A shared listening socket accepted from on the JS thread: the core's [`SharedAcceptor`]
-//! (one connection per look, keeping level with the other workers) behind a libuv poll
-//! handle, so that it looks once per turn of the event loop.
+//! (one connection per look, keeping level with the other workers; several while a long queue
+//! waits) behind a libuv poll handle, so that it looks once per turn of the event loop.
 //!
 //! It looks in the turn's check phase, after the turn's other I/O callbacks: a worker that
 //! has a request to serve in this turn serves it first and leaves the next connection in the
@@ -25,7 +25,9 @@ use crate::worker::NativeTurnCounter;
 /// again a moment later (JS waits, and watches again).
 const DEFER: i32 = i32::MIN;
 
-/// A descriptor, a negative errno, or [`DEFER`] (an empty socket does not reach JS).
+/// A descriptor, a negative errno, or [`DEFER`] (an empty socket does not reach JS). While a
+/// long queue waits, the callback gets an array of descriptors instead (see
+/// `SharedAcceptor::more`).
 fn as_number(a: Accepted) -> i32 {
     match a {
         Accepted::Connection(fd) => fd.into_raw_fd(),
@@ -107,9 +109,10 @@ impl NativeAcceptor {
         DEFER
     }
 
-    /// Calls `callback` with what one accept gave (a descriptor, a negative errno, or
-    /// `deferred`) each time the socket is readable, until `stop`.
-    #[napi(ts_args_type = "callback: (fd: number) => void")]
+    /// Calls `callback` with what one look gave (a descriptor, several in an array while a
+    /// long queue waits, a negative errno, or `deferred`) each time the socket is readable,
+    /// until `stop`.
+    #[napi(ts_args_type = "callback: (fd: number | number[]) => void")]
     pub fn watch(
         &mut self,
         env: Env,
@@ -122,12 +125,30 @@ impl NativeAcceptor {
             let Some(acceptor) = acceptor.upgrade() else {
                 return Ok(None); // closed
             };
-            // SAFETY: called on the JS thread with its live env.
             let a = acceptor.next();
             if matches!(a, Accepted::Empty) {
                 return Ok(None); // another worker took it first: nothing for JS
             }
-            unsafe { i32::to_napi_value(env, as_number(a)) }
+            let more = match a {
+                Accepted::Connection(_) => acceptor.more(),
+                _ => 0,
+            };
+            if more == 0 {
+                // SAFETY: called on the JS thread with its live env.
+                return unsafe { i32::to_napi_value(env, as_number(a)) }
+                    .map(Some)
+                    .map_err(from_napi);
+            }
+            // A long queue: several connections this turn, as an array of descriptors.
+            let mut fds = vec![as_number(a)];
+            while fds.len() <= more {
+                match acceptor.next() {
+                    c @ Accepted::Connection(_) => fds.push(as_number(c)),
+                    _ => break,
+                }
+            }
+            // SAFETY: called on the JS thread with its live env.
+            unsafe { Vec::<i32>::to_napi_value(env, fds) }
                 .map(Some)
                 .map_err(from_napi)
         });
