@@ -163,7 +163,8 @@ for ((r = 1; r <= rounds; r++)); do
 done
 
 # The tail section: the anchor with WORK iterations per request, new connection per request.
-tail_names=(node_none node_rr rcluster_rr rcluster_shared rcluster_rr_strict rcluster_rr_primary)
+# Node none and rcluster shared run one right after the other, for their pair ratios below.
+tail_names=(node_none rcluster_shared rcluster_rr node_rr rcluster_rr_strict rcluster_rr_primary)
 declare -A spreads
 echo "== node: tail: node_cluster_hello.js PORT 2 POLICY $work; wrk -t1 -c{$tail_conns} -d$duration, new connection per request; $rounds rounds"
 for ((r = 1; r <= rounds; r++)); do
@@ -222,6 +223,14 @@ echo "   $rss_node"
 echo "   $rss_rc"
 
 declare -A p99_of spread_of
+# pair_median LIST_A LIST_B FIRST STEP: the median of the rounds' ratios a / b, the rounds'
+# figures taken from column FIRST on, every STEP.
+round_col() { awk -v c="$2" -v s="$3" '{ for (i = c; i <= NF; i += s) print $i }' <<<"$1"; }
+pair_median() {
+    # shellcheck disable=SC2046
+    median $(paste -d' ' <(round_col "$1" "$3" "$4") <(round_col "$2" "$3" "$4") |
+        awk '$1 != "-" && $2 != "-" && $2 > 0 { printf "%.3f\n", $1 / $2 }')
+}
 ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.3f", a / b; else print "-" }'; }
 verdict() { [[ $1 == - ]] && { echo n/a; return; }; awk -v v="$1" -v l="$3" "BEGIN { print ((v $2 l) ? \"met\" : \"MISSED\") }"; }
 n_rate=$(median "${n_rates[@]}")
@@ -275,7 +284,6 @@ for c in $tail_conns; do
         k=$n.tail$c
         read -r -a v <<<"$(med_lat "$k")"
         read -r -a sp <<<"${spreads[$k]:-}"
-        rate_of[$k]=$(median "${all_rates[$k]:-}")
         p99_of[$k]=${v[1]:-}
         spread_of[$k]=$(median "${sp[@]}")
         row "$n -c$c" "${rate_of[$k]:--}" "${v[0]:--}/${v[1]:--}/${v[2]:--}" "${spread_of[$k]:--}"
@@ -293,6 +301,11 @@ for c in $tail_conns; do
         row "   -c$c rcluster shared p99 / Node none p99" "${pr}x" "<= 1.0x" "$(verdict "$pr" '<=' 1.0)"
         row "   -c$c rcluster shared req/s / Node none" "${tput}x" ">= 1.0x" "$(verdict "$tput" '>=' 1.0)"
         row "   -c$c rcluster shared spread max/min" "$sp" "<= 1.05" "$(verdict "$sp" '<=' 1.05)"
+        # Each round runs the two one right after the other: the median of the rounds' own
+        # ratios, which a slow phase of the machine moves less than the ratio of medians.
+        pp=$(pair_median "${all_lats[$m.tail$c]:-}" "${all_lats[node_none.tail$c]:-}" 2 3)
+        pt=$(pair_median "${all_rates[$m.tail$c]:-}" "${all_rates[node_none.tail$c]:-}" 1 1)
+        row "   -c$c shared / none, median of $rounds rounds' pairs" "p99 ${pp:--}x, req/s ${pt:--}x" "(info)"
     done
     row "   -c$c rr strict turns p99 / Node none" "$(ratio "${p99_of[rcluster_rr_strict.tail$c]:-}" "${p99_of[node_none.tail$c]:-}")x" "(reported)"
     row "   -c$c rr primary accepting p99 / Node none" "$(ratio "${p99_of[rcluster_rr_primary.tail$c]:-}" "${p99_of[node_none.tail$c]:-}")x" "(reported)"
