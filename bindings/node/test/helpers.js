@@ -74,4 +74,26 @@ function once(emitter, event, pred = () => true, ms = 10000) {
   });
 }
 
-module.exports = { RCLUSTER, runFixture, get, freePort, once };
+/**
+ * Starts fixtures/api_worker.js under rcluster's API, listening on 127.0.0.1:`port`, with
+ * `options` over 2 workers and no restarts; resolves the cluster once every worker is ready
+ * (stopped again if they are not).
+ */
+async function startApiWorkers(port, options = {}) {
+  const rcluster = require(RCLUSTER);
+  const c = rcluster.start({
+    workers: 2, exec: path.join(__dirname, 'fixtures', 'api_worker.js'), args: [], execArgv: [],
+    listen: `127.0.0.1:${port}`, restart: 'never', ...options,
+  });
+  const workers = options.workers || 2;
+  let ready = 0;
+  try {
+    await once(c, 'ready', () => ++ready === workers);
+  } catch (e) {
+    await c.stop();
+    throw e;
+  }
+  return c;
+}
+
+module.exports = { RCLUSTER, runFixture, get, freePort, once, startApiWorkers };

@@ -7,7 +7,7 @@ const fs = require('fs');
 const net = require('net');
 const path = require('path');
 const { spawn } = require('child_process');
-const { runFixture, get, freePort } = require('./helpers');
+const { runFixture, get, freePort, once, startApiWorkers } = require('./helpers');
 
 /**
  * Runs fixtures/shares.js under `impl` and sends it `total` requests, `clients` at a time;
@@ -63,16 +63,9 @@ test('rcluster: a worker stuck on a request does not hold up a shared socket', a
 });
 
 test('rcluster API: a shared listener of start() is served by worker.serve(), and counted', async () => {
-  const rcluster = require('..');
-  const path = require('path');
-  const { once } = require('./helpers');
   const port = await freePort();
-  const c = rcluster.start({
-    workers: 2, exec: path.join(__dirname, 'fixtures', 'api_worker.js'), args: [], execArgv: [],
-    listen: `127.0.0.1:${port}`, dispatch: 'shared', restart: 'never',
-  });
+  const c = await startApiWorkers(port, { dispatch: 'shared' });
   try {
-    await once(c, 'ready');
     const answers = [];
     for (let i = 0; i < 20; i++) answers.push(await get(port));
     assert.ok(answers.every((a) => a === '0 1' || a === '1 1'), answers.join(', '));
@@ -105,15 +98,9 @@ test('rcluster API: a worker holds one descriptor of a shared listener, and none
   // Each worker inherits the listener and asks the primary for it by name; the answer's copy
   // replaces the inherited descriptor, which must be closed, and closing the server closes the
   // copy. A leak of either keeps the port open in the worker.
-  const rcluster = require('..');
-  const { once } = require('./helpers');
   const port = await freePort();
-  const c = rcluster.start({
-    workers: 2, exec: path.join(__dirname, 'fixtures', 'api_worker.js'), args: [], execArgv: [],
-    listen: `127.0.0.1:${port}`, dispatch: 'shared', restart: 'never',
-  });
+  const c = await startApiWorkers(port, { dispatch: 'shared' });
   try {
-    await once(c, 'ready', (() => { let n = 0; return () => ++n === 2; })());
     assert.ok(['0 1', '1 1'].includes(await get(port)));
     const inode = listeningInode(port);
     assert.ok(inode, `no socket listens on port ${port}`);
@@ -133,15 +120,9 @@ test('rcluster API: connections handed to a worker before it closed its server a
   // The primary accepts and hands connections over. Worker 1 is stuck while its server is
   // told to close and its turns are handed to it: they reach it after the close, before the
   // primary has read that it closed.
-  const rcluster = require('..');
-  const { once } = require('./helpers');
   const port = await freePort();
-  const c = rcluster.start({
-    workers: 2, exec: path.join(__dirname, 'fixtures', 'api_worker.js'), args: [], execArgv: [],
-    listen: `127.0.0.1:${port}`, kernelRoundRobin: false, strictTurns: true, restart: 'never',
-  });
+  const c = await startApiWorkers(port, { kernelRoundRobin: false, strictTurns: true });
   try {
-    await once(c, 'ready', (() => { let n = 0; return () => ++n === 2; })());
     c.send(1, { cmd: 'block', ms: 1000 });
     c.send(1, { cmd: 'close' });
     await new Promise((resolve) => setTimeout(resolve, 200));

@@ -3,7 +3,7 @@
 // one after the other, and the primary serves what waits for a worker that died or closed.
 const test = require('node:test');
 const assert = require('assert');
-const { runFixture, get, freePort } = require('./helpers');
+const { runFixture, get, freePort, once, startApiWorkers } = require('./helpers');
 
 const root = process.getuid() === 0;
 const why = 'loading the kernel round-robin program needs CAP_BPF (root)';
@@ -111,17 +111,9 @@ test('rcluster: a worker that closes its server gets no more connections', { ski
 });
 
 test("rcluster API: a listener of the configuration takes turns too, and a killed worker's waiting requests go to the other", { skip: !root && why }, async () => {
-  const rcluster = require('..');
-  const path = require('path');
-  const { once } = require('./helpers');
   const port = await freePort();
-  const c = rcluster.start({
-    workers: 2, exec: path.join(__dirname, 'fixtures', 'api_worker.js'), args: [], execArgv: [],
-    listen: `127.0.0.1:${port}`, restart: 'never', strictTurns: true,
-  });
+  const c = await startApiWorkers(port, { strictTurns: true });
   try {
-    let ready = 0;
-    await once(c, 'ready', () => ++ready === 2);
     // Ready comes with the hello; each worker asks for its socket right after, in serve().
     await new Promise((resolve) => setTimeout(resolve, 300));
     const by = [];
@@ -141,17 +133,9 @@ test("rcluster API: a listener of the configuration takes turns too, and a kille
 });
 
 test('rcluster API: closing a served server leaves the turns, and what waits in its own socket is served', { skip: !root && why }, async () => {
-  const rcluster = require('..');
-  const path = require('path');
-  const { once } = require('./helpers');
   const port = await freePort();
-  const c = rcluster.start({
-    workers: 2, exec: path.join(__dirname, 'fixtures', 'api_worker.js'), args: [], execArgv: [],
-    listen: `127.0.0.1:${port}`, restart: 'never', strictTurns: true,
-  });
+  const c = await startApiWorkers(port, { strictTurns: true });
   try {
-    let ready = 0;
-    await once(c, 'ready', () => ++ready === 2);
     await new Promise((resolve) => setTimeout(resolve, 300)); // serve() asks for its socket
     // Worker 1 is stuck when its server is told to close: its turns keep filling its socket
     // until it runs again.
@@ -173,17 +157,10 @@ test('rcluster API: closing a served server leaves the turns, and what waits in 
 });
 
 test('rcluster API: at a stop, connections waiting in a busy worker\'s own socket are served, not reset', { skip: !root && why }, async () => {
-  const rcluster = require('..');
-  const path = require('path');
-  const { once } = require('./helpers');
   const port = await freePort();
-  const c = rcluster.start({
-    workers: 1, exec: path.join(__dirname, 'fixtures', 'api_worker.js'), args: [], execArgv: [],
-    listen: `127.0.0.1:${port}`, restart: 'never',
-  });
+  const c = await startApiWorkers(port, { workers: 1 });
   let stopped;
   try {
-    await once(c, 'ready');
     await new Promise((resolve) => setTimeout(resolve, 300)); // serve() asks for its socket
     assert.strictEqual(await get(port), '0 1');
     c.send(0, { cmd: 'block', ms: 1500 });
