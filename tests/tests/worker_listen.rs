@@ -250,6 +250,49 @@ fn a_worker_that_unlistens_a_configured_listener_is_handed_none_of_its_connectio
     assert_eq!(by, vec!["1"; 10]);
 }
 
+/// When every worker has left a configured listener, its connections wait in the primary for
+/// one, and are closed after `queue_timeout`: the primary keeps serving, and nothing piles up.
+#[test]
+fn connections_of_a_configured_listener_every_worker_left_are_closed_after_queue_timeout() {
+    let mut c = worker_config(2, &["listen", "web", "rr"]);
+    c.kernel_round_robin = false;
+    c.queue_timeout = Duration::from_millis(300);
+    c.listeners.push(rcluster_core::Listener::new(
+        "web",
+        "127.0.0.1:0".parse().unwrap(),
+        rcluster_core::Dispatch::RoundRobin,
+    ));
+    let sup = Supervisor::start(c).unwrap();
+    let (name, addr, _) = address(&listening(&sup, 2));
+    for id in 0..2 {
+        sup.send(id, format!("!unlisten {name}").as_bytes())
+            .unwrap();
+    }
+    assert_eq!(listening(&sup, 2), vec!["unlistened"; 2]);
+    sup.snapshot().unwrap();
+    let t0 = std::time::Instant::now();
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let end = s.read_to_end(&mut out);
+    let waited = t0.elapsed();
+    // Closed (or reset) unanswered, not left open until the client's own timeout.
+    let closed = match &end {
+        Ok(n) => *n == 0,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    };
+    assert!(closed, "{end:?} {out:?}");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    assert_eq!(sup.snapshot().unwrap().len(), 2, "both workers still run");
+}
+
 /// A listener of the configuration: workers learn its name from RCLUSTER_TURNS, and one that
 /// asks for it by that name gets its own socket of the group and takes turns; the others are
 /// handed their connections by the primary as before.
