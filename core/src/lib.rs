@@ -39,7 +39,9 @@ pub use primary::control::path::{control_dir, remove_stale_socket, SocketKept};
 pub use primary::signals::{signal_name, SignalAction, EXIT_AFTER_SIGNAL_STOP, HANDLED_SIGNALS};
 pub use primary::status::{LastExit, ListenerStatus, PoolStatus, Status, WorkerStatus};
 pub use primary::supervisor::Supervisor;
-pub use sys::listen::{listener_has_queued, resolve_listen, Dispatch, ListenAddr, Listener};
+pub use sys::listen::{
+    accept_connection, listener_has_queued, resolve_listen, Dispatch, ListenAddr, Listener,
+};
 pub use worker::shared::{Accepted, SharedAcceptor};
 pub use worker::{Answer, Connection, Listening, Task, TurnCounter, Worker, WorkerEvent};
 

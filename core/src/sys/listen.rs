@@ -531,6 +531,28 @@ pub struct Peer {
     pub ip: Option<IpAddr>,
 }
 
+/// Accepts one connection from `listener` (CLOEXEC; non-blocking if asked), or None when none
+/// is waiting. A connection reset while it waited is skipped for the next one. An interrupted
+/// call is returned (`ErrorKind::Interrupted`): the caller decides whether to look again.
+pub fn accept_connection(listener: RawFd, nonblocking: bool) -> io::Result<Option<OwnedFd>> {
+    let flags = libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
+    loop {
+        // SAFETY: accept4 on a descriptor the caller keeps open; no address is asked for.
+        let fd =
+            unsafe { libc::accept4(listener, std::ptr::null_mut(), std::ptr::null_mut(), flags) };
+        if fd >= 0 {
+            // SAFETY: a new descriptor from the kernel, owned from here on.
+            return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) => return Ok(None),
+            Some(libc::ECONNABORTED | libc::EPROTO) => continue,
+            _ => return Err(e),
+        }
+    }
+}
+
 /// Accepts one connection (blocking mode, CLOEXEC), or None when none is waiting.
 pub fn accept(listener: RawFd) -> io::Result<Option<(OwnedFd, Peer)>> {
     // SAFETY: sockaddr_storage is plain data; accept4 writes at most `len` bytes into it.
@@ -675,6 +697,30 @@ mod tests {
             }
         }
         assert_eq!(resolve_listen("127.0.0.1:80").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn accept_connection_gives_none_when_empty_and_the_blocking_mode_asked_for() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let fd = l.as_raw_fd();
+        assert!(accept_connection(fd, true).unwrap().is_none());
+        let _a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let _b = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        // SAFETY: F_GETFL on a live descriptor.
+        let flags = |c: &OwnedFd| unsafe { libc::fcntl(c.as_raw_fd(), libc::F_GETFL) };
+        let nb = accept_connection(fd, true)
+            .unwrap()
+            .expect("a connection waits");
+        assert_ne!(flags(&nb) & libc::O_NONBLOCK, 0);
+        let b = accept_connection(fd, false)
+            .unwrap()
+            .expect("a connection waits");
+        assert_eq!(flags(&b) & libc::O_NONBLOCK, 0);
+        // SAFETY: F_GETFD on a live descriptor.
+        let fd_flags = unsafe { libc::fcntl(b.as_raw_fd(), libc::F_GETFD) };
+        assert_ne!(fd_flags & libc::FD_CLOEXEC, 0);
+        assert!(accept_connection(fd, true).unwrap().is_none());
     }
 
     #[test]

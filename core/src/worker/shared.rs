@@ -10,11 +10,11 @@
 //! are not taking: a connection never waits for evenness for long).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use crate::sys::listen::Dispatch;
+use crate::sys::listen::{accept_connection, Dispatch};
 use crate::sys::steer::TurnCounter;
 use crate::worker::{Listening, Worker};
 
@@ -187,28 +187,12 @@ impl SharedAcceptor {
     }
 }
 
-/// One accept; None when nothing waits.
+/// One accept (non-blocking, CLOEXEC); None when nothing waits.
 fn accept_one(fd: RawFd) -> io::Result<Option<OwnedFd>> {
     loop {
-        // SAFETY: accept4 on a descriptor the caller keeps open; no address is asked for.
-        let c = unsafe {
-            libc::accept4(
-                fd,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            )
-        };
-        if c >= 0 {
-            // SAFETY: a new descriptor, owned from here on.
-            return Ok(Some(unsafe { OwnedFd::from_raw_fd(c) }));
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EAGAIN) => return Ok(None),
-            // A connection reset while it waited is gone; the next one may be there.
-            Some(libc::EINTR | libc::ECONNABORTED) => continue,
-            _ => return Err(e),
+        match accept_connection(fd, true) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
         }
     }
 }

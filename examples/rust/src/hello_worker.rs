@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -186,21 +186,9 @@ impl Own {
         let fd = self.listener.as_raw_fd();
         let mut polled = now || !self.turn;
         loop {
-            // SAFETY: a listening socket we own; no address is asked for.
-            let c = unsafe {
-                libc::accept4(
-                    fd,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    libc::SOCK_CLOEXEC,
-                )
-            };
-            if c >= 0 {
-                // SAFETY: a fresh descriptor from accept4, owned by nothing else.
-                return Some(unsafe { TcpStream::from_raw_fd(c) });
-            }
-            match io::Error::last_os_error().raw_os_error() {
-                Some(libc::EAGAIN) if !polled => {
+            match rcluster_core::accept_connection(fd, false) {
+                Ok(Some(c)) => return Some(TcpStream::from(c)),
+                Ok(None) if !polled => {
                     polled = true;
                     let mut p = libc::pollfd {
                         fd,
@@ -212,13 +200,15 @@ impl Own {
                         return None;
                     }
                 }
-                Some(libc::EINTR | libc::EAGAIN | libc::ECONNABORTED) => return None,
+                // Nothing after all, or interrupted (a drain): back to the caller.
+                Ok(None) => return None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return None,
                 // Out of descriptors: back off.
-                _ if !now => {
+                Err(_) if !now => {
                     std::thread::sleep(Duration::from_millis(10));
                     return None;
                 }
-                _ => return None,
+                Err(_) => return None,
             }
         }
     }
