@@ -51,9 +51,7 @@ fn workers_asking_for_the_same_address_share_one_listener() {
         "port 0 must mean one shared port, as in a Node cluster"
     );
     assert!(!addrs[0].ends_with(":0"));
-    let mut workers: Vec<String> = (0..20)
-        .map(|_| get(addrs[0]).split(' ').next().unwrap().to_string())
-        .collect();
+    let mut workers = answered_by(addrs[0], 20);
     workers.sort();
     workers.dedup();
     assert_eq!(
@@ -131,11 +129,25 @@ fn kernel_turns(own: bool, test: &str) -> bool {
     own
 }
 
+/// A round-robin listener of the configuration named `web`, on a free loopback port.
+fn web_listener() -> rcluster_core::Listener {
+    rcluster_core::Listener::new(
+        "web",
+        "127.0.0.1:0".parse().unwrap(),
+        rcluster_core::Dispatch::RoundRobin,
+    )
+}
+
+/// The ids of the workers that answer `n` connections in a row.
+fn answered_by(addr: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| get(addr).split(' ').next().unwrap().to_string())
+        .collect()
+}
+
 /// `n` connections in a row reach the workers strictly in turn.
 fn assert_turns(addr: &str, n: usize) {
-    let by: Vec<String> = (0..n)
-        .map(|_| get(addr).split(' ').next().unwrap().to_string())
-        .collect();
+    let by = answered_by(addr, n);
     for pair in by.windows(2) {
         assert_ne!(pair[0], pair[1], "strict turns, got {by:?}");
     }
@@ -160,9 +172,7 @@ fn the_primary_accepts_round_robin_connections_itself_when_told_to() {
         !own,
         "no socket for the workers: the primary hands connections over"
     );
-    let mut by: Vec<String> = (0..10)
-        .map(|_| get(&addr).split(' ').next().unwrap().to_string())
-        .collect();
+    let mut by = answered_by(&addr, 10);
     by.sort();
     by.dedup();
     assert_eq!(by, vec!["0", "1"]);
@@ -217,9 +227,7 @@ fn a_worker_that_stops_listening_gets_no_more_turns() {
     // The message may come through this thread's own read of the worker's socket, the
     // UNLISTEN before it through the loop: a command answered by the loop comes after it.
     sup.snapshot().unwrap();
-    let by: Vec<String> = (0..10)
-        .map(|_| get(&addr).split(' ').next().unwrap().to_string())
-        .collect();
+    let by = answered_by(&addr, 10);
     assert_eq!(by, vec!["1"; 10]);
 }
 
@@ -230,23 +238,15 @@ fn a_worker_that_stops_listening_gets_no_more_turns() {
 fn a_worker_that_unlistens_a_configured_listener_is_handed_none_of_its_connections() {
     let mut c = worker_config(2, &["listen", "web", "rr"]);
     c.kernel_round_robin = false;
-    c.listeners.push(rcluster_core::Listener::new(
-        "web",
-        "127.0.0.1:0".parse().unwrap(),
-        rcluster_core::Dispatch::RoundRobin,
-    ));
+    c.listeners.push(web_listener());
     let sup = Supervisor::start(c).unwrap();
     let (name, addr, _) = address(&listening(&sup, 2));
-    let both: std::collections::BTreeSet<String> = (0..6)
-        .map(|_| get(&addr).split(' ').next().unwrap().to_string())
-        .collect();
+    let both: std::collections::BTreeSet<String> = answered_by(&addr, 6).into_iter().collect();
     assert_eq!(both.len(), 2, "{both:?}");
     sup.send(0, format!("!unlisten {name}").as_bytes()).unwrap();
     assert_eq!(listening(&sup, 1).remove(0), "unlistened");
     sup.snapshot().unwrap(); // the UNLISTEN, read by the loop, came before
-    let by: Vec<String> = (0..10)
-        .map(|_| get(&addr).split(' ').next().unwrap().to_string())
-        .collect();
+    let by = answered_by(&addr, 10);
     assert_eq!(by, vec!["1"; 10]);
 }
 
@@ -257,11 +257,7 @@ fn connections_of_a_configured_listener_every_worker_left_are_closed_after_queue
     let mut c = worker_config(2, &["listen", "web", "rr"]);
     c.kernel_round_robin = false;
     c.queue_timeout = Duration::from_millis(300);
-    c.listeners.push(rcluster_core::Listener::new(
-        "web",
-        "127.0.0.1:0".parse().unwrap(),
-        rcluster_core::Dispatch::RoundRobin,
-    ));
+    c.listeners.push(web_listener());
     let sup = Supervisor::start(c).unwrap();
     let (name, addr, _) = address(&listening(&sup, 2));
     for id in 0..2 {
@@ -299,11 +295,7 @@ fn connections_of_a_configured_listener_every_worker_left_are_closed_after_queue
 #[test]
 fn a_configured_listener_takes_turns_for_workers_that_ask_for_it_by_name() {
     let mut c = worker_config(2, &["listen", "web", "rr"]);
-    c.listeners.push(rcluster_core::Listener::new(
-        "web",
-        "127.0.0.1:0".parse().unwrap(),
-        rcluster_core::Dispatch::RoundRobin,
-    ));
+    c.listeners.push(web_listener());
     let sup = Supervisor::start(c).unwrap();
     let (name, addr, own) = address(&listening(&sup, 2));
     assert_eq!(name, "web");
@@ -313,11 +305,7 @@ fn a_configured_listener_takes_turns_for_workers_that_ask_for_it_by_name() {
     assert_turns(&addr, 12);
 
     let mut c = worker_config(1, &["env"]);
-    c.listeners.push(rcluster_core::Listener::new(
-        "web",
-        "127.0.0.1:0".parse().unwrap(),
-        rcluster_core::Dispatch::RoundRobin,
-    ));
+    c.listeners.push(web_listener());
     let sock = std::env::temp_dir().join(format!("rcluster-turns-{}.sock", std::process::id()));
     c.listeners.push(rcluster_core::Listener::new(
         "api",
