@@ -611,9 +611,7 @@ class AcceptHandle {
       clearTimeout(this._timer);
       const worker = this._worker;
       if (worker._servers.get(this._name) === this._server) worker._servers.delete(this._name);
-      if (this._listened) {
-        try { worker._link.unlisten(this._name); } catch { /* the primary is gone */ }
-      }
+      if (this._listened) worker._unlisten(this._name);
       this._acceptor.close();
     }
     if (typeof callback === 'function') process.nextTick(callback);
@@ -735,7 +733,7 @@ function unlistenOnClose(worker, server, name) {
   const close = handle.close;
   handle.close = function closeAndUnlisten(...args) {
     if (worker._servers.get(name) === server) worker._servers.delete(name);
-    try { worker._link.unlisten(name); } catch { /* the primary is gone */ }
+    worker._unlisten(name);
     return close.apply(this, args);
   };
 }
