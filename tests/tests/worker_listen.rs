@@ -232,10 +232,11 @@ fn a_worker_that_stops_listening_gets_no_more_turns() {
 }
 
 /// A listener of the configuration serves every worker, but one that stops listening on it
-/// (its server closed) is handed none of its connections by the primary from then on: they
-/// would wait in a worker that has nothing to serve them with.
+/// (its server closed) is handed none of its connections by the primary until it asks for the
+/// listener again: they would wait in a worker that has nothing to serve them with.
 #[test]
-fn a_worker_that_unlistens_a_configured_listener_is_handed_none_of_its_connections() {
+fn a_worker_that_unlistens_a_configured_listener_is_handed_none_of_its_connections_until_it_asks_again(
+) {
     let mut c = worker_config(2, &["listen", "web", "rr"]);
     c.kernel_round_robin = false;
     c.listeners.push(web_listener());
@@ -248,6 +249,15 @@ fn a_worker_that_unlistens_a_configured_listener_is_handed_none_of_its_connectio
     sup.snapshot().unwrap(); // the UNLISTEN, read by the loop, came before
     let by = answered_by(&addr, 10);
     assert_eq!(by, vec!["1"; 10]);
+    sup.send(0, format!("!listen {name}").as_bytes()).unwrap();
+    let again = listening(&sup, 1).remove(0);
+    assert!(again.starts_with("listening web "), "{again}");
+    let both: std::collections::BTreeSet<String> = answered_by(&addr, 6).into_iter().collect();
+    assert_eq!(
+        both.len(),
+        2,
+        "worker 0 is handed connections again: {both:?}"
+    );
 }
 
 /// When every worker has left a configured listener, its connections wait in the primary for

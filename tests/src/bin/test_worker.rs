@@ -499,6 +499,12 @@ fn command(w: &Worker, cmd: &[u8]) {
             w.unlisten(name).unwrap();
             w.send(b"unlistened").unwrap();
         }
+        ["!listen", name] => match w.listen(name, rcluster_core::Dispatch::RoundRobin) {
+            Ok(l) => w
+                .send(format!("listening {} {}", l.name, l.addr).as_bytes())
+                .unwrap(),
+            Err(e) => w.send(format!("listen-error {e}").as_bytes()).unwrap(),
+        },
         ["!burst", n] => {
             let texts: Vec<String> = (0..n.parse().unwrap()).map(|i| format!("b{i}")).collect();
             let parts: Vec<&[u8]> = texts.iter().map(|t| t.as_bytes()).collect();
