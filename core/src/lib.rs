@@ -42,7 +42,7 @@ pub use primary::supervisor::Supervisor;
 pub use sys::listen::{
     accept_connection, listener_has_queued, resolve_listen, Dispatch, ListenAddr, Listener,
 };
-pub use worker::shared::{Accepted, SharedAcceptor};
+pub use worker::shared::{Accepted, SharedAcceptor, DEFER_FOR};
 pub use worker::{Answer, Connection, Listening, Task, TurnCounter, Worker, WorkerEvent};
 
 /// Reaps every exited child of this process that no supervisor of it started, and returns how

@@ -26,6 +26,10 @@ fn _rcluster(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pool::PyPool>()?;
     m.add_class::<accept::PySharedAcceptor>()?;
     m.add("ACCEPT_DEFERRED", accept::DEFERRED)?;
+    m.add(
+        "ACCEPT_DEFER_SECONDS",
+        rcluster_core::DEFER_FOR.as_secs_f64(),
+    )?;
     m.add("CONTENT_PICKLE", rcluster_core::pool::CONTENT_PICKLE)?;
     m.add("BOOT_FAILED_EXIT", rcluster_core::pool::BOOT_FAILED_EXIT)?;
     m.add("MAX_WORKERS", rcluster_core::MAX_WORKERS)?;

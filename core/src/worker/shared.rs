@@ -6,13 +6,15 @@
 //! sits idle before an empty socket. Taking one per turn leaves the rest in the socket, where
 //! the first worker free takes the next. With the share map, a worker [`LEAD`] ahead of the
 //! least active other leaves it the next connection, unless [`LONG_QUEUE`] or more wait
-//! (nobody keeps up: everyone takes) or it already left [`MAX_DEFERRALS`] in a row (the others
-//! are not taking: a connection never waits for evenness for long).
+//! (nobody keeps up: everyone takes) or it has been leaving them for [`MAX_DEFER`] or
+//! [`MAX_DEFERRALS`] looks in a row (the others are not taking: a connection never waits for
+//! evenness for long). A worker that leaves a connection looks again [`DEFER_FOR`] later.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::sys::listen::{accept_connection, Dispatch};
 use crate::sys::steer::TurnCounter;
@@ -24,8 +26,17 @@ pub const LEAD: u32 = 16;
 /// Connections waiting in the socket (a TCP listener's accept queue) from which every worker
 /// takes, ahead or not.
 pub const LONG_QUEUE: u32 = 16;
-/// Connections left to the others in a row after which a worker takes the next anyway.
-pub const MAX_DEFERRALS: u32 = 2;
+/// How long a worker leaves connections to the others in a row before it takes the next
+/// anyway: the longest a connection waits for evenness.
+pub const MAX_DEFER: Duration = Duration::from_millis(2);
+/// Looks in a row that leave the next connection to the others, at most: a caller that looks
+/// again at once (taking what waits before it closes the socket) takes after a few.
+pub const MAX_DEFERRALS: u32 = 16;
+/// How long a caller told [`Accepted::Deferred`] stops watching the socket before it looks
+/// again. Short, so that a worker that let one connection go is back for the next: at light
+/// load a worker ahead by [`LEAD`] is told to wait every other connection or so, and a
+/// millisecond's pause each time left the other to serve alone (bench/RESULTS.md).
+pub const DEFER_FOR: Duration = Duration::from_micros(250);
 /// Connections waiting in the socket from which a worker takes several in one look (see
 /// [`SharedAcceptor::more`]): so many wait that every worker is taking, and a connection
 /// taken now rather than at the worker's next look waits for nobody who is free. Each look is
@@ -48,7 +59,7 @@ pub enum Accepted {
     /// Nothing waits (another worker took it first).
     Empty,
     /// This worker is ahead: it leaves the next connection to the others and looks again a
-    /// moment later (the caller waits, about a millisecond).
+    /// moment later (the caller stops watching the socket for [`DEFER_FOR`] or a little more).
     Deferred,
     /// accept failed: EMFILE, ENFILE, ENOBUFS or ENOMEM mean the caller should pause.
     Failed(io::Error),
@@ -63,7 +74,12 @@ pub struct SharedAcceptor {
     /// The socket, when the acceptor owns it: kept to be closed with it.
     _socket: Option<OwnedFd>,
     counter: Option<Arc<TurnCounter>>,
+    /// Since when it has been leaving connections to the others, and when it last did, in
+    /// microseconds after `epoch`; 0 while it takes.
+    deferring_since: AtomicU64,
+    deferred_at: AtomicU64,
     deferrals: AtomicU32,
+    epoch: Instant,
     /// Looks that took a connection, and what the last look at the queue said to take more.
     taken: AtomicU32,
     batch: AtomicU32,
@@ -82,7 +98,10 @@ impl SharedAcceptor {
             fd,
             _socket: None,
             counter,
+            deferring_since: AtomicU64::new(0),
+            deferred_at: AtomicU64::new(0),
             deferrals: AtomicU32::new(0),
+            epoch: Instant::now(),
             taken: AtomicU32::new(0),
             batch: AtomicU32::new(0),
             listened: false,
@@ -152,13 +171,11 @@ impl SharedAcceptor {
     /// Takes one connection, or says why not.
     pub fn next(&self) -> Accepted {
         if let Some(c) = &self.counter {
-            let deferred = self.deferrals.load(Ordering::Relaxed);
-            if deferred < MAX_DEFERRALS && c.ahead(LEAD) && queued(self.fd) < LONG_QUEUE {
-                self.deferrals.store(deferred + 1, Ordering::Relaxed);
+            if c.ahead(LEAD) && queued(self.fd) < LONG_QUEUE && self.may_defer() {
                 return Accepted::Deferred;
             }
         }
-        self.deferrals.store(0, Ordering::Relaxed);
+        self.deferring_since.store(0, Ordering::Relaxed);
         match accept_one(self.fd) {
             Ok(Some(c)) => {
                 if let Some(counter) = &self.counter {
@@ -173,6 +190,26 @@ impl SharedAcceptor {
 }
 
 impl SharedAcceptor {
+    /// Whether it may leave the next connection to the others: it has not been doing so for
+    /// [`MAX_DEFER`] or [`MAX_DEFERRALS`] looks already. A run of deferrals ends when it takes
+    /// one, or when it looked at nothing for longer than `MAX_DEFER` (the others took what
+    /// came meanwhile).
+    fn may_defer(&self) -> bool {
+        let max = MAX_DEFER.as_micros() as u64;
+        // At least 1: 0 means "not deferring".
+        let now = (self.epoch.elapsed().as_micros() as u64).max(1);
+        let mut since = self.deferring_since.load(Ordering::Relaxed);
+        let mut looks = self.deferrals.load(Ordering::Relaxed);
+        if since == 0 || now - self.deferred_at.load(Ordering::Relaxed) > max {
+            since = now;
+            looks = 0;
+            self.deferring_since.store(now, Ordering::Relaxed);
+        }
+        self.deferred_at.store(now, Ordering::Relaxed);
+        self.deferrals.store(looks + 1, Ordering::Relaxed);
+        now - since < max && looks < MAX_DEFERRALS
+    }
+
     /// How many more connections to take in this look, after [`SharedAcceptor::next`] gave
     /// one: up to `MAX_BATCH - 1` while [`BATCH_QUEUE`] or more wait, else none. The queue is
     /// looked at every [`QUEUE_LOOK_EVERY`] calls; in between the last answer holds.
@@ -228,7 +265,7 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     #[test]
-    fn a_worker_ahead_leaves_connections_to_the_others_a_few_times_then_takes_one() {
+    fn a_worker_ahead_leaves_connections_to_the_others_for_a_while_then_takes_one() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let map = Counts::anonymous().unwrap();
@@ -242,7 +279,7 @@ mod tests {
         let member = |m| Arc::new(TurnCounter::new(map.fd.try_clone().unwrap(), m).unwrap());
         let a = SharedAcceptor::new(listener.as_raw_fd(), Some(member(0))).unwrap();
         assert!(matches!(a.next(), Accepted::Empty));
-        let _clients: Vec<TcpStream> = (0..LEAD + 2)
+        let _clients: Vec<TcpStream> = (0..LEAD + 3)
             .map(|_| TcpStream::connect(addr).unwrap())
             .collect();
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -251,15 +288,39 @@ mod tests {
             assert!(matches!(a.next(), Accepted::Connection(_)));
         }
         // Ahead by LEAD, with 2 waiting (fewer than LONG_QUEUE): it leaves the next one to
-        // the others MAX_DEFERRALS times, then takes it. (Member 1 took one just now: it is
-        // active, however slowly this test runs.)
+        // the others for MAX_DEFER, then takes it. (Member 1 took one just now: it is active,
+        // however slowly this test runs.)
         map.share_since(1)
             .unwrap()
             .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
-        for _ in 0..MAX_DEFERRALS {
-            assert!(matches!(a.next(), Accepted::Deferred));
+        let started = Instant::now();
+        let mut deferrals = 0;
+        let took = loop {
+            match a.next() {
+                Accepted::Deferred if deferrals < 1000 => deferrals += 1,
+                other => break other,
+            }
+            std::thread::sleep(DEFER_FOR);
+        };
+        assert!(matches!(took, Accepted::Connection(_)), "{took:?}");
+        assert!(
+            deferrals >= 1 && started.elapsed() >= MAX_DEFER,
+            "{deferrals}"
+        );
+        // A new run of deferrals starts with the next connection; one that looks again at
+        // once (a drain before closing) takes after MAX_DEFERRALS looks.
+        let mut looks = 0;
+        while matches!(a.next(), Accepted::Deferred) {
+            looks += 1;
+            assert!(
+                looks <= MAX_DEFERRALS,
+                "still deferring after {looks} looks"
+            );
         }
-        assert!(matches!(a.next(), Accepted::Connection(_)));
+        assert!(looks >= 1);
+        // One that looked at nothing for longer than MAX_DEFER (the others took what came)
+        // starts a new run too, rather than taking at once.
+        std::thread::sleep(MAX_DEFER * 2);
         assert!(matches!(a.next(), Accepted::Deferred));
         // Without the share map, it just takes.
         let plain = SharedAcceptor::new(listener.as_raw_fd(), None).unwrap();

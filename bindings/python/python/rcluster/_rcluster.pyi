@@ -12,6 +12,7 @@ BOOT_FAILED_EXIT: int
 #: What SharedAcceptor.next() returns when this worker leaves the next connection to the
 #: others (look again about a millisecond later).
 ACCEPT_DEFERRED: int
+ACCEPT_DEFER_SECONDS: float
 
 def open_fd_count() -> int: ...
 def default_workers() -> int: ...

@@ -34,10 +34,10 @@ from .worker import _MAX_QUEUED_ACCEPTS, Connection, Worker, inherited_listeners
 
 _DISCONNECT = object()
 
-# Seconds a worker that leaves the next connection of a shared socket to the others stops
-# watching it; and after a failed accept (EMFILE and the like: the connections wait in the
-# socket, or for another worker, instead of the loop spinning on a socket it cannot take from).
-_DEFER = 0.001
+# Seconds a worker stops watching a shared socket after a failed accept (EMFILE and the like:
+# the connections wait in the socket, or for another worker, instead of the loop spinning on a
+# socket it cannot take from). One that leaves the next connection to the others stops for
+# _rcluster.ACCEPT_DEFER_SECONDS.
 _ACCEPT_PAUSE = 0.1
 _PAUSE_ON = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
@@ -298,7 +298,7 @@ class _SharedSocket:
         if fd is None:  # another worker took it first
             return
         if fd == _rcluster.ACCEPT_DEFERRED:
-            self._pause(_DEFER)
+            self._pause(_rcluster.ACCEPT_DEFER_SECONDS)
             return
         self._serve(fd)
 
@@ -334,7 +334,7 @@ class _SharedSocket:
                 break
             if fd is None:
                 break
-            if fd != _rcluster.ACCEPT_DEFERRED:  # a few in a row at most, then it takes
+            if fd != _rcluster.ACCEPT_DEFERRED:  # 16 in a row at most, then it takes
                 self._serve(fd)
         self._acceptor.close()
 
