@@ -69,9 +69,8 @@ pub unsafe extern "C" fn rcluster_acceptor_new(
 ///   program's: close it when done (the primary holds no copy, and needs no report).
 /// - `RCLUSTER_RESULT_TIMEOUT`: nothing waits (another worker took it).
 /// - `RCLUSTER_RESULT_DEFERRED`: this worker is ahead of the others and leaves them the next
-///   connection: stop watching the socket for about a quarter of a millisecond (or the
-///   shortest wait your loop has), then look again. It takes after 2 ms of this, or 16 looks,
-///   in a row.
+///   connection: stop watching the socket for about a millisecond, then look again. It takes
+///   after 2 ms of this, or 16 looks, in a row.
 /// - `RCLUSTER_RESULT_IO`: accept failed; `errno` is set to its error, which the message names.
 ///   For EMFILE, ENFILE, ENOBUFS and ENOMEM stop watching for about 100 ms (the connections
 ///   wait in the socket, or for another worker) rather than spin on a socket you cannot take from.

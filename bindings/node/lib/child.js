@@ -25,6 +25,9 @@ const IDLE_CHECK_MS = 50;
 // closeWhenEmptied).
 const MAX_EMPTYING_TURNS = 1000;
 const kDrain = Symbol('rcluster.drain');
+// A worker that leaves the next connection of a shared socket to the others looks again after
+// this long (see AcceptHandle): the core's DEFER_FOR. It stops leaving them after 2 ms.
+const DEFER_MS = 1;
 // Accepting pauses this long after running out of descriptors, as the primary's does.
 const ACCEPT_PAUSE_MS = 100;
 const PAUSE_ON = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM']);
@@ -558,6 +561,7 @@ class AcceptHandle {
     this._name = name;
     this.fd = acceptor.fd;
     this._acceptor = acceptor;
+    this._deferred = acceptor.deferred;
     this._open = true;
     this._timer = null;
     this._onAccept = (fd) => this._accepted(fd);
@@ -577,6 +581,8 @@ class AcceptHandle {
       for (const one of fd) this._worker._accepted(this._server, this._name, one);
     } else if (fd >= 0) {
       this._worker._accepted(this._server, this._name, fd);
+    } else if (fd === this._deferred) {
+      this._pause(DEFER_MS);
     } else if (PAUSE_ON.has(util.getSystemErrorName(fd))) {
       // Out of descriptors or memory: the connections wait in the socket (or for another
       // worker) instead of the loop spinning on a socket it cannot take from.

@@ -15,19 +15,24 @@ use std::sync::Arc;
 use napi::bindgen_prelude::*;
 use napi::sys;
 use napi_derive::napi;
-use rcluster_core::{Accepted, SharedAcceptor, DEFER_FOR};
+use rcluster_core::{Accepted, SharedAcceptor};
 
 use crate::error::from_napi;
-use crate::watch::{Step, WatchSlot};
+use crate::watch::WatchSlot;
 use crate::worker::NativeTurnCounter;
 
-/// A descriptor or a negative errno. While a long queue waits, the callback gets an array of
-/// descriptors instead (see `SharedAcceptor::more`). An empty socket, and a connection left to
-/// the other workers (the watcher rests for `DEFER_FOR` and looks again), do not reach JS.
+/// What the callback gets when this worker leaves the next connection to the others: it looks
+/// again a moment later (JS waits, and watches again).
+const DEFER: i32 = i32::MIN;
+
+/// A descriptor, a negative errno, or [`DEFER`] (an empty socket does not reach JS). While a
+/// long queue waits, the callback gets an array of descriptors instead (see
+/// `SharedAcceptor::more`).
 fn as_number(a: Accepted) -> i32 {
     match a {
         Accepted::Connection(fd) => fd.into_raw_fd(),
-        Accepted::Empty | Accepted::Deferred => -libc::EAGAIN,
+        Accepted::Empty => -libc::EAGAIN,
+        Accepted::Deferred => DEFER,
         Accepted::Failed(e) => -e.raw_os_error().unwrap_or(libc::EIO),
     }
 }
@@ -98,8 +103,15 @@ impl NativeAcceptor {
         self.acceptor.as_ref().is_some_and(|a| a.listened())
     }
 
+    /// What the callback gets when the next connection is left to the other workers.
+    #[napi(getter)]
+    pub fn deferred(&self) -> i32 {
+        DEFER
+    }
+
     /// Calls `callback` with what one look gave (a descriptor, several in an array while a
-    /// long queue waits, or a negative errno) each time the socket is readable, until `stop`.
+    /// long queue waits, a negative errno, or `deferred`) each time the socket is readable,
+    /// until `stop`.
     #[napi(ts_args_type = "callback: (fd: number | number[]) => void")]
     pub fn watch(
         &mut self,
@@ -111,13 +123,11 @@ impl NativeAcceptor {
         let fd = self.fd();
         let produce = Box::new(move |env| {
             let Some(acceptor) = acceptor.upgrade() else {
-                return Ok(Step::Nothing); // closed
+                return Ok(None); // closed
             };
             let a = acceptor.next();
-            match a {
-                Accepted::Empty => return Ok(Step::Nothing), // another worker took it first
-                Accepted::Deferred => return Ok(Step::Rest(DEFER_FOR)),
-                _ => {}
+            if matches!(a, Accepted::Empty) {
+                return Ok(None); // another worker took it first: nothing for JS
             }
             let more = match a {
                 Accepted::Connection(_) => acceptor.more(),
@@ -126,7 +136,7 @@ impl NativeAcceptor {
             if more == 0 {
                 // SAFETY: called on the JS thread with its live env.
                 return unsafe { i32::to_napi_value(env, as_number(a)) }
-                    .map(Step::Call)
+                    .map(Some)
                     .map_err(from_napi);
             }
             // A long queue: several connections this turn, as an array of descriptors.
@@ -139,7 +149,7 @@ impl NativeAcceptor {
             }
             // SAFETY: called on the JS thread with its live env.
             unsafe { Vec::<i32>::to_napi_value(env, fds) }
-                .map(Step::Call)
+                .map(Some)
                 .map_err(from_napi)
         });
         self.watcher

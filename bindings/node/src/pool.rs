@@ -9,7 +9,7 @@ use napi_derive::napi;
 use rcluster_core::pool::{Outcome, Pool, PoolConfig, TaskError, TaskOptions, WhenFull};
 
 use crate::error::{from_napi, invalid, to_js};
-use crate::watch::{Step, WatchSlot};
+use crate::watch::WatchSlot;
 
 /// Outcomes handed to JS per callback at most.
 const BATCH: usize = 4096;
@@ -269,7 +269,7 @@ impl NativePool {
         let produce = Box::new(move |env| {
             // SAFETY: called on the JS thread with its live env.
             unsafe { Vec::to_napi_value(env, drain(&pool)) }
-                .map(Step::Call)
+                .map(Some)
                 .map_err(from_napi)
         });
         self.watcher

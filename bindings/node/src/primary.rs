@@ -12,7 +12,7 @@ use rcluster_core::{
 
 use crate::error::{from_napi, invalid, option_error, to_js};
 use crate::message;
-use crate::watch::{Step, WatchSlot};
+use crate::watch::WatchSlot;
 
 /// Options as `lib/options.js` normalised them: durations in milliseconds, unset fields keep
 /// the core's defaults.
@@ -668,7 +668,7 @@ impl NativeSupervisor {
         let produce = Box::new(move |env| {
             // SAFETY: called on the JS thread with its live env.
             unsafe { Vec::to_napi_value(env, drain(&sup, message::BATCH)) }
-                .map(Step::Call)
+                .map(Some)
                 .map_err(from_napi)
         });
         self.watcher

@@ -7,9 +7,8 @@
 //! handle be ref'd or unref'd like any other libuv handle.
 
 use std::ffi::{c_int, c_void};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::ptr;
-use std::time::Duration;
 
 use napi::bindgen_prelude::*;
 use napi::sys;
@@ -35,21 +34,11 @@ extern "C" {
     fn uv_check_stop(handle: *mut c_void) -> c_int;
 }
 
-/// What a readable descriptor gave, made on the JS thread.
-pub enum Step {
-    /// Nothing for JS this time (it is not called).
-    Nothing,
-    /// The callback's one argument: the events waiting, so that taking them costs no call
-    /// back into the addon.
-    Call(sys::napi_value),
-    /// Nothing for JS, and stop watching the descriptor for this long (less than a second):
-    /// what waits in it is left to others meanwhile. JS timers count whole milliseconds;
-    /// this is a timer descriptor beside the watched one.
-    Rest(Duration),
-}
-
-/// Makes what the descriptor gave, each time it is readable.
-pub type Produce = Box<dyn FnMut(sys::napi_env) -> napi::Result<Step, &'static str>>;
+/// Makes the callback's one argument, on the JS thread, each time the descriptor is
+/// readable: the events waiting, so that taking them costs no call back into the addon.
+/// None: nothing for JS this time (it is not called).
+pub type Produce =
+    Box<dyn FnMut(sys::napi_env) -> napi::Result<Option<sys::napi_value>, &'static str>>;
 
 /// What the poll callback needs; its address is the handle's `data` field.
 struct Target {
@@ -59,17 +48,6 @@ struct Target {
     produce: Produce,
     /// With `at_check`: the check handle that calls back after the turn's other callbacks.
     check: *mut c_void,
-    /// The poll handle of the watched descriptor.
-    poll: *mut c_void,
-    /// After the first `Step::Rest`: the timer descriptor and its poll handle, which wakes
-    /// the watcher when the rest is over.
-    rest: Option<Rest>,
-    keep_alive: bool,
-}
-
-struct Rest {
-    timer: OwnedFd,
-    handle: *mut c_void,
 }
 
 /// A started poll handle. Must be closed with [`Watcher::close`] on the JS thread.
@@ -152,9 +130,6 @@ impl Watcher {
             context,
             produce,
             check: ptr::null_mut(),
-            poll: ptr::null_mut(),
-            rest: None,
-            keep_alive: true,
         }));
         let handle = alloc_handle(UV_POLL);
         let watcher = Watcher { handle };
@@ -162,7 +137,6 @@ impl Watcher {
         unsafe {
             uv_check(uv_poll_init(lp, handle, fd), "uv_poll_init")?;
             *(handle as *mut *mut Target) = target;
-            (*target).poll = handle;
             if at_check {
                 let check = alloc_handle(UV_CHECK);
                 uv_check(uv_check_init(lp, check), "uv_check_init")?;
@@ -180,18 +154,12 @@ impl Watcher {
 
     /// Whether the handle keeps the event loop alive.
     pub fn set_ref(&self, keep_alive: bool) {
-        // SAFETY: the handles are initialised and not closed (close consumes self); the
-        // Target is live until on_close.
+        // SAFETY: the handle is initialised and not closed (close consumes self).
         unsafe {
-            let t = &mut **(self.handle as *mut *mut Target);
-            t.keep_alive = keep_alive;
-            let rest = t.rest.as_ref().map(|r| r.handle);
-            for h in [Some(self.handle), rest].into_iter().flatten() {
-                if keep_alive {
-                    uv_ref(h)
-                } else {
-                    uv_unref(h)
-                }
+            if keep_alive {
+                uv_ref(self.handle)
+            } else {
+                uv_unref(self.handle)
             }
         }
     }
@@ -202,14 +170,10 @@ impl Watcher {
         // closes its own watcher), so nothing is freed here: `on_close` runs later, from
         // the loop, when no callback of this handle is on the stack.
         unsafe {
-            let t = &mut **(self.handle as *mut *mut Target);
-            if !t.check.is_null() {
-                uv_check_stop(t.check);
-                uv_close(t.check, on_close_check);
-            }
-            if let Some(rest) = &t.rest {
-                uv_poll_stop(rest.handle);
-                uv_close(rest.handle, on_close_rest);
+            let check = (**(self.handle as *mut *mut Target)).check;
+            if !check.is_null() {
+                uv_check_stop(check);
+                uv_close(check, on_close_check);
             }
             uv_poll_stop(self.handle);
             uv_close(self.handle, on_close);
@@ -231,88 +195,6 @@ extern "C" fn on_close(handle: *mut c_void) {
 extern "C" fn on_close_check(handle: *mut c_void) {
     // SAFETY: libuv no longer uses the handle; the Target is the poll handle's to release.
     unsafe { free_handle(handle, UV_CHECK) };
-}
-
-extern "C" fn on_close_rest(handle: *mut c_void) {
-    // SAFETY: libuv no longer uses the handle; the Target (and the timer descriptor in it) is
-    // the watched poll handle's to release.
-    unsafe { free_handle(handle, UV_POLL) };
-}
-
-/// Stops watching `t.poll` for `pause`, waking on a timer descriptor made at the first rest.
-/// Without one (no descriptor or memory left) it does not rest: the descriptor, still
-/// readable, is looked at again in the next turn.
-///
-/// # Safety
-/// On the JS thread, from a callback of `t`'s handles, with `t` live.
-unsafe fn rest(t: &mut Target, pause: Duration) {
-    if t.rest.is_none() {
-        let Some(timer) = timer_fd() else {
-            return;
-        };
-        let mut lp = ptr::null_mut();
-        if sys::napi_get_uv_event_loop(t.env, &mut lp) != sys::Status::napi_ok {
-            return;
-        }
-        let handle = alloc_handle(UV_POLL);
-        if uv_poll_init(lp, handle, timer.as_raw_fd()) != 0 {
-            free_handle(handle, UV_POLL);
-            return;
-        }
-        *(handle as *mut *mut Target) = t;
-        if !t.keep_alive {
-            uv_unref(handle);
-        }
-        t.rest = Some(Rest { timer, handle });
-    }
-    let Some(r) = &t.rest else { return };
-    let spec = libc::itimerspec {
-        it_interval: libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        },
-        // Both 0 would disarm it.
-        it_value: libc::timespec {
-            tv_sec: pause.as_secs() as libc::time_t,
-            tv_nsec: pause.subsec_nanos().max(1) as libc::c_long,
-        },
-    };
-    if libc::timerfd_settime(r.timer.as_raw_fd(), 0, &spec, ptr::null_mut()) != 0 {
-        return;
-    }
-    uv_poll_stop(t.poll);
-    uv_poll_start(r.handle, UV_READABLE, on_rested);
-}
-
-/// A non-blocking, close-on-exec monotonic timer descriptor.
-fn timer_fd() -> Option<OwnedFd> {
-    // SAFETY: no pointers; a new descriptor or -1.
-    let fd = unsafe {
-        libc::timerfd_create(
-            libc::CLOCK_MONOTONIC,
-            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-        )
-    };
-    // SAFETY: a fresh descriptor nobody else owns.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-extern "C" fn on_rested(handle: *mut c_void, _status: c_int, _events: c_int) {
-    // SAFETY: the rest handle's data is the live Target (freed only in on_close, after this
-    // handle was closed).
-    unsafe {
-        let t = &mut **(handle as *mut *mut Target);
-        if let Some(r) = &t.rest {
-            let mut expirations = 0u64;
-            libc::read(
-                r.timer.as_raw_fd(),
-                (&mut expirations as *mut u64).cast(),
-                std::mem::size_of::<u64>(),
-            );
-        }
-        uv_poll_stop(handle);
-        uv_poll_start(t.poll, UV_READABLE, on_readable);
-    }
 }
 
 /// Memory for a libuv handle of `kind`: zeroed, of the size libuv asks for, 16-byte aligned
@@ -367,12 +249,8 @@ fn call_back(handle: *mut c_void) {
         let mut recv = ptr::null_mut();
         let mut result = ptr::null_mut();
         let status = match (t.produce)(t.env) {
-            Ok(Step::Nothing) => sys::Status::napi_ok,
-            Ok(Step::Rest(pause)) => {
-                rest(t, pause);
-                sys::Status::napi_ok
-            }
-            Ok(Step::Call(arg)) => {
+            Ok(None) => sys::Status::napi_ok,
+            Ok(Some(arg)) => {
                 sys::napi_get_reference_value(t.env, t.callback, &mut func);
                 // The receiver must be an object (make_callback converts it with ToObject).
                 sys::napi_get_global(t.env, &mut recv);

@@ -15,7 +15,7 @@ use rcluster_core::{
 use crate::accept::NativeAcceptor;
 use crate::error::{from_napi, to_js};
 use crate::message;
-use crate::watch::{Step, WatchSlot};
+use crate::watch::WatchSlot;
 
 /// A non-message event (`connection`, `disconnect`, `gone`) or a message that is neither JSON
 /// nor v8 (`raw`, `text`, `binding`).
@@ -411,7 +411,7 @@ impl NativeWorker {
             let items = drain(&worker, message::BATCH)?;
             // SAFETY: called on the JS thread with its live env.
             unsafe { Vec::to_napi_value(env, items) }
-                .map(Step::Call)
+                .map(Some)
                 .map_err(from_napi)
         });
         self.watcher

@@ -15,8 +15,7 @@ use rcluster_core::{Accepted, SharedAcceptor};
 use crate::worker::PyWorker;
 
 /// What `next()` returns when this worker leaves the next connection to the others: the
-/// caller stops watching the socket and looks again `ACCEPT_DEFER_SECONDS` later (asyncio
-/// waits whole milliseconds: about one).
+/// caller stops watching the socket and looks again `ACCEPT_DEFER_SECONDS` later.
 pub const DEFERRED: i32 = -1;
 
 /// The native half of a shared listener's acceptor in `rcluster.aio`.

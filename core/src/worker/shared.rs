@@ -33,10 +33,9 @@ pub const MAX_DEFER: Duration = Duration::from_millis(2);
 /// again at once (taking what waits before it closes the socket) takes after a few.
 pub const MAX_DEFERRALS: u32 = 16;
 /// How long a caller told [`Accepted::Deferred`] stops watching the socket before it looks
-/// again. Short, so that a worker that let one connection go is back for the next: at light
-/// load a worker ahead by [`LEAD`] is told to wait every other connection or so, and a
-/// millisecond's pause each time left the other to serve alone (bench/RESULTS.md).
-pub const DEFER_FOR: Duration = Duration::from_micros(250);
+/// again. A quarter of this was tried for Node workers at light load: a worker back sooner is
+/// told to wait again sooner, and the requests were no faster (bench/RESULTS.md).
+pub const DEFER_FOR: Duration = Duration::from_millis(1);
 /// Connections waiting in the socket from which a worker takes several in one look (see
 /// [`SharedAcceptor::more`]): so many wait that every worker is taking, and a connection
 /// taken now rather than at the worker's next look waits for nobody who is free. Each look is
@@ -300,7 +299,8 @@ mod tests {
                 Accepted::Deferred if deferrals < 1000 => deferrals += 1,
                 other => break other,
             }
-            std::thread::sleep(DEFER_FOR);
+            // A caller that looks again sooner than DEFER_FOR still waits MAX_DEFER.
+            std::thread::sleep(DEFER_FOR / 5);
         };
         assert!(matches!(took, Accepted::Connection(_)), "{took:?}");
         assert!(
