@@ -11,6 +11,7 @@ const v8 = require('v8');
 const native = require('./native');
 const codec = require('./codec');
 const { Outbox } = require('./outbox');
+const { spinAfterSend } = require('./spin');
 const { rclusterError } = require('./errors');
 
 // Connections that arrive before any server takes them wait here, up to this many.
@@ -84,6 +85,7 @@ class WorkerSelf extends EventEmitter {
       this._outbox.flush();
       const [type, data] = codec.encode(message, this._serialization, contentType);
       this._link.send(type, data);
+      spinAfterSend();
     } catch (e) {
       if (callback) { process.nextTick(callback, e); return false; }
       throw e;

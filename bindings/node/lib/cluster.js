@@ -10,6 +10,7 @@ const path = require('path');
 const native = require('./native');
 const codec = require('./codec');
 const { Outbox } = require('./outbox');
+const { spinAfterSend } = require('./spin');
 const { signalName } = require('./signals');
 const { rclusterError, invalidOption } = require('./errors');
 const options = require('./options');
@@ -77,6 +78,7 @@ class Worker extends EventEmitter {
       this._outbox.flush();
       const [type, data] = codec.encode(message, this._hub.settings.serialization, contentType);
       this._hub._native.send(this._slot, type, data);
+      spinAfterSend();
     } catch (e) {
       if (callback) { process.nextTick(callback, e); return false; }
       throw e;

@@ -4,6 +4,7 @@
 // joined by newlines, which JSON.stringify never writes. Whatever else goes to the same peer
 // (a binding message, `ready`, `disconnect`) flushes the box first, so order holds.
 const { rclusterError } = require('./errors');
+const { spinAfterSend } = require('./spin');
 
 // A full box is sent at once, so that a long synchronous loop of sends neither holds an
 // unbounded batch nor waits for its end.
@@ -60,6 +61,7 @@ class Outbox {
     let error = null;
     try {
       this._write(texts.length === 1 ? texts[0] : texts.join('\n'));
+      spinAfterSend();
     } catch (e) {
       error = e;
     }

@@ -4,6 +4,7 @@ const { EventEmitter } = require('events');
 const native = require('./native');
 const { normalize } = require('./options');
 const codec = require('./codec');
+const { spinAfterSend } = require('./spin');
 const signals = require('./signals');
 
 const { signalName } = signals;
@@ -124,13 +125,16 @@ class Cluster extends EventEmitter {
   send(id, message, options) {
     const [type, data] = codec.encode(message, this._serialization, codec.contentTypeOf(options));
     wrapNative(() => this._native.send(id, type, data));
+    spinAfterSend();
     return true;
   }
 
   /** Sends a message to every live worker (`options` as for send); returns how many got it. */
   broadcast(message, options) {
     const [type, data] = codec.encode(message, this._serialization, codec.contentTypeOf(options));
-    return wrapNative(() => this._native.broadcast(type, data));
+    const sent = wrapNative(() => this._native.broadcast(type, data));
+    spinAfterSend();
+    return sent;
   }
 
   /** Every worker process (and every slot with none running), as of now. */

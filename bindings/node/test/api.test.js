@@ -33,6 +33,27 @@ test('start → spawn, online, ready; send/message round trip; workers(); stop r
   assert.deepStrictEqual(exits, ['shutdown', 'shutdown']);
 });
 
+test('after a message leaves, primary and worker poll for the answer without sleeping, for a moment', async () => {
+  // A pending immediate keeps libuv from blocking in epoll_wait: an answer that comes
+  // meanwhile is read without a wake-up. It must end by itself.
+  const immediates = () => process.getActiveResourcesInfo().filter((r) => r === 'Immediate').length;
+  const c = rcluster.start({ workers: 1, exec: WORKER, args: [], execArgv: [] });
+  try {
+    await once(c, 'ready');
+    await new Promise((r) => setTimeout(r, 20));
+    const before = immediates();
+    c.send(0, { cmd: 'spin' });
+    const during = immediates();
+    const [msg] = await once(c, 'message', (m) => m.spin);
+    await new Promise((r) => setTimeout(r, 20));
+    assert.deepStrictEqual([during - before, immediates() - before], [1, 0], 'primary');
+    const [wBefore, wDuring, wAfter] = msg.spin;
+    assert.deepStrictEqual([wDuring - wBefore, wAfter - wBefore], [1, 0], 'worker');
+  } finally {
+    await c.stop();
+  }
+});
+
 test('a cluster given no worker count runs the core\'s default, one per usable CPU', async () => {
   const n = rcluster.defaultWorkers();
   assert.ok(Number.isInteger(n) && n >= 1 && n <= os.availableParallelism(), `${n}`);
