@@ -167,7 +167,7 @@ printf '%-34s %14s %14s %s\n' "C API / Rust API" "${c_ratio}x" ">= 0.9x" "$(verd
 
 # ---------------------------------------------------------------------------------------
 # Python binding (bench/python): the IPC stream against Node's process.send, run again here
-# beside it, and the asyncio HTTP worker, round-robin against shared. Builds the package
+# beside it, the round trip beside multiprocessing.Pipe's, and the asyncio HTTP worker, round-robin against shared. Builds the package
 # from source into bindings/python/.venv (as bindings/python/test.sh does) when needed.
 echo
 echo "== python: building the binding"
@@ -199,6 +199,13 @@ if [[ $py_ok == yes ]]; then
     py_bytes_ratio=$(calc 'a/b' "$py_bytes" "$node_py")
     py_json_ratio=$(calc 'a/b' "$py_json" "$node_py")
     py_http_ratio=$(calc 'a/b' "$py_rr" "$py_shared")
+    py_rtt_p50=$(field python_ipc '^python-rtt median rcluster:' 5)
+    py_rtt_p99=$(field python_ipc '^python-rtt median rcluster:' 9)
+    py_rtt_p999=$(field python_ipc '^python-rtt median rcluster:' 11)
+    pipe_rtt_p50=$(field python_ipc '^python-rtt median pipe:' 5)
+    pipe_rtt_p99=$(field python_ipc '^python-rtt median pipe:' 9)
+    pipe_rtt_p999=$(field python_ipc '^python-rtt median pipe:' 11)
+    py_rtt_ratio=$(calc 'a/b' "$py_rtt_p99" "$pipe_rtt_p99")
     echo
     echo "== python summary (anchors from this same run)"
     printf '%-34s %14s %14s %s\n' "stream msg/s, Python, bytes" "${py_bytes:--}"
@@ -206,6 +213,9 @@ if [[ $py_ok == yes ]]; then
     printf '%-34s %14s\n' "stream msg/s, Node IPC" "${node_py:--}"
     printf '%-34s %14s %14s %s\n' "Python bytes / Node" "${py_bytes_ratio}x" ">= 3x" "$(verdict "$py_bytes_ratio" '>=' 3)"
     printf '%-34s %14s %14s %s\n' "Python send_json / Node" "${py_json_ratio}x" "" "reported"
+    printf '%-34s %14s\n' "RTT us p50/p99/p99.9, Python" "${py_rtt_p50:--}/${py_rtt_p99:--}/${py_rtt_p999:--}"
+    printf '%-34s %14s\n' "   multiprocessing.Pipe" "${pipe_rtt_p50:--}/${pipe_rtt_p99:--}/${pipe_rtt_p999:--}"
+    printf '%-34s %14s %14s %s\n' "Python RTT p99 / Pipe p99" "${py_rtt_ratio}x" "" "reported"
     printf '%-34s %14s\n' "asyncio HTTP rr req/s, 2 workers" "${py_rr:--}"
     printf '%-34s %14s\n' "asyncio HTTP shared req/s" "${py_shared:--}"
     printf '%-34s %14s %14s %s\n' "rr / shared, new connection" "${py_http_ratio}x" ">= 0.95x" "$(verdict "$py_http_ratio" '>=' 0.95)"
