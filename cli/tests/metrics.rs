@@ -43,12 +43,19 @@ fn get(addr: &str, path: &str, limit: Duration) -> std::io::Result<(u16, String)
 }
 
 /// A private virtual environment with `prometheus_client` from PyPI, made once in the
-/// target directory.
+/// target directory. The tests run as separate processes, several at once: the first makes it
+/// under a lock while the others wait (two making it in the same folder break each other's
+/// `ensurepip`).
 fn prometheus_python() -> PathBuf {
+    use std::os::fd::AsRawFd;
     let target = Path::new(RCLUSTER).parent().unwrap().parent().unwrap();
     let venv = target.join("prometheus-venv");
     let python = venv.join("bin/python");
     let ready = venv.join(".installed");
+    let lock = std::fs::File::create(target.join("prometheus-venv.lock")).unwrap();
+    // SAFETY: flock on a descriptor this function owns; released when `lock` is closed.
+    let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
     if !ready.exists() {
         let ok = Command::new("python3")
             .args(["-m", "venv"])
