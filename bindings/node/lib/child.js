@@ -26,9 +26,6 @@ const IDLE_CHECK_MS = 50;
 // closeWhenEmptied).
 const MAX_EMPTYING_TURNS = 1000;
 const kDrain = Symbol('rcluster.drain');
-// A worker that leaves the next connection of a shared socket to the others looks again after
-// this long (see AcceptHandle): the core's DEFER_FOR. It stops leaving them after 2 ms.
-const DEFER_MS = 1;
 // Accepting pauses this long after running out of descriptors, as the primary's does.
 const ACCEPT_PAUSE_MS = 100;
 const PAUSE_ON = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM']);
@@ -564,6 +561,8 @@ class AcceptHandle {
     this.fd = acceptor.fd;
     this._acceptor = acceptor;
     this._deferred = acceptor.deferred;
+    // How long it stops watching after leaving a connection to the others (the core decides).
+    this._deferMs = acceptor.deferMs;
     this._open = true;
     this._timer = null;
     this._onAccept = (fd) => this._accepted(fd);
@@ -584,7 +583,7 @@ class AcceptHandle {
     } else if (fd >= 0) {
       this._worker._accepted(this._server, this._name, fd);
     } else if (fd === this._deferred) {
-      this._pause(DEFER_MS);
+      this._pause(this._deferMs);
     } else if (PAUSE_ON.has(util.getSystemErrorName(fd))) {
       // Out of descriptors or memory: the connections wait in the socket (or for another
       // worker) instead of the loop spinning on a socket it cannot take from.

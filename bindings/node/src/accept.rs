@@ -15,7 +15,7 @@ use std::sync::Arc;
 use napi::bindgen_prelude::*;
 use napi::sys;
 use napi_derive::napi;
-use rcluster_core::{Accepted, SharedAcceptor};
+use rcluster_core::{Accepted, SharedAcceptor, DEFER_FOR};
 
 use crate::error::from_napi;
 use crate::watch::WatchSlot;
@@ -101,6 +101,13 @@ impl NativeAcceptor {
     #[napi(getter)]
     pub fn listened(&self) -> bool {
         self.acceptor.as_ref().is_some_and(|a| a.listened())
+    }
+
+    /// How long to stop watching after the next connection was left to the other workers,
+    /// in milliseconds (the core's `DEFER_FOR`).
+    #[napi(getter)]
+    pub fn defer_ms(&self) -> f64 {
+        DEFER_FOR.as_secs_f64() * 1000.0
     }
 
     /// What the callback gets when the next connection is left to the other workers.

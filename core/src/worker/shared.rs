@@ -263,6 +263,13 @@ mod tests {
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
 
+    /// `n` clients connected to `addr`, given time to reach its accept queue.
+    fn waiting(addr: std::net::SocketAddr, n: u32) -> Vec<TcpStream> {
+        let clients = (0..n).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(50));
+        clients
+    }
+
     #[test]
     fn a_worker_ahead_leaves_connections_to_the_others_for_a_while_then_takes_one() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -278,10 +285,7 @@ mod tests {
         let member = |m| Arc::new(TurnCounter::new(map.fd.try_clone().unwrap(), m).unwrap());
         let a = SharedAcceptor::new(listener.as_raw_fd(), Some(member(0))).unwrap();
         assert!(matches!(a.next(), Accepted::Empty));
-        let _clients: Vec<TcpStream> = (0..LEAD + 3)
-            .map(|_| TcpStream::connect(addr).unwrap())
-            .collect();
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        let _clients = waiting(addr, LEAD + 3);
         // Level with member 1 up to LEAD: it takes.
         for _ in 0..LEAD {
             assert!(matches!(a.next(), Accepted::Connection(_)));
@@ -333,16 +337,12 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let a = SharedAcceptor::new(listener.as_raw_fd(), None).unwrap();
-        let few: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        let few = waiting(addr, 3);
         assert!(matches!(a.next(), Accepted::Connection(_)));
         assert_eq!(a.more(), 0, "3 waiting: one a look");
         while matches!(a.next(), Accepted::Connection(_)) {}
         drop(few);
-        let many: Vec<TcpStream> = (0..BATCH_QUEUE + 8)
-            .map(|_| TcpStream::connect(addr).unwrap())
-            .collect();
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        let many = waiting(addr, BATCH_QUEUE + 8);
         // The queue is looked at again after QUEUE_LOOK_EVERY calls: until then, one a look.
         for _ in 1..QUEUE_LOOK_EVERY {
             assert!(matches!(a.next(), Accepted::Connection(_)));
