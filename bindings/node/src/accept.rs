@@ -110,6 +110,22 @@ impl NativeAcceptor {
         DEFER_FOR.as_secs_f64() * 1000.0
     }
 
+    /// From now on counts the connections this worker took and has not closed in the share
+    /// map (`closed()` once per connection), so that the others leave it the next one while it
+    /// has none. False without a share map (nothing is counted then).
+    #[napi]
+    pub fn count_in_hand(&self) -> bool {
+        self.acceptor.as_ref().is_some_and(|a| a.count_in_hand())
+    }
+
+    /// One connection this acceptor gave is closed (after `countInHand()`).
+    #[napi]
+    pub fn closed(&self) {
+        if let Some(a) = &self.acceptor {
+            a.closed();
+        }
+    }
+
     /// What the callback gets when the next connection is left to the other workers.
     #[napi(getter)]
     pub fn deferred(&self) -> i32 {

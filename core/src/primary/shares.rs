@@ -78,6 +78,12 @@ impl Primary {
         c.share_since(member)
             .expect("member below MAX_SOCKETS")
             .store(now, Ordering::Relaxed);
+        if s.members[at].worker != Some(key) {
+            // A new worker in the member: it says whether it counts what it has in hand.
+            if let Some(h) = c.share_in_hand(member) {
+                h.store(0, Ordering::Relaxed);
+            }
+        }
         let m = &mut s.members[at];
         m.worker = Some(key);
         m.seen = start;
@@ -98,6 +104,9 @@ impl Primary {
                     m.worker = None;
                     if let Some(since) = s.counts.share_since(at as u32) {
                         since.store(0, Ordering::Relaxed);
+                    }
+                    if let Some(h) = s.counts.share_in_hand(at as u32) {
+                        h.store(0, Ordering::Relaxed);
                     }
                 }
             }

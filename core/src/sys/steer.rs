@@ -110,6 +110,9 @@ pub const TRACKED: u32 = 1 << 31;
 /// gave it, which only the program and the primary touch), then one u64 per member (how many
 /// connections its socket was given in all, tracked or not, which only the program writes).
 const COUNTS_SIZE: u32 = 24 * MAX_SOCKETS;
+/// The size of a `shared` listener's share map (a memfd): word 0, two words per member, then
+/// one word per member (connections in hand), rounded up to whole pages.
+const SHARE_MAP_SIZE: u32 = 32 * MAX_SOCKETS;
 /// Where the second part of the count map's value begins.
 const GIVEN: i16 = 8 * MAX_SOCKETS as i16;
 /// Where the third part of the count map's value begins.

@@ -9,10 +9,18 @@
 //! (nobody keeps up: everyone takes) or it has been leaving them for [`MAX_DEFER`] or
 //! [`MAX_DEFERRALS`] looks in a row (the others are not taking: a connection never waits for
 //! evenness for long). A worker that leaves a connection looks again [`DEFER_FOR`] later.
+//!
+//! A worker that counts the connections it has in hand ([`SharedAcceptor::count_in_hand`])
+//! lets the others see when it is idle. While at most one connection waits, a worker leaves it
+//! to an idle one whose turn comes first (it took fewer, or as many but longer ago; it was
+//! woken for it too and takes it at once), within the same bounds: requests that come one after
+//! the other go to the workers in turn, as round-robin's would, and none waits behind a busy
+//! worker. When an idle one did not take it within those bounds (its loop is busy with
+//! something else), the worker waits for idle ones no more for [`IDLE_DISTRUST`].
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +44,9 @@ pub const MAX_DEFERRALS: u32 = 16;
 /// again. A quarter of this was tried for Node workers at light load: a worker back sooner is
 /// told to wait again sooner, and the requests were no faster (bench/RESULTS.md).
 pub const DEFER_FOR: Duration = Duration::from_millis(1);
+/// How long a worker that waited in vain for an idle one to take a connection waits for idle
+/// ones no more.
+pub const IDLE_DISTRUST: Duration = Duration::from_millis(100);
 /// Connections waiting in the socket from which a worker takes several in one look (see
 /// [`SharedAcceptor::more`]): so many wait that every worker is taking, and a connection
 /// taken now rather than at the worker's next look waits for nobody who is free. Each look is
@@ -57,8 +68,8 @@ pub enum Accepted {
     Connection(OwnedFd),
     /// Nothing waits (another worker took it first).
     Empty,
-    /// This worker is ahead: it leaves the next connection to the others and looks again a
-    /// moment later (the caller stops watching the socket for [`DEFER_FOR`] or a little more).
+    /// This worker is ahead, or an idle one's turn comes first: it leaves the next connection
+    /// to the others and looks again a moment later (the caller stops watching the socket for [`DEFER_FOR`] or a little more).
     Deferred,
     /// accept failed: EMFILE, ENFILE, ENOBUFS or ENOMEM mean the caller should pause.
     Failed(io::Error),
@@ -82,6 +93,10 @@ pub struct SharedAcceptor {
     /// Looks that took a connection, and what the last look at the queue said to take more.
     taken: AtomicU32,
     batch: AtomicU32,
+    /// It counts the connections it took and has not closed in the share map.
+    in_hand: AtomicBool,
+    /// Until when (microseconds after `epoch`) it waits for idle ones no more.
+    distrust_until: AtomicU64,
     listened: bool,
     /// The address the primary said the listener is bound to ("" when it was not asked).
     address: String,
@@ -103,6 +118,8 @@ impl SharedAcceptor {
             epoch: Instant::now(),
             taken: AtomicU32::new(0),
             batch: AtomicU32::new(0),
+            in_hand: AtomicBool::new(false),
+            distrust_until: AtomicU64::new(0),
             listened: false,
             address: String::new(),
         })
@@ -167,11 +184,40 @@ impl SharedAcceptor {
         self.counter.is_some()
     }
 
+    /// From now on, counts in the share map the connections it took and the caller has not
+    /// closed yet: the caller calls [`SharedAcceptor::closed`] once for each connection it got
+    /// from [`SharedAcceptor::next`]. While it has none in hand, a worker that took more
+    /// leaves it the next connection. False (and nothing counted) without a share map, or with
+    /// the share map of an older primary.
+    pub fn count_in_hand(&self) -> bool {
+        let counting = self.counter.as_ref().is_some_and(|c| c.count_in_hand());
+        self.in_hand.store(counting, Ordering::Relaxed);
+        counting
+    }
+
+    /// One connection that [`SharedAcceptor::next`] gave is closed (with
+    /// [`SharedAcceptor::count_in_hand`]; nothing otherwise).
+    pub fn closed(&self) {
+        if let (true, Some(c)) = (self.in_hand.load(Ordering::Relaxed), &self.counter) {
+            c.released();
+        }
+    }
+
     /// Takes one connection, or says why not.
     pub fn next(&self) -> Accepted {
         if let Some(c) = &self.counter {
-            if c.ahead(LEAD) && queued(self.fd) < LONG_QUEUE && self.may_defer() {
-                return Accepted::Deferred;
+            let ahead = c.ahead(LEAD) && queued(self.fd) < LONG_QUEUE;
+            let idle_first =
+                !ahead && c.behind_idle() && self.trusts_idle() && queued(self.fd) <= 1;
+            if ahead || idle_first {
+                if self.may_defer() {
+                    return Accepted::Deferred;
+                }
+                if idle_first {
+                    // Left for a while and still here: that one is not watching.
+                    let until = self.micros() + IDLE_DISTRUST.as_micros() as u64;
+                    self.distrust_until.store(until, Ordering::Relaxed);
+                }
             }
         }
         self.deferring_since.store(0, Ordering::Relaxed);
@@ -179,6 +225,9 @@ impl SharedAcceptor {
             Ok(Some(c)) => {
                 if let Some(counter) = &self.counter {
                     counter.took();
+                    if self.in_hand.load(Ordering::Relaxed) {
+                        counter.holds();
+                    }
                 }
                 Accepted::Connection(c)
             }
@@ -195,8 +244,7 @@ impl SharedAcceptor {
     /// came meanwhile).
     fn may_defer(&self) -> bool {
         let max = MAX_DEFER.as_micros() as u64;
-        // At least 1: 0 means "not deferring".
-        let now = (self.epoch.elapsed().as_micros() as u64).max(1);
+        let now = self.micros();
         let mut since = self.deferring_since.load(Ordering::Relaxed);
         let mut looks = self.deferrals.load(Ordering::Relaxed);
         if since == 0 || now - self.deferred_at.load(Ordering::Relaxed) > max {
@@ -207,6 +255,16 @@ impl SharedAcceptor {
         self.deferred_at.store(now, Ordering::Relaxed);
         self.deferrals.store(looks + 1, Ordering::Relaxed);
         now - since < max && looks < MAX_DEFERRALS
+    }
+
+    /// Microseconds since `epoch`, at least 1 (0 means "not deferring").
+    fn micros(&self) -> u64 {
+        (self.epoch.elapsed().as_micros() as u64).max(1)
+    }
+
+    /// Whether it may leave a connection to an idle worker: no such wait was in vain lately.
+    fn trusts_idle(&self) -> bool {
+        self.micros() >= self.distrust_until.load(Ordering::Relaxed)
     }
 
     /// How many more connections to take in this look, after [`SharedAcceptor::next`] gave
@@ -330,6 +388,94 @@ mod tests {
         let plain = SharedAcceptor::new(listener.as_raw_fd(), None).unwrap();
         assert!(matches!(plain.next(), Accepted::Connection(_)));
         assert!(matches!(plain.next(), Accepted::Empty));
+    }
+
+    #[test]
+    fn a_worker_leaves_the_next_connection_to_an_idle_one_whose_turn_it_is() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let map = Counts::anonymous().unwrap();
+        map.share_members().store(2, Relaxed);
+        for m in 0..2 {
+            map.share_since(m).unwrap().store(now_ms(), Relaxed);
+        }
+        let member = |m| Arc::new(TurnCounter::new(map.fd.try_clone().unwrap(), m).unwrap());
+        let a = SharedAcceptor::new(listener.as_raw_fd(), Some(member(0))).unwrap();
+        let b = SharedAcceptor::new(listener.as_raw_fd(), Some(member(1))).unwrap();
+        let take = |x: &SharedAcceptor| match x.next() {
+            Accepted::Connection(c) => c,
+            other => panic!("took nothing: {other:?}"),
+        };
+        let c1 = waiting(addr, 1);
+        // Neither counts what it has in hand: the first to look takes.
+        drop((c1, take(&a)));
+        // B counts, and has nothing in hand: A, which took more, leaves it the next one.
+        assert!(b.count_in_hand());
+        assert!(b.count_in_hand(), "a second call keeps counting");
+        let _c2 = waiting(addr, 1);
+        assert!(matches!(a.next(), Accepted::Deferred));
+        let second = take(&b);
+        assert_eq!(
+            map.share_in_hand(1).unwrap().load(Relaxed),
+            2,
+            "one in hand"
+        );
+        // Level now, B holding one: A takes the next.
+        let _c3 = waiting(addr, 1);
+        drop(take(&a));
+        // B closes its connection: idle again, and behind.
+        drop(second);
+        b.closed();
+        b.closed(); // one more than it took: never below "none in hand"
+        assert_eq!(map.share_in_hand(1).unwrap().load(Relaxed), 1);
+        // Two waiting: B takes one, A the other, without waiting.
+        let _c4 = waiting(addr, 2);
+        drop(take(&a));
+        // One waiting, and B does not take it (its loop is busy elsewhere): A leaves it to B
+        // for MAX_DEFER at most, then takes it, and for IDLE_DISTRUST waits for B no more.
+        let started = Instant::now();
+        let mut looks = 0;
+        while matches!(a.next(), Accepted::Deferred) {
+            looks += 1;
+            assert!(
+                looks <= MAX_DEFERRALS,
+                "still leaving it after {looks} looks"
+            );
+            std::thread::sleep(DEFER_FOR / 5);
+        }
+        assert!(looks >= 1 && started.elapsed() >= MAX_DEFER, "{looks}");
+        let _c5 = waiting(addr, 1);
+        drop(take(&a));
+        std::thread::sleep(IDLE_DISTRUST);
+        // As many taken, B longer ago: B's turn. B taking it ends A's wait.
+        map.share_taken(1).unwrap().store(3, Relaxed);
+        map.share_taken(0).unwrap().store(3, Relaxed);
+        map.share_since(0).unwrap().store(now_ms(), Relaxed);
+        map.share_since(1).unwrap().store(now_ms() - 20, Relaxed);
+        let _c6 = waiting(addr, 1);
+        assert!(matches!(a.next(), Accepted::Deferred));
+        assert!(!matches!(b.next(), Accepted::Deferred));
+        // A member whose worker left (the primary set its words to 0) is not waited for.
+        map.share_in_hand(1).unwrap().store(0, Relaxed);
+        std::thread::sleep(MAX_DEFER * 2);
+        let _c7 = waiting(addr, 1);
+        drop(take(&a));
+        // A map without the words (an older primary's) counts nothing.
+        let old = TurnCounter::new(old_map(), 0).unwrap();
+        assert!(!old.count_in_hand());
+    }
+
+    /// A share map of the size an older primary made (no words for connections in hand).
+    fn old_map() -> OwnedFd {
+        // SAFETY: a new descriptor, owned from here on.
+        let fd = unsafe { libc::memfd_create(c"old".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: as above.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // SAFETY: resizes the memfd owned here.
+        assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), 24 * 1024) }, 0);
+        fd
     }
 
     #[test]

@@ -5,21 +5,27 @@
 //! The share map, in i64 words: word 0 is how many members have been given out (the members
 //! are 0 up to it), then two words per member: how many connections its workers took from the
 //! shared socket, and when (milliseconds of `CLOCK_MONOTONIC`) its worker last took one or
-//! joined, 0 while no worker takes part as it. A worker [`TurnCounter::ahead`] of the member
-//! that took fewest leaves the others the next connections, so the shares stay even while
-//! every worker takes from the one queue. Only members that took one within [`ACTIVE_MS`]
-//! count: a worker stuck on a long request holds nobody back.
+//! joined, 0 while no worker takes part as it; after those, one word per member: 0 while its
+//! worker does not count the connections it has in hand, else 1 + how many it took and has not
+//! closed yet. A worker [`TurnCounter::ahead`] of the member that took fewest leaves the others
+//! the next connections, so the shares stay even while every worker takes from the one queue.
+//! Only members that took one within [`ACTIVE_MS`] count: a worker stuck on a long request
+//! holds nobody back. A worker that took more than a member with nothing in hand
+//! ([`TurnCounter::behind_idle`]) leaves it the next connection too: between requests one
+//! after the other, the workers take turns.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use super::{COUNTS_SIZE, MAX_SOCKETS};
+use super::{COUNTS_SIZE, MAX_SOCKETS, SHARE_MAP_SIZE};
 
 /// The count map, mapped into this process's memory: one i64 per member.
 pub(crate) struct Counts {
     pub(crate) fd: OwnedFd,
     base: *mut AtomicI64,
+    /// Bytes mapped: `COUNTS_SIZE`, or a share map's size.
+    len: u32,
 }
 
 // SAFETY: the memory is only ever accessed through atomics, and lives as long as the value.
@@ -29,12 +35,29 @@ unsafe impl Sync for Counts {}
 
 impl Counts {
     pub(super) fn map(fd: OwnedFd) -> io::Result<Counts> {
-        // SAFETY: maps the map's values (COUNTS_SIZE bytes, one page-aligned array) shared; the
+        // A BPF map's descriptor has no size; a share map's memfd has its own (an older
+        // primary's is COUNTS_SIZE).
+        // SAFETY: a zeroed stat, written by the kernel.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat of a descriptor owned here into that stat.
+        let size = if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0
+            && st.st_mode & libc::S_IFMT == libc::S_IFREG
+        {
+            st.st_size
+        } else {
+            0
+        };
+        let len = if size >= SHARE_MAP_SIZE as i64 {
+            SHARE_MAP_SIZE
+        } else {
+            COUNTS_SIZE
+        };
+        // SAFETY: maps the map's values (`len` bytes, one page-aligned array) shared; the
         // result is checked before use and unmapped in Drop.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                COUNTS_SIZE as usize,
+                len as usize,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
@@ -47,10 +70,11 @@ impl Counts {
         Ok(Counts {
             fd,
             base: base.cast(),
+            len,
         })
     }
 
-    /// A map of the same size in memory of this process's own (a memfd), which workers map
+    /// A map of the same layout in memory of this process's own (a memfd), which workers map
     /// from a copy of its descriptor: the share map of a `shared` listener.
     pub(crate) fn anonymous() -> io::Result<Counts> {
         // SAFETY: a new descriptor, owned from here on.
@@ -61,7 +85,7 @@ impl Counts {
         // SAFETY: as above.
         let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         // SAFETY: resizes the memfd owned here (zero-filled).
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), COUNTS_SIZE as libc::off_t) } != 0 {
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), SHARE_MAP_SIZE as libc::off_t) } != 0 {
             return Err(io::Error::last_os_error());
         }
         Counts::map(fd)
@@ -71,7 +95,7 @@ impl Counts {
     fn word(&self, i: u32) -> Option<&AtomicI64> {
         // SAFETY: in bounds (checked against the mapping's size), aligned, and the mapping
         // lives as long as `self`.
-        (i < COUNTS_SIZE / 8).then(|| unsafe { &*self.base.add(i as usize) })
+        (i < self.len / 8).then(|| unsafe { &*self.base.add(i as usize) })
     }
 
     /// How many share-map members have been given out.
@@ -92,6 +116,34 @@ impl Counts {
         (member < MAX_SOCKETS)
             .then(|| self.word(2 + 2 * member))
             .flatten()
+    }
+
+    /// Share-map member `member`'s connections in hand: 0 while its worker does not count
+    /// them, else 1 + how many. None in the map of an older primary (no such words).
+    pub(crate) fn share_in_hand(&self, member: u32) -> Option<&AtomicI64> {
+        (member < MAX_SOCKETS && self.len == SHARE_MAP_SIZE)
+            .then(|| self.word(1 + 2 * MAX_SOCKETS + member))
+            .flatten()
+    }
+
+    /// Whether a share-map member other than `but` takes part (its worker joined), counts
+    /// its connections in hand and has none, and took fewer than `mine`, or as many but
+    /// longer ago than `since` (the order of turns).
+    pub(crate) fn share_idle_below(&self, but: u32, mine: i64, since: i64) -> bool {
+        let n = self
+            .share_members()
+            .load(Ordering::Relaxed)
+            .clamp(0, MAX_SOCKETS as i64) as u32;
+        (0..n).filter(|&m| m != but).any(|m| {
+            let idle = self
+                .share_in_hand(m)
+                .is_some_and(|h| h.load(Ordering::Relaxed) == 1);
+            let (Some(taken), Some(at)) = (self.share_taken(m), self.share_since(m)) else {
+                return false;
+            };
+            let (taken, at) = (taken.load(Ordering::Relaxed), at.load(Ordering::Relaxed));
+            idle && at != 0 && (taken < mine || (taken == mine && at < since))
+        })
     }
 
     /// The fewest connections taken by a share-map member other than `but` whose worker took
@@ -136,7 +188,7 @@ impl Counts {
 impl Drop for Counts {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly what `map` mapped; no reference into it outlives `self`.
-        unsafe { libc::munmap(self.base.cast(), COUNTS_SIZE as usize) };
+        unsafe { libc::munmap(self.base.cast(), self.len as usize) };
     }
 }
 
@@ -193,6 +245,51 @@ impl TurnCounter {
         if let Some(t) = self.counts.share_since(self.member) {
             t.store(now_ms(), Ordering::Relaxed);
         }
+    }
+
+    /// For a share map: from now on this worker counts the connections it has in hand
+    /// ([`TurnCounter::holds`], [`TurnCounter::released`]), so that the others may leave it
+    /// the next one while it has none. False in the map of an older primary.
+    pub fn count_in_hand(&self) -> bool {
+        self.counts.share_in_hand(self.member).is_some_and(|h| {
+            // From "not counting" to "counting, none": a second call keeps the count.
+            let _ = h.compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed);
+            true
+        })
+    }
+
+    /// For a share map, counting in hand: one more connection in hand (just taken).
+    pub fn holds(&self) {
+        if let Some(h) = self.counts.share_in_hand(self.member) {
+            h.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// For a share map, counting in hand: a connection taken is closed. Never below none.
+    pub fn released(&self) {
+        if let Some(h) = self.counts.share_in_hand(self.member) {
+            let _ = h.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n > 1).then_some(n - 1)
+            });
+        }
+    }
+
+    /// For a share map: whether another member whose turn comes before this one's (it took
+    /// fewer connections, or as many but longer ago) has none in hand (its worker counts them
+    /// and is idle): it takes the next one at once, so this one may leave it, and requests
+    /// that come one after the other go to the workers in turn. A few atomic reads per member.
+    pub fn behind_idle(&self) -> bool {
+        let (Some(taken), Some(since)) = (
+            self.counts.share_taken(self.member),
+            self.counts.share_since(self.member),
+        ) else {
+            return false;
+        };
+        self.counts.share_idle_below(
+            self.member,
+            taken.load(Ordering::Relaxed),
+            since.load(Ordering::Relaxed),
+        )
     }
 
     /// For a share map: whether this worker took `lead` or more connections beyond the
