@@ -2,16 +2,18 @@
 # Node binding benchmarks beside Node's own cluster, in the same run: the anchors
 # ../shared/anchors/node_cluster_hello.js and node_ipc.js run once under `cluster` and once
 # unchanged under rcluster (bench/node/with_rcluster.js answers require('cluster')).
-# rcluster's round-robin runs twice: turned by the kernel (the default where the primary may
-# load the BPF program: root) and with the primary accepting (kernelRoundRobin: false).
+# rcluster's round-robin runs twice: the default (one socket every worker accepts from, one
+# connection a turn, shares kept level, an idle worker whose turn it is first) and with the
+# primary accepting (kernelRoundRobin: false).
 # Every HTTP figure has its latency beside it (p50, p99, p99.9 from wrk's own histogram), and
 # the IPC round trip its p50 and p99 beside those of Node's own process.send.
 # Then the tail section, the workload of the tail-latency targets: the anchor doing WORK loop
 # iterations per request (node_cluster_hello.js's fourth argument), a new connection per
 # request, at each of TAIL_CONNS connections: req/s, latency and the spread over the workers
 # (max/min of the requests each answered, counted from the bodies), for Node none and rr and
-# rcluster's rr (busy-aware turns, the default), shared (SCHED_NONE: one socket, one
-# connection per turn, shares kept level), rr in strict turns (strictTurns) and rr with the
+# rcluster's rr (the default: as shared, and an idle worker whose turn it is takes the next
+# connection first), shared (SCHED_NONE: one socket, one connection per turn, shares kept
+# level), rr in strict turns (strictTurns: the kernel's turns as root) and rr with the
 # primary accepting.
 # Environment: DURATION (5s), CONNS (50), ROUNDS (3), WORK (20000), TAIL_CONNS ("50 200"),
 # TAIL_ONLY (unset; 1: the tail section alone).

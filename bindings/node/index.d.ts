@@ -300,9 +300,14 @@ declare namespace rcluster {
     /** rcluster extensions: milliseconds. */
     heartbeatTimeout?: number;
     killTimeout?: number;
-    /** rcluster extension: see `StartOptions.kernelRoundRobin`. */
+    /**
+     * rcluster extensions. With `SCHED_RR` and neither set, the workers' `server.listen()` is
+     * served from one socket every worker accepts from, the shares kept level and an idle
+     * worker whose turn it is first. `strictTurns: true`: round-robin in strict turns (in the
+     * kernel as root); `kernelRoundRobin: false`: the primary accepts and hands over every
+     * connection. See `StartOptions.kernelRoundRobin` and `StartOptions.strictTurns`.
+     */
     kernelRoundRobin?: boolean;
-    /** rcluster extension: see `StartOptions.strictTurns`. */
     strictTurns?: boolean;
     /** rcluster extensions: see `StartOptions.name`, `StartOptions.control` and `StartOptions.metrics`. */
     name?: string;

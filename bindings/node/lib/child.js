@@ -554,12 +554,16 @@ class AcceptHandle {
    * `acceptor` (a NativeAcceptor) owns the socket. `listening`: the listener's `address` (or
    * ""), and whether the primary knows this worker `listened` (it is told when it stops).
    */
-  constructor(worker, server, name, acceptor, listening) {
+  constructor(worker, server, name, acceptor, listening, turns = true) {
     this._worker = worker;
     this._server = server;
     this._name = name;
     this.fd = acceptor.fd;
     this._acceptor = acceptor;
+    // With `turns`, the share map counts the connections it has in hand: while it has none, a
+    // worker that took more leaves it the next one (requests one after the other go to the
+    // workers in turn). Without, whoever looks first takes (SCHED_NONE: the system decides).
+    this._inHand = turns && acceptor.countInHand();
     this._deferred = acceptor.deferred;
     // How long it stops watching after leaving a connection to the others (the core decides).
     this._deferMs = acceptor.deferMs;
@@ -579,9 +583,9 @@ class AcceptHandle {
   _accepted(fd) {
     if (Array.isArray(fd)) {
       // A long queue: several connections this turn (see NativeAcceptor).
-      for (const one of fd) this._worker._accepted(this._server, this._name, one);
+      for (const one of fd) this._take(one);
     } else if (fd >= 0) {
-      this._worker._accepted(this._server, this._name, fd);
+      this._take(fd);
     } else if (fd === this._deferred) {
       this._pause(this._deferMs);
     } else if (PAUSE_ON.has(util.getSystemErrorName(fd))) {
@@ -594,6 +598,18 @@ class AcceptHandle {
       Object.assign(err, { code, errno: fd, syscall: 'accept' });
       this._pause(ACCEPT_PAUSE_MS);
       this._server.emit('error', err);
+    }
+  }
+
+  _take(fd) {
+    const socket = this._worker._adopt(this._server, this._name, fd);
+    if (!this._inHand) {
+      if (socket) this._server.emit('connection', socket);
+    } else if (!socket) {
+      this._acceptor.closed(); // refused (maxConnections) and closed already
+    } else {
+      releaseOnClose(socket._handle, this._acceptor);
+      this._server.emit('connection', socket);
     }
   }
 
@@ -624,11 +640,31 @@ class AcceptHandle {
 }
 
 /**
+ * Tells `acceptor` when the connection of `handle` closes, once: every way out of a socket
+ * (end, destroy, an error) closes its handle.
+ */
+function releaseOnClose(handle, acceptor) {
+  if (!handle || typeof handle.close !== 'function') {
+    acceptor.closed();
+    return;
+  }
+  const close = handle.close;
+  let open = true;
+  handle.close = function closeReleased(...args) {
+    if (open) {
+      open = false;
+      acceptor.closed();
+    }
+    return close.apply(this, args);
+  };
+}
+
+/**
  * Makes server.listen() in this worker ask the primary for the listener, as Node's cluster
  * does for its workers: net.Server calls _listen2 once the address is resolved, and uses a
  * handle that is already set.
  */
-function patchListen(worker, dispatch) {
+function patchListen(worker, dispatch, turns) {
   const original = net.Server.prototype._listen2;
   net.Server.prototype._listen2 = function listenThroughPrimary(address, port, addressType, backlog, fd, flags) {
     if (this._handle || (typeof fd === 'number' && fd >= 0) || !worker._connected) {
@@ -652,7 +688,7 @@ function patchListen(worker, dispatch) {
       const counter = listening.counter ? worker._link.takeTurnCounter() : null;
       const acceptor = new native.NativeAcceptor(listening.fd, counter);
       this._handle = new AcceptHandle(worker, this, listening.name, acceptor,
-        { address: listening.address, listened: true });
+        { address: listening.address, listened: true }, turns);
       worker._servers.set(listening.name, this);
       original.call(this, address, port, addressType, backlog, fd, flags);
     } else if (typeof listening.fd === 'number') {
@@ -781,8 +817,11 @@ function attach() {
     }
   }
   const worker = new WorkerSelf(link, compat);
-  const dispatch = process.env.RCLUSTER_NODE_SCHED === 'none' ? 'shared' : 'rr';
-  patchListen(worker, dispatch);
+  // The primary's choice (see cluster.js); from an older primary, by scheduling policy.
+  const asked = process.env.RCLUSTER_NODE_DISPATCH;
+  const dispatch = asked === 'rr' || asked === 'shared' ? asked
+    : process.env.RCLUSTER_NODE_SCHED === 'none' ? 'shared' : 'rr';
+  patchListen(worker, dispatch, process.env.RCLUSTER_NODE_SCHED !== 'none');
   process.send = (message, handle, options, callback) => worker.send(message, handle, options, callback);
   process.connected = true;
   process.disconnect = () => { worker.disconnect(); };

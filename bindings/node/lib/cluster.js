@@ -170,9 +170,18 @@ class Hub {
 
   _start() {
     const s = this.settings;
+    // How the workers' server.listen() is served. SCHED_NONE, and SCHED_RR unless strict
+    // turns or the primary accepting were asked for: one socket every worker accepts from,
+    // one connection a turn, the shares kept level (with SCHED_RR, the next connection left
+    // to an idle worker whose turn it is). A connection is bound to a worker only when that
+    // worker takes it, so none waits behind a busy worker (a GC pause, a long request) while
+    // another is free. Otherwise the kernel's turns (as root) or the primary's.
+    const rr = this.schedulingPolicy !== SCHED_NONE;
+    const turns = rr && (s.strictTurns === true || s.kernelRoundRobin === false);
     const env = [
       ['RCLUSTER_NODE_COMPAT', '1'],
-      ['RCLUSTER_NODE_SCHED', this.schedulingPolicy === SCHED_NONE ? 'none' : 'rr'],
+      ['RCLUSTER_NODE_SCHED', rr ? 'rr' : 'none'],
+      ['RCLUSTER_NODE_DISPATCH', turns ? 'rr' : 'shared'],
       ['RCLUSTER_NODE_SERIALIZATION', s.serialization],
     ];
     const opts = {

@@ -1,6 +1,9 @@
 'use strict';
-// Round-robin turned by the kernel (as root): each worker accepts from a socket of its own,
-// one after the other, and the primary serves what waits for a worker that died or closed.
+// Round-robin as a Node program sees it. With cluster.SCHED_RR (the default) the workers take
+// one connection a turn from one socket, an idle worker whose turn it is first; with strict
+// turns, and for the listeners of start() served by worker.serve(), the kernel turns (as
+// root): each worker accepts from a socket of its own, one after the other, and the primary
+// serves what waits for a worker that died or closed.
 const test = require('node:test');
 const assert = require('assert');
 const { runFixture, get, freePort, once, startApiWorkers } = require('./helpers');
@@ -45,7 +48,7 @@ test('rcluster: in strict turns connections go to the workers one after the othe
   for (let i = 1; i < result.length; i++) assert.notStrictEqual(result[i], result[i - 1], `${result} ${out}`);
 });
 
-test('rcluster: connections one at a time are shared by both workers', { skip: !root && why }, async () => {
+test('rcluster: connections one at a time are shared by both workers', async () => {
   const { result, out } = await withTurns(async (send, port) => {
     const by = [];
     for (let i = 0; i < 20; i++) by.push(await get(port));
@@ -55,6 +58,22 @@ test('rcluster: connections one at a time are shared by both workers', { skip: !
   // client has its answer and connects again, and then looks busier than the other.
   const one = result.filter((w) => w === '1').length;
   assert.ok(one >= 5 && one <= 15, `answered by ${result} ${out}`);
+});
+
+test('rcluster: requests one after the other, each after a pause, go to the workers in turn', async () => {
+  const { result, out } = await withTurns(async (send, port) => {
+    const by = [];
+    for (let i = 0; i < 12; i++) {
+      by.push(await get(port));
+      // Both workers are idle and have closed their connections before the next one comes.
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    return by;
+  });
+  // The worker whose turn it is takes it: at most one pair in a row from the same worker (the
+  // first two may go to whichever looks first).
+  const repeats = result.filter((w, i) => i > 0 && w === result[i - 1]).length;
+  assert.ok(repeats <= 1, `answered by ${result} ${out}`);
 });
 
 /**
@@ -75,10 +94,9 @@ async function whileWorkerOneIsBusy(send, port) {
   return Promise.all(pending);
 }
 
-test('rcluster: a connection whose turn falls on a busy worker goes to the idle one', { skip: !root && why }, async () => {
+test('rcluster: a connection whose turn falls on a busy worker goes to the idle one', async () => {
   const { result, out } = await withTurns(whileWorkerOneIsBusy);
-  // The first one whose turn falls on worker 1 waits in its socket; from then on worker 1 has
-  // one in hand and worker 2, which answered its last, none: worker 1 is passed over.
+  // Worker 1 takes none while its loop is busy: they wait in the one socket for worker 2.
   assert.ok(result.filter((w) => w === '1').length <= 1, `answered by ${result} ${out}`);
 });
 
@@ -87,7 +105,7 @@ test('rcluster: in strict turns a busy worker gets its turns all the same', { sk
   assert.strictEqual(result.filter((w) => w === '1').length, 4, `answered by ${result} ${out}`);
 });
 
-test('rcluster: requests waiting for a blocked worker that is killed are served by the other', { skip: !root && why }, async () => {
+test('rcluster: requests waiting for a blocked worker that is killed are served by the other', async () => {
   const { result, out } = await withTurns(async (send, port) => {
     await send('block 1', 'BLOCKED 1');
     await new Promise((resolve) => setTimeout(resolve, 200)); // the loop is stuck now
@@ -100,7 +118,7 @@ test('rcluster: requests waiting for a blocked worker that is killed are served 
   assert.deepStrictEqual(result, ['2', '2', '2', '2', '2', '2'], out);
 });
 
-test('rcluster: a worker that closes its server gets no more connections', { skip: !root && why }, async () => {
+test('rcluster: a worker that closes its server gets no more connections', async () => {
   const { result, out } = await withTurns(async (send, port) => {
     await send('close 1', 'CLOSED 1');
     const by = [];
@@ -151,6 +169,29 @@ test('rcluster API: closing a served server leaves the turns, and what waits in 
     const after = [];
     for (let i = 0; i < 6; i++) after.push((await get(port)).split(' ')[0]);
     assert.deepStrictEqual(after, Array(6).fill('0'));
+  } finally {
+    await c.stop();
+  }
+});
+
+test('rcluster API: in the kernel\'s turns a connection whose turn falls on a busy worker goes to the idle one', { skip: !root && why }, async () => {
+  const port = await freePort();
+  const c = await startApiWorkers(port);
+  try {
+    await new Promise((resolve) => setTimeout(resolve, 300)); // serve() asks for its socket
+    c.send(0, { cmd: 'block', ms: 2000 });
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const pending = [];
+    for (let i = 0; i < 8; i++) {
+      const answer = get(port);
+      pending.push(answer);
+      await Promise.race([answer, new Promise((resolve) => setTimeout(resolve, 200))]);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    const by = (await Promise.all(pending)).map((a) => a.split(' ')[0]);
+    // The first whose turn falls on worker 0 waits in its socket; from then on worker 0 has
+    // one in hand and worker 1, which answered its last, none: worker 0 is passed over.
+    assert.ok(by.filter((w) => w === '0').length <= 1, `answered by ${by}`);
   } finally {
     await c.stop();
   }
