@@ -564,6 +564,7 @@ class AcceptHandle {
     // worker that took more leaves it the next one (requests one after the other go to the
     // workers in turn). Without, whoever looks first takes (SCHED_NONE: the system decides).
     this._inHand = turns && acceptor.countInHand();
+    this._release = () => acceptor.closed();
     this._deferred = acceptor.deferred;
     // How long it stops watching after leaving a connection to the others (the core decides).
     this._deferMs = acceptor.deferMs;
@@ -608,7 +609,7 @@ class AcceptHandle {
     } else if (!socket) {
       this._acceptor.closed(); // refused (maxConnections) and closed already
     } else {
-      releaseOnClose(socket._handle, this._acceptor);
+      onceClosed(socket._handle, this._release);
       this._server.emit('connection', socket);
     }
   }
@@ -640,20 +641,21 @@ class AcceptHandle {
 }
 
 /**
- * Tells `acceptor` when the connection of `handle` closes, once: every way out of a socket
- * (end, destroy, an error) closes its handle.
+ * Calls `done` once when connection `handle` closes: every way out of a socket (end, destroy,
+ * an error, a refusal before any socket exists) closes its handle. At once for a handle that
+ * cannot be followed.
  */
-function releaseOnClose(handle, acceptor) {
+function onceClosed(handle, done) {
   if (!handle || typeof handle.close !== 'function') {
-    acceptor.closed();
+    done();
     return;
   }
   const close = handle.close;
   let open = true;
-  handle.close = function closeReleased(...args) {
+  handle.close = function closeCounted(...args) {
     if (open) {
       open = false;
-      acceptor.closed();
+      done();
     }
     return close.apply(this, args);
   };
@@ -731,17 +733,7 @@ function countConnections(worker, server, listening) {
   if (!counter || !handle || typeof handle.onconnection !== 'function') return;
   const onconnection = handle.onconnection;
   handle.onconnection = function countedConnection(err, clientHandle) {
-    if (!err && clientHandle) {
-      const close = clientHandle.close;
-      let open = true;
-      clientHandle.close = function closeCounted(...args) {
-        if (open) {
-          open = false;
-          counter.done();
-        }
-        return close.apply(this, args);
-      };
-    }
+    if (!err && clientHandle) onceClosed(clientHandle, () => counter.done());
     return onconnection.call(this, err, clientHandle);
   };
 }

@@ -77,21 +77,26 @@ test('rcluster: requests one after the other, each after a pause, go to the work
 });
 
 /**
- * Worker 1's event loop is busy for 3 s; meanwhile 8 clients connect one after the other, each
- * 50 ms after the last has its answer or 250 ms have passed (an answer from worker 1 waits
- * until it is no longer busy). Resolves the worker that answered each.
+ * 8 clients connect one after the other, each 50 ms after the last has its answer or `wait` ms
+ * have passed (an answer from a busy worker waits until it is no longer busy). Resolves the
+ * answers.
  */
-async function whileWorkerOneIsBusy(send, port) {
-  await send('busy 1', 'SPINNING 1');
+async function oneAfterTheOther(port, wait) {
   const pending = [];
   for (let i = 0; i < 8; i++) {
     const answer = get(port);
     pending.push(answer);
-    await Promise.race([answer, new Promise((resolve) => setTimeout(resolve, 250))]);
-    // Worker 2 closes its end just after the answer (and counts it done then).
+    await Promise.race([answer, new Promise((resolve) => setTimeout(resolve, wait))]);
+    // The other worker closes its end just after the answer (and counts it done then).
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
   return Promise.all(pending);
+}
+
+/** Worker 1's event loop is busy for 3 s meanwhile (see oneAfterTheOther). */
+async function whileWorkerOneIsBusy(send, port) {
+  await send('busy 1', 'SPINNING 1');
+  return oneAfterTheOther(port, 250);
 }
 
 test('rcluster: a connection whose turn falls on a busy worker goes to the idle one', async () => {
@@ -181,14 +186,7 @@ test('rcluster API: in the kernel\'s turns a connection whose turn falls on a bu
     await new Promise((resolve) => setTimeout(resolve, 300)); // serve() asks for its socket
     c.send(0, { cmd: 'block', ms: 2000 });
     await new Promise((resolve) => setTimeout(resolve, 100));
-    const pending = [];
-    for (let i = 0; i < 8; i++) {
-      const answer = get(port);
-      pending.push(answer);
-      await Promise.race([answer, new Promise((resolve) => setTimeout(resolve, 200))]);
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-    const by = (await Promise.all(pending)).map((a) => a.split(' ')[0]);
+    const by = (await oneAfterTheOther(port, 200)).map((a) => a.split(' ')[0]);
     // The first whose turn falls on worker 0 waits in its socket; from then on worker 0 has
     // one in hand and worker 1, which answered its last, none: worker 0 is passed over.
     assert.ok(by.filter((w) => w === '0').length <= 1, `answered by ${by}`);

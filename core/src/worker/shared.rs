@@ -354,32 +354,16 @@ mod tests {
         map.share_since(1)
             .unwrap()
             .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+        // A caller that looks again sooner than DEFER_FOR still waits MAX_DEFER.
         let started = Instant::now();
-        let mut deferrals = 0;
-        let took = loop {
-            match a.next() {
-                Accepted::Deferred if deferrals < 1000 => deferrals += 1,
-                other => break other,
-            }
-            // A caller that looks again sooner than DEFER_FOR still waits MAX_DEFER.
-            std::thread::sleep(DEFER_FOR / 5);
-        };
-        assert!(matches!(took, Accepted::Connection(_)), "{took:?}");
+        let deferrals = deferrals_until_taken(&a, DEFER_FOR / 5);
         assert!(
             deferrals >= 1 && started.elapsed() >= MAX_DEFER,
             "{deferrals}"
         );
         // A new run of deferrals starts with the next connection; one that looks again at
         // once (a drain before closing) takes after MAX_DEFERRALS looks.
-        let mut looks = 0;
-        while matches!(a.next(), Accepted::Deferred) {
-            looks += 1;
-            assert!(
-                looks <= MAX_DEFERRALS,
-                "still deferring after {looks} looks"
-            );
-        }
-        assert!(looks >= 1);
+        assert!(deferrals_until_taken(&a, Duration::ZERO) >= 1);
         // One that looked at nothing for longer than MAX_DEFER (the others took what came)
         // starts a new run too, rather than taking at once.
         std::thread::sleep(MAX_DEFER * 2);
@@ -435,15 +419,7 @@ mod tests {
         // One waiting, and B does not take it (its loop is busy elsewhere): A leaves it to B
         // for MAX_DEFER at most, then takes it, and for IDLE_DISTRUST waits for B no more.
         let started = Instant::now();
-        let mut looks = 0;
-        while matches!(a.next(), Accepted::Deferred) {
-            looks += 1;
-            assert!(
-                looks <= MAX_DEFERRALS,
-                "still leaving it after {looks} looks"
-            );
-            std::thread::sleep(DEFER_FOR / 5);
-        }
+        let looks = deferrals_until_taken(&a, DEFER_FOR / 5);
         assert!(looks >= 1 && started.elapsed() >= MAX_DEFER, "{looks}");
         let _c5 = waiting(addr, 1);
         drop(take(&a));
@@ -464,6 +440,24 @@ mod tests {
         // A map without the words (an older primary's) counts nothing.
         let old = TurnCounter::new(old_map(), 0).unwrap();
         assert!(!old.count_in_hand());
+    }
+
+    /// Looks of `a` until it takes a connection, `pause` apart: how many were deferred (never
+    /// more than MAX_DEFERRALS in a row).
+    fn deferrals_until_taken(a: &SharedAcceptor, pause: Duration) -> u32 {
+        let mut looks = 0;
+        loop {
+            match a.next() {
+                Accepted::Deferred => looks += 1,
+                Accepted::Connection(_) => return looks,
+                other => panic!("after {looks} deferrals: {other:?}"),
+            }
+            assert!(
+                looks <= MAX_DEFERRALS,
+                "still deferring after {looks} looks"
+            );
+            std::thread::sleep(pause);
+        }
     }
 
     /// A share map of the size an older primary made (no words for connections in hand).
