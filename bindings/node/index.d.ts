@@ -80,10 +80,11 @@ declare namespace rcluster {
     maxInflight?: number;
     handoffWindow?: number;
     /**
-     * Round-robin TCP listeners (those of `listen`/`listeners` fed to `worker.serve()`, and
-     * those workers open with `server.listen()`) take turns in the kernel where it allows
-     * (root): each worker accepts from a socket of its own and the primary does nothing per
-     * connection. Default true; false: the primary accepts every connection and hands it over.
+     * Round-robin TCP listeners (those of `listen`/`listeners` fed to `worker.serve()`, and,
+     * with `strictTurns`, those a `cluster` program's workers open with `server.listen()`)
+     * take turns in the kernel where it allows (root): each worker accepts from a socket of its
+     * own and the primary does nothing per connection. Default true; false: the primary
+     * accepts every connection and hands it over.
      */
     kernelRoundRobin?: boolean;
     /**
