@@ -12,11 +12,12 @@
 //!
 //! A worker that counts the connections it has in hand ([`SharedAcceptor::count_in_hand`])
 //! lets the others see when it is idle. While at most one connection waits, a worker leaves it
-//! to an idle one whose turn comes first (it took fewer, or as many but longer ago; it was
-//! woken for it too and takes it at once), within the same bounds: requests that come one after
-//! the other go to the workers in turn, as round-robin's would, and none waits behind a busy
-//! worker. When an idle one did not take it within those bounds (its loop is busy with
-//! something else), the worker waits for idle ones no more for [`IDLE_DISTRUST`].
+//! to an idle one whose turn comes first (it took fewer, or as many but longer ago): that one
+//! was woken for it too and takes it at once, so the worker does not stop watching
+//! ([`Accepted::Empty`]), for [`MAX_DEFER`] at most however often it looks. Requests that come
+//! one after the other go to the workers in turn, as round-robin's would, and none waits
+//! behind a busy worker. When an idle one did not take it within that time (its loop is busy
+//! with something else), the worker waits for idle ones no more for [`IDLE_DISTRUST`].
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -66,10 +67,11 @@ const TCP_LISTEN: u8 = 10;
 pub enum Accepted {
     /// A connection (non-blocking, close-on-exec).
     Connection(OwnedFd),
-    /// Nothing waits (another worker took it first).
+    /// Nothing waits (another worker took it first), or an idle worker whose turn it is is
+    /// taking it: the caller keeps watching the socket.
     Empty,
-    /// This worker is ahead, or an idle one's turn comes first: it leaves the next connection
-    /// to the others and looks again a moment later (the caller stops watching the socket for [`DEFER_FOR`] or a little more).
+    /// This worker is ahead: it leaves the next connection to the others and looks again a
+    /// moment later (the caller stops watching the socket for [`DEFER_FOR`] or a little more).
     Deferred,
     /// accept failed: EMFILE, ENFILE, ENOBUFS or ENOMEM mean the caller should pause.
     Failed(io::Error),
@@ -206,18 +208,19 @@ impl SharedAcceptor {
     /// Takes one connection, or says why not.
     pub fn next(&self) -> Accepted {
         if let Some(c) = &self.counter {
-            let ahead = c.ahead(LEAD) && queued(self.fd) < LONG_QUEUE;
-            let idle_first =
-                !ahead && c.behind_idle() && self.trusts_idle() && queued(self.fd) <= 1;
-            if ahead || idle_first {
-                if self.may_defer() {
+            if c.ahead(LEAD) && queued(self.fd) < LONG_QUEUE {
+                if self.may_defer(true) {
                     return Accepted::Deferred;
                 }
-                if idle_first {
-                    // Left for a while and still here: that one is not watching.
-                    let until = self.micros() + IDLE_DISTRUST.as_micros() as u64;
-                    self.distrust_until.store(until, Ordering::Relaxed);
+            } else if c.behind_idle() && self.trusts_idle() && queued(self.fd) <= 1 {
+                // The idle one was woken for it too and takes it at once: this one keeps
+                // watching (no pause), and looks again as often as it is woken meanwhile.
+                if self.may_defer(false) {
+                    return Accepted::Empty;
                 }
+                // Left for MAX_DEFER and still here: that one is not watching.
+                let until = self.micros() + IDLE_DISTRUST.as_micros() as u64;
+                self.distrust_until.store(until, Ordering::Relaxed);
             }
         }
         self.deferring_since.store(0, Ordering::Relaxed);
@@ -239,10 +242,10 @@ impl SharedAcceptor {
 
 impl SharedAcceptor {
     /// Whether it may leave the next connection to the others: it has not been doing so for
-    /// [`MAX_DEFER`] or [`MAX_DEFERRALS`] looks already. A run of deferrals ends when it takes
-    /// one, or when it looked at nothing for longer than `MAX_DEFER` (the others took what
-    /// came meanwhile).
-    fn may_defer(&self) -> bool {
+    /// [`MAX_DEFER`] already, or (`counting` looks) for [`MAX_DEFERRALS`] looks. A run of
+    /// deferrals ends when it takes one, or when it looked at nothing for longer than
+    /// `MAX_DEFER` (the others took what came meanwhile).
+    fn may_defer(&self, counting: bool) -> bool {
         let max = MAX_DEFER.as_micros() as u64;
         let now = self.micros();
         let mut since = self.deferring_since.load(Ordering::Relaxed);
@@ -254,7 +257,7 @@ impl SharedAcceptor {
         }
         self.deferred_at.store(now, Ordering::Relaxed);
         self.deferrals.store(looks + 1, Ordering::Relaxed);
-        now - since < max && looks < MAX_DEFERRALS
+        now - since < max && (!counting || looks < MAX_DEFERRALS)
     }
 
     /// Microseconds since `epoch`, at least 1 (0 means "not deferring").
@@ -394,11 +397,12 @@ mod tests {
         let c1 = waiting(addr, 1);
         // Neither counts what it has in hand: the first to look takes.
         drop((c1, take(&a)));
-        // B counts, and has nothing in hand: A, which took more, leaves it the next one.
+        // B counts, and has nothing in hand: A, which took more, leaves it the next one and
+        // keeps watching (Empty: no pause). It is still there for B.
         assert!(b.count_in_hand());
         assert!(b.count_in_hand(), "a second call keeps counting");
         let _c2 = waiting(addr, 1);
-        assert!(matches!(a.next(), Accepted::Deferred));
+        assert!(matches!(a.next(), Accepted::Empty));
         let second = take(&b);
         assert_eq!(
             map.share_in_hand(1).unwrap().load(Relaxed),
@@ -416,11 +420,23 @@ mod tests {
         // Two waiting: B takes one, A the other, without waiting.
         let _c4 = waiting(addr, 2);
         drop(take(&a));
-        // One waiting, and B does not take it (its loop is busy elsewhere): A leaves it to B
-        // for MAX_DEFER at most, then takes it, and for IDLE_DISTRUST waits for B no more.
+        // One waiting, and B does not take it (its loop is busy elsewhere): A, looking again
+        // as often as it can (woken again and again), leaves it to B for MAX_DEFER however
+        // many looks that is, then takes it, and for IDLE_DISTRUST waits for B no more.
         let started = Instant::now();
-        let looks = deferrals_until_taken(&a, DEFER_FOR / 5);
-        assert!(looks >= 1 && started.elapsed() >= MAX_DEFER, "{looks}");
+        let mut looks = 0;
+        loop {
+            match a.next() {
+                Accepted::Empty => looks += 1,
+                Accepted::Connection(_) => break,
+                other => panic!("after {looks} looks: {other:?}"),
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "still leaving it"
+            );
+        }
+        assert!(started.elapsed() >= MAX_DEFER, "{looks}");
         let _c5 = waiting(addr, 1);
         drop(take(&a));
         std::thread::sleep(IDLE_DISTRUST);
@@ -430,8 +446,8 @@ mod tests {
         map.share_since(0).unwrap().store(now_ms(), Relaxed);
         map.share_since(1).unwrap().store(now_ms() - 20, Relaxed);
         let _c6 = waiting(addr, 1);
-        assert!(matches!(a.next(), Accepted::Deferred));
-        assert!(!matches!(b.next(), Accepted::Deferred));
+        assert!(matches!(a.next(), Accepted::Empty));
+        drop(take(&b));
         // A member whose worker left (the primary set its words to 0) is not waited for.
         map.share_in_hand(1).unwrap().store(0, Relaxed);
         std::thread::sleep(MAX_DEFER * 2);
