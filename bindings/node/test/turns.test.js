@@ -62,20 +62,11 @@ test('rcluster: connections one at a time are shared by both workers', async () 
 });
 
 test('rcluster: requests one after the other, each after a pause, go to the workers in turn', async () => {
-  const { result, out } = await withTurns(async (send, port) => {
-    const by = [];
-    for (let i = 0; i < 40; i++) {
-      by.push(await get(port));
-      // Both workers are idle and have closed their connections before the next one comes.
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-    return by;
-  });
+  const { result, out } = await withTurns((send, port) => pausedRequests(port));
   // The worker whose turn it is takes it. The first two may go to whichever looks first, and
   // a worker that was slow to wake takes the next itself (whoever looks first takes them for
-  // 100 ms then): three pairs in a row at most. Whoever looks first alone gave 4 to 12.
-  const repeats = result.filter((w, i) => i > 0 && w === result[i - 1]).length;
-  assert.ok(repeats <= 3, `answered by ${result} ${out}`);
+  // 20 ms then): three pairs in a row at most. Whoever looks first alone gave 4 to 12.
+  assert.ok(repeats(result) <= 3, `answered by ${result} ${out}`);
 });
 
 test('rcluster: a worker that replaces one killed with connections in hand takes its turns', async () => {
@@ -88,18 +79,30 @@ test('rcluster: a worker that replaces one killed with connections in hand takes
     await send('fork', 'FORKED 3');
     for (const h of held) h.socket.destroy();
     await new Promise((resolve) => setTimeout(resolve, 100));
-    const by = [];
-    for (let i = 0; i < 40; i++) {
-      by.push(await get(port));
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-    return by;
+    return pausedRequests(port);
   });
   // Worker 3 starts with nothing in hand, not with what worker 1 held when it died: it is
   // seen idle and takes its turns (see the test above for the three pairs).
-  const repeats = result.filter((w, i) => i > 0 && w === result[i - 1]).length;
-  assert.ok(repeats <= 3 && result.includes('3'), `answered by ${result} ${out}`);
+  assert.ok(repeats(result) <= 3 && result.includes('3'), `answered by ${result} ${out}`);
 });
+
+/**
+ * 40 requests one after the other, 50 ms apart: both workers are idle and have closed their
+ * connections before the next one comes. Resolves the worker that answered each.
+ */
+async function pausedRequests(port) {
+  const by = [];
+  for (let i = 0; i < 40; i++) {
+    by.push(await get(port));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return by;
+}
+
+/** How many answers came from the same worker as the one before. */
+function repeats(by) {
+  return by.filter((w, i) => i > 0 && w === by[i - 1]).length;
+}
 
 /** A keep-alive connection that had one answer and stays open: `{ socket, by }`. */
 function holdOpen(port) {

@@ -14,7 +14,8 @@
 //! lets the others see when it is idle. While at most one connection waits, a worker leaves it
 //! to an idle one whose turn comes first (it took fewer, or as many but longer ago): that one
 //! was woken for it too and takes it at once, so the worker does not stop watching
-//! ([`Accepted::Empty`]), for [`MAX_DEFER`] at most however often it looks. Requests that come
+//! ([`Accepted::Empty`]), for [`MAX_DEFER`] at most however often it looks, and gives up its
+//! CPU at each such look (on a busy machine the idle one may be waiting for it). Requests that come
 //! one after the other go to the workers in turn, as round-robin's would, and none waits
 //! behind a busy worker. When an idle one did not take it within that time (its loop is busy
 //! with something else), the worker waits for idle ones no more for [`IDLE_DISTRUST`].
@@ -46,8 +47,10 @@ pub const MAX_DEFERRALS: u32 = 16;
 /// told to wait again sooner, and the requests were no faster (bench/RESULTS.md).
 pub const DEFER_FOR: Duration = Duration::from_millis(1);
 /// How long a worker that waited in vain for an idle one to take a connection waits for idle
-/// ones no more.
-pub const IDLE_DISTRUST: Duration = Duration::from_millis(100);
+/// ones no more: an idle worker whose loop is stuck elsewhere costs one connection
+/// [`MAX_DEFER`] in this time, and a worker that was merely slow to wake (a busy machine)
+/// misses no more than the turn it was slow for.
+pub const IDLE_DISTRUST: Duration = Duration::from_millis(20);
 /// Connections waiting in the socket from which a worker takes several in one look (see
 /// [`SharedAcceptor::more`]): so many wait that every worker is taking, and a connection
 /// taken now rather than at the worker's next look waits for nobody who is free. Each look is
@@ -216,6 +219,9 @@ impl SharedAcceptor {
                 // The idle one was woken for it too and takes it at once: this one keeps
                 // watching (no pause), and looks again as often as it is woken meanwhile.
                 if self.may_defer(false) {
+                    // On a busy machine, the idle one may be waiting for this CPU.
+                    // SAFETY: no arguments; gives up the CPU for a moment.
+                    unsafe { libc::sched_yield() };
                     return Accepted::Empty;
                 }
                 // Left for MAX_DEFER and still here: that one is not watching.
@@ -437,7 +443,12 @@ mod tests {
             );
         }
         assert!(started.elapsed() >= MAX_DEFER, "{looks}");
-        let _c5 = waiting(addr, 1);
+        // The next one, as soon as it is in the queue: A takes it.
+        let _c5 = TcpStream::connect(addr).unwrap();
+        let arrived = Instant::now();
+        while queued(listener.as_raw_fd()) == 0 {
+            assert!(arrived.elapsed() < Duration::from_secs(1), "never queued");
+        }
         drop(take(&a));
         std::thread::sleep(IDLE_DISTRUST);
         // As many taken, B longer ago: B's turn. B taking it ends A's wait.
