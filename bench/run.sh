@@ -87,18 +87,20 @@ else
     echo "http: unavailable: the command line did not build" >"$tmp/http.out"
 fi
 
-# field FILE PATTERN N: the Nth field of the first line matching PATTERN ("" if none).
-field() { awk -v n="$3" "/$2/ { print \$n; exit }" "$tmp/$1.out" 2>/dev/null || true; }
+# field FILE PATTERN N...: the Nth fields of the first line matching PATTERN, separated by
+# "|" ("" if none); several are read with `IFS='|' read -r A B ...`.
+field() {
+    local file=$1 pattern=$2
+    shift 2
+    awk -v ns="$*" "/$pattern/ { k = split(ns, n, \" \"); for (i = 1; i <= k; i++) printf \"%s%s\", \$n[i], (i < k ? \"|\" : \"\n\"); exit }" \
+        "$tmp/$file.out" 2>/dev/null || true
+}
 raw_rate=$(field uds_limit '^stream:' 11)
-raw_p50=$(field uds_limit '^rtt:' 3)
-raw_p99=$(field uds_limit '^rtt:' 6)
+IFS='|' read -r raw_p50 raw_p99 <<<"$(field uds_limit '^rtt:' 3 6)"
 node_rate=$(field node_ipc '^stream:' 8)
-node_p50=$(field node_ipc '^rtt:' 3)
-node_p99=$(field node_ipc '^rtt:' 6)
+IFS='|' read -r node_p50 node_p99 <<<"$(field node_ipc '^rtt:' 3 6)"
 rc_rate=$(field ipc '^stream median:' 3)
-rc_p50=$(field ipc '^rtt:' 3)
-rc_p90=$(field ipc '^rtt:' 6)
-rc_p99=$(field ipc '^rtt:' 9)
+IFS='|' read -r rc_p50 rc_p90 rc_p99 <<<"$(field ipc '^rtt:' 3 6 9)"
 # after FILE PATTERN KEY: the word after KEY on the first line matching PATTERN ("" if none).
 after() { awk -v k="$3" "/$2/ { for (i = 1; i < NF; i++) if (\$i == k) { print \$(i + 1); exit } }" "$tmp/$1.out" 2>/dev/null || true; }
 rc_p999=$(after ipc '^rtt:' p99.9)
@@ -107,9 +109,7 @@ rc_p999=$(after ipc '^rtt:' p99.9)
 raw_i_p50=$(after ipc '^rtt-diag: raw socketpair' p50)
 raw_i_p99=$(after ipc '^rtt-diag: raw socketpair' p99)
 raw_i_p999=$(after ipc '^rtt-diag: raw socketpair' p99.9)
-rs_p50=$(field restart '^restart:' 3)
-rs_p90=$(field restart '^restart:' 6)
-rs_p99=$(field restart '^restart:' 9)
+IFS='|' read -r rs_p50 rs_p90 rs_p99 <<<"$(field restart '^restart:' 3 6 9)"
 rss_kb=$(field rss '^rss: primary VmRSS' 4)
 
 # calc EXPR with the variables a and b; "-" when an input is missing.
@@ -199,12 +199,10 @@ if [[ $py_ok == yes ]]; then
     py_bytes_ratio=$(calc 'a/b' "$py_bytes" "$node_py")
     py_json_ratio=$(calc 'a/b' "$py_json" "$node_py")
     py_http_ratio=$(calc 'a/b' "$py_rr" "$py_shared")
-    py_rtt_p50=$(field python_ipc '^python-rtt median rcluster:' 5)
-    py_rtt_p99=$(field python_ipc '^python-rtt median rcluster:' 9)
-    py_rtt_p999=$(field python_ipc '^python-rtt median rcluster:' 11)
-    pipe_rtt_p50=$(field python_ipc '^python-rtt median pipe:' 5)
-    pipe_rtt_p99=$(field python_ipc '^python-rtt median pipe:' 9)
-    pipe_rtt_p999=$(field python_ipc '^python-rtt median pipe:' 11)
+    IFS='|' read -r py_rtt_p50 py_rtt_p99 py_rtt_p999 \
+        <<<"$(field python_ipc '^python-rtt median rcluster:' 5 9 11)"
+    IFS='|' read -r pipe_rtt_p50 pipe_rtt_p99 pipe_rtt_p999 \
+        <<<"$(field python_ipc '^python-rtt median pipe:' 5 9 11)"
     py_rtt_ratio=$(calc 'a/b' "$py_rtt_p99" "$pipe_rtt_p99")
     echo
     echo "== python summary (anchors from this same run)"
