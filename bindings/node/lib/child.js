@@ -11,6 +11,7 @@ const v8 = require('v8');
 const native = require('./native');
 const codec = require('./codec');
 const { Outbox } = require('./outbox');
+const { OpenSockets } = require('./open_sockets');
 const { spinAfterSend } = require('./spin');
 const { rclusterError } = require('./errors');
 
@@ -408,13 +409,13 @@ class WorkerSelf extends EventEmitter {
 /**
  * Follows the connections of an HTTP/1 server (http or https) so that a drain can end each
  * one cleanly (see drainKeepAlive). Other servers are left alone: only HTTP says how a
- * connection announces its end. Serving costs one set entry and one listener per connection
+ * connection announces its end. Serving costs one slot and one listener per connection
  * and nothing per request: what a drain needs to know of a connection (its response in
  * progress, its bytes) it reads from the socket when the drain begins.
  */
 function trackKeepAlive(server) {
   if (server[kDrain] || !('keepAliveTimeout' in server)) return;
-  const state = { sockets: new Set(), draining: false, timer: null };
+  const state = { sockets: new OpenSockets(), draining: false, timer: null };
   server[kDrain] = state;
   server.on(server instanceof tls.Server ? 'secureConnection' : 'connection', (socket) => {
     socket[kDrain] = state;
