@@ -71,6 +71,8 @@ fn a_bind_error_goes_back_to_the_asking_worker() {
         answer.starts_with("listen-error") && answer.contains(&addr) && answer.contains("in use"),
         "{answer}"
     );
+    // Named once: the worker does not wrap the primary's complete message in its own.
+    assert_eq!(answer.matches(&addr).count(), 1, "{answer}");
     // The worker and the primary carry on.
     sup.send(0, b"still fine").unwrap();
     wait_for(

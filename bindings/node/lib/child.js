@@ -768,15 +768,21 @@ function unlistenOnClose(worker, server, name) {
   };
 }
 
+/**
+ * The error of a server.listen() that the primary refused, as Node's cluster gives it: the
+ * primary binds, so the system call is `bind`, with the code, errno, address and port. Its
+ * text is the primary's, which names the address (Node's ends with it).
+ */
 function listenError(e, address, port, addressType) {
   const inUse = /in use/i.test(e.message);
   const denied = /permission/i.test(e.message);
   const code = inUse ? 'EADDRINUSE' : denied ? 'EACCES' : e.code;
   const where = addressType === -1 ? address : `${address || '0.0.0.0'}:${port}`;
-  const err = new Error(`listen ${code}: ${e.message} ${where}`);
+  const text = e.message.includes(where) ? e.message : `${e.message} ${where}`;
+  const err = new Error(`bind ${code}: ${text}`);
   err.code = code;
-  err.errno = inUse ? -98 : denied ? -13 : undefined;
-  err.syscall = 'listen';
+  err.errno = inUse || denied ? -os.constants.errno[code] : undefined;
+  err.syscall = 'bind';
   err.address = address;
   if (addressType !== -1) err.port = port;
   return err;

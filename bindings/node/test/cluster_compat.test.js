@@ -3,6 +3,7 @@
 // each fixture runs under both modules and the results are compared.
 const test = require('node:test');
 const assert = require('assert');
+const net = require('net');
 const { runFixture, get, freePort } = require('./helpers');
 
 async function httpRun(impl) {
@@ -28,6 +29,21 @@ for (const impl of ['cluster', 'rcluster']) {
     assert.ok(!out.includes('WRONG PORT'), out);
     assert.strictEqual(seen.size, workers, `answers from ${[...seen]}`);
     assert.strictEqual(code, 0, out);
+  });
+
+  test(`${impl}: a worker's listen on an address in use fails as a bind with EADDRINUSE, naming it once`, async () => {
+    const holder = net.createServer();
+    await new Promise((resolve) => holder.listen(0, '127.0.0.1', resolve));
+    const where = `127.0.0.1:${holder.address().port}`;
+    try {
+      const { code, out } = await runFixture('classic_in_use.js', impl, [holder.address().port]);
+      const line = out.split('\n').find((l) => l.startsWith('ERROR ')) || '';
+      assert.match(line, /^ERROR EADDRINUSE -98 bind bind EADDRINUSE[: ]/, out);
+      assert.strictEqual(line.split(where).length - 1, 1, line);
+      assert.strictEqual(code, 0, out);
+    } finally {
+      holder.close();
+    }
   });
 
   test(`${impl}: worker.send broadcast is answered through process.send, with fork(env)`, async () => {

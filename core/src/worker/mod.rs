@@ -467,12 +467,9 @@ impl Worker {
                     counter = Some(*c);
                 }
                 Some(Decoded::ListenResult { request: r, result }) if r == request => {
-                    return (*result).map(|l| Listening { counter, ..l }).map_err(|e| {
-                        Error::Bind {
-                            addr: addr.to_string(),
-                            source: std::io::Error::other(e),
-                        }
-                    });
+                    return (*result)
+                        .map(|l| Listening { counter, ..l })
+                        .map_err(|e| listen_refused(addr, e));
                 }
                 Some(
                     Decoded::ListenResult { request: r, .. }
@@ -503,6 +500,34 @@ impl Worker {
         }
         WorkerEvent::PrimaryGone
     }
+}
+
+/// The primary's refusal of a listen request for `addr`, as this worker's error. When it is the
+/// primary's own bind error, its text ("cannot listen on ADDR: REASON") names the address
+/// already: the error is that one again, with the errno back when REASON is an OS error's
+/// ("Address already in use (os error 98)"), rather than the text wrapped in a second "cannot
+/// listen on". Any other refusal ("the supervisor is stopping") is the reason for `addr`.
+fn listen_refused(addr: &str, text: String) -> Error {
+    if let Some((at, reason)) = text
+        .strip_prefix("cannot listen on ")
+        .and_then(|rest| rest.rsplit_once(": "))
+    {
+        return Error::Bind {
+            addr: at.to_string(),
+            source: os_error(reason).unwrap_or_else(|| std::io::Error::other(reason.to_string())),
+        };
+    }
+    Error::Bind {
+        addr: addr.to_string(),
+        source: std::io::Error::other(text),
+    }
+}
+
+/// The OS error whose text `reason` is ("… (os error N)"), errno and all; None for any other.
+fn os_error(reason: &str) -> Option<std::io::Error> {
+    let (_, n) = reason.strip_suffix(')')?.rsplit_once("(os error ")?;
+    let e = std::io::Error::from_raw_os_error(n.parse().ok()?);
+    (e.to_string() == reason).then_some(e)
 }
 
 /// Removes from `out[start..]` the tasks whose cancel came in the same batch, and those

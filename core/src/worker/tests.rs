@@ -388,3 +388,44 @@ fn a_malformed_task_cancel_is_a_protocol_error() {
     let e = w.next_event(Some(Duration::from_secs(5))).unwrap_err();
     assert!(e.to_string().contains("malformed TaskCancel"), "{e}");
 }
+
+#[test]
+fn a_listen_refused_by_the_primary_names_the_address_once_and_keeps_the_errno() {
+    // The primary's own bind error: its text again, not wrapped in a second "cannot listen on".
+    let bind = Error::Bind {
+        addr: "0.0.0.0:8000".into(),
+        source: std::io::Error::from_raw_os_error(libc::EADDRINUSE),
+    };
+    let e = listen_refused("0.0.0.0:8000", bind.to_string());
+    assert_eq!(e.to_string(), bind.to_string());
+    assert_eq!(e.to_string().matches("0.0.0.0:8000").count(), 1, "{e}");
+    let Error::Bind { addr, source } = &e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(addr, "0.0.0.0:8000");
+    assert_eq!(source.raw_os_error(), Some(libc::EADDRINUSE));
+
+    // An address with colons and words, and a reason that is no OS error's.
+    let text = "cannot listen on [::1]:8000 (passed descriptor 3): not a socket: it is a pipe";
+    let e = listen_refused("[::1]:8000", text.to_string());
+    assert_eq!(e.to_string(), text);
+    let Error::Bind { source, .. } = &e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(source.raw_os_error(), None);
+
+    // "(os error N)" that is not the OS's text for N stays text.
+    let e = listen_refused("a:1", "cannot listen on a:1: odd (os error 98)".into());
+    let Error::Bind { source, .. } = &e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(source.raw_os_error(), None);
+    assert_eq!(e.to_string(), "cannot listen on a:1: odd (os error 98)");
+
+    // Any other refusal: its reason, for the address asked for.
+    let e = listen_refused("127.0.0.1:9", "the supervisor is stopping".into());
+    assert_eq!(
+        e.to_string(),
+        "cannot listen on 127.0.0.1:9: the supervisor is stopping"
+    );
+}
