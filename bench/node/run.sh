@@ -263,7 +263,7 @@ for n in node_rr node_none rcluster_rr rcluster_rr_primary rcluster_shared; do
     latrow "$n ms p50/p99/p99.9, keep-alive" "$n.keep"
 done
 row "new conn req/s: Node rr / Node none" "${rate_of[node_rr.close]:-} / ${rate_of[node_none.close]:-}"
-row "rcluster rr is turned by" "$([[ $(id -u) == 0 ]] && echo 'the kernel (root)' || echo 'the primary (not root)')"
+row "rcluster rr, strictTurns, is turned by" "$([[ $(id -u) == 0 ]] && echo 'the kernel (root)' || echo 'the primary (not root)')"
 row "new conn req/s: rcluster rr / shared" "${rate_of[rcluster_rr.close]:-} / ${rate_of[rcluster_shared.close]:-}"
 row "   rcluster rr / Node rr, new conn" "${rr_rr}x" ">= 1.8x" "$(verdict "$rr_rr" '>=' 1.8)"
 row "   rcluster rr / Node none, new conn" "${rr_none}x" ">= 0.95x" "$(verdict "$rr_none" '>=' 0.95)"
