@@ -35,27 +35,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat >"$tmp/count.lua" <<'LUA'
-counts = {}
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-function response(status, headers, body)
-  local id = body and body:match("%d+") or "none"
-  counts[id] = (counts[id] or 0) + 1
-end
-function done(summary, latency, requests)
-  io.write(string.format("latency-us: p50 %d p99 %d\n", latency:percentile(50), latency:percentile(99)))
-  local lo, hi = math.huge, 0
-  for _, t in ipairs(threads) do
-    for id, n in pairs(t:get("counts")) do
-      if n < lo then lo = n end
-      if n > hi then hi = n end
-    end
-  end
-  io.write(string.format("spread: %.3f\n", hi / lo))
-end
-LUA
-
 # cpu_ticks PID: user + system clock ticks of PID and all its descendants.
 cpu_ticks() {
     python3 - "$1" <<'PY'
@@ -119,7 +98,7 @@ run() {
     local lines t0 t1 out
     lines=$(wc -l <"$tmp/log")
     t0=$(cpu_ticks "$pid")
-    out=$(timeout 60 wrk -t1 -c"$conns" -d"$duration" -s "$tmp/count.lua" -H 'Connection: close' "http://127.0.0.1:$port/" 2>&1 || true)
+    out=$(timeout 60 wrk -t1 -c"$conns" -d"$duration" -s "$repo/bench/node/count.lua" -H 'Connection: close' "http://127.0.0.1:$port/" 2>&1 || true)
     t1=$(cpu_ticks "$pid")
     tail -n +"$((lines + 1))" "$tmp/log" >"$tmp/gc"
     kill -TERM -- "-$pid" 2>/dev/null || true
@@ -130,7 +109,7 @@ run() {
     local rate lat spread reqs cpu gc=""
     rate=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
     lat=$(awk '/^latency-us:/ { printf "%.2f %.2f", $3 / 1000, $5 / 1000 }' <<<"$out")
-    spread=$(awk '/^spread:/ { print $2 }' <<<"$out")
+    spread=$(awk '/^spread:/ { print $3 }' <<<"$out")
     reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
     cpu=$(awk -v t="$((t1 - t0))" -v n="${reqs:-0}" -v hz="$(getconf CLK_TCK)" \
         'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "-" }')

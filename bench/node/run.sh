@@ -49,34 +49,13 @@ trap cleanup EXIT
 echo "== node: machine: $(nproc) CPUs, kernel $(uname -r), node $(node --version), $(date -u '+%Y-%m-%d %H:%M UTC'), load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # wrk scripts. lat.lua prints the latency percentiles at the end (no per-request cost);
-# count.lua also counts the answers per worker (the pid in the anchor's body), a Lua call per
-# response, so it is used only where the spread is reported (the tail section, for all alike).
+# count.lua (bench/node/count.lua) also counts the answers per worker (the pid in the anchor's
+# body), a Lua call per response, so it is used only where the spread is reported (the tail
+# section, for all alike).
 cat >"$tmp/lat.lua" <<'LUA'
 function done(summary, latency, requests)
   io.write(string.format("latency-us: p50 %d p99 %d p99.9 %d\n",
     latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
-end
-LUA
-cat >"$tmp/count.lua" <<'LUA'
-counts = {}
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-function response(status, headers, body)
-  local id = body and body:match("%d+") or "none"
-  counts[id] = (counts[id] or 0) + 1
-end
-function done(summary, latency, requests)
-  io.write(string.format("latency-us: p50 %d p99 %d p99.9 %d\n",
-    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
-  local lo, hi, list = math.huge, 0, ""
-  for _, t in ipairs(threads) do
-    for id, n in pairs(t:get("counts")) do
-      list = list .. " " .. n
-      if n < lo then lo = n end
-      if n > hi then hi = n end
-    end
-  end
-  io.write(string.format("spread: max/min %.3f (%s )\n", hi / lo, list))
 end
 LUA
 # lat OUT: "p50 p99 p99.9" in ms from a wrk output with lat.lua's or count.lua's line.
@@ -179,7 +158,7 @@ for ((r = 1; r <= rounds; r++)); do
         ITERS=$work start_one "$n"
         timeout 30 wrk -t1 -c50 -d1s -H 'Connection: close' "http://127.0.0.1:${port_of[$n]}/" >/dev/null 2>&1 || true
         for c in $tail_conns; do
-            out=$(timeout 60 wrk -t1 -c"$c" -d"$duration" -s "$tmp/count.lua" -H 'Connection: close' "http://127.0.0.1:${port_of[$n]}/" 2>&1 || true)
+            out=$(timeout 60 wrk -t1 -c"$c" -d"$duration" -s "$repo/bench/node/count.lua" -H 'Connection: close' "http://127.0.0.1:${port_of[$n]}/" 2>&1 || true)
             rate=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
             errs=$(awk '/Socket errors:|Non-2xx/ { print }' <<<"$out")
             read -r p50 p99 p999 <<<"$(lat "$out")"
