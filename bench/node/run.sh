@@ -144,8 +144,9 @@ for ((r = 1; r <= rounds; r++)); do
 done
 
 # The tail section: the anchor with WORK iterations per request, new connection per request.
-# Node none and rcluster shared run one right after the other, for their pair ratios below.
-tail_names=(node_none rcluster_shared rcluster_rr node_rr rcluster_rr_strict rcluster_rr_primary)
+# Node none runs right between rcluster shared and rr (in either order), for their pair ratios
+# below.
+tail_names=(rcluster_shared node_none rcluster_rr node_rr rcluster_rr_strict rcluster_rr_primary)
 declare -A spreads
 echo "== node: tail: node_cluster_hello.js PORT 2 POLICY $work; wrk -t1 -c{$tail_conns} -d$duration, new connection per request; $rounds rounds"
 for ((r = 1; r <= rounds; r++)); do
@@ -204,6 +205,15 @@ echo "   $rss_node"
 echo "   $rss_rc"
 
 declare -A p99_of spread_of
+# pairs_row LABEL NAME C: NAME's p99 and req/s against Node none's at -cC as the median of the
+# rounds' own ratios. Each round runs the two one right after the other, so a slow phase of the
+# machine moves these less than the ratio of the medians.
+pairs_row() {
+    local pp pt
+    pp=$(pair_median "${all_lats[$2.tail$3]:-}" "${all_lats[node_none.tail$3]:-}" 2 3)
+    pt=$(pair_median "${all_rates[$2.tail$3]:-}" "${all_rates[node_none.tail$3]:-}" 1 1)
+    row "   -c$3 $1 / none, median of $rounds rounds' pairs" "p99 ${pp:--}x, req/s ${pt:--}x" "(info)"
+}
 # pair_median LIST_A LIST_B FIRST STEP: the median of the rounds' ratios a / b, the rounds'
 # figures taken from column FIRST on, every STEP.
 round_col() { awk -v c="$2" -v s="$3" '{ for (i = c; i <= NF; i += s) print $i }' <<<"$1"; }
@@ -275,6 +285,7 @@ for c in $tail_conns; do
     row "   -c$c rcluster rr p99 / Node none p99" "${pr}x" "<= 1.0x" "$(verdict "$pr" '<=' 1.0)"
     row "   -c$c rcluster rr req/s / Node none" "${tput}x" ">= 1.0x" "$(verdict "$tput" '>=' 1.0)"
     row "   -c$c rcluster rr spread max/min" "$sp" "<= 1.05" "$(verdict "$sp" '<=' 1.05)"
+    pairs_row rr rcluster_rr "$c"
     for m in rcluster_shared; do
         pr=$(ratio "${p99_of[$m.tail$c]:-}" "${p99_of[node_none.tail$c]:-}")
         tput=$(ratio "${rate_of[$m.tail$c]:-}" "${rate_of[node_none.tail$c]:-}")
@@ -282,11 +293,7 @@ for c in $tail_conns; do
         row "   -c$c rcluster shared p99 / Node none p99" "${pr}x" "<= 1.0x" "$(verdict "$pr" '<=' 1.0)"
         row "   -c$c rcluster shared req/s / Node none" "${tput}x" ">= 1.0x" "$(verdict "$tput" '>=' 1.0)"
         row "   -c$c rcluster shared spread max/min" "$sp" "<= 1.05" "$(verdict "$sp" '<=' 1.05)"
-        # Each round runs the two one right after the other: the median of the rounds' own
-        # ratios, which a slow phase of the machine moves less than the ratio of medians.
-        pp=$(pair_median "${all_lats[$m.tail$c]:-}" "${all_lats[node_none.tail$c]:-}" 2 3)
-        pt=$(pair_median "${all_rates[$m.tail$c]:-}" "${all_rates[node_none.tail$c]:-}" 1 1)
-        row "   -c$c shared / none, median of $rounds rounds' pairs" "p99 ${pp:--}x, req/s ${pt:--}x" "(info)"
+        pairs_row shared "$m" "$c"
     done
     row "   -c$c rr strict turns p99 / Node none" "$(ratio "${p99_of[rcluster_rr_strict.tail$c]:-}" "${p99_of[node_none.tail$c]:-}")x" "(reported)"
     row "   -c$c rr primary accepting p99 / Node none" "$(ratio "${p99_of[rcluster_rr_primary.tail$c]:-}" "${p99_of[node_none.tail$c]:-}")x" "(reported)"
