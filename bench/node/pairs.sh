@@ -20,7 +20,7 @@ pairs=${PAIRS:-8}
 conns=${CONNS:-50}
 duration=${DURATION:-3s}
 work=${WORK:-20000}
-[[ $# -eq 2 ]] || { sed -n '2,15p' "$0" >&2; exit 2; }
+[[ $# -eq 2 ]] || { sed -n '2,14p' "$0" >&2; exit 2; }
 [[ -f $anchors/node_cluster_hello.js ]] || { echo "pairs.sh: $anchors/node_cluster_hello.js is missing" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "pairs.sh: wrk is needed (apt-get install wrk)" >&2; exit 1; }
 
