@@ -132,34 +132,6 @@ rc_start() { # rc_start NAME WORKERS DISPATCH
         --dispatch "$3" --listen "127.0.0.1:$port" -- "$bin/hello-worker"
 }
 
-# Counts response bodies per worker (the first number in the body: the worker id of
-# hello-worker, the pid in Node's answer); done() prints them and max/min.
-cat >"$tmp/count.lua" <<'EOF'
-counts = {}
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-function response(status, headers, body)
-  local id = body and body:match("%d+") or "none"
-  counts[id] = (counts[id] or 0) + 1
-end
-function done(summary, latency, requests)
-  local all, ids = {}, {}
-  for _, t in ipairs(threads) do
-    for id, n in pairs(t:get("counts")) do all[id] = (all[id] or 0) + n end
-  end
-  local lo, hi, k = math.huge, 0, 0
-  for id, n in pairs(all) do
-    k = k + 1
-    table.insert(ids, id .. "=" .. n)
-    if n < lo then lo = n end
-    if n > hi then hi = n end
-  end
-  table.sort(ids)
-  io.write(string.format("spread: %d workers, max/min %.3f, max %d, min %d\n", k, hi / lo, hi, lo))
-  io.write("per-worker: " .. table.concat(ids, " ") .. "\n")
-end
-EOF
-
 # Latency percentiles at the end of a run, in microseconds (no per-request cost).
 cat >"$tmp/lat.lua" <<'EOF'
 function done(summary, latency, requests)
@@ -170,8 +142,8 @@ EOF
 
 # wrkrun NAME MODE TAG [extra wrk args]: one bounded wrk run; MODE is close or keep.
 # Sets REQS, RATE, ERRS, PRIMARY / WORKERS (CPU ticks of the primary and of its children),
-# SWITCHES (context switches of the primary) and LAT ("p50 p99 p99.9" in ms, or "- - -"
-# with extra args, which bring their own script).
+# SWITCHES (context switches of the primary) and LAT ("p50 p99 p99.9" in ms from the
+# script's latency line; lat.lua's unless the extra args bring another, bench/count.lua).
 wrkrun() {
     local name=$1 mode=$2 tag=$3 pid=${pid_of[$1]} out="$tmp/$1.$2.$3.wrk" p0 c0 s0
     shift 3
@@ -301,7 +273,7 @@ for n in "${names[@]}"; do
         # Keep-alive spread is reported for the 2-worker round-robin only: connections are
         # dispatched once there, so it shows the workers' speed rather than the dispatcher.
         [[ $mode == keep && $n != rr2 ]] && continue
-        wrkrun "$n" "$mode" spread -s "$tmp/count.lua"
+        wrkrun "$n" "$mode" spread -s "$repo/bench/count.lua"
         echo "   $n $mode: $(grep '^spread:' "$tmp/$n.$mode.spread.wrk" || echo 'spread: no output')"
         sed -n 's/^per-worker: /      /p' "$tmp/$n.$mode.spread.wrk" | cut -c1-400
         spread[$n.$mode]=$(awk '/^spread:/ { sub(/,/, "", $5); print $5; exit }' "$tmp/$n.$mode.spread.wrk")

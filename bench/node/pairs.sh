@@ -98,7 +98,7 @@ run() {
     local lines t0 t1 out
     lines=$(wc -l <"$tmp/log")
     t0=$(cpu_ticks "$pid")
-    out=$(timeout 60 wrk -t1 -c"$conns" -d"$duration" -s "$repo/bench/node/count.lua" -H 'Connection: close' "http://127.0.0.1:$port/" 2>&1 || true)
+    out=$(timeout 60 wrk -t1 -c"$conns" -d"$duration" -s "$repo/bench/count.lua" -H 'Connection: close' "http://127.0.0.1:$port/" 2>&1 || true)
     t1=$(cpu_ticks "$pid")
     tail -n +"$((lines + 1))" "$tmp/log" >"$tmp/gc"
     kill -TERM -- "-$pid" 2>/dev/null || true
@@ -109,7 +109,7 @@ run() {
     local rate lat spread reqs cpu gc=""
     rate=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
     lat=$(awk '/^latency-us:/ { printf "%.2f %.2f", $3 / 1000, $5 / 1000 }' <<<"$out")
-    spread=$(awk '/^spread:/ { print $3 }' <<<"$out")
+    spread=$(awk '/^spread:/ { sub(/,/, "", $5); print $5; exit }' <<<"$out")
     reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
     cpu=$(awk -v t="$((t1 - t0))" -v n="${reqs:-0}" -v hz="$(getconf CLK_TCK)" \
         'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "-" }')

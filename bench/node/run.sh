@@ -49,7 +49,7 @@ trap cleanup EXIT
 echo "== node: machine: $(nproc) CPUs, kernel $(uname -r), node $(node --version), $(date -u '+%Y-%m-%d %H:%M UTC'), load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # wrk scripts. lat.lua prints the latency percentiles at the end (no per-request cost);
-# count.lua (bench/node/count.lua) also counts the answers per worker (the pid in the anchor's
+# count.lua (bench/count.lua) also counts the answers per worker (the pid in the anchor's
 # body), a Lua call per response, so it is used only where the spread is reported (the tail
 # section, for all alike).
 cat >"$tmp/lat.lua" <<'LUA'
@@ -159,11 +159,11 @@ for ((r = 1; r <= rounds; r++)); do
         ITERS=$work start_one "$n"
         timeout 30 wrk -t1 -c50 -d1s -H 'Connection: close' "http://127.0.0.1:${port_of[$n]}/" >/dev/null 2>&1 || true
         for c in $tail_conns; do
-            out=$(timeout 60 wrk -t1 -c"$c" -d"$duration" -s "$repo/bench/node/count.lua" -H 'Connection: close' "http://127.0.0.1:${port_of[$n]}/" 2>&1 || true)
+            out=$(timeout 60 wrk -t1 -c"$c" -d"$duration" -s "$repo/bench/count.lua" -H 'Connection: close' "http://127.0.0.1:${port_of[$n]}/" 2>&1 || true)
             rate=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
             errs=$(awk '/Socket errors:|Non-2xx/ { print }' <<<"$out")
             read -r p50 p99 p999 <<<"$(lat "$out")"
-            spread=$(awk '/^spread:/ { print $3; exit }' <<<"$out")
+            spread=$(awk '/^spread:/ { sub(/,/, "", $5); print $5; exit }' <<<"$out")
             printf '   round %d %-19s -c%-4s %8s req/s  p50 %6s p99 %6s p99.9 %6s ms  spread %s %s\n' "$r" "$n" "$c" "${rate:-0}" "${p50:--}" "${p99:--}" "${p999:--}" "${spread:--}" "$errs"
             all_rates[$n.tail$c]+="${rate:-0} "
             all_lats[$n.tail$c]+="${p50:-} ${p99:-} ${p999:-} "
