@@ -407,17 +407,33 @@ class WorkerSelf extends EventEmitter {
 }
 
 /**
- * Follows the connections of an HTTP/1 server (http or https) so that a drain can end each
+ * Makes sure a drain can find the connections of an HTTP/1 server (http or https) and end each
  * one cleanly (see drainKeepAlive). Other servers are left alone: only HTTP says how a
- * connection announces its end. Serving costs one slot and one listener per connection
- * and nothing per request: what a drain needs to know of a connection (its response in
- * progress, its bytes) it reads from the socket when the drain begins.
+ * connection announces its end.
+ *
+ * A listening server of Node 18.2 or later keeps its own list of open connections (for its
+ * request timeouts and closeAllConnections()): once it is there, at the first connection,
+ * nothing more is done per connection. Following each connection as well cost 4 % more CPU
+ * per request in a busy worker (bench/RESULTS.md). A server that does not listen itself
+ * (worker.serve()) or an older Node has no such list: its connections are followed, in slots
+ * (one slot and one listener per connection, nothing per request). Either way, what a drain
+ * needs to know of a connection (its response in progress, its bytes) it reads from the
+ * socket when the drain begins.
  */
 function trackKeepAlive(server) {
   if (server[kDrain] || !('keepAliveTimeout' in server)) return;
-  const state = { sockets: new OpenSockets(), draining: false, timer: null };
+  const state = { sockets: new OpenSockets(), list: null, looked: false, draining: false, timer: null };
   server[kDrain] = state;
-  server.on(server instanceof tls.Server ? 'secureConnection' : 'connection', (socket) => {
+  const event = server instanceof tls.Server ? 'secureConnection' : 'connection';
+  server.on(event, function follow(socket) {
+    if (!state.looked) {
+      state.looked = true;
+      state.list = nodeConnections(server);
+      if (state.list) {
+        server.removeListener(event, follow);
+        return;
+      }
+    }
     socket[kDrain] = state;
     state.sockets.add(socket);
     socket.on('close', forgetSocket);
@@ -426,6 +442,35 @@ function trackKeepAlive(server) {
 
 function forgetSocket() {
   this[kDrain].sockets.delete(this);
+}
+
+/**
+ * The list of open connections Node's own HTTP server keeps once it listens (its
+ * `http.server.connections` symbol: parsers, each with its socket, on every connection until
+ * it closes or is upgraded); null when there is none.
+ */
+function nodeConnections(server) {
+  const key = Object.getOwnPropertySymbols(server)
+    .find((k) => k.description === 'http.server.connections');
+  const list = key && server[key];
+  return list && typeof list.all === 'function' ? list : null;
+}
+
+/**
+ * The open HTTP connections of a server followed by trackKeepAlive. A connection upgraded to
+ * another protocol (a WebSocket) is no longer HTTP's, nor in Node's list: its end is the
+ * application's, as with Node's own cluster.
+ */
+function openConnections(state) {
+  const sockets = [];
+  if (state.list) {
+    for (const parser of state.list.all()) {
+      if (parser.socket && !parser.socket.destroyed) sockets.push(parser.socket);
+    }
+  } else {
+    for (const socket of state.sockets) if (socket.parser && !socket.destroyed) sockets.push(socket);
+  }
+  return sockets;
 }
 
 /**
@@ -445,7 +490,7 @@ function drainKeepAlive(server) {
   server.prependListener('request', (req, res) => { res.shouldKeepAlive = false; });
   const marks = new Map();
   const now = Date.now();
-  for (const socket of state.sockets) {
+  for (const socket of openConnections(state)) {
     // The response a connection is writing now (Node's own record of it).
     const res = socket._httpMessage;
     if (res && !res.headersSent) res.shouldKeepAlive = false;
@@ -454,7 +499,7 @@ function drainKeepAlive(server) {
   const check = () => {
     const at = Date.now();
     for (const [socket, mark] of marks) {
-      if (!state.sockets.has(socket)) {
+      if (socket.destroyed) {
         marks.delete(socket);
       } else if (socket._httpMessage || socket.bytesRead !== mark.bytes) {
         // A response in progress, or bytes of a request: busy, not idle.
@@ -462,7 +507,6 @@ function drainKeepAlive(server) {
         mark.since = at;
       } else if (at - mark.since >= IDLE_GRACE_MS) {
         marks.delete(socket);
-        state.sockets.delete(socket);
         socket.end(() => socket.destroy());
       }
     }

@@ -22,6 +22,82 @@ async function httpRun(impl) {
   return { code, out, workers, seen };
 }
 
+/** What `socket` receives until `done(text)` says it is complete; rejects after `ms`. */
+function receive(socket, done, ms = 5000) {
+  return new Promise((resolve, reject) => {
+    let text = '';
+    const timer = setTimeout(() => finish(new Error(`no complete answer in ${ms} ms: ${JSON.stringify(text)}`)), ms);
+    const onData = (d) => {
+      text += d;
+      if (done(text)) finish(null);
+    };
+    const onEnd = () => finish(new Error(`closed after ${JSON.stringify(text)}`));
+    function finish(err) {
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('end', onEnd);
+      if (err) reject(err);
+      else resolve(text);
+    }
+    socket.on('data', onData);
+    socket.on('end', onEnd);
+  });
+}
+
+/**
+ * classic_drain.js under `impl`: a kept-alive connection that answered once and an upgraded
+ * one are open when the primary disconnects the worker. Returns the 'close' listeners the
+ * answer reported, whether the kept-alive connection was closed, what the upgraded one echoed
+ * a second after the drain began, and the program's end.
+ */
+async function drainRun(impl) {
+  const port = await freePort();
+  let ready;
+  const started = new Promise((resolve) => { ready = resolve; });
+  const run = runFixture('classic_drain.js', impl, [port], {
+    stdin: 'pipe',
+    onLine: (line, child) => { if (line === 'READY') ready(child); },
+  });
+  const child = await started;
+  const connect = () => new Promise((resolve, reject) => {
+    const s = net.connect(port, '127.0.0.1', () => resolve(s));
+    s.on('error', reject);
+  });
+  const kept = await connect();
+  const keptClosed = new Promise((resolve) => kept.on('close', resolve));
+  const answer = receive(kept, (t) => t.includes('\r\n\r\nok'));
+  kept.write('GET / HTTP/1.1\r\nHost: t\r\n\r\n');
+  const listeners = Number((/x-close-listeners: (\d+)/.exec(await answer) || [])[1]);
+  const up = await connect();
+  const switched = receive(up, (t) => t.includes('\r\n\r\n'));
+  up.write('GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n');
+  assert.match(await switched, /^HTTP\/1.1 101/);
+  child.stdin.write('drain\n');
+  const closed = await Promise.race([keptClosed.then(() => true), delay(3000).then(() => false)]);
+  await delay(1000);
+  const echo = receive(up, (t) => t.includes('ping'));
+  up.write('ping');
+  const echoed = await echo.catch((e) => e.message);
+  const ended = new Promise((resolve) => up.on('end', resolve));
+  up.write('bye');
+  await Promise.race([ended, delay(3000)]);
+  up.destroy();
+  kept.destroy();
+  const { code, out } = await run;
+  return { listeners, closed, echoed, code, out };
+}
+
+function delay(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+test('an HTTP connection of a worker\'s listening server has no more listeners than under cluster', async () => {
+  const node = await drainRun('cluster');
+  const ours = await drainRun('rcluster');
+  assert.ok(node.listeners >= 1, node.out);
+  assert.strictEqual(ours.listeners, node.listeners, 'rcluster added a \'close\' listener to each connection');
+});
+
 for (const impl of ['cluster', 'rcluster']) {
   test(`${impl}: one worker per CPU serving HTTP on one port spreads requests over all workers`, async () => {
     const { code, out, workers, seen } = await httpRun(impl);
@@ -44,6 +120,14 @@ for (const impl of ['cluster', 'rcluster']) {
     } finally {
       holder.close();
     }
+  });
+
+  test(`${impl}: a disconnected worker closes its idle kept-alive connection and leaves an upgraded one to the program`, async () => {
+    const r = await drainRun(impl);
+    assert.strictEqual(r.closed, true, 'the idle kept-alive connection stayed open');
+    assert.strictEqual(r.echoed, 'ping', 'the upgraded connection was closed by the drain');
+    assert.match(r.out, /^EXIT 0 null$/m, r.out);
+    assert.strictEqual(r.code, 0, r.out);
   });
 
   test(`${impl}: worker.send broadcast is answered through process.send, with fork(env)`, async () => {
