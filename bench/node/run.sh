@@ -60,6 +60,12 @@ end
 LUA
 # lat OUT: "p50 p99 p99.9" in ms from a wrk output with lat.lua's or count.lua's line.
 lat() { awk '/^latency-us:/ { printf "%.2f %.2f %.2f", $3 / 1000, $5 / 1000, $7 / 1000 }' <<<"$1"; }
+# conns_split PORT: the open connections to PORT per process, fewest first ("23/27"), from ss:
+# how a keep-alive run's connections were spread over the workers (nothing per request).
+conns_split() {
+    ss -tnpH state established "( sport = :$1 )" 2>/dev/null | grep -o 'pid=[0-9]*' | sort | uniq -c \
+        | awk '{ print $1 }' | sort -n | paste -sd/
+}
 
 # serve NAME PORT POLICY [wrapper]: starts the anchor HTTP cluster (2 workers), waits for READY.
 # ITERS (environment, 0 unless set) is the anchor's loop iterations per request.
@@ -106,7 +112,7 @@ stop_one() {
     wait "$p" 2>/dev/null || true
     unset 'pids[-1]'
 }
-declare -A all_rates rate_of all_lats
+declare -A all_rates rate_of all_lats all_splits
 median() { printf '%s\n' "$@" | { grep -v '^$' || true; } | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
 # med_lat KEY: the median of each latency figure over the rounds, "p50 p99 p99.9" (ms).
 med_lat() {
@@ -131,11 +137,18 @@ for ((r = 1; r <= rounds; r++)); do
         for mode in close keep; do
             hdr=()
             [[ $mode == close ]] && hdr=(-H 'Connection: close')
+            split=""
+            [[ $mode == keep ]] && { (sleep 1; conns_split "${port_of[$n]}") >"$tmp/split" & splitter=$!; }
             out=$(timeout 60 wrk -t1 -c"$conns" -d"$duration" -s "$tmp/lat.lua" "${hdr[@]}" "http://127.0.0.1:${port_of[$n]}/" 2>&1 || true)
+            if [[ $mode == keep ]]; then
+                wait "$splitter" || true
+                split=$(<"$tmp/split")
+                all_splits[$n]+="$(awk -F/ 'NF == 2 && $1 > 0 { printf "%.3f", $2 / $1 }' <<<"$split") "
+            fi
             rate=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
             errs=$(awk '/Socket errors:|Non-2xx/ { print }' <<<"$out")
             read -r p50 p99 p999 <<<"$(lat "$out")"
-            printf '   round %d %-19s %-6s %8s req/s  p50 %6s p99 %6s p99.9 %6s ms %s\n' "$r" "$n" "$mode" "${rate:-0}" "${p50:--}" "${p99:--}" "${p999:--}" "$errs"
+            printf '   round %d %-19s %-6s %8s req/s  p50 %6s p99 %6s p99.9 %6s ms %s%s\n' "$r" "$n" "$mode" "${rate:-0}" "${p50:--}" "${p99:--}" "${p999:--}" "${split:+connections per worker $split }" "$errs"
             all_rates[$n.$mode]+="${rate:-0} "
             all_lats[$n.$mode]+="${p50:-} ${p99:-} ${p999:-} "
         done
@@ -260,6 +273,8 @@ row "new conn req/s: rcluster rr, primary accepting" "${rate_of[rcluster_rr_prim
 row "   / Node rr, / Node none" "$(ratio "${rate_of[rcluster_rr_primary.close]:-}" "${rate_of[node_rr.close]:-}")x, $(ratio "${rate_of[rcluster_rr_primary.close]:-}" "${rate_of[node_none.close]:-}")x" "(reported)"
 row "keep-alive req/s: Node rr / rcluster rr" "${rate_of[node_rr.keep]:-} / ${rate_of[rcluster_rr.keep]:-}"
 row "   rcluster rr / Node rr, keep-alive" "${keep}x" ">= 1.0x" "$(verdict "$keep" '>=' 1.0)"
+# shellcheck disable=SC2086 # one figure per round
+row "   keep-alive connections per worker, max/min" "$(median ${all_splits[rcluster_rr]:-}), Node rr $(median ${all_splits[node_rr]:-})" "(reported)"
 row "IPC stream msg/s (median run): Node / rcluster" "$n_rate / $r_rate"
 row "   rcluster / Node, stream" "${ipc}x" ">= 5x" "$(verdict "$ipc" '>=' 5)"
 row "IPC RTT p50 us (median run): Node / rcluster" "$n_p50 / $r_p50"

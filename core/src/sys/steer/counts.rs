@@ -146,6 +146,26 @@ impl Counts {
         })
     }
 
+    /// The fewest connections in hand of a share-map member other than `but` that takes part
+    /// (its worker joined) and counts them; None when there is none.
+    pub(crate) fn share_least_in_hand(&self, but: u32) -> Option<i64> {
+        let n = self
+            .share_members()
+            .load(Ordering::Relaxed)
+            .clamp(0, MAX_SOCKETS as i64) as u32;
+        (0..n)
+            .filter(|&m| m != but)
+            .filter(|&m| {
+                self.share_since(m)
+                    .is_some_and(|t| t.load(Ordering::Relaxed) != 0)
+            })
+            .filter_map(|m| {
+                let h = self.share_in_hand(m)?.load(Ordering::Relaxed);
+                (h > 0).then_some(h - 1)
+            })
+            .min()
+    }
+
     /// The fewest connections taken by a share-map member other than `but` whose worker took
     /// one (or joined) within [`ACTIVE_MS`] of `now`; None when there is none.
     pub(crate) fn share_least(&self, but: Option<u32>, now: i64) -> Option<i64> {
@@ -290,6 +310,20 @@ impl TurnCounter {
             taken.load(Ordering::Relaxed),
             since.load(Ordering::Relaxed),
         )
+    }
+
+    /// For a share map, counting in hand: whether this worker has `lead` or more connections
+    /// in hand beyond the member that counts them and has fewest (false when there is no
+    /// other). Connections that stay open (kept alive) are spread over the workers this way,
+    /// whatever the order they took them in. A few atomic reads per member.
+    pub fn ahead_in_hand(&self, lead: u32) -> bool {
+        let Some(mine) = self.counts.share_in_hand(self.member) else {
+            return false;
+        };
+        let mine = mine.load(Ordering::Relaxed) - 1;
+        self.counts
+            .share_least_in_hand(self.member)
+            .is_some_and(|least| mine >= least.saturating_add(lead as i64))
     }
 
     /// For a share map: whether this worker took `lead` or more connections beyond the
