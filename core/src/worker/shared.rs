@@ -21,11 +21,13 @@
 //! with something else), the worker waits for idle ones no more for [`IDLE_DISTRUST`].
 //!
 //! A worker that counts them and has [`IN_HAND_LEAD`] more connections in hand than another
-//! that counts leaves it the next connection too, however many wait, in a run of deferrals as
-//! for [`LEAD`]; when the run ends without that one taking enough, the worker takes and waits
-//! for it no more for [`IDLE_DISTRUST`]. Connections that stay open, such as the kept-alive
-//! ones of a burst of clients (wrk opening 50 at once), are spread evenly: by the order the
-//! workers looked in, one took 45 of 50 in some runs.
+//! that counts leaves it the next connection too, also while [`LONG_QUEUE`] or more wait but
+//! not [`BATCH_QUEUE`] (every worker is taking, several a look): as for an idle one, it keeps
+//! watching (serving what it has meanwhile, and taking again as soon as the other caught up),
+//! for [`MAX_DEFER`] at most; then it takes, and waits for the others no more for
+//! [`IDLE_DISTRUST`]. Connections that stay open, such as the kept-alive ones of a burst of
+//! clients (wrk opening 50 at once), are spread evenly: by the order the workers looked in,
+//! one took 45 of 50 in some runs.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -40,9 +42,9 @@ use crate::worker::{Listening, Worker};
 /// Connections a worker may have taken beyond the one that took fewest before it lets the
 /// others take the next. Over a run of N connections the shares differ by about this much.
 pub const LEAD: u32 = 16;
-/// Connections a worker counting them may have in hand beyond the active one that has fewest
-/// before it lets the others take the next, however many wait: kept-alive connections that
-/// arrive together are spread evenly, not by which worker happened to look first.
+/// Connections a worker counting them may have in hand beyond the one that has fewest before
+/// it lets the others take the next, unless [`BATCH_QUEUE`] or more wait: kept-alive
+/// connections that arrive together are spread evenly, not by which worker looked first.
 pub const IN_HAND_LEAD: u32 = 4;
 /// Connections waiting in the socket (a TCP listener's accept queue) from which every worker
 /// takes, ahead or not.
@@ -227,9 +229,17 @@ impl SharedAcceptor {
                 if self.may_defer(true) {
                     return Accepted::Deferred;
                 }
-            } else if counting && self.trusts_idle() && c.ahead_in_hand(IN_HAND_LEAD) {
-                if self.may_defer(true) {
-                    return Accepted::Deferred;
+            } else if counting
+                && self.trusts_idle()
+                && c.ahead_in_hand(IN_HAND_LEAD)
+                && queued(self.fd) < BATCH_QUEUE
+            {
+                // It keeps watching (no pause): it serves what it has meanwhile, and takes
+                // again as soon as the other has caught up.
+                if self.may_defer(false) {
+                    // SAFETY: no arguments; gives up the CPU for a moment.
+                    unsafe { libc::sched_yield() };
+                    return Accepted::Empty;
                 }
                 // Left for MAX_DEFER and still ahead: the one with fewer is not taking.
                 let until = self.micros() + IDLE_DISTRUST.as_micros() as u64;
@@ -489,7 +499,7 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_with_more_in_hand_leaves_connections_to_one_with_fewer_however_many_wait() {
+    fn a_worker_with_more_in_hand_leaves_connections_to_one_with_fewer_even_at_a_long_queue() {
         use std::sync::atomic::Ordering::Relaxed;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -513,10 +523,10 @@ mod tests {
         for _ in 0..IN_HAND_LEAD {
             kept.push(take(&a));
         }
-        // IN_HAND_LEAD in hand beyond B's none: A leaves the next one to B (and stops
-        // watching for a moment), however many wait.
+        // IN_HAND_LEAD in hand beyond B's none: A leaves the next one to B (and keeps
+        // watching: Empty), LONG_QUEUE or more waiting.
         assert!(queued(listener.as_raw_fd()) >= LONG_QUEUE);
-        assert!(matches!(a.next(), Accepted::Deferred));
+        assert!(matches!(a.next(), Accepted::Empty));
         kept.push(take(&b));
         // B has one now: A may take again, up to IN_HAND_LEAD beyond it.
         kept.push(take(&a));
@@ -524,14 +534,23 @@ mod tests {
             map.share_in_hand(0).unwrap().load(Relaxed),
             1 + IN_HAND_LEAD as i64 + 1
         );
-        // B takes no more (its loop is busy elsewhere): A leaves it the next one for
-        // MAX_DEFER, then takes it, and for IDLE_DISTRUST waits for B no more.
+        // B takes no more (its loop is busy elsewhere): A, looking again as often as it can,
+        // leaves it the next one for MAX_DEFER however many looks that is, then takes it, and
+        // for IDLE_DISTRUST waits for B no more.
         let started = Instant::now();
-        let deferrals = deferrals_until_taken(&a, DEFER_FOR / 5);
-        assert!(
-            deferrals >= 1 && started.elapsed() >= MAX_DEFER,
-            "{deferrals}"
-        );
+        let mut looks = 0;
+        loop {
+            match a.next() {
+                Accepted::Empty => looks += 1,
+                Accepted::Connection(c) => break kept.push(c),
+                other => panic!("after {looks} looks: {other:?}"),
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "still leaving it"
+            );
+        }
+        assert!(looks >= 1 && started.elapsed() >= MAX_DEFER, "{looks}");
         kept.push(take(&a));
         // Its connections closing bring A level again: it takes at once, trusted or not.
         std::thread::sleep(IDLE_DISTRUST);
@@ -543,7 +562,13 @@ mod tests {
         map.share_in_hand(1).unwrap().store(0, Relaxed);
         kept.push(take(&a));
         kept.push(take(&a));
-        assert!(kept.len() >= 9);
+        // B counting again with none in hand, A far ahead: with BATCH_QUEUE waiting, every
+        // worker is taking, and A takes too (it would idle while they wait).
+        map.share_in_hand(1).unwrap().store(1, Relaxed);
+        let _crowd = waiting(addr, BATCH_QUEUE);
+        assert!(queued(listener.as_raw_fd()) >= BATCH_QUEUE);
+        kept.push(take(&a));
+        assert!(kept.len() >= 10);
     }
 
     /// Looks of `a` until it takes a connection, `pause` apart: how many were deferred (never
