@@ -409,11 +409,11 @@ mod tests {
         assert!(matches!(plain.next(), Accepted::Empty));
     }
 
-    #[test]
-    fn a_worker_leaves_the_next_connection_to_an_idle_one_whose_turn_it_is() {
+    /// A listener, its share map with two members that joined just now, and an acceptor of
+    /// each.
+    fn two_members() -> (TcpListener, Counts, SharedAcceptor, SharedAcceptor) {
         use std::sync::atomic::Ordering::Relaxed;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
         let map = Counts::anonymous().unwrap();
         map.share_members().store(2, Relaxed);
         for m in 0..2 {
@@ -422,10 +422,22 @@ mod tests {
         let member = |m| Arc::new(TurnCounter::new(map.fd.try_clone().unwrap(), m).unwrap());
         let a = SharedAcceptor::new(listener.as_raw_fd(), Some(member(0))).unwrap();
         let b = SharedAcceptor::new(listener.as_raw_fd(), Some(member(1))).unwrap();
-        let take = |x: &SharedAcceptor| match x.next() {
+        (listener, map, a, b)
+    }
+
+    /// The connection `x` takes at this look (panics when it takes none).
+    fn take(x: &SharedAcceptor) -> OwnedFd {
+        match x.next() {
             Accepted::Connection(c) => c,
             other => panic!("took nothing: {other:?}"),
-        };
+        }
+    }
+
+    #[test]
+    fn a_worker_leaves_the_next_connection_to_an_idle_one_whose_turn_it_is() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (listener, map, a, b) = two_members();
+        let addr = listener.local_addr().unwrap();
         let c1 = waiting(addr, 1);
         // Neither counts what it has in hand: the first to look takes.
         drop((c1, take(&a)));
@@ -498,20 +510,8 @@ mod tests {
     #[test]
     fn a_worker_with_more_in_hand_leaves_connections_to_one_with_fewer_even_at_a_long_queue() {
         use std::sync::atomic::Ordering::Relaxed;
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (listener, map, a, b) = two_members();
         let addr = listener.local_addr().unwrap();
-        let map = Counts::anonymous().unwrap();
-        map.share_members().store(2, Relaxed);
-        for m in 0..2 {
-            map.share_since(m).unwrap().store(now_ms(), Relaxed);
-        }
-        let member = |m| Arc::new(TurnCounter::new(map.fd.try_clone().unwrap(), m).unwrap());
-        let a = SharedAcceptor::new(listener.as_raw_fd(), Some(member(0))).unwrap();
-        let b = SharedAcceptor::new(listener.as_raw_fd(), Some(member(1))).unwrap();
-        let take = |x: &SharedAcceptor| match x.next() {
-            Accepted::Connection(c) => c,
-            other => panic!("took nothing: {other:?}"),
-        };
         assert!(a.count_in_hand() && b.count_in_hand());
         // A burst of kept-alive clients: so many wait that the lead in connections taken
         // does not hold (LONG_QUEUE).
