@@ -223,14 +223,13 @@ impl SharedAcceptor {
     /// Takes one connection, or says why not.
     pub fn next(&self) -> Accepted {
         if let Some(c) = &self.counter {
-            let counting = self.in_hand.load(Ordering::Relaxed);
             if c.ahead(LEAD) && queued(self.fd) < LONG_QUEUE {
                 if self.may_defer(true) {
                     return Accepted::Deferred;
                 }
-            } else if counting
-                && self.trusts_idle()
+            } else if self.in_hand.load(Ordering::Relaxed)
                 && c.ahead_in_hand(IN_HAND_LEAD)
+                && self.trusts_idle()
                 && queued(self.fd) < BATCH_QUEUE
             {
                 // It stops watching for a moment: on a busy machine, one that kept looking
@@ -239,8 +238,7 @@ impl SharedAcceptor {
                     return Accepted::Deferred;
                 }
                 // Left for MAX_DEFER and still ahead: the one with fewer is not taking.
-                let until = self.micros() + IDLE_DISTRUST.as_micros() as u64;
-                self.distrust_until.store(until, Ordering::Relaxed);
+                self.distrust();
             } else if c.behind_idle() && self.trusts_idle() && queued(self.fd) <= 1 {
                 // The idle one was woken for it too and takes it at once: this one keeps
                 // watching (no pause), and looks again as often as it is woken meanwhile.
@@ -251,8 +249,7 @@ impl SharedAcceptor {
                     return Accepted::Empty;
                 }
                 // Left for MAX_DEFER and still here: that one is not watching.
-                let until = self.micros() + IDLE_DISTRUST.as_micros() as u64;
-                self.distrust_until.store(until, Ordering::Relaxed);
+                self.distrust();
             }
         }
         self.deferring_since.store(0, Ordering::Relaxed);
@@ -295,6 +292,13 @@ impl SharedAcceptor {
     /// Microseconds since `epoch`, at least 1 (0 means "not deferring").
     fn micros(&self) -> u64 {
         (self.epoch.elapsed().as_micros() as u64).max(1)
+    }
+
+    /// For [`IDLE_DISTRUST`] from now, it leaves no connection to another worker that is idle
+    /// or has fewer in hand: such a wait was in vain.
+    fn distrust(&self) {
+        let until = self.micros() + IDLE_DISTRUST.as_micros() as u64;
+        self.distrust_until.store(until, Ordering::Relaxed);
     }
 
     /// Whether it may leave a connection to an idle worker: no such wait was in vain lately.

@@ -317,10 +317,13 @@ impl TurnCounter {
     /// other). Connections that stay open (kept alive) are spread over the workers this way,
     /// whatever the order they took them in. A few atomic reads per member.
     pub fn ahead_in_hand(&self, lead: u32) -> bool {
-        let Some(mine) = self.counts.share_in_hand(self.member) else {
-            return false;
+        let mine = match self.counts.share_in_hand(self.member) {
+            Some(h) => h.load(Ordering::Relaxed) - 1,
+            None => return false,
         };
-        let mine = mine.load(Ordering::Relaxed) - 1;
+        if mine < 0 {
+            return false; // this member does not count
+        }
         self.counts
             .share_least_in_hand(self.member)
             .is_some_and(|least| mine >= least.saturating_add(lead as i64))
