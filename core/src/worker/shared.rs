@@ -26,11 +26,12 @@
 //! [`LEAD`]; when the run ends, it takes, and waits for the others no more for
 //! [`IDLE_DISTRUST`]. Connections that stay open, such as the kept-alive ones of a burst of
 //! clients (wrk opening 50 at once), are spread evenly: by the order the workers looked in,
-//! one took 45 of 50 in some runs. A worker that closed one of its connections in the last
-//! [`CLOSED_LATELY`] does not so: its connections are short (a new connection per request),
-//! and the count in hand says how much waits for this turn, not for the run. Left to a worker
-//! with fewer that was not running, connections waited while this worker's CPU sat idle
-//! (Node workers, a new connection per request: 8 % fewer requests a second).
+//! one took 45 of 50 in some runs. A worker whose last [`CLOSES_LATELY`] closes all came in
+//! the last [`CLOSED_LATELY`] does not so: its connections are short (a new connection per
+//! request), and the count in hand says how much waits for this turn, not for the run. Left to
+//! a worker with fewer that was not running, connections waited while this worker's CPU sat
+//! idle (Node workers, a new connection per request: 4 % fewer requests a second). One close
+//! is not enough: wrk opens and closes one connection before its burst of 50.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -49,10 +50,12 @@ pub const LEAD: u32 = 16;
 /// it lets the others take the next, unless [`BATCH_QUEUE`] or more wait: kept-alive
 /// connections that arrive together are spread evenly, not by which worker looked first.
 pub const IN_HAND_LEAD: u32 = 4;
-/// How long after a worker closed one of its connections it leaves none to the others for
-/// having more in hand ([`IN_HAND_LEAD`]). Short: a burst of clients that come right after
-/// others left is still spread.
+/// A worker whose last [`CLOSES_LATELY`] closes of connections came within this time leaves
+/// none to the others for having more in hand ([`IN_HAND_LEAD`]): its connections are short.
+/// Short itself: a burst of clients that come right after others left is still spread.
 pub const CLOSED_LATELY: Duration = Duration::from_millis(5);
+/// See [`CLOSED_LATELY`]: 800 closes a second or more.
+pub const CLOSES_LATELY: usize = 4;
 /// Connections waiting in the socket (a TCP listener's accept queue) from which every worker
 /// takes, ahead or not.
 pub const LONG_QUEUE: u32 = 16;
@@ -122,8 +125,10 @@ pub struct SharedAcceptor {
     in_hand: AtomicBool,
     /// Until when (microseconds after `epoch`) it waits for idle ones no more.
     distrust_until: AtomicU64,
-    /// When (microseconds after `epoch`) a connection it took was last closed; 0 never.
-    closed_at: AtomicU64,
+    /// When (microseconds after `epoch`) the last [`CLOSES_LATELY`] connections it took were
+    /// closed (0: not yet), a ring; and where in it the next goes.
+    closed_at: [AtomicU64; CLOSES_LATELY],
+    closes: AtomicU32,
     listened: bool,
     /// The address the primary said the listener is bound to ("" when it was not asked).
     address: String,
@@ -147,7 +152,8 @@ impl SharedAcceptor {
             batch: AtomicU32::new(0),
             in_hand: AtomicBool::new(false),
             distrust_until: AtomicU64::new(0),
-            closed_at: AtomicU64::new(0),
+            closed_at: Default::default(),
+            closes: AtomicU32::new(0),
             listened: false,
             address: String::new(),
         })
@@ -228,7 +234,8 @@ impl SharedAcceptor {
     pub fn closed(&self) {
         if let (true, Some(c)) = (self.in_hand.load(Ordering::Relaxed), &self.counter) {
             c.released();
-            self.closed_at.store(self.micros(), Ordering::Relaxed);
+            let i = self.closes.fetch_add(1, Ordering::Relaxed) as usize % CLOSES_LATELY;
+            self.closed_at[i].store(self.micros(), Ordering::Relaxed);
         }
     }
 
@@ -314,10 +321,17 @@ impl SharedAcceptor {
         self.distrust_until.store(until, Ordering::Relaxed);
     }
 
-    /// Whether a connection it took was closed in the last [`CLOSED_LATELY`].
+    /// Whether the last [`CLOSES_LATELY`] connections it took were all closed in the last
+    /// [`CLOSED_LATELY`].
     fn closed_lately(&self) -> bool {
-        let at = self.closed_at.load(Ordering::Relaxed);
-        at != 0 && self.micros().saturating_sub(at) < CLOSED_LATELY.as_micros() as u64
+        let oldest = self
+            .closed_at
+            .iter()
+            .map(|t| t.load(Ordering::Relaxed))
+            .min();
+        oldest.is_some_and(|at| {
+            at != 0 && self.micros().saturating_sub(at) < CLOSED_LATELY.as_micros() as u64
+        })
     }
 
     /// Whether it may leave a connection to an idle worker: no such wait was in vain lately.
@@ -634,27 +648,34 @@ mod tests {
         assert!(a.count_in_hand() && b.count_in_hand());
         let _clients = waiting(listener.local_addr().unwrap(), IN_HAND_LEAD + 8);
         let mut kept: Vec<OwnedFd> = (0..IN_HAND_LEAD).map(|_| take(&a)).collect();
-        // A new connection per request: A holds IN_HAND_LEAD + 1, B none, and one of A's
-        // closes. A, still IN_HAND_LEAD ahead, takes the next at once: what it holds is this
-        // moment's backlog, and B may not be running to take it.
         let hold = |n: u32| {
             map.share_in_hand(0)
                 .unwrap()
                 .store(1 + i64::from(n), Relaxed)
         };
+        // A holds IN_HAND_LEAD + 1, B none, and one of A's closes (as wrk's first connection
+        // before its burst does): A, still IN_HAND_LEAD ahead, leaves the next one to B.
+        hold(IN_HAND_LEAD + 1);
+        a.closed();
+        assert!(matches!(a.next(), Accepted::Deferred));
+        // A new connection per request: CLOSES_LATELY of A's close in a row, A still
+        // IN_HAND_LEAD ahead. A takes the next at once: what it holds is this moment's
+        // backlog, and B may not be running to take it.
         for tried in 0.. {
-            hold(IN_HAND_LEAD + 1);
-            a.closed();
             let since = Instant::now();
+            for _ in 0..CLOSES_LATELY {
+                a.closed();
+            }
+            hold(IN_HAND_LEAD);
             let next = a.next();
             if since.elapsed() < CLOSED_LATELY {
                 assert!(matches!(next, Accepted::Connection(_)), "{next:?}");
                 break;
             }
-            // Preempted for longer than CLOSED_LATELY in between: look again.
+            // Preempted for longer than CLOSED_LATELY in between: again.
             assert!(
                 tried < 5,
-                "no look came within {CLOSED_LATELY:?} of a close"
+                "no look came within {CLOSED_LATELY:?} of the closes"
             );
         }
         // None closed lately: A leaves the next one to B, as for kept-alive connections.
