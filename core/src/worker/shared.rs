@@ -462,7 +462,6 @@ mod tests {
         (listener, map, a, b)
     }
 
-    /// The connection `x` takes at this look (panics when it takes none).
     /// Member `m` took its last connection a while ago (more than a tick of the coarse clock).
     fn quiet(map: &Counts, m: u32) {
         map.share_since(m)
@@ -470,6 +469,7 @@ mod tests {
             .store(now_ms() - 20, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The connection `x` takes at this look (panics when it takes none).
     fn take(x: &SharedAcceptor) -> OwnedFd {
         match x.next() {
             Accepted::Connection(c) => c,
@@ -658,7 +658,7 @@ mod tests {
         hold(IN_HAND_LEAD + 1);
         a.closed();
         assert!(matches!(a.next(), Accepted::Deferred));
-        // A new connection per request: CLOSES_LATELY of A's close in a row, A still
+        // A new connection per request: CLOSES_LATELY of A's connections close, A still
         // IN_HAND_LEAD ahead. A takes the next at once: what it holds is this moment's
         // backlog, and B may not be running to take it.
         for tried in 0.. {
