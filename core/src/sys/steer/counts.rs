@@ -126,15 +126,20 @@ impl Counts {
             .flatten()
     }
 
+    /// How many share-map members have been given out, as far as the map can hold (a worker
+    /// may write anything there).
+    fn share_member_count(&self) -> u32 {
+        self.share_members()
+            .load(Ordering::Relaxed)
+            .clamp(0, MAX_SOCKETS as i64) as u32
+    }
+
     /// Whether a share-map member other than `but` takes part (its worker joined), counts
     /// its connections in hand and has none, took its last before `quiet` (see
     /// [`TurnCounter::behind_idle`]), and took fewer than `mine`, or as many but longer ago
     /// than `since` (the order of turns).
     pub(crate) fn share_idle_below(&self, but: u32, mine: i64, since: i64, quiet: i64) -> bool {
-        let n = self
-            .share_members()
-            .load(Ordering::Relaxed)
-            .clamp(0, MAX_SOCKETS as i64) as u32;
+        let n = self.share_member_count();
         (0..n).filter(|&m| m != but).any(|m| {
             let idle = self
                 .share_in_hand(m)
@@ -150,10 +155,7 @@ impl Counts {
     /// The fewest connections in hand of a share-map member other than `but` that takes part
     /// (its worker joined) and counts them; None when there is none.
     pub(crate) fn share_least_in_hand(&self, but: u32) -> Option<i64> {
-        let n = self
-            .share_members()
-            .load(Ordering::Relaxed)
-            .clamp(0, MAX_SOCKETS as i64) as u32;
+        let n = self.share_member_count();
         (0..n)
             .filter(|&m| m != but)
             .filter(|&m| {
@@ -170,10 +172,7 @@ impl Counts {
     /// The fewest connections taken by a share-map member other than `but` whose worker took
     /// one (or joined) within [`ACTIVE_MS`] of `now`; None when there is none.
     pub(crate) fn share_least(&self, but: Option<u32>, now: i64) -> Option<i64> {
-        let n = self
-            .share_members()
-            .load(Ordering::Relaxed)
-            .clamp(0, MAX_SOCKETS as i64) as u32;
+        let n = self.share_member_count();
         (0..n)
             .filter(|&m| Some(m) != but)
             .filter(|&m| {
