@@ -634,7 +634,14 @@ mod tests {
             assert!(tried < 5, "no look came within a tick of the clock");
             kept.push(waiting(addr, 1));
         }
-        // The same a while later: B is idle, and A leaves it the next one.
+        // B writes a time to come as its last (a worker lying in the map): never quiet, so
+        // never waited for.
+        map.share_since(1).unwrap().store(i64::MAX, Relaxed);
+        let _lie = waiting(addr, 1);
+        drop(take(&a));
+        a.closed();
+        // The same a while later, B having taken fewer: B is idle, and A leaves it the next.
+        map.share_taken(1).unwrap().store(0, Relaxed);
         quiet(&map, 1);
         let _c3 = waiting(addr, 1);
         assert!(matches!(a.next(), Accepted::Empty));
