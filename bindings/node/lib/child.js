@@ -368,12 +368,7 @@ class WorkerSelf extends EventEmitter {
       closeFd(fd);
       return null;
     }
-    const socket = this._socket({ fd, listener }, {
-      readable: true,
-      writable: true,
-      allowHalfOpen: server.allowHalfOpen,
-      pauseOnCreate: server.pauseOnConnect,
-    });
+    const socket = this._socket(server, listener, fd);
     if (server.noDelay) socket.setNoDelay(true);
     server._connections++;
     socket.server = server;
@@ -382,25 +377,39 @@ class WorkerSelf extends EventEmitter {
   }
 
   /**
-   * A net.Socket on a handed-over descriptor. `new net.Socket({ fd })` first asks what the
-   * descriptor is (four system calls: isatty, fstat, getsockopt, getsockname) and then wraps
-   * it in a TCP or Pipe handle. Every connection of a listener is of the same kind, so the
-   * first one's handle class is kept and later ones are wrapped directly, as Node's own
-   * accept does. Whatever goes wrong there falls back to the general way.
+   * A net.Socket of `server` on a handed-over descriptor. `new net.Socket({ fd })` first asks
+   * what the descriptor is (four system calls: isatty, fstat, getsockopt, getsockname) and then
+   * wraps it in a TCP or Pipe handle. Every connection of a listener is of the same kind, so the
+   * first one's handle class is kept and later ones are wrapped directly, with the options net's
+   * own accept gives. Whatever goes wrong there falls back to the general way.
    */
-  _socket(ev, options) {
-    const Handle = this._handleClasses.get(ev.listener);
+  _socket(server, listener, fd) {
+    const Handle = this._handleClasses.get(listener);
     if (Handle) {
       try {
         const handle = new Handle(HANDLE_SOCKET);
-        if (handle.open(ev.fd) === 0) return new net.Socket({ handle, ...options });
+        if (handle.open(fd) === 0) {
+          return new net.Socket({
+            handle,
+            readable: true,
+            writable: true,
+            allowHalfOpen: server.allowHalfOpen,
+            pauseOnCreate: server.pauseOnConnect,
+          });
+        }
         handle.close();
       } catch { /* the general way below */ }
     }
-    const socket = new net.Socket({ fd: ev.fd, ...options });
+    const socket = new net.Socket({
+      fd,
+      readable: true,
+      writable: true,
+      allowHalfOpen: server.allowHalfOpen,
+      pauseOnCreate: server.pauseOnConnect,
+    });
     const cls = socket._handle && socket._handle.constructor;
     if (typeof cls === 'function' && typeof cls.prototype.open === 'function') {
-      this._handleClasses.set(ev.listener, cls);
+      this._handleClasses.set(listener, cls);
     }
     return socket;
   }
