@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Alternated pairs of the tail workload (bench/node/run.sh's tail section): two Node clusters,
-# one at a time (start, 1 s of warm-up, measure, stop), the order alternating by pair, so that
-# the machine's drift falls on both alike. Each run prints req/s, p50 and p99 (ms), the spread
+# one at a time (start, WARMUP of the same load, measure, stop), the order alternating by pair,
+# so that the machine's drift falls on both alike. Each run prints req/s, p50 and p99 (ms), the spread
 # over the workers (max/min) and the CPU time of the cluster's processes per request (µs);
 # the end, the medians of the pairs' ratios B/A.
 #
@@ -9,9 +9,9 @@
 #   A, B: none | node_rr (Node's cluster) | rr | shared | strict | primary (rcluster: the
 #   default round-robin, SCHED_NONE, strictTurns, kernelRoundRobin: false), each optionally
 #   MODE@CHECKOUT to run another checkout of rcluster (its addon built), e.g. rr@../old.
-# Environment: PAIRS (8), CONNS (50), DURATION (3s), WORK (20000 loop iterations per
-#   request), GC (unset; 1: also each run's median young-collection pause (ms) and survivors
-#   (KB), from node --trace-gc-nvp).
+# Environment: PAIRS (8), CONNS (50), DURATION (3s), WARMUP (3s), WORK (20000 loop iterations
+#   per request), GC (unset; 1: also each run's median young-collection pause (ms) and
+#   survivors (KB), from node --trace-gc-nvp).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -19,6 +19,7 @@ anchors="$repo/../shared/anchors"
 pairs=${PAIRS:-8}
 conns=${CONNS:-50}
 duration=${DURATION:-3s}
+warmup=${WARMUP:-3s}
 work=${WORK:-20000}
 [[ $# -eq 2 ]] || { sed -n '2,14p' "$0" >&2; exit 2; }
 [[ -f $anchors/node_cluster_hello.js ]] || { echo "pairs.sh: $anchors/node_cluster_hello.js is missing" >&2; exit 1; }
@@ -94,7 +95,7 @@ run() {
     local i
     for ((i = 0; i < 100; i++)); do grep -q READY "$tmp/log" && break; sleep 0.1; done
     grep -q READY "$tmp/log" || { echo "pairs.sh: $1 did not start: $(tail -3 "$tmp/log")" >&2; exit 1; }
-    timeout 30 wrk -t1 -c50 -d1s -H 'Connection: close' "http://127.0.0.1:$port/" >/dev/null 2>&1 || true
+    timeout 30 wrk -t1 -c"$conns" -d"$warmup" -H 'Connection: close' "http://127.0.0.1:$port/" >/dev/null 2>&1 || true
     local lines t0 t1 out
     lines=$(wc -l <"$tmp/log")
     t0=$(cpu_ticks "$pid")

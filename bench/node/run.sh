@@ -15,8 +15,11 @@
 # connection first), shared (SCHED_NONE: one socket, one connection per turn, shares kept
 # level), rr in strict turns (strictTurns: the kernel's turns as root) and rr with the
 # primary accepting.
+# Each cluster is measured after WARMUP of the same load: a Node worker serves 30-40 % fewer
+# requests in its first second than from its third on (V8 compiles its hot code meanwhile), and
+# how soon it gets there varies from start to start (bench/RESULTS.md).
 # Environment: DURATION (5s), CONNS (50), ROUNDS (3), WORK (20000), TAIL_CONNS ("50 200"),
-# TAIL_ONLY (unset; 1: the tail section alone).
+# WARMUP (3s), TAIL_ONLY (unset; 1: the tail section alone).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -26,6 +29,7 @@ duration=${DURATION:-5s}
 conns=${CONNS:-50}
 rounds=${ROUNDS:-3}
 work=${WORK:-20000}
+warmup=${WARMUP:-3s}
 tail_conns=${TAIL_CONNS:-50 200}
 tail_only=${TAIL_ONLY:-}
 
@@ -133,7 +137,7 @@ for ((r = 1; r <= rounds; r++)); do
     for n in "${order[@]}"; do
         [[ $n == rcluster_rr_strict ]] && continue # in the tail section only
         start_one "$n"
-        timeout 30 wrk -t1 -c"$conns" -d1s -H 'Connection: close' "http://127.0.0.1:${port_of[$n]}/" >/dev/null 2>&1 || true
+        timeout 30 wrk -t1 -c"$conns" -d"$warmup" -H 'Connection: close' "http://127.0.0.1:${port_of[$n]}/" >/dev/null 2>&1 || true
         for mode in close keep; do
             hdr=()
             [[ $mode == close ]] && hdr=(-H 'Connection: close')
@@ -170,7 +174,7 @@ for ((r = 1; r <= rounds; r++)); do
     fi
     for n in "${order[@]}"; do
         ITERS=$work start_one "$n"
-        timeout 30 wrk -t1 -c50 -d1s -H 'Connection: close' "http://127.0.0.1:${port_of[$n]}/" >/dev/null 2>&1 || true
+        timeout 30 wrk -t1 -c50 -d"$warmup" -H 'Connection: close' "http://127.0.0.1:${port_of[$n]}/" >/dev/null 2>&1 || true
         for c in $tail_conns; do
             out=$(timeout 60 wrk -t1 -c"$c" -d"$duration" -s "$repo/bench/count.lua" -H 'Connection: close' "http://127.0.0.1:${port_of[$n]}/" 2>&1 || true)
             rate=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
