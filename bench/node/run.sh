@@ -19,7 +19,9 @@
 # requests in its first second than from its third on (V8 compiles its hot code meanwhile), and
 # how soon it gets there varies from start to start (bench/RESULTS.md).
 # Environment: DURATION (5s), CONNS (50), ROUNDS (3), WORK (20000), TAIL_CONNS ("50 200"),
-# WARMUP (3s), TAIL_ONLY (unset; 1: the tail section alone).
+# WARMUP (3s), IPC_MSGS (1000000 messages in the IPC anchor's stream: at 200000 rcluster's
+# run lasted 0.2 s and its start, slower than the rest, weighed on the figure), TAIL_ONLY
+# (unset; 1: the tail section alone).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -30,6 +32,7 @@ conns=${CONNS:-50}
 rounds=${ROUNDS:-3}
 work=${WORK:-20000}
 warmup=${WARMUP:-3s}
+ipc_msgs=${IPC_MSGS:-1000000}
 tail_conns=${TAIL_CONNS:-50 200}
 tail_only=${TAIL_ONLY:-}
 
@@ -194,12 +197,12 @@ done
 # each figure (one run on this machine can be off by a third either way).
 rounds_ipc=$rounds
 [[ -n $tail_only ]] && rounds_ipc=0
-echo "== node: IPC (node_ipc.js 200000 20000), $rounds_ipc runs each, alternating"
+echo "== node: IPC (node_ipc.js $ipc_msgs 20000), $rounds_ipc runs each, alternating"
 declare -a n_rates r_rates n_p50s r_p50s n_p99s r_p99s
 field() { awk -v k="$2" '{ for (i = 1; i <= NF; i++) if ($i == k) { print $(i + 1); exit } }' <<<"$1"; }
 for ((r = 1; r <= rounds_ipc; r++)); do
-    ipc_node=$(cd "$anchors" && timeout 120 node node_ipc.js 200000 20000 || true)
-    ipc_rc=$(cd "$anchors" && timeout 120 node "$wrap" node_ipc.js 200000 20000 || true)
+    ipc_node=$(cd "$anchors" && timeout 120 node node_ipc.js "$ipc_msgs" 20000 || true)
+    ipc_rc=$(cd "$anchors" && timeout 120 node "$wrap" node_ipc.js "$ipc_msgs" 20000 || true)
     echo "   run $r cluster:  $(tr '\n' ' ' <<<"$ipc_node")"
     echo "   run $r rcluster: $(tr '\n' ' ' <<<"$ipc_rc")"
     n_rates+=("$(grep -o '= [0-9]* msg/s' <<<"$ipc_node" | awk '{ print $2 }')")
