@@ -16,8 +16,8 @@
 # level), rr in strict turns (strictTurns: the kernel's turns as root) and rr with the
 # primary accepting.
 # Each cluster is measured after WARMUP of the same load: a Node worker serves 30-40 % fewer
-# requests in its first second than from its third on (V8 compiles its hot code meanwhile), and
-# how soon it gets there varies from start to start (bench/RESULTS.md).
+# requests in its first second than from its third on (start-up work such as V8's compiling of
+# the hot code), and how soon it gets there varies from start to start (bench/RESULTS.md).
 # Environment: DURATION (5s), CONNS (50), ROUNDS (3), WORK (20000), TAIL_CONNS ("50 200"),
 # WARMUP (3s), IPC_MSGS (1000000 messages in the IPC anchor's stream: at 200000 rcluster's
 # run lasted 0.2 s and its start, slower than the rest, weighed on the figure), TAIL_ONLY
