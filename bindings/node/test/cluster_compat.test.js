@@ -91,6 +91,40 @@ function delay(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+/**
+ * classic_server_options.js under `impl`: one client writes, ends its side and reads what the
+ * worker answers. Returns the answer and the program's end.
+ */
+async function serverOptionsRun(impl) {
+  const port = await freePort();
+  let ready;
+  const started = new Promise((resolve) => { ready = resolve; });
+  const run = runFixture('classic_server_options.js', impl, [port], {
+    onLine: (line, child) => { if (line === 'READY') ready(child); },
+  });
+  const child = await started;
+  const answer = await new Promise((resolve, reject) => {
+    const s = net.connect(port, '127.0.0.1', () => s.end('hello'));
+    let text = '';
+    s.on('data', (d) => { text += d; });
+    s.on('end', () => resolve(text));
+    s.on('error', reject);
+    s.setTimeout(5000, () => s.destroy(new Error(`no answer in 5 s: ${JSON.stringify(text)}`)));
+  });
+  child.kill('SIGTERM');
+  const { code, out } = await run;
+  return { answer, code, out };
+}
+
+test('a worker\'s server keeps allowHalfOpen and pauseOnConnect for its connections, as under cluster', async () => {
+  const node = await serverOptionsRun('cluster');
+  const ours = await serverOptionsRun('rcluster');
+  const want = 'read before resume 0; got hello; answered after end';
+  assert.strictEqual(node.answer, want, node.out);
+  assert.strictEqual(ours.answer, want, ours.out);
+  assert.strictEqual(ours.code, node.code, ours.out);
+});
+
 test('an HTTP connection of a worker\'s listening server has no more listeners than under cluster', async () => {
   const node = await drainRun('cluster');
   const ours = await drainRun('rcluster');
