@@ -384,29 +384,29 @@ class WorkerSelf extends EventEmitter {
    * own accept gives. Whatever goes wrong there falls back to the general way.
    */
   _socket(server, listener, fd) {
-    const Handle = this._handleClasses.get(listener);
-    if (Handle) {
-      try {
-        const handle = new Handle(HANDLE_SOCKET);
-        if (handle.open(fd) === 0) {
-          return new net.Socket({
-            handle,
-            readable: true,
-            writable: true,
-            allowHalfOpen: server.allowHalfOpen,
-            pauseOnCreate: server.pauseOnConnect,
-          });
-        }
-        handle.close();
-      } catch { /* the general way below */ }
-    }
-    const socket = new net.Socket({
+    // The options net's own accept gives; `handle` set when the descriptor is wrapped directly
+    // (net.Socket then leaves `fd` alone).
+    const options = {
+      handle: undefined,
       fd,
       readable: true,
       writable: true,
       allowHalfOpen: server.allowHalfOpen,
       pauseOnCreate: server.pauseOnConnect,
-    });
+    };
+    const Handle = this._handleClasses.get(listener);
+    if (Handle) {
+      try {
+        const handle = new Handle(HANDLE_SOCKET);
+        if (handle.open(fd) === 0) {
+          options.handle = handle;
+          return new net.Socket(options);
+        }
+        handle.close();
+      } catch { /* the general way below */ }
+      options.handle = undefined;
+    }
+    const socket = new net.Socket(options);
     const cls = socket._handle && socket._handle.constructor;
     if (typeof cls === 'function' && typeof cls.prototype.open === 'function') {
       this._handleClasses.set(listener, cls);
