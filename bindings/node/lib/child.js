@@ -145,12 +145,15 @@ class WorkerSelf extends EventEmitter {
       allowHalfOpen: server.allowHalfOpen,
       pauseOnConnect: server.pauseOnConnect,
       noDelay: server.noDelay,
+      keepAlive: server.keepAlive,
+      keepAliveInitialDelay: server.keepAliveInitialDelay * 1000,
+      highWaterMark: server.highWaterMark,
     });
     // Counted by `server`, as the connections the primary hands over are (see _connection).
     inner.on('connection', (socket) => {
       inner._connections--;
-      if (server.maxConnections != null && server._connections >= server.maxConnections) {
-        socket.destroy();
+      if (server.maxConnections && server._connections >= server.maxConnections) {
+        refuse(server, socket);
         return;
       }
       server._connections++;
@@ -337,18 +340,27 @@ class WorkerSelf extends EventEmitter {
       server = this._closed.get(ev.listener) || this._closed.get('');
       if (server) this._unlisten(ev.listener);
     }
-    if (!server) {
-      if (this._early.length < MAX_EARLY && this._connected) this._early.push(ev);
-      else closeFd(ev.fd);
-      return;
-    }
-    const socket = this._adopt(server, ev.listener, ev.fd);
-    if (!socket) return;
     const link = this._link;
     const id = ev.id;
-    socket.once('close', () => {
+    const closed = () => {
       try { link.connectionClosed(id); } catch { /* the primary is gone */ }
-    });
+    };
+    if (!server) {
+      if (this._early.length < MAX_EARLY && this._connected) {
+        this._early.push(ev);
+      } else {
+        closeFd(ev.fd);
+        closed();
+      }
+      return;
+    }
+    // A connection refused (maxConnections) is closed too: the primary counts it until told.
+    const socket = this._adopt(server, ev.listener, ev.fd);
+    if (!socket) {
+      closed();
+      return;
+    }
+    socket.once('close', closed);
     server.emit('connection', socket);
   }
 
@@ -359,21 +371,36 @@ class WorkerSelf extends EventEmitter {
   }
 
   /**
-   * A socket of `server` on connection `fd` of `listener`, counted by the server as net's own
-   * onconnection does, so that server.close(), getConnections() and maxConnections keep
-   * working; null (and `fd` closed) when maxConnections refuses it.
+   * A socket of `server` on connection `fd` of `listener`, made and counted by the server as
+   * net's own onconnection does, so that server.close(), getConnections(), maxConnections and
+   * the server's noDelay, keepAlive and highWaterMark keep working; null (and `fd` closed,
+   * 'drop' emitted) when maxConnections refuses it. `noDelaySet`: the connection came with
+   * Nagle's algorithm off already (inherited from its listening socket).
    */
-  _adopt(server, listener, fd) {
-    if (server.maxConnections != null && server._connections >= server.maxConnections) {
-      closeFd(fd);
+  _adopt(server, listener, fd, noDelaySet = false) {
+    if (server.maxConnections && server._connections >= server.maxConnections) {
+      this._drop(server, listener, fd);
       return null;
     }
-    const socket = this._socket(server, listener, fd);
-    if (server.noDelay) socket.setNoDelay(true);
+    const socket = this._socket(server, listener, fd, noDelaySet);
+    if (server.noDelay && !noDelaySet) socket.setNoDelay(true);
+    if (server.keepAlive) socket.setKeepAlive(true, server.keepAliveInitialDelay * 1000);
     server._connections++;
     socket.server = server;
     socket._server = server;
     return socket;
+  }
+
+  /**
+   * Refuses connection `fd` of `server` (maxConnections) as net does: closes it and emits
+   * 'drop' with its addresses.
+   */
+  _drop(server, listener, fd) {
+    if (server.listenerCount('drop') === 0) {
+      closeFd(fd);
+      return;
+    }
+    refuse(server, this._socket(server, listener, fd, false));
   }
 
   /**
@@ -383,9 +410,9 @@ class WorkerSelf extends EventEmitter {
    * first one's handle class is kept and later ones are wrapped directly, with the options net's
    * own accept gives. Whatever goes wrong there falls back to the general way.
    */
-  _socket(server, listener, fd) {
+  _socket(server, listener, fd, noDelaySet) {
     // The options net's own accept gives; `handle` set when the descriptor is wrapped directly
-    // (net.Socket then leaves `fd` alone).
+    // (net.Socket then leaves `fd` alone). `noDelay` only tells the socket what is set.
     const options = {
       handle: undefined,
       fd,
@@ -393,6 +420,9 @@ class WorkerSelf extends EventEmitter {
       writable: true,
       allowHalfOpen: server.allowHalfOpen,
       pauseOnCreate: server.pauseOnConnect,
+      readableHighWaterMark: server.highWaterMark,
+      writableHighWaterMark: server.highWaterMark,
+      noDelay: noDelaySet,
     };
     const Handle = this._handleClasses.get(listener);
     if (Handle) {
@@ -413,6 +443,35 @@ class WorkerSelf extends EventEmitter {
     }
     return socket;
   }
+}
+
+/** Destroys `socket`, refused by `server` (maxConnections), and emits 'drop' as net does. */
+function refuse(server, socket) {
+  const data = dropData(socket._handle);
+  socket.destroy();
+  if (data) server.emit('drop', data);
+  else server.emit('drop');
+}
+
+/** What net's 'drop' event tells of a refused connection: its addresses, when it has any. */
+function dropData(handle) {
+  if (!handle || (!handle.getsockname && !handle.getpeername)) return undefined;
+  const data = { __proto__: null };
+  if (handle.getsockname) {
+    const local = { __proto__: null };
+    handle.getsockname(local);
+    data.localAddress = local.address;
+    data.localPort = local.port;
+    data.localFamily = local.family;
+  }
+  if (handle.getpeername) {
+    const remote = { __proto__: null };
+    handle.getpeername(remote);
+    data.remoteAddress = remote.address;
+    data.remotePort = remote.port;
+    data.remoteFamily = remote.family;
+  }
+  return data;
 }
 
 /**
@@ -625,6 +684,10 @@ class AcceptHandle {
     this._open = true;
     this._timer = null;
     this._onAccept = (fd) => this._accepted(fd);
+    // A server that wants Nagle's algorithm off (http's do) gets it from the listening socket,
+    // which its connections inherit: no system call per connection. (The socket is every
+    // worker's: a server on the same listener that did not ask gets it too.)
+    this._noDelay = Boolean(server.noDelay) && noDelayOn(acceptor);
     this._listened = listening.listened;
     const addr = parseAddress(listening.address);
     if (addr) this.getsockname = (out) => { Object.assign(out, addr); return 0; };
@@ -657,7 +720,7 @@ class AcceptHandle {
   }
 
   _take(fd) {
-    const socket = this._worker._adopt(this._server, this._name, fd);
+    const socket = this._worker._adopt(this._server, this._name, fd, this._noDelay);
     if (!this._inHand) {
       if (socket) this._server.emit('connection', socket);
     } else if (!socket) {
@@ -692,6 +755,18 @@ class AcceptHandle {
   ref() { this._acceptor.setRef(true); }
 
   unref() { this._acceptor.setRef(false); }
+}
+
+/**
+ * Whether `acceptor` turned Nagle's algorithm off on its listening socket (else each
+ * connection is set on its own, as net does).
+ */
+function noDelayOn(acceptor) {
+  try {
+    return acceptor.noDelay();
+  } catch {
+    return false;
+  }
 }
 
 /**

@@ -126,6 +126,22 @@ impl NativeAcceptor {
         }
     }
 
+    /// Turns Nagle's algorithm off for the connections accepted from now on, on the listening
+    /// socket (they inherit it): no system call per connection. False for a socket that is not
+    /// TCP, and once closed.
+    #[napi]
+    pub fn no_delay(&self) -> napi::Result<bool, &'static str> {
+        let Some(a) = &self.acceptor else {
+            return Ok(false);
+        };
+        a.no_delay().map_err(|e| {
+            napi::Error::new(
+                "ERR_RCLUSTER_FD",
+                format!("TCP_NODELAY on listener fd {}: {e}", a.fd()),
+            )
+        })
+    }
+
     /// What the callback gets when the next connection is left to the other workers.
     #[napi(getter)]
     pub fn deferred(&self) -> i32 {

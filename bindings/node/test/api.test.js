@@ -3,6 +3,7 @@
 const test = require('node:test');
 const assert = require('assert');
 const http = require('http');
+const net = require('net');
 const os = require('os');
 const path = require('path');
 const rcluster = require('..');
@@ -104,6 +105,46 @@ test('with maxInflight 1 a worker reports each closed connection, so the next on
     for (let i = 0; i < 5; i++) assert.match(await get(port), /^0 1$/);
     assert.ok(Date.now() - started < 2000, `five requests took ${Date.now() - started} ms`);
   } finally {
+    await c.stop();
+  }
+});
+
+test('with maxInflight a connection the worker refuses (maxConnections) is reported closed too', async () => {
+  // maxInflight 2: a connection held open, one refused. Unreported, the refused one would
+  // take a place for good: with the next held open, a request would wait for queueTimeout.
+  const port = await freePort();
+  const c = rcluster.start({
+    workers: 1, exec: WORKER, args: [], execArgv: [], listen: `127.0.0.1:${port}`, maxInflight: 2, queueTimeout: 3000,
+  });
+  const held = [];
+  const hold = () => new Promise((resolve, reject) => {
+    const s = net.connect(port, '127.0.0.1', () => resolve(s));
+    s.on('error', reject);
+    held.push(s);
+  });
+  const limit = async (n) => {
+    c.send(0, { cmd: 'maxConnections', n });
+    await once(c, 'message', (m) => m.maxConnections !== undefined);
+  };
+  try {
+    await once(c, 'ready');
+    await limit(1);
+    const first = await hold();
+    await new Promise((r) => setTimeout(r, 100)); // handed over and taken
+    const refused = await hold();
+    const ended = await new Promise((resolve) => {
+      refused.on('close', () => resolve(true));
+      setTimeout(() => resolve(false), 2000);
+    });
+    assert.ok(ended, 'the worker refuses a connection over maxConnections');
+    await limit(null);
+    first.destroy();
+    await hold(); // with the refused one still counted, both places would be taken now
+    const started = Date.now();
+    assert.match(await get(port), /^0 1$/);
+    assert.ok(Date.now() - started < 1500, `the request waited ${Date.now() - started} ms for a place`);
+  } finally {
+    for (const s of held) s.destroy();
     await c.stop();
   }
 });

@@ -127,6 +127,66 @@ test('a worker\'s server keeps allowHalfOpen and pauseOnConnect for its connecti
   assert.strictEqual(ours.code, node.code, ours.out);
 });
 
+/**
+ * classic_server_accept.js under `impl` with maxConnections `max`: three clients connect one
+ * after the other and stay; each reads what it got (the greeting, or the end of a refused
+ * connection). Returns what they got, the server sockets' keep-alive timers (ss) and the
+ * program's output.
+ */
+async function serverAcceptRun(impl, max) {
+  const port = await freePort();
+  let ready;
+  const started = new Promise((resolve) => { ready = resolve; });
+  const run = runFixture('classic_server_accept.js', impl, [port, max], {
+    onLine: (line, child) => { if (line === 'READY') ready(child); },
+  });
+  const child = await started;
+  const clients = [];
+  const got = [];
+  for (let i = 0; i < 3; i++) {
+    const s = net.connect(port, '127.0.0.1');
+    clients.push(s);
+    got.push(await new Promise((resolve) => {
+      let text = '';
+      s.on('data', (d) => {
+        text += d;
+        if (text.endsWith('\n')) resolve(text.trim());
+      });
+      s.on('end', () => resolve(`end ${JSON.stringify(text)}`));
+      s.on('error', (e) => resolve(e.code));
+      s.setTimeout(5000, () => resolve('no answer in 5 s'));
+    }));
+  }
+  const ss = require('child_process').spawnSync('ss', ['-tnoH', 'state', 'established', `( sport = :${port} )`], { encoding: 'utf8' });
+  const timers = (ss.stdout || '').split('\n').filter(Boolean).map((l) => (/timer:\((\w+)/.exec(l) || [, 'none'])[1]);
+  for (const s of clients) s.destroy();
+  child.kill('SIGTERM');
+  const { code, out } = await run;
+  return { got, timers: timers.sort(), code, out, lines: out.split('\n').filter((l) => /^(conn|drop) /.test(l)) };
+}
+
+test('a worker\'s server makes its connections as under cluster\'s SCHED_NONE: noDelay, keepAlive, highWaterMark, maxConnections and \'drop\'', async () => {
+  const conn = (calls) => `conn hwm 1234/1234 noDelay true keepAlive true 30s setNoDelay calls ${calls}`;
+  for (const max of [2, 0]) {
+    const node = await serverAcceptRun('cluster', max);
+    const ours = await serverAcceptRun('rcluster', max);
+    // 2: the third is refused, with its addresses; 0: no limit (net's own reading).
+    const want = max === 2
+      ? { got: ['hello', 'hello', 'end ""'], timers: ['keepalive', 'keepalive'] }
+      : { got: ['hello', 'hello', 'hello'], timers: ['keepalive', 'keepalive', 'keepalive'] };
+    for (const r of [node, ours]) {
+      assert.deepStrictEqual(r.got, want.got, r.out);
+      assert.deepStrictEqual(r.timers, want.timers, `keep-alive timers of the served sockets\n${r.out}`);
+      assert.strictEqual(r.code, 0, r.out);
+    }
+    const refused = max === 2 ? ['drop IPv4 127.0.0.1 local port true'] : [];
+    // Node's own accept sets each connection's noDelay with a system call; rcluster's
+    // connections inherit it from the listening socket.
+    assert.deepStrictEqual(node.lines, [conn(0), conn(1), ...(max === 2 ? [] : [conn(2)]), ...refused], node.out);
+    assert.deepStrictEqual(ours.lines, [conn(0), conn(0), ...(max === 2 ? [] : [conn(0)]), ...refused], ours.out);
+  }
+});
+
 test('an HTTP connection of a worker\'s listening server has no more listeners than under cluster', async () => {
   const node = await drainRun('cluster');
   const ours = await drainRun('rcluster');

@@ -218,6 +218,39 @@ impl SharedAcceptor {
         self.counter.is_some()
     }
 
+    /// Turns Nagle's algorithm off for the connections accepted from now on: sets
+    /// `TCP_NODELAY` on the listening socket, which every connection accepted from it inherits,
+    /// so that a server that wants it (Node's `http` servers do by default) makes no system
+    /// call per connection for it. False for a socket that is not TCP (a Unix socket has no
+    /// such delay). The option is the socket's: every worker accepting from it gets it, and it
+    /// stays set; a server sharing the listener that did not ask for it gets it as well.
+    pub fn no_delay(&self) -> io::Result<bool> {
+        let on: libc::c_int = 1;
+        // SAFETY: an int option and its length; the kernel reads no more.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return Ok(true);
+        }
+        match io::Error::last_os_error() {
+            e if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::ENOPROTOOPT | libc::EINVAL)
+            ) =>
+            {
+                Ok(false)
+            }
+            e => Err(e),
+        }
+    }
+
     /// From now on, counts in the share map the connections it took and the caller has not
     /// closed yet: the caller calls [`SharedAcceptor::closed`] once for each connection it got
     /// from [`SharedAcceptor::next`]. While it has none in hand, a worker that took more
@@ -444,6 +477,51 @@ mod tests {
         let plain = SharedAcceptor::new(listener.as_raw_fd(), None).unwrap();
         assert!(matches!(plain.next(), Accepted::Connection(_)));
         assert!(matches!(plain.next(), Accepted::Empty));
+    }
+
+    /// Whether `TCP_NODELAY` is set on `fd`.
+    fn nodelay(fd: RawFd) -> bool {
+        let mut on: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: an int option and its length.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&mut on as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        on != 0
+    }
+
+    #[test]
+    fn connections_accepted_after_no_delay_have_nagle_off_without_a_call_each() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let a = SharedAcceptor::new(listener.as_raw_fd(), None).unwrap();
+        let _first = waiting(addr, 1);
+        let Accepted::Connection(before) = a.next() else {
+            panic!("no connection")
+        };
+        assert!(!nodelay(before.as_raw_fd()), "Nagle is on by default");
+        assert!(a.no_delay().unwrap());
+        let _later = waiting(addr, 2);
+        for _ in 0..2 {
+            let Accepted::Connection(c) = a.next() else {
+                panic!("no connection")
+            };
+            assert!(nodelay(c.as_raw_fd()), "inherited from the listener");
+        }
+        // A Unix socket has no Nagle: nothing to set, and no error.
+        let path = std::env::temp_dir().join(format!("rcluster-nodelay-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let u = SharedAcceptor::new(unix.as_raw_fd(), None).unwrap();
+        assert!(!u.no_delay().unwrap());
+        std::fs::remove_file(&path).unwrap();
     }
 
     /// A listener, its share map with two members that joined just now, and an acceptor of
