@@ -152,7 +152,7 @@ class WorkerSelf extends EventEmitter {
     // Counted by `server`, as the connections the primary hands over are (see _connection).
     inner.on('connection', (socket) => {
       inner._connections--;
-      if (server.maxConnections && server._connections >= server.maxConnections) {
+      if (atLimit(server)) {
         refuse(server, socket);
         return;
       }
@@ -378,7 +378,7 @@ class WorkerSelf extends EventEmitter {
    * Nagle's algorithm off already (inherited from its listening socket).
    */
   _adopt(server, listener, fd, noDelaySet = false) {
-    if (server.maxConnections && server._connections >= server.maxConnections) {
+    if (atLimit(server)) {
       this._drop(server, listener, fd);
       return null;
     }
@@ -677,7 +677,14 @@ class AcceptHandle {
     // worker that took more leaves it the next one (requests one after the other go to the
     // workers in turn). Without, whoever looks first takes (SCHED_NONE: the system decides).
     this._inHand = turns && acceptor.countInHand();
-    this._release = () => acceptor.closed();
+    // At its server's maxConnections it stops taking (see _take) until a connection closes.
+    this._full = false;
+    this._onRoom = () => this._room();
+    this._release = () => {
+      acceptor.closed();
+      // The server counts the close right after the handle's.
+      if (this._full) process.nextTick(this._onRoom);
+    };
     this._deferred = acceptor.deferred;
     // How long it stops watching after leaving a connection to the others (the core decides).
     this._deferMs = acceptor.deferMs;
@@ -728,16 +735,37 @@ class AcceptHandle {
     } else {
       onceClosed(socket._handle, this._release);
       this._server.emit('connection', socket);
+      // With turns, a server at its maxConnections stops taking until one of its connections
+      // closes: the next ones wait in the socket for the other workers, or for room here. A
+      // worker of Node's round-robin refuses them, and its primary gives them to another
+      // worker; refusing them here would drop connections other workers could serve.
+      if (atLimit(this._server)) this._fill();
     }
   }
 
   _pause(ms) {
-    if (!this._open || this._timer) return;
+    if (!this._open || this._timer || this._full) return;
     this._acceptor.stop();
     this._timer = setTimeout(() => {
       this._timer = null;
-      if (this._open) this._acceptor.watch(this._onAccept);
+      if (this._open && !this._full) this._acceptor.watch(this._onAccept);
     }, ms);
+  }
+
+  /** At the server's maxConnections: stops watching until there is room (see _room). */
+  _fill() {
+    if (!this._open || this._full) return;
+    this._full = true;
+    clearTimeout(this._timer);
+    this._timer = null;
+    this._acceptor.stop();
+  }
+
+  /** A connection closed: watches again if the server has room now. */
+  _room() {
+    if (!this._open || !this._full || atLimit(this._server)) return;
+    this._full = false;
+    this._acceptor.watch(this._onAccept);
   }
 
   close(callback) {
@@ -755,6 +783,11 @@ class AcceptHandle {
   ref() { this._acceptor.setRef(true); }
 
   unref() { this._acceptor.setRef(false); }
+}
+
+/** Whether `server` has as many connections as its maxConnections allows (net's reading). */
+function atLimit(server) {
+  return Boolean(server.maxConnections) && server._connections >= server.maxConnections;
 }
 
 /**

@@ -187,6 +187,59 @@ test('a worker\'s server makes its connections as under cluster\'s SCHED_NONE: n
   }
 });
 
+/**
+ * classic_max_connections.js under `impl`: two clients connect and stay, which takes both
+ * workers to their maxConnections (1); a third connects, and the first leaves 400 ms later.
+ * Returns the greetings, how long the third waited for its own, and the program's output.
+ */
+async function maxConnectionsRun(impl) {
+  const port = await freePort();
+  let ready;
+  const started = new Promise((resolve) => { ready = resolve; });
+  const run = runFixture('classic_max_connections.js', impl, [port], {
+    onLine: (line, child) => { if (line === 'READY') ready(child); },
+  });
+  const child = await started;
+  const clients = [];
+  const greeting = () => {
+    const s = net.connect(port, '127.0.0.1');
+    clients.push(s);
+    return new Promise((resolve) => {
+      let text = '';
+      s.on('data', (d) => {
+        text += d;
+        if (text.endsWith('\n')) resolve(text.trim());
+      });
+      s.on('end', () => resolve(`end ${JSON.stringify(text)}`));
+      s.on('error', (e) => resolve(e.code));
+      s.setTimeout(5000, () => resolve('no answer in 5 s'));
+    });
+  };
+  const first = await greeting();
+  const second = await greeting();
+  const asked = Date.now();
+  setTimeout(() => clients[0].destroy(), 400);
+  const third = await greeting();
+  const waited = Date.now() - asked;
+  for (const s of clients) s.destroy();
+  child.kill('SIGTERM');
+  const { code, out } = await run;
+  return { first, second, third, waited, code, out };
+}
+
+test('under round-robin a worker at its maxConnections leaves the next connection to another, or until it has room, as under cluster', async () => {
+  for (const impl of ['cluster', 'rcluster']) {
+    const r = await maxConnectionsRun(impl);
+    const why = `${impl}: ${JSON.stringify(r)}`;
+    assert.deepStrictEqual([r.first, r.second].sort(), ['worker 1', 'worker 2'], why);
+    // Both workers full: the third waits, for the worker whose connection closed.
+    assert.strictEqual(r.third, r.first, why);
+    assert.ok(r.waited >= 350, why);
+    assert.ok(!r.out.includes('drop'), why);
+    assert.strictEqual(r.code, 0, why);
+  }
+});
+
 test('an HTTP connection of a worker\'s listening server has no more listeners than under cluster', async () => {
   const node = await drainRun('cluster');
   const ours = await drainRun('rcluster');
