@@ -457,21 +457,18 @@ function refuse(server, socket) {
 function dropData(handle) {
   if (!handle || (!handle.getsockname && !handle.getpeername)) return undefined;
   const data = { __proto__: null };
-  if (handle.getsockname) {
-    const local = { __proto__: null };
-    handle.getsockname(local);
-    data.localAddress = local.address;
-    data.localPort = local.port;
-    data.localFamily = local.family;
-  }
-  if (handle.getpeername) {
-    const remote = { __proto__: null };
-    handle.getpeername(remote);
-    data.remoteAddress = remote.address;
-    data.remotePort = remote.port;
-    data.remoteFamily = remote.family;
-  }
+  if (handle.getsockname) readAddress(data, 'local', handle, 'getsockname');
+  if (handle.getpeername) readAddress(data, 'remote', handle, 'getpeername');
   return data;
+}
+
+/** Sets `data`'s `<side>Address`, `<side>Port` and `<side>Family` from `handle[method]`. */
+function readAddress(data, side, handle, method) {
+  const out = { __proto__: null };
+  handle[method](out);
+  data[`${side}Address`] = out.address;
+  data[`${side}Port`] = out.port;
+  data[`${side}Family`] = out.family;
 }
 
 /**
@@ -707,7 +704,8 @@ class AcceptHandle {
 
   _accepted(fd) {
     if (Array.isArray(fd)) {
-      // A long queue: several connections this turn (see NativeAcceptor).
+      // A long queue: several connections this turn (see NativeAcceptor). Those after the
+      // one that took the server to its maxConnections are refused, as net refuses them.
       for (const one of fd) this._take(one);
     } else if (fd >= 0) {
       this._take(fd);

@@ -3,6 +3,7 @@
 // each fixture runs under both modules and the results are compared.
 const test = require('node:test');
 const assert = require('assert');
+const { spawnSync } = require('child_process');
 const net = require('net');
 const { runFixture, get, freePort } = require('./helpers');
 
@@ -45,6 +46,20 @@ function receive(socket, done, ms = 5000) {
 }
 
 /**
+ * Runs fixture `name` under `impl` (runFixture's `options` besides) until it prints READY:
+ * its process and its run.
+ */
+async function startFixture(name, impl, args, options = {}) {
+  let ready;
+  const started = new Promise((resolve) => { ready = resolve; });
+  const run = runFixture(name, impl, args, {
+    ...options,
+    onLine: (line, child) => { if (line === 'READY') ready(child); },
+  });
+  return { child: await started, run };
+}
+
+/**
  * classic_drain.js under `impl`: a kept-alive connection that answered once and an upgraded
  * one are open when the primary disconnects the worker. Returns the 'close' listeners the
  * answer reported, whether the kept-alive connection was closed, what the upgraded one echoed
@@ -52,13 +67,7 @@ function receive(socket, done, ms = 5000) {
  */
 async function drainRun(impl) {
   const port = await freePort();
-  let ready;
-  const started = new Promise((resolve) => { ready = resolve; });
-  const run = runFixture('classic_drain.js', impl, [port], {
-    stdin: 'pipe',
-    onLine: (line, child) => { if (line === 'READY') ready(child); },
-  });
-  const child = await started;
+  const { child, run } = await startFixture('classic_drain.js', impl, [port], { stdin: 'pipe' });
   const connect = () => new Promise((resolve, reject) => {
     const s = net.connect(port, '127.0.0.1', () => resolve(s));
     s.on('error', reject);
@@ -91,18 +100,33 @@ function delay(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+
+/**
+ * Connects to `port` (the socket kept in `clients`) and resolves the first line it reads, or
+ * how it ended without one.
+ */
+function firstLine(port, clients) {
+  const s = net.connect(port, '127.0.0.1');
+  clients.push(s);
+  return new Promise((resolve) => {
+    let text = '';
+    s.on('data', (d) => {
+      text += d;
+      if (text.endsWith('\n')) resolve(text.trim());
+    });
+    s.on('end', () => resolve(`end ${JSON.stringify(text)}`));
+    s.on('error', (e) => resolve(e.code));
+    s.setTimeout(5000, () => resolve('no answer in 5 s'));
+  });
+}
+
 /**
  * classic_server_options.js under `impl`: a client writes, ends its side and reads what the
  * worker answers, twice. Returns the answers and the program's end.
  */
 async function serverOptionsRun(impl) {
   const port = await freePort();
-  let ready;
-  const started = new Promise((resolve) => { ready = resolve; });
-  const run = runFixture('classic_server_options.js', impl, [port], {
-    onLine: (line, child) => { if (line === 'READY') ready(child); },
-  });
-  const child = await started;
+  const { child, run } = await startFixture('classic_server_options.js', impl, [port]);
   const exchange = () => new Promise((resolve, reject) => {
     const s = net.connect(port, '127.0.0.1', () => s.end('hello'));
     let text = '';
@@ -135,29 +159,12 @@ test('a worker\'s server keeps allowHalfOpen and pauseOnConnect for its connecti
  */
 async function serverAcceptRun(impl, max) {
   const port = await freePort();
-  let ready;
-  const started = new Promise((resolve) => { ready = resolve; });
-  const run = runFixture('classic_server_accept.js', impl, [port, max], {
-    onLine: (line, child) => { if (line === 'READY') ready(child); },
-  });
-  const child = await started;
+  const { child, run } = await startFixture('classic_server_accept.js', impl, [port, max]);
   const clients = [];
   const got = [];
-  for (let i = 0; i < 3; i++) {
-    const s = net.connect(port, '127.0.0.1');
-    clients.push(s);
-    got.push(await new Promise((resolve) => {
-      let text = '';
-      s.on('data', (d) => {
-        text += d;
-        if (text.endsWith('\n')) resolve(text.trim());
-      });
-      s.on('end', () => resolve(`end ${JSON.stringify(text)}`));
-      s.on('error', (e) => resolve(e.code));
-      s.setTimeout(5000, () => resolve('no answer in 5 s'));
-    }));
-  }
-  const ss = require('child_process').spawnSync('ss', ['-tnoH', 'state', 'established', `( sport = :${port} )`], { encoding: 'utf8' });
+  for (let i = 0; i < 3; i++) got.push(await firstLine(port, clients));
+  const ss = spawnSync('ss', ['-tnoH', 'state', 'established', `( sport = :${port} )`], { encoding: 'utf8' });
+  if (ss.error || ss.status !== 0) throw new Error(`ss (iproute2) could not list the sockets: ${ss.error || ss.stderr}`);
   const timers = (ss.stdout || '').split('\n').filter(Boolean).map((l) => (/timer:\((\w+)/.exec(l) || [, 'none'])[1]);
   for (const s of clients) s.destroy();
   child.kill('SIGTERM');
@@ -194,32 +201,13 @@ test('a worker\'s server makes its connections as under cluster\'s SCHED_NONE: n
  */
 async function maxConnectionsRun(impl) {
   const port = await freePort();
-  let ready;
-  const started = new Promise((resolve) => { ready = resolve; });
-  const run = runFixture('classic_max_connections.js', impl, [port], {
-    onLine: (line, child) => { if (line === 'READY') ready(child); },
-  });
-  const child = await started;
+  const { child, run } = await startFixture('classic_max_connections.js', impl, [port]);
   const clients = [];
-  const greeting = () => {
-    const s = net.connect(port, '127.0.0.1');
-    clients.push(s);
-    return new Promise((resolve) => {
-      let text = '';
-      s.on('data', (d) => {
-        text += d;
-        if (text.endsWith('\n')) resolve(text.trim());
-      });
-      s.on('end', () => resolve(`end ${JSON.stringify(text)}`));
-      s.on('error', (e) => resolve(e.code));
-      s.setTimeout(5000, () => resolve('no answer in 5 s'));
-    });
-  };
-  const first = await greeting();
-  const second = await greeting();
+  const first = await firstLine(port, clients);
+  const second = await firstLine(port, clients);
   const asked = Date.now();
   setTimeout(() => clients[0].destroy(), 400);
-  const third = await greeting();
+  const third = await firstLine(port, clients);
   const waited = Date.now() - asked;
   for (const s of clients) s.destroy();
   child.kill('SIGTERM');
