@@ -498,6 +498,112 @@ fn sticky_spreads_client_addresses_over_slots() {
     );
 }
 
+/// The next message a worker sends, as text.
+fn next_text(sup: &Supervisor) -> String {
+    match wait_for(sup, WAIT, |e| matches!(e, Event::Message { .. })) {
+        Event::Message { data, .. } => String::from_utf8_lossy(&data).into_owned(),
+        _ => unreachable!(),
+    }
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[test]
+fn a_connection_a_full_worker_gives_back_goes_to_another_and_it_gets_none_until_it_has_room() {
+    let (sup, addr) = cluster(config(2, &["serve", "0"], Dispatch::RoundRobin));
+    let fds = open_fds();
+    sup.send(0, b"!full").unwrap();
+    assert_eq!(next_text(&sup), "full");
+    // Worker 0 gives back what it is handed: worker 1 serves everything.
+    let ids: Vec<u32> = (0..8).map(|_| request(&addr).unwrap().id).collect();
+    assert_eq!(ids, [1; 8], "every request goes to the worker with room");
+    sup.send(0, b"!room web").unwrap();
+    // It gave back one, and was handed none after it (round-robin would have handed it 4).
+    assert_eq!(next_text(&sup), "room 1");
+    let ids: Vec<u32> = (0..8).map(|_| request(&addr).unwrap().id).collect();
+    assert_eq!(
+        ids.iter().filter(|&&id| id == 0).count(),
+        4,
+        "with room again it takes its turns: {ids:?}"
+    );
+    // The primary kept no copy of the connections that went back and forth.
+    assert_eq!(open_fds(), fds);
+    sup.stop(WAIT).unwrap();
+}
+
+#[test]
+fn a_connection_every_worker_gives_back_waits_for_the_first_with_room() {
+    let (sup, addr) = cluster(config(2, &["serve", "0"], Dispatch::RoundRobin));
+    for id in 0..2 {
+        sup.send(id, b"!full").unwrap();
+        assert_eq!(next_text(&sup), "full");
+    }
+    let client = std::thread::spawn(move || {
+        let asked = Instant::now();
+        let reply = request(&addr);
+        (reply, asked.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(
+        !client.is_finished(),
+        "a connection no worker had room for was answered or dropped"
+    );
+    sup.send(1, b"!room web").unwrap();
+    // Each gave it back once, and was handed nothing more while full (no back and forth).
+    assert_eq!(next_text(&sup), "room 1");
+    let (reply, took) = client.join().unwrap();
+    assert_eq!(reply.unwrap().id, 1, "served by the worker that had room");
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    sup.stop(WAIT).unwrap();
+}
+
+#[test]
+fn a_connection_given_back_that_the_primary_never_handed_over_is_closed_and_nothing_else() {
+    let (sup, addr) = cluster(config(2, &["serve", "0"], Dispatch::RoundRobin));
+    let fds = open_fds();
+    sup.send(0, b"!give-back 987654").unwrap();
+    assert_eq!(next_text(&sup), "gave back");
+    // The worker is not cut off, and the descriptor it sent is not kept.
+    let ids: Vec<u32> = (0..4).map(|_| request(&addr).unwrap().id).collect();
+    assert_eq!(ids.iter().filter(|&&id| id == 0).count(), 2, "{ids:?}");
+    assert_eq!(open_fds(), fds);
+    assert!(sup
+        .status()
+        .unwrap()
+        .workers
+        .iter()
+        .all(|w| w.restarts == 0));
+    sup.stop(WAIT).unwrap();
+}
+
+#[test]
+fn a_worker_that_gives_back_something_else_in_a_connections_name_is_cut_off_and_the_others_serve() {
+    let (sup, addr) = cluster(config(2, &["serve", "0"], Dispatch::RoundRobin));
+    sup.send(0, b"!lie").unwrap();
+    assert_eq!(next_text(&sup), "lying");
+    // Its turn comes within two connections; what it gives back is not a socket.
+    let _ = request(&addr);
+    let _ = request(&addr);
+    let detail = match wait_for(&sup, WAIT, |e| matches!(e, Event::ProtocolError { .. })) {
+        Event::ProtocolError { id, detail, .. } => {
+            assert_eq!(id, 0);
+            detail
+        }
+        _ => unreachable!(),
+    };
+    assert!(
+        detail.contains("connection") && detail.contains("not a connection of listener web"),
+        "{detail}"
+    );
+    // The other worker (and the liar's replacement) serve on.
+    for _ in 0..4 {
+        request(&addr).unwrap();
+    }
+    sup.stop(WAIT).unwrap();
+}
+
 #[test]
 fn max_inflight_one_makes_connections_wait_in_the_primary() {
     let mut cfg = config(1, &["serve", "300"], Dispatch::RoundRobin);

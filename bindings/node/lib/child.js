@@ -27,6 +27,9 @@ const IDLE_CHECK_MS = 50;
 // closeWhenEmptied).
 const MAX_EMPTYING_TURNS = 1000;
 const kDrain = Symbol('rcluster.drain');
+// The listeners of which a server gave a connection back (at its maxConnections), until it has
+// room again.
+const kGaveBack = Symbol('rcluster.gaveBack');
 // Accepting pauses this long after running out of descriptors, as the primary's does.
 const ACCEPT_PAUSE_MS = 100;
 const PAUSE_ON = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM']);
@@ -333,7 +336,12 @@ class WorkerSelf extends EventEmitter {
 
   _connection(ev) {
     this._handed.add(ev.listener);
-    let server = this._servers.get(ev.listener) || this._served[0];
+    const live = this._servers.get(ev.listener) || this._served[0];
+    if (live && atLimit(live)) {
+      this._giveBack(live, ev);
+      return;
+    }
+    let server = live;
     if (!server) {
       // Handed over before the primary read that its server closed (or before it was told):
       // a closed server answers what it is given, as it answers the connections it had.
@@ -360,8 +368,36 @@ class WorkerSelf extends EventEmitter {
       closed();
       return;
     }
-    socket.once('close', closed);
+    socket.once('close', () => {
+      closed();
+      if (server[kGaveBack] && !atLimit(server)) this._hasRoom(server);
+    });
     server.emit('connection', socket);
+  }
+
+  /**
+   * `server` is at its maxConnections: connection `ev` goes back to the primary, which hands
+   * it to another worker, and this worker none of the listener's until one of its connections
+   * closes (_hasRoom), as Node's round-robin primary passes a connection a worker refused to the
+   * next. No 'drop': the connection is not dropped.
+   */
+  _giveBack(server, ev) {
+    try {
+      this._link.giveBack(ev.id, ev.fd);
+    } catch {
+      return; // the primary is gone (the descriptor is closed)
+    }
+    if (!server[kGaveBack]) server[kGaveBack] = new Set();
+    server[kGaveBack].add(ev.listener);
+  }
+
+  /** `server` has room again: the primary may hand it the listeners' connections again. */
+  _hasRoom(server) {
+    const names = server[kGaveBack];
+    server[kGaveBack] = undefined;
+    for (const name of names) {
+      try { this._link.room(name); } catch { /* the primary is gone */ }
+    }
   }
 
   /** A connection this worker accepted on `server`'s listening socket itself. */

@@ -301,6 +301,29 @@ impl NativeWorker {
         self.inner.connection_closed(id as u64).map_err(to_js)
     }
 
+    /// Gives connection `id` back to the primary, with its socket `fd`, which is closed here
+    /// whatever happens: this worker's server has no room for it (`maxConnections`). The
+    /// primary hands it to another worker, and this one none of that listener's until `room`.
+    #[napi]
+    pub fn give_back(&self, id: f64, fd: i32) -> napi::Result<(), &'static str> {
+        if fd < 0 {
+            return Err(napi::Error::new(
+                "ERR_RCLUSTER_FD",
+                format!("connection {id}: fd {fd} must be a descriptor (0 or more)"),
+            ));
+        }
+        // SAFETY: the descriptor of a connection the primary handed over, which JS gives away
+        // here once and uses no more.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        self.inner.give_back(id as u64, socket).map_err(to_js)
+    }
+
+    /// This worker has room again for connections of listener `name`, after it gave one back.
+    #[napi]
+    pub fn room(&self, name: String) -> napi::Result<(), &'static str> {
+        self.inner.room(&name).map_err(to_js)
+    }
+
     /// Asks the primary for a listener on `address`. Blocks the JS thread for one round trip
     /// to the primary's loop thread (which binds), as Node's own `server.listen()` blocks in
     /// bind(2); events that arrive meanwhile are kept for `drain`. With `counts`, this worker

@@ -109,9 +109,10 @@ test('with maxInflight 1 a worker reports each closed connection, so the next on
   }
 });
 
-test('with maxInflight a connection the worker refuses (maxConnections) is reported closed too', async () => {
-  // maxInflight 2: a connection held open, one refused. Unreported, the refused one would
-  // take a place for good: with the next held open, a request would wait for queueTimeout.
+test('with maxInflight a connection over the worker\'s maxConnections waits in the primary for room, and then takes no place', async () => {
+  // One worker, maxInflight 2, maxConnections 1: the second connection is given back and
+  // waits in the primary until the first closes, then the worker serves it. Refused and
+  // unreported (as before), it took a place for good; closed, its client lost it.
   const port = await freePort();
   const c = rcluster.start({
     workers: 1, exec: WORKER, args: [], execArgv: [], listen: `127.0.0.1:${port}`, maxInflight: 2, queueTimeout: 3000,
@@ -131,15 +132,21 @@ test('with maxInflight a connection the worker refuses (maxConnections) is repor
     await limit(1);
     const first = await hold();
     await new Promise((r) => setTimeout(r, 100)); // handed over and taken
-    const refused = await hold();
-    const ended = await new Promise((resolve) => {
-      refused.on('close', () => resolve(true));
-      setTimeout(() => resolve(false), 2000);
-    });
-    assert.ok(ended, 'the worker refuses a connection over maxConnections');
-    await limit(null);
+    const second = await hold();
+    let text = '';
+    second.on('data', (d) => { text += d; });
+    const ended = new Promise((resolve) => second.on('close', resolve));
+    second.write('GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n');
+    await new Promise((r) => setTimeout(r, 400));
+    assert.strictEqual(text, '', 'a connection over maxConnections was answered');
+    assert.ok(!second.destroyed, 'a connection over maxConnections was closed');
+    const freed = Date.now();
     first.destroy();
-    await hold(); // with the refused one still counted, both places would be taken now
+    await ended;
+    assert.match(text, /\r\n\r\n0 1$/, 'the worker serves it once it has room');
+    assert.ok(Date.now() - freed < 1500, `it waited ${Date.now() - freed} ms after the room`);
+    await limit(null);
+    await hold(); // one place; the other is free
     const started = Date.now();
     assert.match(await get(port), /^0 1$/);
     assert.ok(Date.now() - started < 1500, `the request waited ${Date.now() - started} ms for a place`);

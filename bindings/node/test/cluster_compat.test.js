@@ -199,29 +199,53 @@ test('a worker\'s server makes its connections as under cluster\'s SCHED_NONE: n
  * workers to their maxConnections (1); a third connects, and the first leaves 400 ms later.
  * Returns the greetings, how long the third waited for its own, and the program's output.
  */
-async function maxConnectionsRun(impl) {
+/**
+ * classic_max_connections.js under `impl` (`mode`: '' or 'handover', worker 2's maxConnections
+ * `secondMax`): `before` clients connect one after the other, then one more, 400 ms before the
+ * client greeted by worker 1 leaves. Returns the greetings in order, how long the last client
+ * waited for its own, and the program's end.
+ */
+async function maxConnectionsRun(impl, mode = '', secondMax = 1) {
   const port = await freePort();
-  const { child, run } = await startFixture('classic_max_connections.js', impl, [port]);
+  const before = 2 + (secondMax - 1);
+  const { child, run } = await startFixture('classic_max_connections.js', impl, [port, mode, secondMax]);
   const clients = [];
-  const first = await firstLine(port, clients);
-  const second = await firstLine(port, clients);
+  const greetings = [];
+  for (let i = 0; i < before; i++) greetings.push(await firstLine(port, clients));
   const asked = Date.now();
-  setTimeout(() => clients[0].destroy(), 400);
-  const third = await firstLine(port, clients);
+  const leaving = clients[greetings.indexOf('worker 1')];
+  setTimeout(() => { if (leaving) leaving.destroy(); }, 400);
+  greetings.push(await firstLine(port, clients));
   const waited = Date.now() - asked;
   for (const s of clients) s.destroy();
   child.kill('SIGTERM');
   const { code, out } = await run;
-  return { first, second, third, waited, code, out };
+  return { greetings, waited, code, out };
 }
 
+const MAX_CONNECTIONS_RUNS = [['cluster', ''], ['rcluster', ''], ['rcluster', 'handover']];
+
 test('under round-robin a worker at its maxConnections leaves the next connection to another, or until it has room, as under cluster', async () => {
-  for (const impl of ['cluster', 'rcluster']) {
-    const r = await maxConnectionsRun(impl);
-    const why = `${impl}: ${JSON.stringify(r)}`;
-    assert.deepStrictEqual([r.first, r.second].sort(), ['worker 1', 'worker 2'], why);
-    // Both workers full: the third waits, for the worker whose connection closed.
-    assert.strictEqual(r.third, r.first, why);
+  for (const [impl, mode] of MAX_CONNECTIONS_RUNS) {
+    const r = await maxConnectionsRun(impl, mode);
+    const why = `${impl} ${mode}: ${JSON.stringify(r)}`;
+    assert.deepStrictEqual(r.greetings.slice(0, 2).sort(), ['worker 1', 'worker 2'], why);
+    // Both workers full: the third waits, for worker 1, whose connection closed.
+    assert.strictEqual(r.greetings[2], 'worker 1', why);
+    assert.ok(r.waited >= 350, why);
+    assert.ok(!r.out.includes('drop'), why);
+    assert.strictEqual(r.code, 0, why);
+  }
+});
+
+test('under round-robin a connection for a worker at its maxConnections goes to the worker with room, as under cluster', async () => {
+  for (const [impl, mode] of MAX_CONNECTIONS_RUNS) {
+    // Worker 2 takes two: the third connection is worker 1's turn, which is full.
+    const r = await maxConnectionsRun(impl, mode, 2);
+    const why = `${impl} ${mode}: ${JSON.stringify(r)}`;
+    assert.deepStrictEqual(r.greetings.slice(0, 3).sort(), ['worker 1', 'worker 2', 'worker 2'], why);
+    // Both full then: the fourth waits for worker 1.
+    assert.strictEqual(r.greetings[3], 'worker 1', why);
     assert.ok(r.waited >= 350, why);
     assert.ok(!r.out.includes('drop'), why);
     assert.strictEqual(r.code, 0, why);

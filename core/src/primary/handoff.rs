@@ -11,7 +11,7 @@ use crate::events::{Event, WorkerState};
 use crate::policy::dispatch::{self, Candidate, Choice, SlotState};
 use crate::policy::ExitReason;
 use crate::primary::link::PassFd;
-use crate::primary::process::{Process, Waiting};
+use crate::primary::process::{Handed, Process, Waiting};
 use crate::sys::listen::{self, Dispatch, ListenAddr};
 use crate::wire::body;
 use crate::wire::frame::Kind;
@@ -23,6 +23,10 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// Most connections accepted from one listener per readiness event, so that one busy listener
 /// does not starve the rest of the loop.
 const ACCEPT_BATCH: usize = 256;
+/// Fewest connections a worker's `recent` keeps (it keeps its handoff window's worth if more).
+const RECENT_MIN: usize = 64;
+/// Most connections a worker's `recent` keeps.
+const RECENT_MAX: usize = 4096;
 
 /// A listening socket of the primary.
 pub struct Bound {
@@ -257,6 +261,10 @@ impl Primary {
                     .is_none_or(|subs| subs.contains(&key))
                     && !l.unlistened.contains(&key)
                     && !refused.contains(&key)
+                    && self
+                        .procs
+                        .get(&key)
+                        .is_none_or(|p| !p.full.contains(&w.listener))
             };
             let choice = pass.choose(
                 mode,
@@ -379,8 +387,74 @@ impl Primary {
         {
             p.active.insert(id);
         }
+        // The socket is let go of here; what it takes to hand it on if the worker gives it
+        // back is kept a while.
+        if p.recent.len() >= self.cfg.handoff_window.clamp(RECENT_MIN, RECENT_MAX) {
+            p.recent.pop_front();
+        }
+        p.recent.push_back(Handed {
+            id,
+            listener: w.listener,
+            peer: w.peer,
+            since: w.since,
+        });
         self.count_request(key);
         Ok(())
+    }
+
+    /// The worker gives connection `id` back, with its socket `fd`: its server has no room
+    /// (Node's `maxConnections`). The connection goes to the front of the queue, for another
+    /// worker, and this one is handed none of its listener's until it says it has room, as
+    /// Node's round-robin primary passes a connection a worker refused to the next. One the
+    /// primary does not know as this worker's lately (never handed to it, or more than its
+    /// `recent` ago) is closed: it ends as a refusal would. A descriptor that is no connection
+    /// of the listener's kind breaks the protocol: it is not handed to another worker.
+    pub(super) fn connection_back(&mut self, key: u64, id: u64, fd: OwnedFd) -> Result<(), String> {
+        let Some(p) = self.procs.get_mut(&key) else {
+            return Ok(());
+        };
+        let Some(at) = p.recent.iter().rposition(|h| h.id == id) else {
+            return Ok(());
+        };
+        let Some(h) = p.recent.remove(at) else {
+            return Ok(());
+        };
+        let l = &self.listeners[h.listener];
+        if !listen::is_connection_for(fd.as_raw_fd(), &l.addr) {
+            return Err(format!(
+                "connection {id} given back with a descriptor that is not a connection of \
+                 listener {} ({})",
+                l.name, l.addr
+            ));
+        }
+        p.active.remove(&id);
+        p.connections_total = p.connections_total.saturating_sub(1);
+        if !p.full.contains(&h.listener) {
+            p.full.push(h.listener);
+        }
+        let now = self.clock.now();
+        self.waiting.push_front(Waiting {
+            id,
+            fd,
+            listener: h.listener,
+            peer: h.peer,
+            since: h.since,
+            handed: now,
+        });
+        self.distribute();
+        Ok(())
+    }
+
+    /// The worker has room again for connections of listener `name` (after it gave one back).
+    /// An unknown name is ignored.
+    pub(super) fn worker_room(&mut self, key: u64, name: &str) {
+        let Some(index) = self.listeners.iter().position(|l| l.name == name) else {
+            return;
+        };
+        if let Some(p) = self.procs.get_mut(&key) {
+            p.full.retain(|&l| l != index);
+        }
+        self.distribute();
     }
 
     /// A worker acknowledged connections (one read's worth): it has room in its handoff window

@@ -192,6 +192,8 @@ impl Primary {
                 counts,
             } => self.worker_listen(key, request, dispatch, addr, counts),
             Incoming::Unlisten(name) => self.worker_unlisten(key, &name),
+            Incoming::Back(id, fd) => self.connection_back(key, id, fd)?,
+            Incoming::Room(name) => self.worker_room(key, &name),
             Incoming::Ack(id) => self.connection_acked(key, id)?,
         }
         Ok(())

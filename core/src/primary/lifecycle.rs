@@ -1,7 +1,7 @@
 //! A worker's life as the loop sees it: spawning, readiness, stopping, reaping, and what the
 //! restart policy makes of an exit.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -204,6 +204,8 @@ impl Primary {
                 unacked: HashMap::new(),
                 active: HashSet::new(),
                 ahead: 0,
+                recent: VecDeque::new(),
+                full: Vec::new(),
                 kill_requested: false,
                 connections_total: 0,
                 stat: std::cell::OnceCell::new(),

@@ -1,7 +1,7 @@
 //! One worker process as the loop sees it, and the client connections the primary holds for
 //! the workers (waiting for one, or handed and not yet acknowledged).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +21,15 @@ pub struct Waiting {
     pub since: Instant,
     /// When it was last handed to a worker (for `ack_timeout`).
     pub handed: Instant,
+}
+
+/// A connection a worker acknowledged lately: what the primary needs to hand it to another
+/// worker if this one gives it back (`ConnectionBack`), the socket then coming with it.
+pub struct Handed {
+    pub id: u64,
+    pub listener: usize,
+    pub peer: Peer,
+    pub since: Instant,
 }
 
 /// A stop in progress: why, and when SIGTERM and SIGKILL follow.
@@ -60,6 +69,12 @@ pub struct Process {
     pub active: HashSet<u64>,
     /// Connections round-robin gave it ahead of its turns (see `dispatch::Pass`).
     pub ahead: u32,
+    /// The connections it acknowledged last, newest at the back (see `Handed`): as many as
+    /// its handoff window, 64 at least.
+    pub recent: VecDeque<Handed>,
+    /// Listeners (their indexes) of which it gave a connection back and has not said it has
+    /// room since: it is handed none of theirs until it does.
+    pub full: Vec<usize>,
     /// The host sent it a signal (`Supervisor::kill`): an exit of its own is `Requested`.
     pub kill_requested: bool,
     /// Connections it acknowledged, in all (for the status).

@@ -37,6 +37,10 @@ pub enum Incoming {
     },
     /// The worker stopped listening on the listener of this name (`server.close()`).
     Unlisten(String),
+    /// The worker gives connection `id` back, with its socket: its server has no room.
+    Back(u64, OwnedFd),
+    /// The worker has room again for connections of the listener of this name.
+    Room(String),
     /// A pool worker's answer to a task (the TaskDone body, checked to parse).
     TaskDone(Vec<u8>),
 }
@@ -135,8 +139,8 @@ impl Reader {
                 return end;
             }
             budget = budget.saturating_sub(n);
-            // (A read that brings a descriptor stops early; workers send none, and one that
-            // does is cut off below.)
+            // (A read that brings a descriptor stops early: only a connection given back
+            // brings one, which is rare, and one with any other frame is cut off below.)
             self.emptied = n < want;
             if n < want || budget == 0 {
                 return ReadEnd::Drained;
@@ -208,6 +212,23 @@ impl Reader {
                     *room = room.saturating_sub(message_cost(frame.body.len()));
                     Incoming::Message(frame.body.to_vec(), frame.content)
                 }
+                Kind::ConnectionBack => {
+                    let Some(id) = body::parse_conn_id(frame.body) else {
+                        return Some(ReadEnd::Violation(format!(
+                            "ConnectionBack frame body must be an 8-byte id, got {} bytes",
+                            frame.body.len()
+                        )));
+                    };
+                    // The descriptor came with the frame's first byte, or before it.
+                    match self.rx_fds.pop_front() {
+                        Some(fd) if frame.has_fd => Incoming::Back(id, fd),
+                        _ => {
+                            return Some(ReadEnd::Violation(
+                                "ConnectionBack frame without its descriptor".into(),
+                            ))
+                        }
+                    }
+                }
                 Kind::TaskDone if !frame.has_fd => {
                     if crate::wire::task::parse_task_done(frame.body).is_none() {
                         return Some(ReadEnd::Violation(format!(
@@ -227,9 +248,14 @@ impl Reader {
             out.push(msg);
         }
         self.decoder.shrink();
-        if !self.rx_fds.is_empty() {
+        // A descriptor may wait for the rest of its frame (it came with the first byte), as
+        // many as one write may carry; any other is one no frame claimed.
+        let waits = self.decoder.pending() > 0 && self.rx_fds.len() <= sys::FDS_PER_SEND;
+        if !self.rx_fds.is_empty() && !waits {
             self.rx_fds.clear();
-            return Some(ReadEnd::Violation("worker sent a file descriptor".into()));
+            return Some(ReadEnd::Violation(
+                "worker sent a file descriptor with a frame other than ConnectionBack".into(),
+            ));
         }
         None
     }
@@ -276,8 +302,11 @@ fn control(frame: &Frame<'_>) -> Result<Incoming, String> {
                 frame.body.len()
             )),
         },
-        Kind::Unlisten if !frame.has_fd => body::parse_unlisten(frame.body)
+        Kind::Unlisten if !frame.has_fd => body::parse_listener_name(frame.body)
             .map(Incoming::Unlisten)
+            .ok_or_else(malformed),
+        Kind::Room if !frame.has_fd => body::parse_listener_name(frame.body)
+            .map(Incoming::Room)
             .ok_or_else(malformed),
         Kind::Listen if !frame.has_fd => body::parse_listen_with_flags(frame.body)
             .map(|(request, dispatch, addr, flags)| Incoming::Listen {
@@ -435,5 +464,71 @@ mod tests {
             ReadEnd::Violation(detail) => assert!(detail.contains("Unlisten"), "{detail}"),
             _ => panic!("a trailing byte must be a protocol violation"),
         }
+    }
+
+    #[test]
+    fn a_connection_given_back_brings_its_descriptor_even_when_it_waits_for_its_frame() {
+        let (primary, worker) = sys::socketpair().unwrap();
+        sys::set_nonblocking(primary.as_raw_fd(), true).unwrap();
+        sys::send_blocking(worker.as_raw_fd(), &frame::worker_hello(4242)).unwrap();
+        let mut wire = Vec::new();
+        frame::encode(
+            &mut wire,
+            Kind::ConnectionBack,
+            frame::FLAG_FD,
+            &7u64.to_le_bytes(),
+        );
+        frame::encode(&mut wire, Kind::Room, 0, &body::listener_name("web"));
+        let (given, _keep) = sys::socketpair().unwrap();
+        // The descriptor comes with the first 3 bytes of the header; the rest follows.
+        let sent = sys::send_with_fds(worker.as_raw_fd(), &wire[..3], &[given.as_raw_fd()], true);
+        assert_eq!(sent.unwrap(), 3);
+        let mut reader = Reader::new(4242, 1 << 16);
+        let mut out = Vec::new();
+        let end = reader.read(primary.as_raw_fd(), &mut out, usize::MAX);
+        assert!(
+            matches!(end, ReadEnd::Drained),
+            "a descriptor waiting for its frame is fine"
+        );
+        assert!(matches!(out[..], [Incoming::Hello]));
+        sys::send_blocking(worker.as_raw_fd(), &wire[3..]).unwrap();
+        out.clear();
+        let end = reader.read(primary.as_raw_fd(), &mut out, usize::MAX);
+        assert!(matches!(end, ReadEnd::Drained));
+        match &out[..] {
+            [Incoming::Back(7, fd), Incoming::Room(name)] => {
+                assert_ne!(fd.as_raw_fd(), given.as_raw_fd());
+                assert_eq!(name, "web");
+            }
+            _ => panic!("expected the connection back with its descriptor, then room"),
+        }
+    }
+
+    #[test]
+    fn a_connection_given_back_without_its_descriptor_is_a_violation() {
+        let (_, end) = read(&[(Kind::ConnectionBack, &7u64.to_le_bytes())]);
+        match end {
+            ReadEnd::Violation(detail) => assert!(detail.contains("ConnectionBack"), "{detail}"),
+            _ => panic!("a connection given back without a descriptor must be a violation"),
+        }
+    }
+
+    #[test]
+    fn a_descriptor_sent_with_a_message_is_still_a_violation() {
+        let (primary, worker) = sys::socketpair().unwrap();
+        sys::set_nonblocking(primary.as_raw_fd(), true).unwrap();
+        let mut wire = frame::worker_hello(4242);
+        frame::encode(&mut wire, Kind::Message, 0, b"hi");
+        let (probe, _keep) = sys::socketpair().unwrap();
+        sys::send_with_fds(worker.as_raw_fd(), &wire, &[probe.as_raw_fd()], true).unwrap();
+        let mut reader = Reader::new(4242, 1 << 16);
+        let mut out = Vec::new();
+        match reader.read(primary.as_raw_fd(), &mut out, usize::MAX) {
+            ReadEnd::Violation(detail) => {
+                assert!(detail.contains("worker sent a file descriptor"), "{detail}")
+            }
+            _ => panic!("a descriptor no frame claims must be a violation"),
+        }
+        assert!(reader.rx_fds.is_empty(), "and it is closed");
     }
 }

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::cvt;
 use super::listen::{local_addr, ListenAddr};
+use super::socket_option as sockopt;
 
 /// The first descriptor passed (`SD_LISTEN_FDS_START`).
 const FIRST: RawFd = 3;
@@ -95,22 +96,6 @@ fn listening_addr(fd: RawFd) -> io::Result<ListenAddr> {
         // The configured address only stands in if getsockname fails; it cannot here.
         _ => Ok(local_addr(fd, &ListenAddr::Tcp(([0, 0, 0, 0], 0).into()))),
     }
-}
-
-fn sockopt(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `v` and `len` are live locals of the sizes passed.
-    cvt(unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    })?;
-    Ok(v)
 }
 
 /// The path of a Unix socket (an abstract one as `@name`).

@@ -617,6 +617,20 @@ fn peer_of(storage: &libc::sockaddr_storage) -> Peer {
     }
 }
 
+/// Whether `fd` is a connection as a listener on `addr` accepts them: a stream socket of its
+/// family that does not listen (what a worker may give back as one).
+pub fn is_connection_for(fd: RawFd, addr: &ListenAddr) -> bool {
+    let family = match addr {
+        ListenAddr::Tcp(SocketAddr::V4(_)) => libc::AF_INET,
+        ListenAddr::Tcp(SocketAddr::V6(_)) => libc::AF_INET6,
+        ListenAddr::Unix(_) => libc::AF_UNIX,
+    };
+    let option = |opt| super::socket_option(fd, opt).ok();
+    option(libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+        && option(libc::SO_DOMAIN) == Some(family)
+        && option(libc::SO_ACCEPTCONN) == Some(0)
+}
+
 /// The address a bound listener actually has (port 0 resolved).
 pub fn local_addr(fd: RawFd, configured: &ListenAddr) -> ListenAddr {
     let ListenAddr::Tcp(_) = configured else {

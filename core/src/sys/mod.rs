@@ -29,6 +29,23 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// An integer option of socket `fd` at `SOL_SOCKET` (`SO_TYPE`, `SO_DOMAIN`, ...).
+pub(crate) fn socket_option(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are live locals of the sizes passed.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(v)
+}
+
 fn cvt_size(r: isize) -> io::Result<usize> {
     if r < 0 {
         Err(io::Error::last_os_error())

@@ -163,15 +163,15 @@ pub fn parse_listen_result(
     Some((request, result))
 }
 
-/// Unlisten body (worker to primary): the u16-prefixed listener name.
-pub fn unlisten(name: &str) -> Vec<u8> {
+/// Unlisten and Room body (worker to primary): the u16-prefixed listener name.
+pub fn listener_name(name: &str) -> Vec<u8> {
     let mut body = Vec::with_capacity(2 + name.len());
     put_str(&mut body, name);
     body
 }
 
-/// Reads an Unlisten body: the name, and nothing after it.
-pub fn parse_unlisten(mut body: &[u8]) -> Option<String> {
+/// Reads an Unlisten or Room body: the name, and nothing after it.
+pub fn parse_listener_name(mut body: &[u8]) -> Option<String> {
     let name = take_str(&mut body)?;
     body.is_empty().then_some(name)
 }
@@ -228,7 +228,10 @@ mod tests {
             parse_listen_result(&listen_result(5, Err("in use"))),
             Some((5, Err("in use".to_string())))
         );
-        assert_eq!(parse_unlisten(&unlisten("web")), Some("web".to_string()));
+        assert_eq!(
+            parse_listener_name(&listener_name("web")),
+            Some("web".to_string())
+        );
     }
 
     #[test]
@@ -243,9 +246,9 @@ mod tests {
         let mut l = listen(1, Dispatch::Shared, "a");
         l.push(0);
         assert_eq!(parse_listen(&l), None);
-        let mut u = unlisten("web");
+        let mut u = listener_name("web");
         u.push(0);
-        assert_eq!(parse_unlisten(&u), None);
+        assert_eq!(parse_listener_name(&u), None);
         assert_eq!(parse_listen_result(&[1, 0, 0, 0]), None);
     }
 }

@@ -36,6 +36,12 @@ pub enum Kind {
     /// The primary cancelled a task it sent that waits in the worker (primary to worker;
     /// body: the task id, u64 LE).
     TaskCancel = 14,
+    /// A connection the worker gives back: its server has no room for it (worker to primary,
+    /// with the connection's socket; body: its id, u64 LE).
+    ConnectionBack = 15,
+    /// The worker has room again for connections of a listener it gave one back of (worker
+    /// to primary; body: the listener's name, as `Unlisten`'s).
+    Room = 16,
 }
 
 impl Kind {
@@ -55,12 +61,17 @@ impl Kind {
             12 => Kind::Task,
             13 => Kind::TaskDone,
             14 => Kind::TaskCancel,
+            15 => Kind::ConnectionBack,
+            16 => Kind::Room,
             _ => return None,
         })
     }
 
     fn takes_fd(self) -> bool {
-        matches!(self, Kind::Connection | Kind::ListenResult)
+        matches!(
+            self,
+            Kind::Connection | Kind::ListenResult | Kind::ConnectionBack
+        )
     }
 
     /// Kinds that carry user bytes, held to the message limit (plus a task's own fields)

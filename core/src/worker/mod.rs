@@ -23,7 +23,7 @@ use crate::sys::listen::Dispatch;
 pub use crate::sys::steer::TurnCounter;
 use crate::wire::body;
 use crate::wire::content::ContentType;
-use crate::wire::frame::{self, Kind};
+use crate::wire::frame::{self, Kind, FLAG_FD};
 
 /// Something the primary told this worker.
 #[derive(Debug, PartialEq, Eq)]
@@ -246,7 +246,36 @@ impl Worker {
     /// Tells the primary that this worker no longer takes connections of listener `name` (what
     /// `server.close()` means in a worker): it gives them to the other workers from now on.
     pub fn unlisten(&self, name: &str) -> Result<()> {
-        self.write_frame(Kind::Unlisten, &body::unlisten(name))
+        self.write_frame(Kind::Unlisten, &body::listener_name(name))
+    }
+
+    /// Gives connection `id` back to the primary, with its socket (closed here once sent):
+    /// this worker has no room for it (its server's `maxConnections`). The primary hands it to
+    /// another worker, and hands this one none of that listener's until [`Worker::room`]. Its
+    /// close is not reported. The primary knows the last connections it handed this worker
+    /// (its handoff window's worth, 64 at least), and closes one it does not.
+    pub fn give_back(&self, id: u64, fd: OwnedFd) -> Result<()> {
+        self.report_close.lock().unwrap().remove(&id);
+        let mut buf = self.tx.lock().unwrap();
+        buf.clear();
+        frame::encode(&mut buf, Kind::ConnectionBack, FLAG_FD, &body::conn_id(id));
+        let raw = self.fd.as_raw_fd();
+        // The descriptor travels with the first byte; the rest of the frame may follow.
+        let mut off = sys::send_with_fds(raw, &buf, &[fd.as_raw_fd()], true)
+            .map_err(|e| Error::io("giving a connection back to the primary", e))?;
+        while off < buf.len() {
+            match sys::send_blocking(raw, &buf[off..]) {
+                Ok(n) => off += n,
+                Err(e) => return Err(Error::io("giving a connection back to the primary", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells the primary this worker has room again for connections of listener `name`, after
+    /// it gave one back: it hands it that listener's connections again.
+    pub fn room(&self, name: &str) -> Result<()> {
+        self.write_frame(Kind::Room, &body::listener_name(name))
     }
 
     /// Tells the primary this worker is going away on its own.

@@ -54,11 +54,17 @@
 //! exits with code 0 (a worker that dies in the middle of a frame); `!from-env-again` calls
 //! `Worker::from_env` a second time and answers with what it returned.
 //!
+//! `!full` makes it give back every connection it is handed (a server at its limit), answered
+//! by "full"; `!room NAME` ends that and tells the primary it has room for listener NAME,
+//! answered by "room N" (N: the connections it gave back so far); `!give-back ID` gives back a connection the primary never handed over
+//! (a copy of stdin, as connection ID), answered by "gave back"; `!lie` makes it give back a
+//! copy of stdin in the name of every connection it is handed, answered by "lying".
+//!
 //! In every mode that echoes, dispatched connections are served as in `serve 0`.
 
 use std::io::{Read, Write};
-use std::os::fd::FromRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::os::fd::{AsFd, FromRawFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,6 +74,12 @@ static OPEN: AtomicUsize = AtomicUsize::new(0);
 static MAX_OPEN: AtomicUsize = AtomicUsize::new(0);
 /// Kilobytes each connection leaves allocated (`leak` mode).
 static LEAK_KB: AtomicUsize = AtomicUsize::new(0);
+/// Gives back every connection it is handed, as a server at its limit (`!full`, `!room`).
+static FULL: AtomicBool = AtomicBool::new(false);
+/// Gives back a copy of stdin in the name of every connection it is handed (`!lie`).
+static LIE: AtomicBool = AtomicBool::new(false);
+/// Connections given back so far.
+static GAVE_BACK: AtomicUsize = AtomicUsize::new(0);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -451,6 +463,17 @@ fn listen_and_drain(w: &Arc<Worker>, own: std::os::fd::OwnedFd, name: &str) {
 }
 
 fn answer(w: &Worker, c: Connection, delay: Duration) {
+    if LIE.load(Ordering::SeqCst) {
+        // Keeps the connection, and gives back a copy of stdin in its name.
+        let fd = std::io::stdin().as_fd().try_clone_to_owned().unwrap();
+        w.give_back(c.id, fd).unwrap();
+        return;
+    }
+    if FULL.load(Ordering::SeqCst) {
+        w.give_back(c.id, c.fd).unwrap();
+        GAVE_BACK.fetch_add(1, Ordering::SeqCst);
+        return;
+    }
     let open = OPEN.fetch_add(1, Ordering::SeqCst) + 1;
     MAX_OPEN.fetch_max(open, Ordering::SeqCst);
     let leak = LEAK_KB.load(Ordering::SeqCst);
@@ -512,6 +535,26 @@ fn command(w: &Worker, cmd: &[u8]) {
             let big = vec![0; w.max_message() + 1];
             let err = w.send_many(&[b"never sent", &big]).unwrap_err();
             w.send(err.to_string().as_bytes()).unwrap();
+        }
+        ["!full"] => {
+            FULL.store(true, Ordering::SeqCst);
+            w.send(b"full").unwrap();
+        }
+        ["!room", name] => {
+            FULL.store(false, Ordering::SeqCst);
+            w.room(name).unwrap();
+            let gave = GAVE_BACK.load(Ordering::SeqCst);
+            w.send(format!("room {gave}").as_bytes()).unwrap();
+        }
+        ["!lie"] => {
+            LIE.store(true, Ordering::SeqCst);
+            w.send(b"lying").unwrap();
+        }
+        ["!give-back", id] => {
+            // A connection the primary never handed over: a copy of stdin, given back as one.
+            let fd = std::io::stdin().as_fd().try_clone_to_owned().unwrap();
+            w.give_back(id.parse().unwrap(), fd).unwrap();
+            w.send(b"gave back").unwrap();
         }
         ["!raw", hex] => raw_write(&unhex(hex)),
         ["!raw-fds", n, hex] => raw_write_fds(&unhex(hex), n.parse().unwrap()),
