@@ -2,7 +2,7 @@
 // Message content types. The type of every message travels in its frame header (see
 // docs/protocol.md, "Content types"), so that the receiving side, whatever its language or
 // its own `serialization` setting, decodes it as it was meant; the body is the message alone.
-const v8 = require('v8');
+const clone = require('./clone');
 const { invalidOption } = require('./errors');
 
 /** The protocol's content type numbers (what the native send functions take). */
@@ -37,7 +37,7 @@ function rawBytes(message) {
 function encode(message, serialization, contentType) {
   switch (contentType === undefined ? (serialization === 'advanced' ? 'v8' : 'json') : contentType) {
     case 'json': return [CONTENT.json, jsonText(message)];
-    case 'v8': return [CONTENT.v8, v8.serialize(message)];
+    case 'v8': return [CONTENT.v8, clone.serialize(message)];
     case 'raw': return [CONTENT.raw, rawBytes(message)];
     case 'text':
       if (typeof message !== 'string') throw invalidOption('message', message, "must be a string for contentType 'text'");
@@ -60,7 +60,7 @@ function contentTypeOf(options) {
 function decodeEvent(ev) {
   switch (ev.encoding) {
     case 'json': return JSON.parse(ev.data);
-    case 'v8': return v8.deserialize(ev.data);
+    case 'v8': return clone.deserialize(ev.data);
     default: return ev.data; // raw: a Buffer; text: a string
   }
 }

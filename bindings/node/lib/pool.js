@@ -1,15 +1,17 @@
 'use strict';
 // rcluster.Pool: a pool of worker processes that run the functions of one file, in piscina's
 // shape. The core owns the queue, the choice of worker, timeouts, cancellation, crashes and
-// recycling; this file turns tasks into v8-serialized payloads and outcomes into Promises.
+// recycling; this file turns tasks into v8-serialized payloads (lib/clone.js) and outcomes
+// into Promises.
 const os = require('os');
 const path = require('path');
-const v8 = require('v8');
+const clone = require('./clone');
 const { fileURLToPath } = require('url');
 const native = require('./native');
 const { rclusterError, invalidOption } = require('./errors');
 
 const { CONTENT } = require('./codec');
+const { TaskTable } = require('./task_table');
 const RUNTIME = path.join(__dirname, 'pool_worker.js');
 const KNOWN = ['filename', 'workers', 'minThreads', 'maxThreads', 'concurrentTasksPerWorker', 'maxTasksAhead', 'maxQueue',
   'whenFull', 'taskTimeout', 'maxTasksPerWorker', 'maxWorkerMemoryMb', 'env', 'execArgv', 'cwd', 'killTimeout', 'maxMessage'];
@@ -90,7 +92,7 @@ function describe(value) {
 function taskError(buffer) {
   let plain;
   try {
-    plain = v8.deserialize(buffer);
+    plain = clone.deserialize(buffer);
   } catch {
     plain = { message: 'the task failed (its error could not be read)' };
   }
@@ -134,7 +136,7 @@ class Pool {
     const opts = nativeOptions(options);
     this._wait = options.whenFull === 'wait';
     this._native = new native.NativePool(opts);
-    this._tasks = new Map(); // id -> { resolve, reject, signal, onAbort }
+    this._tasks = new TaskTable(); // id -> { resolve, reject, signal, onAbort, id }
     // Tasks not yet in the core's queue, oldest first: those of this tick, and with
     // whenFull: 'wait' those waiting for room.
     this._waiting = [];
@@ -160,7 +162,7 @@ class Pool {
     if (signal && signal.aborted) return Promise.reject(abortError(signal.reason));
     let payload;
     try {
-      payload = v8.serialize(data);
+      payload = clone.serialize(data);
     } catch (err) {
       const e = new TypeError(`the task's data cannot be serialized: ${describe(data)} (${err.message})`);
       e.code = 'ERR_TASK_DATA_NOT_SERIALIZABLE';
@@ -274,7 +276,7 @@ class Pool {
       if (status === 0) {
         let value;
         try {
-          value = v8.deserialize(data);
+          value = clone.deserialize(data);
         } catch (err) {
           task.reject(err);
           continue;

@@ -1,7 +1,8 @@
 'use strict';
 // The program a pool's workers run: `node pool_worker.js`, with the task file in
 // RCLUSTER_POOL_FILENAME. It loads the file (a function, or named functions, sync or async),
-// says ready, and runs the tasks the primary sends, answering with v8.serialize'd values.
+// says ready, and runs the tasks the primary sends, answering with v8-serialized values
+// (lib/clone.js).
 // It runs at most RCLUSTER_TASK_CONCURRENCY at once, in the order they came; the others wait
 // here (the primary sends a few ahead, so that the next one starts without a round trip).
 // An answer held counts as a running task until it is written: the primary starts the
@@ -9,7 +10,7 @@
 // A task cancelled while it waits here is dropped, never run nor answered.
 // A file that fails to load is reported to the primary, and the worker exits with code 3,
 // which the pool does not restart.
-const v8 = require('v8');
+const clone = require('./clone');
 const path = require('path');
 const { pathToFileURL } = require('url');
 const native = require('./native');
@@ -58,7 +59,7 @@ function errorPayload(err) {
     code: e && typeof e.code === 'string' ? e.code : undefined,
     thrown: e ? undefined : describe(err),
   };
-  return v8.serialize(plain);
+  return clone.serialize(plain);
 }
 
 let ids = [];
@@ -138,7 +139,7 @@ function look() {
 function settle(id, value) {
   let payload;
   try {
-    payload = v8.serialize(value);
+    payload = clone.serialize(value);
   } catch (err) {
     const e = new TypeError(`the task's result cannot be serialized: ${describe(value)} (${err.message})`);
     e.code = 'ERR_TASK_RESULT_NOT_SERIALIZABLE';
@@ -182,7 +183,7 @@ function run(fns, item) {
 /** A task's payload as its content type says (docs/protocol.md 5.8). */
 function decode(item) {
   switch (item.content) {
-    case CONTENT.v8: return v8.deserialize(item.data);
+    case CONTENT.v8: return clone.deserialize(item.data);
     case CONTENT.json: return JSON.parse(item.data.toString('utf8'));
     case CONTENT.raw: return item.data;
     default: {
