@@ -33,6 +33,8 @@ const MAX_DEPTH = 64;
 // Values of more objects than this go to v8's own: each object is looked for among those
 // before it (identity), and for a large value v8's cost per call is small beside its size.
 const MAX_OBJECTS = 256;
+// Arrays longer than this go to v8's own, for the same reason.
+const MAX_ELEMENTS = 4096;
 const NOT_LATIN1 = /[^\u0000-\u00ff]/;
 // Array-index-like property names: V8 writes them as numbers.
 const INDEX = /^(?:0|[1-9][0-9]*)$/;
@@ -134,7 +136,7 @@ function writeValue(v, depth) {
   } else if (proto === Array.prototype && Array.isArray(v)) {
     const n = v.length;
     // Holes and properties besides the elements: v8's own.
-    if (Object.keys(v).length !== n) throw OTHER;
+    if (n > MAX_ELEMENTS || Object.keys(v).length !== n) throw OTHER;
     room(1);
     out[at++] = T_DENSE_ARRAY;
     varint(n);

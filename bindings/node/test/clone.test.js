@@ -42,7 +42,7 @@ test('what it writes is what v8.serialize writes, and both read it as the same v
     check(v);
   }
   // Lengths around a varint's byte boundaries.
-  for (const n of [63, 64, 127, 128, 129, 16383, 16384]) {
+  for (const n of [63, 64, 127, 128, 129, 4096, 4097, 16383, 16384]) {
     check('a'.repeat(n), `one-byte ${n}`);
     check('€'.repeat(n), `two-byte ${n}`);
     check(new Array(n).fill(1), `array ${n}`);
