@@ -10,27 +10,64 @@
 //! serves them like any other.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
 
 use super::Primary;
 use crate::sys::listen::{self, Dispatch};
+
+/// How long a stop waits at most for handshakes under way to complete (a client whose last
+/// ACK is slower than this is reset, as before).
+const LATE_HANDSHAKES: Duration = Duration::from_millis(200);
+/// How often it looks meanwhile.
+const LATE_HANDSHAKE_LOOK: Duration = Duration::from_millis(1);
 
 impl Primary {
     /// Stops accepting on every listener: see the module's comment.
     pub(super) fn stop_accepting(&mut self) {
         self.refuse_new();
-        for i in 0..self.listeners.len() {
-            let l = &self.listeners[i];
-            if l.dispatch != Dispatch::Shared {
-                if let Some(fd) = l.fd.as_ref().map(|f| f.as_raw_fd()) {
+        // A handshake under way when SYNs were shut out completes later (its last ACK passes
+        // the filter), and its connection lands in the queue after a drain: the socket's close
+        // would reset it, though its client already counts it as accepted. So the queues are
+        // drained until no handshake is under way on their ports, for a while at most.
+        let until = Instant::now() + LATE_HANDSHAKES;
+        loop {
+            let under_way = self.handshakes_under_way();
+            for i in 0..self.listeners.len() {
+                let l = &self.listeners[i];
+                if l.dispatch != Dispatch::Shared {
+                    if let Some(fd) = l.fd.as_ref().map(|f| f.as_raw_fd()) {
+                        self.accept_queued(i, fd);
+                    }
+                }
+                for fd in self.unserved_members(i) {
                     self.accept_queued(i, fd);
                 }
             }
-            for fd in self.unserved_members(i) {
-                self.accept_queued(i, fd);
+            if under_way == 0 || Instant::now() >= until {
+                break;
             }
+            std::thread::sleep(LATE_HANDSHAKE_LOOK);
         }
         self.hand_out_all();
         self.let_go_of_listeners();
+    }
+
+    /// Connections in their handshake on the ports of the TCP listeners the primary accepts
+    /// on itself (not those of a passed socket, which stays open for the next primary).
+    fn handshakes_under_way(&self) -> usize {
+        let ports: Vec<u16> = self
+            .listeners
+            .iter()
+            .filter(|l| l.dispatch != Dispatch::Shared && !l.inherited)
+            .filter_map(|l| match l.addr {
+                listen::ListenAddr::Tcp(sa) => Some(sa.port()),
+                listen::ListenAddr::Unix(_) => None,
+            })
+            .collect();
+        if ports.is_empty() {
+            return 0;
+        }
+        listen::handshakes_under_way(&ports)
     }
 
     fn refuse_new(&mut self) {

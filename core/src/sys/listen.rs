@@ -464,6 +464,38 @@ pub fn stop_listening(fd: RawFd) -> io::Result<()> {
     cvt(unsafe { libc::shutdown(fd, libc::SHUT_RD) }).map(drop)
 }
 
+/// How many TCP connections to one of `ports` on this host are in their handshake
+/// (`SYN_RECV`), as `/proc/net/tcp` and `/proc/net/tcp6` list them; 0 where they cannot be
+/// read.
+pub fn handshakes_under_way(ports: &[u16]) -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .map(|text| syn_recv_on(&text, ports))
+        .sum()
+}
+
+/// The `SYN_RECV` entries (state `03`) of a `/proc/net/tcp` listing whose local port is one
+/// of `ports`.
+fn syn_recv_on(text: &str, ports: &[u16]) -> usize {
+    text.lines()
+        .skip(1)
+        .filter(|line| {
+            let mut f = line.split_whitespace();
+            let (Some(_), Some(local), Some(_), Some(state)) =
+                (f.next(), f.next(), f.next(), f.next())
+            else {
+                return false;
+            };
+            let port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            state == "03" && port.is_some_and(|p| ports.contains(&p))
+        })
+        .count()
+}
+
 /// Whether listening socket `fd` has connections waiting to be accepted (looked at without
 /// waiting). A worker that stops takes them before it closes or leaves its listener: closing a
 /// listening socket resets the connections still queued in it, which the kernel had already
@@ -660,6 +692,30 @@ pub fn local_addr(fd: RawFd, configured: &ListenAddr) -> ListenAddr {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn handshakes_under_way_are_the_syn_recv_entries_of_the_ports_asked_for() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0 0 1
+   1: 0100007F:1F90 0100007F:C350 03 00000000:00000000 02:00000064 00000000     0 0 0
+   2: 00000000:1F90 0200007F:C351 03 00000000:00000000 02:00000064 00000000     0 0 0
+   3: 0100007F:1F91 0100007F:C352 03 00000000:00000000 02:00000064 00000000     0 0 0
+   4: 0100007F:C353 0100007F:1F90 03 00000000:00000000 02:00000064 00000000     0 0 0
+   5: 0100007F:1F90 0100007F:C354 01 00000000:00000000 00:00000000 00000000     0 0 2
+   6: garbage
+";
+        // Port 8080 (1F90): two in SYN_RECV; not the listening one, the established one, the
+        // other port's, or a connection from 8080 elsewhere.
+        assert_eq!(syn_recv_on(text, &[8080]), 2);
+        assert_eq!(syn_recv_on(text, &[8080, 8081]), 3);
+        assert_eq!(syn_recv_on(text, &[9]), 0);
+        assert_eq!(syn_recv_on("", &[8080]), 0);
+        // This host's own listing reads (a listener of this test, no handshake under way).
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let _c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        assert_eq!(handshakes_under_way(&[port]), 0);
+    }
     use super::*;
 
     #[test]
