@@ -44,6 +44,9 @@ pub struct Bound {
     /// Workers that stopped listening on this configured listener (`unlisten`, a server they
     /// closed): the primary hands them none of its connections until they ask for it again.
     unlistened: HashSet<u64>,
+    /// Workers that gave back one of its connections (their server had no room) and have not
+    /// said they have room since: the primary hands them none of its connections until then.
+    full: HashSet<u64>,
     /// The address as a worker asked for it (e.g. port 0), for matching later requests.
     requested: Option<String>,
     /// Round-robin turned by the kernel: the sockets of the workers.
@@ -67,6 +70,7 @@ impl Bound {
             paused_until: None,
             subscribers: None,
             unlistened: HashSet::new(),
+            full: HashSet::new(),
             requested: None,
             group: None,
             shares: None,
@@ -260,11 +264,8 @@ impl Primary {
                     .as_ref()
                     .is_none_or(|subs| subs.contains(&key))
                     && !l.unlistened.contains(&key)
+                    && (l.full.is_empty() || !l.full.contains(&key))
                     && !refused.contains(&key)
-                    && self
-                        .procs
-                        .get(&key)
-                        .is_none_or(|p| !p.full.contains(&w.listener))
             };
             let choice = pass.choose(
                 mode,
@@ -429,9 +430,7 @@ impl Primary {
         }
         p.active.remove(&id);
         p.connections_total = p.connections_total.saturating_sub(1);
-        if !p.full.contains(&h.listener) {
-            p.full.push(h.listener);
-        }
+        self.listeners[h.listener].full.insert(key);
         let now = self.clock.now();
         self.waiting.push_front(Waiting {
             id,
@@ -451,9 +450,7 @@ impl Primary {
         let Some(index) = self.listeners.iter().position(|l| l.name == name) else {
             return;
         };
-        if let Some(p) = self.procs.get_mut(&key) {
-            p.full.retain(|&l| l != index);
-        }
+        self.listeners[index].full.remove(&key);
         self.distribute();
     }
 
@@ -632,6 +629,7 @@ impl Primary {
                 subs.remove(&key);
             }
             l.unlistened.remove(&key);
+            l.full.remove(&key);
         }
         self.leave_groups(key, None);
         let mut back: Vec<Waiting> = p.unacked.drain().map(|(_, w)| w).collect();

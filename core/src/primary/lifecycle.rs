@@ -205,7 +205,6 @@ impl Primary {
                 active: HashSet::new(),
                 ahead: 0,
                 recent: VecDeque::new(),
-                full: Vec::new(),
                 kill_requested: false,
                 connections_total: 0,
                 stat: std::cell::OnceCell::new(),

@@ -72,9 +72,6 @@ pub struct Process {
     /// The connections it acknowledged last, newest at the back (see `Handed`): as many as
     /// its handoff window, 64 at least.
     pub recent: VecDeque<Handed>,
-    /// Listeners (their indexes) of which it gave a connection back and has not said it has
-    /// room since: it is handed none of theirs until it does.
-    pub full: Vec<usize>,
     /// The host sent it a signal (`Supervisor::kill`): an exit of its own is `Requested`.
     pub kill_requested: bool,
     /// Connections it acknowledged, in all (for the status).

@@ -220,9 +220,9 @@ impl Reader {
                         )));
                     };
                     // The descriptor came with the frame's first byte, or before it.
-                    match self.rx_fds.pop_front() {
-                        Some(fd) if frame.has_fd => Incoming::Back(id, fd),
-                        _ => {
+                    match self.rx_fds.pop_front().filter(|_| frame.has_fd) {
+                        Some(fd) => Incoming::Back(id, fd),
+                        None => {
                             return Some(ReadEnd::Violation(
                                 "ConnectionBack frame without its descriptor".into(),
                             ))

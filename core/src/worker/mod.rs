@@ -12,7 +12,7 @@ mod tests;
 pub(crate) use rx::decode_stream;
 use rx::{Decoded, Rx};
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -256,20 +256,8 @@ impl Worker {
     /// (its handoff window's worth, 64 at least), and closes one it does not.
     pub fn give_back(&self, id: u64, fd: OwnedFd) -> Result<()> {
         self.report_close.lock().unwrap().remove(&id);
-        let mut buf = self.tx.lock().unwrap();
-        buf.clear();
-        frame::encode(&mut buf, Kind::ConnectionBack, FLAG_FD, &body::conn_id(id));
-        let raw = self.fd.as_raw_fd();
-        // The descriptor travels with the first byte; the rest of the frame may follow.
-        let mut off = sys::send_with_fds(raw, &buf, &[fd.as_raw_fd()], true)
-            .map_err(|e| Error::io("giving a connection back to the primary", e))?;
-        while off < buf.len() {
-            match sys::send_blocking(raw, &buf[off..]) {
-                Ok(n) => off += n,
-                Err(e) => return Err(Error::io("giving a connection back to the primary", e)),
-            }
-        }
-        Ok(())
+        let frame = (Kind::ConnectionBack, FLAG_FD, body::conn_id(id));
+        self.send_frames(std::iter::once(frame), Some(fd.as_fd()))
     }
 
     /// Tells the primary this worker has room again for connections of listener `name`, after
@@ -292,12 +280,25 @@ impl Worker {
         &self,
         frames: impl Iterator<Item = (Kind, u8, B)>,
     ) -> Result<()> {
+        self.send_frames(frames, None)
+    }
+
+    /// Writes `frames`, with `fd` attached to the first byte (the first frame carries it).
+    fn send_frames<B: AsRef<[u8]>>(
+        &self,
+        frames: impl Iterator<Item = (Kind, u8, B)>,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<()> {
         let mut buf = self.tx.lock().unwrap();
         buf.clear();
         for (kind, flags, body) in frames {
             frame::encode(&mut buf, kind, flags, body.as_ref());
         }
-        let mut off = 0;
+        let mut off = match fd {
+            Some(fd) => sys::send_with_fds(self.fd.as_raw_fd(), &buf, &[fd.as_raw_fd()], true)
+                .map_err(|e| Error::io("sending to the primary", e))?,
+            None => 0,
+        };
         while off < buf.len() {
             match sys::send_blocking(self.fd.as_raw_fd(), &buf[off..]) {
                 Ok(n) => off += n,

@@ -280,6 +280,24 @@ fn a_descriptor_sent_by_a_worker_is_a_protocol_error_and_the_others_keep_serving
     sup.stop(Duration::from_secs(5)).unwrap();
 }
 
+/// Descriptors piled on the start of a frame given back: the primary keeps those that may wait
+/// for the rest of their frame (16 at most), and one more than that is a protocol error, not
+/// descriptors held for a worker that never finishes its frame.
+#[test]
+fn descriptors_piled_on_a_frame_given_back_are_a_protocol_error_past_one_writes_worth() {
+    let sup = Supervisor::start(config(&["echo"])).unwrap();
+    wait_ready(&sup, 2);
+    let addr = listener_addr(&sup, "web");
+    let back = framed(Kind::ConnectionBack, &7u64.to_le_bytes());
+    // Three bytes of the header, with 17 descriptors; the rest never comes.
+    sup.send(1, format!("!raw-fds 17 {}", hex(&back[..3])).as_bytes())
+        .unwrap();
+    let detail = protocol_error_of_slot_1(&sup);
+    assert!(detail.contains("worker sent a file descriptor"), "{detail}");
+    cluster_still_serves(&sup, &addr, 0);
+    sup.stop(Duration::from_secs(5)).unwrap();
+}
+
 /// More descriptors than the primary has room for in one read: the kernel closes the ones
 /// that do not fit and says so with MSG_CTRUNC. That is a broken worker, not an end of file.
 #[test]
