@@ -680,8 +680,26 @@ fn least_connections_avoids_a_worker_busy_with_slow_connections() {
     let slow_b = open();
     let slow_a2 = open();
     let b = Reply::parse(&http_exchange(&slow_b).unwrap()).unwrap();
+    // B reports each close after the client has its answer: the next connection must not
+    // come before the report (a loaded machine delays it), or B counts as busy as A.
+    let b_idle = || {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            let st = sup.status().unwrap();
+            if st
+                .workers
+                .iter()
+                .any(|w| w.pid == b.pid && w.connections_active == 0)
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        panic!("worker B's closes were not reported within {WAIT:?}");
+    };
     let mut to_b = 0;
     for i in 0..20 {
+        b_idle();
         let r = request(&addr).unwrap_or_else(|e| panic!("request {i} failed: {e}"));
         assert_eq!(
             r.pid, b.pid,
